@@ -1,0 +1,76 @@
+import Foundation
+import Models
+import PTQCore
+
+/// Perplexity figures, in llama-perplexity's terms.
+public struct PerplexityResult: Codable, Sendable, Equatable {
+    public var perplexity: Double
+    /// Standard error of the perplexity (llama.cpp's `±`).
+    public var stderr: Double
+    /// Mean negative log-likelihood per scored token (nats).
+    public var meanNLL: Double
+    public var chunks: Int
+    /// Tokens scored (second half of every chunk).
+    public var tokens: Int
+    public var context: Int
+
+    enum CodingKeys: String, CodingKey {
+        case perplexity, stderr, chunks, tokens, context
+        case meanNLL = "mean_nll"
+    }
+}
+
+/// llama.cpp-compatible perplexity (`llama-perplexity` protocol).
+///
+/// The text is tokenized at once and cut into non-overlapping chunks of `context` tokens; a
+/// chunk starts with BOS only when the tokenizer adds BOS; only the second half of each chunk
+/// is scored, so every scored token has at least `context/2` tokens of history.
+public enum Perplexity {
+    public static func evaluate(model: LlamaModel, tokens: [Int], context: Int = 512, maxChunks: Int? = nil,
+                                quiet: Bool = false,
+                                perChunk: ((_ chunk: Int, _ logits: [Float], _ first: Int) -> Void)? = nil)
+        throws(PTQError) -> PerplexityResult
+    {
+        guard context >= 4 else { throw PTQError("--ctx must be at least 4 (got \(context))") }
+        var chunkCount = tokens.count / context
+        if let maxChunks { chunkCount = min(chunkCount, maxChunks) }
+        guard chunkCount > 0 else {
+            throw PTQError("need at least \(context) tokens for one chunk of --ctx \(context); the text has \(tokens.count)")
+        }
+        let vocab = model.config.vocabSize
+        let first = context / 2
+        var nll = 0.0, nll2 = 0.0, count = 0
+        let progress = Progress("perplexity", total: chunkCount, quiet: quiet)
+        for chunk in 0..<chunkCount {
+            var ids = Array(tokens[chunk * context ..< (chunk + 1) * context])
+            if model.tokenizer.addBOS, let bos = model.tokenizer.bosTokenID { ids[0] = bos }
+            // Logits only for the scored rows: position j predicts token j+1.
+            let logits = model.forward(ids, logitRows: first ..< context - 1)
+            logits.withUnsafeBufferPointer { lp in
+                for (row, j) in (first ..< context - 1).enumerated() {
+                    let value = logSoftmax(lp.baseAddress! + row * vocab, count: vocab, target: ids[j + 1])
+                    nll -= value
+                    nll2 += value * value
+                    count += 1
+                }
+            }
+            perChunk?(chunk, logits, first)
+            progress.advance(detail: String(format: "ppl %.4f", Foundation.exp(nll / Double(count))))
+        }
+        let mean = nll / Double(count)
+        let ppl = Foundation.exp(mean)
+        let variance = nll2 / Double(count) - mean * mean
+        let stderr = variance > 0 && count > 1 ? (variance / Double(count - 1)).squareRoot() * ppl : 0
+        return PerplexityResult(perplexity: ppl, stderr: stderr, meanNLL: mean, chunks: chunkCount,
+                                tokens: count, context: context)
+    }
+
+    /// log p(target) from raw logits, as llama.cpp computes it (float max, double sum of expf).
+    static func logSoftmax(_ logits: UnsafePointer<Float>, count: Int, target: Int) -> Double {
+        var maxLogit = logits[0]
+        for i in 1..<count { maxLogit = max(maxLogit, logits[i]) }
+        var sum = 0.0
+        for i in 0..<count { sum += Double(expf(logits[i] - maxLogit)) }
+        return Double(logits[target] - maxLogit) - Foundation.log(sum)
+    }
+}

@@ -1,0 +1,144 @@
+import Foundation
+import Kernels
+import PTQCore
+
+/// BERT encoder (post-norm): embeddings + LayerNorm, softmax self-attention with a padding
+/// mask, exact-erf GELU MLP, then mean pooling and L2 normalisation for sentence embeddings.
+/// Shapes: T = tokens, D = hidden size, H = heads, Dh = head dim, F = MLP size.
+public final class BertModel: @unchecked Sendable {
+    public let config: ModelConfig
+    public let tokenizer: TokenizerSpec
+    /// Receives activations at the quantization points when set (calibration).
+    public var observer: ActivationObserver?
+
+    struct Layer {
+        let q, k, v, o: any LinearOp
+        let attentionNormWeight, attentionNormBias: [Float]
+        let up, down: any LinearOp
+        let mlpNormWeight, mlpNormBias: [Float]
+    }
+
+    let tokenEmbedding: [Float]      // (V, D)
+    let positionEmbedding: [Float]   // (P, D)
+    let tokenTypeEmbedding: [Float]  // (types, D)
+    let embeddingNormWeight, embeddingNormBias: [Float]
+    let layers: [Layer]
+
+    public init(weights: some WeightSource) throws(PTQError) {
+        let c = weights.config
+        guard c.architecture == .bert else {
+            throw PTQError("BertModel needs a bert checkpoint, got \(c.architecture.rawValue)")
+        }
+        config = c
+        tokenizer = weights.tokenizer
+        tokenEmbedding = try weights.vector(TensorNames.tokenEmbedding)
+        positionEmbedding = try weights.vector(TensorNames.positionEmbedding)
+        tokenTypeEmbedding = try weights.vector(TensorNames.tokenTypeEmbedding)
+        embeddingNormWeight = try weights.vector(TensorNames.embeddingNormWeight)
+        embeddingNormBias = try weights.vector(TensorNames.embeddingNormBias)
+        var layers: [Layer] = []
+        for l in 0..<c.layerCount {
+            func name(_ s: String) -> String { TensorNames.layer(l, s) }
+            layers.append(Layer(
+                q: try weights.linear(name("attention/q_proj")), k: try weights.linear(name("attention/k_proj")),
+                v: try weights.linear(name("attention/v_proj")), o: try weights.linear(name("attention/o_proj")),
+                attentionNormWeight: try weights.vector(name("attention_norm/weight")),
+                attentionNormBias: try weights.vector(name("attention_norm/bias")),
+                up: try weights.linear(name("mlp/up_proj")), down: try weights.linear(name("mlp/down_proj")),
+                mlpNormWeight: try weights.vector(name("mlp_norm/weight")),
+                mlpNormBias: try weights.vector(name("mlp_norm/bias"))))
+        }
+        self.layers = layers
+    }
+
+    /// Token states `(T, D)` of one sequence. Only the first `validLength` tokens are real;
+    /// the rest are padding that no query attends to (and whose states are meaningless).
+    public func hiddenStates(_ tokens: [Int], validLength: Int? = nil) -> [Float] {
+        let c = config
+        let T = tokens.count, D = c.hiddenSize, F = c.intermediateSize, H = c.headCount, Dh = c.headDim
+        let valid = validLength ?? T
+        precondition(T <= c.maxPositions, "sequence of \(T) tokens exceeds max positions \(c.maxPositions)")
+        var x = [Float](repeating: 0, count: T * D)                    // (T, D)
+        for (t, token) in tokens.enumerated() {
+            precondition(token >= 0 && token < c.vocabSize, "token id \(token) out of range")
+            for i in 0..<D {
+                x[t * D + i] = tokenEmbedding[token * D + i] + positionEmbedding[t * D + i] + tokenTypeEmbedding[i]
+            }
+        }
+        let epsilon = Float(c.normEpsilon)
+        Ops.layerNormInPlace(&x, weight: embeddingNormWeight, bias: embeddingNormBias, rows: T, width: D, epsilon: epsilon)
+        var q = [Float](repeating: 0, count: T * D), k = q, v = q, attention = q, projected = q
+        var up = [Float](repeating: 0, count: T * F)
+        var scores = [Float](repeating: 0, count: T * T)
+        let scale = 1 / Float(Dh).squareRoot()
+
+        for (l, layer) in layers.enumerated() {
+            observe(QuantizationPoints.attentionInput(l), x, rows: T, columns: D)
+            layer.q.forward(x, rows: T, into: &q)
+            layer.k.forward(x, rows: T, into: &k)
+            layer.v.forward(x, rows: T, into: &v)
+            for h in 0..<H {
+                q.withUnsafeBufferPointer { qp in k.withUnsafeBufferPointer { kp in
+                    scores.withUnsafeMutableBufferPointer { sp in
+                        BLAS.gemm(m: T, n: T, k: Dh, alpha: scale, a: qp.baseAddress! + h * Dh, lda: D,
+                                  b: kp.baseAddress! + h * Dh, ldb: D, transposeB: true, c: sp.baseAddress!, ldc: T)
+                        for t in 0..<T {
+                            let row = sp.baseAddress! + t * T
+                            Ops.softmax(row, count: valid)   // padding keys are masked out
+                            for j in valid..<T { row[j] = 0 }
+                        }
+                    }
+                }}
+                observe(QuantizationPoints.attentionProbabilities(l), scores, rows: T, columns: T)
+                scores.withUnsafeBufferPointer { sp in v.withUnsafeBufferPointer { vp in
+                    attention.withUnsafeMutableBufferPointer { op in
+                        BLAS.gemm(m: T, n: Dh, k: T, a: sp.baseAddress!, lda: T, b: vp.baseAddress! + h * Dh, ldb: D,
+                                  transposeB: false, c: op.baseAddress! + h * Dh, ldc: D)
+                    }
+                }}
+            }
+            observe(QuantizationPoints.attentionOutputInput(l), attention, rows: T, columns: D)
+            layer.o.forward(attention, rows: T, into: &projected)
+            Ops.add(projected, into: &x, count: T * D)
+            Ops.layerNormInPlace(&x, weight: layer.attentionNormWeight, bias: layer.attentionNormBias, rows: T, width: D, epsilon: epsilon)
+
+            observe(QuantizationPoints.mlpInput(l), x, rows: T, columns: D)
+            layer.up.forward(x, rows: T, into: &up)
+            Ops.gelu(&up, count: T * F)
+            observe(QuantizationPoints.mlpDownInput(l), up, rows: T, columns: F)
+            layer.down.forward(up, rows: T, into: &projected)
+            Ops.add(projected, into: &x, count: T * D)
+            Ops.layerNormInPlace(&x, weight: layer.mlpNormWeight, bias: layer.mlpNormBias, rows: T, width: D, epsilon: epsilon)
+        }
+        return x
+    }
+
+    /// Sentence embedding of already-tokenized ids (pooling and normalisation from the config).
+    public func embed(tokens: [Int]) -> [Float] {
+        let D = config.hiddenSize, T = tokens.count
+        let states = hiddenStates(tokens)
+        var pooled = [Float](repeating: 0, count: D)
+        switch config.pooling {
+        case .cls:
+            for i in 0..<D { pooled[i] = states[i] }
+        case .mean, .none:
+            for t in 0..<T { for i in 0..<D { pooled[i] += states[t * D + i] } }
+            for i in 0..<D { pooled[i] /= Float(max(T, 1)) }
+        }
+        if config.normalizeEmbeddings {
+            var norm: Float = 0
+            for value in pooled { norm += value * value }
+            let scale = 1 / max(norm.squareRoot(), 1e-12)
+            for i in 0..<D { pooled[i] *= scale }
+        }
+        return pooled
+    }
+
+    @inline(__always)
+    private func observe(_ point: String, _ values: [Float], rows: Int, columns: Int) {
+        guard let observer else { return }
+        values.withUnsafeBufferPointer {
+            observer.observe(point: point, values: UnsafeBufferPointer(rebasing: $0[0..<rows * columns]), rows: rows, columns: columns)
+        }
+    }
+}

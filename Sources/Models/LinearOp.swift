@@ -1,0 +1,38 @@
+import Kernels
+import PTQCore
+
+/// What a model calls for every `y = x·Wᵀ + b`.
+///
+/// The same model code runs float weights (`FloatLinear`) or packed quantized weights: the
+/// quantized runtime supplies other conformances.
+public protocol LinearOp: AnyObject, Sendable {
+    var inFeatures: Int { get }
+    var outFeatures: Int { get }
+    /// `y[rows, out] = x[rows, in]·Wᵀ + b`.
+    func forward(_ x: UnsafePointer<Float>, rows: Int, into y: UnsafeMutablePointer<Float>)
+}
+
+/// A float32 linear layer on OpenBLAS.
+public final class FloatLinear: LinearOp {
+    public let weight: Tensor
+    public let bias: [Float]?
+    public var inFeatures: Int { weight.shape[1] }
+    public var outFeatures: Int { weight.shape[0] }
+
+    public init(weight: Tensor, bias: [Float]? = nil) {
+        precondition(weight.shape.count == 2, "a linear weight is [out, in]")
+        precondition(bias == nil || bias!.count == weight.shape[0], "bias length must equal out features")
+        self.weight = weight
+        self.bias = bias
+    }
+
+    public func forward(_ x: UnsafePointer<Float>, rows: Int, into y: UnsafeMutablePointer<Float>) {
+        weight.data.withUnsafeBufferPointer { w in
+            BLAS.linear(x, rows: rows, inFeatures: inFeatures, weight: w.baseAddress!,
+                        outFeatures: outFeatures, into: y)
+        }
+        if let bias {
+            bias.withUnsafeBufferPointer { Ops.addBias($0.baseAddress!, rows: rows, width: outFeatures, into: y) }
+        }
+    }
+}

@@ -1,0 +1,202 @@
+import Foundation
+import Kernels
+import PTQCore
+
+/// LLaMA-family decoder: RMSNorm, RoPE, grouped-query attention, SwiGLU MLP, optional tied
+/// LM head. Shapes: T = tokens in this call, S = cached + new positions, D = hidden size,
+/// H/KV = query/key-value heads, Dh = head dim, F = MLP size, V = vocabulary.
+public final class LlamaModel: @unchecked Sendable {
+    public let config: ModelConfig
+    public let tokenizer: TokenizerSpec
+    /// Receives activations at the quantization points when set (calibration).
+    public var observer: ActivationObserver?
+
+    struct Layer {
+        let attentionNorm: [Float]
+        let q, k, v, o: any LinearOp
+        let mlpNorm: [Float]
+        let gate, up, down: any LinearOp
+    }
+
+    let embedding: [Float]       // (V, D)
+    let layers: [Layer]
+    let finalNorm: [Float]
+    let lmHead: any LinearOp
+    let rope: RoPE
+
+    public init(weights: some WeightSource) throws(PTQError) {
+        let c = weights.config
+        guard c.architecture == .llama else {
+            throw PTQError("LlamaModel needs a llama checkpoint, got \(c.architecture.rawValue)")
+        }
+        config = c
+        tokenizer = weights.tokenizer
+        embedding = try weights.tensor(TensorNames.tokenEmbedding).data
+        var layers: [Layer] = []
+        for l in 0..<c.layerCount {
+            func name(_ s: String) -> String { TensorNames.layer(l, s) }
+            layers.append(Layer(
+                attentionNorm: try weights.vector(name("attention_norm/weight")),
+                q: try weights.linear(name("attention/q_proj")), k: try weights.linear(name("attention/k_proj")),
+                v: try weights.linear(name("attention/v_proj")), o: try weights.linear(name("attention/o_proj")),
+                mlpNorm: try weights.vector(name("mlp_norm/weight")),
+                gate: try weights.linear(name("mlp/gate_proj")), up: try weights.linear(name("mlp/up_proj")),
+                down: try weights.linear(name("mlp/down_proj"))))
+        }
+        self.layers = layers
+        finalNorm = try weights.vector(TensorNames.finalNorm)
+        if c.tiedEmbeddings {
+            lmHead = FloatLinear(weight: Tensor(shape: [c.vocabSize, c.hiddenSize], data: embedding))
+        } else {
+            lmHead = try weights.linear("lm_head")
+        }
+        rope = RoPE(headDim: c.headDim, theta: c.ropeTheta)
+    }
+
+    /// Keys and values of past positions, for incremental decoding.
+    public final class KVCache {
+        public let capacity: Int
+        public private(set) var count = 0
+        var keys: [[Float]]    // per layer (capacity, KV·Dh)
+        var values: [[Float]]
+
+        public init(config: ModelConfig, capacity: Int) {
+            self.capacity = capacity
+            let width = config.kvHeadCount * config.headDim
+            keys = Array(repeating: [Float](repeating: 0, count: capacity * width), count: config.layerCount)
+            values = keys
+        }
+
+        public func reset() { count = 0 }
+        func advance(by n: Int) { count += n }
+    }
+
+    /// Runs `tokens` after the positions already in `cache` and returns logits `(T', V)` for
+    /// the rows in `logitRows` (all rows when nil). Without a cache the tokens start at 0.
+    public func forward(_ tokens: [Int], cache: KVCache? = nil, logitRows: Range<Int>? = nil) -> [Float] {
+        let hidden = hiddenStates(tokens, cache: cache)
+        let rows = logitRows ?? 0..<tokens.count
+        var logits = [Float](repeating: 0, count: rows.count * config.vocabSize)
+        hidden.withUnsafeBufferPointer { h in
+            logits.withUnsafeMutableBufferPointer { out in
+                lmHead.forward(h.baseAddress! + rows.lowerBound * config.hiddenSize, rows: rows.count,
+                               into: out.baseAddress!)
+            }
+        }
+        return logits
+    }
+
+    /// Final-normed hidden states `(T, D)`.
+    public func hiddenStates(_ tokens: [Int], cache: KVCache? = nil) -> [Float] {
+        let c = config
+        let T = tokens.count, D = c.hiddenSize, F = c.intermediateSize
+        let start = cache?.count ?? 0
+        let S = start + T
+        precondition(cache == nil || S <= cache!.capacity, "KV cache overflow: \(S) > \(cache!.capacity)")
+        let qWidth = c.headCount * c.headDim, kvWidth = c.kvHeadCount * c.headDim
+
+        var x = [Float](repeating: 0, count: T * D)                         // (T, D) residual
+        for (t, token) in tokens.enumerated() {
+            precondition(token >= 0 && token < c.vocabSize, "token id \(token) out of range")
+            for i in 0..<D { x[t * D + i] = embedding[token * D + i] }
+        }
+        var normed = [Float](repeating: 0, count: T * D)                    // (T, D)
+        var q = [Float](repeating: 0, count: T * qWidth)                    // (T, H·Dh)
+        var attention = [Float](repeating: 0, count: T * qWidth)            // (T, H·Dh)
+        var projected = [Float](repeating: 0, count: T * D)                 // (T, D)
+        var gate = [Float](repeating: 0, count: T * F)                      // (T, F)
+        var up = [Float](repeating: 0, count: T * F)                        // (T, F)
+        var scores = [Float](repeating: 0, count: T * S)                    // (T, S) one head
+        var localKeys = cache == nil ? [Float](repeating: 0, count: T * kvWidth) : []
+        var localValues = localKeys
+        let epsilon = Float(c.normEpsilon)
+
+        for (l, layer) in layers.enumerated() {
+            // --- attention ---
+            Ops.rmsNorm(x, weight: layer.attentionNorm, rows: T, width: D, epsilon: epsilon, into: &normed)
+            observe(QuantizationPoints.attentionInput(l), normed, rows: T, columns: D)
+            layer.q.forward(normed, rows: T, into: &q)
+            func projectKV(_ keys: UnsafeMutablePointer<Float>, _ values: UnsafeMutablePointer<Float>) {
+                normed.withUnsafeBufferPointer { n in
+                    layer.k.forward(n.baseAddress!, rows: T, into: keys + start * kvWidth)
+                    layer.v.forward(n.baseAddress!, rows: T, into: values + start * kvWidth)
+                }
+                for t in 0..<T { rope.apply(keys + (start + t) * kvWidth, heads: c.kvHeadCount, position: start + t) }
+            }
+            if let cache {
+                cache.keys[l].withUnsafeMutableBufferPointer { k in
+                    cache.values[l].withUnsafeMutableBufferPointer { v in projectKV(k.baseAddress!, v.baseAddress!) }
+                }
+            } else {
+                localKeys.withUnsafeMutableBufferPointer { k in
+                    localValues.withUnsafeMutableBufferPointer { v in projectKV(k.baseAddress!, v.baseAddress!) }
+                }
+            }
+            q.withUnsafeMutableBufferPointer { qp in
+                for t in 0..<T { rope.apply(qp.baseAddress! + t * qWidth, heads: c.headCount, position: start + t) }
+            }
+            let keys = cache?.keys[l] ?? localKeys
+            let values = cache?.values[l] ?? localValues
+            attend(q: q, keys: keys, values: values, T: T, start: start, scores: &scores, out: &attention, layer: l)
+            observe(QuantizationPoints.attentionOutputInput(l), attention, rows: T, columns: qWidth)
+            layer.o.forward(attention, rows: T, into: &projected)
+            Ops.add(projected, into: &x, count: T * D)
+
+            // --- MLP ---
+            Ops.rmsNorm(x, weight: layer.mlpNorm, rows: T, width: D, epsilon: epsilon, into: &normed)
+            observe(QuantizationPoints.mlpInput(l), normed, rows: T, columns: D)
+            layer.gate.forward(normed, rows: T, into: &gate)
+            layer.up.forward(normed, rows: T, into: &up)
+            Ops.siluMultiply(&gate, up, count: T * F)
+            observe(QuantizationPoints.mlpDownInput(l), gate, rows: T, columns: F)
+            layer.down.forward(gate, rows: T, into: &projected)
+            Ops.add(projected, into: &x, count: T * D)
+        }
+        cache?.advance(by: T)
+        Ops.rmsNorm(x, weight: finalNorm, rows: T, width: D, epsilon: epsilon, into: &normed)
+        return normed
+    }
+
+    /// Causal grouped-query attention of T new queries over S = start + T positions.
+    private func attend(q: [Float], keys: [Float], values: [Float], T: Int, start: Int,
+                        scores: inout [Float], out: inout [Float], layer: Int) {
+        let c = config
+        let S = start + T, Dh = c.headDim
+        let qWidth = c.headCount * Dh, kvWidth = c.kvHeadCount * Dh
+        let group = c.headCount / c.kvHeadCount
+        let scale = 1 / Float(Dh).squareRoot()
+        let point = QuantizationPoints.attentionProbabilities(layer)
+        q.withUnsafeBufferPointer { qp in
+        keys.withUnsafeBufferPointer { kp in
+        values.withUnsafeBufferPointer { vp in
+        scores.withUnsafeMutableBufferPointer { sp in
+        out.withUnsafeMutableBufferPointer { op in
+            let sc = sp.baseAddress!
+            for h in 0..<c.headCount {
+                let kvHead = h / group
+                // scores (T, S) = q_h (T, Dh) · K_g (S, Dh)ᵀ · scale
+                BLAS.gemm(m: T, n: S, k: Dh, alpha: scale, a: qp.baseAddress! + h * Dh, lda: qWidth,
+                          b: kp.baseAddress! + kvHead * Dh, ldb: kvWidth, transposeB: true, c: sc, ldc: S)
+                for t in 0..<T {
+                    let row = sc + t * S, visible = start + t + 1
+                    Ops.softmax(row, count: visible)
+                    for j in visible..<S { row[j] = 0 }
+                }
+                if let observer {
+                    observer.observe(point: point, values: UnsafeBufferPointer(start: sc, count: T * S), rows: T, columns: S)
+                }
+                // out_h (T, Dh) = P (T, S) · V_g (S, Dh)
+                BLAS.gemm(m: T, n: Dh, k: S, a: sc, lda: S, b: vp.baseAddress! + kvHead * Dh, ldb: kvWidth,
+                          transposeB: false, c: op.baseAddress! + h * Dh, ldc: qWidth)
+            }
+        }}}}}
+    }
+
+    @inline(__always)
+    private func observe(_ point: String, _ values: [Float], rows: Int, columns: Int) {
+        guard let observer else { return }
+        values.withUnsafeBufferPointer {
+            observer.observe(point: point, values: UnsafeBufferPointer(rebasing: $0[0..<rows * columns]), rows: rows, columns: columns)
+        }
+    }
+}

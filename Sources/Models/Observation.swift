@@ -1,0 +1,37 @@
+/// Receives activations at a model's quantization points during a forward pass.
+///
+/// The model passes a view of its own buffers (no copy); an observer must not keep the
+/// pointer. Points are named like `layers.3.attention.input` (see `QuantizationPoints`).
+public protocol ActivationObserver: AnyObject {
+    /// `values` holds `rows × columns` floats, row-major, one row per token (for attention
+    /// probabilities: one row per query, `columns` keys, masked keys are exact zeros).
+    func observe(point: String, values: UnsafeBufferPointer<Float>, rows: Int, columns: Int)
+}
+
+/// Names of the places where activations can be observed and quantized.
+public enum QuantizationPoints {
+    /// Normed input shared by q/k/v projections.
+    public static func attentionInput(_ layer: Int) -> String { "layers.\(layer).attention.input" }
+    /// Input of the attention output projection (concatenated heads).
+    public static func attentionOutputInput(_ layer: Int) -> String { "layers.\(layer).attention.o_proj.input" }
+    /// Post-softmax attention probabilities, per head.
+    public static func attentionProbabilities(_ layer: Int) -> String { "layers.\(layer).attention.probs" }
+    /// Normed input shared by the MLP's first projections (gate/up, or up for BERT).
+    public static func mlpInput(_ layer: Int) -> String { "layers.\(layer).mlp.input" }
+    /// Input of the down projection: SiLU(gate)·up (LLaMA) or GELU(up) (BERT).
+    public static func mlpDownInput(_ layer: Int) -> String { "layers.\(layer).mlp.down_proj.input" }
+
+    /// The point whose activations feed a linear layer given by canonical name
+    /// (`layers/3/attention/q_proj`).
+    public static func input(ofLinear name: String) -> String? {
+        let parts = name.split(separator: "/")
+        guard parts.count == 4, parts[0] == "layers", let layer = Int(parts[1]) else { return nil }
+        switch (parts[2], parts[3]) {
+        case ("attention", "q_proj"), ("attention", "k_proj"), ("attention", "v_proj"): return attentionInput(layer)
+        case ("attention", "o_proj"): return attentionOutputInput(layer)
+        case ("mlp", "gate_proj"), ("mlp", "up_proj"): return mlpInput(layer)
+        case ("mlp", "down_proj"): return mlpDownInput(layer)
+        default: return nil
+        }
+    }
+}

@@ -1,0 +1,72 @@
+import ArgumentParser
+import Foundation
+import PTQKit
+
+struct EvaluateCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "evaluate",
+        abstract: "Measure model quality: perplexity (llama.cpp protocol) or STS-B Spearman.")
+
+    enum Task: String, ExpressibleByArgument, CaseIterable {
+        case perplexity, stsb
+    }
+
+    @Argument(help: "Model file (.h5 checkpoint).")
+    var model: String
+
+    @Option(name: .long, help: "perplexity (language models) or stsb (sentence encoders).")
+    var task: Task
+
+    @Option(name: .long, help: "Text file (perplexity) or STS-B tsv file (stsb).")
+    var data: String
+
+    @Option(name: .long, help: "Perplexity context length in tokens.")
+    var ctx = 512
+
+    @Option(name: .long, help: "Evaluate at most this many chunks (perplexity).")
+    var chunks: Int?
+
+    @Option(name: .long, help: "STS-B pairs: all, calibration (first half) or evaluation (second half).")
+    var split: String = "all"
+
+    @OptionGroup var options: OutputOptions
+
+    func validate() throws {
+        guard ctx >= 4 else { throw ValidationError("--ctx must be at least 4") }
+        if let chunks, chunks <= 0 { throw ValidationError("--chunks must be positive") }
+        guard STSB.Split(rawValue: split) != nil else {
+            throw ValidationError("--split must be one of \(STSB.Split.allCases.map(\.rawValue).joined(separator: ", "))")
+        }
+    }
+
+    func run() throws {
+        try requireSupportedCPU()
+        let loaded = try PTQKit.loadModel(path: model)
+        let tokenizer = try PTQKit.tokenizer(for: loaded)
+        switch (task, loaded) {
+        case (.perplexity, .language(let llm)):
+            let text = try PTQKit.readText(data)
+            let tokens = tokenizer.encode(text)
+            let result = try Perplexity.evaluate(model: llm, tokens: tokens, context: ctx, maxChunks: chunks,
+                                                 quiet: options.silent)
+            if options.json {
+                try printJSON(result)
+            } else {
+                print(String(format: "perplexity %.4f ± %.5f over %d chunks of %d tokens (%d tokens scored)",
+                             result.perplexity, result.stderr, result.chunks, result.context, result.tokens))
+            }
+        case (.stsb, .encoder(let encoder)):
+            let pairs = try STSB.load(path: data, split: STSB.Split(rawValue: split)!)
+            let result = STSB.evaluate(model: encoder, tokenizer: tokenizer, pairs: pairs, quiet: options.silent)
+            if options.json {
+                try printJSON(result)
+            } else {
+                print(String(format: "STS-B Spearman %.2f over %d pairs", result.spearman, result.pairs))
+            }
+        case (.perplexity, .encoder):
+            throw PTQError.file(model, "perplexity needs a language model; this is an encoder (use --task stsb)")
+        case (.stsb, .language):
+            throw PTQError.file(model, "stsb needs a sentence encoder; this is a language model (use --task perplexity)")
+        }
+    }
+}

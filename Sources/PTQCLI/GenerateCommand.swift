@@ -1,0 +1,43 @@
+import ArgumentParser
+import Foundation
+import PTQKit
+
+struct GenerateCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "generate", abstract: "Greedy text generation with a language model.")
+
+    @Argument(help: "Model file (.h5 checkpoint).")
+    var model: String
+
+    @Option(name: .long, help: "Prompt text.")
+    var prompt: String
+
+    @Option(name: .long, help: "Maximum number of new tokens.")
+    var maxTokens = 64
+
+    @OptionGroup var options: OutputOptions
+
+    func validate() throws {
+        guard maxTokens > 0 else { throw ValidationError("--max-tokens must be positive") }
+    }
+
+    func run() throws {
+        try requireSupportedCPU()
+        guard case .language(let llm) = try PTQKit.loadModel(path: model) else {
+            throw PTQError.file(model, "generate needs a language model; this is an encoder")
+        }
+        let tokenizer = try makeTokenizer(llm.tokenizer)
+        let start = Date()
+        let ids = PTQKit.generate(model: llm, tokenizer: tokenizer, prompt: prompt, maxTokens: maxTokens) { piece in
+            if !options.json { FileHandle.standardOutput.write(Data(piece.utf8)) }
+        }
+        let seconds = Date().timeIntervalSince(start)
+        if options.json {
+            struct Output: Encodable { let text: String, tokens: Int, seconds: Double }
+            try printJSON(Output(text: tokenizer.decode(ids), tokens: ids.count, seconds: seconds))
+        } else {
+            print("")
+            Progress.log(String(format: "%d tokens in %.2f s", ids.count, seconds), quiet: options.silent)
+        }
+    }
+}

@@ -1,0 +1,45 @@
+import ArgumentParser
+import Foundation
+import PTQKit
+
+struct InspectCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "inspect", abstract: "Show a model file's config, tokenizer and tensors.")
+
+    @Argument(help: "Model file (.h5 checkpoint).")
+    var file: String
+
+    @OptionGroup var options: OutputOptions
+
+    func run() throws {
+        let reader = try CheckpointReader(path: file)
+        struct TensorRow: Encodable { let name: String, shape: [Int], dtype: String }
+        var rows: [TensorRow] = []
+        var bits = 0.0, count = 0
+        for (name, shape) in reader.config.expectedTensors {
+            let dtype = try reader.storageType(of: name)
+            rows.append(TensorRow(name: name, shape: shape, dtype: dtype.rawValue))
+            let n = shape.reduce(1, *)
+            bits += Double(n * dtype.byteCount * 8)
+            count += n
+        }
+        let bitsPerWeight = bits / Double(max(count, 1))
+        if options.json {
+            struct Output: Encodable {
+                let file: String, config: ModelConfig, tokenizer: String, vocab: Int, parameters: Int,
+                    bits_per_weight: Double, metadata: [String: String], tensors: [TensorRow]
+            }
+            try printJSON(Output(file: file, config: reader.config, tokenizer: reader.tokenizer.kind.rawValue,
+                                 vocab: reader.tokenizer.tokens.count, parameters: count,
+                                 bits_per_weight: bitsPerWeight, metadata: reader.metadata, tensors: rows))
+            return
+        }
+        let c = reader.config
+        print("\(file): PTQKit checkpoint, \(c.architecture.rawValue) '\(c.name)'")
+        print("  hidden \(c.hiddenSize), mlp \(c.intermediateSize), layers \(c.layerCount), heads \(c.headCount)/\(c.kvHeadCount) × \(c.headDim), vocab \(c.vocabSize)")
+        print("  tokenizer \(reader.tokenizer.kind.rawValue) (\(reader.tokenizer.tokens.count) tokens, pre-tokenizer \(reader.tokenizer.preTokenizer))")
+        print("  \(count) parameters, \(String(format: "%.2f", bitsPerWeight)) bits per weight")
+        for (key, value) in reader.metadata.sorted(by: { $0.key < $1.key }) { print("  \(key): \(value)") }
+        for row in rows { print("  \(row.name) \(row.shape) \(row.dtype)") }
+    }
+}

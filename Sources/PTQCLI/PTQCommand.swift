@@ -1,0 +1,43 @@
+import ArgumentParser
+import Foundation
+import PTQKit
+
+/// The `ptq` command: a thin layer that parses arguments, calls the library and prints.
+public struct PTQCommand: ParsableCommand {
+    public static let configuration = CommandConfiguration(
+        commandName: "ptq",
+        abstract: "Post-training quantization toolkit: import, calibrate, quantize, evaluate and verify models.",
+        version: PTQKit.version,
+        subcommands: [ImportCommand.self, GenerateCommand.self, EvaluateCommand.self, InspectCommand.self])
+
+    public init() {}
+}
+
+/// Flags shared by every command.
+struct OutputOptions: ParsableArguments {
+    @Flag(name: .long, help: "Print one JSON object with the results on stdout.")
+    var json = false
+
+    @Flag(name: .shortAndLong, help: "No progress output on stderr.")
+    var quiet = false
+
+    /// Progress is off for --quiet and --json alike, so stdout/stderr stay machine-readable.
+    var silent: Bool { quiet || json }
+}
+
+/// Prints a value as one line of sorted-key JSON on stdout.
+func printJSON<T: Encodable>(_ value: T) throws {
+    let encoder = JSONEncoder()
+    encoder.outputFormatting = [.sortedKeys]
+    let data = try encoder.encode(value)
+    print(String(decoding: data, as: UTF8.self))
+}
+
+/// Checks the CPU once: the numeric modules are compiled for x86-64-v3 (AVX2/FMA/F16C).
+func requireSupportedCPU() throws {
+    #if arch(x86_64)
+    if !PTQKit.cpuIsSupported {
+        throw PTQError("this build of ptq needs a CPU with AVX2, FMA and F16C (x86-64-v3)")
+    }
+    #endif
+}

@@ -1,0 +1,106 @@
+@_exported import Checkpoint
+@_exported import Evaluation
+@_exported import Models
+@_exported import PTQCore
+@_exported import Tokenizers
+import Foundation
+import Kernels
+
+/// A model ready to run, of either family.
+public enum LoadedModel {
+    case language(LlamaModel)
+    case encoder(BertModel)
+
+    public var config: ModelConfig {
+        switch self {
+        case .language(let m): m.config
+        case .encoder(let m): m.config
+        }
+    }
+
+    public var tokenizerSpec: TokenizerSpec {
+        switch self {
+        case .language(let m): m.tokenizer
+        case .encoder(let m): m.tokenizer
+        }
+    }
+}
+
+/// The library facade: the same operations as the `ptq` command, for Swift programs.
+public enum PTQKit {
+    /// The toolkit version written into files it produces.
+    public static let version = "0.1.0"
+
+    /// Whether this CPU runs the AVX2/FMA/F16C code the numeric modules are compiled for.
+    public static var cpuIsSupported: Bool { Int8Dot.usesAVX2 }
+
+    /// Reads a GGUF file or a Hugging Face safetensors directory.
+    public static func importModel(from source: String) throws(PTQError) -> CheckpointContents {
+        var isDirectory: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: source, isDirectory: &isDirectory) else {
+            throw PTQError.file(source, "no such file or directory")
+        }
+        if isDirectory.boolValue { return try SafetensorsImporter.load(directory: source) }
+        if source.hasSuffix(".safetensors") {
+            return try SafetensorsImporter.load(directory: (source as NSString).deletingLastPathComponent)
+        }
+        return try GGUFImporter.load(path: source)
+    }
+
+    /// Imports `source` and writes it as an HDF5 checkpoint at `output` (atomically).
+    @discardableResult
+    public static func importModel(from source: String, to output: String) throws(PTQError) -> CheckpointContents {
+        let contents = try importModel(from: source)
+        try CheckpointWriter.write(contents, to: output)
+        return contents
+    }
+
+    /// Loads a model file for running.
+    public static func loadModel(path: String) throws(PTQError) -> LoadedModel {
+        let weights = CheckpointWeights(try CheckpointReader(path: path))
+        switch weights.config.architecture {
+        case .llama: return .language(try LlamaModel(weights: weights))
+        case .bert: return .encoder(try BertModel(weights: weights))
+        }
+    }
+
+    /// Builds the tokenizer a model file carries.
+    public static func tokenizer(for model: LoadedModel) throws(PTQError) -> any Tokenizer {
+        try makeTokenizer(model.tokenizerSpec)
+    }
+
+    /// Reads a UTF-8 text file, with an error naming it.
+    public static func readText(_ path: String) throws(PTQError) -> String {
+        guard FileManager.default.fileExists(atPath: path) else { throw PTQError.file(path, "no such file") }
+        guard let data = FileManager.default.contents(atPath: path) else { throw PTQError.file(path, "cannot read the file") }
+        guard let text = String(data: data, encoding: .utf8) else { throw PTQError.file(path, "not valid UTF-8 text") }
+        return text
+    }
+
+    /// Greedy decoding with a KV cache; stops at EOS or after `maxTokens`.
+    public static func generate(model: LlamaModel, tokenizer: any Tokenizer, prompt: String,
+                                maxTokens: Int, onToken: ((String) -> Void)? = nil) -> [Int] {
+        var ids = tokenizer.encode(prompt)
+        if ids.isEmpty, let bos = model.tokenizer.bosTokenID { ids = [bos] }
+        let capacity = min(model.config.maxPositions, ids.count + maxTokens)
+        let cache = LlamaModel.KVCache(config: model.config, capacity: capacity)
+        var generated: [Int] = []
+        var logits = model.forward(ids, cache: cache, logitRows: (ids.count - 1)..<ids.count)
+        var emittedText = ""
+        while generated.count < maxTokens && cache.count < capacity {
+            var best = 0
+            for i in 1..<logits.count where logits[i] > logits[best] { best = i }
+            if best == model.tokenizer.eosTokenID { break }
+            generated.append(best)
+            // Decode the whole continuation so multi-byte characters split over tokens print whole.
+            let text = tokenizer.decode(generated)
+            if text.count > emittedText.count, !text.hasSuffix("\u{FFFD}") {
+                onToken?(String(text.dropFirst(emittedText.count)))
+                emittedText = text
+            }
+            if cache.count >= capacity { break }
+            logits = model.forward([best], cache: cache)
+        }
+        return generated
+    }
+}

@@ -1,0 +1,8 @@
+import PTQCLI
+
+@main
+enum PTQMain {
+    static func main() {
+        PTQCommand.main()
+    }
+}
