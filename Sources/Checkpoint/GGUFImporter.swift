@@ -18,6 +18,11 @@ public enum GGUFImporter {
         var config = try readConfig(reader)
         let tokenizer = try readTokenizer(reader, vocabSize: config.vocabSize)
 
+        // Every layer has 9 tensors: a larger block count is corrupt (and would make validation huge).
+        guard config.layerCount <= reader.tensors.count else {
+            throw PTQError.file(path, "llama.block_count is \(config.layerCount), but the file has only "
+                + "\(reader.tensors.count) tensors")
+        }
         // Map every tensor name before dequantizing anything, so naming errors come first.
         var mapped: [(info: GGUFTensorInfo, name: String)] = []
         for info in reader.tensors {

@@ -5,14 +5,10 @@ import PTQCore
 /// Thin RAII layer over the libhdf5 C API: every id is closed by `deinit`, and every failing
 /// call becomes a `PTQError` naming the file and the object.
 enum HDF5 {
-    /// Turns off HDF5's own error-stack printing once; we report errors ourselves.
-    static let silenced: Void = {
+    /// Turns off HDF5's own error-stack printing; we report errors ourselves. The setting is
+    /// per thread in Debian's thread-safe build, so every entry point calls this.
+    static func silence() {
         _ = H5Eset_auto2(chdf5_e_default(), nil, nil)
-    }()
-
-    static func isHDF5(_ path: String) -> Bool {
-        _ = silenced
-        return H5Fis_hdf5(path) > 0
     }
 }
 
@@ -40,7 +36,7 @@ final class HDF5File {
     }
 
     static func open(_ path: String) throws(PTQError) -> HDF5File {
-        _ = HDF5.silenced
+        HDF5.silence()
         guard FileManager.default.fileExists(atPath: path) else { throw PTQError.file(path, "no such file") }
         let probe = H5Fis_hdf5(path)
         if probe == 0 { throw PTQError.file(path, "not an HDF5 file") }
@@ -53,7 +49,7 @@ final class HDF5File {
 
     /// Opens an existing file for modification (tests use it to build damaged checkpoints).
     static func openForUpdate(_ path: String) throws(PTQError) -> HDF5File {
-        _ = HDF5.silenced
+        HDF5.silence()
         let id = H5Fopen(path, chdf5_f_acc_rdwr(), chdf5_p_default())
         if id < 0 { throw PTQError.file(path, "cannot open the HDF5 file for update") }
         return HDF5File(path: path, id: id)
@@ -67,7 +63,7 @@ final class HDF5File {
     }
 
     static func create(_ path: String) throws(PTQError) -> HDF5File {
-        _ = HDF5.silenced
+        HDF5.silence()
         let id = H5Fcreate(path, chdf5_f_acc_trunc(), chdf5_p_default(), chdf5_p_default())
         if id < 0 { throw PTQError.file(path, "cannot create HDF5 file") }
         return HDF5File(path: path, id: id)
@@ -162,6 +158,7 @@ final class HDF5File {
     }
 
     func openDataset(_ name: String) throws(PTQError) -> HID {
+        HDF5.silence()
         guard isDataset(name) else { throw PTQError.file(path, "missing dataset '\(name)'") }
         let ds = H5Dopen2(handle.id, name, chdf5_p_default())
         if ds < 0 { throw PTQError.file(path, "cannot open dataset '\(name)'") }
@@ -236,13 +233,21 @@ final class HDF5File {
             fileType = HID(H5Tcopy(chdf5_std_u16le()), close: H5Tclose)
         }
         let ds = try createDataset(name, type: fileType.id, space: space.id)
+        // Half-precision bits are produced here (round to nearest even) rather than by HDF5's
+        // float conversion, which does not round the same way.
         let status: herr_t
-        if stored == .bfloat16 {
+        switch stored {
+        case .bfloat16:
             let bits = data.map(\.bfloat16Bits)
             status = bits.withUnsafeBytes {
                 H5Dwrite(ds.id, chdf5_native_uint16(), chdf5_s_all(), chdf5_s_all(), chdf5_p_default(), $0.baseAddress)
             }
-        } else {
+        case .float16:
+            let bits = data.map { Float16($0).bitPattern }
+            status = bits.withUnsafeBytes {
+                H5Dwrite(ds.id, fileType.id, chdf5_s_all(), chdf5_s_all(), chdf5_p_default(), $0.baseAddress)
+            }
+        case .float32:
             status = data.withUnsafeBytes {
                 H5Dwrite(ds.id, chdf5_native_float(), chdf5_s_all(), chdf5_s_all(), chdf5_p_default(), $0.baseAddress)
             }

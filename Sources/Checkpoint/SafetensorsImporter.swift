@@ -111,6 +111,7 @@ public enum SafetensorsImporter {
         do { try modelConfig.validate() } catch { throw PTQError.file(config.path, error.message) }
 
         let weights = try WeightFiles(directory: directory)
+        try weights.checkLayerCount(modelConfig.layerCount, configPath: config.path)
         var loaded = try weights.load { (name) throws(PTQError) -> String? in
             switch bertMapping(name) {
             case .ignored: return nil
@@ -125,11 +126,13 @@ public enum SafetensorsImporter {
             }
         }
         modelConfig.tiedEmbeddings = false
-        let tokenizer = try readWordPieceTokenizer(directory: directory, maxPositions: modelConfig.maxPositions)
+        let tokenizer = try readWordPieceTokenizer(directory: directory, maxPositions: modelConfig.maxPositions,
+                                                   vocabSize: modelConfig.vocabSize)
         loaded.metadata["pooling"] = modelConfig.pooling.rawValue
         loaded.metadata["normalize_embeddings"] = "\(modelConfig.normalizeEmbeddings)"
         loaded.metadata["pooling_source"] = pooling.source
         loaded.metadata["tokenizer_source"] = tokenizer.source
+        loaded.metadata["max_length_source"] = tokenizer.maxLengthSource
         let contents = CheckpointContents(config: modelConfig, tokenizer: tokenizer.spec, tensors: loaded.tensors,
                                           storageTypes: loaded.storageTypes, metadata: loaded.metadata)
         try contents.validate(source: directory)
@@ -177,8 +180,12 @@ public enum SafetensorsImporter {
         return (.mean, true, "default for a bare BERT (no sentence-transformers files): mean pooling, normalize")
     }
 
-    static func readWordPieceTokenizer(directory: String, maxPositions: Int) throws(PTQError)
-        -> (spec: TokenizerSpec, source: String) {
+    /// WordPiece from tokenizer.json or vocab.txt. The maximum length is sentence-transformers'
+    /// `max_seq_length` (sentence_bert_config.json) when present, as sentence-transformers truncates to it;
+    /// else tokenizer.json's truncation.max_length or tokenizer_config's model_max_length; else 512;
+    /// never more than max_position_embeddings.
+    static func readWordPieceTokenizer(directory: String, maxPositions: Int, vocabSize: Int) throws(PTQError)
+        -> (spec: TokenizerSpec, source: String, maxLengthSource: String) {
         let tokenizerConfigPath = join(directory, "tokenizer_config.json")
         let tokenizerConfig = FileManager.default.fileExists(atPath: tokenizerConfigPath)
             ? try JSONFile(path: tokenizerConfigPath) : nil
@@ -190,6 +197,7 @@ public enum SafetensorsImporter {
         var spec: TokenizerSpec
         var ids: [String: Int] = [:]
         let source: String
+        var maxLengthSource = "default 512"
         if FileManager.default.fileExists(atPath: tokenizerJSONPath) {
             let file = try JSONFile(path: tokenizerJSONPath)
             let path = file.path
@@ -229,6 +237,7 @@ public enum SafetensorsImporter {
             if let truncation = file.object["truncation"] as? [String: Any],
                let length = SafetensorsReader.integer(truncation["max_length"] ?? NSNull()), length > 0 {
                 maxLength = length
+                maxLengthSource = "tokenizer.json truncation.max_length"
             }
             let unknown = model["unk_token"] as? String ?? specialToken("unk_token", "[UNK]")
             spec = TokenizerSpec(
@@ -237,7 +246,7 @@ public enum SafetensorsImporter {
                 splitChineseCharacters: chinese,
                 maxInputCharsPerWord: SafetensorsReader.integer(model["max_input_chars_per_word"] ?? NSNull()) ?? 100,
                 continuingSubwordPrefix: model["continuing_subword_prefix"] as? String ?? "##",
-                maxLength: min(maxLength, maxPositions))
+                maxLength: maxLength)
             guard spec.unknownTokenID != nil else {
                 throw PTQError.file(path, "unknown token '\(unknown)' is not in the vocabulary")
             }
@@ -260,12 +269,13 @@ public enum SafetensorsImporter {
             if let length = tokenizerConfig.flatMap({ SafetensorsReader.integer($0.object["model_max_length"] ?? NSNull()) }),
                length > 0, length <= 1_000_000 {
                 maxLength = length
+                maxLengthSource = "tokenizer_config.json model_max_length"
             }
             let unknown = specialToken("unk_token", "[UNK]")
             spec = TokenizerSpec(
                 kind: .wordPiece, tokens: tokens, preTokenizer: "bert", unknownTokenID: ids[unknown],
                 lowercase: lowercase, stripAccents: stripAccents, splitChineseCharacters: chinese,
-                maxLength: min(maxLength, maxPositions))
+                maxLength: maxLength)
             guard spec.unknownTokenID != nil else {
                 throw PTQError.file(vocabPath, "unknown token '\(unknown)' is not in the vocabulary")
             }
@@ -274,6 +284,26 @@ public enum SafetensorsImporter {
             throw PTQError.file(directory, "no tokenizer: expected tokenizer.json or vocab.txt")
         }
         let where_ = source == "vocab.txt" ? vocabPath : tokenizerJSONPath
+        guard spec.tokens.count <= vocabSize else {
+            throw PTQError.file(where_, "tokenizer has \(spec.tokens.count) tokens, more than vocab_size \(vocabSize) "
+                + "in config.json")
+        }
+        let sentenceBertPath = join(directory, "sentence_bert_config.json")
+        if FileManager.default.fileExists(atPath: sentenceBertPath) {
+            let sentenceBert = try JSONFile(path: sentenceBertPath)
+            if sentenceBert.object["max_seq_length"] != nil, !(sentenceBert.object["max_seq_length"] is NSNull) {
+                let length = try sentenceBert.int("max_seq_length")
+                guard length > 0 else {
+                    throw PTQError.file(sentenceBertPath, "max_seq_length must be positive (got \(length))")
+                }
+                spec.maxLength = length
+                maxLengthSource = "sentence_bert_config.json max_seq_length"
+            }
+        }
+        if spec.maxLength > maxPositions {
+            spec.maxLength = maxPositions
+            maxLengthSource += ", capped at max_position_embeddings"
+        }
         for (key, fallback) in [("cls_token", "[CLS]"), ("sep_token", "[SEP]")] {
             let token = specialToken(key, fallback)
             guard let id = ids[token] else {
@@ -282,7 +312,7 @@ public enum SafetensorsImporter {
             if key == "cls_token" { spec.clsTokenID = id } else { spec.sepTokenID = id }
         }
         spec.paddingTokenID = ids[specialToken("pad_token", "[PAD]")]
-        return (spec, source)
+        return (spec, source, maxLengthSource)
     }
 
     // MARK: - LLaMA
@@ -353,6 +383,7 @@ public enum SafetensorsImporter {
         do { try modelConfig.validate() } catch { throw PTQError.file(config.path, error.message) }
 
         let weights = try WeightFiles(directory: directory)
+        try weights.checkLayerCount(modelConfig.layerCount, configPath: config.path)
         let tied = tieKey || weights.entry(named: "lm_head.weight") == nil
         var loaded = try weights.load { (name) throws(PTQError) -> String? in
             switch llamaMapping(name) {
@@ -680,6 +711,14 @@ struct WeightFiles {
         self.readers = readers
         self.owners = owners
         self.ownerIndex = ownerIndex
+    }
+
+    /// Every layer has several tensors: a larger layer count is corrupt (and would make validation huge).
+    func checkLayerCount(_ layers: Int, configPath: String) throws(PTQError) {
+        guard layers <= owners.count else {
+            throw PTQError.file(configPath, "num_hidden_layers is \(layers), but the checkpoint has only "
+                + "\(owners.count) tensors")
+        }
     }
 
     func entry(named name: String) -> SafetensorsEntry? {

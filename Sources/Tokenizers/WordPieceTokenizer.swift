@@ -140,9 +140,10 @@ public struct WordPieceTokenizer: Tokenizer {
             }
         }
         if spec.stripAccents, needsNFD {
-            var s = ""
-            s.unicodeScalars.append(contentsOf: scalars.lazy.map { Unicode.Scalar($0)! })
-            let nfd = s.decomposedStringWithCanonicalMapping
+            var bytes = [UInt8]()
+            bytes.reserveCapacity(scalars.count * 2)
+            for v in scalars { appendUTF8(v, to: &bytes) }
+            let nfd = String(decoding: bytes, as: UTF8.self).decomposedStringWithCanonicalMapping
             scalars.removeAll(keepingCapacity: true)
             for u in nfd.unicodeScalars where !isNonSpacingMark(u) { scalars.append(u.value) }
         }
@@ -175,7 +176,16 @@ public struct WordPieceTokenizer: Tokenizer {
             ids.append(unknownID)
             return
         }
-        let base = word.startIndex
+        // UTF-8 of the word and the byte offset of each scalar: substrings are byte ranges.
+        var bytes = [UInt8]()
+        bytes.reserveCapacity(n * 2)
+        var offsets = [Int]()
+        offsets.reserveCapacity(n + 1)
+        for v in word {
+            offsets.append(bytes.count)
+            appendUTF8(v, to: &bytes)
+        }
+        offsets.append(bytes.count)
         var pieces = [Int]()
         var start = 0
         while start < n {
@@ -183,8 +193,7 @@ public struct WordPieceTokenizer: Tokenizer {
             var found = -1
             let table = start == 0 ? vocab : continuationVocab
             while start < end {
-                var s = ""
-                s.unicodeScalars.append(contentsOf: word[(base + start)..<(base + end)].lazy.map { Unicode.Scalar($0)! })
+                let s = String(decoding: bytes[offsets[start]..<offsets[end]], as: UTF8.self)
                 if let id = table[ExactKey(s)] {
                     found = id
                     break

@@ -136,8 +136,10 @@ struct CheckpointFileTests {
 
     /// A failed write leaves neither the destination nor a temporary file behind.
     @Test func atomicWrite() throws {
-        let path = SyntheticModels.temporaryPath("atomic.h5")
-        let folder = (path as NSString).deletingLastPathComponent
+        // A folder of its own: other tests write temporary files concurrently.
+        let folder = SyntheticModels.temporaryPath("atomic")
+        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+        let path = folder + "/atomic.h5"
         let before = try FileManager.default.contentsOfDirectory(atPath: folder)
         #expect(throws: PTQError.self) {
             try AtomicFile.write(to: path) { (temp: String) throws(PTQError) in

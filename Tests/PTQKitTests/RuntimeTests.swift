@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+@testable import Evaluation
 @testable import Kernels
 @testable import PTQKit
 
@@ -24,6 +25,12 @@ enum ReferenceForward {
         let mean = x.reduce(0, +) / Double(x.count)
         let variance = x.map { ($0 - mean) * ($0 - mean) }.reduce(0, +) / Double(x.count)
         return x.indices.map { (x[$0] - mean) / (variance + eps).squareRoot() * Double(w.data[$0]) + Double(b.data[$0]) }
+    }
+
+    static func dot(_ a: [Double], _ aOffset: Int, _ b: [Double], _ bOffset: Int, _ n: Int) -> Double {
+        var s = 0.0
+        for i in 0..<n { s += a[aOffset + i] * b[bOffset + i] }
+        return s
     }
 
     static func softmax(_ x: [Double]) -> [Double] {
@@ -63,8 +70,8 @@ enum ReferenceForward {
             for p in tokens.indices {
                 for h in 0..<c.headCount {
                     let g = h / (c.headCount / c.kvHeadCount)
-                    let scores = (0...p).map { j in
-                        (0..<Dh).map { qs[p][h * Dh + $0] * ks[j][g * Dh + $0] }.reduce(0, +) / Double(Dh).squareRoot()
+                    let scores: [Double] = (0...p).map { j in
+                        dot(qs[p], h * Dh, ks[j], g * Dh, Dh) / Double(Dh).squareRoot()
                     }
                     let probs = softmax(scores)
                     for d in 0..<Dh {
@@ -92,11 +99,15 @@ enum ReferenceForward {
         let c = m.config, D = c.hiddenSize, Dh = c.headDim, T = tokens.count
         func t(_ n: String) -> Tensor { m.tensors[n]! }
         let eps = c.normEpsilon
-        var x = tokens.enumerated().map { p, tok in
-            layerNorm((0..<D).map { Double(t(TensorNames.tokenEmbedding).data[tok * D + $0])
-                + Double(t(TensorNames.positionEmbedding).data[p * D + $0])
-                + Double(t(TensorNames.tokenTypeEmbedding).data[$0]) },
-                t(TensorNames.embeddingNormWeight), t(TensorNames.embeddingNormBias), eps)
+        let word = t(TensorNames.tokenEmbedding), position = t(TensorNames.positionEmbedding)
+        let type = t(TensorNames.tokenTypeEmbedding)
+        var x: [[Double]] = []
+        for (p, tok) in tokens.enumerated() {
+            var e = [Double](repeating: 0, count: D)
+            for i in 0..<D {
+                e[i] = Double(word.data[tok * D + i]) + Double(position.data[p * D + i]) + Double(type.data[i])
+            }
+            x.append(layerNorm(e, t(TensorNames.embeddingNormWeight), t(TensorNames.embeddingNormBias), eps))
         }
         for l in 0..<c.layerCount {
             func lt(_ s: String) -> Tensor { t(TensorNames.layer(l, s)) }
@@ -106,9 +117,7 @@ enum ReferenceForward {
             var attn = [[Double]](repeating: [Double](repeating: 0, count: D), count: T)
             for p in 0..<T {
                 for h in 0..<c.headCount {
-                    let probs = softmax((0..<T).map { j in
-                        (0..<Dh).map { q[p][h * Dh + $0] * k[j][h * Dh + $0] }.reduce(0, +) / Double(Dh).squareRoot()
-                    })
+                    let probs = softmax((0..<T).map { j in dot(q[p], h * Dh, k[j], h * Dh, Dh) / Double(Dh).squareRoot() })
                     for d in 0..<Dh { attn[p][h * Dh + d] = (0..<T).map { probs[$0] * v[$0][h * Dh + d] }.reduce(0, +) }
                 }
             }
