@@ -18,6 +18,7 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.5.0"),
+        .package(url: "https://github.com/jpsim/Yams.git", from: "6.0.0"),
     ],
     targets: [
         // C libraries from Debian (libhdf5-dev, libopenblas-dev, libzstd-dev).
@@ -40,8 +41,22 @@ let package = Package(
                 swiftSettings: numericSwiftSettings),
         .target(name: "Evaluation", dependencies: ["PTQCore", "Models", "Tokenizers", "Kernels"],
                 swiftSettings: numericSwiftSettings),
+        // Calibration: observers at quantization points, statistics file.
+        .target(name: "Calibration", dependencies: ["PTQCore", "Models", "Checkpoint", "Tokenizers", "Kernels", "CHDF5"],
+                swiftSettings: numericSwiftSettings),
+        // YAML recipes: schema, validation with line numbers, per-tensor plan.
+        .target(name: "Recipes", dependencies: ["PTQCore", "Yams"]),
+        // Quantizer protocol, registry and one file per method.
+        .target(name: "Quantizers", dependencies: ["PTQCore", "Calibration", "Recipes", "Kernels"],
+                swiftSettings: numericSwiftSettings),
+        // The .ptq container: manifest, bit-packed payloads, zstd sections, checksums.
+        .target(name: "Packing", dependencies: ["PTQCore", "CZstd"], swiftSettings: numericSwiftSettings),
+        // Low-bit LinearOps (int8 GEMM, int4 group kernels) and the packed-model loader.
+        .target(name: "QuantizedRuntime", dependencies: ["PTQCore", "Kernels", "Models", "Packing"],
+                swiftSettings: numericSwiftSettings),
         // Library facade for Swift programs.
-        .target(name: "PTQKit", dependencies: ["PTQCore", "Tokenizers", "Checkpoint", "Kernels", "Models", "Evaluation"]),
+        .target(name: "PTQKit", dependencies: ["PTQCore", "Tokenizers", "Checkpoint", "Kernels", "Models", "Evaluation",
+                                               "Calibration", "Recipes", "Quantizers", "Packing", "QuantizedRuntime"]),
         // Command implementations (a library so tests can run commands in process).
         .target(name: "PTQCLI", dependencies: ["PTQKit", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
         .executableTarget(name: "ptq", dependencies: ["PTQCLI"]),
@@ -49,6 +64,9 @@ let package = Package(
         .testTarget(name: "TokenizersTests", dependencies: ["Tokenizers", "PTQCore"],
                     resources: [.copy("Fixtures")]),
         .testTarget(name: "CheckpointTests", dependencies: ["Checkpoint", "PTQCore"]),
-        .testTarget(name: "PTQKitTests", dependencies: ["PTQKit", "PTQCLI"]),
+        .testTarget(name: "PackingTests", dependencies: ["Packing", "PTQCore"]),
+        .testTarget(name: "RecipesTests", dependencies: ["Recipes", "PTQCore"]),
+        .testTarget(name: "QuantizedRuntimeTests", dependencies: ["QuantizedRuntime", "Kernels", "Models", "PTQCore"]),
+        .testTarget(name: "PTQKitTests", dependencies: ["PTQKit", "PTQCLI", "Checkpoint", "CHDF5"]),
     ]
 )

@@ -4,20 +4,20 @@ import PTQCore
 
 /// Thin RAII layer over the libhdf5 C API: every id is closed by `deinit`, and every failing
 /// call becomes a `PTQError` naming the file and the object.
-enum HDF5 {
+package enum HDF5 {
     /// Turns off HDF5's own error-stack printing; we report errors ourselves. The setting is
     /// per thread in Debian's thread-safe build, so every entry point calls this.
-    static func silence() {
+    package static func silence() {
         _ = H5Eset_auto2(chdf5_e_default(), nil, nil)
     }
 }
 
 /// An HDF5 identifier with the close function that releases it.
-final class HID {
-    let id: hid_t
+package final class HID {
+    package let id: hid_t
     private let close: (hid_t) -> herr_t
 
-    init(_ id: hid_t, close: @escaping (hid_t) -> herr_t) {
+    package init(_ id: hid_t, close: @escaping (hid_t) -> herr_t) {
         self.id = id
         self.close = close
     }
@@ -26,16 +26,16 @@ final class HID {
 }
 
 /// One open HDF5 file.
-final class HDF5File {
-    let path: String
-    let handle: HID
+package final class HDF5File {
+    package let path: String
+    package let handle: HID
 
     private init(path: String, id: hid_t) {
         self.path = path
         self.handle = HID(id, close: H5Fclose)
     }
 
-    static func open(_ path: String) throws(PTQError) -> HDF5File {
+    package static func open(_ path: String) throws(PTQError) -> HDF5File {
         HDF5.silence()
         guard FileManager.default.fileExists(atPath: path) else { throw PTQError.file(path, "no such file") }
         let probe = H5Fis_hdf5(path)
@@ -48,7 +48,7 @@ final class HDF5File {
     }
 
     /// Opens an existing file for modification (tests use it to build damaged checkpoints).
-    static func openForUpdate(_ path: String) throws(PTQError) -> HDF5File {
+    package static func openForUpdate(_ path: String) throws(PTQError) -> HDF5File {
         HDF5.silence()
         let id = H5Fopen(path, chdf5_f_acc_rdwr(), chdf5_p_default())
         if id < 0 { throw PTQError.file(path, "cannot open the HDF5 file for update") }
@@ -56,26 +56,26 @@ final class HDF5File {
     }
 
     /// Removes a link (dataset or group) or an attribute (when `attribute` is given).
-    func delete(_ name: String, attribute: String? = nil) throws(PTQError) {
+    package func delete(_ name: String, attribute: String? = nil) throws(PTQError) {
         let status = attribute.map { H5Adelete_by_name(handle.id, name, $0, chdf5_p_default()) }
             ?? H5Ldelete(handle.id, name, chdf5_p_default())
         if status < 0 { throw PTQError.file(path, "cannot delete '\(name)'") }
     }
 
-    static func create(_ path: String) throws(PTQError) -> HDF5File {
+    package static func create(_ path: String) throws(PTQError) -> HDF5File {
         HDF5.silence()
         let id = H5Fcreate(path, chdf5_f_acc_trunc(), chdf5_p_default(), chdf5_p_default())
         if id < 0 { throw PTQError.file(path, "cannot create HDF5 file") }
         return HDF5File(path: path, id: id)
     }
 
-    func flush() throws(PTQError) {
+    package func flush() throws(PTQError) {
         if H5Fflush(handle.id, H5F_SCOPE_GLOBAL) < 0 { throw PTQError.file(path, "flush failed") }
     }
 
     // MARK: Objects
 
-    func exists(_ name: String) -> Bool {
+    package func exists(_ name: String) -> Bool {
         // H5Lexists fails on a missing intermediate group, so walk the path.
         var prefix = ""
         for part in name.split(separator: "/") {
@@ -85,7 +85,7 @@ final class HDF5File {
         return true
     }
 
-    func isDataset(_ name: String) -> Bool {
+    package func isDataset(_ name: String) -> Bool {
         guard exists(name) else { return false }
         var info = H5O_info_t()
         guard H5Oget_info_by_name2(handle.id, name, &info, UInt32(H5O_INFO_BASIC), chdf5_p_default()) >= 0 else {
@@ -94,14 +94,14 @@ final class HDF5File {
         return info.type == H5O_TYPE_DATASET
     }
 
-    func openGroup(_ name: String) throws(PTQError) -> HID {
+    package func openGroup(_ name: String) throws(PTQError) -> HID {
         guard exists(name) else { throw PTQError.file(path, "missing group '\(name)'") }
         let g = H5Gopen2(handle.id, name, chdf5_p_default())
         if g < 0 { throw PTQError.file(path, "cannot open group '\(name)'") }
         return HID(g, close: H5Gclose)
     }
 
-    func createGroup(_ name: String) throws(PTQError) -> HID {
+    package func createGroup(_ name: String) throws(PTQError) -> HID {
         let lcpl = H5Pcreate(chdf5_p_link_create())
         defer { H5Pclose(lcpl) }
         H5Pset_create_intermediate_group(lcpl, 1)
@@ -111,7 +111,7 @@ final class HDF5File {
     }
 
     /// Names of all datasets below the root, as slash paths without a leading slash.
-    func datasetNames() -> [String] {
+    package func datasetNames() -> [String] {
         final class Box { var names: [String] = [] }
         let box = Box()
         let unmanaged = Unmanaged.passUnretained(box)
@@ -127,12 +127,12 @@ final class HDF5File {
 
     // MARK: Datasets
 
-    struct DatasetInfo {
-        var shape: [Int]
-        var dtype: String  // float32, float16, bfloat16, int8, uint8, int32, int64, float64, other
+    package struct DatasetInfo {
+        package var shape: [Int]
+        package var dtype: String  // float32, float16, bfloat16, int8, uint8, int32, int64, float64, other
     }
 
-    func datasetInfo(_ name: String) throws(PTQError) -> DatasetInfo {
+    package func datasetInfo(_ name: String) throws(PTQError) -> DatasetInfo {
         let ds = try openDataset(name)
         let space = HID(H5Dget_space(ds.id), close: H5Sclose)
         let rank = Int(H5Sget_simple_extent_ndims(space.id))
@@ -157,7 +157,7 @@ final class HDF5File {
         return DatasetInfo(shape: dims.prefix(rank).map { Int($0) }, dtype: dtype)
     }
 
-    func openDataset(_ name: String) throws(PTQError) -> HID {
+    package func openDataset(_ name: String) throws(PTQError) -> HID {
         HDF5.silence()
         guard isDataset(name) else { throw PTQError.file(path, "missing dataset '\(name)'") }
         let ds = H5Dopen2(handle.id, name, chdf5_p_default())
@@ -166,7 +166,7 @@ final class HDF5File {
     }
 
     /// Reads a float dataset (float32, float16 or bfloat16 on disk) as float32.
-    func readFloats(_ name: String, count: Int) throws(PTQError) -> [Float] {
+    package func readFloats(_ name: String, count: Int) throws(PTQError) -> [Float] {
         let info = try datasetInfo(name)
         let ds = try openDataset(name)
         if info.dtype == "bfloat16" {
@@ -185,7 +185,7 @@ final class HDF5File {
         return out
     }
 
-    func readInt32s(_ name: String) throws(PTQError) -> [Int32] {
+    package func readInt32s(_ name: String) throws(PTQError) -> [Int32] {
         let info = try datasetInfo(name)
         let ds = try openDataset(name)
         var out = [Int32](repeating: 0, count: info.shape.reduce(1, *))
@@ -197,7 +197,7 @@ final class HDF5File {
     }
 
     /// Reads a 1-D dataset of variable-length UTF-8 strings.
-    func readStrings(_ name: String) throws(PTQError) -> [String] {
+    package func readStrings(_ name: String) throws(PTQError) -> [String] {
         let info = try datasetInfo(name)
         let ds = try openDataset(name)
         let count = info.shape.reduce(1, *)
@@ -213,9 +213,9 @@ final class HDF5File {
         return pointers.map { $0.map { String(cString: $0) } ?? "" }
     }
 
-    enum StoredFloat { case float32, float16, bfloat16 }
+    package enum StoredFloat { case float32, float16, bfloat16 }
 
-    func writeFloats(_ name: String, shape: [Int], data: [Float], as stored: StoredFloat) throws(PTQError) {
+    package func writeFloats(_ name: String, shape: [Int], data: [Float], as stored: StoredFloat) throws(PTQError) {
         var dims = shape.map { hsize_t($0) }
         let space = HID(H5Screate_simple(Int32(dims.count), &dims, nil), close: H5Sclose)
         let fileType: HID
@@ -256,7 +256,49 @@ final class HDF5File {
         if stored == .bfloat16 { try setAttribute(name, "dtype", "bfloat16") }
     }
 
-    func writeInt32s(_ name: String, _ values: [Int32]) throws(PTQError) {
+    package func writeDoubles(_ name: String, shape: [Int], _ values: [Double]) throws(PTQError) {
+        var dims = shape.map { hsize_t($0) }
+        let space = HID(H5Screate_simple(Int32(dims.count), &dims, nil), close: H5Sclose)
+        let ds = try createDataset(name, type: chdf5_ieee_f64le(), space: space.id)
+        let status = values.withUnsafeBytes {
+            H5Dwrite(ds.id, chdf5_native_double(), chdf5_s_all(), chdf5_s_all(), chdf5_p_default(), $0.baseAddress)
+        }
+        if status < 0 { throw PTQError.file(path, "cannot write dataset '\(name)'") }
+    }
+
+    package func readDoubles(_ name: String) throws(PTQError) -> [Double] {
+        let info = try datasetInfo(name)
+        let ds = try openDataset(name)
+        var out = [Double](repeating: 0, count: info.shape.reduce(1, *))
+        let status = out.withUnsafeMutableBytes {
+            H5Dread(ds.id, chdf5_native_double(), chdf5_s_all(), chdf5_s_all(), chdf5_p_default(), $0.baseAddress)
+        }
+        if status < 0 { throw PTQError.file(path, "cannot read dataset '\(name)' (truncated or corrupt file?)") }
+        return out
+    }
+
+    package func writeInt64s(_ name: String, _ values: [Int64]) throws(PTQError) {
+        var dims = [hsize_t(values.count)]
+        let space = HID(H5Screate_simple(1, &dims, nil), close: H5Sclose)
+        let ds = try createDataset(name, type: chdf5_std_i64le(), space: space.id)
+        let status = values.withUnsafeBytes {
+            H5Dwrite(ds.id, chdf5_native_int64(), chdf5_s_all(), chdf5_s_all(), chdf5_p_default(), $0.baseAddress)
+        }
+        if status < 0 { throw PTQError.file(path, "cannot write dataset '\(name)'") }
+    }
+
+    package func readInt64s(_ name: String) throws(PTQError) -> [Int64] {
+        let info = try datasetInfo(name)
+        let ds = try openDataset(name)
+        var out = [Int64](repeating: 0, count: info.shape.reduce(1, *))
+        let status = out.withUnsafeMutableBytes {
+            H5Dread(ds.id, chdf5_native_int64(), chdf5_s_all(), chdf5_s_all(), chdf5_p_default(), $0.baseAddress)
+        }
+        if status < 0 { throw PTQError.file(path, "cannot read dataset '\(name)'") }
+        return out
+    }
+
+    package func writeInt32s(_ name: String, _ values: [Int32]) throws(PTQError) {
         var dims = [hsize_t(values.count)]
         let space = HID(H5Screate_simple(1, &dims, nil), close: H5Sclose)
         let ds = try createDataset(name, type: chdf5_std_i32le(), space: space.id)
@@ -266,7 +308,7 @@ final class HDF5File {
         if status < 0 { throw PTQError.file(path, "cannot write dataset '\(name)'") }
     }
 
-    func writeStrings(_ name: String, _ values: [String]) throws(PTQError) {
+    package func writeStrings(_ name: String, _ values: [String]) throws(PTQError) {
         var dims = [hsize_t(values.count)]
         let space = HID(H5Screate_simple(1, &dims, nil), close: H5Sclose)
         let type = HID(H5Tcopy(chdf5_c_s1()), close: H5Tclose)
@@ -292,7 +334,7 @@ final class HDF5File {
 
     // MARK: Attributes (on any object, addressed by path; "." is the root)
 
-    func hasAttribute(_ object: String, _ attribute: String) -> Bool {
+    package func hasAttribute(_ object: String, _ attribute: String) -> Bool {
         H5Aexists_by_name(handle.id, object, attribute, chdf5_p_default()) > 0
     }
 
@@ -305,7 +347,7 @@ final class HDF5File {
         return HID(a, close: H5Aclose)
     }
 
-    func stringAttribute(_ object: String, _ attribute: String) throws(PTQError) -> String {
+    package func stringAttribute(_ object: String, _ attribute: String) throws(PTQError) -> String {
         let a = try openAttribute(object, attribute)
         let fileType = HID(H5Aget_type(a.id), close: H5Tclose)
         guard H5Tget_class(fileType.id) == H5T_STRING else {
@@ -330,7 +372,7 @@ final class HDF5File {
         return String(decoding: buffer.prefix { $0 != 0 }, as: UTF8.self)
     }
 
-    func doubleAttribute(_ object: String, _ attribute: String) throws(PTQError) -> Double {
+    package func doubleAttribute(_ object: String, _ attribute: String) throws(PTQError) -> Double {
         let a = try openAttribute(object, attribute)
         let fileType = HID(H5Aget_type(a.id), close: H5Tclose)
         let cls = H5Tget_class(fileType.id)
@@ -344,7 +386,7 @@ final class HDF5File {
         return value
     }
 
-    func intAttribute(_ object: String, _ attribute: String) throws(PTQError) -> Int {
+    package func intAttribute(_ object: String, _ attribute: String) throws(PTQError) -> Int {
         let value = try doubleAttribute(object, attribute)
         guard value == value.rounded(), abs(value) < 1e15 else {
             throw PTQError.file(path, "attribute '\(attribute)' on '\(object)' is not an integer (\(value))")
@@ -352,7 +394,7 @@ final class HDF5File {
         return Int(value)
     }
 
-    func setAttribute(_ object: String, _ attribute: String, _ value: String) throws(PTQError) {
+    package func setAttribute(_ object: String, _ attribute: String, _ value: String) throws(PTQError) {
         let type = HID(H5Tcopy(chdf5_c_s1()), close: H5Tclose)
         H5Tset_size(type.id, max(value.utf8.count, 1))
         H5Tset_cset(type.id, H5T_CSET_UTF8)
@@ -366,7 +408,7 @@ final class HDF5File {
         }
     }
 
-    func setAttribute(_ object: String, _ attribute: String, _ value: Int) throws(PTQError) {
+    package func setAttribute(_ object: String, _ attribute: String, _ value: Int) throws(PTQError) {
         let space = HID(H5Screate(H5S_SCALAR), close: H5Sclose)
         let a = try createAttribute(object, attribute, chdf5_std_i64le(), space.id)
         var v = Int64(value)
@@ -375,7 +417,7 @@ final class HDF5File {
         }
     }
 
-    func setAttribute(_ object: String, _ attribute: String, _ value: Double) throws(PTQError) {
+    package func setAttribute(_ object: String, _ attribute: String, _ value: Double) throws(PTQError) {
         let space = HID(H5Screate(H5S_SCALAR), close: H5Sclose)
         let a = try createAttribute(object, attribute, chdf5_ieee_f64le(), space.id)
         var v = value

@@ -43,3 +43,16 @@ public enum BLAS {
         set { openblas_set_num_threads(Int32(newValue)) }
     }
 }
+
+extension BLAS {
+    /// `gram[c×c] += Xᵀ·X` for `x` of `rows × c` floats, accumulated in double (upper triangle
+    /// and lower triangle both written).
+    public static func accumulateGram(_ x: UnsafePointer<Float>, rows: Int, columns c: Int,
+                                      into gram: UnsafeMutablePointer<Double>) {
+        guard rows > 0, c > 0 else { return }
+        var xd = [Double](repeating: 0, count: rows * c)
+        for i in 0..<rows * c { xd[i] = Double(x[i]) }
+        cblas_dsyrk(CblasRowMajor, CblasUpper, CblasTrans, Int32(c), Int32(rows), 1, xd, Int32(c), 1, gram, Int32(c))
+        for i in 0..<c { for j in 0..<i { gram[i * c + j] = gram[j * c + i] } }
+    }
+}

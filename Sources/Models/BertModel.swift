@@ -109,6 +109,7 @@ public final class BertModel: @unchecked Sendable {
             layer.down.forward(up, rows: T, into: &projected)
             Ops.add(projected, into: &x, count: T * D)
             Ops.layerNormInPlace(&x, weight: layer.mlpNormWeight, bias: layer.mlpNormBias, rows: T, width: D, epsilon: epsilon)
+            observe(QuantizationPoints.layerOutput(l), x, rows: T, columns: D)
         }
         return x
     }

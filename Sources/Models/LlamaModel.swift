@@ -151,6 +151,7 @@ public final class LlamaModel: @unchecked Sendable {
             observe(QuantizationPoints.mlpDownInput(l), gate, rows: T, columns: F)
             layer.down.forward(gate, rows: T, into: &projected)
             Ops.add(projected, into: &x, count: T * D)
+            observe(QuantizationPoints.layerOutput(l), x, rows: T, columns: D)
         }
         cache?.advance(by: T)
         Ops.rmsNorm(x, weight: finalNorm, rows: T, width: D, epsilon: epsilon, into: &normed)

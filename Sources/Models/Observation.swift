@@ -21,6 +21,10 @@ public enum QuantizationPoints {
     /// Input of the down projection: SiLU(gate)·up (LLaMA) or GELU(up) (BERT).
     public static func mlpDownInput(_ layer: Int) -> String { "layers.\(layer).mlp.down_proj.input" }
 
+    /// Residual stream after a whole block (not a quantization point: `verify` compares it
+    /// between the float and the quantized model).
+    public static func layerOutput(_ layer: Int) -> String { "layers.\(layer).output" }
+
     /// The point whose activations feed a linear layer given by canonical name
     /// (`layers/3/attention/q_proj`).
     public static func input(ofLinear name: String) -> String? {

@@ -11,7 +11,7 @@ struct EvaluateCommand: ParsableCommand {
         case perplexity, stsb
     }
 
-    @Argument(help: "Model file (.h5 checkpoint).")
+    @Argument(help: "Model file: .h5 checkpoint or .ptq packed model.")
     var model: String
 
     @Option(name: .long, help: "perplexity (language models) or stsb (sentence encoders).")
@@ -41,7 +41,7 @@ struct EvaluateCommand: ParsableCommand {
 
     func run() throws {
         try requireSupportedCPU()
-        let loaded = try PTQKit.loadModel(path: model)
+        let loaded = try PTQKit.loadAnyModel(path: model)
         let tokenizer = try PTQKit.tokenizer(for: loaded)
         switch (task, loaded) {
         case (.perplexity, .language(let llm)):

@@ -6,7 +6,7 @@ struct GenerateCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "generate", abstract: "Greedy text generation with a language model.")
 
-    @Argument(help: "Model file (.h5 checkpoint).")
+    @Argument(help: "Model file: .h5 checkpoint or .ptq packed model.")
     var model: String
 
     @Option(name: .long, help: "Prompt text.")
@@ -23,7 +23,7 @@ struct GenerateCommand: ParsableCommand {
 
     func run() throws {
         try requireSupportedCPU()
-        guard case .language(let llm) = try PTQKit.loadModel(path: model) else {
+        guard case .language(let llm) = try PTQKit.loadAnyModel(path: model) else {
             throw PTQError.file(model, "generate needs a language model; this is an encoder")
         }
         let tokenizer = try makeTokenizer(llm.tokenizer)

@@ -6,12 +6,13 @@ struct InspectCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "inspect", abstract: "Show a model file's config, tokenizer and tensors.")
 
-    @Argument(help: "Model file (.h5 checkpoint).")
+    @Argument(help: "Model file: .h5 checkpoint or .ptq packed model.")
     var file: String
 
     @OptionGroup var options: OutputOptions
 
     func run() throws {
+        if PTQKit.isPackedFile(file) { return try inspectPacked() }
         let reader = try CheckpointReader(path: file)
         struct TensorRow: Encodable { let name: String, shape: [Int], dtype: String }
         var rows: [TensorRow] = []
@@ -41,5 +42,26 @@ struct InspectCommand: ParsableCommand {
         print("  \(count) parameters, \(String(format: "%.2f", bitsPerWeight)) bits per weight")
         for (key, value) in reader.metadata.sorted(by: { $0.key < $1.key }) { print("  \(key): \(value)") }
         for row in rows { print("  \(row.name) \(row.shape) \(row.dtype)") }
+    }
+
+    /// Manifest, per-tensor methods, sizes and bits per weight of a packed model.
+    func inspectPacked() throws {
+        let summary = try PackedFile.summary(path: file)
+        if options.json { return try printJSON(summary) }
+        let c = summary.config
+        print("\(file): PTQKit packed model v\(summary.formatVersion), written by PTQKit \(summary.toolVersion)")
+        print("  \(c.architecture.rawValue) '\(c.name)': hidden \(c.hiddenSize), layers \(c.layerCount), vocab \(c.vocabSize)")
+        print("  model identity \(summary.modelIdentity), stats \(summary.statsHash ?? "none")")
+        print("  \(summary.parameterCount) parameters in \(formatBytes(summary.totalBytes)), "
+              + String(format: "%.3f", summary.bitsPerWeight) + " bits per weight (\(summary.sectionCount) sections)")
+        for (key, value) in summary.metadata.sorted(by: { $0.key < $1.key }) { print("  \(key): \(value)") }
+        for row in summary.tensors {
+            let group = row.groupSize.map { " g\($0)" } ?? ""
+            let bits = row.kind == "float" ? "float\(row.bits)" : "int\(row.bits)\(group)"
+            print("  \(row.name) \(row.kind) \(row.shape) \(bits) act \(row.activation) "
+                  + "\(formatBytes(row.storedBytes)) " + String(format: "%.3f", row.bitsPerWeight) + " bpw")
+        }
+        print("  recipe:")
+        for line in summary.recipe.split(separator: "\n", omittingEmptySubsequences: false) { print("    \(line)") }
     }
 }

@@ -8,7 +8,8 @@ public struct PTQCommand: ParsableCommand {
         commandName: "ptq",
         abstract: "Post-training quantization toolkit: import, calibrate, quantize, evaluate and verify models.",
         version: PTQKit.version,
-        subcommands: [ImportCommand.self, GenerateCommand.self, EvaluateCommand.self, InspectCommand.self])
+        subcommands: [ImportCommand.self, CalibrateCommand.self, QuantizeCommand.self, EvaluateCommand.self, VerifyCommand.self,
+                      InspectCommand.self, GenerateCommand.self, BenchCommand.self])
 
     public init() {}
 }

@@ -44,7 +44,32 @@ struct RealModelTests {
         #expect(tokenizer.decode(ids).contains("Paris"), "got: \(tokenizer.decode(ids))")
     }
 
-    /// all-MiniLM-L6-v2 on all 1,500 STS-B dev pairs: the reference implementation gives 86.60.
+    /// Sentence embeddings of all-MiniLM-L6-v2 equal an independent numpy fp32 implementation
+    /// (tokenizer.json via HF `tokenizers`, weights via safetensors; first 8 values and the sum
+    /// of all 384 of the L2-normalised embedding).
+    static let numpyEmbeddings: [(String, [Int], [Double], Double)] = [
+        ("A man with a hard hat is dancing.", [101, 1037, 2158, 2007, 1037, 2524, 6045, 2003, 5613, 1012, 102], [0.02971857, -0.06003954, -0.00981457, -0.02668882, -0.02426095, 0.01210190, 0.09069114, -0.05384166], 0.077760056),
+        ("A man wearing a hard hat is dancing.", [101, 1037, 2158, 4147, 1037, 2524, 6045, 2003, 5613, 1012, 102], [0.02655675, -0.05465154, -0.00642739, -0.03321836, -0.02411880, 0.01569550, 0.09636824, -0.05793913], 0.079316548),
+        ("A young child is riding a horse.", [101, 1037, 2402, 2775, 2003, 5559, 1037, 3586, 1012, 102], [-0.02565015, 0.00797084, 0.03227041, 0.03084034, 0.00002927, -0.01672056, 0.06077101, 0.06499982], 0.000029767),
+    ]
+
+    @Test func miniLMEmbeddingsMatchNumpyReference() throws {
+        let loaded = try PTQKit.loadModel(path: try RealModels.miniLM.get())
+        guard case .encoder(let model) = loaded else { Issue.record("MiniLM must load as an encoder"); return }
+        let tokenizer = try PTQKit.tokenizer(for: loaded)
+        for (text, ids, first8, sum) in Self.numpyEmbeddings {
+            #expect(tokenizer.encode(text) == ids)
+            let embedding = model.embed(tokens: ids)
+            for i in 0..<8 { #expect(abs(Double(embedding[i]) - first8[i]) < 2e-6, "\(text)[\(i)]") }
+            #expect(abs(embedding.map(Double.init).reduce(0, +) - sum) < 1e-4)
+        }
+    }
+
+    /// all-MiniLM-L6-v2 on all 1,500 STS-B dev pairs. The independent numpy implementation above
+    /// gives 86.7163 (scipy `spearmanr`, average ranks for ties). The issue quotes 86.60 from
+    /// another implementation; 86.60 is reproduced only with non-average tie ranking of the
+    /// 78 distinct gold scores (max ranks give 86.55, random tie-breaks 86.64 ± 0.04), so it
+    /// differs in the metric, not the model (docs/RESULTS.md).
     @Test func miniLMSTSBMatchesReference() throws {
         let loaded = try PTQKit.loadModel(path: try RealModels.miniLM.get())
         guard case .encoder(let model) = loaded else { Issue.record("MiniLM must load as an encoder"); return }
@@ -52,6 +77,6 @@ struct RealModelTests {
         let pairs = try STSB.load(path: ProjectPaths.stsDev)
         let result = STSB.evaluate(model: model, tokenizer: try PTQKit.tokenizer(for: loaded), pairs: pairs, quiet: true)
         #expect(result.pairs == 1500)
-        #expect(abs(result.spearman - 86.60) < 0.05, "Spearman \(result.spearman) vs reference 86.60")
+        #expect(abs(result.spearman - 86.7163) < 0.05, "Spearman \(result.spearman) vs numpy reference 86.7163")
     }
 }

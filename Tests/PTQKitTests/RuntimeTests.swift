@@ -240,7 +240,7 @@ struct RuntimeTests {
         let recorder = Recorder()
         model.observer = recorder
         _ = model.forward([1, 2, 3, 4, 5])
-        #expect(recorder.shapes.count == 2 * 5)
+        #expect(recorder.shapes.count == 2 * 6)
         #expect(recorder.shapes["layers.1.attention.input"]! == (5, 32))
         #expect(recorder.shapes["layers.1.mlp.down_proj.input"]! == (5, 48))
         #expect(recorder.shapes["layers.0.attention.probs"]! == (5, 5))

@@ -12,4 +12,67 @@ int32_t ck_dot_i8(const int8_t *a, const int8_t *b, size_t n);
 /// Plain scalar twin of ck_dot_i8, used by tests and as the portable fallback.
 int32_t ck_dot_i8_ref(const int8_t *a, const int8_t *b, size_t n);
 
+// ---------------------------------------------------------------------------------------------
+// Integer GEMM for quantized activations × int8 weight codes (gemm_i8.c).
+//
+// a: activation codes [m, k] row-major, in [-127, 127]. b: weight codes [n, k] row-major
+// (one row per output channel), in [-128, 127]. The AVX2 path takes |b| as the unsigned maddubs
+// operand and moves b's sign onto a, so a must avoid -128 but b may use it.
+
+/// c[i*ldc + j] = sum_t a[i*k + t] * b[j*k + t], exact in int32 (k < 2^17 keeps it in range).
+/// 4×2 register-blocked AVX2 micro-kernel after the run-time check, else the reference.
+void ck_gemm_i8(const int8_t *a, size_t m, const int8_t *b, size_t n, size_t k,
+                int32_t *c, size_t ldc);
+/// Plain scalar twin of ck_gemm_i8.
+void ck_gemm_i8_ref(const int8_t *a, size_t m, const int8_t *b, size_t n, size_t k,
+                    int32_t *c, size_t ldc);
+
+/// Grouped variant: k splits into groups of group_size consecutive columns (the last may be
+/// shorter), G = ceil(k / group_size) groups; wscale is [n, G] row-major.
+/// c[i*ldc + j] = sum_g wscale[j*G + g] * (float)(exact int32 group dot), summed over g in
+/// order with a separate multiply and add, so the AVX2 path equals the reference bit for bit.
+void ck_gemm_i8_grouped(const int8_t *a, size_t m, const int8_t *b, size_t n, size_t k,
+                        size_t group_size, const float *wscale, float *c, size_t ldc);
+void ck_gemm_i8_grouped_ref(const int8_t *a, size_t m, const int8_t *b, size_t n, size_t k,
+                            size_t group_size, const float *wscale, float *c, size_t ldc);
+
+// ---------------------------------------------------------------------------------------------
+// Weight-only kernels on unsigned codes with float activations (qgemv.c).
+//
+// Layouts: u8 codes are one byte per element, row stride = cols. u4 codes hold two elements
+// per byte (element 2i in the low nibble, 2i+1 in the high nibble), each row starting on a byte
+// boundary: row stride = (cols + 1) / 2, the spare high nibble of an odd row is ignored.
+// scales and zeros are [rows, G] row-major with G = ceil(cols / group_size); zeros is required
+// (symmetric codes pass 2^(bits-1)). The element value is scale * ((float)u - zero).
+
+/// Row stride in bytes of a u4 matrix with cols columns.
+size_t ck_u4_row_bytes(size_t cols);
+
+/// For o in [row_begin, row_begin + row_count):
+/// y[o] = sum_g scale[o,g] * (sum_{j in g} x[j]*u[o,j] - zero[o,g] * sum_{j in g} x[j]).
+/// codes/scales/zeros/y address the whole matrix; only the row range is read and written.
+void ck_gemv_u4_f32(const uint8_t *codes, size_t row_begin, size_t row_count, size_t cols,
+                    size_t group_size, const float *scales, const float *zeros,
+                    const float *x, float *y);
+void ck_gemv_u4_f32_ref(const uint8_t *codes, size_t row_begin, size_t row_count, size_t cols,
+                        size_t group_size, const float *scales, const float *zeros,
+                        const float *x, float *y);
+void ck_gemv_u8_f32(const uint8_t *codes, size_t row_begin, size_t row_count, size_t cols,
+                    size_t group_size, const float *scales, const float *zeros,
+                    const float *x, float *y);
+void ck_gemv_u8_f32_ref(const uint8_t *codes, size_t row_begin, size_t row_count, size_t cols,
+                        size_t group_size, const float *scales, const float *zeros,
+                        const float *x, float *y);
+
+/// out[(r - row_begin)*cols + j] = scale[r,g] * ((float)u[r,j] - zero[r,g]) for the row range
+/// (the same float operations as IntegerWeight.value, so the result is exact).
+void ck_dequant_u4_rows(const uint8_t *codes, size_t row_begin, size_t row_count, size_t cols,
+                        size_t group_size, const float *scales, const float *zeros, float *out);
+void ck_dequant_u4_rows_ref(const uint8_t *codes, size_t row_begin, size_t row_count, size_t cols,
+                            size_t group_size, const float *scales, const float *zeros, float *out);
+void ck_dequant_u8_rows(const uint8_t *codes, size_t row_begin, size_t row_count, size_t cols,
+                        size_t group_size, const float *scales, const float *zeros, float *out);
+void ck_dequant_u8_rows_ref(const uint8_t *codes, size_t row_begin, size_t row_count, size_t cols,
+                            size_t group_size, const float *scales, const float *zeros, float *out);
+
 #endif

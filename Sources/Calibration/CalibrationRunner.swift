@@ -1,0 +1,107 @@
+import Foundation
+import Models
+import PTQCore
+import Tokenizers
+
+/// Where calibration samples come from and how many.
+public struct CalibrationSettings: Sendable, Equatable {
+    /// Text file (language models) or STS-B tsv (encoders).
+    public var dataPath: String
+    public var samples: Int
+    /// Tokens per sample (language models).
+    public var sequenceLength: Int
+    public var seed: UInt64
+
+    public init(dataPath: String, samples: Int, sequenceLength: Int, seed: UInt64) {
+        self.dataPath = dataPath
+        self.samples = samples
+        self.sequenceLength = sequenceLength
+        self.seed = seed
+    }
+}
+
+/// Draws calibration and held-out samples reproducibly.
+public enum CalibrationSamples {
+    /// Fraction of a language-model calibration text that calibration draws from; the rest is
+    /// held out for `verify`, so verification never sees calibration tokens.
+    public static let calibrationFraction = 0.9
+
+    /// `count` windows of `length` tokens at seeded random offsets in the calibration part
+    /// (or, with `heldOut`, the held-out tail) of `tokens`.
+    public static func windows(of tokens: [Int], count: Int, length: Int, seed: UInt64,
+                               heldOut: Bool = false) throws(PTQError) -> [[Int]] {
+        let split = Int(Double(tokens.count) * calibrationFraction)
+        let range = heldOut ? split..<tokens.count : 0..<split
+        guard range.count >= length else {
+            throw PTQError("calibration text too short: \(range.count) tokens available, \(length) per sample needed")
+        }
+        var rng = SplitMix(seed: seed)
+        return (0..<count).map { _ in
+            let start = range.lowerBound + Int(rng.next() % UInt64(range.count - length + 1))
+            return Array(tokens[start ..< start + length])
+        }
+    }
+
+    /// Sentences of STS-B pairs (both sides, in order) from the given half of the file.
+    public static func sentences(stsPath: String, evaluationHalf: Bool) throws(PTQError) -> [String] {
+        guard let text = try? String(contentsOfFile: stsPath, encoding: .utf8) else {
+            throw PTQError.file(stsPath, "cannot read the calibration sentences")
+        }
+        var lines = text.split(separator: "\n").map { $0.split(separator: "\t", omittingEmptySubsequences: false) }
+        guard lines.allSatisfy({ $0.count >= 7 }) else {
+            throw PTQError.file(stsPath, "expected an STS-B tsv file with 7 tab-separated columns")
+        }
+        let half = lines.count / 2
+        lines = evaluationHalf ? Array(lines[half...]) : Array(lines[..<half])
+        return lines.flatMap { [String($0[5]), String($0[6])] }
+    }
+}
+
+/// Runs the float model over calibration samples with a `StatisticsCollector` attached.
+public enum Calibrator {
+    public static func run(model: LlamaModel, tokenizer: any Tokenizer, settings: CalibrationSettings,
+                           request: StatisticsRequest, quiet: Bool = false) throws(PTQError) -> CalibrationStatistics {
+        let text: String
+        do { text = try String(contentsOfFile: settings.dataPath, encoding: .utf8) } catch {
+            throw PTQError.file(settings.dataPath, "cannot read calibration data")
+        }
+        let tokens = tokenizer.encode(text, addSpecialTokens: false)
+        let windows = try CalibrationSamples.windows(of: tokens, count: settings.samples,
+                                                     length: settings.sequenceLength, seed: settings.seed)
+        let collector = StatisticsCollector(request: request, seed: settings.seed)
+        model.observer = collector
+        defer { model.observer = nil }
+        let progress = Progress("calibrate", total: windows.count, quiet: quiet)
+        for window in windows {
+            var ids = window
+            if model.tokenizer.addBOS, let bos = model.tokenizer.bosTokenID { ids[0] = bos }
+            _ = model.hiddenStates(ids)
+            progress.advance()
+        }
+        return CalibrationStatistics(modelIdentity: model.config.identity, settings: settings,
+                                     tokens: windows.count * settings.sequenceLength, points: collector.points)
+    }
+
+    public static func run(model: BertModel, tokenizer: any Tokenizer, settings: CalibrationSettings,
+                           request: StatisticsRequest, quiet: Bool = false) throws(PTQError) -> CalibrationStatistics {
+        var sentences = try CalibrationSamples.sentences(stsPath: settings.dataPath, evaluationHalf: false)
+        var rng = SplitMix(seed: settings.seed)
+        if settings.samples < sentences.count {
+            sentences.shuffle(using: &rng)
+            sentences = Array(sentences.prefix(settings.samples))
+        }
+        let collector = StatisticsCollector(request: request, seed: settings.seed)
+        model.observer = collector
+        defer { model.observer = nil }
+        let progress = Progress("calibrate", total: sentences.count, quiet: quiet)
+        var tokens = 0
+        for sentence in sentences {
+            let ids = tokenizer.encode(sentence)
+            tokens += ids.count
+            _ = model.hiddenStates(ids)
+            progress.advance()
+        }
+        return CalibrationStatistics(modelIdentity: model.config.identity, settings: settings,
+                                     tokens: tokens, points: collector.points)
+    }
+}

@@ -1,0 +1,298 @@
+import CKernels
+
+/// A read-only pointer that may cross into `concurrentPerform` workers (workers only read it).
+public struct SendableConstPointer<T>: @unchecked Sendable {
+    public let base: UnsafePointer<T>
+    public init(_ base: UnsafePointer<T>) { self.base = base }
+}
+
+/// How a row of activations gets its quantization scale.
+public enum ActivationScaling: Sendable, Equatable {
+    /// One static step for every row (from calibration): code = round(x' / scale).
+    case perTensor(Float)
+    /// Each row's own step, absmax(x') / maxCode, computed at run time.
+    case perToken
+}
+
+/// Low-bit compute kernels: int8 GEMM for quantized activations, weight-only GEMV and tile
+/// dequantization on 4-bit (nibble) and 8-bit unsigned codes, and activation quantization.
+///
+/// All wrappers take raw pointers; the caller owns the memory. Work is split over output rows
+/// (weight rows) with `Parallel.forEachChunk` when it is large enough to pay for the fan-out.
+/// The `…Reference` twins are the scalar C loops the fast paths are tested against.
+///
+/// Layouts (see `ckernels.h`): int8 weight codes `[n, k]`; u8 codes `[rows, cols]`; u4 codes two
+/// per byte (element 2i low nibble, 2i+1 high nibble) with `nibbleRowBytes(cols)` bytes per row;
+/// scales and zeros `[rows, groups]` with `groups = ceil(cols / groupSize)`.
+public enum LowBit {
+    /// Multiply-adds a worker should get at least before we split a product over workers.
+    /// Waking a sleeping dispatch worker costs 10–30 µs on a busy machine, so decode-sized
+    /// products (e.g. one token through a 1536×576 layer, ~0.9 M MACs, 20–40 µs) stay on the
+    /// calling thread.
+    static let minimumWorkPerChunk = 1 << 20
+
+    // MARK: int8 GEMM
+
+    /// `c[i*ldc + j] = Σ_t a[i*k + t]·b[j*k + t]` (exact int32), `a` = activation codes `[m, k]`
+    /// in ±127, `b` = weight codes `[n, k]` in [-128, 127]. Parallel over `n`.
+    public static func gemmI8(a: UnsafePointer<Int8>, m: Int, b: UnsafePointer<Int8>, n: Int, k: Int,
+                              c: UnsafeMutablePointer<Int32>, ldc: Int) {
+        guard m > 0, n > 0 else { return }
+        let pa = SendableConstPointer(a), pb = SendableConstPointer(b), pc = SendablePointer(c)
+        Parallel.forEachChunk(n, minimumChunk: chunk(workPerRow: m * k, atLeast: 2)) { range in
+            ck_gemm_i8(pa.base, m, pb.base + range.lowerBound * k, range.count, k,
+                       pc.base + range.lowerBound, ldc)
+        }
+    }
+
+    /// Scalar twin of `gemmI8`.
+    public static func gemmI8Reference(a: UnsafePointer<Int8>, m: Int, b: UnsafePointer<Int8>, n: Int, k: Int,
+                                       c: UnsafeMutablePointer<Int32>, ldc: Int) {
+        ck_gemm_i8_ref(a, m, b, n, k, c, ldc)
+    }
+
+    /// Grouped weights: `c[i*ldc + j] = Σ_g weightScales[j*G + g]·(Σ_{t∈g} a[i,t]·b[j,t])` in float,
+    /// `G = ceil(k / groupSize)`. Parallel over `n`; bit-identical to the reference.
+    public static func gemmI8Grouped(a: UnsafePointer<Int8>, m: Int, b: UnsafePointer<Int8>, n: Int, k: Int,
+                                     groupSize: Int, weightScales: UnsafePointer<Float>,
+                                     c: UnsafeMutablePointer<Float>, ldc: Int) {
+        guard m > 0, n > 0 else { return }
+        let groups = (k + groupSize - 1) / groupSize
+        let pa = SendableConstPointer(a), pb = SendableConstPointer(b), pc = SendablePointer(c)
+        let ps = SendableConstPointer(weightScales)
+        Parallel.forEachChunk(n, minimumChunk: chunk(workPerRow: m * k, atLeast: 2)) { range in
+            ck_gemm_i8_grouped(pa.base, m, pb.base + range.lowerBound * k, range.count, k, groupSize,
+                               ps.base + range.lowerBound * groups, pc.base + range.lowerBound, ldc)
+        }
+    }
+
+    /// Scalar twin of `gemmI8Grouped`.
+    public static func gemmI8GroupedReference(a: UnsafePointer<Int8>, m: Int, b: UnsafePointer<Int8>, n: Int, k: Int,
+                                              groupSize: Int, weightScales: UnsafePointer<Float>,
+                                              c: UnsafeMutablePointer<Float>, ldc: Int) {
+        ck_gemm_i8_grouped_ref(a, m, b, n, k, groupSize, weightScales, c, ldc)
+    }
+
+    // MARK: weight-only GEMV and dequantization
+
+    /// Unsigned code layouts of the weight-only kernels.
+    public enum CodeFormat: Sendable, Equatable {
+        /// Two 4-bit codes per byte, rows start on a byte boundary.
+        case u4
+        /// One byte per code.
+        case u8
+
+        /// Bytes per row of `columns` codes.
+        public func rowBytes(columns: Int) -> Int {
+            self == .u4 ? (columns + 1) / 2 : columns
+        }
+    }
+
+    /// Bytes per row of a nibble-packed matrix.
+    @inlinable
+    public static func nibbleRowBytes(_ columns: Int) -> Int { (columns + 1) / 2 }
+
+    /// Packs one-byte codes (each < 16) two per byte: element 2i low nibble, 2i+1 high nibble,
+    /// each row starting on a byte boundary (an odd row leaves its last high nibble zero).
+    public static func packNibbles(_ codes: [UInt8], rows: Int, columns: Int) -> [UInt8] {
+        precondition(codes.count == rows * columns, "packNibbles: \(codes.count) codes for \(rows)×\(columns)")
+        let stride = nibbleRowBytes(columns)
+        var packed = [UInt8](repeating: 0, count: rows * stride)
+        codes.withUnsafeBufferPointer { src in
+            packed.withUnsafeMutableBufferPointer { dst in
+                for r in 0..<rows {
+                    let s = src.baseAddress! + r * columns, d = dst.baseAddress! + r * stride
+                    var j = 0
+                    while j + 1 < columns {
+                        d[j >> 1] = (s[j] & 0x0F) | (s[j + 1] << 4)
+                        j += 2
+                    }
+                    if j < columns { d[j >> 1] = s[j] & 0x0F }
+                }
+            }
+        }
+        return packed
+    }
+
+    /// `y[o] = Σ_g scale[o,g]·(Σ_{j∈g} x[j]·u[o,j] − zero[o,g]·Σ_{j∈g} x[j])` for all `rows`
+    /// outputs (fused weight-only GEMV, parallel over rows).
+    public static func gemv(_ format: CodeFormat, codes: UnsafePointer<UInt8>, rows: Int, columns: Int,
+                            groupSize: Int, scales: UnsafePointer<Float>, zeros: UnsafePointer<Float>,
+                            x: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>) {
+        guard rows > 0 else { return }
+        let pc = SendableConstPointer(codes), ps = SendableConstPointer(scales), pz = SendableConstPointer(zeros)
+        let px = SendableConstPointer(x), py = SendablePointer(y)
+        Parallel.forEachChunk(rows, minimumChunk: chunk(workPerRow: columns, atLeast: 8)) { range in
+            switch format {
+            case .u4: ck_gemv_u4_f32(pc.base, range.lowerBound, range.count, columns, groupSize,
+                                     ps.base, pz.base, px.base, py.base)
+            case .u8: ck_gemv_u8_f32(pc.base, range.lowerBound, range.count, columns, groupSize,
+                                     ps.base, pz.base, px.base, py.base)
+            }
+        }
+    }
+
+    /// Scalar twin of `gemv`.
+    public static func gemvReference(_ format: CodeFormat, codes: UnsafePointer<UInt8>, rows: Int, columns: Int,
+                                     groupSize: Int, scales: UnsafePointer<Float>, zeros: UnsafePointer<Float>,
+                                     x: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>) {
+        switch format {
+        case .u4: ck_gemv_u4_f32_ref(codes, 0, rows, columns, groupSize, scales, zeros, x, y)
+        case .u8: ck_gemv_u8_f32_ref(codes, 0, rows, columns, groupSize, scales, zeros, x, y)
+        }
+    }
+
+    /// Dequantizes weight rows `rowRange` into `tile[rowRange.count, columns]`:
+    /// `scale·(Float(u) − zero)`, exactly `IntegerWeight.value`. Single-threaded.
+    public static func dequantizeRows(_ format: CodeFormat, codes: UnsafePointer<UInt8>, rowRange: Range<Int>,
+                                      columns: Int, groupSize: Int, scales: UnsafePointer<Float>,
+                                      zeros: UnsafePointer<Float>, into tile: UnsafeMutablePointer<Float>) {
+        switch format {
+        case .u4: ck_dequant_u4_rows(codes, rowRange.lowerBound, rowRange.count, columns, groupSize, scales, zeros, tile)
+        case .u8: ck_dequant_u8_rows(codes, rowRange.lowerBound, rowRange.count, columns, groupSize, scales, zeros, tile)
+        }
+    }
+
+    /// Scalar twin of `dequantizeRows`.
+    public static func dequantizeRowsReference(_ format: CodeFormat, codes: UnsafePointer<UInt8>, rowRange: Range<Int>,
+                                               columns: Int, groupSize: Int, scales: UnsafePointer<Float>,
+                                               zeros: UnsafePointer<Float>, into tile: UnsafeMutablePointer<Float>) {
+        switch format {
+        case .u4: ck_dequant_u4_rows_ref(codes, rowRange.lowerBound, rowRange.count, columns, groupSize, scales, zeros, tile)
+        case .u8: ck_dequant_u8_rows_ref(codes, rowRange.lowerBound, rowRange.count, columns, groupSize, scales, zeros, tile)
+        }
+    }
+
+    /// Weight-only product for several rows: `y[rows, out] = x[rows, in]·Wᵀ` where W is dequantized
+    /// `tileRows` output rows at a time into a scratch tile (the float matrix never exists whole)
+    /// and multiplied with OpenBLAS sgemm into the matching columns of `y`.
+    ///
+    /// The tiles are dequantized two at a time in parallel (our pool) and the sgemm calls run
+    /// afterwards on OpenBLAS's own threads, so the two thread pools never run at once.
+    public static func dequantizedProduct(_ format: CodeFormat, codes: UnsafePointer<UInt8>,
+                                          outFeatures: Int, inFeatures: Int, groupSize: Int,
+                                          scales: UnsafePointer<Float>, zeros: UnsafePointer<Float>,
+                                          x: UnsafePointer<Float>, rows: Int, y: UnsafeMutablePointer<Float>,
+                                          tileRows: Int? = nil) {
+        guard rows > 0, outFeatures > 0 else { return }
+        let tile = max(1, tileRows ?? defaultTileRows(inFeatures: inFeatures))
+        let tilesPerPass = Parallel.workerCount
+        let scratch = UnsafeMutablePointer<Float>.allocate(capacity: tilesPerPass * tile * inFeatures)
+        defer { scratch.deallocate() }
+        let pc = SendableConstPointer(codes), ps = SendableConstPointer(scales), pz = SendableConstPointer(zeros)
+        let pscratch = SendablePointer(scratch)
+        var passStart = 0
+        while passStart < outFeatures {
+            let passTiles = min(tilesPerPass, (outFeatures - passStart + tile - 1) / tile)
+            let first = passStart
+            Parallel.forEachChunk(passTiles) { tiles in
+                for t in tiles {
+                    let r0 = first + t * tile, r1 = min(outFeatures, r0 + tile)
+                    dequantizeRows(format, codes: pc.base, rowRange: r0..<r1, columns: inFeatures,
+                                   groupSize: groupSize, scales: ps.base, zeros: pz.base,
+                                   into: pscratch.base + t * tile * inFeatures)
+                }
+            }
+            for t in 0..<passTiles {
+                let r0 = passStart + t * tile, r1 = min(outFeatures, r0 + tile)
+                BLAS.gemm(m: rows, n: r1 - r0, k: inFeatures, a: x, lda: inFeatures,
+                          b: scratch + t * tile * inFeatures, ldb: inFeatures, transposeB: true,
+                          c: y + r0, ldc: outFeatures)
+            }
+            passStart += passTiles * tile
+        }
+    }
+
+    /// Output rows per dequantized tile: about 2 MB of floats, 32…512 rows. Wider tiles let
+    /// sgemm amortise packing x (measured: 512-row tiles of a 1536×576 layer at 64 input rows
+    /// run 20% faster than 64-row tiles).
+    public static func defaultTileRows(inFeatures: Int) -> Int {
+        let rows = (2 * 1024 * 1024 / 4) / max(1, inFeatures)
+        return min(512, max(32, rows & ~15))
+    }
+
+    // MARK: activation quantization
+
+    /// Quantizes `rows` rows of `columns` activations: `x' = (x − shift[j]) / channelScales[j]`
+    /// (each step only when given), then `code = clamp(round(x' / s), ±maxCode)` with
+    /// `maxCode = 2^(bits−1) − 1`, rounding half away from zero (`roundf`), where `s` is the
+    /// static per-tensor step or the row's `absmax(x') / maxCode`. Writes the codes and one step
+    /// per row (`rowScales[i]`, 0 for an all-zero row); the row's values are ≈ code·rowScale.
+    public static func quantizeRows(_ x: UnsafePointer<Float>, rows: Int, columns: Int,
+                                    shift: UnsafePointer<Float>?, channelScales: UnsafePointer<Float>?,
+                                    bits: Int, scaling: ActivationScaling,
+                                    codes: UnsafeMutablePointer<Int8>, rowScales: UnsafeMutablePointer<Float>) {
+        precondition((2...8).contains(bits), "activation bits must be 2…8")
+        let maxCode = Float((1 << (bits - 1)) - 1)
+        let needsTransform = shift != nil || channelScales != nil
+        let buffer = UnsafeMutablePointer<Float>.allocate(capacity: needsTransform ? columns : 0)
+        defer { buffer.deallocate() }
+        for i in 0..<rows {
+            let xr = x + i * columns, cr = codes + i * columns
+            var v = UnsafePointer(xr)
+            if needsTransform {
+                for j in 0..<columns {
+                    var t = xr[j]
+                    if let shift { t = t - shift[j] }
+                    if let channelScales { t = t / channelScales[j] }
+                    buffer[j] = t
+                }
+                v = UnsafePointer(buffer)
+            }
+            let step: Float
+            switch scaling {
+            case .perTensor(let s): step = s
+            case .perToken:
+                var absMax: Float = 0
+                for j in 0..<columns { absMax = max(absMax, abs(v[j])) }
+                step = absMax / maxCode
+            }
+            rowScales[i] = step
+            if step > 0 && step.isFinite {
+                for j in 0..<columns {
+                    let q = (v[j] / step).rounded(.toNearestOrAwayFromZero)
+                    cr[j] = Int8(q.isNaN ? 0 : min(max(q, -maxCode), maxCode))
+                }
+            } else {
+                cr.update(repeating: 0, count: columns)
+            }
+        }
+    }
+
+    /// Array convenience over `quantizeRows`: returns `(codes [rows·columns], rowScales [rows])`.
+    public static func quantizeRows(_ x: [Float], rows: Int, columns: Int, shift: [Float]? = nil,
+                                    channelScales: [Float]? = nil, bits: Int,
+                                    scaling: ActivationScaling) -> (codes: [Int8], rowScales: [Float]) {
+        precondition(x.count == rows * columns, "quantizeRows: \(x.count) values for \(rows)×\(columns)")
+        var codes = [Int8](repeating: 0, count: rows * columns)
+        var rowScales = [Float](repeating: 0, count: rows)
+        guard rows > 0, columns > 0 else { return (codes, rowScales) }
+        x.withUnsafeBufferPointer { xp in
+            withOptionalPointer(shift) { sp in
+                withOptionalPointer(channelScales) { cp in
+                    codes.withUnsafeMutableBufferPointer { c in
+                        rowScales.withUnsafeMutableBufferPointer { r in
+                            quantizeRows(xp.baseAddress!, rows: rows, columns: columns, shift: sp, channelScales: cp,
+                                         bits: bits, scaling: scaling, codes: c.baseAddress!, rowScales: r.baseAddress!)
+                        }
+                    }
+                }
+            }
+        }
+        return (codes, rowScales)
+    }
+
+    // MARK: helpers
+
+    /// Minimum rows per worker for a row-parallel loop doing `workPerRow` multiply-adds a row.
+    static func chunk(workPerRow: Int, atLeast: Int) -> Int {
+        let rows = (minimumWorkPerChunk + max(1, workPerRow) - 1) / max(1, workPerRow)
+        return max(atLeast, rows)
+    }
+}
+
+/// Calls `body` with the array's base address, or nil for a nil array.
+func withOptionalPointer<T, R>(_ array: [T]?, _ body: (UnsafePointer<T>?) throws -> R) rethrows -> R {
+    guard let array else { return try body(nil) }
+    return try array.withUnsafeBufferPointer { try body($0.baseAddress) }
+}

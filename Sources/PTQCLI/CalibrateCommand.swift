@@ -1,0 +1,47 @@
+import ArgumentParser
+import Foundation
+import PTQKit
+
+struct CalibrateCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "calibrate",
+        abstract: "Run the float model on calibration data and save the statistics the recipe's quantizers need.")
+
+    @Argument(help: "Float checkpoint (.h5).")
+    var model: String
+
+    @Option(name: .long, help: "Recipe (.yaml): its quantizers decide which statistics are gathered.")
+    var recipe: String
+
+    @Option(name: .shortAndLong, help: "Output statistics file (.h5).")
+    var output: String
+
+    @Flag(name: .long, help: "Gather every statistic kind at every linear input (for reuse by any recipe).")
+    var all = false
+
+    @OptionGroup var options: OutputOptions
+
+    func run() throws {
+        try requireSupportedCPU()
+        let context = try PTQKit.RecipeContext(path: recipe)
+        let reader = try CheckpointReader(path: model)
+        let plan = try context.plan(for: reader.config)
+        var request = try PTQKit.statisticsRequest(plan: plan)
+        for layer in plan {
+            guard let point = QuantizationPoints.input(ofLinear: layer.name) else { continue }
+            request.request(all ? Set(StatisticKind.allCases) : [.channelRange], at: point)
+        }
+        let start = Date()
+        let stats = try PTQKit.calibrate(checkpoint: model, recipe: context, request: request, quiet: options.silent)
+        try stats.write(to: output)
+        let seconds = Date().timeIntervalSince(start)
+        if options.json {
+            struct Output: Encodable { let output: String, points: Int, tokens: Int, samples: Int, seconds: Double, hash: String }
+            try printJSON(Output(output: output, points: stats.points.count, tokens: stats.tokens,
+                                 samples: stats.settings.samples, seconds: seconds, hash: stats.hash))
+        } else {
+            print("wrote \(output): \(stats.points.count) points, \(stats.tokens) tokens from \(stats.settings.dataPath) "
+                  + String(format: "(%.1f s)", seconds))
+        }
+    }
+}

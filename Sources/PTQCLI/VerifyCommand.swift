@@ -1,0 +1,45 @@
+import ArgumentParser
+import Foundation
+import PTQKit
+
+struct VerifyCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "verify",
+        abstract: "Compare a packed model with its float reference on held-out samples; exit non-zero when the recipe's thresholds are missed.")
+
+    @Argument(help: "Packed model (.ptq).")
+    var packed: String
+
+    @Option(name: .long, help: "Float reference checkpoint (.h5).")
+    var reference: String
+
+    @Option(name: .long, help: "Recipe whose `verify` thresholds apply (default: the recipe stored in the packed file).")
+    var recipe: String?
+
+    @Option(name: .long, help: "Number of held-out samples (default: the recipe's verify.samples, else 8).")
+    var samples: Int?
+
+    @OptionGroup var options: OutputOptions
+
+    func run() throws {
+        try requireSupportedCPU()
+        let packedModel = try PackedFile.read(path: packed)
+        let context: PTQKit.RecipeContext?
+        let verify: VerifyThresholds?
+        if let recipe {
+            context = try PTQKit.RecipeContext(path: recipe)
+            verify = context?.recipe.verify
+        } else {
+            context = nil
+            verify = try Recipe.parse(packedModel.recipe, source: "\(packed) (stored recipe)").verify
+        }
+        let quantized = try PTQKit.loadPacked(path: packed)
+        let referenceModel = try PTQKit.loadModel(path: reference)
+        let count = samples ?? verify?.samples ?? 8
+        let held = try PTQKit.verificationSamples(model: referenceModel, recipe: context, count: count)
+        let report = try PTQKit.verify(quantized: quantized, reference: referenceModel, samples: held,
+                                       thresholds: VerificationThresholds(verify), quiet: options.silent)
+        if options.json { try printJSON(report) } else { printVerification(report) }
+        if !report.passed { throw ExitCode(2) }
+    }
+}

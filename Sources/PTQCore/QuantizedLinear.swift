@@ -1,0 +1,121 @@
+/// How the activations entering a quantized linear layer are quantized at run time.
+///
+/// The quantize op computes, per input element j of a token row x:
+/// `x'[j] = (x[j] - shift[j]) / channelScale[j]` (each step only when present), then rounds
+/// `x'` to signed integers in ±(2^(bits-1) - 1) with one scale per tensor (static, from
+/// calibration) or per token (dynamic, absmax of the row).
+public struct ActivationQuantization: Codable, Sendable, Equatable {
+    public enum Granularity: String, Codable, Sendable, CaseIterable {
+        /// One static scale from calibration for the whole tensor.
+        case perTensor = "per_tensor"
+        /// One scale per token row, computed at run time from the row's absmax.
+        case perToken = "per_token"
+    }
+
+    /// Integer width of the codes (2…8); codes lie in ±(2^(bits-1) - 1).
+    public var bits: Int
+    public var granularity: Granularity
+    /// Static per-tensor scale (granularity `.perTensor`).
+    public var scale: Float?
+    /// Per-input-channel divisor applied before rounding (its product is folded into the weight
+    /// columns, OutlierTune-style "pre-executed dequantization"); nil = none.
+    public var channelScales: [Float]?
+    /// Per-input-channel shift subtracted before scaling (symmetrization); nil = none.
+    public var channelShift: [Float]?
+
+    public init(bits: Int, granularity: Granularity, scale: Float? = nil,
+                channelScales: [Float]? = nil, channelShift: [Float]? = nil) {
+        self.bits = bits
+        self.granularity = granularity
+        self.scale = scale
+        self.channelScales = channelScales
+        self.channelShift = channelShift
+    }
+
+    /// Largest code magnitude, 2^(bits-1) - 1 (127 for int8).
+    public var maxCode: Int { (1 << (bits - 1)) - 1 }
+}
+
+/// An integer-quantized weight matrix `[rows = out, columns = in]`.
+///
+/// Every element is an unsigned code `u` in `0 ..< 2^bits`; its value is
+/// `scale[g] · (u - zero[g])` for the group g it belongs to (groups of `groupSize` consecutive
+/// columns within a row; `groupSize == columns` means one group per output channel).
+/// Symmetric weights have `zero = 2^(bits-1)` for every group, so `u - zero` is a signed code
+/// in ±(2^(bits-1) - 1); asymmetric weights carry one zero point per group.
+/// In memory codes are one byte each; packed files store them at their true width.
+public struct IntegerWeight: Sendable, Equatable {
+    public var bits: Int
+    public var rows: Int
+    public var columns: Int
+    public var groupSize: Int
+    public var symmetric: Bool
+    /// `rows × columns` codes, row-major.
+    public var codes: [UInt8]
+    /// `rows × groupsPerRow` scales, row-major.
+    public var scales: [Float]
+    /// `rows × groupsPerRow` zero points (asymmetric only); nil when symmetric.
+    public var zeros: [Float]?
+
+    public init(bits: Int, rows: Int, columns: Int, groupSize: Int, symmetric: Bool,
+                codes: [UInt8], scales: [Float], zeros: [Float]?) {
+        self.bits = bits
+        self.rows = rows
+        self.columns = columns
+        self.groupSize = groupSize
+        self.symmetric = symmetric
+        self.codes = codes
+        self.scales = scales
+        self.zeros = zeros
+    }
+
+    public var groupsPerRow: Int { (columns + groupSize - 1) / groupSize }
+
+    /// The zero point of symmetric codes, 2^(bits-1).
+    public var symmetricZero: Int { 1 << (bits - 1) }
+
+    /// Zero point of group `g` of row `r`.
+    @inlinable
+    public func zero(row r: Int, group g: Int) -> Float {
+        zeros?[r * groupsPerRow + g] ?? Float(symmetricZero)
+    }
+
+    /// The float value of one element (the reference definition the kernels must match).
+    @inlinable
+    public func value(row r: Int, column c: Int) -> Float {
+        let g = c / groupSize
+        return scales[r * groupsPerRow + g] * (Float(codes[r * columns + c]) - zero(row: r, group: g))
+    }
+
+    /// The whole matrix in float (reference and tests only: the runtime never does this).
+    public func dequantizedReference() -> [Float] {
+        var out = [Float](repeating: 0, count: rows * columns)
+        for r in 0..<rows { for c in 0..<columns { out[r * columns + c] = value(row: r, column: c) } }
+        return out
+    }
+}
+
+/// Everything the packer stores and the runtime executes for one quantized linear layer.
+public struct QuantizedLinear: Sendable, Equatable {
+    /// Canonical layer name, e.g. `layers/3/mlp/down_proj`.
+    public var name: String
+    /// Recipe method that produced it (`rtn`, `outliertune`, …).
+    public var method: String
+    public var weight: IntegerWeight
+    /// Float bias added after the rescale (may come from folding, e.g. W·z of a shift).
+    public var bias: [Float]?
+    /// Activation quantization; nil = float activations (weight-only, e.g. W4A16).
+    public var activation: ActivationQuantization?
+    /// What the method decided, for `ptq inspect` (searched ratios, range growth, …).
+    public var details: [String: String]
+
+    public init(name: String, method: String, weight: IntegerWeight, bias: [Float]? = nil,
+                activation: ActivationQuantization? = nil, details: [String: String] = [:]) {
+        self.name = name
+        self.method = method
+        self.weight = weight
+        self.bias = bias
+        self.activation = activation
+        self.details = details
+    }
+}

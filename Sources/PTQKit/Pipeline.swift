@@ -1,0 +1,199 @@
+@_exported import Calibration
+@_exported import Packing
+@_exported import QuantizedRuntime
+@_exported import Quantizers
+@_exported import Recipes
+import Foundation
+
+/// Calibrate → quantize → pack → verify, as one library call per step.
+extension PTQKit {
+    /// A loaded recipe plus where its relative paths resolve.
+    public struct RecipeContext {
+        public let recipe: Recipe
+        public let path: String
+
+        public init(path: String) throws(PTQError) {
+            self.recipe = try Recipe.load(path: path)
+            self.path = path
+        }
+
+        /// The calibration data path: absolute, relative to the working directory, or relative
+        /// to the project root (the recipe folder's parent), in that order.
+        public func calibrationPath(for config: ModelConfig) -> String {
+            let data = (recipe.calibration ?? .defaults(for: config.architecture)).data
+            if data.hasPrefix("/") || FileManager.default.fileExists(atPath: data) { return data }
+            let root = URL(fileURLWithPath: path).deletingLastPathComponent().deletingLastPathComponent().path
+            return root + "/" + data
+        }
+
+        public func calibrationSettings(for config: ModelConfig) -> Calibration.CalibrationSettings {
+            let c = recipe.calibration ?? .defaults(for: config.architecture)
+            return .init(dataPath: calibrationPath(for: config), samples: c.samples, sequenceLength: c.sequenceLength,
+                         seed: UInt64(truncatingIfNeeded: c.seed))
+        }
+
+        /// Checks the recipe against the model and resolves the per-layer plan.
+        public func plan(for config: ModelConfig) throws(PTQError) -> [LayerPlan] {
+            try recipe.plan(for: config)
+        }
+    }
+
+    /// The statistics every planned layer's quantizer needs, by input point.
+    public static func statisticsRequest(plan: [LayerPlan]) throws(PTQError) -> StatisticsRequest {
+        var request = StatisticsRequest()
+        for layer in plan {
+            let quantizer = try QuantizerRegistry.quantizer(for: layer)
+            let kinds = quantizer.requiredStatistics
+            guard !kinds.isEmpty else { continue }
+            guard let point = QuantizationPoints.input(ofLinear: layer.name) else {
+                throw PTQError("\(layer.name) has no quantization point")
+            }
+            request.request(kinds, at: point)
+        }
+        return request
+    }
+
+    /// Runs calibration for `request` with the recipe's settings.
+    public static func calibrate(checkpoint: String, recipe: RecipeContext, request: StatisticsRequest,
+                                 quiet: Bool = false) throws(PTQError) -> CalibrationStatistics {
+        let model = try loadModel(path: checkpoint)
+        let settings = recipe.calibrationSettings(for: model.config)
+        guard FileManager.default.fileExists(atPath: settings.dataPath) else {
+            throw PTQError.file(recipe.path, "calibration.data: file '\(settings.dataPath)' does not exist")
+        }
+        let tokenizer = try tokenizer(for: model)
+        switch model {
+        case .language(let m):
+            return try Calibrator.run(model: m, tokenizer: tokenizer, settings: settings, request: request, quiet: quiet)
+        case .encoder(let m):
+            return try Calibrator.run(model: m, tokenizer: tokenizer, settings: settings, request: request, quiet: quiet)
+        }
+    }
+
+    /// What `quantize` produced.
+    public struct QuantizationOutcome {
+        public var packed: PackedModel
+        public var plan: [LayerPlan]
+        public var statistics: CalibrationStatistics?
+    }
+
+    /// Quantizes every planned layer of `checkpoint` and returns the packed model (not yet written).
+    /// Statistics come from `statsPath` when given (refused if gathered on another model), else
+    /// from a calibration run when any quantizer needs them.
+    public static func quantize(checkpoint: String, recipe: RecipeContext, statsPath: String? = nil,
+                                quiet: Bool = false) throws(PTQError) -> QuantizationOutcome {
+        let reader = try CheckpointReader(path: checkpoint)
+        let config = reader.config
+        let plan = try recipe.plan(for: config)
+        let request = try statisticsRequest(plan: plan)
+        var statistics: CalibrationStatistics?
+        if let statsPath {
+            let stats = try CalibrationStatistics.read(path: statsPath, expectedIdentity: config.identity)
+            try stats.require(request, source: statsPath)
+            statistics = stats
+        } else if !request.isEmpty {
+            statistics = try calibrate(checkpoint: checkpoint, recipe: recipe, request: request, quiet: quiet)
+        }
+        var quantized: [String: QuantizedLinear] = [:]
+        let planned = Set(plan.map(\.name))
+        let progress = Progress("quantize", total: plan.count, quiet: quiet)
+        for layer in plan {
+            let quantizer = try QuantizerRegistry.quantizer(for: layer)
+            let weight = try reader.tensor(layer.name + "/weight")
+            let biasName = layer.name + "/bias"
+            let bias = reader.tensorNames.contains(biasName) ? try reader.tensor(biasName).data : nil
+            let point = QuantizationPoints.input(ofLinear: layer.name) ?? ""
+            let input = LinearLayer(name: layer.name, weight: weight, bias: bias, inputPoint: point)
+            quantized[layer.name] = try quantizer.quantize(input, statistics: statistics?.points[point])
+            progress.advance(detail: layer.name)
+        }
+        var floats: [String: Tensor] = [:]
+        for name in reader.tensorNames {
+            let layerName = name.hasSuffix("/weight") || name.hasSuffix("/bias")
+                ? String(name[..<name.lastIndex(of: "/")!]) : name
+            if planned.contains(layerName) { continue }
+            floats[name] = try reader.tensor(name)
+        }
+        let packed = PackedModel(
+            config: config, tokenizer: reader.tokenizer, floatTensors: floats, quantizedLinears: quantized,
+            recipe: recipe.recipe.text, statsHash: statistics?.hash, modelIdentity: config.identity,
+            toolVersion: version,
+            metadata: ["source_checkpoint": checkpoint, "recipe_path": recipe.path,
+                       "created": ISO8601DateFormatter().string(from: Date())])
+        return QuantizationOutcome(packed: packed, plan: plan, statistics: statistics)
+    }
+
+    /// Loads a `.ptq` packed model for running on the quantized runtime.
+    public static func loadPacked(path: String) throws(PTQError) -> LoadedModel {
+        let packed = try PackedFile.read(path: path)
+        let weights = PackedWeights(packed)
+        switch packed.config.architecture {
+        case .llama: return .language(try LlamaModel(weights: weights))
+        case .bert: return .encoder(try BertModel(weights: weights))
+        }
+    }
+
+    /// Loads any model file: `.ptq` packed files or HDF5 checkpoints (by content, not name).
+    public static func loadAnyModel(path: String) throws(PTQError) -> LoadedModel {
+        isPackedFile(path) ? try loadPacked(path: path) : try loadModel(path: path)
+    }
+
+    /// Whether `path` starts with the packed-file magic.
+    public static func isPackedFile(_ path: String) -> Bool {
+        guard let handle = FileHandle(forReadingAtPath: path) else { return false }
+        defer { try? handle.close() }
+        let magic = (try? handle.read(upToCount: 8)) ?? Data()
+        return magic == Data("PTQKPACK".utf8)
+    }
+
+    /// Held-out verification samples: token windows from the held-out tail of the recipe's
+    /// calibration text (language models) or sentences of the evaluation half of STS-B (encoders).
+    public static func verificationSamples(model: LoadedModel, recipe: RecipeContext?, count: Int) throws(PTQError) -> [[Int]] {
+        let config = model.config
+        let settings = recipe?.calibrationSettings(for: config)
+            ?? RecipeContext.defaultSettings(for: config.architecture)
+        let tokenizer = try tokenizer(for: model)
+        switch model {
+        case .language:
+            let text = try readText(settings.dataPath)
+            let length = min(settings.sequenceLength, 512)
+            return try CalibrationSamples.windows(of: tokenizer.encode(text, addSpecialTokens: false), count: count,
+                                                  length: length, seed: settings.seed &+ 1, heldOut: true)
+        case .encoder:
+            let sentences = try CalibrationSamples.sentences(stsPath: settings.dataPath, evaluationHalf: true)
+            return sentences.prefix(count).map { tokenizer.encode($0) }
+        }
+    }
+
+    /// Compares a quantized model with its float reference (see `Verification`).
+    public static func verify(quantized: LoadedModel, reference: LoadedModel, samples: [[Int]],
+                              thresholds: VerificationThresholds, quiet: Bool = false) throws(PTQError) -> VerificationReport {
+        switch (reference, quantized) {
+        case (.language(let a), .language(let b)):
+            guard a.config == b.config else { throw PTQError("the reference and the quantized model have different configs") }
+            return Verification.compare(reference: a, quantized: b, samples: samples, thresholds: thresholds, quiet: quiet)
+        case (.encoder(let a), .encoder(let b)):
+            guard a.config == b.config else { throw PTQError("the reference and the quantized model have different configs") }
+            return Verification.compare(reference: a, quantized: b, samples: samples, thresholds: thresholds, quiet: quiet)
+        default:
+            throw PTQError("the reference and the quantized model are of different families")
+        }
+    }
+}
+
+extension PTQKit.RecipeContext {
+    /// Calibration settings when no recipe is at hand (project-relative default data).
+    static func defaultSettings(for architecture: Architecture) -> Calibration.CalibrationSettings {
+        let c = Recipes.CalibrationSettings.defaults(for: architecture)
+        return .init(dataPath: c.data, samples: c.samples, sequenceLength: c.sequenceLength,
+                     seed: UInt64(truncatingIfNeeded: c.seed))
+    }
+}
+
+extension VerificationThresholds {
+    /// The recipe's `verify` block as thresholds.
+    public init(_ v: VerifyThresholds?) {
+        self.init(maxKL: v?.maxKL, minTop1: v?.minTop1, maxPerplexityIncrease: v?.maxPerplexityIncrease,
+                  minCosine: v?.minCosine)
+    }
+}

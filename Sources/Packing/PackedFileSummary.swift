@@ -1,0 +1,104 @@
+import PTQCore
+
+/// What `ptq inspect` shows about a packed file, read from its header, section table, manifest
+/// and tokenizer only (payload sections are neither decompressed nor checksummed).
+/// Encodes with snake_case keys for `ptq inspect --json`.
+public struct PackedFileSummary: Sendable, Encodable {
+    /// One row per float tensor or quantized linear, in model order.
+    public struct TensorRow: Sendable, Encodable, Equatable {
+        public var name: String
+        /// `float` for float tensors, otherwise the quantization method (`rtn`, `gptq`, …).
+        public var kind: String
+        /// Shape: the tensor's shape, or `[rows, columns]` of a quantized weight.
+        public var shape: [Int]
+        /// Weight bits: 32 (or 16 for float16-stored matrices) for float tensors.
+        public var bits: Int
+        /// Columns per quantization group; nil for float tensors.
+        public var groupSize: Int?
+        /// Activation quantization, e.g. `int8 per_token, channel scales, shift`; `float` for
+        /// weight-only layers, `-` for float tensors.
+        public var activation: String
+        /// Elements: the tensor's, or a linear's weights plus its bias.
+        public var parameterCount: Int
+        /// Stored (compressed) bytes of all this tensor's sections.
+        public var storedBytes: Int
+        /// 8 × storedBytes / parameterCount (0 when there are no parameters).
+        public var bitsPerWeight: Double
+
+        enum CodingKeys: String, CodingKey {
+            case name, kind, shape, bits, activation
+            case groupSize = "group_size"
+            case parameterCount = "parameter_count"
+            case storedBytes = "stored_bytes"
+            case bitsPerWeight = "bits_per_weight"
+        }
+
+        public func encode(to encoder: any Encoder) throws {
+            var c = encoder.container(keyedBy: CodingKeys.self)
+            try c.encode(name, forKey: .name)
+            try c.encode(kind, forKey: .kind)
+            try c.encode(shape, forKey: .shape)
+            try c.encode(bits, forKey: .bits)
+            try c.encode(groupSize, forKey: .groupSize)  // null for float tensors
+            try c.encode(activation, forKey: .activation)
+            try c.encode(parameterCount, forKey: .parameterCount)
+            try c.encode(storedBytes, forKey: .storedBytes)
+            try c.encode(bitsPerWeight, forKey: .bitsPerWeight)
+        }
+    }
+
+    public var formatVersion: Int
+    public var toolVersion: String
+    public var config: ModelConfig
+    public var modelIdentity: String
+    public var statsHash: String?
+    public var recipe: String
+    public var metadata: [String: String]
+    /// `bpe` or `wordpiece`.
+    public var tokenizerKind: String
+    public var vocabularySize: Int
+    public var tensors: [TensorRow]
+    /// Sum of the rows' parameter counts.
+    public var parameterCount: Int
+    /// Sum of the rows' stored bytes (payload sections only: no manifest, tokenizer, table).
+    public var storedPayloadBytes: Int
+    /// Size of the whole file.
+    public var totalBytes: Int
+    public var sectionCount: Int
+    /// 8 × storedPayloadBytes / parameterCount for the whole model.
+    public var bitsPerWeight: Double
+
+    enum CodingKeys: String, CodingKey {
+        case config, recipe, metadata, tensors
+        case formatVersion = "format_version"
+        case toolVersion = "tool_version"
+        case modelIdentity = "model_identity"
+        case statsHash = "stats_hash"
+        case tokenizerKind = "tokenizer_kind"
+        case vocabularySize = "vocabulary_size"
+        case parameterCount = "parameter_count"
+        case storedPayloadBytes = "stored_payload_bytes"
+        case totalBytes = "total_bytes"
+        case sectionCount = "section_count"
+        case bitsPerWeight = "bits_per_weight"
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(formatVersion, forKey: .formatVersion)
+        try c.encode(toolVersion, forKey: .toolVersion)
+        try c.encode(config, forKey: .config)
+        try c.encode(modelIdentity, forKey: .modelIdentity)
+        try c.encode(statsHash, forKey: .statsHash)  // null when none
+        try c.encode(recipe, forKey: .recipe)
+        try c.encode(metadata, forKey: .metadata)
+        try c.encode(tokenizerKind, forKey: .tokenizerKind)
+        try c.encode(vocabularySize, forKey: .vocabularySize)
+        try c.encode(tensors, forKey: .tensors)
+        try c.encode(parameterCount, forKey: .parameterCount)
+        try c.encode(storedPayloadBytes, forKey: .storedPayloadBytes)
+        try c.encode(totalBytes, forKey: .totalBytes)
+        try c.encode(sectionCount, forKey: .sectionCount)
+        try c.encode(bitsPerWeight, forKey: .bitsPerWeight)
+    }
+}

@@ -1,0 +1,119 @@
+import Foundation
+import PTQCore
+
+/// The `manifest` section: everything about the model except the payload bytes.
+/// Keys are snake_case; optional fields are omitted when absent.
+struct PackedManifest: Codable, Sendable {
+    var formatVersion: Int
+    var toolVersion: String
+    var config: ModelConfig
+    var modelIdentity: String
+    var statsHash: String?
+    var recipe: String
+    var metadata: [String: String]
+    /// Name of the tokenizer section.
+    var tokenizer: String
+    var floatTensors: [FloatTensorEntry]
+    var quantizedLinears: [LinearEntry]
+
+    enum CodingKeys: String, CodingKey {
+        case config, recipe, metadata, tokenizer
+        case formatVersion = "format_version"
+        case toolVersion = "tool_version"
+        case modelIdentity = "model_identity"
+        case statsHash = "stats_hash"
+        case floatTensors = "float_tensors"
+        case quantizedLinears = "quantized_linears"
+    }
+
+    struct FloatTensorEntry: Codable, Sendable {
+        var name: String
+        var shape: [Int]
+        var section: String
+        var storedBytes: Int
+        /// `float32`, or `float16` for matrices (embeddings, float linears): see `floatStorage(for:)`.
+        var dtype: String?
+
+        enum CodingKeys: String, CodingKey {
+            case name, shape, section, dtype
+            case storedBytes = "stored_bytes"
+        }
+
+        var isHalf: Bool { dtype == "float16" }
+    }
+
+    struct LinearEntry: Codable, Sendable {
+        var name: String
+        var method: String
+        var details: [String: String]
+        var bits: Int
+        var rows: Int
+        var columns: Int
+        var groupSize: Int
+        var symmetric: Bool
+        /// Bits, granularity and static scale; the per-channel arrays live in their own sections.
+        var activation: ActivationQuantization?
+        var codes: String
+        var scales: String
+        var zeros: String?
+        var bias: String?
+        var activationChannelScales: String?
+        var activationChannelShift: String?
+        /// Stored (compressed) bytes of all this layer's sections.
+        var storedBytes: Int
+
+        enum CodingKeys: String, CodingKey {
+            case name, method, details, bits, rows, columns, symmetric, activation, codes, scales, zeros, bias
+            case groupSize = "group_size"
+            case activationChannelScales = "activation_channel_scales"
+            case activationChannelShift = "activation_channel_shift"
+            case storedBytes = "stored_bytes"
+        }
+    }
+
+    static func encoder() -> JSONEncoder {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        encoder.nonConformingFloatEncodingStrategy = .convertToString(
+            positiveInfinity: "inf", negativeInfinity: "-inf", nan: "nan")
+        return encoder
+    }
+
+    static func decoder() -> JSONDecoder {
+        let decoder = JSONDecoder()
+        decoder.nonConformingFloatDecodingStrategy = .convertFromString(
+            positiveInfinity: "inf", negativeInfinity: "-inf", nan: "nan")
+        return decoder
+    }
+}
+
+extension ActivationQuantization {
+    /// Human-readable summary, e.g. `int8 per_token, channel scales, shift`; `float` for nil.
+    static func describe(_ a: ActivationQuantization?, hasChannelScales: Bool, hasShift: Bool) -> String {
+        guard let a else { return "float" }
+        var text = "int\(a.bits) \(a.granularity.rawValue)"
+        if let scale = a.scale { text += " (scale \(scale))" }
+        if hasChannelScales { text += ", channel scales" }
+        if hasShift { text += ", shift" }
+        return text
+    }
+}
+
+/// Describes a JSON decoding failure with its coding path.
+func describeDecodingError(_ error: any Error) -> String {
+    func path(_ keys: [any CodingKey]) -> String {
+        keys.isEmpty ? "top level" : keys.map { $0.intValue.map { "[\($0)]" } ?? $0.stringValue }.joined(separator: ".")
+    }
+    switch error {
+    case DecodingError.keyNotFound(let key, let context):
+        return "missing key '\(key.stringValue)' at \(path(context.codingPath))"
+    case DecodingError.typeMismatch(_, let context), DecodingError.valueNotFound(_, let context):
+        return "wrong type at \(path(context.codingPath)): \(context.debugDescription)"
+    case DecodingError.dataCorrupted(let context):
+        let underlying = (context.underlyingError as? NSError)?.userInfo[NSDebugDescriptionErrorKey] as? String
+        let text = [context.debugDescription, underlying].compactMap { $0 }.joined(separator: " ")
+        return context.codingPath.isEmpty ? text : "\(text) at \(path(context.codingPath))"
+    default:
+        return "\(error)"
+    }
+}

@@ -1,0 +1,264 @@
+import Kernels
+import Models
+import PTQCore
+
+/// A quantized linear layer executed on integer codes: the runtime keeps codes, scales and
+/// zero points, never the float weight matrix.
+///
+/// Two execution paths, chosen from the `QuantizedLinear` at load time:
+/// - **Integer activations** (`activation != nil`: W8A8, W6A6, W4A8, …; symmetric weights only):
+///   weight codes become signed int8 `u − zero` once. Each forward quantizes the input rows
+///   exactly as `ActivationQuantization` specifies (`LowBit.quantizeRows`), then
+///   per-output-channel weights run an int32 GEMM (`ck_gemm_i8`) and
+///   `y = rowScale[i]·wScale[o]·acc + bias[o]`; grouped weights run the grouped kernel, which
+///   scales each group's exact int32 dot product by its float scale.
+/// - **Float activations** (`activation == nil`: W4A16, W8A16, W3A16, …): codes of ≤ 4 bits are
+///   packed two per byte, wider codes stay one byte each. One row runs the fused GEMV; several
+///   rows dequantize tiles of output rows into scratch and multiply them with sgemm.
+public final class IntegerLinear: LinearOp {
+    /// Canonical layer name (`layers/3/mlp/down_proj`).
+    public let name: String
+    public let inFeatures: Int
+    public let outFeatures: Int
+    public let weightBits: Int
+    /// Columns per weight group (`inFeatures` for one group per output channel).
+    public let groupSize: Int
+    /// Activation bits, nil for float activations.
+    public let activationBits: Int?
+    public let bias: [Float]?
+    private let kernel: Kernel
+
+    private enum Kernel: Sendable {
+        case integer(IntegerPath)
+        case weightOnly(WeightOnlyPath)
+    }
+
+    /// Signed int8 weight codes `[out, in]` with their scales, plus the activation quantizer.
+    private struct IntegerPath: Sendable {
+        var codes: [Int8]
+        var scales: [Float]
+        var groups: Int
+        var activationBits: Int
+        var scaling: ActivationScaling
+        var channelScales: [Float]?
+        var shift: [Float]?
+    }
+
+    /// Unsigned codes (nibbles or bytes) `[out, in]`, scales and zero points `[out, groups]`.
+    private struct WeightOnlyPath: Sendable {
+        var format: LowBit.CodeFormat
+        var codes: [UInt8]
+        var scales: [Float]
+        var zeros: [Float]
+    }
+
+    /// Bytes held for this layer: codes, scales, zero points, bias and activation parameters.
+    public var storageBytes: Int {
+        let biasBytes = (bias?.count ?? 0) * 4
+        switch kernel {
+        case .integer(let p):
+            return p.codes.count + p.scales.count * 4 + (p.channelScales?.count ?? 0) * 4
+                + (p.shift?.count ?? 0) * 4 + biasBytes
+        case .weightOnly(let p):
+            return p.codes.count + p.scales.count * 4 + p.zeros.count * 4 + biasBytes
+        }
+    }
+
+    /// What runs, for reports: e.g. `int8 GEMM W8A8 per-token`, `u4 GEMV/tile-sgemm W4A16 g128`.
+    public var kernelDescription: String {
+        let grouping = groupSize >= inFeatures ? "per-channel" : "g\(groupSize)"
+        switch kernel {
+        case .integer(let p):
+            let scaling: String
+            switch p.scaling {
+            case .perToken: scaling = "per-token"
+            case .perTensor: scaling = "per-tensor"
+            }
+            return "int8 GEMM W\(weightBits)A\(p.activationBits) \(grouping) \(scaling)"
+        case .weightOnly(let p):
+            return "\(p.format == .u4 ? "u4" : "u8") GEMV/tile-sgemm W\(weightBits)A16 \(grouping)"
+        }
+    }
+
+    /// Converts a `QuantizedLinear` to run-time storage; throws a `PTQError` naming the layer
+    /// for inconsistent shapes, codes out of range, or unsupported combinations.
+    public init(_ q: QuantizedLinear) throws(PTQError) {
+        let w = q.weight
+        let layer = q.name.isEmpty ? "quantized linear" : q.name
+        func fail(_ message: String) -> PTQError { PTQError("\(layer): \(message)") }
+
+        guard (2...8).contains(w.bits) else { throw fail("\(w.bits)-bit weights are not supported (2…8 bits)") }
+        guard w.rows > 0, w.columns > 0 else { throw fail("empty weight \(w.rows)×\(w.columns)") }
+        guard w.groupSize > 0 else { throw fail("group size \(w.groupSize) must be positive") }
+        guard w.codes.count == w.rows * w.columns else {
+            throw fail("\(w.codes.count) weight codes for a \(w.rows)×\(w.columns) matrix")
+        }
+        let groups = w.groupsPerRow
+        guard w.scales.count == w.rows * groups else {
+            throw fail("\(w.scales.count) weight scales, expected \(w.rows)×\(groups) (group size \(w.groupSize))")
+        }
+        if let zeros = w.zeros, zeros.count != w.rows * groups {
+            throw fail("\(zeros.count) zero points, expected \(w.rows)×\(groups)")
+        }
+        if !w.symmetric && w.zeros == nil { throw fail("asymmetric weights without zero points") }
+        if let bias = q.bias, bias.count != w.rows {
+            throw fail("bias has \(bias.count) values for \(w.rows) output features")
+        }
+        let codeLimit = 1 << w.bits
+        if let bad = w.codes.firstIndex(where: { Int($0) >= codeLimit }) {
+            throw fail("weight code \(w.codes[bad]) at element \(bad) does not fit \(w.bits) bits")
+        }
+
+        name = q.name
+        inFeatures = w.columns
+        outFeatures = w.rows
+        weightBits = w.bits
+        groupSize = min(w.groupSize, w.columns)
+        bias = q.bias
+
+        if let a = q.activation {
+            activationBits = a.bits
+            guard (2...8).contains(a.bits) else {
+                throw fail("\(a.bits)-bit activations are not supported (2…8 bits)")
+            }
+            guard w.symmetric else {
+                throw fail("quantized activations (A\(a.bits)) need symmetric weights; this layer's weights are asymmetric")
+            }
+            guard w.columns <= 131_072 else {
+                throw fail("\(w.columns) input features exceed the int32 accumulator range of the int8 GEMM")
+            }
+            if let s = a.channelScales, s.count != w.columns {
+                throw fail("\(s.count) activation channel scales for \(w.columns) input features")
+            }
+            if let s = a.channelShift, s.count != w.columns {
+                throw fail("\(s.count) activation channel shifts for \(w.columns) input features")
+            }
+            let scaling: ActivationScaling
+            switch a.granularity {
+            case .perToken:
+                scaling = .perToken
+            case .perTensor:
+                guard let s = a.scale, s > 0, s.isFinite else {
+                    throw fail("per-tensor activation quantization needs a positive static scale (got \(a.scale.map { "\($0)" } ?? "none"))")
+                }
+                scaling = .perTensor(s)
+            }
+            // Signed codes u − zero, once.
+            var codes = [Int8](repeating: 0, count: w.codes.count)
+            for r in 0..<w.rows {
+                for g in 0..<groups {
+                    let zero = w.zero(row: r, group: g)
+                    guard zero == zero.rounded(), zero >= 0, zero <= 255 else {
+                        throw fail("zero point \(zero) of row \(r) group \(g) is not an integer code")
+                    }
+                    let z = Int(zero)
+                    let c0 = g * w.groupSize, c1 = min(w.columns, c0 + w.groupSize)
+                    for c in c0..<c1 {
+                        let v = Int(w.codes[r * w.columns + c]) - z
+                        guard v >= -128, v <= 127 else {
+                            throw fail("weight code \(w.codes[r * w.columns + c]) − zero \(z) at row \(r) column \(c) does not fit int8")
+                        }
+                        codes[r * w.columns + c] = Int8(v)
+                    }
+                }
+            }
+            kernel = .integer(IntegerPath(codes: codes, scales: w.scales, groups: groups, activationBits: a.bits,
+                                          scaling: scaling, channelScales: a.channelScales, shift: a.channelShift))
+        } else {
+            activationBits = nil
+            var zeros = w.zeros ?? []
+            if w.zeros == nil {
+                zeros = [Float](repeating: Float(w.symmetricZero), count: w.rows * groups)
+            }
+            let format: LowBit.CodeFormat = w.bits <= 4 ? .u4 : .u8
+            let codes = format == .u4 ? LowBit.packNibbles(w.codes, rows: w.rows, columns: w.columns) : w.codes
+            kernel = .weightOnly(WeightOnlyPath(format: format, codes: codes, scales: w.scales, zeros: zeros))
+        }
+    }
+
+    public func forward(_ x: UnsafePointer<Float>, rows: Int, into y: UnsafeMutablePointer<Float>) {
+        guard rows > 0 else { return }
+        switch kernel {
+        case .integer(let p): forwardInteger(p, x, rows: rows, into: y)
+        case .weightOnly(let p): forwardWeightOnly(p, x, rows: rows, into: y)
+        }
+    }
+
+    private func forwardInteger(_ p: IntegerPath, _ x: UnsafePointer<Float>, rows: Int,
+                                into y: UnsafeMutablePointer<Float>) {
+        let k = inFeatures, n = outFeatures
+        let codes = UnsafeMutablePointer<Int8>.allocate(capacity: rows * k)
+        let rowScales = UnsafeMutablePointer<Float>.allocate(capacity: rows)
+        defer { codes.deallocate(); rowScales.deallocate() }
+        withOptional(p.shift) { shift in
+            withOptional(p.channelScales) { channelScales in
+                LowBit.quantizeRows(x, rows: rows, columns: k, shift: shift, channelScales: channelScales,
+                                    bits: p.activationBits, scaling: p.scaling, codes: codes, rowScales: rowScales)
+            }
+        }
+        p.codes.withUnsafeBufferPointer { wc in
+            p.scales.withUnsafeBufferPointer { ws in
+                withOptional(bias) { b in
+                    if p.groups == 1 {
+                        let acc = UnsafeMutablePointer<Int32>.allocate(capacity: rows * n)
+                        defer { acc.deallocate() }
+                        LowBit.gemmI8(a: codes, m: rows, b: wc.baseAddress!, n: n, k: k, c: acc, ldc: n)
+                        for i in 0..<rows {
+                            let rs = rowScales[i], yr = y + i * n, ar = acc + i * n
+                            if let b {
+                                for o in 0..<n { yr[o] = (rs * ws[o]) * Float(ar[o]) + b[o] }
+                            } else {
+                                for o in 0..<n { yr[o] = (rs * ws[o]) * Float(ar[o]) }
+                            }
+                        }
+                    } else {
+                        LowBit.gemmI8Grouped(a: codes, m: rows, b: wc.baseAddress!, n: n, k: k, groupSize: groupSize,
+                                             weightScales: ws.baseAddress!, c: y, ldc: n)
+                        for i in 0..<rows {
+                            let rs = rowScales[i], yr = y + i * n
+                            if let b {
+                                for o in 0..<n { yr[o] = rs * yr[o] + b[o] }
+                            } else {
+                                for o in 0..<n { yr[o] = rs * yr[o] }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Rows up to which one fused GEMV per row beats dequantizing tiles for sgemm: the tiles
+    /// cost about two GEMVs in dequantization alone (measured on 1536×576 and 4096×4096).
+    static let gemvRowLimit = 4
+
+    private func forwardWeightOnly(_ p: WeightOnlyPath, _ x: UnsafePointer<Float>, rows: Int,
+                                   into y: UnsafeMutablePointer<Float>) {
+        let k = inFeatures, n = outFeatures
+        p.codes.withUnsafeBufferPointer { c in
+            p.scales.withUnsafeBufferPointer { s in
+                p.zeros.withUnsafeBufferPointer { z in
+                    if rows <= Self.gemvRowLimit {
+                        for i in 0..<rows {
+                            LowBit.gemv(p.format, codes: c.baseAddress!, rows: n, columns: k, groupSize: groupSize,
+                                        scales: s.baseAddress!, zeros: z.baseAddress!, x: x + i * k, y: y + i * n)
+                        }
+                    } else {
+                        LowBit.dequantizedProduct(p.format, codes: c.baseAddress!, outFeatures: n, inFeatures: k,
+                                                  groupSize: groupSize, scales: s.baseAddress!, zeros: z.baseAddress!,
+                                                  x: x, rows: rows, y: y)
+                    }
+                }
+            }
+        }
+        if let bias {
+            bias.withUnsafeBufferPointer { Ops.addBias($0.baseAddress!, rows: rows, width: n, into: y) }
+        }
+    }
+}
+
+/// Calls `body` with the array's base address, or nil for a nil array.
+func withOptional<T, R>(_ array: [T]?, _ body: (UnsafePointer<T>?) throws -> R) rethrows -> R {
+    guard let array else { return try body(nil) }
+    return try array.withUnsafeBufferPointer { try body($0.baseAddress) }
+}

@@ -1,0 +1,54 @@
+import Calibration
+import PTQCore
+import Recipes
+
+/// One float linear layer handed to a quantizer.
+public struct LinearLayer: Sendable {
+    /// Canonical layer name, e.g. `layers/3/mlp/down_proj`.
+    public var name: String
+    public var weight: Tensor           // (out, in)
+    public var bias: [Float]?
+    /// Quantization point whose activations feed this layer (`layers.3.mlp.down_proj.input`).
+    public var inputPoint: String
+
+    public init(name: String, weight: Tensor, bias: [Float]?, inputPoint: String) {
+        self.name = name
+        self.weight = weight
+        self.bias = bias
+        self.inputPoint = inputPoint
+    }
+}
+
+/// A quantization method: the one protocol every method implements.
+///
+/// A quantizer is made from the recipe's resolved plan for one layer (method parameters are
+/// validated at construction, with recipe line numbers), declares the statistics it needs at
+/// the layer's input, and turns the float layer into a `QuantizedLinear` that the packer
+/// stores and the runtime executes. See docs/adding-a-quantizer.md.
+public protocol Quantizer: Sendable {
+    /// Statistics calibration must gather at the layer's input point (empty = none; then
+    /// quantization runs without calibration).
+    var requiredStatistics: Set<StatisticKind> { get }
+
+    func quantize(_ layer: LinearLayer, statistics: PointStatistics?) throws(PTQError) -> QuantizedLinear
+}
+
+/// Maps recipe method names to quantizers. Adding a method is one file plus one line here.
+public enum QuantizerRegistry {
+    public typealias Factory = @Sendable (LayerPlan) throws(PTQError) -> any Quantizer
+
+    public static let factories: [String: Factory] = [
+        "rtn": { plan throws(PTQError) in try RTNQuantizer(plan: plan) },
+    ]
+
+    public static var methods: [String] { factories.keys.sorted() }
+
+    /// The quantizer for one planned layer; unknown methods name the recipe line.
+    public static func quantizer(for plan: LayerPlan) throws(PTQError) -> any Quantizer {
+        guard let factory = factories[plan.method] else {
+            let line = plan.ruleLine.map { "line \($0): " } ?? ""
+            throw PTQError("\(line)unknown method '\(plan.method)' for \(plan.name) (known: \(methods.joined(separator: ", ")))")
+        }
+        return try factory(plan)
+    }
+}

@@ -1,0 +1,546 @@
+import Foundation
+import Kernels
+import Models
+import Packing
+import PTQCore
+import QuantizedRuntime
+import Testing
+
+// MARK: - Helpers
+
+/// Seeded generator so every run sees the same matrices.
+struct SplitMix: RandomNumberGenerator {
+    var state: UInt64
+    init(seed: UInt64) { state = seed }
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+    mutating func floats(_ n: Int, in range: ClosedRange<Float> = -1...1) -> [Float] {
+        (0..<n).map { _ in Float.random(in: range, using: &self) }
+    }
+    mutating func int8s(_ n: Int, in range: ClosedRange<Int8>) -> [Int8] {
+        (0..<n).map { _ in Int8.random(in: range, using: &self) }
+    }
+    mutating func bytes(_ n: Int, below limit: Int) -> [UInt8] {
+        (0..<n).map { _ in UInt8(Int.random(in: 0..<limit, using: &self)) }
+    }
+}
+
+/// Activations with a few outlier channels, as real ones have.
+func activations(rows: Int, columns: Int, rng: inout SplitMix) -> [Float] {
+    var x = rng.floats(rows * columns)
+    for j in stride(from: 3, to: columns, by: 37) {
+        for i in 0..<rows { x[i * columns + j] *= 12 }
+    }
+    return x
+}
+
+/// A random quantized layer of the given scheme.
+func makeLayer(name: String = "layers/0/mlp/up_proj", out: Int, in columns: Int, bits: Int, groupSize: Int? = nil,
+               symmetric: Bool, activation: ActivationQuantization? = nil, bias: Bool = false,
+               seed: UInt64) -> QuantizedLinear {
+    var rng = SplitMix(seed: seed)
+    let group = groupSize ?? columns
+    let groups = (columns + group - 1) / group
+    let scales = rng.floats(out * groups, in: 0.002...0.03)
+    var codes = [UInt8](repeating: 0, count: out * columns)
+    var zeros: [Float]?
+    if symmetric {
+        let zero = 1 << (bits - 1), maxCode = zero - 1
+        for i in codes.indices { codes[i] = UInt8(zero + Int.random(in: -maxCode...maxCode, using: &rng)) }
+    } else {
+        codes = rng.bytes(out * columns, below: 1 << bits)
+        zeros = (0..<(out * groups)).map { _ in Float(Int.random(in: 0..<(1 << bits), using: &rng)) }
+    }
+    let weight = IntegerWeight(bits: bits, rows: out, columns: columns, groupSize: group, symmetric: symmetric,
+                               codes: codes, scales: scales, zeros: zeros)
+    return QuantizedLinear(name: name, method: "test", weight: weight, bias: bias ? rng.floats(out) : nil,
+                           activation: activation)
+}
+
+/// Plain-loop activation quantization, written from the `ActivationQuantization` contract:
+/// x' = (x − shift) / channelScale, code = clamp(roundf(x' / step), ±maxCode).
+func referenceQuantize(_ x: [Float], rows: Int, columns: Int, _ a: ActivationQuantization) -> (codes: [Int8], steps: [Float]) {
+    let maxCode = Float(a.maxCode)
+    var codes = [Int8](repeating: 0, count: rows * columns)
+    var steps = [Float](repeating: 0, count: rows)
+    for i in 0..<rows {
+        var v = [Float](repeating: 0, count: columns)
+        for j in 0..<columns {
+            var t = x[i * columns + j]
+            if let s = a.channelShift { t = t - s[j] }
+            if let s = a.channelScales { t = t / s[j] }
+            v[j] = t
+        }
+        let step: Float
+        if a.granularity == .perTensor {
+            step = a.scale!
+        } else {
+            var m: Float = 0
+            for t in v { m = max(m, abs(t)) }
+            step = m / maxCode
+        }
+        steps[i] = step
+        for j in 0..<columns where step > 0 {
+            codes[i * columns + j] = Int8(min(max(roundf(v[j] / step), -maxCode), maxCode))
+        }
+    }
+    return (codes, steps)
+}
+
+/// The simulated fake-quant forward in Double: dequantized weights, activations quantized and
+/// dequantized by the plain loop. Returns the outputs and, per output, Σ|terms| (the scale the
+/// tolerance is relative to).
+func fakeQuantForward(_ q: QuantizedLinear, x: [Float], rows: Int) -> (y: [Double], magnitude: [Double]) {
+    let w = q.weight.dequantizedReference()
+    let n = q.weight.rows, k = q.weight.columns
+    var xd = x.map(Double.init)
+    if let a = q.activation {
+        let (codes, steps) = referenceQuantize(x, rows: rows, columns: k, a)
+        for i in 0..<rows { for j in 0..<k { xd[i * k + j] = Double(codes[i * k + j]) * Double(steps[i]) } }
+    }
+    var y = [Double](repeating: 0, count: rows * n), mag = y
+    for i in 0..<rows {
+        for o in 0..<n {
+            var s = 0.0, m = 0.0
+            for j in 0..<k {
+                let t = xd[i * k + j] * Double(w[o * k + j])
+                s += t
+                m += abs(t)
+            }
+            if let b = q.bias { s += Double(b[o]); m += abs(Double(b[o])) }
+            y[i * n + o] = s
+            mag[i * n + o] = m
+        }
+    }
+    return (y, mag)
+}
+
+func run(_ op: any LinearOp, _ x: [Float], rows: Int) -> [Float] {
+    var y = [Float](repeating: .nan, count: rows * op.outFeatures)
+    x.withUnsafeBufferPointer { xp in
+        y.withUnsafeMutableBufferPointer { op.forward(xp.baseAddress!, rows: rows, into: $0.baseAddress!) }
+    }
+    return y
+}
+
+/// Largest |got − want| / (Σ|terms| + tiny) over all outputs.
+func worstRelativeError(_ got: [Float], _ want: [Double], _ magnitude: [Double]) -> Double {
+    var worst = 0.0
+    for i in got.indices {
+        let e = abs(Double(got[i]) - want[i]) / (magnitude[i] + 1e-12)
+        worst = max(worst, e.isNaN ? .infinity : e)
+    }
+    return worst
+}
+
+// MARK: - C kernels against their reference twins
+
+@Suite("Low-bit C kernels")
+struct KernelTests {
+    static let ks = [1, 31, 32, 33, 576, 1000]
+    static let ms = [1, 3, 17]
+    static let ns = [1, 5, 64]
+
+    @Test("int8 GEMM equals the scalar reference exactly", arguments: ks, ms)
+    func gemmI8(k: Int, m: Int) {
+        var rng = SplitMix(seed: UInt64(k * 1000 + m))
+        for n in Self.ns {
+            let a = rng.int8s(m * k, in: -127...127)
+            var b = rng.int8s(n * k, in: -128...127)
+            if !b.isEmpty { b[0] = -128 }
+            let ldc = n + 3
+            var fast = [Int32](repeating: -1, count: m * ldc), ref = fast
+            a.withUnsafeBufferPointer { ap in
+                b.withUnsafeBufferPointer { bp in
+                    LowBit.gemmI8(a: ap.baseAddress!, m: m, b: bp.baseAddress!, n: n, k: k, c: &fast, ldc: ldc)
+                    LowBit.gemmI8Reference(a: ap.baseAddress!, m: m, b: bp.baseAddress!, n: n, k: k, c: &ref, ldc: ldc)
+                }
+            }
+            #expect(fast == ref, "m=\(m) n=\(n) k=\(k)")
+            // Untouched padding columns stay as they were.
+            #expect((0..<m).allSatisfy { i in (n..<ldc).allSatisfy { fast[i * ldc + $0] == -1 } })
+        }
+    }
+
+    @Test("int8 GEMM at extreme codes", arguments: [31, 64, 1000])
+    func gemmI8Extremes(k: Int) {
+        let m = 5, n = 3
+        let a = [Int8](repeating: -127, count: m * k), b = [Int8](repeating: -128, count: n * k)
+        var c = [Int32](repeating: 0, count: m * n)
+        LowBit.gemmI8(a: a, m: m, b: b, n: n, k: k, c: &c, ldc: n)
+        #expect(c.allSatisfy { $0 == Int32(127 * 128 * k) })
+    }
+
+    @Test("grouped int8 GEMM equals the reference bit for bit", arguments: ks, [32, 64, 7, 0])
+    func gemmI8Grouped(k: Int, groupArgument: Int) {
+        let group = groupArgument == 0 ? k : groupArgument
+        let groups = (k + group - 1) / group
+        var rng = SplitMix(seed: UInt64(k * 7 + group))
+        for m in Self.ms {
+            for n in Self.ns {
+                let a = rng.int8s(m * k, in: -127...127), b = rng.int8s(n * k, in: -128...127)
+                let ws = rng.floats(n * groups, in: 0.001...0.1)
+                var fast = [Float](repeating: 0, count: m * n), ref = fast
+                LowBit.gemmI8Grouped(a: a, m: m, b: b, n: n, k: k, groupSize: group, weightScales: ws, c: &fast, ldc: n)
+                LowBit.gemmI8GroupedReference(a: a, m: m, b: b, n: n, k: k, groupSize: group, weightScales: ws,
+                                              c: &ref, ldc: n)
+                #expect(fast == ref, "m=\(m) n=\(n) k=\(k) group=\(group)")
+            }
+        }
+    }
+
+    @Test("weight-only GEMV matches the reference", arguments: [LowBit.CodeFormat.u4, .u8], ks)
+    func gemv(format: LowBit.CodeFormat, k: Int) {
+        var rng = SplitMix(seed: UInt64(k * 3 + (format == .u4 ? 1 : 2)))
+        let limit = format == .u4 ? 16 : 256
+        for n in Self.ns + [2100] { // 2100×1000 splits over workers
+            for group in [32, 64, 128, 7, k] {
+                let groups = (k + group - 1) / group
+                let raw = rng.bytes(n * k, below: limit)
+                let codes = format == .u4 ? LowBit.packNibbles(raw, rows: n, columns: k) : raw
+                let scales = rng.floats(n * groups, in: 0.001...0.05)
+                let zeros = (0..<(n * groups)).map { _ in Float(Int.random(in: 0..<limit, using: &rng)) }
+                let x = activations(rows: 1, columns: k, rng: &rng)
+                var fast = [Float](repeating: .nan, count: n), ref = fast
+                LowBit.gemv(format, codes: codes, rows: n, columns: k, groupSize: group, scales: scales, zeros: zeros,
+                            x: x, y: &fast)
+                LowBit.gemvReference(format, codes: codes, rows: n, columns: k, groupSize: group, scales: scales,
+                                     zeros: zeros, x: x, y: &ref)
+                // Both sum in float in different orders: compare relative to Σ|terms|.
+                var worst: Float = 0
+                for o in 0..<n {
+                    var mag: Float = 0
+                    for j in 0..<k {
+                        let g = j / group
+                        mag += abs(x[j]) * scales[o * groups + g] * (Float(raw[o * k + j]) + zeros[o * groups + g])
+                    }
+                    worst = max(worst, abs(fast[o] - ref[o]) / (mag + 1e-20))
+                }
+                #expect(worst < 1e-5, "\(format) n=\(n) k=\(k) group=\(group): \(worst)")
+            }
+        }
+    }
+
+    @Test("tile dequantization is exact", arguments: [LowBit.CodeFormat.u4, .u8], ks)
+    func dequantize(format: LowBit.CodeFormat, k: Int) {
+        let bits = format == .u4 ? 4 : 8
+        for (n, group) in [(5, 32), (64, 7), (17, 128), (9, k)] {
+            let q = makeLayer(out: n, in: k, bits: bits, groupSize: group, symmetric: false, seed: UInt64(n * k))
+            let w = q.weight
+            let codes = format == .u4 ? LowBit.packNibbles(w.codes, rows: n, columns: k) : w.codes
+            let zeros = w.zeros!
+            let expected = w.dequantizedReference()
+            for range in [0..<n, 1..<n, (n - 1)..<n] where !range.isEmpty {
+                var fast = [Float](repeating: .nan, count: range.count * k), ref = fast
+                LowBit.dequantizeRows(format, codes: codes, rowRange: range, columns: k, groupSize: group,
+                                      scales: w.scales, zeros: zeros, into: &fast)
+                LowBit.dequantizeRowsReference(format, codes: codes, rowRange: range, columns: k, groupSize: group,
+                                               scales: w.scales, zeros: zeros, into: &ref)
+                #expect(fast == ref, "\(format) n=\(n) k=\(k) group=\(group) rows=\(range)")
+                #expect(fast == Array(expected[(range.lowerBound * k)..<(range.upperBound * k)]))
+            }
+        }
+    }
+
+    @Test("tiled dequantize + sgemm product", arguments: [LowBit.CodeFormat.u4, .u8], [1, 8, 16, 1000])
+    func dequantizedProduct(format: LowBit.CodeFormat, tileRows: Int) {
+        let (n, k, rows) = (37, 96, 5)
+        let q = makeLayer(out: n, in: k, bits: format == .u4 ? 4 : 8, groupSize: 32, symmetric: false,
+                          seed: UInt64(tileRows))
+        let codes = format == .u4 ? LowBit.packNibbles(q.weight.codes, rows: n, columns: k) : q.weight.codes
+        var rng = SplitMix(seed: 99)
+        let x = activations(rows: rows, columns: k, rng: &rng)
+        var y = [Float](repeating: .nan, count: rows * n)
+        LowBit.dequantizedProduct(format, codes: codes, outFeatures: n, inFeatures: k, groupSize: 32,
+                                  scales: q.weight.scales, zeros: q.weight.zeros!, x: x, rows: rows, y: &y,
+                                  tileRows: tileRows)
+        let (want, mag) = fakeQuantForward(q, x: x, rows: rows)
+        #expect(worstRelativeError(y, want, mag) < 1e-5)
+    }
+
+    @Test("nibble packing layout")
+    func nibbles() {
+        let codes: [UInt8] = [1, 2, 3, 4, 5, /* row 2 */ 6, 7, 8, 9, 10]
+        #expect(LowBit.packNibbles(codes, rows: 2, columns: 5) == [0x21, 0x43, 0x05, 0x76, 0x98, 0x0A])
+        #expect(LowBit.nibbleRowBytes(5) == 3)
+    }
+
+    @Test("activation quantization matches the plain loop", arguments: [8, 6, 4], [false, true])
+    func quantizeRows(bits: Int, perTensor: Bool) {
+        var rng = SplitMix(seed: UInt64(bits * 2 + (perTensor ? 1 : 0)))
+        let (rows, cols) = (7, 333)
+        var x = activations(rows: rows, columns: cols, rng: &rng)
+        for j in 0..<cols { x[2 * cols + j] = 0 } // an all-zero row
+        x[5] = 0.5 // exact halves exercise the rounding direction
+        let shift = rng.floats(cols, in: -0.2...0.2), scales = rng.floats(cols, in: 0.5...2)
+        for (s, c) in [(nil, nil), (shift, nil), (nil, scales), (shift, scales)] as [([Float]?, [Float]?)] {
+            let a = ActivationQuantization(bits: bits, granularity: perTensor ? .perTensor : .perToken,
+                                           scale: perTensor ? 0.03 : nil, channelScales: c, channelShift: s)
+            let got = LowBit.quantizeRows(x, rows: rows, columns: cols, shift: s, channelScales: c, bits: bits,
+                                          scaling: perTensor ? .perTensor(0.03) : .perToken)
+            let want = referenceQuantize(x, rows: rows, columns: cols, a)
+            #expect(got.codes == want.codes)
+            #expect(got.rowScales == want.steps)
+            #expect(got.codes.allSatisfy { abs(Int($0)) <= a.maxCode })
+        }
+        let half = LowBit.quantizeRows([0.5, -0.5, 1.5, -2.5, 1], rows: 1, columns: 5, bits: 8, scaling: .perTensor(1))
+        #expect(half.codes == [1, -1, 2, -3, 1]) // half away from zero, like roundf
+    }
+}
+
+// MARK: - IntegerLinear against the fake-quant reference
+
+struct LayerCase: Sendable, CustomTestStringConvertible {
+    var label: String
+    var out: Int
+    var columns: Int
+    var bits: Int
+    var group: Int?
+    var symmetric: Bool
+    var activation: ActivationQuantization?
+    var bias = false
+    var testDescription: String { label }
+}
+
+func act(_ bits: Int, _ perTensor: Bool, channels: Int? = nil, seed: UInt64 = 1) -> ActivationQuantization {
+    var rng = SplitMix(seed: seed)
+    return ActivationQuantization(
+        bits: bits, granularity: perTensor ? .perTensor : .perToken,
+        // About 80% of the outlier absmax: some clipping at the top of the range.
+        scale: perTensor ? 12 * 0.8 / Float((1 << (bits - 1)) - 1) : nil,
+        channelScales: channels.map { rng.floats($0, in: 0.5...2) },
+        channelShift: channels.map { rng.floats($0, in: -0.2...0.2) })
+}
+
+let layerCases: [LayerCase] = [
+    // Integer activations, per-output-channel weights.
+    LayerCase(label: "W8A8 per-token", out: 48, columns: 576, bits: 8, symmetric: true, activation: act(8, false)),
+    LayerCase(label: "W8A8 per-tensor", out: 48, columns: 576, bits: 8, symmetric: true, activation: act(8, true)),
+    LayerCase(label: "W6A6 per-token", out: 33, columns: 100, bits: 6, symmetric: true, activation: act(6, false)),
+    LayerCase(label: "W6A6 per-tensor", out: 33, columns: 100, bits: 6, symmetric: true, activation: act(6, true)),
+    LayerCase(label: "W4A8 per-token", out: 64, columns: 256, bits: 4, symmetric: true, activation: act(8, false)),
+    LayerCase(label: "W4A8 per-tensor", out: 64, columns: 256, bits: 4, symmetric: true, activation: act(8, true)),
+    LayerCase(label: "W4A4 per-token", out: 16, columns: 64, bits: 4, symmetric: true, activation: act(4, false)),
+    LayerCase(label: "W8A8 per-token shift+scales+bias", out: 40, columns: 333, bits: 8, symmetric: true,
+              activation: act(8, false, channels: 333), bias: true),
+    LayerCase(label: "W8A8 per-tensor shift+scales+bias", out: 40, columns: 333, bits: 8, symmetric: true,
+              activation: act(8, true, channels: 333), bias: true),
+    LayerCase(label: "W6A6 per-tensor shift+scales+bias", out: 21, columns: 64, bits: 6, symmetric: true,
+              activation: act(6, true, channels: 64), bias: true),
+    // Integer activations, grouped weights.
+    LayerCase(label: "W8A8 g32 per-token", out: 24, columns: 256, bits: 8, group: 32, symmetric: true,
+              activation: act(8, false)),
+    LayerCase(label: "W4A8 g64 per-tensor shift+scales+bias", out: 24, columns: 200, bits: 4, group: 64,
+              symmetric: true, activation: act(8, true, channels: 200), bias: true),
+    LayerCase(label: "W4A8 g128 per-token (large, parallel)", out: 2200, columns: 1000, bits: 4, group: 128,
+              symmetric: true, activation: act(8, false)),
+    // Float activations.
+    LayerCase(label: "W4A16 asym g32", out: 48, columns: 256, bits: 4, group: 32, symmetric: false),
+    LayerCase(label: "W4A16 asym g64 bias", out: 48, columns: 320, bits: 4, group: 64, symmetric: false, bias: true),
+    LayerCase(label: "W4A16 asym g128", out: 48, columns: 576, bits: 4, group: 128, symmetric: false),
+    LayerCase(label: "W4A16 asym g128 (large, parallel, 5 tiles)", out: 2200, columns: 1000, bits: 4, group: 128, symmetric: false),
+    LayerCase(label: "W4A16 sym per-channel odd columns", out: 17, columns: 201, bits: 4, symmetric: true),
+    LayerCase(label: "W4A16 asym g32 ragged last group", out: 19, columns: 200, bits: 4, group: 32, symmetric: false),
+    LayerCase(label: "W8A16 asym per-channel", out: 48, columns: 576, bits: 8, symmetric: false),
+    LayerCase(label: "W8A16 sym g64 bias", out: 48, columns: 256, bits: 8, group: 64, symmetric: true, bias: true),
+    LayerCase(label: "W3A16 asym g32", out: 40, columns: 256, bits: 3, group: 32, symmetric: false),
+    LayerCase(label: "W3A16 sym per-channel", out: 40, columns: 333, bits: 3, symmetric: true),
+    LayerCase(label: "W6A16 asym g128", out: 40, columns: 384, bits: 6, group: 128, symmetric: false),
+    LayerCase(label: "W2A16 asym g64", out: 40, columns: 256, bits: 2, group: 64, symmetric: false),
+]
+
+@Suite("IntegerLinear")
+struct IntegerLinearTests {
+    @Test("matches the simulated fake-quant forward", arguments: layerCases, [1, 7])
+    func matchesFakeQuant(_ c: LayerCase, rows: Int) throws {
+        let q = makeLayer(out: c.out, in: c.columns, bits: c.bits, groupSize: c.group, symmetric: c.symmetric,
+                          activation: c.activation, bias: c.bias, seed: UInt64(c.out * 31 + c.columns))
+        let op = try IntegerLinear(q)
+        #expect(op.inFeatures == c.columns && op.outFeatures == c.out)
+        var rng = SplitMix(seed: UInt64(rows))
+        let x = activations(rows: rows, columns: c.columns, rng: &rng)
+        let y = run(op, x, rows: rows)
+        let (want, mag) = fakeQuantForward(q, x: x, rows: rows)
+        // Float rounding leaves ~1e-7 of Σ|terms|; a 0.1% scaling slip shows as ~1e-4.
+        let worst = worstRelativeError(y, want, mag)
+        #expect(worst < 1e-5, "\(c.label) rows=\(rows): worst relative error \(worst)")
+        // The runtime never keeps the float matrix.
+        #expect(op.storageBytes < c.out * c.columns * 4 / 2)
+    }
+
+    @Test("a row-batched forward equals row-by-row forwards", arguments: layerCases.filter { $0.activation != nil })
+    func batchedEqualsSingle(_ c: LayerCase) throws {
+        let q = makeLayer(out: c.out, in: c.columns, bits: c.bits, groupSize: c.group, symmetric: c.symmetric,
+                          activation: c.activation, bias: c.bias, seed: 5)
+        let op = try IntegerLinear(q)
+        var rng = SplitMix(seed: 6)
+        let rows = 7
+        let x = activations(rows: rows, columns: c.columns, rng: &rng)
+        let batched = run(op, x, rows: rows)
+        var single: [Float] = []
+        for i in 0..<rows { single += run(op, Array(x[(i * c.columns)..<((i + 1) * c.columns)]), rows: 1) }
+        #expect(batched == single)
+    }
+
+    @Test("storage: nibbles for ≤ 4 bits, bytes above, int8 with activations")
+    func storage() throws {
+        let w4 = try IntegerLinear(makeLayer(out: 64, in: 128, bits: 4, groupSize: 32, symmetric: false, seed: 1))
+        #expect(w4.storageBytes == 64 * 64 + 64 * 4 * 4 * 2)
+        let w3 = try IntegerLinear(makeLayer(out: 64, in: 128, bits: 3, symmetric: true, seed: 1))
+        #expect(w3.storageBytes == 64 * 64 + 64 * 4 * 2)
+        let w8 = try IntegerLinear(makeLayer(out: 64, in: 128, bits: 8, symmetric: false, bias: true, seed: 1))
+        #expect(w8.storageBytes == 64 * 128 + 64 * 4 * 3)
+        let a8 = try IntegerLinear(makeLayer(out: 64, in: 128, bits: 8, symmetric: true, activation: act(8, false), seed: 1))
+        #expect(a8.storageBytes == 64 * 128 + 64 * 4)
+        #expect(a8.kernelDescription == "int8 GEMM W8A8 per-channel per-token")
+        #expect(w4.kernelDescription == "u4 GEMV/tile-sgemm W4A16 g32")
+    }
+
+    @Test("unsupported or inconsistent layers throw errors naming the layer")
+    func errors() {
+        func expectError(_ q: QuantizedLinear, _ fragment: String, sourceLocation: SourceLocation = #_sourceLocation) {
+            do {
+                _ = try IntegerLinear(q)
+                Issue.record("no error for \(fragment)", sourceLocation: sourceLocation)
+            } catch {
+                #expect(error.message.contains(q.name), "\(error.message)", sourceLocation: sourceLocation)
+                #expect(error.message.contains(fragment), "\(error.message)", sourceLocation: sourceLocation)
+            }
+        }
+        let name = "layers/2/attention/q_proj"
+        expectError(makeLayer(name: name, out: 8, in: 32, bits: 4, groupSize: 32, symmetric: false,
+                              activation: act(8, false), seed: 1), "symmetric weights")
+        expectError(makeLayer(name: name, out: 8, in: 32, bits: 8, symmetric: true,
+                              activation: ActivationQuantization(bits: 8, granularity: .perTensor), seed: 1),
+                    "positive static scale")
+        expectError(makeLayer(name: name, out: 8, in: 32, bits: 8, symmetric: true,
+                              activation: ActivationQuantization(bits: 12, granularity: .perToken), seed: 1),
+                    "12-bit activations")
+        expectError(makeLayer(name: name, out: 8, in: 32, bits: 8, symmetric: true,
+                              activation: ActivationQuantization(bits: 8, granularity: .perToken,
+                                                                 channelScales: [1, 2]), seed: 1),
+                    "channel scales")
+        var q = makeLayer(name: name, out: 8, in: 32, bits: 4, symmetric: true, seed: 1)
+        q.weight.bits = 16
+        expectError(q, "16-bit weights")
+        q = makeLayer(name: name, out: 8, in: 32, bits: 4, symmetric: true, seed: 1)
+        q.weight.codes[3] = 16
+        expectError(q, "does not fit 4 bits")
+        q = makeLayer(name: name, out: 8, in: 32, bits: 4, groupSize: 8, symmetric: false, seed: 1)
+        q.weight.scales.removeLast()
+        expectError(q, "weight scales")
+        q = makeLayer(name: name, out: 8, in: 32, bits: 4, groupSize: 8, symmetric: false, seed: 1)
+        q.weight.zeros = nil
+        expectError(q, "zero points")
+        q = makeLayer(name: name, out: 8, in: 32, bits: 4, symmetric: true, bias: true, seed: 1)
+        q.bias = [1, 2, 3]
+        expectError(q, "bias")
+        q = makeLayer(name: name, out: 8, in: 32, bits: 8, symmetric: true, activation: act(8, false), seed: 1)
+        q.weight.zeros = [Float](repeating: 127.5, count: 8)
+        expectError(q, "not an integer code")
+    }
+}
+
+// MARK: - PackedWeights
+
+@Suite("PackedWeights")
+struct PackedWeightsTests {
+    static let config = ModelConfig(
+        architecture: .llama, vocabSize: 40, hiddenSize: 64, intermediateSize: 96, layerCount: 1,
+        headCount: 4, kvHeadCount: 2, maxPositions: 64, ropeTheta: 10_000, normEpsilon: 1e-5,
+        activation: .silu, tiedEmbeddings: true, name: "tiny-llama")
+    static let tokenizer = TokenizerSpec(kind: .byteLevelBPE, tokens: (0..<40).map { "t\($0)" },
+                                         preTokenizer: "smollm")
+
+    /// A one-layer llama: q/k/v W8A8 per-token (their input is the first norm's output, the same
+    /// in both forwards), o_proj W4A16 g32, gate W3A16, up W8A16, down left in float with a bias.
+    static func packed() -> PackedModel {
+        var rng = SplitMix(seed: 11)
+        var floats: [String: Tensor] = [:]
+        floats["embeddings/token/weight"] = Tensor(shape: [40, 64], data: rng.floats(40 * 64))
+        floats["layers/0/attention_norm/weight"] = Tensor(shape: [64], data: rng.floats(64, in: 0.5...1.5))
+        floats["layers/0/mlp_norm/weight"] = Tensor(shape: [64], data: rng.floats(64, in: 0.5...1.5))
+        floats["final_norm/weight"] = Tensor(shape: [64], data: rng.floats(64, in: 0.5...1.5))
+        floats["layers/0/mlp/down_proj/weight"] = Tensor(shape: [64, 96], data: rng.floats(64 * 96, in: -0.1...0.1))
+        floats["layers/0/mlp/down_proj/bias"] = Tensor(shape: [64], data: rng.floats(64, in: -0.1...0.1))
+        var linears: [String: QuantizedLinear] = [:]
+        func add(_ name: String, out: Int, in k: Int, bits: Int, group: Int? = nil, symmetric: Bool,
+                 activation: ActivationQuantization? = nil) {
+            linears[name] = makeLayer(name: name, out: out, in: k, bits: bits, groupSize: group, symmetric: symmetric,
+                                      activation: activation, seed: UInt64(linears.count + 1))
+        }
+        add("layers/0/attention/q_proj", out: 64, in: 64, bits: 8, symmetric: true, activation: act(8, false))
+        add("layers/0/attention/k_proj", out: 32, in: 64, bits: 8, symmetric: true, activation: act(8, false))
+        add("layers/0/attention/v_proj", out: 32, in: 64, bits: 8, symmetric: true, activation: act(8, false))
+        add("layers/0/attention/o_proj", out: 64, in: 64, bits: 4, group: 32, symmetric: false)
+        add("layers/0/mlp/gate_proj", out: 96, in: 64, bits: 3, symmetric: true)
+        add("layers/0/mlp/up_proj", out: 96, in: 64, bits: 8, group: 32, symmetric: false)
+        return PackedModel(config: config, tokenizer: tokenizer, floatTensors: floats, quantizedLinears: linears,
+                           recipe: "", statsHash: nil, modelIdentity: "test", toolVersion: "test")
+    }
+
+    /// The fake-quant reference: each quantized layer as a Double loop over dequantized weights.
+    final class FakeQuantLinear: LinearOp {
+        let q: QuantizedLinear
+        init(_ q: QuantizedLinear) { self.q = q }
+        var inFeatures: Int { q.weight.columns }
+        var outFeatures: Int { q.weight.rows }
+        func forward(_ x: UnsafePointer<Float>, rows: Int, into y: UnsafeMutablePointer<Float>) {
+            let xs = Array(UnsafeBufferPointer(start: x, count: rows * inFeatures))
+            let (want, _) = fakeQuantForward(q, x: xs, rows: rows)
+            for i in want.indices { y[i] = Float(want[i]) }
+        }
+    }
+
+    struct ReferenceWeights: WeightSource {
+        let model: PackedModel
+        var config: ModelConfig { model.config }
+        var tokenizer: TokenizerSpec { model.tokenizer }
+        func tensor(_ name: String) throws(PTQError) -> Tensor { try PackedWeights(model).tensor(name) }
+        func linear(_ name: String) throws(PTQError) -> any LinearOp {
+            if let q = model.quantizedLinears[name] { return FakeQuantLinear(q) }
+            return try PackedWeights(model).linear(name)
+        }
+    }
+
+    @Test("tensors, quantized and float layers, and missing names")
+    func lookups() throws {
+        let weights = PackedWeights(Self.packed())
+        #expect(try weights.tensor("final_norm/weight").shape == [64])
+        #expect(try weights.linear("layers/0/attention/o_proj") is IntegerLinear)
+        let down = try weights.linear("layers/0/mlp/down_proj")
+        #expect(down is FloatLinear)
+        #expect((down as? FloatLinear)?.bias?.count == 64)
+        #expect(throws: PTQError.self) { try weights.tensor("layers/9/attention_norm/weight") }
+        do {
+            _ = try weights.linear("layers/0/attention/x_proj")
+            Issue.record("no error for a missing layer")
+        } catch {
+            #expect(error.message.contains("layers/0/attention/x_proj"))
+        }
+        do {
+            _ = try weights.tensor("nope/weight")
+            Issue.record("no error for a missing tensor")
+        } catch {
+            #expect(error.message.contains("nope/weight"))
+        }
+    }
+
+    @Test("a llama model on packed weights matches the fake-quant model")
+    func llamaForward() throws {
+        let packed = Self.packed()
+        let model = try LlamaModel(weights: PackedWeights(packed))
+        let reference = try LlamaModel(weights: ReferenceWeights(model: packed))
+        let tokens = [1, 5, 9, 2, 33, 7]
+        let got = model.forward(tokens), want = reference.forward(tokens)
+        #expect(got.count == want.count && got.count == tokens.count * 40)
+        let scale = want.map { abs($0) }.max() ?? 1
+        let worst = zip(got, want).map { abs($0 - $1) }.max() ?? 0
+        #expect(worst <= 1e-4 * scale, "worst \(worst) vs logit scale \(scale)")
+    }
+}
