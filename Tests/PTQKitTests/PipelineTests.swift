@@ -1,0 +1,235 @@
+import Foundation
+import Testing
+@testable import PTQKit
+@testable import PTQCLI
+
+/// The fake-quant twin of a quantized layer: the dequantized reference weight in float and
+/// activations quantized then dequantized in a plain loop — what the packed runtime must compute.
+final class SimulatedLinear: LinearOp, @unchecked Sendable {
+    let q: QuantizedLinear
+    let weight: [Float]
+    var inFeatures: Int { q.weight.columns }
+    var outFeatures: Int { q.weight.rows }
+
+    init(_ q: QuantizedLinear) {
+        self.q = q
+        weight = q.weight.dequantizedReference()
+    }
+
+    func forward(_ x: UnsafePointer<Float>, rows: Int, into y: UnsafeMutablePointer<Float>) {
+        let n = inFeatures
+        for r in 0..<rows {
+            var row = (0..<n).map { Double(x[r * n + $0]) }
+            if let a = q.activation {
+                for j in 0..<n {
+                    if let shift = a.channelShift { row[j] -= Double(shift[j]) }
+                    if let scales = a.channelScales { row[j] /= Double(scales[j]) }
+                }
+                let maxCode = Double(a.maxCode)
+                let scale: Double
+                switch a.granularity {
+                case .perTensor: scale = Double(a.scale!)
+                case .perToken:
+                    let absMax = row.map(abs).max()!
+                    scale = absMax > 0 ? absMax / maxCode : 1
+                }
+                row = row.map { min(max(($0 / scale).rounded(.toNearestOrAwayFromZero), -maxCode), maxCode) * scale }
+            }
+            for o in 0..<outFeatures {
+                var s = Double(q.bias?[o] ?? 0)
+                for j in 0..<n { s += row[j] * Double(weight[o * n + j]) }
+                y[r * outFeatures + o] = Float(s)
+            }
+        }
+    }
+}
+
+/// A packed model's weights with every quantized layer simulated in float.
+struct SimulatedWeights: WeightSource {
+    let packed: PackedModel
+    var config: ModelConfig { packed.config }
+    var tokenizer: TokenizerSpec { packed.tokenizer }
+    func tensor(_ name: String) throws(PTQError) -> Tensor { packed.floatTensors[name]! }
+    func linear(_ name: String) throws(PTQError) -> any LinearOp {
+        if let q = packed.quantizedLinears[name] { return SimulatedLinear(q) }
+        return FloatLinear(weight: packed.floatTensors[name + "/weight"]!, bias: packed.floatTensors[name + "/bias"]?.data)
+    }
+}
+
+enum PipelineFixtures {
+    /// A synthetic checkpoint plus calibration text, and a recipe writer.
+    static func setUp(bert: Bool = false, seed: UInt64 = 42) throws -> (checkpoint: String, folder: String) {
+        let folder = SyntheticModels.temporaryPath("pipeline")
+        try FileManager.default.createDirectory(atPath: folder + "/recipes", withIntermediateDirectories: true)
+        let contents = bert
+            ? SyntheticModels.contents(SyntheticModels.bertConfig(), tokenizer: SyntheticModels.bertTokenizer(), seed: seed)
+            : SyntheticModels.contents(SyntheticModels.llamaConfig(), tokenizer: SyntheticModels.llamaTokenizer(), seed: seed)
+        let checkpoint = folder + "/model.h5"
+        try CheckpointWriter.write(contents, to: checkpoint)
+        var text = ""
+        var rng = SeededGenerator(seed: 5)
+        let words = ["the", "cat", "sat", "on", "a", "mat", "dog", "ran", "big", "red", "small", ".", ","]
+        for _ in 0..<3000 { text += words[Int(rng.next() % UInt64(words.count))] + " " }
+        try text.write(toFile: folder + "/calib.txt", atomically: true, encoding: .utf8)
+        var tsv = ""
+        for i in 0..<40 { tsv += "g\tf\ty\t\(i)\t\(Double(i % 6))\tthe cat sat on a mat .\ta big red dog ran , the small cat sat .\n" }
+        try tsv.write(toFile: folder + "/sts.tsv", atomically: true, encoding: .utf8)
+        return (checkpoint, folder)
+    }
+
+    static func recipe(_ folder: String, name: String, model: String = "llama", body: String) throws -> String {
+        let data = model == "llama" ? "calib.txt" : "sts.tsv"
+        let text = """
+        name: \(name)
+        model: \(model)
+        calibration: {data: \(data), samples: 4, seq_len: 48, seed: 3}
+        \(body)
+        """
+        let path = folder + "/recipes/\(name).yaml"
+        try text.write(toFile: path, atomically: true, encoding: .utf8)
+        return path
+    }
+}
+
+@Suite("Quantization pipeline")
+struct PipelineTests {
+    static let schemes: [(String, String)] = [
+        ("w8a8-token", "scheme: {method: rtn, weight: {bits: 8}, activation: {bits: 8, granularity: per_token}}"),
+        ("w8a8-tensor", "scheme: {method: rtn, weight: {bits: 8}, activation: {bits: 8, granularity: per_tensor}}"),
+        ("w6a6-token", "scheme: {method: rtn, weight: {bits: 6}, activation: {bits: 6, granularity: per_token}}"),
+        ("w4a16-g32", "scheme: {method: rtn, weight: {bits: 4, symmetric: false, group_size: 32}}"),
+        ("w3a16", "scheme: {method: rtn, weight: {bits: 3, symmetric: false}}"),
+        ("w4a8-g32", "scheme: {method: rtn, weight: {bits: 4, group_size: 32}, activation: {bits: 8, granularity: per_token}}"),
+        ("mixed", """
+        scheme: {method: rtn, weight: {bits: 8}, activation: {bits: 8, granularity: per_token}}
+        rules:
+          - targets: ["layers/*/mlp/down_proj"]
+            weight: {bits: 4, symmetric: false, group_size: 32}
+            activation: none
+        ignore: ["layers/0/attention/q_proj"]
+        """),
+    ]
+
+    /// Every scheme round-trips through quantize → pack → load → run and matches its own
+    /// fake-quant simulation to float tolerance.
+    @Test(arguments: schemes.map(\.0))
+    func packedRuntimeMatchesSimulation(scheme: String) throws {
+        let (checkpoint, folder) = try PipelineFixtures.setUp()
+        let body = Self.schemes.first { $0.0 == scheme }!.1
+        let recipe = try PTQKit.RecipeContext(path: try PipelineFixtures.recipe(folder, name: scheme, body: body))
+        let outcome = try PTQKit.quantize(checkpoint: checkpoint, recipe: recipe, quiet: true)
+        let path = folder + "/model.ptq"
+        try PackedFile.write(outcome.packed, to: path)
+        guard case .language(let runtime) = try PTQKit.loadAnyModel(path: path) else { Issue.record("not a LM"); return }
+        let stored = try PackedFile.read(path: path)
+        let simulated = try LlamaModel(weights: SimulatedWeights(packed: stored))
+        let tokens = [3, 77, 201, 5, 19, 250, 42, 8, 100]
+        for rows in [tokens, [tokens[0]]] {
+            let a = runtime.forward(rows), b = simulated.forward(rows)
+            let scale = b.map(abs).max()!
+            let error = zip(a, b).map { abs($0 - $1) }.max()!
+            #expect(error <= 1e-4 * scale, "\(scheme): max |runtime − simulation| \(error) (logit scale \(scale))")
+        }
+        // The quantized model stays close to the float one (a sanity bound, not a quality claim).
+        guard case .language(let reference) = try PTQKit.loadModel(path: checkpoint) else { return }
+        let f = reference.forward(tokens), q = runtime.forward(tokens)
+        var dot = 0.0, nf = 0.0, nq = 0.0
+        for i in f.indices {
+            dot += Double(f[i]) * Double(q[i])
+            nf += Double(f[i]) * Double(f[i])
+            nq += Double(q[i]) * Double(q[i])
+        }
+        let cosine = dot / (nf * nq).squareRoot()
+        #expect(cosine > 0.9, "\(scheme): logits cosine \(cosine)")
+        if scheme == "mixed" {
+            #expect(outcome.packed.quantizedLinears["layers/0/attention/q_proj"] == nil)
+            #expect(outcome.packed.floatTensors["layers/0/attention/q_proj/weight"] != nil)
+            #expect(outcome.packed.quantizedLinears["layers/1/mlp/down_proj"]?.weight.bits == 4)
+        }
+        // Per-tensor static scales come from calibration; per-token ones do not need it.
+        #expect((outcome.statistics != nil) == (scheme == "w8a8-tensor"))
+    }
+
+    @Test func encoderPipeline() throws {
+        let (checkpoint, folder) = try PipelineFixtures.setUp(bert: true)
+        let recipe = try PTQKit.RecipeContext(path: try PipelineFixtures.recipe(folder, name: "bert", model: "bert",
+            body: "scheme: {method: rtn, weight: {bits: 8}, activation: {bits: 8, granularity: per_tensor}}"))
+        let outcome = try PTQKit.quantize(checkpoint: checkpoint, recipe: recipe, quiet: true)
+        #expect(outcome.plan.count == 2 * 6)
+        let path = folder + "/bert.ptq"
+        try PackedFile.write(outcome.packed, to: path)
+        guard case .encoder(let runtime) = try PTQKit.loadAnyModel(path: path) else { Issue.record("not an encoder"); return }
+        let simulated = try BertModel(weights: SimulatedWeights(packed: try PackedFile.read(path: path)))
+        let tokens = [2, 5, 6, 7, 8, 3]
+        let a = runtime.embed(tokens: tokens), b = simulated.embed(tokens: tokens)
+        #expect(zip(a, b).allSatisfy { abs($0 - $1) < 1e-4 })
+        let reference = try PTQKit.loadModel(path: checkpoint)
+        let samples = try PTQKit.verificationSamples(model: reference, recipe: recipe, count: 4)
+        let report = try PTQKit.verify(quantized: .encoder(runtime), reference: reference, samples: samples,
+                                       thresholds: VerificationThresholds(minCosine: 0.5))
+        #expect(report.passed && report.meanCosine! > 0.9 && report.layers.count == 2)
+    }
+
+    /// Statistics saved by calibrate are reused; statistics of another model are refused.
+    @Test func statsReuseAndIdentity() throws {
+        let (checkpoint, folder) = try PipelineFixtures.setUp()
+        let recipe = try PTQKit.RecipeContext(path: try PipelineFixtures.recipe(folder, name: "static",
+            body: "scheme: {method: rtn, weight: {bits: 8}, activation: {bits: 8, granularity: per_tensor}}"))
+        let plan = try recipe.plan(for: SyntheticModels.llamaConfig())
+        let stats = try PTQKit.calibrate(checkpoint: checkpoint, recipe: recipe,
+                                         request: try PTQKit.statisticsRequest(plan: plan), quiet: true)
+        let statsPath = folder + "/stats.h5"
+        try stats.write(to: statsPath)
+        let fromFile = try PTQKit.quantize(checkpoint: checkpoint, recipe: recipe, statsPath: statsPath, quiet: true)
+        let fresh = try PTQKit.quantize(checkpoint: checkpoint, recipe: recipe, quiet: true)
+        #expect(fromFile.packed.quantizedLinears == fresh.packed.quantizedLinears)
+        #expect(fromFile.packed.statsHash == stats.hash)
+
+        // Another model (untied head: different tensors) must not take these statistics.
+        let other = folder + "/other.h5"
+        try CheckpointWriter.write(SyntheticModels.contents(SyntheticModels.llamaConfig(tied: false),
+                                                            tokenizer: SyntheticModels.llamaTokenizer()), to: other)
+        #expect { try PTQKit.quantize(checkpoint: other, recipe: recipe, statsPath: statsPath, quiet: true) } throws: {
+            ($0 as? PTQError)?.message.contains("another model") == true
+        }
+    }
+
+    /// Verification reports KL, top-1 and perplexity change, and fails on missed thresholds.
+    @Test func verifyThresholds() throws {
+        let (checkpoint, folder) = try PipelineFixtures.setUp()
+        let recipe = try PTQKit.RecipeContext(path: try PipelineFixtures.recipe(folder, name: "w3",
+            body: "scheme: {method: rtn, weight: {bits: 3, symmetric: false}}"))
+        let outcome = try PTQKit.quantize(checkpoint: checkpoint, recipe: recipe, quiet: true)
+        let path = folder + "/w3.ptq"
+        try PackedFile.write(outcome.packed, to: path)
+        let reference = try PTQKit.loadModel(path: checkpoint)
+        let samples = try PTQKit.verificationSamples(model: reference, recipe: recipe, count: 3)
+        #expect(samples.count == 3 && samples.allSatisfy { $0.count == 48 })
+        let loose = try PTQKit.verify(quantized: try PTQKit.loadAnyModel(path: path), reference: reference,
+                                      samples: samples, thresholds: VerificationThresholds(maxKL: 10, minTop1: 0))
+        #expect(loose.passed)
+        #expect(loose.meanKL! > 0 && loose.top1Agreement! <= 1 && loose.layers.count == 2)
+        let strict = try PTQKit.verify(quantized: try PTQKit.loadAnyModel(path: path), reference: reference,
+                                       samples: samples, thresholds: VerificationThresholds(maxKL: 1e-9, minTop1: 1.01))
+        #expect(!strict.passed && strict.failures.count == 2)
+        // The same model against itself: zero KL, full agreement.
+        let same = try PTQKit.verify(quantized: reference, reference: try PTQKit.loadModel(path: checkpoint),
+                                     samples: samples, thresholds: VerificationThresholds(maxKL: 1e-12, minTop1: 1))
+        #expect(same.passed && same.meanKL! < 1e-12)
+    }
+
+    /// The CLI parses and runs `quantize --dry-run` and rejects a missing --output.
+    @Test func cliQuantizeArguments() throws {
+        let (checkpoint, folder) = try PipelineFixtures.setUp()
+        let recipe = try PipelineFixtures.recipe(folder, name: "cli", body: "scheme: {method: rtn, weight: {bits: 4, group_size: 32}}")
+        var dryRun = try PTQCommand.parseAsRoot(["quantize", checkpoint, "--recipe", recipe, "--dry-run", "--quiet"])
+        try dryRun.run()
+        #expect(throws: (any Error).self) { try PTQCommand.parseAsRoot(["quantize", checkpoint, "--recipe", recipe]) }
+        var real = try PTQCommand.parseAsRoot(["quantize", checkpoint, "--recipe", recipe, "-o", folder + "/cli.ptq",
+                                               "--no-verify", "--quiet"])
+        try real.run()
+        let summary = try PackedFile.summary(path: folder + "/cli.ptq")
+        #expect(summary.tensors.filter { $0.kind == "rtn" }.count == 14)
+        #expect(summary.bitsPerWeight > 4 && summary.bitsPerWeight < 16)
+    }
+}
