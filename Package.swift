@@ -67,6 +67,6 @@ let package = Package(
         .testTarget(name: "PackingTests", dependencies: ["Packing", "PTQCore"]),
         .testTarget(name: "RecipesTests", dependencies: ["Recipes", "PTQCore"]),
         .testTarget(name: "QuantizedRuntimeTests", dependencies: ["QuantizedRuntime", "Kernels", "Models", "PTQCore"]),
-        .testTarget(name: "PTQKitTests", dependencies: ["PTQKit", "PTQCLI", "Checkpoint", "CHDF5"]),
+        .testTarget(name: "PTQKitTests", dependencies: ["PTQKit", "PTQCLI", "Checkpoint", "Quantizers", "CHDF5"]),
     ]
 )

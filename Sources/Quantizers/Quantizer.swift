@@ -39,6 +39,8 @@ public enum QuantizerRegistry {
 
     public static let factories: [String: Factory] = [
         "rtn": { plan throws(PTQError) in try RTNQuantizer(plan: plan) },
+        "smoothquant": { plan throws(PTQError) in try SmoothQuantQuantizer(plan: plan) },
+        "outliertune": { plan throws(PTQError) in try OutlierTuneQuantizer(plan: plan) },
     ]
 
     public static var methods: [String] { factories.keys.sorted() }
