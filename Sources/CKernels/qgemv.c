@@ -5,11 +5,15 @@
 // Weight-only kernels: unsigned codes (4-bit nibbles or bytes) with per-group scale and zero,
 // float activations.
 //
-// GEMV: y[o] = sum_g s[o,g] * (sum_{j in g} x[j]*u[o,j] - z[o,g] * xsum[g]) where
-// xsum[g] = sum_{j in g} x[j] is computed once per call. The AVX2 path keeps one 8-lane
-// accumulator per group, folds it into a row accumulator with one FMA by the group's scale,
-// and reduces horizontally once per row. Columns that do not fill a 32-element step (group
-// tails, an odd start of a nibble group) go through scalar code.
+// GEMV: y[o] = sum_g s[o,g] * (sum_{j in g} x[j]*u[o,j]) - sum_g s[o,g] * z[o,g] * xsum[g] where
+// xsum[g] = sum_{j in g} x[j] is computed once per call. The AVX2 path widens codes to int32
+// lanes, converts them to float and FMAs them with x into 8-lane group accumulators; each
+// group's vector is folded into a row accumulator with one FMA by the group's scale (two row
+// accumulators, by group parity, for short groups), and the row is reduced horizontally once.
+// Common group sizes (32, 64, 128) unroll completely. The u4 fast path permutes x per
+// 16-column block (even elements, then odd) so a nibble pair needs only an AND and a shift;
+// it needs groups that start on multiples of 16 and otherwise the general path re-interleaves
+// nibbles. Columns short of a full vector block go through scalar code.
 //
 // Dequantization: tile[r, j] = s * ((float)u - z), the same two float operations as
 // IntegerWeight.value, so the AVX2 path is exact.

@@ -165,49 +165,40 @@ public enum LowBit {
 
     /// Weight-only product for several rows: `y[rows, out] = x[rows, in]·Wᵀ` where W is dequantized
     /// `tileRows` output rows at a time into a scratch tile (the float matrix never exists whole)
-    /// and multiplied with OpenBLAS sgemm into the matching columns of `y`.
+    /// and each tile is multiplied with one OpenBLAS sgemm into the matching columns of `y`.
     ///
-    /// The tiles are dequantized two at a time in parallel (our pool) and the sgemm calls run
-    /// afterwards on OpenBLAS's own threads, so the two thread pools never run at once.
+    /// A tile is dequantized by our workers (split over its rows), then its sgemm runs on
+    /// OpenBLAS's own threads: the two thread pools never run at the same time.
     public static func dequantizedProduct(_ format: CodeFormat, codes: UnsafePointer<UInt8>,
                                           outFeatures: Int, inFeatures: Int, groupSize: Int,
                                           scales: UnsafePointer<Float>, zeros: UnsafePointer<Float>,
                                           x: UnsafePointer<Float>, rows: Int, y: UnsafeMutablePointer<Float>,
                                           tileRows: Int? = nil) {
         guard rows > 0, outFeatures > 0 else { return }
-        let tile = max(1, tileRows ?? defaultTileRows(inFeatures: inFeatures))
-        let tilesPerPass = Parallel.workerCount
-        let scratch = UnsafeMutablePointer<Float>.allocate(capacity: tilesPerPass * tile * inFeatures)
+        let tile = min(outFeatures, max(1, tileRows ?? defaultTileRows(inFeatures: inFeatures)))
+        let scratch = UnsafeMutablePointer<Float>.allocate(capacity: tile * inFeatures)
         defer { scratch.deallocate() }
         let pc = SendableConstPointer(codes), ps = SendableConstPointer(scales), pz = SendableConstPointer(zeros)
         let pscratch = SendablePointer(scratch)
-        var passStart = 0
-        while passStart < outFeatures {
-            let passTiles = min(tilesPerPass, (outFeatures - passStart + tile - 1) / tile)
-            let first = passStart
-            Parallel.forEachChunk(passTiles) { tiles in
-                for t in tiles {
-                    let r0 = first + t * tile, r1 = min(outFeatures, r0 + tile)
-                    dequantizeRows(format, codes: pc.base, rowRange: r0..<r1, columns: inFeatures,
-                                   groupSize: groupSize, scales: ps.base, zeros: pz.base,
-                                   into: pscratch.base + t * tile * inFeatures)
-                }
+        // Dequantization is cheaper per element than a multiply-add: split from ~128 K elements.
+        let minimumRows = max(8, (minimumWorkPerChunk / 8 + inFeatures - 1) / max(1, inFeatures))
+        for r0 in stride(from: 0, to: outFeatures, by: tile) {
+            let r1 = min(outFeatures, r0 + tile)
+            Parallel.forEachChunk(r1 - r0, minimumChunk: minimumRows) { part in
+                dequantizeRows(format, codes: pc.base, rowRange: (r0 + part.lowerBound)..<(r0 + part.upperBound),
+                               columns: inFeatures, groupSize: groupSize, scales: ps.base, zeros: pz.base,
+                               into: pscratch.base + part.lowerBound * inFeatures)
             }
-            for t in 0..<passTiles {
-                let r0 = passStart + t * tile, r1 = min(outFeatures, r0 + tile)
-                BLAS.gemm(m: rows, n: r1 - r0, k: inFeatures, a: x, lda: inFeatures,
-                          b: scratch + t * tile * inFeatures, ldb: inFeatures, transposeB: true,
-                          c: y + r0, ldc: outFeatures)
-            }
-            passStart += passTiles * tile
+            BLAS.gemm(m: rows, n: r1 - r0, k: inFeatures, a: x, lda: inFeatures,
+                      b: scratch, ldb: inFeatures, transposeB: true, c: y + r0, ldc: outFeatures)
         }
     }
 
-    /// Output rows per dequantized tile: about 2 MB of floats, 32…512 rows. Wider tiles let
-    /// sgemm amortise packing x (measured: 512-row tiles of a 1536×576 layer at 64 input rows
-    /// run 20% faster than 64-row tiles).
+    /// Output rows per dequantized tile: about 4 MB of floats, 32…512 rows. Wide tiles let sgemm
+    /// amortise packing x: measured at 64 input rows, 512-row tiles of a 1536×576 layer run 25%
+    /// faster than 64-row tiles, 256-row tiles of a 4096×4096 layer 20% faster.
     public static func defaultTileRows(inFeatures: Int) -> Int {
-        let rows = (2 * 1024 * 1024 / 4) / max(1, inFeatures)
+        let rows = (4 * 1024 * 1024 / 4) / max(1, inFeatures)
         return min(512, max(32, rows & ~15))
     }
 
@@ -218,44 +209,33 @@ public enum LowBit {
     /// `maxCode = 2^(bits−1) − 1`, rounding half away from zero (`roundf`), where `s` is the
     /// static per-tensor step or the row's `absmax(x') / maxCode`. Writes the codes and one step
     /// per row (`rowScales[i]`, 0 for an all-zero row); the row's values are ≈ code·rowScale.
+    /// AVX2 in C (`ck_quantize_rows_i8`), identical to the scalar reference.
     public static func quantizeRows(_ x: UnsafePointer<Float>, rows: Int, columns: Int,
                                     shift: UnsafePointer<Float>?, channelScales: UnsafePointer<Float>?,
                                     bits: Int, scaling: ActivationScaling,
                                     codes: UnsafeMutablePointer<Int8>, rowScales: UnsafeMutablePointer<Float>) {
         precondition((2...8).contains(bits), "activation bits must be 2…8")
-        let maxCode = Float((1 << (bits - 1)) - 1)
-        let needsTransform = shift != nil || channelScales != nil
-        let buffer = UnsafeMutablePointer<Float>.allocate(capacity: needsTransform ? columns : 0)
-        defer { buffer.deallocate() }
-        for i in 0..<rows {
-            let xr = x + i * columns, cr = codes + i * columns
-            var v = UnsafePointer(xr)
-            if needsTransform {
-                for j in 0..<columns {
-                    var t = xr[j]
-                    if let shift { t = t - shift[j] }
-                    if let channelScales { t = t / channelScales[j] }
-                    buffer[j] = t
-                }
-                v = UnsafePointer(buffer)
-            }
-            let step: Float
-            switch scaling {
-            case .perTensor(let s): step = s
-            case .perToken:
-                var absMax: Float = 0
-                for j in 0..<columns { absMax = max(absMax, abs(v[j])) }
-                step = absMax / maxCode
-            }
-            rowScales[i] = step
-            if step > 0 && step.isFinite {
-                for j in 0..<columns {
-                    let q = (v[j] / step).rounded(.toNearestOrAwayFromZero)
-                    cr[j] = Int8(q.isNaN ? 0 : min(max(q, -maxCode), maxCode))
-                }
-            } else {
-                cr.update(repeating: 0, count: columns)
-            }
+        ck_quantize_rows_i8(x, rows, columns, shift, channelScales, Int32((1 << (bits - 1)) - 1),
+                            staticStep(scaling), codes, rowScales)
+    }
+
+    /// Scalar twin of `quantizeRows`.
+    public static func quantizeRowsReference(_ x: UnsafePointer<Float>, rows: Int, columns: Int,
+                                             shift: UnsafePointer<Float>?, channelScales: UnsafePointer<Float>?,
+                                             bits: Int, scaling: ActivationScaling,
+                                             codes: UnsafeMutablePointer<Int8>, rowScales: UnsafeMutablePointer<Float>) {
+        precondition((2...8).contains(bits), "activation bits must be 2…8")
+        ck_quantize_rows_i8_ref(x, rows, columns, shift, channelScales, Int32((1 << (bits - 1)) - 1),
+                                staticStep(scaling), codes, rowScales)
+    }
+
+    /// The C kernels' encoding: a positive static step, or 0 for per-token.
+    private static func staticStep(_ scaling: ActivationScaling) -> Float {
+        switch scaling {
+        case .perTensor(let s):
+            precondition(s > 0, "a per-tensor activation step must be positive")
+            return s
+        case .perToken: return 0
         }
     }
 

@@ -16,7 +16,7 @@ struct CalibrateCommand: ParsableCommand {
     @Option(name: .shortAndLong, help: "Output statistics file (.h5).")
     var output: String
 
-    @Flag(name: .long, help: "Gather every statistic kind at every linear input (for reuse by any recipe).")
+    @Flag(name: .long, help: "Also gather the cheap statistics (channel ranges, sample midpoints, histograms) at every linear input, so the file serves other recipes too.")
     var all = false
 
     @OptionGroup var options: OutputOptions
@@ -29,7 +29,7 @@ struct CalibrateCommand: ParsableCommand {
         var request = try PTQKit.statisticsRequest(plan: plan)
         for layer in plan {
             guard let point = QuantizationPoints.input(ofLinear: layer.name) else { continue }
-            request.request(all ? Set(StatisticKind.allCases) : [.channelRange], at: point)
+            request.request(all ? [.channelRange, .sampleMidpoint, .histogram] : [.channelRange], at: point)
         }
         let start = Date()
         let stats = try PTQKit.calibrate(checkpoint: model, recipe: context, request: request, quiet: options.silent)

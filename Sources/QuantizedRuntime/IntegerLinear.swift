@@ -228,9 +228,10 @@ public final class IntegerLinear: LinearOp {
         }
     }
 
-    /// Rows up to which one fused GEMV per row beats dequantizing tiles for sgemm: the tiles
-    /// cost about two GEMVs in dequantization alone (measured on 1536×576 and 4096×4096).
-    static let gemvRowLimit = 4
+    /// Rows up to which one fused GEMV per row beats dequantizing tiles for sgemm (measured:
+    /// 8 rows of a 4096×4096 W4 layer take 4.4 ms as GEMVs, 8.8 ms as tiles, whose sgemm at
+    /// so few rows is slow; on 1536×576 the two meet around 4–8 rows).
+    static let gemvRowLimit = 8
 
     private func forwardWeightOnly(_ p: WeightOnlyPath, _ x: UnsafePointer<Float>, rows: Int,
                                    into y: UnsafeMutablePointer<Float>) {

@@ -270,26 +270,39 @@ struct KernelTests {
         #expect(LowBit.nibbleRowBytes(5) == 3)
     }
 
-    @Test("activation quantization matches the plain loop", arguments: [8, 6, 4], [false, true])
+    @Test("activation quantization matches the plain loop and the C reference", arguments: [8, 6, 4], [false, true])
     func quantizeRows(bits: Int, perTensor: Bool) {
         var rng = SplitMix(seed: UInt64(bits * 2 + (perTensor ? 1 : 0)))
-        let (rows, cols) = (7, 333)
-        var x = activations(rows: rows, columns: cols, rng: &rng)
-        for j in 0..<cols { x[2 * cols + j] = 0 } // an all-zero row
-        x[5] = 0.5 // exact halves exercise the rounding direction
-        let shift = rng.floats(cols, in: -0.2...0.2), scales = rng.floats(cols, in: 0.5...2)
-        for (s, c) in [(nil, nil), (shift, nil), (nil, scales), (shift, scales)] as [([Float]?, [Float]?)] {
-            let a = ActivationQuantization(bits: bits, granularity: perTensor ? .perTensor : .perToken,
-                                           scale: perTensor ? 0.03 : nil, channelScales: c, channelShift: s)
-            let got = LowBit.quantizeRows(x, rows: rows, columns: cols, shift: s, channelScales: c, bits: bits,
-                                          scaling: perTensor ? .perTensor(0.03) : .perToken)
-            let want = referenceQuantize(x, rows: rows, columns: cols, a)
-            #expect(got.codes == want.codes)
-            #expect(got.rowScales == want.steps)
-            #expect(got.codes.allSatisfy { abs(Int($0)) <= a.maxCode })
+        for cols in [1, 31, 32, 33, 333] {
+            let rows = 7
+            var x = activations(rows: rows, columns: cols, rng: &rng)
+            for j in 0..<cols { x[2 * cols + j] = 0 } // an all-zero row
+            x[0] = 0.015 // with step 0.03: an exact half, rounded away from zero
+            let shift = rng.floats(cols, in: -0.2...0.2), scales = rng.floats(cols, in: 0.5...2)
+            for (s, c) in [(nil, nil), (shift, nil), (nil, scales), (shift, scales)] as [([Float]?, [Float]?)] {
+                let a = ActivationQuantization(bits: bits, granularity: perTensor ? .perTensor : .perToken,
+                                               scale: perTensor ? 0.03 : nil, channelScales: c, channelShift: s)
+                let scaling: ActivationScaling = perTensor ? .perTensor(0.03) : .perToken
+                let got = LowBit.quantizeRows(x, rows: rows, columns: cols, shift: s, channelScales: c, bits: bits,
+                                              scaling: scaling)
+                let want = referenceQuantize(x, rows: rows, columns: cols, a)
+                #expect(got.codes == want.codes, "cols=\(cols)")
+                #expect(got.rowScales == want.steps, "cols=\(cols)")
+                #expect(got.codes.allSatisfy { abs(Int($0)) <= a.maxCode })
+                var refCodes = [Int8](repeating: 0, count: rows * cols), refSteps = [Float](repeating: 0, count: rows)
+                x.withUnsafeBufferPointer { xp in
+                    LowBit.quantizeRowsReference(xp.baseAddress!, rows: rows, columns: cols, shift: s, channelScales: c,
+                                                 bits: bits, scaling: scaling, codes: &refCodes, rowScales: &refSteps)
+                }
+                #expect(got.codes == refCodes && got.rowScales == refSteps, "cols=\(cols)")
+            }
         }
-        let half = LowBit.quantizeRows([0.5, -0.5, 1.5, -2.5, 1], rows: 1, columns: 5, bits: 8, scaling: .perTensor(1))
-        #expect(half.codes == [1, -1, 2, -3, 1]) // half away from zero, like roundf
+        let half = LowBit.quantizeRows([0.5, -0.5, 1.5, -2.5, 1, 300, -300, 126.5, -126.5], rows: 1, columns: 9,
+                                       bits: 8, scaling: .perTensor(1))
+        #expect(half.codes == [1, -1, 2, -3, 1, 127, -127, 127, -127]) // half away from zero, like roundf
+        let vector = LowBit.quantizeRows((0..<32).map { Float($0) - 15.5 }, rows: 1, columns: 32, bits: 8,
+                                         scaling: .perTensor(1))
+        #expect(vector.codes == (0..<32).map { Int8(roundf(Float($0) - 15.5)) })
     }
 }
 
@@ -343,7 +356,7 @@ let layerCases: [LayerCase] = [
     LayerCase(label: "W4A16 asym g32", out: 48, columns: 256, bits: 4, group: 32, symmetric: false),
     LayerCase(label: "W4A16 asym g64 bias", out: 48, columns: 320, bits: 4, group: 64, symmetric: false, bias: true),
     LayerCase(label: "W4A16 asym g128", out: 48, columns: 576, bits: 4, group: 128, symmetric: false),
-    LayerCase(label: "W4A16 asym g128 (large, parallel, 5 tiles)", out: 2200, columns: 1000, bits: 4, group: 128, symmetric: false),
+    LayerCase(label: "W4A16 asym g128 (large, parallel; 5 tiles at 12 rows)", out: 2200, columns: 1000, bits: 4, group: 128, symmetric: false),
     LayerCase(label: "W4A16 sym per-channel odd columns", out: 17, columns: 201, bits: 4, symmetric: true),
     LayerCase(label: "W4A16 asym g32 ragged last group", out: 19, columns: 200, bits: 4, group: 32, symmetric: false),
     LayerCase(label: "W8A16 asym per-channel", out: 48, columns: 576, bits: 8, symmetric: false),
@@ -356,7 +369,7 @@ let layerCases: [LayerCase] = [
 
 @Suite("IntegerLinear")
 struct IntegerLinearTests {
-    @Test("matches the simulated fake-quant forward", arguments: layerCases, [1, 7])
+    @Test("matches the simulated fake-quant forward", arguments: layerCases, [1, 7, 12])
     func matchesFakeQuant(_ c: LayerCase, rows: Int) throws {
         let q = makeLayer(out: c.out, in: c.columns, bits: c.bits, groupSize: c.group, symmetric: c.symmetric,
                           activation: c.activation, bias: c.bias, seed: UInt64(c.out * 31 + c.columns))
@@ -536,7 +549,7 @@ struct PackedWeightsTests {
         let packed = Self.packed()
         let model = try LlamaModel(weights: PackedWeights(packed))
         let reference = try LlamaModel(weights: ReferenceWeights(model: packed))
-        let tokens = [1, 5, 9, 2, 33, 7]
+        let tokens = [1, 5, 9, 2, 33, 7, 14, 3, 27, 8, 39, 11] // 12 rows: tile + sgemm for A16 layers
         let got = model.forward(tokens), want = reference.forward(tokens)
         #expect(got.count == want.count && got.count == tokens.count * 40)
         let scale = want.map { abs($0) }.max() ?? 1

@@ -19,7 +19,7 @@ int32_t ck_dot_i8_ref(const int8_t *a, const int8_t *b, size_t n);
 // (one row per output channel), in [-128, 127]. The AVX2 path takes |b| as the unsigned maddubs
 // operand and moves b's sign onto a, so a must avoid -128 but b may use it.
 
-/// c[i*ldc + j] = sum_t a[i*k + t] * b[j*k + t], exact in int32 (k < 2^17 keeps it in range).
+/// c[i*ldc + j] = sum_t a[i*k + t] * b[j*k + t], exact in int32 for k ≤ 2^17 (127·128·2^17 < 2^31).
 /// 4×2 register-blocked AVX2 micro-kernel after the run-time check, else the reference.
 void ck_gemm_i8(const int8_t *a, size_t m, const int8_t *b, size_t n, size_t k,
                 int32_t *c, size_t ldc);
@@ -74,5 +74,22 @@ void ck_dequant_u8_rows(const uint8_t *codes, size_t row_begin, size_t row_count
                         size_t group_size, const float *scales, const float *zeros, float *out);
 void ck_dequant_u8_rows_ref(const uint8_t *codes, size_t row_begin, size_t row_count, size_t cols,
                             size_t group_size, const float *scales, const float *zeros, float *out);
+
+// ---------------------------------------------------------------------------------------------
+// Activation quantization (quant_act.c).
+
+/// Quantizes rows of float activations to int8 codes. Per row i and column j:
+/// v = (x[i,j] - shift[j]) / channel_scale[j] (each step only when the pointer is non-NULL),
+/// step_i = static_step when static_step > 0, else absmax_j(v) / max_code (per token);
+/// code = clamp(roundf(v / step_i), -max_code, max_code) (roundf: half away from zero).
+/// row_steps[i] = step_i; a row whose step is 0 or not finite gets all-zero codes.
+/// max_code is 2^(bits-1) - 1, at most 127.
+void ck_quantize_rows_i8(const float *x, size_t rows, size_t cols, const float *shift,
+                         const float *channel_scale, int max_code, float static_step,
+                         int8_t *codes, float *row_steps);
+/// Plain scalar twin of ck_quantize_rows_i8.
+void ck_quantize_rows_i8_ref(const float *x, size_t rows, size_t cols, const float *shift,
+                             const float *channel_scale, int max_code, float static_step,
+                             int8_t *codes, float *row_steps);
 
 #endif
