@@ -20,14 +20,14 @@ extension PTQKit {
         /// The calibration data path: absolute, relative to the working directory, or relative
         /// to the project root (the recipe folder's parent), in that order.
         public func calibrationPath(for config: ModelConfig) -> String {
-            let data = (recipe.calibration ?? .defaults(for: config.architecture)).data
+            let data = recipe.calibration.data
             if data.hasPrefix("/") || FileManager.default.fileExists(atPath: data) { return data }
             let root = URL(fileURLWithPath: path).deletingLastPathComponent().deletingLastPathComponent().path
             return root + "/" + data
         }
 
         public func calibrationSettings(for config: ModelConfig) -> Calibration.CalibrationSettings {
-            let c = recipe.calibration ?? .defaults(for: config.architecture)
+            let c = recipe.calibration
             return .init(dataPath: calibrationPath(for: config), samples: c.samples, sequenceLength: c.sequenceLength,
                          seed: UInt64(truncatingIfNeeded: c.seed))
         }

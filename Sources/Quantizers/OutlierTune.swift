@@ -80,7 +80,7 @@ public struct OutlierTuneQuantizer: Quantizer {
         guard let statistics else {
             throw PTQError("\(layer.name): outliertune needs calibration statistics at \(layer.inputPoint)")
         }
-        let rows = layer.weight.shape[0], columns = layer.weight.shape[1]
+        let columns = layer.weight.shape[1]
         guard statistics.channels == columns else {
             throw PTQError("\(layer.name): statistics have \(statistics.channels) channels, the weight has \(columns) inputs")
         }

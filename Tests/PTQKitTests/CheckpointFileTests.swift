@@ -143,7 +143,7 @@ struct CheckpointFileTests {
         let before = try FileManager.default.contentsOfDirectory(atPath: folder)
         #expect(throws: PTQError.self) {
             try AtomicFile.write(to: path) { (temp: String) throws(PTQError) in
-                FileManager.default.createFile(atPath: temp, contents: Data("partial".utf8))
+                _ = FileManager.default.createFile(atPath: temp, contents: Data("partial".utf8))
                 throw PTQError("simulated crash")
             }
         }

@@ -46,8 +46,8 @@ struct ReadmeTests {
         let work = SyntheticModels.temporaryPath("readme")
         try FileManager.default.createDirectory(atPath: work, withIntermediateDirectories: true)
         let cwd = FileManager.default.currentDirectoryPath
-        FileManager.default.changeCurrentDirectoryPath(ProjectPaths.root)
-        defer { FileManager.default.changeCurrentDirectoryPath(cwd) }
+        _ = FileManager.default.changeCurrentDirectoryPath(ProjectPaths.root)
+        defer { _ = FileManager.default.changeCurrentDirectoryPath(cwd) }
         let (before, after) = try ReadmeExample.run(gguf: ProjectPaths.smolGGUF,
                                                     recipePath: ProjectPaths.root + "/recipes/smollm2-w4a16-g128.yaml",
                                                     workDirectory: work, chunks: 1)
