@@ -1,17 +1,11 @@
 import Foundation
 @testable import PTQKit
 
-/// Deterministic pseudo-random numbers (SplitMix64) so synthetic models are identical every run.
-struct SeededGenerator: RandomNumberGenerator {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
+/// Deterministic pseudo-random numbers: the calibration sampler's SplitMix64, so synthetic
+/// models are identical every run.
+typealias SeededGenerator = SplitMix
+
+extension SplitMix {
     mutating func float(in range: ClosedRange<Float>) -> Float { Float.random(in: range, using: &self) }
 }
 
