@@ -233,3 +233,30 @@ struct PipelineTests {
         #expect(summary.bitsPerWeight > 4 && summary.bitsPerWeight < 16)
     }
 }
+
+@Suite("Shipped recipes")
+struct ShippedRecipeTests {
+    static let smolLM2 = ModelConfig(architecture: .llama, vocabSize: 49152, hiddenSize: 576, intermediateSize: 1536,
+                                     layerCount: 30, headCount: 9, kvHeadCount: 3, headDim: 64, maxPositions: 8192,
+                                     ropeTheta: 100_000, normEpsilon: 1e-5, activation: .silu, tiedEmbeddings: true)
+    static let miniLM = ModelConfig(architecture: .bert, vocabSize: 30522, hiddenSize: 384, intermediateSize: 1536,
+                                    layerCount: 6, headCount: 12, maxPositions: 512, normEpsilon: 1e-12,
+                                    activation: .gelu, typeVocabSize: 2, pooling: .mean, normalizeEmbeddings: true)
+
+    /// Every recipe in recipes/ parses, plans every linear layer of its model, builds a quantizer
+    /// for each layer through the registry, and names calibration data that ships with the project.
+    @Test func everyShippedRecipeResolves() throws {
+        let folder = ProjectPaths.root + "/recipes"
+        let files = try FileManager.default.contentsOfDirectory(atPath: folder).filter { $0.hasSuffix(".yaml") }.sorted()
+        #expect(files.count >= 14)
+        for file in files {
+            let context = try PTQKit.RecipeContext(path: folder + "/" + file)
+            let config = context.recipe.model == .llama ? Self.smolLM2 : Self.miniLM
+            let plan = try context.plan(for: config)
+            #expect(plan.count == (config.architecture == .llama ? 210 : 36), "\(file)")
+            _ = try PTQKit.statisticsRequest(plan: plan)
+            #expect(FileManager.default.fileExists(atPath: context.calibrationPath(for: config)), "\(file)")
+            #expect(context.recipe.verify != nil, "\(file) has verify gates")
+        }
+    }
+}

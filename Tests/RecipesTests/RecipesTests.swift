@@ -85,7 +85,7 @@ func message(_ body: () throws -> Void) -> String {
         let w8a8 = try load("smollm2-w8a8-rtn.yaml")
         #expect(w8a8.scheme.weight == WeightScheme(bits: 8, symmetric: true, groupSize: nil))
         #expect(w8a8.scheme.activation == ActivationScheme(bits: 8, granularity: .perToken))
-        #expect(w8a8.verify == VerifyThresholds(samples: 8, maxKL: 0.02, minTop1: 0.9, maxPerplexityIncrease: 0.02,
+        #expect(w8a8.verify == VerifyThresholds(samples: 8, maxKL: 0.04, minTop1: 0.87, maxPerplexityIncrease: 0.04,
                                                 line: w8a8.verify!.line))
         #expect(w8a8.calibration == CalibrationSettings(data: "calibration/wikitext-2-valid.txt", samples: 128,
                                                         sequenceLength: 512, seed: 0, line: w8a8.calibration.line))
