@@ -62,6 +62,8 @@ public final class PointStatistics: @unchecked Sendable {
     public var reservoirCapacity: Int
     public var reservoirCount = 0
     private var generator: SplitMix
+    private var memo: [String: [Float]] = [:]
+    private let memoLock = NSLock()
 
     public init(channels: Int, kinds: Set<StatisticKind>, reservoirCapacity: Int = 0, seed: UInt64 = 0) {
         self.channels = channels
@@ -104,6 +106,19 @@ public final class PointStatistics: @unchecked Sendable {
         if gram != nil { k.insert(.gram) }
         if reservoir != nil { k.insert(.reservoir) }
         return k
+    }
+
+    /// A value derived from these statistics, computed once per key: layers that share an input
+    /// point (q/k/v, gate/up) reuse an expensive derivation such as a clipping search.
+    public func memoized(_ key: String, _ compute: () -> [Float]) -> [Float] {
+        memoLock.lock()
+        if let value = memo[key] { memoLock.unlock(); return value }
+        memoLock.unlock()
+        let value = compute()
+        memoLock.lock()
+        memo[key] = value
+        memoLock.unlock()
+        return value
     }
 
     /// Per-channel max |x|.

@@ -60,6 +60,9 @@ struct InspectCommand: ParsableCommand {
             let bits = row.kind == "float" ? "float\(row.bits)" : "int\(row.bits)\(group)"
             print("  \(row.name) \(row.kind) \(row.shape) \(bits) act \(row.activation) "
                   + "\(formatBytes(row.storedBytes)) " + String(format: "%.3f", row.bitsPerWeight) + " bpw")
+            if !row.details.isEmpty {
+                print("      " + row.details.sorted(by: { $0.key < $1.key }).map { "\($0.key)=\($0.value)" }.joined(separator: ", "))
+            }
         }
         print("  recipe:")
         for line in summary.recipe.split(separator: "\n", omittingEmptySubsequences: false) { print("    \(line)") }

@@ -355,7 +355,8 @@ public enum PackedFile {
                 rows.append(.init(name: e.name, kind: e.method, shape: [e.rows, e.columns], bits: e.bits,
                                   groupSize: e.groupSize, activation: activation, parameterCount: count,
                                   storedBytes: bytes,
-                                  bitsPerWeight: count > 0 ? 8 * Double(bytes) / Double(count) : 0))
+                                  bitsPerWeight: count > 0 ? 8 * Double(bytes) / Double(count) : 0,
+                                  details: e.details))
             }
             // Model order: position of the tensor (or the linear's weight) in the config's list.
             var order: [String: Int] = [:]

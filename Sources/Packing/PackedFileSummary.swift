@@ -24,9 +24,12 @@ public struct PackedFileSummary: Sendable, Encodable {
         public var storedBytes: Int
         /// 8 × storedBytes / parameterCount (0 when there are no parameters).
         public var bitsPerWeight: Double
+        /// What the method decided for this layer (searched ratios, range growth, …); empty for
+        /// float tensors.
+        public var details: [String: String] = [:]
 
         enum CodingKeys: String, CodingKey {
-            case name, kind, shape, bits, activation
+            case name, kind, shape, bits, activation, details
             case groupSize = "group_size"
             case parameterCount = "parameter_count"
             case storedBytes = "stored_bytes"
@@ -44,6 +47,7 @@ public struct PackedFileSummary: Sendable, Encodable {
             try c.encode(parameterCount, forKey: .parameterCount)
             try c.encode(storedBytes, forKey: .storedBytes)
             try c.encode(bitsPerWeight, forKey: .bitsPerWeight)
+            try c.encode(details, forKey: .details)
         }
     }
 

@@ -91,8 +91,12 @@ public struct OutlierTuneQuantizer: Quantizer {
         }
         var clipRatios: [Float]?
         if clipSearch, let reservoir = statistics.reservoir, statistics.reservoirCount > 0 {
-            let ratios = Self.searchClipping(reservoir: reservoir, rows: statistics.reservoirCount, channels: columns,
-                                             shift: shift, range: range, maxCode: maxCode, norm: errorNorm)
+            // q/k/v (and gate/up) share one input point: search once per point and bit width.
+            let key = "outliertune.clip|\(activationBits)|\(errorNorm)|\(symmetrize)"
+            let ratios = statistics.memoized(key) {
+                Self.searchClipping(reservoir: reservoir, rows: statistics.reservoirCount, channels: columns,
+                                    shift: shift, range: range, maxCode: maxCode, norm: errorNorm)
+            }
             for j in 0..<columns { range[j] *= ratios[j] }
             clipRatios = ratios
         }
@@ -164,10 +168,12 @@ public struct OutlierTuneQuantizer: Quantizer {
             for step in 0..<80 {
                 let p = Float(100 - step) / 100
                 let scale = range[j] * p / maxCode
+                let exponent = Float(norm)
                 var error = 0.0
                 for v in column {
                     let q = min(max((v / scale).rounded(.toNearestOrAwayFromZero), -maxCode), maxCode) * scale
-                    error += pow(Double(abs(q - v)), norm)
+                    let e = abs(q - v)
+                    if e > 0 { error += Double(powf(e, exponent)) }
                 }
                 if error < bestError { bestError = error; ratios[j] = p }
             }
@@ -175,3 +181,4 @@ public struct OutlierTuneQuantizer: Quantizer {
         return ratios
     }
 }
+
