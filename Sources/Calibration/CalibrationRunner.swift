@@ -84,12 +84,13 @@ public enum Calibrator {
 
     public static func run(model: BertModel, tokenizer: any Tokenizer, settings: CalibrationSettings,
                            request: StatisticsRequest, quiet: Bool = false) throws(PTQError) -> CalibrationStatistics {
-        var sentences = try CalibrationSamples.sentences(stsPath: settings.dataPath, evaluationHalf: false)
-        var rng = SplitMix(seed: settings.seed)
-        if settings.samples < sentences.count {
-            sentences.shuffle(using: &rng)
-            sentences = Array(sentences.prefix(settings.samples))
+        // `samples` counts rows (sentence pairs) from the start of the calibration half, as the
+        // recipe schema documents; each row contributes both of its sentences.
+        let all = try CalibrationSamples.sentences(stsPath: settings.dataPath, evaluationHalf: false)
+        guard settings.samples <= all.count / 2 else {
+            throw PTQError.file(settings.dataPath, "calibration.samples is \(settings.samples) but the calibration half has only \(all.count / 2) rows")
         }
+        let sentences = Array(all.prefix(2 * settings.samples))
         let collector = StatisticsCollector(request: request, seed: settings.seed)
         model.observer = collector
         defer { model.observer = nil }

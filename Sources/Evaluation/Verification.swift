@@ -167,9 +167,7 @@ public enum Verification {
             let b = quantized.embed(tokens: sample)
             quantized.observer = nil
             layers.add(recorderA.outputs, recorderB.outputs)
-            var dot = 0.0, na = 0.0, nb = 0.0
-            for i in a.indices { dot += Double(a[i] * b[i]); na += Double(a[i] * a[i]); nb += Double(b[i] * b[i]) }
-            cosine += dot / max((na * nb).squareRoot(), 1e-30)
+            cosine += STSB.cosine(a, b)
             tokens += sample.count
             progress.advance()
         }
