@@ -24,16 +24,17 @@ public enum BLAS {
         }
     }
 
-    /// General strided product `C[m,n] = alpha·A[m,k]·op(B) + beta·C`, where op(B) is `Bᵀ`
+    /// General strided product `C[m,n] = alpha·op(A)·op(B) + beta·C`, where op(A) is `Aᵀ`
+    /// (A stored `[k,m]`) when `transposeA`, else A stored `[m,k]`, and op(B) is `Bᵀ`
     /// (B stored `[n,k]`) when `transposeB`, else B stored `[k,n]`.
     public static func gemm(
         m: Int, n: Int, k: Int, alpha: Float = 1,
-        a: UnsafePointer<Float>, lda: Int,
+        a: UnsafePointer<Float>, lda: Int, transposeA: Bool = false,
         b: UnsafePointer<Float>, ldb: Int, transposeB: Bool,
         beta: Float = 0, c: UnsafeMutablePointer<Float>, ldc: Int
     ) {
         guard m > 0, n > 0 else { return }
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, transposeB ? CblasTrans : CblasNoTrans,
+        cblas_sgemm(CblasRowMajor, transposeA ? CblasTrans : CblasNoTrans, transposeB ? CblasTrans : CblasNoTrans,
                     Int32(m), Int32(n), Int32(k), alpha, a, Int32(lda), b, Int32(ldb), beta, c, Int32(ldc))
     }
 
@@ -45,14 +46,39 @@ public enum BLAS {
 }
 
 extension BLAS {
-    /// `gram[c×c] += Xᵀ·X` for `x` of `rows × c` floats, accumulated in double (upper triangle
-    /// and lower triangle both written).
+    /// `gram[c×c] += Xᵀ·X` for `x` of `rows × c` floats (upper and lower triangle both written).
+    /// The product of one call runs in float (ssyrk, twice the speed of dsyrk; a call is one
+    /// calibration sample of a few hundred rows) and is accumulated in double across calls.
     public static func accumulateGram(_ x: UnsafePointer<Float>, rows: Int, columns c: Int,
                                       into gram: UnsafeMutablePointer<Double>) {
         guard rows > 0, c > 0 else { return }
-        var xd = [Double](repeating: 0, count: rows * c)
-        for i in 0..<rows * c { xd[i] = Double(x[i]) }
-        cblas_dsyrk(CblasRowMajor, CblasUpper, CblasTrans, Int32(c), Int32(rows), 1, xd, Int32(c), 1, gram, Int32(c))
+        var product = [Float](repeating: 0, count: c * c)
+        cblas_ssyrk(CblasRowMajor, CblasUpper, CblasTrans, Int32(c), Int32(rows), 1, x, Int32(c), 0, &product, Int32(c))
+        for i in 0..<c { for j in i..<c { gram[i * c + j] += Double(product[i * c + j]) } }
         for i in 0..<c { for j in 0..<i { gram[i * c + j] = gram[j * c + i] } }
+    }
+}
+
+extension BLAS {
+    /// The upper Cholesky factor U of A⁻¹ (A⁻¹ = Uᵀ·U) for a symmetric positive definite
+    /// `n × n` matrix A, returned row-major with zeros below the diagonal — GPTQ's `Hinv`.
+    /// Returns nil when A is not positive definite (LAPACK dpotrf/dpotri).
+    public static func inverseCholeskyUpper(_ a: [Double], n: Int) -> [Double]? {
+        precondition(a.count == n * n)
+        var m = a, info: Int32 = 0, size = Int32(n)
+        // A is symmetric, so row- and column-major agree. In column-major terms: A = L·Lᵀ,
+        // then A⁻¹ into the lower triangle, mirrored, then A⁻¹ = Uᵀ·U.
+        dpotrf_("L", &size, &m, &size, &info, 1)
+        guard info == 0 else { return nil }
+        dpotri_("L", &size, &m, &size, &info, 1)
+        guard info == 0 else { return nil }
+        // Column-major lower element (i ≥ j) sits at j*n + i; mirror it to (j, i) at i*n + j.
+        for j in 0..<n { for i in (j + 1)..<n { m[i * n + j] = m[j * n + i] } }
+        dpotrf_("U", &size, &m, &size, &info, 1)
+        guard info == 0 else { return nil }
+        // Column-major upper element U(i, j), i ≤ j, is at j*n + i: transpose into row-major.
+        var u = [Double](repeating: 0, count: n * n)
+        for i in 0..<n { for j in i..<n { u[i * n + j] = m[j * n + i] } }
+        return u
     }
 }

@@ -6,12 +6,15 @@ import PTQCore
 /// zero points, never the float weight matrix.
 ///
 /// Two execution paths, chosen from the `QuantizedLinear` at load time:
-/// - **Integer activations** (`activation != nil`: W8A8, W6A6, W4A8, …; symmetric weights only):
-///   weight codes become signed int8 `u − zero` once. Each forward quantizes the input rows
+/// - **Integer activations** (`activation != nil`: W8A8, W6A6, W4A8, …): weight codes become
+///   signed int8 `u − 2^(bits−1)` once, and each group keeps the offset
+///   `d = zero − 2^(bits−1)` (0 for symmetric weights). Each forward quantizes the input rows
 ///   exactly as `ActivationQuantization` specifies (`LowBit.quantizeRows`), then
 ///   per-output-channel weights run an int32 GEMM (`ck_gemm_i8`) and
-///   `y = rowScale[i]·wScale[o]·acc + bias[o]`; grouped weights run the grouped kernel, which
-///   scales each group's exact int32 dot product by its float scale.
+///   `y = rowScale[i]·wScale[o]·(acc − d[o]·Σ_j a[i, j]) + bias[o]`: the zero point costs one
+///   sum of activation codes per row, not a second GEMM. Grouped weights run the grouped
+///   kernel, which scales each group's exact int32 dot product by its float scale, and subtract
+///   the zero-point term per group.
 /// - **Float activations** (`activation == nil`: W4A16, W8A16, W3A16, …): codes of ≤ 4 bits are
 ///   packed two per byte, wider codes stay one byte each. One row runs the fused GEMV; several
 ///   rows dequantize tiles of output rows into scratch and multiply them with sgemm.
@@ -37,6 +40,8 @@ public final class IntegerLinear: LinearOp {
     private struct IntegerPath: Sendable {
         var codes: [Int8]
         var scales: [Float]
+        /// `scale · (zero − 2^(bits−1))` per `[out, group]`; nil for symmetric weights.
+        var zeroTerms: [Float]?
         var groups: Int
         var activationBits: Int
         var scaling: ActivationScaling
@@ -57,7 +62,7 @@ public final class IntegerLinear: LinearOp {
         let biasBytes = (bias?.count ?? 0) * 4
         switch kernel {
         case .integer(let p):
-            return p.codes.count + p.scales.count * 4 + (p.channelScales?.count ?? 0) * 4
+            return p.codes.count + p.scales.count * 4 + (p.zeroTerms?.count ?? 0) * 4 + (p.channelScales?.count ?? 0) * 4
                 + (p.shift?.count ?? 0) * 4 + biasBytes
         case .weightOnly(let p):
             return p.codes.count + p.scales.count * 4 + p.zeros.count * 4 + biasBytes
@@ -121,9 +126,6 @@ public final class IntegerLinear: LinearOp {
             guard (2...8).contains(a.bits) else {
                 throw fail("\(a.bits)-bit activations are not supported (2…8 bits)")
             }
-            guard w.symmetric else {
-                throw fail("quantized activations (A\(a.bits)) need symmetric weights; this layer's weights are asymmetric")
-            }
             guard w.columns <= 131_072 else {
                 throw fail("\(w.columns) input features exceed the int32 accumulator range of the int8 GEMM")
             }
@@ -143,27 +145,20 @@ public final class IntegerLinear: LinearOp {
                 }
                 scaling = .perTensor(s)
             }
-            // Signed codes u − zero, once.
+            // Signed codes u − 2^(bits−1), once; asymmetric groups keep scale·(zero − 2^(bits−1)).
+            let mid = w.symmetricZero
             var codes = [Int8](repeating: 0, count: w.codes.count)
-            for r in 0..<w.rows {
-                for g in 0..<groups {
-                    let zero = w.zero(row: r, group: g)
-                    guard zero == zero.rounded(), zero >= 0, zero <= 255 else {
-                        throw fail("zero point \(zero) of row \(r) group \(g) is not an integer code")
-                    }
-                    let z = Int(zero)
-                    let c0 = g * w.groupSize, c1 = min(w.columns, c0 + w.groupSize)
-                    for c in c0..<c1 {
-                        let v = Int(w.codes[r * w.columns + c]) - z
-                        guard v >= -128, v <= 127 else {
-                            throw fail("weight code \(w.codes[r * w.columns + c]) − zero \(z) at row \(r) column \(c) does not fit int8")
-                        }
-                        codes[r * w.columns + c] = Int8(v)
-                    }
+            for i in 0..<w.codes.count { codes[i] = Int8(Int(w.codes[i]) - mid) }
+            var zeroTerms: [Float]?
+            if let zeros = w.zeros {
+                if let bad = zeros.firstIndex(where: { !$0.isFinite }) {
+                    throw fail("zero point \(zeros[bad]) of row \(bad / groups) group \(bad % groups) is not finite")
                 }
+                zeroTerms = zip(zeros, w.scales).map { z, s in s * (z - Float(mid)) }
             }
-            kernel = .integer(IntegerPath(codes: codes, scales: w.scales, groups: groups, activationBits: a.bits,
-                                          scaling: scaling, channelScales: a.channelScales, shift: a.channelShift))
+            kernel = .integer(IntegerPath(codes: codes, scales: w.scales, zeroTerms: zeroTerms, groups: groups,
+                                          activationBits: a.bits, scaling: scaling, channelScales: a.channelScales,
+                                          shift: a.channelShift))
         } else {
             activationBits = nil
             var zeros = w.zeros ?? []
@@ -198,31 +193,51 @@ public final class IntegerLinear: LinearOp {
         }
         p.codes.withUnsafeBufferPointer { wc in
             p.scales.withUnsafeBufferPointer { ws in
-                withOptional(bias) { b in
-                    if p.groups == 1 {
-                        let acc = UnsafeMutablePointer<Int32>.allocate(capacity: rows * n)
-                        defer { acc.deallocate() }
-                        LowBit.gemmI8(a: codes, m: rows, b: wc.baseAddress!, n: n, k: k, c: acc, ldc: n)
-                        for i in 0..<rows {
-                            let rs = rowScales[i], yr = y + i * n, ar = acc + i * n
-                            if let b {
-                                for o in 0..<n { yr[o] = (rs * ws[o]) * Float(ar[o]) + b[o] }
-                            } else {
-                                for o in 0..<n { yr[o] = (rs * ws[o]) * Float(ar[o]) }
-                            }
-                        }
-                    } else {
-                        LowBit.gemmI8Grouped(a: codes, m: rows, b: wc.baseAddress!, n: n, k: k, groupSize: groupSize,
-                                             weightScales: ws.baseAddress!, c: y, ldc: n)
-                        for i in 0..<rows {
-                            let rs = rowScales[i], yr = y + i * n
-                            if let b {
-                                for o in 0..<n { yr[o] = rs * yr[o] + b[o] }
-                            } else {
-                                for o in 0..<n { yr[o] = rs * yr[o] }
-                            }
-                        }
+                if p.groups == 1 {
+                    let acc = UnsafeMutablePointer<Int32>.allocate(capacity: rows * n)
+                    defer { acc.deallocate() }
+                    LowBit.gemmI8(a: codes, m: rows, b: wc.baseAddress!, n: n, k: k, c: acc, ldc: n)
+                    for i in 0..<rows {
+                        let rs = rowScales[i], yr = y + i * n, ar = acc + i * n
+                        for o in 0..<n { yr[o] = (rs * ws[o]) * Float(ar[o]) }
                     }
+                } else {
+                    LowBit.gemmI8Grouped(a: codes, m: rows, b: wc.baseAddress!, n: n, k: k, groupSize: groupSize,
+                                         weightScales: ws.baseAddress!, c: y, ldc: n)
+                    for i in 0..<rows {
+                        let rs = rowScales[i], yr = y + i * n
+                        for o in 0..<n { yr[o] = rs * yr[o] }
+                    }
+                }
+            }
+        }
+        if let zeroTerms = p.zeroTerms {
+            subtractZeroPointTerms(zeroTerms, groups: p.groups, codes: codes, rowScales: rowScales, rows: rows, into: y)
+        }
+        if let bias {
+            bias.withUnsafeBufferPointer { Ops.addBias($0.baseAddress!, rows: rows, width: n, into: y) }
+        }
+    }
+
+    /// Asymmetric weights: y[i, o] −= rowScale[i] · Σ_g scale[o, g]·(zero[o, g] − 2^(bits−1)) · Σ_{j∈g} a[i, j],
+    /// the part of Σ_j a·(u − zero) that the GEMM on `u − 2^(bits−1)` leaves out.
+    private func subtractZeroPointTerms(_ zeroTerms: [Float], groups: Int, codes: UnsafePointer<Int8>,
+                                        rowScales: UnsafePointer<Float>, rows: Int, into y: UnsafeMutablePointer<Float>) {
+        let k = inFeatures, n = outFeatures
+        var sums = [Float](repeating: 0, count: groups)
+        zeroTerms.withUnsafeBufferPointer { zt in
+            for i in 0..<rows {
+                let a = codes + i * k
+                for g in 0..<groups {
+                    var s: Int32 = 0
+                    for j in (g * groupSize)..<min(k, (g + 1) * groupSize) { s &+= Int32(a[j]) }
+                    sums[g] = Float(s) * rowScales[i]
+                }
+                let yr = y + i * n
+                for o in 0..<n {
+                    var correction: Float = 0
+                    for g in 0..<groups { correction += zt[o * groups + g] * sums[g] }
+                    yr[o] -= correction
                 }
             }
         }

@@ -28,30 +28,47 @@ import Recipes
 /// o_proj and down_proj (BERT: attention output and FFN output denses) use dynamic per-token
 /// symmetric activation quantization, as both reference uploads do.
 ///
-/// Weights: symmetric per-row RTN (OT-May uses asymmetric per-row min-max; our integer GEMM
-/// takes zero-point-free codes, so we choose symmetric — docs/RESULTS.md measures it).
+/// Weights: per-row RTN of the folded weights, symmetric or asymmetric as the recipe says
+/// (OT-May: asymmetric min–max; the integer GEMM takes the zero point as a per-row correction),
+/// or, with `gptq: true`, GPTQ on the folded weights (OT-Aug: asymmetric per channel, act-order,
+/// 1 % damping, block 128, MSE range search with norm 2.4). The Hessian is that of the folded
+/// layer's input (x − z)/s, derived from calibration's X·Xᵀ and channel sums; OT-Aug measures it
+/// on the already-rounded integer inputs, we use the unrounded ones (one calibration pass).
 public struct OutlierTuneQuantizer: Quantizer {
     public let weightBits: Int
     public let activationBits: Int
     public let symmetrize: Bool
     public let clipSearch: Bool
     public let errorNorm: Double
+    /// GPTQ for the folded weights (nil = round to nearest).
+    public let gptq: GPTQ?
+    public let weightSymmetric: Bool
+    /// Extension, not in the reference: o_proj/down_proj inputs are divided per channel by
+    /// absmax_j^α before the per-token quantization (scales folded into the weight columns, as
+    /// for the norm-fed layers). nil = plain per-token, as both reference uploads do.
+    public let outputSmoothing: Double?
     let layerName: String
 
     public init(plan: LayerPlan) throws(PTQError) {
         symmetrize = try plan.parameters.bool("symmetrize", default: true)
         clipSearch = try plan.parameters.bool("clip_search", default: false)
         errorNorm = try plan.parameters.double("error_norm", default: 2.4, range: 1...4)
-        try plan.parameters.rejectUnknown(allowed: ["symmetrize", "clip_search", "error_norm"])
+        let useGPTQ = try plan.parameters.bool("gptq", default: false)
+        outputSmoothing = try plan.parameters.has("output_smoothing")
+            ? plan.parameters.double("output_smoothing", range: 0...1) : nil
+        try plan.parameters.rejectUnknown(allowed: Set(["symmetrize", "clip_search", "error_norm", "gptq", "output_smoothing"])
+                                            .union(GPTQ.parameterKeys(prefix: "gptq_")))
+        gptq = useGPTQ ? try GPTQ(weight: plan.weight, parameters: plan.parameters, prefix: "gptq_",
+                                  rangeSearchByDefault: true) : nil
         let line = plan.ruleLine.map { "line \($0): " } ?? ""
         guard let activation = plan.activation else {
             throw PTQError("\(line)\(plan.name): outliertune quantizes activations; set activation bits")
         }
-        guard plan.weight.symmetric, plan.weight.groupSize == nil else {
-            throw PTQError("\(line)\(plan.name): outliertune quantizes folded weights symmetric per output channel "
-                           + "(weight.symmetric: true, group_size: channel)")
+        guard plan.weight.groupSize == nil else {
+            throw PTQError("\(line)\(plan.name): outliertune quantizes folded weights per output channel (group_size: channel)")
         }
         weightBits = plan.weight.bits
+        weightSymmetric = plan.weight.symmetric
         activationBits = activation.bits
         layerName = plan.name
     }
@@ -62,8 +79,13 @@ public struct OutlierTuneQuantizer: Quantizer {
     }
 
     public var requiredStatistics: Set<StatisticKind> {
-        if Self.isPerTokenLayer(layerName) { return [] }
+        if Self.isPerTokenLayer(layerName) {
+            var kinds: Set<StatisticKind> = gptq == nil && outputSmoothing == nil ? [] : [.channelRange]
+            if gptq != nil { kinds.insert(.gram) }
+            return kinds
+        }
         var kinds: Set<StatisticKind> = [.channelRange]
+        if gptq != nil { kinds.insert(.gram) }
         if symmetrize { kinds.insert(.sampleMidpoint) }
         if clipSearch { kinds.insert(.reservoir) }
         return kinds
@@ -72,10 +94,28 @@ public struct OutlierTuneQuantizer: Quantizer {
     public func quantize(_ layer: LinearLayer, statistics: PointStatistics?) throws(PTQError) -> QuantizedLinear {
         let maxCode = Float((1 << (activationBits - 1)) - 1)
         if Self.isPerTokenLayer(layer.name) {
-            let w = WeightQuantization.quantize(layer.weight, bits: weightBits, symmetric: true, groupSize: nil)
+            var details = ["activation": "per_token dynamic"]
+            guard let alpha = outputSmoothing else {
+                let w = try quantizeWeight(layer.weight, layer: layer, hessian: { statistics?.hessian() }, details: &details)
+                return QuantizedLinear(name: layer.name, method: "outliertune", weight: w, bias: layer.bias,
+                                       activation: ActivationQuantization(bits: activationBits, granularity: .perToken),
+                                       details: details)
+            }
+            guard let statistics else {
+                throw PTQError("\(layer.name): output_smoothing needs calibration statistics at \(layer.inputPoint)")
+            }
+            let absMax = statistics.absMaximum
+            let mean = absMax.reduce(0, +) / Float(max(absMax.count, 1))
+            // Normalised so that a typical channel keeps its scale: only the per-token step cancels it.
+            let scales = absMax.map { max(powf($0 / max(mean, 1e-8), Float(alpha)), 1e-4) }
+            let (folded, _) = Self.fold(layer.weight, bias: layer.bias, shift: [Float](repeating: 0, count: scales.count),
+                                        scales: scales)
+            details["activation"] = "per_token dynamic, channel-smoothed (alpha \(alpha))"
+            let w = try quantizeWeight(folded, layer: layer, hessian: { statistics.hessian(scales: scales) }, details: &details)
             return QuantizedLinear(name: layer.name, method: "outliertune", weight: w, bias: layer.bias,
-                                   activation: ActivationQuantization(bits: activationBits, granularity: .perToken),
-                                   details: ["activation": "per_token dynamic"])
+                                   activation: ActivationQuantization(bits: activationBits, granularity: .perToken,
+                                                                      channelScales: scales),
+                                   details: details)
         }
         guard let statistics else {
             throw PTQError("\(layer.name): outliertune needs calibration statistics at \(layer.inputPoint)")
@@ -104,7 +144,6 @@ public struct OutlierTuneQuantizer: Quantizer {
         let scales = range.map { max($0, 1e-8) / maxCode }
 
         let (folded, bias) = Self.fold(layer.weight, bias: layer.bias, shift: shift, scales: scales)
-        let weight = WeightQuantization.quantize(folded, bits: weightBits, symmetric: true, groupSize: nil)
         var details = [
             "activation": "per_channel static" + (symmetrize ? ", symmetrized" : ""),
             "row_peak_to_rms_before": String(format: "%.3f", Self.meanPeakToRMS(layer.weight)),
@@ -112,12 +151,30 @@ public struct OutlierTuneQuantizer: Quantizer {
             "mean_channel_scale": String(format: "%.5g", scales.reduce(0, +) / Float(columns)),
         ]
         if let clipRatios { details["mean_clip_ratio"] = String(format: "%.4f", clipRatios.reduce(0, +) / Float(columns)) }
+        let weight = try quantizeWeight(folded, layer: layer, hessian: {
+            statistics.hessian(shift: symmetrize ? shift : nil, scales: scales)
+        }, details: &details)
         let needsBias = layer.bias != nil || symmetrize
         return QuantizedLinear(
             name: layer.name, method: "outliertune", weight: weight, bias: needsBias ? bias : nil,
             activation: ActivationQuantization(bits: activationBits, granularity: .perTensor, scale: 1,
                                                channelScales: scales, channelShift: symmetrize ? shift : nil),
             details: details)
+    }
+
+    /// Round to nearest, or GPTQ against the Hessian of the weight's input.
+    private func quantizeWeight(_ weight: Tensor, layer: LinearLayer, hessian: () -> [Double]?,
+                                details: inout [String: String]) throws(PTQError) -> IntegerWeight {
+        guard let gptq else {
+            return WeightQuantization.quantize(weight, bits: weightBits, symmetric: weightSymmetric, groupSize: nil)
+        }
+        guard let h = hessian() else {
+            throw PTQError("\(layer.name): outliertune with gptq needs the X·Xᵀ ('gram') statistic at \(layer.inputPoint); "
+                           + "re-run `ptq calibrate` with this recipe")
+        }
+        let result = try gptq.quantize(weight, hessian: h, layer: layer.name)
+        details.merge(gptq.details(result)) { $1 }
+        return result.weight
     }
 
     /// Symmetrization and pre-executed dequantization in float: returns W' (W'[:, j] = s_j·W[:, j])

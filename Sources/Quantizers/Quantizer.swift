@@ -41,6 +41,7 @@ public enum QuantizerRegistry {
         "rtn": { plan throws(PTQError) in try RTNQuantizer(plan: plan) },
         "smoothquant": { plan throws(PTQError) in try SmoothQuantQuantizer(plan: plan) },
         "outliertune": { plan throws(PTQError) in try OutlierTuneQuantizer(plan: plan) },
+        "gptq": { plan throws(PTQError) in try GPTQQuantizer(plan: plan) },
     ]
 
     public static var methods: [String] { factories.keys.sorted() }

@@ -13,10 +13,6 @@ public struct RTNQuantizer: Quantizer {
         try plan.parameters.rejectUnknown(allowed: [])
         weight = plan.weight
         activation = plan.activation
-        if activation != nil && !weight.symmetric {
-            let line = plan.ruleLine.map { "line \($0): " } ?? ""
-            throw PTQError("\(line)\(plan.name): integer activations need symmetric weights (set weight.symmetric: true)")
-        }
     }
 
     public var requiredStatistics: Set<StatisticKind> {
@@ -25,21 +21,27 @@ public struct RTNQuantizer: Quantizer {
 
     public func quantize(_ layer: LinearLayer, statistics: PointStatistics?) throws(PTQError) -> QuantizedLinear {
         let w = WeightQuantization.quantize(layer.weight, scheme: weight)
-        var act: ActivationQuantization?
-        if let activation {
-            switch activation.granularity {
-            case .perToken:
-                act = ActivationQuantization(bits: activation.bits, granularity: .perToken)
-            case .perTensor:
-                guard let statistics else {
-                    throw PTQError("\(layer.name): per-tensor activation scales need calibration statistics at \(layer.inputPoint)")
-                }
-                let absMax = statistics.absMaximum.max() ?? 0
-                let maxCode = Float((1 << (activation.bits - 1)) - 1)
-                act = ActivationQuantization(bits: activation.bits, granularity: .perTensor,
-                                             scale: absMax > 0 ? absMax / maxCode : 1)
-            }
-        }
+        let act = try Self.activationQuantization(activation, layer: layer, statistics: statistics)
         return QuantizedLinear(name: layer.name, method: "rtn", weight: w, bias: layer.bias, activation: act)
+    }
+
+    /// Per-token (dynamic) or per-tensor (static: calibration absmax / (2^(b−1) − 1)) activation
+    /// quantization for a layer, or nil for float activations. Shared by methods that quantize
+    /// activations the plain way.
+    static func activationQuantization(_ activation: ActivationScheme?, layer: LinearLayer,
+                                       statistics: PointStatistics?) throws(PTQError) -> ActivationQuantization? {
+        guard let activation else { return nil }
+        switch activation.granularity {
+        case .perToken:
+            return ActivationQuantization(bits: activation.bits, granularity: .perToken)
+        case .perTensor:
+            guard let statistics else {
+                throw PTQError("\(layer.name): per-tensor activation scales need calibration statistics at \(layer.inputPoint)")
+            }
+            let absMax = statistics.absMaximum.max() ?? 0
+            let maxCode = Float((1 << (activation.bits - 1)) - 1)
+            return ActivationQuantization(bits: activation.bits, granularity: .perTensor,
+                                          scale: absMax > 0 ? absMax / maxCode : 1)
+        }
     }
 }

@@ -15,34 +15,16 @@ public enum WeightQuantization {
         var codes = [UInt8](repeating: 0, count: rows * columns)
         var scales = [Float](repeating: 0, count: rows * groups)
         var zeros: [Float]? = symmetric ? nil : [Float](repeating: 0, count: rows * groups)
-        let maxSigned = Float((1 << (bits - 1)) - 1)
-        let maxUnsigned = Float((1 << bits) - 1)
-        let symmetricZero = Float(1 << (bits - 1))
-        weight.data.withUnsafeBufferPointer { w in
-            for r in 0..<rows {
-                for g in 0..<groups {
-                    let start = r * columns + g * group, end = r * columns + min(columns, (g + 1) * group)
-                    if symmetric {
-                        var absMax: Float = 0
-                        for i in start..<end { absMax = max(absMax, abs(w[i])) }
-                        let scale = absMax > 0 ? absMax / maxSigned : 1
-                        scales[r * groups + g] = scale
-                        for i in start..<end {
-                            let q = min(max((w[i] / scale).rounded(), -maxSigned), maxSigned)
-                            codes[i] = UInt8(q + symmetricZero)
-                        }
-                    } else {
-                        var lo: Float = 0, hi: Float = 0
-                        for i in start..<end { lo = min(lo, w[i]); hi = max(hi, w[i]) }
-                        let scale = hi > lo ? (hi - lo) / maxUnsigned : 1
-                        let zero = min(max((-lo / scale).rounded(), 0), maxUnsigned)
-                        scales[r * groups + g] = scale
-                        zeros![r * groups + g] = zero
-                        for i in start..<end {
-                            codes[i] = UInt8(min(max((w[i] / scale).rounded() + zero, 0), maxUnsigned))
-                        }
-                    }
-                }
+        let grid = WeightGrid(bits: bits, symmetric: symmetric)
+        for r in 0..<rows {
+            for g in 0..<groups {
+                let start = r * columns + g * group, end = r * columns + min(columns, (g + 1) * group)
+                var lo: Float = 0, hi: Float = 0
+                for i in start..<end { lo = min(lo, weight.data[i]); hi = max(hi, weight.data[i]) }
+                let (scale, zero) = grid.parameters(lo: lo, hi: hi)
+                scales[r * groups + g] = scale
+                zeros?[r * groups + g] = zero
+                for i in start..<end { codes[i] = UInt8(grid.code(weight.data[i], scale: scale, zero: zero)) }
             }
         }
         return IntegerWeight(bits: bits, rows: rows, columns: columns, groupSize: group, symmetric: symmetric,

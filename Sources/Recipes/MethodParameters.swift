@@ -165,6 +165,9 @@ public struct MethodParameters: Sendable, Equatable {
         error(key, "required parameter of method \(method) is missing")
     }
 
+    /// Whether the recipe gives `key` (for optional parameters without a default).
+    public func has(_ key: String) -> Bool { entry(key) != nil }
+
     private func entry(_ key: String) -> Entry? {
         entries.first { $0.key == key }
     }

@@ -29,7 +29,8 @@ struct CalibrationTests {
             #expect(abs(Double(stats.sampleMidpoint![c]) - midpoints.reduce(0, +) / 5) < 1e-6)
             for d in 0..<channels {
                 let g = (0..<rows).map { Double(all[$0 * channels + c]) * Double(all[$0 * channels + d]) }.reduce(0, +)
-                #expect(abs(stats.gram![c * channels + d] - g) < 1e-6 * max(1, abs(g)))
+                // Each call's product runs in float (ssyrk), the sum over calls in double.
+                #expect(abs(stats.gram![c * channels + d] - g) < 1e-5 * max(1, abs(g)))
             }
         }
         #expect(stats.histogram!.reduce(0, +) == Int64(all.count))

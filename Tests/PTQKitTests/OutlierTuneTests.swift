@@ -113,6 +113,41 @@ struct OutlierTuneTests {
         #expect(q.activation?.granularity == .perToken && q.activation?.channelScales == nil)
     }
 
+    /// The output-smoothing extension: per-token activations over inputs divided per channel by
+    /// (absmax_j / mean absmax)^α, with the scales folded into the weight columns, so the float
+    /// function is unchanged; without statistics it names the layer.
+    @Test func outputSmoothing() throws {
+        let quantizer = try OutlierTuneQuantizer(plan: try Self.plan("layers/1/mlp/down_proj", bits: 8,
+                                                                     parameters: "{output_smoothing: 0.5}"))
+        #expect(quantizer.requiredStatistics == [.channelRange])
+        var layer = Self.layer(out: 6, inp: 48, bias: false, seed: 5)
+        layer.name = "layers/1/mlp/down_proj"
+        layer.inputPoint = "layers.1.mlp.down_proj.input"
+        let x = Self.activations(rows: 30, channels: 48, seed: 8)
+        let stats = PointStatistics(channels: 48, kinds: [.channelRange])
+        x.withUnsafeBufferPointer { stats.add($0, rows: 30) }
+        let q = try quantizer.quantize(layer, statistics: stats)
+        let scales = try #require(q.activation?.channelScales)
+        #expect(q.activation?.granularity == .perToken)
+        let absMax = stats.absMaximum, mean = absMax.reduce(0, +) / 48
+        for j in 0..<48 { #expect(abs(scales[j] - (absMax[j] / mean).squareRoot()) <= 1e-5 * scales[j]) }
+        // Channel 3 has the outlier: its scale is the largest.
+        #expect(scales.firstIndex(of: scales.max()!) == 3)
+        let (folded, _) = OutlierTuneQuantizer.fold(layer.weight, bias: nil, shift: [Float](repeating: 0, count: 48),
+                                                    scales: scales)
+        for o in 0..<6 {
+            var direct = 0.0, viaFold = 0.0
+            for j in 0..<48 {
+                direct += Double(x[j]) * Double(layer.weight.data[o * 48 + j])
+                viaFold += Double(x[j] / scales[j]) * Double(folded.data[o * 48 + j])
+            }
+            #expect(abs(direct - viaFold) < 1e-4 * max(1, abs(direct)))
+        }
+        #expect { try quantizer.quantize(layer, statistics: nil) } throws: {
+            ($0 as? PTQError)?.message.contains("down_proj") == true
+        }
+    }
+
     /// Ablation switch and parameter validation with recipe line numbers.
     @Test func parameters() throws {
         let plain = try OutlierTuneQuantizer(plan: try Self.plan("layers/0/mlp/up_proj", bits: 8,

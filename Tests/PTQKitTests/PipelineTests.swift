@@ -100,6 +100,22 @@ struct PipelineTests {
         ("w4a16-g32", "scheme: {method: rtn, weight: {bits: 4, symmetric: false, group_size: 32}}"),
         ("w3a16", "scheme: {method: rtn, weight: {bits: 3, symmetric: false}}"),
         ("w4a8-g32", "scheme: {method: rtn, weight: {bits: 4, group_size: 32}, activation: {bits: 8, granularity: per_token}}"),
+        ("w8a8-asym-token", "scheme: {method: rtn, weight: {bits: 8, symmetric: false}, activation: {bits: 8}}"),
+        ("gptq-w4a16-g32", "scheme: {method: gptq, weight: {bits: 4, symmetric: false, group_size: 32}}"),
+        ("outliertune-gptq-asym", """
+        scheme:
+          method: outliertune
+          weight: {bits: 8, symmetric: false}
+          activation: {bits: 8, granularity: per_tensor}
+          parameters: {gptq: true}
+        """),
+        ("outliertune-w6a6-smoothed", """
+        scheme:
+          method: outliertune
+          weight: {bits: 6}
+          activation: {bits: 6, granularity: per_tensor}
+          parameters: {output_smoothing: 0.5}
+        """),
         ("mixed", """
         scheme: {method: rtn, weight: {bits: 8}, activation: {bits: 8, granularity: per_token}}
         rules:
@@ -147,7 +163,7 @@ struct PipelineTests {
             #expect(outcome.packed.quantizedLinears["layers/1/mlp/down_proj"]?.weight.bits == 4)
         }
         // Per-tensor static scales come from calibration; per-token ones do not need it.
-        #expect((outcome.statistics != nil) == (scheme == "w8a8-tensor"))
+        #expect((outcome.statistics != nil) == ["w8a8-tensor", "gptq-w4a16-g32", "outliertune-gptq-asym", "outliertune-w6a6-smoothed"].contains(scheme))
     }
 
     @Test func encoderPipeline() throws {

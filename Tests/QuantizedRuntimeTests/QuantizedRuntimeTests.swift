@@ -343,6 +343,12 @@ let layerCases: [LayerCase] = [
               symmetric: true, activation: act(8, true, channels: 200), bias: true),
     LayerCase(label: "W4A8 g128 per-token (large, parallel)", out: 2200, columns: 1000, bits: 4, group: 128,
               symmetric: true, activation: act(8, false)),
+    // Integer activations, asymmetric weights (zero-point correction from activation code sums).
+    LayerCase(label: "W8A8 asym per-token", out: 48, columns: 576, bits: 8, symmetric: false, activation: act(8, false)),
+    LayerCase(label: "W6A6 asym per-tensor shift+scales+bias", out: 21, columns: 64, bits: 6, symmetric: false,
+              activation: act(6, true, channels: 64), bias: true),
+    LayerCase(label: "W4A8 asym g64 per-token", out: 24, columns: 200, bits: 4, group: 64, symmetric: false,
+              activation: act(8, false)),
     // Float activations.
     LayerCase(label: "W4A16 asym g32", out: 48, columns: 256, bits: 4, group: 32, symmetric: false),
     LayerCase(label: "W4A16 asym g64 bias", out: 48, columns: 320, bits: 4, group: 64, symmetric: false, bias: true),
@@ -417,8 +423,6 @@ struct IntegerLinearTests {
             }
         }
         let name = "layers/2/attention/q_proj"
-        expectError(makeLayer(name: name, out: 8, in: 32, bits: 4, groupSize: 32, symmetric: false,
-                              activation: act(8, false), seed: 1), "symmetric weights")
         expectError(makeLayer(name: name, out: 8, in: 32, bits: 8, symmetric: true,
                               activation: ActivationQuantization(bits: 8, granularity: .perTensor), seed: 1),
                     "positive static scale")
@@ -445,8 +449,9 @@ struct IntegerLinearTests {
         q.bias = [1, 2, 3]
         expectError(q, "bias")
         q = makeLayer(name: name, out: 8, in: 32, bits: 8, symmetric: true, activation: act(8, false), seed: 1)
-        q.weight.zeros = [Float](repeating: 127.5, count: 8)
-        expectError(q, "not an integer code")
+        q.weight.symmetric = false
+        q.weight.zeros = [Float](repeating: .nan, count: 8)
+        expectError(q, "not finite")
     }
 }
 
