@@ -191,55 +191,59 @@ public final class IntegerLinear: LinearOp {
                                     bits: p.activationBits, scaling: p.scaling, codes: codes, rowScales: rowScales)
             }
         }
-        p.codes.withUnsafeBufferPointer { wc in
-            p.scales.withUnsafeBufferPointer { ws in
-                if p.groups == 1 {
-                    let acc = UnsafeMutablePointer<Int32>.allocate(capacity: rows * n)
-                    defer { acc.deallocate() }
-                    LowBit.gemmI8(a: codes, m: rows, b: wc.baseAddress!, n: n, k: k, c: acc, ldc: n)
-                    for i in 0..<rows {
-                        let rs = rowScales[i], yr = y + i * n, ar = acc + i * n
-                        for o in 0..<n { yr[o] = (rs * ws[o]) * Float(ar[o]) }
-                    }
-                } else {
-                    LowBit.gemmI8Grouped(a: codes, m: rows, b: wc.baseAddress!, n: n, k: k, groupSize: groupSize,
-                                         weightScales: ws.baseAddress!, c: y, ldc: n)
-                    for i in 0..<rows {
-                        let rs = rowScales[i], yr = y + i * n
-                        for o in 0..<n { yr[o] = rs * yr[o] }
-                    }
-                }
-            }
-        }
-        if let zeroTerms = p.zeroTerms {
-            subtractZeroPointTerms(zeroTerms, groups: p.groups, codes: codes, rowScales: rowScales, rows: rows, into: y)
-        }
-        if let bias {
-            bias.withUnsafeBufferPointer { Ops.addBias($0.baseAddress!, rows: rows, width: n, into: y) }
-        }
-    }
-
-    /// Asymmetric weights: y[i, o] −= rowScale[i] · Σ_g scale[o, g]·(zero[o, g] − 2^(bits−1)) · Σ_{j∈g} a[i, j],
-    /// the part of Σ_j a·(u − zero) that the GEMM on `u − 2^(bits−1)` leaves out.
-    private func subtractZeroPointTerms(_ zeroTerms: [Float], groups: Int, codes: UnsafePointer<Int8>,
-                                        rowScales: UnsafePointer<Float>, rows: Int, into y: UnsafeMutablePointer<Float>) {
-        let k = inFeatures, n = outFeatures
-        var sums = [Float](repeating: 0, count: groups)
-        zeroTerms.withUnsafeBufferPointer { zt in
+        // Asymmetric weights: per row and group, rowScale · Σ_{j∈g} a[i, j] for the zero-point term.
+        let groups = p.groups
+        let codeSums = UnsafeMutablePointer<Float>.allocate(capacity: p.zeroTerms == nil ? 0 : rows * groups)
+        defer { codeSums.deallocate() }
+        if p.zeroTerms != nil {
             for i in 0..<rows {
                 let a = codes + i * k
                 for g in 0..<groups {
                     var s: Int32 = 0
                     for j in (g * groupSize)..<min(k, (g + 1) * groupSize) { s &+= Int32(a[j]) }
-                    sums[g] = Float(s) * rowScales[i]
-                }
-                let yr = y + i * n
-                for o in 0..<n {
-                    var correction: Float = 0
-                    for g in 0..<groups { correction += zt[o * groups + g] * sums[g] }
-                    yr[o] -= correction
+                    codeSums[i * groups + g] = Float(s) * rowScales[i]
                 }
             }
+        }
+        p.codes.withUnsafeBufferPointer { wc in
+            p.scales.withUnsafeBufferPointer { ws in
+                if groups == 1 {
+                    let acc = UnsafeMutablePointer<Int32>.allocate(capacity: rows * n)
+                    defer { acc.deallocate() }
+                    LowBit.gemmI8(a: codes, m: rows, b: wc.baseAddress!, n: n, k: k, c: acc, ldc: n)
+                    withOptional(p.zeroTerms) { zt in
+                        for i in 0..<rows {
+                            let rs = rowScales[i], yr = y + i * n, ar = acc + i * n
+                            if let zt {
+                                // y = rs·ws·(acc − d·Σa) with zt = ws·d.
+                                let sum = codeSums[i]
+                                for o in 0..<n { yr[o] = (rs * ws[o]) * Float(ar[o]) - zt[o] * sum }
+                            } else {
+                                for o in 0..<n { yr[o] = (rs * ws[o]) * Float(ar[o]) }
+                            }
+                        }
+                    }
+                } else {
+                    LowBit.gemmI8Grouped(a: codes, m: rows, b: wc.baseAddress!, n: n, k: k, groupSize: groupSize,
+                                         weightScales: ws.baseAddress!, c: y, ldc: n)
+                    withOptional(p.zeroTerms) { zt in
+                        for i in 0..<rows {
+                            let rs = rowScales[i], yr = y + i * n
+                            for o in 0..<n { yr[o] = rs * yr[o] }
+                            guard let zt else { continue }
+                            let sums = codeSums + i * groups
+                            for o in 0..<n {
+                                var correction: Float = 0
+                                for g in 0..<groups { correction += zt[o * groups + g] * sums[g] }
+                                yr[o] -= correction
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        if let bias {
+            bias.withUnsafeBufferPointer { Ops.addBias($0.baseAddress!, rows: rows, width: n, into: y) }
         }
     }
 
