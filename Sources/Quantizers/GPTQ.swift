@@ -153,7 +153,7 @@ public struct GPTQ: Sendable {
                         if i2 < n {
                             // W[:, i2:] −= Err · Hinv[i1:i2, i2:], in the transposed layout:
                             // wt[i2:, :] −= Hinv[i1:i2, i2:]ᵀ · Err.
-                            cblas_transposedUpdate(hinv: hi.baseAddress! + i1 * n + i2, ldh: n, count: i2 - i1,
+                            updateRemainingColumns(hinv: hi.baseAddress! + i1 * n + i2, ldh: n, count: i2 - i1,
                                                    rest: n - i2, errors: e.baseAddress!, rows: rows,
                                                    target: w.baseAddress! + i2 * rows)
                         }
@@ -175,7 +175,7 @@ public struct GPTQ: Sendable {
     }
 
     /// `target[rest × rows] −= hinvᵀ · errors`, hinv being `count × rest` with row stride `ldh`.
-    private func cblas_transposedUpdate(hinv: UnsafePointer<Float>, ldh: Int, count: Int, rest: Int,
+    private func updateRemainingColumns(hinv: UnsafePointer<Float>, ldh: Int, count: Int, rest: Int,
                                         errors: UnsafePointer<Float>, rows: Int, target: UnsafeMutablePointer<Float>) {
         BLAS.gemm(m: rest, n: rows, k: count, alpha: -1, a: hinv, lda: ldh, transposeA: true,
                   b: errors, ldb: rows, transposeB: false, beta: 1, c: target, ldc: rows)
