@@ -21,8 +21,8 @@ import Recipes
 /// - Symmetric codes use this project's grid ±(2^(b−1) − 1) (the reference's symmetric grid is
 ///   the asymmetric one with zero 2^(b−1)); asymmetric codes are the reference's [0, 2^b − 1]
 ///   with an integer zero point and a range that contains 0.
-/// - When H + damping is not positive definite the damping grows ×10 (up to 4 times) instead
-///   of failing; the damping used is reported.
+/// - When H + damping is not positive definite the damping grows ×10, at least to 10⁻⁶ of the
+///   mean diagonal (up to 4 times), instead of failing; the damping used is reported.
 public struct GPTQ: Sendable {
     public var bits: Int
     public var symmetric: Bool
@@ -107,12 +107,12 @@ public struct GPTQ: Sendable {
             for i in 0..<n { damped[i * n + i] += damp }
             factor = BLAS.inverseCholeskyUpper(damped, n: n)
             if factor != nil { break }
-            damp = max(damp * 10, 1e-8)
+            damp = max(damp * 10, 1e-6 * abs(meanDiagonal))
         }
         guard let factor else {
             throw PTQError("\(layer): the GPTQ Hessian is not positive definite even with damping \(damp)")
         }
-        var hinv = factor.map { Float($0) }
+        let hinv = factor.map { Float($0) }
 
         // Columns of W in act order, each contiguous: wt[i * rows + r] = W[r, order[i]].
         var wt = [Float](repeating: 0, count: n * rows)
@@ -124,7 +124,7 @@ public struct GPTQ: Sendable {
         let block = max(1, blockSize)
         var errors = [Float](repeating: 0, count: block * rows)
         wt.withUnsafeMutableBufferPointer { w in
-            hinv.withUnsafeMutableBufferPointer { hi in
+            hinv.withUnsafeBufferPointer { hi in
                 errors.withUnsafeMutableBufferPointer { e in
                     var i1 = 0
                     while i1 < n {
@@ -179,58 +179,6 @@ public struct GPTQ: Sendable {
                                         errors: UnsafePointer<Float>, rows: Int, target: UnsafeMutablePointer<Float>) {
         BLAS.gemm(m: rest, n: rows, k: count, alpha: -1, a: hinv, lda: ldh, transposeA: true,
                   b: errors, ldb: rows, transposeB: false, beta: 1, c: target, ldc: rows)
-    }
-}
-
-/// The integer grid of one weight scheme: parameters for a run of values and the code of one
-/// value. Shared by GPTQ; round-to-nearest (`WeightQuantization`) uses the same definitions.
-struct WeightGrid: Sendable {
-    let bits: Int
-    let symmetric: Bool
-    var maxSigned: Float { Float((1 << (bits - 1)) - 1) }
-    var maxUnsigned: Float { Float((1 << bits) - 1) }
-    var symmetricZero: Float { Float(1 << (bits - 1)) }
-
-    /// (scale, zero) for a range [lo, hi] that contains 0.
-    func parameters(lo: Float, hi: Float) -> (Float, Float) {
-        if symmetric {
-            let absMax = max(abs(lo), abs(hi))
-            return (absMax > 0 ? absMax / maxSigned : 1, symmetricZero)
-        }
-        let scale = hi > lo ? (hi - lo) / maxUnsigned : 1
-        return (scale, min(max((-lo / scale).rounded(), 0), maxUnsigned))
-    }
-
-    /// Code in 0 ..< 2^bits of `v`.
-    @inline(__always)
-    func code(_ v: Float, scale: Float, zero: Float) -> Int {
-        if symmetric {
-            return Int(min(max((v / scale).rounded(), -maxSigned), maxSigned) + symmetricZero)
-        }
-        return Int(min(max((v / scale).rounded() + zero, 0), maxUnsigned))
-    }
-
-    /// Min–max parameters, or the shrink search of GPTQ's `quant.py` (`mse=True`): the range
-    /// p·[lo, hi] for p = 1, 1 − 1/grid, … (maxShrink·grid steps) minimising Σ|Q(w) − w|^norm.
-    func parameters(for values: ArraySlice<Float>, search: GPTQ.RangeSearch?) -> (Float, Float) {
-        var lo: Float = 0, hi: Float = 0
-        for v in values { lo = min(lo, v); hi = max(hi, v) }
-        if lo == 0 && hi == 0 { lo = -1; hi = 1 }
-        guard let search else { return parameters(lo: lo, hi: hi) }
-        var best = parameters(lo: lo, hi: hi), bestError = Double.infinity
-        let steps = Int(search.maxShrink * Double(search.grid))
-        let exponent = Float(search.norm)
-        for step in 0..<max(steps, 1) {
-            let p = 1 - Float(step) / Float(search.grid)
-            let (s, z) = parameters(lo: p * lo, hi: p * hi)
-            var error = 0.0
-            for v in values {
-                let e = abs(s * (Float(code(v, scale: s, zero: z)) - z) - v)
-                if e > 0 { error += Double(powf(e, exponent)) }
-            }
-            if error < bestError { bestError = error; best = (s, z) }
-        }
-        return best
     }
 }
 

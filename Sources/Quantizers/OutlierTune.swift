@@ -110,8 +110,7 @@ public struct OutlierTuneQuantizer: Quantizer {
             let mean = absMax.reduce(0, +) / Float(max(absMax.count, 1))
             // Normalised so that a typical channel keeps its scale: only the per-token step cancels it.
             let scales = absMax.map { max(powf($0 / max(mean, 1e-8), Float(alpha)), 1e-4) }
-            let (folded, _) = Self.fold(layer.weight, bias: layer.bias, shift: [Float](repeating: 0, count: scales.count),
-                                        scales: scales)
+            let (folded, _) = Self.fold(layer.weight, bias: layer.bias, shift: nil, scales: scales)
             details["activation"] = "per_token dynamic, channel-smoothed (alpha \(alpha))"
             let w = try quantizeWeight(folded, layer: layer, hessian: { statistics.hessian(scales: scales) }, details: &details)
             return QuantizedLinear(name: layer.name, method: "outliertune", weight: w, bias: layer.bias,
@@ -145,7 +144,7 @@ public struct OutlierTuneQuantizer: Quantizer {
         // A channel that never moved from its shift would give s = 0; any positive scale is exact there.
         let scales = range.map { max($0, 1e-8) / maxCode }
 
-        let (folded, bias) = Self.fold(layer.weight, bias: layer.bias, shift: shift, scales: scales)
+        let (folded, bias) = Self.fold(layer.weight, bias: layer.bias, shift: symmetrize ? shift : nil, scales: scales)
         var details = [
             "activation": "per_channel static" + (symmetrize ? ", symmetrized" : ""),
             "row_peak_to_rms_before": String(format: "%.3f", Self.meanPeakToRMS(layer.weight)),
@@ -181,7 +180,8 @@ public struct OutlierTuneQuantizer: Quantizer {
 
     /// Symmetrization and pre-executed dequantization in float: returns W' (W'[:, j] = s_j·W[:, j])
     /// and b' = b + W·z, so that ((x − z) / s)·W'ᵀ + b' = x·Wᵀ + b exactly (before rounding).
-    public static func fold(_ weight: Tensor, bias: [Float]?, shift: [Float], scales: [Float]) -> (Tensor, [Float]) {
+    /// Without a shift, b' is the bias (zeros when there is none).
+    public static func fold(_ weight: Tensor, bias: [Float]?, shift: [Float]?, scales: [Float]) -> (Tensor, [Float]) {
         let rows = weight.shape[0], columns = weight.shape[1]
         var newBias = bias ?? [Float](repeating: 0, count: rows)
         var folded = weight
@@ -189,7 +189,7 @@ public struct OutlierTuneQuantizer: Quantizer {
             var shiftSum: Double = 0
             for j in 0..<columns {
                 let w = weight.data[o * columns + j]
-                shiftSum += Double(w) * Double(shift[j])
+                if let shift { shiftSum += Double(w) * Double(shift[j]) }
                 folded.data[o * columns + j] = w * scales[j]
             }
             newBias[o] += Float(shiftSum)

@@ -35,3 +35,55 @@ public enum WeightQuantization {
         quantize(weight, bits: scheme.bits, symmetric: scheme.symmetric, groupSize: scheme.groupSize)
     }
 }
+
+/// The integer grid of one weight scheme: parameters for a run of values and the code of one
+/// value, shared by round to nearest (`WeightQuantization`) and GPTQ.
+struct WeightGrid: Sendable {
+    let bits: Int
+    let symmetric: Bool
+    var maxSigned: Float { Float((1 << (bits - 1)) - 1) }
+    var maxUnsigned: Float { Float((1 << bits) - 1) }
+    var symmetricZero: Float { Float(1 << (bits - 1)) }
+
+    /// (scale, zero) for a range [lo, hi] that contains 0.
+    func parameters(lo: Float, hi: Float) -> (Float, Float) {
+        if symmetric {
+            let absMax = max(abs(lo), abs(hi))
+            return (absMax > 0 ? absMax / maxSigned : 1, symmetricZero)
+        }
+        let scale = hi > lo ? (hi - lo) / maxUnsigned : 1
+        return (scale, min(max((-lo / scale).rounded(), 0), maxUnsigned))
+    }
+
+    /// Code in 0 ..< 2^bits of `v`.
+    @inline(__always)
+    func code(_ v: Float, scale: Float, zero: Float) -> Int {
+        if symmetric {
+            return Int(min(max((v / scale).rounded(), -maxSigned), maxSigned) + symmetricZero)
+        }
+        return Int(min(max((v / scale).rounded() + zero, 0), maxUnsigned))
+    }
+
+    /// Min–max parameters, or the shrink search of GPTQ's `quant.py` (`mse=True`): the range
+    /// p·[lo, hi] for p = 1, 1 − 1/grid, … (maxShrink·grid steps) minimising Σ|Q(w) − w|^norm.
+    func parameters(for values: ArraySlice<Float>, search: GPTQ.RangeSearch?) -> (Float, Float) {
+        var lo: Float = 0, hi: Float = 0
+        for v in values { lo = min(lo, v); hi = max(hi, v) }
+        if lo == 0 && hi == 0 { lo = -1; hi = 1 }
+        guard let search else { return parameters(lo: lo, hi: hi) }
+        var best = parameters(lo: lo, hi: hi), bestError = Double.infinity
+        let steps = Int(search.maxShrink * Double(search.grid))
+        let exponent = Float(search.norm)
+        for step in 0..<max(steps, 1) {
+            let p = 1 - Float(step) / Float(search.grid)
+            let (s, z) = parameters(lo: p * lo, hi: p * hi)
+            var error = 0.0
+            for v in values {
+                let e = abs(s * (Float(code(v, scale: s, zero: z)) - z) - v)
+                if e > 0 { error += Double(powf(e, exponent)) }
+            }
+            if error < bestError { bestError = error; best = (s, z) }
+        }
+        return best
+    }
+}

@@ -130,6 +130,22 @@ struct GPTQTests {
         #expect(throws: PTQError.self) { try GPTQ(bits: 4, symmetric: false).quantize(w, hessian: [1, 2], layer: "t") }
     }
 
+    /// A singular Hessian (fewer rows than inputs) without damping gets the growing fallback
+    /// damping; one that no damping makes positive definite is an error naming the layer.
+    @Test func dampingFallback() throws {
+        let n = 16
+        let x = Self.inputs(rows: 3, channels: n, seed: 21)
+        let w = Self.weight(out: 4, inp: n, seed: 22)
+        let result = try GPTQ(bits: 4, symmetric: false, damping: 0).quantize(w, hessian: Self.gram(x, rows: 3, channels: n), layer: "t")
+        #expect(result.dampingUsed > 0)
+        var negative = [Double](repeating: 0, count: n * n)
+        for i in 0..<n { negative[i * n + i] = -1 }
+        #expect { try GPTQ(bits: 4, symmetric: false).quantize(w, hessian: negative, layer: "layers/3/mlp/up_proj") } throws: {
+            ($0 as? PTQError)?.message.contains("layers/3/mlp/up_proj") == true
+                && ($0 as? PTQError)?.message.contains("not positive definite") == true
+        }
+    }
+
     /// The Hessian of OutlierTune's folded input (x − z)/s from X·Xᵀ and channel sums equals
     /// the one computed from the transformed rows.
     @Test func shiftedScaledHessian() throws {

@@ -133,8 +133,7 @@ struct OutlierTuneTests {
         for j in 0..<48 { #expect(abs(scales[j] - (absMax[j] / mean).squareRoot()) <= 1e-5 * scales[j]) }
         // Channel 3 has the outlier: its scale is the largest.
         #expect(scales.firstIndex(of: scales.max()!) == 3)
-        let (folded, _) = OutlierTuneQuantizer.fold(layer.weight, bias: nil, shift: [Float](repeating: 0, count: 48),
-                                                    scales: scales)
+        let (folded, _) = OutlierTuneQuantizer.fold(layer.weight, bias: nil, shift: nil, scales: scales)
         for o in 0..<6 {
             var direct = 0.0, viaFold = 0.0
             for j in 0..<48 {
@@ -145,6 +144,11 @@ struct OutlierTuneTests {
         }
         #expect { try quantizer.quantize(layer, statistics: nil) } throws: {
             ($0 as? PTQError)?.message.contains("down_proj") == true
+        }
+        // α outside 0…1 is a recipe error naming the parameter.
+        #expect { try OutlierTuneQuantizer(plan: try Self.plan("layers/1/mlp/down_proj", bits: 8,
+                                                                parameters: "{output_smoothing: 2}")) } throws: {
+            ($0 as? PTQError)?.message.contains("output_smoothing") == true
         }
     }
 

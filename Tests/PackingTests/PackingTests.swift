@@ -26,6 +26,14 @@ struct TempFolder {
     func file(_ name: String) -> String { path + "/" + name }
     func cleanup() { try? FileManager.default.removeItem(atPath: path) }
     func contents() -> [String] { (try? FileManager.default.contentsOfDirectory(atPath: path)) ?? [] }
+
+    /// A fresh folder holding `tiny.ptq`, the synthetic model packed; the caller cleans up.
+    static func withTinyModel() throws -> (TempFolder, String) {
+        let folder = try TempFolder()
+        let path = folder.file("tiny.ptq")
+        do { try PackedFile.write(Synthetic.model(), to: path) } catch { folder.cleanup(); throw error }
+        return (folder, path)
+    }
 }
 
 func readBytes(_ path: String) throws -> [UInt8] { [UInt8](try Data(contentsOf: URL(fileURLWithPath: path))) }
@@ -364,10 +372,8 @@ struct PackedFileTests {
 
     @Test("a corrupted byte in every section is detected and named")
     func corruptEverySection() throws {
-        let folder = try TempFolder()
+        let (folder, path) = try TempFolder.withTinyModel()
         defer { folder.cleanup() }
-        let path = folder.file("tiny.ptq")
-        try PackedFile.write(Synthetic.model(), to: path)
         let original = try readBytes(path)
         let sections = try PackedFile.sections(path: path)
         #expect(sections.count > 10)
@@ -387,10 +393,8 @@ struct PackedFileTests {
 
     @Test("every flipped header byte is detected")
     func corruptHeader() throws {
-        let folder = try TempFolder()
+        let (folder, path) = try TempFolder.withTinyModel()
         defer { folder.cleanup() }
-        let path = folder.file("tiny.ptq")
-        try PackedFile.write(Synthetic.model(), to: path)
         let original = try readBytes(path)
         let bad = folder.file("bad.ptq")
         for position in 0..<64 {
@@ -407,10 +411,8 @@ struct PackedFileTests {
 
     @Test("flipped bytes in the section table and padding are detected")
     func corruptTableAndPadding() throws {
-        let folder = try TempFolder()
+        let (folder, path) = try TempFolder.withTinyModel()
         defer { folder.cleanup() }
-        let path = folder.file("tiny.ptq")
-        try PackedFile.write(Synthetic.model(), to: path)
         let original = try readBytes(path)
         let sections = try PackedFile.sections(path: path)
         let tableOffset = (0..<8).reduce(0) { $0 | Int(original[24 + $1]) << (8 * $1) }
@@ -431,10 +433,8 @@ struct PackedFileTests {
 
     @Test("truncated files are rejected at every kind of cut point")
     func truncated() throws {
-        let folder = try TempFolder()
+        let (folder, path) = try TempFolder.withTinyModel()
         defer { folder.cleanup() }
-        let path = folder.file("tiny.ptq")
-        try PackedFile.write(Synthetic.model(), to: path)
         let original = try readBytes(path)
         let sections = try PackedFile.sections(path: path)
         let bad = folder.file("cut.ptq")
@@ -456,10 +456,8 @@ struct PackedFileTests {
 
     @Test("wrong magic and other files are refused")
     func wrongMagic() throws {
-        let folder = try TempFolder()
+        let (folder, path) = try TempFolder.withTinyModel()
         defer { folder.cleanup() }
-        let path = folder.file("tiny.ptq")
-        try PackedFile.write(Synthetic.model(), to: path)
         var bytes = try readBytes(path)
         bytes.replaceSubrange(0..<8, with: Array("PTQKPACX".utf8))
         let bad = folder.file("bad.ptq")
@@ -475,10 +473,8 @@ struct PackedFileTests {
 
     @Test("a future format version is refused with a clear message")
     func futureVersion() throws {
-        let folder = try TempFolder()
+        let (folder, path) = try TempFolder.withTinyModel()
         defer { folder.cleanup() }
-        let path = folder.file("tiny.ptq")
-        try PackedFile.write(Synthetic.model(), to: path)
         var bytes = try readBytes(path)
         bytes[8] = 2
         // A consistent future header: checksum recomputed.
@@ -491,10 +487,8 @@ struct PackedFileTests {
 
     @Test("payloads that do not match the manifest are rejected, naming the tensor")
     func manifestMismatch() throws {
-        let folder = try TempFolder()
+        let (folder, path) = try TempFolder.withTinyModel()
         defer { folder.cleanup() }
-        let path = folder.file("tiny.ptq")
-        try PackedFile.write(Synthetic.model(), to: path)
         let bad = folder.file("bad.ptq")
 
         // The rewrite helper itself produces a valid file.
@@ -561,10 +555,8 @@ struct PackedFileTests {
 
     @Test("zstd errors behind a valid CRC are reported with the section")
     func zstdErrors() throws {
-        let folder = try TempFolder()
+        let (folder, path) = try TempFolder.withTinyModel()
         defer { folder.cleanup() }
-        let path = folder.file("tiny.ptq")
-        try PackedFile.write(Synthetic.model(), to: path)
         let bytes = try readBytes(path)
         let sections = try PackedFile.sections(path: path)
         let victim = try #require(sections.first { $0.codec == .zstd && $0.kind == .floatTensor })
