@@ -95,13 +95,65 @@ public struct IntegerWeight: Sendable, Equatable {
     }
 }
 
+/// The stored form of a quantized weight matrix `[rows = out, columns = in]`: one case per
+/// weight format.
+///
+/// Each format is defined once: its type carries the codes and parameters and a reference
+/// dequantizer (`dequantizedReference()`) that the kernels and tests compare against; the packer
+/// stores it in its own sections (`Sources/Packing`), and the runtime runs it with its own kernel
+/// (`Sources/QuantizedRuntime`). A new format adds a case here and one arm in each of those
+/// places; the compiler lists every switch that needs it.
+public enum QuantizedWeight: Sendable, Equatable {
+    /// Integer codes of 2…8 bits with per-channel or per-group scales and zero points.
+    case integer(IntegerWeight)
+
+    /// Output features.
+    public var rows: Int {
+        switch self {
+        case .integer(let w): w.rows
+        }
+    }
+
+    /// Input features.
+    public var columns: Int {
+        switch self {
+        case .integer(let w): w.columns
+        }
+    }
+
+    /// Short name of the format, as stored in the packed manifest and shown by `ptq inspect`.
+    public var formatName: String {
+        switch self {
+        case .integer: "integer"
+        }
+    }
+
+    /// The integer weight, when this is one (setting a value makes this an integer weight).
+    public var integer: IntegerWeight? {
+        get {
+            if case .integer(let w) = self { return w }
+            return nil
+        }
+        set {
+            if let newValue { self = .integer(newValue) }
+        }
+    }
+
+    /// The whole matrix in float, row-major (reference and tests only: the runtime never does this).
+    public func dequantizedReference() -> [Float] {
+        switch self {
+        case .integer(let w): w.dequantizedReference()
+        }
+    }
+}
+
 /// Everything the packer stores and the runtime executes for one quantized linear layer.
 public struct QuantizedLinear: Sendable, Equatable {
     /// Canonical layer name, e.g. `layers/3/mlp/down_proj`.
     public var name: String
     /// Recipe method that produced it (`rtn`, `outliertune`, …).
     public var method: String
-    public var weight: IntegerWeight
+    public var weight: QuantizedWeight
     /// Float bias added after the rescale (may come from folding, e.g. W·z of a shift).
     public var bias: [Float]?
     /// Activation quantization; nil = float activations (weight-only, e.g. W4A16).
@@ -109,7 +161,7 @@ public struct QuantizedLinear: Sendable, Equatable {
     /// What the method decided, for `ptq inspect` (searched ratios, range growth, …).
     public var details: [String: String]
 
-    public init(name: String, method: String, weight: IntegerWeight, bias: [Float]? = nil,
+    public init(name: String, method: String, weight: QuantizedWeight, bias: [Float]? = nil,
                 activation: ActivationQuantization? = nil, details: [String: String] = [:]) {
         self.name = name
         self.method = method

@@ -34,8 +34,7 @@ public enum PackedFile {
         }
         for i in manifest.quantizedLinears.indices {
             let e = manifest.quantizedLinears[i]
-            let names = [e.codes, e.scales, e.zeros, e.bias, e.activationChannelScales, e.activationChannelShift]
-            manifest.quantizedLinears[i].storedBytes = names.compactMap { $0 }.reduce(0) { $0 + (storedByName[$1] ?? 0) }
+            manifest.quantizedLinears[i].storedBytes = e.sectionNames.reduce(0) { $0 + (storedByName[$1] ?? 0) }
         }
         let manifestJSON: [UInt8], tokenizerJSON: [UInt8]
         do {
@@ -163,7 +162,9 @@ public enum PackedFile {
             for (key, linear) in model.quantizedLinears.sorted(by: { $0.key < $1.key }) {
                 func bad(_ what: String) -> PTQError { fail("quantized linear '\(key)': \(what)") }
                 guard linear.name == key else { throw bad("its name is '\(linear.name)'; the dictionary key must match") }
-                let w = linear.weight
+                guard case .integer(let w) = linear.weight else {
+                    throw bad("weight format '\(linear.weight.formatName)' cannot be packed")
+                }
                 guard (1...8).contains(w.bits) else { throw bad("\(w.bits)-bit codes are not supported (1…8)") }
                 guard w.rows >= 0, w.columns >= 0, w.groupSize >= 1 else {
                     throw bad("invalid geometry rows \(w.rows), columns \(w.columns), group size \(w.groupSize)")
@@ -216,7 +217,7 @@ public enum PackedFile {
                 activation?.channelScales = nil
                 activation?.channelShift = nil
                 manifest.quantizedLinears.append(.init(
-                    name: key, method: linear.method, details: linear.details, bits: w.bits, rows: w.rows,
+                    name: key, method: linear.method, details: linear.details, format: nil, bits: w.bits, rows: w.rows,
                     columns: w.columns, groupSize: w.groupSize, symmetric: w.symmetric, activation: activation,
                     codes: codes, scales: scales, zeros: zerosName, bias: biasName,
                     activationChannelScales: actScalesName, activationChannelShift: actShiftName, storedBytes: 0))
@@ -301,10 +302,10 @@ public enum PackedFile {
             var linears: [String: QuantizedLinear] = [:]
             for (i, e) in manifest.quantizedLinears.enumerated() {
                 let l = plan.linearLoads[i]
-                let weight = IntegerWeight(
+                let weight = QuantizedWeight.integer(IntegerWeight(
                     bits: e.bits, rows: e.rows, columns: e.columns, groupSize: e.groupSize, symmetric: e.symmetric,
                     codes: payloads[l.codes].codes, scales: payloads[l.scales].floats,
-                    zeros: l.zeros.map { payloads[$0].floats })
+                    zeros: l.zeros.map { payloads[$0].floats }))
                 var activation = e.activation
                 activation?.channelScales = l.activationChannelScales.map { payloads[$0].floats }
                 activation?.channelShift = l.activationChannelShift.map { payloads[$0].floats }
@@ -347,8 +348,7 @@ public enum PackedFile {
             }
             for e in manifest.quantizedLinears {
                 let count = e.rows * e.columns + (e.bias != nil ? e.rows : 0)
-                let bytes = [e.codes, e.scales, e.zeros, e.bias, e.activationChannelScales, e.activationChannelShift]
-                    .reduce(0) { $0 + stored($1) }
+                let bytes = e.sectionNames.reduce(0) { $0 + stored($1) }
                 let activation = ActivationQuantization.describe(
                     e.activation, hasChannelScales: e.activationChannelScales != nil,
                     hasShift: e.activationChannelShift != nil)
@@ -421,6 +421,9 @@ public enum PackedFile {
             for e in manifest.quantizedLinears {
                 let t = e.name
                 guard seen.insert(t).inserted else { throw fail("manifest lists tensor '\(t)' twice") }
+                guard e.formatName == "integer" else {
+                    throw fail("tensor '\(t)': weight format '\(e.formatName)' is not known to this version")
+                }
                 guard (1...8).contains(e.bits) else { throw fail("tensor '\(t)': \(e.bits)-bit codes are not supported (1…8)") }
                 guard e.rows >= 0, e.columns >= 0, e.groupSize >= 1 else {
                     throw fail("tensor '\(t)': invalid geometry rows \(e.rows), columns \(e.columns), group size \(e.groupSize)")

@@ -46,6 +46,9 @@ struct PackedManifest: Codable, Sendable {
         var name: String
         var method: String
         var details: [String: String]
+        /// Weight format (`QuantizedWeight.formatName`); absent means `integer` (files written
+        /// before other formats existed).
+        var format: String?
         var bits: Int
         var rows: Int
         var columns: Int
@@ -63,11 +66,19 @@ struct PackedManifest: Codable, Sendable {
         var storedBytes: Int
 
         enum CodingKeys: String, CodingKey {
-            case name, method, details, bits, rows, columns, symmetric, activation, codes, scales, zeros, bias
+            case name, method, details, format, bits, rows, columns, symmetric, activation, codes, scales, zeros, bias
             case groupSize = "group_size"
             case activationChannelScales = "activation_channel_scales"
             case activationChannelShift = "activation_channel_shift"
             case storedBytes = "stored_bytes"
+        }
+
+        /// The weight format, `integer` when the manifest names none.
+        var formatName: String { format ?? "integer" }
+
+        /// Every section this layer's payload occupies (for stored-size accounting).
+        var sectionNames: [String] {
+            [codes, scales, zeros, bias, activationChannelScales, activationChannelShift].compactMap { $0 }
         }
     }
 

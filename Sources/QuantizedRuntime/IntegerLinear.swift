@@ -88,9 +88,11 @@ public final class IntegerLinear: LinearOp {
     /// Converts a `QuantizedLinear` to run-time storage; throws a `PTQError` naming the layer
     /// for inconsistent shapes, codes out of range, or unsupported combinations.
     public init(_ q: QuantizedLinear) throws(PTQError) {
-        let w = q.weight
         let layer = q.name.isEmpty ? "quantized linear" : q.name
         func fail(_ message: String) -> PTQError { PTQError("\(layer): \(message)") }
+        guard case .integer(let w) = q.weight else {
+            throw fail("weight format '\(q.weight.formatName)' is not integer codes")
+        }
 
         guard (2...8).contains(w.bits) else { throw fail("\(w.bits)-bit weights are not supported (2…8 bits)") }
         guard w.rows > 0, w.columns > 0 else { throw fail("empty weight \(w.rows)×\(w.columns)") }

@@ -25,7 +25,7 @@ public struct PackedWeights: WeightSource {
 
     public func linear(_ name: String) throws(PTQError) -> any LinearOp {
         if let q = model.quantizedLinears[name] {
-            return try IntegerLinear(q)
+            return try Self.linearOp(for: q)
         }
         guard let weight = model.floatTensors[name + "/weight"] else {
             throw PTQError("packed model has no linear layer '\(name)': neither a quantized layer nor a float tensor '\(name)/weight'")
@@ -38,5 +38,12 @@ public struct PackedWeights: WeightSource {
             throw PTQError("packed float tensor '\(name)/bias' has \(bias.count) values for \(weight.shape[0]) output features")
         }
         return FloatLinear(weight: weight, bias: bias?.data)
+    }
+
+    /// The run-time layer for a quantized linear: one kernel family per weight format.
+    public static func linearOp(for q: QuantizedLinear) throws(PTQError) -> any LinearOp {
+        switch q.weight {
+        case .integer: try IntegerLinear(q)
+        }
     }
 }

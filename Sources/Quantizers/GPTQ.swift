@@ -257,7 +257,7 @@ public struct GPTQQuantizer: Quantizer {
         }
         let result = try solver.quantize(layer.weight, hessian: hessian, layer: layer.name)
         let act = try RTNQuantizer.activationQuantization(activation, layer: layer, statistics: statistics)
-        return QuantizedLinear(name: layer.name, method: "gptq", weight: result.weight, bias: layer.bias,
+        return QuantizedLinear(name: layer.name, method: "gptq", weight: .integer(result.weight), bias: layer.bias,
                                activation: act, details: solver.details(result))
     }
 }

@@ -99,7 +99,7 @@ public struct OutlierTuneQuantizer: Quantizer {
             var details = ["activation": "per_token dynamic"]
             guard let alpha = outputSmoothing else {
                 let w = try quantizeWeight(layer.weight, layer: layer, hessian: { statistics?.hessian() }, details: &details)
-                return QuantizedLinear(name: layer.name, method: "outliertune", weight: w, bias: layer.bias,
+                return QuantizedLinear(name: layer.name, method: "outliertune", weight: .integer(w), bias: layer.bias,
                                        activation: ActivationQuantization(bits: activationBits, granularity: .perToken),
                                        details: details)
             }
@@ -113,7 +113,7 @@ public struct OutlierTuneQuantizer: Quantizer {
             let (folded, _) = Self.fold(layer.weight, bias: layer.bias, shift: nil, scales: scales)
             details["activation"] = "per_token dynamic, channel-smoothed (alpha \(alpha))"
             let w = try quantizeWeight(folded, layer: layer, hessian: { statistics.hessian(scales: scales) }, details: &details)
-            return QuantizedLinear(name: layer.name, method: "outliertune", weight: w, bias: layer.bias,
+            return QuantizedLinear(name: layer.name, method: "outliertune", weight: .integer(w), bias: layer.bias,
                                    activation: ActivationQuantization(bits: activationBits, granularity: .perToken,
                                                                       channelScales: scales),
                                    details: details)
@@ -157,7 +157,7 @@ public struct OutlierTuneQuantizer: Quantizer {
         }, details: &details)
         let needsBias = layer.bias != nil || symmetrize
         return QuantizedLinear(
-            name: layer.name, method: "outliertune", weight: weight, bias: needsBias ? bias : nil,
+            name: layer.name, method: "outliertune", weight: .integer(weight), bias: needsBias ? bias : nil,
             activation: ActivationQuantization(bits: activationBits, granularity: .perTensor, scale: 1,
                                                channelScales: scales, channelShift: symmetrize ? shift : nil),
             details: details)

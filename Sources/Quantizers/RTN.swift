@@ -22,7 +22,7 @@ public struct RTNQuantizer: Quantizer {
     public func quantize(_ layer: LinearLayer, statistics: PointStatistics?) throws(PTQError) -> QuantizedLinear {
         let w = WeightQuantization.quantize(layer.weight, scheme: weight)
         let act = try Self.activationQuantization(activation, layer: layer, statistics: statistics)
-        return QuantizedLinear(name: layer.name, method: "rtn", weight: w, bias: layer.bias, activation: act)
+        return QuantizedLinear(name: layer.name, method: "rtn", weight: .integer(w), bias: layer.bias, activation: act)
     }
 
     /// Per-token (dynamic) or per-tensor (static: calibration absmax / (2^(b−1) − 1)) activation

@@ -48,7 +48,7 @@ public struct SmoothQuantQuantizer: Quantizer {
         let maxCode = Float((1 << (activationBits - 1)) - 1)
         return QuantizedLinear(
             name: layer.name, method: "smoothquant",
-            weight: WeightQuantization.quantize(folded, bits: weightBits, symmetric: true, groupSize: nil),
+            weight: .integer(WeightQuantization.quantize(folded, bits: weightBits, symmetric: true, groupSize: nil)),
             bias: layer.bias,
             activation: ActivationQuantization(bits: activationBits, granularity: .perTensor,
                                                scale: smoothedMax > 0 ? smoothedMax / maxCode : 1, channelScales: scales),

@@ -84,7 +84,7 @@ struct OutlierTuneTests {
         for j in [0, 5, 10] { #expect(a.channelScales![j] * maxCode < 0.5 * stats.absMaximum[j]) }
         let (folded, bias) = OutlierTuneQuantizer.fold(layer.weight, bias: nil, shift: z, scales: a.channelScales!)
         #expect(q.bias! == bias)
-        #expect(q.weight == WeightQuantization.quantize(folded, bits: bits, symmetric: true, groupSize: nil))
+        #expect(q.weight == .integer(WeightQuantization.quantize(folded, bits: bits, symmetric: true, groupSize: nil)))
         #expect(q.details["row_peak_to_rms_after_folding"] != nil)
 
         // Runtime (integer kernel) equals the fake-quant simulation of the same layer.

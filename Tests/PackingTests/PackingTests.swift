@@ -143,13 +143,13 @@ enum Synthetic {
                                zeros: nil)
         let linears: [String: QuantizedLinear] = [
             "layers/0/mlp/down_proj": QuantizedLinear(
-                name: "layers/0/mlp/down_proj", method: "gptq", weight: down,
+                name: "layers/0/mlp/down_proj", method: "gptq", weight: .integer(down),
                 details: ["damp": "0.01", "act_order": "true"]),
             "layers/0/attention/q_proj": QuantizedLinear(
-                name: "layers/0/attention/q_proj", method: "outliertune", weight: q, bias: rng.floats(64),
+                name: "layers/0/attention/q_proj", method: "outliertune", weight: .integer(q), bias: rng.floats(64),
                 activation: qActivation, details: ["alpha": "0.55"]),
             "layers/0/mlp/up_proj": QuantizedLinear(
-                name: "layers/0/mlp/up_proj", method: "rtn", weight: up,
+                name: "layers/0/mlp/up_proj", method: "rtn", weight: .integer(up),
                 activation: ActivationQuantization(bits: 8, granularity: .perTensor, scale: 0.012_345_678_9)),
         ]
         return PackedModel(config: config, tokenizer: tokenizer, floatTensors: floats, quantizedLinears: linears,
@@ -302,7 +302,7 @@ struct PackedFileTests {
         let model = PackedModel(
             config: Synthetic.config, tokenizer: Synthetic.tokenizer, floatTensors: [:],
             quantizedLinears: ["layers/0/mlp/up_proj": QuantizedLinear(name: "layers/0/mlp/up_proj", method: "rtn",
-                                                                       weight: weight)],
+                                                                       weight: .integer(weight))],
             recipe: "", statsHash: nil, modelIdentity: Synthetic.config.identity, toolVersion: "test")
         let path = folder.file("w4.ptq")
         try PackedFile.write(model, to: path)
@@ -604,7 +604,9 @@ struct PackedFileTests {
         try PackedFile.write(model, to: path)
         let before = try readBytes(path)
         var broken = model
-        broken.quantizedLinears["layers/0/mlp/down_proj"]!.weight.codes[5] = 16  // does not fit in 4 bits
+        var down = try #require(broken.quantizedLinears["layers/0/mlp/down_proj"]?.weight.integer)
+        down.codes[5] = 16  // does not fit in 4 bits
+        broken.quantizedLinears["layers/0/mlp/down_proj"]!.weight = .integer(down)
         do throws(PTQError) {
             try PackedFile.write(broken, to: path)
             Issue.record("write accepted a 4-bit code of 16")
@@ -636,7 +638,9 @@ struct PackedFileTests {
             #expect(folder.contents().isEmpty, sourceLocation: sourceLocation)
         }
         var m = Synthetic.model()
-        m.quantizedLinears["layers/0/mlp/up_proj"]!.weight.scales.removeLast()
+        var up = try #require(m.quantizedLinears["layers/0/mlp/up_proj"]?.weight.integer)
+        up.scales.removeLast()
+        m.quantizedLinears["layers/0/mlp/up_proj"]!.weight = .integer(up)
         expectWriteFails(m, "scales")
         m = Synthetic.model()
         m.quantizedLinears["layers/0/attention/q_proj"]!.bias = [1, 2]
@@ -660,7 +664,7 @@ struct PackedFileTests {
         let model = PackedModel(
             config: Synthetic.config, tokenizer: Synthetic.tokenizer,
             floatTensors: ["scalarish": Tensor(shape: [1], data: [3.5]), "nothing": Tensor(shape: [0, 4], data: [])],
-            quantizedLinears: ["empty": QuantizedLinear(name: "empty", method: "rtn", weight: empty)],
+            quantizedLinears: ["empty": QuantizedLinear(name: "empty", method: "rtn", weight: .integer(empty))],
             recipe: "", statsHash: nil, modelIdentity: "x", toolVersion: "t")
         let path = folder.file("edge.ptq")
         try PackedFile.write(model, to: path, compressionLevel: 19)

@@ -49,7 +49,7 @@ func makeLayer(name: String = "layers/0/mlp/up_proj", out: Int, in columns: Int,
     }
     let weight = IntegerWeight(bits: bits, rows: out, columns: columns, groupSize: group, symmetric: symmetric,
                                codes: codes, scales: scales, zeros: zeros)
-    return QuantizedLinear(name: name, method: "test", weight: weight, bias: bias ? rng.floats(out) : nil,
+    return QuantizedLinear(name: name, method: "test", weight: .integer(weight), bias: bias ? rng.floats(out) : nil,
                            activation: activation)
 }
 
@@ -222,7 +222,7 @@ struct KernelTests {
         let bits = format == .u4 ? 4 : 8
         for (n, group) in [(5, 32), (64, 7), (17, 128), (9, k)] {
             let q = makeLayer(out: n, in: k, bits: bits, groupSize: group, symmetric: false, seed: UInt64(n * k))
-            let w = q.weight
+            let w = q.weight.integer!
             let codes = format == .u4 ? LowBit.packNibbles(w.codes, rows: n, columns: k) : w.codes
             let zeros = w.zeros!
             let expected = w.dequantizedReference()
@@ -243,12 +243,12 @@ struct KernelTests {
         let (n, k, rows) = (37, 96, 5)
         let q = makeLayer(out: n, in: k, bits: format == .u4 ? 4 : 8, groupSize: 32, symmetric: false,
                           seed: UInt64(tileRows))
-        let codes = format == .u4 ? LowBit.packNibbles(q.weight.codes, rows: n, columns: k) : q.weight.codes
+        let codes = format == .u4 ? LowBit.packNibbles(q.weight.integer!.codes, rows: n, columns: k) : q.weight.integer!.codes
         var rng = SplitMix(seed: 99)
         let x = activations(rows: rows, columns: k, rng: &rng)
         var y = [Float](repeating: .nan, count: rows * n)
         LowBit.dequantizedProduct(format, codes: codes, outFeatures: n, inFeatures: k, groupSize: 32,
-                                  scales: q.weight.scales, zeros: q.weight.zeros!, x: x, rows: rows, y: &y,
+                                  scales: q.weight.integer!.scales, zeros: q.weight.integer!.zeros!, x: x, rows: rows, y: &y,
                                   tileRows: tileRows)
         let (want, mag) = fakeQuantForward(q, x: x, rows: rows)
         #expect(worstRelativeError(y, want, mag) < 1e-5)
@@ -434,23 +434,23 @@ struct IntegerLinearTests {
                                                                  channelScales: [1, 2]), seed: 1),
                     "channel scales")
         var q = makeLayer(name: name, out: 8, in: 32, bits: 4, symmetric: true, seed: 1)
-        q.weight.bits = 16
+        q.weight.integer!.bits = 16
         expectError(q, "16-bit weights")
         q = makeLayer(name: name, out: 8, in: 32, bits: 4, symmetric: true, seed: 1)
-        q.weight.codes[3] = 16
+        q.weight.integer!.codes[3] = 16
         expectError(q, "does not fit 4 bits")
         q = makeLayer(name: name, out: 8, in: 32, bits: 4, groupSize: 8, symmetric: false, seed: 1)
-        q.weight.scales.removeLast()
+        q.weight.integer!.scales.removeLast()
         expectError(q, "weight scales")
         q = makeLayer(name: name, out: 8, in: 32, bits: 4, groupSize: 8, symmetric: false, seed: 1)
-        q.weight.zeros = nil
+        q.weight.integer!.zeros = nil
         expectError(q, "zero points")
         q = makeLayer(name: name, out: 8, in: 32, bits: 4, symmetric: true, bias: true, seed: 1)
         q.bias = [1, 2, 3]
         expectError(q, "bias")
         q = makeLayer(name: name, out: 8, in: 32, bits: 8, symmetric: true, activation: act(8, false), seed: 1)
-        q.weight.symmetric = false
-        q.weight.zeros = [Float](repeating: .nan, count: 8)
+        q.weight.integer!.symmetric = false
+        q.weight.integer!.zeros = [Float](repeating: .nan, count: 8)
         expectError(q, "not finite")
     }
 }
