@@ -1,17 +1,14 @@
 // swift-tools-version: 6.0
 import PackageDescription
 
-// Numeric modules get optimisation and AVX2/FMA/F16C code generation even in debug builds:
-// unoptimised numeric Swift is 30-140x slower, which would make tests on real models crawl.
-// The CLI checks the CPU at start-up so another CPU gets a message instead of SIGILL.
-let numericSwiftSettings: [SwiftSetting] = [
-    .unsafeFlags(["-O", "-Xcc", "-march=x86-64-v3"], .when(configuration: .debug)),
-    .unsafeFlags(["-Xcc", "-march=x86-64-v3"], .when(configuration: .release)),
-]
-
+// No unsafe flags, so that other packages can depend on a tagged version of PTQKit. Swift code
+// builds for the baseline of its platform; the kernels that need AVX2/FMA/F16C live in the C
+// target `CKernels` with function-level target attributes behind a run-time CPU check (every
+// one has a portable reference twin). Numeric code is meant for release builds: tests on the
+// real models run with `-c release` (scripts/test).
 let package = Package(
     name: "PTQKit",
-    platforms: [.macOS(.v14)],
+    platforms: [.macOS(.v15)],
     products: [
         .library(name: "PTQKit", targets: ["PTQKit"]),
         .executable(name: "ptq", targets: ["ptq"]),
@@ -19,6 +16,8 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.5.0"),
         .package(url: "https://github.com/jpsim/Yams.git", from: "6.0.0"),
+        // `swift package generate-documentation` (DocC catalog in Sources/PTQKit/PTQKit.docc).
+        .package(url: "https://github.com/swiftlang/swift-docc-plugin", from: "1.4.0"),
     ],
     targets: [
         // C libraries from Debian (libhdf5-dev, libopenblas-dev, libzstd-dev).
@@ -26,34 +25,29 @@ let package = Package(
         .systemLibrary(name: "COpenBLAS", pkgConfig: "openblas", providers: [.apt(["libopenblas-dev"])]),
         .systemLibrary(name: "CZstd", pkgConfig: "libzstd", providers: [.apt(["libzstd-dev"])]),
         // Intrinsics Swift cannot reach: AVX2 int8 dot products behind a run-time CPU check.
-        .target(name: "CKernels", cSettings: [.unsafeFlags(["-O2"])]),
+        .target(name: "CKernels"),
 
         // Shared vocabulary: model config, tokenizer spec, tensors, errors, progress.
         .target(name: "PTQCore"),
-        .target(name: "Tokenizers", dependencies: ["PTQCore"], swiftSettings: numericSwiftSettings),
+        .target(name: "Tokenizers", dependencies: ["PTQCore"]),
         // HDF5 checkpoints and the GGUF / safetensors importers.
-        .target(name: "Checkpoint", dependencies: ["PTQCore", "CHDF5"], swiftSettings: numericSwiftSettings),
+        .target(name: "Checkpoint", dependencies: ["PTQCore", "CHDF5"]),
         // Low-level compute: BLAS wrappers, element-wise ops, int8 kernels.
         .target(name: "Kernels", dependencies: ["PTQCore", "COpenBLAS", "CKernels"],
-                swiftSettings: numericSwiftSettings, linkerSettings: [.linkedLibrary("m")]),
+                linkerSettings: [.linkedLibrary("m")]),
         // Model forward passes written against the LinearOp seam.
-        .target(name: "Models", dependencies: ["PTQCore", "Kernels", "Checkpoint"],
-                swiftSettings: numericSwiftSettings),
-        .target(name: "Evaluation", dependencies: ["PTQCore", "Models", "Tokenizers", "Kernels"],
-                swiftSettings: numericSwiftSettings),
+        .target(name: "Models", dependencies: ["PTQCore", "Kernels", "Checkpoint"]),
+        .target(name: "Evaluation", dependencies: ["PTQCore", "Models", "Tokenizers", "Kernels"]),
         // Calibration: observers at quantization points, statistics file.
-        .target(name: "Calibration", dependencies: ["PTQCore", "Models", "Checkpoint", "Tokenizers", "Kernels", "CHDF5"],
-                swiftSettings: numericSwiftSettings),
+        .target(name: "Calibration", dependencies: ["PTQCore", "Models", "Checkpoint", "Tokenizers", "Kernels", "CHDF5"]),
         // YAML recipes: schema, validation with line numbers, per-tensor plan.
         .target(name: "Recipes", dependencies: ["PTQCore", "Yams"]),
         // Quantizer protocol, registry and one file per method.
-        .target(name: "Quantizers", dependencies: ["PTQCore", "Calibration", "Recipes", "Kernels"],
-                swiftSettings: numericSwiftSettings),
+        .target(name: "Quantizers", dependencies: ["PTQCore", "Calibration", "Recipes", "Kernels"]),
         // The .ptq container: manifest, bit-packed payloads, zstd sections, checksums.
-        .target(name: "Packing", dependencies: ["PTQCore", "CZstd"], swiftSettings: numericSwiftSettings),
+        .target(name: "Packing", dependencies: ["PTQCore", "CZstd"]),
         // Low-bit LinearOps (int8 GEMM, int4 group kernels) and the packed-model loader.
-        .target(name: "QuantizedRuntime", dependencies: ["PTQCore", "Kernels", "Models", "Packing"],
-                swiftSettings: numericSwiftSettings),
+        .target(name: "QuantizedRuntime", dependencies: ["PTQCore", "Kernels", "Models", "Packing"]),
         // Library facade for Swift programs.
         .target(name: "PTQKit", dependencies: ["PTQCore", "Tokenizers", "Checkpoint", "Kernels", "Models", "Evaluation",
                                                "Calibration", "Recipes", "Quantizers", "Packing", "QuantizedRuntime"]),

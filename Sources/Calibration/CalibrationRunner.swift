@@ -71,7 +71,7 @@ public enum Calibrator {
         let collector = StatisticsCollector(request: request, seed: settings.seed)
         model.observer = collector
         defer { model.observer = nil }
-        let progress = Progress("calibrate", total: windows.count, quiet: quiet)
+        let progress = ProgressReporter("calibrate", total: windows.count, quiet: quiet)
         for window in windows {
             var ids = window
             if model.tokenizer.addBOS, let bos = model.tokenizer.bosTokenID { ids[0] = bos }
@@ -94,7 +94,7 @@ public enum Calibrator {
         let collector = StatisticsCollector(request: request, seed: settings.seed)
         model.observer = collector
         defer { model.observer = nil }
-        let progress = Progress("calibrate", total: sentences.count, quiet: quiet)
+        let progress = ProgressReporter("calibrate", total: sentences.count, quiet: quiet)
         var tokens = 0
         for sentence in sentences {
             let ids = tokenizer.encode(sentence)

@@ -40,7 +40,7 @@ public enum Perplexity {
         let vocab = model.config.vocabSize
         let first = context / 2
         var nll = 0.0, nll2 = 0.0, count = 0
-        let progress = Progress("perplexity", total: chunkCount, quiet: quiet)
+        let progress = ProgressReporter("perplexity", total: chunkCount, quiet: quiet)
         for chunk in 0..<chunkCount {
             var ids = Array(tokens[chunk * context ..< (chunk + 1) * context])
             if model.tokenizer.addBOS, let bos = model.tokenizer.bosTokenID { ids[0] = bos }

@@ -48,7 +48,7 @@ public enum STSB {
 
     public static func evaluate(model: BertModel, tokenizer: any Tokenizer, pairs: [STSPair],
                                 quiet: Bool = false) -> Result {
-        let progress = Progress("stsb", total: pairs.count, quiet: quiet)
+        let progress = ProgressReporter("stsb", total: pairs.count, quiet: quiet)
         var predicted: [Double] = []
         for pair in pairs {
             let a = model.embed(tokens: tokenizer.encode(pair.first))

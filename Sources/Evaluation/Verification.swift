@@ -120,7 +120,7 @@ public enum Verification {
         let vocab = reference.config.vocabSize
         var kl = 0.0, agree = 0, positions = 0, nllReference = 0.0, nllQuantized = 0.0
         var layers = LayerErrorAccumulator()
-        let progress = Progress("verify", total: samples.count, quiet: quiet)
+        let progress = ProgressReporter("verify", total: samples.count, quiet: quiet)
         for sample in samples {
             let recorderA = LayerOutputRecorder(), recorderB = LayerOutputRecorder()
             reference.observer = recorderA
@@ -157,7 +157,7 @@ public enum Verification {
                                thresholds: VerificationThresholds, quiet: Bool = false) -> VerificationReport {
         var cosine = 0.0, tokens = 0
         var layers = LayerErrorAccumulator()
-        let progress = Progress("verify", total: samples.count, quiet: quiet)
+        let progress = ProgressReporter("verify", total: samples.count, quiet: quiet)
         for sample in samples {
             let recorderA = LayerOutputRecorder(), recorderB = LayerOutputRecorder()
             reference.observer = recorderA

@@ -31,7 +31,7 @@ struct BenchCommand: ParsableCommand {
     }
 
     func measure(_ path: String) throws -> Speed {
-        guard case .language(let llm) = try PTQKit.loadAnyModel(path: path) else {
+        guard case .language(let llm) = try PTQ.loadAnyModel(path: path) else {
             throw PTQError.file(path, "bench measures language models")
         }
         var rng = SplitMix(seed: 1)

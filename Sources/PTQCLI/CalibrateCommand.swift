@@ -23,16 +23,16 @@ struct CalibrateCommand: ParsableCommand {
 
     func run() throws {
         try requireSupportedCPU()
-        let context = try PTQKit.RecipeContext(path: recipe)
+        let context = try PTQ.RecipeContext(path: recipe)
         let reader = try CheckpointReader(path: model)
         let plan = try context.plan(for: reader.config)
-        var request = try PTQKit.statisticsRequest(plan: plan)
+        var request = try PTQ.statisticsRequest(plan: plan)
         for layer in plan {
             guard let point = QuantizationPoints.input(ofLinear: layer.name) else { continue }
             request.request(all ? [.channelRange, .sampleMidpoint, .histogram] : [.channelRange], at: point)
         }
         let start = Date()
-        let stats = try PTQKit.calibrate(checkpoint: model, recipe: context, request: request, quiet: options.silent)
+        let stats = try PTQ.calibrate(checkpoint: model, recipe: context, request: request, quiet: options.silent)
         try stats.write(to: output)
         let seconds = Date().timeIntervalSince(start)
         if options.json {

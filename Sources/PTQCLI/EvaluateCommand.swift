@@ -41,11 +41,11 @@ struct EvaluateCommand: ParsableCommand {
 
     func run() throws {
         try requireSupportedCPU()
-        let loaded = try PTQKit.loadAnyModel(path: model)
-        let tokenizer = try PTQKit.tokenizer(for: loaded)
+        let loaded = try PTQ.loadAnyModel(path: model)
+        let tokenizer = try PTQ.tokenizer(for: loaded)
         switch (task, loaded) {
         case (.perplexity, .language(let llm)):
-            let text = try PTQKit.readText(data)
+            let text = try PTQ.readText(data)
             let tokens = tokenizer.encode(text)
             let result = try Perplexity.evaluate(model: llm, tokens: tokens, context: ctx, maxChunks: chunks,
                                                  quiet: options.silent)

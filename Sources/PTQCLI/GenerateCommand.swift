@@ -23,12 +23,12 @@ struct GenerateCommand: ParsableCommand {
 
     func run() throws {
         try requireSupportedCPU()
-        guard case .language(let llm) = try PTQKit.loadAnyModel(path: model) else {
+        guard case .language(let llm) = try PTQ.loadAnyModel(path: model) else {
             throw PTQError.file(model, "generate needs a language model; this is an encoder")
         }
         let tokenizer = try makeTokenizer(llm.tokenizer)
         let start = Date()
-        let ids = PTQKit.generate(model: llm, tokenizer: tokenizer, prompt: prompt, maxTokens: maxTokens) { piece in
+        let ids = PTQ.generate(model: llm, tokenizer: tokenizer, prompt: prompt, maxTokens: maxTokens) { piece in
             if !options.json { FileHandle.standardOutput.write(Data(piece.utf8)) }
         }
         let seconds = Date().timeIntervalSince(start)
@@ -37,7 +37,7 @@ struct GenerateCommand: ParsableCommand {
             try printJSON(Output(text: tokenizer.decode(ids), tokens: ids.count, seconds: seconds))
         } else {
             print("")
-            Progress.log(String(format: "%d tokens in %.2f s", ids.count, seconds), quiet: options.silent)
+            ProgressReporter.log(String(format: "%d tokens in %.2f s", ids.count, seconds), quiet: options.silent)
         }
     }
 }

@@ -18,8 +18,8 @@ struct ImportCommand: ParsableCommand {
     func run() throws {
         try requireSupportedCPU()
         let start = Date()
-        Progress.log("importing \(source)…", quiet: options.silent)
-        let contents = try PTQKit.importModel(from: source, to: output)
+        ProgressReporter.log("importing \(source)…", quiet: options.silent)
+        let contents = try PTQ.importModel(from: source, to: output)
         let c = contents.config
         let parameters = contents.tensors.values.reduce(0) { $0 + $1.count }
         let seconds = Date().timeIntervalSince(start)

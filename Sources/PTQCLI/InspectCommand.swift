@@ -12,7 +12,7 @@ struct InspectCommand: ParsableCommand {
     @OptionGroup var options: OutputOptions
 
     func run() throws {
-        if PTQKit.isPackedFile(file) { return try inspectPacked() }
+        if PTQ.isPackedFile(file) { return try inspectPacked() }
         let reader = try CheckpointReader(path: file)
         struct TensorRow: Encodable { let name: String, shape: [Int], dtype: String }
         var rows: [TensorRow] = []

@@ -7,7 +7,7 @@ public struct PTQCommand: ParsableCommand {
     public static let configuration = CommandConfiguration(
         commandName: "ptq",
         abstract: "Post-training quantization toolkit: import, calibrate, quantize, evaluate and verify models.",
-        version: PTQKit.version,
+        version: PTQ.version,
         subcommands: [ImportCommand.self, CalibrateCommand.self, QuantizeCommand.self, EvaluateCommand.self, VerifyCommand.self,
                       InspectCommand.self, GenerateCommand.self, BenchCommand.self])
 
@@ -37,7 +37,7 @@ func printJSON<T: Encodable>(_ value: T) throws {
 /// Checks the CPU once: the numeric modules are compiled for x86-64-v3 (AVX2/FMA/F16C).
 func requireSupportedCPU() throws {
     #if arch(x86_64)
-    if !PTQKit.cpuIsSupported {
+    if !PTQ.cpuIsSupported {
         throw PTQError("this build of ptq needs a CPU with AVX2, FMA and F16C (x86-64-v3)")
     }
     #endif

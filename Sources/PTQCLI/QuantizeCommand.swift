@@ -33,7 +33,7 @@ struct QuantizeCommand: ParsableCommand {
 
     func run() throws {
         try requireSupportedCPU()
-        let context = try PTQKit.RecipeContext(path: recipe)
+        let context = try PTQ.RecipeContext(path: recipe)
         let reader = try CheckpointReader(path: model)
         let plan = try context.plan(for: reader.config)
         let bitsPerWeight = context.recipe.bitsPerWeight(plan: plan, config: reader.config)
@@ -51,7 +51,7 @@ struct QuantizeCommand: ParsableCommand {
         }
         let output = self.output!
         let start = Date()
-        let outcome = try PTQKit.quantize(checkpoint: model, recipe: context, statsPath: stats, quiet: options.silent)
+        let outcome = try PTQ.quantize(checkpoint: model, recipe: context, statsPath: stats, quiet: options.silent)
         try PackedFile.write(outcome.packed, to: output)
         let summary = try PackedFile.summary(path: output)
         let seconds = Date().timeIntervalSince(start)
@@ -59,11 +59,11 @@ struct QuantizeCommand: ParsableCommand {
         var report: VerificationReport?
         if !noVerify {
             let thresholds = VerificationThresholds(context.recipe.verify)
-            let quantized = try PTQKit.loadPacked(path: output)
-            let reference = try PTQKit.loadModel(path: model)
-            let samples = try PTQKit.verificationSamples(model: reference, recipe: context,
+            let quantized = try PTQ.loadPacked(path: output)
+            let reference = try PTQ.loadModel(path: model)
+            let samples = try PTQ.verificationSamples(model: reference, recipe: context,
                                                          count: context.recipe.verify?.samples ?? 4)
-            report = try PTQKit.verify(quantized: quantized, reference: reference, samples: samples,
+            report = try PTQ.verify(quantized: quantized, reference: reference, samples: samples,
                                        thresholds: thresholds, quiet: options.silent)
         }
         if options.json {

@@ -24,20 +24,20 @@ struct VerifyCommand: ParsableCommand {
     func run() throws {
         try requireSupportedCPU()
         let packedModel = try PackedFile.read(path: packed)
-        let context: PTQKit.RecipeContext?
+        let context: PTQ.RecipeContext?
         let verify: VerifyThresholds?
         if let recipe {
-            context = try PTQKit.RecipeContext(path: recipe)
+            context = try PTQ.RecipeContext(path: recipe)
             verify = context?.recipe.verify
         } else {
             context = nil
             verify = try Recipe.parse(packedModel.recipe, source: "\(packed) (stored recipe)").verify
         }
-        let quantized = try PTQKit.loadPacked(path: packed)
-        let referenceModel = try PTQKit.loadModel(path: reference)
+        let quantized = try PTQ.loadPacked(path: packed)
+        let referenceModel = try PTQ.loadModel(path: reference)
         let count = samples ?? verify?.samples ?? 8
-        let held = try PTQKit.verificationSamples(model: referenceModel, recipe: context, count: count)
-        let report = try PTQKit.verify(quantized: quantized, reference: referenceModel, samples: held,
+        let held = try PTQ.verificationSamples(model: referenceModel, recipe: context, count: count)
+        let report = try PTQ.verify(quantized: quantized, reference: referenceModel, samples: held,
                                        thresholds: VerificationThresholds(verify), quiet: options.silent)
         if options.json { try printJSON(report) } else { printVerification(report) }
         if !report.passed { throw ExitCode(2) }

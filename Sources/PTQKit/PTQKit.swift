@@ -27,7 +27,7 @@ public enum LoadedModel {
 }
 
 /// The library facade: the same operations as the `ptq` command, for Swift programs.
-public enum PTQKit {
+public enum PTQ {
     /// The toolkit version written into files it produces.
     public static let version = "0.1.0"
 

@@ -6,7 +6,7 @@
 import Foundation
 
 /// Calibrate → quantize → pack → verify, as one library call per step.
-extension PTQKit {
+extension PTQ {
     /// A loaded recipe plus where its relative paths resolve.
     public struct RecipeContext {
         public let recipe: Recipe
@@ -26,7 +26,7 @@ extension PTQKit {
             return root + "/" + data
         }
 
-        public func calibrationSettings(for config: ModelConfig) -> Calibration.CalibrationSettings {
+        public func calibrationSettings(for config: ModelConfig) -> CalibrationSettings {
             let c = recipe.calibration
             return .init(dataPath: calibrationPath(for: config), samples: c.samples, sequenceLength: c.sequenceLength,
                          seed: UInt64(truncatingIfNeeded: c.seed))
@@ -96,7 +96,7 @@ extension PTQKit {
         }
         var quantized: [String: QuantizedLinear] = [:]
         let planned = Set(plan.map(\.name))
-        let progress = Progress("quantize", total: plan.count, quiet: quiet)
+        let progress = ProgressReporter("quantize", total: plan.count, quiet: quiet)
         for layer in plan {
             let quantizer = try QuantizerRegistry.quantizer(for: layer)
             let weight = try reader.tensor(layer.name + "/weight")
@@ -181,10 +181,10 @@ extension PTQKit {
     }
 }
 
-extension PTQKit.RecipeContext {
+extension PTQ.RecipeContext {
     /// Calibration settings when no recipe is at hand (project-relative default data).
-    static func defaultSettings(for architecture: Architecture) -> Calibration.CalibrationSettings {
-        let c = Recipes.CalibrationSettings.defaults(for: architecture)
+    static func defaultSettings(for architecture: Architecture) -> CalibrationSettings {
+        let c = RecipeCalibration.defaults(for: architecture)
         return .init(dataPath: c.data, samples: c.samples, sequenceLength: c.sequenceLength,
                      seed: UInt64(truncatingIfNeeded: c.seed))
     }

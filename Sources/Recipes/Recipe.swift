@@ -52,7 +52,7 @@ public struct ActivationScheme: Sendable, Equatable, CustomStringConvertible {
 }
 
 /// Where calibration samples come from.
-public struct CalibrationSettings: Sendable, Equatable {
+public struct RecipeCalibration: Sendable, Equatable {
     /// Path of the data file as written: relative to the project root, or absolute.
     public var data: String
     /// Language models: number of sequences of `sequenceLength` tokens drawn from the text.
@@ -76,12 +76,12 @@ public struct CalibrationSettings: Sendable, Equatable {
     /// Defaults by architecture: LLaMA calibrates on 128 × 512 tokens of the WikiText-2
     /// validation split; BERT on the first half (750 of 1,500 pairs) of STS-B dev, whose second
     /// half is the evaluation split.
-    public static func defaults(for architecture: Architecture) -> CalibrationSettings {
+    public static func defaults(for architecture: Architecture) -> RecipeCalibration {
         switch architecture {
         case .llama:
-            return CalibrationSettings(data: "calibration/wikitext-2-valid.txt", samples: 128, sequenceLength: 512)
+            return RecipeCalibration(data: "calibration/wikitext-2-valid.txt", samples: 128, sequenceLength: 512)
         case .bert:
-            return CalibrationSettings(data: "calibration/stsb-dev.tsv", samples: 750, sequenceLength: 128)
+            return RecipeCalibration(data: "calibration/stsb-dev.tsv", samples: 750, sequenceLength: 128)
         }
     }
 
@@ -159,7 +159,7 @@ public struct Recipe: Sendable, Equatable {
     /// The architecture the recipe is written for; `plan(for:)` checks it against the model.
     public var model: Architecture
     public var modelLine: Int
-    public var calibration: CalibrationSettings
+    public var calibration: RecipeCalibration
     public var scheme: QuantizationScheme
     public var rules: [Rule]
     /// Layers kept in float even when a rule matches them.
@@ -244,8 +244,8 @@ private struct Parser {
                       ignore: ignore, verify: verify)
     }
 
-    func calibration(_ field: Field, model: Architecture) throws(PTQError) -> CalibrationSettings {
-        var settings = CalibrationSettings.defaults(for: model)
+    func calibration(_ field: Field, model: Architecture) throws(PTQError) -> RecipeCalibration {
+        var settings = RecipeCalibration.defaults(for: model)
         settings.line = field.keyLine ?? field.line
         let map = try field.mapping(allowed: Recipe.calibrationKeys)
         if let data = map["data"] {

@@ -132,11 +132,11 @@ struct PipelineTests {
     func packedRuntimeMatchesSimulation(scheme: String) throws {
         let (checkpoint, folder) = try PipelineFixtures.setUp()
         let body = Self.schemes.first { $0.0 == scheme }!.1
-        let recipe = try PTQKit.RecipeContext(path: try PipelineFixtures.recipe(folder, name: scheme, body: body))
-        let outcome = try PTQKit.quantize(checkpoint: checkpoint, recipe: recipe, quiet: true)
+        let recipe = try PTQ.RecipeContext(path: try PipelineFixtures.recipe(folder, name: scheme, body: body))
+        let outcome = try PTQ.quantize(checkpoint: checkpoint, recipe: recipe, quiet: true)
         let path = folder + "/model.ptq"
         try PackedFile.write(outcome.packed, to: path)
-        guard case .language(let runtime) = try PTQKit.loadAnyModel(path: path) else { Issue.record("not a LM"); return }
+        guard case .language(let runtime) = try PTQ.loadAnyModel(path: path) else { Issue.record("not a LM"); return }
         let stored = try PackedFile.read(path: path)
         let simulated = try LlamaModel(weights: SimulatedWeights(packed: stored))
         let tokens = [3, 77, 201, 5, 19, 250, 42, 8, 100]
@@ -147,7 +147,7 @@ struct PipelineTests {
             #expect(error <= 1e-4 * scale, "\(scheme): max |runtime − simulation| \(error) (logit scale \(scale))")
         }
         // The quantized model stays close to the float one (a sanity bound, not a quality claim).
-        guard case .language(let reference) = try PTQKit.loadModel(path: checkpoint) else { return }
+        guard case .language(let reference) = try PTQ.loadModel(path: checkpoint) else { return }
         let f = reference.forward(tokens), q = runtime.forward(tokens)
         var dot = 0.0, nf = 0.0, nq = 0.0
         for i in f.indices {
@@ -168,20 +168,20 @@ struct PipelineTests {
 
     @Test func encoderPipeline() throws {
         let (checkpoint, folder) = try PipelineFixtures.setUp(bert: true)
-        let recipe = try PTQKit.RecipeContext(path: try PipelineFixtures.recipe(folder, name: "bert", model: "bert",
+        let recipe = try PTQ.RecipeContext(path: try PipelineFixtures.recipe(folder, name: "bert", model: "bert",
             body: "scheme: {method: rtn, weight: {bits: 8}, activation: {bits: 8, granularity: per_tensor}}"))
-        let outcome = try PTQKit.quantize(checkpoint: checkpoint, recipe: recipe, quiet: true)
+        let outcome = try PTQ.quantize(checkpoint: checkpoint, recipe: recipe, quiet: true)
         #expect(outcome.plan.count == 2 * 6)
         let path = folder + "/bert.ptq"
         try PackedFile.write(outcome.packed, to: path)
-        guard case .encoder(let runtime) = try PTQKit.loadAnyModel(path: path) else { Issue.record("not an encoder"); return }
+        guard case .encoder(let runtime) = try PTQ.loadAnyModel(path: path) else { Issue.record("not an encoder"); return }
         let simulated = try BertModel(weights: SimulatedWeights(packed: try PackedFile.read(path: path)))
         let tokens = [2, 5, 6, 7, 8, 3]
         let a = runtime.embed(tokens: tokens), b = simulated.embed(tokens: tokens)
         #expect(zip(a, b).allSatisfy { abs($0 - $1) < 1e-4 })
-        let reference = try PTQKit.loadModel(path: checkpoint)
-        let samples = try PTQKit.verificationSamples(model: reference, recipe: recipe, count: 4)
-        let report = try PTQKit.verify(quantized: .encoder(runtime), reference: reference, samples: samples,
+        let reference = try PTQ.loadModel(path: checkpoint)
+        let samples = try PTQ.verificationSamples(model: reference, recipe: recipe, count: 4)
+        let report = try PTQ.verify(quantized: .encoder(runtime), reference: reference, samples: samples,
                                        thresholds: VerificationThresholds(minCosine: 0.5))
         #expect(report.passed && report.meanCosine! > 0.9 && report.layers.count == 2)
     }
@@ -189,15 +189,15 @@ struct PipelineTests {
     /// Statistics saved by calibrate are reused; statistics of another model are refused.
     @Test func statsReuseAndIdentity() throws {
         let (checkpoint, folder) = try PipelineFixtures.setUp()
-        let recipe = try PTQKit.RecipeContext(path: try PipelineFixtures.recipe(folder, name: "static",
+        let recipe = try PTQ.RecipeContext(path: try PipelineFixtures.recipe(folder, name: "static",
             body: "scheme: {method: rtn, weight: {bits: 8}, activation: {bits: 8, granularity: per_tensor}}"))
         let plan = try recipe.plan(for: SyntheticModels.llamaConfig())
-        let stats = try PTQKit.calibrate(checkpoint: checkpoint, recipe: recipe,
-                                         request: try PTQKit.statisticsRequest(plan: plan), quiet: true)
+        let stats = try PTQ.calibrate(checkpoint: checkpoint, recipe: recipe,
+                                         request: try PTQ.statisticsRequest(plan: plan), quiet: true)
         let statsPath = folder + "/stats.h5"
         try stats.write(to: statsPath)
-        let fromFile = try PTQKit.quantize(checkpoint: checkpoint, recipe: recipe, statsPath: statsPath, quiet: true)
-        let fresh = try PTQKit.quantize(checkpoint: checkpoint, recipe: recipe, quiet: true)
+        let fromFile = try PTQ.quantize(checkpoint: checkpoint, recipe: recipe, statsPath: statsPath, quiet: true)
+        let fresh = try PTQ.quantize(checkpoint: checkpoint, recipe: recipe, quiet: true)
         #expect(fromFile.packed.quantizedLinears == fresh.packed.quantizedLinears)
         #expect(fromFile.packed.statsHash == stats.hash)
 
@@ -205,7 +205,7 @@ struct PipelineTests {
         let other = folder + "/other.h5"
         try CheckpointWriter.write(SyntheticModels.contents(SyntheticModels.llamaConfig(tied: false),
                                                             tokenizer: SyntheticModels.llamaTokenizer()), to: other)
-        #expect { try PTQKit.quantize(checkpoint: other, recipe: recipe, statsPath: statsPath, quiet: true) } throws: {
+        #expect { try PTQ.quantize(checkpoint: other, recipe: recipe, statsPath: statsPath, quiet: true) } throws: {
             ($0 as? PTQError)?.message.contains("another model") == true
         }
     }
@@ -213,23 +213,23 @@ struct PipelineTests {
     /// Verification reports KL, top-1 and perplexity change, and fails on missed thresholds.
     @Test func verifyThresholds() throws {
         let (checkpoint, folder) = try PipelineFixtures.setUp()
-        let recipe = try PTQKit.RecipeContext(path: try PipelineFixtures.recipe(folder, name: "w3",
+        let recipe = try PTQ.RecipeContext(path: try PipelineFixtures.recipe(folder, name: "w3",
             body: "scheme: {method: rtn, weight: {bits: 3, symmetric: false}}"))
-        let outcome = try PTQKit.quantize(checkpoint: checkpoint, recipe: recipe, quiet: true)
+        let outcome = try PTQ.quantize(checkpoint: checkpoint, recipe: recipe, quiet: true)
         let path = folder + "/w3.ptq"
         try PackedFile.write(outcome.packed, to: path)
-        let reference = try PTQKit.loadModel(path: checkpoint)
-        let samples = try PTQKit.verificationSamples(model: reference, recipe: recipe, count: 3)
+        let reference = try PTQ.loadModel(path: checkpoint)
+        let samples = try PTQ.verificationSamples(model: reference, recipe: recipe, count: 3)
         #expect(samples.count == 3 && samples.allSatisfy { $0.count == 48 })
-        let loose = try PTQKit.verify(quantized: try PTQKit.loadAnyModel(path: path), reference: reference,
+        let loose = try PTQ.verify(quantized: try PTQ.loadAnyModel(path: path), reference: reference,
                                       samples: samples, thresholds: VerificationThresholds(maxKL: 10, minTop1: 0))
         #expect(loose.passed)
         #expect(loose.meanKL! > 0 && loose.top1Agreement! <= 1 && loose.layers.count == 2)
-        let strict = try PTQKit.verify(quantized: try PTQKit.loadAnyModel(path: path), reference: reference,
+        let strict = try PTQ.verify(quantized: try PTQ.loadAnyModel(path: path), reference: reference,
                                        samples: samples, thresholds: VerificationThresholds(maxKL: 1e-9, minTop1: 1.01))
         #expect(!strict.passed && strict.failures.count == 2)
         // The same model against itself: zero KL, full agreement.
-        let same = try PTQKit.verify(quantized: reference, reference: try PTQKit.loadModel(path: checkpoint),
+        let same = try PTQ.verify(quantized: reference, reference: try PTQ.loadModel(path: checkpoint),
                                      samples: samples, thresholds: VerificationThresholds(maxKL: 1e-12, minTop1: 1))
         #expect(same.passed && same.meanKL! < 1e-12)
     }
@@ -266,11 +266,11 @@ struct ShippedRecipeTests {
         let files = try FileManager.default.contentsOfDirectory(atPath: folder).filter { $0.hasSuffix(".yaml") }.sorted()
         #expect(files.count >= 14)
         for file in files {
-            let context = try PTQKit.RecipeContext(path: folder + "/" + file)
+            let context = try PTQ.RecipeContext(path: folder + "/" + file)
             let config = context.recipe.model == .llama ? Self.smolLM2 : Self.miniLM
             let plan = try context.plan(for: config)
             #expect(plan.count == (config.architecture == .llama ? 210 : 36), "\(file)")
-            _ = try PTQKit.statisticsRequest(plan: plan)
+            _ = try PTQ.statisticsRequest(plan: plan)
             #expect(FileManager.default.fileExists(atPath: context.calibrationPath(for: config)), "\(file)")
             #expect(context.recipe.verify != nil, "\(file) has verify gates")
         }

@@ -9,17 +9,17 @@ enum ReadmeExample {
         let checkpoint = workDirectory + "/smollm2.h5", packed = workDirectory + "/smollm2-w4a16.ptq"
         // README-EXAMPLE-BEGIN
         // Import the GGUF into an HDF5 checkpoint, quantize it with a recipe, pack it.
-        try PTQKit.importModel(from: gguf, to: checkpoint)
-        let recipe = try PTQKit.RecipeContext(path: recipePath)
-        let outcome = try PTQKit.quantize(checkpoint: checkpoint, recipe: recipe)
+        try PTQ.importModel(from: gguf, to: checkpoint)
+        let recipe = try PTQ.RecipeContext(path: recipePath)
+        let outcome = try PTQ.quantize(checkpoint: checkpoint, recipe: recipe)
         try PackedFile.write(outcome.packed, to: packed)
 
         // Evaluate the float and the packed model the way llama-perplexity does.
         var perplexities: [Double] = []
         for path in [checkpoint, packed] {
-            guard case .language(let model) = try PTQKit.loadAnyModel(path: path) else { continue }
+            guard case .language(let model) = try PTQ.loadAnyModel(path: path) else { continue }
             let tokenizer = try makeTokenizer(model.tokenizer)
-            let tokens = tokenizer.encode(try PTQKit.readText("../shared/data/wikitext-2-raw/wiki.test.raw"))
+            let tokens = tokenizer.encode(try PTQ.readText("../shared/data/wikitext-2-raw/wiki.test.raw"))
             let result = try Perplexity.evaluate(model: model, tokens: tokens, context: 512, maxChunks: chunks)
             perplexities.append(result.perplexity)
         }

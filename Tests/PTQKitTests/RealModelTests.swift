@@ -6,12 +6,12 @@ import Testing
 enum RealModels {
     static let smolLM2: Result<String, PTQError> = Result { () throws(PTQError) -> String in
         let path = SyntheticModels.temporaryPath("smollm2.h5")
-        try PTQKit.importModel(from: ProjectPaths.smolGGUF, to: path)
+        try PTQ.importModel(from: ProjectPaths.smolGGUF, to: path)
         return path
     }
     static let miniLM: Result<String, PTQError> = Result { () throws(PTQError) -> String in
         let path = SyntheticModels.temporaryPath("minilm.h5")
-        try PTQKit.importModel(from: ProjectPaths.miniLMDirectory, to: path)
+        try PTQ.importModel(from: ProjectPaths.miniLMDirectory, to: path)
         return path
     }
 }
@@ -22,13 +22,13 @@ struct RealModelTests {
     /// SmolLM2-135M-Instruct, F32 dequantized from the Q4_1 GGUF, WikiText-2 test, ctx 512,
     /// first 20 chunks: llama-perplexity gives 27.8419 on the same weights; we must be within 0.1 %.
     @Test func smolLM2PerplexityMatchesLlamaCpp() throws {
-        guard case .language(let model) = try PTQKit.loadModel(path: try RealModels.smolLM2.get()) else {
+        guard case .language(let model) = try PTQ.loadModel(path: try RealModels.smolLM2.get()) else {
             Issue.record("SmolLM2 must load as a language model"); return
         }
         #expect(model.config.layerCount == 30 && model.config.headCount == 9 && model.config.kvHeadCount == 3)
         #expect(model.config.tiedEmbeddings)
         let tokenizer = try makeTokenizer(model.tokenizer)
-        let tokens = tokenizer.encode(try PTQKit.readText(ProjectPaths.wikiTest))
+        let tokens = tokenizer.encode(try PTQ.readText(ProjectPaths.wikiTest))
         #expect(tokens.count == 304_830)
         let result = try Perplexity.evaluate(model: model, tokens: tokens, context: 512, maxChunks: 20, quiet: true)
         #expect(result.chunks == 20 && result.tokens == 20 * 255)
@@ -38,9 +38,9 @@ struct RealModelTests {
 
     /// Greedy generation says something sensible.
     @Test func smolLM2Generates() throws {
-        guard case .language(let model) = try PTQKit.loadModel(path: try RealModels.smolLM2.get()) else { return }
+        guard case .language(let model) = try PTQ.loadModel(path: try RealModels.smolLM2.get()) else { return }
         let tokenizer = try makeTokenizer(model.tokenizer)
-        let ids = PTQKit.generate(model: model, tokenizer: tokenizer, prompt: "The capital of France is", maxTokens: 5)
+        let ids = PTQ.generate(model: model, tokenizer: tokenizer, prompt: "The capital of France is", maxTokens: 5)
         #expect(tokenizer.decode(ids).contains("Paris"), "got: \(tokenizer.decode(ids))")
     }
 
@@ -54,9 +54,9 @@ struct RealModelTests {
     ]
 
     @Test func miniLMEmbeddingsMatchNumpyReference() throws {
-        let loaded = try PTQKit.loadModel(path: try RealModels.miniLM.get())
+        let loaded = try PTQ.loadModel(path: try RealModels.miniLM.get())
         guard case .encoder(let model) = loaded else { Issue.record("MiniLM must load as an encoder"); return }
-        let tokenizer = try PTQKit.tokenizer(for: loaded)
+        let tokenizer = try PTQ.tokenizer(for: loaded)
         for (text, ids, first8, sum) in Self.numpyEmbeddings {
             #expect(tokenizer.encode(text) == ids)
             let embedding = model.embed(tokens: ids)
@@ -71,11 +71,11 @@ struct RealModelTests {
     /// 78 distinct gold scores (max ranks give 86.55, random tie-breaks 86.64 ± 0.04), so it
     /// differs in the metric, not the model (docs/RESULTS.md).
     @Test func miniLMSTSBMatchesReference() throws {
-        let loaded = try PTQKit.loadModel(path: try RealModels.miniLM.get())
+        let loaded = try PTQ.loadModel(path: try RealModels.miniLM.get())
         guard case .encoder(let model) = loaded else { Issue.record("MiniLM must load as an encoder"); return }
         #expect(model.config.hiddenSize == 384 && model.config.layerCount == 6)
         let pairs = try STSB.load(path: ProjectPaths.stsDev)
-        let result = STSB.evaluate(model: model, tokenizer: try PTQKit.tokenizer(for: loaded), pairs: pairs, quiet: true)
+        let result = STSB.evaluate(model: model, tokenizer: try PTQ.tokenizer(for: loaded), pairs: pairs, quiet: true)
         #expect(result.pairs == 1500)
         #expect(abs(result.spearman - 86.7163) < 0.05, "Spearman \(result.spearman) vs numpy reference 86.7163")
     }

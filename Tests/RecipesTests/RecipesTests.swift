@@ -87,7 +87,7 @@ func message(_ body: () throws -> Void) -> String {
         #expect(w8a8.scheme.activation == ActivationScheme(bits: 8, granularity: .perToken))
         #expect(w8a8.verify == VerifyThresholds(samples: 8, maxKL: 0.04, minTop1: 0.87, maxPerplexityIncrease: 0.04,
                                                 line: w8a8.verify!.line))
-        #expect(w8a8.calibration == CalibrationSettings(data: "calibration/wikitext-2-valid.txt", samples: 128,
+        #expect(w8a8.calibration == RecipeCalibration(data: "calibration/wikitext-2-valid.txt", samples: 128,
                                                         sequenceLength: 512, seed: 0, line: w8a8.calibration.line))
 
         let w4 = try load("smollm2-w4a16-g128.yaml")
@@ -250,8 +250,8 @@ func message(_ body: () throws -> Void) -> String {
         #expect(recipe.rules.isEmpty && recipe.ignore.isEmpty && recipe.verify == nil)
         #expect(recipe.calibration == .defaults(for: .llama))
         #expect(recipe.calibration.line == nil)
-        #expect(CalibrationSettings.defaults(for: .bert).data == "calibration/stsb-dev.tsv")
-        #expect(CalibrationSettings.defaults(for: .bert).samples == 750)
+        #expect(RecipeCalibration.defaults(for: .bert).data == "calibration/stsb-dev.tsv")
+        #expect(RecipeCalibration.defaults(for: .bert).samples == 750)
         // Partial calibration blocks keep the other defaults of the architecture.
         let partial = try parse(header + "calibration: {samples: 16}\n")
         #expect(partial.calibration.samples == 16)

@@ -1,17 +1,22 @@
 import Foundation
+import Synchronization
 
 /// A progress line on stderr with rate and ETA.
 ///
 /// On a terminal it redraws one line with `\r`; otherwise (CI, pipes) it prints a plain line
-/// at most every 10 seconds. Silent when `quiet`.
-public final class Progress: @unchecked Sendable {
+/// at most every 10 seconds. Silent when `quiet`. Safe to advance from several threads: the
+/// count and the last redraw time sit behind a mutex.
+public final class ProgressReporter: Sendable {
+    private struct State {
+        var lastDraw = Date.distantPast
+        var done = 0
+    }
     private let label: String
     private let total: Int
     private let quiet: Bool
     private let isTerminal: Bool
     private let start = Date()
-    private var lastDraw = Date.distantPast
-    private var done = 0
+    private let state = Mutex(State())
 
     public init(_ label: String, total: Int, quiet: Bool = false) {
         self.label = label
@@ -22,12 +27,16 @@ public final class Progress: @unchecked Sendable {
 
     /// Marks `count` more items done; `detail` is appended to the line (e.g. a running figure).
     public func advance(by count: Int = 1, detail: String = "") {
-        done += count
-        guard !quiet else { return }
         let now = Date()
         let interval: TimeInterval = isTerminal ? 0.1 : 10
-        guard done >= total || now.timeIntervalSince(lastDraw) >= interval else { return }
-        lastDraw = now
+        let (quiet, total) = (quiet, total)
+        let drawn: Int? = state.withLock { s in
+            s.done += count
+            guard !quiet, s.done >= total || now.timeIntervalSince(s.lastDraw) >= interval else { return nil }
+            s.lastDraw = now
+            return s.done
+        }
+        guard let done = drawn else { return }
         let elapsed = now.timeIntervalSince(start)
         let rate = Double(done) / max(elapsed, 1e-9)
         let eta = rate > 0 ? Double(total - done) / rate : 0
