@@ -5,7 +5,7 @@ import PTQKit
 /// The README's library example, compiled here verbatim (between the markers) so it cannot rot;
 /// `readmeShowsThisExample` checks that the README still shows exactly this code.
 enum ReadmeExample {
-    static func run(gguf: String, recipePath: String, workDirectory: String, chunks: Int) throws -> (Double, Double) {
+    static func run(gguf: String, recipePath: String, wikiText: String, workDirectory: String, chunks: Int) throws -> (Double, Double) {
         let checkpoint = workDirectory + "/smollm2.h5", packed = workDirectory + "/smollm2-w4a16.ptq"
         // README-EXAMPLE-BEGIN
         // Import the GGUF into an HDF5 checkpoint, quantize it with a recipe, pack it.
@@ -19,7 +19,7 @@ enum ReadmeExample {
         for path in [checkpoint, packed] {
             guard case .language(let model) = try PTQ.loadAnyModel(path: path) else { continue }
             let tokenizer = try makeTokenizer(model.tokenizer)
-            let tokens = tokenizer.encode(try PTQ.readText("../shared/data/wikitext-2-raw/wiki.test.raw"))
+            let tokens = tokenizer.encode(try PTQ.readText(wikiText))
             let result = try Perplexity.evaluate(model: model, tokens: tokens, context: 512, maxChunks: chunks)
             perplexities.append(result.perplexity)
         }
@@ -45,11 +45,10 @@ struct ReadmeTests {
     @Test(.enabled(if: ProjectPaths.modelsAvailable)) func readmeExampleRuns() throws {
         let work = SyntheticModels.temporaryPath("readme")
         try FileManager.default.createDirectory(atPath: work, withIntermediateDirectories: true)
-        let cwd = FileManager.default.currentDirectoryPath
-        _ = FileManager.default.changeCurrentDirectoryPath(ProjectPaths.root)
-        defer { _ = FileManager.default.changeCurrentDirectoryPath(cwd) }
+        defer { try? FileManager.default.removeItem(atPath: work) }
         let (before, after) = try ReadmeExample.run(gguf: ProjectPaths.smolGGUF,
                                                     recipePath: ProjectPaths.root + "/recipes/smollm2-w4a16-g128.yaml",
+                                                    wikiText: ProjectPaths.wikiTest,
                                                     workDirectory: work, chunks: 1)
         #expect(before > 5 && before < 60)
         #expect(after > before && after < before * 1.5)

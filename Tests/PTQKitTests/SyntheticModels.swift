@@ -75,10 +75,16 @@ enum SyntheticModels {
                                   metadata: ["source": "synthetic"])
     }
 
+    /// One folder per test process, removed when the process exits: tests leave nothing behind.
+    static let temporaryRoot: String = {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("ptqkit-tests-\(getpid())").path
+        try? FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        atexit { try? FileManager.default.removeItem(atPath: SyntheticModels.temporaryRoot) }
+        return dir
+    }()
+
     static func temporaryPath(_ name: String) -> String {
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("ptqkit-tests-\(getpid())")
-        try? FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
-        return dir.appendingPathComponent("\(UUID().uuidString)-\(name)").path
+        temporaryRoot + "/\(UUID().uuidString)-\(name)"
     }
 
     /// Writes a synthetic checkpoint and returns its path.
