@@ -106,11 +106,15 @@ public struct IntegerWeight: Sendable, Equatable {
 public enum QuantizedWeight: Sendable, Equatable {
     /// Integer codes of 2…8 bits with per-channel or per-group scales and zero points.
     case integer(IntegerWeight)
+    /// SplitQuant: a 2-bit cluster id and a code per element, scales and zero points per
+    /// (row, group, cluster).
+    case split(SplitWeight)
 
     /// Output features.
     public var rows: Int {
         switch self {
         case .integer(let w): w.rows
+        case .split(let w): w.rows
         }
     }
 
@@ -118,6 +122,7 @@ public enum QuantizedWeight: Sendable, Equatable {
     public var columns: Int {
         switch self {
         case .integer(let w): w.columns
+        case .split(let w): w.columns
         }
     }
 
@@ -125,6 +130,7 @@ public enum QuantizedWeight: Sendable, Equatable {
     public var formatName: String {
         switch self {
         case .integer: "integer"
+        case .split: "split"
         }
     }
 
@@ -143,6 +149,7 @@ public enum QuantizedWeight: Sendable, Equatable {
     public func dequantizedReference() -> [Float] {
         switch self {
         case .integer(let w): w.dequantizedReference()
+        case .split(let w): w.dequantizedReference()
         }
     }
 }

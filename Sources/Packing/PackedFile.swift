@@ -162,6 +162,10 @@ public enum PackedFile {
             for (key, linear) in model.quantizedLinears.sorted(by: { $0.key < $1.key }) {
                 func bad(_ what: String) -> PTQError { fail("quantized linear '\(key)': \(what)") }
                 guard linear.name == key else { throw bad("its name is '\(linear.name)'; the dictionary key must match") }
+                if case .split(let w) = linear.weight {
+                    try planSplit(key: key, linear: linear, weight: w, claim: claim, fail: bad)
+                    continue
+                }
                 guard case .integer(let w) = linear.weight else {
                     throw bad("weight format '\(linear.weight.formatName)' cannot be packed")
                 }
@@ -302,7 +306,7 @@ public enum PackedFile {
             var linears: [String: QuantizedLinear] = [:]
             for (i, e) in manifest.quantizedLinears.enumerated() {
                 let l = plan.linearLoads[i]
-                let weight = QuantizedWeight.integer(IntegerWeight(
+                let weight = e.formatName == "split" ? .split(splitWeight(e, l, payloads)) : QuantizedWeight.integer(IntegerWeight(
                     bits: e.bits, rows: e.rows, columns: e.columns, groupSize: e.groupSize, symmetric: e.symmetric,
                     codes: payloads[l.codes].codes, scales: payloads[l.scales].floats,
                     zeros: l.zeros.map { payloads[$0].floats }))
@@ -380,6 +384,7 @@ public enum PackedFile {
         struct LinearLoads {
             var codes: Int, scales: Int
             var zeros: Int?, bias: Int?, activationChannelScales: Int?, activationChannelShift: Int?
+            var clusters: Int?
         }
         var loads: [Container.Load] = []
         var floatLoad: [Int] = []
@@ -421,6 +426,10 @@ public enum PackedFile {
             for e in manifest.quantizedLinears {
                 let t = e.name
                 guard seen.insert(t).inserted else { throw fail("manifest lists tensor '\(t)' twice") }
+                if e.formatName == "split" {
+                    linearLoads.append(try Self.splitLoads(e, load: load, fail: fail))
+                    continue
+                }
                 guard e.formatName == "integer" else {
                     throw fail("tensor '\(t)': weight format '\(e.formatName)' is not known to this version")
                 }

@@ -62,6 +62,8 @@ struct PackedManifest: Codable, Sendable {
         var bias: String?
         var activationChannelScales: String?
         var activationChannelShift: String?
+        /// Format `split` only: the section of the 2-bit cluster ids.
+        var clusters: String?
         /// Stored (compressed) bytes of all this layer's sections.
         var storedBytes: Int
 
@@ -70,6 +72,7 @@ struct PackedManifest: Codable, Sendable {
             case groupSize = "group_size"
             case activationChannelScales = "activation_channel_scales"
             case activationChannelShift = "activation_channel_shift"
+            case clusters
             case storedBytes = "stored_bytes"
         }
 
@@ -78,7 +81,7 @@ struct PackedManifest: Codable, Sendable {
 
         /// Every section this layer's payload occupies (for stored-size accounting).
         var sectionNames: [String] {
-            [codes, scales, zeros, bias, activationChannelScales, activationChannelShift].compactMap { $0 }
+            [codes, scales, zeros, bias, activationChannelScales, activationChannelShift, clusters].compactMap { $0 }
         }
     }
 

@@ -68,12 +68,6 @@ public struct GPTQ: Sendable {
     /// Quantizes `weight` (out × in) against the input Hessian `hessian` (in × in, row-major).
     public func quantize(_ weight: Tensor, hessian: [Double], layer: String) throws(PTQError) -> Result {
         let rows = weight.shape[0], n = weight.shape[1]
-        guard hessian.count == n * n else {
-            throw PTQError("\(layer): GPTQ Hessian has \(hessian.count) entries, expected \(n)×\(n)")
-        }
-        if let bad = hessian.firstIndex(where: { !$0.isFinite }) {
-            throw PTQError("\(layer): GPTQ Hessian entry \(bad) is not finite")
-        }
         let group = min(groupSize ?? n, n)
         let groups = (n + group - 1) / group
         // Scales and zero points first, from the original weights (static groups).
@@ -88,7 +82,30 @@ public struct GPTQ: Sendable {
                 zeros[r * groups + g] = z
             }
         }
+        let solved = try solveColumns(weight, hessian: hessian, layer: layer) { r, column, v in
+            let s = scales[r * groups + column / group], z = zeros[r * groups + column / group]
+            let u = grid.code(v, scale: s, zero: z)
+            return (UInt8(u), s * (Float(u) - z))
+        }
+        let integer = IntegerWeight(bits: bits, rows: rows, columns: n, groupSize: group, symmetric: symmetric,
+                                    codes: solved.codes, scales: scales, zeros: symmetric ? nil : zeros)
+        return Result(weight: integer, loss: solved.loss, dampingUsed: solved.damping)
+    }
 
+    /// The column-by-column solver, shared by every grid: `quantizeElement(row, column, value)`
+    /// returns the element's code and its dequantized value on the caller's fixed grid (plain
+    /// groups here, SplitQuant's per-cluster grids in `SplitQuant`). Dead inputs get the code
+    /// of 0.
+    func solveColumns(_ weight: Tensor, hessian: [Double], layer: String,
+                      quantizeElement: (Int, Int, Float) -> (UInt8, Float)) throws(PTQError)
+        -> (codes: [UInt8], loss: Double, damping: Double) {
+        let rows = weight.shape[0], n = weight.shape[1]
+        guard hessian.count == n * n else {
+            throw PTQError("\(layer): GPTQ Hessian has \(hessian.count) entries, expected \(n)×\(n)")
+        }
+        if let bad = hessian.firstIndex(where: { !$0.isFinite }) {
+            throw PTQError("\(layer): GPTQ Hessian entry \(bad) is not finite")
+        }
         var h = hessian
         var dead = [Bool](repeating: false, count: n)
         for j in 0..<n where h[j * n + j] == 0 { h[j * n + j] = 1; dead[j] = true }
@@ -133,13 +150,10 @@ public struct GPTQ: Sendable {
                             let column = w.baseAddress! + i * rows
                             let err = e.baseAddress! + (i - i1) * rows
                             let d = hi[i * n + i]
-                            let g = order[i] / group
                             for r in 0..<rows {
                                 let v = column[r]
-                                let s = scales[r * groups + g], z = zeros[r * groups + g]
-                                let u = grid.code(v, scale: s, zero: z)
-                                codes[r * n + order[i]] = UInt8(u)
-                                let q = s * (Float(u) - z)
+                                let (u, q) = quantizeElement(r, order[i], v)
+                                codes[r * n + order[i]] = u
                                 let delta = v - q
                                 loss += Double(delta * delta) / Double(2 * d * d)
                                 err[r] = delta / d
@@ -164,14 +178,9 @@ public struct GPTQ: Sendable {
         }
         // Dead inputs: the reference zeroes their weights; code them as exact zeros of the grid.
         for j in 0..<n where dead[j] {
-            for r in 0..<rows {
-                let g = j / group
-                codes[r * n + j] = UInt8(grid.code(0, scale: scales[r * groups + g], zero: zeros[r * groups + g]))
-            }
+            for r in 0..<rows { codes[r * n + j] = quantizeElement(r, j, 0).0 }
         }
-        let integer = IntegerWeight(bits: bits, rows: rows, columns: n, groupSize: group, symmetric: symmetric,
-                                    codes: codes, scales: scales, zeros: symmetric ? nil : zeros)
-        return Result(weight: integer, loss: loss, dampingUsed: damp)
+        return (codes, loss, damp)
     }
 
     /// `target[rest × rows] −= hinvᵀ · errors`, hinv being `count × rest` with row stride `ldh`.

@@ -45,6 +45,12 @@ public struct LayerPlan: Sendable, Equatable {
     /// Stored bits: codes, a float32 scale per group, a float32 zero point per group when
     /// asymmetric, and a float32 bias.
     public var storedBits: Int {
+        if method == "splitquant" {
+            // SplitQuant: a 2-bit cluster id besides each code, a scale and a zero point per
+            // (row, group, cluster) (SplitWeight).
+            let split = (weight.bits + 2) * outFeatures * inFeatures + groupCount * 3 * 64
+            return split + (hasBias ? 32 * outFeatures : 0)
+        }
         let weightBits = weight.bits * outFeatures * inFeatures
         let groupBits = groupCount * 32 * (weight.symmetric ? 1 : 2)
         return weightBits + groupBits + (hasBias ? 32 * outFeatures : 0)

@@ -1,0 +1,49 @@
+#ifndef CK_SPLIT_KERNELS_H
+#define CK_SPLIT_KERNELS_H
+#include <stddef.h>
+#include <stdint.h>
+
+// ---------------------------------------------------------------------------------------------
+// SplitQuant weight-only kernels (split_gemv.c): one pass over packed per-weight indices with
+// float activations.
+//
+// Every weight is an index idx = cluster << bits | code (cluster 0…2, code < 2^bits): one byte
+// per weight for bits ≤ 6 (_u8), two bytes for bits 7–8 (_u16). Row stride = cols. scales and
+// zeros are [rows, G, 3] row-major (G = ceil(cols / group_size)). Per row o and group g the
+// kernels build the 3·2^bits-entry value table T[k << bits | u] = scale[o,g,k] * ((float)u -
+// zero[o,g,k]) (the same two float operations as SplitWeight.value, so dequantization is
+// exact) and accumulate T[idx]·x: the cluster id selects the scale and zero point, no float
+// copy of the weight matrix is made. Indices must be < 3 << bits (the loader checks this).
+
+/// For o in [row_begin, row_begin + row_count): y[o] = sum_j T_{o,g(j)}[idx[o,j]] * x[j].
+/// AVX2: 2-bit codes look the 12-entry table up in registers (two permutes and a blend),
+/// wider codes gather from it.
+void ck_split_gemv_u8(const uint8_t *idx, size_t row_begin, size_t row_count, size_t cols,
+                      size_t group_size, int bits, const float *scales, const float *zeros,
+                      const float *x, float *y);
+/// Plain scalar twin of ck_split_gemv_u8.
+void ck_split_gemv_u8_ref(const uint8_t *idx, size_t row_begin, size_t row_count, size_t cols,
+                          size_t group_size, int bits, const float *scales, const float *zeros,
+                          const float *x, float *y);
+void ck_split_gemv_u16(const uint16_t *idx, size_t row_begin, size_t row_count, size_t cols,
+                       size_t group_size, int bits, const float *scales, const float *zeros,
+                       const float *x, float *y);
+void ck_split_gemv_u16_ref(const uint16_t *idx, size_t row_begin, size_t row_count, size_t cols,
+                           size_t group_size, int bits, const float *scales, const float *zeros,
+                           const float *x, float *y);
+
+/// out[(r - row_begin)*cols + j] = T_{r,g(j)}[idx[r,j]] for the row range (exact).
+void ck_split_dequant_rows_u8(const uint8_t *idx, size_t row_begin, size_t row_count, size_t cols,
+                              size_t group_size, int bits, const float *scales, const float *zeros,
+                              float *out);
+void ck_split_dequant_rows_u8_ref(const uint8_t *idx, size_t row_begin, size_t row_count, size_t cols,
+                                  size_t group_size, int bits, const float *scales, const float *zeros,
+                                  float *out);
+void ck_split_dequant_rows_u16(const uint16_t *idx, size_t row_begin, size_t row_count, size_t cols,
+                               size_t group_size, int bits, const float *scales, const float *zeros,
+                               float *out);
+void ck_split_dequant_rows_u16_ref(const uint16_t *idx, size_t row_begin, size_t row_count, size_t cols,
+                                   size_t group_size, int bits, const float *scales, const float *zeros,
+                                   float *out);
+
+#endif
