@@ -78,7 +78,7 @@ public enum Calibrator {
             _ = model.hiddenStates(ids)
             progress.advance()
         }
-        return CalibrationStatistics(modelIdentity: model.config.identity, settings: settings,
+        return CalibrationStatistics(modelIdentity: model.identity, settings: settings,
                                      tokens: windows.count * settings.sequenceLength, points: collector.points)
     }
 
@@ -102,7 +102,7 @@ public enum Calibrator {
             _ = model.hiddenStates(ids)
             progress.advance()
         }
-        return CalibrationStatistics(modelIdentity: model.config.identity, settings: settings,
+        return CalibrationStatistics(modelIdentity: model.identity, settings: settings,
                                      tokens: tokens, points: collector.points)
     }
 }

@@ -87,7 +87,10 @@ public final class CalibrationStatistics: @unchecked Sendable {
         }
         let identity = try file.stringAttribute(".", "model_identity")
         if let expectedIdentity, identity != expectedIdentity {
-            throw PTQError.file(path, "these statistics were gathered on another model (identity \(identity), this model is \(expectedIdentity)); re-run `ptq calibrate` on this model")
+            // Identities are "<structure>-<weights>": say which half differs.
+            let sameStructure = identity.split(separator: "-").first == expectedIdentity.split(separator: "-").first
+            let which = sameStructure ? "a model with the same structure but other weights" : "another model"
+            throw PTQError.file(path, "these statistics were gathered on \(which) (identity \(identity), this model is \(expectedIdentity)); re-run `ptq calibrate` on this model")
         }
         let settings = CalibrationSettings(
             dataPath: try file.stringAttribute(".", "data"), samples: try file.intAttribute(".", "samples"),

@@ -8,6 +8,8 @@ import PTQCore
 public final class LlamaModel: @unchecked Sendable {
     public let config: ModelConfig
     public let tokenizer: TokenizerSpec
+    /// Structure and weight fingerprint (`ModelConfig.identity(weights:)`).
+    public let identity: String
     /// Receives activations at the quantization points when set (calibration).
     public var observer: ActivationObserver?
 
@@ -31,6 +33,7 @@ public final class LlamaModel: @unchecked Sendable {
         }
         config = c
         tokenizer = weights.tokenizer
+        identity = try c.identity { (name) throws(PTQError) in try weights.tensor(name) }
         embedding = try weights.tensor(TensorNames.tokenEmbedding).data
         var layers: [Layer] = []
         for l in 0..<c.layerCount {

@@ -86,9 +86,10 @@ extension PTQ {
         let config = reader.config
         let plan = try recipe.plan(for: config)
         let request = try statisticsRequest(plan: plan)
+        let identity = try config.identity { (name) throws(PTQError) in try reader.tensor(name) }
         var statistics: CalibrationStatistics?
         if let statsPath {
-            let stats = try CalibrationStatistics.read(path: statsPath, expectedIdentity: config.identity)
+            let stats = try CalibrationStatistics.read(path: statsPath, expectedIdentity: identity)
             try stats.require(request, source: statsPath)
             statistics = stats
         } else if !request.isEmpty {
@@ -116,7 +117,7 @@ extension PTQ {
         }
         let packed = PackedModel(
             config: config, tokenizer: reader.tokenizer, floatTensors: floats, quantizedLinears: quantized,
-            recipe: recipe.recipe.text, statsHash: statistics?.hash, modelIdentity: config.identity,
+            recipe: recipe.recipe.text, statsHash: statistics?.hash, modelIdentity: identity,
             toolVersion: version,
             metadata: ["source_checkpoint": checkpoint, "recipe_path": recipe.path,
                        "created": ISO8601DateFormatter().string(from: Date())])
