@@ -62,7 +62,6 @@ struct QuantizeCommand: ParsableCommand {
         }
         guard let output = self.output else { throw ValidationError("--output is required (or use --dry-run)") }
         let start = Date()
-        if !noVerify { try context.checkCalibration(for: reader.config) }
         let outcome = try PTQKit.quantize(checkpoint: model, recipe: context, statsPath: stats, quiet: options.silent)
         // The model goes to a hidden name first and reaches --output only once it passed verify,
         // so a failed run never leaves a model where a good one would be.
