@@ -189,6 +189,7 @@ package final class HDF5File {
             throw PTQError.file(path, "dataset '\(name)' holds \(info.count) values (shape \(info.shape)), expected \(count)")
         }
         let ds = try openDataset(name)
+        try requireStorage(name, ds, count: info.count)
         if info.dtype == "bfloat16" {
             var bits = [UInt16](repeating: 0, count: count)
             let status = bits.withUnsafeMutableBytes {
@@ -209,6 +210,7 @@ package final class HDF5File {
         let info = try datasetInfo(name)
         try requireNumeric(name, info)
         let ds = try openDataset(name)
+        try requireStorage(name, ds, count: info.count)
         var out = [Int32](repeating: 0, count: info.count)
         let status = out.withUnsafeMutableBytes {
             H5Dread(ds.id, chdf5_native_int32(), chdf5_s_all(), chdf5_s_all(), chdf5_p_default(), $0.baseAddress)
@@ -225,6 +227,7 @@ package final class HDF5File {
             throw PTQError.file(path, "dataset '\(name)' has shape \(info.shape), expected a list of strings")
         }
         let ds = try openDataset(name)
+        try requireStorage(name, ds, count: info.count)
         let count = info.count
         let fileType = HID(H5Dget_type(ds.id), close: H5Tclose)
         if H5Tis_variable_str(fileType.id) > 0 { try checkVariableLengthStrings(name, count: count) }
@@ -238,6 +241,20 @@ package final class HDF5File {
         if status < 0 { throw PTQError.file(path, "cannot read string dataset '\(name)'") }
         defer { for p in pointers where p != nil { H5free_memory(p) } }
         return pointers.map { $0.map { String(cString: $0) } ?? "" }
+    }
+
+    /// A dataset's declared size must be backed by stored bytes: a tiny file must not make
+    /// PTQKit allocate gigabytes for a dataset whose storage was never written. Compression
+    /// (h5py's gzip) is allowed up to a ratio far beyond what real tensors reach.
+    private func requireStorage(_ name: String, _ ds: HID, count: Int) throws(PTQError) {
+        let needed = count.multipliedReportingOverflow(by: 2)
+        guard !needed.overflow else { throw PTQError.file(path, "dataset '\(name)' is too large") }
+        guard needed.partialValue > 1 << 20 else { return }
+        let stored = H5Dget_storage_size(ds.id)
+        if stored < UInt64.max / 4096, stored * 4096 < UInt64(needed.partialValue) {
+            throw PTQError.file(path, "dataset '\(name)' declares \(count) values but stores only \(stored) bytes "
+                                + "(truncated or corrupt file?)")
+        }
     }
 
     /// Numeric reads convert in HDF5; strings or compound types cannot be.
@@ -304,6 +321,7 @@ package final class HDF5File {
         let info = try datasetInfo(name)
         try requireNumeric(name, info)
         let ds = try openDataset(name)
+        try requireStorage(name, ds, count: info.count)
         var out = [Double](repeating: 0, count: info.count)
         let status = out.withUnsafeMutableBytes {
             H5Dread(ds.id, chdf5_native_double(), chdf5_s_all(), chdf5_s_all(), chdf5_p_default(), $0.baseAddress)
@@ -326,6 +344,7 @@ package final class HDF5File {
         let info = try datasetInfo(name)
         try requireNumeric(name, info)
         let ds = try openDataset(name)
+        try requireStorage(name, ds, count: info.count)
         var out = [Int64](repeating: 0, count: info.count)
         let status = out.withUnsafeMutableBytes {
             H5Dread(ds.id, chdf5_native_int64(), chdf5_s_all(), chdf5_s_all(), chdf5_p_default(), $0.baseAddress)

@@ -1,4 +1,5 @@
 import ArgumentParser
+import CHDF5
 import Foundation
 import Testing
 @testable import Checkpoint
@@ -134,6 +135,26 @@ struct AdversarialCheckpointTests {
             let path = try f.damagedCheckpoint(name + ".h5", damage)
             expectPTQError([path] + fragments) { _ = try PTQKit.loadModel(path: path) }
         }
+    }
+
+    /// A dataset that declares far more values than the file stores (HDF5 allocates storage
+    /// late and reads fill values) is refused instead of allocating gigabytes of zeros.
+    @Test func unbackedDataset() throws {
+        let f = try AdversarialFixture()
+        defer { f.cleanup() }
+        let path = try f.damagedCheckpoint("unbacked.h5") { file in
+            try file.delete("embeddings/token/weight")
+            var dims: [hsize_t] = [4_000_000, 32]
+            let space = H5Screate_simple(2, &dims, nil)
+            defer { H5Sclose(space) }
+            let ds = H5Dcreate2(file.handle.id, "embeddings/token/weight", chdf5_ieee_f32le(), space,
+                                chdf5_p_default(), chdf5_p_default(), chdf5_p_default())
+            #expect(ds >= 0)
+            H5Dclose(ds)
+            try file.setAttribute("config", "vocab_size", 4_000_000)
+        }
+        #expect(fileBytes(path).count < 1 << 20)
+        expectPTQError([path, "embeddings/token/weight", "declares 128000000 values"]) { _ = try PTQKit.loadModel(path: path) }
     }
 
     /// A BERT checkpoint whose tokenizer does not truncate (max_length 0) would feed the model
