@@ -21,6 +21,7 @@ static inline hid_t    chdf5_native_int8(void)   { return H5T_NATIVE_INT8; }
 static inline hid_t    chdf5_native_uint8(void)  { return H5T_NATIVE_UINT8; }
 static inline hid_t    chdf5_native_int32(void)  { return H5T_NATIVE_INT32; }
 static inline hid_t    chdf5_native_int64(void)  { return H5T_NATIVE_INT64; }
+static inline hid_t    chdf5_native_uint64(void) { return H5T_NATIVE_UINT64; }
 static inline hid_t    chdf5_native_uint16(void) { return H5T_NATIVE_UINT16; }
 static inline hid_t    chdf5_ieee_f32le(void)    { return H5T_IEEE_F32LE; }
 static inline hid_t    chdf5_ieee_f64le(void)    { return H5T_IEEE_F64LE; }

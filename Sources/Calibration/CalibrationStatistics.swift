@@ -43,6 +43,7 @@ public final class CalibrationStatistics: @unchecked Sendable {
     }
 
     public func write(to path: String) throws(PTQError) {
+        try validate(source: path)
         try AtomicFile.write(to: path) { (temp: String) throws(PTQError) in
             let file = try HDF5File.create(temp)
             try file.setAttribute(".", "format", Self.formatName)
@@ -99,11 +100,33 @@ public final class CalibrationStatistics: @unchecked Sendable {
         var points: [String: PointStatistics] = [:]
         let names = Set(file.datasetNames().compactMap { name -> String? in
             guard name.hasPrefix("points/"), let slash = name.lastIndex(of: "/") else { return nil }
-            return String(name[name.index(name.startIndex, offsetBy: 7)..<slash])
+            let start = name.index(name.startIndex, offsetBy: 7)
+            guard start < slash else { return nil }  // a dataset directly under /points is not a point
+            return String(name[start..<slash])
         })
         for point in names {
             let g = "points/\(point)"
             let channels = try file.intAttribute(g, "channels")
+            guard channels > 0, channels <= Validation.maximumDimension else {
+                throw PTQError.file(path, "statistics of '\(point)': channel count \(channels) must be between 1 and \(Validation.maximumDimension)")
+            }
+            // Every array's size against the attribute before reading it.
+            for (dataset, expected) in [("min", [channels]), ("max", [channels]), ("sum", [channels]),
+                                        ("sum_squares", [channels]), ("midpoint_sum", [channels]),
+                                        ("gram", [channels, channels]), ("histogram", [HistogramBins.count])] {
+                let name = "\(g)/\(dataset)"
+                guard file.isDataset(name) else { continue }
+                let shape = try file.datasetInfo(name).shape
+                guard shape == expected else {
+                    throw PTQError.file(path, "statistics of '\(point)': dataset '\(dataset)' has shape \(shape), expected \(expected) (channels = \(channels))")
+                }
+            }
+            if file.isDataset("\(g)/reservoir") {
+                let shape = try file.datasetInfo("\(g)/reservoir").shape
+                guard shape.count == 2, shape[1] == channels else {
+                    throw PTQError.file(path, "statistics of '\(point)': dataset 'reservoir' has shape \(shape), expected [rows, \(channels)]")
+                }
+            }
             func optionalDoubles(_ n: String) throws(PTQError) -> [Double]? {
                 file.isDataset("\(g)/\(n)") ? try file.readDoubles("\(g)/\(n)") : nil
             }
@@ -118,12 +141,15 @@ public final class CalibrationStatistics: @unchecked Sendable {
                 gram: try optionalDoubles("gram"),
                 reservoir: reservoirCount > 0 ? try file.readFloats("\(g)/reservoir", count: reservoirCount * channels) : nil,
                 reservoirCount: reservoirCount)
-            guard stats.minimum.count == channels, stats.sum.count == channels else {
-                throw PTQError.file(path, "statistics of '\(point)' have inconsistent sizes")
-            }
+            do { try stats.validate(point: point) } catch { throw PTQError.file(path, error.message) }
             points[point] = stats
         }
-        return CalibrationStatistics(modelIdentity: identity, settings: settings,
-                                     tokens: try file.intAttribute(".", "tokens"), points: points)
+        guard settings.samples >= 0, settings.sequenceLength >= 0 else {
+            throw PTQError.file(path, "samples (\(settings.samples)) and seq_len (\(settings.sequenceLength)) must not be negative")
+        }
+        let statistics = CalibrationStatistics(modelIdentity: identity, settings: settings,
+                                               tokens: try file.intAttribute(".", "tokens"), points: points)
+        try statistics.validate(source: path)
+        return statistics
     }
 }

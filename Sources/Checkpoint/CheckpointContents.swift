@@ -23,7 +23,12 @@ public struct CheckpointContents: Sendable {
     /// Checks that every tensor the config needs is present with the right shape, and that
     /// there are no unexpected tensors. `source` names the file in the error.
     public func validate(source: String) throws(PTQError) {
-        try config.validate()
+        do {
+            try config.validate()
+            try tokenizer.validate(for: config)
+        } catch {
+            throw PTQError.file(source, error.message)
+        }
         var expected = Set<String>()
         for (name, shape) in config.expectedTensors {
             expected.insert(name)
@@ -32,6 +37,14 @@ public struct CheckpointContents: Sendable {
             }
             if tensor.shape != shape {
                 throw PTQError.file(source, "tensor '\(name)' has shape \(tensor.shape), expected \(shape)")
+            }
+            guard tensor.data.count == tensor.count, Validation.checkedProduct(tensor.shape) == tensor.data.count else {
+                throw PTQError.file(source, "tensor '\(name)' has \(tensor.data.count) values for shape \(tensor.shape)")
+            }
+            do {
+                try Validation.requireFinite(tensor, name: name)
+            } catch {
+                throw PTQError.file(source, error.message)
             }
         }
         if let extra = tensors.keys.sorted().first(where: { !expected.contains($0) }) {

@@ -27,6 +27,11 @@ public final class CheckpointReader: @unchecked Sendable {
         }
         self.config = try Self.readConfig(file)
         self.tokenizer = try Self.readTokenizer(file)
+        do {
+            try tokenizer.validate(for: config)
+        } catch {
+            throw PTQError.file(path, error.message)
+        }
         var metadata: [String: String] = [:]
         for key in Self.rootAttributeNames(file) where key.hasPrefix("meta_") {
             metadata[String(key.dropFirst(5))] = try? file.stringAttribute(".", key)
@@ -44,7 +49,13 @@ public final class CheckpointReader: @unchecked Sendable {
             throw PTQError.file(path, "'\(name)' is not a tensor of this \(config.architecture.rawValue) model")
         }
         let data = try file.readFloats(name, count: shape.reduce(1, *))
-        return Tensor(shape: shape, data: data)
+        let tensor = Tensor(shape: shape, data: data)
+        do {
+            try Validation.requireFinite(tensor, name: name)
+        } catch {
+            throw PTQError.file(path, error.message)
+        }
+        return tensor
     }
 
     /// Storage type of a tensor on disk.

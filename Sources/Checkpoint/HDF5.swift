@@ -130,6 +130,9 @@ package final class HDF5File {
     package struct DatasetInfo {
         package var shape: [Int]
         package var dtype: String  // float32, float16, bfloat16, int8, uint8, int32, int64, float64, other
+        package var isString = false
+        /// Number of elements (the shape's product; checked against overflow when read).
+        package var count: Int { shape.reduce(1, *) }
     }
 
     package func datasetInfo(_ name: String) throws(PTQError) -> DatasetInfo {
@@ -137,8 +140,21 @@ package final class HDF5File {
         let space = HID(H5Dget_space(ds.id), close: H5Sclose)
         let rank = Int(H5Sget_simple_extent_ndims(space.id))
         if rank < 0 { throw PTQError.file(path, "dataset '\(name)': unreadable dataspace") }
+        guard rank <= 32 else { throw PTQError.file(path, "dataset '\(name)': unsupported rank \(rank)") }
         var dims = [hsize_t](repeating: 0, count: max(rank, 1))
-        H5Sget_simple_extent_dims(space.id, &dims, nil)
+        if H5Sget_simple_extent_dims(space.id, &dims, nil) < 0 {
+            throw PTQError.file(path, "dataset '\(name)': unreadable dataspace")
+        }
+        var shape: [Int] = []
+        for d in dims.prefix(rank) {
+            guard let n = Int(exactly: d), n <= Validation.maximumTensorElements else {
+                throw PTQError.file(path, "dataset '\(name)': dimension \(d) is too large")
+            }
+            shape.append(n)
+        }
+        guard let total = Validation.checkedProduct(shape), total <= Validation.maximumTensorElements else {
+            throw PTQError.file(path, "dataset '\(name)': shape \(shape) is too large")
+        }
         let type = HID(H5Dget_type(ds.id), close: H5Tclose)
         var dtype = "other"
         let size = H5Tget_size(type.id)
@@ -154,7 +170,7 @@ package final class HDF5File {
             }
         default: break
         }
-        return DatasetInfo(shape: dims.prefix(rank).map { Int($0) }, dtype: dtype)
+        return DatasetInfo(shape: shape, dtype: dtype, isString: H5Tget_class(type.id) == H5T_STRING)
     }
 
     package func openDataset(_ name: String) throws(PTQError) -> HID {
@@ -168,7 +184,12 @@ package final class HDF5File {
     /// Reads a float dataset (float32, float16 or bfloat16 on disk) as float32.
     package func readFloats(_ name: String, count: Int) throws(PTQError) -> [Float] {
         let info = try datasetInfo(name)
+        try requireNumeric(name, info)
+        guard info.count == count else {
+            throw PTQError.file(path, "dataset '\(name)' holds \(info.count) values (shape \(info.shape)), expected \(count)")
+        }
         let ds = try openDataset(name)
+        try requireStorage(name, ds, count: info.count)
         if info.dtype == "bfloat16" {
             var bits = [UInt16](repeating: 0, count: count)
             let status = bits.withUnsafeMutableBytes {
@@ -187,8 +208,10 @@ package final class HDF5File {
 
     package func readInt32s(_ name: String) throws(PTQError) -> [Int32] {
         let info = try datasetInfo(name)
+        try requireNumeric(name, info)
         let ds = try openDataset(name)
-        var out = [Int32](repeating: 0, count: info.shape.reduce(1, *))
+        try requireStorage(name, ds, count: info.count)
+        var out = [Int32](repeating: 0, count: info.count)
         let status = out.withUnsafeMutableBytes {
             H5Dread(ds.id, chdf5_native_int32(), chdf5_s_all(), chdf5_s_all(), chdf5_p_default(), $0.baseAddress)
         }
@@ -199,8 +222,15 @@ package final class HDF5File {
     /// Reads a 1-D dataset of variable-length UTF-8 strings.
     package func readStrings(_ name: String) throws(PTQError) -> [String] {
         let info = try datasetInfo(name)
+        guard info.isString else { throw PTQError.file(path, "dataset '\(name)' does not hold strings") }
+        guard info.shape.count == 1 else {
+            throw PTQError.file(path, "dataset '\(name)' has shape \(info.shape), expected a list of strings")
+        }
         let ds = try openDataset(name)
-        let count = info.shape.reduce(1, *)
+        try requireStorage(name, ds, count: info.count)
+        let count = info.count
+        let fileType = HID(H5Dget_type(ds.id), close: H5Tclose)
+        if H5Tis_variable_str(fileType.id) > 0 { try checkVariableLengthStrings(name, count: count) }
         let memType = HID(H5Tcopy(chdf5_c_s1()), close: H5Tclose)
         H5Tset_size(memType.id, chdf5_t_variable())
         H5Tset_cset(memType.id, H5T_CSET_UTF8)
@@ -211,6 +241,27 @@ package final class HDF5File {
         if status < 0 { throw PTQError.file(path, "cannot read string dataset '\(name)'") }
         defer { for p in pointers where p != nil { H5free_memory(p) } }
         return pointers.map { $0.map { String(cString: $0) } ?? "" }
+    }
+
+    /// A dataset's declared size must be backed by stored bytes: a tiny file must not make
+    /// PTQKit allocate gigabytes for a dataset whose storage was never written. Compression
+    /// (h5py's gzip) is allowed up to a ratio far beyond what real tensors reach.
+    private func requireStorage(_ name: String, _ ds: HID, count: Int) throws(PTQError) {
+        let needed = count.multipliedReportingOverflow(by: 2)
+        guard !needed.overflow else { throw PTQError.file(path, "dataset '\(name)' is too large") }
+        guard needed.partialValue > 1 << 20 else { return }
+        let stored = H5Dget_storage_size(ds.id)
+        if stored < UInt64.max / 4096, stored * 4096 < UInt64(needed.partialValue) {
+            throw PTQError.file(path, "dataset '\(name)' declares \(count) values but stores only \(stored) bytes "
+                                + "(truncated or corrupt file?)")
+        }
+    }
+
+    /// Numeric reads convert in HDF5; strings or compound types cannot be.
+    private func requireNumeric(_ name: String, _ info: DatasetInfo) throws(PTQError) {
+        if info.dtype == "other" || info.isString {
+            throw PTQError.file(path, "dataset '\(name)' does not hold numbers")
+        }
     }
 
     package enum StoredFloat { case float32, float16, bfloat16 }
@@ -268,8 +319,10 @@ package final class HDF5File {
 
     package func readDoubles(_ name: String) throws(PTQError) -> [Double] {
         let info = try datasetInfo(name)
+        try requireNumeric(name, info)
         let ds = try openDataset(name)
-        var out = [Double](repeating: 0, count: info.shape.reduce(1, *))
+        try requireStorage(name, ds, count: info.count)
+        var out = [Double](repeating: 0, count: info.count)
         let status = out.withUnsafeMutableBytes {
             H5Dread(ds.id, chdf5_native_double(), chdf5_s_all(), chdf5_s_all(), chdf5_p_default(), $0.baseAddress)
         }
@@ -289,8 +342,10 @@ package final class HDF5File {
 
     package func readInt64s(_ name: String) throws(PTQError) -> [Int64] {
         let info = try datasetInfo(name)
+        try requireNumeric(name, info)
         let ds = try openDataset(name)
-        var out = [Int64](repeating: 0, count: info.shape.reduce(1, *))
+        try requireStorage(name, ds, count: info.count)
+        var out = [Int64](repeating: 0, count: info.count)
         let status = out.withUnsafeMutableBytes {
             H5Dread(ds.id, chdf5_native_int64(), chdf5_s_all(), chdf5_s_all(), chdf5_p_default(), $0.baseAddress)
         }
@@ -353,6 +408,10 @@ package final class HDF5File {
         guard H5Tget_class(fileType.id) == H5T_STRING else {
             throw PTQError.file(path, "attribute '\(attribute)' on '\(object)' is not a string")
         }
+        let stringSpace = HID(H5Aget_space(a.id), close: H5Sclose)
+        guard H5Sget_simple_extent_npoints(stringSpace.id) == 1 else {
+            throw PTQError.file(path, "attribute '\(attribute)' on '\(object)' is not a single string")
+        }
         if H5Tis_variable_str(fileType.id) > 0 {
             let memType = HID(H5Tcopy(chdf5_c_s1()), close: H5Tclose)
             H5Tset_size(memType.id, chdf5_t_variable())
@@ -365,6 +424,7 @@ package final class HDF5File {
             return pointer.map { String(cString: $0) } ?? ""
         }
         let size = H5Tget_size(fileType.id)
+        guard size < 1 << 26 else { throw PTQError.file(path, "attribute '\(attribute)' on '\(object)' is too large") }
         var buffer = [UInt8](repeating: 0, count: size + 1)
         if H5Aread(a.id, fileType.id, &buffer) < 0 {
             throw PTQError.file(path, "cannot read attribute '\(attribute)' on '\(object)'")
@@ -379,6 +439,10 @@ package final class HDF5File {
         guard cls == H5T_FLOAT || cls == H5T_INTEGER else {
             throw PTQError.file(path, "attribute '\(attribute)' on '\(object)' is not a number")
         }
+        let space = HID(H5Aget_space(a.id), close: H5Sclose)
+        guard H5Sget_simple_extent_npoints(space.id) == 1 else {
+            throw PTQError.file(path, "attribute '\(attribute)' on '\(object)' is not a single number")
+        }
         var value: Double = 0
         if H5Aread(a.id, chdf5_native_double(), &value) < 0 {
             throw PTQError.file(path, "cannot read attribute '\(attribute)' on '\(object)'")
@@ -387,6 +451,30 @@ package final class HDF5File {
     }
 
     package func intAttribute(_ object: String, _ attribute: String) throws(PTQError) -> Int {
+        // Integers are read as int64, exactly (a Double would lose 64-bit values such as seeds).
+        let a = try openAttribute(object, attribute)
+        let fileType = HID(H5Aget_type(a.id), close: H5Tclose)
+        if H5Tget_class(fileType.id) == H5T_INTEGER {
+            let space = HID(H5Aget_space(a.id), close: H5Sclose)
+            guard H5Sget_simple_extent_npoints(space.id) == 1 else {
+                throw PTQError.file(path, "attribute '\(attribute)' on '\(object)' is not a single number")
+            }
+            if H5Tget_sign(fileType.id) != H5T_SGN_2, H5Tget_size(fileType.id) >= 8 {
+                var unsigned: UInt64 = 0
+                if H5Aread(a.id, chdf5_native_uint64(), &unsigned) < 0 {
+                    throw PTQError.file(path, "cannot read attribute '\(attribute)' on '\(object)'")
+                }
+                guard let value = Int(exactly: unsigned) else {
+                    throw PTQError.file(path, "attribute '\(attribute)' on '\(object)' is too large (\(unsigned))")
+                }
+                return value
+            }
+            var value: Int64 = 0
+            if H5Aread(a.id, chdf5_native_int64(), &value) < 0 {
+                throw PTQError.file(path, "cannot read attribute '\(attribute)' on '\(object)'")
+            }
+            return Int(value)
+        }
         let value = try doubleAttribute(object, attribute)
         guard value == value.rounded(), abs(value) < 1e15 else {
             throw PTQError.file(path, "attribute '\(attribute)' on '\(object)' is not an integer (\(value))")

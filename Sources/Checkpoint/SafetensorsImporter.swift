@@ -108,7 +108,13 @@ public enum SafetensorsImporter {
             typeVocabSize: try config.int("type_vocab_size", default: 2),
             pooling: pooling.pooling, normalizeEmbeddings: pooling.normalize,
             name: try modelName(config: config, directory: directory))
-        do { try modelConfig.validate() } catch { throw PTQError.file(config.path, error.message) }
+        do { try modelConfig.validate() } catch {
+            // An absurd layer count: the tensor count makes the better message.
+            if let weights = try? WeightFiles(directory: directory) {
+                try weights.checkLayerCount(modelConfig.layerCount, configPath: config.path)
+            }
+            throw PTQError.file(config.path, error.message)
+        }
 
         let weights = try WeightFiles(directory: directory)
         try weights.checkLayerCount(modelConfig.layerCount, configPath: config.path)
@@ -380,7 +386,13 @@ public enum SafetensorsImporter {
             ropeTheta: try config.double("rope_theta", default: 10_000),
             normEpsilon: try config.double("rms_norm_eps", default: 1e-6), activation: .silu,
             tiedEmbeddings: tieKey, name: try modelName(config: config, directory: directory))
-        do { try modelConfig.validate() } catch { throw PTQError.file(config.path, error.message) }
+        do { try modelConfig.validate() } catch {
+            // An absurd layer count: the tensor count makes the better message.
+            if let weights = try? WeightFiles(directory: directory) {
+                try weights.checkLayerCount(modelConfig.layerCount, configPath: config.path)
+            }
+            throw PTQError.file(config.path, error.message)
+        }
 
         let weights = try WeightFiles(directory: directory)
         try weights.checkLayerCount(modelConfig.layerCount, configPath: config.path)

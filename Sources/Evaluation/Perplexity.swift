@@ -32,6 +32,13 @@ public enum Perplexity {
         throws(PTQError) -> PerplexityResult
     {
         guard context >= 4 else { throw PTQError("--ctx must be at least 4 (got \(context))") }
+        guard context <= model.config.maxPositions else {
+            throw PTQError("--ctx \(context) is longer than the model's max_positions \(model.config.maxPositions)")
+        }
+        if let maxChunks, maxChunks <= 0 { throw PTQError("--chunks must be positive (got \(maxChunks))") }
+        if let bad = tokens.first(where: { $0 < 0 || $0 >= model.config.vocabSize }) {
+            throw PTQError("token id \(bad) is outside the model's vocabulary (0..<\(model.config.vocabSize))")
+        }
         var chunkCount = tokens.count / context
         if let maxChunks { chunkCount = min(chunkCount, maxChunks) }
         guard chunkCount > 0 else {
@@ -61,6 +68,10 @@ public enum Perplexity {
         let ppl = Foundation.exp(mean)
         let variance = nll2 / Double(count) - mean * mean
         let stderr = variance > 0 && count > 1 ? (variance / Double(count - 1)).squareRoot() * ppl : 0
+        guard ppl.isFinite, mean.isFinite else {
+            throw PTQError("perplexity is not finite (mean NLL \(mean)): the model produces NaN or infinite logits; "
+                           + "check its weights (e.g. `ptq inspect`) or the quantization recipe")
+        }
         return PerplexityResult(perplexity: ppl, stderr: stderr, meanNLL: mean, chunks: chunkCount,
                                 tokens: count, context: context)
     }

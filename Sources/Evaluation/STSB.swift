@@ -29,14 +29,31 @@ public enum STSB {
             guard columns.count >= 7, let score = Double(columns[4]) else {
                 throw PTQError.file(path, "line \(index + 1): expected 7 tab-separated columns with a numeric score in column 5")
             }
+            guard score.isFinite else {
+                throw PTQError.file(path, "line \(index + 1): gold score '\(columns[4])' is not a finite number")
+            }
             pairs.append(STSPair(first: String(columns[5]), second: String(columns[6]), score: score))
         }
         guard !pairs.isEmpty else { throw PTQError.file(path, "no STS-B pairs found") }
         let half = pairs.count / 2
+        let selected: [STSPair]
         switch split {
-        case .all: return pairs
-        case .calibration: return Array(pairs[..<half])
-        case .evaluation: return Array(pairs[half...])
+        case .all: selected = pairs
+        case .calibration: selected = Array(pairs[..<half])
+        case .evaluation: selected = Array(pairs[half...])
+        }
+        try checkPairs(selected, path: path, split: split)
+        return selected
+    }
+
+    /// A Spearman correlation needs at least two pairs whose gold scores are not all equal.
+    static func checkPairs(_ pairs: [STSPair], path: String, split: Split) throws(PTQError) {
+        let part = split == .all ? "the file" : "the \(split.rawValue) split"
+        guard pairs.count >= 2 else {
+            throw PTQError.file(path, "\(part) has \(pairs.count) STS-B pair\(pairs.count == 1 ? "" : "s"); a Spearman correlation needs at least 2")
+        }
+        guard let first = pairs.first?.score, pairs.contains(where: { $0.score != first }) else {
+            throw PTQError.file(path, "every gold score in \(part) is \(pairs.first?.score ?? 0); a Spearman correlation needs scores that vary")
         }
     }
 
@@ -46,8 +63,12 @@ public enum STSB {
         public var pairs: Int
     }
 
+    /// Throws for fewer than two pairs, constant or non-finite gold scores, and when the model
+    /// produces non-finite embeddings (the correlation would be meaningless).
     public static func evaluate(model: BertModel, tokenizer: any Tokenizer, pairs: [STSPair],
-                                quiet: Bool = false) -> Result {
+                                quiet: Bool = false) throws(PTQError) -> Result {
+        guard pairs.allSatisfy({ $0.score.isFinite }) else { throw PTQError("STS-B: a gold score is not finite") }
+        try checkPairs(pairs, path: "STS-B data", split: .all)
         let progress = ProgressReporter("stsb", total: pairs.count, quiet: quiet)
         var predicted: [Double] = []
         for pair in pairs {
@@ -56,7 +77,16 @@ public enum STSB {
             predicted.append(cosine(a, b))
             progress.advance()
         }
-        return Result(spearman: 100 * Statistics.spearman(predicted, pairs.map(\.score)), pairs: pairs.count)
+        if let i = predicted.firstIndex(where: { !$0.isFinite }) {
+            throw PTQError("STS-B: the model's embeddings of pair \(i + 1) give a non-finite cosine similarity "
+                           + "(NaN or infinite activations; check the model's weights)")
+        }
+        let spearman = 100 * Statistics.spearman(predicted, pairs.map(\.score))
+        guard spearman.isFinite, abs(spearman) <= 100 + 1e-9 else {
+            throw PTQError("STS-B: the Spearman correlation is not defined for these embeddings (\(spearman)); "
+                           + "the model gives the same similarity to every pair")
+        }
+        return Result(spearman: spearman, pairs: pairs.count)
     }
 
     static func cosine(_ a: [Float], _ b: [Float]) -> Double {
@@ -77,7 +107,8 @@ public enum Statistics {
     }
 
     public static func pearson(_ x: [Double], _ y: [Double]) -> Double {
-        precondition(x.count == y.count && x.count > 1)
+        // NaN (not a trap) for unusable input; callers check the result.
+        guard x.count == y.count, x.count > 1 else { return .nan }
         let n = Double(x.count)
         let mx = x.reduce(0, +) / n, my = y.reduce(0, +) / n
         var sxy = 0.0, sxx = 0.0, syy = 0.0

@@ -31,25 +31,26 @@ public final class BertModel: @unchecked Sendable {
         guard c.architecture == .bert else {
             throw PTQError("BertModel needs a bert checkpoint, got \(c.architecture.rawValue)")
         }
+        try weights.validateModel()
         config = c
         tokenizer = weights.tokenizer
         identity = try c.identity { (name) throws(PTQError) in try weights.tensor(name) }
-        tokenEmbedding = try weights.vector(TensorNames.tokenEmbedding)
-        positionEmbedding = try weights.vector(TensorNames.positionEmbedding)
-        tokenTypeEmbedding = try weights.vector(TensorNames.tokenTypeEmbedding)
-        embeddingNormWeight = try weights.vector(TensorNames.embeddingNormWeight)
-        embeddingNormBias = try weights.vector(TensorNames.embeddingNormBias)
+        tokenEmbedding = try weights.checkedVector(TensorNames.tokenEmbedding)
+        positionEmbedding = try weights.checkedVector(TensorNames.positionEmbedding)
+        tokenTypeEmbedding = try weights.checkedVector(TensorNames.tokenTypeEmbedding)
+        embeddingNormWeight = try weights.checkedVector(TensorNames.embeddingNormWeight)
+        embeddingNormBias = try weights.checkedVector(TensorNames.embeddingNormBias)
         var layers: [Layer] = []
         for l in 0..<c.layerCount {
             func name(_ s: String) -> String { TensorNames.layer(l, s) }
             layers.append(Layer(
-                q: try weights.linear(name("attention/q_proj")), k: try weights.linear(name("attention/k_proj")),
-                v: try weights.linear(name("attention/v_proj")), o: try weights.linear(name("attention/o_proj")),
-                attentionNormWeight: try weights.vector(name("attention_norm/weight")),
-                attentionNormBias: try weights.vector(name("attention_norm/bias")),
-                up: try weights.linear(name("mlp/up_proj")), down: try weights.linear(name("mlp/down_proj")),
-                mlpNormWeight: try weights.vector(name("mlp_norm/weight")),
-                mlpNormBias: try weights.vector(name("mlp_norm/bias"))))
+                q: try weights.checkedLinear(name("attention/q_proj")), k: try weights.checkedLinear(name("attention/k_proj")),
+                v: try weights.checkedLinear(name("attention/v_proj")), o: try weights.checkedLinear(name("attention/o_proj")),
+                attentionNormWeight: try weights.checkedVector(name("attention_norm/weight")),
+                attentionNormBias: try weights.checkedVector(name("attention_norm/bias")),
+                up: try weights.checkedLinear(name("mlp/up_proj")), down: try weights.checkedLinear(name("mlp/down_proj")),
+                mlpNormWeight: try weights.checkedVector(name("mlp_norm/weight")),
+                mlpNormBias: try weights.checkedVector(name("mlp_norm/bias"))))
         }
         self.layers = layers
     }

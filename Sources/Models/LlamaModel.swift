@@ -31,27 +31,28 @@ public final class LlamaModel: @unchecked Sendable {
         guard c.architecture == .llama else {
             throw PTQError("LlamaModel needs a llama checkpoint, got \(c.architecture.rawValue)")
         }
+        try weights.validateModel()
         config = c
         tokenizer = weights.tokenizer
         identity = try c.identity { (name) throws(PTQError) in try weights.tensor(name) }
-        embedding = try weights.tensor(TensorNames.tokenEmbedding).data
+        embedding = try weights.checkedVector(TensorNames.tokenEmbedding)
         var layers: [Layer] = []
         for l in 0..<c.layerCount {
             func name(_ s: String) -> String { TensorNames.layer(l, s) }
             layers.append(Layer(
-                attentionNorm: try weights.vector(name("attention_norm/weight")),
-                q: try weights.linear(name("attention/q_proj")), k: try weights.linear(name("attention/k_proj")),
-                v: try weights.linear(name("attention/v_proj")), o: try weights.linear(name("attention/o_proj")),
-                mlpNorm: try weights.vector(name("mlp_norm/weight")),
-                gate: try weights.linear(name("mlp/gate_proj")), up: try weights.linear(name("mlp/up_proj")),
-                down: try weights.linear(name("mlp/down_proj"))))
+                attentionNorm: try weights.checkedVector(name("attention_norm/weight")),
+                q: try weights.checkedLinear(name("attention/q_proj")), k: try weights.checkedLinear(name("attention/k_proj")),
+                v: try weights.checkedLinear(name("attention/v_proj")), o: try weights.checkedLinear(name("attention/o_proj")),
+                mlpNorm: try weights.checkedVector(name("mlp_norm/weight")),
+                gate: try weights.checkedLinear(name("mlp/gate_proj")), up: try weights.checkedLinear(name("mlp/up_proj")),
+                down: try weights.checkedLinear(name("mlp/down_proj"))))
         }
         self.layers = layers
-        finalNorm = try weights.vector(TensorNames.finalNorm)
+        finalNorm = try weights.checkedVector(TensorNames.finalNorm)
         if c.tiedEmbeddings {
             lmHead = FloatLinear(weight: Tensor(shape: [c.vocabSize, c.hiddenSize], data: embedding))
         } else {
-            lmHead = try weights.linear("lm_head")
+            lmHead = try weights.checkedLinear("lm_head")
         }
         rope = RoPE(headDim: c.headDim, theta: c.ropeTheta)
     }

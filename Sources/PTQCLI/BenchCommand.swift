@@ -13,14 +13,26 @@ struct BenchCommand: ParsableCommand {
     @Option(name: .long, help: "Float reference checkpoint (.h5) measured in the same run, for ratios.")
     var reference: String?
 
-    @Option(name: .long, help: "Prompt tokens for prefill.")
+    @Option(name: .long, help: "Prompt tokens for prefill (at least 1; prompt + decode tokens must fit the model's max_positions).")
     var promptTokens = 128
 
-    @Option(name: .long, help: "Tokens to decode one by one.")
+    @Option(name: .long, help: "Tokens to decode one by one (0 or more).")
     var decodeTokens = 64
 
-    @Option(name: .long, help: "Repetitions (the best is reported).")
+    @Option(name: .long, help: "Repetitions, the best is reported (1…1000).")
     var repeats = 3
+
+    func validate() throws {
+        guard OptionLimits.tokens.contains(promptTokens) else {
+            throw ValidationError("--prompt-tokens must be between 1 and \(OptionLimits.tokens.upperBound) (got \(promptTokens))")
+        }
+        guard decodeTokens >= 0, decodeTokens <= OptionLimits.tokens.upperBound else {
+            throw ValidationError("--decode-tokens must be between 0 and \(OptionLimits.tokens.upperBound) (got \(decodeTokens))")
+        }
+        guard OptionLimits.repeats.contains(repeats) else {
+            throw ValidationError("--repeats must be between 1 and \(OptionLimits.repeats.upperBound) (got \(repeats))")
+        }
+    }
 
     @OptionGroup var options: OutputOptions
 
@@ -33,6 +45,10 @@ struct BenchCommand: ParsableCommand {
     func measure(_ path: String) throws -> Speed {
         guard case .language(let llm) = try PTQ.loadAnyModel(path: path) else {
             throw PTQError.file(path, "bench measures language models")
+        }
+        guard promptTokens + decodeTokens <= llm.config.maxPositions else {
+            throw usageError("--prompt-tokens \(promptTokens) + --decode-tokens \(decodeTokens) exceed the max_positions "
+                             + "\(llm.config.maxPositions) of \(path)")
         }
         var rng = SplitMix(seed: 1)
         let prompt = (0..<promptTokens).map { _ in Int(rng.next() % UInt64(llm.config.vocabSize)) }

@@ -25,6 +25,8 @@ struct CalibrateCommand: ParsableCommand {
         try requireSupportedCPU()
         let context = try PTQ.RecipeContext(path: recipe)
         let reader = try CheckpointReader(path: model)
+        try OutputPath.check(output, inputs: [model, recipe, context.calibrationPath(for: reader.config)])
+        try context.checkCalibration(for: reader.config)
         let plan = try context.plan(for: reader.config)
         var request = try PTQ.statisticsRequest(plan: plan)
         for layer in plan {

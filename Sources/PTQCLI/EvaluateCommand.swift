@@ -20,10 +20,10 @@ struct EvaluateCommand: ParsableCommand {
     @Option(name: .long, help: "Text file (perplexity) or STS-B tsv file (stsb).")
     var data: String
 
-    @Option(name: .long, help: "Perplexity context length in tokens.")
+    @Option(name: .long, help: "Perplexity context length in tokens (4 up to the model's max_positions).")
     var ctx = 512
 
-    @Option(name: .long, help: "Evaluate at most this many chunks (perplexity).")
+    @Option(name: .long, help: "Evaluate at most this many chunks, at least 1 (perplexity).")
     var chunks: Int?
 
     @Option(name: .long, help: "STS-B pairs: all, calibration (first half) or evaluation (second half).")
@@ -32,7 +32,9 @@ struct EvaluateCommand: ParsableCommand {
     @OptionGroup var options: OutputOptions
 
     func validate() throws {
-        guard ctx >= 4 else { throw ValidationError("--ctx must be at least 4") }
+        guard ctx >= 4, ctx <= OptionLimits.tokens.upperBound else {
+            throw ValidationError("--ctx must be between 4 and \(OptionLimits.tokens.upperBound) (got \(ctx))")
+        }
         if let chunks, chunks <= 0 { throw ValidationError("--chunks must be positive") }
         guard STSB.Split(rawValue: split) != nil else {
             throw ValidationError("--split must be one of \(STSB.Split.allCases.map(\.rawValue).joined(separator: ", "))")
@@ -45,6 +47,9 @@ struct EvaluateCommand: ParsableCommand {
         let tokenizer = try PTQ.tokenizer(for: loaded)
         switch (task, loaded) {
         case (.perplexity, .language(let llm)):
+            guard ctx <= llm.config.maxPositions else {
+                throw usageError("--ctx \(ctx) is longer than the max_positions \(llm.config.maxPositions) of \(model)")
+            }
             let text = try PTQ.readText(data)
             let tokens = tokenizer.encode(text)
             let result = try Perplexity.evaluate(model: llm, tokens: tokens, context: ctx, maxChunks: chunks,
@@ -56,8 +61,8 @@ struct EvaluateCommand: ParsableCommand {
                              result.perplexity, result.stderr, result.chunks, result.context, result.tokens))
             }
         case (.stsb, .encoder(let encoder)):
-            let pairs = try STSB.load(path: data, split: STSB.Split(rawValue: split)!)
-            let result = STSB.evaluate(model: encoder, tokenizer: tokenizer, pairs: pairs, quiet: options.silent)
+            let pairs = try STSB.load(path: data, split: STSB.Split(rawValue: split) ?? .all)
+            let result = try STSB.evaluate(model: encoder, tokenizer: tokenizer, pairs: pairs, quiet: options.silent)
             if options.json {
                 try printJSON(result)
             } else {

@@ -12,13 +12,15 @@ struct GenerateCommand: ParsableCommand {
     @Option(name: .long, help: "Prompt text.")
     var prompt: String
 
-    @Option(name: .long, help: "Maximum number of new tokens.")
+    @Option(name: .long, help: "Maximum number of new tokens (1…1048576; generation also stops at the model's max_positions).")
     var maxTokens = 64
 
     @OptionGroup var options: OutputOptions
 
     func validate() throws {
-        guard maxTokens > 0 else { throw ValidationError("--max-tokens must be positive") }
+        guard OptionLimits.tokens.contains(maxTokens) else {
+            throw ValidationError("--max-tokens must be between 1 and \(OptionLimits.tokens.upperBound) (got \(maxTokens))")
+        }
     }
 
     func run() throws {
@@ -27,8 +29,13 @@ struct GenerateCommand: ParsableCommand {
             throw PTQError.file(model, "generate needs a language model; this is an encoder")
         }
         let tokenizer = try makeTokenizer(llm.tokenizer)
+        let promptLength = tokenizer.encode(prompt).count
+        guard promptLength < llm.config.maxPositions else {
+            throw usageError("--prompt is \(promptLength) tokens; \(model) has max_positions \(llm.config.maxPositions), "
+                             + "so the prompt may have at most \(llm.config.maxPositions - 1)")
+        }
         let start = Date()
-        let ids = PTQ.generate(model: llm, tokenizer: tokenizer, prompt: prompt, maxTokens: maxTokens) { piece in
+        let ids = try PTQ.generate(model: llm, tokenizer: tokenizer, prompt: prompt, maxTokens: maxTokens) { piece in
             if !options.json { FileHandle.standardOutput.write(Data(piece.utf8)) }
         }
         let seconds = Date().timeIntervalSince(start)

@@ -17,6 +17,7 @@ struct ImportCommand: ParsableCommand {
 
     func run() throws {
         try requireSupportedCPU()
+        try OutputPath.check(output, inputs: [source])
         let start = Date()
         ProgressReporter.log("importing \(source)…", quiet: options.silent)
         let contents = try PTQ.importModel(from: source, to: output)

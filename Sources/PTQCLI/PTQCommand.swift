@@ -7,6 +7,10 @@ public struct PTQCommand: ParsableCommand {
     public static let configuration = CommandConfiguration(
         commandName: "ptq",
         abstract: "Post-training quantization toolkit: import, calibrate, quantize, evaluate and verify models.",
+        discussion: """
+            Exit codes: 0 success; 1 error (bad input file, recipe or data; the message names the file and \
+            field); 2 verify gates failed (quantize, verify); 64 usage error (bad option or option value).
+            """,
         version: PTQ.version,
         subcommands: [ImportCommand.self, CalibrateCommand.self, QuantizeCommand.self, EvaluateCommand.self, VerifyCommand.self,
                       InspectCommand.self, GenerateCommand.self, BenchCommand.self])

@@ -25,6 +25,11 @@ struct QuantizeCommand: ParsableCommand {
     @Flag(name: .long, help: "Skip the short verification after packing.")
     var noVerify = false
 
+    @Flag(name: .long, help: ArgumentHelp(
+        "Keep a model that fails the recipe's verify gates, as <output stem>.failed.ptq (never at --output).",
+        discussion: "Without it a failed model is deleted. Either way the command exits with code 2."))
+    var keepFailed = false
+
     @OptionGroup var options: OutputOptions
 
     func validate() throws {
@@ -36,6 +41,12 @@ struct QuantizeCommand: ParsableCommand {
         let context = try PTQ.RecipeContext(path: recipe)
         let reader = try CheckpointReader(path: model)
         let plan = try context.plan(for: reader.config)
+        if let output {
+            try OutputPath.check(output, inputs: [model, recipe, stats ?? "", context.calibrationPath(for: reader.config)])
+            if keepFailed { try OutputPath.check(OutputPath.failedName(output), option: "--keep-failed", inputs: [model, recipe, stats ?? ""]) }
+        }
+        // Every planned layer's quantizer is built here: unknown methods and parameters fail now.
+        _ = try PTQ.statisticsRequest(plan: plan)
         let bitsPerWeight = context.recipe.bitsPerWeight(plan: plan, config: reader.config)
         if dryRun {
             if options.json {
@@ -49,40 +60,68 @@ struct QuantizeCommand: ParsableCommand {
             }
             return
         }
-        let output = self.output!
+        guard let output = self.output else { throw ValidationError("--output is required (or use --dry-run)") }
         let start = Date()
         let outcome = try PTQ.quantize(checkpoint: model, recipe: context, statsPath: stats, quiet: options.silent)
-        try PackedFile.write(outcome.packed, to: output)
-        let summary = try PackedFile.summary(path: output)
+        // The model goes to a hidden name first and reaches --output only once it passed verify,
+        // so a failed run never leaves a model where a good one would be.
+        let staged = noVerify ? output : OutputPath.temporaryName(output, tag: "unverified")
+        var report: VerificationReport?
+        let summary: PackedFileSummary
+        do {
+            try PackedFile.write(outcome.packed, to: staged)
+            summary = try PackedFile.summary(path: staged)
+            if !noVerify {
+                let thresholds = VerificationThresholds(context.recipe.verify)
+                let quantized = try PTQ.loadPacked(path: staged)
+                let reference = try PTQ.loadModel(path: model)
+                let samples = try PTQ.verificationSamples(model: reference, recipe: context,
+                                                             count: context.recipe.verify?.samples ?? PTQ.defaultVerificationSamples)
+                report = try PTQ.verify(quantized: quantized, reference: reference, samples: samples,
+                                           thresholds: thresholds, quiet: options.silent)
+            }
+        } catch {
+            if staged != output { unlink(staged) }
+            throw error
+        }
+        let passed = report?.passed ?? true
+        var written = output
+        if staged != output {
+            let destination = passed ? output : (keepFailed ? OutputPath.failedName(output) : nil)
+            if let destination {
+                if rename(staged, destination) != 0 {
+                    let reason = String(cString: strerror(errno))
+                    unlink(staged)
+                    throw PTQError.file(destination, "cannot move the finished file into place: \(reason)")
+                }
+                written = destination
+            } else {
+                unlink(staged)
+            }
+        }
         let seconds = Date().timeIntervalSince(start)
         let sourceBytes = (try? FileManager.default.attributesOfItem(atPath: model)[.size] as? Int) ?? 0
-        var report: VerificationReport?
-        if !noVerify {
-            let thresholds = VerificationThresholds(context.recipe.verify)
-            let quantized = try PTQ.loadPacked(path: output)
-            let reference = try PTQ.loadModel(path: model)
-            let samples = try PTQ.verificationSamples(model: reference, recipe: context,
-                                                         count: context.recipe.verify?.samples ?? 4)
-            report = try PTQ.verify(quantized: quantized, reference: reference, samples: samples,
-                                       thresholds: thresholds, quiet: options.silent)
-        }
         if options.json {
             struct Output: Encodable {
                 let output: String, bytes: Int, source_bytes: Int, bits_per_weight: Double, layers: Int,
                     seconds: Double, verify: VerificationReport?
             }
-            try printJSON(Output(output: output, bytes: summary.totalBytes, source_bytes: sourceBytes,
+            try printJSON(Output(output: passed || keepFailed ? written : "", bytes: summary.totalBytes, source_bytes: sourceBytes,
                                  bits_per_weight: summary.bitsPerWeight, layers: plan.count, seconds: seconds,
                                  verify: report))
         } else {
             let share = String(format: "%.1f%%", 100 * Double(summary.totalBytes) / Double(max(sourceBytes, 1)))
-            print("wrote \(output): \(plan.count) quantized layers, \(formatBytes(summary.totalBytes)) "
+            let verb = passed ? "wrote \(written)" : keepFailed ? "kept the FAILED model as \(written)" : "quantized (not kept, failed verify)"
+            print("\(verb): \(plan.count) quantized layers, \(formatBytes(summary.totalBytes)) "
                   + "(\(share) of the \(formatBytes(sourceBytes)) checkpoint), "
                   + String(format: "%.3f bits per weight, %.1f s", summary.bitsPerWeight, seconds))
             if let report { printVerification(report) }
         }
         if let report, !report.passed {
-            throw PTQError("verification failed: " + report.failures.joined(separator: "; "))
+            let fate = keepFailed ? "the model is kept as \(written)" : "nothing was written to \(output) (keep it with --keep-failed)"
+            FileHandle.standardError.write(Data(("Error: verification failed: " + report.failures.joined(separator: "; ")
+                                                 + "; \(fate)\n").utf8))
+            throw ExitCode(2)
         }
     }
 }

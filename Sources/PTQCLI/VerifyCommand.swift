@@ -13,29 +13,33 @@ struct VerifyCommand: ParsableCommand {
     @Option(name: .long, help: "Float reference checkpoint (.h5).")
     var reference: String
 
-    @Option(name: .long, help: "Recipe whose `verify` thresholds apply (default: the recipe stored in the packed file).")
+    @Option(name: .long, help: "Recipe whose `verify` thresholds and calibration data apply (default: the recipe stored in the packed file, with the calibration data it was quantized with).")
     var recipe: String?
 
-    @Option(name: .long, help: "Number of held-out samples (default: the recipe's verify.samples, else 8).")
+    @Option(name: .long, help: "Number of held-out samples, 1…10000 (default: the recipe's verify.samples, else 4, as quantize uses).")
     var samples: Int?
 
     @OptionGroup var options: OutputOptions
 
+    func validate() throws {
+        if let samples, !OptionLimits.samples.contains(samples) {
+            throw ValidationError("--samples must be between 1 and \(OptionLimits.samples.upperBound) (got \(samples))")
+        }
+    }
+
     func run() throws {
         try requireSupportedCPU()
         let packedModel = try PackedFile.read(path: packed)
-        let context: PTQ.RecipeContext?
-        let verify: VerifyThresholds?
+        let context: PTQ.RecipeContext
         if let recipe {
             context = try PTQ.RecipeContext(path: recipe)
-            verify = context?.recipe.verify
         } else {
-            context = nil
-            verify = try Recipe.parse(packedModel.recipe, source: "\(packed) (stored recipe)").verify
+            context = try PTQ.storedRecipe(of: packedModel, path: packed)
         }
+        let verify = context.recipe.verify
         let quantized = try PTQ.loadPacked(path: packed)
         let referenceModel = try PTQ.loadModel(path: reference)
-        let count = samples ?? verify?.samples ?? 8
+        let count = samples ?? verify?.samples ?? PTQ.defaultVerificationSamples
         let held = try PTQ.verificationSamples(model: referenceModel, recipe: context, count: count)
         let report = try PTQ.verify(quantized: quantized, reference: referenceModel, samples: held,
                                        thresholds: VerificationThresholds(verify), quiet: options.silent)

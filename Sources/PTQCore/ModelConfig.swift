@@ -87,6 +87,7 @@ public struct ModelConfig: Codable, Sendable, Equatable {
         try need(headDim > 0, "head_dim must be positive (got \(headDim))")
         try need(maxPositions > 0, "max_positions must be positive (got \(maxPositions))")
         try need(normEpsilon > 0, "norm_epsilon must be positive (got \(normEpsilon))")
+        try validateLimits()
         switch architecture {
         case .llama:
             try need(headDim % 2 == 0, "head_dim must be even for RoPE (got \(headDim))")

@@ -77,12 +77,22 @@ public enum PTQ {
         return text
     }
 
-    /// Greedy decoding with a KV cache; stops at EOS or after `maxTokens`.
+    /// Greedy decoding with a KV cache; stops at EOS, after `maxTokens`, or at the model's
+    /// `max_positions`. Throws when the prompt alone does not fit.
     public static func generate(model: LlamaModel, tokenizer: any Tokenizer, prompt: String,
-                                maxTokens: Int, onToken: ((String) -> Void)? = nil) -> [Int] {
+                                maxTokens: Int, onToken: ((String) -> Void)? = nil) throws(PTQError) -> [Int] {
         var ids = tokenizer.encode(prompt)
         if ids.isEmpty, let bos = model.tokenizer.bosTokenID { ids = [bos] }
-        let capacity = min(model.config.maxPositions, ids.count + maxTokens)
+        guard !ids.isEmpty else { throw PTQError("the prompt encodes to no tokens and the tokenizer has no BOS token") }
+        guard ids.count < model.config.maxPositions else {
+            throw PTQError("the prompt is \(ids.count) tokens; the model's max_positions is \(model.config.maxPositions), "
+                           + "so at most \(model.config.maxPositions - 1) prompt tokens leave room to generate")
+        }
+        guard maxTokens > 0 else { throw PTQError("maxTokens must be positive (got \(maxTokens))") }
+        if let bad = ids.first(where: { $0 < 0 || $0 >= model.config.vocabSize }) {
+            throw PTQError("token id \(bad) is outside the model's vocabulary (0..<\(model.config.vocabSize))")
+        }
+        let capacity = min(model.config.maxPositions, ids.count + min(maxTokens, model.config.maxPositions))
         let cache = LlamaModel.KVCache(config: model.config, capacity: capacity)
         var generated: [Int] = []
         var logits = model.forward(ids, cache: cache, logitRows: (ids.count - 1)..<ids.count)

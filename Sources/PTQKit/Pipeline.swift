@@ -11,15 +11,37 @@ extension PTQ {
     public struct RecipeContext {
         public let recipe: Recipe
         public let path: String
+        /// The calibration data file when already resolved (a packed file records the one it
+        /// was quantized with); otherwise `calibration.data` resolves as `calibrationPath` says.
+        public var resolvedCalibrationData: String?
 
         public init(path: String) throws(PTQError) {
             self.recipe = try Recipe.load(path: path)
             self.path = path
         }
 
+        /// A recipe already parsed (e.g. the one stored in a packed file); `path` is where its
+        /// relative calibration data path resolves from (the recipe file it was loaded from).
+        public init(recipe: Recipe, path: String) {
+            self.recipe = recipe
+            self.path = path
+        }
+
+        /// Checks the recipe's calibration settings against the model they run on: sequences
+        /// must fit the model's positions. Errors name the recipe file and line.
+        public func checkCalibration(for config: ModelConfig) throws(PTQError) {
+            let c = recipe.calibration
+            let line = c.line.map { ":\($0)" } ?? ""
+            if config.architecture == .llama, c.sequenceLength > config.maxPositions {
+                throw PTQError("\(recipe.source)\(line): calibration.seq_len: \(c.sequenceLength) is longer than the "
+                               + "model's max_positions \(config.maxPositions)")
+            }
+        }
+
         /// The calibration data path: absolute, relative to the working directory, or relative
         /// to the project root (the recipe folder's parent), in that order.
         public func calibrationPath(for config: ModelConfig) -> String {
+            if let resolvedCalibrationData { return resolvedCalibrationData }
             let data = recipe.calibration.data
             if data.hasPrefix("/") || FileManager.default.fileExists(atPath: data) { return data }
             let root = URL(fileURLWithPath: path).deletingLastPathComponent().deletingLastPathComponent().path
@@ -57,17 +79,21 @@ extension PTQ {
     public static func calibrate(checkpoint: String, recipe: RecipeContext, request: StatisticsRequest,
                                  quiet: Bool = false) throws(PTQError) -> CalibrationStatistics {
         let model = try loadModel(path: checkpoint)
+        try recipe.checkCalibration(for: model.config)
         let settings = recipe.calibrationSettings(for: model.config)
         guard FileManager.default.fileExists(atPath: settings.dataPath) else {
             throw PTQError.file(recipe.path, "calibration.data: file '\(settings.dataPath)' does not exist")
         }
         let tokenizer = try tokenizer(for: model)
+        let statistics: CalibrationStatistics
         switch model {
         case .language(let m):
-            return try Calibrator.run(model: m, tokenizer: tokenizer, settings: settings, request: request, quiet: quiet)
+            statistics = try Calibrator.run(model: m, tokenizer: tokenizer, settings: settings, request: request, quiet: quiet)
         case .encoder(let m):
-            return try Calibrator.run(model: m, tokenizer: tokenizer, settings: settings, request: request, quiet: quiet)
+            statistics = try Calibrator.run(model: m, tokenizer: tokenizer, settings: settings, request: request, quiet: quiet)
         }
+        try statistics.validate(source: "calibration of \(checkpoint)")
+        return statistics
     }
 
     /// What `quantize` produced.
@@ -105,7 +131,13 @@ extension PTQ {
             let bias = reader.tensorNames.contains(biasName) ? try reader.tensor(biasName).data : nil
             let point = QuantizationPoints.input(ofLinear: layer.name) ?? ""
             let input = LinearLayer(name: layer.name, weight: weight, bias: bias, inputPoint: point)
-            quantized[layer.name] = try quantizer.quantize(input, statistics: statistics?.points[point])
+            let pointStatistics = statistics?.points[point]
+            if let pointStatistics, pointStatistics.channels != weight.shape[1] {
+                throw PTQError.file(statsPath ?? "calibration of \(checkpoint)",
+                                    "statistics of '\(point)' have \(pointStatistics.channels) channels but layer "
+                                    + "'\(layer.name)' has \(weight.shape[1]) inputs")
+            }
+            quantized[layer.name] = try quantizer.quantize(input, statistics: pointStatistics)
             progress.advance(detail: layer.name)
         }
         var floats: [String: Tensor] = [:]
@@ -120,13 +152,34 @@ extension PTQ {
             recipe: recipe.recipe.text, statsHash: statistics?.hash, modelIdentity: identity,
             toolVersion: version,
             metadata: ["source_checkpoint": checkpoint, "recipe_path": recipe.path,
+                       "calibration_data": absolutePath(recipe.calibrationPath(for: config)),
                        "created": ISO8601DateFormatter().string(from: Date())])
+        // The loader's checks, before anything is written: a .ptq PTQKit writes always loads.
+        try packed.validateModel(source: "\(checkpoint) quantized with \(recipe.path)")
         return QuantizationOutcome(packed: packed, plan: plan, statistics: statistics)
+    }
+
+    /// Held-out samples `verify` compares on when neither the command line nor the recipe's
+    /// `verify.samples` says (the same for `quantize`'s verify and `ptq verify`).
+    public static let defaultVerificationSamples = 4
+
+    static func absolutePath(_ path: String) -> String {
+        URL(fileURLWithPath: path).standardizedFileURL.path
+    }
+
+    /// The recipe a packed file was quantized with, and the calibration data it used, as a
+    /// context for `verify`: the same held-out samples `quantize`'s own verify used.
+    public static func storedRecipe(of packed: PackedModel, path: String) throws(PTQError) -> RecipeContext {
+        let recipe = try Recipe.parse(packed.recipe, source: "\(path) (stored recipe)")
+        var context = RecipeContext(recipe: recipe, path: packed.metadata["recipe_path"] ?? path)
+        if let data = packed.metadata["calibration_data"] { context.resolvedCalibrationData = data }
+        return context
     }
 
     /// Loads a `.ptq` packed model for running on the quantized runtime.
     public static func loadPacked(path: String) throws(PTQError) -> LoadedModel {
         let packed = try PackedFile.read(path: path)
+        try packed.validateModel(source: path)
         let weights = PackedWeights(packed)
         switch packed.config.architecture {
         case .llama: return .language(try LlamaModel(weights: weights))
@@ -153,15 +206,17 @@ extension PTQ {
         let config = model.config
         let settings = recipe?.calibrationSettings(for: config)
             ?? RecipeContext.defaultSettings(for: config.architecture)
+        guard count > 0 else { throw PTQError("verification needs at least one sample (got \(count))") }
         let tokenizer = try tokenizer(for: model)
         switch model {
         case .language:
             let text = try readText(settings.dataPath)
-            let length = min(settings.sequenceLength, 512)
+            let length = min(settings.sequenceLength, 512, config.maxPositions)
             return try CalibrationSamples.windows(of: tokenizer.encode(text, addSpecialTokens: false), count: count,
                                                   length: length, seed: settings.seed &+ 1, heldOut: true)
         case .encoder:
             let sentences = try CalibrationSamples.sentences(stsPath: settings.dataPath, evaluationHalf: true)
+            guard !sentences.isEmpty else { throw PTQError.file(settings.dataPath, "no held-out sentences for verification") }
             return sentences.prefix(count).map { tokenizer.encode($0) }
         }
     }

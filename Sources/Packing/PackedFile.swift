@@ -195,6 +195,9 @@ public enum PackedFile {
                 if let s = linear.activation?.channelShift, s.count != w.columns {
                     throw bad("activation channel shift has \(s.count) values, expected \(w.columns)")
                 }
+                if let a = linear.activation {
+                    do { try a.validate(columns: w.columns) } catch { throw bad(error.message) }
+                }
                 let prefix = "linear:\(key):"
                 let codes = try claim(prefix + "codes")
                 jobs.append(PayloadJob(name: codes, kind: .codes, source: .codes(w.codes, bits: w.bits)))
@@ -455,6 +458,9 @@ public enum PackedFile {
                 }
                 if let b = e.bias {
                     l.bias = try load(b, kind: .bias, tensor: t, as: .floats(e.rows), what: "\(e.rows) rows (float32)")
+                }
+                if let a = e.activation {
+                    do { try a.validate(columns: nil) } catch { throw fail("tensor '\(t)': \(error.message)") }
                 }
                 if e.activation == nil, e.activationChannelScales != nil || e.activationChannelShift != nil {
                     throw fail("tensor '\(t)': activation channel arrays without activation quantization")

@@ -50,8 +50,10 @@ public enum QuantizerRegistry {
     /// The quantizer for one planned layer; unknown methods name the recipe line.
     public static func quantizer(for plan: LayerPlan) throws(PTQError) -> any Quantizer {
         guard let factory = factories[plan.method] else {
-            let line = plan.ruleLine.map { "line \($0): " } ?? ""
-            throw PTQError("\(line)unknown method '\(plan.method)' for \(plan.name) (known: \(methods.joined(separator: ", ")))")
+            let line = plan.ruleLine ?? plan.parameters.line
+            let field = plan.ruleIndex.map { "rules[\($0)].method" } ?? "scheme.method"
+            throw PTQError("\(plan.parameters.source):\(line): \(field): unknown method '\(plan.method)' for \(plan.name) "
+                           + "(known: \(methods.joined(separator: ", ")))")
         }
         return try factory(plan)
     }

@@ -58,6 +58,9 @@ struct WeightGrid: Sendable {
     /// Code in 0 ..< 2^bits of `v`.
     @inline(__always)
     func code(_ v: Float, scale: Float, zero: Float) -> Int {
+        // Inputs are checked finite before quantization; a NaN from degenerate arithmetic must
+        // still not trap in the integer conversion (it maps to the zero code).
+        if (v / scale + zero).isNaN { return symmetric ? Int(symmetricZero) : (zero.isNaN ? 0 : Int(min(max(zero, 0), maxUnsigned))) }
         if symmetric {
             return Int(min(max((v / scale).rounded(), -maxSigned), maxSigned) + symmetricZero)
         }

@@ -112,6 +112,20 @@ extension Recipe {
             }
         }
 
+        // So must every ignore pattern: one that matches nothing is a typo that would silently
+        // quantize the layer it meant to keep in float.
+        // Embeddings, norms and the LM head (tied or not) may be named too; they are float anyway.
+        var parts = Set(layers.map(\.name))
+        for (name, _) in config.expectedTensors {
+            parts.insert(name)
+            if name.hasSuffix("/weight") || name.hasSuffix("/bias") { parts.insert(String(name[..<name.lastIndex(of: "/")!])) }
+        }
+        if config.architecture == .llama { parts.insert("lm_head") }
+        for (pattern, matches) in zip(ignore, ignoreMatchers) where !parts.contains(where: { matches($0) }) {
+            let example = layers.first?.name ?? "layers/0/attention/q_proj"
+            throw PTQError("\(source):\(pattern.line): \(pattern.path): \"\(pattern.text)\" matches no layer or tensor of this \(config.architecture.rawValue) model (\(layers.count) linear layers named like \(example))")
+        }
+
         var plan: [LayerPlan] = []
         var wins = [Int](repeating: 0, count: rules.count)
         // For rules that never win: who took their layers.

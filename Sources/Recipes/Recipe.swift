@@ -65,6 +65,11 @@ public struct RecipeCalibration: Sendable, Equatable {
     /// Line of the `calibration:` block; nil when the recipe has none (all defaults).
     public var line: Int?
 
+    /// Bounds of `samples` and `seq_len` (seq_len is also checked against the model's
+    /// max_positions when calibration runs).
+    public static let samplesRange = 1...100_000
+    public static let sequenceLengthRange = 1...131_072
+
     public init(data: String, samples: Int, sequenceLength: Int, seed: Int = 0, line: Int? = nil) {
         self.data = data
         self.samples = samples
@@ -107,6 +112,9 @@ public struct VerifyThresholds: Sendable, Equatable {
     public var minCosine: Double?
     /// Line of the `verify:` block.
     public var line: Int
+
+    /// Bounds of `samples`.
+    public static let samplesRange = 1...10_000
 
     public init(samples: Int = 8, maxKL: Double? = nil, minTop1: Double? = nil,
                 maxPerplexityIncrease: Double? = nil, minCosine: Double? = nil, line: Int = 0) {
@@ -252,8 +260,8 @@ private struct Parser {
             settings.data = try data.text().trimmingCharacters(in: .whitespaces)
             if settings.data.isEmpty { throw data.error("must not be empty") }
         }
-        if let f = map["samples"] { settings.samples = try f.int(range: 1...Int.max) }
-        if let f = map["seq_len"] { settings.sequenceLength = try f.int(range: 1...Int.max) }
+        if let f = map["samples"] { settings.samples = try f.int(range: RecipeCalibration.samplesRange) }
+        if let f = map["seq_len"] { settings.sequenceLength = try f.int(range: RecipeCalibration.sequenceLengthRange) }
         if let f = map["seed"] { settings.seed = try f.int(range: 0...Int.max) }
         return settings
     }
@@ -367,7 +375,7 @@ private struct Parser {
     func verify(_ field: Field, model: Architecture) throws(PTQError) -> VerifyThresholds {
         let map = try field.mapping(allowed: Recipe.verifyKeys)
         var thresholds = VerifyThresholds(line: field.keyLine ?? field.line)
-        if let f = map["samples"] { thresholds.samples = try f.int(range: 1...Int.max) }
+        if let f = map["samples"] { thresholds.samples = try f.int(range: VerifyThresholds.samplesRange) }
         let languageOnly = ["max_kl", "min_top1", "max_ppl_increase"], encoderOnly = ["min_cosine"]
         for key in model == .llama ? encoderOnly : languageOnly {
             if let f = map[key] {

@@ -6,7 +6,7 @@ import PTQCore
 // MARK: - Helpers
 
 /// A fresh temporary directory, removed by `cleanup`.
-private struct TempDir {
+struct TempDir {
     let path: String
 
     init() {
@@ -51,7 +51,7 @@ private func expectError(_ fragments: [String], sourceLocation: SourceLocation =
 }
 
 /// Deterministic pseudo-random numbers (64-bit LCG).
-private struct LCG {
+struct LCG {
     var state: UInt64
     init(_ seed: UInt64) { state = seed &* 6364136223846793005 &+ 1442695040888963407 }
     mutating func next() -> UInt64 {
@@ -63,7 +63,7 @@ private struct LCG {
     }
 }
 
-private struct ByteWriter {
+struct ByteWriter {
     var bytes: [UInt8] = []
     mutating func int<T: FixedWidthInteger>(_ v: T) {
         withUnsafeBytes(of: v.littleEndian) { bytes.append(contentsOf: $0) }
@@ -82,21 +82,21 @@ private func halfBits(_ v: Float) -> UInt16 { Float16(v).bitPattern }
 
 // MARK: - A tiny GGUF writer
 
-private enum MetaValue {
+enum MetaValue {
     case u32(UInt32), i32(Int32), u64(UInt64), f32(Float), bool(Bool), string(String)
     case strings([String]), i32s([Int32])
     /// Arbitrary bytes after the type tag (for malformed files).
     case raw(type: UInt32, body: [UInt8])
 }
 
-private struct GGUFTestTensor {
+struct GGUFTestTensor {
     var name: String
     var ne: [Int]
     var type: UInt32
     var data: [UInt8]
 }
 
-private struct GGUFBuilder {
+struct GGUFBuilder {
     var magic: [UInt8] = Array("GGUF".utf8)
     var version: UInt32 = 3
     var metadata: [(String, MetaValue)] = []
@@ -165,7 +165,7 @@ private struct GGUFBuilder {
 
 /// Encodes a rows × cols matrix (GGUF order, cols contiguous) in `type` with values chosen so that
 /// every element is exactly representable; returns the bytes and the exact expected floats.
-private func encode(_ type: GGMLType, rows: Int, cols: Int, rng: inout LCG) -> (bytes: [UInt8], values: [Float]) {
+func encode(_ type: GGMLType, rows: Int, cols: Int, rng: inout LCG) -> (bytes: [UInt8], values: [Float]) {
     var w = ByteWriter()
     var values: [Float] = []
     let n = rows * cols
@@ -220,7 +220,7 @@ private func encode(_ type: GGMLType, rows: Int, cols: Int, rng: inout LCG) -> (
 }
 
 /// GGUF row `h·d + 2i + j` holds Hugging Face row `h·d + j·d/2 + i`.
-private func hfOrder(_ gguf: [Float], rows: Int, cols: Int, heads: Int) -> [Float] {
+func hfOrder(_ gguf: [Float], rows: Int, cols: Int, heads: Int) -> [Float] {
     let headDim = rows / heads, half = headDim / 2
     var out = [Float](repeating: .nan, count: gguf.count)
     for h in 0..<heads {
@@ -235,20 +235,20 @@ private func hfOrder(_ gguf: [Float], rows: Int, cols: Int, heads: Int) -> [Floa
     return out
 }
 
-private enum Tiny {
+enum Tiny {
     static let hidden = 64, heads = 4, kvHeads = 2, headDim = 16, layers = 2, vocab = 40
     static let tokens = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"] + (3..<40).map { "t\($0)" }
     static let merges = ["t 3", "t 4", "t3 t4"]
 }
 
-private struct TinyGGUF {
+struct TinyGGUF {
     var builder: GGUFBuilder
     /// Canonical name → (shape, exact values in Hugging Face order).
     var expected: [String: (shape: [Int], values: [Float])]
 }
 
 /// A 2-layer llama (hidden 64, 4 heads, 2 KV heads, head_dim 16) with tensors in every supported type.
-private func makeTinyLlama(tied: Bool = false, ffn: Int = 96, ffnDownType: GGMLType? = nil,
+func makeTinyLlama(tied: Bool = false, ffn: Int = 96, ffnDownType: GGMLType? = nil,
                            alignment: Int = 32) -> TinyGGUF {
     var b = GGUFBuilder()
     b.alignment = alignment
@@ -657,7 +657,7 @@ private func makeTinyLlama(tied: Bool = false, ffn: Int = 96, ffnDownType: GGMLT
 
 // MARK: - Safetensors
 
-private struct STTensor {
+struct STTensor {
     var name: String
     var dtype: String
     var shape: [Int]
@@ -665,7 +665,7 @@ private struct STTensor {
 }
 
 /// Writes a safetensors file; `offsetsOverride` replaces a tensor's data_offsets in the header.
-private func safetensorsBytes(_ tensors: [STTensor], offsetsOverride: [String: (Int, Int)] = [:],
+func safetensorsBytes(_ tensors: [STTensor], offsetsOverride: [String: (Int, Int)] = [:],
                               headerLengthOverride: UInt64? = nil) -> [UInt8] {
     var entries: [String] = [#""__metadata__":{"format":"pt"}"#]
     var offset = 0
@@ -685,7 +685,7 @@ private func safetensorsBytes(_ tensors: [STTensor], offsetsOverride: [String: (
 }
 
 /// Encodes values in a safetensors dtype; the values must be exact in it.
-private func stEncode(_ values: [Float], _ dtype: String) -> [UInt8] {
+func stEncode(_ values: [Float], _ dtype: String) -> [UInt8] {
     var w = ByteWriter()
     for v in values {
         switch dtype {
@@ -698,16 +698,16 @@ private func stEncode(_ values: [Float], _ dtype: String) -> [UInt8] {
 }
 
 /// Values exactly representable in every dtype used here.
-private func exactValues(_ count: Int, seed: UInt64) -> [Float] {
+func exactValues(_ count: Int, seed: UInt64) -> [Float] {
     var rng = LCG(seed)
     return (0..<count).map { _ in Float(rng.int(-60...60)) / 16 }
 }
 
-private func json(_ object: Any) -> String {
+func json(_ object: Any) -> String {
     String(decoding: try! JSONSerialization.data(withJSONObject: object, options: [.sortedKeys]), as: UTF8.self)
 }
 
-private enum TinyBERT {
+enum TinyBERT {
     static let hidden = 8, heads = 2, layers = 2, intermediate = 16, positions = 16
     static let vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "hello", "world", "##s", "the", "a", "b", "c"]
     static var config: [String: Any] {
@@ -769,7 +769,7 @@ private enum TinyBERT {
     }
 }
 
-private enum TinyLLaMA {
+enum TinyLLaMA {
     static let hidden = 16, heads = 4, kvHeads = 2, headDim = 4, layers = 2, intermediate = 32, vocabSize = 12
     static var config: [String: Any] {
         ["model_type": "llama", "hidden_act": "silu", "hidden_size": hidden, "num_attention_heads": heads,

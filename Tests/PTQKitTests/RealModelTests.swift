@@ -40,7 +40,7 @@ struct RealModelTests {
     @Test func smolLM2Generates() throws {
         guard case .language(let model) = try PTQ.loadModel(path: try RealModels.smolLM2.get()) else { return }
         let tokenizer = try makeTokenizer(model.tokenizer)
-        let ids = PTQ.generate(model: model, tokenizer: tokenizer, prompt: "The capital of France is", maxTokens: 5)
+        let ids = try PTQ.generate(model: model, tokenizer: tokenizer, prompt: "The capital of France is", maxTokens: 5)
         #expect(tokenizer.decode(ids).contains("Paris"), "got: \(tokenizer.decode(ids))")
     }
 
@@ -75,7 +75,7 @@ struct RealModelTests {
         guard case .encoder(let model) = loaded else { Issue.record("MiniLM must load as an encoder"); return }
         #expect(model.config.hiddenSize == 384 && model.config.layerCount == 6)
         let pairs = try STSB.load(path: ProjectPaths.stsDev)
-        let result = STSB.evaluate(model: model, tokenizer: try PTQ.tokenizer(for: loaded), pairs: pairs, quiet: true)
+        let result = try STSB.evaluate(model: model, tokenizer: try PTQ.tokenizer(for: loaded), pairs: pairs, quiet: true)
         #expect(result.pairs == 1500)
         #expect(abs(result.spearman - 86.7163) < 0.05, "Spearman \(result.spearman) vs numpy reference 86.7163")
     }

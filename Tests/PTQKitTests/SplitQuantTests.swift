@@ -324,12 +324,12 @@ struct SplitQuantTests {
         let (checkpoint, folder) = try PipelineFixtures.setUp()
         let body = "scheme: {method: splitquant, weight: {bits: 3, symmetric: false, group_size: 32}, "
             + "parameters: {base: \(base)}}"
-        let recipe = try PTQKit.RecipeContext(path: try PipelineFixtures.recipe(folder, name: "sq-\(base)", body: body))
-        let outcome = try PTQKit.quantize(checkpoint: checkpoint, recipe: recipe, quiet: true)
+        let recipe = try PTQ.RecipeContext(path: try PipelineFixtures.recipe(folder, name: "sq-\(base)", body: body))
+        let outcome = try PTQ.quantize(checkpoint: checkpoint, recipe: recipe, quiet: true)
         #expect((outcome.statistics != nil) == (base == "gptq"))
         let path = folder + "/model.ptq"
         try PackedFile.write(outcome.packed, to: path)
-        guard case .language(let runtime) = try PTQKit.loadAnyModel(path: path) else { Issue.record("not a LM"); return }
+        guard case .language(let runtime) = try PTQ.loadAnyModel(path: path) else { Issue.record("not a LM"); return }
         let stored = try PackedFile.read(path: path)
         #expect(stored.quantizedLinears.values.allSatisfy { $0.weight.formatName == "split" })
         let simulated = try LlamaModel(weights: SimulatedWeights(packed: stored))

@@ -1,0 +1,153 @@
+import Foundation
+import Testing
+@testable import Checkpoint
+@testable import PTQKit
+
+/// Seeded mutation fuzzing of PTQKit's own readers (docs/reliability.md): a valid small file is
+/// truncated, has bytes flipped or overwritten at random offsets, or has runs of bytes copied
+/// from elsewhere; every mutation must end in a `PTQError` naming the file, or in a result that
+/// passes the format's validation (and, for models, runs to finite logits). A crash (trap,
+/// out-of-bounds read) kills the test process, so a passing run means none happened.
+/// GGUF and safetensors are fuzzed in CheckpointTests/ImporterFuzzTests.swift.
+enum Fuzz {
+    static let mutations = 300
+
+    static func mutate(_ bytes: [UInt8], _ rng: inout SplitMix) -> [UInt8] {
+        var out = bytes
+        guard !out.isEmpty else { return out }
+        func int(_ range: ClosedRange<Int>) -> Int { range.lowerBound + Int(rng.next() % UInt64(range.count)) }
+        switch int(0...3) {
+        case 0:
+            out.removeLast(int(1...out.count))
+        case 1:
+            for _ in 0..<int(1...4) { out[int(0...(out.count - 1))] ^= UInt8(1 << int(0...7)) }
+        case 2:
+            let at = int(0...(out.count - 1))
+            let fill: UInt8 = [0x00, 0xFF, 0x7F, 0x80][int(0...3)]
+            for i in at..<min(out.count, at + int(1...8)) { out[i] = fill }
+        default:
+            let n = int(1...16)
+            let from = int(0...(out.count - 1)), to = int(0...(out.count - 1))
+            for k in 0..<n where from + k < out.count && to + k < out.count { out[to + k] = bytes[from + k] }
+        }
+        return out
+    }
+
+    /// Runs `mutations` mutations of `valid` written to `path`; `check` throws for a clean
+    /// error and returns for a valid result. Returns (errors, valid).
+    static func run(_ valid: [UInt8], path: String, seed: UInt64, mutations: Int = Fuzz.mutations,
+                    _ check: (String) throws -> Void) throws -> (errors: Int, valid: Int) {
+        var rng = SplitMix(seed: seed)
+        var errors = 0, ok = 0
+        for _ in 0..<mutations {
+            try Data(mutate(valid, &rng)).write(to: URL(fileURLWithPath: path))
+            do {
+                try check(path)
+                ok += 1
+            } catch let error as PTQError {
+                errors += 1
+                #expect(error.message.contains(path), "the error must name the file: \(error.message)")
+            }
+        }
+        return (errors, ok)
+    }
+
+    static func report(_ format: String, _ result: (errors: Int, valid: Int)) {
+        print("fuzz \(format): \(result.errors + result.valid) mutations: \(result.errors) clean errors, "
+              + "\(result.valid) valid results, 0 crashes")
+    }
+}
+
+@Suite("Adversarial input: mutation fuzzing")
+struct AdversarialFuzzTests {
+    /// A model that loads must also run: finite logits on a few tokens.
+    static func runs(_ model: LoadedModel) throws {
+        switch model {
+        case .language(let m):
+            let logits = m.forward([1, 2, 3])
+            guard logits.allSatisfy(\.isFinite) else { throw PTQError("non-finite logits") }
+        case .encoder(let m):
+            guard m.embed(tokens: [2, 5, 3]).allSatisfy(\.isFinite) else { throw PTQError("non-finite embedding") }
+        }
+    }
+
+    @Test func hdf5Checkpoint() throws {
+        let f = try AdversarialFixture()
+        defer { f.cleanup() }
+        let valid = fileBytes(f.checkpoint)
+        let result = try Fuzz.run(valid, path: f.path("fuzz.h5"), seed: 1) { path in
+            let model = try PTQ.loadModel(path: path)
+            do { try Self.runs(model) } catch {
+                // A flipped mantissa or exponent can give huge but finite weights whose product
+                // overflows; evaluation commands report that as an error, never as a figure.
+                throw PTQError.file(path, "overflows: \(error)")
+            }
+        }
+        Fuzz.report("HDF5 checkpoint", result)
+    }
+
+    @Test func statisticsFile() throws {
+        let f = try AdversarialFixture()
+        defer { f.cleanup() }
+        let recipe = try f.recipe("stats", "scheme: {method: gptq, weight: {bits: 4}}")
+        let stats = f.path("stats.h5")
+        #expect(runPTQ(["calibrate", f.checkpoint, "--recipe", recipe, "-o", stats, "--quiet"]).code == 0)
+        let result = try Fuzz.run(fileBytes(stats), path: f.path("fuzz-stats.h5"), seed: 2) { path in
+            let read = try CalibrationStatistics.read(path: path)
+            try read.validate(source: path)
+        }
+        Fuzz.report("statistics file", result)
+    }
+
+    @Test func packedFile() throws {
+        let f = try AdversarialFixture()
+        defer { f.cleanup() }
+        let recipe = try f.recipe("packed", """
+        scheme: {method: rtn, weight: {bits: 4, group_size: 32}, activation: {bits: 8, granularity: per_tensor}}
+        """)
+        let packed = f.path("model.ptq")
+        #expect(runPTQ(["quantize", f.checkpoint, "--recipe", recipe, "-o", packed, "--quiet", "--no-verify"]).code == 0)
+        let result = try Fuzz.run(fileBytes(packed), path: f.path("fuzz.ptq"), seed: 3) { path in
+            let model = try PTQ.loadPacked(path: path)
+            do { try Self.runs(model) } catch { throw PTQError.file(path, "overflows: \(error)") }
+        }
+        Fuzz.report(".ptq", result)
+    }
+
+    @Test func recipeYAML() throws {
+        let f = try AdversarialFixture()
+        defer { f.cleanup() }
+        let recipe = try f.recipe("full", """
+        description: every section
+        scheme:
+          method: gptq
+          weight: {bits: 4, symmetric: false, group_size: 32}
+          parameters: {damping: 0.01, block_size: 32}
+        rules:
+          - targets: ["layers/*/mlp/down_proj", "re:^layers/1/attention/[qk]_proj$"]
+            method: rtn
+            weight: {bits: 8}
+            activation: {bits: 8, granularity: per_token}
+        ignore: ["layers/0/attention/o_proj"]
+        verify: {samples: 4, max_kl: 0.5, min_top1: 0.5}
+        """)
+        let config = try CheckpointReader(path: f.checkpoint).config
+        #expect(throws: Never.self) { _ = try PTQ.statisticsRequest(plan: try PTQ.RecipeContext(path: recipe).plan(for: config)) }
+        let result = try Fuzz.run(fileBytes(recipe), path: f.path("recipes/fuzz.yaml"), seed: 4) { path in
+            // What `quantize --dry-run` does: parse, plan, build every quantizer.
+            let context = try PTQ.RecipeContext(path: path)
+            _ = try PTQ.statisticsRequest(plan: try context.plan(for: config))
+        }
+        Fuzz.report("recipe YAML", result)
+    }
+
+    @Test func stsbTSV() throws {
+        let f = try AdversarialFixture()
+        defer { f.cleanup() }
+        let result = try Fuzz.run(fileBytes(f.path("sts.tsv")), path: f.path("fuzz.tsv"), seed: 5, mutations: 100) { path in
+            let pairs = try STSB.load(path: path)
+            #expect(pairs.count >= 2 && pairs.allSatisfy { $0.score.isFinite })
+        }
+        Fuzz.report("STS-B tsv", result)
+    }
+}
