@@ -44,6 +44,7 @@ public struct PackedWeights: WeightSource {
     public static func linearOp(for q: QuantizedLinear) throws(PTQError) -> any LinearOp {
         switch q.weight {
         case .integer: try IntegerLinear(q)
+        case .floatingPoint: try FloatingPointLinear(q)
         }
     }
 }
