@@ -232,3 +232,25 @@ void ck_fp_decode_rows(const uint8_t *codes, int nibbles, size_t row_begin, size
 #endif
     ck_fp_decode_rows_ref(codes, nibbles, row_begin, row_count, cols, group_size, table, scales, out);
 }
+
+void ck_fp_quantize_error_block(const float *w, size_t rows, size_t ld, size_t width, const float *alpha,
+                                int exp_bits, int man_bits, float *out) {
+    for (size_t r = 0; r < rows; r++) {
+        float *o = out + r * width;
+        const float *src = w + r * ld;
+        ck_fp_quantize_rows(src, 1, width, NULL, alpha[r], exp_bits, man_bits, o);
+        for (size_t j = 0; j < width; j++) o[j] -= src[j];
+    }
+}
+
+void ck_fp_quantize_rows_i8(const float *x, size_t rows, size_t cols, const float *channel_scale,
+                            float alpha, int exp_bits, int man_bits, const float *factor, int8_t *codes) {
+    const float maxv = fp_max_value(exp_bits, man_bits);
+    for (size_t i = 0; i < rows; i++) {
+        for (size_t j = 0; j < cols; j++) {
+            float t = x[i * cols + j];
+            if (channel_scale) t = t / channel_scale[j];
+            codes[i * cols + j] = (int8_t)(fp_round_to_grid(t / alpha, maxv, man_bits) * factor[j]);
+        }
+    }
+}

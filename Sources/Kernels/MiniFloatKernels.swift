@@ -84,4 +84,26 @@ public enum MiniFloat {
                               table, scales, tile)
         }
     }
+
+    /// `out[r, j] = Q(w[r·ld + j]) − w[r·ld + j]` with each row's own scale (`ck_fp_quantize_error_block`).
+    public static func quantizationError(_ w: UnsafePointer<Float>, rows: Int, ld: Int, width: Int,
+                                         alphas: UnsafePointer<Float>, exponentBits: Int, mantissaBits: Int,
+                                         into out: UnsafeMutablePointer<Float>) {
+        ck_fp_quantize_error_block(w, rows, ld, width, alphas, Int32(exponentBits), Int32(mantissaBits), out)
+    }
+
+    /// Minifloat activations as exact int8 integers `grid(x / channelScale / alpha)·factor[j]`
+    /// (`ck_fp_quantize_rows_i8`), parallel over rows.
+    public static func quantizeRowsInt8(_ x: UnsafePointer<Float>, rows: Int, columns: Int,
+                                        channelScales: UnsafePointer<Float>?, alpha: Float, exponentBits: Int,
+                                        mantissaBits: Int, factors: UnsafePointer<Float>,
+                                        into codes: UnsafeMutablePointer<Int8>) {
+        guard rows > 0, columns > 0 else { return }
+        let px = SendableConstPointer(x), pf = SendableConstPointer(factors), po = SendablePointer(codes)
+        let pc = channelScales.map { SendableConstPointer($0) }
+        Parallel.forEachChunk(rows, minimumChunk: LowBit.chunk(workPerRow: columns * 8, atLeast: 1)) { r in
+            ck_fp_quantize_rows_i8(px.base + r.lowerBound * columns, r.count, columns, pc?.base, alpha,
+                                   Int32(exponentBits), Int32(mantissaBits), pf.base, po.base + r.lowerBound * columns)
+        }
+    }
 }

@@ -159,9 +159,16 @@ public struct LLMFP4Quantizer: Quantizer {
             var activationErrors: [String] = []
             for _ in 0..<rounds {
                 // Weight biases for every format, then the weight format.
-                let xq = act.map { $0.apply(x, rows: n, columns: columns) } ?? x
-                let search = WeightSearch(x: x, xq: xq, tokens: n, weight: w, rows: rows, columns: columns,
-                                          groupSize: gs)
+                // q/k/v (gate/up) share an input point: their first round shares X̂ and so G and X̂ᵀX.
+                let key = "llmfp4.moments|\(act.map { "\($0.format)|\($0.gamma)|\($0.offsets != nil)" } ?? "float")|\(n)"
+                let packed = statistics.memoized(key) { () -> [Float] in
+                    let xq = act.map { $0.apply(x, rows: n, columns: columns) } ?? x
+                    let (g, c) = WeightSearch.moments(x: x, xq: xq, tokens: n, columns: columns)
+                    return g + (c ?? [])
+                }
+                let cc = columns * columns
+                let search = WeightSearch(gram: Array(packed[0..<cc]), cross: packed.count > cc ? Array(packed[cc...]) : nil,
+                                          weight: w, rows: rows, columns: columns, groupSize: gs)
                 var best: (error: Double, format: FloatingPointFormat, scales: [Float])?
                 for f in weightFormats {
                     let (s, error) = search.run(format: f, gammas: gammas)
@@ -322,10 +329,14 @@ struct WeightSearch {
     var linear: [Float]
 
     init(x: [Float], xq: [Float], tokens n: Int, weight: [Float], rows: Int, columns: Int, groupSize: Int) {
-        self.rows = rows
-        self.columns = columns
-        self.groupSize = groupSize
-        self.weight = weight
+        let (gram, cross) = Self.moments(x: x, xq: xq, tokens: n, columns: columns)
+        self.init(gram: gram, cross: cross, weight: weight, rows: rows, columns: columns, groupSize: groupSize)
+    }
+
+    /// G = X̂ᵀX̂ and `cross` = G − XᵀX̂ (= (G − X̂ᵀX)ᵀ; nil when X̂ = X), so that R = W·cross holds
+    /// r_o = (G − X̂ᵀX) w_o in row o. Layers that share an input point and an activation quantizer
+    /// share these (memoized by the caller).
+    static func moments(x: [Float], xq: [Float], tokens n: Int, columns: Int) -> (gram: [Float], cross: [Float]?) {
         var gram = [Float](repeating: 0, count: columns * columns)
         xq.withUnsafeBufferPointer { q in
             gram.withUnsafeMutableBufferPointer { g in
@@ -333,18 +344,34 @@ struct WeightSearch {
                           b: q.baseAddress!, ldb: columns, transposeB: false, c: g.baseAddress!, ldc: columns)
             }
         }
+        guard xq != x else { return (gram, nil) }
+        // cross[a, b] = G[a, b] − Σ_t x[t, a]·x̂[t, b]  (= (G − X̂ᵀX)ᵀ).
+        var cross = gram
+        x.withUnsafeBufferPointer { xp in
+            xq.withUnsafeBufferPointer { q in
+                cross.withUnsafeMutableBufferPointer { c in
+                    BLAS.gemm(m: columns, n: columns, k: n, alpha: -1, a: xp.baseAddress!, lda: columns, transposeA: true,
+                              b: q.baseAddress!, ldb: columns, transposeB: false, beta: 1, c: c.baseAddress!, ldc: columns)
+                }
+            }
+        }
+        return (gram, cross)
+    }
+
+    init(gram: [Float], cross: [Float]?, weight: [Float], rows: Int, columns: Int, groupSize: Int) {
+        self.rows = rows
+        self.columns = columns
+        self.groupSize = groupSize
+        self.weight = weight
         self.gram = gram
-        // r = ((X̂ − X) Wᵀ)ᵀ X̂, rows × columns; zero when the activations are float.
+        // r_o = (G − X̂ᵀX) w_o, i.e. R = W·(G − X̂ᵀX)ᵀ = W·cross; zero when the activations are float.
         var linear = [Float](repeating: 0, count: rows * columns)
-        if xq != x {
-            var e = xq
-            for i in 0..<e.count { e[i] -= x[i] }
-            let ew = LLMFP4Quantizer.product(e, rows: n, weight: weight, out: rows, columns: columns)  // n × rows
-            ew.withUnsafeBufferPointer { a in
-                xq.withUnsafeBufferPointer { q in
+        if let cross {
+            weight.withUnsafeBufferPointer { wp in
+                cross.withUnsafeBufferPointer { c in
                     linear.withUnsafeMutableBufferPointer { r in
-                        BLAS.gemm(m: rows, n: columns, k: n, a: a.baseAddress!, lda: rows, transposeA: true,
-                                  b: q.baseAddress!, ldb: columns, transposeB: false, c: r.baseAddress!, ldc: columns)
+                        BLAS.gemm(m: rows, n: columns, k: columns, a: wp.baseAddress!, lda: columns,
+                                  b: c.baseAddress!, ldb: columns, transposeB: false, c: r.baseAddress!, ldc: columns)
                     }
                 }
             }
@@ -412,15 +439,13 @@ struct WeightSearch {
             var bestScale = [Float](repeating: 1, count: rows)
             var candidate = [Float](repeating: 0, count: rows * width)
             var p = [Float](repeating: 0, count: rows * width)
+            var scalesNow = [Float](repeating: 1, count: rows)
             for gamma in gammas {
-                var scalesNow = [Float](repeating: 1, count: rows)
-                for r in 0..<rows {
-                    let s = scale(r, g, gamma)
-                    scalesNow[r] = s
-                    for j in 0..<width {
-                        let v = weight[r * columns + j0 + j]
-                        candidate[r * width + j] = format.quantize(v, scale: s) - v
-                    }
+                for r in 0..<rows { scalesNow[r] = scale(r, g, gamma) }
+                weight.withUnsafeBufferPointer { wp in
+                    MiniFloat.quantizationError(wp.baseAddress! + j0, rows: rows, ld: columns, width: width,
+                                                alphas: scalesNow, exponentBits: format.exponentBits,
+                                                mantissaBits: format.mantissaBits, into: &candidate)
                 }
                 gemm(candidate, rows, width, block, width, &p)
                 for r in 0..<rows {

@@ -302,6 +302,8 @@ struct LLMFP4Tests {
             SimulatedFPLinear(q).forward(x, rows: rows, into: &expected)
             for i in 0..<y.count { #expect(abs(y[i] - expected[i]) <= 1e-4 * max(1, abs(expected[i])), "\(format) row \(i / out)") }
             #expect(op.kernelDescription.contains(format.description))
+            // FP4 weights with E2M1 activations (shifted integers ≤ 12·2^3) run the exact int8 GEMM.
+            #expect(op.kernelDescription.contains("int8 GEMM") == (format.bits == 4 && act.bits == 4))
         }
     }
 

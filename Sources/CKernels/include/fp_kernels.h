@@ -39,4 +39,17 @@ void ck_fp_decode_rows(const uint8_t *codes, int nibbles, size_t row_begin, size
 void ck_fp_decode_rows_ref(const uint8_t *codes, int nibbles, size_t row_begin, size_t row_count, size_t cols,
                            size_t group_size, const float *table, const float *scales, float *out);
 
+/// Rounding error of a block of weights for a search: for r < rows and j < width,
+/// out[r*width + j] = Q(w[r*ld + j]) - w[r*ld + j] with Q(v) = grid(v / alpha[r]) * alpha[r],
+/// the same float operations as ck_fp_quantize_rows (so the same values as the stored weights).
+void ck_fp_quantize_error_block(const float *w, size_t rows, size_t ld, size_t width, const float *alpha,
+                                int exp_bits, int man_bits, float *out);
+
+/// Minifloat activations as int8 for the integer GEMM: per element, t = x / channel_scale[j]
+/// (when non-NULL), q = grid rounding of t / alpha (as ck_fp_quantize_rows), and
+/// codes[i, j] = q * factor[j] where factor[j] = 2^(K - k_j) / unit is chosen by the caller so
+/// that the product is an integer in [-127, 127] (exact: q is a multiple of unit).
+void ck_fp_quantize_rows_i8(const float *x, size_t rows, size_t cols, const float *channel_scale,
+                            float alpha, int exp_bits, int man_bits, const float *factor, int8_t *codes);
+
 #endif
