@@ -57,7 +57,7 @@ struct InspectCommand: ParsableCommand {
         for (key, value) in summary.metadata.sorted(by: { $0.key < $1.key }) { print("  \(key): \(value)") }
         for row in summary.tensors {
             let group = row.groupSize.map { " g\($0)" } ?? ""
-            let bits = row.kind == "float" ? "float\(row.bits)" : "int\(row.bits)\(group)"
+            let bits = row.kind == "float" ? "float\(row.bits)" : (row.format ?? "int\(row.bits)") + group
             print("  \(row.name) \(row.kind) \(row.shape) \(bits) act \(row.activation) "
                   + "\(formatBytes(row.storedBytes)) " + String(format: "%.3f", row.bitsPerWeight) + " bpw")
             if !row.details.isEmpty {

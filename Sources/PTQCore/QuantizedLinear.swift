@@ -22,14 +22,20 @@ public struct ActivationQuantization: Codable, Sendable, Equatable {
     public var channelScales: [Float]?
     /// Per-input-channel shift subtracted before scaling (symmetrization); nil = none.
     public var channelShift: [Float]?
+    /// Minifloat activations (LLM-FP4): `x'` is rounded to this format's grid scaled by the static
+    /// `scale` (= 2^(−ρ)) instead of to integers, and the decoded value is multiplied back by
+    /// `channelScales[j]` (2^(−k_j), the pre-shifted exponent bias). nil = integer codes.
+    public var floatFormat: FloatingPointFormat?
 
     public init(bits: Int, granularity: Granularity, scale: Float? = nil,
-                channelScales: [Float]? = nil, channelShift: [Float]? = nil) {
+                channelScales: [Float]? = nil, channelShift: [Float]? = nil,
+                floatFormat: FloatingPointFormat? = nil) {
         self.bits = bits
         self.granularity = granularity
         self.scale = scale
         self.channelScales = channelScales
         self.channelShift = channelShift
+        self.floatFormat = floatFormat
     }
 
     /// Largest code magnitude, 2^(bits-1) - 1 (127 for int8).
@@ -109,12 +115,15 @@ public enum QuantizedWeight: Sendable, Equatable {
     /// SplitQuant: a 2-bit cluster id and a code per element, scales and zero points per
     /// (row, group, cluster).
     case split(SplitWeight)
+    /// Minifloat codes (FP4/FP6/FP8, LLM-FP4) with per-channel or per-group real scales.
+    case floatingPoint(FloatingPointWeight)
 
     /// Output features.
     public var rows: Int {
         switch self {
         case .integer(let w): w.rows
         case .split(let w): w.rows
+        case .floatingPoint(let w): w.rows
         }
     }
 
@@ -123,6 +132,7 @@ public enum QuantizedWeight: Sendable, Equatable {
         switch self {
         case .integer(let w): w.columns
         case .split(let w): w.columns
+        case .floatingPoint(let w): w.columns
         }
     }
 
@@ -131,6 +141,7 @@ public enum QuantizedWeight: Sendable, Equatable {
         switch self {
         case .integer: "integer"
         case .split: "split"
+        case .floatingPoint(let w): w.format.description
         }
     }
 
@@ -150,6 +161,7 @@ public enum QuantizedWeight: Sendable, Equatable {
         switch self {
         case .integer(let w): w.dequantizedReference()
         case .split(let w): w.dequantizedReference()
+        case .floatingPoint(let w): w.dequantizedReference()
         }
     }
 }

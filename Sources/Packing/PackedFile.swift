@@ -166,6 +166,10 @@ public enum PackedFile {
                     try planSplit(key: key, linear: linear, weight: w, claim: claim, fail: bad)
                     continue
                 }
+                if case .floatingPoint(let w) = linear.weight {
+                    try appendFloatingPoint(key: key, linear: linear, weight: w, claim: claim, fail: bad)
+                    continue
+                }
                 guard case .integer(let w) = linear.weight else {
                     throw bad("weight format '\(linear.weight.formatName)' cannot be packed")
                 }
@@ -309,10 +313,9 @@ public enum PackedFile {
             var linears: [String: QuantizedLinear] = [:]
             for (i, e) in manifest.quantizedLinears.enumerated() {
                 let l = plan.linearLoads[i]
-                let weight = e.formatName == "split" ? .split(splitWeight(e, l, payloads)) : QuantizedWeight.integer(IntegerWeight(
-                    bits: e.bits, rows: e.rows, columns: e.columns, groupSize: e.groupSize, symmetric: e.symmetric,
-                    codes: payloads[l.codes].codes, scales: payloads[l.scales].floats,
-                    zeros: l.zeros.map { payloads[$0].floats }))
+                let weight = e.formatName == "split" ? .split(splitWeight(e, l, payloads))
+                    : Self.weight(e, codes: payloads[l.codes].codes, scales: payloads[l.scales].floats,
+                                  zeros: l.zeros.map { payloads[$0].floats })
                 var activation = e.activation
                 activation?.channelScales = l.activationChannelScales.map { payloads[$0].floats }
                 activation?.channelShift = l.activationChannelShift.map { payloads[$0].floats }
@@ -364,6 +367,7 @@ public enum PackedFile {
                                   storedBytes: bytes,
                                   bitsPerWeight: count > 0 ? 8 * Double(bytes) / Double(count) : 0,
                                   details: e.details))
+                rows[rows.count - 1].format = e.format
             }
             // Model order: position of the tensor (or the linear's weight) in the config's list.
             var order: [String: Int] = [:]
@@ -433,9 +437,7 @@ public enum PackedFile {
                     linearLoads.append(try Self.splitLoads(e, load: load, fail: fail))
                     continue
                 }
-                guard e.formatName == "integer" else {
-                    throw fail("tensor '\(t)': weight format '\(e.formatName)' is not known to this version")
-                }
+                try PackedFile.checkFormat(e, fail: fail)
                 guard (1...8).contains(e.bits) else { throw fail("tensor '\(t)': \(e.bits)-bit codes are not supported (1…8)") }
                 guard e.rows >= 0, e.columns >= 0, e.groupSize >= 1 else {
                     throw fail("tensor '\(t)': invalid geometry rows \(e.rows), columns \(e.columns), group size \(e.groupSize)")

@@ -27,9 +27,11 @@ public struct PackedFileSummary: Sendable, Encodable {
         /// What the method decided for this layer (searched ratios, range growth, …); empty for
         /// float tensors.
         public var details: [String: String] = [:]
+        /// Weight format of a quantized linear other than integer codes (`fp4 e2m1`); nil otherwise.
+        public var format: String?
 
         enum CodingKeys: String, CodingKey {
-            case name, kind, shape, bits, activation, details
+            case name, kind, shape, bits, activation, details, format
             case groupSize = "group_size"
             case parameterCount = "parameter_count"
             case storedBytes = "stored_bytes"
@@ -48,6 +50,7 @@ public struct PackedFileSummary: Sendable, Encodable {
             try c.encode(storedBytes, forKey: .storedBytes)
             try c.encode(bitsPerWeight, forKey: .bitsPerWeight)
             try c.encode(details, forKey: .details)
+            try c.encodeIfPresent(format, forKey: .format)
         }
     }
 

@@ -105,9 +105,9 @@ extension ActivationQuantization {
     /// Human-readable summary, e.g. `int8 per_token, channel scales, shift`; `float` for nil.
     static func describe(_ a: ActivationQuantization?, hasChannelScales: Bool, hasShift: Bool) -> String {
         guard let a else { return "float" }
-        var text = "int\(a.bits) \(a.granularity.rawValue)"
+        var text = "\(a.floatFormat?.description ?? "int\(a.bits)") \(a.granularity.rawValue)"
         if let scale = a.scale { text += " (scale \(scale))" }
-        if hasChannelScales { text += ", channel scales" }
+        if hasChannelScales { text += a.floatFormat == nil ? ", channel scales" : ", 2^-k channel shifts" }
         if hasShift { text += ", shift" }
         return text
     }

@@ -125,6 +125,7 @@ public final class IntegerLinear: LinearOp {
 
         if let a = q.activation {
             activationBits = a.bits
+            guard a.floatFormat == nil else { throw fail("minifloat activations need minifloat weights") }
             guard (2...8).contains(a.bits) else {
                 throw fail("\(a.bits)-bit activations are not supported (2…8 bits)")
             }

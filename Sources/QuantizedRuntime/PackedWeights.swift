@@ -45,6 +45,7 @@ public struct PackedWeights: WeightSource {
         switch q.weight {
         case .integer: try IntegerLinear(q)
         case .split: try SplitLinear(q)
+        case .floatingPoint: try FloatingPointLinear(q)
         }
     }
 }

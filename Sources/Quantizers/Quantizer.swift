@@ -43,6 +43,7 @@ public enum QuantizerRegistry {
         "outliertune": { plan throws(PTQError) in try OutlierTuneQuantizer(plan: plan) },
         "gptq": { plan throws(PTQError) in try GPTQQuantizer(plan: plan) },
         "splitquant": { plan throws(PTQError) in try SplitQuantQuantizer(plan: plan) },
+        "llmfp4": { plan throws(PTQError) in try LLMFP4Quantizer(plan: plan) },
     ]
 
     public static var methods: [String] { factories.keys.sorted() }

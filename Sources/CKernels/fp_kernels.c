@@ -1,0 +1,256 @@
+#include "ckernels.h"
+#include "fp_kernels.h"
+#include <immintrin.h>
+#include <math.h>
+#include <string.h>
+
+// Minifloat (LLM-FP4) kernels: see fp_kernels.h for the layouts and the exact semantics.
+
+static inline size_t fp_groups(size_t cols, size_t group_size) { return (cols + group_size - 1) / group_size; }
+static inline size_t fp_row_bytes(size_t cols, int nibbles) { return nibbles ? (cols + 1) / 2 : cols; }
+static inline unsigned fp_code_at(const uint8_t *row, int nibbles, size_t j) {
+    if (!nibbles) return row[j];
+    const uint8_t b = row[j >> 1];
+    return (j & 1) ? (unsigned)(b >> 4) : (unsigned)(b & 0x0F);
+}
+
+/// 2^k as a float (k within the normal range).
+static inline float fp_pow2(int k) {
+    uint32_t bits = (uint32_t)(k + 127) << 23;
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
+static inline float fp_max_value(int e, int m) { return fp_pow2((1 << e) - 1) * (2.0f - fp_pow2(-m)); }
+
+static inline float fp_round_to_grid(float y, float maxv, int m) {
+    if (y != y) return 0.0f;
+    float c = y < -maxv ? -maxv : (y > maxv ? maxv : y);
+    if (c == 0.0f) return 0.0f;
+    int ex;
+    (void)frexpf(c, &ex);            // |c| = f * 2^ex with f in [0.5, 1): floor(log2|c|) = ex - 1
+    int p = ex - 1 < 1 ? 1 : ex - 1;
+    const float step = fp_pow2(p - m);
+    return nearbyintf(c / step) * step;  // default rounding mode: to nearest, ties to even
+}
+
+void ck_fp_quantize_rows_ref(const float *x, size_t rows, size_t cols, const float *channel_scale,
+                             float alpha, int exp_bits, int man_bits, float *out) {
+    const float maxv = fp_max_value(exp_bits, man_bits);
+    for (size_t i = 0; i < rows; i++) {
+        for (size_t j = 0; j < cols; j++) {
+            float t = x[i * cols + j];
+            if (channel_scale) t = t / channel_scale[j];
+            float q = fp_round_to_grid(t / alpha, maxv, man_bits) * alpha;
+            if (channel_scale) q = q * channel_scale[j];
+            out[i * cols + j] = q;
+        }
+    }
+}
+
+void ck_fp_gemv_f32_ref(const uint8_t *codes, int nibbles, size_t row_begin, size_t row_count, size_t cols,
+                        size_t group_size, const float *table, const float *scales, const float *x, float *y) {
+    if (group_size == 0) group_size = cols ? cols : 1;
+    const size_t groups = fp_groups(cols, group_size), stride = fp_row_bytes(cols, nibbles);
+    for (size_t o = row_begin; o < row_begin + row_count; o++) {
+        const uint8_t *row = codes + o * stride;
+        float y_o = 0;
+        for (size_t g = 0; g < groups; g++) {
+            const size_t j0 = g * group_size, j1 = j0 + group_size < cols ? j0 + group_size : cols;
+            float dot = 0;
+            for (size_t j = j0; j < j1; j++) dot += table[fp_code_at(row, nibbles, j)] * x[j];
+            y_o += scales[o * groups + g] * dot;
+        }
+        y[o] = y_o;
+    }
+}
+
+void ck_fp_decode_rows_ref(const uint8_t *codes, int nibbles, size_t row_begin, size_t row_count, size_t cols,
+                           size_t group_size, const float *table, const float *scales, float *out) {
+    if (group_size == 0) group_size = cols ? cols : 1;
+    const size_t groups = fp_groups(cols, group_size), stride = fp_row_bytes(cols, nibbles);
+    for (size_t r = 0; r < row_count; r++) {
+        const size_t o = row_begin + r;
+        const uint8_t *row = codes + o * stride;
+        for (size_t j = 0; j < cols; j++)
+            out[r * cols + j] = scales[o * groups + j / group_size] * table[fp_code_at(row, nibbles, j)];
+    }
+}
+
+#if defined(__x86_64__)
+__attribute__((target("avx2,fma")))
+static void fp_quantize_rows_avx2(const float *x, size_t rows, size_t cols, const float *channel_scale,
+                                  float alpha, int exp_bits, int man_bits, float *out) {
+    const float maxv = fp_max_value(exp_bits, man_bits);
+    const __m256 vmax = _mm256_set1_ps(maxv), vmin = _mm256_set1_ps(-maxv), va = _mm256_set1_ps(alpha);
+    const __m256i one = _mm256_set1_epi32(1), bias = _mm256_set1_epi32(127);
+    const __m256i m = _mm256_set1_epi32(man_bits);
+    for (size_t i = 0; i < rows; i++) {
+        const float *xr = x + i * cols;
+        float *o = out + i * cols;
+        size_t j = 0;
+        for (; j + 8 <= cols; j += 8) {
+            __m256 t = _mm256_loadu_ps(xr + j);
+            __m256 cs = channel_scale ? _mm256_loadu_ps(channel_scale + j) : _mm256_set1_ps(1);
+            if (channel_scale) t = _mm256_div_ps(t, cs);
+            __m256 yv = _mm256_div_ps(t, va);
+            const __m256 ordered = _mm256_cmp_ps(yv, yv, _CMP_ORD_Q);
+            __m256 c = _mm256_min_ps(_mm256_max_ps(yv, vmin), vmax);
+            c = _mm256_and_ps(c, ordered);  // NaN -> 0
+            // floor(log2|c|) from the exponent field; zero and subnormals give <= -127, clamped to 1.
+            __m256i ex = _mm256_sub_epi32(_mm256_and_si256(_mm256_srli_epi32(_mm256_castps_si256(c), 23),
+                                                           _mm256_set1_epi32(0xFF)), bias);
+            __m256i p = _mm256_max_epi32(ex, one);
+            __m256 step = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(_mm256_sub_epi32(p, m), bias), 23));
+            __m256 q = _mm256_mul_ps(_mm256_round_ps(_mm256_div_ps(c, step), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC),
+                                     step);
+            q = _mm256_mul_ps(q, va);
+            if (channel_scale) q = _mm256_mul_ps(q, cs);
+            _mm256_storeu_ps(o + j, q);
+        }
+        for (; j < cols; j++) {
+            float t = xr[j];
+            if (channel_scale) t = t / channel_scale[j];
+            float q = fp_round_to_grid(t / alpha, maxv, man_bits) * alpha;
+            if (channel_scale) q = q * channel_scale[j];
+            o[j] = q;
+        }
+    }
+}
+
+/// 8 codes starting at column j (j even) of a nibble row as int32 lanes.
+__attribute__((target("avx2")))
+static inline __m256i fp_nibbles8(const uint8_t *row, size_t j) {
+    uint32_t word;
+    memcpy(&word, row + (j >> 1), 4);
+    const __m256i shifts = _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28);
+    return _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32((int)word), shifts), _mm256_set1_epi32(0xF));
+}
+
+/// table lookup of 8 FP4 codes in registers: magnitude by permute, sign bit (bit 3) by xor.
+__attribute__((target("avx2")))
+static inline __m256 fp4_lookup(__m256 magnitudes, __m256i idx) {
+    __m256 v = _mm256_permutevar8x32_ps(magnitudes, idx);
+    __m256i sign = _mm256_slli_epi32(_mm256_and_si256(idx, _mm256_set1_epi32(8)), 28);
+    return _mm256_xor_ps(v, _mm256_castsi256_ps(sign));
+}
+
+__attribute__((target("avx2,fma")))
+static inline float fp_hsum(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 0x55));
+    return _mm_cvtss_f32(s);
+}
+
+__attribute__((target("avx2,fma")))
+static void fp_gemv_avx2(const uint8_t *codes, int nibbles, size_t row_begin, size_t row_count, size_t cols,
+                         size_t group_size, const float *table, const float *scales, const float *x, float *y) {
+    const size_t groups = fp_groups(cols, group_size), stride = fp_row_bytes(cols, nibbles);
+    const __m256 mags = nibbles ? _mm256_loadu_ps(table) : _mm256_setzero_ps();
+    for (size_t o = row_begin; o < row_begin + row_count; o++) {
+        const uint8_t *row = codes + o * stride;
+        float y_o = 0;
+        for (size_t g = 0; g < groups; g++) {
+            const size_t j0 = g * group_size, j1 = j0 + group_size < cols ? j0 + group_size : cols;
+            __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+            size_t j = j0;
+            if (nibbles) {
+                if (j & 1) j = j1;  // odd group start (odd group sizes): scalar below
+                else {
+                    for (; j + 16 <= j1 && j + 16 <= 2 * stride; j += 16) {
+                        acc0 = _mm256_fmadd_ps(fp4_lookup(mags, fp_nibbles8(row, j)), _mm256_loadu_ps(x + j), acc0);
+                        acc1 = _mm256_fmadd_ps(fp4_lookup(mags, fp_nibbles8(row, j + 8)), _mm256_loadu_ps(x + j + 8), acc1);
+                    }
+                    // Only read whole 4-byte words inside the row.
+                    for (; j + 8 <= j1 && (j >> 1) + 4 <= stride; j += 8)
+                        acc0 = _mm256_fmadd_ps(fp4_lookup(mags, fp_nibbles8(row, j)), _mm256_loadu_ps(x + j), acc0);
+                }
+            } else {
+                for (; j + 8 <= j1; j += 8) {
+                    __m256i idx = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(row + j)));
+                    acc0 = _mm256_fmadd_ps(_mm256_i32gather_ps(table, idx, 4), _mm256_loadu_ps(x + j), acc0);
+                }
+            }
+            float dot = fp_hsum(_mm256_add_ps(acc0, acc1));
+            for (size_t t = (nibbles && (j0 & 1)) ? j0 : j; t < j1; t++) dot += table[fp_code_at(row, nibbles, t)] * x[t];
+            y_o += scales[o * groups + g] * dot;
+        }
+        y[o] = y_o;
+    }
+}
+
+__attribute__((target("avx2")))
+static void fp_decode_rows_avx2(const uint8_t *codes, int nibbles, size_t row_begin, size_t row_count, size_t cols,
+                                size_t group_size, const float *table, const float *scales, float *out) {
+    const size_t groups = fp_groups(cols, group_size), stride = fp_row_bytes(cols, nibbles);
+    const __m256 mags = _mm256_loadu_ps(table);
+    for (size_t r = 0; r < row_count; r++) {
+        const size_t o = row_begin + r;
+        const uint8_t *row = codes + o * stride;
+        float *dst = out + r * cols;
+        size_t j = 0;
+        while (j < cols) {
+            const size_t g = j / group_size, j1 = (g + 1) * group_size < cols ? (g + 1) * group_size : cols;
+            const float s = scales[o * groups + g];
+            const __m256 vs = _mm256_set1_ps(s);
+            if (nibbles && !(j & 1))
+                for (; j + 8 <= j1 && (j >> 1) + 4 <= stride; j += 8)
+                    _mm256_storeu_ps(dst + j, _mm256_mul_ps(vs, fp4_lookup(mags, fp_nibbles8(row, j))));
+            for (; j < j1; j++) dst[j] = s * table[fp_code_at(row, nibbles, j)];
+        }
+    }
+}
+#endif
+
+void ck_fp_quantize_rows(const float *x, size_t rows, size_t cols, const float *channel_scale,
+                         float alpha, int exp_bits, int man_bits, float *out) {
+#if defined(__x86_64__)
+    if (ck_cpu_has_avx2()) { fp_quantize_rows_avx2(x, rows, cols, channel_scale, alpha, exp_bits, man_bits, out); return; }
+#endif
+    ck_fp_quantize_rows_ref(x, rows, cols, channel_scale, alpha, exp_bits, man_bits, out);
+}
+
+void ck_fp_gemv_f32(const uint8_t *codes, int nibbles, size_t row_begin, size_t row_count, size_t cols,
+                    size_t group_size, const float *table, const float *scales, const float *x, float *y) {
+    if (group_size == 0) group_size = cols ? cols : 1;
+#if defined(__x86_64__)
+    if (ck_cpu_has_avx2()) { fp_gemv_avx2(codes, nibbles, row_begin, row_count, cols, group_size, table, scales, x, y); return; }
+#endif
+    ck_fp_gemv_f32_ref(codes, nibbles, row_begin, row_count, cols, group_size, table, scales, x, y);
+}
+
+void ck_fp_decode_rows(const uint8_t *codes, int nibbles, size_t row_begin, size_t row_count, size_t cols,
+                       size_t group_size, const float *table, const float *scales, float *out) {
+    if (group_size == 0) group_size = cols ? cols : 1;
+#if defined(__x86_64__)
+    if (nibbles && ck_cpu_has_avx2()) {
+        fp_decode_rows_avx2(codes, nibbles, row_begin, row_count, cols, group_size, table, scales, out);
+        return;
+    }
+#endif
+    ck_fp_decode_rows_ref(codes, nibbles, row_begin, row_count, cols, group_size, table, scales, out);
+}
+
+void ck_fp_quantize_error_block(const float *w, size_t rows, size_t ld, size_t width, const float *alpha,
+                                int exp_bits, int man_bits, float *out) {
+    for (size_t r = 0; r < rows; r++) {
+        float *o = out + r * width;
+        const float *src = w + r * ld;
+        ck_fp_quantize_rows(src, 1, width, NULL, alpha[r], exp_bits, man_bits, o);
+        for (size_t j = 0; j < width; j++) o[j] -= src[j];
+    }
+}
+
+void ck_fp_quantize_rows_i8(const float *x, size_t rows, size_t cols, const float *channel_scale,
+                            float alpha, int exp_bits, int man_bits, const float *factor, int8_t *codes) {
+    const float maxv = fp_max_value(exp_bits, man_bits);
+    for (size_t i = 0; i < rows; i++) {
+        for (size_t j = 0; j < cols; j++) {
+            float t = x[i * cols + j];
+            if (channel_scale) t = t / channel_scale[j];
+            codes[i * cols + j] = (int8_t)(fp_round_to_grid(t / alpha, maxv, man_bits) * factor[j]);
+        }
+    }
+}

@@ -1,0 +1,55 @@
+#ifndef CK_FP_KERNELS_H
+#define CK_FP_KERNELS_H
+#include <stdint.h>
+#include <stddef.h>
+
+// Minifloat (LLM-FP4) kernels (fp_kernels.c). A format has exp_bits exponent and man_bits
+// mantissa bits; its grid at bias 0 is PTQCore.FloatingPointFormat: exponent code 0 holds
+// 2*M/2^m, exponent code E >= 1 holds 2^E*(1 + M/2^m), the largest value 2^(2^e-1)*(2 - 2^-m).
+//
+// Weight codes: sign | exponent | mantissa. With nibbles != 0 they are packed two per byte
+// (element 2i low nibble, 2i+1 high nibble, each row starting on a byte boundary: row stride
+// (cols + 1) / 2); else one byte per code. table[code] is the code's value at bias 0 (16 or 256
+// entries, sign-magnitude: table[c | signbit] = -table[c]). scales are [rows, G] row-major with
+// G = ceil(cols / group_size); an element's value is scale[r, g] * table[code].
+
+/// Activation fake quantization onto the minifloat grid, per element of x [rows, cols]:
+/// t = x / channel_scale[j] (only when channel_scale is non-NULL), y = t / alpha,
+/// q = grid rounding of y (clip at +-max, step 2^(max(floor(log2|y|), 1) - m), ties to even;
+/// NaN gives 0), out = (q * alpha) * channel_scale[j]. Bit-identical between the AVX2 path and
+/// the reference, and to FloatingPointFormat.roundToGrid in Swift.
+void ck_fp_quantize_rows(const float *x, size_t rows, size_t cols, const float *channel_scale,
+                         float alpha, int exp_bits, int man_bits, float *out);
+void ck_fp_quantize_rows_ref(const float *x, size_t rows, size_t cols, const float *channel_scale,
+                             float alpha, int exp_bits, int man_bits, float *out);
+
+/// For o in [row_begin, row_begin + row_count): y[o] = sum_g scale[o,g] * sum_{j in g} table[c[o,j]] * x[j].
+/// The AVX2 path looks the codes up in registers (FP4: one 8-lane permute of the magnitude table
+/// plus the sign bit; bytes: a gather) and accumulates each group with FMAs; the products are
+/// exact in float, only the summation order differs from the reference.
+void ck_fp_gemv_f32(const uint8_t *codes, int nibbles, size_t row_begin, size_t row_count, size_t cols,
+                    size_t group_size, const float *table, const float *scales, const float *x, float *y);
+void ck_fp_gemv_f32_ref(const uint8_t *codes, int nibbles, size_t row_begin, size_t row_count, size_t cols,
+                        size_t group_size, const float *table, const float *scales, const float *x, float *y);
+
+/// out[(r - row_begin)*cols + j] = scale[r,g] * table[c[r,j]] for the row range (one multiply,
+/// exactly FloatingPointWeight.value), for tiles multiplied by sgemm at prefill.
+void ck_fp_decode_rows(const uint8_t *codes, int nibbles, size_t row_begin, size_t row_count, size_t cols,
+                       size_t group_size, const float *table, const float *scales, float *out);
+void ck_fp_decode_rows_ref(const uint8_t *codes, int nibbles, size_t row_begin, size_t row_count, size_t cols,
+                           size_t group_size, const float *table, const float *scales, float *out);
+
+/// Rounding error of a block of weights for a search: for r < rows and j < width,
+/// out[r*width + j] = Q(w[r*ld + j]) - w[r*ld + j] with Q(v) = grid(v / alpha[r]) * alpha[r],
+/// the same float operations as ck_fp_quantize_rows (so the same values as the stored weights).
+void ck_fp_quantize_error_block(const float *w, size_t rows, size_t ld, size_t width, const float *alpha,
+                                int exp_bits, int man_bits, float *out);
+
+/// Minifloat activations as int8 for the integer GEMM: per element, t = x / channel_scale[j]
+/// (when non-NULL), q = grid rounding of t / alpha (as ck_fp_quantize_rows), and
+/// codes[i, j] = q * factor[j] where factor[j] = 2^(K - k_j) / unit is chosen by the caller so
+/// that the product is an integer in [-127, 127] (exact: q is a multiple of unit).
+void ck_fp_quantize_rows_i8(const float *x, size_t rows, size_t cols, const float *channel_scale,
+                            float alpha, int exp_bits, int man_bits, const float *factor, int8_t *codes);
+
+#endif

@@ -1,0 +1,109 @@
+import CKernels
+
+/// Kernels on minifloat (LLM-FP4) codes: activation rounding onto an FP grid, a GEMV that looks
+/// weight codes up in registers, and tile decoding for prefill (see `fp_kernels.h`).
+///
+/// Codes are sign | exponent | mantissa; `table[code]` is the code's value at bias 0
+/// (`FloatingPointFormat.codeValues`), scales are `[rows, groups]`. With `nibbles` the codes are
+/// packed two per byte (`LowBit.packNibbles`), else one byte each. The `…Reference` twins are the
+/// scalar C loops.
+public enum MiniFloat {
+    /// `out = ((grid(x / channelScale / alpha))·alpha)·channelScale` element-wise over `rows × columns`
+    /// (`channelScale` optional); bit-identical to `FloatingPointFormat.quantize`.
+    public static func quantizeRows(_ x: UnsafePointer<Float>, rows: Int, columns: Int,
+                                    channelScales: UnsafePointer<Float>?, alpha: Float,
+                                    exponentBits: Int, mantissaBits: Int, into out: UnsafeMutablePointer<Float>) {
+        guard rows > 0, columns > 0 else { return }
+        let px = SendableConstPointer(x), po = SendablePointer(out)
+        let pc = channelScales.map { SendableConstPointer($0) }
+        Parallel.forEachChunk(rows, minimumChunk: LowBit.chunk(workPerRow: columns * 4, atLeast: 1)) { r in
+            ck_fp_quantize_rows(px.base + r.lowerBound * columns, r.count, columns, pc?.base, alpha,
+                                Int32(exponentBits), Int32(mantissaBits), po.base + r.lowerBound * columns)
+        }
+    }
+
+    /// Scalar twin of `quantizeRows`.
+    public static func quantizeRowsReference(_ x: UnsafePointer<Float>, rows: Int, columns: Int,
+                                             channelScales: UnsafePointer<Float>?, alpha: Float,
+                                             exponentBits: Int, mantissaBits: Int,
+                                             into out: UnsafeMutablePointer<Float>) {
+        ck_fp_quantize_rows_ref(x, rows, columns, channelScales, alpha, Int32(exponentBits), Int32(mantissaBits), out)
+    }
+
+    /// `y[o] = Σ_g scale[o,g]·Σ_{j∈g} table[code[o,j]]·x[j]` for all `rows` outputs (parallel over rows).
+    public static func gemv(codes: UnsafePointer<UInt8>, nibbles: Bool, rows: Int, columns: Int, groupSize: Int,
+                            table: UnsafePointer<Float>, scales: UnsafePointer<Float>,
+                            x: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>) {
+        guard rows > 0 else { return }
+        let pc = SendableConstPointer(codes), pt = SendableConstPointer(table), ps = SendableConstPointer(scales)
+        let px = SendableConstPointer(x), py = SendablePointer(y)
+        Parallel.forEachChunk(rows, minimumChunk: LowBit.chunk(workPerRow: columns, atLeast: 8)) { r in
+            ck_fp_gemv_f32(pc.base, nibbles ? 1 : 0, r.lowerBound, r.count, columns, groupSize, pt.base, ps.base,
+                           px.base, py.base)
+        }
+    }
+
+    /// Scalar twin of `gemv`.
+    public static func gemvReference(codes: UnsafePointer<UInt8>, nibbles: Bool, rows: Int, columns: Int, groupSize: Int,
+                                     table: UnsafePointer<Float>, scales: UnsafePointer<Float>,
+                                     x: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>) {
+        ck_fp_gemv_f32_ref(codes, nibbles ? 1 : 0, 0, rows, columns, groupSize, table, scales, x, y)
+    }
+
+    /// Several input rows: weight rows are decoded a tile at a time into scratch (the float matrix
+    /// never exists whole) and each tile is multiplied with one sgemm, as `LowBit.dequantizedProduct`.
+    public static func product(codes: UnsafePointer<UInt8>, nibbles: Bool, outFeatures: Int, inFeatures: Int,
+                               groupSize: Int, table: UnsafePointer<Float>, scales: UnsafePointer<Float>,
+                               x: UnsafePointer<Float>, rows: Int, y: UnsafeMutablePointer<Float>) {
+        guard rows > 0, outFeatures > 0 else { return }
+        let tile = min(outFeatures, LowBit.defaultTileRows(inFeatures: inFeatures))
+        let scratch = UnsafeMutablePointer<Float>.allocate(capacity: tile * inFeatures)
+        defer { scratch.deallocate() }
+        let pc = SendableConstPointer(codes), pt = SendableConstPointer(table), ps = SendableConstPointer(scales)
+        let pscratch = SendablePointer(scratch)
+        for r0 in stride(from: 0, to: outFeatures, by: tile) {
+            let r1 = min(outFeatures, r0 + tile)
+            Parallel.forEachChunk(r1 - r0, minimumChunk: max(8, (LowBit.minimumWorkPerChunk / 8) / max(1, inFeatures))) { part in
+                ck_fp_decode_rows(pc.base, nibbles ? 1 : 0, r0 + part.lowerBound, part.count, inFeatures, groupSize,
+                                  pt.base, ps.base, pscratch.base + part.lowerBound * inFeatures)
+            }
+            BLAS.gemm(m: rows, n: r1 - r0, k: inFeatures, a: x, lda: inFeatures,
+                      b: scratch, ldb: inFeatures, transposeB: true, c: y + r0, ldc: outFeatures)
+        }
+    }
+
+    /// Decodes weight rows `rowRange` into `tile` (scalar reference when `reference`).
+    public static func decodeRows(codes: UnsafePointer<UInt8>, nibbles: Bool, rowRange: Range<Int>, columns: Int,
+                                  groupSize: Int, table: UnsafePointer<Float>, scales: UnsafePointer<Float>,
+                                  into tile: UnsafeMutablePointer<Float>, reference: Bool = false) {
+        if reference {
+            ck_fp_decode_rows_ref(codes, nibbles ? 1 : 0, rowRange.lowerBound, rowRange.count, columns, groupSize,
+                                  table, scales, tile)
+        } else {
+            ck_fp_decode_rows(codes, nibbles ? 1 : 0, rowRange.lowerBound, rowRange.count, columns, groupSize,
+                              table, scales, tile)
+        }
+    }
+
+    /// `out[r, j] = Q(w[r·ld + j]) − w[r·ld + j]` with each row's own scale (`ck_fp_quantize_error_block`).
+    public static func quantizationError(_ w: UnsafePointer<Float>, rows: Int, ld: Int, width: Int,
+                                         alphas: UnsafePointer<Float>, exponentBits: Int, mantissaBits: Int,
+                                         into out: UnsafeMutablePointer<Float>) {
+        ck_fp_quantize_error_block(w, rows, ld, width, alphas, Int32(exponentBits), Int32(mantissaBits), out)
+    }
+
+    /// Minifloat activations as exact int8 integers `grid(x / channelScale / alpha)·factor[j]`
+    /// (`ck_fp_quantize_rows_i8`), parallel over rows.
+    public static func quantizeRowsInt8(_ x: UnsafePointer<Float>, rows: Int, columns: Int,
+                                        channelScales: UnsafePointer<Float>?, alpha: Float, exponentBits: Int,
+                                        mantissaBits: Int, factors: UnsafePointer<Float>,
+                                        into codes: UnsafeMutablePointer<Int8>) {
+        guard rows > 0, columns > 0 else { return }
+        let px = SendableConstPointer(x), pf = SendableConstPointer(factors), po = SendablePointer(codes)
+        let pc = channelScales.map { SendableConstPointer($0) }
+        Parallel.forEachChunk(rows, minimumChunk: LowBit.chunk(workPerRow: columns * 8, atLeast: 1)) { r in
+            ck_fp_quantize_rows_i8(px.base + r.lowerBound * columns, r.count, columns, pc?.base, alpha,
+                                   Int32(exponentBits), Int32(mantissaBits), pf.base, po.base + r.lowerBound * columns)
+        }
+    }
+}

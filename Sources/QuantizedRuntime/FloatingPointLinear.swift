@@ -1,0 +1,196 @@
+import Kernels
+import Models
+import PTQCore
+
+/// A linear layer on minifloat weight codes (LLM-FP4: FP4/FP6/FP8 with per-channel or per-group
+/// real scales), with float activations or minifloat activations.
+///
+/// The runtime keeps the codes (FP4 two per byte) and scales, never the float weight matrix.
+/// Minifloat activations are rounded at run time onto the format's grid with the static
+/// per-tensor scale 2^(−ρ) after the per-channel shift `x·2^(k_j)` (stored as
+/// `channelScales[j] = 2^(−k_j)`), and the decoded value is multiplied back by 2^(−k_j): the
+/// paper folds that power of two into the weight columns; multiplying the activation instead is
+/// the same product (powers of two are exact in float) and costs one multiply per input element
+/// rather than per weight.
+///
+/// One input row runs the fused GEMV (`ck_fp_gemv_f32`: codes looked up in registers, every
+/// code×activation product exact in float, each group's sum scaled once); several rows decode a
+/// tile of weight rows at a time into scratch and multiply it with sgemm.
+public final class FloatingPointLinear: LinearOp {
+    public let name: String
+    public let inFeatures: Int
+    public let outFeatures: Int
+    public let format: FloatingPointFormat
+    public let groupSize: Int
+    public let activation: ActivationQuantization?
+    public let bias: [Float]?
+    private let nibbles: Bool
+    private let codes: [UInt8]
+    private let scales: [Float]
+    private let table: [Float]
+    /// Integer path (FP4 weights with activations whose shifted integers fit int8, e.g. W4A4
+    /// E2M1/E1M2): weight integers `value/unit` as int8 `[out, in]`, group scales `scale·unit`,
+    /// activation factors `2^(K − k_j)/unit_a`, and the output factor `alpha·unit_a·2^(−K)`.
+    private struct IntegerPath: Sendable {
+        var codes: [Int8]
+        var groupScales: [Float]
+        var activationFactors: [Float]
+        var outputScale: Float
+    }
+    private let integer: IntegerPath?
+
+    /// Rows up to which one GEMV per row beats decoding tiles for sgemm (as `IntegerLinear`).
+    static let gemvRowLimit = 8
+
+    /// Bytes held for this layer: codes, scales, bias and activation parameters.
+    public var storageBytes: Int {
+        codes.count + scales.count * 4 + (bias?.count ?? 0) * 4 + (activation?.channelScales?.count ?? 0) * 4
+            + (integer.map { $0.codes.count + $0.groupScales.count * 4 } ?? 0)
+    }
+
+    /// What runs, for reports: e.g. `fp4 e2m1 LUT GEMV/tile-sgemm g32, A fp8 e4m3 per-tensor`.
+    public var kernelDescription: String {
+        let grouping = groupSize >= inFeatures ? "per-channel" : "g\(groupSize)"
+        let act = activation?.floatFormat.map { "A \($0) per-tensor" + (activation?.channelScales != nil ? " + 2^-k" : "") }
+            ?? "A16"
+        if integer != nil { return "\(format) LUT→int8 GEMM \(grouping), \(act) as int8" }
+        return "\(format) LUT GEMV/tile-sgemm \(grouping), \(act)"
+    }
+
+    /// Converts a `QuantizedLinear` with minifloat weights to run-time storage; throws a `PTQError`
+    /// naming the layer for inconsistent shapes, unsupported formats or codes out of range.
+    public init(_ q: QuantizedLinear) throws(PTQError) {
+        let layer = q.name.isEmpty ? "quantized linear" : q.name
+        func fail(_ message: String) -> PTQError { PTQError("\(layer): \(message)") }
+        guard case .floatingPoint(let w) = q.weight else {
+            throw fail("weight format '\(q.weight.formatName)' is not minifloat codes")
+        }
+        guard w.format.isSupported else { throw fail("minifloat format \(w.format) is not supported") }
+        guard w.rows > 0, w.columns > 0 else { throw fail("empty weight \(w.rows)×\(w.columns)") }
+        guard w.groupSize > 0 else { throw fail("group size \(w.groupSize) must be positive") }
+        guard w.codes.count == w.rows * w.columns else {
+            throw fail("\(w.codes.count) weight codes for a \(w.rows)×\(w.columns) matrix")
+        }
+        guard w.scales.count == w.rows * w.groupsPerRow else {
+            throw fail("\(w.scales.count) weight scales, expected \(w.rows)×\(w.groupsPerRow) (group size \(w.groupSize))")
+        }
+        if let bad = w.scales.firstIndex(where: { !$0.isFinite }) {
+            throw fail("weight scale \(w.scales[bad]) of row \(bad / w.groupsPerRow) is not finite")
+        }
+        let limit = w.format.codeCount
+        if let bad = w.codes.firstIndex(where: { Int($0) >= limit }) {
+            throw fail("weight code \(w.codes[bad]) at element \(bad) does not fit \(w.format)")
+        }
+        if let bias = q.bias, bias.count != w.rows {
+            throw fail("bias has \(bias.count) values for \(w.rows) output features")
+        }
+        if let a = q.activation {
+            guard let f = a.floatFormat else {
+                throw fail("minifloat weights with integer activations are not supported (activation format missing)")
+            }
+            guard f.isSupported, f.bits == a.bits else { throw fail("activation format \(f) does not match \(a.bits) bits") }
+            guard a.granularity == .perTensor, let s = a.scale, s > 0, s.isFinite else {
+                throw fail("minifloat activations need a positive static per-tensor scale (got \(a.scale.map { "\($0)" } ?? "none"))")
+            }
+            if let cs = a.channelScales {
+                guard cs.count == w.columns else {
+                    throw fail("\(cs.count) activation channel scales for \(w.columns) input features")
+                }
+                if let bad = cs.firstIndex(where: { !($0 > 0 && $0.isFinite) }) {
+                    throw fail("activation channel scale \(cs[bad]) of input \(bad) is not a positive finite value")
+                }
+            }
+            guard a.channelShift == nil else { throw fail("minifloat activations take no channel shift") }
+        }
+        name = q.name
+        inFeatures = w.columns
+        outFeatures = w.rows
+        format = w.format
+        groupSize = min(w.groupSize, w.columns)
+        activation = q.activation
+        bias = q.bias
+        nibbles = w.bits <= 4
+        codes = nibbles ? LowBit.packNibbles(w.codes, rows: w.rows, columns: w.columns) : w.codes
+        scales = w.scales
+        // 16 entries for nibbles (the AVX2 path reads the first 8 as the magnitude table).
+        table = w.format.codeValues + [Float](repeating: 0, count: max(0, (nibbles ? 16 : 256) - w.format.codeCount))
+        integer = Self.integerPath(w, activation: q.activation)
+    }
+
+    /// Every FP4 weight is an integer (≤ 64) times the format's smallest step, and an activation
+    /// grid value times 2^(K − k_j) is an integer too; when those fit int8 the layer runs the exact
+    /// int8 GEMM (`ck_gemm_i8_grouped`) with the group scales applied after each integer group sum.
+    private static func integerPath(_ w: FloatingPointWeight, activation a: ActivationQuantization?) -> IntegerPath? {
+        guard w.bits <= 4, let a, let f = a.floatFormat, let alpha = a.scale, w.columns <= 131_072 else { return nil }
+        let offsets: [Int] = a.channelScales?.map { -Int($0.exponent) } ?? [Int](repeating: 0, count: w.columns)
+        // Only exact powers of two 2^(−k), k ≥ 0, are offsets.
+        if let cs = a.channelScales, cs.contains(where: { $0.significandBitPattern != 0 || $0 > 1 }) { return nil }
+        let k = offsets.max() ?? 0
+        let maxInteger = Int(f.maxValue / f.unit)
+        guard maxInteger << k <= 127 else { return nil }
+        let wt = w.format.codeValues
+        var codes = [Int8](repeating: 0, count: w.codes.count)
+        for i in 0..<codes.count { codes[i] = Int8(wt[Int(w.codes[i])] / w.format.unit) }
+        let groupScales = w.scales.map { $0 * w.format.unit }
+        let factors = offsets.map { Float(sign: .plus, exponent: k - $0, significand: 1) / f.unit }
+        let outputScale = alpha * f.unit * Float(sign: .plus, exponent: -k, significand: 1)
+        return IntegerPath(codes: codes, groupScales: groupScales, activationFactors: factors, outputScale: outputScale)
+    }
+
+    public func forward(_ x: UnsafePointer<Float>, rows: Int, into y: UnsafeMutablePointer<Float>) {
+        guard rows > 0 else { return }
+        let k = inFeatures, n = outFeatures
+        if let p = integer, let a = activation, let f = a.floatFormat, let alpha = a.scale {
+            let codes = UnsafeMutablePointer<Int8>.allocate(capacity: rows * k)
+            defer { codes.deallocate() }
+            withOptional(a.channelScales) { cs in
+                p.activationFactors.withUnsafeBufferPointer { fp in
+                    MiniFloat.quantizeRowsInt8(x, rows: rows, columns: k, channelScales: cs, alpha: alpha,
+                                               exponentBits: f.exponentBits, mantissaBits: f.mantissaBits,
+                                               factors: fp.baseAddress!, into: codes)
+                }
+            }
+            p.codes.withUnsafeBufferPointer { wc in
+                p.groupScales.withUnsafeBufferPointer { ws in
+                    LowBit.gemmI8Grouped(a: codes, m: rows, b: wc.baseAddress!, n: n, k: k, groupSize: groupSize,
+                                         weightScales: ws.baseAddress!, c: y, ldc: n)
+                }
+            }
+            for i in 0..<rows * n { y[i] *= p.outputScale }
+            if let bias {
+                bias.withUnsafeBufferPointer { Ops.addBias($0.baseAddress!, rows: rows, width: n, into: y) }
+            }
+            return
+        }
+        var input = x
+        let quantized = UnsafeMutablePointer<Float>.allocate(capacity: activation == nil ? 0 : rows * k)
+        defer { quantized.deallocate() }
+        if let a = activation, let f = a.floatFormat, let alpha = a.scale {
+            withOptional(a.channelScales) { cs in
+                MiniFloat.quantizeRows(x, rows: rows, columns: k, channelScales: cs, alpha: alpha,
+                                       exponentBits: f.exponentBits, mantissaBits: f.mantissaBits, into: quantized)
+            }
+            input = UnsafePointer(quantized)
+        }
+        codes.withUnsafeBufferPointer { c in
+            scales.withUnsafeBufferPointer { s in
+                table.withUnsafeBufferPointer { t in
+                    if rows <= Self.gemvRowLimit {
+                        for i in 0..<rows {
+                            MiniFloat.gemv(codes: c.baseAddress!, nibbles: nibbles, rows: n, columns: k,
+                                           groupSize: groupSize, table: t.baseAddress!, scales: s.baseAddress!,
+                                           x: input + i * k, y: y + i * n)
+                        }
+                    } else {
+                        MiniFloat.product(codes: c.baseAddress!, nibbles: nibbles, outFeatures: n, inFeatures: k,
+                                          groupSize: groupSize, table: t.baseAddress!, scales: s.baseAddress!,
+                                          x: input, rows: rows, y: y)
+                    }
+                }
+            }
+        }
+        if let bias {
+            bias.withUnsafeBufferPointer { Ops.addBias($0.baseAddress!, rows: rows, width: n, into: y) }
+        }
+    }
+}

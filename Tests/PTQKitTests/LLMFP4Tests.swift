@@ -1,0 +1,396 @@
+import Foundation
+import Testing
+@testable import Kernels
+@testable import PTQKit
+@testable import Quantizers
+
+@Suite("LLMFP4")
+struct LLMFP4Tests {
+    static let e2m1 = FloatingPointFormat(exponentBits: 2, mantissaBits: 1)
+    static let e3m0 = FloatingPointFormat(exponentBits: 3, mantissaBits: 0)
+    static let e1m2 = FloatingPointFormat(exponentBits: 1, mantissaBits: 2)
+    static let e4m3 = FloatingPointFormat(exponentBits: 4, mantissaBits: 3)
+    static let allTested: [FloatingPointFormat] = [e2m1, e3m0, e1m2, e4m3,
+        FloatingPointFormat(exponentBits: 5, mantissaBits: 2), FloatingPointFormat(exponentBits: 1, mantissaBits: 6),
+        FloatingPointFormat(exponentBits: 3, mantissaBits: 2), FloatingPointFormat(exponentBits: 2, mantissaBits: 3)]
+
+    // MARK: the format
+
+    @Test func gridEnumeration() {
+        #expect(Self.e2m1.positiveGrid == [0, 1, 2, 3, 4, 6, 8, 12])
+        #expect(Self.e3m0.positiveGrid == [0, 2, 4, 8, 16, 32, 64, 128])
+        #expect(Self.e1m2.positiveGrid == [0, 0.5, 1, 1.5, 2, 2.5, 3, 3.5])
+        #expect(Self.e4m3.maxValue == 61440)
+        // 15 distinct values per 4-bit format (±0 share a value), integers of the smallest step.
+        for f in [Self.e2m1, Self.e3m0, Self.e1m2] {
+            #expect(Set(f.codeValues).count == 15)
+            #expect((0..<16).map { f.integerValue(code: $0) }.map(abs).max()! <= 64)
+        }
+        #expect((0..<8).map { Self.e2m1.integerValue(code: $0) } == [0, 1, 2, 3, 4, 6, 8, 12])
+        #expect(FloatingPointFormat.searchCandidates(bits: 8).map(\.description)
+                == ["fp8 e5m2", "fp8 e4m3", "fp8 e3m4", "fp8 e2m5", "fp8 e1m6"])
+        #expect(FloatingPointFormat.searchCandidates(bits: 4).map(\.description) == ["fp4 e3m0", "fp4 e2m1", "fp4 e1m2"])
+        #expect(FloatingPointFormat(formatName: "fp4 e2m1") == Self.e2m1)
+        #expect(FloatingPointFormat(formatName: "fp4 e4m3") == nil)
+        #expect(FloatingPointFormat(name: "E4M3") == Self.e4m3)
+    }
+
+    /// Every code decodes to a grid value whose code is the same code (−0 aside).
+    @Test(arguments: allTested)
+    func codesRoundTrip(format: FloatingPointFormat) {
+        for code in 0..<format.codeCount {
+            let v = format.value(code: code)
+            #expect(format.roundToGrid(v) == v)
+            let back = format.code(ofGridValue: v)
+            if v == 0 { #expect(back & 0x7F == 0 || back == 0) } else { #expect(Int(back) == code) }
+        }
+    }
+
+    /// Q is idempotent, and Q_b̃(x) = 2^(−b̃)·Q_0(2^b̃·x) against the paper's formula
+    /// (p = max(⌊log2|x_c| + b̃⌋, 1), s = 2^(p − m − b̃), Q = s·round(x_c / s)), in double.
+    @Test(arguments: allTested)
+    func quantizerMatchesPaperFormula(format: FloatingPointFormat) {
+        var rng = SeededGenerator(seed: 7)
+        let m = Double(format.mantissaBits)
+        for trial in 0..<400 {
+            let bias = trial % 4 == 0 ? Double(Int(rng.float(in: -6...6))) : Double(rng.float(in: -6...9))
+            let alpha = FloatingPointFormat.scale(bias: bias)
+            let x = rng.float(in: -1...1) * powf(2, rng.float(in: -12...14))
+            let q = format.quantize(x, scale: alpha)
+            #expect(format.quantize(q, scale: alpha) == q)
+            // Paper form in double, with b̃ from the stored scale.
+            let b = -log2(Double(alpha))
+            let maxval = (2 - pow(2, -m)) * pow(2, pow(2, Double(format.exponentBits)) - 1 - b)
+            let xc = min(max(Double(x), -maxval), maxval)
+            let p = xc == 0 ? 1 : max(floor(log2(abs(xc)) + b), 1)
+            let s = pow(2, p - m - b)
+            let expected = s * (xc / s).rounded(.toNearestOrEven)
+            #expect(abs(Double(q) - expected) <= 1e-6 * max(abs(expected), Double(alpha)), "x \(x) bias \(bias)")
+            if bias == bias.rounded() {
+                // Integer biases: the scaling identity holds bit for bit.
+                #expect(q == Float(pow(2, -bias)) * format.roundToGrid(x * Float(pow(2, bias))))
+            }
+        }
+    }
+
+    /// The C activation quantizer (AVX2 and scalar twin) equals the Swift reference bit for bit,
+    /// with edge values: zero, ±max, beyond max, ties, subnormals, NaN.
+    @Test(arguments: [Self.e2m1, Self.e4m3, Self.e1m2, FloatingPointFormat(exponentBits: 5, mantissaBits: 2)])
+    func activationKernelIsBitExact(format: FloatingPointFormat) {
+        var rng = SeededGenerator(seed: 11)
+        let rows = 5, cols = 37
+        let alpha: Float = 0.37
+        var x = (0..<rows * cols).map { _ in rng.float(in: -1...1) * powf(2, rng.float(in: -10...8)) }
+        let edges: [Float] = [0, -0, format.maxValue * alpha, -format.maxValue * alpha, 1e30, -1e30, 2.5 * alpha,
+                              3 * alpha, 1e-42, .nan, 0.5 * alpha, 1.5 * alpha]
+        for (i, e) in edges.enumerated() { x[i * 3] = e }
+        let channel = (0..<cols).map { Float(sign: .plus, exponent: -($0 % 4), significand: 1) }
+        for cs in [nil, channel] {
+            var fast = [Float](repeating: 0, count: x.count), ref = fast
+            withOptionalPointer(cs) { c in
+                MiniFloat.quantizeRows(x, rows: rows, columns: cols, channelScales: c, alpha: alpha,
+                                       exponentBits: format.exponentBits, mantissaBits: format.mantissaBits, into: &fast)
+                MiniFloat.quantizeRowsReference(x, rows: rows, columns: cols, channelScales: c, alpha: alpha,
+                                                exponentBits: format.exponentBits, mantissaBits: format.mantissaBits, into: &ref)
+            }
+            for i in 0..<x.count {
+                let j = i % cols
+                var t = x[i]
+                if let cs { t = t / cs[j] }
+                var expected = format.roundToGrid(t / alpha) * alpha
+                if let cs { expected = expected * cs[j] }
+                #expect(fast[i].bitPattern == expected.bitPattern, "x \(x[i])")
+                #expect(ref[i].bitPattern == expected.bitPattern, "x \(x[i])")
+            }
+        }
+    }
+
+    /// FPQ's pre-shifted exponent bias: rounding x·2^(k_j) on the per-tensor grid 2^(−ρ) and
+    /// multiplying by 2^(−k_j) is bit for bit per-channel fake quantization with bias ρ + k_j.
+    @Test func perChannelIdentity() {
+        var rng = SeededGenerator(seed: 5)
+        let cols = 24
+        let absMax = (0..<cols).map { j in Float(j % 6 == 0 ? 40 : 1) * rng.float(in: 0.05...2) }
+        for format in [Self.e2m1, Self.e4m3, Self.e3m0] {
+            for gamma in [0.4, 0.9, 1.1] {
+                let c = ActivationCandidate(format: format, gamma: gamma, channelAbsMax: absMax, perChannel: true)
+                let k = c.offsets!
+                #expect(k.allSatisfy { (0...(1 << format.exponentBits) - 1).contains($0) })
+                let x = (0..<8 * cols).map { i in absMax[i % cols] * rng.float(in: -1.3...1.3) }
+                let y = c.apply(x, rows: 8, columns: cols)
+                for i in 0..<x.count {
+                    let alphaJ = c.scale * Float(sign: .plus, exponent: -k[i % cols], significand: 1)
+                    #expect(y[i].bitPattern == format.quantize(x[i], scale: alphaJ).bitPattern)
+                }
+            }
+        }
+        // The widest channel gets k = 0; channels 2^k narrower get larger offsets.
+        let c = ActivationCandidate(format: Self.e2m1, gamma: 1, channelAbsMax: [64, 8, 1, 0.01, 0], perChannel: true)
+        #expect(c.offsets! == [0, 3, 3, 3, 3])
+        let d = ActivationCandidate(format: Self.e4m3, gamma: 1, channelAbsMax: [64, 8, 1, 0.01, 0], perChannel: true)
+        #expect(d.offsets! == [0, 3, 6, 13, 15])
+    }
+
+    // MARK: the search
+
+    /// The Gram-form row error equals the brute-force output error of each row.
+    @Test func gramFormRowErrorEqualsBruteForce() {
+        var rng = SeededGenerator(seed: 9)
+        let n = 200, cols = 40, rows = 12
+        let x = (0..<n * cols).map { i in (i % cols == 3 ? 8 : 1) * rng.float(in: -1...1) }
+        let w = (0..<rows * cols).map { _ in rng.float(in: -0.3...0.3) }
+        let act = ActivationCandidate(format: Self.e2m1, gamma: 1, channelAbsMax: (0..<cols).map { $0 == 3 ? 8 : 1 },
+                                      perChannel: true)
+        let xq = act.apply(x, rows: n, columns: cols)
+        let search = WeightSearch(x: x, xq: xq, tokens: n, weight: w, rows: rows, columns: cols, groupSize: cols)
+        let scales = LLMFP4Quantizer.initialScales(w, rows: rows, columns: cols, groupSize: 8, format: Self.e2m1, gamma: 0.9)
+        let q = FloatingPointWeight.quantize(w, rows: rows, columns: cols, groupSize: 8, format: Self.e2m1, scales: scales)
+            .dequantizedReference()
+        let d = zip(q, w).map { $0 - $1 }
+        let gram = search.rowErrors(deltas: d)
+        for o in 0..<rows {
+            var brute = 0.0, constant = 0.0
+            for t in 0..<n {
+                var yq = 0.0, y = 0.0, yc = 0.0
+                for j in 0..<cols {
+                    yq += Double(xq[t * cols + j]) * Double(q[o * cols + j])
+                    y += Double(x[t * cols + j]) * Double(w[o * cols + j])
+                    yc += Double(xq[t * cols + j] - x[t * cols + j]) * Double(w[o * cols + j])
+                }
+                brute += (yq - y) * (yq - y)
+                constant += yc * yc
+            }
+            #expect(abs(gram[o] + constant - brute) <= 1e-4 * brute, "row \(o)")
+        }
+    }
+
+    static func plan(weight: String, activation: String?, parameters: String) throws -> LayerPlan {
+        let recipe = try Recipe.parse("""
+        name: t
+        model: llama
+        scheme:
+          method: llmfp4
+          weight: \(weight)
+        \(activation.map { "  activation: \($0)" } ?? "")
+          parameters: \(parameters)
+        """, source: "t.yaml")
+        return try recipe.plan(for: SyntheticModels.llamaConfig()).first { $0.name == "layers/0/mlp/gate_proj" }!
+    }
+
+    static func statistics(channels: Int, rows: Int, seed: UInt64) -> PointStatistics {
+        let stats = PointStatistics(channels: channels, kinds: [.channelRange, .reservoir], reservoirCapacity: 256)
+        var rng = SeededGenerator(seed: seed)
+        let x = (0..<rows * channels).map { i in (i % channels == 5 ? 30 : 1) * rng.float(in: -1...1) * rng.float(in: 0...1) }
+        x.withUnsafeBufferPointer { stats.add($0, rows: rows) }
+        return stats
+    }
+
+    /// The search never does worse than MinMax on the output error it optimises, with and
+    /// without groups, and the emitted layer records what it chose.
+    @Test(arguments: ["channel", "32"])
+    func searchBeatsMinMax(group: String) throws {
+        var rng = SeededGenerator(seed: 3)
+        let cols = 64, rows = 48
+        let w = (0..<rows * cols).map { _ in rng.float(in: -1...1) * powf(rng.float(in: 0...1), 3) * 0.3 }
+        let layer = LinearLayer(name: "layers/0/mlp/gate_proj", weight: Tensor(shape: [rows, cols], data: w), bias: nil,
+                                inputPoint: "layers.0.mlp.input")
+        let stats = Self.statistics(channels: cols, rows: 256, seed: 4)
+        func outputError(_ q: QuantizedLinear) -> Double {
+            let x = Array(stats.reservoir!.prefix(stats.reservoirCount * cols))
+            let sim = SimulatedFPLinear(q)
+            var y = [Float](repeating: 0, count: stats.reservoirCount * rows)
+            sim.forward(x, rows: stats.reservoirCount, into: &y)
+            let ref = LLMFP4Quantizer.product(x, rows: stats.reservoirCount, weight: w, out: rows, columns: cols)
+            return zip(y, ref).reduce(0) { $0 + Double(($1.0 - $1.1) * ($1.0 - $1.1)) }
+        }
+        let weight = "{bits: 4, group_size: \(group)}", act = "{bits: 4, granularity: per_tensor}"
+        let minmax = try LLMFP4Quantizer(plan: Self.plan(weight: weight, activation: act, parameters: "{setting: minmax}"))
+        let fast = try LLMFP4Quantizer(plan: Self.plan(weight: weight, activation: act,
+                                                       parameters: "{setting: fast, intervals: 20, rounds: 2}"))
+        #expect(minmax.requiredStatistics == [.channelRange] && fast.requiredStatistics == [.channelRange, .reservoir])
+        let qMinMax = try minmax.quantize(layer, statistics: stats)
+        let qFast = try fast.quantize(layer, statistics: stats)
+        #expect(qMinMax.weight.formatName == "fp4 e2m1")
+        #expect(qMinMax.activation?.channelScales == nil && qFast.activation?.channelScales?.count == cols)
+        #expect(qFast.details["weight_format"] == qFast.weight.formatName)
+        let e0 = outputError(qMinMax), e1 = outputError(qFast)
+        #expect(e1 < 0.8 * e0, "search \(e1) vs minmax \(e0)")
+    }
+
+    @Test func recipeErrorsNameTheField() throws {
+        #expect(throws: PTQError.self) {
+            _ = try LLMFP4Quantizer(plan: Self.plan(weight: "{bits: 8}", activation: nil, parameters: "{weight_format: e2m1}"))
+        }
+        #expect(throws: PTQError.self) {
+            _ = try LLMFP4Quantizer(plan: Self.plan(weight: "{bits: 4}", activation: nil, parameters: "{setting: slow}"))
+        }
+        #expect(throws: PTQError.self) {
+            _ = try LLMFP4Quantizer(plan: Self.plan(weight: "{bits: 4, symmetric: false}", activation: nil, parameters: "{}"))
+        }
+        do {
+            _ = try LLMFP4Quantizer(plan: Self.plan(weight: "{bits: 4}", activation: nil, parameters: "{gamma_range: [1, 0.5]}"))
+            Issue.record("accepted a reversed gamma_range")
+        } catch {
+            #expect("\(error)".contains("gamma_range"))
+        }
+        #expect(LLMFP4Quantizer.gammas(intervals: 100).count == 100)
+        #expect(abs(LLMFP4Quantizer.gammas(intervals: 100).last! - 1.1881) < 1e-9)
+    }
+
+    // MARK: kernels and runtime
+
+    static func randomWeight(rows: Int, cols: Int, groupSize: Int, format: FloatingPointFormat, seed: UInt64) -> FloatingPointWeight {
+        var rng = SeededGenerator(seed: seed)
+        let w = (0..<rows * cols).map { _ in rng.float(in: -1...1) * rng.float(in: 0...1) }
+        let gs = min(groupSize, cols)
+        let scales = LLMFP4Quantizer.initialScales(w, rows: rows, columns: cols, groupSize: gs, format: format, gamma: 0.95)
+        return FloatingPointWeight.quantize(w, rows: rows, columns: cols, groupSize: gs, format: format, scales: scales)
+    }
+
+    /// GEMV (AVX2 and scalar) and tile decoding against the reference dequantizer on random and
+    /// edge-case shapes: odd widths, shorter-than-vector rows, partial last groups.
+    @Test(arguments: [(7, 1, 1), (5, 33, 32), (9, 64, 32), (4, 100, 64), (16, 130, 128), (3, 576, 576), (2, 17, 17)])
+    func gemvMatchesReference(shape: (Int, Int, Int)) {
+        let (rows, cols, gs) = shape
+        for format in [Self.e2m1, Self.e3m0, Self.e1m2, Self.e4m3, FloatingPointFormat(exponentBits: 3, mantissaBits: 2)] {
+            let w = Self.randomWeight(rows: rows, cols: cols, groupSize: gs, format: format, seed: UInt64(rows * cols))
+            let nibbles = format.bits <= 4
+            let codes = nibbles ? LowBit.packNibbles(w.codes, rows: rows, columns: cols) : w.codes
+            let table = format.codeValues + [Float](repeating: 0, count: (nibbles ? 16 : 256) - format.codeCount)
+            let dense = w.dequantizedReference()
+            var rng = SeededGenerator(seed: 2)
+            let x = (0..<cols).map { _ in rng.float(in: -2...2) }
+            var fast = [Float](repeating: 0, count: rows), ref = fast
+            MiniFloat.gemv(codes: codes, nibbles: nibbles, rows: rows, columns: cols, groupSize: w.groupSize, table: table,
+                           scales: w.scales, x: x, y: &fast)
+            MiniFloat.gemvReference(codes: codes, nibbles: nibbles, rows: rows, columns: cols, groupSize: w.groupSize,
+                                    table: table, scales: w.scales, x: x, y: &ref)
+            for o in 0..<rows {
+                var expected = 0.0, magnitude = 0.0
+                for j in 0..<cols {
+                    expected += Double(dense[o * cols + j]) * Double(x[j])
+                    magnitude += abs(Double(dense[o * cols + j]) * Double(x[j]))
+                }
+                #expect(abs(Double(fast[o]) - expected) <= 1e-5 * magnitude + 1e-12, "\(format) \(shape) row \(o)")
+                #expect(abs(Double(ref[o]) - expected) <= 1e-5 * magnitude + 1e-12, "\(format) \(shape) row \(o)")
+            }
+            var tile = [Float](repeating: 0, count: rows * cols), tileRef = tile
+            MiniFloat.decodeRows(codes: codes, nibbles: nibbles, rowRange: 0..<rows, columns: cols, groupSize: w.groupSize,
+                                 table: table, scales: w.scales, into: &tile)
+            MiniFloat.decodeRows(codes: codes, nibbles: nibbles, rowRange: 0..<rows, columns: cols, groupSize: w.groupSize,
+                                 table: table, scales: w.scales, into: &tileRef, reference: true)
+            #expect(tile == dense && tileRef == dense)
+        }
+    }
+
+    /// The runtime layer equals the simulated quantized layer (fake-quant activations, reference
+    /// weights) for decode-sized and prefill-sized inputs, per channel and grouped, with bias.
+    @Test(arguments: [1, 3, 20])
+    func runtimeMatchesSimulation(rows: Int) throws {
+        for (format, gs, act) in [(Self.e2m1, 32, Self.e4m3), (Self.e1m2, 70, Self.e2m1), (Self.e4m3, 70, Self.e4m3)] {
+            let cols = 70, out = 24
+            let w = Self.randomWeight(rows: out, cols: cols, groupSize: gs, format: format, seed: 8)
+            var rng = SeededGenerator(seed: 12)
+            let absMax = (0..<cols).map { j in j == 4 ? Float(20) : rng.float(in: 0.5...2) }
+            let a = ActivationCandidate(format: act, gamma: 0.9, channelAbsMax: absMax, perChannel: true)
+            let q = QuantizedLinear(name: "l", method: "llmfp4", weight: .floatingPoint(w),
+                                    bias: (0..<out).map { _ in rng.float(in: -1...1) }, activation: a.quantization)
+            let op = try FloatingPointLinear(q)
+            let x = (0..<rows * cols).map { i in absMax[i % cols] * rng.float(in: -1...1) }
+            var y = [Float](repeating: 0, count: rows * out), expected = y
+            op.forward(x, rows: rows, into: &y)
+            SimulatedFPLinear(q).forward(x, rows: rows, into: &expected)
+            for i in 0..<y.count { #expect(abs(y[i] - expected[i]) <= 1e-4 * max(1, abs(expected[i])), "\(format) row \(i / out)") }
+            #expect(op.kernelDescription.contains(format.description))
+            // FP4 weights with E2M1 activations (shifted integers ≤ 12·2^3) run the exact int8 GEMM.
+            #expect(op.kernelDescription.contains("int8 GEMM") == (format.bits == 4 && act.bits == 4))
+        }
+    }
+
+    @Test func runtimeRejectsBadLayers() {
+        let w = Self.randomWeight(rows: 4, cols: 8, groupSize: 8, format: Self.e2m1, seed: 1)
+        var bad = w
+        bad.codes[3] = 16
+        #expect(throws: PTQError.self) { _ = try FloatingPointLinear(QuantizedLinear(name: "l", method: "m", weight: .floatingPoint(bad))) }
+        bad = w
+        bad.scales.removeLast()
+        #expect(throws: PTQError.self) { _ = try FloatingPointLinear(QuantizedLinear(name: "l", method: "m", weight: .floatingPoint(bad))) }
+        let intAct = ActivationQuantization(bits: 8, granularity: .perToken)
+        #expect(throws: PTQError.self) {
+            _ = try FloatingPointLinear(QuantizedLinear(name: "l", method: "m", weight: .floatingPoint(w), activation: intAct))
+        }
+    }
+
+    // MARK: end to end on a tiny model
+
+    /// Calibrate → llmfp4 → pack → read → run: the packed runtime equals the simulated layers,
+    /// codes are stored at their true width and `inspect` names the format.
+    @Test func packedRuntimeMatchesSimulation() throws {
+        let (checkpoint, folder) = try PipelineFixtures.setUp()
+        let recipePath = try PipelineFixtures.recipe(folder, name: "fp4", body: """
+        scheme:
+          method: llmfp4
+          weight: {bits: 4, group_size: 32}
+          activation: {bits: 8, granularity: per_tensor}
+          parameters: {setting: fast, intervals: 8}
+        """)
+        let outcome = try PTQ.quantize(checkpoint: checkpoint, recipe: try PTQ.RecipeContext(path: recipePath), quiet: true)
+        let path = folder + "/fp4.ptq"
+        try PackedFile.write(outcome.packed, to: path)
+        let read = try PackedFile.read(path: path)
+        #expect(read.quantizedLinears == outcome.packed.quantizedLinears)
+        let summary = try PackedFile.summary(path: path)
+        let row = try #require(summary.tensors.first { $0.name == "layers/0/mlp/down_proj" })
+        #expect(row.format?.hasPrefix("fp4 e") == true && row.bits == 4 && row.groupSize == 32)
+        #expect(row.activation.hasPrefix("fp8 e") && row.activation.contains("2^-k"))
+        let packedModel = try LlamaModel(weights: PackedWeights(read))
+        let simulated = try LlamaModel(weights: SimulatedFPWeights(packed: read))
+        let tokens = [1, 5, 9, 33, 70, 2, 8, 100]
+        let a = packedModel.forward(tokens), b = simulated.forward(tokens)
+        let scale = b.map(abs).max()!
+        for i in 0..<a.count { #expect(abs(a[i] - b[i]) <= 1e-3 * scale) }
+    }
+}
+
+/// The fake-quant twin of a minifloat layer: activations rounded by the Swift reference
+/// quantizer, the reference dequantized weight, and a double-precision product.
+final class SimulatedFPLinear: LinearOp, @unchecked Sendable {
+    let q: QuantizedLinear
+    let weight: [Float]
+    var inFeatures: Int { q.weight.columns }
+    var outFeatures: Int { q.weight.rows }
+
+    init(_ q: QuantizedLinear) {
+        self.q = q
+        weight = q.weight.dequantizedReference()
+    }
+
+    func forward(_ x: UnsafePointer<Float>, rows: Int, into y: UnsafeMutablePointer<Float>) {
+        let n = inFeatures
+        for r in 0..<rows {
+            var row = (0..<n).map { x[r * n + $0] }
+            if let a = q.activation, let f = a.floatFormat {
+                for j in 0..<n {
+                    let cs = a.channelScales?[j] ?? 1
+                    row[j] = f.roundToGrid(row[j] / cs / a.scale!) * a.scale! * cs
+                }
+            }
+            for o in 0..<outFeatures {
+                var s = Double(q.bias?[o] ?? 0)
+                for j in 0..<n { s += Double(row[j]) * Double(weight[o * n + j]) }
+                y[r * outFeatures + o] = Float(s)
+            }
+        }
+    }
+}
+
+struct SimulatedFPWeights: WeightSource {
+    let packed: PackedModel
+    var config: ModelConfig { packed.config }
+    var tokenizer: TokenizerSpec { packed.tokenizer }
+    func tensor(_ name: String) throws(PTQError) -> Tensor { packed.floatTensors[name]! }
+    func linear(_ name: String) throws(PTQError) -> any LinearOp {
+        if let q = packed.quantizedLinears[name] { return SimulatedFPLinear(q) }
+        return FloatLinear(weight: packed.floatTensors[name + "/weight"]!, bias: packed.floatTensors[name + "/bias"]?.data)
+    }
+}
