@@ -114,12 +114,13 @@ extension PTQKit {
             if planned.contains(layerName) { continue }
             floats[name] = try reader.tensor(name)
         }
-        let packed = PackedModel(
+        var packed = PackedModel(
             config: config, tokenizer: reader.tokenizer, floatTensors: floats, quantizedLinears: quantized,
             recipe: recipe.recipe.text, statsHash: statistics?.hash, modelIdentity: config.identity,
             toolVersion: version,
             metadata: ["source_checkpoint": checkpoint, "recipe_path": recipe.path,
                        "created": ISO8601DateFormatter().string(from: Date())])
+        packed.activationSites = try searchAttentionProbabilities(checkpoint: checkpoint, recipe: recipe, quiet: quiet)
         return QuantizationOutcome(packed: packed, plan: plan, statistics: statistics)
     }
 

@@ -15,9 +15,13 @@ struct PackedManifest: Codable, Sendable {
     var tokenizer: String
     var floatTensors: [FloatTensorEntry]
     var quantizedLinears: [LinearEntry]
+    /// Quantized activation sites (AdaLog / uniform post-softmax probabilities); their few
+    /// parameters live in the manifest itself, the level tables are recomputed from them.
+    var activationSites: [QuantizedActivationSite]?
 
     enum CodingKeys: String, CodingKey {
         case config, recipe, metadata, tokenizer
+        case activationSites = "activation_sites"
         case formatVersion = "format_version"
         case toolVersion = "tool_version"
         case modelIdentity = "model_identity"
