@@ -22,6 +22,13 @@ public struct ActivationQuantization: Codable, Sendable, Equatable {
     public var channelScales: [Float]?
     /// Per-input-channel shift subtracted before scaling (symmetrization); nil = none.
     public var channelShift: [Float]?
+    /// AdaLog codes instead of uniform ones (post-GELU inputs): the input `x + inputOffset` is
+    /// quantized with this log quantizer (`bits` equal to its bits; `scale` and the channel
+    /// arrays unused); nil = uniform integer codes as above.
+    public var logarithmic: AdaLogQuantizer? = nil
+    /// Constant added to every input element before the log quantizer (AdaLog's post-GELU
+    /// δ = −min GELU); the layer's bias already carries −Ŵ·δ1. nil = 0.
+    public var inputOffset: Float? = nil
 
     public init(bits: Int, granularity: Granularity, scale: Float? = nil,
                 channelScales: [Float]? = nil, channelShift: [Float]? = nil) {

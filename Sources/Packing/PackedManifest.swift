@@ -106,6 +106,7 @@ extension ActivationQuantization {
     /// Human-readable summary, e.g. `int8 per_token, channel scales, shift`; `float` for nil.
     static func describe(_ a: ActivationQuantization?, hasChannelScales: Bool, hasShift: Bool) -> String {
         guard let a else { return "float" }
+        if let l = a.logarithmic { return "adalog\(l.bits) base 2^(\(l.q)/\(l.r)) scale \(l.scale), offset \(a.inputOffset ?? 0)" }
         var text = "int\(a.bits) \(a.granularity.rawValue)"
         if let scale = a.scale { text += " (scale \(scale))" }
         if hasChannelScales { text += ", channel scales" }

@@ -42,6 +42,7 @@ public enum QuantizerRegistry {
         "smoothquant": { plan throws(PTQError) in try SmoothQuantQuantizer(plan: plan) },
         "outliertune": { plan throws(PTQError) in try OutlierTuneQuantizer(plan: plan) },
         "gptq": { plan throws(PTQError) in try GPTQQuantizer(plan: plan) },
+        "adalog": { plan throws(PTQError) in try AdaLogLinearQuantizer(plan: plan) },
     ]
 
     public static var methods: [String] { factories.keys.sorted() }
