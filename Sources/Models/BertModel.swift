@@ -12,6 +12,8 @@ public final class BertModel: @unchecked Sendable {
     public let identity: String
     /// Receives activations at the quantization points when set (calibration).
     public var observer: ActivationObserver?
+    /// Per layer: the op that replaces the float `P·V` (quantized probabilities), nil = float.
+    public var attentionProbabilityOps: [(any AttentionProbabilityOp)?]
 
     struct Layer {
         let q, k, v, o: any LinearOp
@@ -53,6 +55,7 @@ public final class BertModel: @unchecked Sendable {
                 mlpNormBias: try weights.checkedVector(name("mlp_norm/bias"))))
         }
         self.layers = layers
+        attentionProbabilityOps = try (0..<c.layerCount).map { (l) throws(PTQError) in try weights.attentionProbabilityOp(layer: l) }
     }
 
     /// Token states `(T, D)` of one sequence. Only the first `validLength` tokens are real;
@@ -96,6 +99,11 @@ public final class BertModel: @unchecked Sendable {
                 observe(QuantizationPoints.attentionProbabilities(l), scores, rows: T, columns: T)
                 scores.withUnsafeBufferPointer { sp in v.withUnsafeBufferPointer { vp in
                     attention.withUnsafeMutableBufferPointer { op in
+                        if let probabilityOp = attentionProbabilityOps[l] {
+                            probabilityOp.multiply(probabilities: sp.baseAddress!, rows: T, columns: T, values: vp.baseAddress! + h * Dh,
+                                                   valueStride: D, width: Dh, into: op.baseAddress! + h * Dh, outStride: D)
+                            return
+                        }
                         BLAS.gemm(m: T, n: Dh, k: T, a: sp.baseAddress!, lda: T, b: vp.baseAddress! + h * Dh, ldb: D,
                                   transposeB: false, c: op.baseAddress! + h * Dh, ldc: D)
                     }

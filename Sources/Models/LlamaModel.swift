@@ -12,6 +12,8 @@ public final class LlamaModel: @unchecked Sendable {
     public let identity: String
     /// Receives activations at the quantization points when set (calibration).
     public var observer: ActivationObserver?
+    /// Per layer: the op that replaces the float `P·V` (quantized probabilities), nil = float.
+    public var attentionProbabilityOps: [(any AttentionProbabilityOp)?]
 
     struct Layer {
         let attentionNorm: [Float]
@@ -48,6 +50,7 @@ public final class LlamaModel: @unchecked Sendable {
                 down: try weights.checkedLinear(name("mlp/down_proj"))))
         }
         self.layers = layers
+        attentionProbabilityOps = try (0..<c.layerCount).map { (l) throws(PTQError) in try weights.attentionProbabilityOp(layer: l) }
         finalNorm = try weights.checkedVector(TensorNames.finalNorm)
         if c.tiedEmbeddings {
             lmHead = FloatLinear(weight: Tensor(shape: [c.vocabSize, c.hiddenSize], data: embedding))
@@ -171,6 +174,7 @@ public final class LlamaModel: @unchecked Sendable {
         let group = c.headCount / c.kvHeadCount
         let scale = 1 / Float(Dh).squareRoot()
         let point = QuantizationPoints.attentionProbabilities(layer)
+        let probabilityOp = attentionProbabilityOps[layer]
         q.withUnsafeBufferPointer { qp in
         keys.withUnsafeBufferPointer { kp in
         values.withUnsafeBufferPointer { vp in
@@ -191,6 +195,11 @@ public final class LlamaModel: @unchecked Sendable {
                     observer.observe(point: point, values: UnsafeBufferPointer(start: sc, count: T * S), rows: T, columns: S)
                 }
                 // out_h (T, Dh) = P (T, S) · V_g (S, Dh)
+                if let probabilityOp {
+                    probabilityOp.multiply(probabilities: sc, rows: T, columns: S, values: vp.baseAddress! + kvHead * Dh,
+                                           valueStride: kvWidth, width: Dh, into: op.baseAddress! + h * Dh, outStride: qWidth)
+                    continue
+                }
                 BLAS.gemm(m: T, n: Dh, k: S, a: sc, lda: S, b: vp.baseAddress! + kvHead * Dh, ldb: kvWidth,
                           transposeB: false, c: op.baseAddress! + h * Dh, ldc: qWidth)
             }

@@ -9,9 +9,12 @@ public protocol WeightSource {
     func tensor(_ name: String) throws(PTQError) -> Tensor
     /// The linear layer `name` (canonical prefix such as `layers/0/attention/q_proj`).
     func linear(_ name: String) throws(PTQError) -> any LinearOp
+    /// The quantized `P·V` of layer `layer`'s attention, nil for float (the default).
+    func attentionProbabilityOp(layer: Int) throws(PTQError) -> (any AttentionProbabilityOp)?
 }
 
 extension WeightSource {
+    public func attentionProbabilityOp(layer: Int) throws(PTQError) -> (any AttentionProbabilityOp)? { nil }
     func vector(_ name: String) throws(PTQError) -> [Float] { try tensor(name).data }
 }
 

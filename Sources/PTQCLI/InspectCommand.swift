@@ -64,6 +64,12 @@ struct InspectCommand: ParsableCommand {
                 print("      " + row.details.sorted(by: { $0.key < $1.key }).map { "\($0.key)=\($0.value)" }.joined(separator: ", "))
             }
         }
+        for site in summary.activationSites {
+            print("  \(site.point) \(site.method) \(site.quantizer.summary)")
+            if !site.details.isEmpty {
+                print("      " + site.details.sorted(by: { $0.key < $1.key }).map { "\($0.key)=\($0.value)" }.joined(separator: ", "))
+            }
+        }
         print("  recipe:")
         for line in summary.recipe.split(separator: "\n", omittingEmptySubsequences: false) { print("    \(line)") }
     }

@@ -26,6 +26,13 @@ public struct ActivationQuantization: Codable, Sendable, Equatable {
     /// `scale` (= 2^(−ρ)) instead of to integers, and the decoded value is multiplied back by
     /// `channelScales[j]` (2^(−k_j), the pre-shifted exponent bias). nil = integer codes.
     public var floatFormat: FloatingPointFormat?
+    /// AdaLog codes instead of uniform ones (post-GELU inputs): the input `x + inputOffset` is
+    /// quantized with this log quantizer (`bits` equal to its bits; `scale` and the channel
+    /// arrays unused); nil = uniform integer codes as above.
+    public var logarithmic: AdaLogQuantizer? = nil
+    /// Constant added to every input element before the log quantizer (AdaLog's post-GELU
+    /// δ = −min GELU); the layer's bias already carries −Ŵ·δ1. nil = 0.
+    public var inputOffset: Float? = nil
 
     public init(bits: Int, granularity: Granularity, scale: Float? = nil,
                 channelScales: [Float]? = nil, channelShift: [Float]? = nil,

@@ -147,13 +147,14 @@ extension PTQ {
             if planned.contains(layerName) { continue }
             floats[name] = try reader.tensor(name)
         }
-        let packed = PackedModel(
+        var packed = PackedModel(
             config: config, tokenizer: reader.tokenizer, floatTensors: floats, quantizedLinears: quantized,
             recipe: recipe.recipe.text, statsHash: statistics?.hash, modelIdentity: identity,
             toolVersion: version,
             metadata: ["source_checkpoint": checkpoint, "recipe_path": recipe.path,
                        "calibration_data": absolutePath(recipe.calibrationPath(for: config)),
                        "created": ISO8601DateFormatter().string(from: Date())])
+        packed.activationSites = try searchAttentionProbabilities(checkpoint: checkpoint, recipe: recipe, quiet: quiet)
         // The loader's checks, before anything is written: a .ptq PTQKit writes always loads.
         try packed.validateModel(source: "\(checkpoint) quantized with \(recipe.path)")
         return QuantizationOutcome(packed: packed, plan: plan, statistics: statistics)

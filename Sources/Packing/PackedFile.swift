@@ -233,7 +233,32 @@ public enum PackedFile {
                     codes: codes, scales: scales, zeros: zerosName, bias: biasName,
                     activationChannelScales: actScalesName, activationChannelShift: actShiftName, storedBytes: 0))
             }
+            if !model.activationSites.isEmpty {
+                manifest.activationSites = try PackedFile.validatedSites(
+                    model.activationSites.sorted(by: { $0.key < $1.key }).map(\.value), config: model.config,
+                    keys: model.activationSites.sorted(by: { $0.key < $1.key }).map(\.key), path: path)
+            }
         }
+    }
+
+    /// Checks that every activation site names an attention-probability point of an existing
+    /// layer, once (`keys`, when given, must equal the points).
+    static func validatedSites(_ sites: [QuantizedActivationSite], config: ModelConfig, keys: [String]?,
+                               path: String) throws(PTQError) -> [QuantizedActivationSite] {
+        var seen = Set<String>()
+        for (i, site) in sites.enumerated() {
+            if let keys, keys[i] != site.point {
+                throw PTQError.file(path, "activation site '\(keys[i])': its point is '\(site.point)'; the dictionary key must match")
+            }
+            guard let layer = site.attentionProbabilityLayer, (0..<config.layerCount).contains(layer) else {
+                throw PTQError.file(path, "activation site '\(site.point)': not an attention-probability point "
+                                    + "layers.N.attention.probs of this \(config.layerCount)-layer model")
+            }
+            guard seen.insert(site.point).inserted else {
+                throw PTQError.file(path, "activation site '\(site.point)' is listed twice")
+            }
+        }
+        return sites
     }
 
     /// Packs and compresses every payload, in parallel.
@@ -323,10 +348,14 @@ public enum PackedFile {
                                                   bias: l.bias.map { payloads[$0].floats },
                                                   activation: activation, details: e.details)
             }
-            return PackedModel(config: manifest.config, tokenizer: tokenizer, floatTensors: floatTensors,
-                               quantizedLinears: linears, recipe: manifest.recipe, statsHash: manifest.statsHash,
-                               modelIdentity: manifest.modelIdentity, toolVersion: manifest.toolVersion,
-                               metadata: manifest.metadata)
+            var model = PackedModel(config: manifest.config, tokenizer: tokenizer, floatTensors: floatTensors,
+                                    quantizedLinears: linears, recipe: manifest.recipe, statsHash: manifest.statsHash,
+                                    modelIdentity: manifest.modelIdentity, toolVersion: manifest.toolVersion,
+                                    metadata: manifest.metadata)
+            for site in try validatedSites(manifest.activationSites ?? [], config: manifest.config, keys: nil, path: path) {
+                model.activationSites[site.point] = site
+            }
+            return model
         }
     }
 
@@ -376,13 +405,16 @@ public enum PackedFile {
             rows.sort { (rank($0.name), $0.name) < (rank($1.name), $1.name) }
             let parameters = rows.reduce(0) { $0 + $1.parameterCount }
             let payload = rows.reduce(0) { $0 + $1.storedBytes }
-            return PackedFileSummary(
+            var summary = PackedFileSummary(
                 formatVersion: manifest.formatVersion, toolVersion: manifest.toolVersion, config: manifest.config,
                 modelIdentity: manifest.modelIdentity, statsHash: manifest.statsHash, recipe: manifest.recipe,
                 metadata: manifest.metadata, tokenizerKind: tokenizer.kind.rawValue,
                 vocabularySize: tokenizer.tokens.count, tensors: rows, parameterCount: parameters,
                 storedPayloadBytes: payload, totalBytes: bytes.count, sectionCount: container.sections.count,
                 bitsPerWeight: parameters > 0 ? 8 * Double(payload) / Double(parameters) : 0)
+            summary.activationSites = try validatedSites(manifest.activationSites ?? [], config: manifest.config,
+                                                         keys: nil, path: path)
+            return summary
         }
     }
 

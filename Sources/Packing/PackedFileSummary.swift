@@ -74,9 +74,12 @@ public struct PackedFileSummary: Sendable, Encodable {
     public var sectionCount: Int
     /// 8 × storedPayloadBytes / parameterCount for the whole model.
     public var bitsPerWeight: Double
+    /// Quantized activation sites (post-softmax probabilities), in point order.
+    public var activationSites: [QuantizedActivationSite] = []
 
     enum CodingKeys: String, CodingKey {
         case config, recipe, metadata, tensors
+        case activationSites = "activation_sites"
         case formatVersion = "format_version"
         case toolVersion = "tool_version"
         case modelIdentity = "model_identity"
@@ -101,6 +104,7 @@ public struct PackedFileSummary: Sendable, Encodable {
         try c.encode(metadata, forKey: .metadata)
         try c.encode(tokenizerKind, forKey: .tokenizerKind)
         try c.encode(vocabularySize, forKey: .vocabularySize)
+        try c.encode(activationSites, forKey: .activationSites)
         try c.encode(tensors, forKey: .tensors)
         try c.encode(parameterCount, forKey: .parameterCount)
         try c.encode(storedPayloadBytes, forKey: .storedPayloadBytes)

@@ -15,9 +15,13 @@ struct PackedManifest: Codable, Sendable {
     var tokenizer: String
     var floatTensors: [FloatTensorEntry]
     var quantizedLinears: [LinearEntry]
+    /// Quantized activation sites (AdaLog / uniform post-softmax probabilities); their few
+    /// parameters live in the manifest itself, the level tables are recomputed from them.
+    var activationSites: [QuantizedActivationSite]?
 
     enum CodingKeys: String, CodingKey {
         case config, recipe, metadata, tokenizer
+        case activationSites = "activation_sites"
         case formatVersion = "format_version"
         case toolVersion = "tool_version"
         case modelIdentity = "model_identity"
@@ -105,6 +109,7 @@ extension ActivationQuantization {
     /// Human-readable summary, e.g. `int8 per_token, channel scales, shift`; `float` for nil.
     static func describe(_ a: ActivationQuantization?, hasChannelScales: Bool, hasShift: Bool) -> String {
         guard let a else { return "float" }
+        if let l = a.logarithmic { return "adalog\(l.bits) base 2^(\(l.q)/\(l.r)) scale \(l.scale), offset \(a.inputOffset ?? 0)" }
         var text = "\(a.floatFormat?.description ?? "int\(a.bits)") \(a.granularity.rawValue)"
         if let scale = a.scale { text += " (scale \(scale))" }
         if hasChannelScales { text += a.floatFormat == nil ? ", channel scales" : ", 2^-k channel shifts" }

@@ -19,6 +19,9 @@ public struct PackedModel: Sendable, Equatable {
     public var toolVersion: String
     /// Free-form provenance (source checkpoint path, date, …).
     public var metadata: [String: String]
+    /// Quantized activation sites other than linear inputs (post-softmax probabilities), by
+    /// quantization point (`layers.3.attention.probs`).
+    public var activationSites: [String: QuantizedActivationSite] = [:]
 
     public init(config: ModelConfig, tokenizer: TokenizerSpec, floatTensors: [String: Tensor],
                 quantizedLinears: [String: QuantizedLinear], recipe: String, statsHash: String?,

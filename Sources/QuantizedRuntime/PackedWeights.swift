@@ -43,7 +43,7 @@ public struct PackedWeights: WeightSource {
     /// The run-time layer for a quantized linear: one kernel family per weight format.
     public static func linearOp(for q: QuantizedLinear) throws(PTQError) -> any LinearOp {
         switch q.weight {
-        case .integer: try IntegerLinear(q)
+        case .integer: q.activation?.logarithmic != nil ? try LogInputLinear(q) : try IntegerLinear(q)
         case .split: try SplitLinear(q)
         case .floatingPoint: try FloatingPointLinear(q)
         }

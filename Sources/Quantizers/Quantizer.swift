@@ -44,6 +44,7 @@ public enum QuantizerRegistry {
         "gptq": { plan throws(PTQError) in try GPTQQuantizer(plan: plan) },
         "splitquant": { plan throws(PTQError) in try SplitQuantQuantizer(plan: plan) },
         "llmfp4": { plan throws(PTQError) in try LLMFP4Quantizer(plan: plan) },
+        "adalog": { plan throws(PTQError) in try AdaLogLinearQuantizer(plan: plan) },
     ]
 
     public static var methods: [String] { factories.keys.sorted() }

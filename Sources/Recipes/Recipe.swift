@@ -173,8 +173,11 @@ public struct Recipe: Sendable, Equatable {
     /// Layers kept in float even when a rule matches them.
     public var ignore: [LayerPattern]
     public var verify: VerifyThresholds?
+    /// Quantization of the post-softmax attention probabilities; nil = float.
+    public var attentionProbabilities: AttentionProbabilityScheme?
 
-    static let topKeys = ["name", "description", "model", "calibration", "scheme", "rules", "ignore", "verify"]
+    static let topKeys = ["name", "description", "model", "calibration", "scheme", "rules", "ignore", "verify",
+                          "attention_probs"]
     static let calibrationKeys = ["data", "samples", "seq_len", "seed"]
     static let schemeKeys = ["method", "weight", "activation", "parameters"]
     static let ruleKeys = ["targets", "method", "weight", "activation", "parameters"]
@@ -247,9 +250,11 @@ private struct Parser {
 
         let verify = try top["verify"].map { f throws(PTQError) in try self.verify(f, model: model) }
 
-        return Recipe(source: source, text: text, name: name, description: description, model: model,
-                      modelLine: modelField.line, calibration: calibration, scheme: scheme, rules: rules,
-                      ignore: ignore, verify: verify)
+        var recipe = Recipe(source: source, text: text, name: name, description: description, model: model,
+                            modelLine: modelField.line, calibration: calibration, scheme: scheme, rules: rules,
+                            ignore: ignore, verify: verify)
+        recipe.attentionProbabilities = try top["attention_probs"].map { f throws(PTQError) in try parseAttentionProbabilities(f) }
+        return recipe
     }
 
     func calibration(_ field: Field, model: Architecture) throws(PTQError) -> RecipeCalibration {

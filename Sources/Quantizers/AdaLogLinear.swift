@@ -1,0 +1,193 @@
+import Calibration
+import Foundation
+import Kernels
+import PTQCore
+import Recipes
+
+/// AdaLog for a linear layer fed by GELU (Wu et al., ECCV 2024; GoatWu/AdaLog
+/// `PostGeluLogBasedBatchingQuantLinear`): the input is shifted by δ = −min GELU ≈ 0.16997 so it
+/// is positive, quantized with an AdaLog quantizer (searched q and scale), and the shift is
+/// folded into the bias with the *quantized* weights, `b' ← b − Ŵ·δ1`, so
+/// `Ŵ(x̂' − δ1) + b = Ŵx̂' + b'` exactly. At run time `LogInputLinear` multiplies the codes
+/// in the code domain.
+///
+/// Search (the reference's FPCS for AdaLog, scored by layer-output MSE ‖Ŵ(x̂'−δ) − Wx‖² on up to
+/// `tokens` calibration rows from the input reservoir, candidates evaluated in batches through
+/// sgemm): scale candidates are 16 values spaced linearly over [P90, max] of the positive
+/// shifted inputs, starting from the second largest; all q ∈ 10…137 are scanned at that scale and
+/// the best 8 kept; the 8 × 16 (q, s) grid keeps the best 32; then 5 refinement steps spawn 4
+/// scales s + (t − ½)·Δ around each kept pair (Δ /= 3.5 per step), keeping 32, finally 1.
+///
+/// Where we differ from the reference (documented choices): weights are asymmetric per output
+/// channel by min–max RTN, not FPCS-searched with alternating rounds, and the search sees the
+/// quantized weights throughout; `base: log2 | log_sqrt2` fix the base (q = r = 1 / q = 1, r = 2)
+/// and search the scale only — the fixed-base ablation of the paper.
+public struct AdaLogLinearQuantizer: Quantizer {
+    let weight: WeightScheme
+    let bits: Int
+    let base: String
+    let offset: Float
+    let tokens: Int
+
+    /// δ = −min_x GELU(x), the reference's constant.
+    public static let geluOffset: Float = 0.16997124254703522
+
+    public init(plan: LayerPlan) throws(PTQError) {
+        let p = plan.parameters
+        try p.rejectUnknown(allowed: ["base", "offset", "tokens"])
+        base = try p.string("base", default: "adaptive", oneOf: ["adaptive", "log2", "log_sqrt2"])
+        offset = Float(try p.double("offset", default: Double(Self.geluOffset), range: 0...16))
+        tokens = try p.int("tokens", default: 64, range: 16...4096)
+        guard let activation = plan.activation else {
+            throw PTQError("\(plan.name): method adalog quantizes the layer's input: the recipe must give activation bits")
+        }
+        guard activation.granularity == .perTensor else {
+            throw PTQError("\(plan.name): method adalog needs activation granularity per_tensor (one log quantizer per layer)")
+        }
+        guard plan.weight.groupSize == nil else {
+            throw PTQError("\(plan.name): method adalog needs weight group_size channel")
+        }
+        bits = activation.bits
+        weight = plan.weight
+    }
+
+    public var requiredStatistics: Set<StatisticKind> { [.reservoir] }
+
+    public func quantize(_ layer: LinearLayer, statistics: PointStatistics?) throws(PTQError) -> QuantizedLinear {
+        let start = Date()
+        guard let statistics, let reservoir = statistics.reservoir, statistics.reservoirCount > 0 else {
+            throw PTQError("\(layer.name): method adalog needs the input reservoir at \(layer.inputPoint)")
+        }
+        let out = layer.weight.shape[0], k = layer.weight.shape[1]
+        let w = WeightQuantization.quantize(layer.weight, scheme: weight)
+        let wHat = w.dequantizedReference()
+
+        // Evenly spaced calibration rows, shifted by δ.
+        let available = statistics.reservoirCount, n = min(tokens, available)
+        var x = [Float](repeating: 0, count: n * k)
+        for i in 0..<n {
+            let row = i * available / n
+            for j in 0..<k { x[i * k + j] = reservoir[row * k + j] }
+        }
+        var reference = [Float](repeating: 0, count: n * out)   // X·Wᵀ (float weights, float input)
+        x.withUnsafeBufferPointer { xp in layer.weight.data.withUnsafeBufferPointer { wp in
+            reference.withUnsafeMutableBufferPointer { rp in
+                BLAS.linear(xp.baseAddress!, rows: n, inFeatures: k, weight: wp.baseAddress!, outFeatures: out, into: rp.baseAddress!)
+            }
+        }}
+        let shifted = x.map { $0 + offset }
+        let logs = shifted.map { $0 > 0 ? log2($0) : -Float.infinity }
+        let search = Search(shifted: shifted, logs: logs, rows: n, columns: k, offset: offset, wHat: wHat,
+                            out: out, reference: reference, bits: bits)
+
+        // Scale grid over [P90, max] of the positive shifted inputs.
+        let positive = shifted.filter { $0 > 0 }.sorted()
+        guard let top = positive.last, top > 0 else {
+            throw PTQError("\(layer.name): the calibration inputs have no positive value after the shift \(offset)")
+        }
+        let p90 = positive[min(positive.count - 1, Int(0.9 * Double(positive.count)))]
+        let grid = (0..<16).map { p90 + (top - p90) * Float($0) / 15 }
+        let step = grid[1] - grid[0]
+        let (r, qs): (Int, [Int]) = switch base {
+        case "log2": (1, [1])
+        case "log_sqrt2": (2, [1])
+        default: (AdaLogQuantizer.referenceResolution, Array(AdaLogQuantizer.referenceSearchRange))
+        }
+        // 1: all q at the second-largest scale, keep 8.
+        let initial = search.scores(qs.map { (q: $0, r: r, s: grid[14]) })
+        let bestQ = initial.indices.sorted { initial[$0] < initial[$1] }.prefix(8).map { qs[$0] }
+        // 2: q × scale grid, keep 32; 3: five refinements of the scale.
+        var kept = bestQ.flatMap { q in grid.map { (q: q, r: r, s: $0) } }
+        var keptScores = search.scores(kept)
+        var delta = step
+        for refinement in 0..<5 {
+            let order = kept.indices.sorted { keptScores[$0] < keptScores[$1] }.prefix(32)
+            var next: [(q: Int, r: Int, s: Float)] = []
+            for i in order {
+                next.append(kept[i])
+                for t in [0, 1.0 / 3, 2.0 / 3, 1] as [Float] {
+                    let s = kept[i].s + (t - 0.5) * delta
+                    if s > 0 { next.append((q: kept[i].q, r: r, s: s)) }
+                }
+            }
+            delta /= 3.5
+            kept = next
+            keptScores = search.scores(kept)
+            _ = refinement
+        }
+        let best = kept.indices.min { keptScores[$0] < keptScores[$1] }!
+        let choice = kept[best]
+        let log = try AdaLogQuantizer(bits: bits, q: choice.q, r: choice.r, scale: choice.s, what: "\(layer.name): adalog")
+
+        // b' = b − Ŵ·δ1 with the quantized weights.
+        var bias = layer.bias ?? [Float](repeating: 0, count: out)
+        for o in 0..<out {
+            var s: Double = 0
+            for j in 0..<k { s += Double(wHat[o * k + j]) }
+            bias[o] -= Float(Double(offset) * s)
+        }
+        var activation = ActivationQuantization(bits: bits, granularity: .perTensor)
+        activation.logarithmic = log
+        activation.inputOffset = offset
+        var energy: Double = 0
+        for v in reference { energy += Double(v * v) }
+        let details = ["base": String(format: "2^(%d/%d)=%.4f", choice.q, choice.r, log.base),
+                       "scale": "\(choice.s)", "offset": "\(offset)", "tokens": "\(n)",
+                       "output_relative_mse": String(format: "%.3e", keptScores[best] / max(energy, 1e-30)),
+                       "search_seconds": String(format: "%.1f", Date().timeIntervalSince(start))]
+        return QuantizedLinear(name: layer.name, method: "adalog", weight: .integer(w), bias: bias,
+                               activation: activation, details: details)
+    }
+
+    /// Scores (q, r, s) candidates by ‖(X̂' − δ)·Ŵᵀ − X·Wᵀ‖², 16 candidates per sgemm.
+    struct Search {
+        let shifted: [Float], logs: [Float]
+        let rows: Int, columns: Int
+        let offset: Float
+        let wHat: [Float]
+        let out: Int
+        let reference: [Float]
+        let bits: Int
+
+        /// The dequantized shifted-back input of one candidate, by the table the runtime uses.
+        func fill(_ c: (q: Int, r: Int, s: Float), into x: UnsafeMutablePointer<Float>) {
+            let zero = (1 << bits) - 1
+            guard let quantizer = try? AdaLogQuantizer(bits: bits, q: c.q, r: c.r, scale: c.s) else {
+                for i in 0..<(rows * columns) { x[i] = .nan }
+                return
+            }
+            let levels = quantizer.levels
+            let factor = Float(c.r) / Float(c.q), logScale = log2(c.s)
+            for i in 0..<(rows * columns) {
+                // k = round(−log2(x/s)·r/q), clamped at 0; k ≥ 2^n − 1 is the zero code.
+                let kf = ((logScale - logs[i]) * factor).rounded()
+                let code = kf >= Float(zero) ? zero : max(0, Int(kf))
+                x[i] = levels[code] - offset
+            }
+        }
+
+        func scores(_ candidates: [(q: Int, r: Int, s: Float)]) -> [Double] {
+            let batch = 16
+            var result = [Double](repeating: .infinity, count: candidates.count)
+            let x = UnsafeMutablePointer<Float>.allocate(capacity: batch * rows * columns)
+            let y = UnsafeMutablePointer<Float>.allocate(capacity: batch * rows * out)
+            defer { x.deallocate(); y.deallocate() }
+            var startIndex = 0
+            while startIndex < candidates.count {
+                let count = min(batch, candidates.count - startIndex)
+                for b in 0..<count { fill(candidates[startIndex + b], into: x + b * rows * columns) }
+                wHat.withUnsafeBufferPointer { w in
+                    BLAS.linear(x, rows: count * rows, inFeatures: columns, weight: w.baseAddress!, outFeatures: out, into: y)
+                }
+                for b in 0..<count {
+                    var e: Double = 0
+                    let yb = y + b * rows * out
+                    for i in 0..<(rows * out) { let d = Double(yb[i] - reference[i]); e += d * d }
+                    result[startIndex + b] = e.isNaN ? .infinity : e
+                }
+                startIndex += count
+            }
+            return result
+        }
+    }
+}
