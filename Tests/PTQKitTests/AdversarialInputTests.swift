@@ -219,6 +219,12 @@ struct AdversarialCheckpointTests {
         let result = runPTQ(["evaluate", path, "--task", "perplexity", "--data", f.path("calib.txt"), "--ctx", "16",
                              "--chunks", "2", "--quiet"])
         #expect(result.code == 1 && result.message.contains("not finite"), "\(result)")
+        // Verify gates: NaN compares false against every limit, so it must fail by itself.
+        let reference = try PTQKit.loadModel(path: f.checkpoint)
+        let samples = try PTQKit.verificationSamples(model: reference, recipe: try PTQKit.RecipeContext(path: try f.recipe("v", "scheme: {method: rtn, weight: {bits: 8}}")), count: 2)
+        let report = try PTQKit.verify(quantized: try PTQKit.loadModel(path: path), reference: reference, samples: samples,
+                                       thresholds: VerificationThresholds(maxKL: 100))
+        #expect(!report.passed && report.failures.contains { $0.contains("NaN or infinite outputs") }, "\(report.failures)")
         let stsb = try AdversarialFixture(bert: true)
         defer { stsb.cleanup() }
         let encoder = try stsb.damagedCheckpoint("overflow.h5") { file in
