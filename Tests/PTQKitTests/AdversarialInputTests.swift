@@ -477,6 +477,8 @@ struct AdversarialRecipeTests {
         let result = runPTQ(["calibrate", f.checkpoint, "--recipe", long, "-o", f.path("long-stats.h5"), "--quiet"])
         #expect(result.code == 1 && result.message.contains("\(long):3: calibration.seq_len: 256") && result.message.contains("128"), "\(result)")
         #expect(!FileManager.default.fileExists(atPath: f.path("long-stats.h5")))
+        let dryRun = runPTQ(["quantize", f.checkpoint, "--recipe", long, "--dry-run", "--quiet"])
+        #expect(dryRun.code == 1 && dryRun.message.contains("calibration.seq_len: 256"), "\(dryRun)")
     }
 
     @Test func stsbData() throws {
