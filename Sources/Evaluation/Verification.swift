@@ -205,6 +205,16 @@ public enum Verification {
 
     static func check(_ r: VerificationReport, _ t: VerificationThresholds) -> [String] {
         var failures: [String] = []
+        // A NaN compares false against every limit: non-finite figures fail on their own.
+        let figures: [(String, Double?)] = [("mean KL", r.meanKL), ("top-1 agreement", r.top1Agreement),
+                                            ("reference perplexity", r.referencePerplexity),
+                                            ("quantized perplexity", r.quantizedPerplexity),
+                                            ("embedding cosine", r.meanCosine)]
+        for (name, value) in figures {
+            if let value, !value.isFinite {
+                failures.append("\(name) is \(value): the model produces NaN or infinite outputs")
+            }
+        }
         if let limit = t.maxKL, let v = r.meanKL, v > limit {
             failures.append(String(format: "mean KL %.5f exceeds max_kl %.5f", v, limit))
         }

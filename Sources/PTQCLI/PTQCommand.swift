@@ -34,6 +34,8 @@ struct OutputOptions: ParsableArguments {
 func printJSON<T: Encodable>(_ value: T) throws {
     let encoder = JSONEncoder()
     encoder.outputFormatting = [.sortedKeys]
+    // A failed verify may report a NaN figure; it is printed (as a string) and the exit code says it failed.
+    encoder.nonConformingFloatEncodingStrategy = .convertToString(positiveInfinity: "inf", negativeInfinity: "-inf", nan: "nan")
     let data = try encoder.encode(value)
     print(String(decoding: data, as: UTF8.self))
 }

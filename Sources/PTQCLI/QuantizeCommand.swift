@@ -46,7 +46,9 @@ struct QuantizeCommand: ParsableCommand {
             if keepFailed { try OutputPath.check(OutputPath.failedName(output), option: "--keep-failed", inputs: [model, recipe, stats ?? ""]) }
         }
         // Every planned layer's quantizer is built here: unknown methods and parameters fail now.
-        _ = try PTQ.statisticsRequest(plan: plan)
+        let request = try PTQ.statisticsRequest(plan: plan)
+        // Calibration will run: its sequences must fit the model (checked in dry runs too).
+        if stats == nil && !request.isEmpty { try context.checkCalibration(for: reader.config) }
         let bitsPerWeight = context.recipe.bitsPerWeight(plan: plan, config: reader.config)
         if dryRun {
             if options.json {

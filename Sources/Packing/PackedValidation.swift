@@ -56,39 +56,67 @@ extension PackedModel {
 }
 
 extension QuantizedLinear {
-    /// Geometry, code range and finite parameters of one quantized layer; messages name it.
+    /// Geometry, code range and finite parameters of one quantized layer, for every weight
+    /// format; messages name the layer.
     public func validate() throws(PTQError) {
-        let w = weight
         func fail(_ message: String) -> PTQError { PTQError("quantized layer '\(name)': \(message)") }
-        guard (1...8).contains(w.bits) else { throw fail("\(w.bits)-bit codes are not supported") }
-        guard w.rows > 0, w.columns > 0, w.groupSize >= 1 else {
-            throw fail("invalid geometry rows \(w.rows), columns \(w.columns), group size \(w.groupSize)")
-        }
-        guard let count = Validation.checkedProduct([w.rows, w.columns]), w.codes.count == count else {
-            throw fail("\(w.codes.count) codes for a \(w.rows)×\(w.columns) weight")
-        }
-        let groups = w.rows * w.groupsPerRow
-        guard w.scales.count == groups else { throw fail("\(w.scales.count) scales, expected \(groups)") }
-        if let i = Validation.firstNonFinite(w.scales) {
-            throw fail("weight scale \(w.scales[i]) (row \(i / w.groupsPerRow), group \(i % w.groupsPerRow)) is not finite")
-        }
-        if let zeros = w.zeros {
-            guard zeros.count == groups else { throw fail("\(zeros.count) zero points, expected \(groups)") }
-            if let i = Validation.firstNonFinite(zeros) {
-                throw fail("zero point \(zeros[i]) (row \(i / w.groupsPerRow), group \(i % w.groupsPerRow)) is not finite")
+        switch weight {
+        case .integer(let w):
+            try Self.validateCodes(bits: w.bits, rows: w.rows, columns: w.columns, groupSize: w.groupSize,
+                                   codes: w.codes, scales: w.scales, zeros: w.zeros, parametersPerGroup: 1, fail: fail)
+            if w.zeros == nil && !w.symmetric { throw fail("asymmetric weights without zero points") }
+        case .split(let w):
+            try Self.validateCodes(bits: w.bits, rows: w.rows, columns: w.columns, groupSize: w.groupSize,
+                                   codes: w.codes, scales: w.scales, zeros: w.zeros,
+                                   parametersPerGroup: SplitWeight.clusterCount, fail: fail)
+            guard w.clusters.count == w.codes.count else {
+                throw fail("\(w.clusters.count) cluster ids for \(w.codes.count) codes")
             }
-        } else if !w.symmetric {
-            throw fail("asymmetric weights without zero points")
+            if let bad = w.clusters.first(where: { Int($0) >= SplitWeight.clusterCount }) {
+                throw fail("cluster id \(bad) is out of range (0…\(SplitWeight.clusterCount - 1))")
+            }
+        case .floatingPoint(let w):
+            guard w.format.isSupported else { throw fail("minifloat format \(w.format) is not supported") }
+            try Self.validateCodes(bits: w.bits, rows: w.rows, columns: w.columns, groupSize: w.groupSize,
+                                   codes: w.codes, scales: w.scales, zeros: nil, parametersPerGroup: 1, fail: fail)
         }
-        if w.bits < 8, let high = w.codes.first(where: { Int($0) >> w.bits != 0 }) {
-            throw fail("code \(high) does not fit in \(w.bits) bits")
-        }
+        let rows = weight.rows
         if let bias {
-            guard bias.count == w.rows else { throw fail("bias has \(bias.count) values, expected \(w.rows)") }
+            guard bias.count == rows else { throw fail("bias has \(bias.count) values, expected \(rows)") }
             if let i = Validation.firstNonFinite(bias) { throw fail("bias value \(bias[i]) at row \(i) is not finite") }
         }
         if let activation {
-            do { try activation.validate(columns: w.columns) } catch { throw fail(error.message) }
+            do { try activation.validate(columns: weight.columns) } catch { throw fail(error.message) }
+        }
+    }
+
+    /// Codes of `bits` bits for a `rows × columns` matrix, with `parametersPerGroup` finite
+    /// scales (and zero points, when present) per row and group.
+    static func validateCodes(bits: Int, rows: Int, columns: Int, groupSize: Int, codes: [UInt8], scales: [Float],
+                              zeros: [Float]?, parametersPerGroup: Int,
+                              fail: (String) -> PTQError) throws(PTQError) {
+        guard (1...8).contains(bits) else { throw fail("\(bits)-bit codes are not supported") }
+        guard rows > 0, columns > 0, groupSize >= 1 else {
+            throw fail("invalid geometry rows \(rows), columns \(columns), group size \(groupSize)")
+        }
+        guard let count = Validation.checkedProduct([rows, columns]), codes.count == count else {
+            throw fail("\(codes.count) codes for a \(rows)×\(columns) weight")
+        }
+        let groupsPerRow = (columns + groupSize - 1) / groupSize
+        let perRow = groupsPerRow * parametersPerGroup
+        let parameters = rows * perRow
+        guard scales.count == parameters else { throw fail("\(scales.count) scales, expected \(parameters)") }
+        if let i = Validation.firstNonFinite(scales) {
+            throw fail("weight scale \(scales[i]) (row \(i / perRow), group \(i % perRow / parametersPerGroup)) is not finite")
+        }
+        if let zeros {
+            guard zeros.count == parameters else { throw fail("\(zeros.count) zero points, expected \(parameters)") }
+            if let i = Validation.firstNonFinite(zeros) {
+                throw fail("zero point \(zeros[i]) (row \(i / perRow), group \(i % perRow / parametersPerGroup)) is not finite")
+            }
+        }
+        if bits < 8, let high = codes.first(where: { Int($0) >> bits != 0 }) {
+            throw fail("code \(high) does not fit in \(bits) bits")
         }
     }
 }
@@ -102,8 +130,19 @@ extension ActivationQuantization {
         if let scale, !(scale.isFinite && scale > 0) {
             throw PTQError("activation scale \(scale) must be positive and finite")
         }
-        if granularity == .perTensor, scale == nil {
+        if let log = logarithmic {
+            // AdaLog inputs: the log quantizer validated itself when decoded; its own scale applies.
+            guard log.bits == bits else {
+                throw PTQError("adalog activation quantizer has \(log.bits) bits, the activation says \(bits)")
+            }
+            if let offset = inputOffset, !offset.isFinite {
+                throw PTQError("adalog input offset \(offset) is not finite")
+            }
+        } else if granularity == .perTensor, scale == nil {
             throw PTQError("per-tensor activation quantization needs a static scale")
+        }
+        if let format = floatFormat, !format.isSupported || format.bits != bits {
+            throw PTQError("minifloat activation format \(format) does not fit \(bits)-bit activations")
         }
         if let s = channelScales {
             if let columns, s.count != columns {

@@ -219,6 +219,12 @@ struct AdversarialCheckpointTests {
         let result = runPTQ(["evaluate", path, "--task", "perplexity", "--data", f.path("calib.txt"), "--ctx", "16",
                              "--chunks", "2", "--quiet"])
         #expect(result.code == 1 && result.message.contains("not finite"), "\(result)")
+        // Verify gates: NaN compares false against every limit, so it must fail by itself.
+        let reference = try PTQ.loadModel(path: f.checkpoint)
+        let samples = try PTQ.verificationSamples(model: reference, recipe: try PTQ.RecipeContext(path: try f.recipe("v", "scheme: {method: rtn, weight: {bits: 8}}")), count: 2)
+        let report = try PTQ.verify(quantized: try PTQ.loadModel(path: path), reference: reference, samples: samples,
+                                       thresholds: VerificationThresholds(maxKL: 100))
+        #expect(!report.passed && report.failures.contains { $0.contains("NaN or infinite outputs") }, "\(report.failures)")
         let stsb = try AdversarialFixture(bert: true)
         defer { stsb.cleanup() }
         let encoder = try stsb.damagedCheckpoint("overflow.h5") { file in
@@ -369,12 +375,12 @@ struct AdversarialPackedTests {
             ("extra-tensor", ["unexpected tensor 'layers/9/x'"], { m in m.floatTensors["layers/9/x"] = Tensor(shape: [1], data: [0]) }),
             ("small-layer", [q, "16×32", "32×32"], { m in
                 var l = m.quantizedLinears[q]!
-                l.weight = IntegerWeight(bits: 8, rows: 16, columns: 32, groupSize: 32, symmetric: true,
-                                         codes: [UInt8](repeating: 128, count: 512), scales: [Float](repeating: 0.1, count: 16), zeros: nil)
+                l.weight = .integer(IntegerWeight(bits: 8, rows: 16, columns: 32, groupSize: 32, symmetric: true,
+                                         codes: [UInt8](repeating: 128, count: 512), scales: [Float](repeating: 0.1, count: 16), zeros: nil))
                 l.bias = nil
                 m.quantizedLinears[q] = l
             }),
-            ("nan-scale", [q, "weight scale nan"], { m in m.quantizedLinears[q]!.weight.scales[3] = .nan }),
+            ("nan-scale", [q, "weight scale nan"], { m in m.quantizedLinears[q]!.weight.integer!.scales[3] = .nan }),
             ("nan-embedding", ["embeddings/token/weight", "non-finite"], { m in m.floatTensors["embeddings/token/weight"]!.data[9] = .nan }),
             ("tokenizer-larger", ["tokenizer", "vocab_size"], { m in m.tokenizer.tokens += ["a", "b"] }),
             ("both-float-and-quantized", [q, "stored twice"], { m in
@@ -471,6 +477,8 @@ struct AdversarialRecipeTests {
         let result = runPTQ(["calibrate", f.checkpoint, "--recipe", long, "-o", f.path("long-stats.h5"), "--quiet"])
         #expect(result.code == 1 && result.message.contains("\(long):3: calibration.seq_len: 256") && result.message.contains("128"), "\(result)")
         #expect(!FileManager.default.fileExists(atPath: f.path("long-stats.h5")))
+        let dryRun = runPTQ(["quantize", f.checkpoint, "--recipe", long, "--dry-run", "--quiet"])
+        #expect(dryRun.code == 1 && dryRun.message.contains("calibration.seq_len: 256"), "\(dryRun)")
     }
 
     @Test func stsbData() throws {
