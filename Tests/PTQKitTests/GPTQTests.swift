@@ -76,9 +76,14 @@ struct GPTQTests {
             }
         }
         #expect(worst < 1e-9)
-        var singular = [Double](repeating: 1, count: 4)
-        singular[3] = 1
-        #expect(BLAS.inverseCholeskyUpper(singular, n: 2) == nil)
+        // Hand-worked 2×2: A = [[2, 1], [1, 2]], A⁻¹ = [[2, −1], [−1, 2]] / 3 = UᵀU with
+        // U = [[√(2/3), −1/√6], [0, √(1/2)]].
+        let small = try #require(BLAS.inverseCholeskyUpper([2, 1, 1, 2], n: 2))
+        let want = [(2.0 / 3).squareRoot(), -1 / 6.0.squareRoot(), 0, 0.5.squareRoot()]
+        for i in 0..<4 { #expect(abs(small[i] - want[i]) < 1e-12, "U[\(i)] = \(small[i]), want \(want[i])") }
+        // Singular (rank 1) and indefinite matrices are not positive definite.
+        #expect(BLAS.inverseCholeskyUpper([1, 1, 1, 1], n: 2) == nil)
+        #expect(BLAS.inverseCholeskyUpper([1, 2, 2, 1], n: 2) == nil)
     }
 
     /// With H = I there is no error to feed forward: GPTQ is round to nearest, code for code.

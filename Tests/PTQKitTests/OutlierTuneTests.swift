@@ -100,7 +100,9 @@ struct OutlierTuneTests {
         var reference = [Float](repeating: 0, count: 40)
         FloatLinear(weight: layer.weight).forward(x, rows: 5, into: &reference)
         let error = zip(y1, reference).map { abs($0 - $1) }.max()!
-        #expect(error < (bits == 8 ? 0.05 : 0.3) * reference.map(abs).max()!)
+        // Bound from the measured max error / max |y|: 0.0101 (int8), 0.0303 (int6), times 2.5.
+        let relative = error / reference.map(abs).max()!
+        #expect(relative < (bits == 8 ? 0.025 : 0.075), "int\(bits): max error \(relative) of max |y|")
     }
 
     /// o_proj / down_proj get per-token dynamic activations and need no statistics.
