@@ -63,64 +63,30 @@ struct QuantizeCommand: ParsableCommand {
             return
         }
         guard let output = self.output else { throw ValidationError("--output is required (or use --dry-run)") }
-        let start = Date()
-        let outcome = try PTQ.quantize(checkpoint: model, recipe: context, statsPath: stats, quiet: options.silent)
-        // The model goes to a hidden name first and reaches --output only once it passed verify,
-        // so a failed run never leaves a model where a good one would be.
-        let staged = noVerify ? output : OutputPath.temporaryName(output, tag: "unverified")
-        var report: VerificationReport?
-        let summary: PackedFileSummary
-        do {
-            try PackedFile.write(outcome.packed, to: staged)
-            summary = try PackedFile.summary(path: staged)
-            if !noVerify {
-                let thresholds = VerificationThresholds(context.recipe.verify)
-                let quantized = try PTQ.loadPacked(path: staged)
-                let reference = try PTQ.loadModel(path: model)
-                let samples = try PTQ.verificationSamples(model: reference, recipe: context,
-                                                             count: context.recipe.verify?.samples ?? PTQ.defaultVerificationSamples)
-                report = try PTQ.verify(quantized: quantized, reference: reference, samples: samples,
-                                           thresholds: thresholds, quiet: options.silent)
-            }
-        } catch {
-            if staged != output { unlink(staged) }
-            throw error
-        }
-        let passed = report?.passed ?? true
-        var written = output
-        if staged != output {
-            let destination = passed ? output : (keepFailed ? OutputPath.failedName(output) : nil)
-            if let destination {
-                if rename(staged, destination) != 0 {
-                    let reason = String(cString: strerror(errno))
-                    unlink(staged)
-                    throw PTQError.file(destination, "cannot move the finished file into place: \(reason)")
-                }
-                written = destination
-            } else {
-                unlink(staged)
-            }
-        }
-        let seconds = Date().timeIntervalSince(start)
+        let result = try PTQ.quantizeAndPack(checkpoint: model, recipe: context, output: output, statsPath: stats,
+                                             verify: !noVerify, keepFailed: keepFailed, quiet: options.silent)
+        let summary = result.summary
         let sourceBytes = (try? FileManager.default.attributesOfItem(atPath: model)[.size] as? Int) ?? 0
         if options.json {
             struct Output: Encodable {
                 let output: String, bytes: Int, source_bytes: Int, bits_per_weight: Double, layers: Int,
                     seconds: Double, verify: VerificationReport?
             }
-            try printJSON(Output(output: passed || keepFailed ? written : "", bytes: summary.totalBytes, source_bytes: sourceBytes,
-                                 bits_per_weight: summary.bitsPerWeight, layers: plan.count, seconds: seconds,
-                                 verify: report))
+            try printJSON(Output(output: result.writtenPath ?? "", bytes: summary.totalBytes, source_bytes: sourceBytes,
+                                 bits_per_weight: summary.bitsPerWeight, layers: plan.count, seconds: result.seconds,
+                                 verify: result.report))
         } else {
             let share = String(format: "%.1f%%", 100 * Double(summary.totalBytes) / Double(max(sourceBytes, 1)))
-            let verb = passed ? "wrote \(written)" : keepFailed ? "kept the FAILED model as \(written)" : "quantized (not kept, failed verify)"
+            let verb = result.passed ? "wrote \(output)"
+                : result.writtenPath.map { "kept the FAILED model as \($0)" } ?? "quantized (not kept, failed verify)"
             print("\(verb): \(plan.count) quantized layers, \(formatBytes(summary.totalBytes)) "
                   + "(\(share) of the \(formatBytes(sourceBytes)) checkpoint), "
-                  + String(format: "%.3f bits per weight, %.1f s", summary.bitsPerWeight, seconds))
-            if let report { printVerification(report) }
+                  + String(format: "%.3f bits per weight, %.1f s", summary.bitsPerWeight, result.seconds))
+            if let report = result.report { printVerification(report) }
         }
-        if let report, !report.passed {
-            let fate = keepFailed ? "the model is kept as \(written)" : "nothing was written to \(output) (keep it with --keep-failed)"
+        if let report = result.report, !report.passed {
+            let fate = result.writtenPath.map { "the model is kept as \($0)" }
+                ?? "nothing was written to \(output) (keep it with --keep-failed)"
             FileHandle.standardError.write(Data(("Error: verification failed: " + report.failures.joined(separator: "; ")
                                                  + "; \(fate)\n").utf8))
             throw ExitCode(2)

@@ -29,20 +29,9 @@ struct VerifyCommand: ParsableCommand {
 
     func run() throws {
         try requireSupportedCPU()
-        let packedModel = try PackedFile.read(path: packed)
-        let context: PTQ.RecipeContext
-        if let recipe {
-            context = try PTQ.RecipeContext(path: recipe)
-        } else {
-            context = try PTQ.storedRecipe(of: packedModel, path: packed)
-        }
-        let verify = context.recipe.verify
-        let quantized = try PTQ.loadPacked(path: packed)
-        let referenceModel = try PTQ.loadModel(path: reference)
-        let count = samples ?? verify?.samples ?? PTQ.defaultVerificationSamples
-        let held = try PTQ.verificationSamples(model: referenceModel, recipe: context, count: count)
-        let report = try PTQ.verify(quantized: quantized, reference: referenceModel, samples: held,
-                                       thresholds: VerificationThresholds(verify), quiet: options.silent)
+        let report = try PTQ.verify(packed: packed, reference: reference,
+                                    recipe: try recipe.map { (path) throws(PTQError) in try PTQ.RecipeContext(path: path) },
+                                    samples: samples, quiet: options.silent)
         if options.json { try printJSON(report) } else { printVerification(report) }
         if !report.passed { throw ExitCode(2) }
     }

@@ -179,8 +179,12 @@ extension PTQ {
 
     /// Loads a `.ptq` packed model for running on the quantized runtime.
     public static func loadPacked(path: String) throws(PTQError) -> LoadedModel {
-        let packed = try PackedFile.read(path: path)
-        try packed.validateModel(source: path)
+        try loadPacked(try PackedFile.read(path: path), source: path)
+    }
+
+    /// Builds a runnable model from a packed model already read (`source` names it in errors).
+    public static func loadPacked(_ packed: PackedModel, source: String) throws(PTQError) -> LoadedModel {
+        try packed.validateModel(source: source)
         let weights = PackedWeights(packed)
         switch packed.config.architecture {
         case .llama: return .language(try LlamaModel(weights: weights))

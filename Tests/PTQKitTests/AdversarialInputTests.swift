@@ -331,7 +331,8 @@ struct AdversarialStatisticsTests {
         let f = try AdversarialFixture()
         defer { f.cleanup() }
         let recipe = try f.recipe("tensor", "scheme: {method: rtn, weight: {bits: 8}, activation: {bits: 8, granularity: per_tensor}}")
-        let config = try CheckpointReader(path: f.checkpoint).config
+        let reader = try CheckpointReader(path: f.checkpoint)
+        let config = reader.config
         var points: [String: PointStatistics] = [:]
         for name in linearLayerNames(of: config) {
             let point = QuantizationPoints.input(ofLinear: name)!
@@ -340,7 +341,7 @@ struct AdversarialStatisticsTests {
             rows.withUnsafeBufferPointer { p.add($0, rows: 1) }
             points[point] = p
         }
-        let stats = CalibrationStatistics(modelIdentity: config.identity,
+        let stats = CalibrationStatistics(modelIdentity: try config.identity { (name) throws(PTQError) in try reader.tensor(name) },
                                           settings: .init(dataPath: "calib.txt", samples: 1, sequenceLength: 1, seed: 0),
                                           tokens: 1, points: points)
         try stats.write(to: f.path("five.h5"))

@@ -75,7 +75,7 @@ struct CalibrationTests {
         #expect(stats.points["layers.1.mlp.down_proj.input"]!.channels == 48)
         let path = SyntheticModels.temporaryPath("stats.h5")
         try stats.write(to: path)
-        let read = try CalibrationStatistics.read(path: path, expectedIdentity: model.config.identity)
+        let read = try CalibrationStatistics.read(path: path, expectedIdentity: model.identity)
         #expect(read.hash == stats.hash)
         for (point, s) in stats.points {
             let r = read.points[point]!
@@ -89,7 +89,7 @@ struct CalibrationTests {
         #expect { try read.require(more, source: path) } throws: { ($0 as? PTQError)?.message.contains("gram") == true }
 
         let other = SyntheticModels.llamaConfig(tied: false)
-        #expect(other.identity != model.config.identity)
+        #expect(other.identity != model.identity)
         #expect { try CalibrationStatistics.read(path: path, expectedIdentity: other.identity) } throws: {
             ($0 as? PTQError)?.message.contains("another model") == true
         }
