@@ -71,7 +71,6 @@ struct BenchCommand: ParsableCommand {
     }
 
     func run() throws {
-        try requireSupportedCPU()
         let speed = try measure(model)
         let base = try reference.map { try measure($0) }
         if options.json {

@@ -22,7 +22,6 @@ struct CalibrateCommand: ParsableCommand {
     @OptionGroup var options: OutputOptions
 
     func run() throws {
-        try requireSupportedCPU()
         let context = try PTQ.RecipeContext(path: recipe)
         let reader = try CheckpointReader(path: model)
         try OutputPath.check(output, inputs: [model, recipe, context.calibrationPath(for: reader.config)])

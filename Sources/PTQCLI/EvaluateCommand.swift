@@ -42,7 +42,6 @@ struct EvaluateCommand: ParsableCommand {
     }
 
     func run() throws {
-        try requireSupportedCPU()
         let loaded = try PTQ.loadAnyModel(path: model)
         let tokenizer = try PTQ.tokenizer(for: loaded)
         switch (task, loaded) {

@@ -24,7 +24,6 @@ struct GenerateCommand: ParsableCommand {
     }
 
     func run() throws {
-        try requireSupportedCPU()
         guard case .language(let llm) = try PTQ.loadAnyModel(path: model) else {
             throw PTQError.file(model, "generate needs a language model; this is an encoder")
         }

@@ -16,7 +16,6 @@ struct ImportCommand: ParsableCommand {
     @OptionGroup var options: OutputOptions
 
     func run() throws {
-        try requireSupportedCPU()
         try OutputPath.check(output, inputs: [source])
         let start = Date()
         ProgressReporter.log("importing \(source)…", quiet: options.silent)

@@ -40,11 +40,3 @@ func printJSON<T: Encodable>(_ value: T) throws {
     print(String(decoding: data, as: UTF8.self))
 }
 
-/// Checks the CPU once: the numeric modules are compiled for x86-64-v3 (AVX2/FMA/F16C).
-func requireSupportedCPU() throws {
-    #if arch(x86_64)
-    if !PTQ.cpuIsSupported {
-        throw PTQError("this build of ptq needs a CPU with AVX2, FMA and F16C (x86-64-v3)")
-    }
-    #endif
-}

@@ -37,7 +37,6 @@ struct QuantizeCommand: ParsableCommand {
     }
 
     func run() throws {
-        try requireSupportedCPU()
         let context = try PTQ.RecipeContext(path: recipe)
         let reader = try CheckpointReader(path: model)
         let plan = try context.plan(for: reader.config)

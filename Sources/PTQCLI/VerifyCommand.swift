@@ -28,7 +28,6 @@ struct VerifyCommand: ParsableCommand {
     }
 
     func run() throws {
-        try requireSupportedCPU()
         let report = try PTQ.verify(packed: packed, reference: reference,
                                     recipe: try recipe.map { (path) throws(PTQError) in try PTQ.RecipeContext(path: path) },
                                     samples: samples, quiet: options.silent)

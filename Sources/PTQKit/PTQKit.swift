@@ -31,8 +31,9 @@ public enum PTQ {
     /// The toolkit version written into files it produces.
     public static let version = "0.1.0"
 
-    /// Whether this CPU runs the AVX2/FMA/F16C code the numeric modules are compiled for.
-    public static var cpuIsSupported: Bool { Int8Dot.usesAVX2 }
+    /// Whether the kernels run their AVX2/FMA/F16C bodies on this CPU (chosen at run time; on
+    /// other CPUs the portable reference kernels run and give the same results).
+    public static var usesAVX2Kernels: Bool { Int8Dot.usesAVX2 }
 
     /// Reads a GGUF file or a Hugging Face safetensors directory.
     public static func importModel(from source: String) throws(PTQError) -> CheckpointContents {
