@@ -145,14 +145,12 @@ public enum AttentionProbabilitySearch {
         let windows = try CalibrationSamples.windows(of: tokens, count: samples, length: settings.sequenceLength,
                                                      seed: settings.seed)
         let scorers = (0..<model.config.layerCount).map { _ in Scorer(candidates: candidates, rowsPerHead: rowsPerHead) }
-        let saved = model.attentionProbabilityOps
-        model.attentionProbabilityOps = scorers
-        defer { model.attentionProbabilityOps = saved }
+        let hooks = ForwardHooks(attentionProbabilityOps: scorers)
         let progress = ProgressReporter("attention_probs \(method)", total: windows.count, quiet: quiet)
         for window in windows {
             var ids = window
             if model.tokenizer.addBOS, let bos = model.tokenizer.bosTokenID { ids[0] = bos }
-            _ = model.hiddenStates(ids)
+            _ = model.hiddenStates(ids, hooks: hooks)
             progress.advance()
         }
         return sites(scorers, method: method)
@@ -167,12 +165,10 @@ public enum AttentionProbabilitySearch {
         let all = try CalibrationSamples.sentences(stsPath: settings.dataPath, evaluationHalf: false)
         let sentences = Array(all.prefix(2 * samples))
         let scorers = (0..<model.config.layerCount).map { _ in Scorer(candidates: candidates, rowsPerHead: rowsPerHead) }
-        let saved = model.attentionProbabilityOps
-        model.attentionProbabilityOps = scorers
-        defer { model.attentionProbabilityOps = saved }
+        let hooks = ForwardHooks(attentionProbabilityOps: scorers)
         let progress = ProgressReporter("attention_probs \(method)", total: sentences.count, quiet: quiet)
         for sentence in sentences {
-            _ = model.hiddenStates(tokenizer.encode(sentence))
+            _ = model.hiddenStates(tokenizer.encode(sentence), hooks: hooks)
             progress.advance()
         }
         return sites(scorers, method: method)

@@ -69,13 +69,12 @@ public enum Calibrator {
         let windows = try CalibrationSamples.windows(of: tokens, count: settings.samples,
                                                      length: settings.sequenceLength, seed: settings.seed)
         let collector = StatisticsCollector(request: request, seed: settings.seed)
-        model.observer = collector
-        defer { model.observer = nil }
+        let hooks = ForwardHooks(observer: collector)
         let progress = ProgressReporter("calibrate", total: windows.count, quiet: quiet)
         for window in windows {
             var ids = window
             if model.tokenizer.addBOS, let bos = model.tokenizer.bosTokenID { ids[0] = bos }
-            _ = model.hiddenStates(ids)
+            _ = model.hiddenStates(ids, hooks: hooks)
             progress.advance()
         }
         return CalibrationStatistics(modelIdentity: model.identity, settings: settings,
@@ -92,14 +91,13 @@ public enum Calibrator {
         }
         let sentences = Array(all.prefix(2 * settings.samples))
         let collector = StatisticsCollector(request: request, seed: settings.seed)
-        model.observer = collector
-        defer { model.observer = nil }
+        let hooks = ForwardHooks(observer: collector)
         let progress = ProgressReporter("calibrate", total: sentences.count, quiet: quiet)
         var tokens = 0
         for sentence in sentences {
             let ids = tokenizer.encode(sentence)
             tokens += ids.count
-            _ = model.hiddenStates(ids)
+            _ = model.hiddenStates(ids, hooks: hooks)
             progress.advance()
         }
         return CalibrationStatistics(modelIdentity: model.identity, settings: settings,

@@ -5,7 +5,7 @@ import PTQCore
 
 /// The result of a calibration run: statistics per quantization point, tied to one model.
 /// Stored as HDF5 (docs/stats-format.md) so that several quantize runs can reuse it.
-public final class CalibrationStatistics: @unchecked Sendable {
+public final class CalibrationStatistics {
     public static let formatName = "ptqkit-stats"
     public static let version = 1
 

@@ -43,7 +43,7 @@ public enum HistogramBins {
 }
 
 /// Everything gathered at one quantization point. Counts are in rows (tokens).
-public final class PointStatistics: @unchecked Sendable {
+public final class PointStatistics {
     public let channels: Int
     public private(set) var rows = 0
     /// Calls observed (one per calibration sample for linear inputs).

@@ -5,7 +5,7 @@ import PTQCore
 ///
 /// Opening checks the format marker and version, every config field, and the shape and
 /// storage type of every tensor the config requires, without reading tensor data.
-public final class CheckpointReader: @unchecked Sendable {
+public final class CheckpointReader {
     public let path: String
     public let config: ModelConfig
     public let tokenizer: TokenizerSpec

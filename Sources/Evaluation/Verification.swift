@@ -123,12 +123,8 @@ public enum Verification {
         let progress = ProgressReporter("verify", total: samples.count, quiet: quiet)
         for sample in samples {
             let recorderA = LayerOutputRecorder(), recorderB = LayerOutputRecorder()
-            reference.observer = recorderA
-            let p = reference.forward(sample)
-            reference.observer = nil
-            quantized.observer = recorderB
-            let q = quantized.forward(sample)
-            quantized.observer = nil
+            let p = reference.forward(sample, hooks: ForwardHooks(observer: recorderA))
+            let q = quantized.forward(sample, hooks: ForwardHooks(observer: recorderB))
             layers.add(recorderA.outputs, recorderB.outputs)
             for t in 0..<sample.count {
                 let (klValue, same, lpRef, lpQuant) = compareRow(p, q, row: t, vocab: vocab,
@@ -160,12 +156,8 @@ public enum Verification {
         let progress = ProgressReporter("verify", total: samples.count, quiet: quiet)
         for sample in samples {
             let recorderA = LayerOutputRecorder(), recorderB = LayerOutputRecorder()
-            reference.observer = recorderA
-            let a = reference.embed(tokens: sample)
-            reference.observer = nil
-            quantized.observer = recorderB
-            let b = quantized.embed(tokens: sample)
-            quantized.observer = nil
+            let a = reference.embed(tokens: sample, hooks: ForwardHooks(observer: recorderA))
+            let b = quantized.embed(tokens: sample, hooks: ForwardHooks(observer: recorderB))
             layers.add(recorderA.outputs, recorderB.outputs)
             cosine += STSB.cosine(a, b)
             tokens += sample.count

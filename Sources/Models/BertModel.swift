@@ -5,15 +5,13 @@ import PTQCore
 /// BERT encoder (post-norm): embeddings + LayerNorm, softmax self-attention with a padding
 /// mask, exact-erf GELU MLP, then mean pooling and L2 normalisation for sentence embeddings.
 /// Shapes: T = tokens, D = hidden size, H = heads, Dh = head dim, F = MLP size.
-public final class BertModel: @unchecked Sendable {
+public final class BertModel: Sendable {
     public let config: ModelConfig
     public let tokenizer: TokenizerSpec
     /// Structure and weight fingerprint (`ModelConfig.identity(weights:)`).
     public let identity: String
-    /// Receives activations at the quantization points when set (calibration).
-    public var observer: ActivationObserver?
     /// Per layer: the op that replaces the float `P·V` (quantized probabilities), nil = float.
-    public var attentionProbabilityOps: [(any AttentionProbabilityOp)?]
+    public let attentionProbabilityOps: [(any AttentionProbabilityOp)?]
 
     struct Layer {
         let q, k, v, o: any LinearOp
@@ -60,7 +58,9 @@ public final class BertModel: @unchecked Sendable {
 
     /// Token states `(T, D)` of one sequence. Only the first `validLength` tokens are real;
     /// the rest are padding that no query attends to (and whose states are meaningless).
-    public func hiddenStates(_ tokens: [Int], validLength: Int? = nil) -> [Float] {
+    public func hiddenStates(_ tokens: [Int], validLength: Int? = nil, hooks: ForwardHooks = ForwardHooks()) -> [Float] {
+        let observer = hooks.observer
+        let probabilityOps = hooks.attentionProbabilityOps ?? attentionProbabilityOps
         let c = config
         let T = tokens.count, D = c.hiddenSize, F = c.intermediateSize, H = c.headCount, Dh = c.headDim
         let valid = validLength ?? T
@@ -80,7 +80,7 @@ public final class BertModel: @unchecked Sendable {
         let scale = 1 / Float(Dh).squareRoot()
 
         for (l, layer) in layers.enumerated() {
-            observe(QuantizationPoints.attentionInput(l), x, rows: T, columns: D)
+            observe(observer, QuantizationPoints.attentionInput(l), x, rows: T, columns: D)
             layer.q.forward(x, rows: T, into: &q)
             layer.k.forward(x, rows: T, into: &k)
             layer.v.forward(x, rows: T, into: &v)
@@ -96,10 +96,10 @@ public final class BertModel: @unchecked Sendable {
                         }
                     }
                 }}
-                observe(QuantizationPoints.attentionProbabilities(l), scores, rows: T, columns: T)
+                observe(observer, QuantizationPoints.attentionProbabilities(l), scores, rows: T, columns: T)
                 scores.withUnsafeBufferPointer { sp in v.withUnsafeBufferPointer { vp in
                     attention.withUnsafeMutableBufferPointer { op in
-                        if let probabilityOp = attentionProbabilityOps[l] {
+                        if let probabilityOp = probabilityOps[l] {
                             probabilityOp.multiply(probabilities: sp.baseAddress!, rows: T, columns: T, values: vp.baseAddress! + h * Dh,
                                                    valueStride: D, width: Dh, into: op.baseAddress! + h * Dh, outStride: D)
                             return
@@ -109,27 +109,27 @@ public final class BertModel: @unchecked Sendable {
                     }
                 }}
             }
-            observe(QuantizationPoints.attentionOutputInput(l), attention, rows: T, columns: D)
+            observe(observer, QuantizationPoints.attentionOutputInput(l), attention, rows: T, columns: D)
             layer.o.forward(attention, rows: T, into: &projected)
             Ops.add(projected, into: &x, count: T * D)
             Ops.layerNormInPlace(&x, weight: layer.attentionNormWeight, bias: layer.attentionNormBias, rows: T, width: D, epsilon: epsilon)
 
-            observe(QuantizationPoints.mlpInput(l), x, rows: T, columns: D)
+            observe(observer, QuantizationPoints.mlpInput(l), x, rows: T, columns: D)
             layer.up.forward(x, rows: T, into: &up)
             Ops.gelu(&up, count: T * F)
-            observe(QuantizationPoints.mlpDownInput(l), up, rows: T, columns: F)
+            observe(observer, QuantizationPoints.mlpDownInput(l), up, rows: T, columns: F)
             layer.down.forward(up, rows: T, into: &projected)
             Ops.add(projected, into: &x, count: T * D)
             Ops.layerNormInPlace(&x, weight: layer.mlpNormWeight, bias: layer.mlpNormBias, rows: T, width: D, epsilon: epsilon)
-            observe(QuantizationPoints.layerOutput(l), x, rows: T, columns: D)
+            observe(observer, QuantizationPoints.layerOutput(l), x, rows: T, columns: D)
         }
         return x
     }
 
     /// Sentence embedding of already-tokenized ids (pooling and normalisation from the config).
-    public func embed(tokens: [Int]) -> [Float] {
+    public func embed(tokens: [Int], hooks: ForwardHooks = ForwardHooks()) -> [Float] {
         let D = config.hiddenSize, T = tokens.count
-        let states = hiddenStates(tokens)
+        let states = hiddenStates(tokens, hooks: hooks)
         var pooled = [Float](repeating: 0, count: D)
         switch config.pooling {
         case .cls:
@@ -148,7 +148,8 @@ public final class BertModel: @unchecked Sendable {
     }
 
     @inline(__always)
-    private func observe(_ point: String, _ values: [Float], rows: Int, columns: Int) {
+    private func observe(_ observer: (any ActivationObserver)?, _ point: String, _ values: [Float],
+                         rows: Int, columns: Int) {
         guard let observer else { return }
         values.withUnsafeBufferPointer {
             observer.observe(point: point, values: UnsafeBufferPointer(rebasing: $0[0..<rows * columns]), rows: rows, columns: columns)

@@ -5,15 +5,13 @@ import PTQCore
 /// LLaMA-family decoder: RMSNorm, RoPE, grouped-query attention, SwiGLU MLP, optional tied
 /// LM head. Shapes: T = tokens in this call, S = cached + new positions, D = hidden size,
 /// H/KV = query/key-value heads, Dh = head dim, F = MLP size, V = vocabulary.
-public final class LlamaModel: @unchecked Sendable {
+public final class LlamaModel: Sendable {
     public let config: ModelConfig
     public let tokenizer: TokenizerSpec
     /// Structure and weight fingerprint (`ModelConfig.identity(weights:)`).
     public let identity: String
-    /// Receives activations at the quantization points when set (calibration).
-    public var observer: ActivationObserver?
     /// Per layer: the op that replaces the float `P·V` (quantized probabilities), nil = float.
-    public var attentionProbabilityOps: [(any AttentionProbabilityOp)?]
+    public let attentionProbabilityOps: [(any AttentionProbabilityOp)?]
 
     struct Layer {
         let attentionNorm: [Float]
@@ -80,8 +78,9 @@ public final class LlamaModel: @unchecked Sendable {
 
     /// Runs `tokens` after the positions already in `cache` and returns logits `(T', V)` for
     /// the rows in `logitRows` (all rows when nil). Without a cache the tokens start at 0.
-    public func forward(_ tokens: [Int], cache: KVCache? = nil, logitRows: Range<Int>? = nil) -> [Float] {
-        let hidden = hiddenStates(tokens, cache: cache)
+    public func forward(_ tokens: [Int], cache: KVCache? = nil, logitRows: Range<Int>? = nil,
+                        hooks: ForwardHooks = ForwardHooks()) -> [Float] {
+        let hidden = hiddenStates(tokens, cache: cache, hooks: hooks)
         let rows = logitRows ?? 0..<tokens.count
         var logits = [Float](repeating: 0, count: rows.count * config.vocabSize)
         hidden.withUnsafeBufferPointer { h in
@@ -94,7 +93,8 @@ public final class LlamaModel: @unchecked Sendable {
     }
 
     /// Final-normed hidden states `(T, D)`.
-    public func hiddenStates(_ tokens: [Int], cache: KVCache? = nil) -> [Float] {
+    public func hiddenStates(_ tokens: [Int], cache: KVCache? = nil, hooks: ForwardHooks = ForwardHooks()) -> [Float] {
+        let observer = hooks.observer
         let c = config
         let T = tokens.count, D = c.hiddenSize, F = c.intermediateSize
         let start = cache?.count ?? 0
@@ -121,7 +121,7 @@ public final class LlamaModel: @unchecked Sendable {
         for (l, layer) in layers.enumerated() {
             // --- attention ---
             Ops.rmsNorm(x, weight: layer.attentionNorm, rows: T, width: D, epsilon: epsilon, into: &normed)
-            observe(QuantizationPoints.attentionInput(l), normed, rows: T, columns: D)
+            observe(observer, QuantizationPoints.attentionInput(l), normed, rows: T, columns: D)
             layer.q.forward(normed, rows: T, into: &q)
             func projectKV(_ keys: UnsafeMutablePointer<Float>, _ values: UnsafeMutablePointer<Float>) {
                 normed.withUnsafeBufferPointer { n in
@@ -144,21 +144,22 @@ public final class LlamaModel: @unchecked Sendable {
             }
             let keys = cache?.keys[l] ?? localKeys
             let values = cache?.values[l] ?? localValues
-            attend(q: q, keys: keys, values: values, T: T, start: start, scores: &scores, out: &attention, layer: l)
-            observe(QuantizationPoints.attentionOutputInput(l), attention, rows: T, columns: qWidth)
+            attend(q: q, keys: keys, values: values, T: T, start: start, scores: &scores, out: &attention, layer: l,
+                   hooks: hooks)
+            observe(observer, QuantizationPoints.attentionOutputInput(l), attention, rows: T, columns: qWidth)
             layer.o.forward(attention, rows: T, into: &projected)
             Ops.add(projected, into: &x, count: T * D)
 
             // --- MLP ---
             Ops.rmsNorm(x, weight: layer.mlpNorm, rows: T, width: D, epsilon: epsilon, into: &normed)
-            observe(QuantizationPoints.mlpInput(l), normed, rows: T, columns: D)
+            observe(observer, QuantizationPoints.mlpInput(l), normed, rows: T, columns: D)
             layer.gate.forward(normed, rows: T, into: &gate)
             layer.up.forward(normed, rows: T, into: &up)
             Ops.siluMultiply(&gate, up, count: T * F)
-            observe(QuantizationPoints.mlpDownInput(l), gate, rows: T, columns: F)
+            observe(observer, QuantizationPoints.mlpDownInput(l), gate, rows: T, columns: F)
             layer.down.forward(gate, rows: T, into: &projected)
             Ops.add(projected, into: &x, count: T * D)
-            observe(QuantizationPoints.layerOutput(l), x, rows: T, columns: D)
+            observe(observer, QuantizationPoints.layerOutput(l), x, rows: T, columns: D)
         }
         cache?.advance(by: T)
         Ops.rmsNorm(x, weight: finalNorm, rows: T, width: D, epsilon: epsilon, into: &normed)
@@ -167,14 +168,15 @@ public final class LlamaModel: @unchecked Sendable {
 
     /// Causal grouped-query attention of T new queries over S = start + T positions.
     private func attend(q: [Float], keys: [Float], values: [Float], T: Int, start: Int,
-                        scores: inout [Float], out: inout [Float], layer: Int) {
+                        scores: inout [Float], out: inout [Float], layer: Int, hooks: ForwardHooks) {
+        let observer = hooks.observer
         let c = config
         let S = start + T, Dh = c.headDim
         let qWidth = c.headCount * Dh, kvWidth = c.kvHeadCount * Dh
         let group = c.headCount / c.kvHeadCount
         let scale = 1 / Float(Dh).squareRoot()
         let point = QuantizationPoints.attentionProbabilities(layer)
-        let probabilityOp = attentionProbabilityOps[layer]
+        let probabilityOp = (hooks.attentionProbabilityOps ?? attentionProbabilityOps)[layer]
         q.withUnsafeBufferPointer { qp in
         keys.withUnsafeBufferPointer { kp in
         values.withUnsafeBufferPointer { vp in
@@ -207,7 +209,8 @@ public final class LlamaModel: @unchecked Sendable {
     }
 
     @inline(__always)
-    private func observe(_ point: String, _ values: [Float], rows: Int, columns: Int) {
+    private func observe(_ observer: (any ActivationObserver)?, _ point: String, _ values: [Float],
+                         rows: Int, columns: Int) {
         guard let observer else { return }
         values.withUnsafeBufferPointer {
             observer.observe(point: point, values: UnsafeBufferPointer(rebasing: $0[0..<rows * columns]), rows: rows, columns: columns)

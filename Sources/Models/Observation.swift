@@ -1,3 +1,20 @@
+/// Per-call instrumentation of a forward pass. Models keep no mutable state: calibration,
+/// verification and searches pass what they need with each call, so one model can serve
+/// several callers at once.
+public struct ForwardHooks {
+    /// Receives the activations at every quantization point; nil = none.
+    public var observer: (any ActivationObserver)?
+    /// Per layer, an op that replaces the model's own `P·V` for this call (a calibration search
+    /// scoring candidate quantizers); nil = the model's own ops.
+    public var attentionProbabilityOps: [(any AttentionProbabilityOp)?]?
+
+    public init(observer: (any ActivationObserver)? = nil,
+                attentionProbabilityOps: [(any AttentionProbabilityOp)?]? = nil) {
+        self.observer = observer
+        self.attentionProbabilityOps = attentionProbabilityOps
+    }
+}
+
 /// Receives activations at a model's quantization points during a forward pass.
 ///
 /// The model passes a view of its own buffers (no copy); an observer must not keep the

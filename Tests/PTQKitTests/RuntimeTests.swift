@@ -238,8 +238,7 @@ struct RuntimeTests {
         let contents = SyntheticModels.contents(SyntheticModels.llamaConfig(), tokenizer: SyntheticModels.llamaTokenizer())
         let model = try LlamaModel(weights: CheckpointWeights(try CheckpointReader(path: try SyntheticModels.writeCheckpoint(contents))))
         let recorder = Recorder()
-        model.observer = recorder
-        _ = model.forward([1, 2, 3, 4, 5])
+        _ = model.forward([1, 2, 3, 4, 5], hooks: ForwardHooks(observer: recorder))
         #expect(recorder.shapes.count == 2 * 6)
         #expect(recorder.shapes["layers.1.attention.input"]! == (5, 32))
         #expect(recorder.shapes["layers.1.mlp.down_proj.input"]! == (5, 48))
