@@ -2,11 +2,15 @@
 #include "split_kernels.h"
 #include <immintrin.h>
 
-// SplitQuant weight-only kernels (see split_kernels.h). Per row and group a small value table
-// T[k << bits | u] = s_k * ((float)u - z_k) is built (12 entries for 2-bit codes, 3·2^bits in
-// general) and the row's packed indices are looked up in it. The reference accumulates each
-// group in order; the AVX2 path keeps 8-lane partial sums, so GEMV results differ from the
-// reference only by summation order. Dequantized tiles are exact in both.
+// SplitQuant weight-only kernels (see split_kernels.h). The reference builds, per row and group,
+// the value table T[k << bits | u] = s_k * ((float)u - z_k) (3·2^bits entries) and looks the
+// row's packed indices up in it. The AVX2 path keeps the 12-entry table of 2-bit codes in two
+// registers (two permutes and a blend per 8 weights); for wider codes a 48…768-entry table
+// would cost more to build than to use, so it permutes the group's three scales and zero points
+// by cluster id instead and computes s * ((float)u - z) in-register (measured in
+// docs/RESULTS.md: this beat gathering from the table). Both paths compute every weight with
+// the reference's two float operations, so dequantized tiles are exact; the GEMV keeps 8-lane
+// partial sums and differs from the reference only by summation order.
 
 #define SPLIT_CLUSTERS 3
 #define SPLIT_MAX_TABLE (SPLIT_CLUSTERS << 8)
@@ -22,6 +26,12 @@ static inline void split_table(float *t, int bits, const float *scales, const fl
     const float *s = scales + (o * groups + g) * SPLIT_CLUSTERS, *z = zeros + (o * groups + g) * SPLIT_CLUSTERS;
     for (size_t k = 0; k < SPLIT_CLUSTERS; k++)
         for (size_t u = 0; u < n; u++) t[(k << bits) | u] = s[k] * ((float)u - z[k]);
+}
+
+/// One element from its index and its group's three scales and zero points.
+static inline float split_value(unsigned idx, int bits, const float *s, const float *z) {
+    const unsigned k = idx >> bits, u = idx & ((1u << bits) - 1);
+    return s[k] * ((float)u - z[k]);
 }
 
 // ---- references (one body per index type) ----------------------------------------------------
@@ -93,20 +103,31 @@ CK_INLINE CK_AVX2 __m256 lookup16(__m256 t0, __m256 t1, __m256i v) {
     return _mm256_blendv_ps(lo, hi, _mm256_castsi256_ps(_mm256_slli_epi32(v, 28)));
 }
 
+/// Wider codes: the cluster id (idx >> bits) picks the group's scale and zero point from two
+/// registers (3 lanes used), value = s * ((float)u - z) — the reference's two operations, so it
+/// is exact, and no table needs building per group.
+CK_INLINE CK_AVX2 __m256 lookup_sz(__m256 s, __m256 z, __m256i v, __m128i shift, __m256i mask) {
+    const __m256i cl = _mm256_srl_epi32(v, shift);
+    const __m256 u = _mm256_cvtepi32_ps(_mm256_and_si256(v, mask));
+    return _mm256_mul_ps(_mm256_permutevar8x32_ps(s, cl), _mm256_sub_ps(u, _mm256_permutevar8x32_ps(z, cl)));
+}
+
 #define SPLIT_AVX2(NAME, IDX_T)                                                                     \
     CK_AVX2 static void split_gemv_##NAME##_avx2(const IDX_T *idx, size_t row_begin, size_t row_count, \
                                                 size_t cols, size_t group_size, int bits,           \
                                                 const float *scales, const float *zeros,            \
                                                 const float *x, float *y) {                         \
         const size_t groups = split_groups(cols, group_size);                                       \
-        float t[SPLIT_MAX_TABLE + 8] __attribute__((aligned(32)));                                  \
+        float t[16] __attribute__((aligned(32)));                                                   \
         for (size_t o = row_begin; o < row_begin + row_count; o++) {                                \
             const IDX_T *row = idx + o * cols;                                                      \
             __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();                              \
             __m256 a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();                              \
             float tail = 0;                                                                         \
             for (size_t g = 0; g < groups; g++) {                                                   \
-                split_table(t, bits, scales, zeros, o, groups, g);                                  \
+                const float *sp = scales + (o * groups + g) * SPLIT_CLUSTERS;                       \
+                const float *zp = zeros + (o * groups + g) * SPLIT_CLUSTERS;                        \
+                if (bits == 2) split_table(t, bits, scales, zeros, o, groups, g);                   \
                 const size_t j0 = g * group_size, j1 = j0 + group_size < cols ? j0 + group_size : cols; \
                 size_t j = j0;                                                                      \
                 if (bits == 2) {                                                                    \
@@ -121,16 +142,20 @@ CK_INLINE CK_AVX2 __m256 lookup16(__m256 t0, __m256 t1, __m256i v) {
                     for (; j + 8 <= j1; j += 8)                                                     \
                         a0 = _mm256_fmadd_ps(lookup16(t0, t1, load_idx_##NAME(row + j)), _mm256_loadu_ps(x + j), a0); \
                 } else {                                                                            \
+                    const __m256 sv = _mm256_setr_ps(sp[0], sp[1], sp[2], 0, 0, 0, 0, 0);           \
+                    const __m256 zv = _mm256_setr_ps(zp[0], zp[1], zp[2], 0, 0, 0, 0, 0);           \
+                    const __m128i sh = _mm_cvtsi32_si128(bits);                                     \
+                    const __m256i mk = _mm256_set1_epi32((1 << bits) - 1);                          \
                     for (; j + 32 <= j1; j += 32) {                                                 \
-                        a0 = _mm256_fmadd_ps(_mm256_i32gather_ps(t, load_idx_##NAME(row + j), 4), _mm256_loadu_ps(x + j), a0); \
-                        a1 = _mm256_fmadd_ps(_mm256_i32gather_ps(t, load_idx_##NAME(row + j + 8), 4), _mm256_loadu_ps(x + j + 8), a1); \
-                        a2 = _mm256_fmadd_ps(_mm256_i32gather_ps(t, load_idx_##NAME(row + j + 16), 4), _mm256_loadu_ps(x + j + 16), a2); \
-                        a3 = _mm256_fmadd_ps(_mm256_i32gather_ps(t, load_idx_##NAME(row + j + 24), 4), _mm256_loadu_ps(x + j + 24), a3); \
+                        a0 = _mm256_fmadd_ps(lookup_sz(sv, zv, load_idx_##NAME(row + j), sh, mk), _mm256_loadu_ps(x + j), a0); \
+                        a1 = _mm256_fmadd_ps(lookup_sz(sv, zv, load_idx_##NAME(row + j + 8), sh, mk), _mm256_loadu_ps(x + j + 8), a1); \
+                        a2 = _mm256_fmadd_ps(lookup_sz(sv, zv, load_idx_##NAME(row + j + 16), sh, mk), _mm256_loadu_ps(x + j + 16), a2); \
+                        a3 = _mm256_fmadd_ps(lookup_sz(sv, zv, load_idx_##NAME(row + j + 24), sh, mk), _mm256_loadu_ps(x + j + 24), a3); \
                     }                                                                               \
                     for (; j + 8 <= j1; j += 8)                                                     \
-                        a0 = _mm256_fmadd_ps(_mm256_i32gather_ps(t, load_idx_##NAME(row + j), 4), _mm256_loadu_ps(x + j), a0); \
+                        a0 = _mm256_fmadd_ps(lookup_sz(sv, zv, load_idx_##NAME(row + j), sh, mk), _mm256_loadu_ps(x + j), a0); \
                 }                                                                                   \
-                for (; j < j1; j++) tail += t[row[j]] * x[j];                                       \
+                for (; j < j1; j++) tail += split_value(row[j], bits, sp, zp) * x[j];                   \
             }                                                                                       \
             y[o] = split_hsum(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3))) + tail; \
         }                                                                                           \
@@ -139,13 +164,15 @@ CK_INLINE CK_AVX2 __m256 lookup16(__m256 t0, __m256 t1, __m256i v) {
                                                    size_t cols, size_t group_size, int bits,        \
                                                    const float *scales, const float *zeros, float *out) { \
         const size_t groups = split_groups(cols, group_size);                                       \
-        float t[SPLIT_MAX_TABLE + 8] __attribute__((aligned(32)));                                  \
+        float t[16] __attribute__((aligned(32)));                                                   \
         for (size_t r = 0; r < row_count; r++) {                                                    \
             const size_t o = row_begin + r;                                                         \
             const IDX_T *row = idx + o * cols;                                                      \
             float *dst = out + r * cols;                                                            \
             for (size_t g = 0; g < groups; g++) {                                                   \
-                split_table(t, bits, scales, zeros, o, groups, g);                                  \
+                const float *sp = scales + (o * groups + g) * SPLIT_CLUSTERS;                       \
+                const float *zp = zeros + (o * groups + g) * SPLIT_CLUSTERS;                        \
+                if (bits == 2) split_table(t, bits, scales, zeros, o, groups, g);                   \
                 const size_t j0 = g * group_size, j1 = j0 + group_size < cols ? j0 + group_size : cols; \
                 size_t j = j0;                                                                      \
                 if (bits == 2) {                                                                    \
@@ -153,10 +180,14 @@ CK_INLINE CK_AVX2 __m256 lookup16(__m256 t0, __m256 t1, __m256i v) {
                     const __m256 t0 = _mm256_load_ps(t), t1 = _mm256_load_ps(t + 8);                \
                     for (; j + 8 <= j1; j += 8) _mm256_storeu_ps(dst + j, lookup16(t0, t1, load_idx_##NAME(row + j))); \
                 } else {                                                                            \
+                    const __m256 sv = _mm256_setr_ps(sp[0], sp[1], sp[2], 0, 0, 0, 0, 0);           \
+                    const __m256 zv = _mm256_setr_ps(zp[0], zp[1], zp[2], 0, 0, 0, 0, 0);           \
+                    const __m128i sh = _mm_cvtsi32_si128(bits);                                     \
+                    const __m256i mk = _mm256_set1_epi32((1 << bits) - 1);                          \
                     for (; j + 8 <= j1; j += 8)                                                     \
-                        _mm256_storeu_ps(dst + j, _mm256_i32gather_ps(t, load_idx_##NAME(row + j), 4)); \
+                        _mm256_storeu_ps(dst + j, lookup_sz(sv, zv, load_idx_##NAME(row + j), sh, mk)); \
                 }                                                                                   \
-                for (; j < j1; j++) dst[j] = t[row[j]];                                             \
+                for (; j < j1; j++) dst[j] = split_value(row[j], bits, sp, zp);                                             \
             }                                                                                       \
         }                                                                                           \
     }

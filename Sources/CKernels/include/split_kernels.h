@@ -16,8 +16,8 @@
 // copy of the weight matrix is made. Indices must be < 3 << bits (the loader checks this).
 
 /// For o in [row_begin, row_begin + row_count): y[o] = sum_j T_{o,g(j)}[idx[o,j]] * x[j].
-/// AVX2: 2-bit codes look the 12-entry table up in registers (two permutes and a blend),
-/// wider codes gather from it.
+/// AVX2: 2-bit codes look the 12-entry table up in registers (two permutes and a blend);
+/// wider codes permute the group's 3 scales and zero points by cluster id.
 void ck_split_gemv_u8(const uint8_t *idx, size_t row_begin, size_t row_count, size_t cols,
                       size_t group_size, int bits, const float *scales, const float *zeros,
                       const float *x, float *y);
