@@ -8,47 +8,34 @@
 /// also skips masked keys.
 public enum CodeAttention {
     /// Codes of `count` non-negative values against descending thresholds (log formats): the
-    /// code is the number of thresholds `β_k` with `x ≤ β_k`.
+    /// code is the number of thresholds `β_k` with `x ≤ β_k` (a prefix, found by binary search:
+    /// n bits take n comparisons, no logarithm).
     public static func encodeDescending(_ x: UnsafePointer<Float>, count: Int, thresholds: UnsafeBufferPointer<Float>,
                                         into codes: UnsafeMutablePointer<UInt8>) {
-        let n = thresholds.count
-        var j = 0
-        while j + 8 <= count {
-            let v = UnsafeRawPointer(x + j).loadUnaligned(as: SIMD8<Float>.self)
-            var k = SIMD8<Int32>(repeating: 0)
-            for t in 0..<n {
-                k &+= SIMD8<Int32>(repeating: 0).replacing(with: 1, where: v .<= SIMD8(repeating: thresholds[t]))
+        let t = thresholds.baseAddress!, n = thresholds.count
+        for j in 0..<count {
+            let v = x[j]
+            var lo = 0, hi = n
+            while lo < hi {
+                let mid = (lo + hi) >> 1
+                if v <= t[mid] { lo = mid + 1 } else { hi = mid }
             }
-            for l in 0..<8 { codes[j + l] = UInt8(truncatingIfNeeded: k[l]) }
-            j += 8
-        }
-        while j < count {
-            var k = 0
-            for t in 0..<n where x[j] <= thresholds[t] { k += 1 }
-            codes[j] = UInt8(k)
-            j += 1
+            codes[j] = UInt8(truncatingIfNeeded: lo)
         }
     }
 
     /// Codes against ascending thresholds (uniform formats): the number of thresholds below `x`.
     public static func encodeAscending(_ x: UnsafePointer<Float>, count: Int, thresholds: UnsafeBufferPointer<Float>,
                                        into codes: UnsafeMutablePointer<UInt8>) {
-        let n = thresholds.count
-        var j = 0
-        while j + 8 <= count {
-            let v = UnsafeRawPointer(x + j).loadUnaligned(as: SIMD8<Float>.self)
-            var k = SIMD8<Int32>(repeating: 0)
-            for t in 0..<n {
-                k &+= SIMD8<Int32>(repeating: 0).replacing(with: 1, where: v .> SIMD8(repeating: thresholds[t]))
+        let t = thresholds.baseAddress!, n = thresholds.count
+        for j in 0..<count {
+            let v = x[j]
+            var lo = 0, hi = n
+            while lo < hi {
+                let mid = (lo + hi) >> 1
+                if v > t[mid] { lo = mid + 1 } else { hi = mid }
             }
-            for l in 0..<8 { codes[j + l] = UInt8(truncatingIfNeeded: k[l]) }
-            j += 8
-        }
-        while j < count {
-            var k = 0
-            for t in 0..<n where x[j] > thresholds[t] { k += 1 }
-            codes[j] = UInt8(k)
-            j += 1
+            codes[j] = UInt8(truncatingIfNeeded: lo)
         }
     }
 
