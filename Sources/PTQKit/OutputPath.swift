@@ -24,7 +24,7 @@ public enum OutputPath {
         for input in inputs where !input.isEmpty && FileManager.default.fileExists(atPath: input) {
             let same = resolve(input) == resolvedOutput || sameFile(input, output)
             var inputIsDirectory: ObjCBool = false
-            FileManager.default.fileExists(atPath: input, isDirectory: &inputIsDirectory)
+            _ = FileManager.default.fileExists(atPath: input, isDirectory: &inputIsDirectory)
             let inside = inputIsDirectory.boolValue && FileManager.default.fileExists(atPath: output)
                 && resolvedOutput.hasPrefix(resolve(input) + "/")
             if same || inside {
