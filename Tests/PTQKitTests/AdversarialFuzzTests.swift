@@ -114,6 +114,77 @@ struct AdversarialFuzzTests {
         Fuzz.report(".ptq", result)
     }
 
+    /// Every weight and activation format of the packed file (split clusters, minifloat codes
+    /// with FP activations, AdaLog post-GELU inputs and attention probabilities) under the same
+    /// mutations: 100 per format.
+    @Test(arguments: [
+        ("splitquant", "llama", "scheme: {method: splitquant, weight: {bits: 2, symmetric: false, group_size: 32}}"),
+        ("llmfp4", "llama", "scheme: {method: llmfp4, weight: {bits: 4, group_size: 32}, activation: {bits: 8, granularity: per_tensor}, parameters: {setting: fast}}"),
+        ("adalog-attention", "llama", """
+        scheme: {method: rtn, weight: {bits: 8}, activation: {bits: 8, granularity: per_token}}
+        attention_probs: {quantizer: adalog, bits: 4, samples: 2, rows_per_head: 4}
+        """),
+        ("adalog-gelu", "bert", """
+        scheme: {method: rtn, weight: {bits: 8}, activation: {bits: 8, granularity: per_token}}
+        rules:
+          - targets: ["layers/*/mlp/down_proj"]
+            method: adalog
+            weight: {bits: 8, symmetric: false}
+            activation: {bits: 4, granularity: per_tensor}
+        """),
+    ])
+    func packedFileFormats(name: String, model: String, body: String) throws {
+        let f = try AdversarialFixture(bert: model == "bert")
+        defer { f.cleanup() }
+        let recipe = try f.recipe(name, model: model, body)
+        let packed = f.path("\(name).ptq")
+        let run = runPTQ(["quantize", f.checkpoint, "--recipe", recipe, "-o", packed, "--quiet", "--no-verify"])
+        try #require(run.code == 0, "\(name): \(run)")
+        let result = try Fuzz.run(fileBytes(packed), path: f.path("fuzz-\(name).ptq"), seed: 5, mutations: 100) { path in
+            let model = try PTQ.loadPacked(path: path)
+            do { try Self.runs(model) } catch { throw PTQError.file(path, "overflows: \(error)") }
+        }
+        Fuzz.report(".ptq \(name)", result)
+    }
+
+    /// Consistent checksums, inconsistent layers of the newer formats: the model-level checks
+    /// (shared by the loader and the quantize pipeline) name the layer and what is wrong.
+    @Test func newFormatsInconsistentLayers() throws {
+        let f = try AdversarialFixture()
+        defer { f.cleanup() }
+        func quantized(_ name: String, _ body: String) throws -> PackedModel {
+            let recipe = try PTQ.RecipeContext(path: try f.recipe(name, body))
+            return try PTQ.quantize(checkpoint: f.checkpoint, recipe: recipe, quiet: true).packed
+        }
+        let split = try quantized("split", "scheme: {method: splitquant, weight: {bits: 2, symmetric: false}}")
+        let fp = try quantized("fp", "scheme: {method: llmfp4, weight: {bits: 4}, activation: {bits: 8, granularity: per_tensor}, parameters: {setting: fast}}")
+        let q = "layers/0/mlp/up_proj"
+        let cases: [(String, PackedModel, [String], (inout QuantizedWeight) -> Void)] = [
+            ("split cluster id 3", split, [q, "cluster id 3"], { w in
+                if case .split(var s) = w { s.clusters[7] = 3; w = .split(s) } }),
+            ("split missing scale", split, [q, "scales"], { w in
+                if case .split(var s) = w { s.scales.removeLast(); w = .split(s) } }),
+            ("split NaN zero point", split, [q, "zero point nan"], { w in
+                if case .split(var s) = w { s.zeros[2] = .nan; w = .split(s) } }),
+            ("minifloat code too wide", fp, [q, "does not fit in 4 bits"], { w in
+                if case .floatingPoint(var m) = w { m.codes[0] = 16; w = .floatingPoint(m) } }),
+            ("minifloat infinite scale", fp, [q, "weight scale inf"], { w in
+                if case .floatingPoint(var m) = w { m.scales[1] = .infinity; w = .floatingPoint(m) } }),
+        ]
+        for (label, model, fragments, edit) in cases {
+            var broken = model
+            try #require(broken.quantizedLinears[q] != nil, "\(label)")
+            edit(&broken.quantizedLinears[q]!.weight)
+            #expect(broken.quantizedLinears[q]!.weight != model.quantizedLinears[q]!.weight, "\(label): edit applied")
+            do {
+                try broken.validateModel(source: "broken.ptq")
+                Issue.record("\(label): accepted")
+            } catch {
+                for fragment in fragments { #expect(error.message.contains(fragment), "\(label): \(error.message)") }
+            }
+        }
+    }
+
     @Test func recipeYAML() throws {
         let f = try AdversarialFixture()
         defer { f.cleanup() }
