@@ -197,7 +197,7 @@ struct LLMFP4Tests {
         let stats = Self.statistics(channels: cols, rows: 256, seed: 4)
         func outputError(_ q: QuantizedLinear) -> Double {
             let x = Array(stats.reservoir!.prefix(stats.reservoirCount * cols))
-            let sim = SimulatedFPLinear(q)
+            let sim = SimulatedLinear(q)
             var y = [Float](repeating: 0, count: stats.reservoirCount * rows)
             sim.forward(x, rows: stats.reservoirCount, into: &y)
             let ref = LLMFP4Quantizer.product(x, rows: stats.reservoirCount, weight: w, out: rows, columns: cols)
@@ -299,7 +299,7 @@ struct LLMFP4Tests {
             let x = (0..<rows * cols).map { i in absMax[i % cols] * rng.float(in: -1...1) }
             var y = [Float](repeating: 0, count: rows * out), expected = y
             op.forward(x, rows: rows, into: &y)
-            SimulatedFPLinear(q).forward(x, rows: rows, into: &expected)
+            SimulatedLinear(q).forward(x, rows: rows, into: &expected)
             for i in 0..<y.count { #expect(abs(y[i] - expected[i]) <= 1e-4 * max(1, abs(expected[i])), "\(format) row \(i / out)") }
             #expect(op.kernelDescription.contains(format.description))
             // FP4 weights with E2M1 activations (shifted integers ≤ 12·2^3) run the exact int8 GEMM.
@@ -344,7 +344,7 @@ struct LLMFP4Tests {
         #expect(row.format?.hasPrefix("fp4 e") == true && row.bits == 4 && row.groupSize == 32)
         #expect(row.activation.hasPrefix("fp8 e") && row.activation.contains("2^-k"))
         let packedModel = try LlamaModel(weights: PackedWeights(read))
-        let simulated = try LlamaModel(weights: SimulatedFPWeights(packed: read))
+        let simulated = try LlamaModel(weights: SimulatedWeights(packed: read))
         let tokens = [1, 5, 9, 33, 70, 2, 8, 100]
         let a = packedModel.forward(tokens), b = simulated.forward(tokens)
         let scale = b.map(abs).max()!
@@ -352,45 +352,3 @@ struct LLMFP4Tests {
     }
 }
 
-/// The fake-quant twin of a minifloat layer: activations rounded by the Swift reference
-/// quantizer, the reference dequantized weight, and a double-precision product.
-final class SimulatedFPLinear: LinearOp, @unchecked Sendable {
-    let q: QuantizedLinear
-    let weight: [Float]
-    var inFeatures: Int { q.weight.columns }
-    var outFeatures: Int { q.weight.rows }
-
-    init(_ q: QuantizedLinear) {
-        self.q = q
-        weight = q.weight.dequantizedReference()
-    }
-
-    func forward(_ x: UnsafePointer<Float>, rows: Int, into y: UnsafeMutablePointer<Float>) {
-        let n = inFeatures
-        for r in 0..<rows {
-            var row = (0..<n).map { x[r * n + $0] }
-            if let a = q.activation, let f = a.floatFormat {
-                for j in 0..<n {
-                    let cs = a.channelScales?[j] ?? 1
-                    row[j] = f.roundToGrid(row[j] / cs / a.scale!) * a.scale! * cs
-                }
-            }
-            for o in 0..<outFeatures {
-                var s = Double(q.bias?[o] ?? 0)
-                for j in 0..<n { s += Double(row[j]) * Double(weight[o * n + j]) }
-                y[r * outFeatures + o] = Float(s)
-            }
-        }
-    }
-}
-
-struct SimulatedFPWeights: WeightSource {
-    let packed: PackedModel
-    var config: ModelConfig { packed.config }
-    var tokenizer: TokenizerSpec { packed.tokenizer }
-    func tensor(_ name: String) throws(PTQError) -> Tensor { packed.floatTensors[name]! }
-    func linear(_ name: String) throws(PTQError) -> any LinearOp {
-        if let q = packed.quantizedLinears[name] { return SimulatedFPLinear(q) }
-        return FloatLinear(weight: packed.floatTensors[name + "/weight"]!, bias: packed.floatTensors[name + "/bias"]?.data)
-    }
-}

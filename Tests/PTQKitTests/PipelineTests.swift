@@ -20,7 +20,14 @@ final class SimulatedLinear: LinearOp, @unchecked Sendable {
         let n = inFeatures
         for r in 0..<rows {
             var row = (0..<n).map { Double(x[r * n + $0]) }
-            if let a = q.activation {
+            if let a = q.activation, let format = a.floatFormat {
+                // Minifloat activations: x / 2^(−k_j) rounded to the format's grid scaled by 2^(−ρ),
+                // in float as the reference quantizer does.
+                for j in 0..<n {
+                    let cs = a.channelScales?[j] ?? 1
+                    row[j] = Double(format.roundToGrid(x[r * n + j] / cs / a.scale!) * a.scale! * cs)
+                }
+            } else if let a = q.activation {
                 for j in 0..<n {
                     if let shift = a.channelShift { row[j] -= Double(shift[j]) }
                     if let scales = a.channelScales { row[j] /= Double(scales[j]) }
