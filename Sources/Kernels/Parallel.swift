@@ -9,8 +9,15 @@ public struct SendablePointer<T>: @unchecked Sendable {
 }
 
 public enum Parallel {
-    /// Worker count for our own parallel loops (the machine's cores).
-    public static let workerCount = max(1, ProcessInfo.processInfo.activeProcessorCount)
+    /// Worker count for our own parallel loops (the machine's cores unless `setThreadCount`
+    /// chose another number). Set it before parallel work starts, not while loops run.
+    public nonisolated(unsafe) private(set) static var workerCount = max(1, ProcessInfo.processInfo.activeProcessorCount)
+
+    /// Sets the threads both our parallel loops and OpenBLAS may use (at least 1).
+    public static func setThreadCount(_ threads: Int) {
+        workerCount = max(1, threads)
+        BLAS.threadCount = workerCount
+    }
 
     /// Runs `body` over `0..<count` split into contiguous chunks, one per worker.
     /// concurrentPerform costs about a microsecond per fan-out; task groups cost ~25 µs.

@@ -5,7 +5,19 @@ import PTQKit
 struct BenchCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bench",
-        abstract: "Measure prefill and decode speed of a model, with the float reference measured in the same run.")
+        abstract: "Measure prefill and decode speed of a model, with the float reference measured in the same run.",
+        discussion: """
+            Prefill runs a prompt of --prompt-tokens random tokens in one forward pass; decode then \
+            generates --decode-tokens tokens one at a time (greedy) on top of that prompt, so every \
+            decoded token attends to at least --prompt-tokens cached positions. That is what \
+            llama-bench reports as "tg<N> @ d<P>" (decode depth P); the prefill number matches its \
+            "pp<P>" at depth 0. One untimed warm-up pass (a few tokens) precedes the repetitions. \
+            Tokens/s are reported as the median over --repeats repetitions, with the minimum and \
+            maximum. Load time is the time to read the model (.h5 for the float runtime, .ptq for the \
+            quantized runtime); peak resident memory is the process's peak (getrusage ru_maxrss) \
+            after the model's repetitions — with --reference, the reference is measured second, so \
+            its peak includes the model's.
+            """)
 
     @Argument(help: "Model file (.ptq or .h5).")
     var model: String
@@ -16,11 +28,14 @@ struct BenchCommand: ParsableCommand {
     @Option(name: .long, help: "Prompt tokens for prefill (at least 1; prompt + decode tokens must fit the model's max_positions).")
     var promptTokens = 128
 
-    @Option(name: .long, help: "Tokens to decode one by one (0 or more).")
+    @Option(name: .long, help: "Tokens to decode one by one after the prompt, i.e. at decode depth --prompt-tokens (0 or more).")
     var decodeTokens = 64
 
-    @Option(name: .long, help: "Repetitions, the best is reported (1…1000).")
+    @Option(name: .long, help: "Repetitions; the median, minimum and maximum are reported (1…1000).")
     var repeats = 3
+
+    @Option(name: .long, help: "Threads for PTQKit's parallel loops and OpenBLAS (1…1024; default: the machine's cores).")
+    var threads: Int?
 
     func validate() throws {
         guard OptionLimits.tokens.contains(promptTokens) else {
@@ -32,61 +47,112 @@ struct BenchCommand: ParsableCommand {
         guard OptionLimits.repeats.contains(repeats) else {
             throw ValidationError("--repeats must be between 1 and \(OptionLimits.repeats.upperBound) (got \(repeats))")
         }
+        if let threads, !OptionLimits.threads.contains(threads) {
+            throw ValidationError("--threads must be between 1 and \(OptionLimits.threads.upperBound) (got \(threads))")
+        }
     }
 
     @OptionGroup var options: OutputOptions
 
+    /// Median, minimum and maximum of a rate over the repetitions.
+    struct Spread: Encodable {
+        let median: Double, min: Double, max: Double
+        init(_ values: [Double]) {
+            let sorted = values.sorted()
+            let n = sorted.count
+            median = n == 0 ? 0 : (n % 2 == 1 ? sorted[n / 2] : (sorted[n / 2 - 1] + sorted[n / 2]) / 2)
+            min = sorted.first ?? 0
+            max = sorted.last ?? 0
+        }
+    }
+
     struct Speed: Encodable {
         let model: String
+        /// Medians (the keys earlier versions wrote).
         let prefill_tokens_per_second: Double
         let decode_tokens_per_second: Double
+        let prefill: Spread
+        let decode: Spread
+        let load_seconds: Double
+        let peak_resident_bytes: Int
+    }
+
+    static func peakResidentBytes() -> Int {
+        var usage = rusage()
+        guard getrusage(Int32(RUSAGE_SELF.rawValue), &usage) == 0 else { return 0 }
+        return Int(usage.ru_maxrss) * 1024  // kilobytes on Linux
     }
 
     func measure(_ path: String) throws -> Speed {
+        let loadStart = DispatchTime.now()
         guard case .language(let llm) = try PTQ.loadAnyModel(path: path) else {
             throw PTQError.file(path, "bench measures language models")
         }
+        let loadSeconds = seconds(since: loadStart)
         guard promptTokens + decodeTokens <= llm.config.maxPositions else {
             throw usageError("--prompt-tokens \(promptTokens) + --decode-tokens \(decodeTokens) exceed the max_positions "
                              + "\(llm.config.maxPositions) of \(path)")
         }
         var rng = SplitMix(seed: 1)
         let prompt = (0..<promptTokens).map { _ in Int(rng.next() % UInt64(llm.config.vocabSize)) }
-        var bestPrefill = Double.infinity, bestDecode = Double.infinity
+        func greedy(_ logits: [Float]) -> Int {
+            var best = 0
+            for i in 1..<logits.count where logits[i] > logits[best] { best = i }
+            return best
+        }
+        // Warm-up: touches the weights and the code paths once, untimed.
+        do {
+            let warm = Array(prompt.prefix(min(promptTokens, 8)))
+            let cache = LlamaModel.KVCache(config: llm.config, capacity: warm.count + 1)
+            let logits = llm.forward(warm, cache: cache, logitRows: (warm.count - 1)..<warm.count)
+            _ = llm.forward([greedy(logits)], cache: cache)
+        }
+        var prefillRates: [Double] = [], decodeRates: [Double] = []
         for _ in 0..<repeats {
             let cache = LlamaModel.KVCache(config: llm.config, capacity: promptTokens + decodeTokens)
-            var t0 = Date()
+            var t0 = DispatchTime.now()
             var logits = llm.forward(prompt, cache: cache, logitRows: (promptTokens - 1)..<promptTokens)
-            bestPrefill = min(bestPrefill, Date().timeIntervalSince(t0))
-            t0 = Date()
+            prefillRates.append(Double(promptTokens) / seconds(since: t0))
+            t0 = DispatchTime.now()
             for _ in 0..<decodeTokens {
-                var best = 0
-                for i in 1..<logits.count where logits[i] > logits[best] { best = i }
-                logits = llm.forward([best], cache: cache)
+                logits = llm.forward([greedy(logits)], cache: cache)
             }
-            bestDecode = min(bestDecode, Date().timeIntervalSince(t0))
+            if decodeTokens > 0 { decodeRates.append(Double(decodeTokens) / seconds(since: t0)) }
         }
-        return Speed(model: path, prefill_tokens_per_second: Double(promptTokens) / bestPrefill,
-                     decode_tokens_per_second: Double(decodeTokens) / bestDecode)
+        let prefill = Spread(prefillRates), decode = Spread(decodeRates)
+        return Speed(model: path, prefill_tokens_per_second: prefill.median, decode_tokens_per_second: decode.median,
+                     prefill: prefill, decode: decode, load_seconds: loadSeconds,
+                     peak_resident_bytes: Self.peakResidentBytes())
+    }
+
+    private func seconds(since start: DispatchTime) -> Double {
+        Double(DispatchTime.now().uptimeNanoseconds - start.uptimeNanoseconds) / 1e9
     }
 
     func run() throws {
+        if let threads { PTQ.threadCount = threads }
         let speed = try measure(model)
         let base = try reference.map { try measure($0) }
         if options.json {
             struct Output: Encodable {
                 let model: Speed, reference: Speed?, prefill_ratio: Double?, decode_ratio: Double?
-                let prompt_tokens: Int, decode_tokens: Int
+                let prompt_tokens: Int, decode_tokens: Int, repeats: Int, threads: Int
             }
             try printJSON(Output(model: speed, reference: base,
                                  prefill_ratio: base.map { speed.prefill_tokens_per_second / $0.prefill_tokens_per_second },
                                  decode_ratio: base.map { speed.decode_tokens_per_second / $0.decode_tokens_per_second },
-                                 prompt_tokens: promptTokens, decode_tokens: decodeTokens))
+                                 prompt_tokens: promptTokens, decode_tokens: decodeTokens, repeats: repeats,
+                                 threads: PTQ.threadCount))
             return
         }
         func line(_ s: Speed) -> String {
-            String(format: "prefill %.1f tok/s, decode %.1f tok/s", s.prefill_tokens_per_second, s.decode_tokens_per_second)
+            String(format: "prefill %.1f tok/s (min %.1f, max %.1f), decode %.1f tok/s (min %.1f, max %.1f), "
+                           + "load %.2f s, peak RSS %.0f MiB",
+                   s.prefill.median, s.prefill.min, s.prefill.max, s.decode.median, s.decode.min, s.decode.max,
+                   s.load_seconds, Double(s.peak_resident_bytes) / 1_048_576)
         }
+        print("\(promptTokens)-token prompt, \(decodeTokens) decoded tokens, \(repeats) repetitions (median), "
+              + "\(PTQ.threadCount) threads")
         print("\(model): \(line(speed))")
         if let base {
             print("\(base.model): \(line(base))")

@@ -7,6 +7,7 @@ enum OptionLimits {
     static let tokens = 1...1_048_576
     static let repeats = 1...1000
     static let samples = 1...10_000
+    static let threads = 1...1024
 }
 
 /// A usage error (exit code 64) for an option whose valid range depends on the model.

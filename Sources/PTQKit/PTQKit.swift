@@ -35,6 +35,13 @@ public enum PTQ {
     /// other CPUs the portable reference kernels run and give the same results).
     public static var usesAVX2Kernels: Bool { Int8Dot.usesAVX2 }
 
+    /// Threads PTQKit's parallel loops and OpenBLAS use (the machine's cores by default).
+    /// Set it before running a model, not while one runs.
+    public static var threadCount: Int {
+        get { Parallel.workerCount }
+        set { Parallel.setThreadCount(newValue) }
+    }
+
     /// Reads a GGUF file or a Hugging Face safetensors directory.
     public static func importModel(from source: String) throws(PTQError) -> CheckpointContents {
         var isDirectory: ObjCBool = false

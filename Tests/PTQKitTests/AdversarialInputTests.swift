@@ -612,6 +612,7 @@ struct AdversarialCLITests {
             (["bench", packed, "--prompt-tokens", "0"], "--prompt-tokens"),
             (["bench", packed, "--repeats", "0"], "--repeats"),
             (["bench", packed, "--decode-tokens", "-1"], "--decode-tokens"),
+            (["bench", packed, "--threads", "0"], "--threads"),
             (["bench", packed, "--prompt-tokens", "100", "--decode-tokens", "100"], "max_positions"),
             (["verify", packed, "--reference", f.checkpoint, "--samples", "-3"], "--samples"),
             (["verify", packed, "--reference", f.checkpoint, "--samples", "0"], "--samples"),
@@ -630,5 +631,16 @@ struct AdversarialCLITests {
         // Within range: a short generation and a tiny bench run succeed.
         #expect(runPTQ(["generate", packed, "--prompt", "the cat", "--max-tokens", "200", "--quiet", "--json"]).code == 0)
         #expect(runPTQ(["bench", packed, "--prompt-tokens", "8", "--decode-tokens", "4", "--repeats", "1", "--json"]).code == 0)
+        // The measured spread: median between min and max, the old keys are the medians, load time and
+        // peak memory are reported. (measure() directly, so the test does not change the process's threads.)
+        let bench = try BenchCommand.parse([packed, "--prompt-tokens", "8", "--decode-tokens", "4", "--repeats", "3",
+                                            "--threads", "1"])
+        #expect(bench.threads == 1)
+        let speed = try bench.measure(packed)
+        #expect(speed.decode.min <= speed.decode.median && speed.decode.median <= speed.decode.max)
+        #expect(speed.prefill.min <= speed.prefill.median && speed.prefill.median <= speed.prefill.max)
+        #expect(speed.decode_tokens_per_second == speed.decode.median)
+        #expect(speed.prefill_tokens_per_second == speed.prefill.median)
+        #expect(speed.peak_resident_bytes > 0 && speed.load_seconds >= 0)
     }
 }
