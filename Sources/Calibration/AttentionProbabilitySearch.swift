@@ -137,19 +137,12 @@ public enum AttentionProbabilitySearch {
                            method: String, bits: Int, samples: Int, rowsPerHead: Int,
                            quiet: Bool = false) throws(PTQError) -> [QuantizedActivationSite] {
         let candidates = try candidates(method: method, bits: bits)
-        let text: String
-        do { text = try String(contentsOfFile: settings.dataPath, encoding: .utf8) } catch {
-            throw PTQError.file(settings.dataPath, "cannot read calibration data")
-        }
-        let tokens = tokenizer.encode(text, addSpecialTokens: false)
-        let windows = try CalibrationSamples.windows(of: tokens, count: samples, length: settings.sequenceLength,
-                                                     seed: settings.seed)
+        let windows = try CalibrationSamples.modelWindows(for: model, tokenizer: tokenizer, settings: settings,
+                                                          count: samples)
         let scorers = (0..<model.config.layerCount).map { _ in Scorer(candidates: candidates, rowsPerHead: rowsPerHead) }
         let hooks = ForwardHooks(attentionProbabilityOps: scorers)
         let progress = ProgressReporter("attention_probs \(method)", total: windows.count, quiet: quiet)
-        for window in windows {
-            var ids = window
-            if model.tokenizer.addBOS, let bos = model.tokenizer.bosTokenID { ids[0] = bos }
+        for ids in windows {
             _ = model.hiddenStates(ids, hooks: hooks)
             progress.advance()
         }

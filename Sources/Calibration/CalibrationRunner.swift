@@ -57,23 +57,35 @@ public enum CalibrationSamples {
     }
 }
 
-/// Runs the float model over calibration samples with a `StatisticsCollector` attached.
-public enum Calibrator {
-    public static func run(model: LlamaModel, tokenizer: any Tokenizer, settings: CalibrationSettings,
-                           request: StatisticsRequest, quiet: Bool = false) throws(PTQError) -> CalibrationStatistics {
+extension CalibrationSamples {
+    /// `count` seeded windows of `settings.sequenceLength` tokens from the calibration text
+    /// (tokenized whole), ready for the language model: the first token becomes BOS when its
+    /// tokenizer adds one. Calibration and the attention-probability search read the same ones.
+    static func modelWindows(for model: LlamaModel, tokenizer: any Tokenizer, settings: CalibrationSettings,
+                             count: Int) throws(PTQError) -> [[Int]] {
         let text: String
         do { text = try String(contentsOfFile: settings.dataPath, encoding: .utf8) } catch {
             throw PTQError.file(settings.dataPath, "cannot read calibration data")
         }
         let tokens = tokenizer.encode(text, addSpecialTokens: false)
-        let windows = try CalibrationSamples.windows(of: tokens, count: settings.samples,
-                                                     length: settings.sequenceLength, seed: settings.seed)
+        var windows = try windows(of: tokens, count: count, length: settings.sequenceLength, seed: settings.seed)
+        if model.tokenizer.addBOS, let bos = model.tokenizer.bosTokenID {
+            for i in windows.indices { windows[i][0] = bos }
+        }
+        return windows
+    }
+}
+
+/// Runs the float model over calibration samples with a `StatisticsCollector` attached.
+public enum Calibrator {
+    public static func run(model: LlamaModel, tokenizer: any Tokenizer, settings: CalibrationSettings,
+                           request: StatisticsRequest, quiet: Bool = false) throws(PTQError) -> CalibrationStatistics {
+        let windows = try CalibrationSamples.modelWindows(for: model, tokenizer: tokenizer, settings: settings,
+                                                          count: settings.samples)
         let collector = StatisticsCollector(request: request, seed: settings.seed)
         let hooks = ForwardHooks(observer: collector)
         let progress = ProgressReporter("calibrate", total: windows.count, quiet: quiet)
-        for window in windows {
-            var ids = window
-            if model.tokenizer.addBOS, let bos = model.tokenizer.bosTokenID { ids[0] = bos }
+        for ids in windows {
             _ = model.hiddenStates(ids, hooks: hooks)
             progress.advance()
         }
