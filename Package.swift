@@ -40,8 +40,9 @@ let package = Package(
         .target(name: "Evaluation", dependencies: ["PTQCore", "Models", "Tokenizers", "Kernels"]),
         // Calibration: observers at quantization points, statistics file.
         .target(name: "Calibration", dependencies: ["PTQCore", "Models", "Checkpoint", "Tokenizers", "Kernels", "CHDF5"]),
-        // YAML recipes: schema, validation with line numbers, per-tensor plan.
-        .target(name: "Recipes", dependencies: ["PTQCore", "Yams"]),
+        // YAML recipes: schema, validation with line numbers, per-tensor plan (planned against the
+        // model family's structure, hence Models).
+        .target(name: "Recipes", dependencies: ["PTQCore", "Models", "Yams"]),
         // Quantizer protocol, registry and one file per method.
         .target(name: "Quantizers", dependencies: ["PTQCore", "Calibration", "Recipes", "Kernels"]),
         // The .ptq container: manifest, bit-packed payloads, zstd sections, checksums.
@@ -59,7 +60,7 @@ let package = Package(
                     resources: [.copy("Fixtures")]),
         .testTarget(name: "CheckpointTests", dependencies: ["Checkpoint", "PTQCore"]),
         .testTarget(name: "PackingTests", dependencies: ["Packing", "PTQCore"]),
-        .testTarget(name: "RecipesTests", dependencies: ["Recipes", "PTQCore"]),
+        .testTarget(name: "RecipesTests", dependencies: ["Recipes", "Models", "PTQCore"]),
         .testTarget(name: "QuantizedRuntimeTests", dependencies: ["QuantizedRuntime", "Kernels", "Models", "PTQCore"]),
         .testTarget(name: "PTQKitTests", dependencies: ["PTQKit", "PTQCLI", "Checkpoint", "Quantizers", "CHDF5"]),
     ]

@@ -118,52 +118,43 @@ public enum AttentionProbabilitySearch {
         }
     }
 
-    /// The chosen quantizer of every layer, from the scorers after the calibration run.
-    static func sites(_ scorers: [Scorer], method: String) -> [QuantizedActivationSite] {
-        scorers.enumerated().map { l, scorer in
+    /// The chosen quantizer of every site, from the scorers after the calibration run.
+    static func sites(_ scorers: [Scorer], at points: [String], method: String) -> [QuantizedActivationSite] {
+        zip(points, scorers).map { point, scorer in
             let best = scorer.best
             var details = ["pv_relative_mse": String(format: "%.3e", best.relativeError),
                            "candidates": "\(scorer.candidates.count)", "scored_rows": "\(scorer.scoredRows)"]
             if case .adalog(let a) = scorer.candidates[best.index] {
                 details["base"] = String(format: "%.4f", a.base)
             }
-            return QuantizedActivationSite(point: QuantizationPoints.attentionProbabilities(l), method: method,
+            return QuantizedActivationSite(point: point, method: method,
                                            quantizer: scorer.candidates[best.index], details: details)
         }
     }
 
-    /// Searches every layer's probability quantizer of a language model on `samples` windows.
-    public static func run(model: LlamaModel, tokenizer: any Tokenizer, settings: CalibrationSettings,
+    /// Searches the probability quantizer of every attention-probability site the model's
+    /// structure lists, on the first `samples` of its calibration sequences (windows of the
+    /// calibration text, or both sentences of STS-B rows for an encoder).
+    public static func run(model: some QuantizableModel, tokenizer: any Tokenizer, settings: CalibrationSettings,
                            method: String, bits: Int, samples: Int, rowsPerHead: Int,
                            quiet: Bool = false) throws(PTQError) -> [QuantizedActivationSite] {
         let candidates = try candidates(method: method, bits: bits)
-        let windows = try CalibrationSamples.modelWindows(for: model, tokenizer: tokenizer, settings: settings,
-                                                          count: samples)
-        let scorers = (0..<model.config.layerCount).map { _ in Scorer(candidates: candidates, rowsPerHead: rowsPerHead) }
-        let hooks = ForwardHooks(attentionProbabilityOps: scorers)
-        let progress = ProgressReporter("attention_probs \(method)", total: windows.count, quiet: quiet)
-        for ids in windows {
-            _ = model.hiddenStates(ids, hooks: hooks)
+        let sequences = try CalibrationSamples.calibrationSequences(for: model, tokenizer: tokenizer, settings: settings,
+                                                                    count: samples)
+        let probabilitySites = model.structure.activationSites(.attentionProbabilities)
+        // The hooks replace `P·V` per block; blocks without a site keep the model's own op.
+        var ops = [(any AttentionProbabilityOp)?](repeating: nil, count: model.config.layerCount)
+        let scorers = probabilitySites.map { site in
+            let scorer = Scorer(candidates: candidates, rowsPerHead: rowsPerHead)
+            ops[site.block] = scorer
+            return scorer
+        }
+        let hooks = ForwardHooks(attentionProbabilityOps: ops)
+        let progress = ProgressReporter("attention_probs \(method)", total: sequences.count, quiet: quiet)
+        for ids in sequences {
+            model.observe(ids, hooks: hooks)
             progress.advance()
         }
-        return sites(scorers, method: method)
-    }
-
-    /// Searches every layer's probability quantizer of an encoder on the first `samples` rows
-    /// (both sentences) of the calibration half of STS-B dev.
-    public static func run(model: BertModel, tokenizer: any Tokenizer, settings: CalibrationSettings,
-                           method: String, bits: Int, samples: Int, rowsPerHead: Int,
-                           quiet: Bool = false) throws(PTQError) -> [QuantizedActivationSite] {
-        let candidates = try candidates(method: method, bits: bits)
-        let all = try CalibrationSamples.sentences(stsPath: settings.dataPath, evaluationHalf: false)
-        let sentences = Array(all.prefix(2 * samples))
-        let scorers = (0..<model.config.layerCount).map { _ in Scorer(candidates: candidates, rowsPerHead: rowsPerHead) }
-        let hooks = ForwardHooks(attentionProbabilityOps: scorers)
-        let progress = ProgressReporter("attention_probs \(method)", total: sentences.count, quiet: quiet)
-        for sentence in sentences {
-            _ = model.hiddenStates(tokenizer.encode(sentence), hooks: hooks)
-            progress.advance()
-        }
-        return sites(scorers, method: method)
+        return sites(scorers, at: probabilitySites.map(\.point), method: method)
     }
 }

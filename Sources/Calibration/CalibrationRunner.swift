@@ -59,9 +59,9 @@ public enum CalibrationSamples {
 
 extension CalibrationSamples {
     /// `count` seeded windows of `settings.sequenceLength` tokens from the calibration text
-    /// (tokenized whole), ready for the language model: the first token becomes BOS when its
-    /// tokenizer adds one. Calibration and the attention-probability search read the same ones.
-    static func modelWindows(for model: LlamaModel, tokenizer: any Tokenizer, settings: CalibrationSettings,
+    /// (tokenized whole), ready for a language model: the first token becomes BOS when its
+    /// tokenizer adds one.
+    static func modelWindows(tokenizerSpec: TokenizerSpec, tokenizer: any Tokenizer, settings: CalibrationSettings,
                              count: Int) throws(PTQError) -> [[Int]] {
         let text: String
         do { text = try String(contentsOfFile: settings.dataPath, encoding: .utf8) } catch {
@@ -69,47 +69,48 @@ extension CalibrationSamples {
         }
         let tokens = tokenizer.encode(text, addSpecialTokens: false)
         var windows = try windows(of: tokens, count: count, length: settings.sequenceLength, seed: settings.seed)
-        if model.tokenizer.addBOS, let bos = model.tokenizer.bosTokenID {
+        if tokenizerSpec.addBOS, let bos = tokenizerSpec.bosTokenID {
             for i in windows.indices { windows[i][0] = bos }
         }
         return windows
+    }
+
+    /// The token sequences a model is calibrated on, by what it computes: seeded windows of the
+    /// calibration text for a language model; for a sentence encoder, both sentences of the
+    /// first `count` rows of the calibration half of an STS-B file (`samples` counts rows, as
+    /// the recipe schema documents). Calibration and the attention-probability search read the
+    /// same ones; `count` is checked against the file.
+    public static func calibrationSequences(for model: some QuantizableModel, tokenizer: any Tokenizer,
+                                            settings: CalibrationSettings, count: Int) throws(PTQError) -> [[Int]] {
+        switch model.structure.task {
+        case .languageModeling:
+            return try modelWindows(tokenizerSpec: model.tokenizer, tokenizer: tokenizer, settings: settings, count: count)
+        case .sentenceEmbedding:
+            let all = try sentences(stsPath: settings.dataPath, evaluationHalf: false)
+            guard count <= all.count / 2 else {
+                throw PTQError.file(settings.dataPath, "calibration.samples is \(count) but the calibration half has only \(all.count / 2) rows")
+            }
+            return all.prefix(2 * count).map { tokenizer.encode($0) }
+        }
     }
 }
 
 /// Runs the float model over calibration samples with a `StatisticsCollector` attached.
 public enum Calibrator {
-    public static func run(model: LlamaModel, tokenizer: any Tokenizer, settings: CalibrationSettings,
+    /// Statistics of `request` over the model's calibration sequences
+    /// (``CalibrationSamples/calibrationSequences(for:tokenizer:settings:count:)``), for any model
+    /// family.
+    public static func run(model: some QuantizableModel, tokenizer: any Tokenizer, settings: CalibrationSettings,
                            request: StatisticsRequest, quiet: Bool = false) throws(PTQError) -> CalibrationStatistics {
-        let windows = try CalibrationSamples.modelWindows(for: model, tokenizer: tokenizer, settings: settings,
-                                                          count: settings.samples)
+        let sequences = try CalibrationSamples.calibrationSequences(for: model, tokenizer: tokenizer, settings: settings,
+                                                                    count: settings.samples)
         let collector = StatisticsCollector(request: request, seed: settings.seed)
         let hooks = ForwardHooks(observer: collector)
-        let progress = ProgressReporter("calibrate", total: windows.count, quiet: quiet)
-        for ids in windows {
-            _ = model.hiddenStates(ids, hooks: hooks)
-            progress.advance()
-        }
-        return CalibrationStatistics(modelIdentity: model.identity, settings: settings,
-                                     tokens: windows.count * settings.sequenceLength, points: collector.points)
-    }
-
-    public static func run(model: BertModel, tokenizer: any Tokenizer, settings: CalibrationSettings,
-                           request: StatisticsRequest, quiet: Bool = false) throws(PTQError) -> CalibrationStatistics {
-        // `samples` counts rows (sentence pairs) from the start of the calibration half, as the
-        // recipe schema documents; each row contributes both of its sentences.
-        let all = try CalibrationSamples.sentences(stsPath: settings.dataPath, evaluationHalf: false)
-        guard settings.samples <= all.count / 2 else {
-            throw PTQError.file(settings.dataPath, "calibration.samples is \(settings.samples) but the calibration half has only \(all.count / 2) rows")
-        }
-        let sentences = Array(all.prefix(2 * settings.samples))
-        let collector = StatisticsCollector(request: request, seed: settings.seed)
-        let hooks = ForwardHooks(observer: collector)
-        let progress = ProgressReporter("calibrate", total: sentences.count, quiet: quiet)
+        let progress = ProgressReporter("calibrate", total: sequences.count, quiet: quiet)
         var tokens = 0
-        for sentence in sentences {
-            let ids = tokenizer.encode(sentence)
+        for ids in sequences {
             tokens += ids.count
-            _ = model.hiddenStates(ids, hooks: hooks)
+            model.observe(ids, hooks: hooks)
             progress.advance()
         }
         return CalibrationStatistics(modelIdentity: model.identity, settings: settings,

@@ -26,7 +26,7 @@ public struct PerplexityResult: Codable, Sendable, Equatable {
 /// chunk starts with BOS only when the tokenizer adds BOS; only the second half of each chunk
 /// is scored, so every scored token has at least `context/2` tokens of history.
 public enum Perplexity {
-    public static func evaluate(model: LlamaModel, tokens: [Int], context: Int = 512, maxChunks: Int? = nil,
+    public static func evaluate(model: some LanguageModel, tokens: [Int], context: Int = 512, maxChunks: Int? = nil,
                                 quiet: Bool = false,
                                 perChunk: ((_ chunk: Int, _ logits: [Float], _ first: Int) -> Void)? = nil)
         throws(PTQError) -> PerplexityResult
@@ -52,7 +52,7 @@ public enum Perplexity {
             var ids = Array(tokens[chunk * context ..< (chunk + 1) * context])
             if model.tokenizer.addBOS, let bos = model.tokenizer.bosTokenID { ids[0] = bos }
             // Logits only for the scored rows: position j predicts token j+1.
-            let logits = model.forward(ids, logitRows: first ..< context - 1)
+            let logits = model.logits(for: ids, rows: first ..< context - 1, hooks: ForwardHooks())
             logits.withUnsafeBufferPointer { lp in
                 for (row, j) in (first ..< context - 1).enumerated() {
                     let value = logSoftmax(lp.baseAddress! + row * vocab, count: vocab, target: ids[j + 1])

@@ -65,15 +65,15 @@ public enum STSB {
 
     /// Throws for fewer than two pairs, constant or non-finite gold scores, and when the model
     /// produces non-finite embeddings (the correlation would be meaningless).
-    public static func evaluate(model: BertModel, tokenizer: any Tokenizer, pairs: [STSPair],
+    public static func evaluate(model: some SentenceEncoder, tokenizer: any Tokenizer, pairs: [STSPair],
                                 quiet: Bool = false) throws(PTQError) -> Result {
         guard pairs.allSatisfy({ $0.score.isFinite }) else { throw PTQError("STS-B: a gold score is not finite") }
         try checkPairs(pairs, path: "STS-B data", split: .all)
         let progress = ProgressReporter("stsb", total: pairs.count, quiet: quiet)
         var predicted: [Double] = []
         for pair in pairs {
-            let a = model.embed(tokens: tokenizer.encode(pair.first))
-            let b = model.embed(tokens: tokenizer.encode(pair.second))
+            let a = model.embed(tokens: tokenizer.encode(pair.first), hooks: ForwardHooks())
+            let b = model.embed(tokens: tokenizer.encode(pair.second), hooks: ForwardHooks())
             predicted.append(cosine(a, b))
             progress.advance()
         }

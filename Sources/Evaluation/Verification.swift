@@ -73,9 +73,17 @@ public struct VerificationReport: Encodable, Sendable {
 
 /// Records the residual stream after every block.
 final class LayerOutputRecorder: ActivationObserver {
+    let blocks: [String: Int]
     var outputs: [Int: [Float]] = [:]
+
+    init(layerCount: Int) {
+        var blocks: [String: Int] = [:]
+        for l in 0..<layerCount { blocks[QuantizationPoints.layerOutput(l)] = l }
+        self.blocks = blocks
+    }
+
     func observe(point: String, values: UnsafeBufferPointer<Float>, rows: Int, columns: Int) {
-        guard point.hasSuffix(".output"), let layer = Int(point.split(separator: ".")[1]) else { return }
+        guard let layer = blocks[point] else { return }
         outputs[layer] = Array(values)
     }
 }
@@ -114,59 +122,57 @@ struct LayerErrorAccumulator {
 }
 
 public enum Verification {
-    /// Compares a quantized language model with its float reference on held-out token windows.
-    public static func compare(reference: LlamaModel, quantized: LlamaModel, samples: [[Int]],
-                               thresholds: VerificationThresholds, quiet: Bool = false) -> VerificationReport {
-        let vocab = reference.config.vocabSize
-        var kl = 0.0, agree = 0, positions = 0, nllReference = 0.0, nllQuantized = 0.0
-        var layers = LayerErrorAccumulator()
-        let progress = ProgressReporter("verify", total: samples.count, quiet: quiet)
-        for sample in samples {
-            let recorderA = LayerOutputRecorder(), recorderB = LayerOutputRecorder()
-            let p = reference.forward(sample, hooks: ForwardHooks(observer: recorderA))
-            let q = quantized.forward(sample, hooks: ForwardHooks(observer: recorderB))
-            layers.add(recorderA.outputs, recorderB.outputs)
-            for t in 0..<sample.count {
-                let (klValue, same, lpRef, lpQuant) = compareRow(p, q, row: t, vocab: vocab,
-                                                                 target: t + 1 < sample.count ? sample[t + 1] : nil)
-                kl += klValue
-                if same { agree += 1 }
-                positions += 1
-                if let lpRef, let lpQuant { nllReference -= lpRef; nllQuantized -= lpQuant }
-            }
-            progress.advance(detail: String(format: "KL %.5f", kl / Double(positions)))
+    /// Compares a quantized model with its float reference on held-out token sequences, by what
+    /// the models output (``QuantizableModel/run(_:hooks:)``): next-token logits give mean KL,
+    /// top-1 agreement and perplexity on the samples; embeddings give the mean cosine. Both give
+    /// the per-block error of the residual stream. Throws when the two models differ in config.
+    public static func compare(reference: some QuantizableModel, quantized: some QuantizableModel, samples: [[Int]],
+                               thresholds: VerificationThresholds, quiet: Bool = false) throws(PTQError) -> VerificationReport {
+        guard reference.config == quantized.config else {
+            throw PTQError("the reference (\(reference.kindDescription)) and the quantized model "
+                           + "(\(quantized.kindDescription)) have different configs")
         }
-        let predicted = Double(samples.reduce(0) { $0 + $1.count - 1 })
-        var report = VerificationReport(
-            samples: samples.count, tokens: positions, layers: layers.result,
-            meanKL: kl / Double(max(positions, 1)), top1Agreement: Double(agree) / Double(max(positions, 1)),
-            referencePerplexity: Foundation.exp(nllReference / predicted),
-            quantizedPerplexity: Foundation.exp(nllQuantized / predicted), perplexityIncrease: nil,
-            meanCosine: nil, failures: [])
-        report.perplexityIncrease = report.quantizedPerplexity! / report.referencePerplexity! - 1
-        report.failures = check(report, thresholds)
-        return report
-    }
-
-    /// Compares a quantized encoder with its float reference on held-out token sequences.
-    public static func compare(reference: BertModel, quantized: BertModel, samples: [[Int]],
-                               thresholds: VerificationThresholds, quiet: Bool = false) -> VerificationReport {
-        var cosine = 0.0, tokens = 0
+        var kl = 0.0, agree = 0, positions = 0, nllReference = 0.0, nllQuantized = 0.0, predicted = 0
+        var cosine = 0.0, embeddings = 0, tokens = 0
         var layers = LayerErrorAccumulator()
         let progress = ProgressReporter("verify", total: samples.count, quiet: quiet)
         for sample in samples {
-            let recorderA = LayerOutputRecorder(), recorderB = LayerOutputRecorder()
-            let a = reference.embed(tokens: sample, hooks: ForwardHooks(observer: recorderA))
-            let b = quantized.embed(tokens: sample, hooks: ForwardHooks(observer: recorderB))
+            let recorderA = LayerOutputRecorder(layerCount: reference.config.layerCount)
+            let recorderB = LayerOutputRecorder(layerCount: quantized.config.layerCount)
+            let a = reference.run(sample, hooks: ForwardHooks(observer: recorderA))
+            let b = quantized.run(sample, hooks: ForwardHooks(observer: recorderB))
             layers.add(recorderA.outputs, recorderB.outputs)
-            cosine += STSB.cosine(a, b)
             tokens += sample.count
-            progress.advance()
+            switch (a, b) {
+            case (.logits(let p, let vocab), .logits(let q, _)):
+                for t in 0..<sample.count {
+                    let (klValue, same, lpRef, lpQuant) = compareRow(p, q, row: t, vocab: vocab,
+                                                                     target: t + 1 < sample.count ? sample[t + 1] : nil)
+                    kl += klValue
+                    if same { agree += 1 }
+                    positions += 1
+                    if let lpRef, let lpQuant { nllReference -= lpRef; nllQuantized -= lpQuant; predicted += 1 }
+                }
+                progress.advance(detail: String(format: "KL %.5f", kl / Double(max(positions, 1))))
+            case (.embedding(let x), .embedding(let y)):
+                cosine += STSB.cosine(x, y)
+                embeddings += 1
+                progress.advance()
+            default:
+                throw PTQError("the reference and the quantized model give different kinds of output")
+            }
         }
         var report = VerificationReport(samples: samples.count, tokens: tokens, layers: layers.result, meanKL: nil,
                                         top1Agreement: nil, referencePerplexity: nil, quantizedPerplexity: nil,
-                                        perplexityIncrease: nil, meanCosine: cosine / Double(max(samples.count, 1)),
-                                        failures: [])
+                                        perplexityIncrease: nil, meanCosine: nil, failures: [])
+        if positions > 0 {
+            report.meanKL = kl / Double(positions)
+            report.top1Agreement = Double(agree) / Double(positions)
+            report.referencePerplexity = Foundation.exp(nllReference / Double(predicted))
+            report.quantizedPerplexity = Foundation.exp(nllQuantized / Double(predicted))
+            report.perplexityIncrease = report.quantizedPerplexity! / report.referencePerplexity! - 1
+        }
+        if embeddings > 0 { report.meanCosine = cosine / Double(embeddings) }
         report.failures = check(report, thresholds)
         return report
     }

@@ -42,17 +42,7 @@ public enum QuantizationPoints {
     /// between the float and the quantized model).
     public static func layerOutput(_ layer: Int) -> String { "layers.\(layer).output" }
 
-    /// The point whose activations feed a linear layer given by canonical name
-    /// (`layers/3/attention/q_proj`).
-    public static func input(ofLinear name: String) -> String? {
-        let parts = name.split(separator: "/")
-        guard parts.count == 4, parts[0] == "layers", let layer = Int(parts[1]) else { return nil }
-        switch (parts[2], parts[3]) {
-        case ("attention", "q_proj"), ("attention", "k_proj"), ("attention", "v_proj"): return attentionInput(layer)
-        case ("attention", "o_proj"): return attentionOutputInput(layer)
-        case ("mlp", "gate_proj"), ("mlp", "up_proj"): return mlpInput(layer)
-        case ("mlp", "down_proj"): return mlpDownInput(layer)
-        default: return nil
-        }
-    }
+    /// Final-normed hidden states, the input of a language model's output head. Not observed
+    /// yet: the head stays in float (see `ModelStructure.outputHead`).
+    public static let finalNormOutput = "final_norm.output"
 }

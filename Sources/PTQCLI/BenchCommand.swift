@@ -85,10 +85,12 @@ struct BenchCommand: ParsableCommand {
 
     func measure(_ path: String) throws -> Speed {
         let loadStart = DispatchTime.now()
-        guard case .language(let llm) = try PTQ.loadAnyModel(path: path) else {
-            throw PTQError.file(path, "bench measures language models")
-        }
-        let loadSeconds = seconds(since: loadStart)
+        let llm = try PTQ.loadAnyModel(path: path).generativeModel(for: "bench", source: path)
+        return try measure(llm, path: path, loadSeconds: seconds(since: loadStart))
+    }
+
+    /// Prefill and decode rates of a loaded model (generic, so its cache type is concrete).
+    private func measure<Model: GenerativeModel>(_ llm: Model, path: String, loadSeconds: Double) throws -> Speed {
         guard promptTokens + decodeTokens <= llm.config.maxPositions else {
             throw usageError("--prompt-tokens \(promptTokens) + --decode-tokens \(decodeTokens) exceed the max_positions "
                              + "\(llm.config.maxPositions) of \(path)")
@@ -103,19 +105,20 @@ struct BenchCommand: ParsableCommand {
         // Warm-up: touches the weights and the code paths once, untimed.
         do {
             let warm = Array(prompt.prefix(min(promptTokens, 8)))
-            let cache = LlamaModel.KVCache(config: llm.config, capacity: warm.count + 1)
-            let logits = llm.forward(warm, cache: cache, logitRows: (warm.count - 1)..<warm.count)
-            _ = llm.forward([greedy(logits)], cache: cache)
+            let cache = llm.makeCache(capacity: warm.count + 1)
+            let logits = llm.forward(warm, cache: cache, logitRows: (warm.count - 1)..<warm.count, hooks: ForwardHooks())
+            _ = llm.forward([greedy(logits)], cache: cache, logitRows: nil, hooks: ForwardHooks())
         }
         var prefillRates: [Double] = [], decodeRates: [Double] = []
         for _ in 0..<repeats {
-            let cache = LlamaModel.KVCache(config: llm.config, capacity: promptTokens + decodeTokens)
+            let cache = llm.makeCache(capacity: promptTokens + decodeTokens)
             var t0 = DispatchTime.now()
-            var logits = llm.forward(prompt, cache: cache, logitRows: (promptTokens - 1)..<promptTokens)
+            var logits = llm.forward(prompt, cache: cache, logitRows: (promptTokens - 1)..<promptTokens,
+                                     hooks: ForwardHooks())
             prefillRates.append(Double(promptTokens) / seconds(since: t0))
             t0 = DispatchTime.now()
             for _ in 0..<decodeTokens {
-                logits = llm.forward([greedy(logits)], cache: cache)
+                logits = llm.forward([greedy(logits)], cache: cache, logitRows: nil, hooks: ForwardHooks())
             }
             if decodeTokens > 0 { decodeRates.append(Double(decodeTokens) / seconds(since: t0)) }
         }

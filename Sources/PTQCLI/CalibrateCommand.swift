@@ -29,8 +29,7 @@ struct CalibrateCommand: ParsableCommand {
         let plan = try context.plan(for: reader.config)
         var request = try PTQ.statisticsRequest(plan: plan)
         for layer in plan {
-            guard let point = QuantizationPoints.input(ofLinear: layer.name) else { continue }
-            request.request(all ? [.channelRange, .sampleMidpoint, .histogram] : [.channelRange], at: point)
+            request.request(all ? [.channelRange, .sampleMidpoint, .histogram] : [.channelRange], at: layer.inputPoint)
         }
         let start = Date()
         let stats = try PTQ.calibrate(checkpoint: model, recipe: context, request: request, quiet: options.silent)

@@ -44,8 +44,9 @@ struct EvaluateCommand: ParsableCommand {
     func run() throws {
         let loaded = try PTQ.loadAnyModel(path: model)
         let tokenizer = try PTQ.tokenizer(for: loaded)
-        switch (task, loaded) {
-        case (.perplexity, .language(let llm)):
+        switch task {
+        case .perplexity:
+            let llm = try loaded.languageModel(for: "perplexity (use --task stsb for a sentence encoder)", source: model)
             guard ctx <= llm.config.maxPositions else {
                 throw usageError("--ctx \(ctx) is longer than the max_positions \(llm.config.maxPositions) of \(model)")
             }
@@ -59,7 +60,8 @@ struct EvaluateCommand: ParsableCommand {
                 print(String(format: "perplexity %.4f ± %.5f over %d chunks of %d tokens (%d tokens scored)",
                              result.perplexity, result.stderr, result.chunks, result.context, result.tokens))
             }
-        case (.stsb, .encoder(let encoder)):
+        case .stsb:
+            let encoder = try loaded.sentenceEncoder(for: "stsb (use --task perplexity for a language model)", source: model)
             let pairs = try STSB.load(path: data, split: STSB.Split(rawValue: split) ?? .all)
             let result = try STSB.evaluate(model: encoder, tokenizer: tokenizer, pairs: pairs, quiet: options.silent)
             if options.json {
@@ -67,10 +69,6 @@ struct EvaluateCommand: ParsableCommand {
             } else {
                 print(String(format: "STS-B Spearman %.2f over %d pairs", result.spearman, result.pairs))
             }
-        case (.perplexity, .encoder):
-            throw PTQError.file(model, "perplexity needs a language model; this is an encoder (use --task stsb)")
-        case (.stsb, .language):
-            throw PTQError.file(model, "stsb needs a sentence encoder; this is a language model (use --task perplexity)")
         }
     }
 }

@@ -24,9 +24,7 @@ struct GenerateCommand: ParsableCommand {
     }
 
     func run() throws {
-        guard case .language(let llm) = try PTQ.loadAnyModel(path: model) else {
-            throw PTQError.file(model, "generate needs a language model; this is an encoder")
-        }
+        let llm = try PTQ.loadAnyModel(path: model).generativeModel(for: "generate", source: model)
         let tokenizer = try makeTokenizer(llm.tokenizer)
         let promptLength = tokenizer.encode(prompt).count
         guard promptLength < llm.config.maxPositions else {

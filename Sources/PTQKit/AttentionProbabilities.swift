@@ -13,18 +13,13 @@ extension PTQ {
         }
         let tokenizer = try tokenizer(for: model)
         let rows = scheme.rowsPerHead ?? 16
-        let sites: [QuantizedActivationSite]
         let start = Date()
-        switch model {
-        case .language(let m):
-            sites = try AttentionProbabilitySearch.run(
-                model: m, tokenizer: tokenizer, settings: settings, method: scheme.quantizer, bits: scheme.bits,
-                samples: min(scheme.samples ?? 8, settings.samples), rowsPerHead: rows, quiet: quiet)
-        case .encoder(let m):
-            sites = try AttentionProbabilitySearch.run(
-                model: m, tokenizer: tokenizer, settings: settings, method: scheme.quantizer, bits: scheme.bits,
-                samples: min(scheme.samples ?? settings.samples, settings.samples), rowsPerHead: rows, quiet: quiet)
-        }
+        // Default: 8 windows of a language model's calibration text (each has many query rows
+        // per head), all of an encoder's calibration sentences (short ones).
+        let defaultSamples = model.structure.task == .languageModeling ? 8 : settings.samples
+        let sites = try AttentionProbabilitySearch.run(
+            model: model, tokenizer: tokenizer, settings: settings, method: scheme.quantizer, bits: scheme.bits,
+            samples: min(scheme.samples ?? defaultSamples, settings.samples), rowsPerHead: rows, quiet: quiet)
         let seconds = String(format: "%.1f", Date().timeIntervalSince(start))
         var result: [String: QuantizedActivationSite] = [:]
         for var site in sites {

@@ -6,26 +6,6 @@
 import Foundation
 import Kernels
 
-/// A model ready to run, of either family.
-public enum LoadedModel {
-    case language(LlamaModel)
-    case encoder(BertModel)
-
-    public var config: ModelConfig {
-        switch self {
-        case .language(let m): m.config
-        case .encoder(let m): m.config
-        }
-    }
-
-    public var tokenizerSpec: TokenizerSpec {
-        switch self {
-        case .language(let m): m.tokenizer
-        case .encoder(let m): m.tokenizer
-        }
-    }
-}
-
 /// The library facade: the same operations as the `ptq` command, for Swift programs.
 public enum PTQ {
     /// The toolkit version written into files it produces.
@@ -63,18 +43,16 @@ public enum PTQ {
         return contents
     }
 
-    /// Loads a model file for running.
-    public static func loadModel(path: String) throws(PTQError) -> LoadedModel {
-        let weights = CheckpointWeights(try CheckpointReader(path: path))
-        switch weights.config.architecture {
-        case .llama: return .language(try LlamaModel(weights: weights))
-        case .bert: return .encoder(try BertModel(weights: weights))
-        }
+    /// Loads an HDF5 checkpoint for running, as the model family its config names
+    /// (`ModelFamilies`). Cast to a capability (`as? any LanguageModel`) or ask for one with
+    /// `languageModel(for:)` for an error that says what the model is.
+    public static func loadModel(path: String) throws(PTQError) -> any QuantizableModel {
+        try ModelFamilies.load(CheckpointWeights(try CheckpointReader(path: path)))
     }
 
     /// Builds the tokenizer a model file carries.
-    public static func tokenizer(for model: LoadedModel) throws(PTQError) -> any Tokenizer {
-        try makeTokenizer(model.tokenizerSpec)
+    public static func tokenizer(for model: some QuantizableModel) throws(PTQError) -> any Tokenizer {
+        try makeTokenizer(model.tokenizer)
     }
 
     /// Reads a UTF-8 text file, with an error naming it.
@@ -87,8 +65,10 @@ public enum PTQ {
 
     /// Greedy decoding with a KV cache; stops at EOS, after `maxTokens`, or at the model's
     /// `max_positions`. Throws when the prompt alone does not fit.
-    public static func generate(model: LlamaModel, tokenizer: any Tokenizer, prompt: String,
-                                maxTokens: Int, onToken: ((String) -> Void)? = nil) throws(PTQError) -> [Int] {
+    public static func generate<Model: GenerativeModel>(model: Model, tokenizer: any Tokenizer, prompt: String,
+                                                        maxTokens: Int, onToken: ((String) -> Void)? = nil)
+        throws(PTQError) -> [Int]
+    {
         var ids = tokenizer.encode(prompt)
         if ids.isEmpty, let bos = model.tokenizer.bosTokenID { ids = [bos] }
         guard !ids.isEmpty else { throw PTQError("the prompt encodes to no tokens and the tokenizer has no BOS token") }
@@ -101,9 +81,9 @@ public enum PTQ {
             throw PTQError("token id \(bad) is outside the model's vocabulary (0..<\(model.config.vocabSize))")
         }
         let capacity = min(model.config.maxPositions, ids.count + min(maxTokens, model.config.maxPositions))
-        let cache = LlamaModel.KVCache(config: model.config, capacity: capacity)
+        let cache = model.makeCache(capacity: capacity)
         var generated: [Int] = []
-        var logits = model.forward(ids, cache: cache, logitRows: (ids.count - 1)..<ids.count)
+        var logits = model.forward(ids, cache: cache, logitRows: (ids.count - 1)..<ids.count, hooks: ForwardHooks())
         var emittedText = ""
         while generated.count < maxTokens && cache.count < capacity {
             var best = 0
@@ -117,7 +97,7 @@ public enum PTQ {
                 emittedText = text
             }
             if cache.count >= capacity { break }
-            logits = model.forward([best], cache: cache)
+            logits = model.forward([best], cache: cache, logitRows: nil, hooks: ForwardHooks())
         }
         return generated
     }

@@ -27,12 +27,13 @@ extension PTQ {
             self.path = path
         }
 
-        /// Checks the recipe's calibration settings against the model they run on: sequences
-        /// must fit the model's positions. Errors name the recipe file and line.
+        /// Checks the recipe's calibration settings against the model they run on: a language
+        /// model's windows must fit its positions (an encoder's sentences are truncated by its
+        /// tokenizer). Errors name the recipe file and line.
         public func checkCalibration(for config: ModelConfig) throws(PTQError) {
             let c = recipe.calibration
             let line = c.line.map { ":\($0)" } ?? ""
-            if config.architecture == .llama, c.sequenceLength > config.maxPositions {
+            if config.structure.task == .languageModeling, c.sequenceLength > config.maxPositions {
                 throw PTQError("\(recipe.source)\(line): calibration.seq_len: \(c.sequenceLength) is longer than the "
                                + "model's max_positions \(config.maxPositions)")
             }
@@ -67,10 +68,7 @@ extension PTQ {
             let quantizer = try QuantizerRegistry.quantizer(for: layer)
             let kinds = quantizer.requiredStatistics
             guard !kinds.isEmpty else { continue }
-            guard let point = QuantizationPoints.input(ofLinear: layer.name) else {
-                throw PTQError("\(layer.name) has no quantization point")
-            }
-            request.request(kinds, at: point)
+            request.request(kinds, at: layer.inputPoint)
         }
         return request
     }
@@ -85,13 +83,8 @@ extension PTQ {
             throw PTQError.file(recipe.path, "calibration.data: file '\(settings.dataPath)' does not exist")
         }
         let tokenizer = try tokenizer(for: model)
-        let statistics: CalibrationStatistics
-        switch model {
-        case .language(let m):
-            statistics = try Calibrator.run(model: m, tokenizer: tokenizer, settings: settings, request: request, quiet: quiet)
-        case .encoder(let m):
-            statistics = try Calibrator.run(model: m, tokenizer: tokenizer, settings: settings, request: request, quiet: quiet)
-        }
+        let statistics = try Calibrator.run(model: model, tokenizer: tokenizer, settings: settings, request: request,
+                                            quiet: quiet)
         try statistics.validate(source: "calibration of \(checkpoint)")
         return statistics
     }
@@ -129,8 +122,8 @@ extension PTQ {
             let weight = try reader.tensor(layer.name + "/weight")
             let biasName = layer.name + "/bias"
             let bias = reader.tensorNames.contains(biasName) ? try reader.tensor(biasName).data : nil
-            let point = QuantizationPoints.input(ofLinear: layer.name) ?? ""
-            let input = LinearLayer(name: layer.name, weight: weight, bias: bias, inputPoint: point)
+            let point = layer.inputPoint
+            let input = LinearLayer(layer, weight: weight, bias: bias)
             let pointStatistics = statistics?.points[point]
             if let pointStatistics, pointStatistics.channels != weight.shape[1] {
                 throw PTQError.file(statsPath ?? "calibration of \(checkpoint)",
@@ -178,22 +171,18 @@ extension PTQ {
     }
 
     /// Loads a `.ptq` packed model for running on the quantized runtime.
-    public static func loadPacked(path: String) throws(PTQError) -> LoadedModel {
+    public static func loadPacked(path: String) throws(PTQError) -> any QuantizableModel {
         try loadPacked(try PackedFile.read(path: path), source: path)
     }
 
     /// Builds a runnable model from a packed model already read (`source` names it in errors).
-    public static func loadPacked(_ packed: PackedModel, source: String) throws(PTQError) -> LoadedModel {
+    public static func loadPacked(_ packed: PackedModel, source: String) throws(PTQError) -> any QuantizableModel {
         try packed.validateModel(source: source)
-        let weights = PackedWeights(packed)
-        switch packed.config.architecture {
-        case .llama: return .language(try LlamaModel(weights: weights))
-        case .bert: return .encoder(try BertModel(weights: weights))
-        }
+        return try ModelFamilies.load(PackedWeights(packed))
     }
 
     /// Loads any model file: `.ptq` packed files or HDF5 checkpoints (by content, not name).
-    public static func loadAnyModel(path: String) throws(PTQError) -> LoadedModel {
+    public static func loadAnyModel(path: String) throws(PTQError) -> any QuantizableModel {
         isPackedFile(path) ? try loadPacked(path: path) : try loadModel(path: path)
     }
 
@@ -207,38 +196,32 @@ extension PTQ {
 
     /// Held-out verification samples: token windows from the held-out tail of the recipe's
     /// calibration text (language models) or sentences of the evaluation half of STS-B (encoders).
-    public static func verificationSamples(model: LoadedModel, recipe: RecipeContext?, count: Int) throws(PTQError) -> [[Int]] {
+    public static func verificationSamples(model: some QuantizableModel, recipe: RecipeContext?,
+                                           count: Int) throws(PTQError) -> [[Int]] {
         let config = model.config
         let settings = recipe?.calibrationSettings(for: config)
             ?? RecipeContext.defaultSettings(for: config.architecture)
         guard count > 0 else { throw PTQError("verification needs at least one sample (got \(count))") }
         let tokenizer = try tokenizer(for: model)
-        switch model {
-        case .language:
+        switch model.structure.task {
+        case .languageModeling:
             let text = try readText(settings.dataPath)
             let length = min(settings.sequenceLength, 512, config.maxPositions)
             return try CalibrationSamples.windows(of: tokenizer.encode(text, addSpecialTokens: false), count: count,
                                                   length: length, seed: settings.seed &+ 1, heldOut: true)
-        case .encoder:
+        case .sentenceEmbedding:
             let sentences = try CalibrationSamples.sentences(stsPath: settings.dataPath, evaluationHalf: true)
             guard !sentences.isEmpty else { throw PTQError.file(settings.dataPath, "no held-out sentences for verification") }
             return sentences.prefix(count).map { tokenizer.encode($0) }
         }
     }
 
-    /// Compares a quantized model with its float reference (see `Verification`).
-    public static func verify(quantized: LoadedModel, reference: LoadedModel, samples: [[Int]],
+    /// Compares a quantized model with its float reference (see `Verification`); both must
+    /// have the same config.
+    public static func verify(quantized: some QuantizableModel, reference: some QuantizableModel, samples: [[Int]],
                               thresholds: VerificationThresholds, quiet: Bool = false) throws(PTQError) -> VerificationReport {
-        switch (reference, quantized) {
-        case (.language(let a), .language(let b)):
-            guard a.config == b.config else { throw PTQError("the reference and the quantized model have different configs") }
-            return Verification.compare(reference: a, quantized: b, samples: samples, thresholds: thresholds, quiet: quiet)
-        case (.encoder(let a), .encoder(let b)):
-            guard a.config == b.config else { throw PTQError("the reference and the quantized model have different configs") }
-            return Verification.compare(reference: a, quantized: b, samples: samples, thresholds: thresholds, quiet: quiet)
-        default:
-            throw PTQError("the reference and the quantized model are of different families")
-        }
+        try Verification.compare(reference: reference, quantized: quantized, samples: samples, thresholds: thresholds,
+                                 quiet: quiet)
     }
 }
 

@@ -47,6 +47,12 @@ public struct AdaLogLinearQuantizer: Quantizer {
         guard plan.weight.groupSize == nil else {
             throw PTQError("\(plan.name): method adalog needs weight group_size channel")
         }
+        // The shift by δ and the log grid assume a GELU output (nothing below −δ, a long right tail).
+        guard plan.role.inputActivation == .gelu else {
+            let line = plan.ruleLine.map { "line \($0): " } ?? ""
+            throw PTQError("\(line)\(plan.name): method adalog quantizes a GELU output, but this layer's input is "
+                           + "\(plan.role.name) (target the MLP output projections of a GELU model, e.g. layers/*/mlp/down_proj)")
+        }
         bits = activation.bits
         weight = plan.weight
     }

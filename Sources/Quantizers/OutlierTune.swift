@@ -26,7 +26,8 @@ import Recipes
 /// feeds the residual.
 ///
 /// o_proj and down_proj (BERT: attention output and FFN output denses) use dynamic per-token
-/// symmetric activation quantization, as both reference uploads do.
+/// symmetric activation quantization, as both reference uploads do: every layer the model's
+/// structure says is not fed by a norm (`LayerRole.isFedByNorm`).
 ///
 /// Weights: per-row RTN of the folded weights, symmetric or asymmetric as the recipe says
 /// (OT-May: asymmetric min–max; the integer GEMM takes the zero point as a per-row correction),
@@ -49,7 +50,8 @@ public struct OutlierTuneQuantizer: Quantizer {
     /// step sees channels of similar range. nil = plain per-token, as both reference uploads do.
     /// Measured in docs/RESULTS.md (α 0.5 best of 0.35…1 on SmolLM2 W8A8).
     public let outputSmoothing: Double?
-    let layerName: String
+    /// The planned layer's role: the per-token path for layers not fed by a norm.
+    let role: LayerRole
 
     public init(plan: LayerPlan) throws(PTQError) {
         symmetrize = try plan.parameters.bool("symmetrize", default: true)
@@ -72,16 +74,18 @@ public struct OutlierTuneQuantizer: Quantizer {
         weightBits = plan.weight.bits
         weightSymmetric = plan.weight.symmetric
         activationBits = activation.bits
-        layerName = plan.name
+        role = plan.role
     }
 
-    /// Whether the layer's input is dynamic per token (attention and MLP output projections).
-    static func isPerTokenLayer(_ name: String) -> Bool {
-        name.hasSuffix("/o_proj") || name.hasSuffix("/down_proj")
+    /// Whether the layer's input is quantized dynamically per token: inputs that no norm
+    /// produces (attention output, MLP activation), whose channel ranges a static per-channel
+    /// scale does not fit.
+    static func isPerTokenLayer(_ role: LayerRole) -> Bool {
+        !role.isFedByNorm
     }
 
     public var requiredStatistics: Set<StatisticKind> {
-        if Self.isPerTokenLayer(layerName) {
+        if Self.isPerTokenLayer(role) {
             var kinds: Set<StatisticKind> = gptq == nil && outputSmoothing == nil ? [] : [.channelRange]
             if gptq != nil { kinds.insert(.gram) }
             return kinds
@@ -95,7 +99,7 @@ public struct OutlierTuneQuantizer: Quantizer {
 
     public func quantize(_ layer: LinearLayer, statistics: PointStatistics?) throws(PTQError) -> QuantizedLinear {
         let maxCode = Float((1 << (activationBits - 1)) - 1)
-        if Self.isPerTokenLayer(layer.name) {
+        if Self.isPerTokenLayer(layer.role) {
             var details = ["activation": "per_token dynamic"]
             guard let alpha = outputSmoothing else {
                 let w = try quantizeWeight(layer.weight, layer: layer, hessian: { statistics?.hessian() }, details: &details)

@@ -10,12 +10,22 @@ public struct LinearLayer: Sendable {
     public var bias: [Float]?
     /// Quantization point whose activations feed this layer (`layers.3.mlp.down_proj.input`).
     public var inputPoint: String
+    /// What feeds the layer (a norm, the attention heads, an activation function), as the
+    /// model's structure says: methods that treat layers differently read this, never the name.
+    public var role: LayerRole
 
-    public init(name: String, weight: Tensor, bias: [Float]?, inputPoint: String) {
+    public init(name: String, weight: Tensor, bias: [Float]?, inputPoint: String, role: LayerRole) {
         self.name = name
         self.weight = weight
         self.bias = bias
         self.inputPoint = inputPoint
+        self.role = role
+    }
+
+    /// The planned layer `plan` with its float weight and bias (name, input point and role
+    /// from the plan).
+    public init(_ plan: LayerPlan, weight: Tensor, bias: [Float]?) {
+        self.init(name: plan.name, weight: weight, bias: bias, inputPoint: plan.inputPoint, role: plan.role)
     }
 }
 

@@ -1,10 +1,15 @@
 import Foundation
+import Models
 import PTQCore
 
 /// What happens to one linear layer: the resolved method, weight and activation schemes.
 public struct LayerPlan: Sendable, Equatable {
     /// Canonical layer name (`layers/3/attention/q_proj`); the weight is `<name>/weight`.
     public var name: String
+    /// What feeds the layer, from the model's structure (quantizers read it, not the name).
+    public var role: LayerRole
+    /// Quantization point whose activations feed the layer (`layers.3.attention.input`).
+    public var inputPoint: String
     public var method: String
     public var weight: WeightScheme
     /// nil = float activations.
@@ -20,10 +25,12 @@ public struct LayerPlan: Sendable, Equatable {
     /// Whether the layer has a bias (`<name>/bias`, kept in float).
     public var hasBias: Bool
 
-    public init(name: String, method: String, weight: WeightScheme, activation: ActivationScheme?,
-                parameters: MethodParameters, ruleLine: Int?, ruleIndex: Int? = nil,
+    public init(name: String, role: LayerRole, inputPoint: String, method: String, weight: WeightScheme,
+                activation: ActivationScheme?, parameters: MethodParameters, ruleLine: Int?, ruleIndex: Int? = nil,
                 outFeatures: Int, inFeatures: Int, hasBias: Bool) {
         self.name = name
+        self.role = role
+        self.inputPoint = inputPoint
         self.method = method
         self.weight = weight
         self.activation = activation
@@ -62,31 +69,10 @@ public struct LayerPlan: Sendable, Equatable {
     public var bitsPerWeight: Double { Double(storedBits) / Double(parameterCount) }
 }
 
-/// The quantizable linear layers of a model, in forward order: `TensorNames.linearKinds` of
-/// every block that the model has (BERT has no `gate_proj`). LLaMA: 7 per block; BERT: 6.
+/// The quantizable linear layers of a model, in forward order, as its family describes them
+/// (`ModelStructure.linearLayers`). LLaMA: 7 per block; BERT: 6 (no `gate_proj`).
 public func linearLayerNames(of config: ModelConfig) -> [String] {
-    linearLayerShapes(of: config).map(\.name)
-}
-
-struct LinearShape {
-    var name: String
-    var out: Int
-    var `in`: Int
-    var hasBias: Bool
-}
-
-func linearLayerShapes(of config: ModelConfig) -> [LinearShape] {
-    var shapes: [String: [Int]] = [:]
-    for (name, shape) in config.expectedTensors { shapes[name] = shape }
-    var layers: [LinearShape] = []
-    for l in 0..<config.layerCount {
-        for kind in TensorNames.linearKinds {
-            let name = TensorNames.layer(l, kind)
-            guard let shape = shapes[name + "/weight"], shape.count == 2 else { continue }
-            layers.append(LinearShape(name: name, out: shape[0], in: shape[1], hasBias: shapes[name + "/bias"] != nil))
-        }
-    }
-    return layers
+    config.structure.linearLayers.map(\.name)
 }
 
 extension Recipe {
@@ -97,10 +83,16 @@ extension Recipe {
     /// linear layer of this model, or when a rule never applies (every layer it matches is
     /// ignored or claimed by an earlier rule).
     public func plan(for config: ModelConfig) throws(PTQError) -> [LayerPlan] {
+        try plan(for: config, structure: config.structure)
+    }
+
+    /// The plan over the linear layers `structure` describes (the family's
+    /// `QuantizableModel.structure(for:)`; ``plan(for:)`` takes the one the registry gives).
+    public func plan(for config: ModelConfig, structure: ModelStructure) throws(PTQError) -> [LayerPlan] {
         if config.architecture != model {
             throw PTQError("\(source):\(modelLine): model: the recipe is for \(model.rawValue) but the model is \(config.architecture.rawValue)")
         }
-        let layers = linearLayerShapes(of: config)
+        let layers = structure.linearLayers
         let ignoreMatchers = ignore.map { $0.matcher() }
         let ruleMatchers = rules.map { rule in rule.targets.map { $0.matcher() } }
 
@@ -120,7 +112,7 @@ extension Recipe {
             parts.insert(name)
             if name.hasSuffix("/weight") || name.hasSuffix("/bias") { parts.insert(String(name[..<name.lastIndex(of: "/")!])) }
         }
-        if config.architecture == .llama { parts.insert("lm_head") }
+        if let head = structure.outputHead { parts.insert(head.name) }
         for (pattern, matches) in zip(ignore, ignoreMatchers) where !parts.contains(where: { matches($0) }) {
             let example = layers.first?.name ?? "layers/0/attention/q_proj"
             throw PTQError("\(source):\(pattern.line): \(pattern.path): \"\(pattern.text)\" matches no layer or tensor of this \(config.architecture.rawValue) model (\(layers.count) linear layers named like \(example))")
@@ -141,15 +133,17 @@ extension Recipe {
                 wins[first] += 1
                 for i in matching.dropFirst() { shadowedBy[i].insert(first) }
                 let rule = rules[first]
-                plan.append(LayerPlan(name: layer.name, method: rule.method, weight: rule.weight,
+                plan.append(LayerPlan(name: layer.name, role: layer.role, inputPoint: layer.inputPoint,
+                                      method: rule.method, weight: rule.weight,
                                       activation: rule.activation, parameters: rule.parameters,
                                       ruleLine: rule.line, ruleIndex: rule.index,
-                                      outFeatures: layer.out, inFeatures: layer.in, hasBias: layer.hasBias))
+                                      outFeatures: layer.outFeatures, inFeatures: layer.inFeatures, hasBias: layer.hasBias))
             } else {
-                plan.append(LayerPlan(name: layer.name, method: scheme.method, weight: scheme.weight,
+                plan.append(LayerPlan(name: layer.name, role: layer.role, inputPoint: layer.inputPoint,
+                                      method: scheme.method, weight: scheme.weight,
                                       activation: scheme.activation, parameters: scheme.parameters,
                                       ruleLine: nil, ruleIndex: nil,
-                                      outFeatures: layer.out, inFeatures: layer.in, hasBias: layer.hasBias))
+                                      outFeatures: layer.outFeatures, inFeatures: layer.inFeatures, hasBias: layer.hasBias))
             }
         }
 
@@ -223,7 +217,7 @@ public func dryRunDescription(plan: [LayerPlan], config: ModelConfig) -> String 
     var byName: [String: LayerPlan] = [:]
     for layer in plan { byName[layer.name] = layer }
     var rows: [[String]] = [["layer", "method", "weight", "activation", "decided by", "bits/weight"]]
-    for shape in linearLayerShapes(of: config) {
+    for shape in config.structure.linearLayers {
         if let layer = byName[shape.name] {
             rows.append([layer.name, layer.method, layer.weight.description,
                          layer.activation?.description ?? "float",

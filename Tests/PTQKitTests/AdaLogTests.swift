@@ -188,7 +188,7 @@ struct AdaLogTests {
 
         let simulatedWeights = SimulatedSiteWeights(packed: stored)
         switch try PTQ.loadAnyModel(path: path) {
-        case .language(let runtime):
+        case let runtime as LlamaModel:
             #expect(runtime.attentionProbabilityOps.allSatisfy { $0 is CodeDomainAttention })
             let simulated = try LlamaModel(weights: simulatedWeights)
             let tokens = [5, 70, 80, 90, 33, 44, 100, 101, 102, 7]
@@ -200,11 +200,13 @@ struct AdaLogTests {
             for t in tokens { last = runtime.forward([t], cache: cache) }
             let full = Array(a.suffix(runtime.config.vocabSize))
             for i in last.indices { #expect(abs(last[i] - full[i]) <= 1e-3 * max(1, abs(full[i]))) }
-        case .encoder(let runtime):
+        case let runtime as BertModel:
             let simulated = try BertModel(weights: simulatedWeights)
             let tokens = [2, 5, 6, 7, 8, 10, 9, 13, 3]
             let a = runtime.embed(tokens: tokens), b = simulated.embed(tokens: tokens)
             for i in a.indices { #expect(abs(a[i] - b[i]) <= 1e-4) }
+        case let other:
+            Issue.record("unexpected model \(other.kindDescription)")
         }
     }
 
@@ -262,9 +264,9 @@ struct AdaLogPostGeluTests {
                   weight: {bits: 4, symmetric: false}
                   activation: {bits: 4, granularity: per_tensor}
                   parameters: {base: \(base), tokens: 200}
-                """, source: "t.yaml").plan(for: SyntheticModels.bertConfig())[0]
+                """, source: "t.yaml").plan(for: SyntheticModels.bertConfig()).first { $0.role == .mlpOutputProjection(.gelu) }!
             return try AdaLogLinearQuantizer(plan: plan)
-                .quantize(LinearLayer(name: "l", weight: weight, bias: bias, inputPoint: "p"), statistics: stats)
+                .quantize(LinearLayer(plan, weight: weight, bias: bias), statistics: stats)
         }
         let q = try quantize(base: "adaptive")
         let log = try #require(q.activation?.logarithmic)
@@ -294,5 +296,29 @@ struct AdaLogPostGeluTests {
             #expect(adaptive <= Double(fixed.details["output_relative_mse"]!)! * 1.0001, "\(base)")
         }
         #expect(adaptive < 0.2)
+    }
+
+    /// The layer's role, from the model's structure, decides where the method applies: a layer
+    /// not fed by GELU is refused with the recipe line, whatever it is named.
+    @Test func refusesLayersNotFedByGELU() throws {
+        let recipe = try Recipe.parse("""
+            name: t
+            model: bert
+            scheme: {method: rtn, weight: {bits: 8}}
+            rules:
+              - targets: ["layers/*/attention/q_proj", "layers/*/mlp/down_proj"]
+                method: adalog
+                weight: {bits: 4, symmetric: false}
+                activation: {bits: 4, granularity: per_tensor}
+            """, source: "t.yaml")
+        let plan = try recipe.plan(for: SyntheticModels.bertConfig()).filter { $0.method == "adalog" }
+        #expect(plan.count == 4)
+        for layer in plan where layer.role == .attentionInputProjection {
+            #expect { try AdaLogLinearQuantizer(plan: layer) } throws: {
+                ($0 as? PTQError)?.message == "line 5: \(layer.name): method adalog quantizes a GELU output, but this "
+                    + "layer's input is attention_input (target the MLP output projections of a GELU model, e.g. layers/*/mlp/down_proj)"
+            }
+        }
+        for layer in plan where layer.role == .mlpOutputProjection(.gelu) { _ = try AdaLogLinearQuantizer(plan: layer) }
     }
 }

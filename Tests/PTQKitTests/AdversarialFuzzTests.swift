@@ -61,13 +61,12 @@ enum Fuzz {
 @Suite("Adversarial input: mutation fuzzing")
 struct AdversarialFuzzTests {
     /// A model that loads must also run: finite logits on a few tokens.
-    static func runs(_ model: LoadedModel) throws {
-        switch model {
-        case .language(let m):
-            let logits = m.forward([1, 2, 3])
+    static func runs(_ model: any QuantizableModel) throws {
+        switch model.run([2, 5, 3], hooks: ForwardHooks()) {
+        case .logits(let logits, _):
             guard logits.allSatisfy(\.isFinite) else { throw PTQError("non-finite logits") }
-        case .encoder(let m):
-            guard m.embed(tokens: [2, 5, 3]).allSatisfy(\.isFinite) else { throw PTQError("non-finite embedding") }
+        case .embedding(let embedding):
+            guard embedding.allSatisfy(\.isFinite) else { throw PTQError("non-finite embedding") }
         }
     }
 

@@ -334,8 +334,7 @@ struct AdversarialStatisticsTests {
         let reader = try CheckpointReader(path: f.checkpoint)
         let config = reader.config
         var points: [String: PointStatistics] = [:]
-        for name in linearLayerNames(of: config) {
-            let point = QuantizationPoints.input(ofLinear: name)!
+        for point in Set(config.structure.linearLayers.map(\.inputPoint)) {
             let p = PointStatistics(channels: 5, kinds: [.channelRange])
             let rows: [Float] = [1, 2, 3, 4, 5]
             rows.withUnsafeBufferPointer { p.add($0, rows: 1) }

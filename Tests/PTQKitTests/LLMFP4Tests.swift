@@ -193,7 +193,7 @@ struct LLMFP4Tests {
         let cols = 64, rows = 48
         let w = (0..<rows * cols).map { _ in rng.float(in: -1...1) * powf(rng.float(in: 0...1), 3) * 0.3 }
         let layer = LinearLayer(name: "layers/0/mlp/gate_proj", weight: Tensor(shape: [rows, cols], data: w), bias: nil,
-                                inputPoint: "layers.0.mlp.input")
+                                inputPoint: "layers.0.mlp.input", role: .mlpInputProjection)
         let stats = Self.statistics(channels: cols, rows: 256, seed: 4)
         func outputError(_ q: QuantizedLinear) -> Double {
             let x = Array(stats.reservoir!.prefix(stats.reservoirCount * cols))

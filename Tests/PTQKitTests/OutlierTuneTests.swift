@@ -21,7 +21,7 @@ struct OutlierTuneTests {
         let w = Tensor(shape: [out, inp], data: (0..<out * inp).map { _ in rng.float(in: -0.2...0.2) })
         return LinearLayer(name: "layers/0/attention/q_proj", weight: w,
                            bias: bias ? (0..<out).map { _ in rng.float(in: -1...1) } : nil,
-                           inputPoint: "layers.0.attention.input")
+                           inputPoint: "layers.0.attention.input", role: .attentionInputProjection)
     }
 
     static func plan(_ name: String, bits: Int, parameters: String = "{}") throws -> LayerPlan {
@@ -105,14 +105,25 @@ struct OutlierTuneTests {
         #expect(relative < (bits == 8 ? 0.025 : 0.075), "int\(bits): max error \(relative) of max |y|")
     }
 
-    /// o_proj / down_proj get per-token dynamic activations and need no statistics.
+    /// o_proj / down_proj get per-token dynamic activations and need no statistics. The layer's
+    /// role decides, not its name: a down projection under another name is per token too, and a
+    /// layer named like one but fed by a norm is calibrated per channel.
     @Test func outputProjectionsArePerToken() throws {
-        let quantizer = try OutlierTuneQuantizer(plan: try Self.plan("layers/1/mlp/down_proj", bits: 8))
+        let plan = try Self.plan("layers/1/mlp/down_proj", bits: 8)
+        #expect(plan.role == .mlpOutputProjection(.silu) && plan.inputPoint == "layers.1.mlp.down_proj.input")
+        let quantizer = try OutlierTuneQuantizer(plan: plan)
         #expect(quantizer.requiredStatistics.isEmpty)
         var layer = Self.layer(out: 4, inp: 48, bias: false, seed: 5)
-        layer.name = "layers/1/mlp/down_proj"
+        layer.name = "blocks/1/ffn/output_dense"
+        layer.role = .mlpOutputProjection(.gelu)
         let q = try quantizer.quantize(layer, statistics: nil)
         #expect(q.activation?.granularity == .perToken && q.activation?.channelScales == nil)
+        var renamed = plan
+        renamed.role = .attentionInputProjection
+        #expect(try OutlierTuneQuantizer(plan: renamed).requiredStatistics == [.channelRange, .sampleMidpoint])
+        layer.name = "layers/1/mlp/down_proj"
+        layer.role = .mlpInputProjection
+        #expect(throws: PTQError.self) { try quantizer.quantize(layer, statistics: nil) }
     }
 
     /// The output-smoothing extension: per-token activations over inputs divided per channel by
@@ -125,6 +136,7 @@ struct OutlierTuneTests {
         var layer = Self.layer(out: 6, inp: 48, bias: false, seed: 5)
         layer.name = "layers/1/mlp/down_proj"
         layer.inputPoint = "layers.1.mlp.down_proj.input"
+        layer.role = .mlpOutputProjection(.silu)
         let x = Self.activations(rows: 30, channels: 48, seed: 8)
         let stats = PointStatistics(channels: 48, kinds: [.channelRange])
         x.withUnsafeBufferPointer { stats.add($0, rows: 30) }

@@ -160,7 +160,7 @@ struct PipelineTests {
         let outcome = try PTQ.quantize(checkpoint: checkpoint, recipe: recipe, quiet: true)
         let path = folder + "/model.ptq"
         try PackedFile.write(outcome.packed, to: path)
-        guard case .language(let runtime) = try PTQ.loadAnyModel(path: path) else { Issue.record("not a LM"); return }
+        let runtime = try #require(try PTQ.loadAnyModel(path: path) as? LlamaModel)
         let stored = try PackedFile.read(path: path)
         let simulated = try LlamaModel(weights: SimulatedWeights(packed: stored))
         let tokens = [3, 77, 201, 5, 19, 250, 42, 8, 100]
@@ -172,7 +172,7 @@ struct PipelineTests {
         }
         // The quantized model's logits against the float model's: relative L2 error ‖q − f‖ / ‖f‖
         // within the scheme's bound, set from the measured error (`logitErrorBounds`).
-        guard case .language(let reference) = try PTQ.loadModel(path: checkpoint) else { return }
+        let reference = try #require(try PTQ.loadModel(path: checkpoint) as? LlamaModel)
         let f = reference.forward(tokens), q = runtime.forward(tokens)
         var dot = 0.0, nf = 0.0, nq = 0.0, ne = 0.0
         for i in f.indices {
@@ -202,14 +202,14 @@ struct PipelineTests {
         #expect(outcome.plan.count == 2 * 6)
         let path = folder + "/bert.ptq"
         try PackedFile.write(outcome.packed, to: path)
-        guard case .encoder(let runtime) = try PTQ.loadAnyModel(path: path) else { Issue.record("not an encoder"); return }
+        let runtime = try #require(try PTQ.loadAnyModel(path: path) as? BertModel)
         let simulated = try BertModel(weights: SimulatedWeights(packed: try PackedFile.read(path: path)))
         let tokens = [2, 5, 6, 7, 8, 3]
         let a = runtime.embed(tokens: tokens), b = simulated.embed(tokens: tokens)
         #expect(zip(a, b).allSatisfy { abs($0 - $1) < 1e-4 })
         let reference = try PTQ.loadModel(path: checkpoint)
         let samples = try PTQ.verificationSamples(model: reference, recipe: recipe, count: 4)
-        let report = try PTQ.verify(quantized: .encoder(runtime), reference: reference, samples: samples,
+        let report = try PTQ.verify(quantized: runtime, reference: reference, samples: samples,
                                        thresholds: VerificationThresholds(minCosine: 0.5))
         #expect(report.passed && report.meanCosine! > 0.9 && report.layers.count == 2)
     }
@@ -255,10 +255,8 @@ struct PipelineTests {
         #expect(loose.meanKL! > 0 && loose.layers.count == 2)
         // Top-1 agreement counted directly: the argmaxes of the two models' logits at every
         // position of the same samples.
-        guard case .language(let floatModel) = reference,
-              case .language(let quantizedModel) = try PTQ.loadAnyModel(path: path) else {
-            Issue.record("not language models"); return
-        }
+        let floatModel = try #require(reference as? LlamaModel)
+        let quantizedModel = try #require(try PTQ.loadAnyModel(path: path) as? LlamaModel)
         var agree = 0, positions = 0
         let vocab = floatModel.config.vocabSize
         for sample in samples {

@@ -17,7 +17,7 @@ enum ReadmeExample {
         // Evaluate the float and the packed model the way llama-perplexity does.
         var perplexities: [Double] = []
         for path in [checkpoint, packed] {
-            guard case .language(let model) = try PTQ.loadAnyModel(path: path) else { continue }
+            guard let model = try PTQ.loadAnyModel(path: path) as? any LanguageModel else { continue }
             let tokenizer = try makeTokenizer(model.tokenizer)
             let tokens = tokenizer.encode(try PTQ.readText(wikiText))
             let result = try Perplexity.evaluate(model: model, tokens: tokens, context: 512, maxChunks: chunks)

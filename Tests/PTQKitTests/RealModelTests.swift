@@ -22,9 +22,7 @@ struct RealModelTests {
     /// SmolLM2-135M-Instruct, F32 dequantized from the Q4_1 GGUF, WikiText-2 test, ctx 512,
     /// first 20 chunks: llama-perplexity gives 27.8419 on the same weights; we must be within 0.1 %.
     @Test func smolLM2PerplexityMatchesLlamaCpp() throws {
-        guard case .language(let model) = try PTQ.loadModel(path: try RealModels.smolLM2.get()) else {
-            Issue.record("SmolLM2 must load as a language model"); return
-        }
+        let model = try PTQ.loadModel(path: try RealModels.smolLM2.get()).languageModel(for: "perplexity")
         #expect(model.config.layerCount == 30 && model.config.headCount == 9 && model.config.kvHeadCount == 3)
         #expect(model.config.tiedEmbeddings)
         let tokenizer = try makeTokenizer(model.tokenizer)
@@ -38,7 +36,7 @@ struct RealModelTests {
 
     /// Greedy generation says something sensible.
     @Test func smolLM2Generates() throws {
-        guard case .language(let model) = try PTQ.loadModel(path: try RealModels.smolLM2.get()) else { return }
+        let model = try PTQ.loadModel(path: try RealModels.smolLM2.get()).generativeModel(for: "generate")
         let tokenizer = try makeTokenizer(model.tokenizer)
         let ids = try PTQ.generate(model: model, tokenizer: tokenizer, prompt: "The capital of France is", maxTokens: 5)
         #expect(tokenizer.decode(ids).contains("Paris"), "got: \(tokenizer.decode(ids))")
@@ -58,11 +56,11 @@ struct RealModelTests {
 
     @Test func miniLMEmbeddingsMatchNumpyReference() throws {
         let loaded = try PTQ.loadModel(path: try RealModels.miniLM.get())
-        guard case .encoder(let model) = loaded else { Issue.record("MiniLM must load as an encoder"); return }
+        let model = try loaded.sentenceEncoder(for: "embeddings")
         let tokenizer = try PTQ.tokenizer(for: loaded)
         for (text, ids, first8, sum) in Self.numpyEmbeddings {
             #expect(tokenizer.encode(text) == ids)
-            let embedding = model.embed(tokens: ids)
+            let embedding = model.embed(tokens: ids, hooks: ForwardHooks())
             for i in 0..<8 { #expect(abs(Double(embedding[i]) - first8[i]) < 2e-6, "\(text)[\(i)]") }
             #expect(abs(embedding.map(Double.init).reduce(0, +) - sum) < 1e-4)
         }
@@ -75,7 +73,7 @@ struct RealModelTests {
     /// differs in the metric, not the model (docs/RESULTS.md).
     @Test func miniLMSTSBMatchesReference() throws {
         let loaded = try PTQ.loadModel(path: try RealModels.miniLM.get())
-        guard case .encoder(let model) = loaded else { Issue.record("MiniLM must load as an encoder"); return }
+        let model = try loaded.sentenceEncoder(for: "stsb")
         #expect(model.config.hiddenSize == 384 && model.config.layerCount == 6)
         let pairs = try STSB.load(path: ProjectPaths.stsDev)
         let result = try STSB.evaluate(model: model, tokenizer: try PTQ.tokenizer(for: loaded), pairs: pairs, quiet: true)

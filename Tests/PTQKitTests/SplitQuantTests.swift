@@ -237,13 +237,14 @@ struct SplitQuantTests {
             (Tensor(shape: [3, 2], data: [Float](repeating: 0, count: 6)), nil),
             (Tensor(shape: [2, 2], data: [0.5, -0.5, 0.5, -0.5]), [0.1, 0.1]),
         ]
-        let plan = LayerPlan(name: "layers/0/mlp/up_proj", method: "splitquant",
+        let plan = LayerPlan(name: "layers/0/mlp/up_proj", role: .mlpInputProjection, inputPoint: "layers.0.mlp.input",
+                             method: "splitquant",
                              weight: WeightScheme(bits: 2, symmetric: false), activation: nil,
                              parameters: MethodParameters(source: "t", path: "p", method: "splitquant", line: 1),
                              ruleLine: nil, outFeatures: 1, inFeatures: 1, hasBias: true)
         let quantizer = try SplitQuantQuantizer(plan: plan)
         for (w, bias) in cases {
-            let q = try quantizer.quantize(LinearLayer(name: plan.name, weight: w, bias: bias, inputPoint: ""), statistics: nil)
+            let q = try quantizer.quantize(LinearLayer(plan, weight: w, bias: bias), statistics: nil)
             guard case .split(let split) = q.weight else { Issue.record("not split"); continue }
             #expect(q.bias == bias)
             // With ≤ 2 distinct values per cluster every weight is exact on its cluster's grid.
@@ -259,7 +260,7 @@ struct SplitQuantTests {
             }
         }
         // The all-zero-bias 2×3 layer is split into three clusters.
-        let q = try quantizer.quantize(LinearLayer(name: plan.name, weight: cases[1].0, bias: [0, 0], inputPoint: ""), statistics: nil)
+        let q = try quantizer.quantize(LinearLayer(plan, weight: cases[1].0, bias: [0, 0]), statistics: nil)
         guard case .split(let split) = q.weight else { Issue.record("not split"); return }
         #expect(Set(split.clusters) == [0, 1, 2])
         #expect(q.details["bias_split_counts"] == "0 / 2 / 0")
@@ -329,7 +330,7 @@ struct SplitQuantTests {
         #expect((outcome.statistics != nil) == (base == "gptq"))
         let path = folder + "/model.ptq"
         try PackedFile.write(outcome.packed, to: path)
-        guard case .language(let runtime) = try PTQ.loadAnyModel(path: path) else { Issue.record("not a LM"); return }
+        let runtime = try #require(try PTQ.loadAnyModel(path: path) as? LlamaModel)
         let stored = try PackedFile.read(path: path)
         #expect(stored.quantizedLinears.values.allSatisfy { $0.weight.formatName == "split" })
         let simulated = try LlamaModel(weights: SimulatedWeights(packed: stored))
@@ -346,7 +347,8 @@ struct SplitQuantTests {
         var better = 0, layers = 0
         for (name, q) in stored.quantizedLinears {
             let w = try reader.tensor(name + "/weight")
-            guard let h = statistics.points[QuantizationPoints.input(ofLinear: name)!]?.hessian(),
+            guard let point = stored.config.structure.linearLayer(named: name)?.inputPoint,
+                  let h = statistics.points[point]?.hessian(),
                   case .split(let g) = q.weight else { continue }
             let r = SplitQuant.quantize(w, clustering: SplitQuant.kMeans3(w.data), bits: 3, groupSize: 32, range: .cluster)
             func error(_ d: [Float]) -> Double {

@@ -63,7 +63,7 @@ foundationProgress.completedUnitCount = 1
 let text = String(repeating: "the quick brown fox jumps over the lazy dog. ", count: 12)
 var perplexities: [Double] = []
 for path in [checkpoint, packed] {
-    guard case .language(let model) = try PTQ.loadAnyModel(path: path) else { fail("\(path) is not a language model") }
+    guard let model = try PTQ.loadAnyModel(path: path) as? any LanguageModel else { fail("\(path) is not a language model") }
     let tokens = try makeTokenizer(model.tokenizer).encode(text)
     perplexities.append(try Perplexity.evaluate(model: model, tokens: tokens, context: 64, quiet: true).perplexity)
 }

@@ -1,0 +1,36 @@
+import PTQCore
+
+extension LlamaModel: GenerativeModel {
+    /// Per block: q/k/v and gate/up fed by RMSNorm, o by the attention heads, down by
+    /// `SiLU(gate)·up`; the LM head (tied or not) by the final norm.
+    public static func structure(for config: ModelConfig) -> ModelStructure {
+        let P = QuantizationPoints.self
+        let layers = ModelStructure.blockLinearLayers(of: config, kinds: [
+            ("attention/q_proj", .attentionInputProjection, P.attentionInput),
+            ("attention/k_proj", .attentionInputProjection, P.attentionInput),
+            ("attention/v_proj", .attentionInputProjection, P.attentionInput),
+            ("attention/o_proj", .attentionOutputProjection, P.attentionOutputInput),
+            ("mlp/gate_proj", .mlpInputProjection, P.mlpInput),
+            ("mlp/up_proj", .mlpInputProjection, P.mlpInput),
+            ("mlp/down_proj", .mlpOutputProjection(config.activation), P.mlpDownInput),
+        ])
+        let head = LinearLayerDescription(name: "lm_head", role: .lmHead, inputPoint: P.finalNormOutput, block: nil,
+                                          outFeatures: config.vocabSize, inFeatures: config.hiddenSize, hasBias: false)
+        return ModelStructure(architecture: .llama, task: .languageModeling, linearLayers: layers, outputHead: head,
+                              activationSites: ModelStructure.blockActivationSites(of: config))
+    }
+
+    public func observe(_ tokens: [Int], hooks: ForwardHooks) {
+        _ = hiddenStates(tokens, hooks: hooks)
+    }
+
+    public func logits(for tokens: [Int], rows: Range<Int>?, hooks: ForwardHooks) -> [Float] {
+        forward(tokens, cache: nil, logitRows: rows, hooks: hooks)
+    }
+
+    public func makeCache(capacity: Int) -> KVCache {
+        KVCache(config: config, capacity: capacity)
+    }
+}
+
+extension LlamaModel.KVCache: DecodingCache {}
