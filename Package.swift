@@ -45,6 +45,9 @@ let package = Package(
         .target(name: "Recipes", dependencies: ["PTQCore", "Models", "Yams"]),
         // Quantizer protocol, registry and one file per method.
         .target(name: "Quantizers", dependencies: ["PTQCore", "Calibration", "Recipes", "Kernels"]),
+        // Training on CPU: hand-written LLaMA block backward pass, AdamW, PTQ1.61's block-wise
+        // scale optimisation and its LoRA quantization preprocessing.
+        .target(name: "Training", dependencies: ["PTQCore", "Kernels", "Models", "Checkpoint"]),
         // The .ptq container: manifest, bit-packed payloads, zstd sections, checksums.
         .target(name: "Packing", dependencies: ["PTQCore", "CZstd"]),
         // Low-bit LinearOps (int8 GEMM, int4 group kernels) and the packed-model loader.
@@ -62,6 +65,6 @@ let package = Package(
         .testTarget(name: "PackingTests", dependencies: ["Packing", "PTQCore"]),
         .testTarget(name: "RecipesTests", dependencies: ["Recipes", "Models", "PTQCore"]),
         .testTarget(name: "QuantizedRuntimeTests", dependencies: ["QuantizedRuntime", "Kernels", "Models", "PTQCore"]),
-        .testTarget(name: "PTQKitTests", dependencies: ["PTQKit", "PTQCLI", "Checkpoint", "Quantizers", "CHDF5"]),
+        .testTarget(name: "PTQKitTests", dependencies: ["PTQKit", "PTQCLI", "Checkpoint", "Quantizers", "CHDF5", "Training"]),
     ]
 )

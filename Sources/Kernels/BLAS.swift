@@ -82,3 +82,27 @@ extension BLAS {
         return u
     }
 }
+
+extension BLAS {
+    /// Solves A·x = b for a symmetric positive definite `n × n` A (row-major; LAPACK dpotrf, then
+    /// the two triangular solves). nil when A is not positive definite.
+    public static func solvePositiveDefinite(_ a: [Double], n: Int, b: [Double]) -> [Double]? {
+        precondition(a.count == n * n && b.count == n)
+        var m = a, info: Int32 = 0, size = Int32(n)
+        // Column-major "L" of a symmetric matrix: A = L·Lᵀ with L(i, j) (i ≥ j) at j*n + i.
+        dpotrf_("L", &size, &m, &size, &info, 1)
+        guard info == 0 else { return nil }
+        var x = b
+        for i in 0..<n {  // L·z = b
+            var s = x[i]
+            for j in 0..<i { s -= m[j * n + i] * x[j] }
+            x[i] = s / m[i * n + i]
+        }
+        for i in stride(from: n - 1, through: 0, by: -1) {  // Lᵀ·x = z
+            var s = x[i]
+            for j in (i + 1)..<max(i + 1, n) { s -= m[i * n + j] * x[j] }
+            x[i] = s / m[i * n + i]
+        }
+        return x
+    }
+}

@@ -124,6 +124,9 @@ public enum QuantizedWeight: Sendable, Equatable {
     case split(SplitWeight)
     /// Minifloat codes (FP4/FP6/FP8, LLM-FP4) with per-channel or per-group real scales.
     case floatingPoint(FloatingPointWeight)
+    /// Partial binarization (PTQ1.61, PB-LLM-style, plain binarization): sign bits around a row
+    /// mean plus low-bit salient codes under a column or element mask.
+    case binary(BinaryWeight)
 
     /// Output features.
     public var rows: Int {
@@ -131,6 +134,7 @@ public enum QuantizedWeight: Sendable, Equatable {
         case .integer(let w): w.rows
         case .split(let w): w.rows
         case .floatingPoint(let w): w.rows
+        case .binary(let w): w.rows
         }
     }
 
@@ -140,6 +144,7 @@ public enum QuantizedWeight: Sendable, Equatable {
         case .integer(let w): w.columns
         case .split(let w): w.columns
         case .floatingPoint(let w): w.columns
+        case .binary(let w): w.columns
         }
     }
 
@@ -149,6 +154,7 @@ public enum QuantizedWeight: Sendable, Equatable {
         case .integer: "integer"
         case .split: "split"
         case .floatingPoint(let w): w.format.description
+        case .binary: "binary"
         }
     }
 
@@ -169,6 +175,7 @@ public enum QuantizedWeight: Sendable, Equatable {
         case .integer(let w): w.dequantizedReference()
         case .split(let w): w.dequantizedReference()
         case .floatingPoint(let w): w.dequantizedReference()
+        case .binary(let w): w.dequantizedReference()
         }
     }
 }

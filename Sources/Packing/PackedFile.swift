@@ -166,6 +166,10 @@ public enum PackedFile {
                     try planSplit(key: key, linear: linear, weight: w, claim: claim, fail: bad)
                     continue
                 }
+                if case .binary(let w) = linear.weight {
+                    try planBinary(key: key, linear: linear, weight: w, claim: claim, fail: bad)
+                    continue
+                }
                 if case .floatingPoint(let w) = linear.weight {
                     try appendFloatingPoint(key: key, linear: linear, weight: w, claim: claim, fail: bad)
                     continue
@@ -338,9 +342,14 @@ public enum PackedFile {
             var linears: [String: QuantizedLinear] = [:]
             for (i, e) in manifest.quantizedLinears.enumerated() {
                 let l = plan.linearLoads[i]
-                let weight = e.formatName == "split" ? .split(splitWeight(e, l, payloads))
-                    : Self.weight(e, codes: payloads[l.codes].codes, scales: payloads[l.scales].floats,
-                                  zeros: l.zeros.map { payloads[$0].floats })
+                let weight: QuantizedWeight
+                switch e.formatName {
+                case "split": weight = .split(splitWeight(e, l, payloads))
+                case "binary": weight = .binary(try binaryWeight(e, l, payloads, path: path))
+                default:
+                    weight = Self.weight(e, codes: payloads[l.codes].codes, scales: payloads[l.scales].floats,
+                                         zeros: l.zeros.map { payloads[$0].floats })
+                }
                 var activation = e.activation
                 activation?.channelScales = l.activationChannelScales.map { payloads[$0].floats }
                 activation?.channelShift = l.activationChannelShift.map { payloads[$0].floats }
@@ -424,6 +433,7 @@ public enum PackedFile {
             var codes: Int, scales: Int
             var zeros: Int?, bias: Int?, activationChannelScales: Int?, activationChannelShift: Int?
             var clusters: Int?
+            var binary: BinaryLoads?
         }
         var loads: [Container.Load] = []
         var floatLoad: [Int] = []
@@ -467,6 +477,10 @@ public enum PackedFile {
                 guard seen.insert(t).inserted else { throw fail("manifest lists tensor '\(t)' twice") }
                 if e.formatName == "split" {
                     linearLoads.append(try Self.splitLoads(e, load: load, fail: fail))
+                    continue
+                }
+                if e.formatName == "binary" {
+                    linearLoads.append(try Self.binaryLoads(e, load: load, fail: fail))
                     continue
                 }
                 try PackedFile.checkFormat(e, fail: fail)

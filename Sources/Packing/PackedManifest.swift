@@ -68,6 +68,16 @@ struct PackedManifest: Codable, Sendable {
         var activationChannelShift: String?
         /// Format `split` only: the section of the 2-bit cluster ids.
         var clusters: String?
+        /// Format `binary` only (`PackedFile+Binary.swift`): `columns` or `elements`, the count of
+        /// salient elements (so every section's size is known before the mask is decoded), and
+        /// the sections of the mask bits, the sign bits, the per-row a and b and the per-column r2.
+        var maskKind: String? = nil
+        var salientCount: Int? = nil
+        var mask: String? = nil
+        var signs: String? = nil
+        var binaryScales: String? = nil
+        var binaryOffsets: String? = nil
+        var columnScales: String? = nil
         /// Stored (compressed) bytes of all this layer's sections.
         var storedBytes: Int
 
@@ -76,8 +86,13 @@ struct PackedManifest: Codable, Sendable {
             case groupSize = "group_size"
             case activationChannelScales = "activation_channel_scales"
             case activationChannelShift = "activation_channel_shift"
-            case clusters
+            case clusters, mask, signs
             case storedBytes = "stored_bytes"
+            case maskKind = "mask_kind"
+            case salientCount = "salient_count"
+            case binaryScales = "binary_scales"
+            case binaryOffsets = "binary_offsets"
+            case columnScales = "column_scales"
         }
 
         /// The weight format, `integer` when the manifest names none.
@@ -85,7 +100,8 @@ struct PackedManifest: Codable, Sendable {
 
         /// Every section this layer's payload occupies (for stored-size accounting).
         var sectionNames: [String] {
-            [codes, scales, zeros, bias, activationChannelScales, activationChannelShift, clusters].compactMap { $0 }
+            [codes, scales, zeros, bias, activationChannelScales, activationChannelShift, clusters,
+             mask, signs, binaryScales, binaryOffsets, columnScales].compactMap { $0 }
         }
     }
 

@@ -79,6 +79,9 @@ extension QuantizedLinear {
             guard w.format.isSupported else { throw fail("minifloat format \(w.format) is not supported") }
             try Self.validateCodes(bits: w.bits, rows: w.rows, columns: w.columns, groupSize: w.groupSize,
                                    codes: w.codes, scales: w.scales, zeros: nil, parametersPerGroup: 1, fail: fail)
+        case .binary(let w):
+            try Self.validateBinary(w, fail: fail)
+            guard activation == nil else { throw fail("binary weights run with float activations only") }
         }
         let rows = weight.rows
         if let bias {
@@ -87,6 +90,50 @@ extension QuantizedLinear {
         }
         if let activation {
             do { try activation.validate(columns: weight.columns) } catch { throw fail(error.message) }
+        }
+    }
+
+    /// A partially binarized weight: mask length for its kind, one code per salient and one sign
+    /// bit per binarized element, codes and zero points within `salientBits`, per-row and
+    /// per-column parameters of the right length, finite and exactly representable in float16
+    /// (the packed file stores them so: a writer must not silently round what the runtime uses).
+    static func validateBinary(_ w: BinaryWeight, fail: (String) -> PTQError) throws(PTQError) {
+        guard (2...8).contains(w.salientBits) else { throw fail("\(w.salientBits)-bit salient codes are not supported (2…8)") }
+        guard w.rows > 0, w.columns > 0, let count = Validation.checkedProduct([w.rows, w.columns]) else {
+            throw fail("invalid geometry rows \(w.rows), columns \(w.columns)")
+        }
+        let maskCount = w.maskKind == .columns ? w.columns : count
+        guard w.salientMask.count == maskCount else {
+            throw fail("\(w.salientMask.count) mask flags, expected \(maskCount) (\(w.maskKind.rawValue) mask)")
+        }
+        guard w.salientCodes.count == w.salientCount else {
+            throw fail("\(w.salientCodes.count) salient codes for \(w.salientCount) salient elements")
+        }
+        guard w.signs.count == w.binaryCount else {
+            throw fail("\(w.signs.count) sign bits for \(w.binaryCount) binarized elements")
+        }
+        if let bad = w.signs.first(where: { $0 > 1 }) { throw fail("sign bit \(bad) is not 0 or 1") }
+        if w.salientBits < 8, let high = w.salientCodes.first(where: { Int($0) >> w.salientBits != 0 }) {
+            throw fail("salient code \(high) does not fit in \(w.salientBits) bits")
+        }
+        guard w.salientZero.count == w.rows else { throw fail("\(w.salientZero.count) zero points for \(w.rows) rows") }
+        if w.salientBits < 8, let high = w.salientZero.first(where: { Int($0) >> w.salientBits != 0 }) {
+            throw fail("zero point \(high) does not fit in \(w.salientBits) bits")
+        }
+        func halves(_ values: [Float], _ what: String, expected: Int) throws(PTQError) {
+            guard values.count == expected else { throw fail("\(values.count) \(what), expected \(expected)") }
+            if let i = values.firstIndex(where: { !$0.isFinite || BinaryWeight.half($0) != $0 }) {
+                throw fail("\(what) value \(values[i]) at index \(i) is not a finite float16 value")
+            }
+        }
+        try halves(w.salientScale, "salient scales", expected: w.rows)
+        try halves(w.scale, "binary scales", expected: w.rows)
+        try halves(w.offset, "binary offsets", expected: w.rows)
+        if let r2 = w.columnScale {
+            guard let binaryColumns = w.binaryColumnCount else {
+                throw fail("column scales need a column mask, this one is per element")
+            }
+            try halves(r2, "column scales", expected: binaryColumns)
         }
     }
 

@@ -46,6 +46,7 @@ public struct PackedWeights: WeightSource {
         case .integer: q.activation?.logarithmic != nil ? try LogInputLinear(q) : try IntegerLinear(q)
         case .split: try SplitLinear(q)
         case .floatingPoint: try FloatingPointLinear(q)
+        case .binary: try BinaryLinear(q)
         }
     }
 }

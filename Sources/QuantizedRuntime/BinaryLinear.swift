@@ -1,0 +1,270 @@
+import Kernels
+import Models
+import PTQCore
+
+/// A partially binarized linear layer (`BinaryWeight`: PTQ1.61, PB-LLM-style, plain
+/// binarization) with float activations, computed from the packed bits.
+///
+/// Column masks (PTQ1.61): per activation row, x̃ = r2 ∘ x over the binarized columns (gathered,
+/// zero-padded to whole 64-bit words) and Σx̃ are formed once; then
+/// `y = a ∘ (S x̃) + b · Σx̃` runs on the sign bits (`BinaryKernels`), and the salient columns'
+/// 4-bit (or 8-bit) codes run the existing weight-only integer GEMV on the gathered salient
+/// inputs: `Δ ∘ (Q x_s − z · Σx_s)`.
+///
+/// Element masks (PB-LLM-style): the sign bits and the mask are laid out over all columns; the
+/// kernel skips masked lanes and returns each row's Σ over its binarized inputs, and the salient
+/// codes (CSR: per-row start, column, code) add `Δ ∘ (Σ q·x − z · Σ_salient x)`.
+///
+/// One activation row runs the GEMVs; more rows dequantize tiles of output rows into scratch
+/// and multiply them with sgemm (as the other weight-only layers do), so prefill decodes each
+/// tile's bits once for all rows.
+public final class BinaryLinear: LinearOp {
+    public let name: String
+    public let inFeatures: Int
+    public let outFeatures: Int
+    public let maskKind: BinaryWeight.MaskKind
+    public let salientBits: Int
+    public let bias: [Float]?
+
+    /// Sign bits, `outFeatures × wordsPerRow` words; bit c of a row is binarized column c
+    /// (column masks: c counts binarized columns only; element masks: all columns).
+    private let signWords: [UInt64]
+    /// Element masks: salient flags in the same layout; nil for column masks.
+    private let maskWords: [UInt64]?
+    private let wordsPerRow: Int
+    private let scale: [Float], offset: [Float]
+    // Column masks.
+    private let binaryColumns: [Int]
+    private let salientColumns: [Int]
+    private let columnScale: [Float]
+    /// Salient codes `[outFeatures, salientColumns.count]`: nibbles (≤ 4 bits) or bytes.
+    private let salientCodes: [UInt8]
+    private let salientFormat: LowBit.CodeFormat
+    // Element masks (CSR over rows).
+    private let rowStart: [Int]
+    private let salientColumnIndex: [Int32]
+    private let salientScale: [Float], salientZero: [Float]
+
+    /// Bytes held for this layer at run time (bits, codes, per-row and per-column parameters).
+    public var storageBytes: Int {
+        8 * (signWords.count + (maskWords?.count ?? 0)) + salientCodes.count + 4 * salientColumnIndex.count
+            + 4 * (scale.count + offset.count + columnScale.count + salientScale.count + salientZero.count
+                   + (bias?.count ?? 0))
+    }
+
+    /// What runs, for reports: `binary 1-bit + 4-bit salient columns (20.1 %)`.
+    public var kernelDescription: String {
+        let share = maskKind == .columns
+            ? Double(salientColumns.count) / Double(max(1, inFeatures))
+            : Double(salientColumnIndex.count) / Double(max(1, inFeatures * outFeatures))
+        return "binary 1-bit + \(salientBits)-bit salient \(maskKind.rawValue) (\(String(format: "%.1f", 100 * share)) %)"
+    }
+
+    /// Converts a binary `QuantizedLinear` to run-time storage; throws a `PTQError` naming the
+    /// layer for inconsistent sizes, codes out of range, non-finite parameters or quantized
+    /// activations.
+    public init(_ q: QuantizedLinear) throws(PTQError) {
+        let layer = q.name.isEmpty ? "quantized linear" : q.name
+        guard case .binary(let w) = q.weight else {
+            throw PTQError("\(layer): weight format '\(q.weight.formatName)' is not binary")
+        }
+        do { try q.validate() } catch { throw PTQError("\(layer): \(error.message)") }
+        name = q.name
+        inFeatures = w.columns
+        outFeatures = w.rows
+        maskKind = w.maskKind
+        salientBits = w.salientBits
+        bias = q.bias
+        scale = w.scale
+        offset = w.offset
+        salientScale = w.salientScale
+        salientZero = w.salientZero.map { Float($0) }
+        let rows = w.rows, columns = w.columns
+        switch w.maskKind {
+        case .columns:
+            binaryColumns = (0..<columns).filter { !w.salientMask[$0] }
+            salientColumns = (0..<columns).filter { w.salientMask[$0] }
+            let nb = binaryColumns.count, ns = salientColumns.count
+            wordsPerRow = BinaryKernels.wordsPerRow(nb)
+            signWords = BinaryKernels.packBits(rows: rows, columns: nb) { r, c in w.signs[r * nb + c] != 0 }
+            maskWords = nil
+            columnScale = w.columnScale ?? [Float](repeating: 1, count: nb)
+            salientFormat = w.salientBits <= 4 ? .u4 : .u8
+            salientCodes = salientFormat == .u4 ? LowBit.packNibbles(w.salientCodes, rows: rows, columns: ns)
+                : w.salientCodes
+            rowStart = []
+            salientColumnIndex = []
+        case .elements:
+            binaryColumns = []
+            salientColumns = []
+            columnScale = []
+            wordsPerRow = BinaryKernels.wordsPerRow(columns)
+            // Scatter the position-ordered signs onto the full column grid (salient lanes 0, masked).
+            var signs = [UInt64](repeating: 0, count: rows * wordsPerRow)
+            var next = 0
+            var starts = [Int](repeating: 0, count: rows + 1)
+            var index: [Int32] = []
+            index.reserveCapacity(w.salientCodes.count)
+            for r in 0..<rows {
+                for c in 0..<columns {
+                    if w.salientMask[r * columns + c] {
+                        index.append(Int32(c))
+                    } else {
+                        if w.signs[next] != 0 { signs[r * wordsPerRow + c >> 6] |= 1 << UInt64(c & 63) }
+                        next += 1
+                    }
+                }
+                starts[r + 1] = index.count
+            }
+            signWords = signs
+            maskWords = BinaryKernels.packBits(rows: rows, columns: columns) { r, c in w.salientMask[r * columns + c] }
+            salientFormat = .u8
+            salientCodes = w.salientCodes
+            rowStart = starts
+            salientColumnIndex = index
+        }
+    }
+
+    /// Rows up to which one GEMV per row beats dequantized tiles + sgemm (as `IntegerLinear`).
+    static let gemvRowLimit = 8
+
+    public func forward(_ x: UnsafePointer<Float>, rows: Int, into y: UnsafeMutablePointer<Float>) {
+        guard rows > 0 else { return }
+        if rows <= Self.gemvRowLimit {
+            for t in 0..<rows { gemv(x + t * inFeatures, y + t * outFeatures, reference: false) }
+        } else {
+            dequantizedProduct(x, rows: rows, y)
+        }
+        if let bias {
+            bias.withUnsafeBufferPointer { Ops.addBias($0.baseAddress!, rows: rows, width: outFeatures, into: y) }
+        }
+    }
+
+    /// One activation row through the scalar reference kernels (tests).
+    public func forwardReference(_ x: UnsafePointer<Float>, into y: UnsafeMutablePointer<Float>) {
+        gemv(x, y, reference: true)
+        if let bias {
+            bias.withUnsafeBufferPointer { Ops.addBias($0.baseAddress!, rows: 1, width: outFeatures, into: y) }
+        }
+    }
+
+    /// `y = W x` for one activation row, from the bits and codes.
+    private func gemv(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, reference: Bool) {
+        let n = outFeatures
+        var padded = [Float](repeating: 0, count: 64 * wordsPerRow)
+        switch maskKind {
+        case .columns:
+            var sum: Float = 0
+            for (k, j) in binaryColumns.enumerated() {
+                let v = columnScale[k] * x[j]
+                padded[k] = v
+                sum += v
+            }
+            signWords.withUnsafeBufferPointer { s in
+                scale.withUnsafeBufferPointer { a in
+                    offset.withUnsafeBufferPointer { b in
+                        BinaryKernels.gemv(signs: s.baseAddress!, mask: nil, wordsPerRow: wordsPerRow, rows: n,
+                                           x: padded, xSum: sum, a: a.baseAddress!, b: b.baseAddress!, y: y,
+                                           rest: nil, reference: reference)
+                    }
+                }
+            }
+            let ns = salientColumns.count
+            guard ns > 0 else { return }
+            let xs = salientColumns.map { x[$0] }
+            var ys = [Float](repeating: 0, count: n)
+            salientCodes.withUnsafeBufferPointer { c in
+                salientScale.withUnsafeBufferPointer { d in
+                    salientZero.withUnsafeBufferPointer { z in
+                        if reference {
+                            LowBit.gemvReference(salientFormat, codes: c.baseAddress!, rows: n, columns: ns, groupSize: ns,
+                                                 scales: d.baseAddress!, zeros: z.baseAddress!, x: xs, y: &ys)
+                        } else {
+                            LowBit.gemv(salientFormat, codes: c.baseAddress!, rows: n, columns: ns, groupSize: ns,
+                                        scales: d.baseAddress!, zeros: z.baseAddress!, x: xs, y: &ys)
+                        }
+                    }
+                }
+            }
+            for o in 0..<n { y[o] += ys[o] }
+        case .elements:
+            var total: Float = 0
+            for j in 0..<inFeatures {
+                padded[j] = x[j]
+                total += x[j]
+            }
+            var rest = [Float](repeating: 0, count: n)
+            signWords.withUnsafeBufferPointer { s in
+                maskWords!.withUnsafeBufferPointer { m in
+                    scale.withUnsafeBufferPointer { a in
+                        offset.withUnsafeBufferPointer { b in
+                            BinaryKernels.gemv(signs: s.baseAddress!, mask: m.baseAddress!, wordsPerRow: wordsPerRow,
+                                               rows: n, x: padded, xSum: total, a: a.baseAddress!, b: b.baseAddress!,
+                                               y: y, rest: &rest, reference: reference)
+                        }
+                    }
+                }
+            }
+            // Sparse salient part: Δ·(Σ q·x − z·Σ_salient x), Σ_salient x = Σx − Σ_binarized x.
+            for o in 0..<n {
+                var dot: Float = 0
+                for e in rowStart[o]..<rowStart[o + 1] { dot += Float(salientCodes[e]) * x[Int(salientColumnIndex[e])] }
+                y[o] += salientScale[o] * (dot - salientZero[o] * (total - rest[o]))
+            }
+        }
+    }
+
+    /// Output rows `range` as float into `tile[range.count, inFeatures]` (the same values as
+    /// `BinaryWeight.dequantizedReference`).
+    func dequantizeRows(_ range: Range<Int>, into tile: UnsafeMutablePointer<Float>) {
+        let k = inFeatures
+        for (t, o) in range.enumerated() {
+            let row = tile + t * k
+            let words = o * wordsPerRow
+            switch maskKind {
+            case .columns:
+                for (c, j) in binaryColumns.enumerated() {
+                    let s: Float = (signWords[words + c >> 6] >> UInt64(c & 63)) & 1 != 0 ? 1 : -1
+                    row[j] = columnScale[c] * (scale[o] * s + offset[o])
+                }
+                let ns = salientColumns.count
+                for (c, j) in salientColumns.enumerated() {
+                    let u: UInt8
+                    if salientFormat == .u4 {
+                        let byte = salientCodes[o * LowBit.nibbleRowBytes(ns) + c >> 1]
+                        u = c & 1 == 0 ? byte & 0x0F : byte >> 4
+                    } else {
+                        u = salientCodes[o * ns + c]
+                    }
+                    row[j] = salientScale[o] * (Float(u) - salientZero[o])
+                }
+            case .elements:
+                for j in 0..<k {
+                    let s: Float = (signWords[words + j >> 6] >> UInt64(j & 63)) & 1 != 0 ? 1 : -1
+                    row[j] = scale[o] * s + offset[o]
+                }
+                for e in rowStart[o]..<rowStart[o + 1] {
+                    row[Int(salientColumnIndex[e])] = salientScale[o] * (Float(salientCodes[e]) - salientZero[o])
+                }
+            }
+        }
+    }
+
+    /// Several activation rows: tiles of output rows dequantized into scratch, one sgemm each.
+    private func dequantizedProduct(_ x: UnsafePointer<Float>, rows: Int, _ y: UnsafeMutablePointer<Float>) {
+        let k = inFeatures, n = outFeatures
+        let tileRows = min(n, LowBit.defaultTileRows(inFeatures: k))
+        let scratch = UnsafeMutablePointer<Float>.allocate(capacity: tileRows * k)
+        defer { scratch.deallocate() }
+        let pscratch = SendablePointer(scratch)
+        for r0 in stride(from: 0, to: n, by: tileRows) {
+            let r1 = min(n, r0 + tileRows)
+            Parallel.forEachChunk(r1 - r0, minimumChunk: 16) { part in
+                self.dequantizeRows((r0 + part.lowerBound)..<(r0 + part.upperBound),
+                                    into: pscratch.base + part.lowerBound * k)
+            }
+            BLAS.gemm(m: rows, n: r1 - r0, k: k, a: x, lda: k, b: scratch, ldb: k, transposeB: true,
+                      c: y + r0, ldc: n)
+        }
+    }
+}

@@ -1,0 +1,208 @@
+import Foundation
+import Testing
+import Kernels
+import Packing
+@testable import PTQKit
+import Quantizers
+import QuantizedRuntime
+
+/// PTQ1.61's packed binary format, its packing and its bit-level kernel.
+@Suite("BinaryWeight")
+struct BinaryWeightTests {
+    static func randomWeight(rows: Int, columns: Int, seed: UInt64) -> [Float] {
+        var rng = SeededGenerator(seed: seed)
+        return (0..<(rows * columns)).map { _ in rng.float(in: -0.05...0.05) }
+    }
+
+    /// PTQ1.61 parameters with non-trivial learned scales (α, r1, r2 moved off their start).
+    static func parameters(rows: Int, columns: Int, salientColumns: Int, seed: UInt64) -> BinarizationParameters {
+        var rng = SeededGenerator(seed: seed &+ 1)
+        let w = randomWeight(rows: rows, columns: columns, seed: seed)
+        let statistic = (0..<columns).map { _ in rng.float(in: 0...10) }
+        var mask = [Bool](repeating: false, count: columns)
+        if salientColumns >= columns {
+            mask = [Bool](repeating: true, count: columns)
+        } else if salientColumns > 0 {
+            mask = BinarizationParameters.salientMask(channelStatistic: statistic,
+                                                      ratio: Double(salientColumns) / Double(columns))
+        }
+        var p = BinarizationParameters.initial(weight: w, rows: rows, columns: columns, salientMask: mask)
+        p.alpha = p.alpha.map { $0 * rng.float(in: 0.8...1.2) }
+        p.rowScale = p.rowScale.map { _ in rng.float(in: 0.7...1.3) }
+        p.columnScale = p.columnScale.map { _ in rng.float(in: 0.7...1.3) }
+        return p
+    }
+
+    static func linear(_ w: BinaryWeight, bias: [Float]?) -> QuantizedLinear {
+        QuantizedLinear(name: "layers/0/mlp/up_proj", method: "ptq161", weight: .binary(w), bias: bias)
+    }
+
+    /// y = W x + bias with W from the reference dequantizer, in double.
+    static func product(_ w: [Float], rows: Int, columns: Int, x: [Float], xRows: Int, bias: [Float]?) -> [Float] {
+        var y = [Float](repeating: 0, count: xRows * rows)
+        for t in 0..<xRows {
+            for o in 0..<rows {
+                var s = 0.0
+                for j in 0..<columns { s += Double(w[o * columns + j]) * Double(x[t * columns + j]) }
+                y[t * rows + o] = Float(s) + (bias?[o] ?? 0)
+            }
+        }
+        return y
+    }
+
+    @Test func signPackingAndMeanTies() throws {
+        // Row 0 has an element exactly at its mean: sign(0) packs as +1 (the reference's
+        // torch.sign gives 0; the code maps it to +1).
+        let w: [Float] = [1, 2, 3, 0.5, 0.5, 0.5]
+        let p = BinarizationParameters.initial(weight: w, rows: 2, columns: 3, salientMask: [false, false, false])
+        #expect(p.mean == [2, 0.5])
+        let b = BinaryWeight(p)
+        #expect(b.signs == [0, 1, 1, 1, 1, 1])
+        // Row 1 is W == μ everywhere: every sign +1, value = α + μ.
+        let d = b.dequantizedReference()
+        #expect(d[3] == BinaryWeight.half(p.alpha[1]) + 0.5)
+        #expect(b.salientCount == 0 && b.binaryCount == 6 && b.binaryColumnCount == 3)
+    }
+
+    @Test func maskSelection() {
+        // ⌊0.2·10⌋ = 2 → threshold is the third largest; ties at the threshold join the mask.
+        let stat: [Float] = [1, 9, 3, 9, 2, 7, 7, 0, 5, 4]
+        let mask = BinarizationParameters.salientMask(channelStatistic: stat, ratio: 0.2)
+        #expect(mask == [false, true, false, true, false, true, true, false, false, false])
+        #expect(BinarizationParameters.salientMask(channelStatistic: stat, ratio: 0).allSatisfy { !$0 })
+    }
+
+    @Test(arguments: [(7, 100, 20), (1, 64, 13), (5, 33, 0), (4, 20, 20), (9, 130, 1)])
+    func referenceDequantizerMatchesParameters(rows: Int, columns: Int, salient: Int) {
+        let p = Self.parameters(rows: rows, columns: columns, salientColumns: salient, seed: UInt64(rows * 1000 + columns))
+        let want = p.dequantized()
+        let got = BinaryWeight(p).dequantizedReference()
+        // Only the float16 rounding of a, b, Δ, r2 separates them (relative 2^-11 each).
+        for i in want.indices {
+            #expect(abs(got[i] - want[i]) <= 3e-3 * abs(want[i]) + 1e-7, "element \(i): \(got[i]) vs \(want[i])")
+        }
+    }
+
+    @Test func packRoundTripAndValidation() throws {
+        let p = Self.parameters(rows: 6, columns: 70, salientColumns: 14, seed: 11)
+        let b = BinaryWeight(p)
+        let q = Self.linear(b, bias: (0..<6).map { Float($0) * 0.1 })
+        let packed = PackedModel(config: SyntheticModels.llamaConfig(), tokenizer: SyntheticModels.llamaTokenizer(),
+                                 floatTensors: [:], quantizedLinears: [q.name: q], recipe: "test", statsHash: nil,
+                                 modelIdentity: "x", toolVersion: "test", metadata: [:])
+        let path = SyntheticModels.temporaryPath("binary.ptq")
+        try PackedFile.write(packed, to: path)
+        let read = try PackedFile.read(path: path)
+        #expect(read.quantizedLinears[q.name] == q)
+        let row = try #require(try PackedFile.summary(path: path).tensors.first { $0.name == q.name })
+        #expect(row.format == "binary" && row.bits == 4)
+
+        // Writer refuses what the file could not hold exactly.
+        var bad = b
+        bad.scale[0] = 0.1  // not a float16 value
+        #expect(throws: PTQError.self) { try Self.linear(bad, bias: nil).validate() }
+        bad = b
+        bad.signs[3] = 2
+        #expect(throws: PTQError.self) { try Self.linear(bad, bias: nil).validate() }
+        bad = b
+        bad.salientCodes.removeLast()
+        #expect(throws: PTQError.self) { try PackedFile.write(PackedModel(
+            config: SyntheticModels.llamaConfig(), tokenizer: SyntheticModels.llamaTokenizer(), floatTensors: [:],
+            quantizedLinears: [q.name: Self.linear(bad, bias: nil)], recipe: "t", statsHash: nil, modelIdentity: "x",
+            toolVersion: "t", metadata: [:]), to: SyntheticModels.temporaryPath("bad-binary.ptq")) }
+    }
+
+    /// Kernel against the reference dequantized layer: random and odd shapes, all-salient,
+    /// no-salient, rows with W == μ, one row; GEMV, tiles + sgemm, and the scalar twins.
+    @Test(arguments: [(16, 200, 40), (1, 64, 12), (5, 33, 0), (8, 20, 20), (3, 129, 1), (24, 576, 116)])
+    func kernelMatchesReference(rows: Int, columns: Int, salient: Int) throws {
+        var p = Self.parameters(rows: rows, columns: columns, salientColumns: salient, seed: UInt64(rows + columns))
+        if rows > 2 {
+            // A row with W == μ everywhere: all signs +1.
+            for j in 0..<columns where !p.salientMask[j] { p.signs[columns + j] = 1 }
+        }
+        let b = BinaryWeight(p)
+        let bias: [Float]? = rows % 2 == 0 ? (0..<rows).map { Float($0) * 0.01 } : nil
+        try checkKernel(b, bias: bias, seed: UInt64(columns))
+    }
+
+    /// Element masks with 8-bit salient codes (PB-LLM-style) through the same kernel.
+    @Test(arguments: [(6, 100), (1, 64), (9, 131)])
+    func elementMaskKernel(rows: Int, columns: Int) throws {
+        var rng = SeededGenerator(seed: UInt64(rows * columns))
+        let count = rows * columns
+        let mask = (0..<count).map { _ in rng.next() % 10 == 0 }
+        let salient = mask.filter { $0 }.count
+        let w = BinaryWeight(
+            rows: rows, columns: columns, maskKind: .elements, salientMask: mask, salientBits: 8,
+            salientCodes: (0..<salient).map { _ in UInt8(rng.next() % 256) },
+            salientScale: (0..<rows).map { _ in BinaryWeight.half(rng.float(in: 0.001...0.01)) },
+            salientZero: (0..<rows).map { _ in UInt8(rng.next() % 256) },
+            signs: (0..<(count - salient)).map { _ in UInt8(rng.next() % 2) },
+            scale: (0..<rows).map { _ in BinaryWeight.half(rng.float(in: 0.01...0.05)) },
+            offset: (0..<rows).map { _ in BinaryWeight.half(rng.float(in: -0.01...0.01)) }, columnScale: nil)
+        try Self.linear(w, bias: nil).validate()
+        try checkKernel(w, bias: nil, seed: 3)
+    }
+
+    func checkKernel(_ b: BinaryWeight, bias: [Float]?, seed: UInt64) throws {
+        let rows = b.rows, columns = b.columns
+        let layer = try BinaryLinear(Self.linear(b, bias: bias))
+        let dense = b.dequantizedReference()
+        var rng = SeededGenerator(seed: seed)
+        for xRows in [1, 3, 12] {
+            let x = (0..<(xRows * columns)).map { _ in rng.float(in: -2...2) }
+            var y = [Float](repeating: 0, count: xRows * rows)
+            x.withUnsafeBufferPointer { xp in
+                y.withUnsafeMutableBufferPointer { layer.forward(xp.baseAddress!, rows: xRows, into: $0.baseAddress!) }
+            }
+            let want = Self.product(dense, rows: rows, columns: columns, x: x, xRows: xRows, bias: bias)
+            let scale = (want.map(abs).max() ?? 0) + 1e-3
+            for i in want.indices {
+                #expect(abs(y[i] - want[i]) <= 1e-4 * scale, "\(rows)×\(columns) \(xRows) rows, output \(i): \(y[i]) vs \(want[i])")
+            }
+            if xRows == 1 {
+                var yRef = [Float](repeating: 0, count: rows)
+                x.withUnsafeBufferPointer { xp in
+                    yRef.withUnsafeMutableBufferPointer { layer.forwardReference(xp.baseAddress!, into: $0.baseAddress!) }
+                }
+                for i in want.indices {
+                    #expect(abs(yRef[i] - want[i]) <= 1e-4 * scale)
+                    #expect(abs(yRef[i] - y[i]) <= 1e-5 * scale, "fast vs _ref, output \(i)")
+                }
+            }
+        }
+    }
+
+    /// The C kernel alone: fast path and scalar twin agree on random bits, with and without a mask.
+    @Test func fastKernelEqualsReference() {
+        var rng = SeededGenerator(seed: 99)
+        let rows = 37, words = 5
+        let signs = (0..<(rows * words)).map { _ in rng.next() }
+        let mask = (0..<(rows * words)).map { _ in rng.next() & rng.next() }
+        let x = (0..<(64 * words)).map { _ in rng.float(in: -1...1) }
+        let a = (0..<rows).map { _ in rng.float(in: 0...1) }, b = (0..<rows).map { _ in rng.float(in: -1...1) }
+        for useMask in [false, true] {
+            var fast = [Float](repeating: 0, count: rows), ref = fast, restFast = fast, restRef = fast
+            mask.withUnsafeBufferPointer { m in
+                let mp = useMask ? m.baseAddress : nil
+                BinaryKernels.gemv(signs: signs, mask: mp, wordsPerRow: words, rows: rows, x: x, xSum: 0.5, a: a, b: b,
+                                   y: &fast, rest: &restFast)
+                BinaryKernels.gemv(signs: signs, mask: mp, wordsPerRow: words, rows: rows, x: x, xSum: 0.5, a: a, b: b,
+                                   y: &ref, rest: &restRef, reference: true)
+            }
+            for o in 0..<rows {
+                #expect(abs(fast[o] - ref[o]) <= 1e-4, "mask \(useMask) row \(o)")
+                #expect(abs(restFast[o] - restRef[o]) <= 1e-4)
+            }
+            // Row 0 by hand.
+            var acc: Float = 0, n: Float = 0
+            for k in 0..<(64 * words) {
+                if useMask && (mask[k >> 6] >> UInt64(k & 63)) & 1 == 1 { continue }
+                acc += (signs[k >> 6] >> UInt64(k & 63)) & 1 == 1 ? x[k] : -x[k]
+                n += x[k]
+            }
+            #expect(abs(ref[0] - (a[0] * acc + b[0] * (useMask ? n : 0.5))) <= 1e-4)
+        }
+    }
+}

@@ -1,0 +1,115 @@
+import Foundation
+import Testing
+import Calibration
+import Kernels
+@testable import PTQKit
+import Quantizers
+@testable import Recipes
+
+/// PTQ1.61's quantizer (none / layer-wise) and the partial-binarization baselines.
+@Suite("PTQ161")
+struct PTQ161Tests {
+    /// ‖X·Wᵀ − X·Ŵᵀ‖² / ‖X·Wᵀ‖² for row-major `w`, `q` `[out, n]`.
+    static func outputError(_ x: [Float], rows: Int, w: [Float], q: [Float], out: Int, n: Int) -> Double {
+        var error = 0.0, total = 0.0
+        for r in 0..<rows {
+            for o in 0..<out {
+                var a = 0.0, b = 0.0
+                for j in 0..<n {
+                    a += Double(x[r * n + j]) * Double(w[o * n + j])
+                    b += Double(x[r * n + j]) * Double(q[o * n + j])
+                }
+                error += (a - b) * (a - b)
+                total += a * a
+            }
+        }
+        return error / total
+    }
+
+    static func plan(_ method: String, _ parameters: [String: RecipeValue] = [:], out: Int, n: Int) -> LayerPlan {
+        let entries = parameters.sorted(by: { $0.key < $1.key }).map {
+            MethodParameters.Entry(key: $0.key, keyLine: 1, path: "p.\($0.key)", value: $0.value)
+        }
+        let p = MethodParameters(source: "t", path: "p", method: method, line: 1, entries: entries)
+        return LayerPlan(name: "layers/0/mlp/up_proj", method: method, weight: WeightScheme(bits: 4, symmetric: false),
+                         activation: nil, parameters: p, ruleLine: nil, outFeatures: out, inFeatures: n, hasBias: false)
+    }
+
+    static let out = 24, n = 64, rows = 300
+
+    static func fixture() -> (w: Tensor, x: [Float], stats: PointStatistics) {
+        var rng = SeededGenerator(seed: 7)
+        let w = Tensor(shape: [out, n], data: (0..<(out * n)).map { _ in rng.float(in: -0.1...0.1) })
+        let x = GPTQTests.inputs(rows: rows, channels: n, seed: 3)
+        let stats = PointStatistics(channels: n, kinds: [.channelRange, .gram])
+        x.withUnsafeBufferPointer { stats.add($0, rows: rows) }
+        return (w, x, stats)
+    }
+
+    @Test func layerwiseLowersTheOutputError() throws {
+        let (w, x, stats) = Self.fixture()
+        let layer = LinearLayer(name: "layers/0/mlp/up_proj", weight: w, bias: nil, inputPoint: "p")
+        var errors: [String: Double] = [:]
+        for mode in ["none", "layerwise"] {
+            let q = try PTQ161Quantizer(plan: Self.plan("ptq161", ["optimization": .string(mode, line: 1)], out: Self.out, n: Self.n))
+            let linear = try q.quantize(layer, statistics: stats)
+            guard case .binary(let b) = linear.weight else { Issue.record("not binary"); return }
+            try linear.validate()
+            // 20 % of 64 columns → ⌊12.8⌋ + 1 = 13 salient columns (ties aside).
+            #expect(b.salientMask.filter { $0 }.count >= 13)
+            errors[mode] = Self.outputError(x, rows: Self.rows, w: w.data, q: b.dequantizedReference(), out: Self.out, n: Self.n)
+        }
+        let none = try #require(errors["none"]), layerwise = try #require(errors["layerwise"])
+        #expect(layerwise < 0.8 * none, "layerwise \(layerwise) vs none \(none)")
+        // The seam's parameters reproduce the optimised layer.
+        let p0 = try PTQ161Quantizer.initialParameters(for: layer, statistics: stats, salientRatio: 0.2, salientBits: 4)
+        let result = LayerwiseBinarization().optimize(p0, weight: w.data, hessian: stats.gram!)
+        #expect(result.after < result.before)
+        #expect(result.parameters.salientCodes == p0.salientCodes && result.parameters.mean == p0.mean)
+    }
+
+    @Test func blockwiseIsRefusedClearly() {
+        #expect { try PTQ161Quantizer(plan: Self.plan("ptq161", ["optimization": .string("blockwise", line: 3)], out: 2, n: 2)) }
+            throws: { ($0 as? PTQError)?.message.contains("not available in this build") == true }
+    }
+
+    @Test func pbllmMaskGridsAndErrorFeedback() throws {
+        let (w, x, stats) = Self.fixture()
+        let layer = LinearLayer(name: "layers/0/mlp/up_proj", weight: w, bias: nil, inputPoint: "p")
+        var errors: [Bool: Double] = [:]
+        for gptq in [false, true] {
+            let q = try PBLLMQuantizer(plan: Self.plan("pbllm", ["gptq": .bool(gptq, line: 1)], out: Self.out, n: Self.n))
+            let linear = try q.quantize(layer, statistics: stats)
+            try linear.validate()
+            guard case .binary(let b) = linear.weight else { Issue.record("not binary"); return }
+            #expect(b.maskKind == .elements && b.salientBits == 8)
+            #expect(b.salientCount == Int((0.1 * Double(Self.out * Self.n)).rounded()))
+            let d = b.dequantizedReference()
+            if !gptq {
+                // Salient weights are the largest |w| and lie within one 8-bit step (half a step
+                // inside the range; the integer zero point can shift the ends by another half).
+                let smallestSalient = w.data.indices.filter { b.salientMask[$0] }.map { abs(w.data[$0]) }.min()!
+                let largestOther = w.data.indices.filter { !b.salientMask[$0] }.map { abs(w.data[$0]) }.max()!
+                #expect(smallestSalient >= largestOther)
+                for i in w.data.indices where b.salientMask[i] {
+                    #expect(abs(d[i] - w.data[i]) <= 1.0001 * b.salientScale[i / Self.n] + 1e-7)
+                }
+            }
+            errors[gptq] = Self.outputError(x, rows: Self.rows, w: w.data, q: d, out: Self.out, n: Self.n)
+        }
+        #expect(errors[true]! < errors[false]!, "GPTQ feedback \(errors[true]!) vs plain \(errors[false]!)")
+    }
+
+    @Test func plainBinarization() throws {
+        let w = Tensor(shape: [2, 4], data: [0.1, 0.3, -0.1, 0.5, 1, 1, 1, 1])
+        let q = try BinarizeQuantizer(plan: Self.plan("binarize", out: 2, n: 4))
+            .quantize(LinearLayer(name: "layers/0/mlp/up_proj", weight: w, bias: nil, inputPoint: "p"), statistics: nil)
+        guard case .binary(let b) = q.weight else { Issue.record("not binary"); return }
+        // Row 0: μ = 0.2, α = mean |w − μ| = 0.2 → values 0.4 / 0.0; row 1 (W == μ): all +1, α = 0.
+        let d = b.dequantizedReference()
+        let mu = BinaryWeight.half(0.2), alpha = BinaryWeight.half(0.2)
+        #expect(d[0] == mu - alpha && d[1] == mu + alpha && d[2] == mu - alpha && d[3] == mu + alpha)
+        #expect(Array(d[4...]) == [1, 1, 1, 1])
+        #expect(b.signs == [0, 1, 0, 1, 1, 1, 1, 1])
+    }
+}
