@@ -54,6 +54,9 @@ struct InspectCommand: ParsableCommand {
         print("  model identity \(summary.modelIdentity), stats \(summary.statsHash ?? "none")")
         print("  \(summary.parameterCount) parameters in \(formatBytes(summary.totalBytes)), "
               + String(format: "%.3f", summary.bitsPerWeight) + " bits per weight (\(summary.sectionCount) sections)")
+        print("  bits per weight from stored bytes: quantized linears " + String(format: "%.4f", summary.quantizedBitsPerWeight)
+              + " (\(summary.quantizedParameterCount) parameters in \(formatBytes(summary.quantizedStoredBytes))), payload "
+              + String(format: "%.4f", summary.bitsPerWeight) + ", whole file " + String(format: "%.4f", summary.fileBitsPerWeight))
         for (key, value) in summary.metadata.sorted(by: { $0.key < $1.key }) { print("  \(key): \(value)") }
         for row in summary.tensors {
             let group = row.groupSize.map { " g\($0)" } ?? ""

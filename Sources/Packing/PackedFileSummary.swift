@@ -77,6 +77,23 @@ public struct PackedFileSummary: Sendable, Encodable {
     /// Quantized activation sites (post-softmax probabilities), in point order.
     public var activationSites: [QuantizedActivationSite] = []
 
+    /// The quantized linears together: weights (and biases) of every non-float row.
+    public var quantizedParameterCount: Int {
+        tensors.lazy.filter { $0.kind != "float" }.reduce(0) { $0 + $1.parameterCount }
+    }
+    /// Stored bytes of the quantized linears' sections.
+    public var quantizedStoredBytes: Int {
+        tensors.lazy.filter { $0.kind != "float" }.reduce(0) { $0 + $1.storedBytes }
+    }
+    /// 8 × stored bytes / parameters over the quantized linears only (0 when there are none).
+    public var quantizedBitsPerWeight: Double {
+        quantizedParameterCount > 0 ? 8 * Double(quantizedStoredBytes) / Double(quantizedParameterCount) : 0
+    }
+    /// 8 × the whole file's size (header, manifest, tokenizer, table included) / all parameters.
+    public var fileBitsPerWeight: Double {
+        parameterCount > 0 ? 8 * Double(totalBytes) / Double(parameterCount) : 0
+    }
+
     enum CodingKeys: String, CodingKey {
         case config, recipe, metadata, tensors
         case activationSites = "activation_sites"
@@ -91,6 +108,10 @@ public struct PackedFileSummary: Sendable, Encodable {
         case totalBytes = "total_bytes"
         case sectionCount = "section_count"
         case bitsPerWeight = "bits_per_weight"
+        case quantizedParameterCount = "quantized_parameter_count"
+        case quantizedStoredBytes = "quantized_stored_bytes"
+        case quantizedBitsPerWeight = "quantized_bits_per_weight"
+        case fileBitsPerWeight = "file_bits_per_weight"
     }
 
     public func encode(to encoder: any Encoder) throws {
@@ -111,5 +132,9 @@ public struct PackedFileSummary: Sendable, Encodable {
         try c.encode(totalBytes, forKey: .totalBytes)
         try c.encode(sectionCount, forKey: .sectionCount)
         try c.encode(bitsPerWeight, forKey: .bitsPerWeight)
+        try c.encode(quantizedParameterCount, forKey: .quantizedParameterCount)
+        try c.encode(quantizedStoredBytes, forKey: .quantizedStoredBytes)
+        try c.encode(quantizedBitsPerWeight, forKey: .quantizedBitsPerWeight)
+        try c.encode(fileBitsPerWeight, forKey: .fileBitsPerWeight)
     }
 }

@@ -215,39 +215,59 @@ public final class BinaryLinear: LinearOp {
     }
 
     /// Output rows `range` as float into `tile[range.count, inFeatures]` (the same values as
-    /// `BinaryWeight.dequantizedReference`).
+    /// `BinaryWeight.dequantizedReference`). Runs on raw pointers: it is the prefill path.
     func dequantizeRows(_ range: Range<Int>, into tile: UnsafeMutablePointer<Float>) {
-        let k = inFeatures
-        for (t, o) in range.enumerated() {
-            let row = tile + t * k
-            let words = o * wordsPerRow
-            switch maskKind {
-            case .columns:
-                for (c, j) in binaryColumns.enumerated() {
-                    let s: Float = (signWords[words + c >> 6] >> UInt64(c & 63)) & 1 != 0 ? 1 : -1
-                    row[j] = columnScale[c] * (scale[o] * s + offset[o])
-                }
-                let ns = salientColumns.count
-                for (c, j) in salientColumns.enumerated() {
-                    let u: UInt8
-                    if salientFormat == .u4 {
-                        let byte = salientCodes[o * LowBit.nibbleRowBytes(ns) + c >> 1]
-                        u = c & 1 == 0 ? byte & 0x0F : byte >> 4
-                    } else {
-                        u = salientCodes[o * ns + c]
+        let k = inFeatures, wpr = wordsPerRow
+        signWords.withUnsafeBufferPointer { sw in
+        salientCodes.withUnsafeBufferPointer { codes in
+        scale.withUnsafeBufferPointer { a in
+        offset.withUnsafeBufferPointer { b in
+        salientScale.withUnsafeBufferPointer { d in
+        salientZero.withUnsafeBufferPointer { z in
+            let sw = sw.baseAddress!, a = a.baseAddress!, b = b.baseAddress!, d = d.baseAddress!, z = z.baseAddress!
+            for (t, o) in range.enumerated() {
+                let row = tile + t * k
+                let words = sw + o * wpr
+                let plus = a[o] + b[o], minus = b[o] - a[o]
+                switch maskKind {
+                case .columns:
+                    binaryColumns.withUnsafeBufferPointer { cols in
+                        columnScale.withUnsafeBufferPointer { r2 in
+                            for c in 0..<cols.count {
+                                let bit = (words[c >> 6] >> UInt64(c & 63)) & 1
+                                row[cols[c]] = r2[c] * (bit != 0 ? plus : minus)
+                            }
+                        }
                     }
-                    row[j] = salientScale[o] * (Float(u) - salientZero[o])
-                }
-            case .elements:
-                for j in 0..<k {
-                    let s: Float = (signWords[words + j >> 6] >> UInt64(j & 63)) & 1 != 0 ? 1 : -1
-                    row[j] = scale[o] * s + offset[o]
-                }
-                for e in rowStart[o]..<rowStart[o + 1] {
-                    row[Int(salientColumnIndex[e])] = salientScale[o] * (Float(salientCodes[e]) - salientZero[o])
+                    let ns = salientColumns.count
+                    guard ns > 0, let codes = codes.baseAddress else { continue }
+                    salientColumns.withUnsafeBufferPointer { cols in
+                        if salientFormat == .u4 {
+                            let p = codes + o * LowBit.nibbleRowBytes(ns)
+                            for c in 0..<ns {
+                                let byte = p[c >> 1]
+                                let u = c & 1 == 0 ? byte & 0x0F : byte >> 4
+                                row[cols[c]] = d[o] * (Float(u) - z[o])
+                            }
+                        } else {
+                            let p = codes + o * ns
+                            for c in 0..<ns { row[cols[c]] = d[o] * (Float(p[c]) - z[o]) }
+                        }
+                    }
+                case .elements:
+                    for j in 0..<k {
+                        let bit = (words[j >> 6] >> UInt64(j & 63)) & 1
+                        row[j] = bit != 0 ? plus : minus
+                    }
+                    guard let codes = codes.baseAddress else { continue }
+                    salientColumnIndex.withUnsafeBufferPointer { idx in
+                        for e in rowStart[o]..<rowStart[o + 1] {
+                            row[Int(idx[e])] = d[o] * (Float(codes[e]) - z[o])
+                        }
+                    }
                 }
             }
-        }
+        }}}}}}
     }
 
     /// Several activation rows: tiles of output rows dequantized into scratch, one sgemm each.

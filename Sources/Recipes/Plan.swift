@@ -58,6 +58,25 @@ public struct LayerPlan: Sendable, Equatable {
             let split = (weight.bits + 2) * outFeatures * inFeatures + groupCount * 3 * 64
             return split + (hasBias ? 32 * outFeatures : 0)
         }
+        if ["ptq161", "pbllm", "binarize"].contains(method) {
+            // Partial binarization (`binary` format): a sign bit per binarized weight, salient
+            // codes, float16 a, b, Δ and a zero point per row; ptq161 adds a column mask bit and
+            // float16 r2 per binarized column, pbllm a mask bit per weight. Nominal share: the
+            // actual mask may flag a few more columns (ties at the threshold).
+            let defaults: [String: (Double, Int)] = ["ptq161": (0.2, 4), "pbllm": (0.1, 8), "binarize": (0, 2)]
+            let (ratio0, bits0) = defaults[method]!
+            let ratio = method == "binarize" ? 0 : parameters["salient_ratio"]?.doubleValue ?? ratio0
+            let bits = method == "binarize" ? bits0 : parameters["salient_bits"]?.intValue ?? bits0
+            let weights = Double(outFeatures * inFeatures)
+            var total = weights * ((1 - ratio) + ratio * Double(bits)) + Double(outFeatures * (3 * 16 + bits))
+            if method == "ptq161" {
+                let binaryColumns = (Double(inFeatures) * (1 - ratio)).rounded(.down)
+                total += Double(inFeatures) + 16 * binaryColumns
+            } else if method == "pbllm" {
+                total += weights
+            }
+            return Int(total.rounded()) + (hasBias ? 32 * outFeatures : 0)
+        }
         let weightBits = weight.bits * outFeatures * inFeatures
         let groupBits = groupCount * 32 * (weight.symmetric ? 1 : 2)
         return weightBits + groupBits + (hasBias ? 32 * outFeatures : 0)

@@ -118,6 +118,8 @@ struct AdversarialFuzzTests {
     /// mutations: 100 per format.
     @Test(arguments: [
         ("splitquant", "llama", "scheme: {method: splitquant, weight: {bits: 2, symmetric: false, group_size: 32}}"),
+        ("ptq161", "llama", "scheme: {method: ptq161, weight: {bits: 4, symmetric: false}, parameters: {optimization: layerwise}}"),
+        ("pbllm", "llama", "scheme: {method: pbllm, weight: {bits: 8, symmetric: false}}"),
         ("llmfp4", "llama", "scheme: {method: llmfp4, weight: {bits: 4, group_size: 32}, activation: {bits: 8, granularity: per_tensor}, parameters: {setting: fast}}"),
         ("adalog-attention", "llama", """
         scheme: {method: rtn, weight: {bits: 8}, activation: {bits: 8, granularity: per_token}}
@@ -157,8 +159,22 @@ struct AdversarialFuzzTests {
         }
         let split = try quantized("split", "scheme: {method: splitquant, weight: {bits: 2, symmetric: false}}")
         let fp = try quantized("fp", "scheme: {method: llmfp4, weight: {bits: 4}, activation: {bits: 8, granularity: per_tensor}, parameters: {setting: fast}}")
+        let binary = try quantized("ptq161", "scheme: {method: ptq161, weight: {bits: 4, symmetric: false}, parameters: {optimization: none}}")
+        let pb = try quantized("pbllm", "scheme: {method: pbllm, weight: {bits: 8, symmetric: false}}")
         let q = "layers/0/mlp/up_proj"
         let cases: [(String, PackedModel, [String], (inout QuantizedWeight) -> Void)] = [
+            ("binary sign bit 2", binary, [q, "sign bit 2"], { w in
+                if case .binary(var b) = w { b.signs[5] = 2; w = .binary(b) } }),
+            ("binary missing salient code", binary, [q, "salient codes for"], { w in
+                if case .binary(var b) = w { b.salientCodes.removeLast(); w = .binary(b) } }),
+            ("binary non-float16 scale", binary, [q, "binary scales value"], { w in
+                if case .binary(var b) = w { b.scale[0] = 0.1; w = .binary(b) } }),
+            ("binary column scales too short", binary, [q, "column scales"], { w in
+                if case .binary(var b) = w { b.columnScale?.removeLast(); w = .binary(b) } }),
+            ("binary mask flipped", pb, [q, "salient codes for"], { w in
+                if case .binary(var b) = w { b.salientMask[0].toggle(); w = .binary(b) } }),
+            ("binary codes too wide", pb, [q, "does not fit in 4 bits"], { w in
+                if case .binary(var b) = w { b.salientBits = 4; w = .binary(b) } }),
             ("split cluster id 3", split, [q, "cluster id 3"], { w in
                 if case .split(var s) = w { s.clusters[7] = 3; w = .split(s) } }),
             ("split missing scale", split, [q, "scales"], { w in

@@ -94,8 +94,16 @@ struct BinaryWeightTests {
         try PackedFile.write(packed, to: path)
         let read = try PackedFile.read(path: path)
         #expect(read.quantizedLinears[q.name] == q)
-        let row = try #require(try PackedFile.summary(path: path).tensors.first { $0.name == q.name })
+        let summary = try PackedFile.summary(path: path)
+        let row = try #require(summary.tensors.first { $0.name == q.name })
         #expect(row.format == "binary" && row.bits == 4)
+        // Bits per weight from the stored bytes: the layer, the quantized linears, the file.
+        let sections = try PackedFile.sections(path: path).filter { $0.name.hasPrefix("linear:\(q.name):") }
+        #expect(sections.count == 9)  // mask, signs, codes, zeros, scales, a, b, r2, bias
+        #expect(row.storedBytes == sections.reduce(0) { $0 + $1.storedSize })
+        #expect(summary.quantizedStoredBytes == row.storedBytes && summary.quantizedParameterCount == 6 * 70 + 6)
+        #expect(summary.quantizedBitsPerWeight == 8 * Double(row.storedBytes) / Double(6 * 70 + 6))
+        #expect(summary.fileBitsPerWeight == 8 * Double(summary.totalBytes) / Double(summary.parameterCount))
 
         // Writer refuses what the file could not hold exactly.
         var bad = b
