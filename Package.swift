@@ -54,7 +54,7 @@ let package = Package(
         .target(name: "QuantizedRuntime", dependencies: ["PTQCore", "Kernels", "Models", "Packing"]),
         // Library facade for Swift programs.
         .target(name: "PTQKit", dependencies: ["PTQCore", "Tokenizers", "Checkpoint", "Kernels", "Models", "Evaluation",
-                                               "Calibration", "Recipes", "Quantizers", "Packing", "QuantizedRuntime"]),
+                                               "Calibration", "Recipes", "Quantizers", "Packing", "QuantizedRuntime", "Training"]),
         // Command implementations (a library so tests can run commands in process).
         .target(name: "PTQCLI", dependencies: ["PTQKit", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
         .executableTarget(name: "ptq", dependencies: ["PTQCLI"]),

@@ -61,7 +61,7 @@ extension CalibrationSamples {
     /// `count` seeded windows of `settings.sequenceLength` tokens from the calibration text
     /// (tokenized whole), ready for a language model: the first token becomes BOS when its
     /// tokenizer adds one.
-    static func modelWindows(tokenizerSpec: TokenizerSpec, tokenizer: any Tokenizer, settings: CalibrationSettings,
+    public static func modelWindows(tokenizerSpec: TokenizerSpec, tokenizer: any Tokenizer, settings: CalibrationSettings,
                              count: Int) throws(PTQError) -> [[Int]] {
         let text: String
         do { text = try String(contentsOfFile: settings.dataPath, encoding: .utf8) } catch {

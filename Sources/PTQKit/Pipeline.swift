@@ -116,6 +116,7 @@ extension PTQ {
         }
         var quantized: [String: QuantizedLinear] = [:]
         let planned = Set(plan.map(\.name))
+        var blockwise: [String: PendingBlockLayer] = [:]
         let progress = ProgressReporter("quantize", total: plan.count, quiet: quiet)
         for layer in plan {
             let quantizer = try QuantizerRegistry.quantizer(for: layer)
@@ -130,8 +131,18 @@ extension PTQ {
                                     "statistics of '\(point)' have \(pointStatistics.channels) channels but layer "
                                     + "'\(layer.name)' has \(weight.shape[1]) inputs")
             }
-            quantized[layer.name] = try quantizer.quantize(input, statistics: pointStatistics)
+            if let reconstructed = quantizer as? any BinarizedBlockReconstruction, let budget = reconstructed.blockReconstruction {
+                // Finished below, block by block, once every layer has its starting point.
+                blockwise[layer.name] = (reconstructed, input, budget,
+                                         try reconstructed.initialParameters(for: input, statistics: pointStatistics))
+            } else {
+                quantized[layer.name] = try quantizer.quantize(input, statistics: pointStatistics)
+            }
             progress.advance(detail: layer.name)
+        }
+        if !blockwise.isEmpty {
+            let learned = try reconstructBlocks(blockwise, weights: CheckpointWeights(reader), recipe: recipe, quiet: quiet)
+            for (name, layer) in learned { quantized[name] = layer }
         }
         var floats: [String: Tensor] = [:]
         for name in reader.tensorNames {

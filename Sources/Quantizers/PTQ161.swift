@@ -17,10 +17,13 @@ import Recipes
 ///   output error `Σᵢ (wᵢ − ŵᵢ)ᵀ H (wᵢ − ŵᵢ)` with `H = XᵀX` from calibration, alternating the
 ///   closed-form 2×2 least squares per row for (a, b) = (α·r1, μ·r1) with r2 fixed and the
 ///   linear system for r2 with (a, b) fixed (`LayerwiseBinarization`).
-/// - `blockwise` (the paper's AdamW block reconstruction) needs the block backward pass; it is
-///   wired into the pipeline at integration, through `initialParameters(for:statistics:…)` and
-///   `quantizedLinear(_:parameters:…)`.
-public struct PTQ161Quantizer: Quantizer {
+/// - `blockwise` (the paper's): per decoder block, α, r1 and r2 of its seven linears are learned
+///   with AdamW against the float block (`BinarizedBlockReconstruction`; the pipeline runs the
+///   Training module's `BlockwiseScaleOptimizer`). Budget: `train_samples` windows of
+///   `train_seq_len` tokens from the calibration text × `epochs` (2-core default 32 × 512 × 2; the
+///   paper 128 × 2048 × 20), learning rates `lr_alpha` (5e-4) and `lr_scales` (1e-3) as the
+///   reference.
+public struct PTQ161Quantizer: BinarizedBlockReconstruction {
     public enum Optimization: String, Sendable, CaseIterable {
         case none, layerwise, blockwise
     }
@@ -33,7 +36,11 @@ public struct PTQ161Quantizer: Quantizer {
     /// Layer-wise relative damping of H (fraction of its mean diagonal).
     public let damping: Double
 
-    public static let parameterKeys: Set<String> = ["salient_ratio", "salient_bits", "optimization", "iterations", "damping"]
+    /// Budget of `blockwise`; nil for the per-layer modes.
+    public let blockReconstruction: BlockReconstructionBudget?
+
+    public static let parameterKeys: Set<String> = ["salient_ratio", "salient_bits", "optimization", "iterations", "damping",
+                                                     "train_samples", "train_seq_len", "epochs", "lr_alpha", "lr_scales"]
 
     public init(plan: LayerPlan) throws(PTQError) {
         let p = plan.parameters
@@ -45,8 +52,17 @@ public struct PTQ161Quantizer: Quantizer {
         iterations = try p.int("iterations", default: 4, range: 1...100)
         damping = try p.double("damping", default: 0.01, range: 0...1)
         if optimization == .blockwise {
-            throw p.error("optimization", "blockwise (AdamW block reconstruction) is not available in this build; "
-                          + "use layerwise or none")
+            blockReconstruction = BlockReconstructionBudget(
+                samples: try p.int("train_samples", default: 32, range: 1...4096),
+                sequenceLength: try p.int("train_seq_len", default: 512, range: 2...8192),
+                epochs: try p.int("epochs", default: 2, range: 1...100),
+                learningRateAlpha: try p.double("lr_alpha", default: 5e-4, range: 0...1),
+                learningRateScales: try p.double("lr_scales", default: 1e-3, range: 0...1))
+        } else {
+            for key in ["train_samples", "train_seq_len", "epochs", "lr_alpha", "lr_scales"] where p.has(key) {
+                throw p.error(key, "only used with optimization: blockwise")
+            }
+            blockReconstruction = nil
         }
         guard plan.activation == nil else {
             throw PTQError("\(plan.parameters.source): ptq161 is weight-only: \(plan.name) asks for quantized activations")
@@ -93,6 +109,18 @@ public struct PTQ161Quantizer: Quantizer {
         let mask = BinarizationParameters.salientMask(channelStatistic: statistic, ratio: salientRatio)
         return BinarizationParameters.initial(weight: layer.weight.data, rows: rows, columns: columns,
                                               salientMask: mask, salientBits: salientBits)
+    }
+
+    public func initialParameters(for layer: LinearLayer, statistics: PointStatistics?) throws(PTQError) -> BinarizationParameters {
+        try Self.initialParameters(for: layer, statistics: statistics, salientRatio: salientRatio, salientBits: salientBits)
+    }
+
+    public func quantizedLinear(_ layer: LinearLayer, parameters: BinarizationParameters,
+                                details: [String: String]) -> QuantizedLinear {
+        var details = details
+        details["optimization"] = optimization.rawValue
+        details["salient_columns"] = "\(parameters.salientMask.filter { $0 }.count)/\(parameters.columns)"
+        return Self.quantizedLinear(layer, parameters: parameters, details: details)
     }
 
     /// The packed layer for final parameters (r1 folded, float16 scales: `BinaryWeight.init`).

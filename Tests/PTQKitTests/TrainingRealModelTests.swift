@@ -58,7 +58,7 @@ struct TrainingRealModelTests {
                     let name = TensorNames.layer(l, kind)
                     let t = try weights.tensor(name + "/weight")
                     let mask = BinarizationParameters.salientMask(
-                        channelStatistic: statistics[QuantizationPoints.input(ofLinear: name)!]!, ratio: 0.2)
+                        channelStatistic: statistics[weights.config.structure.linearLayer(named: name)!.inputPoint]!, ratio: 0.2)
                     parameters[name] = .initial(weight: t.data, rows: t.shape[0], columns: t.shape[1], salientMask: mask)
                 }
             }

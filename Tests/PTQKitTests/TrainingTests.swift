@@ -214,7 +214,7 @@ import Testing
                 let name = TensorNames.layer(l, kind)
                 let t = contents.tensors[name + "/weight"]!
                 let mask = BinarizationParameters.salientMask(
-                    channelStatistic: recorder.maxima[QuantizationPoints.input(ofLinear: name)!]!, ratio: 0.2)
+                    channelStatistic: recorder.maxima[contents.config.structure.linearLayer(named: name)!.inputPoint]!, ratio: 0.2)
                 parameters[name] = .initial(weight: t.data, rows: t.shape[0], columns: t.shape[1], salientMask: mask)
             }
         }
