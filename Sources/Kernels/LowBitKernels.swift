@@ -26,10 +26,11 @@ public enum ActivationScaling: Sendable, Equatable {
 /// scales and zeros `[rows, groups]` with `groups = ceil(cols / groupSize)`.
 public enum LowBit {
     /// Multiply-adds a worker should get at least before we split a product over workers.
-    /// Waking a sleeping dispatch worker costs 10–30 µs on a busy machine, so decode-sized
-    /// products (e.g. one token through a 1536×576 layer, ~0.9 M MACs, 20–40 µs) stay on the
-    /// calling thread.
-    static let minimumWorkPerChunk = 1 << 20
+    /// The persistent pool (`Parallel`) hands a job to a spinning worker in well under a
+    /// microsecond, so decode-sized products (one token through a 576×576 layer, ~0.3 M MACs,
+    /// ~15 µs) are split too; only tiny ones (≲ 2 µs of work) stay on the calling thread.
+    /// (With GCD's `concurrentPerform` a wake-up cost 10–30 µs and this was 1 << 20.)
+    public static let minimumWorkPerChunk = 1 << 15
 
     // MARK: int8 GEMM
 
@@ -219,6 +220,33 @@ public enum LowBit {
                             staticStep(scaling), codes, rowScales)
     }
 
+    /// `quantizeRows` into per-thread buffers that live until this thread's next call, returning
+    /// the last result again (without quantizing) when the input, its shape and the parameters
+    /// are equal to the previous call's: q/k/v (and gate/up) read the same normed input, so it
+    /// is quantized once per token, and the token path allocates nothing.
+    public static func quantizeRowsShared(_ x: UnsafePointer<Float>, rows: Int, columns: Int,
+                                          shift: UnsafePointer<Float>?, channelScales: UnsafePointer<Float>?,
+                                          bits: Int, scaling: ActivationScaling)
+        -> (codes: UnsafePointer<Int8>, rowScales: UnsafePointer<Float>) {
+        precondition((2...8).contains(bits), "activation bits must be 2…8")
+        var steps: UnsafePointer<Float>?
+        guard let codes = ck_quantize_rows_i8_shared(x, rows, columns, shift, channelScales,
+                                                     Int32((1 << (bits - 1)) - 1), staticStep(scaling), &steps),
+              let steps else {
+            fatalError("out of memory for \(rows)×\(columns) activation codes")
+        }
+        return (codes, steps)
+    }
+
+    /// A per-thread scratch buffer of at least `count` elements (slot 0…3; see
+    /// `ck_thread_scratch`): valid until the same thread asks for the same slot again.
+    public static func threadScratch<T>(slot: Int, count: Int, of type: T.Type = T.self) -> UnsafeMutablePointer<T> {
+        guard let raw = ck_thread_scratch(Int32(slot), max(1, count) * MemoryLayout<T>.stride) else {
+            fatalError("out of memory for \(count) scratch elements")
+        }
+        return raw.bindMemory(to: T.self, capacity: max(1, count))
+    }
+
     /// Scalar twin of `quantizeRows`.
     public static func quantizeRowsReference(_ x: UnsafePointer<Float>, rows: Int, columns: Int,
                                              shift: UnsafePointer<Float>?, channelScales: UnsafePointer<Float>?,
@@ -265,7 +293,7 @@ public enum LowBit {
     // MARK: helpers
 
     /// Minimum rows per worker for a row-parallel loop doing `workPerRow` multiply-adds a row.
-    static func chunk(workPerRow: Int, atLeast: Int) -> Int {
+    public static func chunk(workPerRow: Int, atLeast: Int) -> Int {
         let rows = (minimumWorkPerChunk + max(1, workPerRow) - 1) / max(1, workPerRow)
         return max(atLeast, rows)
     }
