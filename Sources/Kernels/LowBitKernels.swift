@@ -165,33 +165,46 @@ public enum LowBit {
     }
 
     /// Weight-only product for several rows: `y[rows, out] = x[rows, in]·Wᵀ` where W is dequantized
-    /// `tileRows` output rows at a time into a scratch tile (the float matrix never exists whole)
-    /// and each tile is multiplied with one OpenBLAS sgemm into the matching columns of `y`.
-    ///
-    /// A tile is dequantized by our workers (split over its rows), then its sgemm runs on
-    /// OpenBLAS's own threads: the two thread pools never run at the same time.
+    /// `tileRows` output rows at a time into scratch (the float matrix never exists whole) and
+    /// each tile is multiplied with one sgemm into the matching columns of `y` (`tiledProduct`).
     public static func dequantizedProduct(_ format: CodeFormat, codes: UnsafePointer<UInt8>,
                                           outFeatures: Int, inFeatures: Int, groupSize: Int,
                                           scales: UnsafePointer<Float>, zeros: UnsafePointer<Float>,
                                           x: UnsafePointer<Float>, rows: Int, y: UnsafeMutablePointer<Float>,
                                           tileRows: Int? = nil) {
-        guard rows > 0, outFeatures > 0 else { return }
-        let tile = min(outFeatures, max(1, tileRows ?? defaultTileRows(inFeatures: inFeatures)))
-        let scratch = UnsafeMutablePointer<Float>.allocate(capacity: tile * inFeatures)
-        defer { scratch.deallocate() }
         let pc = SendableConstPointer(codes), ps = SendableConstPointer(scales), pz = SendableConstPointer(zeros)
-        let pscratch = SendablePointer(scratch)
-        // Dequantization is cheaper per element than a multiply-add: split from ~128 K elements.
-        let minimumRows = max(8, (minimumWorkPerChunk / 8 + inFeatures - 1) / max(1, inFeatures))
-        for r0 in stride(from: 0, to: outFeatures, by: tile) {
-            let r1 = min(outFeatures, r0 + tile)
-            Parallel.forEachChunk(r1 - r0, minimumChunk: minimumRows) { part in
-                dequantizeRows(format, codes: pc.base, rowRange: (r0 + part.lowerBound)..<(r0 + part.upperBound),
-                               columns: inFeatures, groupSize: groupSize, scales: ps.base, zeros: pz.base,
-                               into: pscratch.base + part.lowerBound * inFeatures)
+        tiledProduct(outFeatures: outFeatures, inFeatures: inFeatures, x: x, rows: rows, y: y,
+                     tileRows: tileRows ?? defaultTileRows(inFeatures: inFeatures)) { range, tile in
+            dequantizeRows(format, codes: pc.base, rowRange: range, columns: inFeatures, groupSize: groupSize,
+                           scales: ps.base, zeros: pz.base, into: tile)
+        }
+    }
+
+    /// `y[rows, out] = x[rows, in]·Wᵀ` for a W whose rows `decode(range, tile)` writes as floats
+    /// into `tile[range.count, in]`. Each pool task takes a share of the output rows, decodes them
+    /// a tile (≤ `tileRows` rows) at a time into its own per-thread scratch and multiplies the
+    /// tile with a single-threaded sgemm into the matching columns of `y`: both cores decode and
+    /// multiply at once, instead of our workers decoding while OpenBLAS's threads wait and
+    /// OpenBLAS multiplying while ours spin (OpenBLAS is held at one thread meanwhile).
+    public static func tiledProduct(outFeatures: Int, inFeatures: Int, x: UnsafePointer<Float>, rows: Int,
+                                    y: UnsafeMutablePointer<Float>, tileRows: Int,
+                                    decode: @Sendable (Range<Int>, UnsafeMutablePointer<Float>) -> Void) {
+        guard rows > 0, outFeatures > 0 else { return }
+        let tile = min(outFeatures, max(1, tileRows))
+        let px = SendableConstPointer(x), py = SendablePointer(y)
+        // A task should carry at least ~2 M multiply-adds, and at least 16 rows (sgemm width).
+        let minimumRows = max(16, (1 << 21) / max(1, rows * inFeatures))
+        BLAS.withOneThread {
+            Parallel.forEachChunk(outFeatures, minimumChunk: minimumRows) { part in
+                let width = min(tile, part.count)
+                let scratch = threadScratch(slot: 3, count: width * inFeatures, of: Float.self)
+                for r0 in stride(from: part.lowerBound, to: part.upperBound, by: width) {
+                    let r1 = min(part.upperBound, r0 + width)
+                    decode(r0..<r1, scratch)
+                    BLAS.gemm(m: rows, n: r1 - r0, k: inFeatures, a: px.base, lda: inFeatures,
+                              b: scratch, ldb: inFeatures, transposeB: true, c: py.base + r0, ldc: outFeatures)
+                }
             }
-            BLAS.gemm(m: rows, n: r1 - r0, k: inFeatures, a: x, lda: inFeatures,
-                      b: scratch, ldb: inFeatures, transposeB: true, c: y + r0, ldc: outFeatures)
         }
     }
 

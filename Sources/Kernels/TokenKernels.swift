@@ -105,8 +105,7 @@ public enum TokenKernels {
         let pa = SendableConstPointer(a), py = SendablePointer(y)
         let tileRows = max(8, (256 * 1024) / max(1, columns))
         Parallel.forEachChunk(rows, minimumChunk: LowBit.chunk(workPerRow: m * columns, atLeast: 8)) { r in
-            let tile = UnsafeMutablePointer<Int8>.allocate(capacity: min(tileRows, r.count) * columns)
-            defer { tile.deallocate() }
+            let tile = LowBit.threadScratch(slot: 3, count: min(tileRows, r.count) * columns, of: Int8.self)
             for r0 in stride(from: r.lowerBound, to: r.upperBound, by: tileRows) {
                 let count = min(tileRows, r.upperBound - r0)
                 ck_fp4_expand_i8(pc.base, r0, count, columns, pt.base, tile)

@@ -90,7 +90,8 @@ struct BenchCommand: ParsableCommand {
         return Int(usage.ru_maxrss) * 1024  // kilobytes on Linux
     }
 
-    func measure(_ path: String, bandwidth: Double) throws -> Speed {
+    /// Measures one model; `bandwidth` (bytes/s) gives the decode bound (0 without it).
+    func measure(_ path: String, bandwidth: Double = 0) throws -> Speed {
         let loadStart = DispatchTime.now()
         guard case .language(let llm) = try PTQ.loadAnyModel(path: path) else {
             throw PTQError.file(path, "bench measures language models")
@@ -129,11 +130,11 @@ struct BenchCommand: ParsableCommand {
         let prefill = Spread(prefillRates), decode = Spread(decodeRates)
         let meanDepth = promptTokens + (decodeTokens + 1) / 2
         let bytesPerToken = llm.decodeWeightBytes + llm.kvCacheBytes(positions: meanDepth)
-        let bound = bandwidth / Double(max(1, bytesPerToken))
+        let bound = bandwidth / Double(max(1, bytesPerToken))  // 0 when bandwidth was not measured
         return Speed(model: path, prefill_tokens_per_second: prefill.median, decode_tokens_per_second: decode.median,
                      prefill: prefill, decode: decode, load_seconds: loadSeconds,
                      peak_resident_bytes: Self.peakResidentBytes(), decode_bytes_per_token: bytesPerToken,
-                     decode_bandwidth_bound: bound, decode_bound_fraction: decode.median / bound)
+                     decode_bandwidth_bound: bound, decode_bound_fraction: bound > 0 ? decode.median / bound : 0)
     }
 
     private func seconds(since start: DispatchTime) -> Double {
