@@ -44,7 +44,16 @@ static uint32_t job_id;                           // written by the caller under
 static atomic_int requested_threads = 0;          // 0: not set yet, use the core count
 static atomic_long spin_ns = 200000;
 static int started = 0;                           // workers created (under lock)
-static atomic_ullong job_count, wakeup_count;
+static atomic_ullong job_count, wakeup_count, stall_count, serial_count;
+
+// Oversubscription guard (caller side, under run_lock). A job "stalls" when the caller, done
+// with its own share, waits more than 50 µs and more than half its own working time for tasks a
+// worker claimed: the worker was preempted mid-task, which on a machine with more runnable
+// threads than cores costs a scheduler time slice per job. When 8 of the last 64 jobs stalled,
+// the next 512 jobs run on the caller alone (as the runtime did before the pool), then the pool
+// is tried again. On an idle machine a job never waits that long (a task is a few µs at decode).
+static uint64_t stall_history;
+static int serial_jobs_left;
 
 static _Thread_local int inside_task;
 
@@ -142,6 +151,11 @@ void ck_pool_counters(unsigned long long *jobs, unsigned long long *wakeups) {
     if (wakeups) *wakeups = atomic_load(&wakeup_count);
 }
 
+void ck_pool_stall_counters(unsigned long long *stalls, unsigned long long *serial_jobs) {
+    if (stalls) *stalls = atomic_load(&stall_count);
+    if (serial_jobs) *serial_jobs = atomic_load(&serial_count);
+}
+
 static void run_serially(size_t tasks, ck_task_fn fn, void *ctx) {
     for (size_t i = 0; i < tasks; i++) fn(ctx, i);
 }
@@ -150,6 +164,13 @@ void ck_pool_run(size_t tasks, ck_task_fn fn, void *ctx) {
     if (tasks == 0) return;
     const int threads = ck_pool_threads();
     if (tasks == 1 || threads <= 1 || tasks > UINT32_MAX || inside_task || pthread_mutex_trylock(&run_lock) != 0) {
+        run_serially(tasks, fn, ctx);
+        return;
+    }
+    if (serial_jobs_left > 0) {
+        serial_jobs_left--;
+        atomic_fetch_add_explicit(&serial_count, 1, memory_order_relaxed);
+        pthread_mutex_unlock(&run_lock);
         run_serially(tasks, fn, ctx);
         return;
     }
@@ -191,15 +212,30 @@ void ck_pool_run(size_t tasks, ck_task_fn fn, void *ctx) {
         pthread_cond_broadcast(&wake);
         pthread_mutex_unlock(&lock);
     }
+    const long started_ns = now_ns();
     inside_task = 1;
     run_tasks(id);
     inside_task = 0;
     // Only tasks that a worker claimed and has not finished remain; on a loaded machine that
     // worker may be preempted, so after a short spin give the core away instead of burning it.
-    unsigned spins = 0;
-    while (atomic_load_explicit(&done, memory_order_acquire) < tasks) {
-        if (++spins < 2048) CK_PAUSE();
-        else sched_yield();
+    int stalled = 0;
+    if (atomic_load_explicit(&done, memory_order_acquire) < tasks) {
+        const long wait_start = now_ns();
+        unsigned spins = 0;
+        while (atomic_load_explicit(&done, memory_order_acquire) < tasks) {
+            if (++spins < 2048) CK_PAUSE();
+            else sched_yield();
+        }
+        const long waited = now_ns() - wait_start, own = wait_start - started_ns;
+        stalled = waited > 50000 && 2 * waited > own;
+    }
+    stall_history = (stall_history << 1) | (uint64_t)stalled;
+    if (stalled) {
+        atomic_fetch_add_explicit(&stall_count, 1, memory_order_relaxed);
+        if (__builtin_popcountll(stall_history) >= 8) {
+            serial_jobs_left = 512;
+            stall_history = 0;
+        }
     }
     pthread_mutex_unlock(&run_lock);
 }

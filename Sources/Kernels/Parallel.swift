@@ -59,10 +59,13 @@ public enum Parallel {
 
     private struct Box { let body: (Int) -> Void }
 
-    /// Parallel jobs run so far and how many of them had to wake a sleeping worker.
-    public static var poolCounters: (jobs: UInt64, wakeups: UInt64) {
-        var jobs: UInt64 = 0, wakeups: UInt64 = 0
+    /// Parallel jobs run so far, how many had to wake a sleeping worker, how many waited long
+    /// for a preempted worker (stalls), and how many ran on the caller alone because recent jobs
+    /// stalled (a loaded machine: more runnable threads than cores).
+    public static var poolCounters: (jobs: UInt64, wakeups: UInt64, stalls: UInt64, serialJobs: UInt64) {
+        var jobs: UInt64 = 0, wakeups: UInt64 = 0, stalls: UInt64 = 0, serial: UInt64 = 0
         ck_pool_counters(&jobs, &wakeups)
-        return (jobs, wakeups)
+        ck_pool_stall_counters(&stalls, &serial)
+        return (jobs, wakeups, stalls, serial)
     }
 }

@@ -152,12 +152,18 @@ struct BenchCommand: ParsableCommand {
                 let model: Speed, reference: Speed?, prefill_ratio: Double?, decode_ratio: Double?
                 let prompt_tokens: Int, decode_tokens: Int, repeats: Int, threads: Int
                 let read_bandwidth_bytes_per_second: Double
+                /// Thread-pool jobs, wake-ups, stalls (waits for a preempted worker) and jobs run
+                /// serially after stalls, over the whole run: stalls mean a loaded machine.
+                let pool_jobs: UInt64, pool_wakeups: UInt64, pool_stalls: UInt64, pool_serial_jobs: UInt64
             }
+            let pool = PTQ.poolCounters
             try printJSON(Output(model: speed, reference: base,
                                  prefill_ratio: base.map { speed.prefill_tokens_per_second / $0.prefill_tokens_per_second },
                                  decode_ratio: base.map { speed.decode_tokens_per_second / $0.decode_tokens_per_second },
                                  prompt_tokens: promptTokens, decode_tokens: decodeTokens, repeats: repeats,
-                                 threads: PTQ.threadCount, read_bandwidth_bytes_per_second: bandwidth))
+                                 threads: PTQ.threadCount, read_bandwidth_bytes_per_second: bandwidth,
+                                 pool_jobs: pool.jobs, pool_wakeups: pool.wakeups, pool_stalls: pool.stalls,
+                                 pool_serial_jobs: pool.serialJobs))
             return
         }
         func line(_ s: Speed) -> String {
@@ -177,5 +183,8 @@ struct BenchCommand: ParsableCommand {
                          speed.prefill_tokens_per_second / base.prefill_tokens_per_second,
                          speed.decode_tokens_per_second / base.decode_tokens_per_second))
         }
+        let pool = PTQ.poolCounters
+        print("thread pool: \(pool.jobs) parallel jobs, \(pool.wakeups) wake-ups, \(pool.stalls) stalls on a preempted "
+              + "worker, \(pool.serialJobs) jobs run serially after stalls")
     }
 }

@@ -32,4 +32,8 @@ void ck_pool_run(size_t tasks, ck_task_fn fn, void *ctx);
 /// diagnostics for the benchmark.
 void ck_pool_counters(unsigned long long *jobs, unsigned long long *wakeups);
 
+/// Jobs whose caller waited long for a preempted worker, and jobs run on the caller alone
+/// because recent jobs stalled (the oversubscription guard in pool.c).
+void ck_pool_stall_counters(unsigned long long *stalls, unsigned long long *serial_jobs);
+
 #endif
