@@ -401,24 +401,28 @@ void *ck_thread_scratch(int slot, size_t bytes) {
     return s->data;
 }
 
-// The last quantization on this thread: its input (copied), parameters and result.
+// The last quantization on this thread: copies of its input and of its channel parameters (never
+// the callers' pointers, which may be freed and their addresses reused), and its result.
 typedef struct {
-    float *x;
+    float *x, *shift, *channel_scale;
     int8_t *codes;
     float *steps;
-    size_t capacity, rows, cols;
-    const float *shift, *channel_scale;
-    int max_code;
+    size_t capacity, steps_capacity, rows, cols;
+    int has_shift, has_channel_scale, max_code;
     float static_step;
     int valid;
 } act_cache;
 
 static _Thread_local act_cache cache;
 
-static int same_vector(const float *a, const float *b, size_t n) {
-    if (a == b) return 1;
-    if (!a || !b) return 0;
-    return memcmp(a, b, n * sizeof(float)) == 0;
+static int same_optional(int had, const float *copy, const float *now, size_t n) {
+    if (!had || !now) return !had && !now;
+    return memcmp(copy, now, n * sizeof(float)) == 0;
+}
+
+static float *grow(float *p, size_t n) {
+    free(p);
+    return (float *)malloc(n * sizeof(float));
 }
 
 const int8_t *ck_quantize_rows_i8_shared(const float *x, size_t rows, size_t cols, const float *shift,
@@ -427,31 +431,38 @@ const int8_t *ck_quantize_rows_i8_shared(const float *x, size_t rows, size_t col
     const size_t n = rows * cols;
     act_cache *c = &cache;
     if (c->valid && c->rows == rows && c->cols == cols && c->max_code == max_code &&
-        c->static_step == static_step && same_vector(c->shift, shift, cols) &&
-        same_vector(c->channel_scale, channel_scale, cols) && memcmp(c->x, x, n * sizeof(float)) == 0) {
+        c->static_step == static_step && same_optional(c->has_shift, c->shift, shift, cols) &&
+        same_optional(c->has_channel_scale, c->channel_scale, channel_scale, cols) &&
+        memcmp(c->x, x, n * sizeof(float)) == 0) {
         *row_steps = c->steps;
         return c->codes;
     }
-    if (c->capacity < n || !c->x) {
-        free(c->x); free(c->codes); free(c->steps);
-        c->capacity = n < 1024 ? 1024 : n;
-        c->x = (float *)malloc(c->capacity * sizeof(float));
-        c->codes = (int8_t *)malloc(c->capacity);
-        c->steps = NULL;
-        c->rows = 0;
-    }
-    if (c->rows < rows || !c->steps) {
-        free(c->steps);
-        c->steps = (float *)malloc((rows < 64 ? 64 : rows) * sizeof(float));
-    }
     c->valid = 0;
-    if (!c->x || !c->codes || !c->steps) { c->capacity = 0; return NULL; }
+    if (c->capacity < n || !c->x || !c->codes || !c->shift || !c->channel_scale) {
+        c->capacity = n < 1024 ? 1024 : n;
+        c->x = grow(c->x, c->capacity);
+        c->shift = grow(c->shift, c->capacity);          // ≥ cols
+        c->channel_scale = grow(c->channel_scale, c->capacity);
+        free(c->codes);
+        c->codes = (int8_t *)malloc(c->capacity);
+    }
+    if (c->steps_capacity < rows || !c->steps) {
+        c->steps_capacity = rows < 64 ? 64 : rows;
+        c->steps = grow(c->steps, c->steps_capacity);
+    }
+    if (!c->x || !c->shift || !c->channel_scale || !c->codes || !c->steps) {
+        c->capacity = 0;
+        c->steps_capacity = 0;
+        return NULL;
+    }
     ck_quantize_rows_i8(x, rows, cols, shift, channel_scale, max_code, static_step, c->codes, c->steps);
     memcpy(c->x, x, n * sizeof(float));
+    c->has_shift = shift != NULL;
+    if (shift) memcpy(c->shift, shift, cols * sizeof(float));
+    c->has_channel_scale = channel_scale != NULL;
+    if (channel_scale) memcpy(c->channel_scale, channel_scale, cols * sizeof(float));
     c->rows = rows;
     c->cols = cols;
-    c->shift = shift;
-    c->channel_scale = channel_scale;
     c->max_code = max_code;
     c->static_step = static_step;
     c->valid = 1;

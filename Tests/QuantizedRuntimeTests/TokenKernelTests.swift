@@ -173,6 +173,41 @@ struct TokenKernelTests {
         TokenKernels.setVNNIEnabled(true)
     }
 
+    @Test("shared activation quantization returns what a fresh quantization gives")
+    func sharedQuantization() {
+        var rng = SplitMix(seed: 17)
+        let rows = 2, columns = 100
+        var x = rng.floats(rows * columns, in: -4...4)
+        var scales = rng.floats(columns, in: 0.5...2)
+        func check(_ label: String, scaling: ActivationScaling = .perToken, channelScales: [Float]?) {
+            let fresh = LowBit.quantizeRows(x, rows: rows, columns: columns, channelScales: channelScales, bits: 8,
+                                            scaling: scaling)
+            let shared = x.withUnsafeBufferPointer { xp in
+                withOptionalScales(channelScales) { cs in
+                    let r = LowBit.quantizeRowsShared(xp.baseAddress!, rows: rows, columns: columns, shift: nil,
+                                                      channelScales: cs, bits: 8, scaling: scaling)
+                    return (Array(UnsafeBufferPointer(start: r.codes, count: rows * columns)),
+                            Array(UnsafeBufferPointer(start: r.rowScales, count: rows)))
+                }
+            }
+            #expect(shared.0 == fresh.codes && shared.1 == fresh.rowScales, "\(label)")
+        }
+        check("first call", channelScales: nil)
+        check("same input again", channelScales: nil)
+        x[7] += 1
+        check("one element changed", channelScales: nil)
+        check("channel scales added", channelScales: scales)
+        scales[3] *= 2
+        check("channel scales changed", channelScales: scales)
+        check("static step", scaling: .perTensor(0.05), channelScales: scales)
+        check("per token again", channelScales: scales)
+    }
+
+    private func withOptionalScales<R>(_ a: [Float]?, _ body: (UnsafePointer<Float>?) -> R) -> R {
+        guard let a else { return body(nil) }
+        return a.withUnsafeBufferPointer { body($0.baseAddress) }
+    }
+
     @Test("int8 GEMM: the VNNI and AVX2 paths both equal the reference", arguments: [1, 31, 64, 577])
     func gemmI8Paths(k: Int) {
         var rng = SplitMix(seed: UInt64(k))
