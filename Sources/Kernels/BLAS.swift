@@ -1,5 +1,4 @@
 import COpenBLAS
-import Foundation
 
 /// Float matrix products through OpenBLAS.
 ///
@@ -41,27 +40,6 @@ public enum BLAS {
         cblas_sgemm(CblasRowMajor, transposeA ? CblasTrans : CblasNoTrans, transposeB ? CblasTrans : CblasNoTrans,
                     Int32(m), Int32(n), Int32(k), alpha, a, Int32(lda), b, Int32(ldb), beta, c, Int32(ldc))
     }
-
-    /// Runs `body` with OpenBLAS at one thread, for sgemm calls that our pool's tasks issue in
-    /// parallel; nested and concurrent callers share one hold (the first sets one thread, the
-    /// last restores the previous count).
-    public static func withOneThread<R>(_ body: () throws -> R) rethrows -> R {
-        holdLock.lock()
-        if holds == 0 { heldCount = threadCount; if heldCount != 1 { threadCount = 1 } }
-        holds += 1
-        holdLock.unlock()
-        defer {
-            holdLock.lock()
-            holds -= 1
-            if holds == 0, heldCount != 1 { threadCount = heldCount }
-            holdLock.unlock()
-        }
-        return try body()
-    }
-
-    private static let holdLock = NSLock()
-    nonisolated(unsafe) private static var holds = 0
-    nonisolated(unsafe) private static var heldCount = 1
 
     /// Number of OpenBLAS threads (it starts with one per core).
     public static var threadCount: Int {

@@ -181,30 +181,28 @@ public enum LowBit {
     }
 
     /// `y[rows, out] = x[rows, in]·Wᵀ` for a W whose rows `decode(range, tile)` writes as floats
-    /// into `tile[range.count, in]`. Each pool task takes a share of the output rows, decodes them
-    /// a tile (≤ `tileRows` rows) at a time into its own per-thread scratch and multiplies the
-    /// tile with a single-threaded sgemm into the matching columns of `y`: both cores decode and
-    /// multiply at once, instead of our workers decoding while OpenBLAS's threads wait and
-    /// OpenBLAS multiplying while ours spin (OpenBLAS is held at one thread meanwhile).
+    /// into `tile[range.count, in]`: a tile of ≤ `tileRows` output rows at a time is decoded by
+    /// the pool (split over its rows) into per-thread scratch of the caller, then multiplied with
+    /// one sgemm on OpenBLAS's own threads; the two pools take turns. The alternative — every
+    /// pool task decoding and multiplying its own tiles with OpenBLAS held at one thread — was
+    /// measured against this on the loaded machine (W4A16 and FP4 pp512, docs/RESULTS.md) and
+    /// did not win; it also packs all of x again for every single-threaded sgemm.
     public static func tiledProduct(outFeatures: Int, inFeatures: Int, x: UnsafePointer<Float>, rows: Int,
                                     y: UnsafeMutablePointer<Float>, tileRows: Int,
                                     decode: @Sendable (Range<Int>, UnsafeMutablePointer<Float>) -> Void) {
         guard rows > 0, outFeatures > 0 else { return }
         let tile = min(outFeatures, max(1, tileRows))
-        let px = SendableConstPointer(x), py = SendablePointer(y)
-        // A task should carry at least ~2 M multiply-adds, and at least 16 rows (sgemm width).
-        let minimumRows = max(16, (1 << 21) / max(1, rows * inFeatures))
-        BLAS.withOneThread {
-            Parallel.forEachChunk(outFeatures, minimumChunk: minimumRows) { part in
-                let width = min(tile, part.count)
-                let scratch = threadScratch(slot: 3, count: width * inFeatures, of: Float.self)
-                for r0 in stride(from: part.lowerBound, to: part.upperBound, by: width) {
-                    let r1 = min(part.upperBound, r0 + width)
-                    decode(r0..<r1, scratch)
-                    BLAS.gemm(m: rows, n: r1 - r0, k: inFeatures, a: px.base, lda: inFeatures,
-                              b: scratch, ldb: inFeatures, transposeB: true, c: py.base + r0, ldc: outFeatures)
-                }
+        let scratch = threadScratch(slot: 3, count: tile * inFeatures, of: Float.self)
+        let pscratch = SendablePointer(scratch)
+        // Decoding is cheaper per element than a multiply-add: split from ~4 K elements a task.
+        let minimumRows = max(8, (minimumWorkPerChunk / 8 + inFeatures - 1) / max(1, inFeatures))
+        for r0 in stride(from: 0, to: outFeatures, by: tile) {
+            let r1 = min(outFeatures, r0 + tile)
+            Parallel.forEachChunk(r1 - r0, minimumChunk: minimumRows) { part in
+                decode((r0 + part.lowerBound)..<(r0 + part.upperBound), pscratch.base + part.lowerBound * inFeatures)
             }
+            BLAS.gemm(m: rows, n: r1 - r0, k: inFeatures, a: x, lda: inFeatures,
+                      b: scratch, ldb: inFeatures, transposeB: true, c: y + r0, ldc: outFeatures)
         }
     }
 
