@@ -1,4 +1,5 @@
 #include "ckernels.h"
+#include "ck_runtime.h"
 #include <immintrin.h>
 
 // int8 × int8 → int32 GEMM, C = A·Bᵀ with A [m, k] activation codes and B [n, k] weight codes.
@@ -45,6 +46,7 @@ void ck_gemm_i8_grouped_ref(const int8_t *a, size_t m, const int8_t *b, size_t n
 #if defined(__x86_64__)
 #define CK_AVX2 __attribute__((target("avx2,fma,f16c")))
 #define CK_INLINE static inline __attribute__((always_inline))
+#define CK_VNNI __attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512vnni")))
 
 /// Eight int32 vectors → one vector whose lane p is the sum of all lanes of v[p].
 CK_INLINE CK_AVX2 __m256i hsum8_epi32(__m256i v0, __m256i v1, __m256i v2, __m256i v3,
@@ -177,11 +179,122 @@ CK_AVX2 static void gemm_i8_grouped_avx2(const int8_t *a, size_t m, const int8_t
         }
     }
 }
+/// AVX-512 VNNI twins of the kernels above: `vpdpbusd` (EVEX, ymm) replaces maddubs + madd +
+/// add. It sums the four u8·s8 products of a lane in int32 without the int16 step, so the
+/// results are the same exact sums.
+/// Exact dot products of MR rows of a (stride lda) with NR rows of b (stride ldb) over len
+/// columns. Lane i*2 + j of the result holds row i × row j; unused lanes are zero.
+/// MR ≤ 4 and NR ≤ 2 are compile-time constants at every call site, so the loops unroll and
+/// the accumulators live in registers.
+CK_INLINE CK_VNNI __m256i tile_dot_vnni(const int8_t *a, size_t lda, const int8_t *b, size_t ldb,
+                                   size_t len, const int MR, const int NR) {
+    __m256i acc[4][2];
+    for (int i = 0; i < 4; i++)
+        for (int j = 0; j < 2; j++) acc[i][j] = _mm256_setzero_si256();
+    size_t t = 0;
+    for (; t + 32 <= len; t += 32) {
+        __m256i bv[2], babs[2];
+        for (int j = 0; j < NR; j++) {
+            bv[j] = _mm256_loadu_si256((const __m256i *)(b + j * ldb + t));
+            babs[j] = _mm256_abs_epi8(bv[j]); // -128 → 0x80 = 128 as unsigned: still right
+        }
+        for (int i = 0; i < MR; i++) {
+            const __m256i av = _mm256_loadu_si256((const __m256i *)(a + i * lda + t));
+            for (int j = 0; j < NR; j++) {
+                const __m256i sa = _mm256_sign_epi8(av, bv[j]);
+                acc[i][j] = _mm256_dpbusd_epi32(acc[i][j], babs[j], sa);
+            }
+        }
+    }
+    __m256i r = hsum8_epi32(acc[0][0], acc[0][1], acc[1][0], acc[1][1],
+                            acc[2][0], acc[2][1], acc[3][0], acc[3][1]);
+    if (t < len) {
+        int32_t tail[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+        for (int i = 0; i < MR; i++) {
+            for (int j = 0; j < NR; j++) {
+                int32_t s = 0;
+                for (size_t u = t; u < len; u++) s += (int32_t)a[i * lda + u] * (int32_t)b[j * ldb + u];
+                tail[i * 2 + j] = s;
+            }
+        }
+        r = _mm256_add_epi32(r, _mm256_loadu_si256((const __m256i *)tail));
+    }
+    return r;
+}
+
+/// Dispatches a runtime (mr, nr) tile to the constant-shape kernel.
+CK_INLINE CK_VNNI __m256i tile_any_vnni(const int8_t *a, size_t lda, const int8_t *b, size_t ldb,
+                                   size_t len, size_t mr, size_t nr) {
+    switch (mr * 2 + nr) {
+    case 4 * 2 + 2: return tile_dot_vnni(a, lda, b, ldb, len, 4, 2);
+    case 4 * 2 + 1: return tile_dot_vnni(a, lda, b, ldb, len, 4, 1);
+    case 3 * 2 + 2: return tile_dot_vnni(a, lda, b, ldb, len, 3, 2);
+    case 3 * 2 + 1: return tile_dot_vnni(a, lda, b, ldb, len, 3, 1);
+    case 2 * 2 + 2: return tile_dot_vnni(a, lda, b, ldb, len, 2, 2);
+    case 2 * 2 + 1: return tile_dot_vnni(a, lda, b, ldb, len, 2, 1);
+    case 1 * 2 + 2: return tile_dot_vnni(a, lda, b, ldb, len, 1, 2);
+    default: return tile_dot_vnni(a, lda, b, ldb, len, 1, 1);
+    }
+}
+
+CK_VNNI static void gemm_i8_vnni(const int8_t *a, size_t m, const int8_t *b, size_t n, size_t k,
+                                 int32_t *c, size_t ldc) {
+    const size_t panel = panel_rows(n, k);
+    for (size_t j0 = 0; j0 < n; j0 += panel) {
+        const size_t j1 = j0 + panel < n ? j0 + panel : n;
+        for (size_t i = 0; i < m; i += 4) {
+            const size_t mr = m - i < 4 ? m - i : 4;
+            for (size_t j = j0; j < j1; j += 2) {
+                const size_t nr = j1 - j < 2 ? j1 - j : 2;
+                int32_t out[8];
+                __m256i r;
+                if (mr == 4 && nr == 2) r = tile_dot_vnni(a + i * k, k, b + j * k, k, k, 4, 2);
+                else r = tile_any_vnni(a + i * k, k, b + j * k, k, k, mr, nr);
+                _mm256_storeu_si256((__m256i *)out, r);
+                for (size_t ii = 0; ii < mr; ii++)
+                    for (size_t jj = 0; jj < nr; jj++) c[(i + ii) * ldc + j + jj] = out[ii * 2 + jj];
+            }
+        }
+    }
+}
+
+CK_VNNI static void gemm_i8_grouped_vnni(const int8_t *a, size_t m, const int8_t *b, size_t n,
+                                         size_t k, size_t group_size, const float *wscale,
+                                         float *c, size_t ldc) {
+    const size_t groups = (k + group_size - 1) / group_size;
+    const size_t panel = panel_rows(n, k);
+    for (size_t j0 = 0; j0 < n; j0 += panel) {
+        const size_t j1 = j0 + panel < n ? j0 + panel : n;
+        for (size_t i = 0; i < m; i += 4) {
+            const size_t mr = m - i < 4 ? m - i : 4;
+            for (size_t j = j0; j < j1; j += 2) {
+                const size_t nr = j1 - j < 2 ? j1 - j : 2;
+                const float *w0 = wscale + j * groups;
+                const float *w1 = nr > 1 ? w0 + groups : w0;
+                __m256 acc = _mm256_setzero_ps();
+                for (size_t g = 0; g < groups; g++) {
+                    const size_t t0 = g * group_size;
+                    const size_t len = t0 + group_size < k ? group_size : k - t0;
+                    __m256i r;
+                    if (mr == 4 && nr == 2) r = tile_dot_vnni(a + i * k + t0, k, b + j * k + t0, k, len, 4, 2);
+                    else r = tile_any_vnni(a + i * k + t0, k, b + j * k + t0, k, len, mr, nr);
+                    const __m256 ws = _mm256_setr_ps(w0[g], w1[g], w0[g], w1[g], w0[g], w1[g], w0[g], w1[g]);
+                    acc = _mm256_add_ps(acc, _mm256_mul_ps(ws, _mm256_cvtepi32_ps(r)));
+                }
+                float out[8];
+                _mm256_storeu_ps(out, acc);
+                for (size_t ii = 0; ii < mr; ii++)
+                    for (size_t jj = 0; jj < nr; jj++) c[(i + ii) * ldc + j + jj] = out[ii * 2 + jj];
+            }
+        }
+    }
+}
 #endif
 
 void ck_gemm_i8(const int8_t *a, size_t m, const int8_t *b, size_t n, size_t k,
                 int32_t *c, size_t ldc) {
 #if defined(__x86_64__)
+    if (ck_cpu_has_avx512vnni()) { gemm_i8_vnni(a, m, b, n, k, c, ldc); return; }
     if (ck_cpu_has_avx2()) { gemm_i8_avx2(a, m, b, n, k, c, ldc); return; }
 #endif
     ck_gemm_i8_ref(a, m, b, n, k, c, ldc);
@@ -191,6 +304,7 @@ void ck_gemm_i8_grouped(const int8_t *a, size_t m, const int8_t *b, size_t n, si
                         size_t group_size, const float *wscale, float *c, size_t ldc) {
     if (group_size == 0) group_size = k ? k : 1;
 #if defined(__x86_64__)
+    if (ck_cpu_has_avx512vnni()) { gemm_i8_grouped_vnni(a, m, b, n, k, group_size, wscale, c, ldc); return; }
     if (ck_cpu_has_avx2()) { gemm_i8_grouped_avx2(a, m, b, n, k, group_size, wscale, c, ldc); return; }
 #endif
     ck_gemm_i8_grouped_ref(a, m, b, n, k, group_size, wscale, c, ldc);

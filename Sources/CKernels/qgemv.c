@@ -1,4 +1,5 @@
 #include "ckernels.h"
+#include "ck_runtime.h"
 #include <immintrin.h>
 #include <stdlib.h>
 
@@ -432,7 +433,7 @@ void ck_gemv_u4_f32(const uint8_t *codes, size_t row_begin, size_t row_count, si
         if (xs) {
             float *xp = NULL;
             if ((group_size % 16 == 0 || group_size >= cols) && cols >= 16 &&
-                (xp = (float *)malloc((cols & ~(size_t)15) * sizeof(float)))) {
+                (xp = (float *)ck_thread_scratch(4, (cols & ~(size_t)15) * sizeof(float)))) {
                 // Per 16-column block: the 8 even elements, then the 8 odd ones.
                 for (size_t b = 0; b + 16 <= cols; b += 16)
                     for (size_t t = 0; t < 8; t++) {
@@ -440,7 +441,6 @@ void ck_gemv_u4_f32(const uint8_t *codes, size_t row_begin, size_t row_count, si
                         xp[b + 8 + t] = x[b + 2 * t + 1];
                     }
                 gemv_u4_rows_avx2_even(codes, row_begin, row_count, cols, group_size, scales, zeros, x, xp, xs, y);
-                free(xp);
             } else {
                 gemv_u4_rows_avx2(codes, row_begin, row_count, cols, group_size, scales, zeros, x, xs, y);
             }

@@ -1,4 +1,5 @@
 #include "ckernels.h"
+#include "ck_runtime.h"
 #include <immintrin.h>
 #include <math.h>
 #include <stdlib.h>
@@ -117,10 +118,10 @@ void ck_quantize_rows_i8(const float *x, size_t rows, size_t cols, const float *
                          int8_t *codes, float *row_steps) {
 #if defined(__x86_64__)
     if (ck_cpu_has_avx2()) {
-        float *tmp = (shift || channel_scale) ? (float *)malloc(cols * sizeof(float) + 1) : NULL;
+        // A per-thread buffer (slot 5), not a malloc per call: this runs for every token.
+        float *tmp = (shift || channel_scale) ? (float *)ck_thread_scratch(5, cols * sizeof(float) + 4) : NULL;
         if (tmp || (!shift && !channel_scale)) {
             quantize_rows_avx2(x, rows, cols, shift, channel_scale, max_code, static_step, codes, row_steps, tmp);
-            free(tmp);
             return;
         }
     }

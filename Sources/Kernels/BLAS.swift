@@ -14,7 +14,10 @@ public enum BLAS {
     ) {
         guard rows > 0, outFeatures > 0 else { return }
         let beta: Float = accumulate ? 1 : 0
-        if rows == 1 {
+        if rows == 1 && !accumulate {
+            // One row (decode, the LM head): our GEMV on the pool, not OpenBLAS (see TokenKernels).
+            TokenKernels.sgemv(weight, rows: outFeatures, columns: inFeatures, x: x, y: y)
+        } else if rows == 1 {
             cblas_sgemv(CblasRowMajor, CblasNoTrans, Int32(outFeatures), Int32(inFeatures), 1,
                         weight, Int32(inFeatures), x, 1, beta, y, 1)
         } else {

@@ -26,10 +26,11 @@ public enum ActivationScaling: Sendable, Equatable {
 /// scales and zeros `[rows, groups]` with `groups = ceil(cols / groupSize)`.
 public enum LowBit {
     /// Multiply-adds a worker should get at least before we split a product over workers.
-    /// Waking a sleeping dispatch worker costs 10–30 µs on a busy machine, so decode-sized
-    /// products (e.g. one token through a 1536×576 layer, ~0.9 M MACs, 20–40 µs) stay on the
-    /// calling thread.
-    static let minimumWorkPerChunk = 1 << 20
+    /// The persistent pool (`Parallel`) hands a job to a spinning worker in well under a
+    /// microsecond, so decode-sized products (one token through a 576×576 layer, ~0.3 M MACs,
+    /// ~15 µs) are split too; only tiny ones (≲ 2 µs of work) stay on the calling thread.
+    /// (With GCD's `concurrentPerform` a wake-up cost 10–30 µs and this was 1 << 20.)
+    public static let minimumWorkPerChunk = 1 << 15
 
     // MARK: int8 GEMM
 
@@ -164,30 +165,41 @@ public enum LowBit {
     }
 
     /// Weight-only product for several rows: `y[rows, out] = x[rows, in]·Wᵀ` where W is dequantized
-    /// `tileRows` output rows at a time into a scratch tile (the float matrix never exists whole)
-    /// and each tile is multiplied with one OpenBLAS sgemm into the matching columns of `y`.
-    ///
-    /// A tile is dequantized by our workers (split over its rows), then its sgemm runs on
-    /// OpenBLAS's own threads: the two thread pools never run at the same time.
+    /// `tileRows` output rows at a time into scratch (the float matrix never exists whole) and
+    /// each tile is multiplied with one sgemm into the matching columns of `y` (`tiledProduct`).
     public static func dequantizedProduct(_ format: CodeFormat, codes: UnsafePointer<UInt8>,
                                           outFeatures: Int, inFeatures: Int, groupSize: Int,
                                           scales: UnsafePointer<Float>, zeros: UnsafePointer<Float>,
                                           x: UnsafePointer<Float>, rows: Int, y: UnsafeMutablePointer<Float>,
                                           tileRows: Int? = nil) {
-        guard rows > 0, outFeatures > 0 else { return }
-        let tile = min(outFeatures, max(1, tileRows ?? defaultTileRows(inFeatures: inFeatures)))
-        let scratch = UnsafeMutablePointer<Float>.allocate(capacity: tile * inFeatures)
-        defer { scratch.deallocate() }
         let pc = SendableConstPointer(codes), ps = SendableConstPointer(scales), pz = SendableConstPointer(zeros)
+        tiledProduct(outFeatures: outFeatures, inFeatures: inFeatures, x: x, rows: rows, y: y,
+                     tileRows: tileRows ?? defaultTileRows(inFeatures: inFeatures)) { range, tile in
+            dequantizeRows(format, codes: pc.base, rowRange: range, columns: inFeatures, groupSize: groupSize,
+                           scales: ps.base, zeros: pz.base, into: tile)
+        }
+    }
+
+    /// `y[rows, out] = x[rows, in]·Wᵀ` for a W whose rows `decode(range, tile)` writes as floats
+    /// into `tile[range.count, in]`: a tile of ≤ `tileRows` output rows at a time is decoded by
+    /// the pool (split over its rows) into per-thread scratch of the caller, then multiplied with
+    /// one sgemm on OpenBLAS's own threads; the two pools take turns. The alternative — every
+    /// pool task decoding and multiplying its own tiles with OpenBLAS held at one thread — was
+    /// measured against this on the loaded machine (W4A16 and FP4 pp512, docs/RESULTS.md) and
+    /// did not win; it also packs all of x again for every single-threaded sgemm.
+    public static func tiledProduct(outFeatures: Int, inFeatures: Int, x: UnsafePointer<Float>, rows: Int,
+                                    y: UnsafeMutablePointer<Float>, tileRows: Int,
+                                    decode: @Sendable (Range<Int>, UnsafeMutablePointer<Float>) -> Void) {
+        guard rows > 0, outFeatures > 0 else { return }
+        let tile = min(outFeatures, max(1, tileRows))
+        let scratch = threadScratch(slot: 3, count: tile * inFeatures, of: Float.self)
         let pscratch = SendablePointer(scratch)
-        // Dequantization is cheaper per element than a multiply-add: split from ~128 K elements.
+        // Decoding is cheaper per element than a multiply-add: split from ~4 K elements a task.
         let minimumRows = max(8, (minimumWorkPerChunk / 8 + inFeatures - 1) / max(1, inFeatures))
         for r0 in stride(from: 0, to: outFeatures, by: tile) {
             let r1 = min(outFeatures, r0 + tile)
             Parallel.forEachChunk(r1 - r0, minimumChunk: minimumRows) { part in
-                dequantizeRows(format, codes: pc.base, rowRange: (r0 + part.lowerBound)..<(r0 + part.upperBound),
-                               columns: inFeatures, groupSize: groupSize, scales: ps.base, zeros: pz.base,
-                               into: pscratch.base + part.lowerBound * inFeatures)
+                decode((r0 + part.lowerBound)..<(r0 + part.upperBound), pscratch.base + part.lowerBound * inFeatures)
             }
             BLAS.gemm(m: rows, n: r1 - r0, k: inFeatures, a: x, lda: inFeatures,
                       b: scratch, ldb: inFeatures, transposeB: true, c: y + r0, ldc: outFeatures)
@@ -217,6 +229,33 @@ public enum LowBit {
         precondition((2...8).contains(bits), "activation bits must be 2…8")
         ck_quantize_rows_i8(x, rows, columns, shift, channelScales, Int32((1 << (bits - 1)) - 1),
                             staticStep(scaling), codes, rowScales)
+    }
+
+    /// `quantizeRows` into per-thread buffers that live until this thread's next call, returning
+    /// the last result again (without quantizing) when the input, its shape and the parameters
+    /// are equal to the previous call's: q/k/v (and gate/up) read the same normed input, so it
+    /// is quantized once per token, and the token path allocates nothing.
+    public static func quantizeRowsShared(_ x: UnsafePointer<Float>, rows: Int, columns: Int,
+                                          shift: UnsafePointer<Float>?, channelScales: UnsafePointer<Float>?,
+                                          bits: Int, scaling: ActivationScaling)
+        -> (codes: UnsafePointer<Int8>, rowScales: UnsafePointer<Float>) {
+        precondition((2...8).contains(bits), "activation bits must be 2…8")
+        var steps: UnsafePointer<Float>?
+        guard let codes = ck_quantize_rows_i8_shared(x, rows, columns, shift, channelScales,
+                                                     Int32((1 << (bits - 1)) - 1), staticStep(scaling), &steps),
+              let steps else {
+            fatalError("out of memory for \(rows)×\(columns) activation codes")
+        }
+        return (codes, steps)
+    }
+
+    /// A per-thread scratch buffer of at least `count` elements (slot 0…3; see
+    /// `ck_thread_scratch`): valid until the same thread asks for the same slot again.
+    public static func threadScratch<T>(slot: Int, count: Int, of type: T.Type = T.self) -> UnsafeMutablePointer<T> {
+        guard let raw = ck_thread_scratch(Int32(slot), max(1, count) * MemoryLayout<T>.stride) else {
+            fatalError("out of memory for \(count) scratch elements")
+        }
+        return raw.bindMemory(to: T.self, capacity: max(1, count))
     }
 
     /// Scalar twin of `quantizeRows`.
@@ -265,7 +304,7 @@ public enum LowBit {
     // MARK: helpers
 
     /// Minimum rows per worker for a row-parallel loop doing `workPerRow` multiply-adds a row.
-    static func chunk(workPerRow: Int, atLeast: Int) -> Int {
+    public static func chunk(workPerRow: Int, atLeast: Int) -> Int {
         let rows = (minimumWorkPerChunk + max(1, workPerRow) - 1) / max(1, workPerRow)
         return max(atLeast, rows)
     }

@@ -55,20 +55,11 @@ public enum MiniFloat {
     public static func product(codes: UnsafePointer<UInt8>, nibbles: Bool, outFeatures: Int, inFeatures: Int,
                                groupSize: Int, table: UnsafePointer<Float>, scales: UnsafePointer<Float>,
                                x: UnsafePointer<Float>, rows: Int, y: UnsafeMutablePointer<Float>) {
-        guard rows > 0, outFeatures > 0 else { return }
-        let tile = min(outFeatures, LowBit.defaultTileRows(inFeatures: inFeatures))
-        let scratch = UnsafeMutablePointer<Float>.allocate(capacity: tile * inFeatures)
-        defer { scratch.deallocate() }
         let pc = SendableConstPointer(codes), pt = SendableConstPointer(table), ps = SendableConstPointer(scales)
-        let pscratch = SendablePointer(scratch)
-        for r0 in stride(from: 0, to: outFeatures, by: tile) {
-            let r1 = min(outFeatures, r0 + tile)
-            Parallel.forEachChunk(r1 - r0, minimumChunk: max(8, (LowBit.minimumWorkPerChunk / 8) / max(1, inFeatures))) { part in
-                ck_fp_decode_rows(pc.base, nibbles ? 1 : 0, r0 + part.lowerBound, part.count, inFeatures, groupSize,
-                                  pt.base, ps.base, pscratch.base + part.lowerBound * inFeatures)
-            }
-            BLAS.gemm(m: rows, n: r1 - r0, k: inFeatures, a: x, lda: inFeatures,
-                      b: scratch, ldb: inFeatures, transposeB: true, c: y + r0, ldc: outFeatures)
+        LowBit.tiledProduct(outFeatures: outFeatures, inFeatures: inFeatures, x: x, rows: rows, y: y,
+                            tileRows: LowBit.defaultTileRows(inFeatures: inFeatures)) { range, tile in
+            ck_fp_decode_rows(pc.base, nibbles ? 1 : 0, range.lowerBound, range.count, inFeatures, groupSize,
+                              pt.base, ps.base, tile)
         }
     }
 

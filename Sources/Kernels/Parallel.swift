@@ -1,35 +1,71 @@
-import Dispatch
-import Foundation
+import CKernels
 
-/// A pointer that may cross into `concurrentPerform` workers. Each worker must touch a
-/// disjoint range; that is what makes the unchecked conformance sound.
+/// A pointer that may cross into parallel workers. Each worker must touch a disjoint range;
+/// that is what makes the unchecked conformance sound.
 public struct SendablePointer<T>: @unchecked Sendable {
     public let base: UnsafeMutablePointer<T>
     public init(_ base: UnsafeMutablePointer<T>) { self.base = base }
 }
 
+/// Row-parallel loops on a persistent thread pool (`ck_pool.h`).
+///
+/// The pool's workers are created once and spin briefly between jobs before they sleep, so
+/// handing a decode-sized GEMV (tens of microseconds) to the second core costs well under a
+/// microsecond, where `DispatchQueue.concurrentPerform` had to wake a GCD worker (10–30 µs).
+/// The calling thread takes part in every job; nested calls (a loop started from inside a
+/// task) and calls from a second thread while a job runs execute inline on the caller.
 public enum Parallel {
-    /// Worker count for our own parallel loops (the machine's cores unless `setThreadCount`
-    /// chose another number). Set it before parallel work starts, not while loops run.
-    public nonisolated(unsafe) private(set) static var workerCount = max(1, ProcessInfo.processInfo.activeProcessorCount)
+    /// Threads our parallel loops use, the caller included (the machine's cores unless
+    /// `setThreadCount` chose another number).
+    public static var workerCount: Int { Int(ck_pool_threads()) }
 
     /// Sets the threads both our parallel loops and OpenBLAS may use (at least 1).
     public static func setThreadCount(_ threads: Int) {
-        workerCount = max(1, threads)
-        BLAS.threadCount = workerCount
+        ck_pool_set_threads(Int32(clamping: max(1, threads)))
+        BLAS.threadCount = max(1, threads)
     }
 
-    /// Runs `body` over `0..<count` split into contiguous chunks, one per worker.
-    /// concurrentPerform costs about a microsecond per fan-out; task groups cost ~25 µs.
+    /// Runs `body` over `0..<count` split into contiguous chunks of at least `minimumChunk`
+    /// elements (except the last), spread over the pool. Results must not depend on the split:
+    /// callers split over output rows, never over a reduction.
     public static func forEachChunk(_ count: Int, minimumChunk: Int = 1,
                                     _ body: @Sendable (Range<Int>) -> Void) {
+        guard count > 0 else { return }
         let workers = min(workerCount, max(1, count / max(1, minimumChunk)))
         if workers <= 1 { body(0..<count); return }
-        let chunk = (count + workers - 1) / workers
-        DispatchQueue.concurrentPerform(iterations: workers) { w in
-            let start = w * chunk, end = min(count, start + chunk)
+        // Up to eight chunks per thread: chunks are claimed dynamically, so a thread that another
+        // process preempts on a loaded machine holds up at most one small chunk.
+        let tasks = min(8 * workers, max(workers, count / max(1, minimumChunk)))
+        let chunk = (count + tasks - 1) / tasks
+        forEach(tasks) { t in
+            let start = t * chunk, end = min(count, start + chunk)
             if start < end { body(start..<end) }
         }
     }
-}
 
+    /// Runs `body(i)` for every `i` in `0..<tasks` on the pool (in no particular order).
+    public static func forEach(_ tasks: Int, _ body: (Int) -> Void) {
+        guard tasks > 0 else { return }
+        if tasks == 1 { body(0); return }
+        withoutActuallyEscaping(body) { escapable in
+            var box = Box(body: escapable)
+            withUnsafeMutablePointer(to: &box) { pointer in
+                ck_pool_run(tasks, { context, index in
+                    context!.assumingMemoryBound(to: Box.self).pointee.body(Int(index))
+                }, pointer)
+            }
+        }
+    }
+
+    private struct Box { let body: (Int) -> Void }
+
+    /// Parallel jobs run so far, how many had to wake a sleeping worker, how many waited long
+    /// for a preempted worker (stalls), and how many ran on the caller alone because recent jobs
+    /// stalled (a loaded machine: more runnable threads than cores).
+    public static var poolCounters: (jobs: UInt64, wakeups: UInt64, stalls: UInt64, serialJobs: UInt64) {
+        var jobs: UInt64 = 0, wakeups: UInt64 = 0, stalls: UInt64 = 0, serial: UInt64 = 0
+        ck_pool_counters(&jobs, &wakeups)
+        ck_pool_stall_counters(&stalls, &serial)
+        return (jobs, wakeups, stalls, serial)
+    }
+}

@@ -60,21 +60,11 @@ public enum SplitKernels {
     public static func dequantizedProduct(_ indices: Indices, outFeatures: Int, inFeatures: Int, groupSize: Int,
                                           bits: Int, scales: UnsafePointer<Float>, zeros: UnsafePointer<Float>,
                                           x: UnsafePointer<Float>, rows: Int, y: UnsafeMutablePointer<Float>) {
-        guard rows > 0, outFeatures > 0 else { return }
-        let tile = min(outFeatures, LowBit.defaultTileRows(inFeatures: inFeatures))
-        let scratch = UnsafeMutablePointer<Float>.allocate(capacity: tile * inFeatures)
-        defer { scratch.deallocate() }
-        let ps = SendableConstPointer(scales), pz = SendableConstPointer(zeros), pscratch = SendablePointer(scratch)
-        let minimumRows = max(8, (LowBit.minimumWorkPerChunk / 8 + inFeatures - 1) / max(1, inFeatures))
-        for r0 in stride(from: 0, to: outFeatures, by: tile) {
-            let r1 = min(outFeatures, r0 + tile)
-            Parallel.forEachChunk(r1 - r0, minimumChunk: minimumRows) { part in
-                dequantizeRows(indices, rowRange: (r0 + part.lowerBound)..<(r0 + part.upperBound), columns: inFeatures,
-                               groupSize: groupSize, bits: bits, scales: ps.base, zeros: pz.base,
-                               into: pscratch.base + part.lowerBound * inFeatures)
-            }
-            BLAS.gemm(m: rows, n: r1 - r0, k: inFeatures, a: x, lda: inFeatures,
-                      b: scratch, ldb: inFeatures, transposeB: true, c: y + r0, ldc: outFeatures)
+        let ps = SendableConstPointer(scales), pz = SendableConstPointer(zeros)
+        LowBit.tiledProduct(outFeatures: outFeatures, inFeatures: inFeatures, x: x, rows: rows, y: y,
+                            tileRows: LowBit.defaultTileRows(inFeatures: inFeatures)) { range, tile in
+            dequantizeRows(indices, rowRange: range, columns: inFeatures, groupSize: groupSize, bits: bits,
+                           scales: ps.base, zeros: pz.base, into: tile)
         }
     }
 

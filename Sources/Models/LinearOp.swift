@@ -10,6 +10,13 @@ public protocol LinearOp: AnyObject, Sendable {
     var outFeatures: Int { get }
     /// `y[rows, out] = x[rows, in]·Wᵀ + b`.
     func forward(_ x: UnsafePointer<Float>, rows: Int, into y: UnsafeMutablePointer<Float>)
+    /// Bytes of weights and parameters one forward reads (for memory-traffic estimates in
+    /// benchmarks); 0 when an implementation does not say.
+    var weightBytes: Int { get }
+}
+
+extension LinearOp {
+    public var weightBytes: Int { 0 }
 }
 
 /// A float32 linear layer on OpenBLAS.
@@ -18,6 +25,7 @@ public final class FloatLinear: LinearOp {
     public let bias: [Float]?
     public var inFeatures: Int { weight.shape[1] }
     public var outFeatures: Int { weight.shape[0] }
+    public var weightBytes: Int { 4 * (weight.data.count + (bias?.count ?? 0)) }
 
     public init(weight: Tensor, bias: [Float]? = nil) {
         precondition(weight.shape.count == 2, "a linear weight is [out, in]")

@@ -113,7 +113,8 @@ public final class LlamaModel: Sendable {
         var projected = [Float](repeating: 0, count: T * D)                 // (T, D)
         var gate = [Float](repeating: 0, count: T * F)                      // (T, F)
         var up = [Float](repeating: 0, count: T * F)                        // (T, F)
-        var scores = [Float](repeating: 0, count: T * S)                    // (T, S) one head
+        // (T, S) one head; one query row (decode) keeps every head's row: (H, S).
+        var scores = [Float](repeating: 0, count: (T == 1 ? c.headCount : T) * S)
         var localKeys = cache == nil ? [Float](repeating: 0, count: T * kvWidth) : []
         var localValues = localKeys
         let epsilon = Float(c.normEpsilon)
@@ -183,6 +184,14 @@ public final class LlamaModel: Sendable {
         scores.withUnsafeMutableBufferPointer { sp in
         out.withUnsafeMutableBufferPointer { op in
             let sc = sp.baseAddress!
+            if T == 1, observer == nil, probabilityOp == nil {
+                // Decode: one fused kernel per head (q·Kᵀ, softmax, P·V) across the pool, instead
+                // of two single-row OpenBLAS sgemm calls per head.
+                TokenKernels.attendOne(q: qp.baseAddress!, keys: kp.baseAddress!, values: vp.baseAddress!, count: S,
+                                       heads: c.headCount, kvHeads: c.kvHeadCount, dim: Dh, stride: kvWidth,
+                                       scale: scale, scores: sc, out: op.baseAddress!)
+                return
+            }
             for h in 0..<c.headCount {
                 let kvHead = h / group
                 // scores (T, S) = q_h (T, Dh) · K_g (S, Dh)ᵀ · scale

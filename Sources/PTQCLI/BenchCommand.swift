@@ -75,6 +75,13 @@ struct BenchCommand: ParsableCommand {
         let decode: Spread
         let load_seconds: Double
         let peak_resident_bytes: Int
+        /// Bytes one decoded token reads: weights and parameters plus the KV cache at the mean
+        /// decode depth.
+        let decode_bytes_per_token: Int
+        /// Decode tokens/s the measured read bandwidth allows (bandwidth / bytes per token) and
+        /// the median decode rate as a fraction of it.
+        let decode_bandwidth_bound: Double
+        let decode_bound_fraction: Double
     }
 
     static func peakResidentBytes() -> Int {
@@ -83,7 +90,8 @@ struct BenchCommand: ParsableCommand {
         return Int(usage.ru_maxrss) * 1024  // kilobytes on Linux
     }
 
-    func measure(_ path: String) throws -> Speed {
+    /// Measures one model; `bandwidth` (bytes/s) gives the decode bound (0 without it).
+    func measure(_ path: String, bandwidth: Double = 0) throws -> Speed {
         let loadStart = DispatchTime.now()
         let llm = try PTQ.loadAnyModel(path: path).generativeModel(for: "bench", source: path)
         return try measure(llm, path: path, loadSeconds: seconds(since: loadStart))
@@ -123,9 +131,13 @@ struct BenchCommand: ParsableCommand {
             if decodeTokens > 0 { decodeRates.append(Double(decodeTokens) / seconds(since: t0)) }
         }
         let prefill = Spread(prefillRates), decode = Spread(decodeRates)
+        let meanDepth = promptTokens + (decodeTokens + 1) / 2
+        let bytesPerToken = llm.decodeWeightBytes + llm.kvCacheBytes(positions: meanDepth)
+        let bound = bandwidth / Double(max(1, bytesPerToken))  // 0 when bandwidth was not measured
         return Speed(model: path, prefill_tokens_per_second: prefill.median, decode_tokens_per_second: decode.median,
                      prefill: prefill, decode: decode, load_seconds: loadSeconds,
-                     peak_resident_bytes: Self.peakResidentBytes())
+                     peak_resident_bytes: Self.peakResidentBytes(), decode_bytes_per_token: bytesPerToken,
+                     decode_bandwidth_bound: bound, decode_bound_fraction: bound > 0 ? decode.median / bound : 0)
     }
 
     private func seconds(since start: DispatchTime) -> Double {
@@ -134,28 +146,39 @@ struct BenchCommand: ParsableCommand {
 
     func run() throws {
         if let threads { PTQ.threadCount = threads }
-        let speed = try measure(model)
-        let base = try reference.map { try measure($0) }
+        // Read bandwidth with the same threads, measured before the models (256 MiB, best of 5).
+        let bandwidth = PTQ.measureReadBandwidth()
+        let speed = try measure(model, bandwidth: bandwidth)
+        let base = try reference.map { try measure($0, bandwidth: bandwidth) }
         if options.json {
             struct Output: Encodable {
                 let model: Speed, reference: Speed?, prefill_ratio: Double?, decode_ratio: Double?
                 let prompt_tokens: Int, decode_tokens: Int, repeats: Int, threads: Int
+                let read_bandwidth_bytes_per_second: Double
+                /// Thread-pool jobs, wake-ups, stalls (waits for a preempted worker) and jobs run
+                /// serially after stalls, over the whole run: stalls mean a loaded machine.
+                let pool_jobs: UInt64, pool_wakeups: UInt64, pool_stalls: UInt64, pool_serial_jobs: UInt64
             }
+            let pool = PTQ.poolCounters
             try printJSON(Output(model: speed, reference: base,
                                  prefill_ratio: base.map { speed.prefill_tokens_per_second / $0.prefill_tokens_per_second },
                                  decode_ratio: base.map { speed.decode_tokens_per_second / $0.decode_tokens_per_second },
                                  prompt_tokens: promptTokens, decode_tokens: decodeTokens, repeats: repeats,
-                                 threads: PTQ.threadCount))
+                                 threads: PTQ.threadCount, read_bandwidth_bytes_per_second: bandwidth,
+                                 pool_jobs: pool.jobs, pool_wakeups: pool.wakeups, pool_stalls: pool.stalls,
+                                 pool_serial_jobs: pool.serialJobs))
             return
         }
         func line(_ s: Speed) -> String {
             String(format: "prefill %.1f tok/s (min %.1f, max %.1f), decode %.1f tok/s (min %.1f, max %.1f), "
-                           + "load %.2f s, peak RSS %.0f MiB",
+                           + "load %.2f s, peak RSS %.0f MiB; decode reads %.1f MB/token, bandwidth bound %.1f tok/s "
+                           + "(%.0f%% reached)",
                    s.prefill.median, s.prefill.min, s.prefill.max, s.decode.median, s.decode.min, s.decode.max,
-                   s.load_seconds, Double(s.peak_resident_bytes) / 1_048_576)
+                   s.load_seconds, Double(s.peak_resident_bytes) / 1_048_576, Double(s.decode_bytes_per_token) / 1e6,
+                   s.decode_bandwidth_bound, 100 * s.decode_bound_fraction)
         }
         print("\(promptTokens)-token prompt, \(decodeTokens) decoded tokens, \(repeats) repetitions (median), "
-              + "\(PTQ.threadCount) threads")
+              + "\(PTQ.threadCount) threads, read bandwidth \(String(format: "%.1f", bandwidth / 1e9)) GB/s")
         print("\(model): \(line(speed))")
         if let base {
             print("\(base.model): \(line(base))")
@@ -163,5 +186,8 @@ struct BenchCommand: ParsableCommand {
                          speed.prefill_tokens_per_second / base.prefill_tokens_per_second,
                          speed.decode_tokens_per_second / base.decode_tokens_per_second))
         }
+        let pool = PTQ.poolCounters
+        print("thread pool: \(pool.jobs) parallel jobs, \(pool.wakeups) wake-ups, \(pool.stalls) stalls on a preempted "
+              + "worker, \(pool.serialJobs) jobs run serially after stalls")
     }
 }

@@ -29,9 +29,14 @@ public final class FloatingPointLinear: LinearOp {
     private let scales: [Float]
     private let table: [Float]
     /// Integer path (FP4 weights with activations whose shifted integers fit int8, e.g. W4A4
-    /// E2M1/E1M2): weight integers `value/unit` as int8 `[out, in]`, group scales `scale·unit`,
-    /// activation factors `2^(K − k_j)/unit_a`, and the output factor `alpha·unit_a·2^(−K)`.
+    /// E2M1/E1M2): weight integers `value/unit` — as a 16-entry int8 table read through the
+    /// nibble codes (`TokenKernels.fp4Gemv`, `pshufb` + VNNI/maddubs) when the shape allows
+    /// (columns and groups multiples of 32), else expanded to int8 `[out, in]` — group scales
+    /// `scale·unit`, activation factors `2^(K − k_j)/unit_a`, and the output factor
+    /// `alpha·unit_a·2^(−K)`.
     private struct IntegerPath: Sendable {
+        /// The 16 weight integers of the FP4 codes; nil when `codes` holds the expanded matrix.
+        var table: [Int8]?
         var codes: [Int8]
         var groupScales: [Float]
         var activationFactors: [Float]
@@ -43,9 +48,11 @@ public final class FloatingPointLinear: LinearOp {
     static let gemvRowLimit = 8
 
     /// Bytes held for this layer: codes, scales, bias and activation parameters.
+    public var weightBytes: Int { storageBytes }
+
     public var storageBytes: Int {
         codes.count + scales.count * 4 + (bias?.count ?? 0) * 4 + (activation?.channelScales?.count ?? 0) * 4
-            + (integer.map { $0.codes.count + $0.groupScales.count * 4 } ?? 0)
+            + (integer.map { $0.codes.count + ($0.table?.count ?? 0) + $0.groupScales.count * 4 } ?? 0)
     }
 
     /// What runs, for reports: e.g. `fp4 e2m1 LUT GEMV/tile-sgemm g32, A fp8 e4m3 per-tensor`.
@@ -53,7 +60,10 @@ public final class FloatingPointLinear: LinearOp {
         let grouping = groupSize >= inFeatures ? "per-channel" : "g\(groupSize)"
         let act = activation?.floatFormat.map { "A \($0) per-tensor" + (activation?.channelScales != nil ? " + 2^-k" : "") }
             ?? "A16"
-        if integer != nil { return "\(format) LUT→int8 GEMM \(grouping), \(act) as int8" }
+        if let integer {
+            let kernel = integer.table != nil ? "nibble-table int8 GEMV" : "LUT→int8 GEMM"
+            return "\(format) \(kernel) \(grouping), \(act) as int8"
+        }
         return "\(format) LUT GEMV/tile-sgemm \(grouping), \(act)"
     }
 
@@ -114,13 +124,14 @@ public final class FloatingPointLinear: LinearOp {
         scales = w.scales
         // 16 entries for nibbles (the AVX2 path reads the first 8 as the magnitude table).
         table = w.format.codeValues + [Float](repeating: 0, count: max(0, (nibbles ? 16 : 256) - w.format.codeCount))
-        integer = Self.integerPath(w, activation: q.activation)
+        integer = Self.integerPath(w, groupSize: min(w.groupSize, w.columns), activation: q.activation)
     }
 
     /// Every FP4 weight is an integer (≤ 64) times the format's smallest step, and an activation
     /// grid value times 2^(K − k_j) is an integer too; when those fit int8 the layer runs the exact
     /// int8 GEMM (`ck_gemm_i8_grouped`) with the group scales applied after each integer group sum.
-    private static func integerPath(_ w: FloatingPointWeight, activation a: ActivationQuantization?) -> IntegerPath? {
+    private static func integerPath(_ w: FloatingPointWeight, groupSize: Int,
+                                    activation a: ActivationQuantization?) -> IntegerPath? {
         guard w.bits <= 4, let a, let f = a.floatFormat, let alpha = a.scale, w.columns <= 131_072 else { return nil }
         let offsets: [Int] = a.channelScales?.map { -Int($0.exponent) } ?? [Int](repeating: 0, count: w.columns)
         // Only exact powers of two 2^(−k), k ≥ 0, are offsets.
@@ -129,20 +140,26 @@ public final class FloatingPointLinear: LinearOp {
         let maxInteger = Int(f.maxValue / f.unit)
         guard maxInteger << k <= 127 else { return nil }
         let wt = w.format.codeValues
-        var codes = [Int8](repeating: 0, count: w.codes.count)
-        for i in 0..<codes.count { codes[i] = Int8(wt[Int(w.codes[i])] / w.format.unit) }
         let groupScales = w.scales.map { $0 * w.format.unit }
         let factors = offsets.map { Float(sign: .plus, exponent: k - $0, significand: 1) / f.unit }
         let outputScale = alpha * f.unit * Float(sign: .plus, exponent: -k, significand: 1)
-        return IntegerPath(codes: codes, groupScales: groupScales, activationFactors: factors, outputScale: outputScale)
+        if wt.count == 16, TokenKernels.fp4Supports(columns: w.columns, groupSize: groupSize) {
+            // Nibble codes stay as they are (two per byte); the kernels look them up in this table.
+            let table = wt.map { Int8($0 / w.format.unit) }
+            return IntegerPath(table: table, codes: [], groupScales: groupScales, activationFactors: factors,
+                               outputScale: outputScale)
+        }
+        var codes = [Int8](repeating: 0, count: w.codes.count)
+        for i in 0..<codes.count { codes[i] = Int8(wt[Int(w.codes[i])] / w.format.unit) }
+        return IntegerPath(table: nil, codes: codes, groupScales: groupScales, activationFactors: factors,
+                           outputScale: outputScale)
     }
 
     public func forward(_ x: UnsafePointer<Float>, rows: Int, into y: UnsafeMutablePointer<Float>) {
         guard rows > 0 else { return }
         let k = inFeatures, n = outFeatures
         if let p = integer, let a = activation, let f = a.floatFormat, let alpha = a.scale {
-            let codes = UnsafeMutablePointer<Int8>.allocate(capacity: rows * k)
-            defer { codes.deallocate() }
+            let codes = LowBit.threadScratch(slot: 2, count: rows * k, of: Int8.self)
             withOptional(a.channelScales) { cs in
                 p.activationFactors.withUnsafeBufferPointer { fp in
                     MiniFloat.quantizeRowsInt8(x, rows: rows, columns: k, channelScales: cs, alpha: alpha,
@@ -150,10 +167,30 @@ public final class FloatingPointLinear: LinearOp {
                                                factors: fp.baseAddress!, into: codes)
                 }
             }
-            p.codes.withUnsafeBufferPointer { wc in
-                p.groupScales.withUnsafeBufferPointer { ws in
-                    LowBit.gemmI8Grouped(a: codes, m: rows, b: wc.baseAddress!, n: n, k: k, groupSize: groupSize,
-                                         weightScales: ws.baseAddress!, c: y, ldc: n)
+            if let table = p.table {
+                self.codes.withUnsafeBufferPointer { wc in
+                    table.withUnsafeBufferPointer { t in
+                        p.groupScales.withUnsafeBufferPointer { ws in
+                            if rows <= Self.gemvRowLimit {
+                                let permuted = LowBit.threadScratch(slot: 3, count: rows * k, of: Int8.self)
+                                TokenKernels.fp4Permute(codes, rows: rows, columns: k, into: permuted)
+                                TokenKernels.fp4Gemv(codes: wc.baseAddress!, rows: n, columns: k, groupSize: groupSize,
+                                                     table: t.baseAddress!, scales: ws.baseAddress!,
+                                                     permutedActivations: permuted, m: rows, y: y, ldy: n)
+                            } else {
+                                TokenKernels.fp4Product(codes: wc.baseAddress!, rows: n, columns: k, groupSize: groupSize,
+                                                        table: t.baseAddress!, scales: ws.baseAddress!,
+                                                        activations: codes, m: rows, y: y)
+                            }
+                        }
+                    }
+                }
+            } else {
+                p.codes.withUnsafeBufferPointer { wc in
+                    p.groupScales.withUnsafeBufferPointer { ws in
+                        LowBit.gemmI8Grouped(a: codes, m: rows, b: wc.baseAddress!, n: n, k: k, groupSize: groupSize,
+                                             weightScales: ws.baseAddress!, c: y, ldc: n)
+                    }
                 }
             }
             for i in 0..<rows * n { y[i] *= p.outputScale }
@@ -163,8 +200,7 @@ public final class FloatingPointLinear: LinearOp {
             return
         }
         var input = x
-        let quantized = UnsafeMutablePointer<Float>.allocate(capacity: activation == nil ? 0 : rows * k)
-        defer { quantized.deallocate() }
+        let quantized = LowBit.threadScratch(slot: 2, count: activation == nil ? 0 : rows * k, of: Float.self)
         if let a = activation, let f = a.floatFormat, let alpha = a.scale {
             withOptional(a.channelScales) { cs in
                 MiniFloat.quantizeRows(x, rows: rows, columns: k, channelScales: cs, alpha: alpha,

@@ -58,6 +58,8 @@ public final class IntegerLinear: LinearOp {
     }
 
     /// Bytes held for this layer: codes, scales, zero points, bias and activation parameters.
+    public var weightBytes: Int { storageBytes }
+
     public var storageBytes: Int {
         let biasBytes = (bias?.count ?? 0) * 4
         switch kernel {
@@ -185,19 +187,17 @@ public final class IntegerLinear: LinearOp {
     private func forwardInteger(_ p: IntegerPath, _ x: UnsafePointer<Float>, rows: Int,
                                 into y: UnsafeMutablePointer<Float>) {
         let k = inFeatures, n = outFeatures
-        let codes = UnsafeMutablePointer<Int8>.allocate(capacity: rows * k)
-        let rowScales = UnsafeMutablePointer<Float>.allocate(capacity: rows)
-        defer { codes.deallocate(); rowScales.deallocate() }
-        withOptional(p.shift) { shift in
+        // Per-thread buffers, and no second quantization of an input the previous layer on this
+        // thread already quantized with the same parameters (q/k/v, gate/up).
+        let (codes, rowScales) = withOptional(p.shift) { shift in
             withOptional(p.channelScales) { channelScales in
-                LowBit.quantizeRows(x, rows: rows, columns: k, shift: shift, channelScales: channelScales,
-                                    bits: p.activationBits, scaling: p.scaling, codes: codes, rowScales: rowScales)
+                LowBit.quantizeRowsShared(x, rows: rows, columns: k, shift: shift, channelScales: channelScales,
+                                          bits: p.activationBits, scaling: p.scaling)
             }
         }
         // Asymmetric weights: per row and group, rowScale · Σ_{j∈g} a[i, j] for the zero-point term.
         let groups = p.groups
-        let codeSums = UnsafeMutablePointer<Float>.allocate(capacity: p.zeroTerms == nil ? 0 : rows * groups)
-        defer { codeSums.deallocate() }
+        let codeSums = LowBit.threadScratch(slot: 0, count: p.zeroTerms == nil ? 0 : rows * groups, of: Float.self)
         if p.zeroTerms != nil {
             for i in 0..<rows {
                 let a = codes + i * k
@@ -211,8 +211,7 @@ public final class IntegerLinear: LinearOp {
         p.codes.withUnsafeBufferPointer { wc in
             p.scales.withUnsafeBufferPointer { ws in
                 if groups == 1 {
-                    let acc = UnsafeMutablePointer<Int32>.allocate(capacity: rows * n)
-                    defer { acc.deallocate() }
+                    let acc = LowBit.threadScratch(slot: 1, count: rows * n, of: Int32.self)
                     LowBit.gemmI8(a: codes, m: rows, b: wc.baseAddress!, n: n, k: k, c: acc, ldc: n)
                     withOptional(p.zeroTerms) { zt in
                         for i in 0..<rows {

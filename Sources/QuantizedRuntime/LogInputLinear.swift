@@ -25,6 +25,10 @@ public final class LogInputLinear: LinearOp {
     let levels: [Float]
     let thresholds: [Float]
 
+    public var weightBytes: Int {
+        2 * codesT.count + 4 * (scales.count + zeros.count + levels.count + thresholds.count + (bias?.count ?? 0))
+    }
+
     /// Per-output-channel integer weights only (the layer's weights are per row in AdaLog's
     /// pipeline); throws a `PTQError` naming the layer otherwise.
     public init(_ q: QuantizedLinear) throws(PTQError) {

@@ -23,6 +23,8 @@ public final class SplitLinear: LinearOp {
     private let zeros: [Float]
 
     /// Bytes held for this layer: indices, scales, zero points and bias.
+    public var weightBytes: Int { storageBytes }
+
     public var storageBytes: Int {
         let indexBytes: Int
         switch indices {

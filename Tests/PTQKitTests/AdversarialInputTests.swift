@@ -641,5 +641,7 @@ struct AdversarialCLITests {
         #expect(speed.decode_tokens_per_second == speed.decode.median)
         #expect(speed.prefill_tokens_per_second == speed.prefill.median)
         #expect(speed.peak_resident_bytes > 0 && speed.load_seconds >= 0)
+        // Bytes per decoded token: at least the float LM head of the tiny model, plus its KV cache.
+        #expect(speed.decode_bytes_per_token > 0 && speed.decode_bandwidth_bound == 0)
     }
 }

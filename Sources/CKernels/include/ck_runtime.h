@@ -1,0 +1,87 @@
+#ifndef CK_RUNTIME_H
+#define CK_RUNTIME_H
+#include <stdint.h>
+#include <stddef.h>
+
+// Token-path kernels of the runtime (runtime_ops.c): float GEMV for the FP32 model and the
+// LM head, decode attention for one head, and the FP4 nibble-table integer GEMV. Each fast
+// path has a `_ref` scalar twin; the run-time checks pick AVX-512 VNNI (EVEX, 256-bit), then
+// AVX2, then the reference.
+
+/// 1 when the CPU has AVX-512 VNNI and VL (the EVEX `vpdpbusd` on ymm registers) besides AVX2.
+int ck_cpu_has_avx512vnni(void);
+/// Forces the AVX2 path even where VNNI exists (0 = allow VNNI): for tests and measurements.
+void ck_set_vnni_enabled(int enabled);
+
+/// y[o] = sum_j w[o*cols + j] * x[j] for o in [row_begin, row_begin + row_count) (float32 GEMV,
+/// 4 rows per step, 8-lane FMA accumulators, one horizontal sum per row).
+void ck_sgemv_f32(const float *w, size_t row_begin, size_t row_count, size_t cols,
+                  const float *x, float *y);
+/// Scalar twin of ck_sgemv_f32 (sequential sum per row).
+void ck_sgemv_f32_ref(const float *w, size_t row_begin, size_t row_count, size_t cols,
+                      const float *x, float *y);
+
+/// Attention of one query row over `count` cached positions for one head:
+/// s[j] = scale * dot(q, k_j) (k_j = keys + j*stride, dim values), p = softmax(s)
+/// (max, expf, sum, times 1/sum, as Ops.softmax), out[d] = sum_j p[j] * v_j[d].
+/// `scores` is scratch of `count` floats.
+void ck_attend_one(const float *q, const float *keys, const float *values, size_t count, size_t stride,
+                   size_t dim, float scale, float *scores, float *out);
+void ck_attend_one_ref(const float *q, const float *keys, const float *values, size_t count, size_t stride,
+                       size_t dim, float scale, float *scores, float *out);
+
+// ---------------------------------------------------------------------------------------------
+// FP4 weights as 4-bit table indices with int8 activations (LLM-FP4 W4A8 integer path).
+//
+// codes: two 4-bit codes per byte (element 2i low nibble, 2i+1 high nibble), row stride cols/2.
+// table: 16 int8 values, the code's value divided by the format's smallest step (an integer,
+// |t| <= 127 so the sign trick stays exact). wscale: [rows, G] group scales, G = cols / group_size.
+// Activations: int8 codes in [-127, 127] in the *block-permuted* order of ck_fp4_permute_i8
+// (within every 32 columns, even columns first, then odd), so that the low nibbles of 16 bytes
+// meet the first 16 activations and the high nibbles the next 16.
+// Requires cols % 32 == 0 and group_size % 32 == 0.
+//
+// y[o] = sum_g wscale[o*G + g] * (float)(sum_{j in g} table[code(o, j)] * a[j]), the groups
+// summed in order with a separate multiply and add: bit for bit ck_gemm_i8_grouped on the
+// expanded codes.
+
+/// Block-permutes `rows` rows of `cols` activation codes (cols % 32 == 0) into `out`.
+void ck_fp4_permute_i8(const int8_t *a, size_t rows, size_t cols, int8_t *out);
+
+/// For o in [row_begin, row_begin + row_count): y[i*ldy + o] for each activation row i < m
+/// (a_perm [m, cols] block-permuted).
+void ck_fp4_gemv_i8(const uint8_t *codes, size_t row_begin, size_t row_count, size_t cols, size_t group_size,
+                    const int8_t *table, const float *wscale, const int8_t *a_perm, size_t m, float *y, size_t ldy);
+void ck_fp4_gemv_i8_ref(const uint8_t *codes, size_t row_begin, size_t row_count, size_t cols, size_t group_size,
+                        const int8_t *table, const float *wscale, const int8_t *a_perm, size_t m, float *y, size_t ldy);
+
+/// Expands rows [row_begin, row_begin + row_count) into int8 codes out[(r - row_begin)*cols + j]
+/// (natural column order), for tiles multiplied by ck_gemm_i8_grouped at prefill.
+void ck_fp4_expand_i8(const uint8_t *codes, size_t row_begin, size_t row_count, size_t cols,
+                      const int8_t *table, int8_t *out);
+
+/// Sum of n floats read once in order (a streaming-read probe: its speed is the memory
+/// bandwidth one thread gets when n·4 bytes exceed the caches).
+float ck_stream_sum(const float *p, size_t n);
+
+// ---------------------------------------------------------------------------------------------
+// Token-path memory: per-thread scratch and a per-thread memo of the last activation
+// quantization, so the token path allocates nothing and layers reading the same input
+// (q/k/v, gate/up) quantize it once.
+
+/// A per-thread buffer of at least `bytes` bytes (64-byte aligned) for slot 0…3 (4…7 are used
+/// inside the C kernels), reused by
+/// later calls on the same thread with the same slot (its contents are not kept when it grows).
+/// NULL only when memory runs out.
+void *ck_thread_scratch(int slot, size_t bytes);
+
+/// ck_quantize_rows_i8 into per-thread buffers, remembering the last input: when this thread's
+/// previous call had the same rows, columns, parameters (max_code, static_step, and shift and
+/// channel scales equal in value) and an input equal in every element, its codes and steps are
+/// returned without quantizing again. The result (codes [rows, cols]; *row_steps [rows]) stays
+/// valid until this thread's next call. Returns NULL only when memory runs out.
+const int8_t *ck_quantize_rows_i8_shared(const float *x, size_t rows, size_t cols, const float *shift,
+                                         const float *channel_scale, int max_code, float static_step,
+                                         const float **row_steps);
+
+#endif

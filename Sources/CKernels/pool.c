@@ -1,0 +1,241 @@
+#define _GNU_SOURCE
+#include <sched.h>
+#include <unistd.h>
+#include "ck_pool.h"
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <time.h>
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define CK_PAUSE() _mm_pause()
+#else
+#define CK_PAUSE() ((void)0)
+#endif
+
+// Fork-join pool in the manner of ggml's threadpool, built so that a worker another process
+// preempts (the machine is shared) never holds a job up unless it holds one of its tasks:
+//
+// - A job is published by storing its fields, then `claim = (job_id << 32) | 0`, then bumping
+//   `generation` (which wakes waiting workers). Every thread, the caller included, claims task
+//   indices by compare-and-swap on `claim`; a claim whose job id is not the current one fails,
+//   so a worker that wakes late for an old job claims nothing and reads no stale fields.
+// - The caller waits for `done == tasks` (tasks finished), not for the workers to check in.
+// - Idle workers spin on `generation` for `spin_ns`, then sleep on `wake`. Sleep handshake: a
+//   worker increments `sleepers` and re-checks `generation` under `lock` before it waits; the
+//   caller bumps `generation` (seq_cst) before it reads `sleepers`, so either the worker sees
+//   the new job or the caller sees the sleeper and broadcasts under the lock.
+
+#define CK_POOL_MAX 64
+
+static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t wake = PTHREAD_COND_INITIALIZER;
+static pthread_mutex_t run_lock = PTHREAD_MUTEX_INITIALIZER;  // one job at a time
+static pthread_once_t once = PTHREAD_ONCE_INIT;
+
+static _Alignas(64) atomic_uint_fast64_t generation;
+static _Alignas(64) atomic_uint_fast64_t claim;   // job id << 32 | next task index
+static _Alignas(64) atomic_size_t done;
+static _Alignas(64) atomic_int sleepers;
+static _Atomic(ck_task_fn) job_fn;
+static _Atomic(void *) job_ctx;
+static atomic_size_t job_tasks;
+static uint32_t job_id;                           // written by the caller under run_lock only
+static atomic_int requested_threads = 0;          // 0: not set yet, use the core count
+static atomic_long spin_ns = 200000;
+static int started = 0;                           // workers created (under lock)
+static atomic_ullong job_count, wakeup_count, stall_count, serial_count;
+
+// Oversubscription guard (caller side, under run_lock). A job "stalls" when the caller, done
+// with its own share, waits more than 50 µs and more than half its own working time for tasks a
+// worker claimed: the worker was preempted mid-task, which on a machine with more runnable
+// threads than cores costs a scheduler time slice per job. When 8 of the last 64 jobs stalled,
+// the next 512 jobs run on the caller alone (as the runtime did before the pool), then the pool
+// is tried again. On an idle machine a job never waits that long (a task is a few µs at decode).
+static uint64_t stall_history;
+static int serial_jobs_left;
+
+static _Thread_local int inside_task;
+
+static long now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long)ts.tv_sec * 1000000000L + ts.tv_nsec;
+}
+
+/// Claims and runs tasks of job `id` until none are left (or the job is no longer current).
+static void run_tasks(uint32_t id) {
+    for (;;) {
+        uint_fast64_t v = atomic_load_explicit(&claim, memory_order_acquire);
+        for (;;) {
+            if ((uint32_t)(v >> 32) != id) return;
+            const size_t tasks = atomic_load_explicit(&job_tasks, memory_order_relaxed);
+            if ((size_t)(uint32_t)v >= tasks) return;
+            // Success proves the job did not change between the load of v and here, so
+            // `tasks` and the fields read below belong to job `id`, which cannot finish (and be
+            // replaced) before this task is counted in `done`.
+            if (atomic_compare_exchange_weak_explicit(&claim, &v, v + 1, memory_order_acq_rel,
+                                                      memory_order_acquire))
+                break;
+        }
+        const ck_task_fn fn = atomic_load_explicit(&job_fn, memory_order_relaxed);
+        void *ctx = atomic_load_explicit(&job_ctx, memory_order_relaxed);
+        fn(ctx, (size_t)(uint32_t)v);
+        atomic_fetch_add_explicit(&done, 1, memory_order_release);
+    }
+}
+
+static void *worker_main(void *arg) {
+    uint_fast64_t seen = (uint_fast64_t)(uintptr_t)arg;  // the generation before our first job
+    inside_task = 1;
+    for (;;) {
+        uint_fast64_t g = atomic_load_explicit(&generation, memory_order_acquire);
+        if (g == seen) {
+            const long budget = atomic_load_explicit(&spin_ns, memory_order_relaxed);
+            const long start = budget > 0 ? now_ns() : 0;
+            unsigned spins = 0;
+            while (budget > 0 && (g = atomic_load_explicit(&generation, memory_order_acquire)) == seen) {
+                CK_PAUSE();
+                if ((++spins & 255) == 0 && now_ns() - start > budget) break;
+            }
+            if (g == seen) {
+                pthread_mutex_lock(&lock);
+                atomic_fetch_add(&sleepers, 1);
+                while ((g = atomic_load(&generation)) == seen) pthread_cond_wait(&wake, &lock);
+                atomic_fetch_sub(&sleepers, 1);
+                pthread_mutex_unlock(&lock);
+            }
+        }
+        seen = g;
+        // The job id travels in `claim`; read it from there (any later job simply has a new id).
+        run_tasks((uint32_t)(atomic_load_explicit(&claim, memory_order_acquire) >> 32));
+    }
+    return NULL;
+}
+
+static int core_count(void) {
+#if defined(__linux__)
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof set, &set) == 0) {
+        int n = CPU_COUNT(&set);
+        if (n > 0) return n;
+    }
+#endif
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n > 0 ? (int)n : 1;
+}
+
+static void init_defaults(void) {
+    int expected = 0;
+    atomic_compare_exchange_strong(&requested_threads, &expected, core_count());
+}
+
+void ck_pool_set_threads(int threads) {
+    pthread_once(&once, init_defaults);
+    if (threads < 1) threads = 1;
+    if (threads > CK_POOL_MAX) threads = CK_POOL_MAX;
+    atomic_store(&requested_threads, threads);
+}
+
+int ck_pool_threads(void) {
+    pthread_once(&once, init_defaults);
+    return atomic_load(&requested_threads);
+}
+
+void ck_pool_set_spin_microseconds(int microseconds) {
+    atomic_store(&spin_ns, microseconds > 0 ? (long)microseconds * 1000L : 0L);
+}
+
+void ck_pool_counters(unsigned long long *jobs, unsigned long long *wakeups) {
+    if (jobs) *jobs = atomic_load(&job_count);
+    if (wakeups) *wakeups = atomic_load(&wakeup_count);
+}
+
+void ck_pool_stall_counters(unsigned long long *stalls, unsigned long long *serial_jobs) {
+    if (stalls) *stalls = atomic_load(&stall_count);
+    if (serial_jobs) *serial_jobs = atomic_load(&serial_count);
+}
+
+static void run_serially(size_t tasks, ck_task_fn fn, void *ctx) {
+    for (size_t i = 0; i < tasks; i++) fn(ctx, i);
+}
+
+void ck_pool_run(size_t tasks, ck_task_fn fn, void *ctx) {
+    if (tasks == 0) return;
+    const int threads = ck_pool_threads();
+    if (tasks == 1 || threads <= 1 || tasks > UINT32_MAX || inside_task || pthread_mutex_trylock(&run_lock) != 0) {
+        run_serially(tasks, fn, ctx);
+        return;
+    }
+    if (serial_jobs_left > 0) {
+        serial_jobs_left--;
+        atomic_fetch_add_explicit(&serial_count, 1, memory_order_relaxed);
+        pthread_mutex_unlock(&run_lock);
+        run_serially(tasks, fn, ctx);
+        return;
+    }
+    // Workers beyond the requested count stay parked only if they were never created; a pool
+    // that once ran wider keeps its extra workers claiming tasks (harmless, and rare).
+    const int workers = threads - 1;
+    pthread_mutex_lock(&lock);
+    while (started < workers) {
+        pthread_t t;
+        pthread_attr_t attr;
+        pthread_attr_init(&attr);
+        pthread_attr_setstacksize(&attr, 1 << 20);
+        const uint_fast64_t g = atomic_load(&generation);
+        const int ok = pthread_create(&t, &attr, worker_main, (void *)(uintptr_t)g) == 0;
+        pthread_attr_destroy(&attr);
+        if (!ok) break;
+        pthread_detach(t);
+        started++;
+    }
+    const int active = started;
+    pthread_mutex_unlock(&lock);
+    if (active == 0) {
+        pthread_mutex_unlock(&run_lock);
+        run_serially(tasks, fn, ctx);
+        return;
+    }
+
+    const uint32_t id = ++job_id;
+    atomic_store_explicit(&job_fn, fn, memory_order_relaxed);
+    atomic_store_explicit(&job_ctx, ctx, memory_order_relaxed);
+    atomic_store_explicit(&job_tasks, tasks, memory_order_relaxed);
+    atomic_store_explicit(&done, 0, memory_order_relaxed);
+    atomic_store_explicit(&claim, (uint_fast64_t)id << 32, memory_order_release);
+    atomic_fetch_add(&generation, 1);  // seq_cst: wakes spinning workers
+    atomic_fetch_add_explicit(&job_count, 1, memory_order_relaxed);
+    if (atomic_load(&sleepers) > 0) {
+        atomic_fetch_add_explicit(&wakeup_count, 1, memory_order_relaxed);
+        pthread_mutex_lock(&lock);
+        pthread_cond_broadcast(&wake);
+        pthread_mutex_unlock(&lock);
+    }
+    const long started_ns = now_ns();
+    inside_task = 1;
+    run_tasks(id);
+    inside_task = 0;
+    // Only tasks that a worker claimed and has not finished remain; on a loaded machine that
+    // worker may be preempted, so after a short spin give the core away instead of burning it.
+    int stalled = 0;
+    if (atomic_load_explicit(&done, memory_order_acquire) < tasks) {
+        const long wait_start = now_ns();
+        unsigned spins = 0;
+        while (atomic_load_explicit(&done, memory_order_acquire) < tasks) {
+            if (++spins < 2048) CK_PAUSE();
+            else sched_yield();
+        }
+        const long waited = now_ns() - wait_start, own = wait_start - started_ns;
+        stalled = waited > 50000 && 2 * waited > own;
+    }
+    stall_history = (stall_history << 1) | (uint64_t)stalled;
+    if (stalled) {
+        atomic_fetch_add_explicit(&stall_count, 1, memory_order_relaxed);
+        if (__builtin_popcountll(stall_history) >= 8) {
+            serial_jobs_left = 512;
+            stall_history = 0;
+        }
+    }
+    pthread_mutex_unlock(&run_lock);
+}

@@ -1,0 +1,152 @@
+import CKernels
+import Dispatch
+
+/// Token-path kernels (`ck_runtime.h`): float GEMV for one activation row, decode attention,
+/// and the FP4 nibble-table int8 GEMV, each on the persistent pool with a scalar `…Reference`
+/// twin for tests.
+public enum TokenKernels {
+    /// Output rows per pool task below which a GEMV stays on one thread.
+    static func minimumRows(columns: Int) -> Int { LowBit.chunk(workPerRow: columns, atLeast: 16) }
+
+    /// `y[o] = Σ_j w[o, j]·x[j]` for all `rows` outputs (`w` row-major `[rows, columns]`),
+    /// split over output rows on the pool. Replaces OpenBLAS sgemv on the decode path, so that
+    /// OpenBLAS's own threads (which spin after each call) never compete with the pool.
+    public static func sgemv(_ w: UnsafePointer<Float>, rows: Int, columns: Int, x: UnsafePointer<Float>,
+                             y: UnsafeMutablePointer<Float>) {
+        guard rows > 0 else { return }
+        if columns == 0 { y.update(repeating: 0, count: rows); return }
+        let pw = SendableConstPointer(w), px = SendableConstPointer(x), py = SendablePointer(y)
+        Parallel.forEachChunk(rows, minimumChunk: minimumRows(columns: columns)) { r in
+            ck_sgemv_f32(pw.base, r.lowerBound, r.count, columns, px.base, py.base)
+        }
+    }
+
+    /// Scalar twin of `sgemv`.
+    public static func sgemvReference(_ w: UnsafePointer<Float>, rows: Int, columns: Int, x: UnsafePointer<Float>,
+                                      y: UnsafeMutablePointer<Float>) {
+        ck_sgemv_f32_ref(w, 0, rows, columns, x, y)
+    }
+
+    /// Decode attention: one query row of `heads` heads (`q` = heads × dim) over `count` cached
+    /// positions, grouped-query (head h reads KV head h / (heads / kvHeads)); `keys`/`values`
+    /// rows have `stride` floats (kvHeads × dim). `scores` is scratch of heads × count floats.
+    /// Heads run in parallel on the pool; softmax is the same scalar `expf` loop as `Ops.softmax`.
+    public static func attendOne(q: UnsafePointer<Float>, keys: UnsafePointer<Float>, values: UnsafePointer<Float>,
+                                 count: Int, heads: Int, kvHeads: Int, dim: Int, stride: Int, scale: Float,
+                                 scores: UnsafeMutablePointer<Float>, out: UnsafeMutablePointer<Float>,
+                                 reference: Bool = false) {
+        guard heads > 0, count > 0 else { return }
+        let group = heads / max(1, kvHeads)
+        let pq = SendableConstPointer(q), pk = SendableConstPointer(keys), pv = SendableConstPointer(values)
+        let ps = SendablePointer(scores), po = SendablePointer(out)
+        let body: (Int) -> Void = { h in
+            let kv = h / group
+            if reference {
+                ck_attend_one_ref(pq.base + h * dim, pk.base + kv * dim, pv.base + kv * dim, count, stride, dim, scale,
+                                  ps.base + h * count, po.base + h * dim)
+            } else {
+                ck_attend_one(pq.base + h * dim, pk.base + kv * dim, pv.base + kv * dim, count, stride, dim, scale,
+                              ps.base + h * count, po.base + h * dim)
+            }
+        }
+        // A head is ~2·count·dim multiply-adds: small caches stay on one thread.
+        if reference || count * dim * heads < 1 << 14 {
+            for h in 0..<heads { body(h) }
+        } else {
+            Parallel.forEach(heads, body)
+        }
+    }
+
+    // MARK: FP4 nibble-table int8 GEMV
+
+    /// Whether the FP4 int8 kernels take a matrix of `columns` inputs and `groupSize` groups.
+    public static func fp4Supports(columns: Int, groupSize: Int) -> Bool {
+        columns > 0 && columns % 32 == 0 && groupSize % 32 == 0 && columns % groupSize == 0
+    }
+
+    /// Within every 32 columns: even columns first, then odd (the order `fp4Gemv` reads).
+    public static func fp4Permute(_ a: UnsafePointer<Int8>, rows: Int, columns: Int, into out: UnsafeMutablePointer<Int8>) {
+        ck_fp4_permute_i8(a, rows, columns, out)
+    }
+
+    /// `y[i·ldy + o] = Σ_g wscale[o, g]·Σ_{j∈g} table[code(o, j)]·a[i, j]` for `m` activation rows
+    /// (block-permuted by `fp4Permute`) and all `rows` outputs, on the pool; VNNI, AVX2 or scalar.
+    /// Bit-identical to `LowBit.gemmI8GroupedReference` on the expanded codes.
+    public static func fp4Gemv(codes: UnsafePointer<UInt8>, rows: Int, columns: Int, groupSize: Int,
+                               table: UnsafePointer<Int8>, scales: UnsafePointer<Float>,
+                               permutedActivations a: UnsafePointer<Int8>, m: Int,
+                               y: UnsafeMutablePointer<Float>, ldy: Int) {
+        precondition(fp4Supports(columns: columns, groupSize: groupSize), "fp4Gemv: unsupported shape")
+        guard rows > 0, m > 0 else { return }
+        let pc = SendableConstPointer(codes), pt = SendableConstPointer(table), ps = SendableConstPointer(scales)
+        let pa = SendableConstPointer(a), py = SendablePointer(y)
+        Parallel.forEachChunk(rows, minimumChunk: max(4, LowBit.chunk(workPerRow: m * columns, atLeast: 8)) / 4 * 4) { r in
+            ck_fp4_gemv_i8(pc.base, r.lowerBound, r.count, columns, groupSize, pt.base, ps.base, pa.base, m,
+                           py.base, ldy)
+        }
+    }
+
+    /// Scalar twin of `fp4Gemv`.
+    public static func fp4GemvReference(codes: UnsafePointer<UInt8>, rows: Int, columns: Int, groupSize: Int,
+                                        table: UnsafePointer<Int8>, scales: UnsafePointer<Float>,
+                                        permutedActivations a: UnsafePointer<Int8>, m: Int,
+                                        y: UnsafeMutablePointer<Float>, ldy: Int) {
+        ck_fp4_gemv_i8_ref(codes, 0, rows, columns, groupSize, table, scales, a, m, y, ldy)
+    }
+
+    /// Several activation rows (prefill): each pool task expands its weight rows to int8 in a
+    /// scratch tile and runs the grouped int8 GEMM on it (natural column order `a`).
+    public static func fp4Product(codes: UnsafePointer<UInt8>, rows: Int, columns: Int, groupSize: Int,
+                                  table: UnsafePointer<Int8>, scales: UnsafePointer<Float>,
+                                  activations a: UnsafePointer<Int8>, m: Int, y: UnsafeMutablePointer<Float>) {
+        guard rows > 0, m > 0 else { return }
+        let groups = columns / groupSize
+        let pc = SendableConstPointer(codes), pt = SendableConstPointer(table), ps = SendableConstPointer(scales)
+        let pa = SendableConstPointer(a), py = SendablePointer(y)
+        let tileRows = max(8, (256 * 1024) / max(1, columns))
+        Parallel.forEachChunk(rows, minimumChunk: LowBit.chunk(workPerRow: m * columns, atLeast: 8)) { r in
+            let tile = LowBit.threadScratch(slot: 3, count: min(tileRows, r.count) * columns, of: Int8.self)
+            for r0 in stride(from: r.lowerBound, to: r.upperBound, by: tileRows) {
+                let count = min(tileRows, r.upperBound - r0)
+                ck_fp4_expand_i8(pc.base, r0, count, columns, pt.base, tile)
+                ck_gemm_i8_grouped(pa.base, m, tile, count, columns, groupSize, ps.base + r0 * groups, py.base + r0, rows)
+            }
+        }
+    }
+
+    /// Whether the int8 kernels use AVX-512 VNNI on this CPU (false also when disabled).
+    public static var usesVNNI: Bool { ck_cpu_has_avx512vnni() != 0 }
+
+    /// Turns the VNNI paths off (AVX2 instead) or back on, for tests and measurements.
+    public static func setVNNIEnabled(_ enabled: Bool) { ck_set_vnni_enabled(enabled ? 1 : 0) }
+}
+
+extension TokenKernels {
+    /// Memory read bandwidth in bytes per second: the best of `repeats` parallel streaming reads
+    /// of a `bytes`-sized buffer (far larger than the caches) on the pool's threads.
+    public static func measureReadBandwidth(bytes: Int = 256 << 20, repeats: Int = 5) -> Double {
+        let count = max(1 << 20, bytes / 4)
+        let buffer = UnsafeMutablePointer<Float>.allocate(capacity: count)
+        defer { buffer.deallocate() }
+        buffer.initialize(repeating: 1, count: count)
+        let base = SendableConstPointer(UnsafePointer(buffer))
+        let chunk = 1 << 20
+        var best = Double.infinity
+        var sink: Float = 0
+        for _ in 0..<max(1, repeats) {
+            let partial = UnsafeMutablePointer<Float>.allocate(capacity: (count + chunk - 1) / chunk)
+            defer { partial.deallocate() }
+            let pp = SendablePointer(partial)
+            let start = DispatchTime.now().uptimeNanoseconds
+            Parallel.forEachChunk((count + chunk - 1) / chunk) { r in
+                for c in r { pp.base[c] = ck_stream_sum(base.base + c * chunk, min(chunk, count - c * chunk)) }
+            }
+            let seconds = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
+            for c in 0..<(count + chunk - 1) / chunk { sink += partial[c] }
+            best = min(best, seconds)
+        }
+        // Keeps the reads observable (the sum of ones equals the element count per pass).
+        precondition(sink > 0, "bandwidth probe read nothing")
+        return Double(count * 4) / best
+    }
+}

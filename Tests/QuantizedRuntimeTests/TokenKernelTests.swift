@@ -1,0 +1,230 @@
+import Foundation
+import Kernels
+import PTQCore
+import Synchronization
+import Testing
+
+@Suite("Persistent pool")
+struct PoolTests {
+    @Test("forEachChunk covers every index exactly once", arguments: [1, 2, 3, 7, 64, 1000, 4097])
+    func coversEveryIndex(count: Int) {
+        for minimumChunk in [1, 3, 64] {
+            let hits = UnsafeMutablePointer<Int>.allocate(capacity: count)
+            hits.initialize(repeating: 0, count: count)
+            defer { hits.deallocate() }
+            let p = SendablePointer(hits)
+            Parallel.forEachChunk(count, minimumChunk: minimumChunk) { range in
+                for i in range { p.base[i] += 1 }
+            }
+            #expect((0..<count).allSatisfy { hits[$0] == 1 }, "count \(count) minimum chunk \(minimumChunk)")
+        }
+    }
+
+    @Test("nested loops and loops from several threads at once complete")
+    func nestedAndConcurrent() async {
+        let outer = 6, inner = 50
+        func job() -> Int {
+            let sums = UnsafeMutablePointer<Int>.allocate(capacity: outer)
+            defer { sums.deallocate() }
+            let p = SendablePointer(sums)
+            Parallel.forEach(outer) { o in
+                // A nested loop runs inline on the calling worker.
+                let part = UnsafeMutablePointer<Int>.allocate(capacity: inner)
+                defer { part.deallocate() }
+                let q = SendablePointer(part)
+                Parallel.forEachChunk(inner) { r in for i in r { q.base[i] = i + o } }
+                p.base[o] = (0..<inner).reduce(0) { $0 + part[$1] }
+            }
+            return (0..<outer).reduce(0) { $0 + sums[$1] }
+        }
+        let want = (0..<outer).reduce(0) { acc, o in acc + (0..<inner).reduce(0) { $0 + $1 + o } }
+        await withTaskGroup(of: Int.self) { group in
+            for _ in 0..<4 { group.addTask { (0..<20).map { _ in job() }.reduce(0, +) } }
+            for await total in group { #expect(total == 20 * want) }
+        }
+    }
+}
+
+@Suite("Token-path kernels")
+struct TokenKernelTests {
+    static func relativeError(_ a: [Float], _ b: [Float]) -> Float {
+        let scale = max(1e-30, b.map { abs($0) }.max() ?? 0)
+        return zip(a, b).map { abs($0 - $1) }.max().map { $0 / scale } ?? 0
+    }
+
+    @Test("float GEMV matches the scalar twin", arguments: [1, 7, 8, 17, 576], [1, 5, 33, 1000])
+    func sgemv(columns: Int, rows: Int) {
+        var rng = SplitMix(seed: UInt64(columns * 10_000 + rows))
+        var w = rng.floats(rows * columns)
+        // An all-zero row must give exactly 0.
+        for j in 0..<columns { w[j] = 0 }
+        let x = rng.floats(columns, in: -3...3)
+        var fast = [Float](repeating: .nan, count: rows), ref = fast
+        TokenKernels.sgemv(w, rows: rows, columns: columns, x: x, y: &fast)
+        TokenKernels.sgemvReference(w, rows: rows, columns: columns, x: x, y: &ref)
+        #expect(fast[0] == 0 && ref[0] == 0)
+        #expect(Self.relativeError(fast, ref) < 1e-5, "rows \(rows) columns \(columns)")
+        // BLAS.linear takes this path for one row.
+        var viaBLAS = [Float](repeating: .nan, count: rows)
+        BLAS.linear(x, rows: 1, inFeatures: columns, weight: w, outFeatures: rows, into: &viaBLAS)
+        #expect(viaBLAS == fast)
+    }
+
+    @Test("decode attention matches the scalar twin", arguments: [1, 2, 129, 640], [(9, 3, 64), (4, 4, 12), (2, 1, 7)])
+    func attention(count: Int, shape: (heads: Int, kvHeads: Int, dim: Int)) {
+        var rng = SplitMix(seed: UInt64(count * 31 + shape.dim))
+        let stride = shape.kvHeads * shape.dim
+        let q = rng.floats(shape.heads * shape.dim, in: -2...2)
+        var keys = rng.floats(count * stride, in: -2...2)
+        let values = rng.floats(count * stride, in: -2...2)
+        // One huge score: softmax must stay finite (it subtracts the maximum).
+        keys[0] = 1e4
+        var scores = [Float](repeating: 0, count: shape.heads * count)
+        var fast = [Float](repeating: .nan, count: shape.heads * shape.dim), ref = fast
+        TokenKernels.attendOne(q: q, keys: keys, values: values, count: count, heads: shape.heads, kvHeads: shape.kvHeads,
+                               dim: shape.dim, stride: stride, scale: 0.125, scores: &scores, out: &fast)
+        TokenKernels.attendOne(q: q, keys: keys, values: values, count: count, heads: shape.heads, kvHeads: shape.kvHeads,
+                               dim: shape.dim, stride: stride, scale: 0.125, scores: &scores, out: &ref, reference: true)
+        #expect(fast.allSatisfy { $0.isFinite })
+        #expect(Self.relativeError(fast, ref) < 1e-5, "count \(count) shape \(shape)")
+        // One position: the output is that position's value row, exactly.
+        if count == 1 {
+            for h in 0..<shape.heads {
+                let kv = h / (shape.heads / shape.kvHeads)
+                #expect(Array(fast[(h * shape.dim)..<((h + 1) * shape.dim)])
+                        == Array(values[(kv * shape.dim)..<((kv + 1) * shape.dim)]))
+            }
+        }
+    }
+
+    /// Random nibble codes, the expanded int8 matrix and a 16-entry table.
+    static func fp4Case(rows: Int, columns: Int, table: [Int8], rng: inout SplitMix) -> (nibbles: [UInt8], expanded: [Int8]) {
+        let codes = rng.bytes(rows * columns, below: 16)
+        let nibbles = LowBit.packNibbles(codes, rows: rows, columns: columns)
+        return (nibbles, codes.map { table[Int($0)] })
+    }
+
+    static let e2m1Table: [Int8] = [0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12]
+
+    @Test("FP4 nibble-table GEMV equals the grouped int8 GEMM reference bit for bit",
+          arguments: [32, 64, 576, 1536], [32, 64, 0])
+    func fp4Gemv(columns: Int, groupArgument: Int) {
+        let group = groupArgument == 0 ? columns : groupArgument
+        guard columns % group == 0 else { return }
+        var rng = SplitMix(seed: UInt64(columns * 3 + group))
+        for (rows, m) in [(1, 1), (5, 1), (64, 3), (193, 1)] {
+            let (nibbles, expanded) = Self.fp4Case(rows: rows, columns: columns, table: Self.e2m1Table, rng: &rng)
+            let a = rng.int8s(m * columns, in: -127...127)
+            var scales = rng.floats(rows * columns / group, in: 0.001...0.1)
+            scales[0] = 1e30   // extreme scales: the float epilogue must match too
+            scales[scales.count - 1] = 1e-30
+            var permuted = [Int8](repeating: 0, count: a.count)
+            TokenKernels.fp4Permute(a, rows: m, columns: columns, into: &permuted)
+            var want = [Float](repeating: 0, count: m * rows)
+            LowBit.gemmI8GroupedReference(a: a, m: m, b: expanded, n: rows, k: columns, groupSize: group,
+                                          weightScales: scales, c: &want, ldc: rows)
+            var ref = [Float](repeating: .nan, count: m * rows)
+            TokenKernels.fp4GemvReference(codes: nibbles, rows: rows, columns: columns, groupSize: group,
+                                          table: Self.e2m1Table, scales: scales, permutedActivations: permuted, m: m,
+                                          y: &ref, ldy: rows)
+            #expect(ref == want)
+            for vnni in [true, false] {
+                TokenKernels.setVNNIEnabled(vnni)
+                var fast = [Float](repeating: .nan, count: m * rows)
+                TokenKernels.fp4Gemv(codes: nibbles, rows: rows, columns: columns, groupSize: group,
+                                     table: Self.e2m1Table, scales: scales, permutedActivations: permuted, m: m,
+                                     y: &fast, ldy: rows)
+                #expect(fast == want, "rows \(rows) m \(m) columns \(columns) group \(group) vnni \(vnni)")
+                var product = [Float](repeating: .nan, count: 12 * rows)
+                let a12 = (0..<12).flatMap { _ in a[0..<columns] }
+                TokenKernels.fp4Product(codes: nibbles, rows: rows, columns: columns, groupSize: group,
+                                        table: Self.e2m1Table, scales: scales, activations: a12, m: 12, y: &product)
+                #expect((0..<12).allSatisfy { i in Array(product[(i * rows)..<((i + 1) * rows)]) == Array(want[0..<rows]) })
+            }
+            TokenKernels.setVNNIEnabled(true)
+        }
+    }
+
+    @Test("FP4 nibble-table GEMV at saturation bounds and on all-zero rows")
+    func fp4Extremes() {
+        let columns = 96, rows = 9, group = 32
+        // Table entries at ±127 with activations at ±127: the largest pair sum maddubs sees.
+        let table: [Int8] = [127, -127, 0, 1, -1, 64, -64, 127, 0, 0, 0, 0, 0, 0, 0, -127]
+        var rng = SplitMix(seed: 99)
+        var (nibbles, expanded) = Self.fp4Case(rows: rows, columns: columns, table: table, rng: &rng)
+        // Row 3: all code 2 (value 0) → exactly 0; row 4: all code 0 (127) against +127.
+        for j in 0..<columns / 2 { nibbles[3 * columns / 2 + j] = 0x22; nibbles[4 * columns / 2 + j] = 0 }
+        for j in 0..<columns { expanded[3 * columns + j] = 0; expanded[4 * columns + j] = 127 }
+        let a = [Int8](repeating: 127, count: columns)
+        let scales = [Float](repeating: 1, count: rows * columns / group)
+        var permuted = a
+        TokenKernels.fp4Permute(a, rows: 1, columns: columns, into: &permuted)
+        var want = [Float](repeating: 0, count: rows)
+        LowBit.gemmI8GroupedReference(a: a, m: 1, b: expanded, n: rows, k: columns, groupSize: group,
+                                      weightScales: scales, c: &want, ldc: rows)
+        #expect(want[3] == 0 && want[4] == Float(127 * 127 * columns))
+        for vnni in [true, false] {
+            TokenKernels.setVNNIEnabled(vnni)
+            var fast = [Float](repeating: .nan, count: rows)
+            TokenKernels.fp4Gemv(codes: nibbles, rows: rows, columns: columns, groupSize: group, table: table,
+                                 scales: scales, permutedActivations: permuted, m: 1, y: &fast, ldy: rows)
+            #expect(fast == want, "vnni \(vnni)")
+        }
+        TokenKernels.setVNNIEnabled(true)
+    }
+
+    @Test("shared activation quantization returns what a fresh quantization gives")
+    func sharedQuantization() {
+        var rng = SplitMix(seed: 17)
+        let rows = 2, columns = 100
+        var x = rng.floats(rows * columns, in: -4...4)
+        var scales = rng.floats(columns, in: 0.5...2)
+        func check(_ label: String, scaling: ActivationScaling = .perToken, channelScales: [Float]?) {
+            let fresh = LowBit.quantizeRows(x, rows: rows, columns: columns, channelScales: channelScales, bits: 8,
+                                            scaling: scaling)
+            let shared = x.withUnsafeBufferPointer { xp in
+                withOptionalScales(channelScales) { cs in
+                    let r = LowBit.quantizeRowsShared(xp.baseAddress!, rows: rows, columns: columns, shift: nil,
+                                                      channelScales: cs, bits: 8, scaling: scaling)
+                    return (Array(UnsafeBufferPointer(start: r.codes, count: rows * columns)),
+                            Array(UnsafeBufferPointer(start: r.rowScales, count: rows)))
+                }
+            }
+            #expect(shared.0 == fresh.codes && shared.1 == fresh.rowScales, "\(label)")
+        }
+        check("first call", channelScales: nil)
+        check("same input again", channelScales: nil)
+        x[7] += 1
+        check("one element changed", channelScales: nil)
+        check("channel scales added", channelScales: scales)
+        scales[3] *= 2
+        check("channel scales changed", channelScales: scales)
+        check("static step", scaling: .perTensor(0.05), channelScales: scales)
+        check("per token again", channelScales: scales)
+    }
+
+    private func withOptionalScales<R>(_ a: [Float]?, _ body: (UnsafePointer<Float>?) -> R) -> R {
+        guard let a else { return body(nil) }
+        return a.withUnsafeBufferPointer { body($0.baseAddress) }
+    }
+
+    @Test("int8 GEMM: the VNNI and AVX2 paths both equal the reference", arguments: [1, 31, 64, 577])
+    func gemmI8Paths(k: Int) {
+        var rng = SplitMix(seed: UInt64(k))
+        let m = 3, n = 7
+        var a = rng.int8s(m * k, in: -127...127)
+        var b = rng.int8s(n * k, in: -128...127)
+        for t in 0..<k { a[t] = -127; b[t] = -128 }  // row 0 × row 0 at the bound
+        for t in 0..<k { b[k + t] = 0 }              // an all-zero weight row
+        var ref = [Int32](repeating: 0, count: m * n)
+        LowBit.gemmI8Reference(a: a, m: m, b: b, n: n, k: k, c: &ref, ldc: n)
+        #expect(ref[0] == Int32(127 * 128 * k) && ref[1] == 0)
+        for vnni in [true, false] {
+            TokenKernels.setVNNIEnabled(vnni)
+            var fast = [Int32](repeating: -1, count: m * n)
+            LowBit.gemmI8(a: a, m: m, b: b, n: n, k: k, c: &fast, ldc: n)
+            #expect(fast == ref, "vnni \(vnni)")
+        }
+        TokenKernels.setVNNIEnabled(true)
+    }
+}
