@@ -1,3 +1,5 @@
+import PTQCore
+
 /// Per-call instrumentation of a forward pass. Models keep no mutable state: calibration,
 /// verification and searches pass what they need with each call, so one model can serve
 /// several callers at once.
@@ -38,6 +40,9 @@ public enum QuantizationPoints {
     /// Input of the down projection: SiLU(gate)·up (LLaMA) or GELU(up) (BERT).
     public static func mlpDownInput(_ layer: Int) -> String { "layers.\(layer).mlp.down_proj.input" }
 
+    /// Final-normed hidden states, the LM head's input (LLaMA).
+    public static let lmHeadInput = "lm_head.input"
+
     /// Residual stream after a whole block (not a quantization point: `verify` compares it
     /// between the float and the quantized model).
     public static func layerOutput(_ layer: Int) -> String { "layers.\(layer).output" }
@@ -45,6 +50,7 @@ public enum QuantizationPoints {
     /// The point whose activations feed a linear layer given by canonical name
     /// (`layers/3/attention/q_proj`).
     public static func input(ofLinear name: String) -> String? {
+        if name == TensorNames.lmHeadLayer { return lmHeadInput }
         let parts = name.split(separator: "/")
         guard parts.count == 4, parts[0] == "layers", let layer = Int(parts[1]) else { return nil }
         switch (parts[2], parts[3]) {

@@ -75,6 +75,24 @@ struct LinearShape {
     var hasBias: Bool
 }
 
+/// The LM head as a linear layer (`lm_head`, `[vocab, hidden]`, no bias) for LLaMA models, tied
+/// or not; nil for encoders.
+func lmHeadShape(of config: ModelConfig) -> LinearShape? {
+    guard config.architecture == .llama else { return nil }
+    return LinearShape(name: TensorNames.lmHeadLayer, out: config.vocabSize, in: config.hiddenSize, hasBias: false)
+}
+
+extension LayerPlan {
+    /// The checkpoint tensor holding this layer's weight: `<name>/weight`, except a tied LM
+    /// head, whose weight is the token embedding table.
+    public func weightTensorName(config: ModelConfig) -> String {
+        name == TensorNames.lmHeadLayer && config.tiedEmbeddings ? TensorNames.tokenEmbedding : name + "/weight"
+    }
+
+    /// Whether this entry is the weight-only token embedding table rather than a linear layer.
+    public var isEmbedding: Bool { name == TensorNames.tokenEmbeddingLayer }
+}
+
 func linearLayerShapes(of config: ModelConfig) -> [LinearShape] {
     var shapes: [String: [Int]] = [:]
     for (name, shape) in config.expectedTensors { shapes[name] = shape }
@@ -100,9 +118,15 @@ extension Recipe {
         if config.architecture != model {
             throw PTQError("\(source):\(modelLine): model: the recipe is for \(model.rawValue) but the model is \(config.architecture.rawValue)")
         }
-        let layers = linearLayerShapes(of: config)
+        var layers = linearLayerShapes(of: config)
         let ignoreMatchers = ignore.map { $0.matcher() }
         let ruleMatchers = rules.map { rule in rule.targets.map { $0.matcher() } }
+        // The LM head is plannable too, but only by a rule that matches `lm_head`: the scheme
+        // never claims it, so recipes without such a rule keep the float head.
+        if let head = lmHeadShape(of: config),
+           ruleMatchers.contains(where: { $0.contains { $0(head.name) } }) {
+            layers.append(head)
+        }
 
         // Every target must match some linear layer of this model (catches typos).
         for (rule, matchers) in zip(rules, ruleMatchers) {
@@ -145,7 +169,7 @@ extension Recipe {
                                       activation: rule.activation, parameters: rule.parameters,
                                       ruleLine: rule.line, ruleIndex: rule.index,
                                       outFeatures: layer.out, inFeatures: layer.in, hasBias: layer.hasBias))
-            } else {
+            } else if layer.name != TensorNames.lmHeadLayer {
                 plan.append(LayerPlan(name: layer.name, method: scheme.method, weight: scheme.weight,
                                       activation: scheme.activation, parameters: scheme.parameters,
                                       ruleLine: nil, ruleIndex: nil,
@@ -162,6 +186,13 @@ extension Recipe {
             case (false, true): reason = "every layer it matches is in ignore or taken by an earlier rule (\(earlier.joined(separator: ", "))); the first matching rule wins"
             }
             throw PTQError("\(source):\(rule.line): rules[\(rule.index)]: never applies: \(reason)")
+        }
+        if let embedding {
+            // Weight-only: rows are tokens, columns the hidden size; `ignore` does not apply.
+            plan.append(LayerPlan(name: TensorNames.tokenEmbeddingLayer, method: embedding.method,
+                                  weight: embedding.weight, activation: nil, parameters: embedding.parameters,
+                                  ruleLine: embedding.line, ruleIndex: nil,
+                                  outFeatures: config.vocabSize, inFeatures: config.hiddenSize, hasBias: false))
         }
         return plan
     }
@@ -189,6 +220,19 @@ func storageTotals(plan: [LayerPlan], config: ModelConfig) -> StorageTotals {
     var byName: [String: LayerPlan] = [:]
     for layer in plan { byName[layer.name] = layer }
     var totals = StorageTotals()
+    if config.tiedEmbeddings, config.architecture == .llama {
+        // A tied head stored apart from the table: quantized when planned, else a float16 copy
+        // when the table itself is quantized (the packer keeps the head's float weights).
+        let elements = config.vocabSize * config.hiddenSize
+        if let head = byName[TensorNames.lmHeadLayer] {
+            totals.parameters += elements
+            totals.bits += head.storedBits
+        } else if byName[TensorNames.tokenEmbeddingLayer] != nil {
+            totals.parameters += elements
+            totals.bits += 16 * elements
+            totals.floatParameters += elements
+        }
+    }
     for (name, shape) in config.expectedTensors {
         let count = shape.reduce(1, *)
         totals.parameters += count
@@ -223,8 +267,17 @@ public func dryRunDescription(plan: [LayerPlan], config: ModelConfig) -> String 
     var byName: [String: LayerPlan] = [:]
     for layer in plan { byName[layer.name] = layer }
     var rows: [[String]] = [["layer", "method", "weight", "activation", "decided by", "bits/weight"]]
-    for shape in linearLayerShapes(of: config) {
-        if let layer = byName[shape.name] {
+    var shapes = linearLayerShapes(of: config)
+    if let head = lmHeadShape(of: config), byName[head.name] != nil { shapes.append(head) }
+    if byName[TensorNames.tokenEmbeddingLayer] != nil {
+        shapes.append(LinearShape(name: TensorNames.tokenEmbeddingLayer, out: config.vocabSize, in: config.hiddenSize,
+                                  hasBias: false))
+    }
+    for shape in shapes {
+        if let layer = byName[shape.name], layer.isEmbedding {
+            rows.append([layer.name, layer.method, layer.weight.description, "-",
+                         "embedding line \(layer.ruleLine ?? 0)", String(format: "%.3f", layer.bitsPerWeight)])
+        } else if let layer = byName[shape.name] {
             rows.append([layer.name, layer.method, layer.weight.description,
                          layer.activation?.description ?? "float",
                          layer.ruleIndex.map { i in "rules[\(i)] line \(layer.ruleLine ?? 0)" } ?? "scheme",
