@@ -204,7 +204,10 @@ extension Recipe {
 
     /// The dry-run table with a header naming this recipe.
     public func dryRunDescription(plan: [LayerPlan], config: ModelConfig) -> String {
-        let header = "recipe \(name) (\(source)): \(plan.count) of \(linearLayerNames(of: config).count) linear layers quantized\n"
+        let linears = plan.filter { !$0.isEmbedding }
+        let head = linears.contains { $0.name == TensorNames.lmHeadLayer } ? 1 : 0
+        let table = linears.count < plan.count ? ", embedding table quantized" : ""
+        let header = "recipe \(name) (\(source)): \(linears.count) of \(linearLayerNames(of: config).count + head) linear layers quantized\(table)\n"
         return header + Recipes.dryRunDescription(plan: plan, config: config)
     }
 }
