@@ -20,7 +20,7 @@ public final class BertModel: Sendable {
         let mlpNormWeight, mlpNormBias: [Float]
     }
 
-    let tokenEmbedding: [Float]      // (V, D)
+    let tokenEmbedding: any EmbeddingTable      // (V, D)
     let positionEmbedding: [Float]   // (P, D)
     let tokenTypeEmbedding: [Float]  // (types, D)
     let embeddingNormWeight, embeddingNormBias: [Float]
@@ -35,7 +35,7 @@ public final class BertModel: Sendable {
         config = c
         tokenizer = weights.tokenizer
         identity = try c.identity { (name) throws(PTQError) in try weights.tensor(name) }
-        tokenEmbedding = try weights.checkedVector(TensorNames.tokenEmbedding)
+        tokenEmbedding = try weights.tokenEmbedding()
         positionEmbedding = try weights.checkedVector(TensorNames.positionEmbedding)
         tokenTypeEmbedding = try weights.checkedVector(TensorNames.tokenTypeEmbedding)
         embeddingNormWeight = try weights.checkedVector(TensorNames.embeddingNormWeight)
@@ -66,10 +66,11 @@ public final class BertModel: Sendable {
         let valid = validLength ?? T
         precondition(T <= c.maxPositions, "sequence of \(T) tokens exceeds max positions \(c.maxPositions)")
         var x = [Float](repeating: 0, count: T * D)                    // (T, D)
-        for (t, token) in tokens.enumerated() {
-            precondition(token >= 0 && token < c.vocabSize, "token id \(token) out of range")
-            for i in 0..<D {
-                x[t * D + i] = tokenEmbedding[token * D + i] + positionEmbedding[t * D + i] + tokenTypeEmbedding[i]
+        x.withUnsafeMutableBufferPointer { xp in
+            for (t, token) in tokens.enumerated() {
+                precondition(token >= 0 && token < c.vocabSize, "token id \(token) out of range")
+                tokenEmbedding.copyRow(token, into: xp.baseAddress! + t * D)
+                for i in 0..<D { xp[t * D + i] += positionEmbedding[t * D + i] + tokenTypeEmbedding[i] }
             }
         }
         let epsilon = Float(c.normEpsilon)

@@ -14,7 +14,7 @@ extension LlamaModel: GenerativeModel {
             ("mlp/up_proj", .mlpInputProjection, P.mlpInput),
             ("mlp/down_proj", .mlpOutputProjection(config.activation), P.mlpDownInput),
         ])
-        let head = LinearLayerDescription(name: "lm_head", role: .lmHead, inputPoint: P.finalNormOutput, block: nil,
+        let head = LinearLayerDescription(name: "lm_head", role: .lmHead, inputPoint: P.lmHeadInput, block: nil,
                                           outFeatures: config.vocabSize, inFeatures: config.hiddenSize, hasBias: false)
         return ModelStructure(architecture: .llama, task: .languageModeling, linearLayers: layers, outputHead: head,
                               activationSites: ModelStructure.blockActivationSites(of: config))

@@ -20,7 +20,7 @@ public final class LlamaModel: Sendable {
         let gate, up, down: any LinearOp
     }
 
-    let embedding: [Float]       // (V, D)
+    let embedding: any EmbeddingTable   // (V, D)
     let layers: [Layer]
     let finalNorm: [Float]
     let lmHead: any LinearOp
@@ -35,7 +35,7 @@ public final class LlamaModel: Sendable {
         config = c
         tokenizer = weights.tokenizer
         identity = try c.identity { (name) throws(PTQError) in try weights.tensor(name) }
-        embedding = try weights.checkedVector(TensorNames.tokenEmbedding)
+        embedding = try weights.tokenEmbedding()
         var layers: [Layer] = []
         for l in 0..<c.layerCount {
             func name(_ s: String) -> String { TensorNames.layer(l, s) }
@@ -51,7 +51,18 @@ public final class LlamaModel: Sendable {
         attentionProbabilityOps = try (0..<c.layerCount).map { (l) throws(PTQError) in try weights.attentionProbabilityOp(layer: l) }
         finalNorm = try weights.checkedVector(TensorNames.finalNorm)
         if c.tiedEmbeddings {
-            lmHead = FloatLinear(weight: Tensor(shape: [c.vocabSize, c.hiddenSize], data: embedding))
+            // A head of its own (quantized, or float beside a quantized table), else the float table.
+            if let head = try weights.tiedLMHead() {
+                guard head.outFeatures == c.vocabSize, head.inFeatures == c.hiddenSize else {
+                    throw PTQError("LM head is \(head.outFeatures)×\(head.inFeatures), expected \(c.vocabSize)×\(c.hiddenSize)")
+                }
+                lmHead = head
+            } else if let table = embedding as? FloatEmbedding {
+                lmHead = FloatLinear(weight: Tensor(shape: [c.vocabSize, c.hiddenSize], data: table.table))
+            } else {
+                throw PTQError("the embedding table is quantized but the tied LM head has no weights of its own "
+                               + "(neither a quantized 'lm_head' nor a float 'lm_head/weight')")
+            }
         } else {
             lmHead = try weights.checkedLinear("lm_head")
         }
@@ -103,9 +114,11 @@ public final class LlamaModel: Sendable {
         let qWidth = c.headCount * c.headDim, kvWidth = c.kvHeadCount * c.headDim
 
         var x = [Float](repeating: 0, count: T * D)                         // (T, D) residual
-        for (t, token) in tokens.enumerated() {
-            precondition(token >= 0 && token < c.vocabSize, "token id \(token) out of range")
-            for i in 0..<D { x[t * D + i] = embedding[token * D + i] }
+        x.withUnsafeMutableBufferPointer { xp in
+            for (t, token) in tokens.enumerated() {
+                precondition(token >= 0 && token < c.vocabSize, "token id \(token) out of range")
+                embedding.copyRow(token, into: xp.baseAddress! + t * D)
+            }
         }
         var normed = [Float](repeating: 0, count: T * D)                    // (T, D)
         var q = [Float](repeating: 0, count: T * qWidth)                    // (T, H·Dh)
@@ -164,6 +177,7 @@ public final class LlamaModel: Sendable {
         }
         cache?.advance(by: T)
         Ops.rmsNorm(x, weight: finalNorm, rows: T, width: D, epsilon: epsilon, into: &normed)
+        observe(observer, QuantizationPoints.lmHeadInput, normed, rows: T, columns: D)
         return normed
     }
 

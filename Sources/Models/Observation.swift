@@ -1,3 +1,5 @@
+import PTQCore
+
 /// Per-call instrumentation of a forward pass. Models keep no mutable state: calibration,
 /// verification and searches pass what they need with each call, so one model can serve
 /// several callers at once.
@@ -38,11 +40,11 @@ public enum QuantizationPoints {
     /// Input of the down projection: SiLU(gate)·up (LLaMA) or GELU(up) (BERT).
     public static func mlpDownInput(_ layer: Int) -> String { "layers.\(layer).mlp.down_proj.input" }
 
+    /// Final-normed hidden states, the LM head's input (LLaMA).
+    public static let lmHeadInput = "lm_head.input"
+
     /// Residual stream after a whole block (not a quantization point: `verify` compares it
     /// between the float and the quantized model).
     public static func layerOutput(_ layer: Int) -> String { "layers.\(layer).output" }
 
-    /// Final-normed hidden states, the input of a language model's output head. Not observed
-    /// yet: the head stays in float (see `ModelStructure.outputHead`).
-    public static let finalNormOutput = "final_norm.output"
 }

@@ -66,6 +66,10 @@ public protocol GenerativeModel: LanguageModel {
     /// Runs `tokens` after the positions in `cache` (from position 0 without one) and returns
     /// logits for `logitRows` of them (all when nil).
     func forward(_ tokens: [Int], cache: Cache?, logitRows: Range<Int>?, hooks: ForwardHooks) -> [Float]
+    /// Bytes one decoded token reads besides the KV cache (weights, parameters, one embedding row).
+    var decodeWeightBytes: Int { get }
+    /// Bytes of keys and values a token attending over `positions` cached positions reads.
+    func kvCacheBytes(positions: Int) -> Int
 }
 
 /// A model that turns a sequence into one sentence embedding.

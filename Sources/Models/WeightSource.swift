@@ -11,10 +11,22 @@ public protocol WeightSource {
     func linear(_ name: String) throws(PTQError) -> any LinearOp
     /// The quantized `P·V` of layer `layer`'s attention, nil for float (the default).
     func attentionProbabilityOp(layer: Int) throws(PTQError) -> (any AttentionProbabilityOp)?
+    /// The token embedding table (`embeddings/token/weight`): float by default, a quantized
+    /// table when the source stores one.
+    func tokenEmbedding() throws(PTQError) -> any EmbeddingTable
+    /// A tied model's LM head when the source stores one of its own (a quantized `lm_head`, or
+    /// a float `lm_head/weight` kept because the embedding table was quantized); nil = the head
+    /// is the float embedding table (the default).
+    func tiedLMHead() throws(PTQError) -> (any LinearOp)?
 }
 
 extension WeightSource {
     public func attentionProbabilityOp(layer: Int) throws(PTQError) -> (any AttentionProbabilityOp)? { nil }
+    public func tiedLMHead() throws(PTQError) -> (any LinearOp)? { nil }
+    public func tokenEmbedding() throws(PTQError) -> any EmbeddingTable {
+        let shape = try expectedShape(TensorNames.tokenEmbedding)
+        return FloatEmbedding(table: try checkedVector(TensorNames.tokenEmbedding), rows: shape[0], width: shape[1])
+    }
     func vector(_ name: String) throws(PTQError) -> [Float] { try tensor(name).data }
 }
 

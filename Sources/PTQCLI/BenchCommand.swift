@@ -94,11 +94,12 @@ struct BenchCommand: ParsableCommand {
     func measure(_ path: String, bandwidth: Double = 0) throws -> Speed {
         let loadStart = DispatchTime.now()
         let llm = try PTQ.loadAnyModel(path: path).generativeModel(for: "bench", source: path)
-        return try measure(llm, path: path, loadSeconds: seconds(since: loadStart))
+        return try measure(llm, path: path, loadSeconds: seconds(since: loadStart), bandwidth: bandwidth)
     }
 
     /// Prefill and decode rates of a loaded model (generic, so its cache type is concrete).
-    private func measure<Model: GenerativeModel>(_ llm: Model, path: String, loadSeconds: Double) throws -> Speed {
+    private func measure<Model: GenerativeModel>(_ llm: Model, path: String, loadSeconds: Double,
+                                                 bandwidth: Double) throws -> Speed {
         guard promptTokens + decodeTokens <= llm.config.maxPositions else {
             throw usageError("--prompt-tokens \(promptTokens) + --decode-tokens \(decodeTokens) exceed the max_positions "
                              + "\(llm.config.maxPositions) of \(path)")

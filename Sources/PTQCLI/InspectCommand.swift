@@ -46,8 +46,15 @@ struct InspectCommand: ParsableCommand {
 
     /// Manifest, per-tensor methods, sizes and bits per weight of a packed model.
     func inspectPacked() throws {
+        if options.json { return try printJSON(try PackedFile.summary(path: file)) }
+        print(try renderedPacked(), terminator: "")
+    }
+
+    /// The text `inspect` prints for a packed file.
+    func renderedPacked() throws -> String {
         let summary = try PackedFile.summary(path: file)
-        if options.json { return try printJSON(summary) }
+        var out = ""
+        func print(_ line: String) { out += line + "\n" }
         let c = summary.config
         print("\(file): PTQKit packed model v\(summary.formatVersion), written by PTQKit \(summary.toolVersion)")
         print("  \(c.architecture.rawValue) '\(c.name)': hidden \(c.hiddenSize), layers \(c.layerCount), vocab \(c.vocabSize)")
@@ -67,6 +74,15 @@ struct InspectCommand: ParsableCommand {
                 print("      " + row.details.sorted(by: { $0.key < $1.key }).map { "\($0.key)=\($0.value)" }.joined(separator: ", "))
             }
         }
+        if c.tiedEmbeddings, let table = summary.tensors.first(where: { $0.name.hasPrefix(TensorNames.tokenEmbeddingLayer) }) {
+            // Tied weights, two stored quantizations: show what the tie costs.
+            if let head = summary.tensors.first(where: { $0.name.hasPrefix(TensorNames.lmHeadLayer) }) {
+                print("  tied embedding and LM head stored separately: table \(table.kind) \(formatBytes(table.storedBytes)) + "
+                      + "head \(head.kind) \(formatBytes(head.storedBytes)) = \(formatBytes(table.storedBytes + head.storedBytes))")
+            } else {
+                print("  tied embedding and LM head share one stored table: \(table.kind) \(formatBytes(table.storedBytes))")
+            }
+        }
         for site in summary.activationSites {
             print("  \(site.point) \(site.method) \(site.quantizer.summary)")
             if !site.details.isEmpty {
@@ -75,5 +91,6 @@ struct InspectCommand: ParsableCommand {
         }
         print("  recipe:")
         for line in summary.recipe.split(separator: "\n", omittingEmptySubsequences: false) { print("    \(line)") }
+        return out
     }
 }

@@ -130,4 +130,33 @@ public struct BinaryWeight: Sendable, Equatable {
         }
         return out
     }
+
+    /// Row `r` in float into `out[0..<columns]` (embedding lookups), equal to row `r` of
+    /// `dequantizedReference()`. Column masks start row r at a fixed offset; element masks count
+    /// the salient flags of the rows before it (a linear scan: this format is not meant for
+    /// embedding tables).
+    public func decodeRow(_ r: Int, into out: UnsafeMutablePointer<Float>) {
+        var nextCode: Int, nextSign: Int
+        if maskKind == .columns {
+            let salientColumns = salientMask.lazy.filter { $0 }.count
+            nextCode = r * salientColumns
+            nextSign = r * (columns - salientColumns)
+        } else {
+            nextCode = salientMask[0..<(r * columns)].lazy.filter { $0 }.count
+            nextSign = r * columns - nextCode
+        }
+        var k = 0
+        for j in 0..<columns {
+            if isSalient(row: r, column: j) {
+                out[j] = salientScale[r] * (Float(salientCodes[nextCode]) - Float(salientZero[r]))
+                nextCode += 1
+            } else {
+                let s: Float = signs[nextSign] != 0 ? 1 : -1
+                let r2 = maskKind == .columns ? columnScale?[k] ?? 1 : 1
+                out[j] = r2 * (scale[r] * s + offset[r])
+                nextSign += 1
+                k += 1
+            }
+        }
+    }
 }

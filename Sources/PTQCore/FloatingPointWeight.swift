@@ -212,6 +212,24 @@ public struct FloatingPointWeight: Sendable, Equatable {
         return out
     }
 
+    /// Row `r` in float into `out[0..<columns]`: the run-time row decoder (embedding lookups),
+    /// a code-table lookup times the group scale; equals row `r` of `dequantizedReference()`.
+    /// `table` is `format.codeValues` (callers decoding many rows pass it once).
+    public func decodeRow(_ r: Int, table: [Float]? = nil, into out: UnsafeMutablePointer<Float>) {
+        precondition(r >= 0 && r < rows, "row \(r) out of range 0..<\(rows)")
+        let values = table ?? format.codeValues
+        precondition(values.count == format.codeCount, "code table of \(values.count) values for \(format)")
+        values.withUnsafeBufferPointer { t in
+            codes.withUnsafeBufferPointer { cp in
+                let row = cp.baseAddress! + r * columns
+                for g in 0..<groupsPerRow {
+                    let scale = scales[r * groupsPerRow + g]
+                    for c in (g * groupSize)..<min(columns, (g + 1) * groupSize) { out[c] = scale * t[Int(row[c])] }
+                }
+            }
+        }
+    }
+
     /// Quantizes `weight` (`rows × columns`, row-major) with one scale per group.
     public static func quantize(_ weight: [Float], rows: Int, columns: Int, groupSize: Int,
                                 format: FloatingPointFormat, scales: [Float]) -> FloatingPointWeight {

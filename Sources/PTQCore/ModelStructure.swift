@@ -19,12 +19,15 @@ public enum LayerRole: Hashable, Sendable, Codable {
     case mlpOutputProjection(Activation)
     /// The output head (vocabulary logits), fed by the final norm.
     case lmHead
+    /// The token embedding table, quantized weight-only and read one row per token (no input
+    /// activations).
+    case embedding
 
     /// Whether the layer's input is a normalization's output (LayerNorm or RMSNorm).
     public var isFedByNorm: Bool {
         switch self {
         case .attentionInputProjection, .mlpInputProjection, .lmHead: true
-        case .attentionOutputProjection, .mlpOutputProjection: false
+        case .attentionOutputProjection, .mlpOutputProjection, .embedding: false
         }
     }
 
@@ -42,6 +45,7 @@ public enum LayerRole: Hashable, Sendable, Codable {
         case .mlpInputProjection: "mlp_input"
         case .mlpOutputProjection(let activation): "mlp_output(\(activation.rawValue))"
         case .lmHead: "lm_head"
+        case .embedding: "embedding"
         }
     }
 }

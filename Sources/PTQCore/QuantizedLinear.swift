@@ -106,6 +106,21 @@ public struct IntegerWeight: Sendable, Equatable {
         for r in 0..<rows { for c in 0..<columns { out[r * columns + c] = value(row: r, column: c) } }
         return out
     }
+
+    /// Row `r` in float, written to `out[0..<columns]`: the run-time row decoder (embedding
+    /// lookups decode one token's row, never the table). Equals row `r` of `dequantizedReference()`.
+    public func decodeRow(_ r: Int, into out: UnsafeMutablePointer<Float>) {
+        precondition(r >= 0 && r < rows, "row \(r) out of range 0..<\(rows)")
+        codes.withUnsafeBufferPointer { cp in
+            let row = cp.baseAddress! + r * columns
+            for g in 0..<groupsPerRow {
+                let scale = scales[r * groupsPerRow + g], zero = zero(row: r, group: g)
+                for c in (g * groupSize)..<min(columns, (g + 1) * groupSize) {
+                    out[c] = scale * (Float(row[c]) - zero)
+                }
+            }
+        }
+    }
 }
 
 /// The stored form of a quantized weight matrix `[rows = out, columns = in]`: one case per
@@ -176,6 +191,17 @@ public enum QuantizedWeight: Sendable, Equatable {
         case .split(let w): w.dequantizedReference()
         case .floatingPoint(let w): w.dequantizedReference()
         case .binary(let w): w.dequantizedReference()
+        }
+    }
+
+    /// Row `r` in float into `out[0..<columns]`: each format's run-time row decoder (embedding
+    /// lookups), equal to row `r` of `dequantizedReference()`.
+    public func decodeRow(_ r: Int, into out: UnsafeMutablePointer<Float>) {
+        switch self {
+        case .integer(let w): w.decodeRow(r, into: out)
+        case .split(let w): w.decodeRow(r, into: out)
+        case .floatingPoint(let w): w.decodeRow(r, into: out)
+        case .binary(let w): w.decodeRow(r, into: out)
         }
     }
 }

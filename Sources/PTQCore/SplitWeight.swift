@@ -65,6 +65,17 @@ public struct SplitWeight: Sendable, Equatable {
         return out
     }
 
+    /// Row `r` in float into `out[0..<columns]` (the run-time row decoder; equals row `r` of
+    /// `dequantizedReference()`).
+    public func decodeRow(_ r: Int, into out: UnsafeMutablePointer<Float>) {
+        precondition(r >= 0 && r < rows, "row \(r) out of range 0..<\(rows)")
+        for c in 0..<columns {
+            let i = r * columns + c
+            let p = parameterIndex(row: r, group: c / groupSize, cluster: Int(clusters[i]))
+            out[c] = scales[p] * (Float(codes[i]) - zeros[p])
+        }
+    }
+
     /// One cluster's part in float: its elements' values, zero elsewhere (the reference's
     /// dense copy of that part after quantization). The three parts sum to
     /// `dequantizedReference()`.

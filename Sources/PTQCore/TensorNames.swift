@@ -11,6 +11,11 @@ public enum TensorNames {
     public static let embeddingNormBias = "embeddings/norm/bias"
     public static let finalNorm = "final_norm/weight"
     public static let lmHead = "lm_head/weight"
+    /// The LM head as a plannable linear layer (its weight is `lm_head/weight`, or the token
+    /// embedding table when the model ties them).
+    public static let lmHeadLayer = "lm_head"
+    /// The token embedding table as a weight-only quantized "layer" (rows = tokens).
+    public static let tokenEmbeddingLayer = "embeddings/token"
 
     /// The linear layers of one transformer block, in forward order.
     public static let linearKinds = ["attention/q_proj", "attention/k_proj", "attention/v_proj",

@@ -68,6 +68,11 @@ extension PTQ {
             let quantizer = try QuantizerRegistry.quantizer(for: layer)
             let kinds = quantizer.requiredStatistics
             guard !kinds.isEmpty else { continue }
+            if layer.isEmbedding {
+                throw PTQError("embedding: method \(layer.method) needs calibration statistics, but an embedding "
+                               + "table has no input activations; use a method (or setting) that quantizes from the "
+                               + "weights alone, e.g. rtn")
+            }
             request.request(kinds, at: layer.inputPoint)
         }
         return request
@@ -120,9 +125,10 @@ extension PTQ {
         let progress = ProgressReporter("quantize", total: plan.count, quiet: quiet)
         for layer in plan {
             let quantizer = try QuantizerRegistry.quantizer(for: layer)
-            let weight = try reader.tensor(layer.name + "/weight")
+            // A tied LM head reads the embedding table; its quantization is stored apart from the table's.
+            let weight = try reader.tensor(layer.weightTensorName(config: config))
             let biasName = layer.name + "/bias"
-            let bias = reader.tensorNames.contains(biasName) ? try reader.tensor(biasName).data : nil
+            let bias = !layer.isEmbedding && reader.tensorNames.contains(biasName) ? try reader.tensor(biasName).data : nil
             let point = layer.inputPoint
             let input = LinearLayer(layer, weight: weight, bias: bias)
             let pointStatistics = statistics?.points[point]
@@ -136,7 +142,13 @@ extension PTQ {
                 blockwise[layer.name] = (reconstructed, input, budget,
                                          try reconstructed.initialParameters(for: input, statistics: pointStatistics))
             } else {
-                quantized[layer.name] = try quantizer.quantize(input, statistics: pointStatistics)
+                var q = try quantizer.quantize(input, statistics: pointStatistics)
+                if layer.isEmbedding, q.activation != nil || q.bias != nil {
+                    throw PTQError("embedding: method \(layer.method) produced activation quantization or a bias; "
+                                   + "an embedding table is weight-only")
+                }
+                q.name = layer.name
+                quantized[layer.name] = q
             }
             progress.advance(detail: layer.name)
         }
@@ -150,6 +162,12 @@ extension PTQ {
                 ? String(name[..<name.lastIndex(of: "/")!]) : name
             if planned.contains(layerName) { continue }
             floats[name] = try reader.tensor(name)
+        }
+        if config.tiedEmbeddings, planned.contains(TensorNames.tokenEmbeddingLayer),
+           !planned.contains(TensorNames.lmHeadLayer) {
+            // The table is quantized but the tied head stays float: keep the head's float weights
+            // under its own name, so the head is not silently run on the quantized table.
+            floats[TensorNames.lmHead] = try reader.tensor(TensorNames.tokenEmbedding)
         }
         var packed = PackedModel(
             config: config, tokenizer: reader.tokenizer, floatTensors: floats, quantizedLinears: quantized,

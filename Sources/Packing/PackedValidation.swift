@@ -46,6 +46,37 @@ extension PackedModel {
             }
             do { try Validation.requireFinite(tensor, name: name) } catch { throw fail(error.message) }
         }
+        if config.tiedEmbeddings, config.architecture == .llama {
+            // A tied head may be stored apart from the table (quantized, or float beside a
+            // quantized table); without either it is the float table itself.
+            let shape = [config.vocabSize, config.hiddenSize]
+            let head = TensorNames.lmHeadLayer
+            if let q = quantizedLinears[head] {
+                if floatTensors[TensorNames.lmHead] != nil {
+                    throw fail("the tied LM head is stored twice: as float tensor '\(TensorNames.lmHead)' and as quantized layer '\(head)'")
+                }
+                guard q.weight.rows == shape[0], q.weight.columns == shape[1], q.bias == nil else {
+                    throw fail("quantized layer '\(head)' is \(q.weight.rows)×\(q.weight.columns)\(q.bias == nil ? "" : " with a bias"), "
+                               + "the tied LM head is \(shape[0])×\(shape[1]) without bias")
+                }
+                do { try q.validate() } catch { throw fail(error.message) }
+                usedLinears.insert(head)
+            } else if let t = floatTensors[TensorNames.lmHead] {
+                guard t.shape == shape, t.data.count == shape[0] * shape[1] else {
+                    throw fail("tensor '\(TensorNames.lmHead)' has shape \(t.shape), the tied LM head is \(shape)")
+                }
+                do { try Validation.requireFinite(t, name: TensorNames.lmHead) } catch { throw fail(error.message) }
+                expected.insert(TensorNames.lmHead)
+            }
+            if quantizedLinears[TensorNames.tokenEmbeddingLayer] != nil, quantizedLinears[head] == nil,
+               floatTensors[TensorNames.lmHead] == nil {
+                throw fail("the embedding table is quantized but the tied LM head has no weights of its own "
+                           + "(neither a quantized '\(head)' nor a float '\(TensorNames.lmHead)')")
+            }
+        }
+        if let q = quantizedLinears[TensorNames.tokenEmbeddingLayer], q.activation != nil || q.bias != nil {
+            throw fail("quantized embedding '\(TensorNames.tokenEmbeddingLayer)' must be weight-only (no activation quantization, no bias)")
+        }
         if let extra = floatTensors.keys.sorted().first(where: { !expected.contains($0) }) {
             throw fail("unexpected tensor '\(extra)' for a \(config.architecture.rawValue) model")
         }

@@ -52,6 +52,9 @@ public final class BinaryLinear: LinearOp {
                    + (bias?.count ?? 0))
     }
 
+    /// Bytes a decoded token reads from this layer (the bench's bandwidth bound).
+    public var weightBytes: Int { storageBytes }
+
     /// What runs, for reports: `binary 1-bit + 4-bit salient columns (20.1 %)`.
     public var kernelDescription: String {
         let share = maskKind == .columns

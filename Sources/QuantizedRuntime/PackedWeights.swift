@@ -40,6 +40,26 @@ public struct PackedWeights: WeightSource {
         return FloatLinear(weight: weight, bias: bias?.data)
     }
 
+    /// The quantized table when the recipe quantized `embeddings/token`, else the float one.
+    public func tokenEmbedding() throws(PTQError) -> any EmbeddingTable {
+        guard let q = model.quantizedLinears[TensorNames.tokenEmbeddingLayer] else {
+            let table = try tensor(TensorNames.tokenEmbedding)
+            let expected = [config.vocabSize, config.hiddenSize]
+            guard table.shape == expected else {
+                throw PTQError("tensor '\(TensorNames.tokenEmbedding)' has shape \(table.shape), expected \(expected)")
+            }
+            return FloatEmbedding(table: table.data, rows: expected[0], width: expected[1])
+        }
+        return try QuantizedEmbedding(q)
+    }
+
+    /// A tied model's own LM head: the quantized `lm_head`, or a float `lm_head/weight`.
+    public func tiedLMHead() throws(PTQError) -> (any LinearOp)? {
+        let name = TensorNames.lmHeadLayer
+        guard model.quantizedLinears[name] != nil || model.floatTensors[name + "/weight"] != nil else { return nil }
+        return try linear(name)
+    }
+
     /// The run-time layer for a quantized linear: one kernel family per weight format.
     public static func linearOp(for q: QuantizedLinear) throws(PTQError) -> any LinearOp {
         switch q.weight {

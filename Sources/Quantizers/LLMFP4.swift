@@ -90,11 +90,18 @@ public struct LLMFP4Quantizer: Quantizer {
                 return candidates
             case "default": return [FloatingPointFormat.defaultFormat(bits: bits)]
             default:
-                guard let f = FloatingPointFormat(name: text) else {
-                    throw p.error(key, "must be search, default or a format such as e2m1 (got \"\(text)\")")
+                // One format, or a comma-separated shortlist searched like `search` (e.g. "e2m5,e3m4").
+                var list: [FloatingPointFormat] = []
+                for name in text.split(separator: ",").map({ $0.trimmingCharacters(in: .whitespaces) }) {
+                    guard let f = FloatingPointFormat(name: name) else {
+                        throw p.error(key, "must be search, default, a format such as e2m1 or a list such as e2m5,e3m4 (got \"\(text)\")")
+                    }
+                    guard f.bits == bits else { throw p.error(key, "\(f) has \(f.bits) bits, the recipe asks for \(bits)") }
+                    guard !list.contains(f) else { throw p.error(key, "lists \(f) twice") }
+                    list.append(f)
                 }
-                guard f.bits == bits else { throw p.error(key, "\(f) has \(f.bits) bits, the recipe asks for \(bits)") }
-                return [f]
+                guard !list.isEmpty else { throw p.error(key, "names no format") }
+                return list
             }
         }
         guard (3...8).contains(weightBits) else {

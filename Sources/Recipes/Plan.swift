@@ -94,6 +94,17 @@ public func linearLayerNames(of config: ModelConfig) -> [String] {
     config.structure.linearLayers.map(\.name)
 }
 
+extension LayerPlan {
+    /// The checkpoint tensor holding this layer's weight: `<name>/weight`, except a tied LM
+    /// head, whose weight is the token embedding table.
+    public func weightTensorName(config: ModelConfig) -> String {
+        name == TensorNames.lmHeadLayer && config.tiedEmbeddings ? TensorNames.tokenEmbedding : name + "/weight"
+    }
+
+    /// Whether this entry is the weight-only token embedding table rather than a linear layer.
+    public var isEmbedding: Bool { name == TensorNames.tokenEmbeddingLayer }
+}
+
 extension Recipe {
     /// The per-layer plan for a model: every linear layer not matched by `ignore`, in model
     /// order, decided by the first rule whose targets match it, else by `scheme`.
@@ -111,9 +122,15 @@ extension Recipe {
         if config.architecture != model {
             throw PTQError("\(source):\(modelLine): model: the recipe is for \(model.rawValue) but the model is \(config.architecture.rawValue)")
         }
-        let layers = structure.linearLayers
+        var layers = structure.linearLayers
         let ignoreMatchers = ignore.map { $0.matcher() }
         let ruleMatchers = rules.map { rule in rule.targets.map { $0.matcher() } }
+        // The LM head is plannable too, but only by a rule that matches `lm_head`: the scheme
+        // never claims it, so recipes without such a rule keep the float head.
+        if let head = structure.outputHead,
+           ruleMatchers.contains(where: { $0.contains { $0(head.name) } }) {
+            layers.append(head)
+        }
 
         // Every target must match some linear layer of this model (catches typos).
         for (rule, matchers) in zip(rules, ruleMatchers) {
@@ -157,7 +174,7 @@ extension Recipe {
                                       activation: rule.activation, parameters: rule.parameters,
                                       ruleLine: rule.line, ruleIndex: rule.index,
                                       outFeatures: layer.outFeatures, inFeatures: layer.inFeatures, hasBias: layer.hasBias))
-            } else {
+            } else if layer.name != TensorNames.lmHeadLayer {
                 plan.append(LayerPlan(name: layer.name, role: layer.role, inputPoint: layer.inputPoint,
                                       method: scheme.method, weight: scheme.weight,
                                       activation: scheme.activation, parameters: scheme.parameters,
@@ -176,6 +193,14 @@ extension Recipe {
             }
             throw PTQError("\(source):\(rule.line): rules[\(rule.index)]: never applies: \(reason)")
         }
+        if let embedding {
+            // Weight-only: rows are tokens, columns the hidden size; `ignore` does not apply.
+            plan.append(LayerPlan(name: TensorNames.tokenEmbeddingLayer, role: .embedding, inputPoint: "",
+                                  method: embedding.method,
+                                  weight: embedding.weight, activation: nil, parameters: embedding.parameters,
+                                  ruleLine: embedding.line, ruleIndex: nil,
+                                  outFeatures: config.vocabSize, inFeatures: config.hiddenSize, hasBias: false))
+        }
         return plan
     }
 
@@ -186,7 +211,10 @@ extension Recipe {
 
     /// The dry-run table with a header naming this recipe.
     public func dryRunDescription(plan: [LayerPlan], config: ModelConfig) -> String {
-        let header = "recipe \(name) (\(source)): \(plan.count) of \(linearLayerNames(of: config).count) linear layers quantized\n"
+        let linears = plan.filter { !$0.isEmbedding }
+        let head = linears.contains { $0.name == TensorNames.lmHeadLayer } ? 1 : 0
+        let table = linears.count < plan.count ? ", embedding table quantized" : ""
+        let header = "recipe \(name) (\(source)): \(linears.count) of \(linearLayerNames(of: config).count + head) linear layers quantized\(table)\n"
         return header + Recipes.dryRunDescription(plan: plan, config: config)
     }
 }
@@ -202,6 +230,19 @@ func storageTotals(plan: [LayerPlan], config: ModelConfig) -> StorageTotals {
     var byName: [String: LayerPlan] = [:]
     for layer in plan { byName[layer.name] = layer }
     var totals = StorageTotals()
+    if config.tiedEmbeddings, config.architecture == .llama {
+        // A tied head stored apart from the table: quantized when planned, else a float16 copy
+        // when the table itself is quantized (the packer keeps the head's float weights).
+        let elements = config.vocabSize * config.hiddenSize
+        if let head = byName[TensorNames.lmHeadLayer] {
+            totals.parameters += elements
+            totals.bits += head.storedBits
+        } else if byName[TensorNames.tokenEmbeddingLayer] != nil {
+            totals.parameters += elements
+            totals.bits += 16 * elements
+            totals.floatParameters += elements
+        }
+    }
     for (name, shape) in config.expectedTensors {
         let count = shape.reduce(1, *)
         totals.parameters += count
@@ -236,14 +277,20 @@ public func dryRunDescription(plan: [LayerPlan], config: ModelConfig) -> String 
     var byName: [String: LayerPlan] = [:]
     for layer in plan { byName[layer.name] = layer }
     var rows: [[String]] = [["layer", "method", "weight", "activation", "decided by", "bits/weight"]]
-    for shape in config.structure.linearLayers {
-        if let layer = byName[shape.name] {
+    var names = config.structure.linearLayers.map(\.name)
+    if let head = config.structure.outputHead, byName[head.name] != nil { names.append(head.name) }
+    if byName[TensorNames.tokenEmbeddingLayer] != nil { names.append(TensorNames.tokenEmbeddingLayer) }
+    for name in names {
+        if let layer = byName[name], layer.isEmbedding {
+            rows.append([layer.name, layer.method, layer.weight.description, "-",
+                         "embedding line \(layer.ruleLine ?? 0)", String(format: "%.3f", layer.bitsPerWeight)])
+        } else if let layer = byName[name] {
             rows.append([layer.name, layer.method, layer.weight.description,
                          layer.activation?.description ?? "float",
                          layer.ruleIndex.map { i in "rules[\(i)] line \(layer.ruleLine ?? 0)" } ?? "scheme",
                          String(format: "%.3f", layer.bitsPerWeight)])
         } else {
-            rows.append([shape.name, "-", "float16", "float", "ignore", "16.000"])
+            rows.append([name, "-", "float16", "float", "ignore", "16.000"])
         }
     }
     let widths = rows[0].indices.map { c in rows.map { $0[c].count }.max() ?? 0 }

@@ -156,6 +156,17 @@ public struct Rule: Sendable, Equatable {
     public var label: String { "rules[\(index)] at line \(line)" }
 }
 
+/// Weight-only quantization of the token embedding table (`embedding:` in a recipe): rows are
+/// tokens, so `group_size: channel` gives one scale per token row. The quantizer sees the table
+/// as a linear layer named `embeddings/token` with no input point and no activations.
+public struct EmbeddingScheme: Sendable, Equatable {
+    public var method: String
+    public var weight: WeightScheme
+    public var parameters: MethodParameters
+    /// Line of the `embedding:` key.
+    public var line: Int
+}
+
 /// A validated quantization recipe (see docs/recipes.md).
 public struct Recipe: Sendable, Equatable {
     /// The file the recipe came from, as given (used in every message).
@@ -175,9 +186,12 @@ public struct Recipe: Sendable, Equatable {
     public var verify: VerifyThresholds?
     /// Quantization of the post-softmax attention probabilities; nil = float.
     public var attentionProbabilities: AttentionProbabilityScheme?
+    /// Weight-only quantization of the token embedding table; nil = float (stored as float16).
+    public var embedding: EmbeddingScheme?
 
     static let topKeys = ["name", "description", "model", "calibration", "scheme", "rules", "ignore", "verify",
-                          "attention_probs"]
+                          "attention_probs", "embedding"]
+    static let embeddingKeys = ["method", "weight", "parameters"]
     static let calibrationKeys = ["data", "samples", "seq_len", "seed"]
     static let schemeKeys = ["method", "weight", "activation", "parameters"]
     static let ruleKeys = ["targets", "method", "weight", "activation", "parameters"]
@@ -254,6 +268,7 @@ private struct Parser {
                             modelLine: modelField.line, calibration: calibration, scheme: scheme, rules: rules,
                             ignore: ignore, verify: verify)
         recipe.attentionProbabilities = try top["attention_probs"].map { f throws(PTQError) in try parseAttentionProbabilities(f) }
+        recipe.embedding = try top["embedding"].map { f throws(PTQError) in try self.embedding(f) }
         return recipe
     }
 
@@ -281,6 +296,17 @@ private struct Parser {
             ?? MethodParameters(source: source, path: "scheme.parameters", method: method, line: line)
         return QuantizationScheme(method: method, weight: weight, activation: activation,
                                   parameters: parameters, line: line)
+    }
+
+    /// `embedding: {method, weight, parameters}`: weight-only, so no `activation` key.
+    func embedding(_ field: Field) throws(PTQError) -> EmbeddingScheme {
+        let map = try field.mapping(allowed: Recipe.embeddingKeys)
+        let line = field.keyLine ?? field.line
+        let method = try self.method(try map.require("method"))
+        let weight = try self.weight(try map.require("weight"), base: nil)
+        let parameters = try map["parameters"]?.parameters(method: method, ownerLine: line)
+            ?? MethodParameters(source: source, path: "embedding.parameters", method: method, line: line)
+        return EmbeddingScheme(method: method, weight: weight, parameters: parameters, line: line)
     }
 
     func rule(_ field: Field, index: Int, scheme: QuantizationScheme) throws(PTQError) -> Rule {

@@ -48,7 +48,7 @@ struct PTQ161Tests {
 
     @Test func layerwiseLowersTheOutputError() throws {
         let (w, x, stats) = Self.fixture()
-        let layer = LinearLayer(name: "layers/0/mlp/up_proj", weight: w, bias: nil, inputPoint: "p")
+        let layer = LinearLayer(name: "layers/0/mlp/up_proj", weight: w, bias: nil, inputPoint: "p", role: .mlpInputProjection)
         var errors: [String: Double] = [:]
         for mode in ["none", "layerwise"] {
             let q = try PTQ161Quantizer(plan: Self.plan("ptq161", ["optimization": .string(mode, line: 1)], out: Self.out, n: Self.n))
@@ -75,7 +75,7 @@ struct PTQ161Tests {
 
     @Test func pbllmMaskGridsAndErrorFeedback() throws {
         let (w, x, stats) = Self.fixture()
-        let layer = LinearLayer(name: "layers/0/mlp/up_proj", weight: w, bias: nil, inputPoint: "p")
+        let layer = LinearLayer(name: "layers/0/mlp/up_proj", weight: w, bias: nil, inputPoint: "p", role: .mlpInputProjection)
         var errors: [Bool: Double] = [:]
         for gptq in [false, true] {
             let q = try PBLLMQuantizer(plan: Self.plan("pbllm", ["gptq": .bool(gptq, line: 1)], out: Self.out, n: Self.n))
@@ -103,7 +103,7 @@ struct PTQ161Tests {
     @Test func plainBinarization() throws {
         let w = Tensor(shape: [2, 4], data: [0.1, 0.3, -0.1, 0.5, 1, 1, 1, 1])
         let q = try BinarizeQuantizer(plan: Self.plan("binarize", out: 2, n: 4))
-            .quantize(LinearLayer(name: "layers/0/mlp/up_proj", weight: w, bias: nil, inputPoint: "p"), statistics: nil)
+            .quantize(LinearLayer(name: "layers/0/mlp/up_proj", weight: w, bias: nil, inputPoint: "p", role: .mlpInputProjection), statistics: nil)
         guard case .binary(let b) = q.weight else { Issue.record("not binary"); return }
         // Row 0: μ = 0.2, α = mean |w − μ| = 0.2 → values 0.4 / 0.0; row 1 (W == μ): all +1, α = 0.
         let d = b.dequantizedReference()

@@ -239,7 +239,8 @@ struct RuntimeTests {
         let model = try LlamaModel(weights: CheckpointWeights(try CheckpointReader(path: try SyntheticModels.writeCheckpoint(contents))))
         let recorder = Recorder()
         _ = model.forward([1, 2, 3, 4, 5], hooks: ForwardHooks(observer: recorder))
-        #expect(recorder.shapes.count == 2 * 6)
+        #expect(recorder.shapes.count == 2 * 6 + 1)
+        #expect(recorder.shapes[QuantizationPoints.lmHeadInput]! == (5, 32))  // final-normed states
         #expect(recorder.shapes["layers.1.attention.input"]! == (5, 32))
         #expect(recorder.shapes["layers.1.mlp.down_proj.input"]! == (5, 48))
         #expect(recorder.shapes["layers.0.attention.probs"]! == (5, 5))

@@ -408,7 +408,7 @@ func message(_ body: () throws -> Void) -> String {
 
     @Test func unknownKeysAtEveryLevel() {
         #expect(message { _ = try parse(header + "rulez: []\n") }
-            == "t.yaml:6: rulez: unknown key (expected one of: name, description, model, calibration, scheme, rules, ignore, verify, attention_probs)")
+            == "t.yaml:6: rulez: unknown key (expected one of: name, description, model, calibration, scheme, rules, ignore, verify, attention_probs, embedding)")
         #expect(message { _ = try parse("name: t\nmodel: llama\nscheme:\n  method: rtn\n  weights: {bits: 8}\n") }
             == "t.yaml:5: scheme.weights: unknown key (expected one of: method, weight, activation, parameters)")
         #expect(message { _ = try parse("name: t\nmodel: llama\nscheme:\n  method: rtn\n  weight: {bits: 8, sym: true}\n") }
