@@ -31,7 +31,8 @@ struct PTQ161Tests {
             MethodParameters.Entry(key: $0.key, keyLine: 1, path: "p.\($0.key)", value: $0.value)
         }
         let p = MethodParameters(source: "t", path: "p", method: method, line: 1, entries: entries)
-        return LayerPlan(name: "layers/0/mlp/up_proj", method: method, weight: WeightScheme(bits: 4, symmetric: false),
+        return LayerPlan(name: "layers/0/mlp/up_proj", role: .mlpInputProjection, inputPoint: "layers.0.mlp.input",
+                         method: method, weight: WeightScheme(bits: 4, symmetric: false),
                          activation: nil, parameters: p, ruleLine: nil, outFeatures: out, inFeatures: n, hasBias: false)
     }
 

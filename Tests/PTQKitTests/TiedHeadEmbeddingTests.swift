@@ -129,7 +129,7 @@ struct TiedHeadEmbeddingTests {
         }
         #expect(try PackedWeights(stored).tiedLMHead() is IntegerLinear)
 
-        guard case .language(let runtime) = try PTQ.loadAnyModel(path: path) else { Issue.record("not a LM"); return }
+        guard let runtime = try PTQ.loadAnyModel(path: path) as? LlamaModel else { Issue.record("not a LM"); return }
         let simulated = try LlamaModel(weights: SimulatedWeights(packed: stored))
         let tokens = [3, 77, 201, 5, 19, 250, 42, 8, 100]
         let a = runtime.forward(tokens), b = simulated.forward(tokens)
