@@ -69,9 +69,61 @@ struct PTQ161Tests {
         #expect(result.parameters.salientCodes == p0.salientCodes && result.parameters.mean == p0.mean)
     }
 
-    @Test func blockwiseIsRefusedClearly() {
-        #expect { try PTQ161Quantizer(plan: Self.plan("ptq161", ["optimization": .string("blockwise", line: 3)], out: 2, n: 2)) }
-            throws: { ($0 as? PTQError)?.message.contains("not available in this build") == true }
+    /// `optimization: blockwise` runs through `PTQ.quantize`: the Training optimiser learns α, r1,
+    /// r2 block by block, the packed layers record the block loss, and the packed model is closer
+    /// to the float model than the reference's initialisation (`none`) on the same mask.
+    @Test func blockwiseRunsInThePipelineAndBeatsTheInitialisation() throws {
+        let (checkpoint, folder) = try PipelineFixtures.setUp()
+        var recipe: PTQ.RecipeContext?
+        func packed(_ name: String, _ parameters: String) throws -> PackedModel {
+            let path = try PipelineFixtures.recipe(folder, name: name, body: """
+                scheme:
+                  method: ptq161
+                  weight: {bits: 4, symmetric: false}
+                  parameters: {\(parameters)}
+                """)
+            recipe = try PTQ.RecipeContext(path: path)
+            return try PTQ.quantize(checkpoint: checkpoint, recipe: recipe!, quiet: true).packed
+        }
+        let none = try packed("none", "optimization: none")
+        let blockwise = try packed("blockwise", "optimization: blockwise, train_samples: 4, train_seq_len: 32, "
+                                   + "epochs: 4, lr_alpha: 0.01, lr_scales: 0.01")
+        let q = try #require(blockwise.quantizedLinears["layers/1/mlp/down_proj"])
+        #expect(q.details["optimization"] == "blockwise")
+        // Every block's loss fell ("initial -> final").
+        for layer in blockwise.quantizedLinears.values {
+            let losses = try #require(layer.details["block_loss"]).components(separatedBy: " -> ").compactMap(Double.init)
+            #expect(losses.count == 2 && losses[1] < losses[0], "\(layer.name): \(losses)")
+        }
+        #expect(q.details["blockwise_budget"] == "4×32 tokens × 4 epochs")
+        guard case .binary(let learned) = q.weight, case .binary(let initial) = none.quantizedLinears[q.name]?.weight else {
+            Issue.record("ptq161 layers are stored as binary"); return
+        }
+        // Same mask, signs and salient codes; only the scales moved.
+        #expect(learned.salientMask == initial.salientMask && learned.signs == initial.signs
+                && learned.salientCodes == initial.salientCodes)
+        #expect(learned.scale != initial.scale)
+
+        let reference = try #require(try PTQ.loadModel(path: checkpoint) as? LlamaModel)
+        // Held-out windows of the calibration text (what the scales were fitted to resemble).
+        let windows = try PTQ.verificationSamples(model: reference, recipe: recipe, count: 4)
+        func logitError(_ model: PackedModel) throws -> Double {
+            let runtime = try #require(try PTQ.loadPacked(model, source: "test") as? LlamaModel)
+            var error = 0.0
+            for tokens in windows {
+                let a = reference.forward(tokens), b = runtime.forward(tokens)
+                error += zip(a, b).reduce(0.0) { $0 + Double(($1.0 - $1.1) * ($1.0 - $1.1)) } / Double(a.count)
+            }
+            return error
+        }
+        let noneError = try logitError(none), blockwiseError = try logitError(blockwise)
+        #expect(blockwiseError < 0.9 * noneError, "blockwise \(blockwiseError) vs none \(noneError)")
+    }
+
+    @Test func blockwiseBudgetIsOnlyForBlockwise() {
+        #expect { try PTQ161Quantizer(plan: Self.plan("ptq161", ["optimization": .string("layerwise", line: 3),
+                                                                 "epochs": .int(3, line: 4)], out: 2, n: 2)) }
+            throws: { ($0 as? PTQError)?.message.contains("only used with optimization: blockwise") == true }
     }
 
     @Test func pbllmMaskGridsAndErrorFeedback() throws {
