@@ -31,17 +31,41 @@ extension PTQ {
         let windows = try CalibrationSamples.modelWindows(tokenizerSpec: weights.tokenizer, tokenizer: tokenizer,
                                                           settings: settings, count: budget.samples)
         var reports: [Int: BlockwiseBlockReport] = [:]
-        let learned = try BlockwiseScaleOptimizer.optimize(
+        let blockSettings = BlockwiseSettings(epochs: budget.epochs, learningRateAlpha: Float(budget.learningRateAlpha),
+                                              learningRateScales: Float(budget.learningRateScales),
+                                              evaluateInitialLoss: true, quiet: quiet)
+        var learned = try BlockwiseScaleOptimizer.optimize(
             weights: weights, parameters: pending.mapValues(\.initial), windows: windows,
-            settings: BlockwiseSettings(epochs: budget.epochs, learningRateAlpha: Float(budget.learningRateAlpha),
-                                        learningRateScales: Float(budget.learningRateScales), evaluateInitialLoss: true,
-                                        quiet: quiet)) { reports[$0.layer] = $0 }
+            settings: blockSettings) { reports[$0.layer] = $0 }
+        var preprocessingLoss: (first: Double, last: Double)?
+        if budget.preprocessingSteps > 0 {
+            // PTQ1.61's quantization preprocessing: LoRA on the pass-1 model, merged into float
+            // weights, then pass 2 on them with the pass-1 masks (reference remain.py / reptq.py).
+            var losses: [Double] = []
+            let merged = ContentsWeights(try LoRAPreprocessing.train(
+                weights: weights, parameters: learned, windows: windows,
+                settings: LoRASettings(steps: budget.preprocessingSteps, seed: settings.seed, quiet: quiet)) { losses.append($1) })
+            preprocessingLoss = losses.first.map { ($0, losses.last!) }
+            var second: [String: BinarizationParameters] = [:]
+            for (name, entry) in pending {
+                let weight = try merged.tensor(name + "/weight")
+                second[name] = .initial(weight: weight.data, rows: entry.initial.rows, columns: entry.initial.columns,
+                                        salientMask: entry.initial.salientMask, salientBits: entry.initial.salientBits)
+            }
+            reports = [:]
+            learned = try BlockwiseScaleOptimizer.optimize(weights: merged, parameters: second, windows: windows,
+                                                           settings: blockSettings) { reports[$0.layer] = $0 }
+        }
         var result: [String: QuantizedLinear] = [:]
         for (name, entry) in pending {
             guard let parameters = learned[name] else {
                 throw PTQError("block reconstruction returned no parameters for \(name)")
             }
             var details = ["blockwise_budget": "\(budget.samples)×\(budget.sequenceLength) tokens × \(budget.epochs) epochs"]
+            if let preprocessingLoss {
+                details["preprocessing"] = String(format: "LoRA %d steps, loss %.4g -> %.4g", budget.preprocessingSteps,
+                                                  preprocessingLoss.first, preprocessingLoss.last)
+            }
             if let r = config.structure.linearLayer(named: name)?.block.flatMap({ reports[$0] }) {
                 details["block_loss"] = String(format: "%.5g -> %.5g", r.initialLoss ?? .nan, r.finalLoss)
             }

@@ -13,8 +13,13 @@ public struct BlockReconstructionBudget: Sendable, Hashable {
     public var learningRateAlpha: Double
     /// AdamW learning rate of the row and column rescalings r1, r2.
     public var learningRateScales: Double
+    /// Optimizer steps of PTQ1.61's quantization preprocessing (LoRA on the pass-1 model, merged,
+    /// then a second pass on the merged weights with the pass-1 masks); 0 = none.
+    public var preprocessingSteps: Int
 
-    public init(samples: Int, sequenceLength: Int, epochs: Int, learningRateAlpha: Double, learningRateScales: Double) {
+    public init(samples: Int, sequenceLength: Int, epochs: Int, learningRateAlpha: Double, learningRateScales: Double,
+                preprocessingSteps: Int = 0) {
+        self.preprocessingSteps = preprocessingSteps
         self.samples = samples
         self.sequenceLength = sequenceLength
         self.epochs = epochs

@@ -22,7 +22,10 @@ import Recipes
 ///   Training module's `BlockwiseScaleOptimizer`). Budget: `train_samples` windows of
 ///   `train_seq_len` tokens from the calibration text × `epochs` (2-core default 32 × 512 × 2; the
 ///   paper 128 × 2048 × 20), learning rates `lr_alpha` (5e-4) and `lr_scales` (1e-3) as the
-///   reference.
+///   reference. `preprocessing_steps` > 0 adds the paper's quantization preprocessing: LoRA
+///   (rank 64, alpha 16, q/k/v/gate/up/down) trained on the pass-1 model with the causal-LM loss,
+///   merged, and a second block-wise pass on the merged weights reusing the pass-1 masks (the
+///   reference's remain.py path).
 public struct PTQ161Quantizer: BinarizedBlockReconstruction {
     public enum Optimization: String, Sendable, CaseIterable {
         case none, layerwise, blockwise
@@ -40,7 +43,8 @@ public struct PTQ161Quantizer: BinarizedBlockReconstruction {
     public let blockReconstruction: BlockReconstructionBudget?
 
     public static let parameterKeys: Set<String> = ["salient_ratio", "salient_bits", "optimization", "iterations", "damping",
-                                                     "train_samples", "train_seq_len", "epochs", "lr_alpha", "lr_scales"]
+                                                     "train_samples", "train_seq_len", "epochs", "lr_alpha", "lr_scales",
+                                                     "preprocessing_steps"]
 
     public init(plan: LayerPlan) throws(PTQError) {
         let p = plan.parameters
@@ -57,9 +61,11 @@ public struct PTQ161Quantizer: BinarizedBlockReconstruction {
                 sequenceLength: try p.int("train_seq_len", default: 512, range: 2...8192),
                 epochs: try p.int("epochs", default: 2, range: 1...100),
                 learningRateAlpha: try p.double("lr_alpha", default: 5e-4, range: 0...1),
-                learningRateScales: try p.double("lr_scales", default: 1e-3, range: 0...1))
+                learningRateScales: try p.double("lr_scales", default: 1e-3, range: 0...1),
+                preprocessingSteps: try p.int("preprocessing_steps", default: 0, range: 0...100_000))
         } else {
-            for key in ["train_samples", "train_seq_len", "epochs", "lr_alpha", "lr_scales"] where p.has(key) {
+            for key in ["train_samples", "train_seq_len", "epochs", "lr_alpha", "lr_scales", "preprocessing_steps"]
+            where p.has(key) {
                 throw p.error(key, "only used with optimization: blockwise")
             }
             blockReconstruction = nil

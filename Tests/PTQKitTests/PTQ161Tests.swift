@@ -120,6 +120,37 @@ struct PTQ161Tests {
         #expect(blockwiseError < 0.9 * noneError, "blockwise \(blockwiseError) vs none \(noneError)")
     }
 
+    /// `preprocessing_steps` runs LoRA on the pass-1 model, merges it and runs pass 2 with the
+    /// pass-1 masks: the packed layers keep the masks but their signs come from new weights.
+    @Test func preprocessingRetrainsAndKeepsTheMasks() throws {
+        let (checkpoint, folder) = try PipelineFixtures.setUp()
+        func packed(_ name: String, _ extra: String) throws -> PackedModel {
+            let path = try PipelineFixtures.recipe(folder, name: name, body: """
+                scheme:
+                  method: ptq161
+                  weight: {bits: 4, symmetric: false}
+                  parameters: {optimization: blockwise, train_samples: 2, train_seq_len: 16, epochs: 1\(extra)}
+                """)
+            return try PTQ.quantize(checkpoint: checkpoint, recipe: try PTQ.RecipeContext(path: path), quiet: true).packed
+        }
+        let plain = try packed("plain", "")
+        let preprocessed = try packed("lora", ", preprocessing_steps: 3")
+        let name = "layers/0/attention/q_proj"
+        let detail = try #require(preprocessed.quantizedLinears[name]?.details["preprocessing"])
+        #expect(detail.hasPrefix("LoRA 3 steps"))
+        #expect(plain.quantizedLinears[name]?.details["preprocessing"] == nil)
+        guard case .binary(let a) = plain.quantizedLinears[name]?.weight,
+              case .binary(let b) = preprocessed.quantizedLinears[name]?.weight else {
+            Issue.record("ptq161 layers are stored as binary"); return
+        }
+        #expect(a.salientMask == b.salientMask)
+        #expect(a.signs != b.signs || a.salientCodes != b.salientCodes)
+        // o_proj has no adapter (as the reference), but pass 2 still re-learns its scales.
+        guard case .binary(let o) = preprocessed.quantizedLinears["layers/0/attention/o_proj"]?.weight,
+              case .binary(let o0) = plain.quantizedLinears["layers/0/attention/o_proj"]?.weight else { return }
+        #expect(o.signs == o0.signs)
+    }
+
     @Test func blockwiseBudgetIsOnlyForBlockwise() {
         #expect { try PTQ161Quantizer(plan: Self.plan("ptq161", ["optimization": .string("layerwise", line: 3),
                                                                  "epochs": .int(3, line: 4)], out: 2, n: 2)) }
