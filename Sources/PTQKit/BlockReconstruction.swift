@@ -15,7 +15,7 @@ extension PTQ {
         guard budgets.count == 1, let budget = budgets.first else {
             // One pass carries both paths through every block: one budget for all of them.
             throw PTQError.file(recipe.path, "block reconstruction needs the same train_samples, train_seq_len, epochs, "
-                                + "lr_alpha and lr_scales on every layer (the recipe gives \(budgets.count) different ones)")
+                                + "lr_alpha, lr_scales and preprocessing_steps on every layer (the recipe gives \(budgets.count) different ones)")
         }
         let config = weights.config
         guard budget.sequenceLength <= config.maxPositions else {
