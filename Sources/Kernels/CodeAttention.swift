@@ -12,28 +12,27 @@ public enum CodeAttention {
     /// n bits take n comparisons, no logarithm).
     public static func encodeDescending(_ x: UnsafePointer<Float>, count: Int, thresholds: UnsafeBufferPointer<Float>,
                                         into codes: UnsafeMutablePointer<UInt8>) {
-        let t = thresholds.baseAddress!, n = thresholds.count
-        for j in 0..<count {
-            let v = x[j]
-            var lo = 0, hi = n
-            while lo < hi {
-                let mid = (lo + hi) >> 1
-                if v <= t[mid] { lo = mid + 1 } else { hi = mid }
-            }
-            codes[j] = UInt8(truncatingIfNeeded: lo)
-        }
+        encode(x, count: count, thresholds: thresholds, into: codes) { v, t in v <= t }
     }
 
     /// Codes against ascending thresholds (uniform formats): the number of thresholds below `x`.
     public static func encodeAscending(_ x: UnsafePointer<Float>, count: Int, thresholds: UnsafeBufferPointer<Float>,
                                        into codes: UnsafeMutablePointer<UInt8>) {
+        encode(x, count: count, thresholds: thresholds, into: codes) { v, t in v > t }
+    }
+
+    /// The code of each value: the length of the threshold prefix for which `passes(x, β_k)` holds
+    /// (thresholds ordered so that the prefix is contiguous), by binary search.
+    @inline(__always)
+    private static func encode(_ x: UnsafePointer<Float>, count: Int, thresholds: UnsafeBufferPointer<Float>,
+                               into codes: UnsafeMutablePointer<UInt8>, passes: (Float, Float) -> Bool) {
         let t = thresholds.baseAddress!, n = thresholds.count
         for j in 0..<count {
             let v = x[j]
             var lo = 0, hi = n
             while lo < hi {
                 let mid = (lo + hi) >> 1
-                if v > t[mid] { lo = mid + 1 } else { hi = mid }
+                if passes(v, t[mid]) { lo = mid + 1 } else { hi = mid }
             }
             codes[j] = UInt8(truncatingIfNeeded: lo)
         }
