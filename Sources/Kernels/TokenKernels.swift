@@ -114,6 +114,60 @@ public enum TokenKernels {
         }
     }
 
+    // MARK: nibble-packed integer weights × int8 activations (W4A8)
+
+    /// Block-permutes `rows` activation rows (as `fp4Permute`) and writes their per-group sums,
+    /// the inputs of `q4Gemv`.
+    public static func q4Prepare(_ a: UnsafePointer<Int8>, rows: Int, columns: Int, groupSize: Int,
+                                 permuted: UnsafeMutablePointer<Int8>, groupSums: UnsafeMutablePointer<Int32>) {
+        precondition(fp4Supports(columns: columns, groupSize: groupSize), "q4Prepare: unsupported shape")
+        ck_q4_prepare_i8(a, rows, columns, groupSize, permuted, groupSums)
+    }
+
+    /// `y[i·ldy + o] = Σ_g scales[o, g]·Σ_{j∈g} (u[o, j] − offset)·a[i, j]` for `m` activation rows
+    /// and all `rows` outputs, on nibble codes (two per byte), split over output rows on the pool;
+    /// `scales` nil means one group per row and the exact int32 sums as floats. VNNI, AVX2 or
+    /// scalar; bit-identical to `LowBit.gemmI8GroupedReference` on the expanded codes.
+    public static func q4Gemv(codes: UnsafePointer<UInt8>, rows: Int, columns: Int, groupSize: Int, offset: Int,
+                              scales: UnsafePointer<Float>?, permutedActivations a: UnsafePointer<Int8>,
+                              groupSums: UnsafePointer<Int32>, m: Int, y: UnsafeMutablePointer<Float>, ldy: Int) {
+        precondition(fp4Supports(columns: columns, groupSize: groupSize), "q4Gemv: unsupported shape")
+        guard rows > 0, m > 0 else { return }
+        let pc = SendableConstPointer(codes), pa = SendableConstPointer(a), pg = SendableConstPointer(groupSums)
+        let ps = scales.map { SendableConstPointer($0) }, py = SendablePointer(y)
+        Parallel.forEachChunk(rows, minimumChunk: max(4, LowBit.chunk(workPerRow: m * columns, atLeast: 8)) / 4 * 4) { r in
+            ck_q4_gemv_i8(pc.base, r.lowerBound, r.count, columns, groupSize, Int32(offset), ps?.base, pa.base, pg.base,
+                          m, py.base, ldy)
+        }
+    }
+
+    /// Scalar twin of `q4Gemv`.
+    public static func q4GemvReference(codes: UnsafePointer<UInt8>, rows: Int, columns: Int, groupSize: Int, offset: Int,
+                                       scales: UnsafePointer<Float>?, permutedActivations a: UnsafePointer<Int8>,
+                                       groupSums: UnsafePointer<Int32>, m: Int, y: UnsafeMutablePointer<Float>, ldy: Int) {
+        ck_q4_gemv_i8_ref(codes, 0, rows, columns, groupSize, Int32(offset), scales, a, groupSums, m, y, ldy)
+    }
+
+    /// Several activation rows (prefill) with one group per weight row: each pool task unpacks
+    /// a tile of its weight rows to int8 (`table[u]`) once and runs the int8 GEMM of every
+    /// activation row against it; `c[i·ldc + o]` receives the exact int32 sums.
+    public static func nibbleProductInt32(codes: UnsafePointer<UInt8>, rows: Int, columns: Int,
+                                          table: UnsafePointer<Int8>, activations a: UnsafePointer<Int8>, m: Int,
+                                          c: UnsafeMutablePointer<Int32>, ldc: Int) {
+        guard rows > 0, m > 0 else { return }
+        let pc = SendableConstPointer(codes), pt = SendableConstPointer(table)
+        let pa = SendableConstPointer(a), py = SendablePointer(c)
+        let tileRows = max(8, (256 * 1024) / max(1, columns))
+        Parallel.forEachChunk(rows, minimumChunk: LowBit.chunk(workPerRow: m * columns, atLeast: 8)) { r in
+            let tile = LowBit.threadScratch(slot: 3, count: min(tileRows, r.count) * columns, of: Int8.self)
+            for r0 in stride(from: r.lowerBound, to: r.upperBound, by: tileRows) {
+                let count = min(tileRows, r.upperBound - r0)
+                ck_fp4_expand_i8(pc.base, r0, count, columns, pt.base, tile)
+                ck_gemm_i8(pa.base, m, tile, count, columns, py.base + r0, ldc)
+            }
+        }
+    }
+
     /// Whether the int8 kernels use AVX-512 VNNI on this CPU (false also when disabled).
     public static var usesVNNI: Bool { ck_cpu_has_avx512vnni() != 0 }
 

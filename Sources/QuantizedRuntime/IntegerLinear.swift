@@ -14,7 +14,11 @@ import PTQCore
 ///   `y = rowScale[i]·wScale[o]·(acc − d[o]·Σ_j a[i, j]) + bias[o]`: the zero point costs one
 ///   sum of activation codes per row, not a second GEMM. Grouped weights run the grouped
 ///   kernel, which scales each group's exact int32 dot product by its float scale, and subtract
-///   the zero-point term per group.
+///   the zero-point term per group. Codes of ≤ 4 bits stay **two per byte** (the counterpart of
+///   llama.cpp's Q4_0 × Q8_0) when the shape allows (`TokenKernels.fp4Supports`): decode unpacks
+///   the nibbles in registers (`TokenKernels.q4Gemv`), prefill unpacks a tile of weight rows to
+///   int8 once per pool task and reuses it for every prompt row; both give the same exact integer
+///   sums, hence the same output bits, as the int8-per-weight codes.
 /// - **Float activations** (`activation == nil`: W4A16, W8A16, W3A16, …): codes of ≤ 4 bits are
 ///   packed two per byte, wider codes stay one byte each. One row runs the fused GEMV; several
 ///   rows dequantize tiles of output rows into scratch and multiply them with sgemm.
@@ -36,9 +40,16 @@ public final class IntegerLinear: LinearOp {
         case weightOnly(WeightOnlyPath)
     }
 
-    /// Signed int8 weight codes `[out, in]` with their scales, plus the activation quantizer.
+    /// Signed int8 weight codes `[out, in]` (or nibbles) with their scales, plus the activation quantizer.
     private struct IntegerPath: Sendable {
+        /// One signed code per weight; empty when `nibbles` holds the codes.
         var codes: [Int8]
+        /// Unsigned codes two per byte (row stride in/2) for ≤ 4-bit weights; empty otherwise.
+        var nibbles: [UInt8]
+        /// `u − 2^(bits−1)` for every nibble value u (prefill tiles unpack through it).
+        var nibbleTable: [Int8]
+        /// `2^(bits−1)`: a nibble u holds the signed code u − offset.
+        var offset: Int
         var scales: [Float]
         /// `scale · (zero − 2^(bits−1))` per `[out, group]`; nil for symmetric weights.
         var zeroTerms: [Float]?
@@ -64,7 +75,7 @@ public final class IntegerLinear: LinearOp {
         let biasBytes = (bias?.count ?? 0) * 4
         switch kernel {
         case .integer(let p):
-            return p.codes.count + p.scales.count * 4 + (p.zeroTerms?.count ?? 0) * 4 + (p.channelScales?.count ?? 0) * 4
+            return p.codes.count + p.nibbles.count + p.scales.count * 4 + (p.zeroTerms?.count ?? 0) * 4 + (p.channelScales?.count ?? 0) * 4
                 + (p.shift?.count ?? 0) * 4 + biasBytes
         case .weightOnly(let p):
             return p.codes.count + p.scales.count * 4 + p.zeros.count * 4 + biasBytes
@@ -81,7 +92,8 @@ public final class IntegerLinear: LinearOp {
             case .perToken: scaling = "per-token"
             case .perTensor: scaling = "per-tensor"
             }
-            return "int8 GEMM W\(weightBits)A\(p.activationBits) \(grouping) \(scaling)"
+            let kernel = p.nibbles.isEmpty ? "int8 GEMM" : "nibble int8 GEMV/GEMM"
+            return "\(kernel) W\(weightBits)A\(p.activationBits) \(grouping) \(scaling)"
         case .weightOnly(let p):
             return "\(p.format == .u4 ? "u4" : "u8") GEMV/tile-sgemm W\(weightBits)A16 \(grouping)"
         }
@@ -151,9 +163,13 @@ public final class IntegerLinear: LinearOp {
                 scaling = .perTensor(s)
             }
             // Signed codes u − 2^(bits−1), once; asymmetric groups keep scale·(zero − 2^(bits−1)).
+            // ≤ 4-bit codes stay nibbles (half the bytes per token) and are unpacked in the kernels.
             let mid = w.symmetricZero
-            var codes = [Int8](repeating: 0, count: w.codes.count)
-            for i in 0..<w.codes.count { codes[i] = Int8(Int(w.codes[i]) - mid) }
+            let packed = w.bits <= 4 && TokenKernels.fp4Supports(columns: w.columns, groupSize: min(w.groupSize, w.columns))
+            var codes = [Int8](repeating: 0, count: packed ? 0 : w.codes.count)
+            if !packed { for i in 0..<w.codes.count { codes[i] = Int8(Int(w.codes[i]) - mid) } }
+            let nibbles = packed ? LowBit.packNibbles(w.codes, rows: w.rows, columns: w.columns) : []
+            let nibbleTable = packed ? (0..<16).map { Int8(clamping: $0 - mid) } : []
             var zeroTerms: [Float]?
             if let zeros = w.zeros {
                 if let bad = zeros.firstIndex(where: { !$0.isFinite }) {
@@ -161,7 +177,8 @@ public final class IntegerLinear: LinearOp {
                 }
                 zeroTerms = zip(zeros, w.scales).map { z, s in s * (z - Float(mid)) }
             }
-            kernel = .integer(IntegerPath(codes: codes, scales: w.scales, zeroTerms: zeroTerms, groups: groups,
+            kernel = .integer(IntegerPath(codes: codes, nibbles: nibbles, nibbleTable: nibbleTable, offset: mid,
+                                          scales: w.scales, zeroTerms: zeroTerms, groups: groups,
                                           activationBits: a.bits, scaling: scaling, channelScales: a.channelScales,
                                           shift: a.channelShift))
         } else {
@@ -208,6 +225,9 @@ public final class IntegerLinear: LinearOp {
                 }
             }
         }
+        if !p.nibbles.isEmpty {
+            forwardNibbles(p, codes: codes, rowScales: rowScales, codeSums: codeSums, rows: rows, into: y)
+        } else {
         p.codes.withUnsafeBufferPointer { wc in
             p.scales.withUnsafeBufferPointer { ws in
                 if groups == 1 {
@@ -244,10 +264,82 @@ public final class IntegerLinear: LinearOp {
                 }
             }
         }
+        }
         if let bias {
             bias.withUnsafeBufferPointer { Ops.addBias($0.baseAddress!, rows: rows, width: n, into: y) }
         }
     }
+
+    /// The integer path on nibble codes: the same exact integer sums and the same float epilogue
+    /// (operation for operation) as the int8-per-weight branch of `forwardInteger`.
+    private func forwardNibbles(_ p: IntegerPath, codes: UnsafePointer<Int8>, rowScales: UnsafePointer<Float>,
+                                codeSums: UnsafePointer<Float>, rows: Int, into y: UnsafeMutablePointer<Float>) {
+        let k = inFeatures, n = outFeatures, groups = p.groups
+        p.nibbles.withUnsafeBufferPointer { wc in
+            p.scales.withUnsafeBufferPointer { ws in
+                let decode = rows <= Self.gemvRowLimit
+                if decode {
+                    let permuted = LowBit.threadScratch(slot: 2, count: rows * k, of: Int8.self)
+                    let sums = LowBit.threadScratch(slot: 3, count: rows * groups, of: Int32.self)
+                    TokenKernels.q4Prepare(codes, rows: rows, columns: k, groupSize: groupSize, permuted: permuted,
+                                           groupSums: sums)
+                    // One group: y receives Float(exact sum), the same value as Float(acc) below.
+                    TokenKernels.q4Gemv(codes: wc.baseAddress!, rows: n, columns: k, groupSize: groupSize,
+                                        offset: p.offset, scales: groups == 1 ? nil : ws.baseAddress!,
+                                        permutedActivations: permuted, groupSums: sums, m: rows, y: y, ldy: n)
+                }
+                if groups == 1 {
+                    let acc = LowBit.threadScratch(slot: 1, count: decode ? 0 : rows * n, of: Int32.self)
+                    if !decode {
+                        p.nibbleTable.withUnsafeBufferPointer { t in
+                            TokenKernels.nibbleProductInt32(codes: wc.baseAddress!, rows: n, columns: k,
+                                                            table: t.baseAddress!, activations: codes, m: rows,
+                                                            c: acc, ldc: n)
+                        }
+                    }
+                    withOptional(p.zeroTerms) { zt in
+                        for i in 0..<rows {
+                            let rs = rowScales[i], yr = y + i * n, ar = acc + i * n
+                            if let zt {
+                                let sum = codeSums[i]
+                                if decode {
+                                    for o in 0..<n { yr[o] = (rs * ws[o]) * yr[o] - zt[o] * sum }
+                                } else {
+                                    for o in 0..<n { yr[o] = (rs * ws[o]) * Float(ar[o]) - zt[o] * sum }
+                                }
+                            } else if decode {
+                                for o in 0..<n { yr[o] = (rs * ws[o]) * yr[o] }
+                            } else {
+                                for o in 0..<n { yr[o] = (rs * ws[o]) * Float(ar[o]) }
+                            }
+                        }
+                    }
+                } else {
+                    if !decode {
+                        p.nibbleTable.withUnsafeBufferPointer { t in
+                            TokenKernels.fp4Product(codes: wc.baseAddress!, rows: n, columns: k, groupSize: groupSize,
+                                                    table: t.baseAddress!, scales: ws.baseAddress!, activations: codes,
+                                                    m: rows, y: y)
+                        }
+                    }
+                    withOptional(p.zeroTerms) { zt in
+                        for i in 0..<rows {
+                            let rs = rowScales[i], yr = y + i * n
+                            for o in 0..<n { yr[o] = rs * yr[o] }
+                            guard let zt else { continue }
+                            let sums = codeSums + i * groups
+                            for o in 0..<n {
+                                var correction: Float = 0
+                                for g in 0..<groups { correction += zt[o * groups + g] * sums[g] }
+                                yr[o] -= correction
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
 
     /// Rows up to which one fused GEMV per row beats dequantizing tiles for sgemm (measured:
     /// 8 rows of a 4096×4096 W4 layer take 4.4 ms as GEMVs, 8.8 ms as tiles, whose sgemm at

@@ -328,6 +328,10 @@ let layerCases: [LayerCase] = [
     LayerCase(label: "W6A6 per-token", out: 33, columns: 100, bits: 6, symmetric: true, activation: act(6, false)),
     LayerCase(label: "W6A6 per-tensor", out: 33, columns: 100, bits: 6, symmetric: true, activation: act(6, true)),
     LayerCase(label: "W4A8 per-token", out: 64, columns: 256, bits: 4, symmetric: true, activation: act(8, false)),
+    LayerCase(label: "W4A8 g32 asymmetric (nibbles)", out: 40, columns: 192, bits: 4, group: 32, symmetric: false,
+              activation: act(8, false), bias: true),
+    LayerCase(label: "W4A8 g32 on 100 columns (int8 codes)", out: 24, columns: 100, bits: 4, group: 32, symmetric: true,
+              activation: act(8, false)),
     LayerCase(label: "W4A8 per-tensor", out: 64, columns: 256, bits: 4, symmetric: true, activation: act(8, true)),
     LayerCase(label: "W4A4 per-token", out: 16, columns: 64, bits: 4, symmetric: true, activation: act(4, false)),
     LayerCase(label: "W8A8 per-token shift+scales+bias", out: 40, columns: 333, bits: 8, symmetric: true,
@@ -395,6 +399,31 @@ struct IntegerLinearTests {
         var single: [Float] = []
         for i in 0..<rows { single += run(op, Array(x[(i * c.columns)..<((i + 1) * c.columns)]), rows: 1) }
         #expect(batched == single)
+    }
+
+    @Test("≤ 4-bit weights with int8 activations run on nibbles with the int8-per-weight path's output bits",
+          arguments: [(4, 32, true), (4, 32, false), (4, 0, true), (4, 0, false), (3, 64, true)], [1, 3, 12])
+    func nibblesMatchBytes(_ shape: (bits: Int, group: Int, symmetric: Bool), rows: Int) throws {
+        let columns = 192, out = 40
+        let group = shape.group == 0 ? columns : shape.group
+        let a = act(8, false)
+        let q = makeLayer(out: out, in: columns, bits: shape.bits, groupSize: group, symmetric: shape.symmetric,
+                          activation: a, bias: true, seed: UInt64(shape.bits * 100 + group))
+        // The same signed codes u − 2^(b−1) at b + 1 bits: u + 2^(b−1) with the zero points moved
+        // as much; 5+ bits keep one int8 per weight, so this is the path the nibbles replace.
+        guard case .integer(let w) = q.weight else { Issue.record("not integer"); return }
+        let shift = 1 << (shape.bits - 1)
+        let wide = IntegerWeight(bits: shape.bits + 1, rows: out, columns: columns, groupSize: group,
+                                 symmetric: shape.symmetric, codes: w.codes.map { $0 + UInt8(shift) },
+                                 scales: w.scales, zeros: w.zeros.map { $0.map { $0 + Float(shift) } })
+        let qWide = QuantizedLinear(name: q.name, method: "test", weight: .integer(wide), bias: q.bias, activation: a)
+        let nibbleOp = try IntegerLinear(q), byteOp = try IntegerLinear(qWide)
+        #expect(nibbleOp.kernelDescription.hasPrefix("nibble int8"))
+        #expect(byteOp.kernelDescription.hasPrefix("int8 GEMM"))
+        #expect(nibbleOp.storageBytes < byteOp.storageBytes - out * columns / 3)
+        var rng = SplitMix(seed: UInt64(rows))
+        let x = activations(rows: rows, columns: columns, rng: &rng)
+        #expect(run(nibbleOp, x, rows: rows) == run(byteOp, x, rows: rows))
     }
 
     @Test("storage: nibbles for ≤ 4 bits, bytes above, int8 with activations")

@@ -173,6 +173,114 @@ struct TokenKernelTests {
         TokenKernels.setVNNIEnabled(true)
     }
 
+    // MARK: nibble-packed integer weights (W4A8)
+
+    /// Expected output of `q4Gemv`: the grouped (or plain) int8 GEMM reference on the signed codes.
+    static func q4Want(a: [Int8], m: Int, signed: [Int8], rows: Int, columns: Int, group: Int, scales: [Float]?) -> [Float] {
+        var want = [Float](repeating: 0, count: m * rows)
+        if let scales {
+            LowBit.gemmI8GroupedReference(a: a, m: m, b: signed, n: rows, k: columns, groupSize: group,
+                                          weightScales: scales, c: &want, ldc: rows)
+        } else {
+            var acc = [Int32](repeating: 0, count: m * rows)
+            LowBit.gemmI8Reference(a: a, m: m, b: signed, n: rows, k: columns, c: &acc, ldc: rows)
+            want = acc.map { Float($0) }
+        }
+        return want
+    }
+
+    /// Runs the reference, VNNI and AVX2 paths of `q4Gemv` and the tile product, against `want`.
+    static func checkQ4(codes: [UInt8], rows: Int, columns: Int, group: Int, offset: Int, scales: [Float]?,
+                        a: [Int8], m: Int, want: [Float], label: String) {
+        let groups = columns / group
+        var permuted = [Int8](repeating: 0, count: a.count)
+        var sums = [Int32](repeating: 0, count: m * groups)
+        TokenKernels.q4Prepare(a, rows: m, columns: columns, groupSize: group, permuted: &permuted, groupSums: &sums)
+        #expect(sums[0] == a[0..<group].reduce(0) { $0 + Int32($1) }, "\(label): group sum")
+        let nibbles = LowBit.packNibbles(codes, rows: rows, columns: columns)
+        func run(_ body: (UnsafePointer<Float>?, inout [Float]) -> Void) -> [Float] {
+            var y = [Float](repeating: .nan, count: m * rows)
+            if let scales { scales.withUnsafeBufferPointer { body($0.baseAddress!, &y) } } else { body(nil, &y) }
+            return y
+        }
+        let ref = run { s, y in
+            TokenKernels.q4GemvReference(codes: nibbles, rows: rows, columns: columns, groupSize: group, offset: offset,
+                                         scales: s, permutedActivations: permuted, groupSums: sums, m: m, y: &y, ldy: rows)
+        }
+        #expect(ref == want, "\(label): reference")
+        let table = (0..<16).map { Int8(clamping: $0 - offset) }
+        for vnni in [true, false] {
+            TokenKernels.setVNNIEnabled(vnni)
+            let fast = run { s, y in
+                TokenKernels.q4Gemv(codes: nibbles, rows: rows, columns: columns, groupSize: group, offset: offset,
+                                    scales: s, permutedActivations: permuted, groupSums: sums, m: m, y: &y, ldy: rows)
+            }
+            #expect(fast == want, "\(label) vnni \(vnni)")
+            // Prefill: tiles unpacked to int8 once, every activation row against them.
+            if let scales {
+                var product = [Float](repeating: .nan, count: m * rows)
+                TokenKernels.fp4Product(codes: nibbles, rows: rows, columns: columns, groupSize: group, table: table,
+                                        scales: scales, activations: a, m: m, y: &product)
+                #expect(product == want, "\(label) tile product vnni \(vnni)")
+            } else {
+                var acc = [Int32](repeating: -1, count: m * rows)
+                TokenKernels.nibbleProductInt32(codes: nibbles, rows: rows, columns: columns, table: table,
+                                                activations: a, m: m, c: &acc, ldc: rows)
+                #expect(acc.map { Float($0) } == want, "\(label) int32 tile product vnni \(vnni)")
+            }
+        }
+        TokenKernels.setVNNIEnabled(true)
+    }
+
+    @Test("nibble int8 GEMV and tile product equal the int8 GEMM reference bit for bit",
+          arguments: [32, 96, 576, 1536], [32, 64, 0])
+    func q4Gemv(columns: Int, groupArgument: Int) {
+        let group = groupArgument == 0 ? columns : groupArgument
+        guard columns % group == 0 else { return }
+        var rng = SplitMix(seed: UInt64(columns * 7 + group))
+        for (rows, m, bits) in [(1, 1, 4), (5, 1, 4), (7, 3, 2), (64, 2, 4), (193, 1, 3), (33, 13, 4)] {
+            let offset = 1 << (bits - 1)
+            let codes = rng.bytes(rows * columns, below: 1 << bits)
+            let signed = codes.map { Int8(Int($0) - offset) }
+            let a = rng.int8s(m * columns, in: -127...127)
+            for grouped in [true, false] where grouped || group == columns {
+                var scales: [Float]? = nil
+                if grouped {
+                    var s = rng.floats(rows * columns / group, in: 0.001...0.1)
+                    s[0] = 1e30   // extreme scales: the float epilogue must match too
+                    s[s.count - 1] = 1e-30
+                    scales = s
+                }
+                let want = Self.q4Want(a: a, m: m, signed: signed, rows: rows, columns: columns, group: group, scales: scales)
+                Self.checkQ4(codes: codes, rows: rows, columns: columns, group: group, offset: offset, scales: scales,
+                             a: a, m: m, want: want, label: "rows \(rows) m \(m) W\(bits) columns \(columns) group \(group) scales \(grouped)")
+            }
+        }
+    }
+
+    @Test("nibble int8 GEMV at saturation bounds, on all-zero rows and all-zero activations")
+    func q4Extremes() {
+        let columns = 128, rows = 6, group = 64
+        var rng = SplitMix(seed: 7)
+        var codes = rng.bytes(rows * columns, below: 16)
+        // Row 0: all 15 (+7), row 1: all 0 (−8, the most negative code), row 2: all 8 (value 0).
+        for j in 0..<columns { codes[j] = 15; codes[columns + j] = 0; codes[2 * columns + j] = 8 }
+        let signed = codes.map { Int8(Int($0) - 8) }
+        for (label, a) in [("a = -127", [Int8](repeating: -127, count: 2 * columns)),
+                           ("a = +127 / -127", [Int8](repeating: 127, count: columns) + [Int8](repeating: -127, count: columns)),
+                           ("a = 0", [Int8](repeating: 0, count: 2 * columns))] {
+            let scales = [Float](repeating: 1, count: rows * columns / group)
+            let want = Self.q4Want(a: a, m: 2, signed: signed, rows: rows, columns: columns, group: group, scales: scales)
+            if a[0] == -127 && a[columns] == -127 { #expect(want[0] == Float(-7 * 127 * columns) && want[1] == Float(8 * 127 * columns)) }
+            #expect(want[2] == 0 && want[rows + 2] == 0)
+            Self.checkQ4(codes: codes, rows: rows, columns: columns, group: group, offset: 8, scales: scales, a: a, m: 2,
+                         want: want, label: label)
+            let plain = Self.q4Want(a: a, m: 2, signed: signed, rows: rows, columns: columns, group: columns, scales: nil)
+            Self.checkQ4(codes: codes, rows: rows, columns: columns, group: columns, offset: 8, scales: nil, a: a, m: 2,
+                         want: plain, label: "\(label) per-channel")
+        }
+    }
+
     @Test("shared activation quantization returns what a fresh quantization gives")
     func sharedQuantization() {
         var rng = SplitMix(seed: 17)

@@ -60,6 +60,35 @@ void ck_fp4_gemv_i8_ref(const uint8_t *codes, size_t row_begin, size_t row_count
 void ck_fp4_expand_i8(const uint8_t *codes, size_t row_begin, size_t row_count, size_t cols,
                       const int8_t *table, int8_t *out);
 
+// ---------------------------------------------------------------------------------------------
+// Nibble-packed integer weights with int8 activations (W4A8 and narrower, q4_i8.c).
+//
+// codes: unsigned codes u in [0, 15], two per byte (element 2i low nibble, 2i+1 high nibble), row
+// stride cols/2; the weight's integer value is u − mid (mid = 2^(bits−1): signed codes as in the
+// int8-per-weight path, asymmetric zero points handled by the caller as there). wscale: [rows, G]
+// group scales, G = cols / group_size, or NULL for "every scale 1" (one group per row: the result
+// is then the exact int32 sum as a float, for the per-channel epilogue). Activations: int8 codes
+// in [-127, 127], block-permuted (ck_fp4_permute_i8), and group_sums[i*G + g] = Σ_{j∈g} a[i, j]
+// (natural order, from ck_q4_prepare_i8). Requires cols % 32 == 0, group_size % 32 == 0 and
+// cols % group_size == 0.
+//
+// y[i*ldy + o] = Σ_g wscale[o*G + g] · (float)(Σ_{j∈g} (u[o, j] − mid) · a[i, j]), the groups summed
+// in order with a separate multiply and add: bit for bit ck_gemm_i8_grouped on the expanded codes.
+
+/// Block-permutes `rows` activation rows into a_perm and writes their group sums.
+void ck_q4_prepare_i8(const int8_t *a, size_t rows, size_t cols, size_t group_size, int8_t *a_perm,
+                      int32_t *group_sums);
+
+/// For o in [row_begin, row_begin + row_count) and each activation row i < m (VNNI `vpdpbusd`,
+/// else AVX2 maddubs, 4 weight rows per step, one horizontal sum per group).
+void ck_q4_gemv_i8(const uint8_t *codes, size_t row_begin, size_t row_count, size_t cols, size_t group_size,
+                   int mid, const float *wscale, const int8_t *a_perm, const int32_t *group_sums, size_t m,
+                   float *y, size_t ldy);
+/// Scalar twin of ck_q4_gemv_i8 (ignores group_sums: it sums (u − mid)·a directly).
+void ck_q4_gemv_i8_ref(const uint8_t *codes, size_t row_begin, size_t row_count, size_t cols, size_t group_size,
+                       int mid, const float *wscale, const int8_t *a_perm, const int32_t *group_sums, size_t m,
+                       float *y, size_t ldy);
+
 /// Sum of n floats read once in order (a streaming-read probe: its speed is the memory
 /// bandwidth one thread gets when n·4 bytes exceed the caches).
 float ck_stream_sum(const float *p, size_t n);
