@@ -148,7 +148,7 @@ CK_AVX2 static void attend_one_avx2(const float *q, const float *keys, const flo
         for (; d < dim; d++) s += q[d] * k[d];
         scores[j] = scale * s;
     }
-    softmax_in_place(scores, count);
+    ck_softmax_f32(scores, count);  // 8 lanes with the vector expf (elementwise.c)
     size_t d = 0;
     // 64 output columns (8 accumulators) at a time, then 8, then scalar.
     for (; d + 64 <= d8; d += 64) {

@@ -1,3 +1,4 @@
+import CKernels
 import Foundation
 
 /// Row-wise and element-wise float operations of transformer layers.
@@ -5,16 +6,16 @@ import Foundation
 /// Each works on `rows` contiguous rows of `width` floats. Sums use Double where the result
 /// feeds a normalisation, so that results do not depend on the summation order much.
 public enum Ops {
-    /// RMSNorm: `y = x / sqrt(mean(x²) + eps) · weight`.
+    /// RMSNorm: `y = x / sqrt(mean(x²) + eps) · weight` (AVX2: the sum of squares in 16 lanes).
     public static func rmsNorm(_ x: UnsafePointer<Float>, weight: UnsafePointer<Float>, rows: Int, width: Int,
                                epsilon: Float, into y: UnsafeMutablePointer<Float>) {
-        for r in 0..<rows {
-            let xr = x + r * width, yr = y + r * width
-            var sum: Float = 0
-            for i in 0..<width { sum += xr[i] * xr[i] }
-            let scale = 1 / (sum / Float(width) + epsilon).squareRoot()
-            for i in 0..<width { yr[i] = xr[i] * scale * weight[i] }
-        }
+        ck_rmsnorm_f32(x, weight, rows, width, epsilon, y)
+    }
+
+    /// Scalar twin of `rmsNorm` (one sequential sum per row).
+    public static func rmsNormReference(_ x: UnsafePointer<Float>, weight: UnsafePointer<Float>, rows: Int, width: Int,
+                                        epsilon: Float, into y: UnsafeMutablePointer<Float>) {
+        ck_rmsnorm_f32_ref(x, weight, rows, width, epsilon, y)
     }
 
     /// LayerNorm: `y = (x - mean) / sqrt(var + eps) · weight + bias`.
@@ -39,27 +40,31 @@ public enum Ops {
         layerNorm(x, weight: weight, bias: bias, rows: rows, width: width, epsilon: epsilon, into: x)
     }
 
-    /// In-place softmax of one row of `count` values.
+    /// In-place softmax of one row of `count` values: max, e^(x − max), sum, times 1/sum (AVX2:
+    /// 8 lanes with a vector expf within 2 ulp of libm's, the sum in 8 lanes).
     public static func softmax(_ x: UnsafeMutablePointer<Float>, count: Int) {
-        guard count > 0 else { return }
-        var maxValue = -Float.infinity
-        for i in 0..<count { maxValue = max(maxValue, x[i]) }
-        var sum: Float = 0
-        for i in 0..<count {
-            let e = expf(x[i] - maxValue)
-            x[i] = e
-            sum += e
-        }
-        let inv = 1 / sum
-        for i in 0..<count { x[i] *= inv }
+        ck_softmax_f32(x, count)
     }
 
-    /// `gate[i] = silu(gate[i]) · up[i]` (SwiGLU), in place.
+    /// Scalar twin of `softmax` (libm `expf`, one sequential sum).
+    public static func softmaxReference(_ x: UnsafeMutablePointer<Float>, count: Int) {
+        ck_softmax_f32_ref(x, count)
+    }
+
+    /// `gate[i] = silu(gate[i]) · up[i]` (SwiGLU), in place (AVX2: the vector expf).
     public static func siluMultiply(_ gate: UnsafeMutablePointer<Float>, _ up: UnsafePointer<Float>, count: Int) {
-        for i in 0..<count {
-            let g = gate[i]
-            gate[i] = g / (1 + expf(-g)) * up[i]
-        }
+        ck_silu_mul_f32(gate, up, count)
+    }
+
+    /// Scalar twin of `siluMultiply` (libm `expf`): `g / (1 + expf(−g)) · up`.
+    public static func siluMultiplyReference(_ gate: UnsafeMutablePointer<Float>, _ up: UnsafePointer<Float>, count: Int) {
+        ck_silu_mul_f32_ref(gate, up, count)
+    }
+
+    /// `e^x` element by element with the vector expf of `softmax` and `siluMultiply` (libm's
+    /// `expf` without AVX2), so tests can measure its error.
+    public static func exp(_ x: UnsafePointer<Float>, count: Int, into y: UnsafeMutablePointer<Float>) {
+        ck_exp_f32(x, count, y)
     }
 
     /// Exact GELU, `x · Φ(x) = x/2 · (1 + erf(x/√2))`, in place.
@@ -98,15 +103,37 @@ public struct RoPE: Sendable {
 
     /// Rotates `heads` heads of one token at `position`, in place (`x` holds heads × headDim).
     public func apply(_ x: UnsafeMutablePointer<Float>, heads: Int, position: Int) {
+        var table = [Float](repeating: 0, count: headDim)
+        table.withUnsafeMutableBufferPointer { fill($0.baseAddress!, positions: position..<(position + 1)) }
+        table.withUnsafeBufferPointer { apply(x, heads: heads, angles: $0.baseAddress!) }
+    }
+
+    /// Writes `(cos, sin)` of every rotation angle for each position: `headDim` floats per
+    /// position (`headDim / 2` pairs), the table `apply(_:heads:angles:)` reads. A forward pass
+    /// fills it once for its tokens and every layer's q and k reuse it (instead of
+    /// `cosf`/`sinf` per head group, layer and token).
+    public func fill(_ table: UnsafeMutablePointer<Float>, positions: Range<Int>) {
         let half = headDim / 2
-        // Angles are built by repeated multiplication in float, as ggml's rope cache does, so
-        // that our logits track llama.cpp's to the last bits.
-        var angle = Float(position)
-        for i in 0..<half {
-            let c = cosf(angle), s = sinf(angle)
-            angle *= thetaScale
-            for h in 0..<heads {
-                let base = x + h * headDim
+        for (t, position) in positions.enumerated() {
+            let row = table + t * headDim
+            // Angles are built by repeated multiplication in float, as ggml's rope cache does, so
+            // that our logits track llama.cpp's to the last bits.
+            var angle = Float(position)
+            for i in 0..<half {
+                row[2 * i] = cosf(angle)
+                row[2 * i + 1] = sinf(angle)
+                angle *= thetaScale
+            }
+        }
+    }
+
+    /// Rotates `heads` heads of one token with one position's row of a `fill` table.
+    public func apply(_ x: UnsafeMutablePointer<Float>, heads: Int, angles: UnsafePointer<Float>) {
+        let half = headDim / 2
+        for h in 0..<heads {
+            let base = x + h * headDim
+            for i in 0..<half {
+                let c = angles[2 * i], s = angles[2 * i + 1]
                 let a = base[i], b = base[i + half]
                 base[i] = a * c - b * s
                 base[i + half] = b * c + a * s

@@ -30,7 +30,8 @@ public enum TokenKernels {
     /// Decode attention: one query row of `heads` heads (`q` = heads × dim) over `count` cached
     /// positions, grouped-query (head h reads KV head h / (heads / kvHeads)); `keys`/`values`
     /// rows have `stride` floats (kvHeads × dim). `scores` is scratch of heads × count floats.
-    /// Heads run in parallel on the pool; softmax is the same scalar `expf` loop as `Ops.softmax`.
+    /// Heads run in parallel on the pool; softmax is `Ops.softmax`'s kernel (the reference twin
+    /// keeps the scalar `expf` loop).
     public static func attendOne(q: UnsafePointer<Float>, keys: UnsafePointer<Float>, values: UnsafePointer<Float>,
                                  count: Int, heads: Int, kvHeads: Int, dim: Int, stride: Int, scale: Float,
                                  scores: UnsafeMutablePointer<Float>, out: UnsafeMutablePointer<Float>,
@@ -148,24 +149,38 @@ public enum TokenKernels {
         ck_q4_gemv_i8_ref(codes, 0, rows, columns, groupSize, Int32(offset), scales, a, groupSums, m, y, ldy)
     }
 
-    /// Several activation rows (prefill) with one group per weight row: each pool task unpacks
-    /// a tile of its weight rows to int8 (`table[u]`) once and runs the int8 GEMM of every
-    /// activation row against it; `c[i·ldc + o]` receives the exact int32 sums.
-    public static func nibbleProductInt32(codes: UnsafePointer<UInt8>, rows: Int, columns: Int,
-                                          table: UnsafePointer<Int8>, activations a: UnsafePointer<Int8>, m: Int,
-                                          c: UnsafeMutablePointer<Int32>, ldc: Int) {
+    /// Several activation rows (prefill) on nibble codes: each pool task unpacks a tile of its
+    /// weight rows to unsigned bytes once and runs every activation row against it
+    /// (`ck_gemm_u4i8`: Σ u·a − offset·Σ a per group, no sign step). `a` is in natural column
+    /// order; output as `q4Gemv` (`scales` nil: the exact int32 sums as floats), bit for bit.
+    public static func q4Product(codes: UnsafePointer<UInt8>, rows: Int, columns: Int, groupSize: Int, offset: Int,
+                                 scales: UnsafePointer<Float>?, activations a: UnsafePointer<Int8>, m: Int,
+                                 y: UnsafeMutablePointer<Float>) {
+        precondition(fp4Supports(columns: columns, groupSize: groupSize), "q4Product: unsupported shape")
         guard rows > 0, m > 0 else { return }
-        let pc = SendableConstPointer(codes), pt = SendableConstPointer(table)
-        let pa = SendableConstPointer(a), py = SendablePointer(c)
+        let groups = columns / groupSize
+        // Σ a per row and group, once per call (slot 2: the caller's decode buffers are not live here).
+        let sums = LowBit.threadScratch(slot: 2, count: m * groups, of: Int32.self)
+        ck_group_sums_i8(a, m, columns, groupSize, sums)
+        let pc = SendableConstPointer(codes), pa = SendableConstPointer(a), pg = SendableConstPointer(UnsafePointer(sums))
+        let ps = scales.map { SendableConstPointer($0) }, py = SendablePointer(y)
         let tileRows = max(8, (256 * 1024) / max(1, columns))
         Parallel.forEachChunk(rows, minimumChunk: LowBit.chunk(workPerRow: m * columns, atLeast: 8)) { r in
-            let tile = LowBit.threadScratch(slot: 3, count: min(tileRows, r.count) * columns, of: Int8.self)
+            let tile = LowBit.threadScratch(slot: 3, count: min(tileRows, r.count) * columns, of: UInt8.self)
             for r0 in stride(from: r.lowerBound, to: r.upperBound, by: tileRows) {
                 let count = min(tileRows, r.upperBound - r0)
-                ck_fp4_expand_i8(pc.base, r0, count, columns, pt.base, tile)
-                ck_gemm_i8(pa.base, m, tile, count, columns, py.base + r0, ldc)
+                ck_q4_unpack_u8(pc.base, r0, count, columns, tile)
+                ck_gemm_u4i8(pa.base, m, tile, count, columns, groupSize, Int32(offset), pg.base,
+                             ps.map { $0.base + r0 * groups }, py.base + r0, rows)
             }
         }
+    }
+
+    /// Scalar twin of `q4Product` (unpacked codes `[rows, columns]`, one byte each).
+    public static func q4ProductReference(unpacked u: UnsafePointer<UInt8>, rows: Int, columns: Int, groupSize: Int,
+                                          offset: Int, scales: UnsafePointer<Float>?, activations a: UnsafePointer<Int8>,
+                                          m: Int, y: UnsafeMutablePointer<Float>) {
+        ck_gemm_u4i8_ref(a, m, u, rows, columns, groupSize, Int32(offset), nil, scales, y, rows)
     }
 
     /// Whether the int8 kernels use AVX-512 VNNI on this CPU (false also when disabled).

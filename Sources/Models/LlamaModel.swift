@@ -131,6 +131,12 @@ public final class LlamaModel: Sendable {
         var localKeys = cache == nil ? [Float](repeating: 0, count: T * kvWidth) : []
         var localValues = localKeys
         let epsilon = Float(c.normEpsilon)
+        // cos/sin of every rotation angle of these T positions, once for all layers.
+        let angles: [Float] = {
+            var table = [Float](repeating: 0, count: T * c.headDim)
+            table.withUnsafeMutableBufferPointer { rope.fill($0.baseAddress!, positions: start..<S) }
+            return table
+        }()
 
         for (l, layer) in layers.enumerated() {
             // --- attention ---
@@ -142,7 +148,11 @@ public final class LlamaModel: Sendable {
                     layer.k.forward(n.baseAddress!, rows: T, into: keys + start * kvWidth)
                     layer.v.forward(n.baseAddress!, rows: T, into: values + start * kvWidth)
                 }
-                for t in 0..<T { rope.apply(keys + (start + t) * kvWidth, heads: c.kvHeadCount, position: start + t) }
+                angles.withUnsafeBufferPointer { a in
+                    for t in 0..<T {
+                        rope.apply(keys + (start + t) * kvWidth, heads: c.kvHeadCount, angles: a.baseAddress! + t * c.headDim)
+                    }
+                }
             }
             if let cache {
                 cache.keys[l].withUnsafeMutableBufferPointer { k in
@@ -154,7 +164,11 @@ public final class LlamaModel: Sendable {
                 }
             }
             q.withUnsafeMutableBufferPointer { qp in
-                for t in 0..<T { rope.apply(qp.baseAddress! + t * qWidth, heads: c.headCount, position: start + t) }
+                angles.withUnsafeBufferPointer { a in
+                    for t in 0..<T {
+                        rope.apply(qp.baseAddress! + t * qWidth, heads: c.headCount, angles: a.baseAddress! + t * c.headDim)
+                    }
+                }
             }
             let keys = cache?.keys[l] ?? localKeys
             let values = cache?.values[l] ?? localValues

@@ -46,8 +46,6 @@ public final class IntegerLinear: LinearOp {
         var codes: [Int8]
         /// Unsigned codes two per byte (row stride in/2) for ≤ 4-bit weights; empty otherwise.
         var nibbles: [UInt8]
-        /// `u − 2^(bits−1)` for every nibble value u (prefill tiles unpack through it).
-        var nibbleTable: [Int8]
         /// `2^(bits−1)`: a nibble u holds the signed code u − offset.
         var offset: Int
         var scales: [Float]
@@ -169,7 +167,6 @@ public final class IntegerLinear: LinearOp {
             var codes = [Int8](repeating: 0, count: packed ? 0 : w.codes.count)
             if !packed { for i in 0..<w.codes.count { codes[i] = Int8(Int(w.codes[i]) - mid) } }
             let nibbles = packed ? LowBit.packNibbles(w.codes, rows: w.rows, columns: w.columns) : []
-            let nibbleTable = packed ? (0..<16).map { Int8(clamping: $0 - mid) } : []
             var zeroTerms: [Float]?
             if let zeros = w.zeros {
                 if let bad = zeros.firstIndex(where: { !$0.isFinite }) {
@@ -177,7 +174,7 @@ public final class IntegerLinear: LinearOp {
                 }
                 zeroTerms = zip(zeros, w.scales).map { z, s in s * (z - Float(mid)) }
             }
-            kernel = .integer(IntegerPath(codes: codes, nibbles: nibbles, nibbleTable: nibbleTable, offset: mid,
+            kernel = .integer(IntegerPath(codes: codes, nibbles: nibbles, offset: mid,
                                           scales: w.scales, zeroTerms: zeroTerms, groups: groups,
                                           activationBits: a.bits, scaling: scaling, channelScales: a.channelScales,
                                           shift: a.channelShift))
@@ -271,75 +268,51 @@ public final class IntegerLinear: LinearOp {
     }
 
     /// The integer path on nibble codes: the same exact integer sums and the same float epilogue
-    /// (operation for operation) as the int8-per-weight branch of `forwardInteger`.
+    /// (operation for operation) as the int8-per-weight branch of `forwardInteger`. The kernels
+    /// write the group-scaled sums (one group: the exact sums as floats, `Float(acc)` there) to y.
     private func forwardNibbles(_ p: IntegerPath, codes: UnsafePointer<Int8>, rowScales: UnsafePointer<Float>,
                                 codeSums: UnsafePointer<Float>, rows: Int, into y: UnsafeMutablePointer<Float>) {
         let k = inFeatures, n = outFeatures, groups = p.groups
         p.nibbles.withUnsafeBufferPointer { wc in
             p.scales.withUnsafeBufferPointer { ws in
-                let decode = rows <= Self.gemvRowLimit
-                if decode {
+                let groupScales = groups == 1 ? nil : ws.baseAddress!
+                if rows <= Self.gemvRowLimit {
                     let permuted = LowBit.threadScratch(slot: 2, count: rows * k, of: Int8.self)
                     let sums = LowBit.threadScratch(slot: 3, count: rows * groups, of: Int32.self)
                     TokenKernels.q4Prepare(codes, rows: rows, columns: k, groupSize: groupSize, permuted: permuted,
                                            groupSums: sums)
-                    // One group: y receives Float(exact sum), the same value as Float(acc) below.
                     TokenKernels.q4Gemv(codes: wc.baseAddress!, rows: n, columns: k, groupSize: groupSize,
-                                        offset: p.offset, scales: groups == 1 ? nil : ws.baseAddress!,
-                                        permutedActivations: permuted, groupSums: sums, m: rows, y: y, ldy: n)
+                                        offset: p.offset, scales: groupScales, permutedActivations: permuted,
+                                        groupSums: sums, m: rows, y: y, ldy: n)
+                } else {
+                    TokenKernels.q4Product(codes: wc.baseAddress!, rows: n, columns: k, groupSize: groupSize,
+                                           offset: p.offset, scales: groupScales, activations: codes, m: rows, y: y)
                 }
-                if groups == 1 {
-                    let acc = LowBit.threadScratch(slot: 1, count: decode ? 0 : rows * n, of: Int32.self)
-                    if !decode {
-                        p.nibbleTable.withUnsafeBufferPointer { t in
-                            TokenKernels.nibbleProductInt32(codes: wc.baseAddress!, rows: n, columns: k,
-                                                            table: t.baseAddress!, activations: codes, m: rows,
-                                                            c: acc, ldc: n)
-                        }
-                    }
-                    withOptional(p.zeroTerms) { zt in
-                        for i in 0..<rows {
-                            let rs = rowScales[i], yr = y + i * n, ar = acc + i * n
+                withOptional(p.zeroTerms) { zt in
+                    for i in 0..<rows {
+                        let rs = rowScales[i], yr = y + i * n
+                        if groups == 1 {
                             if let zt {
                                 let sum = codeSums[i]
-                                if decode {
-                                    for o in 0..<n { yr[o] = (rs * ws[o]) * yr[o] - zt[o] * sum }
-                                } else {
-                                    for o in 0..<n { yr[o] = (rs * ws[o]) * Float(ar[o]) - zt[o] * sum }
-                                }
-                            } else if decode {
-                                for o in 0..<n { yr[o] = (rs * ws[o]) * yr[o] }
+                                for o in 0..<n { yr[o] = (rs * ws[o]) * yr[o] - zt[o] * sum }
                             } else {
-                                for o in 0..<n { yr[o] = (rs * ws[o]) * Float(ar[o]) }
+                                for o in 0..<n { yr[o] = (rs * ws[o]) * yr[o] }
                             }
+                            continue
                         }
-                    }
-                } else {
-                    if !decode {
-                        p.nibbleTable.withUnsafeBufferPointer { t in
-                            TokenKernels.fp4Product(codes: wc.baseAddress!, rows: n, columns: k, groupSize: groupSize,
-                                                    table: t.baseAddress!, scales: ws.baseAddress!, activations: codes,
-                                                    m: rows, y: y)
-                        }
-                    }
-                    withOptional(p.zeroTerms) { zt in
-                        for i in 0..<rows {
-                            let rs = rowScales[i], yr = y + i * n
-                            for o in 0..<n { yr[o] = rs * yr[o] }
-                            guard let zt else { continue }
-                            let sums = codeSums + i * groups
-                            for o in 0..<n {
-                                var correction: Float = 0
-                                for g in 0..<groups { correction += zt[o * groups + g] * sums[g] }
-                                yr[o] -= correction
-                            }
+                        for o in 0..<n { yr[o] = rs * yr[o] }
+                        guard let zt else { continue }
+                        let sums = codeSums + i * groups
+                        for o in 0..<n {
+                            var correction: Float = 0
+                            for g in 0..<groups { correction += zt[o * groups + g] * sums[g] }
+                            yr[o] -= correction
                         }
                     }
                 }
             }
         }
     }
-
 
     /// Rows up to which one fused GEMV per row beats dequantizing tiles for sgemm (measured:
     /// 8 rows of a 4096×4096 W4 layer take 4.4 ms as GEMVs, 8.8 ms as tiles, whose sgemm at

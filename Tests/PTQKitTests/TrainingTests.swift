@@ -46,7 +46,9 @@ import Testing
             x = Self.forward(Self.block(contents, layer: l), x)
             let expected = try #require(recorder.outputs[QuantizationPoints.layerOutput(l)])
             let worst = zip(x, expected).map { abs($0 - $1) }.max()!
-            #expect(worst <= 1e-6, "layer \(l): max |difference| \(worst)")
+            // The model's RMSNorm, SiLU and softmax kernels sum in vector lanes and use a vector
+            // expf (within 2 ulp); the block keeps scalar loops: a few ulp apart, not more.
+            #expect(worst <= 1e-5, "layer \(l): max |difference| \(worst)")
             #expect(expected.map(abs).max()! > 0.1)
         }
     }

@@ -409,11 +409,11 @@ struct IntegerLinearTests {
         let a = act(8, false)
         let q = makeLayer(out: out, in: columns, bits: shape.bits, groupSize: group, symmetric: shape.symmetric,
                           activation: a, bias: true, seed: UInt64(shape.bits * 100 + group))
-        // The same signed codes u − 2^(b−1) at b + 1 bits: u + 2^(b−1) with the zero points moved
+        // The same signed codes u − 2^(b−1) at 5 bits: u + 16 − 2^(b−1) with the zero points moved
         // as much; 5+ bits keep one int8 per weight, so this is the path the nibbles replace.
         guard case .integer(let w) = q.weight else { Issue.record("not integer"); return }
-        let shift = 1 << (shape.bits - 1)
-        let wide = IntegerWeight(bits: shape.bits + 1, rows: out, columns: columns, groupSize: group,
+        let shift = 16 - (1 << (shape.bits - 1))
+        let wide = IntegerWeight(bits: 5, rows: out, columns: columns, groupSize: group,
                                  symmetric: shape.symmetric, codes: w.codes.map { $0 + UInt8(shift) },
                                  scales: w.scales, zeros: w.zeros.map { $0.map { $0 + Float(shift) } })
         let qWide = QuantizedLinear(name: q.name, method: "test", weight: .integer(wide), bias: q.bias, activation: a)

@@ -208,7 +208,6 @@ struct TokenKernelTests {
                                          scales: s, permutedActivations: permuted, groupSums: sums, m: m, y: &y, ldy: rows)
         }
         #expect(ref == want, "\(label): reference")
-        let table = (0..<16).map { Int8(clamping: $0 - offset) }
         for vnni in [true, false] {
             TokenKernels.setVNNIEnabled(vnni)
             let fast = run { s, y in
@@ -216,19 +215,18 @@ struct TokenKernelTests {
                                     scales: s, permutedActivations: permuted, groupSums: sums, m: m, y: &y, ldy: rows)
             }
             #expect(fast == want, "\(label) vnni \(vnni)")
-            // Prefill: tiles unpacked to int8 once, every activation row against them.
-            if let scales {
-                var product = [Float](repeating: .nan, count: m * rows)
-                TokenKernels.fp4Product(codes: nibbles, rows: rows, columns: columns, groupSize: group, table: table,
-                                        scales: scales, activations: a, m: m, y: &product)
-                #expect(product == want, "\(label) tile product vnni \(vnni)")
-            } else {
-                var acc = [Int32](repeating: -1, count: m * rows)
-                TokenKernels.nibbleProductInt32(codes: nibbles, rows: rows, columns: columns, table: table,
-                                                activations: a, m: m, c: &acc, ldc: rows)
-                #expect(acc.map { Float($0) } == want, "\(label) int32 tile product vnni \(vnni)")
+            // Prefill: tiles unpacked once, every activation row against them.
+            let product = run { s, y in
+                TokenKernels.q4Product(codes: nibbles, rows: rows, columns: columns, groupSize: group, offset: offset,
+                                       scales: s, activations: a, m: m, y: &y)
             }
+            #expect(product == want, "\(label) tile product vnni \(vnni)")
         }
+        let unpacked = run { s, y in
+            TokenKernels.q4ProductReference(unpacked: codes, rows: rows, columns: columns, groupSize: group, offset: offset,
+                                            scales: s, activations: a, m: m, y: &y)
+        }
+        #expect(unpacked == want, "\(label): tile product reference")
         TokenKernels.setVNNIEnabled(true)
     }
 
@@ -278,6 +276,73 @@ struct TokenKernelTests {
             let plain = Self.q4Want(a: a, m: 2, signed: signed, rows: rows, columns: columns, group: columns, scales: nil)
             Self.checkQ4(codes: codes, rows: rows, columns: columns, group: columns, offset: 8, scales: nil, a: a, m: 2,
                          want: plain, label: "\(label) per-channel")
+        }
+    }
+
+    // MARK: per-token elementwise kernels
+
+    /// Distance in units in the last place between two finite floats of the same sign.
+    static func ulps(_ a: Float, _ b: Float) -> Int {
+        if a == b { return 0 }
+        return abs(Int(Int32(bitPattern: a.bitPattern)) - Int(Int32(bitPattern: b.bitPattern)))
+    }
+
+    @Test("vector expf is within 2 ulp of libm's, with libm's limits")
+    func vectorExp() {
+        var rng = SplitMix(seed: 5)
+        var x = rng.floats(4001, in: -87...88)
+        x += [0, -0.0, 1, -1, 1e-30, -1e-30, 88.7, 88.72, -87.3, -80, 88.8, 100, -88, -100, -.infinity, .infinity, .nan]
+        var y = [Float](repeating: 0, count: x.count)
+        Ops.exp(x, count: x.count, into: &y)
+        for (v, e) in zip(x, y) {
+            let want = expf(v)
+            if v.isNaN { #expect(e.isNaN); continue }
+            if want == .infinity || v > 88.73 { #expect(e == .infinity, "exp(\(v))"); continue }
+            if want < Float.leastNormalMagnitude { #expect(e <= Float.leastNormalMagnitude, "exp(\(v))"); continue }
+            #expect(Self.ulps(e, want) <= 2, "exp(\(v)) = \(e), libm \(want)")
+        }
+    }
+
+    @Test("softmax, SiLU·up and RMSNorm match their scalar twins", arguments: [1, 7, 8, 15, 64, 577, 1536])
+    func elementwise(count: Int) {
+        var rng = SplitMix(seed: UInt64(count))
+        // Softmax: a wide spread of scores, including a very negative one (underflows to 0).
+        var s = rng.floats(count, in: -30...30)
+        if count > 2 { s[1] = -1e4 }
+        var ref = s
+        Ops.softmax(&s, count: count)
+        Ops.softmaxReference(&ref, count: count)
+        #expect(Self.relativeError(s, ref) < 1e-6, "softmax \(count)")
+        #expect(abs(s.reduce(0, +) - 1) < 1e-5)
+        // SwiGLU over the range where expf(-g) under- and overflows.
+        var gate = rng.floats(count, in: -100...100), gateRef = gate
+        let up = rng.floats(count, in: -3...3)
+        Ops.siluMultiply(&gate, up, count: count)
+        Ops.siluMultiplyReference(&gateRef, up, count: count)
+        #expect(zip(gate, gateRef).allSatisfy { abs($0 - $1) <= 1e-6 * max(1, abs($1)) }, "silu \(count)")
+        // RMSNorm of two rows, one of them all zero (epsilon keeps it finite and zero).
+        var x = rng.floats(2 * count, in: -4...4)
+        for j in 0..<count { x[count + j] = 0 }
+        let w = rng.floats(count, in: 0.5...2)
+        var y = [Float](repeating: .nan, count: 2 * count), yRef = y
+        Ops.rmsNorm(x, weight: w, rows: 2, width: count, epsilon: 1e-5, into: &y)
+        Ops.rmsNormReference(x, weight: w, rows: 2, width: count, epsilon: 1e-5, into: &yRef)
+        #expect(Self.relativeError(y, yRef) < 1e-6, "rmsnorm \(count)")
+        #expect(y[count...].allSatisfy { $0 == 0 })
+    }
+
+    @Test("a RoPE angle table applies the same rotation as the per-position call")
+    func ropeTable() {
+        let rope = RoPE(headDim: 64, theta: 100_000)
+        var rng = SplitMix(seed: 3)
+        let heads = 3, positions = 5..<12
+        var table = [Float](repeating: 0, count: positions.count * 64)
+        rope.fill(&table, positions: positions)
+        for (t, p) in positions.enumerated() {
+            var a = rng.floats(heads * 64, in: -2...2), b = a
+            rope.apply(&a, heads: heads, position: p)
+            table.withUnsafeBufferPointer { rope.apply(&b, heads: heads, angles: $0.baseAddress! + t * 64) }
+            #expect(a == b, "position \(p)")
         }
     }
 

@@ -89,6 +89,39 @@ void ck_q4_gemv_i8_ref(const uint8_t *codes, size_t row_begin, size_t row_count,
                        int mid, const float *wscale, const int8_t *a_perm, const int32_t *group_sums, size_t m,
                        float *y, size_t ldy);
 
+/// Prefill: unpacks nibble rows [row_begin, row_begin + row_count) to one unsigned byte per code
+/// (natural column order), out[(r - row_begin)*cols + j] = u[r, j].
+void ck_q4_unpack_u8(const uint8_t *codes, size_t row_begin, size_t row_count, size_t cols, uint8_t *out);
+/// group_sums[i*G + g] = Σ_{j∈g} a[i, j] (natural order), G = cols / group_size.
+void ck_group_sums_i8(const int8_t *a, size_t rows, size_t cols, size_t group_size, int32_t *group_sums);
+/// Prefill GEMM on an unpacked tile: a [m, k] int8 activation codes (natural order, ±127), u [n, k]
+/// unsigned codes (0…15), wscale [n, G] (or NULL: every scale 1), group_sums [m, G] from
+/// ck_group_sums_i8; c[i*ldc + j] = Σ_g wscale[j*G + g] · (float)(Σ_{t∈g} (u[j, t] − mid)·a[i, t]),
+/// computed as Σ u·a − mid·Σ a (u is the unsigned operand as it is: no abs/sign step), 4×2 tiles.
+/// Same requirements and the same output bits as ck_q4_gemv_i8.
+void ck_gemm_u4i8(const int8_t *a, size_t m, const uint8_t *u, size_t n, size_t k, size_t group_size, int mid,
+                  const int32_t *group_sums, const float *wscale, float *c, size_t ldc);
+void ck_gemm_u4i8_ref(const int8_t *a, size_t m, const uint8_t *u, size_t n, size_t k, size_t group_size, int mid,
+                      const int32_t *group_sums, const float *wscale, float *c, size_t ldc);
+
+// ---------------------------------------------------------------------------------------------
+// Per-token elementwise kernels of the decoder (elementwise.c). The AVX2 paths use a vector expf
+// (Cephes' degree-6 polynomial after n·ln2 range reduction, within 2 ulp of libm's expf; 0 below
+// −87.34, +inf above 88.72, NaN kept) and sum in 8 lanes, so they differ from the `_ref` twins
+// (libm expf, sequential sums) in the last bits only.
+
+/// y[r, i] = x[r, i] · (1 / sqrt(Σ_i x[r, i]² / width + epsilon)) · weight[i] for `rows` rows.
+void ck_rmsnorm_f32(const float *x, const float *weight, size_t rows, size_t width, float epsilon, float *y);
+void ck_rmsnorm_f32_ref(const float *x, const float *weight, size_t rows, size_t width, float epsilon, float *y);
+/// gate[i] = gate[i] / (1 + e^(−gate[i])) · up[i] (SwiGLU), in place.
+void ck_silu_mul_f32(float *gate, const float *up, size_t count);
+void ck_silu_mul_f32_ref(float *gate, const float *up, size_t count);
+/// In-place softmax: max, e^(x − max), sum, times 1 / sum.
+void ck_softmax_f32(float *x, size_t count);
+void ck_softmax_f32_ref(float *x, size_t count);
+/// y[i] = e^(x[i]) with the AVX2 paths' vector expf (libm's expf without AVX2), for tests.
+void ck_exp_f32(const float *x, size_t count, float *y);
+
 /// Sum of n floats read once in order (a streaming-read probe: its speed is the memory
 /// bandwidth one thread gets when n·4 bytes exceed the caches).
 float ck_stream_sum(const float *p, size_t n);

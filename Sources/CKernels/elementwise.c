@@ -1,0 +1,196 @@
+#include "ck_runtime.h"
+#include "ckernels.h"
+#include <immintrin.h>
+#include <math.h>
+
+// Per-token elementwise kernels of the decoder (see ck_runtime.h): RMSNorm, SwiGLU and softmax,
+// AVX2 with a vector expf (Cephes' polynomial, within 2 ulp of libm's expf) and `_ref` twins that
+// are the former scalar Swift loops (libm expf, sequential sums).
+
+void ck_rmsnorm_f32_ref(const float *x, const float *weight, size_t rows, size_t width, float epsilon, float *y) {
+    for (size_t r = 0; r < rows; r++) {
+        const float *xr = x + r * width;
+        float *yr = y + r * width;
+        float sum = 0;
+        for (size_t i = 0; i < width; i++) sum += xr[i] * xr[i];
+        const float scale = 1 / sqrtf(sum / (float)width + epsilon);
+        for (size_t i = 0; i < width; i++) yr[i] = xr[i] * scale * weight[i];
+    }
+}
+
+void ck_silu_mul_f32_ref(float *gate, const float *up, size_t count) {
+    for (size_t i = 0; i < count; i++) {
+        const float g = gate[i];
+        gate[i] = g / (1 + expf(-g)) * up[i];
+    }
+}
+
+void ck_softmax_f32_ref(float *x, size_t count) {
+    if (count == 0) return;
+    float m = -INFINITY;
+    for (size_t j = 0; j < count; j++) m = x[j] > m ? x[j] : m;
+    float sum = 0;
+    for (size_t j = 0; j < count; j++) {
+        const float e = expf(x[j] - m);
+        x[j] = e;
+        sum += e;
+    }
+    const float inv = 1 / sum;
+    for (size_t j = 0; j < count; j++) x[j] *= inv;
+}
+
+#if defined(__x86_64__)
+#define CK_AVX2 __attribute__((target("avx2,fma,f16c")))
+#define CK_INLINE static inline __attribute__((always_inline))
+
+CK_INLINE CK_AVX2 float ew_hsum(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+CK_INLINE CK_AVX2 float ew_hmax(__m256 v) {
+    __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_max_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+/// e^x for 8 lanes: x = n·ln2 + r with |r| ≤ ln2/2 (ln2 split in two for an exact n·ln2_hi),
+/// e^r by Cephes' degree-6 polynomial, times 2^n built in the exponent field. Below −87.34 the
+/// result is 0 (libm gives a subnormal or 0 there), above 88.72 +inf; NaN stays NaN.
+CK_INLINE CK_AVX2 __m256 ew_exp(__m256 x) {
+    const __m256 hi = _mm256_set1_ps(88.72283935546875f), lo = _mm256_set1_ps(-87.33654022216797f);
+    const __m256 c = _mm256_min_ps(_mm256_max_ps(x, lo), hi);
+    const __m256 n = _mm256_round_ps(_mm256_mul_ps(c, _mm256_set1_ps(1.44269504088896341f)),
+                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), c);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+    p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), r);
+    p = _mm256_add_ps(p, _mm256_set1_ps(1.0f));
+    // 2^n in two halves, so that n = 128 (x just below 88.72) does not overflow the exponent field.
+    const __m256i ni = _mm256_cvtps_epi32(n);
+    const __m256i h = _mm256_srai_epi32(ni, 1);
+    const __m256 s1 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(h, _mm256_set1_epi32(127)), 23));
+    const __m256 s2 = _mm256_castsi256_ps(
+        _mm256_slli_epi32(_mm256_add_epi32(_mm256_sub_epi32(ni, h), _mm256_set1_epi32(127)), 23));
+    __m256 e = _mm256_mul_ps(_mm256_mul_ps(p, s1), s2);
+    e = _mm256_blendv_ps(e, _mm256_setzero_ps(), _mm256_cmp_ps(x, lo, _CMP_LT_OQ));
+    e = _mm256_blendv_ps(e, _mm256_set1_ps(INFINITY), _mm256_cmp_ps(x, hi, _CMP_GT_OQ));
+    return _mm256_blendv_ps(e, x, _mm256_cmp_ps(x, x, _CMP_UNORD_Q));
+}
+
+CK_AVX2 static void rmsnorm_avx2(const float *x, const float *weight, size_t rows, size_t width, float epsilon,
+                                 float *y) {
+    for (size_t r = 0; r < rows; r++) {
+        const float *xr = x + r * width;
+        float *yr = y + r * width;
+        __m256 a = _mm256_setzero_ps(), b = a;
+        size_t i = 0;
+        for (; i + 16 <= width; i += 16) {
+            const __m256 v0 = _mm256_loadu_ps(xr + i), v1 = _mm256_loadu_ps(xr + i + 8);
+            a = _mm256_fmadd_ps(v0, v0, a);
+            b = _mm256_fmadd_ps(v1, v1, b);
+        }
+        float sum = ew_hsum(_mm256_add_ps(a, b));
+        for (; i < width; i++) sum += xr[i] * xr[i];
+        const float scale = 1 / sqrtf(sum / (float)width + epsilon);
+        const __m256 vs = _mm256_set1_ps(scale);
+        i = 0;
+        for (; i + 8 <= width; i += 8)
+            _mm256_storeu_ps(yr + i, _mm256_mul_ps(_mm256_mul_ps(_mm256_loadu_ps(xr + i), vs), _mm256_loadu_ps(weight + i)));
+        for (; i < width; i++) yr[i] = xr[i] * scale * weight[i];
+    }
+}
+
+CK_AVX2 static void silu_mul_avx2(float *gate, const float *up, size_t count) {
+    const __m256 one = _mm256_set1_ps(1.0f), sign = _mm256_set1_ps(-0.0f);
+    size_t i = 0;
+    for (; i + 8 <= count; i += 8) {
+        const __m256 g = _mm256_loadu_ps(gate + i);
+        const __m256 e = ew_exp(_mm256_xor_ps(g, sign));
+        _mm256_storeu_ps(gate + i, _mm256_mul_ps(_mm256_div_ps(g, _mm256_add_ps(one, e)), _mm256_loadu_ps(up + i)));
+    }
+    for (; i < count; i++) {
+        const float g = gate[i];
+        gate[i] = g / (1 + expf(-g)) * up[i];
+    }
+}
+
+CK_AVX2 static void softmax_avx2(float *x, size_t count) {
+    size_t j = 0;
+    __m256 vm = _mm256_set1_ps(-INFINITY);
+    for (; j + 8 <= count; j += 8) vm = _mm256_max_ps(vm, _mm256_loadu_ps(x + j));
+    float m = ew_hmax(vm);
+    for (; j < count; j++) m = x[j] > m ? x[j] : m;
+    const __m256 mv = _mm256_set1_ps(m);
+    __m256 acc = _mm256_setzero_ps();
+    j = 0;
+    for (; j + 8 <= count; j += 8) {
+        const __m256 e = ew_exp(_mm256_sub_ps(_mm256_loadu_ps(x + j), mv));
+        _mm256_storeu_ps(x + j, e);
+        acc = _mm256_add_ps(acc, e);
+    }
+    float sum = ew_hsum(acc);
+    for (; j < count; j++) {
+        const float e = expf(x[j] - m);
+        x[j] = e;
+        sum += e;
+    }
+    const float inv = 1 / sum;
+    const __m256 vi = _mm256_set1_ps(inv);
+    j = 0;
+    for (; j + 8 <= count; j += 8) _mm256_storeu_ps(x + j, _mm256_mul_ps(_mm256_loadu_ps(x + j), vi));
+    for (; j < count; j++) x[j] *= inv;
+}
+#endif
+
+void ck_rmsnorm_f32(const float *x, const float *weight, size_t rows, size_t width, float epsilon, float *y) {
+#if defined(__x86_64__)
+    if (ck_cpu_has_avx2()) { rmsnorm_avx2(x, weight, rows, width, epsilon, y); return; }
+#endif
+    ck_rmsnorm_f32_ref(x, weight, rows, width, epsilon, y);
+}
+
+void ck_silu_mul_f32(float *gate, const float *up, size_t count) {
+#if defined(__x86_64__)
+    if (ck_cpu_has_avx2()) { silu_mul_avx2(gate, up, count); return; }
+#endif
+    ck_silu_mul_f32_ref(gate, up, count);
+}
+
+void ck_softmax_f32(float *x, size_t count) {
+    if (count == 0) return;
+#if defined(__x86_64__)
+    if (ck_cpu_has_avx2()) { softmax_avx2(x, count); return; }
+#endif
+    ck_softmax_f32_ref(x, count);
+}
+
+#if defined(__x86_64__)
+CK_AVX2 static void exp_avx2(const float *x, size_t count, float *y) {
+    size_t i = 0;
+    for (; i + 8 <= count; i += 8) _mm256_storeu_ps(y + i, ew_exp(_mm256_loadu_ps(x + i)));
+    if (i < count) {
+        float in[8] = {0}, out[8];
+        for (size_t t = i; t < count; t++) in[t - i] = x[t];
+        _mm256_storeu_ps(out, ew_exp(_mm256_loadu_ps(in)));
+        for (size_t t = i; t < count; t++) y[t] = out[t - i];
+    }
+}
+#endif
+
+/// e^x for every element with the vector polynomial (tests compare it with libm's expf).
+void ck_exp_f32(const float *x, size_t count, float *y) {
+#if defined(__x86_64__)
+    if (ck_cpu_has_avx2()) { exp_avx2(x, count, y); return; }
+#endif
+    for (size_t i = 0; i < count; i++) y[i] = expf(x[i]);
+}
