@@ -17,8 +17,8 @@ import PTQCore
 ///   the zero-point term per group. Codes of ≤ 4 bits stay **two per byte** (the counterpart of
 ///   llama.cpp's Q4_0 × Q8_0) when the shape allows (`TokenKernels.fp4Supports`): decode unpacks
 ///   the nibbles in registers (`TokenKernels.q4Gemv`), prefill unpacks a tile of weight rows to
-///   int8 once per pool task and reuses it for every prompt row; both give the same exact integer
-///   sums, hence the same output bits, as the int8-per-weight codes.
+///   unsigned bytes once per pool task and reuses it for every prompt row (`TokenKernels.q4Product`);
+///   both give the same exact integer sums, hence the same output bits, as the int8-per-weight codes.
 /// - **Float activations** (`activation == nil`: W4A16, W8A16, W3A16, …): codes of ≤ 4 bits are
 ///   packed two per byte, wider codes stay one byte each. One row runs the fused GEMV; several
 ///   rows dequantize tiles of output rows into scratch and multiply them with sgemm.
