@@ -4,6 +4,8 @@
 /// `alpha`, `rowScale` and `columnScale`.
 ///
 /// Element (i, j) is
+/// - `outlierValues[i·k + t]` when column j is the t-th of the k `outlierColumns` (kept in float16;
+///   this project's addition, not in the paper, see `outlierColumns`), else
 /// - `salientScale[i] · (salientCodes[i·columns + j] − salientZero[i])` when column j is salient, else
 /// - `rowScale[i] · columnScale[j] · (alpha[i] · signs[i·columns + j] + mean[i])`.
 ///
@@ -32,11 +34,23 @@ public struct BinarizationParameters: Sendable, Equatable {
     public var rowScale: [Float]
     /// Per input column: r2 (learned, starts at 1; unused in salient columns).
     public var columnScale: [Float]
+    /// Salient columns whose weights stay in float16 (ascending; empty in the paper's method).
+    /// Not in PTQ1.61: a few input channels of some layers carry "massive activations" (SmolLM2
+    /// layer 11 `down_proj`: channels 1229 and 1487 reach 3,569 and 1,347, over 500× the
+    /// layer's median max |x|), and any grid error on their weights is multiplied by that. Their
+    /// salient codes are the row's zero point, so the salient grid contributes exactly 0 there.
+    public var outlierColumns: [Int]
+    /// `rows × outlierColumns.count`, row-major: the float16-rounded weights of those columns (fixed).
+    public var outlierValues: [Float]
 
     public init(rows: Int, columns: Int, salientMask: [Bool], salientBits: Int, salientCodes: [UInt8],
                 salientScale: [Float], salientZero: [Float], signs: [Float],
-                mean: [Float], alpha: [Float], rowScale: [Float], columnScale: [Float]) {
+                mean: [Float], alpha: [Float], rowScale: [Float], columnScale: [Float],
+                outlierColumns: [Int] = [], outlierValues: [Float] = []) {
         precondition(salientMask.count == columns && columnScale.count == columns, "one mask bit and r2 per column")
+        precondition(outlierValues.count == rows * outlierColumns.count
+                     && outlierColumns.allSatisfy { (0..<columns).contains($0) && salientMask[$0] },
+                     "outlier columns are salient columns with one value per row")
         precondition(salientCodes.count == rows * columns && signs.count == rows * columns, "rows × columns values")
         precondition(mean.count == rows && alpha.count == rows && rowScale.count == rows
                      && salientScale.count == rows && salientZero.count == rows, "one μ, α, r1, Δ, z per row")
@@ -52,13 +66,20 @@ public struct BinarizationParameters: Sendable, Equatable {
         self.alpha = alpha
         self.rowScale = rowScale
         self.columnScale = columnScale
+        self.outlierColumns = outlierColumns
+        self.outlierValues = outlierValues
     }
 
     /// The value of one element (the reference definition every other form must match).
     @inlinable
     public func value(row i: Int, column j: Int) -> Float {
         let k = i * columns + j
-        if salientMask[j] { return salientScale[i] * (Float(salientCodes[k]) - salientZero[i]) }
+        if salientMask[j] {
+            if !outlierColumns.isEmpty, let t = outlierColumns.firstIndex(of: j) {
+                return outlierValues[i * outlierColumns.count + t]
+            }
+            return salientScale[i] * (Float(salientCodes[k]) - salientZero[i])
+        }
         return rowScale[i] * columnScale[j] * (alpha[i] * signs[k] + mean[i])
     }
 
@@ -93,11 +114,15 @@ extension BinarizationParameters {
     ///   over them (the code's initialisation; the paper and the issue write mean |W − μ|: α is
     ///   learned either way), r1 = r2 = 1.
     /// A row whose binarized columns are all excluded (every column salient) gets μ = α = 0.
+    /// `outlierColumns` (salient columns, see the property) keep their weights as float16 values
+    /// and get the zero point as their code; they still count in the salient grid's row range, so
+    /// the other salient columns are quantized exactly as without them.
     /// The reference restricts μ and α to non-zero weights; a float checkpoint has exact zeros only
     /// in pruned weights, which SmolLM2 does not have, so all binarized columns count here.
     public static func initial(weight: [Float], rows: Int, columns: Int, salientMask: [Bool],
-                               salientBits: Int = 4) -> BinarizationParameters {
+                               salientBits: Int = 4, outlierColumns: [Int] = []) -> BinarizationParameters {
         precondition(weight.count == rows * columns && salientMask.count == columns)
+        let outliers = Set(outlierColumns)
         let levels = Float((1 << salientBits) - 1)
         var codes = [UInt8](repeating: 0, count: rows * columns)
         var signs = [Float](repeating: 0, count: rows * columns)
@@ -115,7 +140,9 @@ extension BinarizationParameters {
             var sum: Double = 0, absSum: Double = 0
             for j in 0..<columns {
                 let w = weight[i * columns + j]
-                if salientMask[j] {
+                if outliers.contains(j) {
+                    codes[i * columns + j] = UInt8(z)
+                } else if salientMask[j] {
                     let q = min(max((w / delta).rounded(.toNearestOrEven) + z, 0), levels)
                     codes[i * columns + j] = UInt8(q)
                 } else {
@@ -134,6 +161,19 @@ extension BinarizationParameters {
         return BinarizationParameters(
             rows: rows, columns: columns, salientMask: salientMask, salientBits: salientBits, salientCodes: codes,
             salientScale: scale, salientZero: zero, signs: signs, mean: mean, alpha: alpha,
-            rowScale: [Float](repeating: 1, count: rows), columnScale: [Float](repeating: 1, count: columns))
+            rowScale: [Float](repeating: 1, count: rows), columnScale: [Float](repeating: 1, count: columns),
+            outlierColumns: outliers.sorted(),
+            outlierValues: (0..<rows).flatMap { i in outliers.sorted().map { BinaryWeight.half(weight[i * columns + $0]) } })
+    }
+
+    /// The salient columns to keep in float16: those whose calibration statistic exceeds
+    /// `threshold` × the layer's median statistic (0 = none). Massive activations stand out by
+    /// orders of magnitude (SmolLM2: 1,335× and 504× in layer 11's `down_proj`, 218× in layer 28's;
+    /// every other input channel of the model stays below 52×), so the threshold is not delicate.
+    public static func outlierColumns(channelStatistic: [Float], threshold: Double, salientMask: [Bool]) -> [Int] {
+        guard threshold > 0, !channelStatistic.isEmpty else { return [] }
+        let sorted = channelStatistic.map { max($0, 1e-5) }.sorted()
+        let median = Double(sorted[sorted.count / 2])
+        return channelStatistic.indices.filter { salientMask[$0] && Double(channelStatistic[$0]) > threshold * median }
     }
 }

@@ -5,6 +5,9 @@
 /// binarization (no salient element at all).
 ///
 /// Element (i, j) is
+/// - an outlier (column j is the t-th of the k `outlierColumns`; column masks only):
+///   `outlierValues[i·k + t]`, a float16 weight (this project's addition to PTQ1.61 for input
+///   channels with massive activations; the salient code stored there is the row's zero point);
 /// - salient (`isSalient(row: i, column: j)`): `salientScale[i] · (code − salientZero[i])`, the
 ///   code being the next entry of `salientCodes` (row-major over salient positions);
 /// - otherwise: `r2_j · (scale[i] · s + offset[i])`, with `s = +1` when the next entry of `signs`
@@ -45,10 +48,15 @@ public struct BinaryWeight: Sendable, Equatable {
     public var offset: [Float]
     /// Per binarized column (column masks only): r2 (float16 values); nil = all 1.
     public var columnScale: [Float]?
+    /// Salient columns kept as float16 weights, ascending (column masks only; usually empty).
+    public var outlierColumns: [Int]
+    /// `rows × outlierColumns.count`, row-major: their float16 weights.
+    public var outlierValues: [Float]
 
     public init(rows: Int, columns: Int, maskKind: MaskKind, salientMask: [Bool], salientBits: Int,
                 salientCodes: [UInt8], salientScale: [Float], salientZero: [UInt8], signs: [UInt8],
-                scale: [Float], offset: [Float], columnScale: [Float]?) {
+                scale: [Float], offset: [Float], columnScale: [Float]?,
+                outlierColumns: [Int] = [], outlierValues: [Float] = []) {
         self.rows = rows
         self.columns = columns
         self.maskKind = maskKind
@@ -61,6 +69,8 @@ public struct BinaryWeight: Sendable, Equatable {
         self.scale = scale
         self.offset = offset
         self.columnScale = columnScale
+        self.outlierColumns = outlierColumns
+        self.outlierValues = outlierValues
     }
 
     /// Rounds to the nearest float16 value (round to nearest even), as the packed file stores it.
@@ -85,7 +95,8 @@ public struct BinaryWeight: Sendable, Equatable {
                   salientZero: p.salientZero.map { UInt8(max(0, min(255, $0.rounded()))) }, signs: signs,
                   scale: (0..<p.rows).map { Self.half(p.alpha[$0] * p.rowScale[$0]) },
                   offset: (0..<p.rows).map { Self.half(p.mean[$0] * p.rowScale[$0]) },
-                  columnScale: binaryColumns.map { Self.half(p.columnScale[$0]) })
+                  columnScale: binaryColumns.map { Self.half(p.columnScale[$0]) },
+                  outlierColumns: p.outlierColumns, outlierValues: p.outlierValues.map(Self.half))
     }
 
     /// Whether element (i, j) is salient.
@@ -128,6 +139,8 @@ public struct BinaryWeight: Sendable, Equatable {
                 }
             }
         }
+        let k = outlierColumns.count
+        for i in 0..<rows { for (t, j) in outlierColumns.enumerated() { out[i * columns + j] = outlierValues[i * k + t] } }
         return out
     }
 
@@ -158,5 +171,7 @@ public struct BinaryWeight: Sendable, Equatable {
                 k += 1
             }
         }
+        let count = outlierColumns.count
+        for (t, j) in outlierColumns.enumerated() { out[j] = outlierValues[r * count + t] }
     }
 }

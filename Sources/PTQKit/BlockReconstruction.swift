@@ -50,7 +50,8 @@ extension PTQ {
             for (name, entry) in pending {
                 let weight = try merged.tensor(name + "/weight")
                 second[name] = .initial(weight: weight.data, rows: entry.initial.rows, columns: entry.initial.columns,
-                                        salientMask: entry.initial.salientMask, salientBits: entry.initial.salientBits)
+                                        salientMask: entry.initial.salientMask, salientBits: entry.initial.salientBits,
+                                        outlierColumns: entry.initial.outlierColumns)
             }
             reports = [:]
             learned = try BlockwiseScaleOptimizer.optimize(weights: merged, parameters: second, windows: windows,

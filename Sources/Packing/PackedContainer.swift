@@ -79,7 +79,13 @@ public struct PackedSection: Sendable, Equatable, Encodable {
 /// Byte-level constants and codecs of the container (see docs/packed-format.md).
 enum PackedLayout {
     static let magic: [UInt8] = Array("PTQKPACK".utf8)
-    static let formatVersion: UInt32 = 1
+    /// The newest version this build writes. Files are written at the lowest version that can
+    /// represent them: version 2 adds only the outlier columns of `binary` weights (manifest
+    /// fields a version-1 reader would ignore, running a different model), so a file without
+    /// them stays version 1 and readable by older builds.
+    static let formatVersion: UInt32 = 2
+    /// The versions this build reads.
+    static let readableVersions: ClosedRange<UInt32> = 1...2
     static let headerSize = 64
     static let alignment = 64
     /// Fixed part of a table entry; the UTF-8 name follows it.

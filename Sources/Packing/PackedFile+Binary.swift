@@ -7,7 +7,8 @@ import PTQCore
 // `…:codes` (salient codes at `bits`), `…:zeros` (per-row zero points at `bits`), `…:scales`
 // (per-row Δ, float16), `…:binary_scales` and `…:binary_offsets` (per-row a = α·r1 and b = μ·r1,
 // float16), `…:column_scales` (per binarized column r2, float16; column masks only, optional)
-// and the float32 bias. Every section is stored at its true width, so `ptq inspect`'s bits per
+// and the float32 bias; format version 2 adds `…:outlier_mask` (1 bit per column) and
+// `…:outlier_values` (float16, rows × outlier columns) for salient columns kept in float16. Every section is stored at its true width, so `ptq inspect`'s bits per
 // weight are the format's real cost. See docs/packed-format.md.
 
 extension PackedFile.WritePlan {
@@ -36,6 +37,13 @@ extension PackedFile.WritePlan {
         let binaryScales = try add("binary_scales", .scales, .halves(w.scale))
         let binaryOffsets = try add("binary_offsets", .scales, .halves(w.offset))
         let columnScales = try w.columnScale.map { (r2) throws(PTQError) in try add("column_scales", .scales, .halves(r2)) }
+        var outlierMask: String?, outlierValues: String?
+        if !w.outlierColumns.isEmpty {
+            var flags = [UInt8](repeating: 0, count: w.columns)
+            for j in w.outlierColumns { flags[j] = 1 }
+            outlierMask = try add("outlier_mask", .codes, .codes(flags, bits: 1))
+            outlierValues = try add("outlier_values", .scales, .halves(w.outlierValues))
+        }
         let biasName = try linear.bias.map { (b) throws(PTQError) in try add("bias", .bias, .floats(b)) }
         var entry = PackedManifest.LinearEntry(
             name: key, method: linear.method, details: linear.details, format: "binary", bits: w.salientBits,
@@ -49,6 +57,11 @@ extension PackedFile.WritePlan {
         entry.binaryScales = binaryScales
         entry.binaryOffsets = binaryOffsets
         entry.columnScales = columnScales
+        if let outlierMask {
+            entry.outlierColumns = w.outlierColumns.count
+            entry.outlierMask = outlierMask
+            entry.outlierValues = outlierValues
+        }
         manifest.quantizedLinears.append(entry)
     }
 }
@@ -58,6 +71,7 @@ extension PackedFile.ReadPlan {
     struct BinaryLoads {
         var mask: Int, signs: Int, binaryScales: Int, binaryOffsets: Int
         var columnScales: Int?
+        var outlierMask: Int?, outlierValues: Int?
     }
 
     /// The loads of a binary layer, every size checked against the manifest's geometry and
@@ -108,6 +122,16 @@ extension PackedFile.ReadPlan {
         if let r2 = e.columnScales, let binaryColumns {
             b.columnScales = try load(r2, .scales, t, .halves(binaryColumns), "\(binaryColumns) binarized columns (float16)")
         }
+        if let k = e.outlierColumns {
+            guard kind == .columns, (1...e.columns).contains(k), let maskName = e.outlierMask, let valuesName = e.outlierValues,
+                  let valueCount = checkedProduct([e.rows, k]) else {
+                throw bad("outlier columns (\(k)) need a column mask, 1…\(e.columns) columns and 'outlier_mask' and 'outlier_values' sections")
+            }
+            b.outlierMask = try load(maskName, .codes, t, .codes(bits: 1, count: e.columns), "\(e.columns) outlier mask bits")
+            b.outlierValues = try load(valuesName, .scales, t, .halves(valueCount), "\(e.rows) × \(k) outlier values (float16)")
+        } else if e.outlierMask != nil || e.outlierValues != nil {
+            throw bad("outlier sections without 'outlier_columns'")
+        }
         l.binary = b
         if let bias = e.bias {
             l.bias = try load(bias, .bias, t, .floats(e.rows), "\(e.rows) rows (float32)")
@@ -129,7 +153,15 @@ extension PackedFile {
             salientBits: e.bits, salientCodes: payloads[l.codes].codes, salientScale: payloads[l.scales].floats,
             salientZero: payloads[zeros].codes, signs: payloads[b.signs].codes,
             scale: payloads[b.binaryScales].floats, offset: payloads[b.binaryOffsets].floats,
-            columnScale: b.columnScales.map { payloads[$0].floats })
+            columnScale: b.columnScales.map { payloads[$0].floats },
+            outlierColumns: b.outlierMask.map { section in
+                let flags = payloads[section].codes
+                return flags.indices.filter { flags[$0] != 0 }
+            } ?? [],
+            outlierValues: b.outlierValues.map { payloads[$0].floats } ?? [])
+        if let k = e.outlierColumns, w.outlierColumns.count != k {
+            throw PTQError.file(path, "tensor '\(e.name)': the outlier mask flags \(w.outlierColumns.count) columns, the manifest says \(k)")
+        }
         try QuantizedLinear.validateBinary(w) { PTQError.file(path, "tensor '\(e.name)': \($0)") }
         return w
     }

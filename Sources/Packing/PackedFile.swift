@@ -10,7 +10,7 @@ import PTQCore
 /// section's CRC before decompressing anything, so damage is reported with the section (and
 /// tensor) it hit instead of surfacing as a zstd error or a wrong model.
 public enum PackedFile {
-    /// The container version this build writes and reads.
+    /// The newest container version this build writes (and reads, with every older one).
     public static let formatVersion = Int(PackedLayout.formatVersion)
 
     // MARK: - Writing
@@ -29,6 +29,9 @@ public enum PackedFile {
         var storedByName: [String: Int] = [:]
         for section in encoded { storedByName[section.name] = section.stored.count }
         var manifest = plan.manifest
+        // The lowest version that represents the file, so older readers keep reading what they can.
+        let version: UInt32 = manifest.quantizedLinears.contains { $0.outlierColumns != nil } ? 2 : 1
+        manifest.formatVersion = Int(version)
         for i in manifest.floatTensors.indices {
             manifest.floatTensors[i].storedBytes = storedByName[manifest.floatTensors[i].section] ?? 0
         }
@@ -50,7 +53,7 @@ public enum PackedFile {
                                           level: compressionLevel, path: path))
         sections.append(contentsOf: encoded)
 
-        let layout = Layout(sections)
+        let layout = Layout(sections, version: version)
         try PackedAtomicFile.write(to: path) { (out) throws(PTQError) in
             try out.write(layout.header)
             for (s, entry) in zip(sections, layout.table) {
@@ -73,7 +76,7 @@ public enum PackedFile {
         var fileSize: Int
         var header: [UInt8]
 
-        init(_ sections: [EncodedSection]) {
+        init(_ sections: [EncodedSection], version: UInt32 = 1) {
             var offset = PackedLayout.headerSize
             for s in sections {
                 offset = PackedLayout.aligned(offset)
@@ -88,7 +91,7 @@ public enum PackedFile {
             w.u32(CRC32.checksum(entries))
             tableBytes = w.data
             fileSize = tableOffset + tableBytes.count
-            header = PackedLayout.Header(version: PackedLayout.formatVersion, flags: 0,
+            header = PackedLayout.Header(version: version, flags: 0,
                                          sectionCount: UInt32(table.count), tableOffset: UInt64(tableOffset),
                                          tableSize: UInt64(entries.count), fileSize: UInt64(fileSize)).encoded()
         }

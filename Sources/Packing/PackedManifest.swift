@@ -78,6 +78,11 @@ struct PackedManifest: Codable, Sendable {
         var binaryScales: String? = nil
         var binaryOffsets: String? = nil
         var columnScales: String? = nil
+        /// Format `binary`, version 2: the count of float16 outlier columns and the sections of
+        /// their 1-bit column mask and their `rows × count` float16 values.
+        var outlierColumns: Int? = nil
+        var outlierMask: String? = nil
+        var outlierValues: String? = nil
         /// Stored (compressed) bytes of all this layer's sections.
         var storedBytes: Int
 
@@ -93,6 +98,9 @@ struct PackedManifest: Codable, Sendable {
             case binaryScales = "binary_scales"
             case binaryOffsets = "binary_offsets"
             case columnScales = "column_scales"
+            case outlierColumns = "outlier_columns"
+            case outlierMask = "outlier_mask"
+            case outlierValues = "outlier_values"
         }
 
         /// The weight format, `integer` when the manifest names none.
@@ -101,7 +109,7 @@ struct PackedManifest: Codable, Sendable {
         /// Every section this layer's payload occupies (for stored-size accounting).
         var sectionNames: [String] {
             [codes, scales, zeros, bias, activationChannelScales, activationChannelShift, clusters,
-             mask, signs, binaryScales, binaryOffsets, columnScales].compactMap { $0 }
+             mask, signs, binaryScales, binaryOffsets, columnScales, outlierMask, outlierValues].compactMap { $0 }
         }
     }
 

@@ -28,6 +28,8 @@ struct Container {
     let bytes: UnsafeRawBufferPointer
     let sections: [PackedSection]
     let index: [String: Int]
+    /// The header's format version (one of `PackedLayout.readableVersions`).
+    let version: UInt32
 
     init(_ bytes: UnsafeRawBufferPointer, path: String) throws(PTQError) {
         self.path = path
@@ -49,12 +51,14 @@ struct Container {
         let headerIntact = size >= headerSize
             && CRC32.checksum(UnsafeRawBufferPointer(rebasing: bytes[0..<(headerSize - 4)]))
                 == ByteReader(bytes, at: headerSize - 4).readU32()
-        guard version == PackedLayout.formatVersion else {
+        guard PackedLayout.readableVersions.contains(version) else {
             // A newer writer may lay its header out differently, so a checksum failure here
             // only earns a hint.
-            throw fail("format version \(version) is not supported; this build reads \(PackedLayout.formatVersion)"
+            let readable = PackedLayout.readableVersions
+            throw fail("format version \(version) is not supported; this build reads \(readable.lowerBound)…\(readable.upperBound)"
                        + (headerIntact ? "" : " (or the header is corrupted)"))
         }
+        self.version = version
         guard size >= headerSize else { throw fail("file is truncated (\(size) bytes; the header alone is \(headerSize))") }
         guard headerIntact else { throw fail("header is corrupted (checksum mismatch)") }
         let flags = r.u32()!, sectionCount = r.u32()!
@@ -213,9 +217,13 @@ struct Container {
         } catch {
             throw PTQError.file(path, "section 'manifest': invalid manifest JSON: \(describeDecodingError(error))")
         }
-        guard manifest.formatVersion == PackedFile.formatVersion else {
+        guard manifest.formatVersion == Int(version) else {
             throw PTQError.file(path, "section 'manifest': format version \(manifest.formatVersion) does not match "
-                                + "the header's \(PackedFile.formatVersion)")
+                                + "the header's \(version)")
+        }
+        // Version-2 fields in a version-1 file would be ignored by version-1 readers: refuse them.
+        if version < 2, let e = manifest.quantizedLinears.first(where: { $0.outlierColumns != nil }) {
+            throw PTQError.file(path, "tensor '\(e.name)': outlier columns need format version 2, the file says \(version)")
         }
         return manifest
     }

@@ -166,6 +166,26 @@ extension QuantizedLinear {
             }
             try halves(r2, "column scales", expected: binaryColumns)
         }
+        guard !w.outlierColumns.isEmpty else {
+            guard w.outlierValues.isEmpty else { throw fail("\(w.outlierValues.count) outlier values without outlier columns") }
+            return
+        }
+        guard w.maskKind == .columns else { throw fail("outlier columns need a column mask, this one is per element") }
+        for (t, j) in w.outlierColumns.enumerated() {
+            guard (0..<w.columns).contains(j), w.salientMask[j] else {
+                throw fail("outlier column \(j) is not a salient column of the \(w.columns)")
+            }
+            guard t == 0 || w.outlierColumns[t - 1] < j else { throw fail("outlier columns are not strictly ascending at \(j)") }
+        }
+        try halves(w.outlierValues, "outlier values", expected: w.rows * w.outlierColumns.count)
+        // The salient kernel runs over outlier columns too: their codes must contribute exactly 0.
+        let salientColumns = (0..<w.columns).filter { w.salientMask[$0] }
+        let position = Dictionary(uniqueKeysWithValues: salientColumns.enumerated().map { ($1, $0) })
+        for i in 0..<w.rows {
+            for j in w.outlierColumns where w.salientCodes[i * salientColumns.count + position[j]!] != w.salientZero[i] {
+                throw fail("the salient code of outlier column \(j) in row \(i) is not the row's zero point")
+            }
+        }
     }
 
     /// Codes of `bits` bits for a `rows × columns` matrix, with `parametersPerGroup` finite

@@ -15,6 +15,9 @@ import PTQCore
 /// kernel skips masked lanes and returns each row's Σ over its binarized inputs, and the salient
 /// codes (CSR: per-row start, column, code) add `Δ ∘ (Σ q·x − z · Σ_salient x)`.
 ///
+/// Outlier columns (format version 2; column masks) add `Σ_t v[o, t] · x[j_t]` over their few
+/// float16 weights; their salient codes are the zero point, so the salient GEMV adds 0 there.
+///
 /// One activation row runs the GEMVs; more rows dequantize tiles of output rows into scratch
 /// and multiply them with sgemm (as the other weight-only layers do), so prefill decodes each
 /// tile's bits once for all rows.
@@ -44,12 +47,14 @@ public final class BinaryLinear: LinearOp {
     private let rowStart: [Int]
     private let salientColumnIndex: [Int32]
     private let salientScale: [Float], salientZero: [Float]
+    /// Salient columns kept as float weights and their values `[outFeatures, outlierColumns.count]`.
+    private let outlierColumns: [Int], outlierValues: [Float]
 
     /// Bytes held for this layer at run time (bits, codes, per-row and per-column parameters).
     public var storageBytes: Int {
         8 * (signWords.count + (maskWords?.count ?? 0)) + salientCodes.count + 4 * salientColumnIndex.count
             + 4 * (scale.count + offset.count + columnScale.count + salientScale.count + salientZero.count
-                   + (bias?.count ?? 0))
+                   + (bias?.count ?? 0) + outlierValues.count) + 8 * outlierColumns.count
     }
 
     /// Bytes a decoded token reads from this layer (the bench's bandwidth bound).
@@ -60,7 +65,8 @@ public final class BinaryLinear: LinearOp {
         let share = maskKind == .columns
             ? Double(salientColumns.count) / Double(max(1, inFeatures))
             : Double(salientColumnIndex.count) / Double(max(1, inFeatures * outFeatures))
-        return "binary 1-bit + \(salientBits)-bit salient \(maskKind.rawValue) (\(String(format: "%.1f", 100 * share)) %)"
+        let outliers = outlierColumns.isEmpty ? "" : " + \(outlierColumns.count) float16 columns"
+        return "binary 1-bit + \(salientBits)-bit salient \(maskKind.rawValue) (\(String(format: "%.1f", 100 * share)) %)\(outliers)"
     }
 
     /// Converts a binary `QuantizedLinear` to run-time storage; throws a `PTQError` naming the
@@ -82,6 +88,8 @@ public final class BinaryLinear: LinearOp {
         offset = w.offset
         salientScale = w.salientScale
         salientZero = w.salientZero.map { Float($0) }
+        outlierColumns = w.outlierColumns
+        outlierValues = w.outlierValues
         let rows = w.rows, columns = w.columns
         switch w.maskKind {
         case .columns:
@@ -190,6 +198,16 @@ public final class BinaryLinear: LinearOp {
                 }
             }
             for o in 0..<n { y[o] += ys[o] }
+            let kOut = outlierColumns.count
+            guard kOut > 0 else { return }
+            let xo = outlierColumns.map { x[$0] }
+            outlierValues.withUnsafeBufferPointer { v in
+                for o in 0..<n {
+                    var dot: Float = 0
+                    for t in 0..<kOut { dot += v[o * kOut + t] * xo[t] }
+                    y[o] += dot
+                }
+            }
         case .elements:
             var total: Float = 0
             for j in 0..<inFeatures {
@@ -257,6 +275,8 @@ public final class BinaryLinear: LinearOp {
                             for c in 0..<ns { row[cols[c]] = d[o] * (Float(p[c]) - z[o]) }
                         }
                     }
+                    let kOut = outlierColumns.count
+                    for (t, j) in outlierColumns.enumerated() { row[j] = outlierValues[o * kOut + t] }
                 case .elements:
                     for j in 0..<k {
                         let bit = (words[j >> 6] >> UInt64(j & 63)) & 1

@@ -26,6 +26,12 @@ import Recipes
 ///   (rank 64, alpha 16, q/k/v/gate/up/down) trained on the pass-1 model with the causal-LM loss,
 ///   merged, and a second block-wise pass on the merged weights reusing the pass-1 masks (the
 ///   reference's remain.py path).
+///
+/// `outlier_threshold` (**not in the paper**; 0 = off, the paper's method): salient input columns
+/// whose calibration max |x| exceeds this multiple of the layer's median keep their weights as
+/// float16 (`BinarizationParameters.outlierColumns`). SmolLM2 has three such channels (massive
+/// activations into `down_proj` of layers 11 and 28, 218–1,335× the median) and any 4-bit error
+/// on their weights is multiplied by thousands; they cost 16 bits × rows per column.
 public struct PTQ161Quantizer: BinarizedBlockReconstruction {
     public enum Optimization: String, Sendable, CaseIterable {
         case none, layerwise, blockwise
@@ -38,13 +44,15 @@ public struct PTQ161Quantizer: BinarizedBlockReconstruction {
     public let iterations: Int
     /// Layer-wise relative damping of H (fraction of its mean diagonal).
     public let damping: Double
+    /// Multiple of the layer's median max |x| above which a salient column stays float16 (0 = off).
+    public let outlierThreshold: Double
 
     /// Budget of `blockwise`; nil for the per-layer modes.
     public let blockReconstruction: BlockReconstructionBudget?
 
     public static let parameterKeys: Set<String> = ["salient_ratio", "salient_bits", "optimization", "iterations", "damping",
                                                      "train_samples", "train_seq_len", "epochs", "lr_alpha", "lr_scales",
-                                                     "preprocessing_steps"]
+                                                     "preprocessing_steps", "outlier_threshold"]
 
     public init(plan: LayerPlan) throws(PTQError) {
         let p = plan.parameters
@@ -55,6 +63,7 @@ public struct PTQ161Quantizer: BinarizedBlockReconstruction {
         optimization = Optimization(rawValue: mode)!
         iterations = try p.int("iterations", default: 4, range: 1...100)
         damping = try p.double("damping", default: 0.01, range: 0...1)
+        outlierThreshold = try p.double("outlier_threshold", default: 0, range: 0...1e9)
         if optimization == .blockwise {
             blockReconstruction = BlockReconstructionBudget(
                 samples: try p.int("train_samples", default: 32, range: 1...4096),
@@ -81,9 +90,10 @@ public struct PTQ161Quantizer: BinarizedBlockReconstruction {
 
     public func quantize(_ layer: LinearLayer, statistics: PointStatistics?) throws(PTQError) -> QuantizedLinear {
         var p = try Self.initialParameters(for: layer, statistics: statistics, salientRatio: salientRatio,
-                                           salientBits: salientBits)
+                                           salientBits: salientBits, outlierThreshold: outlierThreshold)
         var details = ["optimization": optimization.rawValue,
                        "salient_columns": "\(p.salientMask.filter { $0 }.count)/\(p.columns)"]
+        if !p.outlierColumns.isEmpty { details["float16_columns"] = p.outlierColumns.map(String.init).joined(separator: ",") }
         if optimization == .layerwise {
             guard let hessian = statistics?.gram else {
                 throw PTQError("\(layer.name): ptq161 layerwise needs the X·Xᵀ ('gram') statistic at \(layer.inputPoint); "
@@ -101,7 +111,7 @@ public struct PTQ161Quantizer: BinarizedBlockReconstruction {
     /// |x| at the layer's input (`absMaximum`; q/k/v and gate/up share their input point, hence
     /// their mask, as in the reference), then `BinarizationParameters.initial`.
     public static func initialParameters(for layer: LinearLayer, statistics: PointStatistics?, salientRatio: Double,
-                                         salientBits: Int) throws(PTQError) -> BinarizationParameters {
+                                         salientBits: Int, outlierThreshold: Double = 0) throws(PTQError) -> BinarizationParameters {
         let rows = layer.weight.shape[0], columns = layer.weight.shape[1]
         guard let statistics else {
             throw PTQError("\(layer.name): ptq161 needs the channel range statistic at \(layer.inputPoint); "
@@ -113,12 +123,15 @@ public struct PTQ161Quantizer: BinarizedBlockReconstruction {
                            + "the weight has \(columns) input columns")
         }
         let mask = BinarizationParameters.salientMask(channelStatistic: statistic, ratio: salientRatio)
+        let outliers = BinarizationParameters.outlierColumns(channelStatistic: statistic, threshold: outlierThreshold,
+                                                             salientMask: mask)
         return BinarizationParameters.initial(weight: layer.weight.data, rows: rows, columns: columns,
-                                              salientMask: mask, salientBits: salientBits)
+                                              salientMask: mask, salientBits: salientBits, outlierColumns: outliers)
     }
 
     public func initialParameters(for layer: LinearLayer, statistics: PointStatistics?) throws(PTQError) -> BinarizationParameters {
-        try Self.initialParameters(for: layer, statistics: statistics, salientRatio: salientRatio, salientBits: salientBits)
+        try Self.initialParameters(for: layer, statistics: statistics, salientRatio: salientRatio, salientBits: salientBits,
+                                   outlierThreshold: outlierThreshold)
     }
 
     public func quantizedLinear(_ layer: LinearLayer, parameters: BinarizationParameters,
@@ -126,6 +139,9 @@ public struct PTQ161Quantizer: BinarizedBlockReconstruction {
         var details = details
         details["optimization"] = optimization.rawValue
         details["salient_columns"] = "\(parameters.salientMask.filter { $0 }.count)/\(parameters.columns)"
+        if !parameters.outlierColumns.isEmpty {
+            details["float16_columns"] = parameters.outlierColumns.map(String.init).joined(separator: ",")
+        }
         return Self.quantizedLinear(layer, parameters: parameters, details: details)
     }
 

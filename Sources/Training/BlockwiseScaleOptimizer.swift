@@ -271,6 +271,8 @@ struct ScaleTrainer {
                 if salient {
                     let delta = p.salientScale[i], z = p.salientZero[i]
                     for j in 0..<n where p.salientMask[j] { row[j] = delta * (Float(p.salientCodes[i * n + j]) - z) }
+                    let k = p.outlierColumns.count
+                    for (t, j) in p.outlierColumns.enumerated() { row[j] = p.outlierValues[i * k + t] }
                 }
             }
         }}

@@ -120,6 +120,74 @@ struct BinaryWeightTests {
             toolVersion: "t", metadata: [:]), to: SyntheticModels.temporaryPath("bad-binary.ptq")) }
     }
 
+    /// Salient columns with massive activations stay float16 (`outlier_threshold`): selection by
+    /// the multiple of the median, their codes at the zero point, exact values, and format version 2
+    /// only for files that have them.
+    @Test func outlierColumnsSelectionPackingAndKernel() throws {
+        let rows = 9, columns = 70
+        var rng = SeededGenerator(seed: 5)
+        var w = Self.randomWeight(rows: rows, columns: columns, seed: 5)
+        var statistic = (0..<columns).map { _ in rng.float(in: 1...4) }
+        statistic[17] = 900  // a massive-activation channel (≈ 360× the median)
+        statistic[40] = 300
+        statistic[3] = 20    // large but ordinary: salient, not an outlier
+        w[4 * columns + 17] = 0.731  // a "super weight", far outside the row's other values
+        let mask = BinarizationParameters.salientMask(channelStatistic: statistic, ratio: 0.2)
+        let outliers = BinarizationParameters.outlierColumns(channelStatistic: statistic, threshold: 100, salientMask: mask)
+        #expect(outliers == [17, 40])
+        #expect(BinarizationParameters.outlierColumns(channelStatistic: statistic, threshold: 0, salientMask: mask).isEmpty)
+        var p = BinarizationParameters.initial(weight: w, rows: rows, columns: columns, salientMask: mask,
+                                               outlierColumns: outliers)
+        p.columnScale = p.columnScale.map { _ in rng.float(in: 0.8...1.2) }
+        for i in 0..<rows {
+            for (t, j) in outliers.enumerated() {
+                #expect(p.value(row: i, column: j) == BinaryWeight.half(w[i * columns + j]))
+                #expect(p.outlierValues[i * outliers.count + t] == BinaryWeight.half(w[i * columns + j]))
+                #expect(Float(p.salientCodes[i * columns + j]) == p.salientZero[i])
+            }
+        }
+        // Without the outliers the super weight's grid error is what the column's activation multiplies.
+        let plain = BinarizationParameters.initial(weight: w, rows: rows, columns: columns, salientMask: mask)
+        #expect(abs(plain.value(row: 4, column: 17) - 0.731) > abs(p.value(row: 4, column: 17) - 0.731))
+
+        let b = BinaryWeight(p)
+        #expect(b.outlierColumns == outliers)
+        let dense = b.dequantizedReference(), reference = p.dequantized()
+        for k in dense.indices { #expect(abs(dense[k] - reference[k]) <= 2e-3 * (abs(reference[k]) + 1e-2)) }
+        var row = [Float](repeating: 0, count: columns)
+        row.withUnsafeMutableBufferPointer { b.decodeRow(4, into: $0.baseAddress!) }
+        #expect(Array(row) == Array(dense[(4 * columns)..<(5 * columns)]))
+        try checkKernel(b, bias: (0..<rows).map { Float($0) * 0.01 }, seed: 8)
+
+        // Round trip: version 2 with the outliers, version 1 without.
+        func write(_ weight: BinaryWeight, _ name: String) throws -> (String, QuantizedLinear) {
+            let q = Self.linear(weight, bias: nil)
+            let path = SyntheticModels.temporaryPath(name)
+            try PackedFile.write(PackedModel(config: SyntheticModels.llamaConfig(), tokenizer: SyntheticModels.llamaTokenizer(),
+                                             floatTensors: [:], quantizedLinears: [q.name: q], recipe: "test", statsHash: nil,
+                                             modelIdentity: "x", toolVersion: "test", metadata: [:]), to: path)
+            return (path, q)
+        }
+        let (path, q) = try write(b, "outliers.ptq")
+        #expect(try PackedFile.read(path: path).quantizedLinears[q.name] == q)
+        #expect(try PackedFile.summary(path: path).formatVersion == 2)
+        let (plainPath, _) = try write(BinaryWeight(plain), "no-outliers.ptq")
+        #expect(try PackedFile.summary(path: plainPath).formatVersion == 1)
+
+        // The writer refuses outlier columns the kernels could not run as described.
+        var bad = b
+        let position = (0..<columns).filter { mask[$0] }.firstIndex(of: 17)!
+        let salientCount = mask.filter { $0 }.count
+        bad.salientCodes[2 * salientCount + position] = bad.salientZero[2] == 0 ? 1 : 0
+        #expect(throws: PTQError.self) { try Self.linear(bad, bias: nil).validate() }
+        bad = b
+        bad.outlierColumns = [17, 41]  // 41 is not salient
+        #expect(throws: PTQError.self) { try Self.linear(bad, bias: nil).validate() }
+        bad = b
+        bad.outlierValues.removeLast()
+        #expect(throws: PTQError.self) { try Self.linear(bad, bias: nil).validate() }
+    }
+
     /// Kernel against the reference dequantized layer: random and odd shapes, all-salient,
     /// no-salient, rows with W == μ, one row; GEMV, tiles + sgemm, and the scalar twins.
     @Test(arguments: [(16, 200, 40), (1, 64, 12), (5, 33, 0), (8, 20, 20), (3, 129, 1), (24, 576, 116)])

@@ -69,6 +69,30 @@ struct PTQ161Tests {
         #expect(result.parameters.salientCodes == p0.salientCodes && result.parameters.mean == p0.mean)
     }
 
+    /// `outlier_threshold` keeps a massive-activation input channel's weights in float16 and cuts
+    /// the layer-output error it would otherwise carry.
+    @Test func outlierThresholdKeepsMassiveChannelsInFloat16() throws {
+        var (w, x, _) = Self.fixture()
+        for r in 0..<Self.rows { x[r * Self.n + 5] *= 400 }  // channel 5: a massive activation
+        for o in 0..<Self.out { w.data[o * Self.n + 5] *= 3 }
+        let stats = PointStatistics(channels: Self.n, kinds: [.channelRange, .gram])
+        x.withUnsafeBufferPointer { stats.add($0, rows: Self.rows) }
+        let layer = LinearLayer(name: "layers/0/mlp/up_proj", weight: w, bias: nil, inputPoint: "p", role: .mlpInputProjection)
+        var errors: [Double] = []
+        for threshold in [0.0, 50.0] {
+            let q = try PTQ161Quantizer(plan: Self.plan("ptq161", ["optimization": .string("none", line: 1),
+                                                                   "outlier_threshold": .double(threshold, line: 1)],
+                                                        out: Self.out, n: Self.n))
+            let linear = try q.quantize(layer, statistics: stats)
+            try linear.validate()
+            guard case .binary(let b) = linear.weight else { Issue.record("not binary"); return }
+            #expect(b.outlierColumns == (threshold > 0 ? [5] : []))
+            #expect(linear.details["float16_columns"] == (threshold > 0 ? "5" : nil))
+            errors.append(Self.outputError(x, rows: Self.rows, w: w.data, q: b.dequantizedReference(), out: Self.out, n: Self.n))
+        }
+        #expect(errors[1] < 0.5 * errors[0], "with float16 column \(errors[1]) vs without \(errors[0])")
+    }
+
     /// `optimization: blockwise` runs through `PTQ.quantize`: the Training optimiser learns α, r1,
     /// r2 block by block, the packed layers record the block loss, and the packed model is closer
     /// to the float model than the reference's initialisation (`none`) on the same mask.

@@ -27,6 +27,7 @@ struct TrainingRealModelTests {
         let length = Self.setting("PTQ_TRAINING_LENGTH", BlockwiseSettings.defaultWindowLength)
         let epochs = Self.setting("PTQ_TRAINING_EPOCHS", BlockwiseSettings().epochs)
         let loraSteps = Self.setting("PTQ_TRAINING_LORA_STEPS", 0)
+        let outlierThreshold = Double(Self.setting("PTQ_TRAINING_OUTLIER_THRESHOLD", 0))
         let base = CheckpointWeights(try CheckpointReader(path: ProjectPaths.root + "/models/smollm2.h5"))
         let floatModel = try LlamaModel(weights: base)
         let tokenizer = try makeTokenizer(base.tokenizer)
@@ -57,9 +58,13 @@ struct TrainingRealModelTests {
                 for kind in TensorNames.linearKinds {
                     let name = TensorNames.layer(l, kind)
                     let t = try weights.tensor(name + "/weight")
-                    let mask = BinarizationParameters.salientMask(
-                        channelStatistic: statistics[weights.config.structure.linearLayer(named: name)!.inputPoint]!, ratio: 0.2)
-                    parameters[name] = .initial(weight: t.data, rows: t.shape[0], columns: t.shape[1], salientMask: mask)
+                    let statistic = statistics[weights.config.structure.linearLayer(named: name)!.inputPoint]!
+                    let mask = BinarizationParameters.salientMask(channelStatistic: statistic, ratio: 0.2)
+                    let outliers = BinarizationParameters.outlierColumns(channelStatistic: statistic,
+                                                                         threshold: outlierThreshold, salientMask: mask)
+                    if !outliers.isEmpty { say("\(name): float16 outlier columns \(outliers)") }
+                    parameters[name] = .initial(weight: t.data, rows: t.shape[0], columns: t.shape[1], salientMask: mask,
+                                                outlierColumns: outliers)
                 }
             }
             return parameters

@@ -476,13 +476,13 @@ struct PackedFileTests {
         let (folder, path) = try TempFolder.withTinyModel()
         defer { folder.cleanup() }
         var bytes = try readBytes(path)
-        bytes[8] = 2
+        bytes[8] = 3
         // A consistent future header: checksum recomputed.
         let crc = CRC32.checksum(Array(bytes[0..<60]))
         for k in 0..<4 { bytes[60 + k] = UInt8(truncatingIfNeeded: crc >> (8 * k)) }
         let future = folder.file("future.ptq")
         try writeBytes(bytes, future)
-        expectReadFails(future, "format version 2 is not supported; this build reads 1")
+        expectReadFails(future, "format version 3 is not supported; this build reads 1…2")
     }
 
     @Test("payloads that do not match the manifest are rejected, naming the tensor")
