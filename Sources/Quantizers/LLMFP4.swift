@@ -65,6 +65,12 @@ public struct LLMFP4Quantizer: Quantizer {
     /// channel's effective bias ρ + k_j never exceeds its own b_j and its absmax is never clipped
     /// by the rounding (recipe key `offset_rounding: floor`; default `code`).
     public let floorOffsets: Bool
+    /// Beyond the paper: the activation search's token subsample. `first` (default) takes the
+    /// first `tokens` reservoir rows; `outliers` takes half of them from the rows that come
+    /// closest to some channel's reservoir absmax (rare massive activations a small uniform
+    /// subsample misses, so that a clipping ρ is not chosen blind to them) and fills the rest with
+    /// the first rows (recipe key `token_selection`).
+    public let outlierTokens: Bool
     public let intervals: Int
     public let rounds: Int
     /// Reservoir rows used by the activation search (the weight search uses every reservoir row).
@@ -82,6 +88,7 @@ public struct LLMFP4Quantizer: Quantizer {
         perChannel = try p.bool("per_channel", default: searching)
         tensorCandidates = try p.bool("tensor_candidates", default: false)
         maxOffset = p.has("max_offset") ? try p.int("max_offset", default: 0, range: 0...30) : nil
+        outlierTokens = try p.string("token_selection", default: "first", oneOf: ["first", "outliers"]) == "outliers"
         floorOffsets = try p.string("offset_rounding", default: "code", oneOf: ["code", "floor"]) == "floor"
         if floorOffsets && !perChannel { throw p.error("offset_rounding", "rounds the per-channel offsets k_j; it needs per_channel: true") }
         if maxOffset != nil && !perChannel { throw p.error("max_offset", "caps the per-channel offsets k_j; it needs per_channel: true") }
@@ -96,7 +103,7 @@ public struct LLMFP4Quantizer: Quantizer {
         let weightFormat = try p.string("weight_format", default: searching ? "search" : "default")
         let activationFormat = try p.string("activation_format", default: searching ? "search" : "default")
         try p.rejectUnknown(allowed: ["setting", "intervals", "rounds", "tokens", "per_channel", "tensor_candidates", "max_offset",
-                                      "offset_rounding",
+                                      "offset_rounding", "token_selection",
                                       "gamma_range", "weight_format", "activation_format"])
         let line = plan.ruleLine.map { "line \($0): " } ?? ""
         guard plan.weight.symmetric else {
@@ -187,7 +194,8 @@ public struct LLMFP4Quantizer: Quantizer {
             let x = Array(reservoir.prefix(n * columns))
             let gammas = Self.gammas(intervals: intervals, range: gammaRange)
             let tokenCount = min(tokens, n)
-            let xs = Array(x.prefix(tokenCount * columns))
+            let xs = outlierTokens ? Self.outlierRows(x, rows: n, columns: columns, count: tokenCount)
+                                   : Array(x.prefix(tokenCount * columns))
             let reference = Self.product(xs, rows: tokenCount, weight: w, out: rows, columns: columns)
             var weightErrors: [String] = []
             var activationErrors: [String] = []
@@ -265,6 +273,24 @@ public struct LLMFP4Quantizer: Quantizer {
         details["seconds"] = String(format: "%.2f", Date().timeIntervalSince(start))
         return QuantizedLinear(name: layer.name, method: "llmfp4", weight: .floatingPoint(weight), bias: layer.bias,
                                activation: activation, details: details)
+    }
+
+    /// `count` rows of `x`: the `count / 2` rows with the largest max_j |x_tj| / M_j (M_j = the
+    /// channel's absmax over `x`), then the first rows not yet taken, in reservoir order.
+    static func outlierRows(_ x: [Float], rows n: Int, columns: Int, count: Int) -> [Float] {
+        guard count < n else { return x }
+        var m = [Float](repeating: 0, count: columns)
+        for t in 0..<n { for j in 0..<columns { m[j] = max(m[j], abs(x[t * columns + j])) } }
+        let closeness = (0..<n).map { t in
+            (0..<columns).reduce(Float(0)) { c, j in m[j] > 0 ? max(c, abs(x[t * columns + j]) / m[j]) : c }
+        }
+        let ranked = (0..<n).sorted { closeness[$0] != closeness[$1] ? closeness[$0] > closeness[$1] : $0 < $1 }
+        var taken = Set(ranked.prefix(count / 2))
+        for t in 0..<n where taken.count < count { taken.insert(t) }
+        var out: [Float] = []
+        out.reserveCapacity(count * columns)
+        for t in taken.sorted() { out.append(contentsOf: x[(t * columns)..<((t + 1) * columns)]) }
+        return out
     }
 
     /// Per-group scales 2^(−γ·b̃_init) with b̃_init from the group absmax (paper Eq. 7).

@@ -265,6 +265,23 @@ struct LLMFP4Tests {
         }
     }
 
+    /// `token_selection: outliers` keeps the rare rows that hold a channel's absmax (which the first
+    /// rows miss) and fills up with the first rows, in reservoir order.
+    @Test func outlierRowsKeepTheRareMaxima() {
+        let columns = 4, n = 40
+        var x = [Float](repeating: 0.5, count: n * columns)
+        x[33 * columns + 2] = 100  // a massive activation far past the first rows
+        x[21 * columns + 0] = -7
+        x[10 * columns + 1] = 1
+        x[10 * columns + 3] = 1
+        let rows = LLMFP4Quantizer.outlierRows(x, rows: n, columns: columns, count: 6)
+        #expect(rows.count == 6 * columns)
+        #expect(rows.contains(100) && rows.contains(-7) && rows.contains(1))
+        // The three rows that hold a channel's absmax (10, 21, 33), then the first rows 0, 1, 2.
+        #expect(Array(rows.suffix(2 * columns)) == Array(x[(21 * columns)..<(22 * columns)]) + Array(x[(33 * columns)..<(34 * columns)]))
+        #expect(LLMFP4Quantizer.outlierRows(x, rows: n, columns: columns, count: 40) == x)
+    }
+
     @Test func recipeErrorsNameTheField() throws {
         #expect(throws: PTQError.self) {
             _ = try LLMFP4Quantizer(plan: Self.plan(weight: "{bits: 8}", activation: nil, parameters: "{weight_format: e2m1}"))
