@@ -24,6 +24,11 @@ import Recipes
 ///   at 2^e − 1 where Eq. 15 writes round(b_j − ρ) and 2^(e−1): we follow the code). The runtime
 ///   rounds x·2^(k_j) on the per-tensor grid 2^(−ρ) and multiplies the result by 2^(−k_j): the same
 ///   product as folding 2^(−k_j) into the weight columns.
+/// - **Beyond the paper** (off by default): `tensor_candidates` lets the activation search also
+///   score the baseline's per-tensor candidates and keep the better per layer. Because the code
+///   rounds b_j and ρ separately, a channel's effective bias ρ + k_j can exceed its own b_j by up to
+///   1, clipping its absmax by up to 2×; on inputs with a few huge channels (SmolLM2's down_proj)
+///   that clipping can cost more than k_j gains. `max_offset` lifts the 2^e − 1 cap on k_j.
 ///
 /// Cost on 2 cores (our choices, documented in docs/recipes.md): the weight error of row o is
 /// evaluated exactly in Gram form, `dᵀG d + 2 dᵀ r_o` with d = ŵ_o − w_o, G = X̂ᵀX̂ and
@@ -48,6 +53,24 @@ public struct LLMFP4Quantizer: Quantizer {
     public let activationFormats: [FloatingPointFormat]
     /// FPQ per-channel activation offsets k_j (false = the FPQ baseline's per-tensor bias).
     public let perChannel: Bool
+    /// Beyond the paper: with `perChannel`, the activation search also scores the FPQ baseline's
+    /// per-tensor candidates (no k_j) by the same output MSE and keeps the better per layer, so
+    /// FPQ's candidate set contains the baseline's (recipe key `tensor_candidates`).
+    public let tensorCandidates: Bool
+    /// Beyond the paper: the cap on k_j (nil = 2^e − 1 of the activation format, as the reference
+    /// clips). A larger cap lets ordinary channels of an input with huge outlier channels keep
+    /// their precision (recipe key `max_offset`).
+    public let maxOffset: Int?
+    /// Beyond the paper: k_j = clamp(⌊b_j − ρ⌋, …) instead of the code's round(b_j) − round(ρ), so a
+    /// channel's effective bias ρ + k_j never exceeds its own b_j and its absmax is never clipped
+    /// by the rounding (recipe key `offset_rounding: floor`; default `code`).
+    public let floorOffsets: Bool
+    /// Beyond the paper: the activation search's token subsample. `first` (default) takes the
+    /// first `tokens` reservoir rows; `outliers` takes half of them from the rows that come
+    /// closest to some channel's reservoir absmax (rare massive activations a small uniform
+    /// subsample misses, so that a clipping ρ is not chosen blind to them) and fills the rest with
+    /// the first rows (recipe key `token_selection`).
+    public let outlierTokens: Bool
     public let intervals: Int
     public let rounds: Int
     /// Reservoir rows used by the activation search (the weight search uses every reservoir row).
@@ -63,6 +86,15 @@ public struct LLMFP4Quantizer: Quantizer {
         rounds = try p.int("rounds", default: setting == .faithful ? 3 : 1, range: 1...10)
         tokens = try p.int("tokens", default: setting == .fast ? 512 : 1 << 20, range: 16...(1 << 20))
         perChannel = try p.bool("per_channel", default: searching)
+        tensorCandidates = try p.bool("tensor_candidates", default: false)
+        maxOffset = p.has("max_offset") ? try p.int("max_offset", default: 0, range: 0...30) : nil
+        outlierTokens = try p.string("token_selection", default: "first", oneOf: ["first", "outliers"]) == "outliers"
+        floorOffsets = try p.string("offset_rounding", default: "code", oneOf: ["code", "floor"]) == "floor"
+        if floorOffsets && !perChannel { throw p.error("offset_rounding", "rounds the per-channel offsets k_j; it needs per_channel: true") }
+        if maxOffset != nil && !perChannel { throw p.error("max_offset", "caps the per-channel offsets k_j; it needs per_channel: true") }
+        if tensorCandidates && !perChannel {
+            throw p.error("tensor_candidates", "adds the per-tensor candidates to the per-channel (k_j) search; it needs per_channel: true")
+        }
         let gammas = try p.doubles("gamma_range", default: [0.01, 1.2], range: 0.001...10)
         guard gammas.count == 2, gammas[0] < gammas[1] else {
             throw p.error("gamma_range", "must be [low, high] with low < high")
@@ -70,8 +102,9 @@ public struct LLMFP4Quantizer: Quantizer {
         gammaRange = gammas[0]...gammas[1]
         let weightFormat = try p.string("weight_format", default: searching ? "search" : "default")
         let activationFormat = try p.string("activation_format", default: searching ? "search" : "default")
-        try p.rejectUnknown(allowed: ["setting", "intervals", "rounds", "tokens", "per_channel", "gamma_range",
-                                      "weight_format", "activation_format"])
+        try p.rejectUnknown(allowed: ["setting", "intervals", "rounds", "tokens", "per_channel", "tensor_candidates", "max_offset",
+                                      "offset_rounding", "token_selection",
+                                      "gamma_range", "weight_format", "activation_format"])
         let line = plan.ruleLine.map { "line \($0): " } ?? ""
         guard plan.weight.symmetric else {
             throw PTQError("\(line)\(plan.name): llmfp4 weights are sign-magnitude minifloats; set symmetric: true")
@@ -146,7 +179,8 @@ public struct LLMFP4Quantizer: Quantizer {
             }
             channelAbsMax = statistics.absMaximum
             act = ActivationCandidate(format: FloatingPointFormat.defaultFormat(bits: bits), gamma: 1,
-                                      channelAbsMax: channelAbsMax, perChannel: perChannel)
+                                      channelAbsMax: channelAbsMax, perChannel: perChannel, maxOffset: maxOffset,
+                                      floorOffsets: floorOffsets)
         }
         var weightFormat = weightFormats[0]
         var scales = Self.initialScales(w, rows: rows, columns: columns, groupSize: gs, format: weightFormat, gamma: 1)
@@ -160,11 +194,15 @@ public struct LLMFP4Quantizer: Quantizer {
             let x = Array(reservoir.prefix(n * columns))
             let gammas = Self.gammas(intervals: intervals, range: gammaRange)
             let tokenCount = min(tokens, n)
-            let xs = Array(x.prefix(tokenCount * columns))
+            let xs = outlierTokens ? Self.outlierRows(x, rows: n, columns: columns, count: tokenCount)
+                                   : Array(x.prefix(tokenCount * columns))
             let reference = Self.product(xs, rows: tokenCount, weight: w, out: rows, columns: columns)
             var weightErrors: [String] = []
             var activationErrors: [String] = []
+            // Wall time of the two searches (for profiling; `ptq inspect` shows them).
+            var weightSeconds = 0.0, activationSeconds = 0.0
             for _ in 0..<rounds {
+                let weightStart = Date()
                 // Weight biases for every format, then the weight format.
                 // q/k/v (gate/up) share an input point: their first round shares X̂ and so G and X̂ᵀX.
                 let key = "llmfp4.moments|\(act.map { "\($0.format)|\($0.gamma)|\($0.offsets != nil)" } ?? "float")|\(n)"
@@ -185,26 +223,37 @@ public struct LLMFP4Quantizer: Quantizer {
                 scales = best!.scales
                 weightErrors.append(String(format: "%.4g", best!.error / Double(n * rows)))
                 // Activation bias for every format, then the activation format.
+                weightSeconds += Date().timeIntervalSince(weightStart)
                 guard activationBits != nil else { continue }
+                let activationStart = Date()
                 let deq = FloatingPointWeight.quantize(w, rows: rows, columns: columns, groupSize: gs,
                                                        format: weightFormat, scales: scales).dequantizedReference()
                 var bestAct: (error: Double, candidate: ActivationCandidate)?
+                // With tensor_candidates the per-tensor (baseline) candidates follow the k_j ones, so
+                // ties keep k_j; each is scored on the same tokens by the same output MSE.
+                let kinds = tensorCandidates ? [true, false] : [perChannel]
                 for f in activationFormats {
-                    for g in gammas {
-                        let c = ActivationCandidate(format: f, gamma: g, channelAbsMax: channelAbsMax, perChannel: perChannel)
-                        let y = Self.product(c.apply(xs, rows: tokenCount, columns: columns), rows: tokenCount,
-                                             weight: deq, out: rows, columns: columns)
-                        var error = 0.0
-                        for i in 0..<y.count { let d = Double(y[i] - reference[i]); error += d * d }
-                        if bestAct == nil || error < bestAct!.error { bestAct = (error, c) }
+                    for channelWise in kinds {
+                        for g in gammas {
+                            let c = ActivationCandidate(format: f, gamma: g, channelAbsMax: channelAbsMax,
+                                                        perChannel: channelWise, maxOffset: maxOffset,
+                                                        floorOffsets: floorOffsets)
+                            let y = Self.product(c.apply(xs, rows: tokenCount, columns: columns), rows: tokenCount,
+                                                 weight: deq, out: rows, columns: columns)
+                            var error = 0.0
+                            for i in 0..<y.count { let d = Double(y[i] - reference[i]); error += d * d }
+                            if bestAct == nil || error < bestAct!.error { bestAct = (error, c) }
+                        }
                     }
                 }
                 act = bestAct!.candidate
                 activationErrors.append(String(format: "%.4g", bestAct!.error / Double(tokenCount * rows)))
+                activationSeconds += Date().timeIntervalSince(activationStart)
             }
             details["weight_mse_per_round"] = weightErrors.joined(separator: ",")
             if !activationErrors.isEmpty { details["output_mse_per_round"] = activationErrors.joined(separator: ",") }
             details["search_tokens"] = "\(n) weight, \(tokenCount) activation"
+            details["search_seconds"] = String(format: "%.2f weight, %.2f activation", weightSeconds, activationSeconds)
         }
         let weight = FloatingPointWeight.quantize(w, rows: rows, columns: columns, groupSize: gs,
                                                   format: weightFormat, scales: scales)
@@ -215,6 +264,7 @@ public struct LLMFP4Quantizer: Quantizer {
             details["activation_format"] = a.format.description
             details["activation_gamma"] = String(format: "%.4f", a.gamma)
             details["activation_bias"] = String(format: "%.4f", a.bias)
+            if tensorCandidates { details["activation_offsets"] = a.offsets == nil ? "none (per-tensor kept)" : "k_j" }
             if let k = a.offsets {
                 details["k_mean"] = String(format: "%.2f", Double(k.reduce(0, +)) / Double(max(k.count, 1)))
                 details["k_max"] = "\(k.max() ?? 0)"
@@ -223,6 +273,24 @@ public struct LLMFP4Quantizer: Quantizer {
         details["seconds"] = String(format: "%.2f", Date().timeIntervalSince(start))
         return QuantizedLinear(name: layer.name, method: "llmfp4", weight: .floatingPoint(weight), bias: layer.bias,
                                activation: activation, details: details)
+    }
+
+    /// `count` rows of `x`: the `count / 2` rows with the largest max_j |x_tj| / M_j (M_j = the
+    /// channel's absmax over `x`), then the first rows not yet taken, in reservoir order.
+    static func outlierRows(_ x: [Float], rows n: Int, columns: Int, count: Int) -> [Float] {
+        guard count < n else { return x }
+        var m = [Float](repeating: 0, count: columns)
+        for t in 0..<n { for j in 0..<columns { m[j] = max(m[j], abs(x[t * columns + j])) } }
+        let closeness = (0..<n).map { t in
+            (0..<columns).reduce(Float(0)) { c, j in m[j] > 0 ? max(c, abs(x[t * columns + j]) / m[j]) : c }
+        }
+        let ranked = (0..<n).sorted { closeness[$0] != closeness[$1] ? closeness[$0] > closeness[$1] : $0 < $1 }
+        var taken = Set(ranked.prefix(count / 2))
+        for t in 0..<n where taken.count < count { taken.insert(t) }
+        var out: [Float] = []
+        out.reserveCapacity(count * columns)
+        for t in taken.sorted() { out.append(contentsOf: x[(t * columns)..<((t + 1) * columns)]) }
+        return out
     }
 
     /// Per-group scales 2^(−γ·b̃_init) with b̃_init from the group absmax (paper Eq. 7).
@@ -266,18 +334,22 @@ struct ActivationCandidate: Sendable {
     /// k_j (FPQ); nil for the per-tensor baseline.
     let offsets: [Int]?
 
-    init(format: FloatingPointFormat, gamma: Double, channelAbsMax: [Float], perChannel: Bool) {
+    init(format: FloatingPointFormat, gamma: Double, channelAbsMax: [Float], perChannel: Bool, maxOffset cap: Int? = nil,
+         floorOffsets: Bool = false) {
         self.format = format
         self.gamma = gamma
         if perChannel {
-            // b_j from each channel's absmax; ρ from the widest channel; k_j = clamp(round(b_j) − round(ρ), 0, 2^e − 1).
-            let maxOffset = (1 << format.exponentBits) - 1
+            // b_j from each channel's absmax; ρ from the widest channel; k_j = clamp(round(b_j) − round(ρ), 0, 2^e − 1)
+            // (the cap 2^e − 1 is the reference's; `max_offset` overrides it).
+            let maxOffset = cap ?? (1 << format.exponentBits) - 1
             let b = channelAbsMax.map { $0 > 0 ? format.initialBias(absMax: $0) : Double.infinity }
             let rhoInit = b.min().map { $0.isFinite ? $0 : 0 } ?? 0
             let rho = gamma * rhoInit
             let z = rho.rounded(.toNearestOrEven)
             offsets = b.map { bj in
-                bj.isFinite ? Int(min(max(bj.rounded(.toNearestOrEven) - z, 0), Double(maxOffset))) : maxOffset
+                guard bj.isFinite else { return maxOffset }
+                let k = floorOffsets ? (bj - rho).rounded(.down) : bj.rounded(.toNearestOrEven) - z
+                return Int(min(max(k, 0), Double(maxOffset)))
             }
             bias = rho
         } else {

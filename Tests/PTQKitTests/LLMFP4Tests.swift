@@ -217,6 +217,71 @@ struct LLMFP4Tests {
         #expect(e1 < 0.8 * e0, "search \(e1) vs minmax \(e0)")
     }
 
+    /// `tensor_candidates` adds the FPQ baseline's per-tensor candidates to the k_j search: on the
+    /// same weights its output error can only go down; `max_offset` lifts the 2^e − 1 cap on k_j.
+    @Test func tensorCandidatesAndOffsetCap() throws {
+        var rng = SeededGenerator(seed: 5)
+        let cols = 64, rows = 48
+        let w = (0..<rows * cols).map { _ in rng.float(in: -1...1) * 0.2 }
+        let layer = LinearLayer(name: "layers/0/mlp/gate_proj", weight: Tensor(shape: [rows, cols], data: w), bias: nil,
+                                inputPoint: "layers.0.mlp.input", role: .mlpInputProjection)
+        let stats = Self.statistics(channels: cols, rows: 256, seed: 6)
+        let weight = "{bits: 4, group_size: channel}", act = "{bits: 4, granularity: per_tensor}"
+        func run(_ parameters: String) throws -> QuantizedLinear {
+            try LLMFP4Quantizer(plan: Self.plan(weight: weight, activation: act, parameters: parameters))
+                .quantize(layer, statistics: stats)
+        }
+        let fpq = try run("{setting: fast, intervals: 20}")
+        let both = try run("{setting: fast, intervals: 20, tensor_candidates: true}")
+        let mse = { (q: QuantizedLinear) in Double(q.details["output_mse_per_round"]!)! }
+        #expect(mse(both) <= mse(fpq))
+        #expect(both.details["activation_offsets"] != nil && fpq.details["activation_offsets"] == nil)
+        #expect((both.activation?.channelScales == nil) == (both.details["activation_offsets"] == "none (per-tensor kept)"))
+        // Channel 5 is 30× wider than the rest: E2M1's cap k_j ≤ 3 binds, max_offset 6 does not.
+        #expect(fpq.details["k_max"] == "3")
+        let wide = try run("{setting: fast, intervals: 20, max_offset: 6}")
+        #expect(Int(wide.details["k_max"]!)! > 3 && Int(wide.details["k_max"]!)! <= 6)
+        // offset_rounding: floor never clips a channel's absmax (ρ + k_j ≤ b_j); the code's separate
+        // rounding does for some channels at this γ.
+        let absMax = (0..<cols).map { j in Float(j == 5 ? 30 : 1) * (0.2 + Float(j % 7) * 0.11) }
+        func clipped(_ floor: Bool) -> Int {
+            let c = ActivationCandidate(format: Self.e4m3, gamma: 0.93, channelAbsMax: absMax, perChannel: true,
+                                        floorOffsets: floor)
+            return (0..<cols).filter { j in
+                Self.e4m3.maxValue * c.scale * Float(sign: .plus, exponent: -c.offsets![j], significand: 1) < absMax[j] * 0.9999
+            }.count
+        }
+        #expect(clipped(true) == 0)
+        #expect(clipped(false) > 0)
+        for bad in ["{per_channel: false, offset_rounding: floor}", "{offset_rounding: nearest}",
+                    "{per_channel: false, tensor_candidates: true}", "{per_channel: false, max_offset: 4}", "{max_offset: 31}"] {
+            do {
+                _ = try run(bad)
+                Issue.record("accepted \(bad)")
+            } catch {
+                let key = ["offset_rounding", "max_offset", "tensor_candidates"].first { bad.contains($0) }!
+                #expect("\(error)".contains(key))
+            }
+        }
+    }
+
+    /// `token_selection: outliers` keeps the rare rows that hold a channel's absmax (which the first
+    /// rows miss) and fills up with the first rows, in reservoir order.
+    @Test func outlierRowsKeepTheRareMaxima() {
+        let columns = 4, n = 40
+        var x = [Float](repeating: 0.5, count: n * columns)
+        x[33 * columns + 2] = 100  // a massive activation far past the first rows
+        x[21 * columns + 0] = -7
+        x[10 * columns + 1] = 1
+        x[10 * columns + 3] = 1
+        let rows = LLMFP4Quantizer.outlierRows(x, rows: n, columns: columns, count: 6)
+        #expect(rows.count == 6 * columns)
+        #expect(rows.contains(100) && rows.contains(-7) && rows.contains(1))
+        // The three rows that hold a channel's absmax (10, 21, 33), then the first rows 0, 1, 2.
+        #expect(Array(rows.suffix(2 * columns)) == Array(x[(21 * columns)..<(22 * columns)]) + Array(x[(33 * columns)..<(34 * columns)]))
+        #expect(LLMFP4Quantizer.outlierRows(x, rows: n, columns: columns, count: 40) == x)
+    }
+
     @Test func recipeErrorsNameTheField() throws {
         #expect(throws: PTQError.self) {
             _ = try LLMFP4Quantizer(plan: Self.plan(weight: "{bits: 8}", activation: nil, parameters: "{weight_format: e2m1}"))
