@@ -82,9 +82,17 @@ extension CalibrationSamples {
     /// same ones; `count` is checked against the file.
     public static func calibrationSequences(for model: some QuantizableModel, tokenizer: any Tokenizer,
                                             settings: CalibrationSettings, count: Int) throws(PTQError) -> [[Int]] {
-        switch model.structure.task {
+        try calibrationSequences(task: model.structure.task, tokenizerSpec: model.tokenizer, tokenizer: tokenizer,
+                                 settings: settings, count: count)
+    }
+
+    /// The calibration sequences of a model that computes `task` with tokenizer `tokenizerSpec`
+    /// (what ``calibrationSequences(for:tokenizer:settings:count:)`` reads from a loaded model).
+    public static func calibrationSequences(task: ModelTask, tokenizerSpec: TokenizerSpec, tokenizer: any Tokenizer,
+                                            settings: CalibrationSettings, count: Int) throws(PTQError) -> [[Int]] {
+        switch task {
         case .languageModeling:
-            return try modelWindows(tokenizerSpec: model.tokenizer, tokenizer: tokenizer, settings: settings, count: count)
+            return try modelWindows(tokenizerSpec: tokenizerSpec, tokenizer: tokenizer, settings: settings, count: count)
         case .sentenceEmbedding:
             let all = try sentences(stsPath: settings.dataPath, evaluationHalf: false)
             guard count <= all.count / 2 else {
@@ -115,5 +123,28 @@ public enum Calibrator {
         }
         return CalibrationStatistics(modelIdentity: model.identity, settings: settings,
                                      tokens: tokens, points: collector.points)
+    }
+}
+
+extension Calibrator {
+    /// The statistics ``run(model:tokenizer:settings:request:quiet:)`` gathers, with the model
+    /// streamed one block at a time (``BlockStreamingModel``): peak memory is one block's
+    /// weights plus the hidden states of the calibration batch, not the model. The result is
+    /// bit-identical to the whole-model run.
+    public static func runBlockwise(_ family: any BlockStreamingModel.Type, weights: some WeightSource,
+                                    tokenizer: any Tokenizer, settings: CalibrationSettings, request: StatisticsRequest,
+                                    quiet: Bool = false) throws(PTQError) -> CalibrationStatistics {
+        let config = weights.config
+        let sequences = try CalibrationSamples.calibrationSequences(
+            task: config.structure.task, tokenizerSpec: weights.tokenizer, tokenizer: tokenizer, settings: settings,
+            count: settings.samples)
+        let identity = try config.identity { (name) throws(PTQError) in try weights.tensor(name) }
+        let collector = StatisticsCollector(request: request, seed: settings.seed)
+        let progress = ProgressReporter("calibrate (block by block)", total: config.layerCount, quiet: quiet)
+        try family.observeBlockwise(weights: weights, sequences: sequences, observer: collector) { layer in
+            progress.advance(detail: "block \(layer)")
+        }
+        return CalibrationStatistics(modelIdentity: identity, settings: settings,
+                                     tokens: sequences.reduce(0) { $0 + $1.count }, points: collector.points)
     }
 }

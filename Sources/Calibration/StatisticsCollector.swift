@@ -39,9 +39,17 @@ public final class StatisticsCollector: ActivationObserver {
             stats = existing
         } else {
             stats = PointStatistics(channels: columns, kinds: kinds, reservoirCapacity: request.reservoirRows,
-                                    seed: seed &+ UInt64(truncatingIfNeeded: point.hashValue & 0xFFFF))
+                                    seed: seed &+ Self.stableHash(point) & 0xFFFF)
             points[point] = stats
         }
         stats.add(values, rows: rows)
+    }
+
+    /// FNV-1a of the point name: the same in every process (`String.hashValue` is seeded per
+    /// process, which made reservoir samples, and AdaLog's searches on them, differ run to run).
+    static func stableHash(_ point: String) -> UInt64 {
+        var h: UInt64 = 0xcbf2_9ce4_8422_2325
+        for b in point.utf8 { h ^= UInt64(b); h = h &* 0x100_0000_01B3 }
+        return h
     }
 }

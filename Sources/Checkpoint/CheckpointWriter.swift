@@ -8,24 +8,46 @@ import PTQCore
 public enum CheckpointWriter {
     public static func write(_ contents: CheckpointContents, to path: String) throws(PTQError) {
         try contents.validate(source: path)
+        try write(config: contents.config, tokenizer: contents.tokenizer, metadata: contents.metadata,
+                  storageTypes: contents.storageTypes, to: path) { (name, _) throws(PTQError) in
+            contents.tensors[name]!  // validate() guarantees presence
+        }
+    }
+
+    /// Writes a checkpoint whose tensors `tensor` produces one at a time, in the config's
+    /// `expectedTensors` order, so that a model larger than memory can be written: only one
+    /// tensor is held at once. Each tensor must have the shape it is asked for and be finite.
+    public static func write(config: ModelConfig, tokenizer: TokenizerSpec, metadata: [String: String] = [:],
+                             storageTypes: [String: DType] = [:], to path: String,
+                             tensor: (_ name: String, _ shape: [Int]) throws(PTQError) -> Tensor) throws(PTQError) {
+        do {
+            try config.validate()
+            try tokenizer.validate(for: config)
+        } catch {
+            throw PTQError.file(path, error.message)
+        }
         try AtomicFile.write(to: path) { (temp: String) throws(PTQError) in
             let file = try HDF5File.create(temp)
             try file.setAttribute(".", "format", CheckpointFormat.formatName)
             try file.setAttribute(".", "format_version", CheckpointFormat.version)
-            for (key, value) in contents.metadata.sorted(by: { $0.key < $1.key }) {
+            for (key, value) in metadata.sorted(by: { $0.key < $1.key }) {
                 try file.setAttribute(".", "meta_\(key)", value)
             }
-            try writeConfig(contents.config, file)
-            try writeTokenizer(contents.tokenizer, file)
-            for (name, _) in contents.config.expectedTensors {
-                let tensor = contents.tensors[name]!  // validate() guarantees presence
+            try writeConfig(config, file)
+            try writeTokenizer(tokenizer, file)
+            for (name, shape) in config.expectedTensors {
+                let t = try tensor(name, shape)
+                guard t.shape == shape, t.data.count == Validation.checkedProduct(shape) else {
+                    throw PTQError.file(path, "tensor '\(name)' has shape \(t.shape) (\(t.data.count) values), expected \(shape)")
+                }
+                do throws(PTQError) { try Validation.requireFinite(t, name: name) } catch { throw PTQError.file(path, error.message) }
                 let stored: HDF5File.StoredFloat
-                switch contents.storageTypes[name] ?? .float32 {
+                switch storageTypes[name] ?? .float32 {
                 case .float32: stored = .float32
                 case .float16: stored = .float16
                 case .bfloat16: stored = .bfloat16
                 }
-                try file.writeFloats(name, shape: tensor.shape, data: tensor.data, as: stored)
+                try file.writeFloats(name, shape: t.shape, data: t.data, as: stored)
             }
             try file.flush()
         }

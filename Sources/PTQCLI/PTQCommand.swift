@@ -13,7 +13,7 @@ public struct PTQCommand: ParsableCommand {
             """,
         version: PTQ.version,
         subcommands: [ImportCommand.self, CalibrateCommand.self, QuantizeCommand.self, EvaluateCommand.self, VerifyCommand.self,
-                      InspectCommand.self, GenerateCommand.self, BenchCommand.self])
+                      InspectCommand.self, GenerateCommand.self, BenchCommand.self, SynthesizeCommand.self])
 
     public init() {}
 }

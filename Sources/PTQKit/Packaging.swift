@@ -40,12 +40,20 @@ extension PTQ {
             try OutputPath.check(OutputPath.failedName(output), option: "keep-failed output",
                                  inputs: [checkpoint, recipe.path, statsPath ?? ""])
         }
-        let outcome = try quantize(checkpoint: checkpoint, recipe: recipe, statsPath: statsPath, quiet: quiet)
         let staged = verify ? OutputPath.temporaryName(output, tag: "unverified") : output
+        let plan: [LayerPlan]
+        if try canQuantizeStreaming(plan: try recipe.plan(for: config), recipe: recipe) {
+            // Layer by layer into the file: peak memory is one layer, not the model.
+            plan = try quantizeStreaming(checkpoint: checkpoint, recipe: recipe, output: staged, statsPath: statsPath,
+                                         quiet: quiet).plan
+        } else {
+            let outcome = try quantize(checkpoint: checkpoint, recipe: recipe, statsPath: statsPath, quiet: quiet)
+            try PackedFile.write(outcome.packed, to: staged)
+            plan = outcome.plan
+        }
         var report: VerificationReport?
         let summary: PackedFileSummary
         do {
-            try PackedFile.write(outcome.packed, to: staged)
             summary = try PackedFile.summary(path: staged)
             if verify {
                 let quantized = try loadPacked(path: staged)
@@ -73,7 +81,7 @@ extension PTQ {
                 unlink(staged)
             }
         }
-        return PackOutcome(plan: outcome.plan, summary: summary, report: report, writtenPath: written,
+        return PackOutcome(plan: plan, summary: summary, report: report, writtenPath: written,
                            seconds: Date().timeIntervalSince(start))
     }
 

@@ -81,15 +81,23 @@ extension PTQ {
     /// Runs calibration for `request` with the recipe's settings.
     public static func calibrate(checkpoint: String, recipe: RecipeContext, request: StatisticsRequest,
                                  quiet: Bool = false) throws(PTQError) -> CalibrationStatistics {
-        let model = try loadModel(path: checkpoint)
-        try recipe.checkCalibration(for: model.config)
-        let settings = recipe.calibrationSettings(for: model.config)
+        let weights = CheckpointWeights(try CheckpointReader(path: checkpoint))
+        let config = weights.config
+        try recipe.checkCalibration(for: config)
+        let settings = recipe.calibrationSettings(for: config)
         guard FileManager.default.fileExists(atPath: settings.dataPath) else {
             throw PTQError.file(recipe.path, "calibration.data: file '\(settings.dataPath)' does not exist")
         }
-        let tokenizer = try tokenizer(for: model)
-        let statistics = try Calibrator.run(model: model, tokenizer: tokenizer, settings: settings, request: request,
-                                            quiet: quiet)
+        let statistics: CalibrationStatistics
+        if let family = ModelFamilies.blockStreamingType(for: config.architecture) {
+            // One block in memory at a time (HDF5 reads are lazy): models larger than memory calibrate.
+            statistics = try Calibrator.runBlockwise(family, weights: weights, tokenizer: try makeTokenizer(weights.tokenizer),
+                                                     settings: settings, request: request, quiet: quiet)
+        } else {
+            let model = try ModelFamilies.load(weights)
+            statistics = try Calibrator.run(model: model, tokenizer: try tokenizer(for: model), settings: settings,
+                                            request: request, quiet: quiet)
+        }
         try statistics.validate(source: "calibration of \(checkpoint)")
         return statistics
     }
@@ -101,85 +109,209 @@ extension PTQ {
         public var statistics: CalibrationStatistics?
     }
 
-    /// Quantizes every planned layer of `checkpoint` and returns the packed model (not yet written).
-    /// Statistics come from `statsPath` when given (refused if gathered on another model), else
-    /// from a calibration run when any quantizer needs them.
-    public static func quantize(checkpoint: String, recipe: RecipeContext, statsPath: String? = nil,
-                                quiet: Bool = false) throws(PTQError) -> QuantizationOutcome {
-        let reader = try CheckpointReader(path: checkpoint)
-        let config = reader.config
-        let plan = try recipe.plan(for: config)
-        let request = try statisticsRequest(plan: plan)
-        let identity = try config.identity { (name) throws(PTQError) in try reader.tensor(name) }
-        var statistics: CalibrationStatistics?
-        if let statsPath {
-            let stats = try CalibrationStatistics.read(path: statsPath, expectedIdentity: identity)
-            try stats.require(request, source: statsPath)
-            statistics = stats
-        } else if !request.isEmpty {
-            statistics = try calibrate(checkpoint: checkpoint, recipe: recipe, request: request, quiet: quiet)
+    /// What `quantizeStreaming` produced besides the file.
+    public struct StreamedQuantization {
+        public var plan: [LayerPlan]
+        public var statistics: CalibrationStatistics?
+    }
+
+    /// What every quantization run starts from: the checkpoint, the plan and the statistics.
+    struct QuantizationInputs {
+        let checkpoint: String
+        let reader: CheckpointReader
+        let plan: [LayerPlan]
+        let statistics: CalibrationStatistics?
+        let identity: String
+        /// Names the statistics in errors.
+        let statisticsSource: String
+        var config: ModelConfig { reader.config }
+
+        init(checkpoint: String, recipe: RecipeContext, statsPath: String?, quiet: Bool) throws(PTQError) {
+            self.checkpoint = checkpoint
+            reader = try CheckpointReader(path: checkpoint)
+            let config = reader.config
+            plan = try recipe.plan(for: config)
+            let request = try statisticsRequest(plan: plan)
+            let reader = self.reader
+            identity = try config.identity { (name) throws(PTQError) in try reader.tensor(name) }
+            statisticsSource = statsPath ?? "calibration of \(checkpoint)"
+            if let statsPath {
+                let stats = try CalibrationStatistics.read(path: statsPath, expectedIdentity: identity)
+                try stats.require(request, source: statsPath)
+                statistics = stats
+            } else if !request.isEmpty {
+                statistics = try calibrate(checkpoint: checkpoint, recipe: recipe, request: request, quiet: quiet)
+            } else {
+                statistics = nil
+            }
         }
-        var quantized: [String: QuantizedLinear] = [:]
-        let planned = Set(plan.map(\.name))
-        var blockwise: [String: PendingBlockLayer] = [:]
-        let progress = ProgressReporter("quantize", total: plan.count, quiet: quiet)
-        for layer in plan {
-            let quantizer = try QuantizerRegistry.quantizer(for: layer)
+
+        /// The float layer `layer` as its quantizer sees it (weights read from the checkpoint now),
+        /// and its input statistics, checked against its width.
+        func layerInput(_ layer: LayerPlan) throws(PTQError) -> (LinearLayer, PointStatistics?) {
             // A tied LM head reads the embedding table; its quantization is stored apart from the table's.
             let weight = try reader.tensor(layer.weightTensorName(config: config))
             let biasName = layer.name + "/bias"
             let bias = !layer.isEmbedding && reader.tensorNames.contains(biasName) ? try reader.tensor(biasName).data : nil
             let point = layer.inputPoint
-            let input = LinearLayer(layer, weight: weight, bias: bias)
             let pointStatistics = statistics?.points[point]
             if let pointStatistics, pointStatistics.channels != weight.shape[1] {
-                throw PTQError.file(statsPath ?? "calibration of \(checkpoint)",
+                throw PTQError.file(statisticsSource,
                                     "statistics of '\(point)' have \(pointStatistics.channels) channels but layer "
                                     + "'\(layer.name)' has \(weight.shape[1]) inputs")
             }
+            return (LinearLayer(layer, weight: weight, bias: bias), pointStatistics)
+        }
+
+        /// Quantizes one layer whose quantizer works layer by layer.
+        func quantized(_ layer: LayerPlan, with quantizer: any Quantizer, input: LinearLayer,
+                       statistics: PointStatistics?) throws(PTQError) -> QuantizedLinear {
+            var q = try quantizer.quantize(input, statistics: statistics)
+            if layer.isEmbedding, q.activation != nil || q.bias != nil {
+                throw PTQError("embedding: method \(layer.method) produced activation quantization or a bias; "
+                               + "an embedding table is weight-only")
+            }
+            q.name = layer.name
+            return q
+        }
+
+        /// The packed file's float tensors, by stored name, with the checkpoint tensor each is
+        /// read from: every checkpoint tensor that no planned layer covers, plus a tied head's
+        /// own float copy when only the table is quantized.
+        func floatTensorSources() -> [(name: String, source: String)] {
+            let planned = Set(plan.map(\.name))
+            var floats: [(name: String, source: String)] = []
+            for name in reader.tensorNames {
+                let layerName = name.hasSuffix("/weight") || name.hasSuffix("/bias")
+                    ? String(name[..<name.lastIndex(of: "/")!]) : name
+                if planned.contains(layerName) { continue }
+                floats.append((name, name))
+            }
+            if config.tiedEmbeddings, planned.contains(TensorNames.tokenEmbeddingLayer),
+               !planned.contains(TensorNames.lmHeadLayer) {
+                // The table is quantized but the tied head stays float: keep the head's float weights
+                // under its own name, so the head is not silently run on the quantized table.
+                floats.append((TensorNames.lmHead, TensorNames.tokenEmbedding))
+            }
+            return floats.sorted { $0.name < $1.name }
+        }
+
+        /// The packed model without payloads: config, tokenizer, recipe and provenance.
+        func packedHeader(recipe: RecipeContext) -> PackedModel {
+            PackedModel(
+                config: config, tokenizer: reader.tokenizer, floatTensors: [:], quantizedLinears: [:],
+                recipe: recipe.recipe.text, statsHash: statistics?.hash, modelIdentity: identity,
+                toolVersion: version,
+                metadata: ["source_checkpoint": checkpoint, "recipe_path": recipe.path,
+                           "calibration_data": absolutePath(recipe.calibrationPath(for: config)),
+                           "created": ISO8601DateFormatter().string(from: Date())])
+        }
+    }
+
+    /// Quantizes every planned layer of `checkpoint` and returns the packed model (not yet written).
+    /// Statistics come from `statsPath` when given (refused if gathered on another model), else
+    /// from a calibration run when any quantizer needs them.
+    public static func quantize(checkpoint: String, recipe: RecipeContext, statsPath: String? = nil,
+                                quiet: Bool = false) throws(PTQError) -> QuantizationOutcome {
+        let inputs = try QuantizationInputs(checkpoint: checkpoint, recipe: recipe, statsPath: statsPath, quiet: quiet)
+        let plan = inputs.plan
+        var quantized: [String: QuantizedLinear] = [:]
+        var blockwise: [String: PendingBlockLayer] = [:]
+        let progress = ProgressReporter("quantize", total: plan.count, quiet: quiet)
+        for layer in plan {
+            let quantizer = try QuantizerRegistry.quantizer(for: layer)
+            let (input, pointStatistics) = try inputs.layerInput(layer)
             if let reconstructed = quantizer as? any BinarizedBlockReconstruction, let budget = reconstructed.blockReconstruction {
                 // Finished below, block by block, once every layer has its starting point.
                 blockwise[layer.name] = (reconstructed, input, budget,
                                          try reconstructed.initialParameters(for: input, statistics: pointStatistics))
             } else {
-                var q = try quantizer.quantize(input, statistics: pointStatistics)
-                if layer.isEmbedding, q.activation != nil || q.bias != nil {
-                    throw PTQError("embedding: method \(layer.method) produced activation quantization or a bias; "
-                                   + "an embedding table is weight-only")
-                }
-                q.name = layer.name
-                quantized[layer.name] = q
+                quantized[layer.name] = try inputs.quantized(layer, with: quantizer, input: input, statistics: pointStatistics)
             }
             progress.advance(detail: layer.name)
         }
         if !blockwise.isEmpty {
-            let learned = try reconstructBlocks(blockwise, weights: CheckpointWeights(reader), recipe: recipe, quiet: quiet)
+            let learned = try reconstructBlocks(blockwise, weights: CheckpointWeights(inputs.reader), recipe: recipe,
+                                                quiet: quiet)
             for (name, layer) in learned { quantized[name] = layer }
         }
-        var floats: [String: Tensor] = [:]
-        for name in reader.tensorNames {
-            let layerName = name.hasSuffix("/weight") || name.hasSuffix("/bias")
-                ? String(name[..<name.lastIndex(of: "/")!]) : name
-            if planned.contains(layerName) { continue }
-            floats[name] = try reader.tensor(name)
+        var packed = inputs.packedHeader(recipe: recipe)
+        for (name, source) in inputs.floatTensorSources() {
+            packed.floatTensors[name] = try inputs.reader.tensor(source)
         }
-        if config.tiedEmbeddings, planned.contains(TensorNames.tokenEmbeddingLayer),
-           !planned.contains(TensorNames.lmHeadLayer) {
-            // The table is quantized but the tied head stays float: keep the head's float weights
-            // under its own name, so the head is not silently run on the quantized table.
-            floats[TensorNames.lmHead] = try reader.tensor(TensorNames.tokenEmbedding)
-        }
-        var packed = PackedModel(
-            config: config, tokenizer: reader.tokenizer, floatTensors: floats, quantizedLinears: quantized,
-            recipe: recipe.recipe.text, statsHash: statistics?.hash, modelIdentity: identity,
-            toolVersion: version,
-            metadata: ["source_checkpoint": checkpoint, "recipe_path": recipe.path,
-                       "calibration_data": absolutePath(recipe.calibrationPath(for: config)),
-                       "created": ISO8601DateFormatter().string(from: Date())])
+        packed.quantizedLinears = quantized
         packed.activationSites = try searchAttentionProbabilities(checkpoint: checkpoint, recipe: recipe, quiet: quiet)
         // The loader's checks, before anything is written: a .ptq PTQKit writes always loads.
         try packed.validateModel(source: "\(checkpoint) quantized with \(recipe.path)")
-        return QuantizationOutcome(packed: packed, plan: plan, statistics: statistics)
+        return QuantizationOutcome(packed: packed, plan: plan, statistics: inputs.statistics)
+    }
+
+    /// Whether `recipe` can be quantized and packed layer by layer (``quantizeStreaming``):
+    /// every planned layer's quantizer works alone (no block reconstruction) and attention
+    /// probabilities stay float (their search runs the whole model).
+    public static func canQuantizeStreaming(plan: [LayerPlan], recipe: RecipeContext) throws(PTQError) -> Bool {
+        guard recipe.recipe.attentionProbabilities == nil else { return false }
+        for layer in plan {
+            let quantizer = try QuantizerRegistry.quantizer(for: layer)
+            if let reconstructed = quantizer as? any BinarizedBlockReconstruction, reconstructed.blockReconstruction != nil {
+                return false
+            }
+        }
+        return true
+    }
+
+    /// Quantizes `checkpoint` and writes the packed model to `output` as it goes: one float
+    /// tensor or one layer in memory at a time (float32 weights, codes, compressed sections),
+    /// calibrating block by block when statistics are needed, so a model larger than memory
+    /// quantizes. The file is byte-identical to ``quantize(checkpoint:recipe:statsPath:quiet:)``
+    /// followed by `PackedFile.write` (apart from the `created` time in its metadata). Recipes
+    /// ``canQuantizeStreaming(plan:recipe:)`` refuses are an error. Written under a temporary
+    /// name, renamed into place when complete.
+    public static func quantizeStreaming(checkpoint: String, recipe: RecipeContext, output: String,
+                                         statsPath: String? = nil, quiet: Bool = false) throws(PTQError) -> StreamedQuantization {
+        let inputs = try QuantizationInputs(checkpoint: checkpoint, recipe: recipe, statsPath: statsPath, quiet: quiet)
+        guard try canQuantizeStreaming(plan: inputs.plan, recipe: recipe) else {
+            throw PTQError.file(recipe.path, "this recipe needs the whole model at once (block reconstruction or an "
+                                + "attention_probs search); use PTQ.quantize")
+        }
+        let source = "\(checkpoint) quantized with \(recipe.path)"
+        let config = inputs.config
+        let expected = Dictionary(config.expectedTensors.map { ($0.name, $0.shape) }, uniquingKeysWith: { a, _ in a })
+        let writer = try PackedFileWriter(path: output)
+        let header = inputs.packedHeader(recipe: recipe)
+        func part(floats: [String: Tensor] = [:], linears: [String: QuantizedLinear] = [:]) -> PackedModel {
+            var part = header
+            part.floatTensors = floats
+            part.quantizedLinears = linears
+            return part
+        }
+        // The one-shot writer's order: float tensors by name, then quantized layers by name.
+        for (name, tensorSource) in inputs.floatTensorSources() {
+            let tensor = try inputs.reader.tensor(tensorSource)
+            // The checks `validateModel` makes on a whole packed model, one tensor at a time.
+            let shape = name == TensorNames.lmHead ? [config.vocabSize, config.hiddenSize] : expected[name]
+            guard let shape else { throw PTQError.file(source, "tensor '\(name)' is not a tensor of this model") }
+            guard tensor.shape == shape else {
+                throw PTQError.file(source, "tensor '\(name)' has shape \(tensor.shape), the config needs \(shape)")
+            }
+            do throws(PTQError) { try Validation.requireFinite(tensor, name: name) } catch { throw PTQError.file(source, error.message) }
+            try writer.append(part(floats: [name: tensor]))
+        }
+        let progress = ProgressReporter("quantize and pack", total: inputs.plan.count, quiet: quiet)
+        for layer in inputs.plan.sorted(by: { $0.name < $1.name }) {
+            let quantizer = try QuantizerRegistry.quantizer(for: layer)
+            let (input, pointStatistics) = try inputs.layerInput(layer)
+            let q = try inputs.quantized(layer, with: quantizer, input: input, statistics: pointStatistics)
+            guard q.weight.rows == input.weight.shape[0], q.weight.columns == input.weight.shape[1] else {
+                throw PTQError.file(source, "quantized layer '\(layer.name)' is \(q.weight.rows)×\(q.weight.columns), "
+                                    + "the config needs \(input.weight.shape[0])×\(input.weight.shape[1])")
+            }
+            do throws(PTQError) { try q.validate() } catch { throw PTQError.file(source, error.message) }
+            try writer.append(part(linears: [layer.name: q]))
+            progress.advance(detail: layer.name)
+        }
+        try writer.finish(header)
+        return StreamedQuantization(plan: inputs.plan, statistics: inputs.statistics)
     }
 
     /// Held-out samples `verify` compares on when neither the command line nor the recipe's

@@ -183,37 +183,6 @@ struct ByteReader {
 /// Writes a file under `.<name>.tmp-<pid>` in the destination folder, syncs it and renames it
 /// into place, so `path` holds either the old file or the complete new one. The temporary
 /// file is removed when anything fails.
-enum PackedAtomicFile {
-    static func write(to path: String, _ body: (FileDescriptorWriter) throws(PTQError) -> Void) throws(PTQError) {
-        let url = URL(fileURLWithPath: path)
-        let folder = url.deletingLastPathComponent().path
-        var isDirectory: ObjCBool = false
-        guard FileManager.default.fileExists(atPath: folder, isDirectory: &isDirectory), isDirectory.boolValue else {
-            throw PTQError.file(path, "output folder '\(folder)' does not exist")
-        }
-        let temp = url.deletingLastPathComponent().appendingPathComponent(".\(url.lastPathComponent).tmp-\(getpid())").path
-        let fd = open(temp, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
-        guard fd >= 0 else {
-            throw PTQError.file(path, "cannot create '\(temp)': \(String(cString: strerror(errno)))")
-        }
-        let writer = FileDescriptorWriter(fd: fd, path: path)
-        do throws(PTQError) {
-            try body(writer)
-            if fsync(fd) != 0 { throw PTQError.file(path, "cannot sync: \(String(cString: strerror(errno)))") }
-            let closed = close(fd)
-            writer.closed = true
-            if closed != 0 { throw PTQError.file(path, "cannot close: \(String(cString: strerror(errno)))") }
-            if rename(temp, path) != 0 {
-                throw PTQError.file(path, "cannot move the finished file into place: \(String(cString: strerror(errno)))")
-            }
-        } catch {
-            if !writer.closed { close(fd) }
-            unlink(temp)
-            throw error
-        }
-    }
-}
-
 /// Sequential writes to an open file descriptor, retrying partial writes and EINTR.
 final class FileDescriptorWriter {
     let fd: Int32

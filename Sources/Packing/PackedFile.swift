@@ -18,52 +18,11 @@ public enum PackedFile {
     /// Writes `model` to `path` atomically (temporary file in the same folder, then rename).
     /// `compressionLevel` is a zstd level (1…19 typical; 3 is zstd's default).
     public static func write(_ model: PackedModel, to path: String, compressionLevel: Int = 3) throws(PTQError) {
-        guard Zstd.levelRange.contains(compressionLevel) else {
-            throw PTQError.file(path, "zstd compression level \(compressionLevel) is out of range "
-                                + "(\(Zstd.levelRange.lowerBound)…\(Zstd.levelRange.upperBound))")
-        }
-        let plan = try WritePlan(model: model, path: path)
-        let encoded = try encodePayloads(plan.jobs, level: compressionLevel, path: path)
-
-        // Manifest and tokenizer, now that every payload's stored size is known.
-        var storedByName: [String: Int] = [:]
-        for section in encoded { storedByName[section.name] = section.stored.count }
-        var manifest = plan.manifest
-        // The lowest version that represents the file, so older readers keep reading what they can.
-        let version: UInt32 = manifest.quantizedLinears.contains { $0.outlierColumns != nil } ? 2 : 1
-        manifest.formatVersion = Int(version)
-        for i in manifest.floatTensors.indices {
-            manifest.floatTensors[i].storedBytes = storedByName[manifest.floatTensors[i].section] ?? 0
-        }
-        for i in manifest.quantizedLinears.indices {
-            let e = manifest.quantizedLinears[i]
-            manifest.quantizedLinears[i].storedBytes = e.sectionNames.reduce(0) { $0 + (storedByName[$1] ?? 0) }
-        }
-        let manifestJSON: [UInt8], tokenizerJSON: [UInt8]
-        do {
-            manifestJSON = Array(try PackedManifest.encoder().encode(manifest))
-            tokenizerJSON = Array(try PackedManifest.encoder().encode(model.tokenizer))
-        } catch {
-            throw PTQError.file(path, "cannot encode the manifest: \(error)")
-        }
-        var sections: [EncodedSection] = []
-        sections.append(try encodeSection(name: "manifest", kind: .manifest, raw: manifestJSON,
-                                          level: compressionLevel, path: path))
-        sections.append(try encodeSection(name: WritePlan.tokenizerSection, kind: .tokenizer, raw: tokenizerJSON,
-                                          level: compressionLevel, path: path))
-        sections.append(contentsOf: encoded)
-
-        let layout = Layout(sections, version: version)
-        try PackedAtomicFile.write(to: path) { (out) throws(PTQError) in
-            try out.write(layout.header)
-            for (s, entry) in zip(sections, layout.table) {
-                try out.writeZeros(entry.offset - out.position)
-                try out.write(s.stored)
-            }
-            try out.writeZeros(layout.tableOffset - out.position)
-            try out.write(layout.tableBytes)
-            precondition(out.position == layout.fileSize)
-        }
+        // The one-shot write is the incremental writer fed everything at once, so a model
+        // written piece by piece (`PackedFileWriter`) is byte-identical to one written whole.
+        let writer = try PackedFileWriter(path: path, compressionLevel: compressionLevel)
+        try writer.append(model)
+        try writer.finish(model)
     }
 
     /// Where everything goes: header, sections at 64-byte boundaries in the given order,
@@ -85,15 +44,22 @@ public enum PackedFile {
                 offset += s.stored.count
             }
             tableOffset = PackedLayout.aligned(offset)
+            (tableBytes, fileSize, header) = Self.tail(table, tableOffset: tableOffset, version: version)
+        }
+
+        /// The table bytes (entries and their CRC-32), the file size and the header of a file
+        /// whose sections are `table` and whose table starts at `tableOffset`, at format `version`.
+        static func tail(_ table: [PackedSection], tableOffset: Int,
+                         version: UInt32) -> (tableBytes: [UInt8], fileSize: Int, header: [UInt8]) {
             let entries = PackedLayout.encodeTable(table)
             var w = ByteWriter()
             w.bytes(entries)
             w.u32(CRC32.checksum(entries))
-            tableBytes = w.data
-            fileSize = tableOffset + tableBytes.count
-            header = PackedLayout.Header(version: version, flags: 0,
-                                         sectionCount: UInt32(table.count), tableOffset: UInt64(tableOffset),
-                                         tableSize: UInt64(entries.count), fileSize: UInt64(fileSize)).encoded()
+            let fileSize = tableOffset + w.data.count
+            let header = PackedLayout.Header(version: version, flags: 0,
+                                             sectionCount: UInt32(table.count), tableOffset: UInt64(tableOffset),
+                                             tableSize: UInt64(entries.count), fileSize: UInt64(fileSize)).encoded()
+            return (w.data, fileSize, header)
         }
 
         /// The whole file in memory (tests and tools; `write` streams instead).
