@@ -229,6 +229,16 @@ struct AttentionOperandTests {
         #expect(files[0].count > 0 && files[0] == files[1])
     }
 
+    /// The reservoir seed of a point is a fixed function of the seed and the name (FNV-1a), not
+    /// `String.hashValue`, which differs between processes: these constants hold in every run.
+    @Test func reservoirSeedIsStableAcrossProcesses() {
+        #expect(StatisticsCollector.reservoirSeed(0, point: "") == 0x2325)
+        #expect(StatisticsCollector.reservoirSeed(0, point: "a") == 0xec8c)
+        #expect(StatisticsCollector.reservoirSeed(7, point: "a") == 0xec8c + 7)
+        #expect(StatisticsCollector.reservoirSeed(0, point: "layers.0.mlp.down_proj.input")
+                != StatisticsCollector.reservoirSeed(0, point: "layers.1.mlp.down_proj.input"))
+    }
+
     /// The recipe fields parse, and LLaMA recipes asking for them are refused naming the field.
     @Test func recipeFieldsAndLlamaRefusal() throws {
         let base = "name: x\nmodel: bert\nscheme: {method: rtn, weight: {bits: 8}}\n"
