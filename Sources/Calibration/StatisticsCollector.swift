@@ -39,17 +39,19 @@ public final class StatisticsCollector: ActivationObserver {
             stats = existing
         } else {
             stats = PointStatistics(channels: columns, kinds: kinds, reservoirCapacity: request.reservoirRows,
-                                    seed: seed &+ Self.stableHash(point) & 0xFFFF)
+                                    seed: Self.reservoirSeed(seed, point: point))
             points[point] = stats
         }
         stats.add(values, rows: rows)
     }
 
-    /// FNV-1a of the point name: the same in every process (`String.hashValue` is seeded per
-    /// process, which made reservoir samples, and AdaLog's searches on them, differ run to run).
-    static func stableHash(_ point: String) -> UInt64 {
-        var h: UInt64 = 0xcbf2_9ce4_8422_2325
-        for b in point.utf8 { h ^= UInt64(b); h = h &* 0x100_0000_01B3 }
-        return h
+    /// The reservoir seed of one point: the calibration seed plus a stable hash of the point's
+    /// name. (It was `String.hashValue`, which Swift randomises per process, so the reservoir
+    /// — and everything searched on it, e.g. the post-GELU AdaLog scale — changed between two
+    /// identical runs.) FNV-1a over the UTF-8 bytes, low 16 bits, as before.
+    public static func reservoirSeed(_ seed: UInt64, point: String) -> UInt64 {
+        var hash: UInt64 = 0xcbf2_9ce4_8422_2325
+        for byte in point.utf8 { hash = (hash ^ UInt64(byte)) &* 0x0000_0100_0000_01b3 }
+        return seed &+ (hash & 0xFFFF)
     }
 }

@@ -73,4 +73,87 @@ public enum CodeAttention {
             }
         }
     }
+
+    /// Per-head uniform asymmetric codes of a `rows × width` operand slice (row stride `stride`):
+    /// `code = clamp(round(x/scale) + zero, 0, maxCode)`, written densely (`rows × width`).
+    public static func encodeUniform(_ x: UnsafePointer<Float>, rows: Int, width: Int, stride: Int, scale: Float,
+                                     zero: Int, maxCode: Int, into codes: UnsafeMutablePointer<UInt8>) {
+        let inverse = 1 / scale, z = Float(zero), top = Float(maxCode)
+        for t in 0..<rows {
+            let row = x + t * stride, out = codes + t * width
+            for d in 0..<width { out[d] = UInt8(min(max((row[d] * inverse).rounded() + z, 0), top)) }
+        }
+    }
+
+    /// `scores[t, j] = alpha · Q̂_t·K̂_j` from per-head uniform codes, with
+    /// `Q̂ = sq·(qc − zq)`, `K̂ = sk·(kc − zk)`: the integer sum `Σ qc·kc` (Int32; 8-bit codes and
+    /// head widths up to 2^15 cannot overflow) is corrected by the zero-point terms
+    /// `− zk·Σqc − zq·Σkc + width·zq·zk` and scaled once by `alpha·sq·sk`.
+    /// - Parameters:
+    ///   - queryCodes: `rows × width`; keyCodes: `columns × width` (dense).
+    ///   - scores: `rows × columns`, row stride `columns`.
+    public static func integerScores(queryCodes: UnsafePointer<UInt8>, rows: Int, keyCodes: UnsafePointer<UInt8>,
+                                     columns: Int, width: Int, queryScale: Float, queryZero: Int, keyScale: Float,
+                                     keyZero: Int, alpha: Float, into scores: UnsafeMutablePointer<Float>) {
+        var keySums = [Int32](repeating: 0, count: columns)
+        for j in 0..<columns {
+            var s: Int32 = 0
+            for d in 0..<width { s += Int32(keyCodes[j * width + d]) }
+            keySums[j] = s
+        }
+        let zq = Int32(queryZero), zk = Int32(keyZero), constant = Int32(width) * zq * zk
+        let factor = alpha * queryScale * keyScale
+        for t in 0..<rows {
+            let q = queryCodes + t * width
+            var querySum: Int32 = 0
+            for d in 0..<width { querySum += Int32(q[d]) }
+            let row = scores + t * columns
+            for j in 0..<columns {
+                let k = keyCodes + j * width
+                var dot: Int32 = 0
+                for d in 0..<width { dot &+= Int32(q[d]) * Int32(k[d]) }
+                row[j] = factor * Float(dot - zk * querySum - zq * keySums[j] + constant)
+            }
+        }
+    }
+
+    /// `out[t, d] = Σ_j level[pcode[t, j]] · V̂[j, d]` with `V̂ = vs·(vc − zv)` from codes only:
+    /// per row, the value codes of keys sharing a probability code are summed as integers
+    /// (`B_c[d] = Σ vc[j, d]`, with the count `n_c`), then each code's level is applied once:
+    /// `out = vs · Σ_c level[c]·(B_c[d] − n_c·zv)`. The zero code (`skipCode`) is skipped.
+    /// - Parameters:
+    ///   - codes: probability codes, `rows × columns`.
+    ///   - valueCodes: `columns × width` (dense).
+    ///   - out: `rows × width`, row stride `outStride`.
+    public static func multiplyIntegerValues(codes: UnsafePointer<UInt8>, rows: Int, columns: Int, skipCode: Int,
+                                             levels: UnsafeBufferPointer<Float>, valueCodes: UnsafePointer<UInt8>,
+                                             width: Int, valueScale: Float, valueZero: Int,
+                                             into out: UnsafeMutablePointer<Float>, outStride: Int) {
+        let levelCount = levels.count
+        let buckets = UnsafeMutablePointer<Int32>.allocate(capacity: levelCount * width)
+        var counts = [Int32](repeating: 0, count: levelCount)
+        defer { buckets.deallocate() }
+        let zv = Int32(valueZero)
+        for t in 0..<rows {
+            for c in 0..<levelCount { counts[c] = 0 }
+            let rowCodes = codes + t * columns
+            for j in 0..<columns {
+                let c = Int(rowCodes[j])
+                if c == skipCode { continue }
+                let bucket = buckets + c * width, v = valueCodes + j * width
+                if counts[c] > 0 {
+                    for d in 0..<width { bucket[d] += Int32(v[d]) }
+                } else {
+                    for d in 0..<width { bucket[d] = Int32(v[d]) }
+                }
+                counts[c] += 1
+            }
+            let o = out + t * outStride
+            for d in 0..<width { o[d] = 0 }
+            for c in 0..<levelCount where counts[c] > 0 {
+                let level = levels[c] * valueScale, bucket = buckets + c * width, offset = counts[c] * zv
+                for d in 0..<width { o[d] += level * Float(bucket[d] - offset) }
+            }
+        }
+    }
 }

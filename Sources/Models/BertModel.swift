@@ -86,10 +86,15 @@ public final class BertModel: Sendable {
             layer.k.forward(x, rows: T, into: &k)
             layer.v.forward(x, rows: T, into: &v)
             for h in 0..<H {
+                let headOp = probabilityOps[l] as? any HeadAwareAttentionOp
                 q.withUnsafeBufferPointer { qp in k.withUnsafeBufferPointer { kp in
                     scores.withUnsafeMutableBufferPointer { sp in
-                        BLAS.gemm(m: T, n: T, k: Dh, alpha: scale, a: qp.baseAddress! + h * Dh, lda: D,
-                                  b: kp.baseAddress! + h * Dh, ldb: D, transposeB: true, c: sp.baseAddress!, ldc: T)
+                        // Fully quantized attention computes Q·Kᵀ on codes; otherwise float.
+                        if headOp?.scores(head: h, queries: qp.baseAddress! + h * Dh, rows: T, keys: kp.baseAddress! + h * Dh,
+                                          columns: T, width: Dh, stride: D, alpha: scale, into: sp.baseAddress!) != true {
+                            BLAS.gemm(m: T, n: T, k: Dh, alpha: scale, a: qp.baseAddress! + h * Dh, lda: D,
+                                      b: kp.baseAddress! + h * Dh, ldb: D, transposeB: true, c: sp.baseAddress!, ldc: T)
+                        }
                         for t in 0..<T {
                             let row = sp.baseAddress! + t * T
                             Ops.softmax(row, count: valid)   // padding keys are masked out
@@ -100,6 +105,11 @@ public final class BertModel: Sendable {
                 observe(observer, QuantizationPoints.attentionProbabilities(l), scores, rows: T, columns: T)
                 scores.withUnsafeBufferPointer { sp in v.withUnsafeBufferPointer { vp in
                     attention.withUnsafeMutableBufferPointer { op in
+                        if let headOp {
+                            headOp.multiply(head: h, probabilities: sp.baseAddress!, rows: T, columns: T, values: vp.baseAddress! + h * Dh,
+                                            valueStride: D, width: Dh, into: op.baseAddress! + h * Dh, outStride: D)
+                            return
+                        }
                         if let probabilityOp = probabilityOps[l] {
                             probabilityOp.multiply(probabilities: sp.baseAddress!, rows: T, columns: T, values: vp.baseAddress! + h * Dh,
                                                    valueStride: D, width: Dh, into: op.baseAddress! + h * Dh, outStride: D)

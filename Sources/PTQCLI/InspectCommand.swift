@@ -85,6 +85,9 @@ struct InspectCommand: ParsableCommand {
         }
         for site in summary.activationSites {
             print("  \(site.point) \(site.method) \(site.quantizer.summary)")
+            for (name, operand) in [("Q", site.query), ("K", site.key), ("V", site.value)] {
+                if let operand { print("      \(name): \(operand.summary)") }
+            }
             if !site.details.isEmpty {
                 print("      " + site.details.sorted(by: { $0.key < $1.key }).map { "\($0.key)=\($0.value)" }.joined(separator: ", "))
             }

@@ -247,12 +247,25 @@ public struct QuantizedActivationSite: Sendable, Equatable, Codable {
     public var quantizer: PositiveActivationQuantizer
     /// What the search decided, for `ptq inspect` (scanned error, candidates, …).
     public var details: [String: String]
+    /// Fully quantized attention (probability sites only): when set, `Q·Kᵀ` runs on per-head
+    /// uniform codes of Q and K (integer dot products, scales and zero points applied after the
+    /// integer sum); nil = Q and K stay float.
+    public var query: PerHeadUniformQuantizer?
+    public var key: PerHeadUniformQuantizer?
+    /// When set, `P·V` runs on the probability codes × per-head uniform codes of V (integer
+    /// bucket sums); nil = V stays float.
+    public var value: PerHeadUniformQuantizer?
 
-    public init(point: String, method: String, quantizer: PositiveActivationQuantizer, details: [String: String] = [:]) {
+    public init(point: String, method: String, quantizer: PositiveActivationQuantizer, details: [String: String] = [:],
+                query: PerHeadUniformQuantizer? = nil, key: PerHeadUniformQuantizer? = nil,
+                value: PerHeadUniformQuantizer? = nil) {
         self.point = point
         self.method = method
         self.quantizer = quantizer
         self.details = details
+        self.query = query
+        self.key = key
+        self.value = value
     }
 
     /// The layer index of a `layers.N.attention.probs` point, nil for any other point.
@@ -260,5 +273,79 @@ public struct QuantizedActivationSite: Sendable, Equatable, Codable {
         let parts = point.split(separator: ".")
         guard parts.count == 4, parts[0] == "layers", parts[2] == "attention", parts[3] == "probs" else { return nil }
         return Int(parts[1])
+    }
+}
+
+/// Per-head uniform asymmetric quantizer of an attention matmul operand (Q, K or V of one
+/// layer): unsigned `n`-bit codes, `code = clamp(round(x/s_h) + z_h, 0, 2^n − 1)`, value
+/// `s_h·(code − z_h)`, one scale `s_h` and integer zero point `z_h` per head (AdaLog's
+/// reference quantizes Q, K and V per head, GoatWu/AdaLog `quant_layers/matmul.py`).
+///
+/// Stored as `{"bits": 4, "scales": [...], "zero_points": [...]}` (one entry per head).
+public struct PerHeadUniformQuantizer: Sendable, Equatable, Codable {
+    public let bits: Int
+    /// `s_h` per head.
+    public let scales: [Float]
+    /// `z_h` per head, in `0…2^n − 1`.
+    public let zeroPoints: [Int]
+
+    enum CodingKeys: String, CodingKey {
+        case bits, scales
+        case zeroPoints = "zero_points"
+    }
+
+    /// Validates the parameters (`what` names the operand in messages).
+    public init(bits: Int, scales: [Float], zeroPoints: [Int], what: String = "attention operand quantizer") throws(PTQError) {
+        guard (2...8).contains(bits) else { throw PTQError("\(what): \(bits) bits is out of range (2…8)") }
+        guard !scales.isEmpty, scales.count == zeroPoints.count else {
+            throw PTQError("\(what): \(scales.count) scales and \(zeroPoints.count) zero points (one of each per head)")
+        }
+        if let h = scales.firstIndex(where: { !($0.isFinite && $0 > 0) }) {
+            throw PTQError("\(what): head \(h) scale \(scales[h]) must be positive and finite")
+        }
+        if let h = zeroPoints.firstIndex(where: { !(0...((1 << bits) - 1)).contains($0) }) {
+            throw PTQError("\(what): head \(h) zero point \(zeroPoints[h]) is outside 0…\((1 << bits) - 1)")
+        }
+        self.bits = bits
+        self.scales = scales
+        self.zeroPoints = zeroPoints
+    }
+
+    /// The quantizer whose grid spans `[low, high]` (widened to contain 0, as an asymmetric
+    /// grid with an integer zero point must), per head.
+    public static func fitting(bits: Int, ranges: [(low: Float, high: Float)],
+                               what: String = "attention operand quantizer") throws(PTQError) -> PerHeadUniformQuantizer {
+        let top = Float((1 << bits) - 1)
+        var scales: [Float] = [], zeros: [Int] = []
+        for (low, high) in ranges {
+            let lo = min(low, 0), hi = max(high, 0)
+            let scale = max((hi - lo) / top, 1e-8)
+            scales.append(scale)
+            zeros.append(Int(min(max((-lo / scale).rounded(), 0), top)))
+        }
+        return try PerHeadUniformQuantizer(bits: bits, scales: scales, zeroPoints: zeros, what: what)
+    }
+
+    public init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        try self.init(bits: c.decode(Int.self, forKey: .bits), scales: c.decode([Float].self, forKey: .scales),
+                      zeroPoints: c.decode([Int].self, forKey: .zeroPoints))
+    }
+
+    public var heads: Int { scales.count }
+    public var maxCode: Int { (1 << bits) - 1 }
+
+    /// Reference encoder of one value of head `head`.
+    public func code(_ x: Float, head: Int) -> Int {
+        Int(min(max((x / scales[head]).rounded() + Float(zeroPoints[head]), 0), Float(maxCode)))
+    }
+
+    /// Reference dequantizer of one code of head `head`.
+    public func value(code: Int, head: Int) -> Float { scales[head] * Float(code - zeroPoints[head]) }
+
+    /// `uniform4 asym per head, scales 0.012…0.09`.
+    public var summary: String {
+        let lo = scales.min() ?? 0, hi = scales.max() ?? 0
+        return "uniform\(bits) asymmetric per head (\(heads)), scales \(String(format: "%.4g", lo))…\(String(format: "%.4g", hi))"
     }
 }

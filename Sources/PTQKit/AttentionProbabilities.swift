@@ -20,10 +20,38 @@ extension PTQ {
         let sites = try AttentionProbabilitySearch.run(
             model: model, tokenizer: tokenizer, settings: settings, method: scheme.quantizer, bits: scheme.bits,
             samples: min(scheme.samples ?? defaultSamples, settings.samples), rowsPerHead: rows, quiet: quiet)
-        let seconds = String(format: "%.1f", Date().timeIntervalSince(start))
+        let seconds = Date().timeIntervalSince(start)
+        var operands: [AttentionOperandSearch.LayerResult] = []
+        var operandSeconds: Double = 0
+        if scheme.queryKeyBits != nil || scheme.valueBits != nil {
+            // Only the encoder's attention calls the head-aware ops (LLaMA keeps Q/K/V float).
+            guard model.config.architecture == .bert else {
+                throw PTQError.file(recipe.path, "attention_probs.query_key_bits / value_bits (line \(scheme.line)): fully "
+                                    + "quantized attention is supported for bert models only; this is \(model.config.architecture.rawValue)")
+            }
+            let operandStart = Date()
+            operands = try AttentionOperandSearch.run(
+                model: model, tokenizer: tokenizer, settings: settings,
+                samples: min(scheme.samples ?? defaultSamples, settings.samples),
+                queryKeyBits: scheme.queryKeyBits, valueBits: scheme.valueBits, quiet: quiet)
+            operandSeconds = Date().timeIntervalSince(operandStart)
+        }
+        if !quiet {
+            var line = "attention_probs: probability search " + String(format: "%.1f s", seconds)
+            if !operands.isEmpty { line += ", Q/K/V range search " + String(format: "%.1f s", operandSeconds) }
+            FileHandle.standardError.write(Data((line + "\n").utf8))
+        }
         var result: [String: QuantizedActivationSite] = [:]
         for var site in sites {
-            site.details["search_seconds"] = seconds
+            // Timings go to stderr, not into the file: two quantizations must give identical bytes.
+            if let layer = site.attentionProbabilityLayer, layer < operands.count {
+                let o = operands[layer]
+                site.query = o.query
+                site.key = o.key
+                site.value = o.value
+                if let e = o.scoresRelativeError { site.details["qk_scores_relative_mse"] = String(format: "%.3e", e) }
+                if let e = o.valueRelativeError { site.details["v_relative_mse"] = String(format: "%.3e", e) }
+            }
             result[site.point] = site
         }
         return result

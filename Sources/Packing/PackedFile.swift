@@ -227,6 +227,15 @@ public enum PackedFile {
                 throw PTQError.file(path, "activation site '\(site.point)': not an attention-probability point "
                                     + "layers.N.attention.probs of this \(config.layerCount)-layer model")
             }
+            if (site.query == nil) != (site.key == nil) {
+                throw PTQError.file(path, "activation site '\(site.point)': query and key quantizers must be given together")
+            }
+            for (name, operand) in [("query", site.query), ("key", site.key), ("value", site.value)] {
+                if let operand, operand.heads != config.headCount {
+                    throw PTQError.file(path, "activation site '\(site.point)': \(name) quantizer has \(operand.heads) heads, "
+                                        + "the model \(config.headCount)")
+                }
+            }
             guard seen.insert(site.point).inserted else {
                 throw PTQError.file(path, "activation site '\(site.point)' is listed twice")
             }

@@ -60,7 +60,6 @@ public struct AdaLogLinearQuantizer: Quantizer {
     public var requiredStatistics: Set<StatisticKind> { [.reservoir] }
 
     public func quantize(_ layer: LinearLayer, statistics: PointStatistics?) throws(PTQError) -> QuantizedLinear {
-        let start = Date()
         guard let statistics, let reservoir = statistics.reservoir, statistics.reservoirCount > 0 else {
             throw PTQError("\(layer.name): method adalog needs the input reservoir at \(layer.inputPoint)")
         }
@@ -139,8 +138,9 @@ public struct AdaLogLinearQuantizer: Quantizer {
         for v in reference { energy += Double(v * v) }
         let details = ["base": String(format: "2^(%d/%d)=%.4f", choice.q, choice.r, log.base),
                        "scale": "\(choice.s)", "offset": "\(offset)", "tokens": "\(n)",
-                       "output_relative_mse": String(format: "%.3e", keptScores[best] / max(energy, 1e-30)),
-                       "search_seconds": String(format: "%.1f", Date().timeIntervalSince(start))]
+                       "output_relative_mse": String(format: "%.3e", keptScores[best] / max(energy, 1e-30))]
+        // No search time in the details: they are stored, and two quantizations must give
+        // identical bytes (`ptq quantize` prints the total time).
         return QuantizedLinear(name: layer.name, method: "adalog", weight: .integer(w), bias: bias,
                                activation: activation, details: details)
     }
