@@ -110,7 +110,7 @@ public final class PackedFileWriter {
             manifest.floatTensors = floatEntries
             manifest.quantizedLinears = linearEntries
             // The lowest version that represents the file, so older readers keep reading what they can.
-            let version: UInt32 = manifest.quantizedLinears.contains { $0.outlierColumns != nil } ? 2 : 1
+            let version = UInt32(manifest.requiredVersion)
             manifest.formatVersion = Int(version)
             let manifestJSON: [UInt8], tokenizerJSON: [UInt8]
             do {

@@ -113,6 +113,23 @@ struct PackedManifest: Codable, Sendable {
         }
     }
 
+    /// What needs format version 2 in this manifest, or nil: fields a version-1 reader would
+    /// ignore and so run a different model (binary outlier columns; per-head Q/K/V codes of a
+    /// quantized attention site).
+    var versionTwoFeature: String? {
+        if let e = quantizedLinears.first(where: { $0.outlierColumns != nil }) {
+            return "the outlier columns of tensor '\(e.name)'"
+        }
+        if let site = activationSites?.first(where: { $0.query != nil || $0.key != nil || $0.value != nil }) {
+            return "the per-head query/key/value codes of '\(site.point)'"
+        }
+        return nil
+    }
+
+    /// The lowest format version that holds this manifest (writers use it, so files without
+    /// version-2 features stay readable by version-1 builds).
+    var requiredVersion: Int { versionTwoFeature == nil ? 1 : 2 }
+
     static func encoder() -> JSONEncoder {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]

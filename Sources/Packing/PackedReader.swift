@@ -222,8 +222,9 @@ struct Container {
                                 + "the header's \(version)")
         }
         // Version-2 fields in a version-1 file would be ignored by version-1 readers: refuse them.
-        if version < 2, let e = manifest.quantizedLinears.first(where: { $0.outlierColumns != nil }) {
-            throw PTQError.file(path, "tensor '\(e.name)': outlier columns need format version 2, the file says \(version)")
+        if Int(version) < manifest.requiredVersion {
+            throw PTQError.file(path, "section 'manifest': \(manifest.versionTwoFeature ?? "its fields") need format version "
+                                + "\(manifest.requiredVersion), the header says \(version)")
         }
         return manifest
     }
