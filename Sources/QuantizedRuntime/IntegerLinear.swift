@@ -246,17 +246,8 @@ public final class IntegerLinear: LinearOp {
                     LowBit.gemmI8Grouped(a: codes, m: rows, b: wc.baseAddress!, n: n, k: k, groupSize: groupSize,
                                          weightScales: ws.baseAddress!, c: y, ldc: n)
                     withOptional(p.zeroTerms) { zt in
-                        for i in 0..<rows {
-                            let rs = rowScales[i], yr = y + i * n
-                            for o in 0..<n { yr[o] = rs * yr[o] }
-                            guard let zt else { continue }
-                            let sums = codeSums + i * groups
-                            for o in 0..<n {
-                                var correction: Float = 0
-                                for g in 0..<groups { correction += zt[o * groups + g] * sums[g] }
-                                yr[o] -= correction
-                            }
-                        }
+                        Self.finishGroupedRows(y, rows: rows, n: n, groups: groups, rowScales: rowScales,
+                                               zeroTerms: zt, codeSums: codeSums)
                     }
                 }
             }
@@ -300,16 +291,29 @@ public final class IntegerLinear: LinearOp {
                             }
                             continue
                         }
-                        for o in 0..<n { yr[o] = rs * yr[o] }
-                        guard let zt else { continue }
-                        let sums = codeSums + i * groups
-                        for o in 0..<n {
-                            var correction: Float = 0
-                            for g in 0..<groups { correction += zt[o * groups + g] * sums[g] }
-                            yr[o] -= correction
-                        }
+                        Self.finishGroupedRows(yr, rows: 1, n: n, groups: groups, rowScales: rowScales + i,
+                                               zeroTerms: zt, codeSums: codeSums + i * groups)
                     }
                 }
+            }
+        }
+    }
+
+    /// The grouped-weight epilogue shared by the int8 and nibble kernels: `y` holds each row's
+    /// group-scaled integer sums; multiply by the activation row scale and subtract the
+    /// zero-point term Σ_g zt[o, g]·(rowScale·Σ_{j∈g} a) (asymmetric weights).
+    private static func finishGroupedRows(_ y: UnsafeMutablePointer<Float>, rows: Int, n: Int, groups: Int,
+                                          rowScales: UnsafePointer<Float>, zeroTerms zt: UnsafePointer<Float>?,
+                                          codeSums: UnsafePointer<Float>) {
+        for i in 0..<rows {
+            let rs = rowScales[i], yr = y + i * n
+            for o in 0..<n { yr[o] = rs * yr[o] }
+            guard let zt else { continue }
+            let sums = codeSums + i * groups
+            for o in 0..<n {
+                var correction: Float = 0
+                for g in 0..<groups { correction += zt[o * groups + g] * sums[g] }
+                yr[o] -= correction
             }
         }
     }
