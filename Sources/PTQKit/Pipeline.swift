@@ -246,7 +246,7 @@ extension PTQ {
         return QuantizationOutcome(packed: packed, plan: plan, statistics: inputs.statistics)
     }
 
-    /// Whether `recipe` can be quantized and packed layer by layer (``quantizeStreaming``):
+    /// Whether `recipe` can be quantized and packed layer by layer (``quantizeStreaming(checkpoint:recipe:output:statsPath:quiet:)``):
     /// every planned layer's quantizer works alone (no block reconstruction) and attention
     /// probabilities stay float (their search runs the whole model).
     public static func canQuantizeStreaming(plan: [LayerPlan], recipe: RecipeContext) throws(PTQError) -> Bool {
