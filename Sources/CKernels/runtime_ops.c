@@ -104,20 +104,6 @@ void ck_sgemv_f32(const float *w, size_t row_begin, size_t row_count, size_t col
 
 // ---- decode attention ------------------------------------------------------------------------
 
-static void softmax_in_place(float *s, size_t count) {
-    // The same operations as Ops.softmax (max, expf(x - max), running sum, times 1/sum).
-    float m = -INFINITY;
-    for (size_t j = 0; j < count; j++) m = s[j] > m ? s[j] : m;
-    float sum = 0;
-    for (size_t j = 0; j < count; j++) {
-        const float e = expf(s[j] - m);
-        s[j] = e;
-        sum += e;
-    }
-    const float inv = 1 / sum;
-    for (size_t j = 0; j < count; j++) s[j] *= inv;
-}
-
 void ck_attend_one_ref(const float *q, const float *keys, const float *values, size_t count, size_t stride,
                        size_t dim, float scale, float *scores, float *out) {
     for (size_t j = 0; j < count; j++) {
@@ -125,7 +111,7 @@ void ck_attend_one_ref(const float *q, const float *keys, const float *values, s
         for (size_t d = 0; d < dim; d++) s += q[d] * keys[j * stride + d];
         scores[j] = scale * s;
     }
-    softmax_in_place(scores, count);
+    ck_softmax_f32_ref(scores, count);  // scalar expf, the same operations as Ops.softmax
     for (size_t d = 0; d < dim; d++) out[d] = 0;
     for (size_t j = 0; j < count; j++)
         for (size_t d = 0; d < dim; d++) out[d] += scores[j] * values[j * stride + d];

@@ -200,12 +200,13 @@ public final class BinaryLinear: LinearOp {
             for o in 0..<n { y[o] += ys[o] }
             let kOut = outlierColumns.count
             guard kOut > 0 else { return }
-            let xo = outlierColumns.map { x[$0] }
             outlierValues.withUnsafeBufferPointer { v in
-                for o in 0..<n {
-                    var dot: Float = 0
-                    for t in 0..<kOut { dot += v[o * kOut + t] * xo[t] }
-                    y[o] += dot
+                outlierColumns.withUnsafeBufferPointer { cols in
+                    for o in 0..<n {
+                        var dot: Float = 0
+                        for t in 0..<kOut { dot += v[o * kOut + t] * x[cols[t]] }
+                        y[o] += dot
+                    }
                 }
             }
         case .elements:
