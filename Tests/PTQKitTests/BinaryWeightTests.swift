@@ -173,6 +173,16 @@ struct BinaryWeightTests {
         #expect(try PackedFile.summary(path: path).formatVersion == 2)
         let (plainPath, _) = try write(BinaryWeight(plain), "no-outliers.ptq")
         #expect(try PackedFile.summary(path: plainPath).formatVersion == 1)
+        // The same file relabelled version 1 in its header (checksum recomputed) is refused.
+        var bytes = Array(try Data(contentsOf: URL(fileURLWithPath: path)))
+        bytes[8] = 1
+        let headerCRC = CRC32.checksum(Array(bytes[0..<60]))
+        for k in 0..<4 { bytes[60 + k] = UInt8(truncatingIfNeeded: headerCRC >> (8 * k)) }
+        let relabelled = SyntheticModels.temporaryPath("outliers-v1.ptq")
+        try Data(bytes).write(to: URL(fileURLWithPath: relabelled))
+        #expect { try PackedFile.read(path: relabelled) } throws: { error in
+            (error as? PTQError)?.message.contains("format version") == true
+        }
 
         // The writer refuses outlier columns the kernels could not run as described.
         var bad = b
