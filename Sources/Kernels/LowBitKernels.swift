@@ -46,6 +46,35 @@ public enum LowBit {
         }
     }
 
+    /// Σ_t b[o, t] per weight row `[n, k]`: the `rowSums` of `gemvI8`, computed once at load.
+    public static func rowSumsI8(_ b: [Int8], n: Int, k: Int) -> [Int32] {
+        precondition(b.count == n * k, "rowSumsI8: \(b.count) codes for \(n)×\(k)")
+        var sums = [Int32](repeating: 0, count: n)
+        b.withUnsafeBufferPointer { p in sums.withUnsafeMutableBufferPointer { ck_row_sums_i8(p.baseAddress!, n, k, $0.baseAddress!) } }
+        return sums
+    }
+
+    /// Decode-sized `gemmI8` (a few activation rows): the same exact int32 results from a GEMV
+    /// kernel that takes 8 weight rows per pass (`ck_gemv_i8`); with `rowSums` (from
+    /// `rowSumsI8`) the VNNI path needs no sign step. Parallel over 8-row blocks of `n`.
+    public static func gemvI8(a: UnsafePointer<Int8>, m: Int, b: UnsafePointer<Int8>, n: Int, k: Int,
+                              rowSums: UnsafePointer<Int32>?, c: UnsafeMutablePointer<Int32>, ldc: Int) {
+        guard m > 0, n > 0 else { return }
+        let pa = SendableConstPointer(a), pb = SendableConstPointer(b), pc = SendablePointer(c)
+        let ps = rowSums.map { SendableConstPointer($0) }
+        let blocks = (n + 7) / 8
+        Parallel.forEachChunk(blocks, minimumChunk: chunk(workPerRow: 8 * m * k, atLeast: 1)) { r in
+            let begin = 8 * r.lowerBound, end = min(n, 8 * r.upperBound)
+            ck_gemv_i8(pa.base, m, pb.base, begin, end - begin, k, ps?.base, pc.base, ldc)
+        }
+    }
+
+    /// Scalar twin of `gemvI8`.
+    public static func gemvI8Reference(a: UnsafePointer<Int8>, m: Int, b: UnsafePointer<Int8>, n: Int, k: Int,
+                                       c: UnsafeMutablePointer<Int32>, ldc: Int) {
+        ck_gemv_i8_ref(a, m, b, 0, n, k, nil, c, ldc)
+    }
+
     /// Scalar twin of `gemmI8`.
     public static func gemmI8Reference(a: UnsafePointer<Int8>, m: Int, b: UnsafePointer<Int8>, n: Int, k: Int,
                                        c: UnsafeMutablePointer<Int32>, ldc: Int) {
