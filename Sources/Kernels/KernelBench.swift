@@ -158,18 +158,20 @@ public enum KernelBench {
                 }
             }
         }
-        // FP4 (E2M1) codes with float activations through the float table GEMV, per channel.
+        // FP4 (E2M1) codes with float (FP8-rounded) activations through the float table GEMV, g32
+        // (the LLM-FP4 recipes' grouping).
         do {
+            let group = 32
             let (off, total) = offsets { n, k in n * k / 2 }
-            let (soff, stotal) = offsets { n, _ in n }
+            let (soff, stotal) = offsets { n, k in n * (k / group) }
             let w = bytes(total, below: 256)
             let s = floats(stotal)
             let table: [Float] = [0, 0.5, 1, 1.5, 2, 3, 4, 6, -0.0, -0.5, -1, -1.5, -2, -3, -4, -6]
             w.withUnsafeBufferPointer { w in
                 s.withUnsafeBufferPointer { s in
-                    time("FP4 float-table GEMV per channel (MiniFloat.gemv)", layerPass, bytes: total + stotal * 4) {
+                    time("FP4 float-table GEMV g32 (MiniFloat.gemv)", layerPass, bytes: total + stotal * 4) {
                         for (i, (n, k)) in shapes.enumerated() {
-                            MiniFloat.gemv(codes: w.baseAddress! + off[i], nibbles: true, rows: n, columns: k, groupSize: k,
+                            MiniFloat.gemv(codes: w.baseAddress! + off[i], nibbles: true, rows: n, columns: k, groupSize: group,
                                            table: table, scales: s.baseAddress! + soff[i], x: x, y: &y)
                         }
                     }
