@@ -36,10 +36,23 @@ public enum LowBit {
 
     /// `c[i*ldc + j] = Σ_t a[i*k + t]·b[j*k + t]` (exact int32), `a` = activation codes `[m, k]`
     /// in ±127, `b` = weight codes `[n, k]` in [-128, 127]. Parallel over `n`.
+    /// With `rowSums` (`rowSumsI8` of `b`) and VNNI, the activations are biased to `a + 128` once
+    /// (`ck_bias_i8`) and the tiles need no sign step (`ck_gemm_i8_biased`); same results.
     public static func gemmI8(a: UnsafePointer<Int8>, m: Int, b: UnsafePointer<Int8>, n: Int, k: Int,
-                              c: UnsafeMutablePointer<Int32>, ldc: Int) {
+                              rowSums: UnsafePointer<Int32>? = nil, c: UnsafeMutablePointer<Int32>, ldc: Int) {
         guard m > 0, n > 0 else { return }
         let pa = SendableConstPointer(a), pb = SendableConstPointer(b), pc = SendablePointer(c)
+        if let rowSums, k % 32 == 0, TokenKernels.usesVNNI {
+            // Slot 6: no other kernel's buffer (Swift callers use 0–3, the C kernels 4 and 5).
+            let biased = threadScratch(slot: 6, count: m * k, of: UInt8.self)
+            ck_bias_i8(a, m * k, biased)
+            let pu = SendableConstPointer(UnsafePointer(biased)), ps = SendableConstPointer(rowSums)
+            Parallel.forEachChunk(n, minimumChunk: chunk(workPerRow: m * k, atLeast: 2)) { range in
+                _ = ck_gemm_i8_biased(pu.base, m, pb.base + range.lowerBound * k, range.count, k,
+                                      ps.base + range.lowerBound, pc.base + range.lowerBound, ldc)
+            }
+            return
+        }
         Parallel.forEachChunk(n, minimumChunk: chunk(workPerRow: m * k, atLeast: 2)) { range in
             ck_gemm_i8(pa.base, m, pb.base + range.lowerBound * k, range.count, k,
                        pc.base + range.lowerBound, ldc)

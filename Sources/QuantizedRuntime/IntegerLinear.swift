@@ -242,7 +242,10 @@ public final class IntegerLinear: LinearOp {
                                           c: acc, ldc: n)
                         }
                     } else {
-                        LowBit.gemmI8(a: codes, m: rows, b: wc.baseAddress!, n: n, k: k, c: acc, ldc: n)
+                        p.rowSums.withUnsafeBufferPointer { sums in
+                            LowBit.gemmI8(a: codes, m: rows, b: wc.baseAddress!, n: n, k: k, rowSums: sums.baseAddress,
+                                          c: acc, ldc: n)
+                        }
                     }
                     withOptional(p.zeroTerms) { zt in
                         for i in 0..<rows {

@@ -383,10 +383,10 @@ struct TokenKernelTests {
         return a.withUnsafeBufferPointer { body($0.baseAddress) }
     }
 
-    @Test("int8 GEMM: the VNNI and AVX2 paths both equal the reference", arguments: [1, 31, 64, 577])
+    @Test("int8 GEMM: the VNNI and AVX2 paths both equal the reference", arguments: [1, 31, 64, 577, 576])
     func gemmI8Paths(k: Int) {
         var rng = SplitMix(seed: UInt64(k))
-        let m = 3, n = 7
+        let m = 7, n = 7
         var a = rng.int8s(m * k, in: -127...127)
         var b = rng.int8s(n * k, in: -128...127)
         for t in 0..<k { a[t] = -127; b[t] = -128 }  // row 0 × row 0 at the bound
@@ -394,11 +394,16 @@ struct TokenKernelTests {
         var ref = [Int32](repeating: 0, count: m * n)
         LowBit.gemmI8Reference(a: a, m: m, b: b, n: n, k: k, c: &ref, ldc: n)
         #expect(ref[0] == Int32(127 * 128 * k) && ref[1] == 0)
+        let sums = LowBit.rowSumsI8(b, n: n, k: k)
         for vnni in [true, false] {
             TokenKernels.setVNNIEnabled(vnni)
             var fast = [Int32](repeating: -1, count: m * n)
             LowBit.gemmI8(a: a, m: m, b: b, n: n, k: k, c: &fast, ldc: n)
             #expect(fast == ref, "vnni \(vnni)")
+            // Biased activations (a + 128) against the load-time row sums: the same exact sums.
+            var biased = [Int32](repeating: -1, count: m * n)
+            sums.withUnsafeBufferPointer { LowBit.gemmI8(a: a, m: m, b: b, n: n, k: k, rowSums: $0.baseAddress, c: &biased, ldc: n) }
+            #expect(biased == ref, "vnni \(vnni) with row sums")
         }
         TokenKernels.setVNNIEnabled(true)
     }

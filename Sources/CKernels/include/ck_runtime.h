@@ -105,6 +105,14 @@ void ck_q4_gemv_i8_ref(const uint8_t *codes, size_t row_begin, size_t row_count,
 // as the unsigned operand; NULL (or k % 32 ≠ 0) takes the AVX2 sign-trick path.
 
 void ck_row_sums_i8(const int8_t *b, size_t n, size_t k, int32_t *sums);
+/// ua[t] = a[t] + 128 as unsigned bytes (the biased activations of ck_gemm_i8_biased).
+void ck_bias_i8(const int8_t *a, size_t count, uint8_t *out);
+/// Prefill int8 GEMM, c[i*ldc + j] = Σ_t a[i, t]·b[j, t] (exact int32) from biased activations
+/// ua = a + 128 [m, k] and row sums of b: one vpdpbusd per tile pair and 32 columns, no sign
+/// step. Returns 0 without computing anything when it does not apply (no VNNI, k % 32 ≠ 0):
+/// the caller then runs ck_gemm_i8.
+int ck_gemm_i8_biased(const uint8_t *ua, size_t m, const int8_t *b, size_t n, size_t k, const int32_t *row_sums,
+                      int32_t *c, size_t ldc);
 void ck_gemv_i8(const int8_t *a, size_t m, const int8_t *b, size_t row_begin, size_t row_count, size_t k,
                 const int32_t *row_sums, int32_t *c, size_t ldc);
 void ck_gemv_i8_ref(const int8_t *a, size_t m, const int8_t *b, size_t row_begin, size_t row_count, size_t k,
