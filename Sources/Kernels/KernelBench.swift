@@ -52,6 +52,9 @@ public enum KernelBench {
         func floats(_ count: Int) -> [Float] { (0..<count).map { _ in Float(next() % 1000) / 1000 + 0.001 } }
 
         var timings: [Timing] = []
+        // Kernels with an AVX-512 (VNNI) and an AVX2 path are timed on both where the CPU has VNNI.
+        let vnniAvailable = TokenKernels.usesVNNI
+        let paths: [(vnni: Bool, label: String)] = vnniAvailable ? [(true, " [AVX-512]"), (false, " [AVX2]")] : [(false, "")]
         func time(_ kernel: String, _ pass: String, bytes: Int, _ body: () -> Void) {
             body()
             var ms: [Double] = []
@@ -108,14 +111,18 @@ public enum KernelBench {
                         LowBit.gemmI8(a: a, m: 1, b: w.baseAddress! + off[i], n: n, k: k, c: &acc, ldc: n)
                     }
                 }
-                time("int8 GEMV, 8 rows per pass (LowBit.gemvI8)", layerPass, bytes: total + sumBytes) {
-                    for (i, (n, k)) in shapes.enumerated() {
-                        rowSums[i].withUnsafeBufferPointer { s in
-                            LowBit.gemvI8(a: a, m: 1, b: w.baseAddress! + off[i], n: n, k: k, rowSums: s.baseAddress,
-                                          c: &acc, ldc: n)
+                for path in paths {
+                    TokenKernels.setVNNIEnabled(path.vnni)
+                    time("int8 GEMV, 8 rows per pass (LowBit.gemvI8)\(path.label)", layerPass, bytes: total + sumBytes) {
+                        for (i, (n, k)) in shapes.enumerated() {
+                            rowSums[i].withUnsafeBufferPointer { s in
+                                LowBit.gemvI8(a: a, m: 1, b: w.baseAddress! + off[i], n: n, k: k, rowSums: s.baseAddress,
+                                              c: &acc, ldc: n)
+                            }
                         }
                     }
                 }
+                TokenKernels.setVNNIEnabled(vnniAvailable)
             }
         }
         // Nibble W4A8 g32: group sums + q4Gemv, as IntegerLinear runs them.
@@ -127,14 +134,18 @@ public enum KernelBench {
             let s = floats(stotal)
             w.withUnsafeBufferPointer { w in
                 s.withUnsafeBufferPointer { s in
-                    time("nibble W4A8 g32 (q4GroupSums + q4Gemv)", layerPass, bytes: total + stotal * 4) {
-                        for (i, (n, k)) in shapes.enumerated() {
-                            TokenKernels.q4GroupSums(a, rows: 1, columns: k, groupSize: group, into: &sums)
-                            TokenKernels.q4Gemv(codes: w.baseAddress! + off[i], rows: n, columns: k, groupSize: group,
-                                                offset: 8, scales: s.baseAddress! + soff[i], activations: a,
-                                                groupSums: sums, m: 1, y: &y, ldy: n)
+                    for path in paths {
+                        TokenKernels.setVNNIEnabled(path.vnni)
+                        time("nibble W4A8 g32 (q4GroupSums + q4Gemv)\(path.label)", layerPass, bytes: total + stotal * 4) {
+                            for (i, (n, k)) in shapes.enumerated() {
+                                TokenKernels.q4GroupSums(a, rows: 1, columns: k, groupSize: group, into: &sums)
+                                TokenKernels.q4Gemv(codes: w.baseAddress! + off[i], rows: n, columns: k, groupSize: group,
+                                                    offset: 8, scales: s.baseAddress! + soff[i], activations: a,
+                                                    groupSums: sums, m: 1, y: &y, ldy: n)
+                            }
                         }
                     }
+                    TokenKernels.setVNNIEnabled(vnniAvailable)
                 }
             }
         }
@@ -169,12 +180,18 @@ public enum KernelBench {
             let table: [Float] = [0, 0.5, 1, 1.5, 2, 3, 4, 6, -0.0, -0.5, -1, -1.5, -2, -3, -4, -6]
             w.withUnsafeBufferPointer { w in
                 s.withUnsafeBufferPointer { s in
-                    time("FP4 float-table GEMV g32 (MiniFloat.gemv)", layerPass, bytes: total + stotal * 4) {
-                        for (i, (n, k)) in shapes.enumerated() {
-                            MiniFloat.gemv(codes: w.baseAddress! + off[i], nibbles: true, rows: n, columns: k, groupSize: group,
-                                           table: table, scales: s.baseAddress! + soff[i], x: x, y: &y)
+                    // With VNNI off this is the AVX2 kernel (one horizontal sum per group), the path
+                    // every CPU took before the AVX-512 one.
+                    for path in paths {
+                        TokenKernels.setVNNIEnabled(path.vnni)
+                        time("FP4 float-table GEMV g32 (MiniFloat.gemv)\(path.label)", layerPass, bytes: total + stotal * 4) {
+                            for (i, (n, k)) in shapes.enumerated() {
+                                MiniFloat.gemv(codes: w.baseAddress! + off[i], nibbles: true, rows: n, columns: k,
+                                               groupSize: group, table: table, scales: s.baseAddress! + soff[i], x: x, y: &y)
+                            }
                         }
                     }
+                    TokenKernels.setVNNIEnabled(vnniAvailable)
                 }
             }
         }

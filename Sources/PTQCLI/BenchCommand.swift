@@ -211,7 +211,7 @@ struct BenchCommand: ParsableCommand {
                        report.readBandwidthBytesPerSecond / 1e9, report.poolJobMicroseconds, repeats))
         func pad(_ s: String, _ width: Int) -> String { s.count >= width ? s : s + String(repeating: " ", count: width - s.count) }
         for t in report.timings {
-            print(pad(t.kernel, 52) + pad(t.pass, 26)
+            print(pad(t.kernel, 56) + pad(t.pass, 26)
                   + String(format: "%7.1f MB %8.3f ms (%.3f–%.3f) %6.1f GB/s %4.0f%% of bandwidth",
                            Double(t.bytes) / 1e6, t.milliseconds, t.minMilliseconds, t.maxMilliseconds,
                            t.gigabytesPerSecond, 100 * t.bandwidthFraction))
