@@ -314,7 +314,7 @@ struct LLMFP4Tests {
 
     /// GEMV (AVX2 and scalar) and tile decoding against the reference dequantizer on random and
     /// edge-case shapes: odd widths, shorter-than-vector rows, partial last groups.
-    @Test(arguments: [(7, 1, 1), (5, 33, 32), (9, 64, 32), (4, 100, 64), (16, 130, 128), (3, 576, 576), (2, 17, 17)])
+    @Test(arguments: [(7, 1, 1), (5, 33, 32), (9, 64, 32), (4, 100, 64), (16, 130, 128), (3, 576, 576), (2, 17, 17), (5, 1536, 64)])
     func gemvMatchesReference(shape: (Int, Int, Int)) {
         let (rows, cols, gs) = shape
         for format in [Self.e2m1, Self.e3m0, Self.e1m2, Self.e4m3, FloatingPointFormat(exponentBits: 3, mantissaBits: 2)] {
@@ -325,20 +325,26 @@ struct LLMFP4Tests {
             let dense = w.dequantizedReference()
             var rng = SeededGenerator(seed: 2)
             let x = (0..<cols).map { _ in rng.float(in: -2...2) }
-            var fast = [Float](repeating: 0, count: rows), ref = fast
-            MiniFloat.gemv(codes: codes, nibbles: nibbles, rows: rows, columns: cols, groupSize: w.groupSize, table: table,
-                           scales: w.scales, x: x, y: &fast)
+            var ref = [Float](repeating: 0, count: rows)
             MiniFloat.gemvReference(codes: codes, nibbles: nibbles, rows: rows, columns: cols, groupSize: w.groupSize,
                                     table: table, scales: w.scales, x: x, y: &ref)
-            for o in 0..<rows {
-                var expected = 0.0, magnitude = 0.0
-                for j in 0..<cols {
-                    expected += Double(dense[o * cols + j]) * Double(x[j])
-                    magnitude += abs(Double(dense[o * cols + j]) * Double(x[j]))
+            // The AVX-512 nibble path (groups of 32k columns) follows the VNNI switch; off: AVX2.
+            for vnni in [true, false] {
+                TokenKernels.setVNNIEnabled(vnni)
+                var fast = [Float](repeating: 0, count: rows)
+                MiniFloat.gemv(codes: codes, nibbles: nibbles, rows: rows, columns: cols, groupSize: w.groupSize, table: table,
+                               scales: w.scales, x: x, y: &fast)
+                for o in 0..<rows {
+                    var expected = 0.0, magnitude = 0.0
+                    for j in 0..<cols {
+                        expected += Double(dense[o * cols + j]) * Double(x[j])
+                        magnitude += abs(Double(dense[o * cols + j]) * Double(x[j]))
+                    }
+                    #expect(abs(Double(fast[o]) - expected) <= 1e-5 * magnitude + 1e-12, "\(format) \(shape) row \(o) vnni \(vnni)")
+                    #expect(abs(Double(ref[o]) - expected) <= 1e-5 * magnitude + 1e-12, "\(format) \(shape) row \(o)")
                 }
-                #expect(abs(Double(fast[o]) - expected) <= 1e-5 * magnitude + 1e-12, "\(format) \(shape) row \(o)")
-                #expect(abs(Double(ref[o]) - expected) <= 1e-5 * magnitude + 1e-12, "\(format) \(shape) row \(o)")
             }
+            TokenKernels.setVNNIEnabled(true)
             var tile = [Float](repeating: 0, count: rows * cols), tileRef = tile
             MiniFloat.decodeRows(codes: codes, nibbles: nibbles, rowRange: 0..<rows, columns: cols, groupSize: w.groupSize,
                                  table: table, scales: w.scales, into: &tile)
