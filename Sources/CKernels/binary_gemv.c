@@ -125,24 +125,28 @@ CK_INLINE CK_AVX512 void binary_rows_avx512(const uint64_t *signs, const uint64_
     const __m512i sign = _mm512_set1_epi32((int)0x80000000u);
     const size_t halves = 2 * words_per_row;
     const uint32_t *s = (const uint32_t *)(signs + o * words_per_row);
+    // Fully unrolled (R is a constant after inlining) so the accumulators stay in registers.
     __m512 acc[8], n[8];
-    for (int r = 0; r < R; r++) acc[r] = n[r] = _mm512_setzero_ps();
+    _Pragma("clang loop unroll(full)") for (int r = 0; r < R; r++) acc[r] = n[r] = _mm512_setzero_ps();
     if (!mask) {
+        // −x once per half-word for all rows; a set bit flips it back to x (−(−x) = x bit for bit),
+        // so the sign words load straight into mask registers, no inversion in general registers.
+        const __mmask16 *s16 = (const __mmask16 *)s;
         for (size_t h = 0; h < halves; h++) {
-            const __m512i x0 = _mm512_castps_si512(_mm512_loadu_ps(x + 32 * h));
-            const __m512i x1 = _mm512_castps_si512(_mm512_loadu_ps(x + 32 * h + 16));
-            for (int r = 0; r < R; r++) {
-                const uint32_t flip = ~s[r * halves + h];
-                acc[r] = _mm512_add_ps(acc[r], _mm512_castsi512_ps(_mm512_mask_xor_epi32(x0, (__mmask16)flip, x0, sign)));
-                acc[r] = _mm512_add_ps(acc[r], _mm512_castsi512_ps(
-                    _mm512_mask_xor_epi32(x1, (__mmask16)(flip >> 16), x1, sign)));
+            const __m512i n0 = _mm512_xor_si512(_mm512_castps_si512(_mm512_loadu_ps(x + 32 * h)), sign);
+            const __m512i n1 = _mm512_xor_si512(_mm512_castps_si512(_mm512_loadu_ps(x + 32 * h + 16)), sign);
+            _Pragma("clang loop unroll(full)") for (int r = 0; r < R; r++) {
+                const __mmask16 k0 = _load_mask16((__mmask16 *)(s16 + 2 * (r * halves + h)));
+                const __mmask16 k1 = _load_mask16((__mmask16 *)(s16 + 2 * (r * halves + h) + 1));
+                acc[r] = _mm512_add_ps(acc[r], _mm512_castsi512_ps(_mm512_mask_xor_epi32(n0, k0, n0, sign)));
+                acc[r] = _mm512_add_ps(acc[r], _mm512_castsi512_ps(_mm512_mask_xor_epi32(n1, k1, n1, sign)));
             }
         }
     } else {
         const uint32_t *m = (const uint32_t *)(mask + o * words_per_row);
         for (size_t h = 0; h < halves; h++) {
             const __m512 x0 = _mm512_loadu_ps(x + 32 * h), x1 = _mm512_loadu_ps(x + 32 * h + 16);
-            for (int r = 0; r < R; r++) {
+            _Pragma("clang loop unroll(full)") for (int r = 0; r < R; r++) {
                 const uint32_t flip = ~s[r * halves + h], keep = ~m[r * halves + h];
                 // Masked lanes become +0 (the AVX2 path's andnot), then the sign flip as above.
                 const __m512i v0 = _mm512_castps_si512(_mm512_maskz_mov_ps((__mmask16)keep, x0));
@@ -155,7 +159,7 @@ CK_INLINE CK_AVX512 void binary_rows_avx512(const uint64_t *signs, const uint64_
             }
         }
     }
-    for (int r = 0; r < R; r++) {
+    _Pragma("clang loop unroll(full)") for (int r = 0; r < R; r++) {
         // One reduction per row (not per block), in binary_hsum's order.
         const float sum = binary_hsum(_mm256_add_ps(_mm512_castps512_ps256(acc[r]),
                                                     _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(acc[r]), 1))));
