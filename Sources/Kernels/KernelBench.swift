@@ -195,6 +195,48 @@ public enum KernelBench {
                 }
             }
         }
+        // PTQ1.61 binary GEMV (column masks: no element mask, x already scaled and gathered):
+        // sign bits, 64 per word, plus the row scale and offset.
+        do {
+            let (off, total) = offsets { n, k in n * BinaryKernels.wordsPerRow(k) }
+            let signs = (0..<total).map { _ in next() }
+            let ab = floats(shapes.reduce(0) { $0 + $1.0 })
+            var abOff: [Int] = [], t = 0
+            for (n, _) in shapes { abOff.append(t); t += n }
+            signs.withUnsafeBufferPointer { w in
+                ab.withUnsafeBufferPointer { ab in
+                    for path in paths {
+                        TokenKernels.setVNNIEnabled(path.vnni)
+                        time("binary 1-bit GEMV (BinaryKernels.gemv)\(path.label)", layerPass, bytes: total * 8 + t * 8) {
+                            for (i, (n, k)) in shapes.enumerated() {
+                                BinaryKernels.gemv(signs: w.baseAddress! + off[i], mask: nil, wordsPerRow: BinaryKernels.wordsPerRow(k),
+                                                   rows: n, x: x, xSum: 0.5, a: ab.baseAddress! + abOff[i],
+                                                   b: ab.baseAddress! + abOff[i], y: &y, rest: nil)
+                            }
+                        }
+                    }
+                    TokenKernels.setVNNIEnabled(vnniAvailable)
+                }
+            }
+        }
+        // SplitQuant INT4 g128 (the smollm2-splitquant-int4 recipe): one index byte per weight.
+        do {
+            let group = 128, bits = 4
+            let indices = shapes.map { n, k in SplitKernels.Indices.bytes(bytes(n * k, below: 3 << bits)) }
+            let (soff, stotal) = offsets { n, k in n * (k / group) * 3 }
+            let s = floats(stotal), z = floats(stotal)
+            let codeBytes = shapes.reduce(0) { $0 + $1.0 * $1.1 }
+            s.withUnsafeBufferPointer { s in
+                z.withUnsafeBufferPointer { z in
+                    time("SplitQuant INT4 g128, byte indices (SplitKernels.gemv)", layerPass, bytes: codeBytes + stotal * 8) {
+                        for (i, (n, k)) in shapes.enumerated() {
+                            SplitKernels.gemv(indices[i], rows: n, columns: k, groupSize: group, bits: bits,
+                                              scales: s.baseAddress! + soff[i], zeros: z.baseAddress! + soff[i], x: x, y: &y)
+                        }
+                    }
+                }
+            }
+        }
         // The tied LM head: int8 per channel (before / after) and float.
         do {
             let (n, k) = headShape
