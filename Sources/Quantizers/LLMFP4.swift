@@ -201,8 +201,12 @@ public struct LLMFP4Quantizer: Quantizer {
             var activationErrors: [String] = []
             // Wall time of the two searches (for profiling; `ptq inspect` shows them).
             var weightSeconds = 0.0, activationSeconds = 0.0
+            var roundsRun = 0
             for _ in 0..<rounds {
+                roundsRun += 1
                 let weightStart = Date()
+                // The round's weight search depends only on `act`; remember it to detect a fixed point.
+                let actAtStart = act
                 // Weight biases for every format, then the weight format.
                 // q/k/v (gate/up) share an input point: their first round shares X̂ and so G and X̂ᵀX.
                 let key = "llmfp4.moments|\(act.map { "\($0.format)|\($0.gamma)|\($0.offsets != nil)" } ?? "float")|\(n)"
@@ -224,7 +228,8 @@ public struct LLMFP4Quantizer: Quantizer {
                 weightErrors.append(String(format: "%.4g", best!.error / Double(n * rows)))
                 // Activation bias for every format, then the activation format.
                 weightSeconds += Date().timeIntervalSince(weightStart)
-                guard activationBits != nil else { continue }
+                // Weight-only: every round would search the same Gram matrices again; stop (exact).
+                guard activationBits != nil else { break }
                 let activationStart = Date()
                 let deq = FloatingPointWeight.quantize(w, rows: rows, columns: columns, groupSize: gs,
                                                        format: weightFormat, scales: scales).dequantizedReference()
@@ -249,7 +254,12 @@ public struct LLMFP4Quantizer: Quantizer {
                 act = bestAct!.candidate
                 activationErrors.append(String(format: "%.4g", bestAct!.error / Double(tokenCount * rows)))
                 activationSeconds += Date().timeIntervalSince(activationStart)
+                // Fixed point: the activation search kept the quantizer this round's weight search
+                // used, so every further round would repeat this one exactly (same G, same X̂, same
+                // candidates, same ties). Stopping changes no result, only the time.
+                if let a = act, let b = actAtStart, a.sameQuantizer(as: b) { break }
             }
+            details["rounds_run"] = "\(roundsRun) of \(rounds)"
             details["weight_mse_per_round"] = weightErrors.joined(separator: ",")
             if !activationErrors.isEmpty { details["output_mse_per_round"] = activationErrors.joined(separator: ",") }
             details["search_tokens"] = "\(n) weight, \(tokenCount) activation"
@@ -358,6 +368,11 @@ struct ActivationCandidate: Sendable {
             offsets = nil
         }
         scale = FloatingPointFormat.scale(bias: bias)
+    }
+
+    /// Whether `other` quantizes every input identically: the same format, bias and offsets.
+    func sameQuantizer(as other: ActivationCandidate) -> Bool {
+        format == other.format && bias == other.bias && scale == other.scale && offsets == other.offsets
     }
 
     /// 2^(−k_j), the stored per-channel factor.
