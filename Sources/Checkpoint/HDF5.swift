@@ -204,32 +204,44 @@ package final class HDF5File {
         let ds = try openDataset(name)
         try requireStorage(name, ds, count: info.count)
         if info.dtype == "bfloat16" {
-            var bits = [UInt16](repeating: 0, count: count)
-            let status = bits.withUnsafeMutableBytes {
-                H5Dread(ds.id, chdf5_native_uint16(), chdf5_s_all(), chdf5_s_all(), chdf5_p_default(), $0.baseAddress)
-            }
-            if status < 0 { throw PTQError.file(path, "cannot read dataset '\(name)' (truncated or corrupt file?)") }
+            let bits: [UInt16] = try readValues(name, from: ds, count: count, memoryType: chdf5_native_uint16())
             return bits.map { Float(bfloat16Bits: $0) }
         }
-        var out = [Float](repeating: 0, count: count)
+        return try readValues(name, from: ds, count: count, memoryType: chdf5_native_float())
+    }
+
+    /// Reads all `count` values of an open dataset, converted by libhdf5 to `memoryType`.
+    private func readValues<T: Numeric>(_ name: String, from ds: HID, count: Int, memoryType: hid_t) throws(PTQError) -> [T] {
+        var out = [T](repeating: 0, count: count)
         let status = out.withUnsafeMutableBytes {
-            H5Dread(ds.id, chdf5_native_float(), chdf5_s_all(), chdf5_s_all(), chdf5_p_default(), $0.baseAddress)
+            H5Dread(ds.id, memoryType, chdf5_s_all(), chdf5_s_all(), chdf5_p_default(), $0.baseAddress)
         }
         if status < 0 { throw PTQError.file(path, "cannot read dataset '\(name)' (truncated or corrupt file?)") }
         return out
     }
 
-    package func readInt32s(_ name: String) throws(PTQError) -> [Int32] {
+    /// Reads a whole numeric dataset, converted by libhdf5 to `memoryType`.
+    private func readNumeric<T: Numeric>(_ name: String, memoryType: hid_t) throws(PTQError) -> [T] {
         let info = try datasetInfo(name)
         try requireNumeric(name, info)
         let ds = try openDataset(name)
         try requireStorage(name, ds, count: info.count)
-        var out = [Int32](repeating: 0, count: info.count)
-        let status = out.withUnsafeMutableBytes {
-            H5Dread(ds.id, chdf5_native_int32(), chdf5_s_all(), chdf5_s_all(), chdf5_p_default(), $0.baseAddress)
+        return try readValues(name, from: ds, count: info.count, memoryType: memoryType)
+    }
+
+    /// Creates dataset `name` of `fileType` and writes `values` (in `memoryType`) to it.
+    private func writeNumeric<T>(_ name: String, shape: [Int], _ values: [T], fileType: hid_t, memoryType: hid_t) throws(PTQError) {
+        var dims = shape.map { hsize_t($0) }
+        let space = HID(H5Screate_simple(Int32(dims.count), &dims, nil), close: H5Sclose)
+        let ds = try createDataset(name, type: fileType, space: space.id)
+        let status = values.withUnsafeBytes {
+            H5Dwrite(ds.id, memoryType, chdf5_s_all(), chdf5_s_all(), chdf5_p_default(), $0.baseAddress)
         }
-        if status < 0 { throw PTQError.file(path, "cannot read dataset '\(name)'") }
-        return out
+        if status < 0 { throw PTQError.file(path, "cannot write dataset '\(name)'") }
+    }
+
+    package func readInt32s(_ name: String) throws(PTQError) -> [Int32] {
+        try readNumeric(name, memoryType: chdf5_native_int32())
     }
 
     /// Reads a 1-D dataset of variable-length UTF-8 strings.
@@ -321,59 +333,23 @@ package final class HDF5File {
     }
 
     package func writeDoubles(_ name: String, shape: [Int], _ values: [Double]) throws(PTQError) {
-        var dims = shape.map { hsize_t($0) }
-        let space = HID(H5Screate_simple(Int32(dims.count), &dims, nil), close: H5Sclose)
-        let ds = try createDataset(name, type: chdf5_ieee_f64le(), space: space.id)
-        let status = values.withUnsafeBytes {
-            H5Dwrite(ds.id, chdf5_native_double(), chdf5_s_all(), chdf5_s_all(), chdf5_p_default(), $0.baseAddress)
-        }
-        if status < 0 { throw PTQError.file(path, "cannot write dataset '\(name)'") }
+        try writeNumeric(name, shape: shape, values, fileType: chdf5_ieee_f64le(), memoryType: chdf5_native_double())
     }
 
     package func readDoubles(_ name: String) throws(PTQError) -> [Double] {
-        let info = try datasetInfo(name)
-        try requireNumeric(name, info)
-        let ds = try openDataset(name)
-        try requireStorage(name, ds, count: info.count)
-        var out = [Double](repeating: 0, count: info.count)
-        let status = out.withUnsafeMutableBytes {
-            H5Dread(ds.id, chdf5_native_double(), chdf5_s_all(), chdf5_s_all(), chdf5_p_default(), $0.baseAddress)
-        }
-        if status < 0 { throw PTQError.file(path, "cannot read dataset '\(name)' (truncated or corrupt file?)") }
-        return out
+        try readNumeric(name, memoryType: chdf5_native_double())
     }
 
     package func writeInt64s(_ name: String, _ values: [Int64]) throws(PTQError) {
-        var dims = [hsize_t(values.count)]
-        let space = HID(H5Screate_simple(1, &dims, nil), close: H5Sclose)
-        let ds = try createDataset(name, type: chdf5_std_i64le(), space: space.id)
-        let status = values.withUnsafeBytes {
-            H5Dwrite(ds.id, chdf5_native_int64(), chdf5_s_all(), chdf5_s_all(), chdf5_p_default(), $0.baseAddress)
-        }
-        if status < 0 { throw PTQError.file(path, "cannot write dataset '\(name)'") }
+        try writeNumeric(name, shape: [values.count], values, fileType: chdf5_std_i64le(), memoryType: chdf5_native_int64())
     }
 
     package func readInt64s(_ name: String) throws(PTQError) -> [Int64] {
-        let info = try datasetInfo(name)
-        try requireNumeric(name, info)
-        let ds = try openDataset(name)
-        try requireStorage(name, ds, count: info.count)
-        var out = [Int64](repeating: 0, count: info.count)
-        let status = out.withUnsafeMutableBytes {
-            H5Dread(ds.id, chdf5_native_int64(), chdf5_s_all(), chdf5_s_all(), chdf5_p_default(), $0.baseAddress)
-        }
-        if status < 0 { throw PTQError.file(path, "cannot read dataset '\(name)'") }
-        return out
+        try readNumeric(name, memoryType: chdf5_native_int64())
     }
 
     package func writeInt32s(_ name: String, _ values: [Int32]) throws(PTQError) {
-        var dims = [hsize_t(values.count)]
-        let space = HID(H5Screate_simple(1, &dims, nil), close: H5Sclose)
-        let ds = try createDataset(name, type: chdf5_std_i32le(), space: space.id)
-        let status = values.withUnsafeBytes {
-            H5Dwrite(ds.id, chdf5_native_int32(), chdf5_s_all(), chdf5_s_all(), chdf5_p_default(), $0.baseAddress)
-        }
-        if status < 0 { throw PTQError.file(path, "cannot write dataset '\(name)'") }
+        try writeNumeric(name, shape: [values.count], values, fileType: chdf5_std_i32le(), memoryType: chdf5_native_int32())
     }
 
     package func writeStrings(_ name: String, _ values: [String]) throws(PTQError) {

@@ -108,16 +108,7 @@ public enum SafetensorsImporter {
             typeVocabSize: try config.int("type_vocab_size", default: 2),
             pooling: pooling.pooling, normalizeEmbeddings: pooling.normalize,
             name: try modelName(config: config, directory: directory))
-        do { try modelConfig.validate() } catch {
-            // An absurd layer count: the tensor count makes the better message.
-            if let weights = try? WeightFiles(directory: directory) {
-                try weights.checkLayerCount(modelConfig.layerCount, configPath: config.path)
-            }
-            throw PTQError.file(config.path, error.message)
-        }
-
-        let weights = try WeightFiles(directory: directory)
-        try weights.checkLayerCount(modelConfig.layerCount, configPath: config.path)
+        let weights = try WeightFiles(validating: modelConfig, configPath: config.path, directory: directory)
         var loaded = try weights.load { (name) throws(PTQError) -> String? in
             switch bertMapping(name) {
             case .ignored: return nil
@@ -386,16 +377,7 @@ public enum SafetensorsImporter {
             ropeTheta: try config.double("rope_theta", default: 10_000),
             normEpsilon: try config.double("rms_norm_eps", default: 1e-6), activation: .silu,
             tiedEmbeddings: tieKey, name: try modelName(config: config, directory: directory))
-        do { try modelConfig.validate() } catch {
-            // An absurd layer count: the tensor count makes the better message.
-            if let weights = try? WeightFiles(directory: directory) {
-                try weights.checkLayerCount(modelConfig.layerCount, configPath: config.path)
-            }
-            throw PTQError.file(config.path, error.message)
-        }
-
-        let weights = try WeightFiles(directory: directory)
-        try weights.checkLayerCount(modelConfig.layerCount, configPath: config.path)
+        let weights = try WeightFiles(validating: modelConfig, configPath: config.path, directory: directory)
         let tied = tieKey || weights.entry(named: "lm_head.weight") == nil
         var loaded = try weights.load { (name) throws(PTQError) -> String? in
             switch llamaMapping(name) {
@@ -723,6 +705,20 @@ struct WeightFiles {
         self.readers = readers
         self.owners = owners
         self.ownerIndex = ownerIndex
+    }
+
+    /// Opens the weight files of `directory` after validating `config` (read from `configPath`)
+    /// against them; errors name the config file.
+    init(validating config: ModelConfig, configPath: String, directory: String) throws(PTQError) {
+        do { try config.validate() } catch {
+            // An absurd layer count: the tensor count makes the better message.
+            if let weights = try? WeightFiles(directory: directory) {
+                try weights.checkLayerCount(config.layerCount, configPath: configPath)
+            }
+            throw PTQError.file(configPath, error.message)
+        }
+        self = try WeightFiles(directory: directory)
+        try checkLayerCount(config.layerCount, configPath: configPath)
     }
 
     /// Every layer has several tensors: a larger layer count is corrupt (and would make validation huge).
