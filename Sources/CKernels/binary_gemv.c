@@ -1,7 +1,7 @@
 #include "ckernels.h"
 #include "binary_kernels.h"
 #include "ck_runtime.h"
-#include <immintrin.h>
+#include "x86_common.h"
 #include <math.h>
 
 // Binarized GEMV (see binary_kernels.h). The AVX2 path takes 32 sign bits at a time, broadcasts
@@ -13,10 +13,10 @@
 // All three paths sum in the same order, so they agree bit for bit: per row 16 float lanes,
 // lane L (0…15) accumulating bits q ≡ L (mod 16) of each 32-bit half-word in column order (the
 // AVX2 path's two 8-lane accumulators; the AVX-512 path's one 16-lane accumulator), then
-// t_j = lane j + lane 8 + j, (t0 + t4 + t2 + t6) + (t1 + t5 + t3 + t7) as `binary_hsum` adds them,
+// t_j = lane j + lane 8 + j, (t0 + t4 + t2 + t6) + (t1 + t5 + t3 + t7) as `ck_hsum_ps` adds them,
 // and y = fmaf(a, acc, b·n) (written out, so no path depends on the compiler's FMA contraction).
 
-/// The fixed 16-lane reduction of all paths (the AVX2 `binary_hsum` of lanes 0…7 + 8…15).
+/// The fixed 16-lane reduction of all paths (the AVX2 `ck_hsum_ps` of lanes 0…7 + 8…15).
 static float binary_lanes_sum(const float *lane) {
     float t[8];
     for (int j = 0; j < 8; j++) t[j] = lane[j] + lane[8 + j];
@@ -54,16 +54,6 @@ void ck_binary_gemv_ref(const uint64_t *signs, const uint64_t *mask, size_t word
 }
 
 #if defined(__x86_64__)
-#define CK_AVX2 __attribute__((target("avx2,fma,f16c")))
-#define CK_INLINE static inline __attribute__((always_inline))
-
-CK_INLINE CK_AVX2 float binary_hsum(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
-
 CK_AVX2 static void binary_gemv_avx2(const uint64_t *signs, const uint64_t *mask, size_t words_per_row,
                                      size_t row_begin, size_t row_count, const float *x, float x_sum,
                                      const float *a, const float *b, float *y, float *rest) {
@@ -87,7 +77,7 @@ CK_AVX2 static void binary_gemv_avx2(const uint64_t *signs, const uint64_t *mask
                 BIN_STEP(sh0, 0, acc0) BIN_STEP(sh1, 8, acc1) BIN_STEP(sh2, 16, acc0) BIN_STEP(sh3, 24, acc1)
 #undef BIN_STEP
             }
-            y[o] = fmaf(a[o], binary_hsum(_mm256_add_ps(acc0, acc1)), b[o] * x_sum);
+            y[o] = fmaf(a[o], ck_hsum_ps(_mm256_add_ps(acc0, acc1)), b[o] * x_sum);
         } else {
             const uint32_t *m = (const uint32_t *)(mask + o * words_per_row);
             __m256 n0 = _mm256_setzero_ps(), n1 = _mm256_setzero_ps();
@@ -106,13 +96,12 @@ CK_AVX2 static void binary_gemv_avx2(const uint64_t *signs, const uint64_t *mask
                 BIN_MSTEP(sh2, 16, acc0, n0) BIN_MSTEP(sh3, 24, acc1, n1)
 #undef BIN_MSTEP
             }
-            const float n = binary_hsum(_mm256_add_ps(n0, n1));
-            y[o] = fmaf(a[o], binary_hsum(_mm256_add_ps(acc0, acc1)), b[o] * n);
+            const float n = ck_hsum_ps(_mm256_add_ps(n0, n1));
+            y[o] = fmaf(a[o], ck_hsum_ps(_mm256_add_ps(acc0, acc1)), b[o] * n);
             if (rest) rest[o] = n;
         }
     }
 }
-#define CK_AVX512 __attribute__((target("avx2,fma,f16c,avx512f")))
 
 // `R` rows from `o` on (R ≤ 8): per 32-bit half-word, the two x vectors are loaded once for all
 // rows; each row's bits, inverted, are the lanes whose sign flips (bit 0 = −1): one masked xor and
@@ -160,11 +149,11 @@ CK_INLINE CK_AVX512 void binary_rows_avx512(const uint64_t *signs, const uint64_
         }
     }
     _Pragma("clang loop unroll(full)") for (int r = 0; r < R; r++) {
-        // One reduction per row (not per block), in binary_hsum's order.
-        const float sum = binary_hsum(_mm256_add_ps(_mm512_castps512_ps256(acc[r]),
+        // One reduction per row (not per block), in ck_hsum_ps's order.
+        const float sum = ck_hsum_ps(_mm256_add_ps(_mm512_castps512_ps256(acc[r]),
                                                     _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(acc[r]), 1))));
         if (mask) {
-            const float ns = binary_hsum(_mm256_add_ps(_mm512_castps512_ps256(n[r]),
+            const float ns = ck_hsum_ps(_mm256_add_ps(_mm512_castps512_ps256(n[r]),
                                                        _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(n[r]), 1))));
             y[o + r] = fmaf(a[o + r], sum, b[o + r] * ns);
             if (rest) rest[o + r] = ns;
