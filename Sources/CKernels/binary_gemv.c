@@ -3,6 +3,7 @@
 #include "ck_runtime.h"
 #include "x86_common.h"
 #include <math.h>
+#include <stdlib.h>
 
 // Binarized GEMV (see binary_kernels.h). The AVX2 path takes 32 sign bits at a time, broadcasts
 // them, and for each group of 8 lanes shifts lane j's bit into bit 31 (vpsllvd by 31 − bit), so
@@ -189,4 +190,127 @@ void ck_binary_gemv(const uint64_t *signs, const uint64_t *mask, size_t words_pe
     }
 #endif
     ck_binary_gemv_ref(signs, mask, words_per_row, row_begin, row_count, x, x_sum, a, b, y, rest);
+}
+
+// ---- prefill tiles (column masks) -------------------------------------------------------------
+
+static inline unsigned binary_code_at(const uint8_t *row, int nibbles, size_t s) {
+    return nibbles ? (unsigned)((s & 1) ? row[s >> 1] >> 4 : row[s >> 1] & 0x0F) : (unsigned)row[s];
+}
+
+void ck_binary_decode_rows_ref(const uint64_t *signs, size_t words_per_row, const uint64_t *binary_mask,
+                               const float *col_scale, const float *a, const float *b, const uint8_t *codes,
+                               int nibbles, size_t code_stride, size_t ns, const float *d, const float *z,
+                               size_t row_begin, size_t row_count, size_t cols, float *out) {
+    (void)ns;
+    for (size_t r = 0; r < row_count; r++) {
+        const size_t o = row_begin + r;
+        const uint64_t *words = signs + o * words_per_row;
+        const uint8_t *crow = codes ? codes + o * code_stride : NULL;
+        const float plus = a[o] + b[o], minus = b[o] - a[o];
+        float *row = out + r * cols;
+        size_t c = 0, s = 0;
+        for (size_t j = 0; j < cols; j++) {
+            if ((binary_mask[j >> 6] >> (j & 63)) & 1) {
+                const int bit = (int)((words[c >> 6] >> (c & 63)) & 1);
+                row[j] = col_scale[j] * (bit ? plus : minus);
+                c++;
+            } else {
+                row[j] = d[o] * ((float)binary_code_at(crow, nibbles, s) - z[o]);
+                s++;
+            }
+        }
+    }
+}
+
+#if defined(__x86_64__)
+#define CK_AVX512_BMI2 __attribute__((target("avx2,fma,f16c,avx512f,bmi,bmi2,popcnt")))
+
+/// The row's salient values d·(u − z) in salient order, 16 at a time (same operations as the
+/// scalar twin: convert, subtract, multiply).
+CK_INLINE CK_AVX512_BMI2 void binary_salient_row(const uint8_t *crow, int nibbles, size_t ns, float d, float z,
+                                                 float *dst) {
+    const __m512 vd = _mm512_set1_ps(d), vz = _mm512_set1_ps(z);
+    size_t s = 0;
+    for (; s + 16 <= ns; s += 16) {
+        __m128i bytes;
+        if (nibbles) {
+            const __m128i packed = _mm_loadl_epi64((const __m128i *)(crow + s / 2));  // 16 nibbles
+            const __m128i low4 = _mm_set1_epi8(0x0F);
+            bytes = _mm_unpacklo_epi8(_mm_and_si128(packed, low4), _mm_and_si128(_mm_srli_epi16(packed, 4), low4));
+        } else {
+            bytes = _mm_loadu_si128((const __m128i *)(crow + s));
+        }
+        const __m512 u = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(bytes));
+        _mm512_storeu_ps(dst + s, _mm512_mul_ps(vd, _mm512_sub_ps(u, vz)));
+    }
+    for (; s < ns; s++) dst[s] = d * ((float)binary_code_at(crow, nibbles, s) - z);
+}
+
+/// Per 64 natural columns: the next popcount(mask) packed sign bits are spread onto the
+/// binarized columns' positions with pdep; per 16 columns, one blend of the row's two values,
+/// one multiply by the column scales, and one expand-load of the salient values into the
+/// salient lanes.
+CK_AVX512_BMI2 static void binary_decode_rows_avx512(const uint64_t *signs, size_t words_per_row,
+                                                     const uint64_t *binary_mask, const float *col_scale,
+                                                     const float *a, const float *b, const uint8_t *codes,
+                                                     int nibbles, size_t code_stride, size_t ns, const float *d,
+                                                     const float *z, size_t row_begin, size_t row_count,
+                                                     size_t cols, float *out, float *salient) {
+    const size_t natural_words = (cols + 63) / 64;
+    for (size_t r = 0; r < row_count; r++) {
+        const size_t o = row_begin + r;
+        const uint64_t *words = signs + o * words_per_row;
+        if (ns) binary_salient_row(codes + o * code_stride, nibbles, ns, d[o], z[o], salient);
+        const __m512 vplus = _mm512_set1_ps(a[o] + b[o]), vminus = _mm512_set1_ps(b[o] - a[o]);
+        float *row = out + r * cols;
+        size_t pos = 0;          // packed sign bits consumed
+        const float *sp = salient;
+        for (size_t w = 0; w < natural_words; w++) {
+            const uint64_t m = binary_mask[w];
+            const unsigned count = (unsigned)__builtin_popcountll(m);
+            uint64_t field = 0;
+            if (count) {
+                const size_t wi = pos >> 6, sh = pos & 63;
+                field = words[wi] >> sh;
+                if (sh && sh + count > 64) field |= words[wi + 1] << (64 - sh);
+            }
+            const uint64_t spread = _pdep_u64(field, m);
+            pos += count;
+            for (unsigned q = 0; q < 4; q++) {
+                const size_t j = w * 64 + q * 16;
+                if (j >= cols) break;
+                const __mmask16 valid = cols - j >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (cols - j)) - 1);
+                const __mmask16 bin = (__mmask16)(m >> (q * 16)) & valid;
+                const __mmask16 sal = (__mmask16)~bin & valid;
+                const __m512 sel = _mm512_mask_blend_ps((__mmask16)(spread >> (q * 16)), vminus, vplus);
+                __m512 v = _mm512_mul_ps(_mm512_maskz_loadu_ps(bin, col_scale + j), sel);
+                v = _mm512_mask_expandloadu_ps(v, sal, sp);
+                sp += __builtin_popcount((unsigned)sal);
+                _mm512_mask_storeu_ps(row + j, valid, v);
+            }
+        }
+    }
+}
+#endif
+
+void ck_binary_decode_rows(const uint64_t *signs, size_t words_per_row, const uint64_t *binary_mask,
+                           const float *col_scale, const float *a, const float *b, const uint8_t *codes,
+                           int nibbles, size_t code_stride, size_t ns, const float *d, const float *z,
+                           size_t row_begin, size_t row_count, size_t cols, float *out) {
+#if defined(__x86_64__)
+    // Behind the AVX-512 switch as the GEMV (ck_set_vnni_enabled), so the tests reach both paths.
+    if (ck_cpu_has_avx512vnni() && __builtin_cpu_supports("bmi2")) {
+        float stack[512];
+        float *salient = ns <= 512 ? stack : (float *)malloc(ns * sizeof(float));
+        if (salient) {
+            binary_decode_rows_avx512(signs, words_per_row, binary_mask, col_scale, a, b, codes, nibbles, code_stride,
+                                      ns, d, z, row_begin, row_count, cols, out, salient);
+            if (salient != stack) free(salient);
+            return;
+        }
+    }
+#endif
+    ck_binary_decode_rows_ref(signs, words_per_row, binary_mask, col_scale, a, b, codes, nibbles, code_stride, ns, d,
+                              z, row_begin, row_count, cols, out);
 }
