@@ -219,9 +219,11 @@ struct BinaryWeightTests {
 
     /// Prefill tiles (`ck_binary_decode_rows`, AVX-512 and the scalar twin) equal the reference
     /// dequantizer bit for bit: odd widths (tails inside 16- and 64-column words), no salient
-    /// columns, all salient, 4- and 8-bit salient codes, extreme and zero scales, partial row ranges.
+    /// columns, all salient, more than 512 salient columns (the kernel's heap buffer), 4- and 8-bit
+    /// salient codes, extreme and zero scales, partial row ranges.
     @Test(arguments: [(16, 200, 40, 4), (1, 64, 12, 4), (5, 33, 0, 4), (8, 20, 20, 4), (3, 129, 1, 4),
-                      (24, 576, 116, 4), (7, 1536, 307, 4), (9, 77, 30, 8), (4, 600, 0, 8)])
+                      (24, 576, 116, 4), (7, 1536, 307, 4), (9, 77, 30, 8), (4, 600, 0, 8),
+                      (2, 3000, 600, 4)])
     func prefillTilesMatchReference(rows: Int, columns: Int, salient: Int, bits: Int) throws {
         var rng = SeededGenerator(seed: UInt64(rows * 1000 + columns))
         var mask = [Bool](repeating: false, count: columns)
