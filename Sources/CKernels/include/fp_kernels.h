@@ -31,6 +31,15 @@ void ck_fp_gemv_f32(const uint8_t *codes, int nibbles, size_t row_begin, size_t 
                     size_t group_size, const float *table, const float *scales, const float *x, float *y);
 void ck_fp_gemv_f32_ref(const uint8_t *codes, int nibbles, size_t row_begin, size_t row_count, size_t cols,
                         size_t group_size, const float *table, const float *scales, const float *x, float *y);
+/// ck_fp_gemv_f32 for codes of a known format (exp_bits exponent and man_bits mantissa bits,
+/// table = that format's code values): with AVX-512, one-byte codes are decoded in registers from
+/// their bits (sign | E | M, exactly table[code]) instead of gathered from the table; nibble codes
+/// (and exp_bits = 0, "format unknown") behave as ck_fp_gemv_f32. The AVX-512 nibble path needs
+/// cols and group_size multiples of 16; other shapes take the AVX2 path.
+void ck_fp_gemv_f32_fmt(const uint8_t *codes, int nibbles, int exp_bits, int man_bits, size_t row_begin,
+                        size_t row_count, size_t cols, size_t group_size, const float *table, const float *scales,
+                        const float *x, float *y);
+
 
 /// out[(r - row_begin)*cols + j] = scale[r,g] * table[c[r,j]] for the row range (one multiply,
 /// exactly FloatingPointWeight.value), for tiles multiplied by sgemm at prefill.
