@@ -250,15 +250,24 @@ size_t ck_split_p4_row_bytes(size_t cols) { return (cols + P4_BLOCK - 1) / P4_BL
 void ck_split_pack_p4(const uint8_t *clusters, const uint8_t *codes, size_t rows, size_t cols, uint8_t *out) {
     const size_t rb = ck_split_p4_row_bytes(cols);
     for (size_t r = 0; r < rows; r++) {
-        uint8_t *row = out + r * rb;
-        memset(row, 0, rb);
-        for (size_t j = 0; j < cols; j++) {
-            uint8_t *blk = row + (j / P4_BLOCK) * P4_BLOCK_BYTES;
-            const size_t t = j % P4_BLOCK;
-            const unsigned u = codes[r * cols + j] & 0x0F, k = clusters[r * cols + j] & 3;
-            blk[t & 15] |= (uint8_t)(t < 16 ? u : u << 4);
-            blk[16 + t / 8] |= (uint8_t)((k & 1) << (t % 8));
-            blk[20 + t / 8] |= (uint8_t)((k >> 1) << (t % 8));
+        const uint8_t *c = clusters + r * cols, *q = codes + r * cols;
+        for (size_t j0 = 0; j0 < cols; j0 += P4_BLOCK) {
+            // One block in locals, written once.
+            uint8_t nib[16] = {0};
+            uint32_t p0 = 0, p1 = 0;
+            const size_t n = cols - j0 < P4_BLOCK ? cols - j0 : P4_BLOCK;
+            for (size_t t = 0; t < n; t++) {
+                const unsigned u = q[j0 + t] & 0x0F, k = c[j0 + t] & 3;
+                nib[t & 15] |= (uint8_t)(t < 16 ? u : u << 4);
+                p0 |= (uint32_t)(k & 1) << t;
+                p1 |= (uint32_t)(k >> 1) << t;
+            }
+            uint8_t *blk = out + r * rb + (j0 / P4_BLOCK) * P4_BLOCK_BYTES;
+            memcpy(blk, nib, 16);
+            for (int b = 0; b < 4; b++) {  // little-endian planes on any host
+                blk[16 + b] = (uint8_t)(p0 >> (8 * b));
+                blk[20 + b] = (uint8_t)(p1 >> (8 * b));
+            }
         }
     }
 }

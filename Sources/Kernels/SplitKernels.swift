@@ -31,6 +31,12 @@ public enum SplitKernels {
     /// Largest code width the packed 4-bit layout holds.
     public static let maxPackedBits = 4
 
+    /// Whether layers of ≤ 4-bit codes should hold the `.packed4` layout: where the CPU runs its
+    /// AVX-512 kernel (in-register tables, faster than the byte indices and 25 % fewer bytes).
+    /// On AVX2 alone, expanding the cluster planes costs more than the bytes it saves (measured in
+    /// docs/RESULTS.md), so layers keep one index byte per weight there.
+    public static var prefersPacked4: Bool { ck_cpu_has_avx512vnni() != 0 }
+
     /// Packs `rows × columns` cluster ids (0…2) and codes (< 16) into the `.packed4` layout.
     public static func pack4(clusters: [UInt8], codes: [UInt8], rows: Int, columns: Int) -> Indices {
         precondition(clusters.count == rows * columns && codes.count == rows * columns)

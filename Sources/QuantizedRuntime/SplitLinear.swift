@@ -80,8 +80,8 @@ public final class SplitLinear: LinearOp {
         bias = q.bias
         scales = w.scales
         zeros = w.zeros
-        if w.bits <= SplitKernels.maxPackedBits {
-            // 0.75 bytes per weight: decode is bound by the bytes it streams.
+        if w.bits <= SplitKernels.maxPackedBits && SplitKernels.prefersPacked4 {
+            // 0.75 bytes per weight, looked up in registers (AVX-512).
             indices = SplitKernels.pack4(clusters: w.clusters, codes: w.codes, rows: w.rows, columns: w.columns)
         } else if w.bits <= SplitKernels.maxByteIndexBits {
             var packed = [UInt8](repeating: 0, count: count)
