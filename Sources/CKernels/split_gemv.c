@@ -359,7 +359,7 @@ CK_INLINE CK_AVX512 void p4_block(const uint8_t *blk, __m512 t0, __m512 t1, __m5
 /// AVX-512 GEMV on the packed layout (group_size a multiple of 32, or one group per row): per
 /// row and group three value tables in registers, per 32 weights one byte widen, an AND and a
 /// shift, two permutes per 16 weights and two FMAs; the last block of a row loads x under a mask.
-/// The weights are exact, the float summation order differs from the reference (two 16-lane
+/// The weights are exact, the float summation order differs from the reference (four 16-lane
 /// accumulators per row, one reduction per row).
 CK_AVX512 static void split_gemv_p4_avx512(const uint8_t *packed, size_t row_begin, size_t row_count, size_t cols,
                                            size_t group_size, const float *scales, const float *zeros,
