@@ -182,37 +182,122 @@ static void fp_gemv_avx2(const uint8_t *codes, int nibbles, size_t row_begin, si
     }
 }
 
-/// AVX-512 nibble GEMV (groups of a multiple of 32 columns): 32 codes per step split into nibbles
-/// in element order, widened to 16 int32 lanes and looked up in the whole 16-entry table with one
-/// vpermps (no sign step); each group's 16-lane partial dot is folded into the row accumulator by
-/// one FMA with the group's scale (two accumulators by group parity), and the row is reduced
-/// once at the end. The float summation order differs from the scalar twin's (as the AVX2
-/// path's does); the tests bound the difference.
+/// x permuted per 16-column block for the AVX-512 nibble kernels: xp[16b + 2q] = x[16b + q],
+/// xp[16b + 2q + 1] = x[16b + q + 8] (q < 8), the lane order in which one 64-bit broadcast of
+/// 16 packed nibbles shifted right by 4q per 64-bit lane leaves nibble q in the low bits of
+/// dword lane 2q and nibble q + 8 in lane 2q + 1 (cols % 16 == 0).
+__attribute__((target("avx2,fma,avx512f,avx512vl")))
+static void fp4_permute_x(const float *x, size_t cols, float *xp) {
+    const __m512i order = _mm512_setr_epi32(0, 8, 1, 9, 2, 10, 3, 11, 4, 12, 5, 13, 6, 14, 7, 15);
+    for (size_t b = 0; b + 16 <= cols; b += 16)
+        _mm512_storeu_ps(xp + b, _mm512_permutexvar_ps(order, _mm512_loadu_ps(x + b)));
+}
+
+/// AVX-512 nibble GEMV (cols and groups multiples of 16 columns; the last group may be shorter). Per 16
+/// codes: one 64-bit broadcast load, one variable shift per 64-bit lane and one vpermps into
+/// the whole 16-entry table (the sign is part of the table): no unpacking or widening shuffles.
+/// x is permuted once per call to the lane order this leaves (fp4_permute_x). Each
+/// group's 16-lane partial dot is folded into the row accumulator by one FMA with the group's
+/// scale (two accumulators by group parity), and the row is reduced once at the end. The float
+/// summation order differs from the scalar twin's (as the AVX2 path's does); the tests bound
+/// the difference.
 __attribute__((target("avx2,fma,avx512f,avx512vl")))
 static void fp4_gemv_avx512(const uint8_t *codes, size_t row_begin, size_t row_count, size_t cols,
-                            size_t group_size, const float *table, const float *scales, const float *x, float *y) {
-    const size_t groups = cols / group_size, stride = cols / 2;
+                            size_t group_size, const float *table, const float *scales, const float *xp, float *y) {
+    const size_t groups = fp_groups(cols, group_size), stride = cols / 2;
     const __m512 t16 = _mm512_loadu_ps(table);
-    const __m128i low4 = _mm_set1_epi8(0x0F);
+    const __m512i shifts = _mm512_setr_epi64(0, 4, 8, 12, 16, 20, 24, 28);
     for (size_t o = row_begin; o < row_begin + row_count; o++) {
         const uint8_t *row = codes + o * stride;
         const float *s = scales + o * groups;
+        // Two row totals by group parity (each group's partial dot is folded in by one FMA).
         __m512 total0 = _mm512_setzero_ps(), total1 = _mm512_setzero_ps();
         for (size_t g = 0; g < groups; g++) {
             __m512 d0 = _mm512_setzero_ps(), d1 = _mm512_setzero_ps();
-            for (size_t j = g * group_size; j < (g + 1) * group_size; j += 32) {
-                const __m128i b = _mm_loadu_si128((const __m128i *)(row + j / 2));
-                const __m128i lo = _mm_and_si128(b, low4), hi = _mm_and_si128(_mm_srli_epi16(b, 4), low4);
-                const __m512 w0 = _mm512_permutexvar_ps(_mm512_cvtepu8_epi32(_mm_unpacklo_epi8(lo, hi)), t16);
-                const __m512 w1 = _mm512_permutexvar_ps(_mm512_cvtepu8_epi32(_mm_unpackhi_epi8(lo, hi)), t16);
-                d0 = _mm512_fmadd_ps(w0, _mm512_loadu_ps(x + j), d0);
-                d1 = _mm512_fmadd_ps(w1, _mm512_loadu_ps(x + j + 16), d1);
+            const size_t j1 = (g + 1) * group_size < cols ? (g + 1) * group_size : cols;
+            size_t j = g * group_size;
+#define FP4_STEP(D, J)                                                                              \
+    do {                                                                                            \
+        uint64_t w_;                                                                                \
+        memcpy(&w_, row + (J) / 2, 8);                                                              \
+        const __m512i i_ = _mm512_srlv_epi64(_mm512_set1_epi64((long long)w_), shifts);             \
+        D = _mm512_fmadd_ps(_mm512_permutexvar_ps(i_, t16), _mm512_loadu_ps(xp + (J)), D);           \
+    } while (0)
+            for (; j + 32 <= j1; j += 32) {
+                FP4_STEP(d0, j);
+                FP4_STEP(d1, j + 16);
             }
+            if (j < j1) FP4_STEP(d0, j);
+#undef FP4_STEP
             const __m512 d = _mm512_add_ps(d0, d1);
             if (g & 1) total1 = _mm512_fmadd_ps(d, _mm512_set1_ps(s[g]), total1);
             else total0 = _mm512_fmadd_ps(d, _mm512_set1_ps(s[g]), total0);
         }
         y[o] = _mm512_reduce_add_ps(_mm512_add_ps(total0, total1));
+    }
+}
+
+/// 16 byte codes decoded to floats by the format's definition (fp_kernels.h) instead of a table:
+/// magnitude bits m = E << man | M shifted to the float's exponent/mantissa fields with 127 added
+/// to the exponent gives 2^E·(1 + M/2^man) for E ≥ 1; for E = 0 the exponent is raised by one
+/// more (2 + 2M/2^man) and 2 subtracted (exact), giving the subnormal 2M/2^man; the sign bit is
+/// xored in last. No gather and no denormal floats (FTZ/DAZ cannot change it).
+__attribute__((target("avx2,fma,avx512f,avx512vl")))
+static inline __m512 fp_bytes_decode16(__m128i bytes, __m512i mag_mask, __m512i sub_limit, __m128i mant_shift,
+                                       __m128i sign_shift) {
+    const __m512i c = _mm512_cvtepu8_epi32(bytes);
+    const __m512i mag = _mm512_and_si512(c, mag_mask);
+    const __mmask16 sub = _mm512_cmplt_epu32_mask(mag, sub_limit);
+    __m512i bits = _mm512_add_epi32(_mm512_sll_epi32(mag, mant_shift), _mm512_set1_epi32(127 << 23));
+    bits = _mm512_mask_add_epi32(bits, sub, bits, _mm512_set1_epi32(1 << 23));
+    __m512 v = _mm512_castsi512_ps(bits);
+    v = _mm512_mask_sub_ps(v, sub, v, _mm512_set1_ps(2.0f));
+    const __m512i sign = _mm512_and_si512(_mm512_sll_epi32(c, sign_shift), _mm512_set1_epi32((int)0x80000000u));
+    return _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(v), sign));
+}
+
+/// AVX-512 GEMV on one-byte minifloat codes (FP5…FP8, e.g. the FP8 LM head): codes decoded in
+/// registers by fp_bytes_decode16 (exactly table[code]), 32 per step into two accumulators,
+/// groups of a multiple of 16 columns folded by one FMA with the group scale; columns past the
+/// last 16-block of a group go through scalar code on the table.
+__attribute__((target("avx2,fma,avx512f,avx512vl")))
+static void fp_bytes_gemv_avx512(const uint8_t *codes, size_t row_begin, size_t row_count, size_t cols,
+                                 size_t group_size, int exp_bits, int man_bits, const float *table,
+                                 const float *scales, const float *x, float *y) {
+    const size_t groups = fp_groups(cols, group_size);
+    const __m512i mag_mask = _mm512_set1_epi32((1 << (exp_bits + man_bits)) - 1);
+    const __m512i sub_limit = _mm512_set1_epi32(1 << man_bits);
+    const __m128i mant_shift = _mm_cvtsi32_si128(23 - man_bits), sign_shift = _mm_cvtsi32_si128(31 - exp_bits - man_bits);
+    for (size_t o = row_begin; o < row_begin + row_count; o++) {
+        const uint8_t *row = codes + o * cols;
+        const float *s = scales + o * groups;
+        __m512 total0 = _mm512_setzero_ps(), total1 = _mm512_setzero_ps();
+        float tail = 0;
+        for (size_t g = 0; g < groups; g++) {
+            const size_t j0 = g * group_size, j1 = j0 + group_size < cols ? j0 + group_size : cols;
+            // Four accumulators: one FMA chain per 16 columns would be latency-bound.
+            __m512 d0 = _mm512_setzero_ps(), d1 = _mm512_setzero_ps(), d2 = _mm512_setzero_ps(), d3 = _mm512_setzero_ps();
+            size_t j = j0;
+#define FP8_STEP(D, J)                                                                                          \
+    D = _mm512_fmadd_ps(fp_bytes_decode16(_mm_loadu_si128((const __m128i *)(row + (J))), mag_mask, sub_limit,    \
+                                          mant_shift, sign_shift),                                              \
+                        _mm512_loadu_ps(x + (J)), D)
+            for (; j + 64 <= j1; j += 64) {
+                FP8_STEP(d0, j);
+                FP8_STEP(d1, j + 16);
+                FP8_STEP(d2, j + 32);
+                FP8_STEP(d3, j + 48);
+            }
+            for (; j + 16 <= j1; j += 16) FP8_STEP(d0, j);
+#undef FP8_STEP
+            float dot = 0;
+            for (; j < j1; j++) dot += table[row[j]] * x[j];
+            const __m512 d = _mm512_add_ps(_mm512_add_ps(d0, d1), _mm512_add_ps(d2, d3));
+            if (g & 1) total1 = _mm512_fmadd_ps(d, _mm512_set1_ps(s[g]), total1);
+            else total0 = _mm512_fmadd_ps(d, _mm512_set1_ps(s[g]), total0);
+            tail += s[g] * dot;
+        }
+        y[o] = _mm512_reduce_add_ps(_mm512_add_ps(total0, total1)) + tail;
     }
 }
 
@@ -249,12 +334,28 @@ void ck_fp_quantize_rows(const float *x, size_t rows, size_t cols, const float *
 
 void ck_fp_gemv_f32(const uint8_t *codes, int nibbles, size_t row_begin, size_t row_count, size_t cols,
                     size_t group_size, const float *table, const float *scales, const float *x, float *y) {
+    ck_fp_gemv_f32_fmt(codes, nibbles, 0, 0, row_begin, row_count, cols, group_size, table, scales, x, y);
+}
+
+void ck_fp_gemv_f32_fmt(const uint8_t *codes, int nibbles, int exp_bits, int man_bits, size_t row_begin,
+                        size_t row_count, size_t cols, size_t group_size, const float *table, const float *scales,
+                        const float *x, float *y) {
     if (group_size == 0) group_size = cols ? cols : 1;
 #if defined(__x86_64__)
-    // The AVX-512 path follows the VNNI switch (ck_set_vnni_enabled), so tests reach both.
-    if (nibbles && cols % 32 == 0 && group_size % 32 == 0 && cols % group_size == 0 && ck_cpu_has_avx512vnni()) {
-        fp4_gemv_avx512(codes, row_begin, row_count, cols, group_size, table, scales, x, y);
-        return;
+    // The AVX-512 paths follow the VNNI switch (ck_set_vnni_enabled), so tests reach both.
+    if (ck_cpu_has_avx512vnni()) {
+        if (nibbles && cols % 16 == 0 && group_size % 16 == 0) {
+            float *xp = (float *)ck_thread_scratch(6, cols * sizeof(float));
+            if (xp) {
+                fp4_permute_x(x, cols, xp);
+                fp4_gemv_avx512(codes, row_begin, row_count, cols, group_size, table, scales, xp, y);
+                return;
+            }
+        }
+        if (!nibbles && exp_bits >= 1 && man_bits >= 0 && exp_bits + man_bits <= 7 && exp_bits <= 7) {
+            fp_bytes_gemv_avx512(codes, row_begin, row_count, cols, group_size, exp_bits, man_bits, table, scales, x, y);
+            return;
+        }
     }
     if (ck_cpu_has_avx2()) { fp_gemv_avx2(codes, nibbles, row_begin, row_count, cols, group_size, table, scales, x, y); return; }
 #endif

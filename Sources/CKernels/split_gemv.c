@@ -1,6 +1,8 @@
 #include "ckernels.h"
 #include "split_kernels.h"
 #include <immintrin.h>
+#include "ck_runtime.h"
+#include <string.h>
 
 // SplitQuant weight-only kernels (see split_kernels.h). The reference builds, per row and group,
 // the value table T[k << bits | u] = s_k * ((float)u - z_k) (3·2^bits entries) and looks the
@@ -232,3 +234,273 @@ SPLIT_AVX2(u16, uint16_t)
 
 SPLIT_DISPATCH(u8, uint8_t)
 SPLIT_DISPATCH(u16, uint16_t)
+
+// ---- packed 4-bit codes + 2-bit cluster planes (bits ≤ 4) ---------------------------------------
+//
+// Per row, ceil(cols / 32) blocks of 24 bytes (see split_kernels.h): 16 code bytes (byte t holds
+// element t in its low nibble and element t + 16 in its high nibble), then two little-endian
+// 32-bit planes with bit 0 and bit 1 of each element's cluster id. Padding elements are code 0,
+// cluster 0.
+
+#define P4_BLOCK 32
+#define P4_BLOCK_BYTES 24
+
+size_t ck_split_p4_row_bytes(size_t cols) { return (cols + P4_BLOCK - 1) / P4_BLOCK * P4_BLOCK_BYTES; }
+
+void ck_split_pack_p4(const uint8_t *clusters, const uint8_t *codes, size_t rows, size_t cols, uint8_t *out) {
+    const size_t rb = ck_split_p4_row_bytes(cols);
+    for (size_t r = 0; r < rows; r++) {
+        const uint8_t *c = clusters + r * cols, *q = codes + r * cols;
+        for (size_t j0 = 0; j0 < cols; j0 += P4_BLOCK) {
+            // One block in locals, written once.
+            uint8_t nib[16] = {0};
+            uint32_t p0 = 0, p1 = 0;
+            const size_t n = cols - j0 < P4_BLOCK ? cols - j0 : P4_BLOCK;
+            for (size_t t = 0; t < n; t++) {
+                const unsigned u = q[j0 + t] & 0x0F, k = c[j0 + t] & 3;
+                nib[t & 15] |= (uint8_t)(t < 16 ? u : u << 4);
+                p0 |= (uint32_t)(k & 1) << t;
+                p1 |= (uint32_t)(k >> 1) << t;
+            }
+            uint8_t *blk = out + r * rb + (j0 / P4_BLOCK) * P4_BLOCK_BYTES;
+            memcpy(blk, nib, 16);
+            for (int b = 0; b < 4; b++) {  // little-endian planes on any host
+                blk[16 + b] = (uint8_t)(p0 >> (8 * b));
+                blk[20 + b] = (uint8_t)(p1 >> (8 * b));
+            }
+        }
+    }
+}
+
+/// Cluster id and code of element j of a packed row.
+static inline void p4_at(const uint8_t *row, size_t j, unsigned *k, unsigned *u) {
+    const uint8_t *blk = row + (j / P4_BLOCK) * P4_BLOCK_BYTES;
+    const size_t t = j % P4_BLOCK;
+    const uint8_t byte = blk[t & 15];
+    *u = t < 16 ? (unsigned)(byte & 0x0F) : (unsigned)(byte >> 4);
+    *k = (unsigned)((blk[16 + t / 8] >> (t % 8)) & 1) | (unsigned)(((blk[20 + t / 8] >> (t % 8)) & 1) << 1);
+}
+
+void ck_split_gemv_p4_ref(const uint8_t *packed, size_t row_begin, size_t row_count, size_t cols, size_t group_size,
+                          int bits, const float *scales, const float *zeros, const float *x, float *y) {
+    if (group_size == 0) group_size = cols ? cols : 1;
+    const size_t groups = split_groups(cols, group_size), rb = ck_split_p4_row_bytes(cols);
+    float t[SPLIT_MAX_TABLE];
+    for (size_t o = row_begin; o < row_begin + row_count; o++) {
+        const uint8_t *row = packed + o * rb;
+        float y_o = 0;
+        for (size_t g = 0; g < groups; g++) {
+            split_table(t, bits, scales, zeros, o, groups, g);
+            const size_t j0 = g * group_size, j1 = j0 + group_size < cols ? j0 + group_size : cols;
+            float dot = 0;
+            for (size_t j = j0; j < j1; j++) {
+                unsigned k, u;
+                p4_at(row, j, &k, &u);
+                dot += t[(k << bits) | u] * x[j];
+            }
+            y_o += dot;
+        }
+        y[o] = y_o;
+    }
+}
+
+void ck_split_dequant_rows_p4_ref(const uint8_t *packed, size_t row_begin, size_t row_count, size_t cols,
+                                  size_t group_size, int bits, const float *scales, const float *zeros, float *out) {
+    if (group_size == 0) group_size = cols ? cols : 1;
+    const size_t groups = split_groups(cols, group_size), rb = ck_split_p4_row_bytes(cols);
+    float t[SPLIT_MAX_TABLE];
+    for (size_t r = 0; r < row_count; r++) {
+        const size_t o = row_begin + r;
+        const uint8_t *row = packed + o * rb;
+        for (size_t g = 0; g < groups; g++) {
+            split_table(t, bits, scales, zeros, o, groups, g);
+            const size_t j0 = g * group_size, j1 = j0 + group_size < cols ? j0 + group_size : cols;
+            for (size_t j = j0; j < j1; j++) {
+                unsigned k, u;
+                p4_at(row, j, &k, &u);
+                out[r * cols + j] = t[(k << bits) | u];
+            }
+        }
+    }
+}
+
+#if defined(__x86_64__)
+#define CK_AVX512 __attribute__((target("avx2,fma,f16c,avx512f,avx512vl")))
+
+/// The three 16-entry value tables of one row and group, T_k[u] = s_k * ((float)u - z_k): the
+/// reference's two float operations per entry, so every looked-up weight is exact.
+CK_INLINE CK_AVX512 void p4_tables(const float *s, const float *z, __m512 *t0, __m512 *t1, __m512 *t2) {
+    const __m512 iota = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    *t0 = _mm512_mul_ps(_mm512_set1_ps(s[0]), _mm512_sub_ps(iota, _mm512_set1_ps(z[0])));
+    *t1 = _mm512_mul_ps(_mm512_set1_ps(s[1]), _mm512_sub_ps(iota, _mm512_set1_ps(z[1])));
+    *t2 = _mm512_mul_ps(_mm512_set1_ps(s[2]), _mm512_sub_ps(iota, _mm512_set1_ps(z[2])));
+}
+
+/// 16 weights from their codes (low 4 bits of the dword lanes of `u`, upper bits zero) and the
+/// cluster bit masks: clusters 0/1 by one two-table permute on code | bit0 << 4, cluster 2 by a
+/// masked permute of its own table.
+CK_INLINE CK_AVX512 __m512 p4_lookup16(__m512i u, __mmask16 k0, __mmask16 k1, __m512 t0, __m512 t1, __m512 t2) {
+    const __m512i idx = _mm512_mask_or_epi32(u, k0, u, _mm512_set1_epi32(16));
+    const __m512 w = _mm512_permutex2var_ps(t0, idx, t1);
+    return _mm512_mask_permutexvar_ps(w, k1, u, t2);
+}
+
+/// The 32 weights of one packed block as two 16-lane vectors (elements 0…15 and 16…31).
+CK_INLINE CK_AVX512 void p4_block(const uint8_t *blk, __m512 t0, __m512 t1, __m512 t2, __m512 *lo, __m512 *hi) {
+    const __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)blk));
+    uint32_t p0, p1;
+    memcpy(&p0, blk + 16, 4);
+    memcpy(&p1, blk + 20, 4);
+    const __m512i low4 = _mm512_set1_epi32(0x0F);
+    *lo = p4_lookup16(_mm512_and_si512(v, low4), (__mmask16)p0, (__mmask16)p1, t0, t1, t2);
+    *hi = p4_lookup16(_mm512_srli_epi32(v, 4), (__mmask16)(p0 >> 16), (__mmask16)(p1 >> 16), t0, t1, t2);
+}
+
+/// AVX-512 GEMV on the packed layout (group_size a multiple of 32, or one group per row): per
+/// row and group three value tables in registers, per 32 weights one byte widen, an AND and a
+/// shift, two permutes per 16 weights and two FMAs; the last block of a row loads x under a mask.
+/// The weights are exact, the float summation order differs from the reference (four 16-lane
+/// accumulators per row, one reduction per row).
+CK_AVX512 static void split_gemv_p4_avx512(const uint8_t *packed, size_t row_begin, size_t row_count, size_t cols,
+                                           size_t group_size, const float *scales, const float *zeros,
+                                           const float *x, float *y) {
+    const size_t groups = split_groups(cols, group_size), rb = ck_split_p4_row_bytes(cols);
+    for (size_t o = row_begin; o < row_begin + row_count; o++) {
+        const uint8_t *row = packed + o * rb;
+        // Four accumulators (two blocks per step): one FMA chain per 16 columns would be latency-bound.
+        __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps(), acc2 = _mm512_setzero_ps(), acc3 = _mm512_setzero_ps();
+        for (size_t g = 0; g < groups; g++) {
+            __m512 t0, t1, t2;
+            p4_tables(scales + (o * groups + g) * SPLIT_CLUSTERS, zeros + (o * groups + g) * SPLIT_CLUSTERS, &t0, &t1, &t2);
+            const size_t j0 = g * group_size, j1 = j0 + group_size < cols ? j0 + group_size : cols;
+            size_t j = j0;
+            for (; j + 2 * P4_BLOCK <= j1; j += 2 * P4_BLOCK) {
+                __m512 lo0, hi0, lo1, hi1;
+                const uint8_t *blk = row + (j / P4_BLOCK) * P4_BLOCK_BYTES;
+                p4_block(blk, t0, t1, t2, &lo0, &hi0);
+                p4_block(blk + P4_BLOCK_BYTES, t0, t1, t2, &lo1, &hi1);
+                acc0 = _mm512_fmadd_ps(lo0, _mm512_loadu_ps(x + j), acc0);
+                acc1 = _mm512_fmadd_ps(hi0, _mm512_loadu_ps(x + j + 16), acc1);
+                acc2 = _mm512_fmadd_ps(lo1, _mm512_loadu_ps(x + j + 32), acc2);
+                acc3 = _mm512_fmadd_ps(hi1, _mm512_loadu_ps(x + j + 48), acc3);
+            }
+            for (; j + P4_BLOCK <= j1; j += P4_BLOCK) {
+                __m512 lo, hi;
+                p4_block(row + (j / P4_BLOCK) * P4_BLOCK_BYTES, t0, t1, t2, &lo, &hi);
+                acc0 = _mm512_fmadd_ps(lo, _mm512_loadu_ps(x + j), acc0);
+                acc1 = _mm512_fmadd_ps(hi, _mm512_loadu_ps(x + j + 16), acc1);
+            }
+            if (j < j1) {  // the row's last, partial block: padding weights meet masked-off (zero) x lanes
+                const size_t n = j1 - j;
+                const __mmask16 mlo = n >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << n) - 1);
+                const __mmask16 mhi = n > 16 ? (__mmask16)((1u << (n - 16)) - 1) : 0;
+                __m512 lo, hi;
+                p4_block(row + (j / P4_BLOCK) * P4_BLOCK_BYTES, t0, t1, t2, &lo, &hi);
+                acc0 = _mm512_fmadd_ps(lo, _mm512_maskz_loadu_ps(mlo, x + j), acc0);
+                acc1 = _mm512_fmadd_ps(hi, _mm512_maskz_loadu_ps(mhi, x + j + 16), acc1);
+            }
+        }
+        y[o] = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc0, acc1), _mm512_add_ps(acc2, acc3)));
+    }
+}
+
+CK_AVX512 static void split_dequant_p4_avx512(const uint8_t *packed, size_t row_begin, size_t row_count, size_t cols,
+                                              size_t group_size, const float *scales, const float *zeros, float *out) {
+    const size_t groups = split_groups(cols, group_size), rb = ck_split_p4_row_bytes(cols);
+    for (size_t r = 0; r < row_count; r++) {
+        const size_t o = row_begin + r;
+        const uint8_t *row = packed + o * rb;
+        float *dst = out + r * cols;
+        for (size_t g = 0; g < groups; g++) {
+            __m512 t0, t1, t2;
+            p4_tables(scales + (o * groups + g) * SPLIT_CLUSTERS, zeros + (o * groups + g) * SPLIT_CLUSTERS, &t0, &t1, &t2);
+            const size_t j0 = g * group_size, j1 = j0 + group_size < cols ? j0 + group_size : cols;
+            for (size_t j = j0; j < j1; j += P4_BLOCK) {
+                const size_t n = j1 - j < P4_BLOCK ? j1 - j : P4_BLOCK;
+                const __mmask16 mlo = n >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << n) - 1);
+                const __mmask16 mhi = n > 16 ? (__mmask16)((1u << (n - 16)) - 1) : 0;
+                __m512 lo, hi;
+                p4_block(row + (j / P4_BLOCK) * P4_BLOCK_BYTES, t0, t1, t2, &lo, &hi);
+                _mm512_mask_storeu_ps(dst + j, mlo, lo);
+                _mm512_mask_storeu_ps(dst + j + 16, mhi, hi);
+            }
+        }
+    }
+}
+
+/// AVX2: 8 weights (elements e0 … e0 + 7 of a block, e0 ∈ {0, 8, 16, 24}) as s[k]·((float)u − z[k])
+/// with the cluster id k built from the two planes and the group's s and z permuted by it.
+CK_INLINE CK_AVX2 __m256 p4_values8(const uint8_t *blk, size_t e0, __m256 sv, __m256 zv) {
+    const __m256i v = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(blk + (e0 & 15))));
+    const __m256i u = e0 < 16 ? _mm256_and_si256(v, _mm256_set1_epi32(0x0F)) : _mm256_srli_epi32(v, 4);
+    uint32_t p0, p1;
+    memcpy(&p0, blk + 16, 4);
+    memcpy(&p1, blk + 20, 4);
+    const __m256i lane = _mm256_add_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32((int)e0));
+    const __m256i one = _mm256_set1_epi32(1);
+    const __m256i b0 = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32((int)p0), lane), one);
+    const __m256i b1 = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32((int)p1), lane), one);
+    const __m256i k = _mm256_or_si256(b0, _mm256_slli_epi32(b1, 1));
+    return _mm256_mul_ps(_mm256_permutevar8x32_ps(sv, k),
+                         _mm256_sub_ps(_mm256_cvtepi32_ps(u), _mm256_permutevar8x32_ps(zv, k)));
+}
+
+CK_AVX2 static void split_gemv_p4_avx2(const uint8_t *packed, size_t row_begin, size_t row_count, size_t cols,
+                                       size_t group_size, const float *scales, const float *zeros,
+                                       const float *x, float *y) {
+    const size_t groups = split_groups(cols, group_size), rb = ck_split_p4_row_bytes(cols);
+    for (size_t o = row_begin; o < row_begin + row_count; o++) {
+        const uint8_t *row = packed + o * rb;
+        __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+        float tail = 0;
+        for (size_t g = 0; g < groups; g++) {
+            const float *sp = scales + (o * groups + g) * SPLIT_CLUSTERS, *zp = zeros + (o * groups + g) * SPLIT_CLUSTERS;
+            const __m256 sv = _mm256_setr_ps(sp[0], sp[1], sp[2], 0, 0, 0, 0, 0);
+            const __m256 zv = _mm256_setr_ps(zp[0], zp[1], zp[2], 0, 0, 0, 0, 0);
+            const size_t j0 = g * group_size, j1 = j0 + group_size < cols ? j0 + group_size : cols;
+            size_t j = j0;
+            for (; j + 16 <= j1; j += 16) {
+                const uint8_t *blk = row + (j / P4_BLOCK) * P4_BLOCK_BYTES;
+                a0 = _mm256_fmadd_ps(p4_values8(blk, j % P4_BLOCK, sv, zv), _mm256_loadu_ps(x + j), a0);
+                a1 = _mm256_fmadd_ps(p4_values8(blk, j % P4_BLOCK + 8, sv, zv), _mm256_loadu_ps(x + j + 8), a1);
+            }
+            for (; j < j1; j++) {
+                unsigned k, u;
+                p4_at(row, j, &k, &u);
+                tail += sp[k] * ((float)u - zp[k]) * x[j];
+            }
+        }
+        y[o] = split_hsum(_mm256_add_ps(a0, a1)) + tail;
+    }
+}
+#endif
+
+void ck_split_gemv_p4(const uint8_t *packed, size_t row_begin, size_t row_count, size_t cols, size_t group_size,
+                      int bits, const float *scales, const float *zeros, const float *x, float *y) {
+    if (group_size == 0) group_size = cols ? cols : 1;
+#if defined(__x86_64__)
+    // Blocks of 32 never straddle a group when groups are multiples of 32 (or one per row).
+    const int aligned = group_size % P4_BLOCK == 0 || group_size >= cols;
+    if (aligned && bits <= 4 && ck_cpu_has_avx512vnni()) {
+        split_gemv_p4_avx512(packed, row_begin, row_count, cols, group_size, scales, zeros, x, y);
+        return;
+    }
+    if (aligned && bits <= 4 && ck_cpu_has_avx2()) {
+        split_gemv_p4_avx2(packed, row_begin, row_count, cols, group_size, scales, zeros, x, y);
+        return;
+    }
+#endif
+    ck_split_gemv_p4_ref(packed, row_begin, row_count, cols, group_size, bits, scales, zeros, x, y);
+}
+
+void ck_split_dequant_rows_p4(const uint8_t *packed, size_t row_begin, size_t row_count, size_t cols,
+                              size_t group_size, int bits, const float *scales, const float *zeros, float *out) {
+    if (group_size == 0) group_size = cols ? cols : 1;
+#if defined(__x86_64__)
+    if ((group_size % P4_BLOCK == 0 || group_size >= cols) && bits <= 4 && ck_cpu_has_avx512vnni()) {
+        split_dequant_p4_avx512(packed, row_begin, row_count, cols, group_size, scales, zeros, out);
+        return;
+    }
+#endif
+    ck_split_dequant_rows_p4_ref(packed, row_begin, row_count, cols, group_size, bits, scales, zeros, out);
+}

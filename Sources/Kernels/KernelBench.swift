@@ -219,21 +219,59 @@ public enum KernelBench {
                 }
             }
         }
-        // SplitQuant INT4 g128 (the smollm2-splitquant-int4 recipe): one index byte per weight.
+        // SplitQuant INT4 g128 (the smollm2-splitquant-int4 recipe): one index byte per weight (the
+        // layout before) and packed 4-bit codes with 2-bit cluster planes (what SplitLinear keeps).
         do {
             let group = 128, bits = 4
-            let indices = shapes.map { n, k in SplitKernels.Indices.bytes(bytes(n * k, below: 3 << bits)) }
+            let clusters = shapes.map { n, k in bytes(n * k, below: 3) }
+            let codes = shapes.map { n, k in bytes(n * k, below: 1 << bits) }
+            let byteIndices = shapes.indices.map { i in
+                SplitKernels.Indices.bytes(zip(clusters[i], codes[i]).map { $0 << UInt8(bits) | $1 })
+            }
+            let packed = shapes.indices.map { i in
+                SplitKernels.pack4(clusters: clusters[i], codes: codes[i], rows: shapes[i].0, columns: shapes[i].1)
+            }
             let (soff, stotal) = offsets { n, k in n * (k / group) * 3 }
             let s = floats(stotal), z = floats(stotal)
-            let codeBytes = shapes.reduce(0) { $0 + $1.0 * $1.1 }
             s.withUnsafeBufferPointer { s in
                 z.withUnsafeBufferPointer { z in
-                    time("SplitQuant INT4 g128, byte indices (SplitKernels.gemv)", layerPass, bytes: codeBytes + stotal * 8) {
-                        for (i, (n, k)) in shapes.enumerated() {
-                            SplitKernels.gemv(indices[i], rows: n, columns: k, groupSize: group, bits: bits,
-                                              scales: s.baseAddress! + soff[i], zeros: z.baseAddress! + soff[i], x: x, y: &y)
+                    for (label, indices, vnniPaths) in [("byte indices", byteIndices, [(false, "")]),
+                                                        ("packed 4+2 bits", packed, paths)] {
+                        let indexBytes = indices.reduce(0) { $0 + $1.byteCount }
+                        for path in vnniPaths {
+                            TokenKernels.setVNNIEnabled(path.0)
+                            time("SplitQuant INT4 g128, \(label) (SplitKernels.gemv)\(path.1)", layerPass,
+                                 bytes: indexBytes + stotal * 8) {
+                                for (i, (n, k)) in shapes.enumerated() {
+                                    SplitKernels.gemv(indices[i], rows: n, columns: k, groupSize: group, bits: bits,
+                                                      scales: s.baseAddress! + soff[i], zeros: z.baseAddress! + soff[i],
+                                                      x: x, y: &y)
+                                }
+                            }
                         }
                     }
+                    TokenKernels.setVNNIEnabled(vnniAvailable)
+                }
+            }
+        }
+        // An FP8 (E2M5, per-row scale) LM head, as smollm2-llmfp4-w4a8-head stores it: codes gathered
+        // from the 256-entry table (format unknown: the path before) and decoded from their bits.
+        do {
+            let (n, k) = headShape
+            let e = 2, m = 5
+            let table: [Float] = (0..<256).map { code in
+                let magnitude = code & 127, ex = magnitude >> m, mant = magnitude & 31
+                let v: Float = ex == 0 ? Float(sign: .plus, exponent: 1 - m, significand: Float(mant))
+                    : Float(sign: .plus, exponent: ex, significand: 1 + Float(mant) / 32)
+                return code >= 128 ? -v : v
+            }
+            let w = bytes(n * k, below: 256)
+            let s = floats(n)
+            let pass = "head \(n)×\(k)"
+            for (label, format) in [("table gather", nil), ("decoded in registers", (e, m))] as [(String, (Int, Int)?)] {
+                time("FP8 e2m5 head GEMV, \(label) (MiniFloat.gemv)", pass, bytes: n * k + n * 4) {
+                    MiniFloat.gemv(codes: w, nibbles: false, rows: n, columns: k, groupSize: k, table: table, scales: s,
+                                   x: x, y: &y, format: format.map { (exponentBits: $0.0, mantissaBits: $0.1) })
                 }
             }
         }

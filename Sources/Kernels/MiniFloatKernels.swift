@@ -31,15 +31,21 @@ public enum MiniFloat {
     }
 
     /// `y[o] = Σ_g scale[o,g]·Σ_{j∈g} table[code[o,j]]·x[j]` for all `rows` outputs (parallel over rows).
+    ///
+    /// With `format` (the exponent and mantissa bits `table` was built from, i.e.
+    /// `FloatingPointFormat.codeValues`) one-byte codes are decoded from their bits in registers
+    /// on AVX-512 instead of gathered from the table (`ck_fp_gemv_f32_fmt`); the values are the same.
     public static func gemv(codes: UnsafePointer<UInt8>, nibbles: Bool, rows: Int, columns: Int, groupSize: Int,
                             table: UnsafePointer<Float>, scales: UnsafePointer<Float>,
-                            x: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>) {
+                            x: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>,
+                            format: (exponentBits: Int, mantissaBits: Int)? = nil) {
         guard rows > 0 else { return }
         let pc = SendableConstPointer(codes), pt = SendableConstPointer(table), ps = SendableConstPointer(scales)
         let px = SendableConstPointer(x), py = SendablePointer(y)
+        let e = Int32(format?.exponentBits ?? 0), m = Int32(format?.mantissaBits ?? 0)
         Parallel.forEachChunk(rows, minimumChunk: LowBit.chunk(workPerRow: columns, atLeast: 8)) { r in
-            ck_fp_gemv_f32(pc.base, nibbles ? 1 : 0, r.lowerBound, r.count, columns, groupSize, pt.base, ps.base,
-                           px.base, py.base)
+            ck_fp_gemv_f32_fmt(pc.base, nibbles ? 1 : 0, e, m, r.lowerBound, r.count, columns, groupSize, pt.base,
+                               ps.base, px.base, py.base)
         }
     }
 

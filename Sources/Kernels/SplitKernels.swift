@@ -1,7 +1,8 @@
 import CKernels
 
 /// Weight-only kernels of the SplitQuant format (`split_kernels.h`): per-weight indices
-/// `cluster << bits | code` (one byte for bits ≤ 6, two for 7–8), scales and zero points
+/// `cluster << bits | code` (packed 4-bit codes plus 2-bit cluster planes for bits ≤ 4, one
+/// byte for 5–6, two for 7–8), scales and zero points
 /// `[rows, groups, 3]`. Each row/group builds a 3·2^bits-entry value table and the kernels look
 /// the indices up in it, so the layer runs in one pass over its codes with no float copy of the
 /// weight matrix. The `…Reference` twins are the scalar C loops the fast paths are tested
@@ -9,8 +10,47 @@ import CKernels
 public enum SplitKernels {
     /// Per-weight index storage.
     public enum Indices: Sendable {
+        /// One byte `cluster << bits | code` per weight (bits ≤ 6).
         case bytes([UInt8])
+        /// Two bytes per weight (bits 7…8).
         case halfwords([UInt16])
+        /// Codes of 2…4 bits packed with 2-bit cluster planes, 24 bytes per 32 weights of a row
+        /// (`split_kernels.h`, `pack4`): 0.75 bytes per weight, what decode reads.
+        case packed4([UInt8])
+
+        /// Bytes held.
+        public var byteCount: Int {
+            switch self {
+            case .bytes(let a): a.count
+            case .halfwords(let a): 2 * a.count
+            case .packed4(let a): a.count
+            }
+        }
+    }
+
+    /// Largest code width the packed 4-bit layout holds.
+    public static let maxPackedBits = 4
+
+    /// Whether layers of ≤ 4-bit codes should hold the `.packed4` layout: where the CPU runs its
+    /// AVX-512 kernel (in-register tables, faster than the byte indices and 25 % fewer bytes).
+    /// On AVX2 alone, expanding the cluster planes costs more than the bytes it saves (measured in
+    /// docs/RESULTS.md), so layers keep one index byte per weight there.
+    public static var prefersPacked4: Bool { ck_cpu_has_avx512vnni() != 0 }
+
+    /// Packs `rows × columns` cluster ids (0…2) and codes (< 16) into the `.packed4` layout.
+    public static func pack4(clusters: [UInt8], codes: [UInt8], rows: Int, columns: Int) -> Indices {
+        precondition(clusters.count == rows * columns && codes.count == rows * columns)
+        var out = [UInt8](repeating: 0, count: rows * ck_split_p4_row_bytes(columns))
+        out.withUnsafeMutableBufferPointer { o in
+            clusters.withUnsafeBufferPointer { c in
+                codes.withUnsafeBufferPointer { q in
+                    if let ob = o.baseAddress, let cb = c.baseAddress, let qb = q.baseAddress {
+                        ck_split_pack_p4(cb, qb, rows, columns, ob)
+                    }
+                }
+            }
+        }
+        return .packed4(out)
     }
 
     /// Largest code width whose indices fit in one byte (3 << 6 ≤ 255).
@@ -24,9 +64,12 @@ public enum SplitKernels {
         let ps = SendableConstPointer(scales), pz = SendableConstPointer(zeros)
         let px = SendableConstPointer(x), py = SendablePointer(y)
         let b = Int32(bits)
-        withIndices(indices) { p8, p16 in
+        withIndices(indices) { p8, p16, p4 in
             Parallel.forEachChunk(rows, minimumChunk: reference ? rows : LowBit.chunk(workPerRow: 2 * columns, atLeast: 8)) { range in
-                if let p8 {
+                if let p4 {
+                    (reference ? ck_split_gemv_p4_ref : ck_split_gemv_p4)(
+                        p4.base, range.lowerBound, range.count, columns, groupSize, b, ps.base, pz.base, px.base, py.base)
+                } else if let p8 {
                     (reference ? ck_split_gemv_u8_ref : ck_split_gemv_u8)(
                         p8.base, range.lowerBound, range.count, columns, groupSize, b, ps.base, pz.base, px.base, py.base)
                 } else if let p16 {
@@ -43,8 +86,11 @@ public enum SplitKernels {
                                       bits: Int, scales: UnsafePointer<Float>, zeros: UnsafePointer<Float>,
                                       into tile: UnsafeMutablePointer<Float>, reference: Bool = false) {
         let b = Int32(bits)
-        withIndices(indices) { p8, p16 in
-            if let p8 {
+        withIndices(indices) { p8, p16, p4 in
+            if let p4 {
+                (reference ? ck_split_dequant_rows_p4_ref : ck_split_dequant_rows_p4)(
+                    p4.base, rowRange.lowerBound, rowRange.count, columns, groupSize, b, scales, zeros, tile)
+            } else if let p8 {
                 (reference ? ck_split_dequant_rows_u8_ref : ck_split_dequant_rows_u8)(
                     p8.base, rowRange.lowerBound, rowRange.count, columns, groupSize, b, scales, zeros, tile)
             } else if let p16 {
@@ -69,12 +115,15 @@ public enum SplitKernels {
     }
 
     private static func withIndices(_ indices: Indices,
-                                    _ body: (SendableConstPointer<UInt8>?, SendableConstPointer<UInt16>?) -> Void) {
+                                    _ body: (SendableConstPointer<UInt8>?, SendableConstPointer<UInt16>?,
+                                             SendableConstPointer<UInt8>?) -> Void) {
         switch indices {
         case .bytes(let a):
-            a.withUnsafeBufferPointer { p in if let base = p.baseAddress { body(SendableConstPointer(base), nil) } }
+            a.withUnsafeBufferPointer { p in if let base = p.baseAddress { body(SendableConstPointer(base), nil, nil) } }
         case .halfwords(let a):
-            a.withUnsafeBufferPointer { p in if let base = p.baseAddress { body(nil, SendableConstPointer(base)) } }
+            a.withUnsafeBufferPointer { p in if let base = p.baseAddress { body(nil, SendableConstPointer(base), nil) } }
+        case .packed4(let a):
+            a.withUnsafeBufferPointer { p in if let base = p.baseAddress { body(nil, nil, SendableConstPointer(base)) } }
         }
     }
 }

@@ -215,7 +215,8 @@ public final class FloatingPointLinear: LinearOp {
                         for i in 0..<rows {
                             MiniFloat.gemv(codes: c.baseAddress!, nibbles: nibbles, rows: n, columns: k,
                                            groupSize: groupSize, table: t.baseAddress!, scales: s.baseAddress!,
-                                           x: input + i * k, y: y + i * n)
+                                           x: input + i * k, y: y + i * n,
+                                           format: (format.exponentBits, format.mantissaBits))
                         }
                     } else {
                         MiniFloat.product(codes: c.baseAddress!, nibbles: nibbles, outFeatures: n, inFeatures: k,

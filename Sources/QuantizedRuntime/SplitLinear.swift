@@ -3,7 +3,8 @@ import Models
 import PTQCore
 
 /// A SplitQuant linear layer (`SplitWeight`) with float activations, executed in one pass over
-/// its packed indices `cluster << bits | code`: per row and group the kernel builds the
+/// its packed indices (codes of ≤ 4 bits as nibbles with 2-bit cluster planes, 0.75 bytes per
+/// weight; wider codes as `cluster << bits | code` bytes or halfwords): per row and group the kernel builds the
 /// 3·2^bits-entry value table (the cluster id selects the scale and zero point) and accumulates
 /// table[index]·x. The result equals the sum of the three quantized parts; the runtime keeps
 /// indices, scales and zero points, never the float weight matrix.
@@ -26,12 +27,7 @@ public final class SplitLinear: LinearOp {
     public var weightBytes: Int { storageBytes }
 
     public var storageBytes: Int {
-        let indexBytes: Int
-        switch indices {
-        case .bytes(let a): indexBytes = a.count
-        case .halfwords(let a): indexBytes = 2 * a.count
-        }
-        return indexBytes + 4 * (scales.count + zeros.count + (bias?.count ?? 0))
+        indices.byteCount + 4 * (scales.count + zeros.count + (bias?.count ?? 0))
     }
 
     /// What runs, for reports: e.g. `split W2A16 per-channel (12-entry tables)`.
@@ -84,7 +80,10 @@ public final class SplitLinear: LinearOp {
         bias = q.bias
         scales = w.scales
         zeros = w.zeros
-        if w.bits <= SplitKernels.maxByteIndexBits {
+        if w.bits <= SplitKernels.maxPackedBits && SplitKernels.prefersPacked4 {
+            // 0.75 bytes per weight, looked up in registers (AVX-512).
+            indices = SplitKernels.pack4(clusters: w.clusters, codes: w.codes, rows: w.rows, columns: w.columns)
+        } else if w.bits <= SplitKernels.maxByteIndexBits {
             var packed = [UInt8](repeating: 0, count: count)
             for i in 0..<count { packed[i] = w.clusters[i] << UInt8(w.bits) | w.codes[i] }
             indices = .bytes(packed)

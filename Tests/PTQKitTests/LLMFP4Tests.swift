@@ -376,10 +376,12 @@ struct LLMFP4Tests {
 
     /// GEMV (AVX2 and scalar) and tile decoding against the reference dequantizer on random and
     /// edge-case shapes: odd widths, shorter-than-vector rows, partial last groups.
-    @Test(arguments: [(7, 1, 1), (5, 33, 32), (9, 64, 32), (4, 100, 64), (16, 130, 128), (3, 576, 576), (2, 17, 17), (5, 1536, 64)])
+    @Test(arguments: [(7, 1, 1), (5, 33, 32), (9, 64, 32), (4, 100, 64), (16, 130, 128), (3, 576, 576), (2, 17, 17), (5, 1536, 64),
+                      (3, 48, 16), (4, 576, 128), (2, 80, 48)])
     func gemvMatchesReference(shape: (Int, Int, Int)) {
         let (rows, cols, gs) = shape
-        for format in [Self.e2m1, Self.e3m0, Self.e1m2, Self.e4m3, FloatingPointFormat(exponentBits: 3, mantissaBits: 2)] {
+        for format in [Self.e2m1, Self.e3m0, Self.e1m2, Self.e4m3, FloatingPointFormat(exponentBits: 3, mantissaBits: 2),
+                       FloatingPointFormat(exponentBits: 2, mantissaBits: 5), FloatingPointFormat(exponentBits: 3, mantissaBits: 4)] {
             let w = Self.randomWeight(rows: rows, cols: cols, groupSize: gs, format: format, seed: UInt64(rows * cols))
             let nibbles = format.bits <= 4
             let codes = nibbles ? LowBit.packNibbles(w.codes, rows: rows, columns: cols) : w.codes
@@ -391,18 +393,21 @@ struct LLMFP4Tests {
             MiniFloat.gemvReference(codes: codes, nibbles: nibbles, rows: rows, columns: cols, groupSize: w.groupSize,
                                     table: table, scales: w.scales, x: x, y: &ref)
             // The AVX-512 nibble path (groups of 32k columns) follows the VNNI switch; off: AVX2.
-            for vnni in [true, false] {
+            // With the format given, AVX-512 decodes byte codes from their bits instead of the table.
+            for (vnni, withFormat) in [(true, false), (true, true), (false, false), (false, true)] {
                 TokenKernels.setVNNIEnabled(vnni)
                 var fast = [Float](repeating: 0, count: rows)
                 MiniFloat.gemv(codes: codes, nibbles: nibbles, rows: rows, columns: cols, groupSize: w.groupSize, table: table,
-                               scales: w.scales, x: x, y: &fast)
+                               scales: w.scales, x: x, y: &fast,
+                               format: withFormat ? (format.exponentBits, format.mantissaBits) : nil)
                 for o in 0..<rows {
                     var expected = 0.0, magnitude = 0.0
                     for j in 0..<cols {
                         expected += Double(dense[o * cols + j]) * Double(x[j])
                         magnitude += abs(Double(dense[o * cols + j]) * Double(x[j]))
                     }
-                    #expect(abs(Double(fast[o]) - expected) <= 1e-5 * magnitude + 1e-12, "\(format) \(shape) row \(o) vnni \(vnni)")
+                    #expect(abs(Double(fast[o]) - expected) <= 1e-5 * magnitude + 1e-12,
+                            "\(format) \(shape) row \(o) vnni \(vnni) format \(withFormat)")
                     #expect(abs(Double(ref[o]) - expected) <= 1e-5 * magnitude + 1e-12, "\(format) \(shape) row \(o)")
                 }
             }
@@ -413,6 +418,34 @@ struct LLMFP4Tests {
             MiniFloat.decodeRows(codes: codes, nibbles: nibbles, rowRange: 0..<rows, columns: cols, groupSize: w.groupSize,
                                  table: table, scales: w.scales, into: &tileRef, reference: true)
             #expect(tile == dense && tileRef == dense)
+        }
+    }
+
+    /// Byte codes decoded in registers (AVX-512, `format` given) are exactly the table values: with a
+    /// one-hot x every output is scale·table[code], for every code of every 5…8-bit format, at
+    /// ordinary, huge, tiny and zero scales, in full 16-column vectors and in the scalar tail.
+    @Test func byteCodesDecodeExactly() {
+        var formats: [FloatingPointFormat] = []
+        for e in 1...7 { for m in 0...6 where (4...7).contains(e + m) { formats.append(FloatingPointFormat(exponentBits: e, mantissaBits: m)) } }
+        for format in formats where format.isSupported {
+            let table = format.codeValues + [Float](repeating: 0, count: 256 - format.codeCount)
+            let rows = format.codeCount, cols = 37
+            // Row r holds code r at every column.
+            let codes = (0..<rows * cols).map { UInt8($0 / cols) }
+            for scale: Float in [0.37, 1e30, 1e-30, 0] {
+                let scales = [Float](repeating: scale, count: rows)
+                for hot in [0, 17, 36] {
+                    var x = [Float](repeating: 0, count: cols)
+                    x[hot] = 1
+                    TokenKernels.setVNNIEnabled(true)
+                    var y = [Float](repeating: .nan, count: rows)
+                    MiniFloat.gemv(codes: codes, nibbles: false, rows: rows, columns: cols, groupSize: cols, table: table,
+                                   scales: scales, x: x, y: &y, format: (format.exponentBits, format.mantissaBits))
+                    for r in 0..<rows {
+                        #expect(y[r] == scale * table[r], "\(format) code \(r) scale \(scale) column \(hot): \(y[r])")
+                    }
+                }
+            }
         }
     }
 

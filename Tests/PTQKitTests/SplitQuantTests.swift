@@ -207,10 +207,14 @@ struct SplitQuantTests {
         for bits in [2, 4, 8] {
             let w = Self.randomMatrix(rows: 6, columns: 70, seed: UInt64(bits))
             let split = SplitQuant.quantize(w, clustering: SplitQuant.kMeans3(w.data), bits: bits, groupSize: 32, range: .cluster)
-            let indices: SplitKernels.Indices = bits <= 6
+            var layouts: [SplitKernels.Indices] = [bits <= 6
                 ? .bytes(zip(split.clusters, split.codes).map { $0 << UInt8(bits) | $1 })
-                : .halfwords(zip(split.clusters, split.codes).map { UInt16($0) << UInt16(bits) | UInt16($1) })
+                : .halfwords(zip(split.clusters, split.codes).map { UInt16($0) << UInt16(bits) | UInt16($1) })]
+            if bits <= SplitKernels.maxPackedBits {
+                layouts.append(SplitKernels.pack4(clusters: split.clusters, codes: split.codes, rows: 6, columns: 70))
+            }
             let want = split.dequantizedReference()
+            for indices in layouts {
             for reference in [false, true] {
                 var tile = [Float](repeating: .nan, count: 6 * 70)
                 split.scales.withUnsafeBufferPointer { s in
@@ -223,6 +227,73 @@ struct SplitQuantTests {
                     }
                 }
                 #expect(tile == want, "\(bits) bits, reference \(reference)")
+            }
+            }
+        }
+    }
+
+    /// The packed 4+2-bit layout: pack → dequantize is the reference dequantizer (every shape,
+    /// both kernel paths and the scalar twin), and its GEMV (AVX-512, AVX2, scalar) matches the
+    /// double-precision product on random and odd shapes, groups that are and are not multiples
+    /// of 32 (the latter run the twin), all-zero activations, all-zero and extreme scales.
+    @Test(arguments: [(5, 13, nil as Int?, 2), (7, 70, 32, 3), (9, 130, 64, 4), (4, 576, 128, 4), (3, 100, 7, 4),
+                      (2, 1536, 128, 4), (1, 33, 32, 2)])
+    func packedFourBitLayout(rows: Int, columns: Int, groupSize: Int?, bits: Int) {
+        let w = Self.randomMatrix(rows: rows, columns: columns, seed: UInt64(rows * 31 + columns))
+        let base = SplitQuant.quantize(w, clustering: SplitQuant.kMeans3(w.data), bits: bits, groupSize: groupSize,
+                                       range: .cluster)
+        var rng = SeededGenerator(seed: UInt64(columns))
+        for scaleCase in ["quantized", "zero", "huge", "tiny"] {
+            var split = base
+            switch scaleCase {
+            case "zero": split.scales = split.scales.map { _ in 0 }
+            case "huge": split.scales = split.scales.map { $0 * 1e30 }
+            case "tiny": split.scales = split.scales.map { $0 * 1e-30 }
+            default: break
+            }
+            let gs = min(split.groupSize, columns)
+            let packed = SplitKernels.pack4(clusters: split.clusters, codes: split.codes, rows: rows, columns: columns)
+            let want = split.dequantizedReference()
+            for vnni in [true, false] {
+                TokenKernels.setVNNIEnabled(vnni)
+                defer { TokenKernels.setVNNIEnabled(true) }
+                for reference in [false, true] {
+                    var tile = [Float](repeating: .nan, count: rows * columns)
+                    split.scales.withUnsafeBufferPointer { s in
+                        split.zeros.withUnsafeBufferPointer { z in
+                            tile.withUnsafeMutableBufferPointer { t in
+                                SplitKernels.dequantizeRows(packed, rowRange: 0..<rows, columns: columns, groupSize: gs,
+                                                            bits: bits, scales: s.baseAddress!, zeros: z.baseAddress!,
+                                                            into: t.baseAddress!, reference: reference)
+                            }
+                        }
+                    }
+                    #expect(tile == want, "\(scaleCase) tile, vnni \(vnni), reference \(reference)")
+                }
+                for xCase in ["random", "zero"] {
+                    let x = xCase == "zero" ? [Float](repeating: 0, count: columns)
+                                            : (0..<columns).map { _ in rng.float(in: -1...1) }
+                    for reference in [false, true] {
+                        var y = [Float](repeating: .nan, count: rows)
+                        split.scales.withUnsafeBufferPointer { s in
+                            split.zeros.withUnsafeBufferPointer { z in
+                                SplitKernels.gemv(packed, rows: rows, columns: columns, groupSize: gs, bits: bits,
+                                                  scales: s.baseAddress!, zeros: z.baseAddress!, x: x, y: &y,
+                                                  reference: reference)
+                            }
+                        }
+                        for o in 0..<rows {
+                            var expected = 0.0, magnitude = 0.0
+                            for j in 0..<columns {
+                                let t = Double(want[o * columns + j]) * Double(x[j])
+                                expected += t
+                                magnitude += abs(t)
+                            }
+                            #expect(abs(Double(y[o]) - expected) <= 1e-5 * magnitude,
+                                    "\(scaleCase) x \(xCase) row \(o): \(y[o]) vs \(expected), vnni \(vnni), reference \(reference)")
+                        }
+                    }
+                }
             }
         }
     }

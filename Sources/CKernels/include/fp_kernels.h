@@ -25,12 +25,22 @@ void ck_fp_quantize_rows_ref(const float *x, size_t rows, size_t cols, const flo
 
 /// For o in [row_begin, row_begin + row_count): y[o] = sum_g scale[o,g] * sum_{j in g} table[c[o,j]] * x[j].
 /// The AVX2 path looks the codes up in registers (FP4: one 8-lane permute of the magnitude table
-/// plus the sign bit; bytes: a gather) and accumulates each group with FMAs; the products are
-/// exact in float, only the summation order differs from the reference.
+/// plus the sign bit; bytes: a gather) and accumulates each group with FMAs; with AVX-512, nibble
+/// codes (cols and group_size multiples of 16) take one 64-bit broadcast, one shift per 64-bit
+/// lane and one 16-entry vpermps per 16 codes against x permuted to that lane order. The products
+/// are exact in float, only the summation order differs from the reference.
 void ck_fp_gemv_f32(const uint8_t *codes, int nibbles, size_t row_begin, size_t row_count, size_t cols,
                     size_t group_size, const float *table, const float *scales, const float *x, float *y);
 void ck_fp_gemv_f32_ref(const uint8_t *codes, int nibbles, size_t row_begin, size_t row_count, size_t cols,
                         size_t group_size, const float *table, const float *scales, const float *x, float *y);
+/// ck_fp_gemv_f32 for codes of a known format (exp_bits exponent and man_bits mantissa bits,
+/// table = that format's code values): with AVX-512, one-byte codes are decoded in registers from
+/// their bits (sign | E | M, exactly table[code]) instead of gathered from the table; nibble codes
+/// (and exp_bits = 0, "format unknown") behave as ck_fp_gemv_f32. The AVX-512 nibble path needs
+/// cols and group_size multiples of 16; other shapes take the AVX2 path.
+void ck_fp_gemv_f32_fmt(const uint8_t *codes, int nibbles, int exp_bits, int man_bits, size_t row_begin,
+                        size_t row_count, size_t cols, size_t group_size, const float *table, const float *scales,
+                        const float *x, float *y);
 
 /// out[(r - row_begin)*cols + j] = scale[r,g] * table[c[r,j]] for the row range (one multiply,
 /// exactly FloatingPointWeight.value), for tiles multiplied by sgemm at prefill.
