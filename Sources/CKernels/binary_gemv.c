@@ -1,8 +1,9 @@
 #include "ckernels.h"
 #include "binary_kernels.h"
 #include "ck_runtime.h"
-#include <immintrin.h>
+#include "x86_common.h"
 #include <math.h>
+#include <stdlib.h>
 
 // Binarized GEMV (see binary_kernels.h). The AVX2 path takes 32 sign bits at a time, broadcasts
 // them, and for each group of 8 lanes shifts lane j's bit into bit 31 (vpsllvd by 31 − bit), so
@@ -13,10 +14,10 @@
 // All three paths sum in the same order, so they agree bit for bit: per row 16 float lanes,
 // lane L (0…15) accumulating bits q ≡ L (mod 16) of each 32-bit half-word in column order (the
 // AVX2 path's two 8-lane accumulators; the AVX-512 path's one 16-lane accumulator), then
-// t_j = lane j + lane 8 + j, (t0 + t4 + t2 + t6) + (t1 + t5 + t3 + t7) as `binary_hsum` adds them,
+// t_j = lane j + lane 8 + j, (t0 + t4 + t2 + t6) + (t1 + t5 + t3 + t7) as `ck_hsum_ps` adds them,
 // and y = fmaf(a, acc, b·n) (written out, so no path depends on the compiler's FMA contraction).
 
-/// The fixed 16-lane reduction of all paths (the AVX2 `binary_hsum` of lanes 0…7 + 8…15).
+/// The fixed 16-lane reduction of all paths (the AVX2 `ck_hsum_ps` of lanes 0…7 + 8…15).
 static float binary_lanes_sum(const float *lane) {
     float t[8];
     for (int j = 0; j < 8; j++) t[j] = lane[j] + lane[8 + j];
@@ -54,16 +55,6 @@ void ck_binary_gemv_ref(const uint64_t *signs, const uint64_t *mask, size_t word
 }
 
 #if defined(__x86_64__)
-#define CK_AVX2 __attribute__((target("avx2,fma,f16c")))
-#define CK_INLINE static inline __attribute__((always_inline))
-
-CK_INLINE CK_AVX2 float binary_hsum(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
-
 CK_AVX2 static void binary_gemv_avx2(const uint64_t *signs, const uint64_t *mask, size_t words_per_row,
                                      size_t row_begin, size_t row_count, const float *x, float x_sum,
                                      const float *a, const float *b, float *y, float *rest) {
@@ -87,7 +78,7 @@ CK_AVX2 static void binary_gemv_avx2(const uint64_t *signs, const uint64_t *mask
                 BIN_STEP(sh0, 0, acc0) BIN_STEP(sh1, 8, acc1) BIN_STEP(sh2, 16, acc0) BIN_STEP(sh3, 24, acc1)
 #undef BIN_STEP
             }
-            y[o] = fmaf(a[o], binary_hsum(_mm256_add_ps(acc0, acc1)), b[o] * x_sum);
+            y[o] = fmaf(a[o], ck_hsum_ps(_mm256_add_ps(acc0, acc1)), b[o] * x_sum);
         } else {
             const uint32_t *m = (const uint32_t *)(mask + o * words_per_row);
             __m256 n0 = _mm256_setzero_ps(), n1 = _mm256_setzero_ps();
@@ -106,13 +97,12 @@ CK_AVX2 static void binary_gemv_avx2(const uint64_t *signs, const uint64_t *mask
                 BIN_MSTEP(sh2, 16, acc0, n0) BIN_MSTEP(sh3, 24, acc1, n1)
 #undef BIN_MSTEP
             }
-            const float n = binary_hsum(_mm256_add_ps(n0, n1));
-            y[o] = fmaf(a[o], binary_hsum(_mm256_add_ps(acc0, acc1)), b[o] * n);
+            const float n = ck_hsum_ps(_mm256_add_ps(n0, n1));
+            y[o] = fmaf(a[o], ck_hsum_ps(_mm256_add_ps(acc0, acc1)), b[o] * n);
             if (rest) rest[o] = n;
         }
     }
 }
-#define CK_AVX512 __attribute__((target("avx2,fma,f16c,avx512f")))
 
 // `R` rows from `o` on (R ≤ 8): per 32-bit half-word, the two x vectors are loaded once for all
 // rows; each row's bits, inverted, are the lanes whose sign flips (bit 0 = −1): one masked xor and
@@ -160,11 +150,11 @@ CK_INLINE CK_AVX512 void binary_rows_avx512(const uint64_t *signs, const uint64_
         }
     }
     _Pragma("clang loop unroll(full)") for (int r = 0; r < R; r++) {
-        // One reduction per row (not per block), in binary_hsum's order.
-        const float sum = binary_hsum(_mm256_add_ps(_mm512_castps512_ps256(acc[r]),
+        // One reduction per row (not per block), in ck_hsum_ps's order.
+        const float sum = ck_hsum_ps(_mm256_add_ps(_mm512_castps512_ps256(acc[r]),
                                                     _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(acc[r]), 1))));
         if (mask) {
-            const float ns = binary_hsum(_mm256_add_ps(_mm512_castps512_ps256(n[r]),
+            const float ns = ck_hsum_ps(_mm256_add_ps(_mm512_castps512_ps256(n[r]),
                                                        _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(n[r]), 1))));
             y[o + r] = fmaf(a[o + r], sum, b[o + r] * ns);
             if (rest) rest[o + r] = ns;
@@ -200,4 +190,127 @@ void ck_binary_gemv(const uint64_t *signs, const uint64_t *mask, size_t words_pe
     }
 #endif
     ck_binary_gemv_ref(signs, mask, words_per_row, row_begin, row_count, x, x_sum, a, b, y, rest);
+}
+
+// ---- prefill tiles (column masks) -------------------------------------------------------------
+
+static inline unsigned binary_code_at(const uint8_t *row, int nibbles, size_t s) {
+    return nibbles ? (unsigned)((s & 1) ? row[s >> 1] >> 4 : row[s >> 1] & 0x0F) : (unsigned)row[s];
+}
+
+void ck_binary_decode_rows_ref(const uint64_t *signs, size_t words_per_row, const uint64_t *binary_mask,
+                               const float *col_scale, const float *a, const float *b, const uint8_t *codes,
+                               int nibbles, size_t code_stride, size_t ns, const float *d, const float *z,
+                               size_t row_begin, size_t row_count, size_t cols, float *out) {
+    (void)ns;
+    for (size_t r = 0; r < row_count; r++) {
+        const size_t o = row_begin + r;
+        const uint64_t *words = signs + o * words_per_row;
+        const uint8_t *crow = codes ? codes + o * code_stride : NULL;
+        const float plus = a[o] + b[o], minus = b[o] - a[o];
+        float *row = out + r * cols;
+        size_t c = 0, s = 0;
+        for (size_t j = 0; j < cols; j++) {
+            if ((binary_mask[j >> 6] >> (j & 63)) & 1) {
+                const int bit = (int)((words[c >> 6] >> (c & 63)) & 1);
+                row[j] = col_scale[j] * (bit ? plus : minus);
+                c++;
+            } else {
+                row[j] = d[o] * ((float)binary_code_at(crow, nibbles, s) - z[o]);
+                s++;
+            }
+        }
+    }
+}
+
+#if defined(__x86_64__)
+#define CK_AVX512_BMI2 __attribute__((target("avx2,fma,f16c,avx512f,bmi,bmi2,popcnt")))
+
+/// The row's salient values d·(u − z) in salient order, 16 at a time (same operations as the
+/// scalar twin: convert, subtract, multiply).
+CK_INLINE CK_AVX512_BMI2 void binary_salient_row(const uint8_t *crow, int nibbles, size_t ns, float d, float z,
+                                                 float *dst) {
+    const __m512 vd = _mm512_set1_ps(d), vz = _mm512_set1_ps(z);
+    size_t s = 0;
+    for (; s + 16 <= ns; s += 16) {
+        __m128i bytes;
+        if (nibbles) {
+            const __m128i packed = _mm_loadl_epi64((const __m128i *)(crow + s / 2));  // 16 nibbles
+            const __m128i low4 = _mm_set1_epi8(0x0F);
+            bytes = _mm_unpacklo_epi8(_mm_and_si128(packed, low4), _mm_and_si128(_mm_srli_epi16(packed, 4), low4));
+        } else {
+            bytes = _mm_loadu_si128((const __m128i *)(crow + s));
+        }
+        const __m512 u = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(bytes));
+        _mm512_storeu_ps(dst + s, _mm512_mul_ps(vd, _mm512_sub_ps(u, vz)));
+    }
+    for (; s < ns; s++) dst[s] = d * ((float)binary_code_at(crow, nibbles, s) - z);
+}
+
+/// Per 64 natural columns: the next popcount(mask) packed sign bits are spread onto the
+/// binarized columns' positions with pdep; per 16 columns, one blend of the row's two values,
+/// one multiply by the column scales, and one expand-load of the salient values into the
+/// salient lanes.
+CK_AVX512_BMI2 static void binary_decode_rows_avx512(const uint64_t *signs, size_t words_per_row,
+                                                     const uint64_t *binary_mask, const float *col_scale,
+                                                     const float *a, const float *b, const uint8_t *codes,
+                                                     int nibbles, size_t code_stride, size_t ns, const float *d,
+                                                     const float *z, size_t row_begin, size_t row_count,
+                                                     size_t cols, float *out, float *salient) {
+    const size_t natural_words = (cols + 63) / 64;
+    for (size_t r = 0; r < row_count; r++) {
+        const size_t o = row_begin + r;
+        const uint64_t *words = signs + o * words_per_row;
+        if (ns) binary_salient_row(codes + o * code_stride, nibbles, ns, d[o], z[o], salient);
+        const __m512 vplus = _mm512_set1_ps(a[o] + b[o]), vminus = _mm512_set1_ps(b[o] - a[o]);
+        float *row = out + r * cols;
+        size_t pos = 0;          // packed sign bits consumed
+        const float *sp = salient;
+        for (size_t w = 0; w < natural_words; w++) {
+            const uint64_t m = binary_mask[w];
+            const unsigned count = (unsigned)__builtin_popcountll(m);
+            uint64_t field = 0;
+            if (count) {
+                const size_t wi = pos >> 6, sh = pos & 63;
+                field = words[wi] >> sh;
+                if (sh && sh + count > 64) field |= words[wi + 1] << (64 - sh);
+            }
+            const uint64_t spread = _pdep_u64(field, m);
+            pos += count;
+            for (unsigned q = 0; q < 4; q++) {
+                const size_t j = w * 64 + q * 16;
+                if (j >= cols) break;
+                const __mmask16 valid = cols - j >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (cols - j)) - 1);
+                const __mmask16 bin = (__mmask16)(m >> (q * 16)) & valid;
+                const __mmask16 sal = (__mmask16)~bin & valid;
+                const __m512 sel = _mm512_mask_blend_ps((__mmask16)(spread >> (q * 16)), vminus, vplus);
+                __m512 v = _mm512_mul_ps(_mm512_maskz_loadu_ps(bin, col_scale + j), sel);
+                v = _mm512_mask_expandloadu_ps(v, sal, sp);
+                sp += __builtin_popcount((unsigned)sal);
+                _mm512_mask_storeu_ps(row + j, valid, v);
+            }
+        }
+    }
+}
+#endif
+
+void ck_binary_decode_rows(const uint64_t *signs, size_t words_per_row, const uint64_t *binary_mask,
+                           const float *col_scale, const float *a, const float *b, const uint8_t *codes,
+                           int nibbles, size_t code_stride, size_t ns, const float *d, const float *z,
+                           size_t row_begin, size_t row_count, size_t cols, float *out) {
+#if defined(__x86_64__)
+    // Behind the AVX-512 switch as the GEMV (ck_set_vnni_enabled), so the tests reach both paths.
+    if (ck_cpu_has_avx512vnni() && __builtin_cpu_supports("bmi2")) {
+        float stack[512];
+        float *salient = ns <= 512 ? stack : (float *)malloc(ns * sizeof(float));
+        if (salient) {
+            binary_decode_rows_avx512(signs, words_per_row, binary_mask, col_scale, a, b, codes, nibbles, code_stride,
+                                      ns, d, z, row_begin, row_count, cols, out, salient);
+            if (salient != stack) free(salient);
+            return;
+        }
+    }
+#endif
+    ck_binary_decode_rows_ref(signs, words_per_row, binary_mask, col_scale, a, b, codes, nibbles, code_stride, ns, d,
+                              z, row_begin, row_count, cols, out);
 }

@@ -1,5 +1,6 @@
 #include "ck_runtime.h"
 #include "ckernels.h"
+#include "x86_common.h"
 #include <immintrin.h>
 #include <math.h>
 
@@ -40,15 +41,6 @@ void ck_softmax_f32_ref(float *x, size_t count) {
 }
 
 #if defined(__x86_64__)
-#define CK_AVX2 __attribute__((target("avx2,fma,f16c")))
-#define CK_INLINE static inline __attribute__((always_inline))
-
-CK_INLINE CK_AVX2 float ew_hsum(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
 
 CK_INLINE CK_AVX2 float ew_hmax(__m256 v) {
     __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -99,7 +91,7 @@ CK_AVX2 static void rmsnorm_avx2(const float *x, const float *weight, size_t row
             a = _mm256_fmadd_ps(v0, v0, a);
             b = _mm256_fmadd_ps(v1, v1, b);
         }
-        float sum = ew_hsum(_mm256_add_ps(a, b));
+        float sum = ck_hsum_ps(_mm256_add_ps(a, b));
         for (; i < width; i++) sum += xr[i] * xr[i];
         const float scale = 1 / sqrtf(sum / (float)width + epsilon);
         const __m256 vs = _mm256_set1_ps(scale);
@@ -138,7 +130,7 @@ CK_AVX2 static void softmax_avx2(float *x, size_t count) {
         _mm256_storeu_ps(x + j, e);
         acc = _mm256_add_ps(acc, e);
     }
-    float sum = ew_hsum(acc);
+    float sum = ck_hsum_ps(acc);
     for (; j < count; j++) {
         const float e = expf(x[j] - m);
         x[j] = e;

@@ -1,15 +1,13 @@
 #include "ckernels.h"
 #include "ck_runtime.h"
-#include <immintrin.h>
+#include "x86_common.h"
 
 // int8 × int8 → int32 GEMM, C = A·Bᵀ with A [m, k] activation codes and B [n, k] weight codes.
 //
-// The AVX2 micro-kernel keeps a 4×2 tile of C in eight int32 accumulators. Per 32 columns it
-// loads two rows of B and four rows of A; for every (a, b) pair it uses ggml's trick:
-// maddubs(|b|, sign(a, b)) gives int16 pair sums of a·b (|b| ≤ 128 and |a| ≤ 127 keep them below
-// 32767), and madd with ones widens them to int32. The eight accumulators are reduced to one
-// vector with a hadd tree at the end of the tile (or of each group in the grouped variant);
-// columns past the last multiple of 32 go through a scalar tail.
+// The micro-kernel keeps a 4×2 tile of C in eight int32 accumulators. Per 32 columns it loads
+// two rows of B and four rows of A and adds the eight exact products (AVX2 sign trick, VNNI, or
+// VNNI on biased activations: TILE_DOT below). The eight accumulators are reduced to one vector
+// with a hadd tree at the end of the tile (or of each group in the grouped variant).
 
 void ck_gemm_i8_ref(const int8_t *a, size_t m, const int8_t *b, size_t n, size_t k,
                     int32_t *c, size_t ldc) {
@@ -44,80 +42,76 @@ void ck_gemm_i8_grouped_ref(const int8_t *a, size_t m, const int8_t *b, size_t n
 }
 
 #if defined(__x86_64__)
-#define CK_AVX2 __attribute__((target("avx2,fma,f16c")))
-#define CK_INLINE static inline __attribute__((always_inline))
-#define CK_VNNI __attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512vnni")))
-
-/// Eight int32 vectors → one vector whose lane p is the sum of all lanes of v[p].
-CK_INLINE CK_AVX2 __m256i hsum8_epi32(__m256i v0, __m256i v1, __m256i v2, __m256i v3,
-                                      __m256i v4, __m256i v5, __m256i v6, __m256i v7) {
-    __m256i t0 = _mm256_hadd_epi32(v0, v1);
-    __m256i t1 = _mm256_hadd_epi32(v2, v3);
-    __m256i t2 = _mm256_hadd_epi32(v4, v5);
-    __m256i t3 = _mm256_hadd_epi32(v6, v7);
-    __m256i u0 = _mm256_hadd_epi32(t0, t1); // per 128-bit lane: partial sums of v0..v3
-    __m256i u1 = _mm256_hadd_epi32(t2, t3); // per 128-bit lane: partial sums of v4..v7
-    __m256i lo = _mm256_permute2x128_si256(u0, u1, 0x20);
-    __m256i hi = _mm256_permute2x128_si256(u0, u1, 0x31);
-    return _mm256_add_epi32(lo, hi);
-}
-
 /// Exact dot products of MR rows of a (stride lda) with NR rows of b (stride ldb) over len
-/// columns. Lane i*2 + j of the result holds row i × row j; unused lanes are zero.
-/// MR ≤ 4 and NR ≤ 2 are compile-time constants at every call site, so the loops unroll and
-/// the accumulators live in registers.
-CK_INLINE CK_AVX2 __m256i tile_dot(const int8_t *a, size_t lda, const int8_t *b, size_t ldb,
-                                   size_t len, const int MR, const int NR) {
-    const __m256i ones = _mm256_set1_epi16(1);
-    __m256i acc[4][2];
-    for (int i = 0; i < 4; i++)
-        for (int j = 0; j < 2; j++) acc[i][j] = _mm256_setzero_si256();
-    size_t t = 0;
-    for (; t + 32 <= len; t += 32) {
-        __m256i bv[2], babs[2];
-        for (int j = 0; j < NR; j++) {
-            bv[j] = _mm256_loadu_si256((const __m256i *)(b + j * ldb + t));
-            babs[j] = _mm256_abs_epi8(bv[j]); // -128 → 0x80 = 128 as unsigned: still right
-        }
-        for (int i = 0; i < MR; i++) {
-            const __m256i av = _mm256_loadu_si256((const __m256i *)(a + i * lda + t));
-            for (int j = 0; j < NR; j++) {
-                const __m256i sa = _mm256_sign_epi8(av, bv[j]);
-                const __m256i p16 = _mm256_maddubs_epi16(babs[j], sa);
-                acc[i][j] = _mm256_add_epi32(acc[i][j], _mm256_madd_epi16(p16, ones));
-            }
-        }
+/// columns. Lane i*2 + j of the result holds row i × row j; unused lanes are zero. MR ≤ 4 and
+/// NR ≤ 2 are compile-time constants at every call site, so the loops unroll and the
+/// accumulators live in registers. One template for the three variants: PREP_B(j) derives the
+/// per-weight-row operand bu[j] from bv[j] (once per 32 columns, shared by the MR rows) and
+/// PAIR(acc, av, j) adds one 32-column product of activation row av with weight row j.
+/// Columns past the last multiple of 32 go through a scalar tail (as ints: the same sum).
+#define TILE_DOT(NAME, ATTR, A_TYPE, PREP_B, PAIR)                                                         \
+    CK_INLINE ATTR __m256i NAME(const A_TYPE *a, size_t lda, const int8_t *b, size_t ldb, size_t len,       \
+                                const int MR, const int NR) {                                               \
+        __m256i acc[4][2];                                                                                  \
+        for (int i = 0; i < 4; i++)                                                                         \
+            for (int j = 0; j < 2; j++) acc[i][j] = _mm256_setzero_si256();                                 \
+        size_t t = 0;                                                                                       \
+        for (; t + 32 <= len; t += 32) {                                                                    \
+            __m256i bv[2], bu[2];                                                                           \
+            for (int j = 0; j < NR; j++) {                                                                  \
+                bv[j] = _mm256_loadu_si256((const __m256i *)(b + j * ldb + t));                             \
+                PREP_B                                                                                      \
+            }                                                                                               \
+            for (int i = 0; i < MR; i++) {                                                                  \
+                const __m256i av = _mm256_loadu_si256((const __m256i *)(a + i * lda + t));                  \
+                for (int j = 0; j < NR; j++) acc[i][j] = PAIR;                                              \
+            }                                                                                               \
+        }                                                                                                   \
+        const __m256i flat[8] = {acc[0][0], acc[0][1], acc[1][0], acc[1][1],                                \
+                                 acc[2][0], acc[2][1], acc[3][0], acc[3][1]};                               \
+        __m256i r = ck_hsum8_epi32(flat);                                                                   \
+        if (t < len) {                                                                                      \
+            int32_t tail[8] = {0, 0, 0, 0, 0, 0, 0, 0};                                                     \
+            for (int i = 0; i < MR; i++)                                                                    \
+                for (int j = 0; j < NR; j++) {                                                              \
+                    int32_t s = 0;                                                                          \
+                    for (size_t u = t; u < len; u++) s += (int32_t)a[i * lda + u] * (int32_t)b[j * ldb + u]; \
+                    tail[i * 2 + j] = s;                                                                    \
+                }                                                                                           \
+            r = _mm256_add_epi32(r, _mm256_loadu_si256((const __m256i *)tail));                             \
+        }                                                                                                   \
+        return r;                                                                                           \
     }
-    __m256i r = hsum8_epi32(acc[0][0], acc[0][1], acc[1][0], acc[1][1],
-                            acc[2][0], acc[2][1], acc[3][0], acc[3][1]);
-    if (t < len) {
-        int32_t tail[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-        for (int i = 0; i < MR; i++) {
-            for (int j = 0; j < NR; j++) {
-                int32_t s = 0;
-                for (size_t u = t; u < len; u++) s += (int32_t)a[i * lda + u] * (int32_t)b[j * ldb + u];
-                tail[i * 2 + j] = s;
-            }
-        }
-        r = _mm256_add_epi32(r, _mm256_loadu_si256((const __m256i *)tail));
-    }
-    return r;
-}
 
-/// Dispatches a runtime (mr, nr) tile to the constant-shape kernel.
-CK_INLINE CK_AVX2 __m256i tile_any(const int8_t *a, size_t lda, const int8_t *b, size_t ldb,
-                                   size_t len, size_t mr, size_t nr) {
-    switch (mr * 2 + nr) {
-    case 4 * 2 + 2: return tile_dot(a, lda, b, ldb, len, 4, 2);
-    case 4 * 2 + 1: return tile_dot(a, lda, b, ldb, len, 4, 1);
-    case 3 * 2 + 2: return tile_dot(a, lda, b, ldb, len, 3, 2);
-    case 3 * 2 + 1: return tile_dot(a, lda, b, ldb, len, 3, 1);
-    case 2 * 2 + 2: return tile_dot(a, lda, b, ldb, len, 2, 2);
-    case 2 * 2 + 1: return tile_dot(a, lda, b, ldb, len, 2, 1);
-    case 1 * 2 + 2: return tile_dot(a, lda, b, ldb, len, 1, 2);
-    default: return tile_dot(a, lda, b, ldb, len, 1, 1);
+// AVX2, ggml's sign trick: maddubs(|b|, sign(a, b)) gives int16 pair sums of a·b (|b| ≤ 128 and
+// |a| ≤ 127 keep them below 32767; -128 → 0x80 = 128 as unsigned is still right), madd with
+// ones widens them to int32.
+TILE_DOT(tile_dot_avx2, CK_AVX2, int8_t, bu[j] = _mm256_abs_epi8(bv[j]);,
+         _mm256_add_epi32(acc[i][j], _mm256_madd_epi16(_mm256_maddubs_epi16(bu[j], _mm256_sign_epi8(av, bv[j])),
+                                                       _mm256_set1_epi16(1))))
+// AVX-512 VNNI (EVEX, ymm): vpdpbusd sums the four u8·s8 products of a lane in int32 without the
+// int16 step, so the results are the same exact sums.
+TILE_DOT(tile_dot_vnni, CK_VNNI, int8_t, bu[j] = _mm256_abs_epi8(bv[j]);,
+         _mm256_dpbusd_epi32(acc[i][j], bu[j], _mm256_sign_epi8(av, bv[j])))
+// VNNI on biased activations (a + 128, u8) as the unsigned operand and the weight codes as the
+// signed one: one vpdpbusd per pair with no abs/sign (24 → 14 instructions per 32 columns).
+// Σ (a + 128)·w − 128·Σ w is the exact sum (modulo 2^32, which the exact result fits: see
+// gemv_i8.c); the caller requires k % 32 == 0, so the tail never runs.
+TILE_DOT(tile_dot_u8, CK_VNNI, uint8_t, (void)bu;, _mm256_dpbusd_epi32(acc[i][j], av, bv[j]))
+
+/// r = TILE(a, lda, b, ldb, len, mr, nr) with the runtime tile shape (mr ≤ 4, nr ≤ 2) turned into
+/// the constant one.
+#define TILE_ANY(r, TILE, a, lda, b, ldb, len, mr, nr)                  \
+    switch ((mr) * 2 + (nr)) {                                            \
+    case 4 * 2 + 2: r = TILE(a, lda, b, ldb, len, 4, 2); break;           \
+    case 4 * 2 + 1: r = TILE(a, lda, b, ldb, len, 4, 1); break;           \
+    case 3 * 2 + 2: r = TILE(a, lda, b, ldb, len, 3, 2); break;           \
+    case 3 * 2 + 1: r = TILE(a, lda, b, ldb, len, 3, 1); break;           \
+    case 2 * 2 + 2: r = TILE(a, lda, b, ldb, len, 2, 2); break;           \
+    case 2 * 2 + 1: r = TILE(a, lda, b, ldb, len, 2, 1); break;           \
+    case 1 * 2 + 2: r = TILE(a, lda, b, ldb, len, 1, 2); break;           \
+    default: r = TILE(a, lda, b, ldb, len, 1, 1); break;                  \
     }
-}
 
 /// Rows of b per panel: a panel of about 192 KB stays in L2 while all of a streams past it.
 static size_t panel_rows(size_t n, size_t k) {
@@ -127,220 +121,74 @@ static size_t panel_rows(size_t n, size_t k) {
     return rows;
 }
 
-CK_AVX2 static void gemm_i8_avx2(const int8_t *a, size_t m, const int8_t *b, size_t n, size_t k,
-                                 int32_t *c, size_t ldc) {
-    const size_t panel = panel_rows(n, k);
-    for (size_t j0 = 0; j0 < n; j0 += panel) {
-        const size_t j1 = j0 + panel < n ? j0 + panel : n;
-        for (size_t i = 0; i < m; i += 4) {
-            const size_t mr = m - i < 4 ? m - i : 4;
-            for (size_t j = j0; j < j1; j += 2) {
-                const size_t nr = j1 - j < 2 ? j1 - j : 2;
-                int32_t out[8];
-                __m256i r;
-                if (mr == 4 && nr == 2) r = tile_dot(a + i * k, k, b + j * k, k, k, 4, 2);
-                else r = tile_any(a + i * k, k, b + j * k, k, k, mr, nr);
-                _mm256_storeu_si256((__m256i *)out, r);
-                for (size_t ii = 0; ii < mr; ii++)
-                    for (size_t jj = 0; jj < nr; jj++) c[(i + ii) * ldc + j + jj] = out[ii * 2 + jj];
-            }
-        }
+/// The panel loop of every variant: panels of weight rows, 4 activation rows × 2 weight rows per
+/// tile; BODY sees the tile's first activation row i, first weight row j and its shape mr × nr.
+#define FOR_EACH_TILE(m, n, k, BODY)                                                    \
+    {                                                                                   \
+        const size_t panel_ = panel_rows(n, k);                                         \
+        for (size_t j0 = 0; j0 < (n); j0 += panel_) {                                   \
+            const size_t j1 = j0 + panel_ < (n) ? j0 + panel_ : (n);                    \
+            for (size_t i = 0; i < (m); i += 4) {                                       \
+                const size_t mr = (m) - i < 4 ? (m) - i : 4;                            \
+                for (size_t j = j0; j < j1; j += 2) {                                   \
+                    const size_t nr = j1 - j < 2 ? j1 - j : 2;                          \
+                    BODY                                                                \
+                }                                                                       \
+            }                                                                           \
+        }                                                                               \
     }
-}
 
-CK_AVX2 static void gemm_i8_grouped_avx2(const int8_t *a, size_t m, const int8_t *b, size_t n,
-                                         size_t k, size_t group_size, const float *wscale,
-                                         float *c, size_t ldc) {
-    const size_t groups = (k + group_size - 1) / group_size;
-    const size_t panel = panel_rows(n, k);
-    for (size_t j0 = 0; j0 < n; j0 += panel) {
-        const size_t j1 = j0 + panel < n ? j0 + panel : n;
-        for (size_t i = 0; i < m; i += 4) {
-            const size_t mr = m - i < 4 ? m - i : 4;
-            for (size_t j = j0; j < j1; j += 2) {
-                const size_t nr = j1 - j < 2 ? j1 - j : 2;
-                const float *w0 = wscale + j * groups;
-                const float *w1 = nr > 1 ? w0 + groups : w0;
-                __m256 acc = _mm256_setzero_ps();
-                for (size_t g = 0; g < groups; g++) {
-                    const size_t t0 = g * group_size;
-                    const size_t len = t0 + group_size < k ? group_size : k - t0;
-                    __m256i r;
-                    if (mr == 4 && nr == 2) r = tile_dot(a + i * k + t0, k, b + j * k + t0, k, len, 4, 2);
-                    else r = tile_any(a + i * k + t0, k, b + j * k + t0, k, len, mr, nr);
-                    const __m256 ws = _mm256_setr_ps(w0[g], w1[g], w0[g], w1[g], w0[g], w1[g], w0[g], w1[g]);
-                    acc = _mm256_add_ps(acc, _mm256_mul_ps(ws, _mm256_cvtepi32_ps(r)));
-                }
-                float out[8];
-                _mm256_storeu_ps(out, acc);
-                for (size_t ii = 0; ii < mr; ii++)
-                    for (size_t jj = 0; jj < nr; jj++) c[(i + ii) * ldc + j + jj] = out[ii * 2 + jj];
-            }
-        }
+/// The int32 and the group-scaled float GEMM on one tile kernel.
+#define GEMM_KERNELS(SUFFIX, ATTR, TILE)                                                                     \
+    ATTR static void gemm_i8_##SUFFIX(const int8_t *a, size_t m, const int8_t *b, size_t n, size_t k,          \
+                                       int32_t *c, size_t ldc) {                                               \
+        FOR_EACH_TILE(m, n, k, {                                                                               \
+            int32_t out[8];                                                                                    \
+            __m256i r;                                                                                         \
+            TILE_ANY(r, TILE, a + i * k, k, b + j * k, k, k, mr, nr)                                           \
+            _mm256_storeu_si256((__m256i *)out, r);                                                            \
+            for (size_t ii = 0; ii < mr; ii++)                                                                 \
+                for (size_t jj = 0; jj < nr; jj++) c[(i + ii) * ldc + j + jj] = out[ii * 2 + jj];              \
+        })                                                                                                     \
+    }                                                                                                          \
+    ATTR static void gemm_i8_grouped_##SUFFIX(const int8_t *a, size_t m, const int8_t *b, size_t n, size_t k,  \
+                                               size_t group_size, const float *wscale, float *c, size_t ldc) { \
+        const size_t groups = (k + group_size - 1) / group_size;                                               \
+        FOR_EACH_TILE(m, n, k, {                                                                               \
+            const float *w0 = wscale + j * groups;                                                             \
+            const float *w1 = nr > 1 ? w0 + groups : w0;                                                       \
+            __m256 acc = _mm256_setzero_ps();                                                                  \
+            for (size_t g = 0; g < groups; g++) {                                                              \
+                const size_t t0 = g * group_size;                                                              \
+                const size_t len = t0 + group_size < k ? group_size : k - t0;                                  \
+                __m256i r;                                                                                     \
+                TILE_ANY(r, TILE, a + i * k + t0, k, b + j * k + t0, k, len, mr, nr)                           \
+                const __m256 ws = _mm256_setr_ps(w0[g], w1[g], w0[g], w1[g], w0[g], w1[g], w0[g], w1[g]);     \
+                acc = _mm256_add_ps(acc, _mm256_mul_ps(ws, _mm256_cvtepi32_ps(r)));                            \
+            }                                                                                                  \
+            float out[8];                                                                                      \
+            _mm256_storeu_ps(out, acc);                                                                        \
+            for (size_t ii = 0; ii < mr; ii++)                                                                 \
+                for (size_t jj = 0; jj < nr; jj++) c[(i + ii) * ldc + j + jj] = out[ii * 2 + jj];              \
+        })                                                                                                     \
     }
-}
-/// AVX-512 VNNI twins of the kernels above: `vpdpbusd` (EVEX, ymm) replaces maddubs + madd +
-/// add. It sums the four u8·s8 products of a lane in int32 without the int16 step, so the
-/// results are the same exact sums.
-/// Exact dot products of MR rows of a (stride lda) with NR rows of b (stride ldb) over len
-/// columns. Lane i*2 + j of the result holds row i × row j; unused lanes are zero.
-/// MR ≤ 4 and NR ≤ 2 are compile-time constants at every call site, so the loops unroll and
-/// the accumulators live in registers.
-CK_INLINE CK_VNNI __m256i tile_dot_vnni(const int8_t *a, size_t lda, const int8_t *b, size_t ldb,
-                                   size_t len, const int MR, const int NR) {
-    __m256i acc[4][2];
-    for (int i = 0; i < 4; i++)
-        for (int j = 0; j < 2; j++) acc[i][j] = _mm256_setzero_si256();
-    size_t t = 0;
-    for (; t + 32 <= len; t += 32) {
-        __m256i bv[2], babs[2];
-        for (int j = 0; j < NR; j++) {
-            bv[j] = _mm256_loadu_si256((const __m256i *)(b + j * ldb + t));
-            babs[j] = _mm256_abs_epi8(bv[j]); // -128 → 0x80 = 128 as unsigned: still right
-        }
-        for (int i = 0; i < MR; i++) {
-            const __m256i av = _mm256_loadu_si256((const __m256i *)(a + i * lda + t));
-            for (int j = 0; j < NR; j++) {
-                const __m256i sa = _mm256_sign_epi8(av, bv[j]);
-                acc[i][j] = _mm256_dpbusd_epi32(acc[i][j], babs[j], sa);
-            }
-        }
-    }
-    __m256i r = hsum8_epi32(acc[0][0], acc[0][1], acc[1][0], acc[1][1],
-                            acc[2][0], acc[2][1], acc[3][0], acc[3][1]);
-    if (t < len) {
-        int32_t tail[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-        for (int i = 0; i < MR; i++) {
-            for (int j = 0; j < NR; j++) {
-                int32_t s = 0;
-                for (size_t u = t; u < len; u++) s += (int32_t)a[i * lda + u] * (int32_t)b[j * ldb + u];
-                tail[i * 2 + j] = s;
-            }
-        }
-        r = _mm256_add_epi32(r, _mm256_loadu_si256((const __m256i *)tail));
-    }
-    return r;
-}
 
-/// Dispatches a runtime (mr, nr) tile to the constant-shape kernel.
-CK_INLINE CK_VNNI __m256i tile_any_vnni(const int8_t *a, size_t lda, const int8_t *b, size_t ldb,
-                                   size_t len, size_t mr, size_t nr) {
-    switch (mr * 2 + nr) {
-    case 4 * 2 + 2: return tile_dot_vnni(a, lda, b, ldb, len, 4, 2);
-    case 4 * 2 + 1: return tile_dot_vnni(a, lda, b, ldb, len, 4, 1);
-    case 3 * 2 + 2: return tile_dot_vnni(a, lda, b, ldb, len, 3, 2);
-    case 3 * 2 + 1: return tile_dot_vnni(a, lda, b, ldb, len, 3, 1);
-    case 2 * 2 + 2: return tile_dot_vnni(a, lda, b, ldb, len, 2, 2);
-    case 2 * 2 + 1: return tile_dot_vnni(a, lda, b, ldb, len, 2, 1);
-    case 1 * 2 + 2: return tile_dot_vnni(a, lda, b, ldb, len, 1, 2);
-    default: return tile_dot_vnni(a, lda, b, ldb, len, 1, 1);
-    }
-}
+GEMM_KERNELS(avx2, CK_AVX2, tile_dot_avx2)
+GEMM_KERNELS(vnni, CK_VNNI, tile_dot_vnni)
 
-CK_VNNI static void gemm_i8_vnni(const int8_t *a, size_t m, const int8_t *b, size_t n, size_t k,
-                                 int32_t *c, size_t ldc) {
-    const size_t panel = panel_rows(n, k);
-    for (size_t j0 = 0; j0 < n; j0 += panel) {
-        const size_t j1 = j0 + panel < n ? j0 + panel : n;
-        for (size_t i = 0; i < m; i += 4) {
-            const size_t mr = m - i < 4 ? m - i : 4;
-            for (size_t j = j0; j < j1; j += 2) {
-                const size_t nr = j1 - j < 2 ? j1 - j : 2;
-                int32_t out[8];
-                __m256i r;
-                if (mr == 4 && nr == 2) r = tile_dot_vnni(a + i * k, k, b + j * k, k, k, 4, 2);
-                else r = tile_any_vnni(a + i * k, k, b + j * k, k, k, mr, nr);
-                _mm256_storeu_si256((__m256i *)out, r);
-                for (size_t ii = 0; ii < mr; ii++)
-                    for (size_t jj = 0; jj < nr; jj++) c[(i + ii) * ldc + j + jj] = out[ii * 2 + jj];
-            }
-        }
-    }
-}
-
-CK_VNNI static void gemm_i8_grouped_vnni(const int8_t *a, size_t m, const int8_t *b, size_t n,
-                                         size_t k, size_t group_size, const float *wscale,
-                                         float *c, size_t ldc) {
-    const size_t groups = (k + group_size - 1) / group_size;
-    const size_t panel = panel_rows(n, k);
-    for (size_t j0 = 0; j0 < n; j0 += panel) {
-        const size_t j1 = j0 + panel < n ? j0 + panel : n;
-        for (size_t i = 0; i < m; i += 4) {
-            const size_t mr = m - i < 4 ? m - i : 4;
-            for (size_t j = j0; j < j1; j += 2) {
-                const size_t nr = j1 - j < 2 ? j1 - j : 2;
-                const float *w0 = wscale + j * groups;
-                const float *w1 = nr > 1 ? w0 + groups : w0;
-                __m256 acc = _mm256_setzero_ps();
-                for (size_t g = 0; g < groups; g++) {
-                    const size_t t0 = g * group_size;
-                    const size_t len = t0 + group_size < k ? group_size : k - t0;
-                    __m256i r;
-                    if (mr == 4 && nr == 2) r = tile_dot_vnni(a + i * k + t0, k, b + j * k + t0, k, len, 4, 2);
-                    else r = tile_any_vnni(a + i * k + t0, k, b + j * k + t0, k, len, mr, nr);
-                    const __m256 ws = _mm256_setr_ps(w0[g], w1[g], w0[g], w1[g], w0[g], w1[g], w0[g], w1[g]);
-                    acc = _mm256_add_ps(acc, _mm256_mul_ps(ws, _mm256_cvtepi32_ps(r)));
-                }
-                float out[8];
-                _mm256_storeu_ps(out, acc);
-                for (size_t ii = 0; ii < mr; ii++)
-                    for (size_t jj = 0; jj < nr; jj++) c[(i + ii) * ldc + j + jj] = out[ii * 2 + jj];
-            }
-        }
-    }
-}
-
-/// Prefill with load-time row sums (VNNI, k % 32 == 0): the activations, biased once per call
-/// to ua = a + 128 (u8), are the unsigned operand and the weight codes the signed one, so a
-/// 4×2 tile step is one vpdpbusd per pair with no abs/sign (24 → 14 instructions per 32
-/// columns); Σ (a + 128)·w − 128·Σ w is the exact sum (modulo 2^32, which the exact result fits:
-/// see gemv_i8.c).
-CK_INLINE CK_VNNI __m256i tile_dot_u8(const uint8_t *ua, size_t lda, const int8_t *b, size_t ldb, size_t len,
-                                      const int MR, const int NR) {
-    __m256i acc[4][2];
-    for (int i = 0; i < 4; i++)
-        for (int j = 0; j < 2; j++) acc[i][j] = _mm256_setzero_si256();
-    for (size_t t = 0; t < len; t += 32) {
-        __m256i bv[2];
-        for (int j = 0; j < NR; j++) bv[j] = _mm256_loadu_si256((const __m256i *)(b + j * ldb + t));
-        for (int i = 0; i < MR; i++) {
-            const __m256i av = _mm256_loadu_si256((const __m256i *)(ua + i * lda + t));
-            for (int j = 0; j < NR; j++) acc[i][j] = _mm256_dpbusd_epi32(acc[i][j], av, bv[j]);
-        }
-    }
-    return hsum8_epi32(acc[0][0], acc[0][1], acc[1][0], acc[1][1], acc[2][0], acc[2][1], acc[3][0], acc[3][1]);
-}
-
+/// Prefill with load-time row sums (VNNI, k % 32 == 0): the activations are biased once per
+/// call to ua = a + 128 (ck_bias_i8).
 CK_VNNI static void gemm_i8_biased_vnni(const uint8_t *ua, size_t m, const int8_t *b, size_t n, size_t k,
                                         const int32_t *row_sums, int32_t *c, size_t ldc) {
-    const size_t panel = panel_rows(n, k);
-    for (size_t j0 = 0; j0 < n; j0 += panel) {
-        const size_t j1 = j0 + panel < n ? j0 + panel : n;
-        for (size_t i = 0; i < m; i += 4) {
-            const size_t mr = m - i < 4 ? m - i : 4;
-            for (size_t j = j0; j < j1; j += 2) {
-                const size_t nr = j1 - j < 2 ? j1 - j : 2;
-                int32_t out[8];
-                __m256i r;
-                const uint8_t *ai = ua + i * k;
-                const int8_t *bj = b + j * k;
-                switch (mr * 2 + nr) {
-                case 10: r = tile_dot_u8(ai, k, bj, k, k, 4, 2); break;
-                case 9: r = tile_dot_u8(ai, k, bj, k, k, 4, 1); break;
-                case 8: r = tile_dot_u8(ai, k, bj, k, k, 3, 2); break;
-                case 7: r = tile_dot_u8(ai, k, bj, k, k, 3, 1); break;
-                case 6: r = tile_dot_u8(ai, k, bj, k, k, 2, 2); break;
-                case 5: r = tile_dot_u8(ai, k, bj, k, k, 2, 1); break;
-                case 4: r = tile_dot_u8(ai, k, bj, k, k, 1, 2); break;
-                default: r = tile_dot_u8(ai, k, bj, k, k, 1, 1); break;
-                }
-                _mm256_storeu_si256((__m256i *)out, r);
-                for (size_t ii = 0; ii < mr; ii++)
-                    for (size_t jj = 0; jj < nr; jj++)
-                        c[(i + ii) * ldc + j + jj] = (int32_t)((uint32_t)out[ii * 2 + jj] - ((uint32_t)row_sums[j + jj] << 7));
-            }
-        }
-    }
+    FOR_EACH_TILE(m, n, k, {
+        int32_t out[8];
+        __m256i r;
+        TILE_ANY(r, tile_dot_u8, ua + i * k, k, b + j * k, k, k, mr, nr)
+        _mm256_storeu_si256((__m256i *)out, r);
+        for (size_t ii = 0; ii < mr; ii++)
+            for (size_t jj = 0; jj < nr; jj++)
+                c[(i + ii) * ldc + j + jj] = (int32_t)((uint32_t)out[ii * 2 + jj] - ((uint32_t)row_sums[j + jj] << 7));
+    })
 }
 #endif
 

@@ -1,6 +1,6 @@
 #include "ckernels.h"
 #include "ck_runtime.h"
-#include <immintrin.h>
+#include "x86_common.h"
 
 // int8 × int8 GEMV for decode (a few activation rows against every weight row), exact int32.
 //
@@ -38,24 +38,6 @@ void ck_gemv_i8_ref(const int8_t *a, size_t m, const int8_t *b, size_t row_begin
 }
 
 #if defined(__x86_64__)
-#define CK_AVX2 __attribute__((target("avx2,fma,f16c")))
-#define CK_VNNI __attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512vnni")))
-#define CK_INLINE static inline __attribute__((always_inline))
-
-/// Eight int32 vectors → one vector whose lane p is the sum of all lanes of v[p].
-CK_INLINE CK_AVX2 __m256i gv_hsum8(const __m256i *v) {
-    const __m256i u0 = _mm256_hadd_epi32(_mm256_hadd_epi32(v[0], v[1]), _mm256_hadd_epi32(v[2], v[3]));
-    const __m256i u1 = _mm256_hadd_epi32(_mm256_hadd_epi32(v[4], v[5]), _mm256_hadd_epi32(v[6], v[7]));
-    return _mm256_add_epi32(_mm256_permute2x128_si256(u0, u1, 0x20), _mm256_permute2x128_si256(u0, u1, 0x31));
-}
-
-CK_INLINE CK_AVX2 int32_t gv_hsum1(__m256i v) {
-    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
-    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1));
-    return _mm_cvtsi128_si32(s);
-}
-
 CK_INLINE CK_AVX2 __m256i gv_dot_avx2(__m256i acc, __m256i av, __m256i bv) {
     const __m256i p16 = _mm256_maddubs_epi16(_mm256_abs_epi8(bv), _mm256_sign_epi8(av, bv));
     return _mm256_add_epi32(acc, _mm256_madd_epi16(p16, _mm256_set1_epi16(1)));
@@ -82,8 +64,8 @@ CK_INLINE CK_AVX2 void gv_rows_avx2(const int8_t *a, const int8_t *b, size_t o, 
             s0 = gv_dot_avx2(s0, _mm256_loadu_si256((const __m256i *)(a + t)), _mm256_loadu_si256((const __m256i *)(row + t)));
         acc[r] = _mm256_add_epi32(s0, s1);
     }
-    if (R == 8) _mm256_storeu_si256((__m256i *)out, gv_hsum8(acc));
-    else out[0] = gv_hsum1(acc[0]);
+    if (R == 8) _mm256_storeu_si256((__m256i *)out, ck_hsum8_epi32(acc));
+    else out[0] = ck_hsum1_epi32(acc[0]);
     for (int r = 0; r < R; r++) {
         int32_t s = 0;
         for (size_t t = kb; t < k; t++) s += (int32_t)a[t] * (int32_t)b[(o + r) * k + t];
@@ -125,9 +107,9 @@ CK_INLINE CK_VNNI void gv_rows_vnni(const int8_t *a, const int8_t *b, size_t o, 
     }
     if (R == 8) {
         const __m256i corr = _mm256_slli_epi32(_mm256_loadu_si256((const __m256i *)(row_sums + o)), 7);
-        _mm256_storeu_si256((__m256i *)out, _mm256_sub_epi32(gv_hsum8(acc), corr));
+        _mm256_storeu_si256((__m256i *)out, _mm256_sub_epi32(ck_hsum8_epi32(acc), corr));
     } else {
-        out[0] = (int32_t)((uint32_t)gv_hsum1(acc[0]) - ((uint32_t)row_sums[o] << 7));
+        out[0] = (int32_t)((uint32_t)ck_hsum1_epi32(acc[0]) - ((uint32_t)row_sums[o] << 7));
     }
 }
 

@@ -43,6 +43,7 @@ static atomic_size_t job_tasks;
 static uint32_t job_id;                           // written by the caller under run_lock only
 static atomic_int requested_threads = 0;          // 0: not set yet, use the core count
 static atomic_long spin_ns = 200000;
+static atomic_int job_sleep_after;                // the current job asked workers not to spin after it
 static int started = 0;                           // workers created (under lock)
 static atomic_ullong job_count, wakeup_count, stall_count, serial_count;
 
@@ -91,7 +92,8 @@ static void *worker_main(void *arg) {
     for (;;) {
         uint_fast64_t g = atomic_load_explicit(&generation, memory_order_acquire);
         if (g == seen) {
-            const long budget = atomic_load_explicit(&spin_ns, memory_order_relaxed);
+            const long budget = atomic_load_explicit(&job_sleep_after, memory_order_relaxed)
+                                    ? 0 : atomic_load_explicit(&spin_ns, memory_order_relaxed);
             const long start = budget > 0 ? now_ns() : 0;
             unsigned spins = 0;
             while (budget > 0 && (g = atomic_load_explicit(&generation, memory_order_acquire)) == seen) {
@@ -160,7 +162,13 @@ static void run_serially(size_t tasks, ck_task_fn fn, void *ctx) {
     for (size_t i = 0; i < tasks; i++) fn(ctx, i);
 }
 
-void ck_pool_run(size_t tasks, ck_task_fn fn, void *ctx) {
+static void pool_run(size_t tasks, ck_task_fn fn, void *ctx, int sleep_after);
+
+void ck_pool_run(size_t tasks, ck_task_fn fn, void *ctx) { pool_run(tasks, fn, ctx, 0); }
+
+void ck_pool_run_then_sleep(size_t tasks, ck_task_fn fn, void *ctx) { pool_run(tasks, fn, ctx, 1); }
+
+static void pool_run(size_t tasks, ck_task_fn fn, void *ctx, int sleep_after) {
     if (tasks == 0) return;
     const int threads = ck_pool_threads();
     if (tasks == 1 || threads <= 1 || tasks > UINT32_MAX || inside_task || pthread_mutex_trylock(&run_lock) != 0) {
@@ -203,6 +211,7 @@ void ck_pool_run(size_t tasks, ck_task_fn fn, void *ctx) {
     atomic_store_explicit(&job_ctx, ctx, memory_order_relaxed);
     atomic_store_explicit(&job_tasks, tasks, memory_order_relaxed);
     atomic_store_explicit(&done, 0, memory_order_relaxed);
+    atomic_store_explicit(&job_sleep_after, sleep_after, memory_order_relaxed);
     atomic_store_explicit(&claim, (uint_fast64_t)id << 32, memory_order_release);
     atomic_fetch_add(&generation, 1);  // seq_cst: wakes spinning workers
     atomic_fetch_add_explicit(&job_count, 1, memory_order_relaxed);

@@ -1,6 +1,6 @@
 #include "ckernels.h"
 #include "ck_runtime.h"
-#include <immintrin.h>
+#include "x86_common.h"
 
 /// Interleaved group scale of row o, group g ([block of 8 rows][group][8], ck_q4x8_scales).
 #define CK_SC8(ws, groups, o, g) (ws)[((o) >> 3) * (groups) * 8 + (g) * 8 + ((o) & 7)]
@@ -73,9 +73,6 @@ void ck_q4_gemv_i8_ref(const uint8_t *codes, size_t row_begin, size_t row_count,
 }
 
 #if defined(__x86_64__)
-#define CK_AVX2 __attribute__((target("avx2,fma,f16c")))
-#define CK_VNNI __attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512vnni")))
-#define CK_INLINE static inline __attribute__((always_inline))
 
 static inline int32_t q4_load4(const int8_t *p) {
     int32_t v;

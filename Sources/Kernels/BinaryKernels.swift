@@ -36,3 +36,21 @@ public enum BinaryKernels {
         }
     }
 }
+
+extension BinaryKernels {
+    /// Prefill tiles of a column-masked binary weight (`ck_binary_decode_rows`): rows `rowRange`
+    /// as floats into `tile[rowRange.count, columns]` in natural column order, the values of
+    /// `BinaryWeight.dequantizedReference` (outlier columns excepted: the caller writes them).
+    /// `binaryMask` marks the binarized columns (`wordsPerRow(columns)` words), `columnScale`
+    /// holds r2 at those columns; the salient codes are `salientCount` per row at `codeStride`
+    /// bytes, nibbles or bytes. `reference` selects the scalar C twin (tests).
+    public static func decodeRows(signs: UnsafePointer<UInt64>, wordsPerRow: Int, binaryMask: UnsafePointer<UInt64>,
+                                  columnScale: UnsafePointer<Float>, a: UnsafePointer<Float>, b: UnsafePointer<Float>,
+                                  codes: UnsafePointer<UInt8>?, nibbles: Bool, codeStride: Int, salientCount: Int,
+                                  d: UnsafePointer<Float>, z: UnsafePointer<Float>, rowRange: Range<Int>, columns: Int,
+                                  into tile: UnsafeMutablePointer<Float>, reference: Bool = false) {
+        (reference ? ck_binary_decode_rows_ref : ck_binary_decode_rows)(
+            signs, wordsPerRow, binaryMask, columnScale, a, b, codes, nibbles ? 1 : 0, codeStride, salientCount, d, z,
+            rowRange.lowerBound, rowRange.count, columns, tile)
+    }
+}

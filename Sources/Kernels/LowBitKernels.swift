@@ -240,7 +240,10 @@ public enum LowBit {
         let minimumRows = max(8, (minimumWorkPerChunk / 8 + inFeatures - 1) / max(1, inFeatures))
         for r0 in stride(from: 0, to: outFeatures, by: tile) {
             let r1 = min(outFeatures, r0 + tile)
-            Parallel.forEachChunk(r1 - r0, minimumChunk: minimumRows) { part in
+            // The pool's workers sleep right after the decode: spinning for the next job (200 µs)
+            // they would take a core from OpenBLAS's threads during the sgemm (measured:
+            // docs/RESULTS.md, "Runtime speed, fourth pass").
+            Parallel.forEachChunk(r1 - r0, minimumChunk: minimumRows, sleepAfter: true) { part in
                 decode((r0 + part.lowerBound)..<(r0 + part.upperBound), pscratch.base + part.lowerBound * inFeatures)
             }
             BLAS.gemm(m: rows, n: r1 - r0, k: inFeatures, a: x, lda: inFeatures,
@@ -248,12 +251,14 @@ public enum LowBit {
         }
     }
 
-    /// Output rows per dequantized tile: about 4 MB of floats, 32…512 rows. Wide tiles let sgemm
+    /// Output rows per dequantized tile: about 4 MB of floats, 32…2048 rows. Wide tiles let sgemm
     /// amortise packing x: measured at 64 input rows, 512-row tiles of a 1536×576 layer run 25%
-    /// faster than 64-row tiles, 256-row tiles of a 4096×4096 layer 20% faster.
+    /// faster than 64-row tiles, 256-row tiles of a 4096×4096 layer 20% faster. Every SmolLM2
+    /// layer (≤ 1536 × 576 or 576 × 1536) is one tile, so prefill makes as many sgemm calls as
+    /// the float model.
     public static func defaultTileRows(inFeatures: Int) -> Int {
         let rows = (4 * 1024 * 1024 / 4) / max(1, inFeatures)
-        return min(512, max(32, rows & ~15))
+        return min(2048, max(32, rows & ~15))
     }
 
     // MARK: activation quantization

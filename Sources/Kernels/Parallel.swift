@@ -28,7 +28,9 @@ public enum Parallel {
     /// Runs `body` over `0..<count` split into contiguous chunks of at least `minimumChunk`
     /// elements (except the last), spread over the pool. Results must not depend on the split:
     /// callers split over output rows, never over a reduction.
-    public static func forEachChunk(_ count: Int, minimumChunk: Int = 1,
+    /// `sleepAfter`: the workers sleep as soon as the job is done instead of spinning for the
+    /// next one (`ck_pool_run_then_sleep`), for a job followed by other threads' work.
+    public static func forEachChunk(_ count: Int, minimumChunk: Int = 1, sleepAfter: Bool = false,
                                     _ body: @Sendable (Range<Int>) -> Void) {
         guard count > 0 else { return }
         let workers = min(workerCount, max(1, count / max(1, minimumChunk)))
@@ -37,20 +39,21 @@ public enum Parallel {
         // process preempts on a loaded machine holds up at most one small chunk.
         let tasks = min(8 * workers, max(workers, count / max(1, minimumChunk)))
         let chunk = (count + tasks - 1) / tasks
-        forEach(tasks) { t in
+        forEach(tasks, sleepAfter: sleepAfter) { t in
             let start = t * chunk, end = min(count, start + chunk)
             if start < end { body(start..<end) }
         }
     }
 
-    /// Runs `body(i)` for every `i` in `0..<tasks` on the pool (in no particular order).
-    public static func forEach(_ tasks: Int, _ body: (Int) -> Void) {
+    /// Runs `body(i)` for every `i` in `0..<tasks` on the pool (in no particular order);
+    /// `sleepAfter` as in `forEachChunk`.
+    public static func forEach(_ tasks: Int, sleepAfter: Bool = false, _ body: (Int) -> Void) {
         guard tasks > 0 else { return }
         if tasks == 1 { body(0); return }
         withoutActuallyEscaping(body) { escapable in
             var box = Box(body: escapable)
             withUnsafeMutablePointer(to: &box) { pointer in
-                ck_pool_run(tasks, { context, index in
+                (sleepAfter ? ck_pool_run_then_sleep : ck_pool_run)(tasks, { context, index in
                     context!.assumingMemoryBound(to: Box.self).pointee.body(Int(index))
                 }, pointer)
             }

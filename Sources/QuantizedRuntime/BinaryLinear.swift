@@ -49,6 +49,10 @@ public final class BinaryLinear: LinearOp {
     private let salientScale: [Float], salientZero: [Float]
     /// Salient columns kept as float weights and their values `[outFeatures, outlierColumns.count]`.
     private let outlierColumns: [Int], outlierValues: [Float]
+    /// Column masks, for prefill tiles (`BinaryKernels.decodeRows`): the binarized columns as bits
+    /// over the natural columns, and r2 at those columns (0 elsewhere).
+    private let naturalBinaryMask: [UInt64]
+    private let naturalColumnScale: [Float]
 
     /// Bytes held for this layer at run time (bits, codes, per-row and per-column parameters).
     public var storageBytes: Int {
@@ -105,6 +109,14 @@ public final class BinaryLinear: LinearOp {
                 : w.salientCodes
             rowStart = []
             salientColumnIndex = []
+            var mask = [UInt64](repeating: 0, count: BinaryKernels.wordsPerRow(columns))
+            var natural = [Float](repeating: 0, count: columns)
+            for (c, j) in binaryColumns.enumerated() {
+                mask[j >> 6] |= 1 << UInt64(j & 63)
+                natural[j] = columnScale[c]
+            }
+            naturalBinaryMask = mask
+            naturalColumnScale = natural
         case .elements:
             binaryColumns = []
             salientColumns = []
@@ -133,6 +145,8 @@ public final class BinaryLinear: LinearOp {
             salientCodes = w.salientCodes
             rowStart = starts
             salientColumnIndex = index
+            naturalBinaryMask = []
+            naturalColumnScale = []
         }
     }
 
@@ -238,7 +252,11 @@ public final class BinaryLinear: LinearOp {
 
     /// Output rows `range` as float into `tile[range.count, inFeatures]` (the same values as
     /// `BinaryWeight.dequantizedReference`). Runs on raw pointers: it is the prefill path.
-    func dequantizeRows(_ range: Range<Int>, into tile: UnsafeMutablePointer<Float>) {
+    func dequantizeRows(_ range: Range<Int>, into tile: UnsafeMutablePointer<Float>, reference: Bool = false) {
+        if maskKind == .columns {
+            decodeColumnMaskedRows(range, into: tile, reference: reference)
+            return
+        }
         let k = inFeatures, wpr = wordsPerRow
         signWords.withUnsafeBufferPointer { sw in
         salientCodes.withUnsafeBufferPointer { codes in
@@ -294,21 +312,44 @@ public final class BinaryLinear: LinearOp {
         }}}}}}
     }
 
-    /// Several activation rows: tiles of output rows dequantized into scratch, one sgemm each.
-    private func dequantizedProduct(_ x: UnsafePointer<Float>, rows: Int, _ y: UnsafeMutablePointer<Float>) {
-        let k = inFeatures, n = outFeatures
-        let tileRows = min(n, LowBit.defaultTileRows(inFeatures: k))
-        let scratch = UnsafeMutablePointer<Float>.allocate(capacity: tileRows * k)
-        defer { scratch.deallocate() }
-        let pscratch = SendablePointer(scratch)
-        for r0 in stride(from: 0, to: n, by: tileRows) {
-            let r1 = min(n, r0 + tileRows)
-            Parallel.forEachChunk(r1 - r0, minimumChunk: 16) { part in
-                self.dequantizeRows((r0 + part.lowerBound)..<(r0 + part.upperBound),
-                                    into: pscratch.base + part.lowerBound * k)
+    /// Column masks: the C tile decoder (AVX-512: pdep + blend + expand per 16 columns), then the
+    /// outlier columns' float weights over their (zero-point) salient values.
+    private func decodeColumnMaskedRows(_ range: Range<Int>, into tile: UnsafeMutablePointer<Float>, reference: Bool) {
+        let k = inFeatures, ns = salientColumns.count
+        let stride = salientFormat == .u4 ? LowBit.nibbleRowBytes(ns) : ns
+        let none: [Float] = [0]
+        signWords.withUnsafeBufferPointer { sw in
+        naturalBinaryMask.withUnsafeBufferPointer { mask in
+        naturalColumnScale.withUnsafeBufferPointer { r2 in
+        scale.withUnsafeBufferPointer { a in
+        offset.withUnsafeBufferPointer { b in
+        salientCodes.withUnsafeBufferPointer { codes in
+        (salientScale.isEmpty ? none : salientScale).withUnsafeBufferPointer { d in
+        (salientZero.isEmpty ? none : salientZero).withUnsafeBufferPointer { z in
+            BinaryKernels.decodeRows(signs: sw.baseAddress!, wordsPerRow: wordsPerRow, binaryMask: mask.baseAddress!,
+                                     columnScale: r2.baseAddress!, a: a.baseAddress!, b: b.baseAddress!,
+                                     codes: codes.baseAddress, nibbles: salientFormat == .u4, codeStride: stride,
+                                     salientCount: ns, d: d.baseAddress!, z: z.baseAddress!, rowRange: range,
+                                     columns: k, into: tile, reference: reference)
+        }}}}}}}}
+        let kOut = outlierColumns.count
+        guard kOut > 0 else { return }
+        outlierValues.withUnsafeBufferPointer { v in
+            outlierColumns.withUnsafeBufferPointer { cols in
+                for (t, o) in range.enumerated() {
+                    let row = tile + t * k, values = v.baseAddress! + o * kOut
+                    for u in 0..<kOut { row[cols[u]] = values[u] }
+                }
             }
-            BLAS.gemm(m: rows, n: r1 - r0, k: k, a: x, lda: k, b: scratch, ldb: k, transposeB: true,
-                      c: y + r0, ldc: n)
+        }
+    }
+
+    /// Several activation rows: tiles of output rows decoded into scratch, one sgemm each
+    /// (`LowBit.tiledProduct`, as the other weight-only layers).
+    private func dequantizedProduct(_ x: UnsafePointer<Float>, rows: Int, _ y: UnsafeMutablePointer<Float>) {
+        LowBit.tiledProduct(outFeatures: outFeatures, inFeatures: inFeatures, x: x, rows: rows, y: y,
+                            tileRows: LowBit.defaultTileRows(inFeatures: inFeatures)) { range, tile in
+            self.dequantizeRows(range, into: tile)
         }
     }
 }

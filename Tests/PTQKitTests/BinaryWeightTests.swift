@@ -4,7 +4,7 @@ import Kernels
 import Packing
 @testable import PTQKit
 import Quantizers
-import QuantizedRuntime
+@testable import QuantizedRuntime
 
 /// PTQ1.61's packed binary format, its packing and its bit-level kernel.
 @Suite("BinaryWeight")
@@ -158,6 +158,11 @@ struct BinaryWeightTests {
         row.withUnsafeMutableBufferPointer { b.decodeRow(4, into: $0.baseAddress!) }
         #expect(Array(row) == Array(dense[(4 * columns)..<(5 * columns)]))
         try checkKernel(b, bias: (0..<rows).map { Float($0) * 0.01 }, seed: 8)
+        // Prefill tiles carry the outlier columns' float weights too, bit for bit.
+        let layer = try BinaryLinear(Self.linear(b, bias: nil))
+        var tile = [Float](repeating: .nan, count: rows * columns)
+        tile.withUnsafeMutableBufferPointer { layer.dequantizeRows(0..<rows, into: $0.baseAddress!) }
+        #expect(tile.map(\.bitPattern) == dense.map(\.bitPattern))
 
         // Round trip: version 2 with the outliers, version 1 without.
         func write(_ weight: BinaryWeight, _ name: String) throws -> (String, QuantizedLinear) {
@@ -210,6 +215,51 @@ struct BinaryWeightTests {
         let b = BinaryWeight(p)
         let bias: [Float]? = rows % 2 == 0 ? (0..<rows).map { Float($0) * 0.01 } : nil
         try checkKernel(b, bias: bias, seed: UInt64(columns))
+    }
+
+    /// Prefill tiles (`ck_binary_decode_rows`, AVX-512 and the scalar twin) equal the reference
+    /// dequantizer bit for bit: odd widths (tails inside 16- and 64-column words), no salient
+    /// columns, all salient, more than 512 salient columns (the kernel's heap buffer), 4- and 8-bit
+    /// salient codes, extreme and zero scales, partial row ranges.
+    @Test(arguments: [(16, 200, 40, 4), (1, 64, 12, 4), (5, 33, 0, 4), (8, 20, 20, 4), (3, 129, 1, 4),
+                      (24, 576, 116, 4), (7, 1536, 307, 4), (9, 77, 30, 8), (4, 600, 0, 8),
+                      (2, 3000, 600, 4)])
+    func prefillTilesMatchReference(rows: Int, columns: Int, salient: Int, bits: Int) throws {
+        var rng = SeededGenerator(seed: UInt64(rows * 1000 + columns))
+        var mask = [Bool](repeating: false, count: columns)
+        for j in (0..<columns).shuffled(using: &rng).prefix(salient) { mask[j] = true }
+        let ns = salient, nb = columns - salient, top = (1 << bits) - 1
+        // Row 0: zero scales; row 1 (if any): extreme half-precision scales; the rest random.
+        func half(_ v: Float, _ o: Int) -> Float { BinaryWeight.half(o == 0 ? 0 : o == 1 ? v * 60000 : v) }
+        let w = BinaryWeight(
+            rows: rows, columns: columns, maskKind: .columns, salientMask: mask, salientBits: bits,
+            salientCodes: (0..<(rows * ns)).map { _ in UInt8(Int(rng.next() % UInt64(top + 1))) },
+            salientScale: (0..<rows).map { half(rng.float(in: 0.001...0.01), $0) },
+            salientZero: (0..<rows).map { _ in UInt8(Int(rng.next() % UInt64(top + 1))) },
+            signs: (0..<(rows * nb)).map { _ in UInt8(rng.next() % 2) },
+            scale: (0..<rows).map { half(rng.float(in: 0.01...0.05), $0) },
+            offset: (0..<rows).map { half(rng.float(in: -0.01...0.01), $0) },
+            columnScale: (0..<nb).map { _ in BinaryWeight.half(rng.float(in: 0.7...1.3)) })
+        try Self.linear(w, bias: nil).validate()
+        let layer = try BinaryLinear(Self.linear(w, bias: nil))
+        let dense = w.dequantizedReference()
+        let ranges = [0..<rows, (rows / 2)..<rows, 0..<min(rows, 1)]
+        for vnni in [true, false] {
+            TokenKernels.setVNNIEnabled(vnni)
+            for range in ranges {
+                for reference in [false, true] {
+                    var tile = [Float](repeating: .nan, count: range.count * columns)
+                    tile.withUnsafeMutableBufferPointer { layer.dequantizeRows(range, into: $0.baseAddress!, reference: reference) }
+                    for (t, o) in range.enumerated() {
+                        for j in 0..<columns {
+                            #expect(tile[t * columns + j].bitPattern == dense[o * columns + j].bitPattern,
+                                    "vnni \(vnni) ref \(reference) row \(o) column \(j): \(tile[t * columns + j]) vs \(dense[o * columns + j])")
+                        }
+                    }
+                }
+            }
+        }
+        TokenKernels.setVNNIEnabled(true)
     }
 
     /// Element masks with 8-bit salient codes (PB-LLM-style) through the same kernel.

@@ -6,17 +6,22 @@ import Testing
 
 @Suite("Persistent pool")
 struct PoolTests {
+    /// Also with `sleepAfter` (the workers sleep at once after the job), alternating with
+    /// ordinary jobs, so every job after one that put the workers to sleep has to wake them.
     @Test("forEachChunk covers every index exactly once", arguments: [1, 2, 3, 7, 64, 1000, 4097])
     func coversEveryIndex(count: Int) {
         for minimumChunk in [1, 3, 64] {
-            let hits = UnsafeMutablePointer<Int>.allocate(capacity: count)
-            hits.initialize(repeating: 0, count: count)
-            defer { hits.deallocate() }
-            let p = SendablePointer(hits)
-            Parallel.forEachChunk(count, minimumChunk: minimumChunk) { range in
-                for i in range { p.base[i] += 1 }
+            for sleepAfter in [true, false, true, true] {
+                let hits = UnsafeMutablePointer<Int>.allocate(capacity: count)
+                hits.initialize(repeating: 0, count: count)
+                defer { hits.deallocate() }
+                let p = SendablePointer(hits)
+                Parallel.forEachChunk(count, minimumChunk: minimumChunk, sleepAfter: sleepAfter) { range in
+                    for i in range { p.base[i] += 1 }
+                }
+                #expect((0..<count).allSatisfy { hits[$0] == 1 },
+                        "count \(count) minimum chunk \(minimumChunk) sleep after \(sleepAfter)")
             }
-            #expect((0..<count).allSatisfy { hits[$0] == 1 }, "count \(count) minimum chunk \(minimumChunk)")
         }
     }
 

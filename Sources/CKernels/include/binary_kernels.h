@@ -26,4 +26,25 @@ void ck_binary_gemv_ref(const uint64_t *signs, const uint64_t *mask, size_t word
                         size_t row_count, const float *x, float x_sum, const float *a, const float *b,
                         float *y, float *rest);
 
+// Prefill tiles of a column-masked binary weight (PTQ1.61): rows [row_begin, row_begin +
+// row_count) as floats into out[row_count, cols] (row-major, natural column order), the values
+// BinaryWeight.dequantizedReference gives, operation for operation:
+//   binarized column j (bit j of binary_mask set; c = its rank among the binarized columns):
+//       out[r, j] = col_scale[j] · (bit c of the row's signs ? a[o] + b[o] : b[o] − a[o])
+//   salient column j (bit clear; s = its rank among the salient columns, u its code):
+//       out[r, j] = d[o] · ((float)u − z[o])
+// binary_mask: (cols + 63) / 64 words over the natural columns; col_scale: cols floats (its
+// values at salient columns are not read); salient codes: ns per row at row stride
+// code_stride bytes, two per byte (low nibble first) when nibbles, else one byte each.
+// Float columns (outliers) are the caller's to overwrite afterwards.
+void ck_binary_decode_rows(const uint64_t *signs, size_t words_per_row, const uint64_t *binary_mask,
+                           const float *col_scale, const float *a, const float *b, const uint8_t *codes,
+                           int nibbles, size_t code_stride, size_t ns, const float *d, const float *z,
+                           size_t row_begin, size_t row_count, size_t cols, float *out);
+/// Plain scalar twin of ck_binary_decode_rows.
+void ck_binary_decode_rows_ref(const uint64_t *signs, size_t words_per_row, const uint64_t *binary_mask,
+                               const float *col_scale, const float *a, const float *b, const uint8_t *codes,
+                               int nibbles, size_t code_stride, size_t ns, const float *d, const float *z,
+                               size_t row_begin, size_t row_count, size_t cols, float *out);
+
 #endif

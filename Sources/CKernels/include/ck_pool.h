@@ -28,6 +28,11 @@ void ck_pool_set_spin_microseconds(int microseconds);
 /// Runs fn(ctx, i) for every i in [0, tasks) across the pool and returns when all are done.
 void ck_pool_run(size_t tasks, ck_task_fn fn, void *ctx);
 
+/// ck_pool_run, after which the workers sleep at once instead of spinning: for a job followed
+/// by work on other threads (OpenBLAS's, in the prefill tiles), where a spinning worker would
+/// take a core from them.
+void ck_pool_run_then_sleep(size_t tasks, ck_task_fn fn, void *ctx);
+
 /// Jobs run in parallel so far and jobs that found a worker asleep (had to wake it):
 /// diagnostics for the benchmark.
 void ck_pool_counters(unsigned long long *jobs, unsigned long long *wakeups);

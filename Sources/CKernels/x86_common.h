@@ -1,0 +1,44 @@
+// Internal helpers shared by the x86 kernels (not a public header: it lives outside include/).
+//
+// Function-level target attributes keep the package buildable for x86-64-v3 and older while
+// each kernel is chosen at run time (ck_cpu_has_avx2 / ck_cpu_has_avx512vnni); the always-inline
+// helpers below take the attribute of the kernel that calls them.
+#ifndef PTQ_CK_X86_COMMON_H
+#define PTQ_CK_X86_COMMON_H
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#include <stdint.h>
+
+#define CK_INLINE static inline __attribute__((always_inline))
+#define CK_AVX2 __attribute__((target("avx2,fma,f16c")))
+#define CK_AVX512 __attribute__((target("avx2,fma,f16c,avx512f")))
+#define CK_VNNI __attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512vnni")))
+
+/// Eight int32 vectors → one vector whose lane p is the sum of all lanes of v[p] (one hadd tree).
+CK_INLINE CK_AVX2 __m256i ck_hsum8_epi32(const __m256i v[8]) {
+    const __m256i u0 = _mm256_hadd_epi32(_mm256_hadd_epi32(v[0], v[1]), _mm256_hadd_epi32(v[2], v[3]));
+    const __m256i u1 = _mm256_hadd_epi32(_mm256_hadd_epi32(v[4], v[5]), _mm256_hadd_epi32(v[6], v[7]));
+    return _mm256_add_epi32(_mm256_permute2x128_si256(u0, u1, 0x20), _mm256_permute2x128_si256(u0, u1, 0x31));
+}
+
+/// The sum of the eight int32 lanes of v.
+CK_INLINE CK_AVX2 int32_t ck_hsum1_epi32(__m256i v) {
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1));
+    return _mm_cvtsi128_si32(s);
+}
+
+/// The sum of the eight float lanes of v in a fixed order: (t0 + t2) + (t1 + t3) of the
+/// 128-bit halves' sums t. Kernels whose results must match a reference bit for bit use this
+/// order in their scalar twin too.
+CK_INLINE CK_AVX2 float ck_hsum_ps(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+#endif
+
+#endif
