@@ -1,4 +1,5 @@
 #include "ckernels.h"
+#include "x86_common.h"
 #include <immintrin.h>
 
 // Kernels are compiled for baseline x86-64; AVX2 bodies carry a function-level target
@@ -26,8 +27,7 @@ int32_t ck_dot_i8_ref(const int8_t *a, const int8_t *b, size_t n) {
 }
 
 #if defined(__x86_64__)
-__attribute__((target("avx2")))
-static int32_t dot_i8_avx2(const int8_t *a, const int8_t *b, size_t n) {
+CK_AVX2 static int32_t dot_i8_avx2(const int8_t *a, const int8_t *b, size_t n) {
     // ggml's mul_sum_i8_pairs: |a| as unsigned, a's sign moved onto b, maddubs, madd with ones.
     __m256i acc = _mm256_setzero_si256();
     const __m256i ones = _mm256_set1_epi16(1);
@@ -40,10 +40,7 @@ static int32_t dot_i8_avx2(const int8_t *a, const int8_t *b, size_t n) {
         __m256i dot16 = _mm256_maddubs_epi16(ax, sy);
         acc = _mm256_add_epi32(acc, _mm256_madd_epi16(dot16, ones));
     }
-    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(acc), _mm256_extracti128_si256(acc, 1));
-    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
-    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1));
-    int32_t sum = _mm_cvtsi128_si32(s);
+    int32_t sum = ck_hsum1_epi32(acc);
     for (; i < n; i++) sum += (int32_t)a[i] * (int32_t)b[i];
     return sum;
 }

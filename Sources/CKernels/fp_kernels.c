@@ -1,6 +1,7 @@
 #include "ckernels.h"
 #include "fp_kernels.h"
 #include "ck_runtime.h"
+#include "x86_common.h"
 #include <immintrin.h>
 #include <math.h>
 #include <string.h>
@@ -80,7 +81,7 @@ void ck_fp_decode_rows_ref(const uint8_t *codes, int nibbles, size_t row_begin, 
 }
 
 #if defined(__x86_64__)
-__attribute__((target("avx2,fma")))
+CK_AVX2
 static void fp_quantize_rows_avx2(const float *x, size_t rows, size_t cols, const float *channel_scale,
                                   float alpha, int exp_bits, int man_bits, float *out) {
     const float maxv = fp_max_value(exp_bits, man_bits);
@@ -121,7 +122,7 @@ static void fp_quantize_rows_avx2(const float *x, size_t rows, size_t cols, cons
 }
 
 /// 8 codes starting at column j (j even) of a nibble row as int32 lanes.
-__attribute__((target("avx2")))
+CK_AVX2
 static inline __m256i fp_nibbles8(const uint8_t *row, size_t j) {
     uint32_t word;
     memcpy(&word, row + (j >> 1), 4);
@@ -130,22 +131,14 @@ static inline __m256i fp_nibbles8(const uint8_t *row, size_t j) {
 }
 
 /// table lookup of 8 FP4 codes in registers: magnitude by permute, sign bit (bit 3) by xor.
-__attribute__((target("avx2")))
+CK_AVX2
 static inline __m256 fp4_lookup(__m256 magnitudes, __m256i idx) {
     __m256 v = _mm256_permutevar8x32_ps(magnitudes, idx);
     __m256i sign = _mm256_slli_epi32(_mm256_and_si256(idx, _mm256_set1_epi32(8)), 28);
     return _mm256_xor_ps(v, _mm256_castsi256_ps(sign));
 }
 
-__attribute__((target("avx2,fma")))
-static inline float fp_hsum(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 0x55));
-    return _mm_cvtss_f32(s);
-}
-
-__attribute__((target("avx2,fma")))
+CK_AVX2
 static void fp_gemv_avx2(const uint8_t *codes, int nibbles, size_t row_begin, size_t row_count, size_t cols,
                          size_t group_size, const float *table, const float *scales, const float *x, float *y) {
     const size_t groups = fp_groups(cols, group_size), stride = fp_row_bytes(cols, nibbles);
@@ -174,7 +167,7 @@ static void fp_gemv_avx2(const uint8_t *codes, int nibbles, size_t row_begin, si
                     acc0 = _mm256_fmadd_ps(_mm256_i32gather_ps(table, idx, 4), _mm256_loadu_ps(x + j), acc0);
                 }
             }
-            float dot = fp_hsum(_mm256_add_ps(acc0, acc1));
+            float dot = ck_hsum_ps(_mm256_add_ps(acc0, acc1));
             for (size_t t = (nibbles && (j0 & 1)) ? j0 : j; t < j1; t++) dot += table[fp_code_at(row, nibbles, t)] * x[t];
             y_o += scales[o * groups + g] * dot;
         }
@@ -186,7 +179,7 @@ static void fp_gemv_avx2(const uint8_t *codes, int nibbles, size_t row_begin, si
 /// xp[16b + 2q + 1] = x[16b + q + 8] (q < 8), the lane order in which one 64-bit broadcast of
 /// 16 packed nibbles shifted right by 4q per 64-bit lane leaves nibble q in the low bits of
 /// dword lane 2q and nibble q + 8 in lane 2q + 1 (cols % 16 == 0).
-__attribute__((target("avx2,fma,avx512f,avx512vl")))
+CK_AVX512VL
 static void fp4_permute_x(const float *x, size_t cols, float *xp) {
     const __m512i order = _mm512_setr_epi32(0, 8, 1, 9, 2, 10, 3, 11, 4, 12, 5, 13, 6, 14, 7, 15);
     for (size_t b = 0; b + 16 <= cols; b += 16)
@@ -201,7 +194,7 @@ static void fp4_permute_x(const float *x, size_t cols, float *xp) {
 /// scale (two accumulators by group parity), and the row is reduced once at the end. The float
 /// summation order differs from the scalar twin's (as the AVX2 path's does); the tests bound
 /// the difference.
-__attribute__((target("avx2,fma,avx512f,avx512vl")))
+CK_AVX512VL
 static void fp4_gemv_avx512(const uint8_t *codes, size_t row_begin, size_t row_count, size_t cols,
                             size_t group_size, const float *table, const float *scales, const float *xp, float *y) {
     const size_t groups = fp_groups(cols, group_size), stride = cols / 2;
@@ -242,7 +235,7 @@ static void fp4_gemv_avx512(const uint8_t *codes, size_t row_begin, size_t row_c
 /// to the exponent gives 2^E·(1 + M/2^man) for E ≥ 1; for E = 0 the exponent is raised by one
 /// more (2 + 2M/2^man) and 2 subtracted (exact), giving the subnormal 2M/2^man; the sign bit is
 /// xored in last. No gather and no denormal floats (FTZ/DAZ cannot change it).
-__attribute__((target("avx2,fma,avx512f,avx512vl")))
+CK_AVX512VL
 static inline __m512 fp_bytes_decode16(__m128i bytes, __m512i mag_mask, __m512i sub_limit, __m128i mant_shift,
                                        __m128i sign_shift) {
     const __m512i c = _mm512_cvtepu8_epi32(bytes);
@@ -260,7 +253,7 @@ static inline __m512 fp_bytes_decode16(__m128i bytes, __m512i mag_mask, __m512i 
 /// registers by fp_bytes_decode16 (exactly table[code]), 32 per step into two accumulators,
 /// groups of a multiple of 16 columns folded by one FMA with the group scale; columns past the
 /// last 16-block of a group go through scalar code on the table.
-__attribute__((target("avx2,fma,avx512f,avx512vl")))
+CK_AVX512VL
 static void fp_bytes_gemv_avx512(const uint8_t *codes, size_t row_begin, size_t row_count, size_t cols,
                                  size_t group_size, int exp_bits, int man_bits, const float *table,
                                  const float *scales, const float *x, float *y) {
@@ -301,7 +294,7 @@ static void fp_bytes_gemv_avx512(const uint8_t *codes, size_t row_begin, size_t 
     }
 }
 
-__attribute__((target("avx2")))
+CK_AVX2
 static void fp_decode_rows_avx2(const uint8_t *codes, int nibbles, size_t row_begin, size_t row_count, size_t cols,
                                 size_t group_size, const float *table, const float *scales, float *out) {
     const size_t groups = fp_groups(cols, group_size), stride = fp_row_bytes(cols, nibbles);

@@ -1,5 +1,6 @@
 #include "ckernels.h"
 #include "ck_runtime.h"
+#include "x86_common.h"
 #include <immintrin.h>
 #include <stdlib.h>
 
@@ -121,15 +122,6 @@ void ck_dequant_u8_rows_ref(const uint8_t *codes, size_t row_begin, size_t row_c
 // ---- AVX2 ------------------------------------------------------------------------------------
 
 #if defined(__x86_64__)
-#define CK_AVX2 __attribute__((target("avx2,fma,f16c")))
-#define CK_INLINE static inline __attribute__((always_inline))
-
-CK_INLINE CK_AVX2 float hsum_ps(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
 
 /// 16 packed bytes → 32 codes in element order, as two 16-byte vectors.
 CK_INLINE CK_AVX2 void unpack_u4x32(const uint8_t *p, __m128i *e0, __m128i *e1) {
@@ -150,7 +142,7 @@ CK_INLINE CK_AVX2 float zero_term(const float *s, const float *z, const float *x
     for (; g + 8 <= groups; g += 8)
         acc = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_loadu_ps(s + g), _mm256_loadu_ps(z + g)),
                               _mm256_loadu_ps(xsum + g), acc);
-    float sum = hsum_ps(acc);
+    float sum = ck_hsum_ps(acc);
     for (; g < groups; g++) sum += s[g] * z[g] * xsum[g];
     return sum;
 }
@@ -189,7 +181,7 @@ CK_AVX2 static void gemv_u4_rows_avx2(const uint8_t *codes, size_t row_begin, si
             else total0 = _mm256_fmadd_ps(gsum, _mm256_set1_ps(s[g]), total0);
             if (dot != 0) scalar_total += s[g] * dot;
         }
-        y[o] = hsum_ps(_mm256_add_ps(total0, total1)) + scalar_total - zero_term(s, z, xsum, groups);
+        y[o] = ck_hsum_ps(_mm256_add_ps(total0, total1)) + scalar_total - zero_term(s, z, xsum, groups);
     }
 }
 
@@ -267,7 +259,7 @@ CK_AVX2 static void gemv_u4_rows_avx2_even(const uint8_t *codes, size_t row_begi
             for (size_t j = j0 + 16 * blocks; j < cols; j++) dot += x[j] * (float)u4_at(row, j);
             scalar_total = s[full] * dot;
         }
-        y[o] = hsum_ps(total) + scalar_total - zero_term(s, z, xsum, groups);
+        y[o] = ck_hsum_ps(total) + scalar_total - zero_term(s, z, xsum, groups);
     }
 }
 
@@ -329,7 +321,7 @@ CK_AVX2 static void gemv_u8_rows_avx2_even(const uint8_t *codes, size_t row_begi
             for (size_t j = j0 + 8 * blocks; j < cols; j++) dot += x[j] * (float)row[j];
             scalar_total = s[full] * dot;
         }
-        y[o] = hsum_ps(total) + scalar_total - zero_term(s, z, xsum, groups);
+        y[o] = ck_hsum_ps(total) + scalar_total - zero_term(s, z, xsum, groups);
     }
 }
 
@@ -366,7 +358,7 @@ CK_AVX2 static void gemv_u8_rows_avx2(const uint8_t *codes, size_t row_begin, si
             else total0 = _mm256_fmadd_ps(gsum, _mm256_set1_ps(s[g]), total0);
             if (dot != 0) scalar_total += s[g] * dot;
         }
-        y[o] = hsum_ps(_mm256_add_ps(total0, total1)) + scalar_total - zero_term(s, z, xsum, groups);
+        y[o] = ck_hsum_ps(_mm256_add_ps(total0, total1)) + scalar_total - zero_term(s, z, xsum, groups);
     }
 }
 

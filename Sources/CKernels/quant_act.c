@@ -1,5 +1,6 @@
 #include "ckernels.h"
 #include "ck_runtime.h"
+#include "x86_common.h"
 #include <immintrin.h>
 #include <math.h>
 #include <stdlib.h>
@@ -57,8 +58,6 @@ void ck_quantize_rows_i8_ref(const float *x, size_t rows, size_t cols, const flo
 }
 
 #if defined(__x86_64__)
-#define CK_AVX2 __attribute__((target("avx2,fma,f16c")))
-
 CK_AVX2 static float absmax_avx2(const float *v, size_t n) {
     const __m256 sign = _mm256_set1_ps(-0.0f);
     __m256 acc = _mm256_setzero_ps();

@@ -1,5 +1,6 @@
 #include "ck_runtime.h"
 #include "ckernels.h"
+#include "x86_common.h"
 #include <immintrin.h>
 #include <math.h>
 
@@ -38,16 +39,6 @@ void ck_sgemv_f32_ref(const float *w, size_t row_begin, size_t row_count, size_t
 }
 
 #if defined(__x86_64__)
-#define CK_AVX2 __attribute__((target("avx2,fma,f16c")))
-#define CK_VNNI __attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512vnni")))
-#define CK_INLINE static inline __attribute__((always_inline))
-
-CK_INLINE CK_AVX2 float hsum_ps(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
 
 CK_AVX2 static void sgemv_avx2(const float *w, size_t row_begin, size_t row_count, size_t cols,
                                const float *x, float *y) {
@@ -75,8 +66,8 @@ CK_AVX2 static void sgemv_avx2(const float *w, size_t row_begin, size_t row_coun
             a2 = _mm256_fmadd_ps(_mm256_loadu_ps(r2 + j), x0, a2);
             a3 = _mm256_fmadd_ps(_mm256_loadu_ps(r3 + j), x0, a3);
         }
-        float s0 = hsum_ps(_mm256_add_ps(a0, b0)), s1 = hsum_ps(_mm256_add_ps(a1, b1));
-        float s2 = hsum_ps(_mm256_add_ps(a2, b2)), s3 = hsum_ps(_mm256_add_ps(a3, b3));
+        float s0 = ck_hsum_ps(_mm256_add_ps(a0, b0)), s1 = ck_hsum_ps(_mm256_add_ps(a1, b1));
+        float s2 = ck_hsum_ps(_mm256_add_ps(a2, b2)), s3 = ck_hsum_ps(_mm256_add_ps(a3, b3));
         for (; j < cols; j++) {
             s0 += r0[j] * x[j]; s1 += r1[j] * x[j]; s2 += r2[j] * x[j]; s3 += r3[j] * x[j];
         }
@@ -87,7 +78,7 @@ CK_AVX2 static void sgemv_avx2(const float *w, size_t row_begin, size_t row_coun
         __m256 a0 = _mm256_setzero_ps();
         size_t j = 0;
         for (; j < c8; j += 8) a0 = _mm256_fmadd_ps(_mm256_loadu_ps(r0 + j), _mm256_loadu_ps(x + j), a0);
-        float s0 = hsum_ps(a0);
+        float s0 = ck_hsum_ps(a0);
         for (; j < cols; j++) s0 += r0[j] * x[j];
         y[o] = s0;
     }
@@ -130,7 +121,7 @@ CK_AVX2 static void attend_one_avx2(const float *q, const float *keys, const flo
             b = _mm256_fmadd_ps(_mm256_loadu_ps(q + d + 8), _mm256_loadu_ps(k + d + 8), b);
         }
         for (; d < d8; d += 8) a = _mm256_fmadd_ps(_mm256_loadu_ps(q + d), _mm256_loadu_ps(k + d), a);
-        float s = hsum_ps(_mm256_add_ps(a, b));
+        float s = ck_hsum_ps(_mm256_add_ps(a, b));
         for (; d < dim; d++) s += q[d] * k[d];
         scores[j] = scale * s;
     }
@@ -340,7 +331,7 @@ CK_AVX2 static float stream_sum_avx2(const float *p, size_t n) {
         c = _mm256_add_ps(c, _mm256_loadu_ps(p + i + 16));
         d = _mm256_add_ps(d, _mm256_loadu_ps(p + i + 24));
     }
-    float s = hsum_ps(_mm256_add_ps(_mm256_add_ps(a, b), _mm256_add_ps(c, d)));
+    float s = ck_hsum_ps(_mm256_add_ps(_mm256_add_ps(a, b), _mm256_add_ps(c, d)));
     for (; i < n; i++) s += p[i];
     return s;
 }

@@ -2,6 +2,7 @@
 #include "split_kernels.h"
 #include <immintrin.h>
 #include "ck_runtime.h"
+#include "x86_common.h"
 #include <string.h>
 
 // SplitQuant weight-only kernels (see split_kernels.h). The reference builds, per row and group,
@@ -81,16 +82,6 @@ SPLIT_REF(u16, uint16_t)
 // ---- AVX2 ------------------------------------------------------------------------------------
 
 #if defined(__x86_64__)
-#define CK_AVX2 __attribute__((target("avx2,fma,f16c")))
-#define CK_INLINE static inline __attribute__((always_inline))
-
-CK_INLINE CK_AVX2 float split_hsum(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
-
 CK_INLINE CK_AVX2 __m256i load_idx_u8(const uint8_t *p) {
     return _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)p));
 }
@@ -159,7 +150,7 @@ CK_INLINE CK_AVX2 __m256 lookup_sz(__m256 s, __m256 z, __m256i v, __m128i shift,
                 }                                                                                   \
                 for (; j < j1; j++) tail += split_value(row[j], bits, sp, zp) * x[j];                   \
             }                                                                                       \
-            y[o] = split_hsum(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3))) + tail; \
+            y[o] = ck_hsum_ps(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3))) + tail; \
         }                                                                                           \
     }                                                                                               \
     CK_AVX2 static void split_dequant_##NAME##_avx2(const IDX_T *idx, size_t row_begin, size_t row_count, \
@@ -325,11 +316,9 @@ void ck_split_dequant_rows_p4_ref(const uint8_t *packed, size_t row_begin, size_
 }
 
 #if defined(__x86_64__)
-#define CK_AVX512 __attribute__((target("avx2,fma,f16c,avx512f,avx512vl")))
-
 /// The three 16-entry value tables of one row and group, T_k[u] = s_k * ((float)u - z_k): the
 /// reference's two float operations per entry, so every looked-up weight is exact.
-CK_INLINE CK_AVX512 void p4_tables(const float *s, const float *z, __m512 *t0, __m512 *t1, __m512 *t2) {
+CK_INLINE CK_AVX512VL void p4_tables(const float *s, const float *z, __m512 *t0, __m512 *t1, __m512 *t2) {
     const __m512 iota = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
     *t0 = _mm512_mul_ps(_mm512_set1_ps(s[0]), _mm512_sub_ps(iota, _mm512_set1_ps(z[0])));
     *t1 = _mm512_mul_ps(_mm512_set1_ps(s[1]), _mm512_sub_ps(iota, _mm512_set1_ps(z[1])));
@@ -339,14 +328,14 @@ CK_INLINE CK_AVX512 void p4_tables(const float *s, const float *z, __m512 *t0, _
 /// 16 weights from their codes (low 4 bits of the dword lanes of `u`, upper bits zero) and the
 /// cluster bit masks: clusters 0/1 by one two-table permute on code | bit0 << 4, cluster 2 by a
 /// masked permute of its own table.
-CK_INLINE CK_AVX512 __m512 p4_lookup16(__m512i u, __mmask16 k0, __mmask16 k1, __m512 t0, __m512 t1, __m512 t2) {
+CK_INLINE CK_AVX512VL __m512 p4_lookup16(__m512i u, __mmask16 k0, __mmask16 k1, __m512 t0, __m512 t1, __m512 t2) {
     const __m512i idx = _mm512_mask_or_epi32(u, k0, u, _mm512_set1_epi32(16));
     const __m512 w = _mm512_permutex2var_ps(t0, idx, t1);
     return _mm512_mask_permutexvar_ps(w, k1, u, t2);
 }
 
 /// The 32 weights of one packed block as two 16-lane vectors (elements 0…15 and 16…31).
-CK_INLINE CK_AVX512 void p4_block(const uint8_t *blk, __m512 t0, __m512 t1, __m512 t2, __m512 *lo, __m512 *hi) {
+CK_INLINE CK_AVX512VL void p4_block(const uint8_t *blk, __m512 t0, __m512 t1, __m512 t2, __m512 *lo, __m512 *hi) {
     const __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)blk));
     uint32_t p0, p1;
     memcpy(&p0, blk + 16, 4);
@@ -361,9 +350,9 @@ CK_INLINE CK_AVX512 void p4_block(const uint8_t *blk, __m512 t0, __m512 t1, __m5
 /// shift, two permutes per 16 weights and two FMAs; the last block of a row loads x under a mask.
 /// The weights are exact, the float summation order differs from the reference (four 16-lane
 /// accumulators per row, one reduction per row).
-CK_AVX512 static void split_gemv_p4_avx512(const uint8_t *packed, size_t row_begin, size_t row_count, size_t cols,
-                                           size_t group_size, const float *scales, const float *zeros,
-                                           const float *x, float *y) {
+CK_AVX512VL static void split_gemv_p4_avx512(const uint8_t *packed, size_t row_begin, size_t row_count, size_t cols,
+                                             size_t group_size, const float *scales, const float *zeros,
+                                             const float *x, float *y) {
     const size_t groups = split_groups(cols, group_size), rb = ck_split_p4_row_bytes(cols);
     for (size_t o = row_begin; o < row_begin + row_count; o++) {
         const uint8_t *row = packed + o * rb;
@@ -404,8 +393,8 @@ CK_AVX512 static void split_gemv_p4_avx512(const uint8_t *packed, size_t row_beg
     }
 }
 
-CK_AVX512 static void split_dequant_p4_avx512(const uint8_t *packed, size_t row_begin, size_t row_count, size_t cols,
-                                              size_t group_size, const float *scales, const float *zeros, float *out) {
+CK_AVX512VL static void split_dequant_p4_avx512(const uint8_t *packed, size_t row_begin, size_t row_count, size_t cols,
+                                                size_t group_size, const float *scales, const float *zeros, float *out) {
     const size_t groups = split_groups(cols, group_size), rb = ck_split_p4_row_bytes(cols);
     for (size_t r = 0; r < row_count; r++) {
         const size_t o = row_begin + r;
@@ -470,7 +459,7 @@ CK_AVX2 static void split_gemv_p4_avx2(const uint8_t *packed, size_t row_begin, 
                 tail += sp[k] * ((float)u - zp[k]) * x[j];
             }
         }
-        y[o] = split_hsum(_mm256_add_ps(a0, a1)) + tail;
+        y[o] = ck_hsum_ps(_mm256_add_ps(a0, a1)) + tail;
     }
 }
 #endif

@@ -13,6 +13,8 @@
 #define CK_INLINE static inline __attribute__((always_inline))
 #define CK_AVX2 __attribute__((target("avx2,fma,f16c")))
 #define CK_AVX512 __attribute__((target("avx2,fma,f16c,avx512f")))
+// AVX-512 kernels that also use the 128/256-bit EVEX forms (masked or permute ops on xmm/ymm).
+#define CK_AVX512VL __attribute__((target("avx2,fma,f16c,avx512f,avx512vl")))
 #define CK_VNNI __attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512vnni")))
 
 /// Eight int32 vectors → one vector whose lane p is the sum of all lanes of v[p] (one hadd tree).
