@@ -106,6 +106,26 @@ func message(_ body: () throws -> Void) -> String {
         #expect(mini.verify?.minCosine == 0.99 && mini.verify?.maxKL == nil)
     }
 
+    /// The `-head8` recipes add only the LM head, as 8-bit asymmetric per-row codes that keep float
+    /// activations (the rule inherits `activation: none`): the models stay weight-only.
+    @Test func head8RecipesKeepTheHeadWeightOnly() throws {
+        for (file, method) in [("smollm2-w4a16-g128-head8.yaml", "rtn"), ("smollm2-splitquant-int4-head8.yaml", "splitquant")] {
+            let recipe = try Recipe.load(path: recipesDirectory + "/" + file)
+            #expect(recipe.name + ".yaml" == file)
+            #expect(recipe.scheme.method == method && recipe.scheme.activation == nil)
+            let plan = try recipe.plan(for: smollm2)
+            #expect(plan.count == 211)
+            let head = try #require(plan.first { $0.name == "lm_head" })
+            #expect(head.method == "rtn" && head.activation == nil && head.ruleIndex == 0)
+            #expect(head.weight == WeightScheme(bits: 8, symmetric: false, groupSize: nil))
+            #expect(head.outFeatures == 49152 && head.inFeatures == 576)
+            let decoder = plan.filter { $0.name != "lm_head" }
+            #expect(decoder.count == 210)
+            #expect(decoder.allSatisfy { $0.method == method && $0.activation == nil && $0.ruleLine == nil })
+            #expect(decoder.allSatisfy { $0.weight == WeightScheme(bits: 4, symmetric: false, groupSize: 128) })
+        }
+    }
+
     /// Bits per weight worked out by hand from the tensor shapes.
     @Test func exactBitsPerWeight() throws {
         func bpw(_ file: String, _ config: ModelConfig) throws -> Double {
