@@ -25,7 +25,9 @@ import Recipes
 ///   rounds x·2^(k_j) on the per-tensor grid 2^(−ρ) and multiplies the result by 2^(−k_j): the same
 ///   product as folding 2^(−k_j) into the weight columns.
 /// - **Beyond the paper** (off by default): `tensor_candidates` lets the activation search also
-///   score the baseline's per-tensor candidates and keep the better per layer. Because the code
+///   score the baseline's per-tensor candidates, and runs the FPQ baseline's complete search (its
+///   weights searched on its own X̂) as one more candidate; the layer keeps whichever final pair has
+///   the lower output error, so its searched objective is never above the baseline's. Because the code
 ///   rounds b_j and ρ separately, a channel's effective bias ρ + k_j can exceed its own b_j by up to
 ///   1, clipping its absmax by up to 2×; on inputs with a few huge channels (SmolLM2's down_proj)
 ///   that clipping can cost more than k_j gains. `max_offset` lifts the 2^e − 1 cap on k_j.
@@ -54,8 +56,10 @@ public struct LLMFP4Quantizer: Quantizer {
     /// FPQ per-channel activation offsets k_j (false = the FPQ baseline's per-tensor bias).
     public let perChannel: Bool
     /// Beyond the paper: with `perChannel`, the activation search also scores the FPQ baseline's
-    /// per-tensor candidates (no k_j) by the same output MSE and keeps the better per layer, so
-    /// FPQ's candidate set contains the baseline's (recipe key `tensor_candidates`).
+    /// per-tensor candidates (no k_j) by the same output MSE, and the baseline's complete search
+    /// (weights and activations) runs as one more candidate; the layer keeps the final pair with the
+    /// lower output error, so it is never worse than the baseline on that objective (recipe key
+    /// `tensor_candidates`; costs one more search per layer).
     public let tensorCandidates: Bool
     /// Beyond the paper: the cap on k_j (nil = 2^e − 1 of the activation format, as the reference
     /// clips). A larger cap lets ordinary channels of an input with huge outlier channels keep
@@ -178,17 +182,20 @@ public struct LLMFP4Quantizer: Quantizer {
         var details: [String: String] = ["setting": setting.rawValue]
 
         // Activation quantizer at its initial (MinMax) state.
-        var act: ActivationCandidate?
         var channelAbsMax: [Float] = []
-        if let bits = activationBits {
+        if activationBits != nil {
             guard let statistics else {
                 throw PTQError("\(layer.name): llmfp4 activations need calibration statistics at \(layer.inputPoint)")
             }
             channelAbsMax = statistics.absMaximum
-            act = ActivationCandidate(format: FloatingPointFormat.defaultFormat(bits: bits), gamma: 1,
-                                      channelAbsMax: channelAbsMax, perChannel: perChannel, maxOffset: maxOffset,
-                                      floorOffsets: floorOffsets)
         }
+        func initialActivation(perChannel channelWise: Bool) -> ActivationCandidate? {
+            activationBits.map {
+                ActivationCandidate(format: FloatingPointFormat.defaultFormat(bits: $0), gamma: 1, channelAbsMax: channelAbsMax,
+                                    perChannel: channelWise, maxOffset: maxOffset, floorOffsets: floorOffsets)
+            }
+        }
+        var act = initialActivation(perChannel: perChannel)
         var weightFormat = weightFormats[0]
         var scales = Self.initialScales(w, rows: rows, columns: columns, groupSize: gs, format: weightFormat, gamma: 1)
 
@@ -212,88 +219,124 @@ public struct LLMFP4Quantizer: Quantizer {
                 ? Self.tokenWeights(reference: Self.product(x, rows: n, weight: w, out: rows, columns: columns), tokens: n, out: rows)
                     .map { Float($0.squareRoot()) }
                 : nil
-            var weightErrors: [String] = []
-            var activationErrors: [String] = []
-            // Wall time of the two searches (for profiling; `ptq inspect` shows them).
-            var weightSeconds = 0.0, activationSeconds = 0.0
-            var roundsRun = 0
-            for _ in 0..<rounds {
-                roundsRun += 1
-                let weightStart = Date()
-                // The round's weight search depends only on `act`; remember it to detect a fixed point.
-                let actAtStart = act
-                // Weight biases for every format, then the weight format.
-                // q/k/v (gate/up) share an input point: their first round shares X̂ and so G and X̂ᵀX.
-                // Token weights depend on the layer's own outputs, so weighted moments are not shared.
-                let key = "llmfp4.moments|\(act.map { "\($0.format)|\($0.gamma)|\($0.offsets != nil)" } ?? "float")|\(n)"
-                    + (tokenRelative ? "|\(layer.name)" : "")
-                let packed = statistics.memoized(key) { () -> [Float] in
-                    var xq = act.map { $0.apply(x, rows: n, columns: columns) } ?? x
-                    var xw = x
-                    if let rw = rootWeights {
-                        for t in 0..<n { for j in 0..<columns { xq[t * columns + j] *= rw[t]; xw[t * columns + j] *= rw[t] } }
+
+            /// One complete search (weight biases and format, activation bias and format, for
+            /// `rounds` rounds) from the initial activation quantizer `start`; `kinds` lists the
+            /// activation candidates' kinds (true = k_j, false = per tensor). Returns the final
+            /// quantizers and the output error of the final pair on the activation-search tokens
+            /// (nil when the layer has no activation quantizer).
+            func search(from start: ActivationCandidate?, kinds: [Bool])
+                -> (weightFormat: FloatingPointFormat, scales: [Float], act: ActivationCandidate?, error: Double?,
+                    details: [String: String]) {
+                var act = start
+                var weightFormat = weightFormats[0]
+                var scales: [Float] = []
+                var finalError: Double?
+                var weightErrors: [String] = []
+                var activationErrors: [String] = []
+                // Wall time of the two searches (for profiling; `ptq inspect` shows them).
+                var weightSeconds = 0.0, activationSeconds = 0.0
+                var roundsRun = 0
+                for _ in 0..<rounds {
+                    roundsRun += 1
+                    let weightStart = Date()
+                    // The round's weight search depends only on `act`; remember it to detect a fixed point.
+                    let actAtStart = act
+                    // Weight biases for every format, then the weight format.
+                    // q/k/v (gate/up) share an input point: their first round shares X̂ and so G and X̂ᵀX.
+                    // Token weights depend on the layer's own outputs, so weighted moments are not shared.
+                    let key = "llmfp4.moments|\(act.map { "\($0.format)|\($0.gamma)|\($0.offsets != nil)" } ?? "float")|\(n)"
+                        + (tokenRelative ? "|\(layer.name)" : "")
+                    let packed = statistics.memoized(key) { () -> [Float] in
+                        var xq = act.map { $0.apply(x, rows: n, columns: columns) } ?? x
+                        var xw = x
+                        if let rw = rootWeights {
+                            for t in 0..<n { for j in 0..<columns { xq[t * columns + j] *= rw[t]; xw[t * columns + j] *= rw[t] } }
+                        }
+                        let (g, c) = WeightSearch.moments(x: xw, xq: xq, tokens: n, columns: columns)
+                        return g + (c ?? [])
                     }
-                    let (g, c) = WeightSearch.moments(x: xw, xq: xq, tokens: n, columns: columns)
-                    return g + (c ?? [])
-                }
-                let cc = columns * columns
-                let search = WeightSearch(gram: Array(packed[0..<cc]), cross: packed.count > cc ? Array(packed[cc...]) : nil,
-                                          weight: w, rows: rows, columns: columns, groupSize: gs)
-                var best: (error: Double, format: FloatingPointFormat, scales: [Float])?
-                for f in weightFormats {
-                    let (s, error) = search.run(format: f, gammas: gammas)
-                    if best == nil || error < best!.error { best = (error, f, s) }
-                }
-                weightFormat = best!.format
-                scales = best!.scales
-                weightErrors.append(String(format: "%.4g", best!.error / Double(n * rows)))
-                // Activation bias for every format, then the activation format.
-                weightSeconds += Date().timeIntervalSince(weightStart)
-                // Weight-only: every round would search the same Gram matrices again; stop (exact).
-                guard activationBits != nil else { break }
-                let activationStart = Date()
-                let deq = FloatingPointWeight.quantize(w, rows: rows, columns: columns, groupSize: gs,
-                                                       format: weightFormat, scales: scales).dequantizedReference()
-                var bestAct: (error: Double, candidate: ActivationCandidate)?
-                // With tensor_candidates the per-tensor (baseline) candidates follow the k_j ones, so
-                // ties keep k_j; each is scored on the same tokens by the same output MSE.
-                let kinds = tensorCandidates ? [true, false] : [perChannel]
-                for f in activationFormats {
-                    for channelWise in kinds {
-                        for g in gammas {
-                            let c = ActivationCandidate(format: f, gamma: g, channelAbsMax: channelAbsMax,
-                                                        perChannel: channelWise, maxOffset: maxOffset,
-                                                        floorOffsets: floorOffsets)
-                            let y = Self.product(c.apply(xs, rows: tokenCount, columns: columns), rows: tokenCount,
-                                                 weight: deq, out: rows, columns: columns)
-                            var error = 0.0
-                            if let tw = tokenWeights {
-                                for t in 0..<tokenCount {
-                                    var e = 0.0
-                                    for o in 0..<rows { let d = Double(y[t * rows + o] - reference[t * rows + o]); e += d * d }
-                                    error += tw[t] * e
+                    let cc = columns * columns
+                    let search = WeightSearch(gram: Array(packed[0..<cc]), cross: packed.count > cc ? Array(packed[cc...]) : nil,
+                                              weight: w, rows: rows, columns: columns, groupSize: gs)
+                    var best: (error: Double, format: FloatingPointFormat, scales: [Float])?
+                    for f in weightFormats {
+                        let (s, error) = search.run(format: f, gammas: gammas)
+                        if best == nil || error < best!.error { best = (error, f, s) }
+                    }
+                    weightFormat = best!.format
+                    scales = best!.scales
+                    weightErrors.append(String(format: "%.4g", best!.error / Double(n * rows)))
+                    // Activation bias for every format, then the activation format.
+                    weightSeconds += Date().timeIntervalSince(weightStart)
+                    // Weight-only: every round would search the same Gram matrices again; stop (exact).
+                    guard activationBits != nil else { break }
+                    let activationStart = Date()
+                    let deq = FloatingPointWeight.quantize(w, rows: rows, columns: columns, groupSize: gs,
+                                                           format: weightFormat, scales: scales).dequantizedReference()
+                    var bestAct: (error: Double, candidate: ActivationCandidate)?
+                    // With tensor_candidates the per-tensor (baseline) candidates follow the k_j ones, so
+                    // ties keep k_j; each is scored on the same tokens by the same output MSE.
+                    for f in activationFormats {
+                        for channelWise in kinds {
+                            for g in gammas {
+                                let c = ActivationCandidate(format: f, gamma: g, channelAbsMax: channelAbsMax,
+                                                            perChannel: channelWise, maxOffset: maxOffset,
+                                                            floorOffsets: floorOffsets)
+                                let y = Self.product(c.apply(xs, rows: tokenCount, columns: columns), rows: tokenCount,
+                                                     weight: deq, out: rows, columns: columns)
+                                var error = 0.0
+                                if let tw = tokenWeights {
+                                    for t in 0..<tokenCount {
+                                        var e = 0.0
+                                        for o in 0..<rows { let d = Double(y[t * rows + o] - reference[t * rows + o]); e += d * d }
+                                        error += tw[t] * e
+                                    }
+                                } else {
+                                    for i in 0..<y.count { let d = Double(y[i] - reference[i]); error += d * d }
                                 }
-                            } else {
-                                for i in 0..<y.count { let d = Double(y[i] - reference[i]); error += d * d }
+                                if bestAct == nil || error < bestAct!.error { bestAct = (error, c) }
                             }
-                            if bestAct == nil || error < bestAct!.error { bestAct = (error, c) }
                         }
                     }
+                    act = bestAct!.candidate
+                    finalError = bestAct!.error
+                    activationErrors.append(String(format: "%.4g", bestAct!.error / Double(tokenCount * rows)))
+                    activationSeconds += Date().timeIntervalSince(activationStart)
+                    // Fixed point: the activation search kept the quantizer this round's weight search
+                    // used, so every further round would repeat this one exactly (same G, same X̂, same
+                    // candidates, same ties). Stopping changes no result, only the time.
+                    if let a = act, let b = actAtStart, a.sameQuantizer(as: b) { break }
                 }
-                act = bestAct!.candidate
-                activationErrors.append(String(format: "%.4g", bestAct!.error / Double(tokenCount * rows)))
-                activationSeconds += Date().timeIntervalSince(activationStart)
-                // Fixed point: the activation search kept the quantizer this round's weight search
-                // used, so every further round would repeat this one exactly (same G, same X̂, same
-                // candidates, same ties). Stopping changes no result, only the time.
-                if let a = act, let b = actAtStart, a.sameQuantizer(as: b) { break }
+                var d: [String: String] = [:]
+                d["rounds_run"] = "\(roundsRun) of \(rounds)"
+                d["weight_mse_per_round"] = weightErrors.joined(separator: ",")
+                if !activationErrors.isEmpty { d["output_mse_per_round"] = activationErrors.joined(separator: ",") }
+                d["search_seconds"] = String(format: "%.2f weight, %.2f activation", weightSeconds, activationSeconds)
+                return (weightFormat, scales, act, finalError, d)
             }
-            details["rounds_run"] = "\(roundsRun) of \(rounds)"
-            details["weight_mse_per_round"] = weightErrors.joined(separator: ",")
-            if !activationErrors.isEmpty { details["output_mse_per_round"] = activationErrors.joined(separator: ",") }
+
+            var outcome = search(from: act, kinds: tensorCandidates ? [true, false] : [perChannel])
+            if tensorCandidates, let fpqError = outcome.error {
+                // Beyond the paper: the FPQ baseline's own complete search (per-tensor activations
+                // from its own start, its weights searched on its own X̂) is one more candidate, scored
+                // by the same output error of the final pair on the same tokens. The layer keeps the
+                // lower, so its searched objective is never above the baseline's (ties keep k_j).
+                let baseline = search(from: initialActivation(perChannel: false), kinds: [false])
+                let kept = baseline.error.map { $0 < fpqError } ?? false
+                details["baseline_output_mse"] = String(format: "%.4g", baseline.error! / Double(tokenCount * rows))
+                details["fpq_output_mse"] = String(format: "%.4g", fpqError / Double(tokenCount * rows))
+                if kept {
+                    outcome = baseline
+                    details["activation_offsets"] = "none (baseline search kept)"
+                }
+            }
+            weightFormat = outcome.weightFormat
+            scales = outcome.scales
+            act = outcome.act
+            details.merge(outcome.details) { $1 }
             if tokenRelative { details["objective"] = "token_relative" }
             details["search_tokens"] = "\(n) weight, \(tokenCount) activation"
-            details["search_seconds"] = String(format: "%.2f weight, %.2f activation", weightSeconds, activationSeconds)
         }
         let weight = FloatingPointWeight.quantize(w, rows: rows, columns: columns, groupSize: gs,
                                                   format: weightFormat, scales: scales)
@@ -304,7 +347,9 @@ public struct LLMFP4Quantizer: Quantizer {
             details["activation_format"] = a.format.description
             details["activation_gamma"] = String(format: "%.4f", a.gamma)
             details["activation_bias"] = String(format: "%.4f", a.bias)
-            if tensorCandidates { details["activation_offsets"] = a.offsets == nil ? "none (per-tensor kept)" : "k_j" }
+            if tensorCandidates {
+                details["activation_offsets"] = a.offsets != nil ? "k_j" : (details["activation_offsets"] ?? "none (per-tensor kept)")
+            }
             if let k = a.offsets {
                 details["k_mean"] = String(format: "%.2f", Double(k.reduce(0, +)) / Double(max(k.count, 1)))
                 details["k_max"] = "\(k.max() ?? 0)"

@@ -177,10 +177,10 @@ struct LLMFP4Tests {
         return try recipe.plan(for: SyntheticModels.llamaConfig()).first { $0.name == "layers/0/mlp/gate_proj" }!
     }
 
-    static func statistics(channels: Int, rows: Int, seed: UInt64) -> PointStatistics {
+    static func statistics(channels: Int, rows: Int, seed: UInt64, outlierChannel: Int? = 5) -> PointStatistics {
         let stats = PointStatistics(channels: channels, kinds: [.channelRange, .reservoir], reservoirCapacity: 256)
         var rng = SeededGenerator(seed: seed)
-        let x = (0..<rows * channels).map { i in (i % channels == 5 ? 30 : 1) * rng.float(in: -1...1) * rng.float(in: 0...1) }
+        let x = (0..<rows * channels).map { i in (i % channels == outlierChannel ? 30 : 1) * rng.float(in: -1...1) * rng.float(in: 0...1) }
         x.withUnsafeBufferPointer { stats.add($0, rows: rows) }
         return stats
     }
@@ -217,8 +217,9 @@ struct LLMFP4Tests {
         #expect(e1 < 0.8 * e0, "search \(e1) vs minmax \(e0)")
     }
 
-    /// `tensor_candidates` adds the FPQ baseline's per-tensor candidates to the k_j search: on the
-    /// same weights its output error can only go down; `max_offset` lifts the 2^e − 1 cap on k_j.
+    /// `tensor_candidates` adds the FPQ baseline's per-tensor candidates to the k_j search and the
+    /// baseline's complete search as one more candidate: its output error is the lower of FPQ's and
+    /// the baseline's, so never above either; `max_offset` lifts the 2^e − 1 cap on k_j.
     @Test func tensorCandidatesAndOffsetCap() throws {
         var rng = SeededGenerator(seed: 5)
         let cols = 64, rows = 48
@@ -233,10 +234,22 @@ struct LLMFP4Tests {
         }
         let fpq = try run("{setting: fast, intervals: 20}")
         let both = try run("{setting: fast, intervals: 20, tensor_candidates: true}")
+        let baseline = try run("{setting: fast, intervals: 20, per_channel: false}")
         let mse = { (q: QuantizedLinear) in Double(q.details["output_mse_per_round"]!)! }
         #expect(mse(both) <= mse(fpq))
+        #expect(mse(both) <= mse(baseline))
+        // The baseline candidate is the baseline's own search, not an approximation of it.
+        #expect(both.details["baseline_output_mse"] == baseline.details["output_mse_per_round"])
+        #expect(mse(both) == min(Double(both.details["fpq_output_mse"]!)!, Double(both.details["baseline_output_mse"]!)!))
         #expect(both.details["activation_offsets"] != nil && fpq.details["activation_offsets"] == nil)
-        #expect((both.activation?.channelScales == nil) == (both.details["activation_offsets"] == "none (per-tensor kept)"))
+        #expect((both.activation?.channelScales == nil) == both.details["activation_offsets"]!.hasPrefix("none"))
+        // A second input without the outlier channel: again the kept pair is the lower of the two.
+        let flat = Self.statistics(channels: cols, rows: 256, seed: 9, outlierChannel: nil)
+        let q = try LLMFP4Quantizer(plan: Self.plan(weight: weight, activation: act,
+                                                    parameters: "{setting: fast, intervals: 20, tensor_candidates: true}"))
+            .quantize(layer, statistics: flat)
+        let kept = Double(q.details["output_mse_per_round"]!)!
+        #expect(kept == min(Double(q.details["fpq_output_mse"]!)!, Double(q.details["baseline_output_mse"]!)!))
         // Channel 5 is 30× wider than the rest: E2M1's cap k_j ≤ 3 binds, max_offset 6 does not.
         #expect(fpq.details["k_max"] == "3")
         let wide = try run("{setting: fast, intervals: 20, max_offset: 6}")
