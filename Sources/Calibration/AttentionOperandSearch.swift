@@ -91,7 +91,7 @@ public enum AttentionOperandSearch {
     /// exactly as `PerHeadUniformQuantizer` encodes and decodes.
     @inline(__always)
     static func fake(_ x: Float, scale: Float, zero: Int, top: Float) -> Float {
-        scale * (min(max((x / scale).rounded() + Float(zero), 0), top) - Float(zero))
+        scale * (FPCS.code(x / scale + Float(zero), top: top) - Float(zero))
     }
 
     /// One head's operand grid (`calculate_percentile_candidates`: `Nz = min(16, 2^(n−1))`) and
@@ -114,13 +114,17 @@ public enum AttentionOperandSearch {
         var errors = [Double](repeating: 0, count: count)
         let longest = lengths.max() ?? 0
         var stacked = [Float](repeating: 0, count: count * longest * width)
-        var product = [Float](repeating: 0, count: count * longest * longest)
+        var product = [Float](repeating: 0, count: count * longest * max(longest, width))
         var offset = 0, referenceOffset = 0
         for n in lengths {
-            // A rows of this sequence, fake-quantized by each candidate, stacked.
+            // A rows of this sequence, fake-quantized by each candidate: stacked by candidate for
+            // the scores (count·n × width), side by side for the attention output (n × count·width).
             for (c, cand) in candidates.enumerated() {
-                for i in 0..<(n * width) {
-                    stacked[c * n * width + i] = fake(a[offset * width + i], scale: cand.scale, zero: cand.zero, top: top)
+                for t in 0..<n {
+                    let destination = transposeB ? (c * n + t) * width : t * count * width + c * width
+                    for d in 0..<width {
+                        stacked[destination + d] = fake(a[(offset + t) * width + d], scale: cand.scale, zero: cand.zero, top: top)
+                    }
                 }
             }
             stacked.withUnsafeBufferPointer { sp in b.withUnsafeBufferPointer { bp in product.withUnsafeMutableBufferPointer { pp in
@@ -129,20 +133,28 @@ public enum AttentionOperandSearch {
                     BLAS.gemm(m: count * n, n: n, k: width, a: sp.baseAddress!, lda: width, b: bp.baseAddress! + offset * width,
                               ldb: width, transposeB: true, c: pp.baseAddress!, ldc: n)
                 } else {
-                    // B·(A_c): attention output, B = P̂ of the sequence (n × n), A = V rows.
-                    for c in 0..<count {
-                        BLAS.gemm(m: n, n: width, k: n, a: bp.baseAddress! + referenceOffset, lda: n,
-                                  b: sp.baseAddress! + c * n * width, ldb: width, transposeB: false,
-                                  c: pp.baseAddress! + c * n * width, ldc: width)
-                    }
+                    // B·[A_1 … A_c]: attention outputs of all candidates, B = P̂ of the sequence (n × n).
+                    BLAS.gemm(m: n, n: count * width, k: n, a: bp.baseAddress! + referenceOffset, lda: n,
+                              b: sp.baseAddress!, ldb: count * width, transposeB: false, c: pp.baseAddress!, ldc: count * width)
                 }
             }}}
-            let size = transposeB ? n * n : n * width
-            let referenceBase = transposeB ? referenceOffset : offset * width
-            for c in 0..<count {
-                var e: Double = 0
-                for i in 0..<size { let d = Double(product[c * size + i] - reference[referenceBase + i]); e += d * d }
-                errors[c] += e
+            if transposeB {
+                for c in 0..<count {
+                    var e: Float = 0
+                    for i in 0..<(n * n) { let d = product[c * n * n + i] - reference[referenceOffset + i]; e += d * d }
+                    errors[c] += Double(e)
+                }
+            } else {
+                for c in 0..<count {
+                    var e: Float = 0
+                    for t in 0..<n {
+                        for d in 0..<width {
+                            let v = product[t * count * width + c * width + d] - reference[(offset + t) * width + d]
+                            e += v * v
+                        }
+                    }
+                    errors[c] += Double(e)
+                }
             }
             offset += n
             referenceOffset += n * n
@@ -156,10 +168,21 @@ public enum AttentionOperandSearch {
         return values.map { fake($0, scale: c.scale, zero: c.zero, top: top) }
     }
 
-    /// `P̂` of every recorded sequence of a head by the probability quantizer `p`.
-    static func quantizedProbabilities(_ probabilities: [Float], _ p: PositiveActivationQuantizer) -> [Float] {
+    /// `P̂` of every recorded sequence of a head by the probability quantizer `p`, from the
+    /// precomputed `−log2 P` (`minusLogs`): the formula encoders the probability scan uses
+    /// (`AttentionProbabilitySearch.Scorer`).
+    static func quantizedProbabilities(_ probabilities: [Float], minusLogs: [Float], _ p: PositiveActivationQuantizer) -> [Float] {
         let levels = p.levels
-        return probabilities.map { levels[p.code($0)] }
+        var out = [Float](repeating: 0, count: probabilities.count)
+        switch p {
+        case .adalog(let a):
+            let factor = Float(a.r) / Float(a.q), zero = Float(a.zeroCode)
+            for i in out.indices { out[i] = levels[Int(max(min((minusLogs[i] * factor).rounded(), zero), 0))] }
+        case .uniform(let u):
+            let inverse = 1 / u.scale, top = Float(u.maxCode)
+            for i in out.indices { out[i] = levels[Int(min((probabilities[i] * inverse).rounded(), top))] }
+        }
+        return out
     }
 
     /// The per-head quantizers of one layer from its collector, as the reference's matmul
@@ -251,6 +274,7 @@ public enum AttentionOperandSearch {
                 outputs.append(out)
             }
             let grids = (0..<c.heads).map { grid(c.values[$0], bits: bits) }
+            let minusLogs = c.probabilities.map { head in head.map { $0 > 0 ? -log2($0) : Float.infinity } }
             var choices = grids.map(\.initial)
             var chosenProbability = probability
             var pvError: Double = 0
@@ -263,7 +287,7 @@ public enum AttentionOperandSearch {
                     for (i, candidate) in probabilityCandidates.enumerated() {
                         var e: Double = 0
                         for h in 0..<c.heads {
-                            let pHat = quantizedProbabilities(c.probabilities[h], candidate)
+                            let pHat = quantizedProbabilities(c.probabilities[h], minusLogs: minusLogs[h], candidate)
                             var offset = 0, pOffset = 0
                             for n in c.lengths[h] {
                                 var o = [Float](repeating: 0, count: n * width)
@@ -283,7 +307,8 @@ public enum AttentionOperandSearch {
                 // FPCS(V) per head against P̂·V̂_c.
                 pvError = 0
                 for h in 0..<c.heads {
-                    let pHat = chosenProbability.map { quantizedProbabilities(c.probabilities[h], $0) } ?? c.probabilities[h]
+                    let pHat = chosenProbability.map { quantizedProbabilities(c.probabilities[h], minusLogs: minusLogs[h], $0) }
+                        ?? c.probabilities[h]
                     let found = FPCS.search(initial: [grids[h].candidates], initialStep: [grids[h].step]) { lists in
                         [productErrors(lists[0], a: c.values[h], fixed: pHat, reference: outputs[h], lengths: c.lengths[h],
                                        width: width, bits: bits, transposeB: false)]

@@ -113,11 +113,20 @@ public enum FPCS {
         return Array(key.indices.sorted { key[$0] < key[$1] || (key[$0] == key[$1] && $0 < $1) }.prefix(count))
     }
 
+    /// `clamp(round(v), 0, top)` for `v = x/s + z`: clamping first and rounding half up by
+    /// truncation (the bounds are integers, so this equals rounding then clamping, half away
+    /// from zero for the non-negative result). Written with a truncating conversion because the
+    /// portable x86-64 build has no rounding instruction and `rounded()` is a libm call, which
+    /// dominated the searches.
+    @inline(__always)
+    public static func code(_ v: Float, top: Float) -> Float {
+        Float(Int32(min(max(v, 0), top) + 0.5))
+    }
+
     /// `x` fake-quantized with candidate `c` at `bits` (codes `clamp(round(x/s) + z, 0, 2^n − 1)`,
     /// value `s·(code − z)`, the reference's uniform quantizer).
     @inline(__always)
     public static func fake(_ x: Float, _ c: Candidate, top: Float) -> Float {
-        let code = min(max((x * (1 / c.scale)).rounded(.toNearestOrEven) + Float(c.zero), 0), top)
-        return c.scale * (code - Float(c.zero))
+        c.scale * (code(x / c.scale + Float(c.zero), top: top) - Float(c.zero))
     }
 }

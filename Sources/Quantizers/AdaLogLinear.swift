@@ -132,6 +132,15 @@ public struct AdaLogLinearQuantizer: Quantizer {
             let search = Search(shifted: shifted, logs: logs, rows: n, columns: k, offset: offset, wHat: wHat,
                                 out: out, reference: reference, bits: bits)
             (choice, bestScore) = Self.searchActivation(search, grid: grid, qs: qs, r: r)
+            if base == "adaptive" {
+                // Not in the reference: its FPCS keeps only the 8 best q at the grid's second-largest
+                // scale, which can drop base 2 (q = 37) before the scale search. The log2 variant's
+                // search (base 2, every grid scale, refined) is run as well and the better kept, so
+                // AdaLog's search never ends worse than log2's on the same objective (measured: it
+                // did in one MiniLM W6A6 layer, docs/RESULTS.md).
+                let baseTwo = Self.searchActivation(search, grid: grid, qs: [r], r: r)
+                if baseTwo.score < bestScore { (choice, bestScore) = baseTwo }
+            }
             clock.lap("adalog activation search")
             guard weightSearch == "fpcs", rounds > 0 else { break }
             // Weight FPCS on the output, the input quantized with the chosen AdaLog quantizer.

@@ -38,7 +38,7 @@ enum WeightFPCS {
     /// The code of `x` under candidate `c` minus the zero point: `clamp(round(x/s) + z, 0, 2^n − 1) − z`.
     @inline(__always)
     static func code(_ x: Float, _ c: FPCS.Candidate, top: Float) -> Float {
-        min(max((x * (1 / c.scale)).rounded(.toNearestOrEven) + Float(c.zero), 0), top) - Float(c.zero)
+        FPCS.code(x / c.scale + Float(c.zero), top: top) - Float(c.zero)
     }
 
     /// FPCS on the weight MSE of each row.
@@ -51,9 +51,9 @@ enum WeightFPCS {
                     let row = wp.baseAddress! + r * columns
                     return list.map { c in
                         var e: Float = 0
-                        let inv = 1 / c.scale, z = Float(c.zero)
+                        let z = Float(c.zero)
                         for j in 0..<columns {
-                            let d = c.scale * (min(max((row[j] * inv).rounded(.toNearestOrEven) + z, 0), top) - z) - row[j]
+                            let d = c.scale * (FPCS.code(row[j] / c.scale + z, top: top) - z) - row[j]
                             e += d * d
                         }
                         return Double(e)
@@ -161,15 +161,15 @@ enum WeightFPCS {
                     let blockEnd = min(list.count, blockStart + block)
                     let mid = (blockStart + blockEnd) / 2
                     let baseIndex = baseRow.count, baseOffset = bases.count
-                    let c0 = list[mid], inv0 = 1 / c0.scale, z0 = Float(c0.zero)
-                    for j in 0..<m { bases.append(Double(min(max((row[j] * inv0).rounded(.toNearestOrEven) + z0, 0), top) - z0)) }
+                    let c0 = list[mid], z0 = Float(c0.zero)
+                    for j in 0..<m { bases.append(Double(FPCS.code(row[j] / c0.scale + z0, top: top) - z0)) }
                     baseRow.append(r)
                     for i in blockStart..<blockEnd {
                         let start = deltaIndex.count
                         if i != mid {
-                            let c = list[i], inv = 1 / c.scale, z = Float(c.zero)
+                            let c = list[i], z = Float(c.zero)
                             for j in 0..<m {
-                                u[j] = Double(min(max((row[j] * inv).rounded(.toNearestOrEven) + z, 0), top) - z)
+                                u[j] = Double(FPCS.code(row[j] / c.scale + z, top: top) - z)
                                 let d = u[j] - bases[baseOffset + j]
                                 if d != 0 { deltaIndex.append(Int32(j)); deltaValue.append(d) }
                             }
@@ -239,7 +239,7 @@ enum WeightFPCS {
         for r in 0..<rows {
             let c = candidates[r]
             for j in 0..<columns {
-                codes[r * columns + j] = UInt8(min(max((w[r * columns + j] * (1 / c.scale)).rounded(.toNearestOrEven) + Float(c.zero), 0), top))
+                codes[r * columns + j] = UInt8(FPCS.code(w[r * columns + j] / c.scale + Float(c.zero), top: top))
             }
         }
         return IntegerWeight(bits: bits, rows: rows, columns: columns, groupSize: columns, symmetric: false, codes: codes,
@@ -265,7 +265,7 @@ enum ActivationFPCS {
     /// The runtime's level for `x` under `(s, z)`: `s·(clamp(round(x/s) + z, 1, 2^n − 1) − z)`.
     @inline(__always)
     static func fake(_ x: Float, _ c: FPCS.Candidate, top: Float) -> Float {
-        c.scale * (min(max((x / c.scale).rounded() + Float(c.zero), 1), top) - Float(c.zero))
+        c.scale * (FPCS.code(max(x / c.scale + Float(c.zero), 1), top: top) - Float(c.zero))
     }
 
     static func fake(_ x: [Float], _ c: FPCS.Candidate, bits: Int) -> [Float] {

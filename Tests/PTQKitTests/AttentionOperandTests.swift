@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+@testable import Calibration
 @testable import PTQKit
 
 /// Fully quantized attention simulated with the reference encoders and dequantizers: Q, K, V
@@ -140,31 +141,30 @@ struct AttentionOperandTests {
         }
     }
 
-    /// The range search on a case whose answer is known: values on a 4-bit grid of [−1, 2] plus
-    /// one far outlier. Its result is no worse than the best of its 8 × 8 percentile grid
-    /// (brute force here) nor than the exact [−1, 2] grid, and clips the outlier.
-    @Test func rangeSearchBeatsItsGridAndClipsOutlier() throws {
+    /// FPCS on an operand whose answer is known: values on the 4-bit grid s = 0.2, z = 5 of
+    /// [−1, 2] plus one far outlier. The search (the reference grid, then refinements) finds that
+    /// grid — which is between the percentile grid's scales — so its error is at most the clipped
+    /// outlier's, and it beats every point of its own starting grid and min–max.
+    @Test func operandSearchFindsKnownGridAndClipsOutlier() throws {
         var values: [Float] = []
         for i in 0..<4000 { values.append(-1 + 0.2 * Float(i % 16)) }
         values.append(40)
-        let sorted = values.sorted()
-        func error(_ range: (low: Float, high: Float)) -> Double {
+        func error(_ c: FPCS.Candidate) -> Double {
             var e: Double = 0
-            for (a, b) in zip(AttentionOperandSearch.simulate(values, bits: 4, range: range), values) { e += Double(a - b) * Double(a - b) }
+            for (a, b) in zip(AttentionOperandSearch.simulate(values, c, bits: 4), values) { e += Double(a - b) * Double(a - b) }
             return e
         }
-        let found = AttentionOperandSearch.searchRange(sorted: sorted, bits: 4, error: error)
-        var gridBest = Double.infinity
-        for u in AttentionOperandSearch.upperFractions {
-            for l in AttentionOperandSearch.upperFractions.map({ 1 - $0 }) {
-                gridBest = min(gridBest, error((AttentionOperandSearch.quantile(sorted, l), AttentionOperandSearch.quantile(sorted, u))))
-            }
-        }
-        #expect(abs(found.error - error(found.range)) <= 1e-6 * found.error)
-        #expect(found.error <= gridBest)
-        #expect(found.error <= error((-1, 2)))       // 38² from the clipped outlier alone
-        #expect(found.error < error((-1, 40)))       // min–max: every value off the grid
-        #expect(found.range.high < 40 && abs(found.range.low + 1) <= 1e-5)
+        let grid = AttentionOperandSearch.grid(values, bits: 4)
+        #expect(grid.candidates.count == 128 && Set(grid.candidates.map(\.zero)) == Set(4...11))
+        #expect(!grid.candidates.contains { abs($0.scale - 0.2) < 0.02 })
+        let found = FPCS.search(initial: [grid.candidates], initialStep: [grid.step]) { lists in [lists[0].map(error)] }[0]
+        let known = error(FPCS.Candidate(scale: 0.2, zero: 5))
+        #expect(abs(known - 38 * 38) < 1e-3)
+        // Slightly above 0.2: the clipped outlier pulls the scale up (its error falls as 10·s grows).
+        #expect(found.candidate.zero == 5 && abs(found.candidate.scale - 0.2) < 0.01)
+        #expect(found.error <= known * 1.0001)
+        #expect(found.error <= grid.candidates.map(error).min()!)
+        #expect(found.error < error(FPCS.Candidate(scale: 41 / 15, zero: 0)))    // min–max [−1, 40]
     }
 
     /// Quantize → pack → load on a synthetic BERT with Q, K, V quantized: the per-head

@@ -1,6 +1,8 @@
 import Foundation
 import Testing
+@testable import Calibration
 @testable import PTQKit
+@testable import Quantizers
 
 /// FPCS (AdaLog's Fast Progressive Combining Search) for the uniform quantizers of the linears.
 @Suite struct FPCSTests {
@@ -83,7 +85,8 @@ import Testing
                     }
                     direct += (yq - y) * (yq - y)
                 }
-                #expect(abs(errors[r][i] - direct) <= 1e-6 * direct + 1e-9, "row \(r) candidate \(i)")
+                // Float Gram entries (sgemm), combined in double: agreement to float accuracy.
+                #expect(abs(errors[r][i] - direct) <= 1e-4 * direct + 1e-7, "row \(r) candidate \(i)")
             }
         }
     }
@@ -106,7 +109,7 @@ import Testing
         }
         let minMaxErrors = scorer.errors(minMax)
         for r in 0..<out {
-            #expect(chosen[r][0] <= gridErrors[r].min()! * (1 + 1e-9), "row \(r)")
+            #expect(chosen[r][0] <= gridErrors[r].min()! * (1 + 1e-3), "row \(r)")
             #expect(chosen[r][0] < minMaxErrors[r][0], "row \(r)")
         }
         #expect(abs(found.error - chosen.reduce(0) { $0 + $1[0] }) <= 1e-9 * found.error)
