@@ -1,13 +1,28 @@
 #include "ckernels.h"
 #include "binary_kernels.h"
+#include "ck_runtime.h"
 #include <immintrin.h>
+#include <math.h>
 
-// Binarized GEMV (see binary_kernels.h). The reference walks the bits one by one; the AVX2 path
-// takes 32 sign bits at a time, broadcasts them, and for each group of 8 lanes shifts lane j's
-// bit into bit 31 (vpsllvd by 31 − bit), so `andnot(shifted, 0x80000000)` is the float sign
-// to xor onto x: S·x costs 4 integer/float ops per 8 weights with no table and no unpacking.
-// Both paths sum in float; the AVX2 one in 8-lane partial sums, so they differ only by
-// summation order.
+// Binarized GEMV (see binary_kernels.h). The AVX2 path takes 32 sign bits at a time, broadcasts
+// them, and for each group of 8 lanes shifts lane j's bit into bit 31 (vpsllvd by 31 − bit), so
+// `andnot(shifted, 0x80000000)` is the float sign to xor onto x: S·x costs 4 integer/float ops per
+// 8 weights with no table and no unpacking. The AVX-512 path does the same with the bits as a
+// lane mask (one masked xor and one add per 16 weights) on 8 rows per pass, sharing each x load.
+//
+// All three paths sum in the same order, so they agree bit for bit: per row 16 float lanes,
+// lane L (0…15) accumulating bits q ≡ L (mod 16) of each 32-bit half-word in column order (the
+// AVX2 path's two 8-lane accumulators; the AVX-512 path's one 16-lane accumulator), then
+// t_j = lane j + lane 8 + j, (t0 + t4 + t2 + t6) + (t1 + t5 + t3 + t7) as `binary_hsum` adds them,
+// and y = fmaf(a, acc, b·n) (written out, so no path depends on the compiler's FMA contraction).
+
+/// The fixed 16-lane reduction of all paths (the AVX2 `binary_hsum` of lanes 0…7 + 8…15).
+static float binary_lanes_sum(const float *lane) {
+    float t[8];
+    for (int j = 0; j < 8; j++) t[j] = lane[j] + lane[8 + j];
+    const float u0 = t[0] + t[4], u1 = t[1] + t[5], u2 = t[2] + t[6], u3 = t[3] + t[7];
+    return (u0 + u2) + (u1 + u3);
+}
 
 void ck_binary_gemv_ref(const uint64_t *signs, const uint64_t *mask, size_t words_per_row, size_t row_begin,
                         size_t row_count, const float *x, float x_sum, const float *a, const float *b,
@@ -15,20 +30,25 @@ void ck_binary_gemv_ref(const uint64_t *signs, const uint64_t *mask, size_t word
     for (size_t o = row_begin; o < row_begin + row_count; o++) {
         const uint64_t *s = signs + o * words_per_row;
         const uint64_t *m = mask ? mask + o * words_per_row : NULL;
-        float acc = 0, n = 0;
-        for (size_t w = 0; w < words_per_row; w++) {
-            for (unsigned k = 0; k < 64; k++) {
-                if (m && ((m[w] >> k) & 1)) continue;
-                const float v = x[64 * w + k];
-                acc += ((s[w] >> k) & 1) ? v : -v;
-                n += v;
+        float acc[16] = {0}, n[16] = {0};
+        for (size_t h = 0; h < 2 * words_per_row; h++) {
+            // Half h: bits 32·(h mod 2)… of word h / 2 (the fast paths read it as a uint32 on x86).
+            const uint32_t sw = (uint32_t)(s[h / 2] >> (32 * (h & 1)));
+            const uint32_t mw = m ? (uint32_t)(m[h / 2] >> (32 * (h & 1))) : 0;
+            for (unsigned q = 0; q < 32; q++) {
+                // A masked element contributes +0 to n and ±0 to acc, as in the fast paths.
+                const float v = ((mw >> q) & 1) ? 0.0f : x[32 * h + q];
+                acc[q & 15] += ((sw >> q) & 1) ? v : -v;
+                n[q & 15] += v;
             }
         }
+        const float sum = binary_lanes_sum(acc);
         if (m) {
-            y[o] = a[o] * acc + b[o] * n;
-            if (rest) rest[o] = n;
+            const float ns = binary_lanes_sum(n);
+            y[o] = fmaf(a[o], sum, b[o] * ns);
+            if (rest) rest[o] = ns;
         } else {
-            y[o] = a[o] * acc + b[o] * x_sum;
+            y[o] = fmaf(a[o], sum, b[o] * x_sum);
         }
     }
 }
@@ -67,7 +87,7 @@ CK_AVX2 static void binary_gemv_avx2(const uint64_t *signs, const uint64_t *mask
                 BIN_STEP(sh0, 0, acc0) BIN_STEP(sh1, 8, acc1) BIN_STEP(sh2, 16, acc0) BIN_STEP(sh3, 24, acc1)
 #undef BIN_STEP
             }
-            y[o] = a[o] * binary_hsum(_mm256_add_ps(acc0, acc1)) + b[o] * x_sum;
+            y[o] = fmaf(a[o], binary_hsum(_mm256_add_ps(acc0, acc1)), b[o] * x_sum);
         } else {
             const uint32_t *m = (const uint32_t *)(mask + o * words_per_row);
             __m256 n0 = _mm256_setzero_ps(), n1 = _mm256_setzero_ps();
@@ -87,10 +107,80 @@ CK_AVX2 static void binary_gemv_avx2(const uint64_t *signs, const uint64_t *mask
 #undef BIN_MSTEP
             }
             const float n = binary_hsum(_mm256_add_ps(n0, n1));
-            y[o] = a[o] * binary_hsum(_mm256_add_ps(acc0, acc1)) + b[o] * n;
+            y[o] = fmaf(a[o], binary_hsum(_mm256_add_ps(acc0, acc1)), b[o] * n);
             if (rest) rest[o] = n;
         }
     }
+}
+#define CK_AVX512 __attribute__((target("avx2,fma,f16c,avx512f")))
+
+// `R` rows from `o` on (R ≤ 8): per 32-bit half-word, the two x vectors are loaded once for all
+// rows; each row's bits, inverted, are the lanes whose sign flips (bit 0 = −1): one masked xor and
+// one add per 16 weights into the row's own 16-lane accumulator. Lane L holds x[32h + L] then
+// x[32h + 16 + L], the AVX2 path's acc0 (L < 8) and acc1 (L ≥ 8) lanes in the same order. The R
+// rows are adjacent in memory, so the sign words stream sequentially.
+CK_INLINE CK_AVX512 void binary_rows_avx512(const uint64_t *signs, const uint64_t *mask, size_t words_per_row,
+                                             size_t o, const int R, const float *x, float x_sum, const float *a,
+                                             const float *b, float *y, float *rest) {
+    const __m512i sign = _mm512_set1_epi32((int)0x80000000u);
+    const size_t halves = 2 * words_per_row;
+    const uint32_t *s = (const uint32_t *)(signs + o * words_per_row);
+    // Fully unrolled (R is a constant after inlining) so the accumulators stay in registers.
+    __m512 acc[8], n[8];
+    _Pragma("clang loop unroll(full)") for (int r = 0; r < R; r++) acc[r] = n[r] = _mm512_setzero_ps();
+    if (!mask) {
+        // −x once per half-word for all rows; a set bit flips it back to x (−(−x) = x bit for bit),
+        // so the sign words load straight into mask registers, no inversion in general registers.
+        const __mmask16 *s16 = (const __mmask16 *)s;
+        for (size_t h = 0; h < halves; h++) {
+            const __m512i n0 = _mm512_xor_si512(_mm512_castps_si512(_mm512_loadu_ps(x + 32 * h)), sign);
+            const __m512i n1 = _mm512_xor_si512(_mm512_castps_si512(_mm512_loadu_ps(x + 32 * h + 16)), sign);
+            _Pragma("clang loop unroll(full)") for (int r = 0; r < R; r++) {
+                const __mmask16 k0 = _load_mask16((__mmask16 *)(s16 + 2 * (r * halves + h)));
+                const __mmask16 k1 = _load_mask16((__mmask16 *)(s16 + 2 * (r * halves + h) + 1));
+                acc[r] = _mm512_add_ps(acc[r], _mm512_castsi512_ps(_mm512_mask_xor_epi32(n0, k0, n0, sign)));
+                acc[r] = _mm512_add_ps(acc[r], _mm512_castsi512_ps(_mm512_mask_xor_epi32(n1, k1, n1, sign)));
+            }
+        }
+    } else {
+        const uint32_t *m = (const uint32_t *)(mask + o * words_per_row);
+        for (size_t h = 0; h < halves; h++) {
+            const __m512 x0 = _mm512_loadu_ps(x + 32 * h), x1 = _mm512_loadu_ps(x + 32 * h + 16);
+            _Pragma("clang loop unroll(full)") for (int r = 0; r < R; r++) {
+                const uint32_t flip = ~s[r * halves + h], keep = ~m[r * halves + h];
+                // Masked lanes become +0 (the AVX2 path's andnot), then the sign flip as above.
+                const __m512i v0 = _mm512_castps_si512(_mm512_maskz_mov_ps((__mmask16)keep, x0));
+                const __m512i v1 = _mm512_castps_si512(_mm512_maskz_mov_ps((__mmask16)(keep >> 16), x1));
+                n[r] = _mm512_add_ps(n[r], _mm512_castsi512_ps(v0));
+                acc[r] = _mm512_add_ps(acc[r], _mm512_castsi512_ps(_mm512_mask_xor_epi32(v0, (__mmask16)flip, v0, sign)));
+                n[r] = _mm512_add_ps(n[r], _mm512_castsi512_ps(v1));
+                acc[r] = _mm512_add_ps(acc[r], _mm512_castsi512_ps(
+                    _mm512_mask_xor_epi32(v1, (__mmask16)(flip >> 16), v1, sign)));
+            }
+        }
+    }
+    _Pragma("clang loop unroll(full)") for (int r = 0; r < R; r++) {
+        // One reduction per row (not per block), in binary_hsum's order.
+        const float sum = binary_hsum(_mm256_add_ps(_mm512_castps512_ps256(acc[r]),
+                                                    _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(acc[r]), 1))));
+        if (mask) {
+            const float ns = binary_hsum(_mm256_add_ps(_mm512_castps512_ps256(n[r]),
+                                                       _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(n[r]), 1))));
+            y[o + r] = fmaf(a[o + r], sum, b[o + r] * ns);
+            if (rest) rest[o + r] = ns;
+        } else {
+            y[o + r] = fmaf(a[o + r], sum, b[o + r] * x_sum);
+        }
+    }
+}
+
+CK_AVX512 static void binary_gemv_avx512(const uint64_t *signs, const uint64_t *mask, size_t words_per_row,
+                                         size_t row_begin, size_t row_count, const float *x, float x_sum,
+                                         const float *a, const float *b, float *y, float *rest) {
+    const size_t end = row_begin + row_count;
+    size_t o = row_begin;
+    for (; o + 8 <= end; o += 8) binary_rows_avx512(signs, mask, words_per_row, o, 8, x, x_sum, a, b, y, rest);
+    for (; o < end; o++) binary_rows_avx512(signs, mask, words_per_row, o, 1, x, x_sum, a, b, y, rest);
 }
 #endif
 
@@ -98,6 +188,12 @@ void ck_binary_gemv(const uint64_t *signs, const uint64_t *mask, size_t words_pe
                     size_t row_count, const float *x, float x_sum, const float *a, const float *b,
                     float *y, float *rest) {
 #if defined(__x86_64__)
+    // The AVX-512 path follows the VNNI switch (ck_set_vnni_enabled), so tests and
+    // `ptq bench --kernels` reach both; both give the same bits.
+    if (ck_cpu_has_avx512vnni()) {
+        binary_gemv_avx512(signs, mask, words_per_row, row_begin, row_count, x, x_sum, a, b, y, rest);
+        return;
+    }
     if (ck_cpu_has_avx2()) {
         binary_gemv_avx2(signs, mask, words_per_row, row_begin, row_count, x, x_sum, a, b, y, rest);
         return;

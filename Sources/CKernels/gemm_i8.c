@@ -289,7 +289,76 @@ CK_VNNI static void gemm_i8_grouped_vnni(const int8_t *a, size_t m, const int8_t
         }
     }
 }
+
+/// Prefill with load-time row sums (VNNI, k % 32 == 0): the activations, biased once per call
+/// to ua = a + 128 (u8), are the unsigned operand and the weight codes the signed one, so a
+/// 4×2 tile step is one vpdpbusd per pair with no abs/sign (24 → 14 instructions per 32
+/// columns); Σ (a + 128)·w − 128·Σ w is the exact sum (modulo 2^32, which the exact result fits:
+/// see gemv_i8.c).
+CK_INLINE CK_VNNI __m256i tile_dot_u8(const uint8_t *ua, size_t lda, const int8_t *b, size_t ldb, size_t len,
+                                      const int MR, const int NR) {
+    __m256i acc[4][2];
+    for (int i = 0; i < 4; i++)
+        for (int j = 0; j < 2; j++) acc[i][j] = _mm256_setzero_si256();
+    for (size_t t = 0; t < len; t += 32) {
+        __m256i bv[2];
+        for (int j = 0; j < NR; j++) bv[j] = _mm256_loadu_si256((const __m256i *)(b + j * ldb + t));
+        for (int i = 0; i < MR; i++) {
+            const __m256i av = _mm256_loadu_si256((const __m256i *)(ua + i * lda + t));
+            for (int j = 0; j < NR; j++) acc[i][j] = _mm256_dpbusd_epi32(acc[i][j], av, bv[j]);
+        }
+    }
+    return hsum8_epi32(acc[0][0], acc[0][1], acc[1][0], acc[1][1], acc[2][0], acc[2][1], acc[3][0], acc[3][1]);
+}
+
+CK_VNNI static void gemm_i8_biased_vnni(const uint8_t *ua, size_t m, const int8_t *b, size_t n, size_t k,
+                                        const int32_t *row_sums, int32_t *c, size_t ldc) {
+    const size_t panel = panel_rows(n, k);
+    for (size_t j0 = 0; j0 < n; j0 += panel) {
+        const size_t j1 = j0 + panel < n ? j0 + panel : n;
+        for (size_t i = 0; i < m; i += 4) {
+            const size_t mr = m - i < 4 ? m - i : 4;
+            for (size_t j = j0; j < j1; j += 2) {
+                const size_t nr = j1 - j < 2 ? j1 - j : 2;
+                int32_t out[8];
+                __m256i r;
+                const uint8_t *ai = ua + i * k;
+                const int8_t *bj = b + j * k;
+                switch (mr * 2 + nr) {
+                case 10: r = tile_dot_u8(ai, k, bj, k, k, 4, 2); break;
+                case 9: r = tile_dot_u8(ai, k, bj, k, k, 4, 1); break;
+                case 8: r = tile_dot_u8(ai, k, bj, k, k, 3, 2); break;
+                case 7: r = tile_dot_u8(ai, k, bj, k, k, 3, 1); break;
+                case 6: r = tile_dot_u8(ai, k, bj, k, k, 2, 2); break;
+                case 5: r = tile_dot_u8(ai, k, bj, k, k, 2, 1); break;
+                case 4: r = tile_dot_u8(ai, k, bj, k, k, 1, 2); break;
+                default: r = tile_dot_u8(ai, k, bj, k, k, 1, 1); break;
+                }
+                _mm256_storeu_si256((__m256i *)out, r);
+                for (size_t ii = 0; ii < mr; ii++)
+                    for (size_t jj = 0; jj < nr; jj++)
+                        c[(i + ii) * ldc + j + jj] = (int32_t)((uint32_t)out[ii * 2 + jj] - ((uint32_t)row_sums[j + jj] << 7));
+            }
+        }
+    }
+}
 #endif
+
+void ck_bias_i8(const int8_t *a, size_t count, uint8_t *out) {
+    for (size_t t = 0; t < count; t++) out[t] = (uint8_t)a[t] ^ 0x80;
+}
+
+int ck_gemm_i8_biased(const uint8_t *ua, size_t m, const int8_t *b, size_t n, size_t k, const int32_t *row_sums,
+                      int32_t *c, size_t ldc) {
+#if defined(__x86_64__)
+    if (k % 32 == 0 && ck_cpu_has_avx512vnni()) {
+        gemm_i8_biased_vnni(ua, m, b, n, k, row_sums, c, ldc);
+        return 1;
+    }
+#endif
+    (void)ua; (void)m; (void)b; (void)n; (void)k; (void)row_sums; (void)c; (void)ldc;
+    return 0;
+}
 
 void ck_gemm_i8(const int8_t *a, size_t m, const int8_t *b, size_t n, size_t k,
                 int32_t *c, size_t ldc) {

@@ -8,8 +8,21 @@ package enum HDF5 {
     /// Turns off HDF5's own error-stack printing; we report errors ourselves. The setting is
     /// per thread in Debian's thread-safe build, so every entry point calls this.
     package static func silence() {
+        _ = libraryIsConfigured
         _ = H5Eset_auto2(chdf5_e_default(), nil, nil)
     }
+
+    /// Runs once, before the first HDF5 call (every entry point goes through `silence()`).
+    ///
+    /// Why: libhdf5 1.10's thread-safe build keeps each thread's error stack in its internal
+    /// free lists, so once threads other than the main one have called the library (Swift
+    /// concurrency's pool threads, parallel tests), its `atexit` shutdown cannot empty those
+    /// lists and prints "HDF5: infinite loop closing library" at process exit. Every file we
+    /// open is closed by `HID.deinit` (writers close before they rename), so there is nothing
+    /// for that shutdown to flush; skipping it leaves the memory to the OS.
+    private static let libraryIsConfigured: Void = {
+        _ = H5dont_atexit()
+    }()
 }
 
 /// An HDF5 identifier with the close function that releases it.

@@ -36,14 +36,56 @@ public enum LowBit {
 
     /// `c[i*ldc + j] = Σ_t a[i*k + t]·b[j*k + t]` (exact int32), `a` = activation codes `[m, k]`
     /// in ±127, `b` = weight codes `[n, k]` in [-128, 127]. Parallel over `n`.
+    /// With `rowSums` (`rowSumsI8` of `b`) and VNNI, the activations are biased to `a + 128` once
+    /// (`ck_bias_i8`) and the tiles need no sign step (`ck_gemm_i8_biased`); same results.
     public static func gemmI8(a: UnsafePointer<Int8>, m: Int, b: UnsafePointer<Int8>, n: Int, k: Int,
-                              c: UnsafeMutablePointer<Int32>, ldc: Int) {
+                              rowSums: UnsafePointer<Int32>? = nil, c: UnsafeMutablePointer<Int32>, ldc: Int) {
         guard m > 0, n > 0 else { return }
         let pa = SendableConstPointer(a), pb = SendableConstPointer(b), pc = SendablePointer(c)
+        if let rowSums, k % 32 == 0, TokenKernels.usesVNNI {
+            // Slot 6: no other kernel's buffer (Swift callers use 0–3, the C kernels 4 and 5).
+            let biased = threadScratch(slot: 6, count: m * k, of: UInt8.self)
+            ck_bias_i8(a, m * k, biased)
+            let pu = SendableConstPointer(UnsafePointer(biased)), ps = SendableConstPointer(rowSums)
+            Parallel.forEachChunk(n, minimumChunk: chunk(workPerRow: m * k, atLeast: 2)) { range in
+                _ = ck_gemm_i8_biased(pu.base, m, pb.base + range.lowerBound * k, range.count, k,
+                                      ps.base + range.lowerBound, pc.base + range.lowerBound, ldc)
+            }
+            return
+        }
         Parallel.forEachChunk(n, minimumChunk: chunk(workPerRow: m * k, atLeast: 2)) { range in
             ck_gemm_i8(pa.base, m, pb.base + range.lowerBound * k, range.count, k,
                        pc.base + range.lowerBound, ldc)
         }
+    }
+
+    /// Σ_t b[o, t] per weight row `[n, k]`: the `rowSums` of `gemvI8`, computed once at load.
+    public static func rowSumsI8(_ b: [Int8], n: Int, k: Int) -> [Int32] {
+        precondition(b.count == n * k, "rowSumsI8: \(b.count) codes for \(n)×\(k)")
+        var sums = [Int32](repeating: 0, count: n)
+        b.withUnsafeBufferPointer { p in sums.withUnsafeMutableBufferPointer { ck_row_sums_i8(p.baseAddress!, n, k, $0.baseAddress!) } }
+        return sums
+    }
+
+    /// Decode-sized `gemmI8` (a few activation rows): the same exact int32 results from a GEMV
+    /// kernel that takes 8 weight rows per pass (`ck_gemv_i8`); with `rowSums` (from
+    /// `rowSumsI8`) the VNNI path needs no sign step. Parallel over 8-row blocks of `n`.
+    public static func gemvI8(a: UnsafePointer<Int8>, m: Int, b: UnsafePointer<Int8>, n: Int, k: Int,
+                              rowSums: UnsafePointer<Int32>?, c: UnsafeMutablePointer<Int32>, ldc: Int) {
+        guard m > 0, n > 0 else { return }
+        let pa = SendableConstPointer(a), pb = SendableConstPointer(b), pc = SendablePointer(c)
+        let ps = rowSums.map { SendableConstPointer($0) }
+        let blocks = (n + 7) / 8
+        Parallel.forEachChunk(blocks, minimumChunk: chunk(workPerRow: 8 * m * k, atLeast: 1)) { r in
+            let begin = 8 * r.lowerBound, end = min(n, 8 * r.upperBound)
+            ck_gemv_i8(pa.base, m, pb.base, begin, end - begin, k, ps?.base, pc.base, ldc)
+        }
+    }
+
+    /// Scalar twin of `gemvI8`.
+    public static func gemvI8Reference(a: UnsafePointer<Int8>, m: Int, b: UnsafePointer<Int8>, n: Int, k: Int,
+                                       c: UnsafeMutablePointer<Int32>, ldc: Int) {
+        ck_gemv_i8_ref(a, m, b, 0, n, k, nil, c, ldc)
     }
 
     /// Scalar twin of `gemmI8`.

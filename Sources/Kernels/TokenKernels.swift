@@ -117,70 +117,65 @@ public enum TokenKernels {
 
     // MARK: nibble-packed integer weights × int8 activations (W4A8)
 
-    /// Block-permutes `rows` activation rows (as `fp4Permute`) and writes their per-group sums,
-    /// the inputs of `q4Gemv`.
-    public static func q4Prepare(_ a: UnsafePointer<Int8>, rows: Int, columns: Int, groupSize: Int,
-                                 permuted: UnsafeMutablePointer<Int8>, groupSums: UnsafeMutablePointer<Int32>) {
-        precondition(fp4Supports(columns: columns, groupSize: groupSize), "q4Prepare: unsupported shape")
-        ck_q4_prepare_i8(a, rows, columns, groupSize, permuted, groupSums)
+    /// Packs one-byte codes `[rows, columns]` (each < 16) into the 8-row interleaved nibble
+    /// layout `q4Gemv` reads (`ck_q4x8_pack`: rows padded to a multiple of 8).
+    public static func q4Pack(_ codes: [UInt8], rows: Int, columns: Int) -> [UInt8] {
+        precondition(codes.count == rows * columns && columns % 8 == 0, "q4Pack: \(codes.count) codes for \(rows)×\(columns)")
+        var out = [UInt8](repeating: 0, count: ck_q4x8_bytes(rows, columns))
+        codes.withUnsafeBufferPointer { c in out.withUnsafeMutableBufferPointer { ck_q4x8_pack(c.baseAddress!, rows, columns, $0.baseAddress!) } }
+        return out
     }
 
-    /// `y[i·ldy + o] = Σ_g scales[o, g]·Σ_{j∈g} (u[o, j] − offset)·a[i, j]` for `m` activation rows
-    /// and all `rows` outputs, on nibble codes (two per byte), split over output rows on the pool;
-    /// `scales` nil means one group per row and the exact int32 sums as floats. VNNI, AVX2 or
+    /// Interleaves group scales `[rows, groups]` as `q4Gemv` reads them (`[block of 8 rows][group][8]`).
+    public static func q4Scales(_ scales: [Float], rows: Int, groups: Int) -> [Float] {
+        precondition(scales.count == rows * groups, "q4Scales: \(scales.count) scales for \(rows)×\(groups)")
+        var out = [Float](repeating: 0, count: (rows + 7) / 8 * 8 * groups)
+        scales.withUnsafeBufferPointer { s in out.withUnsafeMutableBufferPointer { ck_q4x8_scales(s.baseAddress!, rows, groups, $0.baseAddress!) } }
+        return out
+    }
+
+    /// Per-group sums of `rows` activation rows (natural order), the `groupSums` input of `q4Gemv`.
+    public static func q4GroupSums(_ a: UnsafePointer<Int8>, rows: Int, columns: Int, groupSize: Int,
+                                   into groupSums: UnsafeMutablePointer<Int32>) {
+        precondition(fp4Supports(columns: columns, groupSize: groupSize), "q4GroupSums: unsupported shape")
+        ck_group_sums_i8(a, rows, columns, groupSize, groupSums)
+    }
+
+    /// `y[i·ldy + o] = Σ_g scale(o, g)·Σ_{j∈g} (u[o, j] − offset)·a[i, j]` for `m` activation rows
+    /// (natural order) and all `rows` outputs, on codes packed by `q4Pack`, split over blocks of
+    /// 8 output rows on the pool; `scales` (interleaved by `q4Scales`) nil means one group per row
+    /// and the exact int32 sums as floats. Decode (m = 1) and prefill alike. VNNI, AVX2 or
     /// scalar; bit-identical to `LowBit.gemmI8GroupedReference` on the expanded codes.
     public static func q4Gemv(codes: UnsafePointer<UInt8>, rows: Int, columns: Int, groupSize: Int, offset: Int,
-                              scales: UnsafePointer<Float>?, permutedActivations a: UnsafePointer<Int8>,
+                              scales: UnsafePointer<Float>?, activations a: UnsafePointer<Int8>,
                               groupSums: UnsafePointer<Int32>, m: Int, y: UnsafeMutablePointer<Float>, ldy: Int) {
         precondition(fp4Supports(columns: columns, groupSize: groupSize), "q4Gemv: unsupported shape")
         guard rows > 0, m > 0 else { return }
         let pc = SendableConstPointer(codes), pa = SendableConstPointer(a), pg = SendableConstPointer(groupSums)
         let ps = scales.map { SendableConstPointer($0) }, py = SendablePointer(y)
-        Parallel.forEachChunk(rows, minimumChunk: max(4, LowBit.chunk(workPerRow: m * columns, atLeast: 8)) / 4 * 4) { r in
-            ck_q4_gemv_i8(pc.base, r.lowerBound, r.count, columns, groupSize, Int32(offset), ps?.base, pa.base, pg.base,
+        // Split over whole 8-row blocks, so no block is computed by two tasks.
+        let blocks = (rows + 7) / 8
+        Parallel.forEachChunk(blocks, minimumChunk: LowBit.chunk(workPerRow: 8 * m * columns, atLeast: 1)) { r in
+            let begin = 8 * r.lowerBound, end = min(rows, 8 * r.upperBound)
+            ck_q4_gemv_i8(pc.base, begin, end - begin, columns, groupSize, Int32(offset), ps?.base, pa.base, pg.base,
                           m, py.base, ldy)
         }
     }
 
+    /// `q4Gemv` for the output rows `range` only, on the calling thread (a range may start and end
+    /// inside an 8-row block: the block is computed whole and only the range's rows are written).
+    public static func q4Gemv(range: Range<Int>, codes: UnsafePointer<UInt8>, columns: Int, groupSize: Int, offset: Int,
+                              scales: UnsafePointer<Float>?, activations a: UnsafePointer<Int8>,
+                              groupSums: UnsafePointer<Int32>, m: Int, y: UnsafeMutablePointer<Float>, ldy: Int) {
+        precondition(fp4Supports(columns: columns, groupSize: groupSize), "q4Gemv: unsupported shape")
+        ck_q4_gemv_i8(codes, range.lowerBound, range.count, columns, groupSize, Int32(offset), scales, a, groupSums, m, y, ldy)
+    }
+
     /// Scalar twin of `q4Gemv`.
     public static func q4GemvReference(codes: UnsafePointer<UInt8>, rows: Int, columns: Int, groupSize: Int, offset: Int,
-                                       scales: UnsafePointer<Float>?, permutedActivations a: UnsafePointer<Int8>,
+                                       scales: UnsafePointer<Float>?, activations a: UnsafePointer<Int8>,
                                        groupSums: UnsafePointer<Int32>, m: Int, y: UnsafeMutablePointer<Float>, ldy: Int) {
         ck_q4_gemv_i8_ref(codes, 0, rows, columns, groupSize, Int32(offset), scales, a, groupSums, m, y, ldy)
-    }
-
-    /// Several activation rows (prefill) on nibble codes: each pool task unpacks a tile of its
-    /// weight rows to unsigned bytes once and runs every activation row against it
-    /// (`ck_gemm_u4i8`: Σ u·a − offset·Σ a per group, no sign step). `a` is in natural column
-    /// order; output as `q4Gemv` (`scales` nil: the exact int32 sums as floats), bit for bit.
-    public static func q4Product(codes: UnsafePointer<UInt8>, rows: Int, columns: Int, groupSize: Int, offset: Int,
-                                 scales: UnsafePointer<Float>?, activations a: UnsafePointer<Int8>, m: Int,
-                                 y: UnsafeMutablePointer<Float>) {
-        precondition(fp4Supports(columns: columns, groupSize: groupSize), "q4Product: unsupported shape")
-        guard rows > 0, m > 0 else { return }
-        let groups = columns / groupSize
-        // Σ a per row and group, once per call (slot 2: the caller's decode buffers are not live here).
-        let sums = LowBit.threadScratch(slot: 2, count: m * groups, of: Int32.self)
-        ck_group_sums_i8(a, m, columns, groupSize, sums)
-        let pc = SendableConstPointer(codes), pa = SendableConstPointer(a), pg = SendableConstPointer(UnsafePointer(sums))
-        let ps = scales.map { SendableConstPointer($0) }, py = SendablePointer(y)
-        let tileRows = max(8, (256 * 1024) / max(1, columns))
-        Parallel.forEachChunk(rows, minimumChunk: LowBit.chunk(workPerRow: m * columns, atLeast: 8)) { r in
-            let tile = LowBit.threadScratch(slot: 3, count: min(tileRows, r.count) * columns, of: UInt8.self)
-            for r0 in stride(from: r.lowerBound, to: r.upperBound, by: tileRows) {
-                let count = min(tileRows, r.upperBound - r0)
-                ck_q4_unpack_u8(pc.base, r0, count, columns, tile)
-                ck_gemm_u4i8(pa.base, m, tile, count, columns, groupSize, Int32(offset), pg.base,
-                             ps.map { $0.base + r0 * groups }, py.base + r0, rows)
-            }
-        }
-    }
-
-    /// Scalar twin of `q4Product` (unpacked codes `[rows, columns]`, one byte each).
-    public static func q4ProductReference(unpacked u: UnsafePointer<UInt8>, rows: Int, columns: Int, groupSize: Int,
-                                          offset: Int, scales: UnsafePointer<Float>?, activations a: UnsafePointer<Int8>,
-                                          m: Int, y: UnsafeMutablePointer<Float>) {
-        ck_gemm_u4i8_ref(a, m, u, rows, columns, groupSize, Int32(offset), nil, scales, y, rows)
     }
 
     /// Whether the int8 kernels use AVX-512 VNNI on this CPU (false also when disabled).

@@ -19,8 +19,11 @@ struct BenchCommand: ParsableCommand {
             its peak includes the model's.
             """)
 
-    @Argument(help: "Model file (.ptq or .h5).")
-    var model: String
+    @Argument(help: "Model file (.ptq or .h5); not with --kernels.")
+    var model: String?
+
+    @Flag(name: .long, help: "Time each decode GEMV kernel on SmolLM2's layer shapes (random codes, one token's worth of layers per pass) and print GB/s against the read bandwidth measured in the same run, instead of a model.")
+    var kernels = false
 
     @Option(name: .long, help: "Float reference checkpoint (.h5) measured in the same run, for ratios.")
     var reference: String?
@@ -38,6 +41,11 @@ struct BenchCommand: ParsableCommand {
     var threads: Int?
 
     func validate() throws {
+        if kernels {
+            guard model == nil, reference == nil else { throw ValidationError("--kernels takes no model and no --reference") }
+        } else if model == nil {
+            throw ValidationError("missing model file (or --kernels)")
+        }
         guard OptionLimits.tokens.contains(promptTokens) else {
             throw ValidationError("--prompt-tokens must be between 1 and \(OptionLimits.tokens.upperBound) (got \(promptTokens))")
         }
@@ -147,6 +155,8 @@ struct BenchCommand: ParsableCommand {
 
     func run() throws {
         if let threads { PTQ.threadCount = threads }
+        if kernels { try runKernels(); return }
+        let model = self.model!
         // Read bandwidth with the same threads, measured before the models (256 MiB, best of 5).
         let bandwidth = PTQ.measureReadBandwidth()
         let speed = try measure(model, bandwidth: bandwidth)
@@ -190,5 +200,21 @@ struct BenchCommand: ParsableCommand {
         let pool = PTQ.poolCounters
         print("thread pool: \(pool.jobs) parallel jobs, \(pool.wakeups) wake-ups, \(pool.stalls) stalls on a preempted "
               + "worker, \(pool.serialJobs) jobs run serially after stalls")
+    }
+
+    /// `--kernels`: per-kernel GB/s over a token's worth of SmolLM2 layers and the LM head.
+    func runKernels() throws {
+        let report = PTQ.benchmarkKernels(repeats: repeats)
+        if options.json { try printJSON(report); return }
+        print("\(report.threads) threads, VNNI \(report.vnni ? "yes" : "no"), read bandwidth "
+              + String(format: "%.1f GB/s, empty pool job %.2f µs, median of %d passes",
+                       report.readBandwidthBytesPerSecond / 1e9, report.poolJobMicroseconds, repeats))
+        func pad(_ s: String, _ width: Int) -> String { s.count >= width ? s : s + String(repeating: " ", count: width - s.count) }
+        for t in report.timings {
+            print(pad(t.kernel, 56) + pad(t.pass, 26)
+                  + String(format: "%7.1f MB %8.3f ms (%.3f–%.3f) %6.1f GB/s %4.0f%% of bandwidth",
+                           Double(t.bytes) / 1e6, t.milliseconds, t.minMilliseconds, t.maxMilliseconds,
+                           t.gigabytesPerSecond, 100 * t.bandwidthFraction))
+        }
     }
 }

@@ -55,7 +55,8 @@ public struct ActivationQuantization: Codable, Sendable, Equatable {
 /// `scale[g] · (u - zero[g])` for the group g it belongs to (groups of `groupSize` consecutive
 /// columns within a row; `groupSize == columns` means one group per output channel).
 /// Symmetric weights have `zero = 2^(bits-1)` for every group, so `u - zero` is a signed code
-/// in ±(2^(bits-1) - 1); asymmetric weights carry one zero point per group.
+/// in ±(2^(bits-1) - 1), or in −2^(bits−1) … 2^(bits−1) − 1 for the full (Q4_0-style) grid, whose
+/// scale may be negative; asymmetric weights carry one zero point per group.
 /// In memory codes are one byte each; packed files store them at their true width.
 public struct IntegerWeight: Sendable, Equatable {
     public var bits: Int

@@ -14,4 +14,11 @@ extension PTQ {
 
     /// Whether the int8 kernels use AVX-512 VNNI (`vpdpbusd`) on this CPU (chosen at run time).
     public static var usesVNNIKernels: Bool { TokenKernels.usesVNNI }
+
+    /// Times each decode GEMV kernel on SmolLM2's layer shapes against the read bandwidth of the
+    /// same run (`ptq bench --kernels`; see `KernelBench`).
+    public static func benchmarkKernels(repeats: Int = 15) -> KernelBenchReport { KernelBench.run(repeats: repeats) }
 }
+
+/// The report of `PTQ.benchmarkKernels`.
+public typealias KernelBenchReport = KernelBench.Report

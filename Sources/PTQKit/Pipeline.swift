@@ -78,13 +78,45 @@ extension PTQ {
         return request
     }
 
-    /// Runs calibration for `request` with the recipe's settings.
+    /// What `ptq calibrate` gathers for `plan`: every quantizer's ``statisticsRequest(plan:)``,
+    /// plus channel ranges at every planned layer's input whenever the forward pass runs (cheap
+    /// beside the pass itself; the statistics file then serves per-tensor recipes and reports
+    /// too). With `all`, channel ranges, sample midpoints and histograms at every input, pass or
+    /// not. Empty — no forward pass — when no quantizer needs statistics and `all` is false:
+    /// round to nearest with dynamic per-token activations, or weight-only, is data-free.
+    public static func calibrationRequest(plan: [LayerPlan], all: Bool = false) throws(PTQError) -> StatisticsRequest {
+        var request = try statisticsRequest(plan: plan)
+        if request.isEmpty && !all { return request }
+        for layer in plan {
+            request.request(all ? [.channelRange, .sampleMidpoint, .histogram] : [.channelRange], at: layer.inputPoint)
+        }
+        return request
+    }
+
+    /// One line per distinct (method, activations) of `plan`, for messages: `rtn with per_token
+    /// int8 activations`, `rtn (weight-only)`.
+    public static func methodSummary(plan: [LayerPlan]) -> String {
+        let kinds = Set(plan.map { layer in
+            layer.method + (layer.activation.map { " with \($0.granularity.rawValue) int\($0.bits) activations" }
+                ?? (layer.isEmbedding ? " (embedding rows)" : " (weight-only)"))
+        })
+        return kinds.sorted().joined(separator: ", ")
+    }
+
+    /// Runs calibration for `request` with the recipe's settings. An empty request runs no
+    /// forward pass and returns statistics with no points, no samples and no tokens, tied to the
+    /// model (so `quantize --stats` accepts them).
     public static func calibrate(checkpoint: String, recipe: RecipeContext, request: StatisticsRequest,
                                  quiet: Bool = false) throws(PTQError) -> CalibrationStatistics {
         let weights = CheckpointWeights(try CheckpointReader(path: checkpoint))
         let config = weights.config
         try recipe.checkCalibration(for: config)
-        let settings = recipe.calibrationSettings(for: config)
+        var settings = recipe.calibrationSettings(for: config)
+        if request.isEmpty {
+            settings.samples = 0
+            let identity = try config.identity { (name) throws(PTQError) in try weights.tensor(name) }
+            return CalibrationStatistics(modelIdentity: identity, settings: settings, tokens: 0, points: [:])
+        }
         guard FileManager.default.fileExists(atPath: settings.dataPath) else {
             throw PTQError.file(recipe.path, "calibration.data: file '\(settings.dataPath)' does not exist")
         }

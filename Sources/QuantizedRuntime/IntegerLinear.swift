@@ -16,9 +16,10 @@ import PTQCore
 ///   kernel, which scales each group's exact int32 dot product by its float scale, and subtract
 ///   the zero-point term per group. Codes of ≤ 4 bits stay **two per byte** (the counterpart of
 ///   llama.cpp's Q4_0 × Q8_0) when the shape allows (`TokenKernels.fp4Supports`): decode unpacks
-///   the nibbles in registers (`TokenKernels.q4Gemv`), prefill unpacks a tile of weight rows to
-///   unsigned bytes once per pool task and reuses it for every prompt row (`TokenKernels.q4Product`);
-///   both give the same exact integer sums, hence the same output bits, as the int8-per-weight codes.
+///   the nibbles in registers, 8 weight rows per pass with one accumulator lane per row
+///   (`TokenKernels.q4Gemv`, the same kernel for prefill with up to 4 prompt rows per unpacked
+///   unit); it gives the same exact integer sums, hence the same output bits, as the
+///   int8-per-weight codes. Decode of one-group int8 codes runs `LowBit.gemvI8` (8 rows per pass).
 /// - **Float activations** (`activation == nil`: W4A16, W8A16, W3A16, …): codes of ≤ 4 bits are
 ///   packed two per byte, wider codes stay one byte each. One row runs the fused GEMV; several
 ///   rows dequantize tiles of output rows into scratch and multiply them with sgemm.
@@ -44,10 +45,14 @@ public final class IntegerLinear: LinearOp {
     private struct IntegerPath: Sendable {
         /// One signed code per weight; empty when `nibbles` holds the codes.
         var codes: [Int8]
-        /// Unsigned codes two per byte (row stride in/2) for ≤ 4-bit weights; empty otherwise.
+        /// Unsigned codes two per byte for ≤ 4-bit weights, in the 8-row interleaved layout of
+        /// `TokenKernels.q4Pack`; empty otherwise.
         var nibbles: [UInt8]
+        /// Σ_j code[o, j] per row for one-group int8 codes (the VNNI decode GEMV's +128 term); else empty.
+        var rowSums: [Int32]
         /// `2^(bits−1)`: a nibble u holds the signed code u − offset.
         var offset: Int
+        /// `[out, groups]`; grouped nibble codes keep them interleaved (`TokenKernels.q4Scales`).
         var scales: [Float]
         /// `scale · (zero − 2^(bits−1))` per `[out, group]`; nil for symmetric weights.
         var zeroTerms: [Float]?
@@ -73,7 +78,7 @@ public final class IntegerLinear: LinearOp {
         let biasBytes = (bias?.count ?? 0) * 4
         switch kernel {
         case .integer(let p):
-            return p.codes.count + p.nibbles.count + p.scales.count * 4 + (p.zeroTerms?.count ?? 0) * 4 + (p.channelScales?.count ?? 0) * 4
+            return p.codes.count + p.nibbles.count + p.rowSums.count * 4 + p.scales.count * 4 + (p.zeroTerms?.count ?? 0) * 4 + (p.channelScales?.count ?? 0) * 4
                 + (p.shift?.count ?? 0) * 4 + biasBytes
         case .weightOnly(let p):
             return p.codes.count + p.scales.count * 4 + p.zeros.count * 4 + biasBytes
@@ -166,7 +171,9 @@ public final class IntegerLinear: LinearOp {
             let packed = w.bits <= 4 && TokenKernels.fp4Supports(columns: w.columns, groupSize: min(w.groupSize, w.columns))
             var codes = [Int8](repeating: 0, count: packed ? 0 : w.codes.count)
             if !packed { for i in 0..<w.codes.count { codes[i] = Int8(Int(w.codes[i]) - mid) } }
-            let nibbles = packed ? LowBit.packNibbles(w.codes, rows: w.rows, columns: w.columns) : []
+            let nibbles = packed ? TokenKernels.q4Pack(w.codes, rows: w.rows, columns: w.columns) : []
+            let rowSums = !packed && groups == 1 ? LowBit.rowSumsI8(codes, n: w.rows, k: w.columns) : []
+            let scales = packed && groups > 1 ? TokenKernels.q4Scales(w.scales, rows: w.rows, groups: groups) : w.scales
             var zeroTerms: [Float]?
             if let zeros = w.zeros {
                 if let bad = zeros.firstIndex(where: { !$0.isFinite }) {
@@ -174,8 +181,8 @@ public final class IntegerLinear: LinearOp {
                 }
                 zeroTerms = zip(zeros, w.scales).map { z, s in s * (z - Float(mid)) }
             }
-            kernel = .integer(IntegerPath(codes: codes, nibbles: nibbles, offset: mid,
-                                          scales: w.scales, zeroTerms: zeroTerms, groups: groups,
+            kernel = .integer(IntegerPath(codes: codes, nibbles: nibbles, rowSums: rowSums, offset: mid,
+                                          scales: scales, zeroTerms: zeroTerms, groups: groups,
                                           activationBits: a.bits, scaling: scaling, channelScales: a.channelScales,
                                           shift: a.channelShift))
         } else {
@@ -229,7 +236,17 @@ public final class IntegerLinear: LinearOp {
             p.scales.withUnsafeBufferPointer { ws in
                 if groups == 1 {
                     let acc = LowBit.threadScratch(slot: 1, count: rows * n, of: Int32.self)
-                    LowBit.gemmI8(a: codes, m: rows, b: wc.baseAddress!, n: n, k: k, c: acc, ldc: n)
+                    if rows <= Self.gemvRowLimit {
+                        p.rowSums.withUnsafeBufferPointer { sums in
+                            LowBit.gemvI8(a: codes, m: rows, b: wc.baseAddress!, n: n, k: k, rowSums: sums.baseAddress,
+                                          c: acc, ldc: n)
+                        }
+                    } else {
+                        p.rowSums.withUnsafeBufferPointer { sums in
+                            LowBit.gemmI8(a: codes, m: rows, b: wc.baseAddress!, n: n, k: k, rowSums: sums.baseAddress,
+                                          c: acc, ldc: n)
+                        }
+                    }
                     withOptional(p.zeroTerms) { zt in
                         for i in 0..<rows {
                             let rs = rowScales[i], yr = y + i * n, ar = acc + i * n
@@ -267,18 +284,13 @@ public final class IntegerLinear: LinearOp {
         p.nibbles.withUnsafeBufferPointer { wc in
             p.scales.withUnsafeBufferPointer { ws in
                 let groupScales = groups == 1 ? nil : ws.baseAddress!
-                if rows <= Self.gemvRowLimit {
-                    let permuted = LowBit.threadScratch(slot: 2, count: rows * k, of: Int8.self)
-                    let sums = LowBit.threadScratch(slot: 3, count: rows * groups, of: Int32.self)
-                    TokenKernels.q4Prepare(codes, rows: rows, columns: k, groupSize: groupSize, permuted: permuted,
-                                           groupSums: sums)
-                    TokenKernels.q4Gemv(codes: wc.baseAddress!, rows: n, columns: k, groupSize: groupSize,
-                                        offset: p.offset, scales: groupScales, permutedActivations: permuted,
-                                        groupSums: sums, m: rows, y: y, ldy: n)
-                } else {
-                    TokenKernels.q4Product(codes: wc.baseAddress!, rows: n, columns: k, groupSize: groupSize,
-                                           offset: p.offset, scales: groupScales, activations: codes, m: rows, y: y)
-                }
+                // One kernel for decode and prefill: 8 weight rows per pass, up to 4 activation rows
+                // against each unpacked unit of nibbles.
+                let sums = LowBit.threadScratch(slot: 3, count: rows * groups, of: Int32.self)
+                TokenKernels.q4GroupSums(codes, rows: rows, columns: k, groupSize: groupSize, into: sums)
+                TokenKernels.q4Gemv(codes: wc.baseAddress!, rows: n, columns: k, groupSize: groupSize,
+                                    offset: p.offset, scales: groupScales, activations: codes,
+                                    groupSums: sums, m: rows, y: y, ldy: n)
                 withOptional(p.zeroTerms) { zt in
                     for i in 0..<rows {
                         let rs = rowScales[i], yr = y + i * n

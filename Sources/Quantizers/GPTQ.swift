@@ -18,7 +18,8 @@ import Recipes
 /// Choices the reference leaves open (documented in docs/RESULTS.md):
 /// - Groups use **static** parameters, computed from the original weights before any update
 ///   (AutoGPTQ's `static_groups`), so act-order and groups combine without a `g_idx` table.
-/// - Symmetric codes use this project's grid ±(2^(b−1) − 1) (the reference's symmetric grid is
+/// - Symmetric codes use this project's grid ±(2^(b−1) − 1), or with `range: full` the Q4_0-style
+///   grid −2^(b−1) … 2^(b−1) − 1 (the reference's symmetric grid is
 ///   the asymmetric one with zero 2^(b−1)); asymmetric codes are the reference's [0, 2^b − 1]
 ///   with an integer zero point and a range that contains 0.
 /// - When H + damping is not positive definite the damping grows ×10, at least to 10⁻⁶ of the
@@ -28,6 +29,8 @@ public struct GPTQ: Sendable {
     public var symmetric: Bool
     /// Columns per group; nil = one group per output row.
     public var groupSize: Int?
+    /// Symmetric grids: restricted ±(2^(b−1) − 1) or the full Q4_0-style grid.
+    public var range: WeightScheme.SymmetricRange = .restricted
     public var blockSize: Int
     /// Relative damping (fraction of the mean diagonal of H).
     public var damping: Double
@@ -71,7 +74,7 @@ public struct GPTQ: Sendable {
         let group = min(groupSize ?? n, n)
         let groups = (n + group - 1) / group
         // Scales and zero points first, from the original weights (static groups).
-        let grid = WeightGrid(bits: bits, symmetric: symmetric)
+        let grid = WeightGrid(bits: bits, symmetric: symmetric, range: range)
         var scales = [Float](repeating: 0, count: rows * groups)
         var zeros = [Float](repeating: 0, count: rows * groups)
         for r in 0..<rows {
@@ -233,6 +236,7 @@ extension GPTQ {
         let search = try parameters.bool(prefix + "range_search", default: rangeSearchByDefault)
         self.init(bits: weight.bits, symmetric: weight.symmetric, groupSize: weight.groupSize, blockSize: block,
                   damping: damping, actOrder: actOrder, rangeSearch: search ? RangeSearch() : nil)
+        range = weight.range
     }
 
     /// Manifest details for `ptq inspect`.

@@ -71,6 +71,12 @@ public struct LLMFP4Quantizer: Quantizer {
     /// subsample misses, so that a clipping ρ is not chosen blind to them) and fills the rest with
     /// the first rows (recipe key `token_selection`).
     public let outlierTokens: Bool
+    /// Beyond the paper: weight every token's output error by 1 / (its reference output's mean
+    /// square + ε), in both searches (recipe key `objective: token_relative`; default `output_mse`,
+    /// the paper's). The next RMSNorm divides each token's residual by its own norm, so an absolute
+    /// error on a token with massive activations matters far less than the same error on an
+    /// ordinary token; the plain output MSE is dominated by those few tokens.
+    public let tokenRelative: Bool
     public let intervals: Int
     public let rounds: Int
     /// Reservoir rows used by the activation search (the weight search uses every reservoir row).
@@ -89,6 +95,7 @@ public struct LLMFP4Quantizer: Quantizer {
         tensorCandidates = try p.bool("tensor_candidates", default: false)
         maxOffset = p.has("max_offset") ? try p.int("max_offset", default: 0, range: 0...30) : nil
         outlierTokens = try p.string("token_selection", default: "first", oneOf: ["first", "outliers"]) == "outliers"
+        tokenRelative = try p.string("objective", default: "output_mse", oneOf: ["output_mse", "token_relative"]) == "token_relative"
         floorOffsets = try p.string("offset_rounding", default: "code", oneOf: ["code", "floor"]) == "floor"
         if floorOffsets && !perChannel { throw p.error("offset_rounding", "rounds the per-channel offsets k_j; it needs per_channel: true") }
         if maxOffset != nil && !perChannel { throw p.error("max_offset", "caps the per-channel offsets k_j; it needs per_channel: true") }
@@ -103,7 +110,7 @@ public struct LLMFP4Quantizer: Quantizer {
         let weightFormat = try p.string("weight_format", default: searching ? "search" : "default")
         let activationFormat = try p.string("activation_format", default: searching ? "search" : "default")
         try p.rejectUnknown(allowed: ["setting", "intervals", "rounds", "tokens", "per_channel", "tensor_candidates", "max_offset",
-                                      "offset_rounding", "token_selection",
+                                      "offset_rounding", "token_selection", "objective",
                                       "gamma_range", "weight_format", "activation_format"])
         let line = plan.ruleLine.map { "line \($0): " } ?? ""
         guard plan.weight.symmetric else {
@@ -197,18 +204,36 @@ public struct LLMFP4Quantizer: Quantizer {
             let xs = outlierTokens ? Self.outlierRows(x, rows: n, columns: columns, count: tokenCount)
                                    : Array(x.prefix(tokenCount * columns))
             let reference = Self.product(xs, rows: tokenCount, weight: w, out: rows, columns: columns)
+            // token_relative: per-token weights of the activation search (on its subsample) and the
+            // square roots of those of the weight search (on every reservoir row), which scale the rows
+            // of X and X̂ so that the Gram form computes the weighted error exactly.
+            let tokenWeights = tokenRelative ? Self.tokenWeights(reference: reference, tokens: tokenCount, out: rows) : nil
+            let rootWeights = tokenRelative
+                ? Self.tokenWeights(reference: Self.product(x, rows: n, weight: w, out: rows, columns: columns), tokens: n, out: rows)
+                    .map { Float($0.squareRoot()) }
+                : nil
             var weightErrors: [String] = []
             var activationErrors: [String] = []
             // Wall time of the two searches (for profiling; `ptq inspect` shows them).
             var weightSeconds = 0.0, activationSeconds = 0.0
+            var roundsRun = 0
             for _ in 0..<rounds {
+                roundsRun += 1
                 let weightStart = Date()
+                // The round's weight search depends only on `act`; remember it to detect a fixed point.
+                let actAtStart = act
                 // Weight biases for every format, then the weight format.
                 // q/k/v (gate/up) share an input point: their first round shares X̂ and so G and X̂ᵀX.
+                // Token weights depend on the layer's own outputs, so weighted moments are not shared.
                 let key = "llmfp4.moments|\(act.map { "\($0.format)|\($0.gamma)|\($0.offsets != nil)" } ?? "float")|\(n)"
+                    + (tokenRelative ? "|\(layer.name)" : "")
                 let packed = statistics.memoized(key) { () -> [Float] in
-                    let xq = act.map { $0.apply(x, rows: n, columns: columns) } ?? x
-                    let (g, c) = WeightSearch.moments(x: x, xq: xq, tokens: n, columns: columns)
+                    var xq = act.map { $0.apply(x, rows: n, columns: columns) } ?? x
+                    var xw = x
+                    if let rw = rootWeights {
+                        for t in 0..<n { for j in 0..<columns { xq[t * columns + j] *= rw[t]; xw[t * columns + j] *= rw[t] } }
+                    }
+                    let (g, c) = WeightSearch.moments(x: xw, xq: xq, tokens: n, columns: columns)
                     return g + (c ?? [])
                 }
                 let cc = columns * columns
@@ -224,7 +249,8 @@ public struct LLMFP4Quantizer: Quantizer {
                 weightErrors.append(String(format: "%.4g", best!.error / Double(n * rows)))
                 // Activation bias for every format, then the activation format.
                 weightSeconds += Date().timeIntervalSince(weightStart)
-                guard activationBits != nil else { continue }
+                // Weight-only: every round would search the same Gram matrices again; stop (exact).
+                guard activationBits != nil else { break }
                 let activationStart = Date()
                 let deq = FloatingPointWeight.quantize(w, rows: rows, columns: columns, groupSize: gs,
                                                        format: weightFormat, scales: scales).dequantizedReference()
@@ -241,7 +267,15 @@ public struct LLMFP4Quantizer: Quantizer {
                             let y = Self.product(c.apply(xs, rows: tokenCount, columns: columns), rows: tokenCount,
                                                  weight: deq, out: rows, columns: columns)
                             var error = 0.0
-                            for i in 0..<y.count { let d = Double(y[i] - reference[i]); error += d * d }
+                            if let tw = tokenWeights {
+                                for t in 0..<tokenCount {
+                                    var e = 0.0
+                                    for o in 0..<rows { let d = Double(y[t * rows + o] - reference[t * rows + o]); e += d * d }
+                                    error += tw[t] * e
+                                }
+                            } else {
+                                for i in 0..<y.count { let d = Double(y[i] - reference[i]); error += d * d }
+                            }
                             if bestAct == nil || error < bestAct!.error { bestAct = (error, c) }
                         }
                     }
@@ -249,9 +283,15 @@ public struct LLMFP4Quantizer: Quantizer {
                 act = bestAct!.candidate
                 activationErrors.append(String(format: "%.4g", bestAct!.error / Double(tokenCount * rows)))
                 activationSeconds += Date().timeIntervalSince(activationStart)
+                // Fixed point: the activation search kept the quantizer this round's weight search
+                // used, so every further round would repeat this one exactly (same G, same X̂, same
+                // candidates, same ties). Stopping changes no result, only the time.
+                if let a = act, let b = actAtStart, a.sameQuantizer(as: b) { break }
             }
+            details["rounds_run"] = "\(roundsRun) of \(rounds)"
             details["weight_mse_per_round"] = weightErrors.joined(separator: ",")
             if !activationErrors.isEmpty { details["output_mse_per_round"] = activationErrors.joined(separator: ",") }
+            if tokenRelative { details["objective"] = "token_relative" }
             details["search_tokens"] = "\(n) weight, \(tokenCount) activation"
             details["search_seconds"] = String(format: "%.2f weight, %.2f activation", weightSeconds, activationSeconds)
         }
@@ -273,6 +313,16 @@ public struct LLMFP4Quantizer: Quantizer {
         details["seconds"] = String(format: "%.2f", Date().timeIntervalSince(start))
         return QuantizedLinear(name: layer.name, method: "llmfp4", weight: .floatingPoint(weight), bias: layer.bias,
                                activation: activation, details: details)
+    }
+
+    /// Per-token weights 1 / (m_t + ε) with m_t the mean square of token t's reference output and
+    /// ε = 10⁻⁴ of the mean m_t (so near-zero outputs do not dominate), normalised to mean 1.
+    static func tokenWeights(reference y: [Float], tokens: Int, out: Int) -> [Double] {
+        let m = (0..<tokens).map { t in (0..<out).reduce(0.0) { $0 + Double(y[t * out + $1]) * Double(y[t * out + $1]) } / Double(out) }
+        let eps = 1e-4 * m.reduce(0, +) / Double(max(tokens, 1)) + 1e-30
+        let w = m.map { 1 / ($0 + eps) }
+        let mean = w.reduce(0, +) / Double(max(tokens, 1))
+        return w.map { $0 / mean }
     }
 
     /// `count` rows of `x`: the `count / 2` rows with the largest max_j |x_tj| / M_j (M_j = the
@@ -358,6 +408,11 @@ struct ActivationCandidate: Sendable {
             offsets = nil
         }
         scale = FloatingPointFormat.scale(bias: bias)
+    }
+
+    /// Whether `other` quantizes every input identically: the same format, bias and offsets.
+    func sameQuantizer(as other: ActivationCandidate) -> Bool {
+        format == other.format && bias == other.bias && scale == other.scale && offsets == other.offsets
     }
 
     /// 2^(−k_j), the stored per-channel factor.

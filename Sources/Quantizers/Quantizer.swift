@@ -63,6 +63,10 @@ public enum QuantizerRegistry {
 
     public static var methods: [String] { factories.keys.sorted() }
 
+    /// Methods whose integer weights honour `weight.range: full` (the shared RTN / GPTQ grid);
+    /// any other method refuses it rather than silently quantizing on another grid.
+    public static let fullRangeMethods: Set<String> = ["rtn", "gptq", "adalog"]
+
     /// The quantizer for one planned layer; unknown methods name the recipe line.
     public static func quantizer(for plan: LayerPlan) throws(PTQError) -> any Quantizer {
         guard let factory = factories[plan.method] else {
@@ -70,6 +74,12 @@ public enum QuantizerRegistry {
             let field = plan.ruleIndex.map { "rules[\($0)].method" } ?? "scheme.method"
             throw PTQError("\(plan.parameters.source):\(line): \(field): unknown method '\(plan.method)' for \(plan.name) "
                            + "(known: \(methods.joined(separator: ", ")))")
+        }
+        if plan.weight.range == .full && !fullRangeMethods.contains(plan.method) {
+            let line = plan.ruleLine ?? plan.parameters.line
+            let field = plan.ruleIndex.map { "rules[\($0)].weight.range" } ?? (plan.isEmbedding ? "embedding.weight.range" : "scheme.weight.range")
+            throw PTQError("\(plan.parameters.source):\(line): \(field): full is not supported by method '\(plan.method)' "
+                           + "(\(plan.name)); methods with the full symmetric grid: \(fullRangeMethods.sorted().joined(separator: ", "))")
         }
         return try factory(plan)
     }

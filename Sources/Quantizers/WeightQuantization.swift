@@ -5,17 +5,21 @@ import Recipes
 /// Round-to-nearest integer quantization of weight matrices, shared by all integer methods.
 public enum WeightQuantization {
     /// Quantizes `weight` (out × in) with `bits`, per output channel (`groupSize == nil`) or per
-    /// group of columns. Symmetric: scale = absmax / (2^(b-1) - 1), codes in ±(2^(b-1) - 1).
-    /// Asymmetric: scale = (max - min) / (2^b - 1) over a range that always contains 0, integer
-    /// zero point round(-min / scale), codes in [0, 2^b - 1].
-    public static func quantize(_ weight: Tensor, bits: Int, symmetric: Bool, groupSize: Int?) -> IntegerWeight {
+    /// group of columns. Symmetric: scale = absmax / (2^(b-1) - 1), codes in ±(2^(b-1) - 1);
+    /// with `range: .full` (llama.cpp's Q4_0 grid for any width) scale = e / −2^(b−1) for the
+    /// group's value e of largest magnitude, sign kept, and codes in −2^(b−1) … 2^(b−1) − 1, so
+    /// e maps to −2^(b−1) exactly. Asymmetric: scale = (max - min) / (2^b - 1) over a range that
+    /// always contains 0, integer zero point round(-min / scale), codes in [0, 2^b - 1].
+    /// Every code is stored as u = code + zero in 0 ..< 2^b (`IntegerWeight`).
+    public static func quantize(_ weight: Tensor, bits: Int, symmetric: Bool, groupSize: Int?,
+                                range: WeightScheme.SymmetricRange = .restricted) -> IntegerWeight {
         let rows = weight.shape[0], columns = weight.shape[1]
         let group = min(groupSize ?? columns, columns)
         let groups = (columns + group - 1) / group
         var codes = [UInt8](repeating: 0, count: rows * columns)
         var scales = [Float](repeating: 0, count: rows * groups)
         var zeros: [Float]? = symmetric ? nil : [Float](repeating: 0, count: rows * groups)
-        let grid = WeightGrid(bits: bits, symmetric: symmetric)
+        let grid = WeightGrid(bits: bits, symmetric: symmetric, range: range)
         for r in 0..<rows {
             for g in 0..<groups {
                 let start = r * columns + g * group, end = r * columns + min(columns, (g + 1) * group)
@@ -32,7 +36,7 @@ public enum WeightQuantization {
     }
 
     public static func quantize(_ weight: Tensor, scheme: WeightScheme) -> IntegerWeight {
-        quantize(weight, bits: scheme.bits, symmetric: scheme.symmetric, groupSize: scheme.groupSize)
+        quantize(weight, bits: scheme.bits, symmetric: scheme.symmetric, groupSize: scheme.groupSize, range: scheme.range)
     }
 }
 
@@ -41,12 +45,30 @@ public enum WeightQuantization {
 struct WeightGrid: Sendable {
     let bits: Int
     let symmetric: Bool
+    /// Symmetric grids only: `.full` adds the code −2^(b−1).
+    let fullRange: Bool
     var maxSigned: Float { Float((1 << (bits - 1)) - 1) }
+    /// The most negative signed code: −2^(b−1) on the full grid, −(2^(b−1) − 1) otherwise.
+    var minSigned: Float { fullRange ? -symmetricZero : -maxSigned }
     var maxUnsigned: Float { Float((1 << bits) - 1) }
     var symmetricZero: Float { Float(1 << (bits - 1)) }
 
+    init(bits: Int, symmetric: Bool, range: WeightScheme.SymmetricRange = .restricted) {
+        self.bits = bits
+        self.symmetric = symmetric
+        fullRange = symmetric && range == .full
+    }
+
     /// (scale, zero) for a range [lo, hi] that contains 0.
     func parameters(lo: Float, hi: Float) -> (Float, Float) {
+        if fullRange {
+            // llama.cpp's quantize_row_q4_0_ref: d = max / −8 with max the value of largest
+            // magnitude, sign kept. It takes the first such value in memory order; from [lo, hi]
+            // a tie |lo| == hi takes lo (d > 0), so hi lands on 7 instead of −8 on the mirrored
+            // grid — the same error either way. An all-zero group keeps scale 1 (all codes 0).
+            let extreme = -lo >= hi ? lo : hi
+            return (extreme != 0 ? extreme / -symmetricZero : 1, symmetricZero)
+        }
         if symmetric {
             let absMax = max(abs(lo), abs(hi))
             return (absMax > 0 ? absMax / maxSigned : 1, symmetricZero)
@@ -62,7 +84,11 @@ struct WeightGrid: Sendable {
         // still not trap in the integer conversion (it maps to the zero code).
         if (v / scale + zero).isNaN { return symmetric ? Int(symmetricZero) : (zero.isNaN ? 0 : Int(min(max(zero, 0), maxUnsigned))) }
         if symmetric {
-            return Int(min(max((v / scale).rounded(), -maxSigned), maxSigned) + symmetricZero)
+            // Full grid: v / scale ∈ [−2^(b−1), 2^(b−1)] (the extreme gives −2^(b−1) exactly, the
+            // value of the same magnitude and opposite sign +2^(b−1), clamped to 2^(b−1) − 1).
+            // Rounding is to nearest, ties away from zero, as the restricted grid (llama.cpp
+            // rounds ties up: only exact ties can differ).
+            return Int(min(max((v / scale).rounded(), minSigned), maxSigned) + symmetricZero)
         }
         return Int(min(max((v / scale).rounded() + zero, 0), maxUnsigned))
     }

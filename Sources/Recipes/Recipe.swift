@@ -10,15 +10,29 @@ public struct WeightScheme: Sendable, Equatable, CustomStringConvertible {
     public var symmetric: Bool
     /// Columns per group; nil = one group per output channel (`group_size: channel`).
     public var groupSize: Int?
+    /// Which signed codes a symmetric grid uses (`range:`); always `.restricted` when asymmetric.
+    public var range: SymmetricRange
+
+    /// The codes of a symmetric b-bit grid.
+    public enum SymmetricRange: String, Sendable, Equatable, CaseIterable {
+        /// −(2^(b−1) − 1) … 2^(b−1) − 1 with scale absmax / (2^(b−1) − 1): the grid is symmetric
+        /// about 0 and the code −2^(b−1) is never used (4 bits: 15 of the 16 levels).
+        case restricted
+        /// −2^(b−1) … 2^(b−1) − 1, all 2^b levels, as llama.cpp's Q4_0: the value of largest
+        /// magnitude in the group, sign kept, maps to −2^(b−1) exactly (scale = extreme / −2^(b−1),
+        /// negative when the extreme is positive), so the longer half of the grid points at it.
+        case full
+    }
 
     public static let bitsRange = 2...8
     /// The group sizes a recipe may ask for besides `channel`.
     public static let allowedGroupSizes = [32, 64, 128]
 
-    public init(bits: Int, symmetric: Bool = true, groupSize: Int? = nil) {
+    public init(bits: Int, symmetric: Bool = true, groupSize: Int? = nil, range: SymmetricRange = .restricted) {
         self.bits = bits
         self.symmetric = symmetric
         self.groupSize = groupSize
+        self.range = range
     }
 
     /// The group size for a matrix with `columns` input features (per channel = all columns).
@@ -26,9 +40,9 @@ public struct WeightScheme: Sendable, Equatable, CustomStringConvertible {
         groupSize ?? columns
     }
 
-    /// `int8 sym channel`, `int4 asym g128`.
+    /// `int8 sym channel`, `int4 asym g128`, `int4 sym full g32`.
     public var description: String {
-        "int\(bits) \(symmetric ? "sym" : "asym") \(groupSize.map { "g\($0)" } ?? "channel")"
+        "int\(bits) \(symmetric ? "sym" : "asym")\(range == .full ? " full" : "") \(groupSize.map { "g\($0)" } ?? "channel")"
     }
 }
 
@@ -195,7 +209,7 @@ public struct Recipe: Sendable, Equatable {
     static let calibrationKeys = ["data", "samples", "seq_len", "seed"]
     static let schemeKeys = ["method", "weight", "activation", "parameters"]
     static let ruleKeys = ["targets", "method", "weight", "activation", "parameters"]
-    static let weightKeys = ["bits", "symmetric", "group_size"]
+    static let weightKeys = ["bits", "symmetric", "group_size", "range"]
     static let activationKeys = ["bits", "granularity"]
     static let verifyKeys = ["samples", "max_kl", "min_top1", "max_ppl_increase", "min_cosine"]
 
@@ -360,7 +374,18 @@ private struct Parser {
                 throw f.error("must be channel or one of \(sizes) (got \(f.got))")
             }
         }
-        return WeightScheme(bits: bits, symmetric: symmetric, groupSize: groupSize)
+        // A rule that turns the scheme's weights asymmetric drops an inherited `range: full`
+        // (it describes symmetric codes); saying `range: full` with asymmetric weights is an error.
+        var range = symmetric ? base?.range ?? .restricted : .restricted
+        if let f = map["range"] {
+            let word = try f.word(oneOf: WeightScheme.SymmetricRange.allCases.map(\.rawValue))
+            range = WeightScheme.SymmetricRange(rawValue: word)!
+            if range == .full && !symmetric {
+                throw f.error("full applies to symmetric weights only (this weight block has symmetric: false; "
+                              + "asymmetric weights already use all 2^bits codes)")
+            }
+        }
+        return WeightScheme(bits: bits, symmetric: symmetric, groupSize: groupSize, range: range)
     }
 
     /// `none` or `{bits, granularity}`; in a rule, missing fields come from the scheme's activation.

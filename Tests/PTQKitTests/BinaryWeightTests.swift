@@ -260,27 +260,36 @@ struct BinaryWeightTests {
         }
     }
 
-    /// The C kernel alone: fast path and scalar twin agree on random bits, with and without a mask.
-    @Test func fastKernelEqualsReference() {
-        var rng = SeededGenerator(seed: 99)
-        let rows = 37, words = 5
+    /// The C kernel alone: the AVX-512 path (8 rows per pass), the AVX2 path and the scalar twin
+    /// sum in the same order, so they agree bit for bit on random bits, with and without a mask,
+    /// for row counts on and off the 8-row blocks (and, with the pool, ranges starting inside one).
+    @Test(arguments: [37, 8, 3])
+    func fastKernelEqualsReference(rows: Int) {
+        var rng = SeededGenerator(seed: 99 + UInt64(rows))
+        let words = 5
         let signs = (0..<(rows * words)).map { _ in rng.next() }
         let mask = (0..<(rows * words)).map { _ in rng.next() & rng.next() }
         let x = (0..<(64 * words)).map { _ in rng.float(in: -1...1) }
         let a = (0..<rows).map { _ in rng.float(in: 0...1) }, b = (0..<rows).map { _ in rng.float(in: -1...1) }
         for useMask in [false, true] {
-            var fast = [Float](repeating: 0, count: rows), ref = fast, restFast = fast, restRef = fast
+            var ref = [Float](repeating: 0, count: rows), restRef = ref
             mask.withUnsafeBufferPointer { m in
-                let mp = useMask ? m.baseAddress : nil
-                BinaryKernels.gemv(signs: signs, mask: mp, wordsPerRow: words, rows: rows, x: x, xSum: 0.5, a: a, b: b,
-                                   y: &fast, rest: &restFast)
-                BinaryKernels.gemv(signs: signs, mask: mp, wordsPerRow: words, rows: rows, x: x, xSum: 0.5, a: a, b: b,
-                                   y: &ref, rest: &restRef, reference: true)
+                BinaryKernels.gemv(signs: signs, mask: useMask ? m.baseAddress : nil, wordsPerRow: words, rows: rows, x: x,
+                                   xSum: 0.5, a: a, b: b, y: &ref, rest: &restRef, reference: true)
             }
-            for o in 0..<rows {
-                #expect(abs(fast[o] - ref[o]) <= 1e-4, "mask \(useMask) row \(o)")
-                #expect(abs(restFast[o] - restRef[o]) <= 1e-4)
+            for vnni in [true, false] {
+                TokenKernels.setVNNIEnabled(vnni)
+                var fast = [Float](repeating: 0, count: rows), restFast = fast
+                mask.withUnsafeBufferPointer { m in
+                    BinaryKernels.gemv(signs: signs, mask: useMask ? m.baseAddress : nil, wordsPerRow: words, rows: rows,
+                                       x: x, xSum: 0.5, a: a, b: b, y: &fast, rest: &restFast)
+                }
+                for o in 0..<rows {
+                    #expect(fast[o].bitPattern == ref[o].bitPattern, "mask \(useMask) vnni \(vnni) row \(o): \(fast[o]) vs \(ref[o])")
+                    if useMask { #expect(restFast[o].bitPattern == restRef[o].bitPattern) }
+                }
             }
+            TokenKernels.setVNNIEnabled(true)
             // Row 0 by hand.
             var acc: Float = 0, n: Float = 0
             for k in 0..<(64 * words) {

@@ -282,6 +282,68 @@ struct LLMFP4Tests {
         #expect(LLMFP4Quantizer.outlierRows(x, rows: n, columns: columns, count: 40) == x)
     }
 
+    /// `objective: token_relative` (beyond the paper) weights each token's output error by the
+    /// inverse mean square of its reference output: on a reservoir where a few tokens are 40× the
+    /// rest, each objective's search wins on its own measure, and the weights are normalised.
+    @Test func tokenRelativeObjective() throws {
+        var rng = SeededGenerator(seed: 8)
+        let cols = 48, rows = 40, n = 256
+        let w = (0..<rows * cols).map { _ in rng.float(in: -1...1) * 0.2 }
+        let layer = LinearLayer(name: "layers/0/mlp/gate_proj", weight: Tensor(shape: [rows, cols], data: w), bias: nil,
+                                inputPoint: "layers.0.mlp.input", role: .mlpInputProjection)
+        let stats = PointStatistics(channels: cols, kinds: [.channelRange, .reservoir], reservoirCapacity: n)
+        let x = (0..<n * cols).map { i in (i / cols % 37 == 3 ? 40 : 1) * rng.float(in: -1...1) * rng.float(in: 0...1) }
+        x.withUnsafeBufferPointer { stats.add($0, rows: n) }
+        let reference = LLMFP4Quantizer.product(x, rows: n, weight: w, out: rows, columns: cols)
+        let weights = LLMFP4Quantizer.tokenWeights(reference: reference, tokens: n, out: rows)
+        #expect(abs(weights.reduce(0, +) / Double(n) - 1) < 1e-9)
+        #expect(weights[3] < 0.01 * weights[0])
+        func errors(_ q: QuantizedLinear) -> (plain: Double, relative: Double) {
+            var y = [Float](repeating: 0, count: n * rows)
+            SimulatedLinear(q).forward(x, rows: n, into: &y)
+            var plain = 0.0, relative = 0.0
+            for t in 0..<n {
+                var e = 0.0
+                for o in 0..<rows { let d = Double(y[t * rows + o] - reference[t * rows + o]); e += d * d }
+                plain += e
+                relative += weights[t] * e
+            }
+            return (plain, relative)
+        }
+        let weight = "{bits: 4, group_size: channel}", act = "{bits: 4, granularity: per_tensor}"
+        func run(_ parameters: String) throws -> QuantizedLinear {
+            try LLMFP4Quantizer(plan: Self.plan(weight: weight, activation: act, parameters: parameters))
+                .quantize(layer, statistics: stats)
+        }
+        let mse = try run("{setting: fast, intervals: 20, tokens: 256}")
+        let rel = try run("{setting: fast, intervals: 20, tokens: 256, objective: token_relative}")
+        #expect(rel.details["objective"] == "token_relative" && mse.details["objective"] == nil)
+        let a = errors(mse), b = errors(rel)
+        #expect(b.relative < a.relative, "relative error: token_relative \(b.relative) vs output_mse \(a.relative)")
+        #expect(a.plain <= b.plain, "plain error: output_mse \(a.plain) vs token_relative \(b.plain)")
+        do {
+            _ = try run("{objective: block}")
+            Issue.record("accepted objective: block")
+        } catch {
+            #expect("\(error)".contains("objective"))
+        }
+    }
+
+    /// The rounds stop at a fixed point: a weight-only search repeats nothing after round 1.
+    @Test func roundsStopAtFixedPoint() throws {
+        var rng = SeededGenerator(seed: 9)
+        let cols = 32, rows = 16
+        let w = (0..<rows * cols).map { _ in rng.float(in: -1...1) * 0.2 }
+        let layer = LinearLayer(name: "layers/0/mlp/gate_proj", weight: Tensor(shape: [rows, cols], data: w), bias: nil,
+                                inputPoint: "layers.0.mlp.input", role: .mlpInputProjection)
+        let stats = Self.statistics(channels: cols, rows: 256, seed: 10)
+        let q = try LLMFP4Quantizer(plan: Self.plan(weight: "{bits: 4, group_size: channel}", activation: nil,
+                                                    parameters: "{setting: faithful, intervals: 10}"))
+            .quantize(layer, statistics: stats)
+        #expect(q.details["rounds_run"] == "1 of 3")
+        #expect(q.details["weight_mse_per_round"]?.split(separator: ",").count == 1)
+    }
+
     @Test func recipeErrorsNameTheField() throws {
         #expect(throws: PTQError.self) {
             _ = try LLMFP4Quantizer(plan: Self.plan(weight: "{bits: 8}", activation: nil, parameters: "{weight_format: e2m1}"))
@@ -314,7 +376,7 @@ struct LLMFP4Tests {
 
     /// GEMV (AVX2 and scalar) and tile decoding against the reference dequantizer on random and
     /// edge-case shapes: odd widths, shorter-than-vector rows, partial last groups.
-    @Test(arguments: [(7, 1, 1), (5, 33, 32), (9, 64, 32), (4, 100, 64), (16, 130, 128), (3, 576, 576), (2, 17, 17)])
+    @Test(arguments: [(7, 1, 1), (5, 33, 32), (9, 64, 32), (4, 100, 64), (16, 130, 128), (3, 576, 576), (2, 17, 17), (5, 1536, 64)])
     func gemvMatchesReference(shape: (Int, Int, Int)) {
         let (rows, cols, gs) = shape
         for format in [Self.e2m1, Self.e3m0, Self.e1m2, Self.e4m3, FloatingPointFormat(exponentBits: 3, mantissaBits: 2)] {
@@ -325,20 +387,26 @@ struct LLMFP4Tests {
             let dense = w.dequantizedReference()
             var rng = SeededGenerator(seed: 2)
             let x = (0..<cols).map { _ in rng.float(in: -2...2) }
-            var fast = [Float](repeating: 0, count: rows), ref = fast
-            MiniFloat.gemv(codes: codes, nibbles: nibbles, rows: rows, columns: cols, groupSize: w.groupSize, table: table,
-                           scales: w.scales, x: x, y: &fast)
+            var ref = [Float](repeating: 0, count: rows)
             MiniFloat.gemvReference(codes: codes, nibbles: nibbles, rows: rows, columns: cols, groupSize: w.groupSize,
                                     table: table, scales: w.scales, x: x, y: &ref)
-            for o in 0..<rows {
-                var expected = 0.0, magnitude = 0.0
-                for j in 0..<cols {
-                    expected += Double(dense[o * cols + j]) * Double(x[j])
-                    magnitude += abs(Double(dense[o * cols + j]) * Double(x[j]))
+            // The AVX-512 nibble path (groups of 32k columns) follows the VNNI switch; off: AVX2.
+            for vnni in [true, false] {
+                TokenKernels.setVNNIEnabled(vnni)
+                var fast = [Float](repeating: 0, count: rows)
+                MiniFloat.gemv(codes: codes, nibbles: nibbles, rows: rows, columns: cols, groupSize: w.groupSize, table: table,
+                               scales: w.scales, x: x, y: &fast)
+                for o in 0..<rows {
+                    var expected = 0.0, magnitude = 0.0
+                    for j in 0..<cols {
+                        expected += Double(dense[o * cols + j]) * Double(x[j])
+                        magnitude += abs(Double(dense[o * cols + j]) * Double(x[j]))
+                    }
+                    #expect(abs(Double(fast[o]) - expected) <= 1e-5 * magnitude + 1e-12, "\(format) \(shape) row \(o) vnni \(vnni)")
+                    #expect(abs(Double(ref[o]) - expected) <= 1e-5 * magnitude + 1e-12, "\(format) \(shape) row \(o)")
                 }
-                #expect(abs(Double(fast[o]) - expected) <= 1e-5 * magnitude + 1e-12, "\(format) \(shape) row \(o)")
-                #expect(abs(Double(ref[o]) - expected) <= 1e-5 * magnitude + 1e-12, "\(format) \(shape) row \(o)")
             }
+            TokenKernels.setVNNIEnabled(true)
             var tile = [Float](repeating: 0, count: rows * cols), tileRef = tile
             MiniFloat.decodeRows(codes: codes, nibbles: nibbles, rowRange: 0..<rows, columns: cols, groupSize: w.groupSize,
                                  table: table, scales: w.scales, into: &tile)

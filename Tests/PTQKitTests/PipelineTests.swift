@@ -119,6 +119,9 @@ struct PipelineTests {
         ("w3a16", "scheme: {method: rtn, weight: {bits: 3, symmetric: false}}"),
         ("w4a8-g32", "scheme: {method: rtn, weight: {bits: 4, group_size: 32}, activation: {bits: 8, granularity: per_token}}"),
         ("w8a8-asym-token", "scheme: {method: rtn, weight: {bits: 8, symmetric: false}, activation: {bits: 8}}"),
+        ("w4a8-g32-full", "scheme: {method: rtn, weight: {bits: 4, group_size: 32, range: full}, activation: {bits: 8}}"),
+        ("w8a8-full", "scheme: {method: rtn, weight: {bits: 8, range: full}, activation: {bits: 8}}"),
+        ("w4a16-g32-full", "scheme: {method: rtn, weight: {bits: 4, group_size: 32, range: full}}"),
         ("gptq-w4a16-g32", "scheme: {method: gptq, weight: {bits: 4, symmetric: false, group_size: 32}}"),
         ("outliertune-gptq-asym", """
         scheme:
@@ -155,6 +158,9 @@ struct PipelineTests {
         "w3a16": 0.75,                       // measured 0.3735 (cosine 0.93190)
         "w4a8-g32": 0.39,                    // measured 0.1561 (cosine 0.98786)
         "w8a8-asym-token": 0.045,            // measured 0.0173 (cosine 0.99985)
+        "w4a8-g32-full": 0.36,               // measured 0.1451 (restricted grid: 0.1561)
+        "w8a8-full": 0.04,                   // measured 0.0160
+        "w4a16-g32-full": 0.36,              // measured 0.1439 (asymmetric: 0.1680)
         "gptq-w4a16-g32": 0.48,              // measured 0.1918 (cosine 0.98156)
         "outliertune-gptq-asym": 0.24,       // measured 0.0961 (cosine 0.99540)
         "outliertune-w6a6-smoothed": 0.32,   // measured 0.1276 (cosine 0.99188)
@@ -173,6 +179,12 @@ struct PipelineTests {
         try PackedFile.write(outcome.packed, to: path)
         let runtime = try #require(try PTQ.loadAnyModel(path: path) as? LlamaModel)
         let stored = try PackedFile.read(path: path)
+        if scheme.hasSuffix("-full") {
+            // The full grid's codes (u = 0 included) and negative scales survive the packed file.
+            #expect(stored.quantizedLinears == outcome.packed.quantizedLinears)
+            let codes = outcome.packed.quantizedLinears.values.compactMap { $0.weight.integer }
+            #expect(codes.contains { $0.codes.contains(0) } && codes.contains { $0.scales.contains { $0 < 0 } })
+        }
         let simulated = try LlamaModel(weights: SimulatedWeights(packed: stored))
         let tokens = [3, 77, 201, 5, 19, 250, 42, 8, 100]
         for rows in [tokens, [tokens[0]]] {

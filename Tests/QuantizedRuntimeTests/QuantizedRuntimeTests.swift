@@ -435,7 +435,8 @@ struct IntegerLinearTests {
         let w8 = try IntegerLinear(makeLayer(out: 64, in: 128, bits: 8, symmetric: false, bias: true, seed: 1))
         #expect(w8.storageBytes == 64 * 128 + 64 * 4 * 3)
         let a8 = try IntegerLinear(makeLayer(out: 64, in: 128, bits: 8, symmetric: true, activation: act(8, false), seed: 1))
-        #expect(a8.storageBytes == 64 * 128 + 64 * 4)
+        // Codes, one scale and one int32 code sum (the VNNI decode GEMV's +128 term) per row.
+        #expect(a8.storageBytes == 64 * 128 + 64 * 4 + 64 * 4)
         #expect(a8.kernelDescription == "int8 GEMM W8A8 per-channel per-token")
         #expect(w4.kernelDescription == "u4 GEMV/tile-sgemm W4A16 g32")
     }

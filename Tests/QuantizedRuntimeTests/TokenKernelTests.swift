@@ -189,54 +189,56 @@ struct TokenKernelTests {
         return want
     }
 
-    /// Runs the reference, VNNI and AVX2 paths of `q4Gemv` and the tile product, against `want`.
+    /// Runs the reference, VNNI and AVX2 paths of `q4Gemv` (interleaved codes and scales), against `want`.
     static func checkQ4(codes: [UInt8], rows: Int, columns: Int, group: Int, offset: Int, scales: [Float]?,
                         a: [Int8], m: Int, want: [Float], label: String) {
         let groups = columns / group
-        var permuted = [Int8](repeating: 0, count: a.count)
         var sums = [Int32](repeating: 0, count: m * groups)
-        TokenKernels.q4Prepare(a, rows: m, columns: columns, groupSize: group, permuted: &permuted, groupSums: &sums)
+        TokenKernels.q4GroupSums(a, rows: m, columns: columns, groupSize: group, into: &sums)
         #expect(sums[0] == a[0..<group].reduce(0) { $0 + Int32($1) }, "\(label): group sum")
-        let nibbles = LowBit.packNibbles(codes, rows: rows, columns: columns)
+        let packed = TokenKernels.q4Pack(codes, rows: rows, columns: columns)
+        #expect(packed.count == (rows + 7) / 8 * 8 * columns / 2, "\(label): packed size")
+        let interleaved = scales.map { TokenKernels.q4Scales($0, rows: rows, groups: groups) }
         func run(_ body: (UnsafePointer<Float>?, inout [Float]) -> Void) -> [Float] {
             var y = [Float](repeating: .nan, count: m * rows)
-            if let scales { scales.withUnsafeBufferPointer { body($0.baseAddress!, &y) } } else { body(nil, &y) }
+            if let interleaved { interleaved.withUnsafeBufferPointer { body($0.baseAddress!, &y) } } else { body(nil, &y) }
             return y
         }
         let ref = run { s, y in
-            TokenKernels.q4GemvReference(codes: nibbles, rows: rows, columns: columns, groupSize: group, offset: offset,
-                                         scales: s, permutedActivations: permuted, groupSums: sums, m: m, y: &y, ldy: rows)
+            TokenKernels.q4GemvReference(codes: packed, rows: rows, columns: columns, groupSize: group, offset: offset,
+                                         scales: s, activations: a, groupSums: sums, m: m, y: &y, ldy: rows)
         }
         #expect(ref == want, "\(label): reference")
         for vnni in [true, false] {
             TokenKernels.setVNNIEnabled(vnni)
             let fast = run { s, y in
-                TokenKernels.q4Gemv(codes: nibbles, rows: rows, columns: columns, groupSize: group, offset: offset,
-                                    scales: s, permutedActivations: permuted, groupSums: sums, m: m, y: &y, ldy: rows)
+                TokenKernels.q4Gemv(codes: packed, rows: rows, columns: columns, groupSize: group, offset: offset,
+                                    scales: s, activations: a, groupSums: sums, m: m, y: &y, ldy: rows)
             }
             #expect(fast == want, "\(label) vnni \(vnni)")
-            // Prefill: tiles unpacked once, every activation row against them.
-            let product = run { s, y in
-                TokenKernels.q4Product(codes: nibbles, rows: rows, columns: columns, groupSize: group, offset: offset,
-                                       scales: s, activations: a, m: m, y: &y)
+            // A row range that starts and ends inside 8-row blocks writes exactly its rows.
+            if rows > 2 {
+                let part = run { s, y in
+                    TokenKernels.q4Gemv(range: 1..<(rows - 1), codes: packed, columns: columns, groupSize: group, offset: offset,
+                                        scales: s, activations: a, groupSums: sums, m: m, y: &y, ldy: rows)
+                }
+                for i in 0..<m {
+                    #expect(part[i * rows].isNaN && part[i * rows + rows - 1].isNaN, "\(label) vnni \(vnni): rows outside")
+                    #expect(Array(part[(i * rows + 1)..<(i * rows + rows - 1)]) == Array(want[(i * rows + 1)..<(i * rows + rows - 1)]),
+                            "\(label) vnni \(vnni): row range")
+                }
             }
-            #expect(product == want, "\(label) tile product vnni \(vnni)")
         }
-        let unpacked = run { s, y in
-            TokenKernels.q4ProductReference(unpacked: codes, rows: rows, columns: columns, groupSize: group, offset: offset,
-                                            scales: s, activations: a, m: m, y: &y)
-        }
-        #expect(unpacked == want, "\(label): tile product reference")
         TokenKernels.setVNNIEnabled(true)
     }
 
-    @Test("nibble int8 GEMV and tile product equal the int8 GEMM reference bit for bit",
+    @Test("nibble int8 GEMV (decode and prefill rows) equals the int8 GEMM reference bit for bit",
           arguments: [32, 96, 576, 1536], [32, 64, 0])
     func q4Gemv(columns: Int, groupArgument: Int) {
         let group = groupArgument == 0 ? columns : groupArgument
         guard columns % group == 0 else { return }
         var rng = SplitMix(seed: UInt64(columns * 7 + group))
-        for (rows, m, bits) in [(1, 1, 4), (5, 1, 4), (7, 3, 2), (64, 2, 4), (193, 1, 3), (33, 13, 4)] {
+        for (rows, m, bits) in [(1, 1, 4), (5, 1, 4), (7, 3, 2), (64, 2, 4), (193, 1, 3), (33, 13, 4), (16, 9, 4)] {
             let offset = 1 << (bits - 1)
             let codes = rng.bytes(rows * columns, below: 1 << bits)
             let signed = codes.map { Int8(Int($0) - offset) }
@@ -381,10 +383,10 @@ struct TokenKernelTests {
         return a.withUnsafeBufferPointer { body($0.baseAddress) }
     }
 
-    @Test("int8 GEMM: the VNNI and AVX2 paths both equal the reference", arguments: [1, 31, 64, 577])
+    @Test("int8 GEMM: the VNNI and AVX2 paths both equal the reference", arguments: [1, 31, 64, 577, 576])
     func gemmI8Paths(k: Int) {
         var rng = SplitMix(seed: UInt64(k))
-        let m = 3, n = 7
+        let m = 7, n = 7
         var a = rng.int8s(m * k, in: -127...127)
         var b = rng.int8s(n * k, in: -128...127)
         for t in 0..<k { a[t] = -127; b[t] = -128 }  // row 0 × row 0 at the bound
@@ -392,10 +394,68 @@ struct TokenKernelTests {
         var ref = [Int32](repeating: 0, count: m * n)
         LowBit.gemmI8Reference(a: a, m: m, b: b, n: n, k: k, c: &ref, ldc: n)
         #expect(ref[0] == Int32(127 * 128 * k) && ref[1] == 0)
+        let sums = LowBit.rowSumsI8(b, n: n, k: k)
         for vnni in [true, false] {
             TokenKernels.setVNNIEnabled(vnni)
             var fast = [Int32](repeating: -1, count: m * n)
             LowBit.gemmI8(a: a, m: m, b: b, n: n, k: k, c: &fast, ldc: n)
+            #expect(fast == ref, "vnni \(vnni)")
+            // Biased activations (a + 128) against the load-time row sums: the same exact sums.
+            var biased = [Int32](repeating: -1, count: m * n)
+            sums.withUnsafeBufferPointer { LowBit.gemmI8(a: a, m: m, b: b, n: n, k: k, rowSums: $0.baseAddress, c: &biased, ldc: n) }
+            #expect(biased == ref, "vnni \(vnni) with row sums")
+        }
+        TokenKernels.setVNNIEnabled(true)
+    }
+
+    @Test("int8 decode GEMV: the VNNI (+128) and AVX2 paths equal the reference",
+          arguments: [1, 31, 32, 64, 577, 1536], [1, 7, 8, 17, 64])
+    func gemvI8Paths(k: Int, n: Int) {
+        var rng = SplitMix(seed: UInt64(k * 131 + n))
+        for m in [1, 3] {
+            var a = rng.int8s(m * k, in: -127...127)
+            var b = rng.int8s(n * k, in: -128...127)
+            for t in 0..<k { a[t] = -127; b[t] = -128 }           // row 0 × row 0 at the bound
+            if n > 1 { for t in 0..<k { b[k + t] = 0 } }            // an all-zero weight row
+            if n > 2 { for t in 0..<k { b[2 * k + t] = 127 } }      // all at the positive bound
+            if m > 1 { for t in 0..<k { a[k + t] = 0 } }            // an all-zero activation row
+            var ref = [Int32](repeating: 0, count: m * n)
+            LowBit.gemvI8Reference(a: a, m: m, b: b, n: n, k: k, c: &ref, ldc: n)
+            #expect(ref[0] == Int32(127 * 128 * k))
+            if n > 1 { #expect(ref[1] == 0) }
+            var gemm = [Int32](repeating: 0, count: m * n)
+            LowBit.gemmI8Reference(a: a, m: m, b: b, n: n, k: k, c: &gemm, ldc: n)
+            #expect(gemm == ref)
+            let sums = LowBit.rowSumsI8(b, n: n, k: k)
+            #expect(sums[0] == Int32(-128 * k))
+            for vnni in [true, false] {
+                TokenKernels.setVNNIEnabled(vnni)
+                for withSums in [true, false] {
+                    var fast = [Int32](repeating: -1, count: m * n)
+                    sums.withUnsafeBufferPointer { s in
+                        LowBit.gemvI8(a: a, m: m, b: b, n: n, k: k, rowSums: withSums ? s.baseAddress : nil, c: &fast, ldc: n)
+                    }
+                    #expect(fast == ref, "k \(k) n \(n) m \(m) vnni \(vnni) row sums \(withSums)")
+                }
+            }
+            TokenKernels.setVNNIEnabled(true)
+        }
+    }
+
+    @Test("int8 decode GEMV at the int32 limit: k = 131072, every product −127·−128 (the +128 sums wrap)")
+    func gemvI8Wraparound() {
+        let k = 131_072, n = 9
+        let a = [Int8](repeating: -127, count: k)
+        var b = [Int8](repeating: -128, count: n * k)
+        for t in 0..<k { b[k + t] = 127 }
+        var ref = [Int32](repeating: 0, count: n)
+        LowBit.gemvI8Reference(a: a, m: 1, b: b, n: n, k: k, c: &ref, ldc: n)
+        #expect(ref[0] == Int32(127 * 128 * k) && ref[1] == Int32(-127 * 127 * k))
+        let sums = LowBit.rowSumsI8(b, n: n, k: k)
+        for vnni in [true, false] {
+            TokenKernels.setVNNIEnabled(vnni)
+            var fast = [Int32](repeating: 0, count: n)
+            sums.withUnsafeBufferPointer { LowBit.gemvI8(a: a, m: 1, b: b, n: n, k: k, rowSums: $0.baseAddress, c: &fast, ldc: n) }
             #expect(fast == ref, "vnni \(vnni)")
         }
         TokenKernels.setVNNIEnabled(true)

@@ -412,7 +412,7 @@ func message(_ body: () throws -> Void) -> String {
         #expect(message { _ = try parse("name: t\nmodel: llama\nscheme:\n  method: rtn\n  weights: {bits: 8}\n") }
             == "t.yaml:5: scheme.weights: unknown key (expected one of: method, weight, activation, parameters)")
         #expect(message { _ = try parse("name: t\nmodel: llama\nscheme:\n  method: rtn\n  weight: {bits: 8, sym: true}\n") }
-            == "t.yaml:5: scheme.weight.sym: unknown key (expected one of: bits, symmetric, group_size)")
+            == "t.yaml:5: scheme.weight.sym: unknown key (expected one of: bits, symmetric, group_size, range)")
         #expect(message { _ = try parse(header + "  activation: {bits: 8, dynamic: true}\n") }
             == "t.yaml:6: scheme.activation.dynamic: unknown key (expected one of: bits, granularity)")
         #expect(message { _ = try parse(header + """

@@ -63,46 +63,60 @@ void ck_fp4_expand_i8(const uint8_t *codes, size_t row_begin, size_t row_count, 
 // ---------------------------------------------------------------------------------------------
 // Nibble-packed integer weights with int8 activations (W4A8 and narrower, q4_i8.c).
 //
-// codes: unsigned codes u in [0, 15], two per byte (element 2i low nibble, 2i+1 high nibble), row
-// stride cols/2; the weight's integer value is u − mid (mid = 2^(bits−1): signed codes as in the
-// int8-per-weight path, asymmetric zero points handled by the caller as there). wscale: [rows, G]
-// group scales, G = cols / group_size, or NULL for "every scale 1" (one group per row: the result
-// is then the exact int32 sum as a float, for the per-channel epilogue). Activations: int8 codes
-// in [-127, 127], block-permuted (ck_fp4_permute_i8), and group_sums[i*G + g] = Σ_{j∈g} a[i, j]
-// (natural order, from ck_q4_prepare_i8). Requires cols % 32 == 0, group_size % 32 == 0 and
+// codes: unsigned codes u in [0, 15] in the "q4x8" layout of ck_q4x8_pack (weight rows in
+// blocks of 8, padded; per block 32-byte units of 8 columns × 8 rows, lane r = row r's columns
+// 8w…8w+3 in the low nibbles and 8w+4…8w+7 in the high ones), ck_q4x8_bytes(rows, cols) bytes.
+// The weight's integer value is u − mid (mid = 2^(bits−1): signed codes as in the int8-per-weight
+// path, asymmetric zero points handled by the caller as there). wscale: group scales interleaved
+// by ck_q4x8_scales ([block][group][8]), G = cols / group_size, or NULL for "every scale 1" (one
+// group per row: the result is then the exact int32 sum as a float, for the per-channel epilogue).
+// Activations: int8 codes in [-127, 127], natural column order, and group_sums[i*G + g] =
+// Σ_{j∈g} a[i, j] (ck_group_sums_i8). Requires cols % 32 == 0, group_size % 32 == 0 and
 // cols % group_size == 0.
 //
-// y[i*ldy + o] = Σ_g wscale[o*G + g] · (float)(Σ_{j∈g} (u[o, j] − mid) · a[i, j]), the groups summed
+// y[i*ldy + o] = Σ_g wscale(o, g) · (float)(Σ_{j∈g} (u[o, j] − mid) · a[i, j]), the groups summed
 // in order with a separate multiply and add: bit for bit ck_gemm_i8_grouped on the expanded codes.
 
-/// Block-permutes `rows` activation rows into a_perm and writes their group sums.
-void ck_q4_prepare_i8(const int8_t *a, size_t rows, size_t cols, size_t group_size, int8_t *a_perm,
-                      int32_t *group_sums);
+/// Bytes of the q4x8 layout of a rows × cols matrix (rows rounded up to 8).
+size_t ck_q4x8_bytes(size_t rows, size_t cols);
+/// Packs one-byte codes u [rows, cols] (each < 16) into the q4x8 layout (padding rows zero).
+void ck_q4x8_pack(const uint8_t *u, size_t rows, size_t cols, uint8_t *out);
+/// Interleaves group scales s [rows, groups] into [block][group][8] ((rows + 7) / 8 · 8 · groups
+/// floats, padding zero).
+void ck_q4x8_scales(const float *s, size_t rows, size_t groups, float *out);
+/// group_sums[i*G + g] = Σ_{j∈g} a[i, j] (natural order), G = cols / group_size.
+void ck_group_sums_i8(const int8_t *a, size_t rows, size_t cols, size_t group_size, int32_t *group_sums);
 
-/// For o in [row_begin, row_begin + row_count) and each activation row i < m (VNNI `vpdpbusd`,
-/// else AVX2 maddubs, 4 weight rows per step, one horizontal sum per group).
+/// For o in [row_begin, row_begin + row_count) and each activation row i < m: decode (m = 1) and
+/// prefill (m = prompt rows) alike. 8 weight rows per step with one int32 accumulator lane per
+/// row (VNNI `vpdpbusd`, else AVX2 maddubs), up to 4 activation rows per pass over the block.
 void ck_q4_gemv_i8(const uint8_t *codes, size_t row_begin, size_t row_count, size_t cols, size_t group_size,
-                   int mid, const float *wscale, const int8_t *a_perm, const int32_t *group_sums, size_t m,
+                   int mid, const float *wscale, const int8_t *a, const int32_t *group_sums, size_t m,
                    float *y, size_t ldy);
 /// Scalar twin of ck_q4_gemv_i8 (ignores group_sums: it sums (u − mid)·a directly).
 void ck_q4_gemv_i8_ref(const uint8_t *codes, size_t row_begin, size_t row_count, size_t cols, size_t group_size,
-                       int mid, const float *wscale, const int8_t *a_perm, const int32_t *group_sums, size_t m,
+                       int mid, const float *wscale, const int8_t *a, const int32_t *group_sums, size_t m,
                        float *y, size_t ldy);
 
-/// Prefill: unpacks nibble rows [row_begin, row_begin + row_count) to one unsigned byte per code
-/// (natural column order), out[(r - row_begin)*cols + j] = u[r, j].
-void ck_q4_unpack_u8(const uint8_t *codes, size_t row_begin, size_t row_count, size_t cols, uint8_t *out);
-/// group_sums[i*G + g] = Σ_{j∈g} a[i, j] (natural order), G = cols / group_size.
-void ck_group_sums_i8(const int8_t *a, size_t rows, size_t cols, size_t group_size, int32_t *group_sums);
-/// Prefill GEMM on an unpacked tile: a [m, k] int8 activation codes (natural order, ±127), u [n, k]
-/// unsigned codes (0…15), wscale [n, G] (or NULL: every scale 1), group_sums [m, G] from
-/// ck_group_sums_i8; c[i*ldc + j] = Σ_g wscale[j*G + g] · (float)(Σ_{t∈g} (u[j, t] − mid)·a[i, t]),
-/// computed as Σ u·a − mid·Σ a (u is the unsigned operand as it is: no abs/sign step), 4×2 tiles.
-/// Same requirements and the same output bits as ck_q4_gemv_i8.
-void ck_gemm_u4i8(const int8_t *a, size_t m, const uint8_t *u, size_t n, size_t k, size_t group_size, int mid,
-                  const int32_t *group_sums, const float *wscale, float *c, size_t ldc);
-void ck_gemm_u4i8_ref(const int8_t *a, size_t m, const uint8_t *u, size_t n, size_t k, size_t group_size, int mid,
-                      const int32_t *group_sums, const float *wscale, float *c, size_t ldc);
+// ---------------------------------------------------------------------------------------------
+// int8 × int8 GEMV for decode (gemv_i8.c): a [m, k] activation codes (±127), b [n, k] weight
+// codes (−128…127), c[i*ldc + o] = Σ_t a[i, t]·b[o, t] (exact int32) for o in [row_begin,
+// row_begin + row_count). row_sums[o] = Σ_t b[o, t] (ck_row_sums_i8) lets the VNNI path use a + 128
+// as the unsigned operand; NULL (or k % 32 ≠ 0) takes the AVX2 sign-trick path.
+
+void ck_row_sums_i8(const int8_t *b, size_t n, size_t k, int32_t *sums);
+/// ua[t] = a[t] + 128 as unsigned bytes (the biased activations of ck_gemm_i8_biased).
+void ck_bias_i8(const int8_t *a, size_t count, uint8_t *out);
+/// Prefill int8 GEMM, c[i*ldc + j] = Σ_t a[i, t]·b[j, t] (exact int32) from biased activations
+/// ua = a + 128 [m, k] and row sums of b: one vpdpbusd per tile pair and 32 columns, no sign
+/// step. Returns 0 without computing anything when it does not apply (no VNNI, k % 32 ≠ 0):
+/// the caller then runs ck_gemm_i8.
+int ck_gemm_i8_biased(const uint8_t *ua, size_t m, const int8_t *b, size_t n, size_t k, const int32_t *row_sums,
+                      int32_t *c, size_t ldc);
+void ck_gemv_i8(const int8_t *a, size_t m, const int8_t *b, size_t row_begin, size_t row_count, size_t k,
+                const int32_t *row_sums, int32_t *c, size_t ldc);
+void ck_gemv_i8_ref(const int8_t *a, size_t m, const int8_t *b, size_t row_begin, size_t row_count, size_t k,
+                    const int32_t *row_sums, int32_t *c, size_t ldc);
 
 // ---------------------------------------------------------------------------------------------
 // Per-token elementwise kernels of the decoder (elementwise.c). The AVX2 paths use a vector expf

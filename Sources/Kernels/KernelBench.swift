@@ -1,0 +1,264 @@
+import CKernels
+import Dispatch
+
+/// Times each decode GEMV kernel on a decoder's shapes (`ptq bench --kernels`): one "token" is
+/// every linear of every layer once, each through the same pool-split wrapper the runtime calls,
+/// on random codes in a buffer as large as the model's layers (so the weights stream from memory
+/// as in decode, not from cache). Reported against the read bandwidth measured in the same run.
+public enum KernelBench {
+    /// One kernel's timing over a token's worth of layers (or the LM head).
+    public struct Timing: Encodable, Sendable {
+        /// Kernel and format, e.g. `nibble W4A8 g32 (q4Gemv)`.
+        public let kernel: String
+        /// What one pass covers, e.g. `30 layers × 7 linears` or `head 49152×576`.
+        public let pass: String
+        /// Bytes one pass reads (codes, scales, row sums).
+        public let bytes: Int
+        /// Median, minimum and maximum milliseconds per pass.
+        public let milliseconds: Double, minMilliseconds: Double, maxMilliseconds: Double
+        /// bytes / median time.
+        public let gigabytesPerSecond: Double
+        /// `gigabytesPerSecond` as a fraction of the measured read bandwidth.
+        public let bandwidthFraction: Double
+    }
+
+    /// The whole report.
+    public struct Report: Encodable, Sendable {
+        public let threads: Int
+        public let vnni: Bool
+        public let readBandwidthBytesPerSecond: Double
+        /// Median microseconds of an empty two-task pool job (dispatch + join).
+        public let poolJobMicroseconds: Double
+        public let timings: [Timing]
+    }
+
+    /// Linear shapes `(rows, columns)` of one decoder layer and the layer count (SmolLM2-135M).
+    public static let layerShapes = [(576, 576), (192, 576), (192, 576), (576, 576), (1536, 576), (1536, 576), (576, 1536)]
+    public static let layers = 30
+    public static let headShape = (49152, 576)
+
+    /// Runs every kernel `repeats` times (after one warm-up pass) on the pool's threads.
+    public static func run(repeats: Int = 15) -> Report {
+        let bandwidth = TokenKernels.measureReadBandwidth()
+        var rng: UInt64 = 0x9E37_79B9_7F4A_7C15
+        func next() -> UInt64 {
+            rng &+= 0x9E37_79B9_7F4A_7C15
+            var z = rng
+            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+            return z ^ (z >> 31)
+        }
+        func bytes(_ count: Int, below limit: Int) -> [UInt8] { (0..<count).map { _ in UInt8(next() % UInt64(limit)) } }
+        func floats(_ count: Int) -> [Float] { (0..<count).map { _ in Float(next() % 1000) / 1000 + 0.001 } }
+
+        var timings: [Timing] = []
+        // Kernels with an AVX-512 (VNNI) and an AVX2 path are timed on both where the CPU has VNNI.
+        let vnniAvailable = TokenKernels.usesVNNI
+        let paths: [(vnni: Bool, label: String)] = vnniAvailable ? [(true, " [AVX-512]"), (false, " [AVX2]")] : [(false, "")]
+        func time(_ kernel: String, _ pass: String, bytes: Int, _ body: () -> Void) {
+            body()
+            var ms: [Double] = []
+            for _ in 0..<max(1, repeats) {
+                let t0 = DispatchTime.now().uptimeNanoseconds
+                body()
+                ms.append(Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e6)
+            }
+            ms.sort()
+            let median = ms[ms.count / 2]
+            let gbps = Double(bytes) / (median / 1e3) / 1e9
+            timings.append(Timing(kernel: kernel, pass: pass, bytes: bytes, milliseconds: median,
+                                  minMilliseconds: ms.first!, maxMilliseconds: ms.last!, gigabytesPerSecond: gbps,
+                                  bandwidthFraction: bandwidth > 0 ? gbps * 1e9 / bandwidth : 0))
+        }
+        let shapes = (0..<layers).flatMap { _ in layerShapes }
+        let layerPass = "\(layers) layers × \(layerShapes.count) linears"
+        let maxColumns = 1536, maxRows = 49152
+        let x = floats(maxColumns).map { $0 - 0.5 }
+        let a = bytes(maxColumns, below: 255).map { Int8(Int($0) - 127) }
+        var y = [Float](repeating: 0, count: maxRows)
+        var acc = [Int32](repeating: 0, count: maxRows)
+        var sums = [Int32](repeating: 0, count: maxColumns / 32)
+
+        // Offsets of each matrix in one buffer for all layers.
+        func offsets(_ bytesPerMatrix: (Int, Int) -> Int) -> (offsets: [Int], total: Int) {
+            var o: [Int] = [], t = 0
+            for (n, k) in shapes { o.append(t); t += bytesPerMatrix(n, k) }
+            return (o, t)
+        }
+
+        // FP32: sgemv on the float matrices.
+        do {
+            let (off, total) = offsets { n, k in n * k }
+            let w = floats(total)
+            w.withUnsafeBufferPointer { w in
+                time("f32 sgemv (TokenKernels.sgemv)", layerPass, bytes: total * 4) {
+                    for (i, (n, k)) in shapes.enumerated() {
+                        TokenKernels.sgemv(w.baseAddress! + off[i], rows: n, columns: k, x: x, y: &y)
+                    }
+                }
+            }
+        }
+        // int8 per-channel codes: the prefill GEMM at one row (the decode path before) and the GEMV.
+        do {
+            let (off, total) = offsets { n, k in n * k }
+            let w = bytes(total, below: 255).map { Int8(Int($0) - 127) }
+            var rowSums: [[Int32]] = []
+            for (i, (n, k)) in shapes.enumerated() { rowSums.append(LowBit.rowSumsI8(Array(w[off[i]..<off[i] + n * k]), n: n, k: k)) }
+            let sumBytes = shapes.reduce(0) { $0 + $1.0 * 4 }
+            w.withUnsafeBufferPointer { w in
+                time("int8 GEMM at m = 1 (LowBit.gemmI8)", layerPass, bytes: total) {
+                    for (i, (n, k)) in shapes.enumerated() {
+                        LowBit.gemmI8(a: a, m: 1, b: w.baseAddress! + off[i], n: n, k: k, c: &acc, ldc: n)
+                    }
+                }
+                for path in paths {
+                    TokenKernels.setVNNIEnabled(path.vnni)
+                    time("int8 GEMV, 8 rows per pass (LowBit.gemvI8)\(path.label)", layerPass, bytes: total + sumBytes) {
+                        for (i, (n, k)) in shapes.enumerated() {
+                            rowSums[i].withUnsafeBufferPointer { s in
+                                LowBit.gemvI8(a: a, m: 1, b: w.baseAddress! + off[i], n: n, k: k, rowSums: s.baseAddress,
+                                              c: &acc, ldc: n)
+                            }
+                        }
+                    }
+                }
+                TokenKernels.setVNNIEnabled(vnniAvailable)
+            }
+        }
+        // Nibble W4A8 g32: group sums + q4Gemv, as IntegerLinear runs them.
+        do {
+            let group = 32
+            let (off, total) = offsets { n, k in ck_q4x8_bytes(n, k) }
+            let (soff, stotal) = offsets { n, k in (n + 7) / 8 * 8 * (k / group) }
+            let w = bytes(total, below: 256)
+            let s = floats(stotal)
+            w.withUnsafeBufferPointer { w in
+                s.withUnsafeBufferPointer { s in
+                    for path in paths {
+                        TokenKernels.setVNNIEnabled(path.vnni)
+                        time("nibble W4A8 g32 (q4GroupSums + q4Gemv)\(path.label)", layerPass, bytes: total + stotal * 4) {
+                            for (i, (n, k)) in shapes.enumerated() {
+                                TokenKernels.q4GroupSums(a, rows: 1, columns: k, groupSize: group, into: &sums)
+                                TokenKernels.q4Gemv(codes: w.baseAddress! + off[i], rows: n, columns: k, groupSize: group,
+                                                    offset: 8, scales: s.baseAddress! + soff[i], activations: a,
+                                                    groupSums: sums, m: 1, y: &y, ldy: n)
+                            }
+                        }
+                    }
+                    TokenKernels.setVNNIEnabled(vnniAvailable)
+                }
+            }
+        }
+        // W4A16 g128: u4 codes with float activations.
+        do {
+            let group = 128
+            let (off, total) = offsets { n, k in n * k / 2 }
+            let (soff, stotal) = offsets { n, k in n * (k / group) }
+            let w = bytes(total, below: 256)
+            let s = floats(stotal), z = floats(stotal)
+            w.withUnsafeBufferPointer { w in
+                s.withUnsafeBufferPointer { s in
+                    z.withUnsafeBufferPointer { z in
+                        time("u4 W4A16 g128 (LowBit.gemv)", layerPass, bytes: total + stotal * 8) {
+                            for (i, (n, k)) in shapes.enumerated() {
+                                LowBit.gemv(.u4, codes: w.baseAddress! + off[i], rows: n, columns: k, groupSize: group,
+                                            scales: s.baseAddress! + soff[i], zeros: z.baseAddress! + soff[i], x: x, y: &y)
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        // FP4 (E2M1) codes with float (FP8-rounded) activations through the float table GEMV, g32
+        // (the LLM-FP4 recipes' grouping).
+        do {
+            let group = 32
+            let (off, total) = offsets { n, k in n * k / 2 }
+            let (soff, stotal) = offsets { n, k in n * (k / group) }
+            let w = bytes(total, below: 256)
+            let s = floats(stotal)
+            let table: [Float] = [0, 0.5, 1, 1.5, 2, 3, 4, 6, -0.0, -0.5, -1, -1.5, -2, -3, -4, -6]
+            w.withUnsafeBufferPointer { w in
+                s.withUnsafeBufferPointer { s in
+                    // With VNNI off this is the AVX2 kernel (one horizontal sum per group), the path
+                    // every CPU took before the AVX-512 one.
+                    for path in paths {
+                        TokenKernels.setVNNIEnabled(path.vnni)
+                        time("FP4 float-table GEMV g32 (MiniFloat.gemv)\(path.label)", layerPass, bytes: total + stotal * 4) {
+                            for (i, (n, k)) in shapes.enumerated() {
+                                MiniFloat.gemv(codes: w.baseAddress! + off[i], nibbles: true, rows: n, columns: k,
+                                               groupSize: group, table: table, scales: s.baseAddress! + soff[i], x: x, y: &y)
+                            }
+                        }
+                    }
+                    TokenKernels.setVNNIEnabled(vnniAvailable)
+                }
+            }
+        }
+        // PTQ1.61 binary GEMV (column masks: no element mask, x already scaled and gathered):
+        // sign bits, 64 per word, plus the row scale and offset.
+        do {
+            let (off, total) = offsets { n, k in n * BinaryKernels.wordsPerRow(k) }
+            let signs = (0..<total).map { _ in next() }
+            let ab = floats(shapes.reduce(0) { $0 + $1.0 })
+            var abOff: [Int] = [], t = 0
+            for (n, _) in shapes { abOff.append(t); t += n }
+            signs.withUnsafeBufferPointer { w in
+                ab.withUnsafeBufferPointer { ab in
+                    for path in paths {
+                        TokenKernels.setVNNIEnabled(path.vnni)
+                        time("binary 1-bit GEMV (BinaryKernels.gemv)\(path.label)", layerPass, bytes: total * 8 + t * 8) {
+                            for (i, (n, k)) in shapes.enumerated() {
+                                BinaryKernels.gemv(signs: w.baseAddress! + off[i], mask: nil, wordsPerRow: BinaryKernels.wordsPerRow(k),
+                                                   rows: n, x: x, xSum: 0.5, a: ab.baseAddress! + abOff[i],
+                                                   b: ab.baseAddress! + abOff[i], y: &y, rest: nil)
+                            }
+                        }
+                    }
+                    TokenKernels.setVNNIEnabled(vnniAvailable)
+                }
+            }
+        }
+        // SplitQuant INT4 g128 (the smollm2-splitquant-int4 recipe): one index byte per weight.
+        do {
+            let group = 128, bits = 4
+            let indices = shapes.map { n, k in SplitKernels.Indices.bytes(bytes(n * k, below: 3 << bits)) }
+            let (soff, stotal) = offsets { n, k in n * (k / group) * 3 }
+            let s = floats(stotal), z = floats(stotal)
+            let codeBytes = shapes.reduce(0) { $0 + $1.0 * $1.1 }
+            s.withUnsafeBufferPointer { s in
+                z.withUnsafeBufferPointer { z in
+                    time("SplitQuant INT4 g128, byte indices (SplitKernels.gemv)", layerPass, bytes: codeBytes + stotal * 8) {
+                        for (i, (n, k)) in shapes.enumerated() {
+                            SplitKernels.gemv(indices[i], rows: n, columns: k, groupSize: group, bits: bits,
+                                              scales: s.baseAddress! + soff[i], zeros: z.baseAddress! + soff[i], x: x, y: &y)
+                        }
+                    }
+                }
+            }
+        }
+        // The tied LM head: int8 per channel (before / after) and float.
+        do {
+            let (n, k) = headShape
+            let w = bytes(n * k, below: 255).map { Int8(Int($0) - 127) }
+            let rowSums = LowBit.rowSumsI8(w, n: n, k: k)
+            let pass = "head \(n)×\(k)"
+            time("int8 GEMM at m = 1 (LowBit.gemmI8)", pass, bytes: n * k) {
+                LowBit.gemmI8(a: a, m: 1, b: w, n: n, k: k, c: &acc, ldc: n)
+            }
+            time("int8 GEMV, 8 rows per pass (LowBit.gemvI8)", pass, bytes: n * k + n * 4) {
+                rowSums.withUnsafeBufferPointer { LowBit.gemvI8(a: a, m: 1, b: w, n: n, k: k, rowSums: $0.baseAddress, c: &acc, ldc: n) }
+            }
+        }
+        // An empty job of two tasks: what each parallel matmul pays for dispatch and join.
+        var jobs: [Double] = []
+        for _ in 0..<2000 {
+            let t0 = DispatchTime.now().uptimeNanoseconds
+            Parallel.forEach(2) { _ in }
+            jobs.append(Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e3)
+        }
+        jobs.sort()
+        return Report(threads: Parallel.workerCount, vnni: TokenKernels.usesVNNI, readBandwidthBytesPerSecond: bandwidth,
+                      poolJobMicroseconds: jobs[jobs.count / 2], timings: timings)
+    }
+}
