@@ -41,24 +41,42 @@ public enum FPCS {
         return sorted[i] + Float(x - Double(i)) * (sorted[j] - sorted[i])
     }
 
+    /// Where the `Nz` zero points of a grid lie.
+    public enum ZeroPointWindow: String, Sendable, CaseIterable {
+        /// The reference's `2^(n−1) − Nz/2 … 2^(n−1) + Nz/2 − 1`. With Nz = 16 this covers only
+        /// rows whose min–max zero point is near the middle (at 8 bits 120…135 of 0…255), so a
+        /// lopsided row is clipped at every candidate scale (docs/RESULTS.md, AdaLog).
+        case reference
+        /// `Nz` zero points centred on the group's min–max zero point `round(−min·(2^n − 1)/(max − min))`
+        /// (min ≤ 0 ≤ max), moved inside `0 … 2^n − 1`: a deviation from the reference.
+        case range
+    }
+
     /// The reference's percentile grid (`calculate_percentile_candidates`): with
     /// `Δmin = Q₀.₉ − Q₀.₁`, `Δmax = max − min`, `Ns = total/Nz` scales
     /// `s_k = (Δmin + k/(Ns−1)·(Δmax − Δmin))/(2^n − 1)` and the `Nz` zero points
-    /// `2^(n−1) − Nz/2 … 2^(n−1) + Nz/2 − 1` (clamped to the code range).
+    /// `2^(n−1) − Nz/2 … 2^(n−1) + Nz/2 − 1` (clamped to the code range; with `window: .range`
+    /// centred on the min–max zero point instead, see ``ZeroPointWindow``).
     /// `zeroPoints` is `min(16, 2^(n−1))` for weights and Q/K/V heads, `min(16, 2^n)` for
     /// activations (the reference's choices). Returns the grid and its scale step `δ`.
     public static func grid(p10: Float, p90: Float, minimum: Float, maximum: Float, bits: Int, zeroPoints: Int,
-                            total: Int = candidatesPerStep, minimumScale: Float = 1e-8) -> (candidates: [Candidate], step: Float) {
+                            total: Int = candidatesPerStep, minimumScale: Float = 1e-8,
+                            window: ZeroPointWindow = .reference) -> (candidates: [Candidate], step: Float) {
         let top = Float((1 << bits) - 1)
         let nz = max(1, min(zeroPoints, 1 << bits)), ns = max(2, total / nz)
         let dMin = max(p90 - p10, 0), dMax = max(maximum - minimum, dMin)
-        let mid = 1 << (bits - 1)
+        var first = (1 << (bits - 1)) - nz / 2
+        if window == .range {
+            let lo = min(minimum, 0), hi = max(maximum, 0)
+            let centre = hi > lo ? Int((-lo * top / (hi - lo)).rounded()) : 1 << (bits - 1)
+            first = min(max(centre - nz / 2, 0), (1 << bits) - nz)
+        }
         var out: [Candidate] = []
         out.reserveCapacity(nz * ns)
         for k in 0..<ns {
             let s = max((dMin + Float(k) / Float(ns - 1) * (dMax - dMin)) / top, minimumScale)
             for z in 0..<nz {
-                let zero = min(max(mid - nz / 2 + z, 0), (1 << bits) - 1)
+                let zero = min(max(first + z, 0), (1 << bits) - 1)
                 out.append(Candidate(scale: s, zero: zero))
             }
         }
@@ -66,11 +84,12 @@ public enum FPCS {
     }
 
     /// The grid of `values` (sorted internally; `values` is not modified).
-    public static func grid(of values: [Float], bits: Int, zeroPoints: Int, minimumScale: Float = 1e-8)
-        -> (candidates: [Candidate], step: Float) {
+    public static func grid(of values: [Float], bits: Int, zeroPoints: Int, minimumScale: Float = 1e-8,
+                            window: ZeroPointWindow = .reference) -> (candidates: [Candidate], step: Float) {
         let sorted = values.sorted()
         return grid(p10: quantile(sorted, 0.1), p90: quantile(sorted, 0.9), minimum: sorted.first ?? 0,
-                    maximum: sorted.last ?? 0, bits: bits, zeroPoints: zeroPoints, minimumScale: minimumScale)
+                    maximum: sorted.last ?? 0, bits: bits, zeroPoints: zeroPoints, minimumScale: minimumScale,
+                    window: window)
     }
 
     /// Runs FPCS for `initial.count` groups at once. `score` receives one candidate list per

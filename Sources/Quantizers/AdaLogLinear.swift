@@ -30,6 +30,8 @@ public struct AdaLogLinearQuantizer: Quantizer {
     let tokens: Int
     /// `fpcs` (the reference: per-row FPCS, alternating with the activation search) or `minmax`.
     let weightSearch: String
+    /// Where the FPCS weight grid's zero points lie (``FPCS/ZeroPointWindow``; `zero_points`).
+    let zeroPoints: FPCS.ZeroPointWindow
     let rounds: Int
     let gramTokens: Int
 
@@ -38,7 +40,9 @@ public struct AdaLogLinearQuantizer: Quantizer {
 
     public init(plan: LayerPlan) throws(PTQError) {
         let p = plan.parameters
-        try p.rejectUnknown(allowed: ["base", "offset", "tokens", "weight_search", "rounds", "gram_tokens"])
+        try p.rejectUnknown(allowed: ["base", "offset", "tokens", "weight_search", "rounds", "gram_tokens", "zero_points"])
+        zeroPoints = FPCS.ZeroPointWindow(rawValue: try p.string("zero_points", default: "reference",
+                                                                 oneOf: FPCS.ZeroPointWindow.allCases.map(\.rawValue)))!
         weightSearch = try p.string("weight_search", default: "fpcs", oneOf: ["fpcs", "minmax"])
         rounds = try p.int("rounds", default: 3, range: 0...10)
         gramTokens = try p.int("gram_tokens", default: 2048, range: 64...65536)
@@ -116,7 +120,8 @@ public struct AdaLogLinearQuantizer: Quantizer {
         // value, then `rounds` × [FPCS for AdaLog on the output, weight FPCS on the output].
         var w: IntegerWeight
         if weightSearch == "fpcs" {
-            let choice = WeightFPCS.searchWeightMSE(layer.weight.data, rows: out, columns: k, bits: weight.bits)
+            let choice = WeightFPCS.searchWeightMSE(layer.weight.data, rows: out, columns: k, bits: weight.bits,
+                                                    window: zeroPoints)
             w = WeightFPCS.integerWeight(layer.weight.data, rows: out, columns: k, bits: weight.bits, candidates: choice)
         } else {
             w = WeightQuantization.quantize(layer.weight, scheme: weight)
@@ -153,7 +158,7 @@ public struct AdaLogLinearQuantizer: Quantizer {
                 return levels[code] - offset
             }
             let found = WeightFPCS.searchOutputMSE(layer.weight.data, rows: out, columns: k, bits: weight.bits,
-                                                   xHat: xHat, x: gramRows, n: gramCount)
+                                                   xHat: xHat, x: gramRows, n: gramCount, window: zeroPoints)
             w = WeightFPCS.integerWeight(layer.weight.data, rows: out, columns: k, bits: weight.bits, candidates: found.candidates)
             wHat = w.dequantizedReference()
             weightError = found.error

@@ -40,11 +40,15 @@ public struct FPCSLinearQuantizer: Quantizer {
     let tokens: Int
     let gramTokens: Int
     let reparameterize: Bool
+    /// Where the weight grid's zero points lie (``FPCS/ZeroPointWindow``; `zero_points`).
+    let zeroPoints: FPCS.ZeroPointWindow
     let role: LayerRole
 
     public init(plan: LayerPlan) throws(PTQError) {
         let p = plan.parameters
-        try p.rejectUnknown(allowed: ["rounds", "tokens", "gram_tokens", "reparameterize"])
+        try p.rejectUnknown(allowed: ["rounds", "tokens", "gram_tokens", "reparameterize", "zero_points"])
+        zeroPoints = FPCS.ZeroPointWindow(rawValue: try p.string("zero_points", default: "reference",
+                                                                 oneOf: FPCS.ZeroPointWindow.allCases.map(\.rawValue)))!
         rounds = try p.int("rounds", default: 3, range: 0...10)
         tokens = try p.int("tokens", default: 128, range: 16...4096)
         gramTokens = try p.int("gram_tokens", default: 2048, range: 64...65536)
@@ -68,7 +72,27 @@ public struct FPCSLinearQuantizer: Quantizer {
 
     public var requiredStatistics: Set<StatisticKind> { [.reservoir] }
 
+    /// The parameters FPCS found for one layer, before the zero point and ρ, β are folded for
+    /// the runtime (kept apart so that tests can check each step of the fold on its own).
+    struct Search {
+        /// RepQ-ViT's reparameterisation; nil when the layer has none.
+        var reparameterization: RepQReparameterization?
+        /// `W·diag(ρ)` (row-major `out × m`) and `b + W·diag(ρ)·β`: the float layer on `x/ρ − β`.
+        var weight: [Float]
+        var bias: [Float]
+        var weightChoice: [FPCS.Candidate]
+        /// nil for per-token activations.
+        var activationChoice: FPCS.Candidate?
+        var details: [String: String]
+    }
+
     public func quantize(_ layer: LinearLayer, statistics: PointStatistics?) throws(PTQError) -> QuantizedLinear {
+        let found = try search(layer, statistics: statistics)
+        return emit(found, layer: layer)
+    }
+
+    /// Steps 1–3 of the type's comment.
+    func search(_ layer: LinearLayer, statistics: PointStatistics?) throws(PTQError) -> Search {
         guard let statistics, let reservoir = statistics.reservoir, statistics.reservoirCount > 0 else {
             throw PTQError("\(layer.name): method fpcs needs the input reservoir at \(layer.inputPoint); "
                            + "re-run `ptq calibrate` with this recipe")
@@ -101,7 +125,7 @@ public struct FPCSLinearQuantizer: Quantizer {
         var details: [String: String] = ["rounds": "\(rounds)", "gram_tokens": "\(n)"]
 
         // 1. RepQ-ViT: per-channel search, then x/ρ − β with ρ into the weight columns.
-        var rho: [Float]? = nil, beta: [Float]? = nil
+        var repq: RepQReparameterization? = nil
         if !perToken && reparameterize && role.isFedByNorm {
             // q, k and v (and any layers sharing the input point) share this search.
             let key = "fpcs.channels|\(activationBits)|\(n)|\(scoringRows)"
@@ -110,35 +134,23 @@ public struct FPCSLinearQuantizer: Quantizer {
                 let scales: [Float] = c.map(\.scale), zeros: [Float] = c.map { Float($0.zero) }
                 return scales + zeros
             }
-            let channel = (0..<m).map { FPCS.Candidate(scale: flat[$0], zero: Int(flat[m + $0])) }
-            let meanScale = channel.reduce(Float(0)) { $0 + $1.scale } / Float(m)
-            let meanZero = (Double(channel.reduce(0) { $0 + $1.zero }) / Double(m)).rounded()
-            let r = channel.map { $0.scale / meanScale }
-            let targetMin = -Float(meanZero) * meanScale
-            var b = [Float](repeating: 0, count: m)
-            for j in 0..<m {
-                let channelMin: Float = -Float(channel[j].zero) * channel[j].scale
-                b[j] = channelMin / r[j] - targetMin
-            }
-            for i in 0..<n { for j in 0..<m { x[i * m + j] = x[i * m + j] / r[j] - b[j] } }
-            for o in 0..<out { for j in 0..<m { w[o * m + j] *= r[j] } }
-            for o in 0..<out {
-                var s: Double = 0
-                for j in 0..<m { s += Double(w[o * m + j]) * Double(b[j]) }
-                bias[o] += Float(s)
-            }
-            rho = r
-            beta = b
-            details["reparameterization"] = String(format: "RepQ-ViT, rho %.3g…%.3g", r.min() ?? 0, r.max() ?? 0)
+            let r = RepQReparameterization(channels: (0..<m).map { FPCS.Candidate(scale: flat[$0], zero: Int(flat[m + $0])) })
+            r.transform(input: &x, rows: n)
+            r.fold(weight: &w, bias: &bias, rows: out)
+            repq = r
+            details["reparameterization"] = String(format: "RepQ-ViT, rho %.3g…%.3g", r.rho.min() ?? 0, r.rho.max() ?? 0)
             clock.lap("per-channel search")
         }
         let sample = subsample(x)
+        details["zero_points"] = zeroPoints.rawValue
+        details["weight_rows_outside_reference_zero_points"] =
+            "\(WeightFPCS.rowsOutsideReferenceWindow(w, rows: out, columns: m, bits: weightBits))/\(out)"
 
         // 2. Initialisation on the weight's and the activation's own MSE.
-        var weightChoice = WeightFPCS.searchWeightMSE(w, rows: out, columns: m, bits: weightBits)
+        var weightChoice = WeightFPCS.searchWeightMSE(w, rows: out, columns: m, bits: weightBits, window: zeroPoints)
         var activationChoice: FPCS.Candidate? = nil
         if !perToken {
-            let key = "fpcs.activation|\(activationBits)|\(n)|\(scoringRows)|\(rho != nil)"
+            let key = "fpcs.activation|\(activationBits)|\(n)|\(scoringRows)|\(repq != nil)"
             let flat = statistics.memoized(key) {
                 let c = ActivationFPCS.searchMSE(sample, bits: activationBits).candidate
                 return [c.scale, Float(c.zero)]
@@ -153,7 +165,8 @@ public struct FPCSLinearQuantizer: Quantizer {
         for _ in 0..<weightRounds {
             let xHat = activationChoice.map { ActivationFPCS.fake(x, $0, bits: activationBits) }
                 ?? ActivationFPCS.fakePerToken(x, rows: n, columns: m, bits: activationBits)
-            let found = WeightFPCS.searchOutputMSE(w, rows: out, columns: m, bits: weightBits, xHat: xHat, x: x, n: n)
+            let found = WeightFPCS.searchOutputMSE(w, rows: out, columns: m, bits: weightBits, xHat: xHat, x: x, n: n,
+                                                   window: zeroPoints)
             weightChoice = found.candidates
             weightError = found.error
             clock.lap("weight output search")
@@ -167,8 +180,6 @@ public struct FPCSLinearQuantizer: Quantizer {
                 clock.lap("activation output search")
             }
         }
-        let weight = WeightFPCS.integerWeight(w, rows: out, columns: m, bits: weightBits, candidates: weightChoice)
-
         // Output energy of the scored rows, for relative errors in `ptq inspect`.
         var y = [Float](repeating: 0, count: n * out)
         x.withUnsafeBufferPointer { xp in w.withUnsafeBufferPointer { wp in
@@ -176,19 +187,29 @@ public struct FPCSLinearQuantizer: Quantizer {
         }}
         let energy = y.reduce(0.0) { $0 + Double($1) * Double($1) }
         if weightRounds > 0 { details["weight_output_relative_mse"] = String(format: "%.3e", weightError / max(energy, 1e-30)) }
+        if !perToken && rounds > 0 {
+            let sampleEnergy = energy * Double(scoringRows) / Double(max(n, 1))
+            details["activation_output_relative_mse"] = String(format: "%.3e", activationError / max(sampleEnergy, 1e-30))
+        }
+        return Search(reparameterization: repq, weight: w, bias: bias, weightChoice: weightChoice,
+                      activationChoice: activationChoice, details: details)
+    }
+
+    /// The layer the runtime executes: integer weights, and the activation quantizer's zero
+    /// point, ρ and β folded into the quantize op's shift and scale and into the bias.
+    func emit(_ found: Search, layer: LinearLayer) -> QuantizedLinear {
+        let out = layer.weight.shape[0], m = layer.weight.shape[1]
+        var details = found.details, bias = found.bias
+        let weight = WeightFPCS.integerWeight(found.weight, rows: out, columns: m, bits: weightBits,
+                                              candidates: found.weightChoice)
         let weightScales = weight.scales
         details["weight"] = String(format: "int%d asymmetric per channel, FPCS scales %.3g…%.3g", weightBits,
                                    weightScales.min() ?? 0, weightScales.max() ?? 0)
-
-        guard let a = activationChoice else {
+        guard let a = found.activationChoice else {
             details["activation"] = "per_token dynamic"
             return QuantizedLinear(name: layer.name, method: "fpcs", weight: .integer(weight), bias: bias,
                                    activation: ActivationQuantization(bits: activationBits, granularity: .perToken),
                                    details: details)
-        }
-        if rounds > 0 {
-            let sampleEnergy = energy * Double(scoringRows) / Double(max(n, 1))
-            details["activation_output_relative_mse"] = String(format: "%.3e", activationError / max(sampleEnergy, 1e-30))
         }
         details["activation"] = String(format: "per_tensor int%d asymmetric, FPCS scale %.4g zero point %d", activationBits,
                                        a.scale, a.zero)
@@ -201,12 +222,50 @@ public struct FPCSLinearQuantizer: Quantizer {
             bias[o] += Float(Double(offset) * s)
         }
         // x' = x/ρ − β − offset = (x − ρ·(β + offset))/ρ.
+        let rho = found.reparameterization?.rho, beta = found.reparameterization?.beta
         let shift = (0..<m).map { j in (rho?[j] ?? 1) * ((beta?[j] ?? 0) + offset) }
         return QuantizedLinear(
             name: layer.name, method: "fpcs", weight: .integer(weight), bias: bias,
             activation: ActivationQuantization(bits: activationBits, granularity: .perTensor, scale: a.scale,
                                                channelScales: rho, channelShift: shift),
             details: details)
+    }
+}
+
+/// RepQ-ViT's per-channel → per-tensor reparameterisation of a linear layer's input (GoatWu/AdaLog
+/// `AsymmetricallyChannelWiseBatchingQuantLinear.reparam`): from per-channel quantizers
+/// `(s_c, z_c)`, `ρ_c = s_c/s̄` and `β_c = −z_c·s_c/ρ_c + z̄·s̄` (s̄ the mean scale, z̄ the rounded
+/// mean zero point). The input becomes `x/ρ − β` — every channel's grid `s_c·(k − z_c)` maps onto
+/// the shared `s̄·(k − z̄)` — and the layer `W·diag(ρ)` with bias `b + W·diag(ρ)·β`, so the float
+/// function is unchanged.
+struct RepQReparameterization {
+    let rho: [Float]
+    let beta: [Float]
+
+    init(channels: [FPCS.Candidate]) {
+        let m = channels.count
+        let meanScale = channels.reduce(Float(0)) { $0 + $1.scale } / Float(max(m, 1))
+        let meanZero = (Double(channels.reduce(0) { $0 + $1.zero }) / Double(max(m, 1))).rounded()
+        rho = channels.map { $0.scale / meanScale }
+        let targetMin = -Float(meanZero) * meanScale
+        beta = (0..<m).map { j in -Float(channels[j].zero) * channels[j].scale / (channels[j].scale / meanScale) - targetMin }
+    }
+
+    /// `x ← x/ρ − β` for `rows` rows.
+    func transform(input x: inout [Float], rows: Int) {
+        let m = rho.count
+        for i in 0..<rows { for j in 0..<m { x[i * m + j] = x[i * m + j] / rho[j] - beta[j] } }
+    }
+
+    /// `W ← W·diag(ρ)`, `b ← b + W'·β` (`rows` output rows).
+    func fold(weight w: inout [Float], bias: inout [Float], rows out: Int) {
+        let m = rho.count
+        for o in 0..<out { for j in 0..<m { w[o * m + j] *= rho[j] } }
+        for o in 0..<out {
+            var s: Double = 0
+            for j in 0..<m { s += Double(w[o * m + j]) * Double(beta[j]) }
+            bias[o] += Float(s)
+        }
     }
 }
 

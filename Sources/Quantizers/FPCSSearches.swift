@@ -25,14 +25,32 @@ enum WeightFPCS {
     static func zeroPoints(bits: Int) -> Int { min(16, 1 << (bits - 1)) }
 
     /// The reference grid of every row.
-    static func grids(_ w: [Float], rows: Int, columns: Int, bits: Int) -> (candidates: [[FPCS.Candidate]], steps: [Float]) {
+    static func grids(_ w: [Float], rows: Int, columns: Int, bits: Int, window: FPCS.ZeroPointWindow = .reference)
+        -> (candidates: [[FPCS.Candidate]], steps: [Float]) {
         var candidates: [[FPCS.Candidate]] = [], steps: [Float] = []
         for r in 0..<rows {
-            let g = FPCS.grid(of: Array(w[(r * columns)..<((r + 1) * columns)]), bits: bits, zeroPoints: zeroPoints(bits: bits))
+            let g = FPCS.grid(of: Array(w[(r * columns)..<((r + 1) * columns)]), bits: bits, zeroPoints: zeroPoints(bits: bits),
+                              window: window)
             candidates.append(g.candidates)
             steps.append(g.step)
         }
         return (candidates, steps)
+    }
+
+    /// Rows whose min–max zero point `round(−min·(2^n − 1)/(max − min))` lies outside the
+    /// reference's zero-point window `2^(n−1) ± Nz/2`: every candidate of the reference grid
+    /// clips them (a diagnostic for `ptq inspect`).
+    static func rowsOutsideReferenceWindow(_ w: [Float], rows: Int, columns: Int, bits: Int) -> Int {
+        let top = Float((1 << bits) - 1), half = zeroPoints(bits: bits) / 2, mid = 1 << (bits - 1)
+        var count = 0
+        for r in 0..<rows {
+            let row = w[(r * columns)..<((r + 1) * columns)]
+            let lo = min(row.min() ?? 0, 0), hi = max(row.max() ?? 0, 0)
+            guard hi > lo else { continue }
+            let z = Int((-lo * top / (hi - lo)).rounded())
+            if z < mid - half || z > mid + half - 1 { count += 1 }
+        }
+        return count
     }
 
     /// The code of `x` under candidate `c` minus the zero point: `clamp(round(x/s) + z, 0, 2^n − 1) − z`.
@@ -42,9 +60,10 @@ enum WeightFPCS {
     }
 
     /// FPCS on the weight MSE of each row.
-    static func searchWeightMSE(_ w: [Float], rows: Int, columns: Int, bits: Int) -> [FPCS.Candidate] {
+    static func searchWeightMSE(_ w: [Float], rows: Int, columns: Int, bits: Int,
+                                window: FPCS.ZeroPointWindow = .reference) -> [FPCS.Candidate] {
         let top = Float((1 << bits) - 1)
-        let (initial, steps) = grids(w, rows: rows, columns: columns, bits: bits)
+        let (initial, steps) = grids(w, rows: rows, columns: columns, bits: bits, window: window)
         return w.withUnsafeBufferPointer { wp in
             FPCS.search(initial: initial, initialStep: steps) { lists in
                 lists.enumerated().map { r, list in
@@ -66,10 +85,10 @@ enum WeightFPCS {
     /// FPCS on each row's layer-output error `‖X̂ŵ − Xw‖²` over `n` input rows (`xHat` the
     /// quantized, `x` the float input, both `n × columns`). Returns the candidates and the sum
     /// of the rows' errors.
-    static func searchOutputMSE(_ w: [Float], rows: Int, columns m: Int, bits: Int, xHat: [Float], x: [Float], n: Int)
-        -> (candidates: [FPCS.Candidate], error: Double) {
+    static func searchOutputMSE(_ w: [Float], rows: Int, columns m: Int, bits: Int, xHat: [Float], x: [Float], n: Int,
+                                window: FPCS.ZeroPointWindow = .reference) -> (candidates: [FPCS.Candidate], error: Double) {
         let scorer = GramScorer(w, rows: rows, columns: m, bits: bits, xHat: xHat, x: x, n: n)
-        let (initial, steps) = grids(w, rows: rows, columns: m, bits: bits)
+        let (initial, steps) = grids(w, rows: rows, columns: m, bits: bits, window: window)
         let result = FPCS.search(initial: initial, initialStep: steps) { scorer.errors($0) }
         return (result.map(\.candidate), result.reduce(0) { $0 + $1.error })
     }

@@ -18,6 +18,15 @@ import Testing
         #expect(abs(g.step - 0.2 / 15 / 15) < 1e-7)
         #expect(Set(FPCS.grid(of: values, bits: 6, zeroPoints: ActivationFPCS.zeroPoints(bits: 6)).candidates.map(\.zero))
                 == Set(24...39))
+        // `zero_points: range`: the window follows a lopsided row's min–max zero point
+        // (−min·255/(max − min) = 0.1·255/0.8 ≈ 32 at 8 bits) and stays inside the code range.
+        let lopsided = (0...800).map { Float($0) / 1000 - 0.1 }          // [−0.1, 0.7]
+        #expect(Set(FPCS.grid(of: lopsided, bits: 8, zeroPoints: 16).candidates.map(\.zero)) == Set(120...135))
+        #expect(Set(FPCS.grid(of: lopsided, bits: 8, zeroPoints: 16, window: .range).candidates.map(\.zero)) == Set(24...39))
+        let positive = (0...800).map { Float($0) / 1000 }
+        #expect(Set(FPCS.grid(of: positive, bits: 8, zeroPoints: 16, window: .range).candidates.map(\.zero)) == Set(0...15))
+        let centred = (0...800).map { Float($0) / 1000 - 0.4 }
+        #expect(WeightFPCS.rowsOutsideReferenceWindow(lopsided + centred, rows: 2, columns: 801, bits: 8) == 1)
     }
 
     /// On an objective whose optimum is known — the same (s*, z*) for every group, between grid
@@ -116,7 +125,7 @@ import Testing
         #expect(abs(found.error - chosen.reduce(0) { $0 + $1[0] }) <= 1e-9 * found.error)
     }
 
-    static func plan(_ name: String, bits: Int, granularity: String = "per_tensor") throws -> LayerPlan {
+    static func plan(_ name: String, bits: Int, granularity: String = "per_tensor", extra: String = "") throws -> LayerPlan {
         try Recipe.parse("""
             name: t
             model: bert
@@ -124,7 +133,7 @@ import Testing
               method: fpcs
               weight: {bits: \(bits), symmetric: false}
               activation: {bits: \(bits), granularity: \(granularity)}
-              parameters: {tokens: 64, gram_tokens: 256}
+              parameters: {tokens: 64, gram_tokens: 256\(extra.isEmpty ? "" : ", " + extra)}
             """, source: "t.yaml").plan(for: SyntheticModels.bertConfig()).first { $0.name == name }!
     }
 
@@ -143,7 +152,9 @@ import Testing
         x.withUnsafeBufferPointer { stats.add($0, rows: 256) }
         var relative: [Int: Float] = [:]
         for bits in [8, 4] {
-            let plan = try Self.plan(name, bits: bits)
+            // The range window: with the reference's zero points the reparameterised int8 q_proj is
+            // 6.8 % off, all of it weight clipping (`reparameterisationChain`).
+            let plan = try Self.plan(name, bits: bits, extra: "zero_points: range")
             let layer = LinearLayer(plan, weight: Tensor(shape: [out, k], data: w), bias: bias)
             let q = try FPCSLinearQuantizer(plan: plan).quantize(layer, statistics: stats)
             let a = try #require(q.activation)
@@ -157,6 +168,7 @@ import Testing
             simulated.forward(test, rows: 16, into: &y2)
             let scale = y2.map(abs).max()!
             #expect(zip(y1, y2).allSatisfy { abs($0 - $1) <= 1e-4 * scale })
+            #expect(q.details["zero_points"] == "range")
             for t in 0..<16 {
                 for o in 0..<out {
                     var s = Double(bias[o])
@@ -168,17 +180,90 @@ import Testing
             for (a, b) in zip(y1, reference) { e += Double(a - b) * Double(a - b); norm += Double(b) * Double(b) }
             relative[bits] = Float((e / norm).squareRoot())
         }
-        if name.hasSuffix("q_proj") {
-            // Known issue, not resolved by the deadline: with the RepQ-ViT reparameterisation the
-            // int8 layer is 6.8 % off the float layer (runtime and simulation agree, so it is the
-            // searched parameters or the fold, not the kernel); o_proj (no reparameterisation) is within 2 %.
-            withKnownIssue("reparameterised int8 layer 6.8 % off float") {
-                #expect(relative[8]! < 0.02, "int8 relative error \(relative[8]!)")
-            }
-        } else {
-            #expect(relative[8]! < 0.02, "int8 relative error \(relative[8]!)")
-        }
+        // 1.3 % for q_proj and 1.7 % for o_proj, measured; the int8 per-tensor activations of
+        // this 16-channel layer are most of it (`reparameterisationChain`).
+        #expect(relative[8]! < 0.02, "int8 relative error \(relative[8]!)")
         #expect(relative[4]! < 0.3 && relative[4]! > relative[8]!, "int4 relative error \(relative[4]!)")
+    }
+
+    /// The RepQ-ViT fold step by step on the q_proj of `runtimeMatchesFloatLayer` (held-out rows):
+    /// the float layer against the reparameterised float layer (the identity, to float
+    /// tolerance), then with the searched weights only, the searched activation quantizer only,
+    /// and both; the emitted layer in the integer runtime equals the last step. With the
+    /// reference's weight grid the int8 weights alone are 6.4 % off: ρ makes the rows of `W·diag(ρ)`
+    /// lopsided and the grid's zero points (2^(n−1) ± 8) cannot follow them, so every candidate
+    /// clips (min–max rounding of the same rows: 0.4 %). With `zero_points: range` they are within 1 %.
+    @Test(arguments: [8, 4])
+    func reparameterisationChain(bits: Int) throws {
+        let config = SyntheticModels.bertConfig()
+        let name = "layers/0/attention/q_proj", k = config.hiddenSize, out = config.hiddenSize
+        let (w, x) = Self.randomLayer(out: out, k: k, rows: 256, seed: 5, offsets: 0)
+        let bias = (0..<out).map { Float($0) * 0.01 }
+        // Held-out rows of the same channels (the generator continues past the calibration rows).
+        let rows = 64
+        let test = Array(Self.randomLayer(out: out, k: k, rows: 256 + rows, seed: 5, offsets: 0).x[(256 * k)...])
+        func run(_ w: [Float], _ b: [Float], _ x: [Float]) -> [Double] {
+            (0..<(rows * out)).map { i in
+                let t = i / out, o = i % out
+                var s = Double(b[o])
+                for j in 0..<k { s += Double(x[t * k + j]) * Double(w[o * k + j]) }
+                return s
+            }
+        }
+        let reference = run(w, bias, test)
+        func relative(_ y: [Double]) -> Double {
+            var e: Double = 0, norm: Double = 0
+            for (a, b) in zip(y, reference) { e += (a - b) * (a - b); norm += b * b }
+            return (e / norm).squareRoot()
+        }
+        let top = Float((1 << bits) - 1)
+        var weightsOnly: [String: Double] = [:]
+        for window in ["reference", "range"] {
+            let stats = PointStatistics(channels: k, kinds: [.reservoir], reservoirCapacity: 256)
+            x.withUnsafeBufferPointer { stats.add($0, rows: 256) }
+            let plan = try Self.plan(name, bits: bits, extra: "zero_points: \(window)")
+            let layer = LinearLayer(plan, weight: Tensor(shape: [out, k], data: w), bias: bias)
+            let quantizer = try FPCSLinearQuantizer(plan: plan)
+            let found = try quantizer.search(layer, statistics: stats)
+            let repq = try #require(found.reparameterization)
+            let a = try #require(found.activationChoice)
+            var xr = test
+            repq.transform(input: &xr, rows: rows)
+            let xq = xr.map { ActivationFPCS.fake($0, a, top: top) }
+            let wq = WeightFPCS.integerWeight(found.weight, rows: out, columns: k, bits: bits,
+                                              candidates: found.weightChoice).dequantizedReference()
+            let float = relative(run(found.weight, found.bias, xr))
+            weightsOnly[window] = relative(run(wq, found.bias, xr))
+            let activationsOnly = relative(run(found.weight, found.bias, xq))
+            let both = relative(run(wq, found.bias, xq))
+            let runtime = try IntegerLinear(quantizer.emit(found, layer: layer))
+            var y = [Float](repeating: 0, count: rows * out)
+            runtime.forward(test, rows: rows, into: &y)
+            let emitted = relative(y.map(Double.init))
+            // Min–max asymmetric rounding of the same rows (zero point unrestricted), for scale.
+            var mm = found.weight
+            for o in 0..<out {
+                let row = found.weight[(o * k)..<((o + 1) * k)], lo = min(row.min()!, 0), hi = max(row.max()!, 0)
+                let sc = (hi - lo) / top, z = (-lo / sc).rounded()
+                for j in 0..<k { mm[o * k + j] = sc * (min(max((found.weight[o * k + j] / sc).rounded() + z, 0), top) - z) }
+            }
+            print("[chain] int\(bits) \(window): float \(float), weights \(weightsOnly[window]!), min-max weights \(relative(run(mm, found.bias, xr))), activations \(activationsOnly), both \(both), runtime \(emitted), rows outside \(found.details["weight_rows_outside_reference_zero_points"] ?? "-")")
+            // The reparameterisation is the identity before rounding.
+            #expect(float < 1e-6, "\(window): reparameterised float layer \(float) off")
+            // The runtime's folds (zero point as a shift, ρ and β in the quantize op, both in the bias).
+            #expect(abs(emitted - both) <= 1e-3 * both + 1e-6, "\(window): runtime \(emitted), simulation \(both)")
+            if bits == 8 {
+                #expect(activationsOnly < 0.015, "\(window): int8 activations \(activationsOnly)")
+            }
+            if window == "range" {
+                #expect(weightsOnly[window]! < (bits == 8 ? 0.01 : 0.1), "int\(bits) weights \(weightsOnly[window]!)")
+                #expect(both < (bits == 8 ? 0.015 : 0.15), "int\(bits) layer \(both)")
+            }
+        }
+        if bits == 8 {
+            // The reference grid's clipping, measured: several times the range window's error.
+            #expect(weightsOnly["reference"]! > 5 * weightsOnly["range"]!)
+        }
     }
 
     /// Recipe errors name the field.
