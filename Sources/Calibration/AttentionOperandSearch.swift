@@ -5,15 +5,12 @@ import PTQCore
 import Tokenizers
 
 /// Searches the per-head uniform asymmetric quantizers of Q, K and V (fully quantized
-/// attention, encoders) on the float model, in the spirit of AdaLog's FPCS
-/// (GoatWu/AdaLog `quant_layers/matmul.py`): a grid of percentile-based clipping ranges
-/// (lower × upper quantile of the head's values), the best kept and refined on a finer grid
-/// between its neighbours, Q and K searched alternately (Q with K fixed, then K with Q fixed,
-/// then Q again). Q and K are scored by the error of the head's scores `Q̂·K̂ᵀ` against `Q·Kᵀ`
-/// within each calibration sequence; V by its own squared error (P·V is linear in V, and the
-/// probability quantizer is searched against float V, as the reference calibrates every layer
-/// on full-precision inputs). Ours keeps the single best candidate (top-1) per step; the
-/// reference keeps several and scores on the layer output.
+/// attention, encoders) on the float model with AdaLog's FPCS (``FPCS``; GoatWu/AdaLog
+/// `quant_layers/matmul.py`): the reference's percentile grid per head, 3 alternating rounds,
+/// Q and K scored by the head's score error `‖Q̂·K̂ᵀ − Q·Kᵀ‖²` within each calibration sequence,
+/// V by the attention output error `‖P̂·V̂ − P·V‖²`, alternating with a re-scan of the
+/// probability quantizer against the quantized V (see ``searchLayer``). Every layer is
+/// calibrated on full-precision inputs, as in the reference.
 public enum AttentionOperandSearch {
     /// The chosen quantizers of one layer and their relative errors.
     public struct LayerResult: Sendable {
@@ -22,8 +19,10 @@ public enum AttentionOperandSearch {
         public var value: PerHeadUniformQuantizer?
         /// Σ‖Q̂K̂ᵀ − QKᵀ‖² / Σ‖QKᵀ‖² over heads (nil without Q/K quantizers).
         public var scoresRelativeError: Double?
-        /// Σ‖V̂ − V‖² / Σ‖V‖² over heads (nil without a V quantizer).
+        /// Σ‖P̂V̂ − PV‖² / Σ‖PV‖² over heads (nil without a V quantizer).
         public var valueRelativeError: Double?
+        /// The probability quantizer re-scanned against P̂·V̂ (nil when not re-scanned).
+        public var probability: PositiveActivationQuantizer?
     }
 
     /// Stands in for one layer's attention during the collection run: float products, with the
@@ -34,6 +33,10 @@ public enum AttentionOperandSearch {
         var queries: [[Float]], keys: [[Float]], values: [[Float]]
         /// Per head: lengths of the recorded sequences (the same for every head).
         var lengths: [[Int]]
+        /// Per head: the recorded sequences' probabilities, `n × n` each, concatenated.
+        var probabilities: [[Float]]
+        /// Per head: whether the sequence now between `scores` and `multiply` is recorded.
+        var recording: [Bool]
 
         init(heads: Int, headDim: Int, tokenLimit: Int) {
             self.heads = heads
@@ -43,6 +46,8 @@ public enum AttentionOperandSearch {
             keys = queries
             values = queries
             lengths = Array(repeating: [], count: heads)
+            probabilities = queries
+            recording = Array(repeating: false, count: heads)
         }
 
         private func append(_ x: UnsafePointer<Float>, rows: Int, stride: Int, to array: inout [Float]) {
@@ -55,7 +60,8 @@ public enum AttentionOperandSearch {
                       c: scores, ldc: columns)
             // Whole sequences only, so that the score error is measured within sequences.
             let recorded = queries[head].count / headDim
-            if recorded < tokenLimit, rows == columns {
+            recording[head] = recorded < tokenLimit && rows == columns
+            if recording[head] {
                 append(q, rows: rows, stride: stride, to: &queries[head])
                 append(k, rows: columns, stride: stride, to: &keys[head])
                 lengths[head].append(rows)
@@ -65,8 +71,10 @@ public enum AttentionOperandSearch {
 
         func multiply(head: Int, probabilities: UnsafePointer<Float>, rows: Int, columns: Int, values v: UnsafePointer<Float>,
                       valueStride: Int, width: Int, into out: UnsafeMutablePointer<Float>, outStride: Int) {
-            if values[head].count < keys[head].count {
+            if recording[head] {
                 append(v, rows: columns, stride: valueStride, to: &values[head])
+                self.probabilities[head].append(contentsOf: UnsafeBufferPointer(start: probabilities, count: rows * columns))
+                recording[head] = false
             }
             multiply(probabilities: probabilities, rows: rows, columns: columns, values: v, valueStride: valueStride,
                      width: width, into: out, outStride: outStride)
@@ -79,84 +87,126 @@ public enum AttentionOperandSearch {
         }
     }
 
-    /// Quantile fractions of the first grid (upper end; the lower end mirrors them).
-    public static let upperFractions: [Double] = [1.0, 0.9999, 0.999, 0.995, 0.99, 0.98, 0.95, 0.9]
-    /// Refinement steps and points per side of each step.
-    static let refineSteps = 2, refinePoints = 5
-
-    /// The value at quantile `f` of sorted values (linear interpolation).
-    public static func quantile(_ sorted: [Float], _ f: Double) -> Float {
-        guard sorted.count > 1 else { return sorted.first ?? 0 }
-        let x = f * Double(sorted.count - 1), i = Int(x.rounded(.down)), j = min(i + 1, sorted.count - 1)
-        return sorted[i] + Float(x - Double(i)) * (sorted[j] - sorted[i])
+    /// The reference's uniform operand quantizer `s·(clamp(round(x/s) + z, 0, 2^n − 1) − z)`,
+    /// exactly as `PerHeadUniformQuantizer` encodes and decodes.
+    @inline(__always)
+    static func fake(_ x: Float, scale: Float, zero: Int, top: Float) -> Float {
+        scale * (FPCS.code(x / scale + Float(zero), top: top) - Float(zero))
     }
 
-    /// `values` fake-quantized (quantize, then the reference dequantizer) with the grid fitting `range`.
-    public static func simulate(_ values: [Float], bits: Int, range: (low: Float, high: Float)) -> [Float] {
-        // `fitting` cannot fail for bits in 2…8 and a finite range; the search only builds those.
-        guard let q = try? PerHeadUniformQuantizer.fitting(bits: bits, ranges: [range]) else { return values }
-        return values.map { q.value(code: q.code($0, head: 0), head: 0) }
+    /// One head's operand grid (`calculate_percentile_candidates`: `Nz = min(16, 2^(n−1))`) and
+    /// the reference's initial quantizer, grid index −2 of its zero-point-major order: the
+    /// largest zero point at the second-largest scale.
+    static func grid(_ values: [Float], bits: Int) -> (candidates: [Candidate], step: Float, initial: Candidate) {
+        let g = FPCS.grid(of: values, bits: bits, zeroPoints: min(16, 1 << (bits - 1)))
+        let scales = Array(Set(g.candidates.map(\.scale))).sorted(), zeros = g.candidates.map(\.zero)
+        let initial = Candidate(scale: scales[max(0, scales.count - 2)], zero: zeros.max() ?? 0)
+        return (g.candidates, g.step, initial)
     }
 
-    /// Searches a clipping range of `values` (sorted copy `sorted`) minimising `error` of the
-    /// simulated tensor: the 8 × 8 percentile grid, then `refineSteps` finer grids between the
-    /// best point's neighbours.
-    public static func searchRange(sorted: [Float], bits: Int, error: ((low: Float, high: Float)) -> Double)
-        -> (range: (low: Float, high: Float), error: Double) {
-        var best = (upper: 1.0, lower: 0.0, error: Double.infinity)
-        func consider(_ lower: Double, _ upper: Double) {
-            let range = (low: quantile(sorted, lower), high: quantile(sorted, upper))
-            let e = error(range)
-            // Ties keep the earlier (wider) candidate: the order is fixed, so the choice is deterministic.
-            if e < best.error { best = (upper, lower, e) }
-        }
-        for u in upperFractions { for l in upperFractions.map({ 1 - $0 }) { consider(l, u) } }
-        var step = 0.05
-        for _ in 0..<refineSteps {
-            let (u0, l0) = (best.upper, best.lower)
-            for a in 0..<refinePoints {
-                for b in 0..<refinePoints {
-                    let u = min(1, u0 + step * (Double(a) / Double(refinePoints - 1) - 0.5))
-                    let l = max(0, l0 + step * (Double(b) / Double(refinePoints - 1) - 0.5))
-                    if u > l { consider(l, u) }
+    typealias Candidate = FPCS.Candidate
+
+    /// Σ over the head's sequences of ‖A_c·B_sᵀ − R_s‖² for every candidate c of A (`aOf(c)`
+    /// fake-quantizes the head's A rows), all candidates of one sequence in one sgemm.
+    static func productErrors(_ candidates: [Candidate], a: [Float], fixed b: [Float], reference: [Float], lengths: [Int],
+                              width: Int, bits: Int, transposeB: Bool) -> [Double] {
+        let top = Float((1 << bits) - 1), count = candidates.count
+        var errors = [Double](repeating: 0, count: count)
+        let longest = lengths.max() ?? 0
+        var stacked = [Float](repeating: 0, count: count * longest * width)
+        var product = [Float](repeating: 0, count: count * longest * max(longest, width))
+        var offset = 0, referenceOffset = 0
+        for n in lengths {
+            // A rows of this sequence, fake-quantized by each candidate: stacked by candidate for
+            // the scores (count·n × width), side by side for the attention output (n × count·width).
+            for (c, cand) in candidates.enumerated() {
+                for t in 0..<n {
+                    let destination = transposeB ? (c * n + t) * width : t * count * width + c * width
+                    for d in 0..<width {
+                        stacked[destination + d] = fake(a[(offset + t) * width + d], scale: cand.scale, zero: cand.zero, top: top)
+                    }
                 }
             }
-            step /= Double(refinePoints - 1)
-        }
-        return ((quantile(sorted, best.lower), quantile(sorted, best.upper)), best.error)
-    }
-
-    /// Σ over sequences of ‖A_s·B_sᵀ − R_s‖² (`R` the float scores, concatenated per sequence).
-    static func scoreError(_ a: [Float], _ b: [Float], reference: [Float], lengths: [Int], width: Int) -> Double {
-        var total: Double = 0, offset = 0, scoreOffset = 0
-        var product = [Float](repeating: 0, count: (lengths.max() ?? 0) * (lengths.max() ?? 0))
-        a.withUnsafeBufferPointer { ap in b.withUnsafeBufferPointer { bp in product.withUnsafeMutableBufferPointer { pp in
-            for n in lengths {
-                BLAS.gemm(m: n, n: n, k: width, a: ap.baseAddress! + offset * width, lda: width,
-                          b: bp.baseAddress! + offset * width, ldb: width, transposeB: true, c: pp.baseAddress!, ldc: n)
-                for i in 0..<(n * n) {
-                    let d = Double(pp[i] - reference[scoreOffset + i])
-                    total += d * d
+            stacked.withUnsafeBufferPointer { sp in b.withUnsafeBufferPointer { bp in product.withUnsafeMutableBufferPointer { pp in
+                if transposeB {
+                    // (A_c)·Bᵀ: scores, B = K̂ rows of the sequence.
+                    BLAS.gemm(m: count * n, n: n, k: width, a: sp.baseAddress!, lda: width, b: bp.baseAddress! + offset * width,
+                              ldb: width, transposeB: true, c: pp.baseAddress!, ldc: n)
+                } else {
+                    // B·[A_1 … A_c]: attention outputs of all candidates, B = P̂ of the sequence (n × n).
+                    BLAS.gemm(m: n, n: count * width, k: n, a: bp.baseAddress! + referenceOffset, lda: n,
+                              b: sp.baseAddress!, ldb: count * width, transposeB: false, c: pp.baseAddress!, ldc: count * width)
                 }
-                offset += n
-                scoreOffset += n * n
+            }}}
+            if transposeB {
+                for c in 0..<count {
+                    var e: Float = 0
+                    for i in 0..<(n * n) { let d = product[c * n * n + i] - reference[referenceOffset + i]; e += d * d }
+                    errors[c] += Double(e)
+                }
+            } else {
+                for c in 0..<count {
+                    var e: Float = 0
+                    for t in 0..<n {
+                        for d in 0..<width {
+                            let v = product[t * count * width + c * width + d] - reference[(offset + t) * width + d]
+                            e += v * v
+                        }
+                    }
+                    errors[c] += Double(e)
+                }
             }
-        }}}
-        return total
+            offset += n
+            referenceOffset += n * n
+        }
+        return errors
     }
 
-    /// The per-head quantizers of one layer from its collector.
-    static func searchLayer(_ c: Collector, queryKeyBits: Int?, valueBits: Int?, layer: Int) throws(PTQError) -> LayerResult {
+    /// The head's rows fake-quantized with one candidate.
+    static func simulate(_ values: [Float], _ c: Candidate, bits: Int) -> [Float] {
+        let top = Float((1 << bits) - 1)
+        return values.map { fake($0, scale: c.scale, zero: c.zero, top: top) }
+    }
+
+    /// `P̂` of every recorded sequence of a head by the probability quantizer `p`, from the
+    /// precomputed `−log2 P` (`minusLogs`): the formula encoders the probability scan uses
+    /// (`AttentionProbabilitySearch.Scorer`).
+    static func quantizedProbabilities(_ probabilities: [Float], minusLogs: [Float], _ p: PositiveActivationQuantizer) -> [Float] {
+        let levels = p.levels
+        var out = [Float](repeating: 0, count: probabilities.count)
+        switch p {
+        case .adalog(let a):
+            let factor = Float(a.r) / Float(a.q), zero = Float(a.zeroCode)
+            for i in out.indices { out[i] = levels[Int(max(min((minusLogs[i] * factor).rounded(), zero), 0))] }
+        case .uniform(let u):
+            let inverse = 1 / u.scale, top = Float(u.maxCode)
+            for i in out.indices { out[i] = levels[Int(min((probabilities[i] * inverse).rounded(), top))] }
+        }
+        return out
+    }
+
+    /// The per-head quantizers of one layer from its collector, as the reference's matmul
+    /// searches do (GoatWu/AdaLog `quant_layers/matmul.py`):
+    /// - Q·Kᵀ: Q and K start at grid index −2, then `rounds` × [FPCS(Q) per head, FPCS(K) per
+    ///   head], each scored by the head's score error ‖Q̂K̂ᵀ − QKᵀ‖² within the recorded sequences;
+    /// - P·V: V starts at grid index −2, then `rounds` × [the probability quantizer's scan over
+    ///   `probabilityCandidates` (one per layer, all heads), FPCS(V) per head], both scored by the
+    ///   attention output error ‖P̂V̂ − PV‖². Without candidates (probabilities not searched here)
+    ///   V is searched once against `probability`.
+    /// FPCS settings are the reference configs' (128 candidates, top 16, 6 steps, 3 rounds).
+    static func searchLayer(_ c: Collector, queryKeyBits: Int?, valueBits: Int?, layer: Int,
+                            probability: PositiveActivationQuantizer?, probabilityCandidates: [PositiveActivationQuantizer],
+                            rounds: Int = 3) throws(PTQError) -> LayerResult {
         var result = LayerResult()
         let width = c.headDim
+        for h in 0..<c.heads where c.lengths[h].isEmpty {
+            throw PTQError("attention_probs.query_key_bits / value_bits: layer \(layer) head \(h) saw no calibration tokens")
+        }
         if let bits = queryKeyBits {
-            var queryRanges: [(low: Float, high: Float)] = [], keyRanges: [(low: Float, high: Float)] = []
+            var queries: [Candidate] = [], keys: [Candidate] = []
             var error: Double = 0, norm: Double = 0
             for h in 0..<c.heads {
                 let q = c.queries[h], k = c.keys[h], lengths = c.lengths[h]
-                guard !lengths.isEmpty else {
-                    throw PTQError("attention_probs.query_key_bits: layer \(layer) head \(h) saw no calibration tokens")
-                }
                 var reference: [Float] = []
                 var offset = 0
                 for n in lengths {
@@ -169,63 +219,121 @@ public enum AttentionOperandSearch {
                     offset += n
                 }
                 for v in reference { norm += Double(v) * Double(v) }
-                let sortedQ = q.sorted(), sortedK = k.sorted()
-                // Alternating: Q with float K, K with the chosen Q̂, Q again with the chosen K̂.
-                var qHat = q, kHat = k
-                var qRange = (low: sortedQ.first ?? 0, high: sortedQ.last ?? 0), kRange = (low: sortedK.first ?? 0, high: sortedK.last ?? 0)
+                let qGrid = grid(q, bits: bits), kGrid = grid(k, bits: bits)
+                var qChoice = qGrid.initial, kChoice = kGrid.initial
                 var e: Double = 0
-                for round in 0..<3 {
-                    if round % 2 == 0 {
-                        let kFixed = kHat
-                        let found = searchRange(sorted: sortedQ, bits: bits) { range in
-                            scoreError(simulate(q, bits: bits, range: range), kFixed, reference: reference, lengths: lengths, width: width)
-                        }
-                        qRange = found.range; e = found.error
-                        qHat = simulate(q, bits: bits, range: qRange)
-                    } else {
-                        let qFixed = qHat
-                        let found = searchRange(sorted: sortedK, bits: bits) { range in
-                            scoreError(qFixed, simulate(k, bits: bits, range: range), reference: reference, lengths: lengths, width: width)
-                        }
-                        kRange = found.range; e = found.error
-                        kHat = simulate(k, bits: bits, range: kRange)
+                for _ in 0..<max(rounds, 1) {
+                    let kHat = simulate(k, kChoice, bits: bits)
+                    let qFound = FPCS.search(initial: [qGrid.candidates], initialStep: [qGrid.step]) { lists in
+                        [productErrors(lists[0], a: q, fixed: kHat, reference: reference, lengths: lengths, width: width,
+                                       bits: bits, transposeB: true)]
+                    }[0]
+                    qChoice = qFound.candidate
+                    let qHat = simulate(q, qChoice, bits: bits)
+                    // Q̂·K̂_cᵀ = (K̂_c·Q̂ᵀ)ᵀ: the same error with the roles swapped (reference transposed).
+                    var referenceT = reference
+                    var o = 0
+                    for n in lengths {
+                        for i in 0..<n { for j in 0..<n { referenceT[o + j * n + i] = reference[o + i * n + j] } }
+                        o += n * n
                     }
+                    let kFound = FPCS.search(initial: [kGrid.candidates], initialStep: [kGrid.step]) { lists in
+                        [productErrors(lists[0], a: k, fixed: qHat, reference: referenceT, lengths: lengths, width: width,
+                                       bits: bits, transposeB: true)]
+                    }[0]
+                    kChoice = kFound.candidate
+                    e = kFound.error
                 }
                 error += e
-                queryRanges.append(qRange)
-                keyRanges.append(kRange)
+                queries.append(qChoice)
+                keys.append(kChoice)
             }
-            result.query = try PerHeadUniformQuantizer.fitting(bits: bits, ranges: queryRanges, what: "layer \(layer) query quantizer")
-            result.key = try PerHeadUniformQuantizer.fitting(bits: bits, ranges: keyRanges, what: "layer \(layer) key quantizer")
+            result.query = try PerHeadUniformQuantizer(bits: bits, scales: queries.map(\.scale), zeroPoints: queries.map(\.zero),
+                                                       what: "layer \(layer) query quantizer")
+            result.key = try PerHeadUniformQuantizer(bits: bits, scales: keys.map(\.scale), zeroPoints: keys.map(\.zero),
+                                                     what: "layer \(layer) key quantizer")
             result.scoresRelativeError = norm > 0 ? error / norm : 0
         }
         if let bits = valueBits {
-            var ranges: [(low: Float, high: Float)] = []
-            var error: Double = 0, norm: Double = 0
+            // Float attention outputs P·V per head (the reference's raw_out of matmul2).
+            var outputs: [[Float]] = [], norm: Double = 0
             for h in 0..<c.heads {
-                let v = c.values[h]
-                guard !v.isEmpty else {
-                    throw PTQError("attention_probs.value_bits: layer \(layer) head \(h) saw no calibration tokens")
+                var out: [Float] = []
+                var offset = 0, pOffset = 0
+                for n in c.lengths[h] {
+                    var o = [Float](repeating: 0, count: n * width)
+                    c.probabilities[h].withUnsafeBufferPointer { pp in c.values[h].withUnsafeBufferPointer { vp in
+                        BLAS.gemm(m: n, n: width, k: n, a: pp.baseAddress! + pOffset, lda: n, b: vp.baseAddress! + offset * width,
+                                  ldb: width, transposeB: false, c: &o, ldc: width)
+                    }}
+                    out += o
+                    offset += n
+                    pOffset += n * n
                 }
-                for x in v { norm += Double(x) * Double(x) }
-                let found = searchRange(sorted: v.sorted(), bits: bits) { range in
-                    var s: Double = 0
-                    for (a, b) in zip(simulate(v, bits: bits, range: range), v) { s += Double(a - b) * Double(a - b) }
-                    return s
-                }
-                ranges.append(found.range)
-                error += found.error
+                for v in out { norm += Double(v) * Double(v) }
+                outputs.append(out)
             }
-            result.value = try PerHeadUniformQuantizer.fitting(bits: bits, ranges: ranges, what: "layer \(layer) value quantizer")
-            result.valueRelativeError = norm > 0 ? error / norm : 0
+            let grids = (0..<c.heads).map { grid(c.values[$0], bits: bits) }
+            let minusLogs = c.probabilities.map { head in head.map { $0 > 0 ? -log2($0) : Float.infinity } }
+            var choices = grids.map(\.initial)
+            var chosenProbability = probability
+            var pvError: Double = 0
+            let scan = !probabilityCandidates.isEmpty
+            for _ in 0..<(scan ? max(rounds, 1) : 1) {
+                if scan {
+                    // The probability quantizer's scan against P̂·V̂ with the current V̂ (all heads).
+                    let vHats = (0..<c.heads).map { simulate(c.values[$0], choices[$0], bits: bits) }
+                    var best = (index: 0, error: Double.infinity)
+                    for (i, candidate) in probabilityCandidates.enumerated() {
+                        var e: Double = 0
+                        for h in 0..<c.heads {
+                            let pHat = quantizedProbabilities(c.probabilities[h], minusLogs: minusLogs[h], candidate)
+                            var offset = 0, pOffset = 0
+                            for n in c.lengths[h] {
+                                var o = [Float](repeating: 0, count: n * width)
+                                pHat.withUnsafeBufferPointer { pp in vHats[h].withUnsafeBufferPointer { vp in
+                                    BLAS.gemm(m: n, n: width, k: n, a: pp.baseAddress! + pOffset, lda: n,
+                                              b: vp.baseAddress! + offset * width, ldb: width, transposeB: false, c: &o, ldc: width)
+                                }}
+                                for t in 0..<(n * width) { let d = Double(o[t] - outputs[h][offset * width + t]); e += d * d }
+                                offset += n
+                                pOffset += n * n
+                            }
+                        }
+                        if e < best.error { best = (i, e) }
+                    }
+                    chosenProbability = probabilityCandidates[best.index]
+                }
+                // FPCS(V) per head against P̂·V̂_c.
+                pvError = 0
+                for h in 0..<c.heads {
+                    let pHat = chosenProbability.map { quantizedProbabilities(c.probabilities[h], minusLogs: minusLogs[h], $0) }
+                        ?? c.probabilities[h]
+                    let found = FPCS.search(initial: [grids[h].candidates], initialStep: [grids[h].step]) { lists in
+                        [productErrors(lists[0], a: c.values[h], fixed: pHat, reference: outputs[h], lengths: c.lengths[h],
+                                       width: width, bits: bits, transposeB: false)]
+                    }[0]
+                    choices[h] = found.candidate
+                    pvError += found.error
+                }
+            }
+            result.value = try PerHeadUniformQuantizer(bits: bits, scales: choices.map(\.scale), zeroPoints: choices.map(\.zero),
+                                                       what: "layer \(layer) value quantizer")
+            result.valueRelativeError = norm > 0 ? pvError / norm : 0
+            if scan { result.probability = chosenProbability }
         }
         return result
     }
 
     /// Runs the float model over the first `samples` calibration sequences, recording up to
-    /// `tokenLimit` tokens of Q, K, V per layer, and searches every layer's quantizers.
+    /// `tokenLimit` tokens of Q, K, V (and the probabilities) per layer and head, and searches
+    /// every layer's quantizers. `probabilities[l]` is layer l's probability quantizer from the
+    /// probability search; with `probabilityCandidates` the P·V search re-scans it against the
+    /// quantized V, alternating, as the reference does.
     public static func run(model: some QuantizableModel, tokenizer: any Tokenizer, settings: CalibrationSettings,
                            samples: Int, queryKeyBits: Int?, valueBits: Int?, tokenLimit: Int = 512,
+                           probabilities: [PositiveActivationQuantizer?] = [],
+                           probabilityCandidates: [PositiveActivationQuantizer] = [],
                            quiet: Bool = false) throws(PTQError) -> [LayerResult] {
         let config = model.config
         let sequences = try CalibrationSamples.calibrationSequences(for: model, tokenizer: tokenizer, settings: settings,
@@ -240,7 +348,9 @@ public enum AttentionOperandSearch {
             progress.advance()
         }
         return try collectors.enumerated().map { (l, c) throws(PTQError) in
-            try searchLayer(c, queryKeyBits: queryKeyBits, valueBits: valueBits, layer: l)
+            try searchLayer(c, queryKeyBits: queryKeyBits, valueBits: valueBits, layer: l,
+                            probability: l < probabilities.count ? probabilities[l] : nil,
+                            probabilityCandidates: probabilityCandidates)
         }
     }
 }

@@ -33,7 +33,13 @@ extension PTQ {
             operands = try AttentionOperandSearch.run(
                 model: model, tokenizer: tokenizer, settings: settings,
                 samples: min(scheme.samples ?? defaultSamples, settings.samples),
-                queryKeyBits: scheme.queryKeyBits, valueBits: scheme.valueBits, quiet: quiet)
+                queryKeyBits: scheme.queryKeyBits, valueBits: scheme.valueBits,
+                probabilities: model.structure.activationSites(.attentionProbabilities).reduce(into: [PositiveActivationQuantizer?](
+                    repeating: nil, count: model.config.layerCount)) { result, site in
+                    result[site.block] = sites.first { $0.point == site.point }?.quantizer
+                },
+                probabilityCandidates: try AttentionProbabilitySearch.candidates(method: scheme.quantizer, bits: scheme.bits),
+                quiet: quiet)
             operandSeconds = Date().timeIntervalSince(operandStart)
         }
         if !quiet {
@@ -50,7 +56,13 @@ extension PTQ {
                 site.key = o.key
                 site.value = o.value
                 if let e = o.scoresRelativeError { site.details["qk_scores_relative_mse"] = String(format: "%.3e", e) }
-                if let e = o.valueRelativeError { site.details["v_relative_mse"] = String(format: "%.3e", e) }
+                if let e = o.valueRelativeError { site.details["pv_quantized_v_relative_mse"] = String(format: "%.3e", e) }
+                if let p = o.probability {
+                    // Re-scanned against P̂·V̂ with the quantized V, alternating with V's search (the reference's order).
+                    site.quantizer = p
+                    site.details["pv_relative_mse"] = nil
+                    if case .adalog(let a) = p { site.details["base"] = String(format: "%.4f", a.base) }
+                }
             }
             result[site.point] = site
         }

@@ -28,13 +28,24 @@ public struct AdaLogLinearQuantizer: Quantizer {
     let base: String
     let offset: Float
     let tokens: Int
+    /// `fpcs` (the reference: per-row FPCS, alternating with the activation search) or `minmax`.
+    let weightSearch: String
+    /// Where the FPCS weight grid's zero points lie (``FPCS/ZeroPointWindow``; `zero_points`).
+    let zeroPoints: FPCS.ZeroPointWindow
+    let rounds: Int
+    let gramTokens: Int
 
     /// δ = −min_x GELU(x), the reference's constant.
     public static let geluOffset: Float = 0.16997124254703522
 
     public init(plan: LayerPlan) throws(PTQError) {
         let p = plan.parameters
-        try p.rejectUnknown(allowed: ["base", "offset", "tokens"])
+        try p.rejectUnknown(allowed: ["base", "offset", "tokens", "weight_search", "rounds", "gram_tokens", "zero_points"])
+        zeroPoints = FPCS.ZeroPointWindow(rawValue: try p.string("zero_points", default: "reference",
+                                                                 oneOf: FPCS.ZeroPointWindow.allCases.map(\.rawValue)))!
+        weightSearch = try p.string("weight_search", default: "fpcs", oneOf: ["fpcs", "minmax"])
+        rounds = try p.int("rounds", default: 3, range: 0...10)
+        gramTokens = try p.int("gram_tokens", default: 2048, range: 64...65536)
         base = try p.string("base", default: "adaptive", oneOf: ["adaptive", "log2", "log_sqrt2"])
         offset = Float(try p.double("offset", default: Double(Self.geluOffset), range: 0...16))
         tokens = try p.int("tokens", default: 64, range: 16...4096)
@@ -53,6 +64,11 @@ public struct AdaLogLinearQuantizer: Quantizer {
             throw PTQError("\(line)\(plan.name): method adalog quantizes a GELU output, but this layer's input is "
                            + "\(plan.role.name) (target the MLP output projections of a GELU model, e.g. layers/*/mlp/down_proj)")
         }
+        if weightSearch == "fpcs" && plan.weight.symmetric {
+            let line = plan.ruleLine.map { "line \($0): " } ?? ""
+            throw PTQError("\(line)\(plan.name): method adalog with weight_search fpcs searches asymmetric weights: "
+                           + "set weight.symmetric: false (or parameters.weight_search: minmax)")
+        }
         bits = activation.bits
         weight = plan.weight
     }
@@ -64,16 +80,19 @@ public struct AdaLogLinearQuantizer: Quantizer {
             throw PTQError("\(layer.name): method adalog needs the input reservoir at \(layer.inputPoint)")
         }
         let out = layer.weight.shape[0], k = layer.weight.shape[1]
-        let w = WeightQuantization.quantize(layer.weight, scheme: weight)
-        let wHat = w.dequantizedReference()
 
-        // Evenly spaced calibration rows, shifted by δ.
+        // Evenly spaced calibration rows: `tokens` for the activation search, up to
+        // `gram_tokens` for the weight search's Gram matrices.
         let available = statistics.reservoirCount, n = min(tokens, available)
-        var x = [Float](repeating: 0, count: n * k)
-        for i in 0..<n {
-            let row = i * available / n
-            for j in 0..<k { x[i * k + j] = reservoir[row * k + j] }
+        func rows(_ count: Int) -> [Float] {
+            var x = [Float](repeating: 0, count: count * k)
+            for i in 0..<count {
+                let row = i * available / count
+                for j in 0..<k { x[i * k + j] = reservoir[row * k + j] }
+            }
+            return x
         }
+        let x = rows(n)
         var reference = [Float](repeating: 0, count: n * out)   // X·Wᵀ (float weights, float input)
         x.withUnsafeBufferPointer { xp in layer.weight.data.withUnsafeBufferPointer { wp in
             reference.withUnsafeMutableBufferPointer { rp in
@@ -82,8 +101,6 @@ public struct AdaLogLinearQuantizer: Quantizer {
         }}
         let shifted = x.map { $0 + offset }
         let logs = shifted.map { $0 > 0 ? log2($0) : -Float.infinity }
-        let search = Search(shifted: shifted, logs: logs, rows: n, columns: k, offset: offset, wHat: wHat,
-                            out: out, reference: reference, bits: bits)
 
         // Scale grid over [P90, max] of the positive shifted inputs.
         let positive = shifted.filter { $0 > 0 }.sorted()
@@ -92,20 +109,103 @@ public struct AdaLogLinearQuantizer: Quantizer {
         }
         let p90 = positive[min(positive.count - 1, Int(0.9 * Double(positive.count)))]
         let grid = (0..<16).map { p90 + (top - p90) * Float($0) / 15 }
-        let step = grid[1] - grid[0]
         let (r, qs): (Int, [Int]) = switch base {
         case "log2": (1, [1])
         case "log_sqrt2": (2, [1])
         default: (AdaLogQuantizer.referenceResolution, Array(AdaLogQuantizer.referenceSearchRange))
         }
-        // 1: all q at the second-largest scale, keep 8.
+
+        // The reference's order (`PostGeluLogBasedBatchingQuantLinear.hyperparameter_searching`):
+        // weights by FPCS on their own MSE, the activation scale at the grid's second-largest
+        // value, then `rounds` × [FPCS for AdaLog on the output, weight FPCS on the output].
+        var w: IntegerWeight
+        if weightSearch == "fpcs" {
+            let choice = WeightFPCS.searchWeightMSE(layer.weight.data, rows: out, columns: k, bits: weight.bits,
+                                                    window: zeroPoints)
+            w = WeightFPCS.integerWeight(layer.weight.data, rows: out, columns: k, bits: weight.bits, candidates: choice)
+        } else {
+            w = WeightQuantization.quantize(layer.weight, scheme: weight)
+        }
+        var wHat = w.dequantizedReference()
+        var choice = (q: qs.contains(37) ? 37 : qs[0], r: r, s: grid[14])
+        var bestScore = Double.infinity
+        let gramRows = weightSearch == "fpcs" ? rows(min(gramTokens, available)) : []
+        let gramCount = gramRows.count / k
+        var weightError: Double?
+        let clock = SearchClock(layer.name)
+        for _ in 0..<max(rounds, 1) {
+            let search = Search(shifted: shifted, logs: logs, rows: n, columns: k, offset: offset, wHat: wHat,
+                                out: out, reference: reference, bits: bits)
+            (choice, bestScore) = Self.searchActivation(search, grid: grid, qs: qs, r: r)
+            if base == "adaptive" {
+                // Not in the reference: its FPCS keeps only the 8 best q at the grid's second-largest
+                // scale, which can drop base 2 (q = 37) before the scale search. The log2 variant's
+                // search (base 2, every grid scale, refined) is run as well and the better kept, so
+                // AdaLog's search never ends worse than log2's on the same objective (measured: it
+                // did in one MiniLM W6A6 layer, docs/RESULTS.md).
+                let baseTwo = Self.searchActivation(search, grid: grid, qs: [r], r: r)
+                if baseTwo.score < bestScore { (choice, bestScore) = baseTwo }
+            }
+            clock.lap("adalog activation search")
+            guard weightSearch == "fpcs", rounds > 0 else { break }
+            // Weight FPCS on the output, the input quantized with the chosen AdaLog quantizer.
+            let log = try AdaLogQuantizer(bits: bits, q: choice.q, r: choice.r, scale: choice.s, what: "\(layer.name): adalog")
+            let levels = log.levels, thresholds = log.thresholds
+            let xHat = gramRows.map { v -> Float in
+                let shiftedValue = v + offset
+                var code = 0
+                for t in thresholds where shiftedValue <= t { code += 1 }
+                return levels[code] - offset
+            }
+            let found = WeightFPCS.searchOutputMSE(layer.weight.data, rows: out, columns: k, bits: weight.bits,
+                                                   xHat: xHat, x: gramRows, n: gramCount, window: zeroPoints)
+            w = WeightFPCS.integerWeight(layer.weight.data, rows: out, columns: k, bits: weight.bits, candidates: found.candidates)
+            wHat = w.dequantizedReference()
+            weightError = found.error
+            clock.lap("weight output search")
+        }
+        if weightSearch == "fpcs", rounds > 0 {
+            // The activation search's score is for the weights before the last weight round: re-score.
+            let search = Search(shifted: shifted, logs: logs, rows: n, columns: k, offset: offset, wHat: wHat,
+                                out: out, reference: reference, bits: bits)
+            bestScore = search.scores([choice])[0]
+        }
+        let log = try AdaLogQuantizer(bits: bits, q: choice.q, r: choice.r, scale: choice.s, what: "\(layer.name): adalog")
+
+        // b' = b − Ŵ·δ1 with the quantized weights.
+        var bias = layer.bias ?? [Float](repeating: 0, count: out)
+        for o in 0..<out {
+            var s: Double = 0
+            for j in 0..<k { s += Double(wHat[o * k + j]) }
+            bias[o] -= Float(Double(offset) * s)
+        }
+        _ = weightError
+        var activation = ActivationQuantization(bits: bits, granularity: .perTensor)
+        activation.logarithmic = log
+        activation.inputOffset = offset
+        var energy: Double = 0
+        for v in reference { energy += Double(v * v) }
+        let details = ["base": String(format: "2^(%d/%d)=%.4f", choice.q, choice.r, log.base),
+                       "scale": "\(choice.s)", "offset": "\(offset)", "tokens": "\(n)",
+                       "output_relative_mse": String(format: "%.3e", bestScore / max(energy, 1e-30)),
+                       "weight": weightSearch == "fpcs" ? "FPCS per channel, \(rounds) output rounds" : "min–max per channel"]
+        // No search time in the details: they are stored, and two quantizations must give
+        // identical bytes (`ptq quantize` prints the total time).
+        return QuantizedLinear(name: layer.name, method: "adalog", weight: .integer(w), bias: bias,
+                               activation: activation, details: details)
+    }
+
+    /// FPCS for AdaLog (the reference's `PostGeluLogBasedBatchingQuantLinear`): all q at the
+    /// grid's second-largest scale, keep 8; the 8 × 16 (q, s) grid, keep 32; five refinements of
+    /// the scale (4 new scales s + (t − ½)·Δ per kept pair, Δ /= 3.5), keep 32, finally 1.
+    static func searchActivation(_ search: Search, grid: [Float], qs: [Int], r: Int)
+        -> (choice: (q: Int, r: Int, s: Float), score: Double) {
         let initial = search.scores(qs.map { (q: $0, r: r, s: grid[14]) })
         let bestQ = initial.indices.sorted { initial[$0] < initial[$1] }.prefix(8).map { qs[$0] }
-        // 2: q × scale grid, keep 32; 3: five refinements of the scale.
         var kept = bestQ.flatMap { q in grid.map { (q: q, r: r, s: $0) } }
         var keptScores = search.scores(kept)
-        var delta = step
-        for refinement in 0..<5 {
+        var delta = grid[1] - grid[0]
+        for _ in 0..<5 {
             let order = kept.indices.sorted { keptScores[$0] < keptScores[$1] }.prefix(32)
             var next: [(q: Int, r: Int, s: Float)] = []
             for i in order {
@@ -118,31 +218,9 @@ public struct AdaLogLinearQuantizer: Quantizer {
             delta /= 3.5
             kept = next
             keptScores = search.scores(kept)
-            _ = refinement
         }
         let best = kept.indices.min { keptScores[$0] < keptScores[$1] }!
-        let choice = kept[best]
-        let log = try AdaLogQuantizer(bits: bits, q: choice.q, r: choice.r, scale: choice.s, what: "\(layer.name): adalog")
-
-        // b' = b − Ŵ·δ1 with the quantized weights.
-        var bias = layer.bias ?? [Float](repeating: 0, count: out)
-        for o in 0..<out {
-            var s: Double = 0
-            for j in 0..<k { s += Double(wHat[o * k + j]) }
-            bias[o] -= Float(Double(offset) * s)
-        }
-        var activation = ActivationQuantization(bits: bits, granularity: .perTensor)
-        activation.logarithmic = log
-        activation.inputOffset = offset
-        var energy: Double = 0
-        for v in reference { energy += Double(v * v) }
-        let details = ["base": String(format: "2^(%d/%d)=%.4f", choice.q, choice.r, log.base),
-                       "scale": "\(choice.s)", "offset": "\(offset)", "tokens": "\(n)",
-                       "output_relative_mse": String(format: "%.3e", keptScores[best] / max(energy, 1e-30))]
-        // No search time in the details: they are stored, and two quantizations must give
-        // identical bytes (`ptq quantize` prints the total time).
-        return QuantizedLinear(name: layer.name, method: "adalog", weight: .integer(w), bias: bias,
-                               activation: activation, details: details)
+        return (kept[best], keptScores[best])
     }
 
     /// Scores (q, r, s) candidates by ‖(X̂' − δ)·Ŵᵀ − X·Wᵀ‖², 16 candidates per sgemm.

@@ -55,6 +55,7 @@ public enum QuantizerRegistry {
         "splitquant": { plan throws(PTQError) in try SplitQuantQuantizer(plan: plan) },
         "llmfp4": { plan throws(PTQError) in try LLMFP4Quantizer(plan: plan) },
         "adalog": { plan throws(PTQError) in try AdaLogLinearQuantizer(plan: plan) },
+        "fpcs": { plan throws(PTQError) in try FPCSLinearQuantizer(plan: plan) },
         "ptq161": { plan throws(PTQError) in try PTQ161Quantizer(plan: plan) },
         "pbllm": { plan throws(PTQError) in try PBLLMQuantizer(plan: plan) },
         "binarize": { plan throws(PTQError) in try BinarizeQuantizer(plan: plan) },

@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+@testable import Calibration
 @testable import PTQKit
 
 /// Fully quantized attention simulated with the reference encoders and dequantizers: Q, K, V
@@ -140,31 +141,35 @@ struct AttentionOperandTests {
         }
     }
 
-    /// The range search on a case whose answer is known: values on a 4-bit grid of [−1, 2] plus
-    /// one far outlier. Its result is no worse than the best of its 8 × 8 percentile grid
-    /// (brute force here) nor than the exact [−1, 2] grid, and clips the outlier.
-    @Test func rangeSearchBeatsItsGridAndClipsOutlier() throws {
+    /// FPCS on an operand whose optimum is known by brute force: values on the 4-bit grid of
+    /// [−1, 2] (s = 0.2) plus one far outlier, whose clipping error pulls the optimum off that
+    /// grid. FPCS reaches the optimum of a fine scan (every zero point of the grid × scales
+    /// 0.15…3 in steps of 1e-3), beats its own starting grid and min–max.
+    @Test func operandSearchFindsKnownOptimumAndClipsOutlier() throws {
         var values: [Float] = []
         for i in 0..<4000 { values.append(-1 + 0.2 * Float(i % 16)) }
         values.append(40)
-        let sorted = values.sorted()
-        func error(_ range: (low: Float, high: Float)) -> Double {
+        func error(_ c: FPCS.Candidate) -> Double {
             var e: Double = 0
-            for (a, b) in zip(AttentionOperandSearch.simulate(values, bits: 4, range: range), values) { e += Double(a - b) * Double(a - b) }
+            for (a, b) in zip(AttentionOperandSearch.simulate(values, c, bits: 4), values) { e += Double(a - b) * Double(a - b) }
             return e
         }
-        let found = AttentionOperandSearch.searchRange(sorted: sorted, bits: 4, error: error)
-        var gridBest = Double.infinity
-        for u in AttentionOperandSearch.upperFractions {
-            for l in AttentionOperandSearch.upperFractions.map({ 1 - $0 }) {
-                gridBest = min(gridBest, error((AttentionOperandSearch.quantile(sorted, l), AttentionOperandSearch.quantile(sorted, u))))
+        let grid = AttentionOperandSearch.grid(values, bits: 4)
+        #expect(grid.candidates.count == 128 && Set(grid.candidates.map(\.zero)) == Set(4...11))
+        var best = (candidate: FPCS.Candidate(scale: 1, zero: 0), error: Double.infinity)
+        for z in 4...11 {
+            for i in 0...2850 {
+                let c = FPCS.Candidate(scale: 0.15 + Float(i) * 1e-3, zero: z)
+                let e = error(c)
+                if e < best.error { best = (c, e) }
             }
         }
-        #expect(abs(found.error - error(found.range)) <= 1e-6 * found.error)
-        #expect(found.error <= gridBest)
-        #expect(found.error <= error((-1, 2)))       // 38² from the clipped outlier alone
-        #expect(found.error < error((-1, 40)))       // min–max: every value off the grid
-        #expect(found.range.high < 40 && abs(found.range.low + 1) <= 1e-5)
+        let found = FPCS.search(initial: [grid.candidates], initialStep: [grid.step]) { lists in [lists[0].map(error)] }[0]
+        #expect(found.candidate.zero == best.candidate.zero)
+        #expect(found.error <= best.error * 1.001)
+        #expect(found.error <= grid.candidates.map(error).min()!)
+        #expect(found.error < error(FPCS.Candidate(scale: 41 / 15, zero: 0)))    // min–max [−1, 40]
+        #expect(found.candidate.scale * Float(15 - found.candidate.zero) < 40)     // the outlier is clipped
     }
 
     /// Quantize → pack → load on a synthetic BERT with Q, K, V quantized: the per-head
