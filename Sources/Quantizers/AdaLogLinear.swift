@@ -18,10 +18,12 @@ import Recipes
 /// the best 8 kept; the 8 × 16 (q, s) grid keeps the best 32; then 5 refinement steps spawn 4
 /// scales s + (t − ½)·Δ around each kept pair (Δ /= 3.5 per step), keeping 32, finally 1.
 ///
-/// Where we differ from the reference (documented choices): weights are asymmetric per output
-/// channel by min–max RTN, not FPCS-searched with alternating rounds, and the search sees the
-/// quantized weights throughout; `base: log2 | log_sqrt2` fix the base (q = r = 1 / q = 1, r = 2)
-/// and search the scale only — the fixed-base ablation of the paper.
+/// Weights: asymmetric per output channel, FPCS-searched on the layer output and alternating
+/// with the activation search for `rounds` rounds, as the reference (`weight_search: minmax`
+/// gives min–max RTN instead). Where we differ from the reference (documented choices): the
+/// adaptive search also runs the base-2 scale search and keeps the better, `zero_points: range`
+/// may centre the weight grid on each row; `base: log2 | log_sqrt2` fix the base (q = r = 1 /
+/// q = 1, r = 2) and search the scale only — the fixed-base ablation of the paper.
 public struct AdaLogLinearQuantizer: Quantizer {
     let weight: WeightScheme
     let bits: Int
