@@ -345,6 +345,9 @@ CK_INLINE CK_AVX512VL void p4_block(const uint8_t *blk, __m512 t0, __m512 t1, __
     *hi = p4_lookup16(_mm512_srli_epi32(v, 4), (__mmask16)(p0 >> 16), (__mmask16)(p1 >> 16), t0, t1, t2);
 }
 
+/// Mask of the first min(n, 16) lanes (n ≥ 1): the valid columns of a block's 16-lane half.
+CK_INLINE uint16_t p4_lane_mask(size_t n) { return n >= 16 ? 0xFFFF : (uint16_t)((1u << n) - 1); }
+
 /// AVX-512 GEMV on the packed layout (group_size a multiple of 32, or one group per row): per
 /// row and group three value tables in registers, per 32 weights one byte widen, an AND and a
 /// shift, two permutes per 16 weights and two FMAs; the last block of a row loads x under a mask.
@@ -381,8 +384,7 @@ CK_AVX512VL static void split_gemv_p4_avx512(const uint8_t *packed, size_t row_b
             }
             if (j < j1) {  // the row's last, partial block: padding weights meet masked-off (zero) x lanes
                 const size_t n = j1 - j;
-                const __mmask16 mlo = n >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << n) - 1);
-                const __mmask16 mhi = n > 16 ? (__mmask16)((1u << (n - 16)) - 1) : 0;
+                const __mmask16 mlo = p4_lane_mask(n), mhi = n > 16 ? p4_lane_mask(n - 16) : 0;
                 __m512 lo, hi;
                 p4_block(row + (j / P4_BLOCK) * P4_BLOCK_BYTES, t0, t1, t2, &lo, &hi);
                 acc0 = _mm512_fmadd_ps(lo, _mm512_maskz_loadu_ps(mlo, x + j), acc0);
@@ -406,8 +408,7 @@ CK_AVX512VL static void split_dequant_p4_avx512(const uint8_t *packed, size_t ro
             const size_t j0 = g * group_size, j1 = j0 + group_size < cols ? j0 + group_size : cols;
             for (size_t j = j0; j < j1; j += P4_BLOCK) {
                 const size_t n = j1 - j < P4_BLOCK ? j1 - j : P4_BLOCK;
-                const __mmask16 mlo = n >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << n) - 1);
-                const __mmask16 mhi = n > 16 ? (__mmask16)((1u << (n - 16)) - 1) : 0;
+                const __mmask16 mlo = p4_lane_mask(n), mhi = n > 16 ? p4_lane_mask(n - 16) : 0;
                 __m512 lo, hi;
                 p4_block(row + (j / P4_BLOCK) * P4_BLOCK_BYTES, t0, t1, t2, &lo, &hi);
                 _mm512_mask_storeu_ps(dst + j, mlo, lo);
@@ -417,51 +418,6 @@ CK_AVX512VL static void split_dequant_p4_avx512(const uint8_t *packed, size_t ro
     }
 }
 
-/// AVX2: 8 weights (elements e0 … e0 + 7 of a block, e0 ∈ {0, 8, 16, 24}) as s[k]·((float)u − z[k])
-/// with the cluster id k built from the two planes and the group's s and z permuted by it.
-CK_INLINE CK_AVX2 __m256 p4_values8(const uint8_t *blk, size_t e0, __m256 sv, __m256 zv) {
-    const __m256i v = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(blk + (e0 & 15))));
-    const __m256i u = e0 < 16 ? _mm256_and_si256(v, _mm256_set1_epi32(0x0F)) : _mm256_srli_epi32(v, 4);
-    uint32_t p0, p1;
-    memcpy(&p0, blk + 16, 4);
-    memcpy(&p1, blk + 20, 4);
-    const __m256i lane = _mm256_add_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32((int)e0));
-    const __m256i one = _mm256_set1_epi32(1);
-    const __m256i b0 = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32((int)p0), lane), one);
-    const __m256i b1 = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32((int)p1), lane), one);
-    const __m256i k = _mm256_or_si256(b0, _mm256_slli_epi32(b1, 1));
-    return _mm256_mul_ps(_mm256_permutevar8x32_ps(sv, k),
-                         _mm256_sub_ps(_mm256_cvtepi32_ps(u), _mm256_permutevar8x32_ps(zv, k)));
-}
-
-CK_AVX2 static void split_gemv_p4_avx2(const uint8_t *packed, size_t row_begin, size_t row_count, size_t cols,
-                                       size_t group_size, const float *scales, const float *zeros,
-                                       const float *x, float *y) {
-    const size_t groups = split_groups(cols, group_size), rb = ck_split_p4_row_bytes(cols);
-    for (size_t o = row_begin; o < row_begin + row_count; o++) {
-        const uint8_t *row = packed + o * rb;
-        __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
-        float tail = 0;
-        for (size_t g = 0; g < groups; g++) {
-            const float *sp = scales + (o * groups + g) * SPLIT_CLUSTERS, *zp = zeros + (o * groups + g) * SPLIT_CLUSTERS;
-            const __m256 sv = _mm256_setr_ps(sp[0], sp[1], sp[2], 0, 0, 0, 0, 0);
-            const __m256 zv = _mm256_setr_ps(zp[0], zp[1], zp[2], 0, 0, 0, 0, 0);
-            const size_t j0 = g * group_size, j1 = j0 + group_size < cols ? j0 + group_size : cols;
-            size_t j = j0;
-            for (; j + 16 <= j1; j += 16) {
-                const uint8_t *blk = row + (j / P4_BLOCK) * P4_BLOCK_BYTES;
-                a0 = _mm256_fmadd_ps(p4_values8(blk, j % P4_BLOCK, sv, zv), _mm256_loadu_ps(x + j), a0);
-                a1 = _mm256_fmadd_ps(p4_values8(blk, j % P4_BLOCK + 8, sv, zv), _mm256_loadu_ps(x + j + 8), a1);
-            }
-            for (; j < j1; j++) {
-                unsigned k, u;
-                p4_at(row, j, &k, &u);
-                tail += sp[k] * ((float)u - zp[k]) * x[j];
-            }
-        }
-        y[o] = ck_hsum_ps(_mm256_add_ps(a0, a1)) + tail;
-    }
-}
 #endif
 
 void ck_split_gemv_p4(const uint8_t *packed, size_t row_begin, size_t row_count, size_t cols, size_t group_size,
@@ -472,10 +428,6 @@ void ck_split_gemv_p4(const uint8_t *packed, size_t row_begin, size_t row_count,
     const int aligned = group_size % P4_BLOCK == 0 || group_size >= cols;
     if (aligned && bits <= 4 && ck_cpu_has_avx512vnni()) {
         split_gemv_p4_avx512(packed, row_begin, row_count, cols, group_size, scales, zeros, x, y);
-        return;
-    }
-    if (aligned && bits <= 4 && ck_cpu_has_avx2()) {
-        split_gemv_p4_avx2(packed, row_begin, row_count, cols, group_size, scales, zeros, x, y);
         return;
     }
 #endif

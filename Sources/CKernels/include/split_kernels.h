@@ -61,9 +61,9 @@ void ck_split_pack_p4(const uint8_t *clusters, const uint8_t *codes, size_t rows
 
 /// GEMV on the packed layout. AVX-512 (group_size a multiple of 32 or one group per row): the
 /// row/group's three 16-entry tables live in registers, 16 weights by one two-table permute on
-/// code | bit0 << 4 and one masked permute for cluster 2. AVX2: the group's scale and zero point
-/// permuted by cluster id. Other group sizes use the scalar twin. Weights are exact; the
-/// summation order differs from the twin's.
+/// code | bit0 << 4 and one masked permute for cluster 2. Elsewhere the scalar twin runs (the
+/// runtime holds this layout only where AVX-512 runs: SplitKernels.prefersPacked4; on AVX2 the
+/// byte indices measured faster). Weights are exact; the summation order differs from the twin's.
 void ck_split_gemv_p4(const uint8_t *packed, size_t row_begin, size_t row_count, size_t cols, size_t group_size,
                       int bits, const float *scales, const float *zeros, const float *x, float *y);
 void ck_split_gemv_p4_ref(const uint8_t *packed, size_t row_begin, size_t row_count, size_t cols, size_t group_size,
