@@ -82,7 +82,7 @@ struct LLMFP4Tests {
         let alpha: Float = 0.37
         var x = (0..<rows * cols).map { _ in rng.float(in: -1...1) * powf(2, rng.float(in: -10...8)) }
         let edges: [Float] = [0, -0, format.maxValue * alpha, -format.maxValue * alpha, 1e30, -1e30, 2.5 * alpha,
-                              3 * alpha, 1e-42, .nan, 0.5 * alpha, 1.5 * alpha]
+                              3 * alpha, Float.leastNormalMagnitude / 8, .nan, 0.5 * alpha, 1.5 * alpha]
         for (i, e) in edges.enumerated() { x[i * 3] = e }
         let channel = (0..<cols).map { Float(sign: .plus, exponent: -($0 % 4), significand: 1) }
         for cs in [nil, channel] {
