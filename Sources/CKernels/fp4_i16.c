@@ -103,7 +103,7 @@ CK_AVX2 static void i16_panel(const uint8_t *codes, size_t o0, size_t rows, size
 // MR activation rows × one panel. Per column pair: NV weight vectors, MR broadcasts, MR·NV
 // multiply-adds. Float partial sums live in out[MR][PR] (L1), added once per group with a
 // separate multiply and add (the reference's order).
-#define I16_TILE(NAME, ATTR, VEC, NV, LANES, ZERO, LOAD, BCAST, MADD, CVT, LOADF, MULF, ADDF, STOREF)               \
+#define I16_TILE(NAME, ATTR, VEC, NV, LANES, MAXMR, ZERO, LOAD, BCAST, MADD, CVT, LOADF, MULF, ADDF, STOREF)               \
     CK_INLINE ATTR void NAME(const int32_t *panel, const float *scales, size_t pairs, size_t gpairs, size_t groups, \
                              const int16_t *a, size_t lda, float *out, const int MR) {                                \
         const size_t PR = (NV) * (LANES);                                                                         \
@@ -111,8 +111,8 @@ CK_AVX2 static void i16_panel(const uint8_t *codes, size_t o0, size_t rows, size
             for (size_t r = 0; r < PR; r++) out[i * PR + r] = 0;                                                  \
         for (size_t g = 0; g < groups; g++) {                                                                     \
             const size_t p0 = g * gpairs, p1 = p0 + gpairs < pairs ? p0 + gpairs : pairs;                         \
-            VEC s[4][NV];                                                                                         \
-            for (int i = 0; i < 4; i++)                                                                           \
+            VEC s[MAXMR][NV];                                                                                     \
+            for (int i = 0; i < MR; i++)                                                                          \
                 for (int v = 0; v < NV; v++) s[i][v] = ZERO;                                                      \
             for (size_t p = p0; p < p1; p++) {                                                                    \
                 VEC w[NV];                                                                                        \
@@ -141,12 +141,12 @@ CK_INLINE CK_AVX2 __m256i i16_madd256(__m256i acc, __m256i b, __m256i w) {
 CK_INLINE CK_VNNI512 __m512i i16_load512(const int32_t *p) { return _mm512_loadu_si512((const void *)p); }
 CK_INLINE CK_VNNI512 __m512i i16_madd512(__m512i acc, __m512i b, __m512i w) { return _mm512_dpwssd_epi32(acc, b, w); }
 
-I16_TILE(i16_tile_avx2, CK_AVX2, __m256i, 2, 8, _mm256_setzero_si256(), i16_load256, _mm256_set1_epi32, i16_madd256,
+I16_TILE(i16_tile_avx2, CK_AVX2, __m256i, 2, 8, 4, _mm256_setzero_si256(), i16_load256, _mm256_set1_epi32, i16_madd256,
          _mm256_cvtepi32_ps, _mm256_loadu_ps, _mm256_mul_ps, _mm256_add_ps, _mm256_storeu_ps)
-I16_TILE(i16_tile_512, CK_VNNI512, __m512i, 2, 16, _mm512_setzero_si512(), i16_load512, _mm512_set1_epi32, i16_madd512,
+I16_TILE(i16_tile_512, CK_VNNI512, __m512i, 2, 16, 8, _mm512_setzero_si512(), i16_load512, _mm512_set1_epi32, i16_madd512,
          _mm512_cvtepi32_ps, _mm512_loadu_ps, _mm512_mul_ps, _mm512_add_ps, _mm512_storeu_ps)
 
-#define I16_GEMM(NAME, ATTR, TILE, PR_)                                                                           \
+#define I16_GEMM(NAME, ATTR, TILE, PR_, MR_)                                                                           \
     ATTR static int NAME(const uint8_t *codes, size_t row_begin, size_t row_count, size_t cols, size_t group_size, \
                          const int8_t *table, const float *wscale, const int16_t *a, size_t lda, size_t m, float *y,  \
                          size_t ldy) {                                                                            \
@@ -155,15 +155,19 @@ I16_TILE(i16_tile_512, CK_VNNI512, __m512i, 2, 16, _mm512_setzero_si512(), i16_l
         int32_t *panel = (int32_t *)ck_thread_scratch(7, (pairs + groups) * PR * 4);                              \
         if (!panel) return 0;                                                                                     \
         float *scales = (float *)(panel + pairs * PR);                                                            \
-        float out[4 * (PR_)] __attribute__((aligned(64)));                                                        \
+        float out[(MR_) * (PR_)] __attribute__((aligned(64)));                                                    \
         const size_t end = row_begin + row_count;                                                                 \
         for (size_t o0 = row_begin; o0 < end; o0 += PR) {                                                         \
             const size_t rows = end - o0 < PR ? end - o0 : PR;                                                    \
             i16_panel(codes, o0, rows, cols, groups, table, wscale, PR, panel, scales);                           \
-            for (size_t i = 0; i < m; i += 4) {                                                                   \
-                const size_t mr = m - i < 4 ? m - i : 4;                                                          \
+            for (size_t i = 0; i < m; i += (MR_)) {                                                               \
+                const size_t mr = m - i < (MR_) ? m - i : (MR_);                                                  \
                 const int16_t *ai = a + i * lda;                                                                  \
                 switch (mr) {                                                                                     \
+                case 8: TILE(panel, scales, pairs, gpairs, groups, ai, lda, out, 8); break;                       \
+                case 7: TILE(panel, scales, pairs, gpairs, groups, ai, lda, out, 7); break;                       \
+                case 6: TILE(panel, scales, pairs, gpairs, groups, ai, lda, out, 6); break;                       \
+                case 5: TILE(panel, scales, pairs, gpairs, groups, ai, lda, out, 5); break;                       \
                 case 4: TILE(panel, scales, pairs, gpairs, groups, ai, lda, out, 4); break;                       \
                 case 3: TILE(panel, scales, pairs, gpairs, groups, ai, lda, out, 3); break;                       \
                 case 2: TILE(panel, scales, pairs, gpairs, groups, ai, lda, out, 2); break;                       \
@@ -174,8 +178,8 @@ I16_TILE(i16_tile_512, CK_VNNI512, __m512i, 2, 16, _mm512_setzero_si512(), i16_l
         }                                                                                                         \
         return 1;                                                                                                 \
     }
-I16_GEMM(i16_gemm_avx2, CK_AVX2, i16_tile_avx2, 16)
-I16_GEMM(i16_gemm_512, CK_VNNI512, i16_tile_512, 32)
+I16_GEMM(i16_gemm_avx2, CK_AVX2, i16_tile_avx2, 16, 4)
+I16_GEMM(i16_gemm_512, CK_VNNI512, i16_tile_512, 32, 8)
 
 // ---- decode GEMV ---------------------------------------------------------------------------------
 //
