@@ -41,6 +41,32 @@ void ck_fp4_gemm_i16_ref(const uint8_t *codes, size_t row_begin, size_t row_coun
     }
 }
 
+void ck_fp8_gemm_i16_ref(const uint8_t *codes, size_t row_begin, size_t row_count, size_t cols, size_t group_size,
+                         size_t sum_len, const int16_t *table, const float *wscale, const int16_t *a, size_t lda,
+                         size_t m, float *y, size_t ldy) {
+    if (group_size == 0 || group_size > cols) group_size = cols ? cols : 1;
+    if (sum_len == 0 || sum_len > group_size) sum_len = group_size;
+    const size_t groups = i16_groups(cols, group_size);
+    for (size_t i = 0; i < m; i++) {
+        const int16_t *ai = a + i * lda;
+        for (size_t o = row_begin; o < row_begin + row_count; o++) {
+            const uint8_t *row = codes + o * cols;
+            float acc = 0;
+            for (size_t g = 0; g < groups; g++) {
+                const size_t g1 = (g + 1) * group_size < cols ? (g + 1) * group_size : cols;
+                for (size_t j0 = g * group_size; j0 < g1; j0 += sum_len) {
+                    const size_t j1 = j0 + sum_len < g1 ? j0 + sum_len : g1;
+                    int32_t sum = 0;
+                    for (size_t j = j0; j < j1; j++) sum += (int32_t)table[row[j]] * (int32_t)ai[j];
+                    float term = wscale[o * groups + g] * (float)sum;
+                    acc = acc + term;
+                }
+            }
+            y[i * ldy + o] = acc;
+        }
+    }
+}
+
 #if defined(__x86_64__)
 #define CK_VNNI512 __attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512vnni")))
 
@@ -100,17 +126,39 @@ CK_AVX2 static void i16_panel(const uint8_t *codes, size_t o0, size_t rows, size
     }
 }
 
+/// i16_panel for one-byte codes through a 256-entry int16 table (FP8 weights): scalar lookups
+/// (the panel is built once per call and reused by every activation row).
+static void i16_panel_bytes(const uint8_t *codes, size_t o0, size_t rows, size_t cols, size_t groups,
+                            const int16_t *table, const float *wscale, size_t PR, int32_t *panel, float *scales) {
+    const size_t pairs = (cols + 1) / 2;
+    for (size_t r = 0; r < PR; r++) {
+        if (r >= rows) {
+            for (size_t p = 0; p < pairs; p++) panel[p * PR + r] = 0;
+            for (size_t g = 0; g < groups; g++) scales[g * PR + r] = 0;
+            continue;
+        }
+        const uint8_t *row = codes + (o0 + r) * cols;
+        for (size_t p = 0; p < pairs; p++) {
+            const int16_t w0 = table[row[2 * p]], w1 = 2 * p + 1 < cols ? table[row[2 * p + 1]] : 0;
+            panel[p * PR + r] = (int32_t)(((uint32_t)(uint16_t)w1 << 16) | (uint16_t)w0);
+        }
+        for (size_t g = 0; g < groups; g++) scales[g * PR + r] = wscale[(o0 + r) * groups + g];
+    }
+}
+
 // MR activation rows × one panel. Per column pair: NV weight vectors, MR broadcasts, MR·NV
 // multiply-adds. Float partial sums live in out[MR][PR] (L1), added once per group with a
 // separate multiply and add (the reference's order).
 #define I16_TILE(NAME, ATTR, VEC, NV, LANES, MAXMR, ZERO, LOAD, BCAST, MADD, CVT, LOADF, MULF, ADDF, STOREF)               \
-    CK_INLINE ATTR void NAME(const int32_t *panel, const float *scales, size_t pairs, size_t gpairs, size_t groups, \
+    CK_INLINE ATTR void NAME(const int32_t *panel, const float *scales, size_t pairs, size_t gpairs, size_t cpairs, \
                              const int16_t *a, size_t lda, float *out, const int MR) {                                \
         const size_t PR = (NV) * (LANES);                                                                         \
         for (int i = 0; i < MR; i++)                                                                              \
             for (size_t r = 0; r < PR; r++) out[i * PR + r] = 0;                                                  \
-        for (size_t g = 0; g < groups; g++) {                                                                     \
-            const size_t p0 = g * gpairs, p1 = p0 + gpairs < pairs ? p0 + gpairs : pairs;                         \
+        /* Exact int32 sums over cpairs column pairs (a group, or a part of one), each scaled by its group's */ \
+        /* scale. */                                                                                              \
+        for (size_t p0 = 0; p0 < pairs; p0 += cpairs) {                                                           \
+            const size_t p1 = p0 + cpairs < pairs ? p0 + cpairs : pairs, g = p0 / gpairs;                         \
             VEC s[MAXMR][NV];                                                                                     \
             for (int i = 0; i < MR; i++)                                                                          \
                 for (int v = 0; v < NV; v++) s[i][v] = ZERO;                                                      \
@@ -148,10 +196,11 @@ I16_TILE(i16_tile_512, CK_VNNI512, __m512i, 2, 16, 8, _mm512_setzero_si512(), i1
 
 #define I16_GEMM(NAME, ATTR, TILE, PR_, MR_)                                                                           \
     ATTR static int NAME(const uint8_t *codes, size_t row_begin, size_t row_count, size_t cols, size_t group_size, \
-                         const int8_t *table, const float *wscale, const int16_t *a, size_t lda, size_t m, float *y,  \
-                         size_t ldy) {                                                                            \
+                         size_t sum_len, const int8_t *table, const int16_t *table16, const float *wscale,         \
+                         const int16_t *a, size_t lda, size_t m, float *y, size_t ldy) {                          \
         const size_t PR = (PR_), pairs = (cols + 1) / 2, groups = i16_groups(cols, group_size);                   \
         const size_t gpairs = group_size >= cols ? pairs : group_size / 2;                                        \
+        const size_t cpairs = sum_len >= group_size ? gpairs : sum_len / 2;                                       \
         int32_t *panel = (int32_t *)ck_thread_scratch(7, (pairs + groups) * PR * 4);                              \
         if (!panel) return 0;                                                                                     \
         float *scales = (float *)(panel + pairs * PR);                                                            \
@@ -159,19 +208,20 @@ I16_TILE(i16_tile_512, CK_VNNI512, __m512i, 2, 16, 8, _mm512_setzero_si512(), i1
         const size_t end = row_begin + row_count;                                                                 \
         for (size_t o0 = row_begin; o0 < end; o0 += PR) {                                                         \
             const size_t rows = end - o0 < PR ? end - o0 : PR;                                                    \
-            i16_panel(codes, o0, rows, cols, groups, table, wscale, PR, panel, scales);                           \
+            if (table16) i16_panel_bytes(codes, o0, rows, cols, groups, table16, wscale, PR, panel, scales);      \
+            else i16_panel(codes, o0, rows, cols, groups, table, wscale, PR, panel, scales);                      \
             for (size_t i = 0; i < m; i += (MR_)) {                                                               \
                 const size_t mr = m - i < (MR_) ? m - i : (MR_);                                                  \
                 const int16_t *ai = a + i * lda;                                                                  \
                 switch (mr) {                                                                                     \
-                case 8: TILE(panel, scales, pairs, gpairs, groups, ai, lda, out, 8); break;                       \
-                case 7: TILE(panel, scales, pairs, gpairs, groups, ai, lda, out, 7); break;                       \
-                case 6: TILE(panel, scales, pairs, gpairs, groups, ai, lda, out, 6); break;                       \
-                case 5: TILE(panel, scales, pairs, gpairs, groups, ai, lda, out, 5); break;                       \
-                case 4: TILE(panel, scales, pairs, gpairs, groups, ai, lda, out, 4); break;                       \
-                case 3: TILE(panel, scales, pairs, gpairs, groups, ai, lda, out, 3); break;                       \
-                case 2: TILE(panel, scales, pairs, gpairs, groups, ai, lda, out, 2); break;                       \
-                default: TILE(panel, scales, pairs, gpairs, groups, ai, lda, out, 1); break;                      \
+                case 8: TILE(panel, scales, pairs, gpairs, cpairs, ai, lda, out, 8); break;                       \
+                case 7: TILE(panel, scales, pairs, gpairs, cpairs, ai, lda, out, 7); break;                       \
+                case 6: TILE(panel, scales, pairs, gpairs, cpairs, ai, lda, out, 6); break;                       \
+                case 5: TILE(panel, scales, pairs, gpairs, cpairs, ai, lda, out, 5); break;                       \
+                case 4: TILE(panel, scales, pairs, gpairs, cpairs, ai, lda, out, 4); break;                       \
+                case 3: TILE(panel, scales, pairs, gpairs, cpairs, ai, lda, out, 3); break;                       \
+                case 2: TILE(panel, scales, pairs, gpairs, cpairs, ai, lda, out, 2); break;                       \
+                default: TILE(panel, scales, pairs, gpairs, cpairs, ai, lda, out, 1); break;                      \
                 }                                                                                                 \
                 for (size_t r = 0; r < mr; r++) memcpy(y + (i + r) * ldy + o0, out + r * PR, rows * sizeof(float)); \
             }                                                                                                     \
@@ -258,10 +308,10 @@ void ck_fp4_gemm_i16(const uint8_t *codes, size_t row_begin, size_t row_count, s
     // A group must not split a column pair (fp_kernels.h); else the reference handles it.
     if (group_size % 2 == 0 || group_size >= cols) {
         if (ck_cpu_has_avx512vnni() &&
-            i16_gemm_512(codes, row_begin, row_count, cols, group_size, table, wscale, a, lda, m, y, ldy))
+            i16_gemm_512(codes, row_begin, row_count, cols, group_size, group_size, table, NULL, wscale, a, lda, m, y, ldy))
             return;
         if (ck_cpu_has_avx2() &&
-            i16_gemm_avx2(codes, row_begin, row_count, cols, group_size, table, wscale, a, lda, m, y, ldy))
+            i16_gemm_avx2(codes, row_begin, row_count, cols, group_size, group_size, table, NULL, wscale, a, lda, m, y, ldy))
             return;
     }
 #endif
@@ -286,4 +336,24 @@ void ck_fp4_gemv_i16(const uint8_t *codes, size_t row_begin, size_t row_count, s
     }
 #endif
     ck_fp4_gemm_i16_ref(codes, row_begin, row_count, cols, group_size, table, wscale, a, lda, m, y, ldy);
+}
+
+void ck_fp8_gemm_i16(const uint8_t *codes, size_t row_begin, size_t row_count, size_t cols, size_t group_size,
+                     size_t sum_len, const int16_t *table, const float *wscale, const int16_t *a, size_t lda, size_t m,
+                     float *y, size_t ldy) {
+    if (group_size == 0 || group_size > cols) group_size = cols ? cols : 1;
+    if (sum_len == 0 || sum_len > group_size) sum_len = group_size;
+#if defined(__x86_64__)
+    // Sums must not split a column pair and must tile their group exactly.
+    const int sums_ok = sum_len == group_size || (sum_len % 2 == 0 && group_size % sum_len == 0);
+    if ((group_size % 2 == 0 || group_size >= cols) && sums_ok) {
+        if (ck_cpu_has_avx512vnni() &&
+            i16_gemm_512(codes, row_begin, row_count, cols, group_size, sum_len, NULL, table, wscale, a, lda, m, y, ldy))
+            return;
+        if (ck_cpu_has_avx2() &&
+            i16_gemm_avx2(codes, row_begin, row_count, cols, group_size, sum_len, NULL, table, wscale, a, lda, m, y, ldy))
+            return;
+    }
+#endif
+    ck_fp8_gemm_i16_ref(codes, row_begin, row_count, cols, group_size, sum_len, table, wscale, a, lda, m, y, ldy);
 }

@@ -167,4 +167,28 @@ public enum MiniFloat {
             }
         }
     }
+
+    /// One-byte minifloat weight codes (FP8, `[rows, columns]`) through `table` (256 int16 weight
+    /// integers) against int16 activations by the panel GEMM (`ck_fp8_gemm_i16`): exact int32 sums
+    /// over `sumLength` columns (the group, or an even divisor of it, chosen by the caller so no
+    /// sum can leave int32), each scaled by its group's scale, in order. Parallel over output rows;
+    /// `reference` runs the scalar twin (same bits).
+    public static func fp8Int16Product(codes: UnsafePointer<UInt8>, rows: Int, columns: Int, groupSize: Int,
+                                       sumLength: Int, table: UnsafePointer<Int16>, scales: UnsafePointer<Float>,
+                                       activations a: UnsafePointer<Int16>, lda: Int, m: Int,
+                                       y: UnsafeMutablePointer<Float>, ldy: Int, reference: Bool = false) {
+        guard rows > 0, m > 0 else { return }
+        if reference {
+            ck_fp8_gemm_i16_ref(codes, 0, rows, columns, groupSize, sumLength, table, scales, a, lda, m, y, ldy)
+            return
+        }
+        let pc = SendableConstPointer(codes), pt = SendableConstPointer(table), ps = SendableConstPointer(scales)
+        let pa = SendableConstPointer(a), py = SendablePointer(y)
+        let blocks = (rows + 31) / 32
+        Parallel.forEachChunk(blocks, minimumChunk: max(1, LowBit.chunk(workPerRow: 32 * m * columns, atLeast: 1))) { b in
+            let r0 = b.lowerBound * 32, r1 = min(rows, b.upperBound * 32)
+            ck_fp8_gemm_i16(pc.base, r0, r1 - r0, columns, groupSize, sumLength, pt.base, ps.base, pa.base, lda, m,
+                            py.base, ldy)
+        }
+    }
 }

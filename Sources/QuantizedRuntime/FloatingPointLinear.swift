@@ -45,6 +45,12 @@ public final class FloatingPointLinear: LinearOp {
         var table: [Int8]?
         /// int16 activations (else int8).
         var wide = false
+        /// FP8 weights: the 256 weight integers of the byte codes (prefill only; decode keeps the
+        /// float GEMV, which reads the same bytes and decodes them in registers).
+        var table16: [Int16]? = nil
+        /// Columns per exact int32 sum (the group, or a divisor of it when a whole group's sum
+        /// could leave int32).
+        var sumLength = 0
         var codes: [Int8]
         var groupScales: [Float]
         var activationFactors: [Float]
@@ -60,7 +66,7 @@ public final class FloatingPointLinear: LinearOp {
 
     public var storageBytes: Int {
         codes.count + scales.count * 4 + (bias?.count ?? 0) * 4 + (activation?.channelScales?.count ?? 0) * 4
-            + (integer.map { $0.codes.count + ($0.table?.count ?? 0) + $0.groupScales.count * 4 } ?? 0)
+            + (integer.map { $0.codes.count + ($0.table?.count ?? 0) + ($0.table16?.count ?? 0) * 2 + $0.groupScales.count * 4 } ?? 0)
     }
 
     /// What runs, for reports: e.g. `fp4 e2m1 LUT GEMV/tile-sgemm g32, A fp8 e4m3 per-tensor`.
@@ -68,6 +74,9 @@ public final class FloatingPointLinear: LinearOp {
         let grouping = groupSize >= inFeatures ? "per-channel" : "g\(groupSize)"
         let act = activation?.floatFormat.map { "A \($0) per-tensor" + (activation?.channelScales != nil ? " + 2^-k" : "") }
             ?? "A16"
+        if let integer, integer.table16 != nil {
+            return "\(format) byte-table int16 GEMM (prefill, int32 sums of \(integer.sumLength)) + LUT GEMV (decode) \(grouping), \(act) as int16"
+        }
         if let integer, integer.wide {
             return "\(format) nibble-table int16 GEMM/GEMV \(grouping), \(act) as int16"
         }
@@ -147,7 +156,7 @@ public final class FloatingPointLinear: LinearOp {
     /// path, decided here once per layer.
     private static func integerPath(_ w: FloatingPointWeight, groupSize: Int,
                                     activation a: ActivationQuantization?) -> IntegerPath? {
-        guard w.bits <= 4, let a, let f = a.floatFormat, let alpha = a.scale, w.columns <= 131_072 else { return nil }
+        guard let a, let f = a.floatFormat, let alpha = a.scale, w.columns <= 131_072 else { return nil }
         let offsets: [Int] = a.channelScales?.map { -Int($0.exponent) } ?? [Int](repeating: 0, count: w.columns)
         // Only exact powers of two 2^(−k), k ≥ 0, are offsets.
         if let cs = a.channelScales, cs.contains(where: { $0.significandBitPattern != 0 || $0 > 1 }) { return nil }
@@ -158,12 +167,28 @@ public final class FloatingPointLinear: LinearOp {
         let groupScales = w.scales.map { $0 * w.format.unit }
         let factors = offsets.map { Float(sign: .plus, exponent: k - $0, significand: 1) / f.unit }
         let outputScale = alpha * f.unit * Float(sign: .plus, exponent: -k, significand: 1)
+        if w.bits > 4 {
+            // FP8 weights: integers up to 252 (E2M5) or 1984 (E3M4) in int16; the exact sums run
+            // over the longest even divisor of the group whose worst case fits int32.
+            let values = wt.map { $0 / w.format.unit }
+            guard values.allSatisfy({ $0.magnitude <= Float(Int16.max) }), groupSize % 2 == 0 || groupSize >= w.columns
+            else { return nil }
+            let maxWeight = Int(values.map(\.magnitude).max() ?? 0), maxActivation = maxInteger << k
+            let sumLength = ([groupSize] + [512, 256, 128, 64, 32, 16, 8, 4, 2]).first { n in
+                n <= groupSize && (n == groupSize || (n % 2 == 0 && groupSize % n == 0))
+                    && maxWeight * maxActivation * n < Int(Int32.max)
+            }
+            guard let sumLength else { return nil }
+            return IntegerPath(table: nil, wide: true, table16: values.map { Int16($0) } + [Int16](repeating: 0, count: 256 - values.count),
+                               sumLength: sumLength, codes: [], groupScales: groupScales, activationFactors: factors,
+                               outputScale: outputScale)
+        }
         if maxInteger << k > 127 {
             let maxWeight = wt.map { Int(abs($0 / w.format.unit)) }.max() ?? 0
             guard wt.count == 16, maxWeight <= 127, groupSize % 2 == 0 || groupSize >= w.columns,
                   maxWeight * (maxInteger << k) * groupSize < Int(Int32.max) else { return nil }
             let table = wt.map { Int8($0 / w.format.unit) }
-            return IntegerPath(table: table, wide: true, codes: [], groupScales: groupScales,
+            return IntegerPath(table: table, wide: true, sumLength: groupSize, codes: [], groupScales: groupScales,
                                activationFactors: factors, outputScale: outputScale)
         }
         if wt.count == 16, TokenKernels.fp4Supports(columns: w.columns, groupSize: groupSize) {
@@ -181,8 +206,8 @@ public final class FloatingPointLinear: LinearOp {
     public func forward(_ x: UnsafePointer<Float>, rows: Int, into y: UnsafeMutablePointer<Float>) {
         guard rows > 0 else { return }
         let k = inFeatures, n = outFeatures
-        if let p = integer, p.wide, let table = p.table, let a = activation, let f = a.floatFormat,
-           let alpha = a.scale {
+        if let p = integer, p.wide, p.table != nil || rows > Self.gemvRowLimit, let a = activation,
+           let f = a.floatFormat, let alpha = a.scale {
             let lda = (k + 1) & ~1
             let wide = LowBit.threadScratch(slot: 2, count: rows * lda, of: Int16.self)
             withOptional(a.channelScales) { cs in
@@ -193,12 +218,16 @@ public final class FloatingPointLinear: LinearOp {
                 }
             }
             codes.withUnsafeBufferPointer { wc in
-                table.withUnsafeBufferPointer { t in
-                    p.groupScales.withUnsafeBufferPointer { ws in
+                p.groupScales.withUnsafeBufferPointer { ws in
+                    if let table = p.table {
                         MiniFloat.fp4Int16Product(codes: wc.baseAddress!, rows: n, columns: k, groupSize: groupSize,
-                                                  table: t.baseAddress!, scales: ws.baseAddress!, activations: wide,
+                                                  table: table, scales: ws.baseAddress!, activations: wide,
                                                   lda: lda, m: rows, y: y, ldy: n,
                                                   kernel: rows <= Self.gemvRowLimit ? .gemv : .gemm)
+                    } else if let table16 = p.table16 {
+                        MiniFloat.fp8Int16Product(codes: wc.baseAddress!, rows: n, columns: k, groupSize: groupSize,
+                                                  sumLength: p.sumLength, table: table16, scales: ws.baseAddress!,
+                                                  activations: wide, lda: lda, m: rows, y: y, ldy: n)
                     }
                 }
             }
@@ -208,7 +237,7 @@ public final class FloatingPointLinear: LinearOp {
             }
             return
         }
-        if let p = integer, let a = activation, let f = a.floatFormat, let alpha = a.scale {
+        if let p = integer, !p.wide, let a = activation, let f = a.floatFormat, let alpha = a.scale {
             let codes = LowBit.threadScratch(slot: 2, count: rows * k, of: Int8.self)
             withOptional(a.channelScales) { cs in
                 p.activationFactors.withUnsafeBufferPointer { fp in

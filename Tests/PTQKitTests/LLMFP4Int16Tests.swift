@@ -77,6 +77,47 @@ extension LLMFP4Tests {
         }
     }
 
+    /// The FP8 byte-table GEMM (AVX-512 VNNI and AVX2 panels) equals its scalar twin bit for bit, and
+    /// the twin equals the exact integer sums within float rounding, with sums over whole groups
+    /// and over parts of them, odd widths, partial panels and tiles.
+    @Test(arguments: [(37, 64, 32, 32, 5), (64, 576, 576, 64, 20), (33, 63, 63, 63, 3), (17, 100, 64, 32, 9),
+                      (40, 96, 96, 32, 7), (48, 1536, 1536, 128, 13)])
+    func fp8Int16GemmMatchesReference(shape: (Int, Int, Int, Int, Int)) {
+        let (rows, cols, gs, sumLength, m) = shape
+        let format = Self.e3m4
+        let table = format.codeValues.map { Int16($0 / format.unit) } + [Int16](repeating: 0, count: 256 - format.codeCount)
+        var rng = SeededGenerator(seed: UInt64(cols * 7 + m))
+        let codes = (0..<rows * cols).map { _ in UInt8(Int.random(in: 0..<format.codeCount, using: &rng)) }
+        let groups = (cols + gs - 1) / gs
+        let scales = (0..<rows * groups).map { _ in rng.float(in: 0.01...2) }
+        let limit = min(Int(Int16.max), (Int(Int32.max) - 1) / (1984 * sumLength))
+        let lda = (cols + 1) & ~1
+        var a = [Int16](repeating: 0, count: m * lda)
+        for i in 0..<m { for j in 0..<cols { a[i * lda + j] = Int16(Int.random(in: -limit...limit, using: &rng)) } }
+        var ref = [Float](repeating: .nan, count: m * rows)
+        MiniFloat.fp8Int16Product(codes: codes, rows: rows, columns: cols, groupSize: gs, sumLength: sumLength, table: table,
+                                  scales: scales, activations: a, lda: lda, m: m, y: &ref, ldy: rows, reference: true)
+        for vnni in [true, false] {
+            TokenKernels.setVNNIEnabled(vnni)
+            var y = [Float](repeating: .nan, count: m * rows)
+            MiniFloat.fp8Int16Product(codes: codes, rows: rows, columns: cols, groupSize: gs, sumLength: sumLength, table: table,
+                                      scales: scales, activations: a, lda: lda, m: m, y: &y, ldy: rows)
+            #expect(y == ref, "\(shape) vnni \(vnni)")
+        }
+        TokenKernels.setVNNIEnabled(true)
+        for i in 0..<m {
+            for o in 0..<rows {
+                var expected = 0.0, magnitude = 0.0
+                for j in 0..<cols {
+                    let v = Double(scales[o * groups + j / gs]) * Double(table[Int(codes[o * cols + j])]) * Double(a[i * lda + j])
+                    expected += v
+                    magnitude += abs(v)
+                }
+                #expect(abs(Double(ref[i * rows + o]) - expected) <= 1e-6 * magnitude + 1e-30, "\(shape) [\(i), \(o)]")
+            }
+        }
+    }
+
     /// The int16 activation quantizer (AVX2 and scalar) gives `grid(x / channelScale / alpha)·factor`
     /// exactly — the value `FloatingPointFormat.roundToGrid` gives, with NaN → 0, ±∞ and huge values
     /// clipped to ±max — and zero past the columns.
@@ -121,6 +162,10 @@ extension LLMFP4Tests {
             (Self.e2m1, 128, Self.e3m4, 4, 130, true), (Self.e2m1, 71, Self.e2m5, 2, 71, true),
             (Self.e2m1, 32, Self.e3m4, 7, 96, false), (Self.e2m1, 35, Self.e2m5, 3, 70, false),
             (Self.e2m1, 32, Self.e4m3, 0, 64, false), (Self.e2m1, 32, Self.e2m1, 3, 64, false),
+            // FP8 weights per row (the W8A8 recipe): the byte-table GEMM at prefill, sums split
+            // where a whole row's could leave int32 (E3M4 weights × E3M4 activations at K = 4).
+            (Self.e2m5, 100, Self.e2m5, 3, 100, true), (Self.e3m4, 576, Self.e3m4, 4, 576, true),
+            (Self.e2m5, 71, Self.e3m4, 2, 71, true), (Self.e4m3, 64, Self.e2m5, 3, 64, false),
         ]
         for (format, gs, act, k, cols, wide) in cases {
             let out = 37
@@ -134,6 +179,8 @@ extension LLMFP4Tests {
                                     bias: (0..<out).map { _ in rng.float(in: -1...1) }, activation: quantization)
             let op = try FloatingPointLinear(q)
             #expect(op.kernelDescription.contains("int16") == wide, "\(format) g\(gs) \(act) K=\(k): \(op.kernelDescription)")
+            // 1984·(1984·2^4)·32 < 2^31 ≤ 1984·(1984·2^4)·64.
+            if format == Self.e3m4 { #expect(op.kernelDescription.contains("int32 sums of 32")) }
             // Inputs up to past the clipping point of the largest channel (saturated activations).
             let x = (0..<rows * cols).map { i in (i % cols == 6 ? 40 : 1) * rng.float(in: -1...1) }
             var y = [Float](repeating: .nan, count: rows * out), expected = y

@@ -105,4 +105,17 @@ void ck_fp4_gemm_i16_ref(const uint8_t *codes, size_t row_begin, size_t row_coun
                          const int8_t *table, const float *wscale, const int16_t *a, size_t lda, size_t m, float *y,
                          size_t ldy);
 
+/// One-byte minifloat weight codes (FP5…FP8) through a 256-entry int16 table (code value /
+/// smallest step, the FP8 W8A8 path) by the same panel GEMM. Exact int32 sums run over sum_len
+/// columns (the group, or an even divisor of it: per-row scales over long rows whose whole-row
+/// sum could leave int32), each scaled by its group's scale:
+/// y[i*ldy + o] = sum over groups g, chunks c of sum_len columns in g, in order, of
+/// wscale[o*G + g] * (float)(sum_{j in c} table[code(o, j)] * a[i, j]).
+void ck_fp8_gemm_i16(const uint8_t *codes, size_t row_begin, size_t row_count, size_t cols, size_t group_size,
+                     size_t sum_len, const int16_t *table, const float *wscale, const int16_t *a, size_t lda, size_t m,
+                     float *y, size_t ldy);
+void ck_fp8_gemm_i16_ref(const uint8_t *codes, size_t row_begin, size_t row_count, size_t cols, size_t group_size,
+                         size_t sum_len, const int16_t *table, const float *wscale, const int16_t *a, size_t lda,
+                         size_t m, float *y, size_t ldy);
+
 #endif
