@@ -45,6 +45,8 @@ public final class FloatingPointLinear: LinearOp {
         var table: [Int8]?
         /// int16 activations (else int8).
         var wide = false
+        /// (The int16 paths keep `groupScales` empty: they read the stored scales and fold the
+        /// weight unit into `outputScale`.)
         /// FP8 weights: the 256 weight integers of the byte codes (prefill only; decode keeps the
         /// float GEMV, which reads the same bytes and decodes them in registers).
         var table16: [Int16]? = nil
@@ -180,16 +182,16 @@ public final class FloatingPointLinear: LinearOp {
             }
             guard let sumLength else { return nil }
             return IntegerPath(table: nil, wide: true, table16: values.map { Int16($0) } + [Int16](repeating: 0, count: 256 - values.count),
-                               sumLength: sumLength, codes: [], groupScales: groupScales, activationFactors: factors,
-                               outputScale: outputScale)
+                               sumLength: sumLength, codes: [], groupScales: [], activationFactors: factors,
+                               outputScale: outputScale * w.format.unit)
         }
         if maxInteger << k > 127 {
             let maxWeight = wt.map { Int(abs($0 / w.format.unit)) }.max() ?? 0
             guard wt.count == 16, maxWeight <= 127, groupSize % 2 == 0 || groupSize >= w.columns,
                   maxWeight * (maxInteger << k) * groupSize < Int(Int32.max) else { return nil }
             let table = wt.map { Int8($0 / w.format.unit) }
-            return IntegerPath(table: table, wide: true, sumLength: groupSize, codes: [], groupScales: groupScales,
-                               activationFactors: factors, outputScale: outputScale)
+            return IntegerPath(table: table, wide: true, sumLength: groupSize, codes: [], groupScales: [],
+                               activationFactors: factors, outputScale: outputScale * w.format.unit)
         }
         if wt.count == 16, TokenKernels.fp4Supports(columns: w.columns, groupSize: groupSize) {
             // Nibble codes stay as they are (two per byte); the kernels look them up in this table.
@@ -217,8 +219,9 @@ public final class FloatingPointLinear: LinearOp {
                                                 factors: fp.baseAddress!, into: wide, ld: lda)
                 }
             }
+            // The stored scales as they are (the weight unit is in `outputScale`): no second copy.
             codes.withUnsafeBufferPointer { wc in
-                p.groupScales.withUnsafeBufferPointer { ws in
+                scales.withUnsafeBufferPointer { ws in
                     if let table = p.table {
                         MiniFloat.fp4Int16Product(codes: wc.baseAddress!, rows: n, columns: k, groupSize: groupSize,
                                                   table: table, scales: ws.baseAddress!, activations: wide,
