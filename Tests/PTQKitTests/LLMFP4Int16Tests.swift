@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 @testable import Kernels
+@testable import Models
 @testable import PTQKit
 @testable import Quantizers
 
@@ -190,6 +191,36 @@ extension LLMFP4Tests {
             for i in 0..<y.count {
                 #expect(abs(y[i] - expected[i]) <= 1e-5 * scale, "\(format) g\(gs) \(act) K=\(k) [\(i / out), \(i % out)]")
             }
+        }
+    }
+
+    /// `LlamaModel.kernelPaths` (what `ptq bench` prints) counts every decoder linear and the head
+    /// once, under each op's own `kernelDescription`.
+    @Test func kernelPathsCountEveryLinear() throws {
+        let (checkpoint, folder) = try PipelineFixtures.setUp()
+        let recipePath = try PipelineFixtures.recipe(folder, name: "fp4paths", body: """
+        scheme:
+          method: llmfp4
+          weight: {bits: 4, group_size: 32}
+          activation: {bits: 8, granularity: per_tensor}
+          parameters: {setting: fast, intervals: 8}
+        """)
+        let outcome = try PTQ.quantize(checkpoint: checkpoint, recipe: try PTQ.RecipeContext(path: recipePath), quiet: true)
+        let model = try LlamaModel(weights: PackedWeights(outcome.packed))
+        let paths = model.kernelPaths
+        #expect(paths.reduce(0) { $0 + $1.count } == 7 * model.layers.count + 1)
+        #expect(paths.allSatisfy { !$0.description.isEmpty })
+        #expect(zip(paths, paths.dropFirst()).allSatisfy { $0.count >= $1.count })
+        var expected: [String: Int] = [:]
+        for layer in model.layers {
+            for op in [layer.q, layer.k, layer.v, layer.o, layer.gate, layer.up, layer.down] {
+                expected[op.kernelDescription, default: 0] += 1
+            }
+        }
+        // Every decoder linear is minifloat here and says which kernel it runs.
+        #expect(expected.keys.allSatisfy { $0.hasPrefix("fp4 e") })
+        for (description, count) in expected {
+            #expect(paths.first { $0.description == description }.map(\.count) ?? 0 >= count, "\(description)")
         }
     }
 }
