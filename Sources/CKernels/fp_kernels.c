@@ -315,6 +315,47 @@ static void fp_decode_rows_avx2(const uint8_t *codes, int nibbles, size_t row_be
         }
     }
 }
+
+/// ck_fp_quantize_rows_i16 on AVX2: the grid rounding of fp_quantize_rows_avx2 (same operations,
+/// so the same values as the reference), times the power-of-two factor (exact), converted to
+/// int32 (exact: an integer below 2^15 by the caller's choice of factor) and packed to int16.
+CK_AVX2
+static void fp_quantize_rows_i16_avx2(const float *x, size_t rows, size_t cols, const float *channel_scale,
+                                      float alpha, int exp_bits, int man_bits, const float *factor, int16_t *codes,
+                                      size_t ldc) {
+    const float maxv = fp_max_value(exp_bits, man_bits);
+    const __m256 vmax = _mm256_set1_ps(maxv), vmin = _mm256_set1_ps(-maxv), va = _mm256_set1_ps(alpha);
+    const __m256i one = _mm256_set1_epi32(1), bias = _mm256_set1_epi32(127);
+    const __m256i m = _mm256_set1_epi32(man_bits);
+    for (size_t i = 0; i < rows; i++) {
+        const float *xr = x + i * cols;
+        int16_t *o = codes + i * ldc;
+        size_t j = 0;
+        for (; j + 8 <= cols; j += 8) {
+            __m256 t = _mm256_loadu_ps(xr + j);
+            if (channel_scale) t = _mm256_div_ps(t, _mm256_loadu_ps(channel_scale + j));
+            __m256 yv = _mm256_div_ps(t, va);
+            const __m256 ordered = _mm256_cmp_ps(yv, yv, _CMP_ORD_Q);
+            __m256 c = _mm256_min_ps(_mm256_max_ps(yv, vmin), vmax);
+            c = _mm256_and_ps(c, ordered);  // NaN -> 0
+            __m256i ex = _mm256_sub_epi32(_mm256_and_si256(_mm256_srli_epi32(_mm256_castps_si256(c), 23),
+                                                           _mm256_set1_epi32(0xFF)), bias);
+            __m256i p = _mm256_max_epi32(ex, one);
+            __m256 step = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(_mm256_sub_epi32(p, m), bias), 23));
+            __m256 q = _mm256_mul_ps(_mm256_round_ps(_mm256_div_ps(c, step), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC),
+                                     step);
+            const __m256i v = _mm256_cvtps_epi32(_mm256_mul_ps(q, _mm256_loadu_ps(factor + j)));
+            _mm_storeu_si128((__m128i *)(o + j),
+                             _mm_packs_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1)));
+        }
+        for (; j < cols; j++) {
+            float t = xr[j];
+            if (channel_scale) t = t / channel_scale[j];
+            o[j] = (int16_t)(fp_round_to_grid(t / alpha, maxv, man_bits) * factor[j]);
+        }
+        for (; j < ldc; j++) o[j] = 0;
+    }
+}
 #endif
 
 void ck_fp_quantize_rows(const float *x, size_t rows, size_t cols, const float *channel_scale,
@@ -387,4 +428,28 @@ void ck_fp_quantize_rows_i8(const float *x, size_t rows, size_t cols, const floa
             codes[i * cols + j] = (int8_t)(fp_round_to_grid(t / alpha, maxv, man_bits) * factor[j]);
         }
     }
+}
+
+void ck_fp_quantize_rows_i16_ref(const float *x, size_t rows, size_t cols, const float *channel_scale, float alpha,
+                                 int exp_bits, int man_bits, const float *factor, int16_t *codes, size_t ldc) {
+    const float maxv = fp_max_value(exp_bits, man_bits);
+    for (size_t i = 0; i < rows; i++) {
+        for (size_t j = 0; j < cols; j++) {
+            float t = x[i * cols + j];
+            if (channel_scale) t = t / channel_scale[j];
+            codes[i * ldc + j] = (int16_t)(fp_round_to_grid(t / alpha, maxv, man_bits) * factor[j]);
+        }
+        for (size_t j = cols; j < ldc; j++) codes[i * ldc + j] = 0;
+    }
+}
+
+void ck_fp_quantize_rows_i16(const float *x, size_t rows, size_t cols, const float *channel_scale, float alpha,
+                             int exp_bits, int man_bits, const float *factor, int16_t *codes, size_t ldc) {
+#if defined(__x86_64__)
+    if (ck_cpu_has_avx2()) {
+        fp_quantize_rows_i16_avx2(x, rows, cols, channel_scale, alpha, exp_bits, man_bits, factor, codes, ldc);
+        return;
+    }
+#endif
+    ck_fp_quantize_rows_i16_ref(x, rows, cols, channel_scale, alpha, exp_bits, man_bits, factor, codes, ldc);
 }

@@ -191,6 +191,45 @@ public enum KernelBench {
                             }
                         }
                     }
+                    // The same codes as integers (E2M1 in half units) against int16 activations (FP8
+                    // grid integers times the channel shifts, the W4A8 recipe's integer path).
+                    let itable: [Int8] = [0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12]
+                    let a16 = (0..<maxColumns).map { _ in Int16(Int(next() % 4033) - 2016) }
+                    for path in paths {
+                        TokenKernels.setVNNIEnabled(path.vnni)
+                        time("FP4 int16-activation GEMV g32 (MiniFloat.fp4Int16Product)\(path.label)", layerPass,
+                             bytes: total + stotal * 4) {
+                            for (i, (n, k)) in shapes.enumerated() {
+                                MiniFloat.fp4Int16Product(codes: w.baseAddress! + off[i], rows: n, columns: k, groupSize: group,
+                                                          table: itable, scales: s.baseAddress! + soff[i], activations: a16,
+                                                          lda: k, m: 1, y: &y, ldy: n, kernel: .gemv)
+                            }
+                        }
+                    }
+                    // Prefill (512 rows) per layer shape: the float path (weight tiles decoded for
+                    // sgemm) against the int16 panel GEMM on the same codes, same run.
+                    let m = 512
+                    let xs = (0..<m * maxColumns).map { _ in Float(Int(next() % 4033) - 2016) / 64 }
+                    let as16 = (0..<m * maxColumns).map { _ in Int16(Int(next() % 4033) - 2016) }
+                    var ys = [Float](repeating: 0, count: m * 1536)
+                    for (n, k) in [(576, 576), (192, 576), (1536, 576), (576, 1536)] {
+                        let i = layerShapes.firstIndex { $0 == (n, k) }!
+                        let pass = "prefill \(m) rows, one \(n)×\(k) layer"
+                        time("FP4 g32 tile decode + sgemm (MiniFloat.product)", pass, bytes: n * k / 2 + n * (k / group) * 4) {
+                            MiniFloat.product(codes: w.baseAddress! + off[i], nibbles: true, outFeatures: n, inFeatures: k,
+                                              groupSize: group, table: table, scales: s.baseAddress! + soff[i], x: xs,
+                                              rows: m, y: &ys)
+                        }
+                        for path in paths {
+                            TokenKernels.setVNNIEnabled(path.vnni)
+                            time("FP4 g32 int16 panel GEMM (MiniFloat.fp4Int16Product)\(path.label)", pass,
+                                 bytes: n * k / 2 + n * (k / group) * 4) {
+                                MiniFloat.fp4Int16Product(codes: w.baseAddress! + off[i], rows: n, columns: k, groupSize: group,
+                                                          table: itable, scales: s.baseAddress! + soff[i], activations: as16,
+                                                          lda: k, m: m, y: &ys, ldy: n, kernel: .gemm)
+                            }
+                        }
+                    }
                     TokenKernels.setVNNIEnabled(vnniAvailable)
                 }
             }

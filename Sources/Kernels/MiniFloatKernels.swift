@@ -103,4 +103,92 @@ public enum MiniFloat {
                                    Int32(exponentBits), Int32(mantissaBits), pf.base, po.base + r.lowerBound * columns)
         }
     }
+
+    // MARK: FP4 weights × int16 activations
+
+    /// Minifloat activations as exact int16 integers `grid(x / channelScale / alpha)·factor[j]`
+    /// (`ck_fp_quantize_rows_i16`), rows of stride `ld` (≥ columns; columns past `columns` are
+    /// set to 0), parallel over rows. `reference` runs the scalar twin.
+    public static func quantizeRowsInt16(_ x: UnsafePointer<Float>, rows: Int, columns: Int,
+                                         channelScales: UnsafePointer<Float>?, alpha: Float, exponentBits: Int,
+                                         mantissaBits: Int, factors: UnsafePointer<Float>,
+                                         into codes: UnsafeMutablePointer<Int16>, ld: Int, reference: Bool = false) {
+        guard rows > 0, columns > 0 else { return }
+        precondition(ld >= columns, "quantizeRowsInt16: row stride \(ld) below \(columns) columns")
+        if reference {
+            ck_fp_quantize_rows_i16_ref(x, rows, columns, channelScales, alpha, Int32(exponentBits), Int32(mantissaBits),
+                                        factors, codes, ld)
+            return
+        }
+        let px = SendableConstPointer(x), pf = SendableConstPointer(factors), po = SendablePointer(codes)
+        let pc = channelScales.map { SendableConstPointer($0) }
+        Parallel.forEachChunk(rows, minimumChunk: LowBit.chunk(workPerRow: columns * 8, atLeast: 1)) { r in
+            ck_fp_quantize_rows_i16(px.base + r.lowerBound * columns, r.count, columns, pc?.base, alpha,
+                                    Int32(exponentBits), Int32(mantissaBits), pf.base, po.base + r.lowerBound * ld, ld)
+        }
+    }
+
+    /// How `fp4Int16Product` multiplies.
+    public enum Int16Kernel: Sendable {
+        /// Panels of expanded weight rows × all activation rows (prefill).
+        case gemm
+        /// Codes read in place, one activation row after another (decode).
+        case gemv
+        /// The scalar twin of both.
+        case reference
+    }
+
+    /// `y[i·ldy + o] = Σ_g scale[o, g]·(float)Σ_{j∈g} table[code(o, j)]·a[i, j]` for `m` int16
+    /// activation rows (stride `lda`, even, zero past `columns`) and all `rows` outputs: FP4 nibble
+    /// codes (`LowBit.packNibbles`), `table` the 16 weight integers, group sums exact in int32
+    /// (the caller checks the bound). Parallel over output rows; every kernel gives the reference's
+    /// bits. `groupSize` must be even or cover the row.
+    public static func fp4Int16Product(codes: UnsafePointer<UInt8>, rows: Int, columns: Int, groupSize: Int,
+                                       table: UnsafePointer<Int8>, scales: UnsafePointer<Float>,
+                                       activations a: UnsafePointer<Int16>, lda: Int, m: Int,
+                                       y: UnsafeMutablePointer<Float>, ldy: Int, kernel: Int16Kernel) {
+        guard rows > 0, m > 0 else { return }
+        let pc = SendableConstPointer(codes), pt = SendableConstPointer(table), ps = SendableConstPointer(scales)
+        let pa = SendableConstPointer(a), py = SendablePointer(y)
+        switch kernel {
+        case .reference:
+            ck_fp4_gemm_i16_ref(codes, 0, rows, columns, groupSize, table, scales, a, lda, m, y, ldy)
+        case .gemv:
+            Parallel.forEachChunk(rows, minimumChunk: max(4, LowBit.chunk(workPerRow: m * columns, atLeast: 8)) / 4 * 4) { r in
+                ck_fp4_gemv_i16(pc.base, r.lowerBound, r.count, columns, groupSize, pt.base, ps.base, pa.base, lda, m,
+                                py.base, ldy)
+            }
+        case .gemm:
+            // Whole 32-row panels per task (the AVX-512 panel height; two AVX2 panels).
+            let blocks = (rows + 31) / 32
+            Parallel.forEachChunk(blocks, minimumChunk: max(1, LowBit.chunk(workPerRow: 32 * m * columns, atLeast: 1))) { b in
+                let r0 = b.lowerBound * 32, r1 = min(rows, b.upperBound * 32)
+                ck_fp4_gemm_i16(pc.base, r0, r1 - r0, columns, groupSize, pt.base, ps.base, pa.base, lda, m, py.base, ldy)
+            }
+        }
+    }
+
+    /// One-byte minifloat weight codes (FP8, `[rows, columns]`) through `table` (256 int16 weight
+    /// integers) against int16 activations by the panel GEMM (`ck_fp8_gemm_i16`): exact int32 sums
+    /// over `sumLength` columns (the group, or an even divisor of it, chosen by the caller so no
+    /// sum can leave int32), each scaled by its group's scale, in order. Parallel over output rows;
+    /// `reference` runs the scalar twin (same bits).
+    public static func fp8Int16Product(codes: UnsafePointer<UInt8>, rows: Int, columns: Int, groupSize: Int,
+                                       sumLength: Int, table: UnsafePointer<Int16>, scales: UnsafePointer<Float>,
+                                       activations a: UnsafePointer<Int16>, lda: Int, m: Int,
+                                       y: UnsafeMutablePointer<Float>, ldy: Int, reference: Bool = false) {
+        guard rows > 0, m > 0 else { return }
+        if reference {
+            ck_fp8_gemm_i16_ref(codes, 0, rows, columns, groupSize, sumLength, table, scales, a, lda, m, y, ldy)
+            return
+        }
+        let pc = SendableConstPointer(codes), pt = SendableConstPointer(table), ps = SendableConstPointer(scales)
+        let pa = SendableConstPointer(a), py = SendablePointer(y)
+        let blocks = (rows + 31) / 32
+        Parallel.forEachChunk(blocks, minimumChunk: max(1, LowBit.chunk(workPerRow: 32 * m * columns, atLeast: 1))) { b in
+            let r0 = b.lowerBound * 32, r1 = min(rows, b.upperBound * 32)
+            ck_fp8_gemm_i16(pc.base, r0, r1 - r0, columns, groupSize, sumLength, pt.base, ps.base, pa.base, lda, m,
+                            py.base, ldy)
+        }
+    }
 }

@@ -13,10 +13,13 @@ public protocol LinearOp: AnyObject, Sendable {
     /// Bytes of weights and parameters one forward reads (for memory-traffic estimates in
     /// benchmarks); 0 when an implementation does not say.
     var weightBytes: Int { get }
+    /// Which kernel path runs, for reports (`ptq bench`); empty when an implementation does not say.
+    var kernelDescription: String { get }
 }
 
 extension LinearOp {
     public var weightBytes: Int { 0 }
+    public var kernelDescription: String { "" }
 }
 
 /// A float32 linear layer on OpenBLAS.

@@ -90,6 +90,8 @@ struct BenchCommand: ParsableCommand {
         /// the median decode rate as a fraction of it.
         let decode_bandwidth_bound: Double
         let decode_bound_fraction: Double
+        /// Linear layers per kernel path (`LinearOp.kernelDescription`), LLaMA models only.
+        var kernels: [String: Int]? = nil
     }
 
     static func peakResidentBytes() -> Int {
@@ -102,7 +104,11 @@ struct BenchCommand: ParsableCommand {
     func measure(_ path: String, bandwidth: Double = 0) throws -> Speed {
         let loadStart = DispatchTime.now()
         let llm = try PTQ.loadAnyModel(path: path).generativeModel(for: "bench", source: path)
-        return try measure(llm, path: path, loadSeconds: seconds(since: loadStart), bandwidth: bandwidth)
+        var speed = try measure(llm, path: path, loadSeconds: seconds(since: loadStart), bandwidth: bandwidth)
+        if let llama = llm as? LlamaModel {
+            speed.kernels = Dictionary(llama.kernelPaths.map { ($0.description, $0.count) }, uniquingKeysWith: +)
+        }
+        return speed
     }
 
     /// Prefill and decode rates of a loaded model (generic, so its cache type is concrete).
@@ -191,6 +197,9 @@ struct BenchCommand: ParsableCommand {
         print("\(promptTokens)-token prompt, \(decodeTokens) decoded tokens, \(repeats) repetitions (median), "
               + "\(PTQ.threadCount) threads, read bandwidth \(String(format: "%.1f", bandwidth / 1e9)) GB/s")
         print("\(model): \(line(speed))")
+        for (description, count) in (speed.kernels ?? [:]).sorted(by: { $0.value != $1.value ? $0.value > $1.value : $0.key < $1.key }) {
+            print("  \(count)× \(description)")
+        }
         if let base {
             print("\(base.model): \(line(base))")
             print(String(format: "ratio: prefill %.2fx, decode %.2fx",

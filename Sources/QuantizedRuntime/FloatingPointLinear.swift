@@ -13,9 +13,12 @@ import PTQCore
 /// the same product (powers of two are exact in float) and costs one multiply per input element
 /// rather than per weight.
 ///
-/// One input row runs the fused GEMV (`ck_fp_gemv_f32`: codes looked up in registers, every
-/// code×activation product exact in float, each group's sum scaled once); several rows decode a
-/// tile of weight rows at a time into scratch and multiply it with sgemm.
+/// FP4 weights with minifloat activations run on integers when the activation grid allows
+/// (`integerPath`): int8 activations when the shifted grid integers fit int8 (W4A4), int16 when
+/// they fit int16 (the W4A8 recipe's E2M5 / E3M4 with its channel offsets), exact int32 group
+/// sums either way. Otherwise one input row runs the fused GEMV (`ck_fp_gemv_f32`: codes looked
+/// up in registers, every code×activation product exact in float, each group's sum scaled once);
+/// several rows decode a tile of weight rows at a time into scratch and multiply it with sgemm.
 public final class FloatingPointLinear: LinearOp {
     public let name: String
     public let inFeatures: Int
@@ -34,9 +37,22 @@ public final class FloatingPointLinear: LinearOp {
     /// (columns and groups multiples of 32), else expanded to int8 `[out, in]` — group scales
     /// `scale·unit`, activation factors `2^(K − k_j)/unit_a`, and the output factor
     /// `alpha·unit_a·2^(−K)`.
+    ///
+    /// With `wide` the activations are int16 (`MiniFloat.fp4Int16Product`: the nibble codes are
+    /// read through `table` in registers, by a panel GEMM for prefill and a GEMV for decode).
     private struct IntegerPath: Sendable {
         /// The 16 weight integers of the FP4 codes; nil when `codes` holds the expanded matrix.
         var table: [Int8]?
+        /// int16 activations (else int8).
+        var wide = false
+        /// (The int16 paths keep `groupScales` empty: they read the stored scales and fold the
+        /// weight unit into `outputScale`.)
+        /// FP8 weights: the 256 weight integers of the byte codes (prefill only; decode keeps the
+        /// float GEMV, which reads the same bytes and decodes them in registers).
+        var table16: [Int16]? = nil
+        /// Columns per exact int32 sum (the group, or a divisor of it when a whole group's sum
+        /// could leave int32).
+        var sumLength = 0
         var codes: [Int8]
         var groupScales: [Float]
         var activationFactors: [Float]
@@ -52,7 +68,7 @@ public final class FloatingPointLinear: LinearOp {
 
     public var storageBytes: Int {
         codes.count + scales.count * 4 + (bias?.count ?? 0) * 4 + (activation?.channelScales?.count ?? 0) * 4
-            + (integer.map { $0.codes.count + ($0.table?.count ?? 0) + $0.groupScales.count * 4 } ?? 0)
+            + (integer.map { $0.codes.count + ($0.table?.count ?? 0) + ($0.table16?.count ?? 0) * 2 + $0.groupScales.count * 4 } ?? 0)
     }
 
     /// What runs, for reports: e.g. `fp4 e2m1 LUT GEMV/tile-sgemm g32, A fp8 e4m3 per-tensor`.
@@ -60,6 +76,12 @@ public final class FloatingPointLinear: LinearOp {
         let grouping = groupSize >= inFeatures ? "per-channel" : "g\(groupSize)"
         let act = activation?.floatFormat.map { "A \($0) per-tensor" + (activation?.channelScales != nil ? " + 2^-k" : "") }
             ?? "A16"
+        if let integer, integer.table16 != nil {
+            return "\(format) byte-table int16 GEMM (prefill, int32 sums of \(integer.sumLength)) + LUT GEMV (decode) \(grouping), \(act) as int16"
+        }
+        if let integer, integer.wide {
+            return "\(format) nibble-table int16 GEMM/GEMV \(grouping), \(act) as int16"
+        }
         if let integer {
             let kernel = integer.table != nil ? "nibble-table int8 GEMV" : "LUT→int8 GEMM"
             return "\(format) \(kernel) \(grouping), \(act) as int8"
@@ -130,19 +152,47 @@ public final class FloatingPointLinear: LinearOp {
     /// Every FP4 weight is an integer (≤ 64) times the format's smallest step, and an activation
     /// grid value times 2^(K − k_j) is an integer too; when those fit int8 the layer runs the exact
     /// int8 GEMM (`ck_gemm_i8_grouped`) with the group scales applied after each integer group sum.
+    /// When they fit int16 instead (e.g. E2M5: 252·2^K, E3M4: 1984·2^K) and no group's sum can
+    /// leave int32 (max|w|·max|a|·group length < 2^31), the int16 kernels run; groups must not
+    /// split a column pair (even group size, or one group per row). Anything else keeps the float
+    /// path, decided here once per layer.
     private static func integerPath(_ w: FloatingPointWeight, groupSize: Int,
                                     activation a: ActivationQuantization?) -> IntegerPath? {
-        guard w.bits <= 4, let a, let f = a.floatFormat, let alpha = a.scale, w.columns <= 131_072 else { return nil }
+        guard let a, let f = a.floatFormat, let alpha = a.scale, w.columns <= 131_072 else { return nil }
         let offsets: [Int] = a.channelScales?.map { -Int($0.exponent) } ?? [Int](repeating: 0, count: w.columns)
         // Only exact powers of two 2^(−k), k ≥ 0, are offsets.
         if let cs = a.channelScales, cs.contains(where: { $0.significandBitPattern != 0 || $0 > 1 }) { return nil }
         let k = offsets.max() ?? 0
         let maxInteger = Int(f.maxValue / f.unit)
-        guard maxInteger << k <= 127 else { return nil }
+        guard k < 24, maxInteger << k <= Int(Int16.max) else { return nil }
         let wt = w.format.codeValues
         let groupScales = w.scales.map { $0 * w.format.unit }
         let factors = offsets.map { Float(sign: .plus, exponent: k - $0, significand: 1) / f.unit }
         let outputScale = alpha * f.unit * Float(sign: .plus, exponent: -k, significand: 1)
+        if w.bits > 4 {
+            // FP8 weights: integers up to 252 (E2M5) or 1984 (E3M4) in int16; the exact sums run
+            // over the longest even divisor of the group whose worst case fits int32.
+            let values = wt.map { $0 / w.format.unit }
+            guard values.allSatisfy({ $0.magnitude <= Float(Int16.max) }), groupSize % 2 == 0 || groupSize >= w.columns
+            else { return nil }
+            let maxWeight = Int(values.map(\.magnitude).max() ?? 0), maxActivation = maxInteger << k
+            let sumLength = ([groupSize] + [512, 256, 128, 64, 32, 16, 8, 4, 2]).first { n in
+                n <= groupSize && (n == groupSize || (n % 2 == 0 && groupSize % n == 0))
+                    && maxWeight * maxActivation * n < Int(Int32.max)
+            }
+            guard let sumLength else { return nil }
+            return IntegerPath(table: nil, wide: true, table16: values.map { Int16($0) } + [Int16](repeating: 0, count: 256 - values.count),
+                               sumLength: sumLength, codes: [], groupScales: [], activationFactors: factors,
+                               outputScale: outputScale * w.format.unit)
+        }
+        if maxInteger << k > 127 {
+            let maxWeight = wt.map { Int(abs($0 / w.format.unit)) }.max() ?? 0
+            guard wt.count == 16, maxWeight <= 127, groupSize % 2 == 0 || groupSize >= w.columns,
+                  maxWeight * (maxInteger << k) * groupSize < Int(Int32.max) else { return nil }
+            let table = wt.map { Int8($0 / w.format.unit) }
+            return IntegerPath(table: table, wide: true, sumLength: groupSize, codes: [], groupScales: [],
+                               activationFactors: factors, outputScale: outputScale * w.format.unit)
+        }
         if wt.count == 16, TokenKernels.fp4Supports(columns: w.columns, groupSize: groupSize) {
             // Nibble codes stay as they are (two per byte); the kernels look them up in this table.
             let table = wt.map { Int8($0 / w.format.unit) }
@@ -158,7 +208,39 @@ public final class FloatingPointLinear: LinearOp {
     public func forward(_ x: UnsafePointer<Float>, rows: Int, into y: UnsafeMutablePointer<Float>) {
         guard rows > 0 else { return }
         let k = inFeatures, n = outFeatures
-        if let p = integer, let a = activation, let f = a.floatFormat, let alpha = a.scale {
+        if let p = integer, p.wide, p.table != nil || rows > Self.gemvRowLimit, let a = activation,
+           let f = a.floatFormat, let alpha = a.scale {
+            let lda = (k + 1) & ~1
+            let wide = LowBit.threadScratch(slot: 2, count: rows * lda, of: Int16.self)
+            withOptional(a.channelScales) { cs in
+                p.activationFactors.withUnsafeBufferPointer { fp in
+                    MiniFloat.quantizeRowsInt16(x, rows: rows, columns: k, channelScales: cs, alpha: alpha,
+                                                exponentBits: f.exponentBits, mantissaBits: f.mantissaBits,
+                                                factors: fp.baseAddress!, into: wide, ld: lda)
+                }
+            }
+            // The stored scales as they are (the weight unit is in `outputScale`): no second copy.
+            codes.withUnsafeBufferPointer { wc in
+                scales.withUnsafeBufferPointer { ws in
+                    if let table = p.table {
+                        MiniFloat.fp4Int16Product(codes: wc.baseAddress!, rows: n, columns: k, groupSize: groupSize,
+                                                  table: table, scales: ws.baseAddress!, activations: wide,
+                                                  lda: lda, m: rows, y: y, ldy: n,
+                                                  kernel: rows <= Self.gemvRowLimit ? .gemv : .gemm)
+                    } else if let table16 = p.table16 {
+                        MiniFloat.fp8Int16Product(codes: wc.baseAddress!, rows: n, columns: k, groupSize: groupSize,
+                                                  sumLength: p.sumLength, table: table16, scales: ws.baseAddress!,
+                                                  activations: wide, lda: lda, m: rows, y: y, ldy: n)
+                    }
+                }
+            }
+            for i in 0..<rows * n { y[i] *= p.outputScale }
+            if let bias {
+                bias.withUnsafeBufferPointer { Ops.addBias($0.baseAddress!, rows: rows, width: n, into: y) }
+            }
+            return
+        }
+        if let p = integer, !p.wide, let a = activation, let f = a.floatFormat, let alpha = a.scale {
             let codes = LowBit.threadScratch(slot: 2, count: rows * k, of: Int8.self)
             withOptional(a.channelScales) { cs in
                 p.activationFactors.withUnsafeBufferPointer { fp in

@@ -62,4 +62,60 @@ void ck_fp_quantize_error_block(const float *w, size_t rows, size_t ld, size_t w
 void ck_fp_quantize_rows_i8(const float *x, size_t rows, size_t cols, const float *channel_scale,
                             float alpha, int exp_bits, int man_bits, const float *factor, int8_t *codes);
 
+// ---------------------------------------------------------------------------------------------
+// FP4 weights × int16 activations (fp4_i16.c): the integer path for minifloat activations whose
+// shifted grid integers do not fit int8 but fit int16 (FP8 E2M5 / E3M4 with small channel
+// offsets, the W4A8 recipe). Exact int32 sums, the group scale applied after each group's sum.
+//
+// codes: FP4 nibbles as above (element 2i low nibble, 2i+1 high nibble, row stride (cols+1)/2).
+// table: the 16 weight integers (code value / the format's smallest step, |t| <= 127).
+// wscale: [rows, G] group scales, G = ceil(cols / group_size); group_size must be even or
+// >= cols (a group then never splits a column pair). a: int16 activation rows [m, lda],
+// lda >= cols rounded up to even, a[i, cols] = 0 when cols is odd. The caller guarantees that
+// no group's exact sum leaves int32 (|t|·max|a|·group_size < 2^31).
+//
+// y[i*ldy + o] = sum_g wscale[o*G + g] * (float)(sum_{j in g} table[code(o, j)] * a[i, j]) for o in
+// [row_begin, row_begin + row_count), the groups summed in order with a separate multiply and
+// add, so every path is bit for bit the reference.
+
+/// Activations as int16: per element t = x / channel_scale[j] (when non-NULL), q = grid rounding
+/// of t / alpha (as ck_fp_quantize_rows), codes[i*ldc + j] = q * factor[j] (the caller picks
+/// factor[j] = 2^(K - k_j) / unit so that the product is an integer with |value| <= 32767);
+/// columns [cols, ldc) are set to 0.
+void ck_fp_quantize_rows_i16(const float *x, size_t rows, size_t cols, const float *channel_scale, float alpha,
+                             int exp_bits, int man_bits, const float *factor, int16_t *codes, size_t ldc);
+void ck_fp_quantize_rows_i16_ref(const float *x, size_t rows, size_t cols, const float *channel_scale, float alpha,
+                                 int exp_bits, int man_bits, const float *factor, int16_t *codes, size_t ldc);
+
+/// Prefill GEMM: weight rows are expanded a panel at a time (nibbles looked up in the table in
+/// registers, pairs of columns as int16 pairs, rows interleaved: 32 rows on AVX-512, 16 on AVX2)
+/// into thread scratch and multiplied with vpdpwssd (AVX-512 VNNI, zmm) or vpmaddwd (AVX2), one
+/// int32 lane per weight row, each activation column pair broadcast.
+void ck_fp4_gemm_i16(const uint8_t *codes, size_t row_begin, size_t row_count, size_t cols, size_t group_size,
+                     const int8_t *table, const float *wscale, const int16_t *a, size_t lda, size_t m, float *y,
+                     size_t ldy);
+/// Decode GEMV (few activation rows): codes read in place, 32 columns per step (pshufb lookups,
+/// sign-extended to int16, vpdpwssd/vpmaddwd against the activations), one exact horizontal
+/// sum per group for four rows at once.
+void ck_fp4_gemv_i16(const uint8_t *codes, size_t row_begin, size_t row_count, size_t cols, size_t group_size,
+                     const int8_t *table, const float *wscale, const int16_t *a, size_t lda, size_t m, float *y,
+                     size_t ldy);
+/// Scalar twin of ck_fp4_gemm_i16 and ck_fp4_gemv_i16.
+void ck_fp4_gemm_i16_ref(const uint8_t *codes, size_t row_begin, size_t row_count, size_t cols, size_t group_size,
+                         const int8_t *table, const float *wscale, const int16_t *a, size_t lda, size_t m, float *y,
+                         size_t ldy);
+
+/// One-byte minifloat weight codes (FP5…FP8) through a 256-entry int16 table (code value /
+/// smallest step, the FP8 W8A8 path) by the same panel GEMM. Exact int32 sums run over sum_len
+/// columns (the group, or an even divisor of it: per-row scales over long rows whose whole-row
+/// sum could leave int32), each scaled by its group's scale:
+/// y[i*ldy + o] = sum over groups g, chunks c of sum_len columns in g, in order, of
+/// wscale[o*G + g] * (float)(sum_{j in c} table[code(o, j)] * a[i, j]).
+void ck_fp8_gemm_i16(const uint8_t *codes, size_t row_begin, size_t row_count, size_t cols, size_t group_size,
+                     size_t sum_len, const int16_t *table, const float *wscale, const int16_t *a, size_t lda, size_t m,
+                     float *y, size_t ldy);
+void ck_fp8_gemm_i16_ref(const uint8_t *codes, size_t row_begin, size_t row_count, size_t cols, size_t group_size,
+                         size_t sum_len, const int16_t *table, const float *wscale, const int16_t *a, size_t lda,
+                         size_t m, float *y, size_t ldy);
+
 #endif

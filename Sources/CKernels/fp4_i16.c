@@ -1,0 +1,359 @@
+#include "ckernels.h"
+#include "ck_runtime.h"
+#include "fp_kernels.h"
+#include "x86_common.h"
+#include <string.h>
+
+// FP4 weight codes × int16 activations (see fp_kernels.h for the layouts and the exact result).
+//
+// Why int16: an FP8 activation on its grid is a small integer times the format's smallest step,
+// and the per-channel offset 2^(-k_j) is a power of two, so with K = max k_j every activation is
+// the integer q/unit·2^(K-k_j) times unit·2^(-K). For E2M5 that integer is at most 252·2^3, for
+// E3M4 at most 1984·2^K: int16 for the formats and offsets the W4A8 recipe picks, not int8. The
+// FP4 weight integers (|t| <= 12 for E2M1) sign-extend to int16, and vpmaddwd / vpdpwssd add two
+// int16 products into an int32 lane exactly.
+
+static inline size_t i16_groups(size_t cols, size_t group_size) { return (cols + group_size - 1) / group_size; }
+static inline unsigned i16_code(const uint8_t *row, size_t j) {
+    return (j & 1) ? (unsigned)(row[j >> 1] >> 4) : (unsigned)(row[j >> 1] & 0x0F);
+}
+
+void ck_fp4_gemm_i16_ref(const uint8_t *codes, size_t row_begin, size_t row_count, size_t cols, size_t group_size,
+                         const int8_t *table, const float *wscale, const int16_t *a, size_t lda, size_t m, float *y,
+                         size_t ldy) {
+    if (group_size == 0 || group_size > cols) group_size = cols ? cols : 1;
+    const size_t groups = i16_groups(cols, group_size), stride = (cols + 1) / 2;
+    for (size_t i = 0; i < m; i++) {
+        const int16_t *ai = a + i * lda;
+        for (size_t o = row_begin; o < row_begin + row_count; o++) {
+            const uint8_t *row = codes + o * stride;
+            float acc = 0;
+            for (size_t g = 0; g < groups; g++) {
+                const size_t j0 = g * group_size, j1 = j0 + group_size < cols ? j0 + group_size : cols;
+                int32_t sum = 0;
+                for (size_t j = j0; j < j1; j++) sum += (int32_t)table[i16_code(row, j)] * (int32_t)ai[j];
+                // Separate statements: no contraction into an FMA, as the vector paths.
+                float term = wscale[o * groups + g] * (float)sum;
+                acc = acc + term;
+            }
+            y[i * ldy + o] = acc;
+        }
+    }
+}
+
+void ck_fp8_gemm_i16_ref(const uint8_t *codes, size_t row_begin, size_t row_count, size_t cols, size_t group_size,
+                         size_t sum_len, const int16_t *table, const float *wscale, const int16_t *a, size_t lda,
+                         size_t m, float *y, size_t ldy) {
+    if (group_size == 0 || group_size > cols) group_size = cols ? cols : 1;
+    if (sum_len == 0 || sum_len > group_size) sum_len = group_size;
+    const size_t groups = i16_groups(cols, group_size);
+    for (size_t i = 0; i < m; i++) {
+        const int16_t *ai = a + i * lda;
+        for (size_t o = row_begin; o < row_begin + row_count; o++) {
+            const uint8_t *row = codes + o * cols;
+            float acc = 0;
+            for (size_t g = 0; g < groups; g++) {
+                const size_t g1 = (g + 1) * group_size < cols ? (g + 1) * group_size : cols;
+                for (size_t j0 = g * group_size; j0 < g1; j0 += sum_len) {
+                    const size_t j1 = j0 + sum_len < g1 ? j0 + sum_len : g1;
+                    int32_t sum = 0;
+                    for (size_t j = j0; j < j1; j++) sum += (int32_t)table[row[j]] * (int32_t)ai[j];
+                    float term = wscale[o * groups + g] * (float)sum;
+                    acc = acc + term;
+                }
+            }
+            y[i * ldy + o] = acc;
+        }
+    }
+}
+
+#if defined(__x86_64__)
+#define CK_VNNI512 __attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512vnni")))
+
+/// 16 nibble bytes (32 columns from an even column) as two vectors of 16 int16 weight integers in
+/// natural column order: pshufb of the low and high nibbles into the table, the two interleaved
+/// bytewise (column 2p is the low nibble of byte p), then sign-extended.
+CK_INLINE CK_AVX2 void i16_weights32(const uint8_t *p, __m128i table, __m256i *w0, __m256i *w1) {
+    const __m128i low4 = _mm_set1_epi8(0x0F);
+    const __m128i x = _mm_loadu_si128((const __m128i *)p);
+    const __m128i lo = _mm_shuffle_epi8(table, _mm_and_si128(x, low4));
+    const __m128i hi = _mm_shuffle_epi8(table, _mm_and_si128(_mm_srli_epi16(x, 4), low4));
+    *w0 = _mm256_cvtepi8_epi16(_mm_unpacklo_epi8(lo, hi));
+    *w1 = _mm256_cvtepi8_epi16(_mm_unpackhi_epi8(lo, hi));
+}
+
+// ---- prefill GEMM --------------------------------------------------------------------------------
+//
+// Panel layout: PR weight rows (PR = 32 on AVX-512, 16 on AVX2); word [p·PR + r] holds row r's
+// columns 2p and 2p+1 as an int16 pair (zero past the matrix). One vector load gives 16 (8) rows'
+// pairs, and vpdpwssd / vpmaddwd against the activation pair (a[2p], a[2p+1]) broadcast to every
+// lane adds each row's two products into its own int32 lane: no horizontal sums at all, and each
+// group's sums of all rows come out as one vector for the scale multiply. The table lookups run
+// in registers 16 bytes at a time; the transposition into the panel is scalar stores (the panel
+// is built once per call and reused by every activation row, so it costs ~1/m of the products).
+
+/// Expands rows [o0, o0 + rows) (rows <= PR) into the panel and gathers their group scales
+/// ([g·PR + r], zero for padding rows).
+CK_AVX2 static void i16_panel(const uint8_t *codes, size_t o0, size_t rows, size_t cols, size_t groups,
+                              const int8_t *table, const float *wscale, size_t PR, int32_t *panel, float *scales) {
+    const size_t stride = (cols + 1) / 2, pairs = stride;
+    const __m128i t = _mm_loadu_si128((const __m128i *)table);
+    const __m128i low4 = _mm_set1_epi8(0x0F);
+    for (size_t r = 0; r < PR; r++) {
+        if (r >= rows) {
+            for (size_t p = 0; p < pairs; p++) panel[p * PR + r] = 0;
+            for (size_t g = 0; g < groups; g++) scales[g * PR + r] = 0;
+            continue;
+        }
+        const uint8_t *row = codes + (o0 + r) * stride;
+        size_t p = 0;
+        for (; p + 16 <= pairs; p += 16) {
+            const __m128i x = _mm_loadu_si128((const __m128i *)(row + p));
+            const __m128i lo = _mm_shuffle_epi8(t, _mm_and_si128(x, low4));
+            const __m128i hi = _mm_shuffle_epi8(t, _mm_and_si128(_mm_srli_epi16(x, 4), low4));
+            int32_t words[16];
+            _mm256_storeu_si256((__m256i *)words, _mm256_cvtepi8_epi16(_mm_unpacklo_epi8(lo, hi)));
+            _mm256_storeu_si256((__m256i *)(words + 8), _mm256_cvtepi8_epi16(_mm_unpackhi_epi8(lo, hi)));
+            for (int q = 0; q < 16; q++) panel[(p + q) * PR + r] = words[q];
+        }
+        for (; p < pairs; p++) {
+            const int16_t w0 = table[row[p] & 0x0F];
+            // A padding high nibble of an odd-width row meets a zero activation; zero it anyway.
+            const int16_t w1 = 2 * p + 1 < cols ? table[row[p] >> 4] : 0;
+            panel[p * PR + r] = (int32_t)(((uint32_t)(uint16_t)w1 << 16) | (uint16_t)w0);
+        }
+        for (size_t g = 0; g < groups; g++) scales[g * PR + r] = wscale[(o0 + r) * groups + g];
+    }
+}
+
+/// i16_panel for one-byte codes through a 256-entry int16 table (FP8 weights): scalar lookups
+/// (the panel is built once per call and reused by every activation row).
+static void i16_panel_bytes(const uint8_t *codes, size_t o0, size_t rows, size_t cols, size_t groups,
+                            const int16_t *table, const float *wscale, size_t PR, int32_t *panel, float *scales) {
+    const size_t pairs = (cols + 1) / 2;
+    for (size_t r = 0; r < PR; r++) {
+        if (r >= rows) {
+            for (size_t p = 0; p < pairs; p++) panel[p * PR + r] = 0;
+            for (size_t g = 0; g < groups; g++) scales[g * PR + r] = 0;
+            continue;
+        }
+        const uint8_t *row = codes + (o0 + r) * cols;
+        for (size_t p = 0; p < pairs; p++) {
+            const int16_t w0 = table[row[2 * p]], w1 = 2 * p + 1 < cols ? table[row[2 * p + 1]] : 0;
+            panel[p * PR + r] = (int32_t)(((uint32_t)(uint16_t)w1 << 16) | (uint16_t)w0);
+        }
+        for (size_t g = 0; g < groups; g++) scales[g * PR + r] = wscale[(o0 + r) * groups + g];
+    }
+}
+
+// MR activation rows × one panel. Per column pair: NV weight vectors, MR broadcasts, MR·NV
+// multiply-adds. Float partial sums live in out[MR][PR] (L1), added once per group with a
+// separate multiply and add (the reference's order).
+#define I16_TILE(NAME, ATTR, VEC, NV, LANES, MAXMR, ZERO, LOAD, BCAST, MADD, CVT, LOADF, MULF, ADDF, STOREF)               \
+    CK_INLINE ATTR void NAME(const int32_t *panel, const float *scales, size_t pairs, size_t gpairs, size_t cpairs, \
+                             const int16_t *a, size_t lda, float *out, const int MR) {                                \
+        const size_t PR = (NV) * (LANES);                                                                         \
+        for (int i = 0; i < MR; i++)                                                                              \
+            for (size_t r = 0; r < PR; r++) out[i * PR + r] = 0;                                                  \
+        /* Exact int32 sums over cpairs column pairs (a group, or a part of one), each scaled by its group's */ \
+        /* scale. */                                                                                              \
+        for (size_t p0 = 0; p0 < pairs; p0 += cpairs) {                                                           \
+            const size_t p1 = p0 + cpairs < pairs ? p0 + cpairs : pairs, g = p0 / gpairs;                         \
+            VEC s[MAXMR][NV];                                                                                     \
+            for (int i = 0; i < MR; i++)                                                                          \
+                for (int v = 0; v < NV; v++) s[i][v] = ZERO;                                                      \
+            for (size_t p = p0; p < p1; p++) {                                                                    \
+                VEC w[NV];                                                                                        \
+                for (int v = 0; v < NV; v++) w[v] = LOAD(panel + p * PR + v * (LANES));                           \
+                for (int i = 0; i < MR; i++) {                                                                    \
+                    int32_t pair;                                                                                 \
+                    memcpy(&pair, a + i * lda + 2 * p, 4);                                                        \
+                    const VEC b = BCAST(pair);                                                                    \
+                    for (int v = 0; v < NV; v++) s[i][v] = MADD(s[i][v], b, w[v]);                                \
+                }                                                                                                 \
+            }                                                                                                     \
+            for (int v = 0; v < NV; v++) {                                                                        \
+                const float *sc = scales + g * PR + v * (LANES);                                                  \
+                for (int i = 0; i < MR; i++) {                                                                    \
+                    float *dst = out + i * PR + v * (LANES);                                                      \
+                    STOREF(dst, ADDF(LOADF(dst), MULF(LOADF(sc), CVT(s[i][v]))));                                 \
+                }                                                                                                 \
+            }                                                                                                     \
+        }                                                                                                         \
+    }
+
+CK_INLINE CK_AVX2 __m256i i16_load256(const int32_t *p) { return _mm256_loadu_si256((const __m256i *)p); }
+CK_INLINE CK_AVX2 __m256i i16_madd256(__m256i acc, __m256i b, __m256i w) {
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(b, w));
+}
+CK_INLINE CK_VNNI512 __m512i i16_load512(const int32_t *p) { return _mm512_loadu_si512((const void *)p); }
+CK_INLINE CK_VNNI512 __m512i i16_madd512(__m512i acc, __m512i b, __m512i w) { return _mm512_dpwssd_epi32(acc, b, w); }
+
+I16_TILE(i16_tile_avx2, CK_AVX2, __m256i, 2, 8, 4, _mm256_setzero_si256(), i16_load256, _mm256_set1_epi32, i16_madd256,
+         _mm256_cvtepi32_ps, _mm256_loadu_ps, _mm256_mul_ps, _mm256_add_ps, _mm256_storeu_ps)
+I16_TILE(i16_tile_512, CK_VNNI512, __m512i, 2, 16, 8, _mm512_setzero_si512(), i16_load512, _mm512_set1_epi32, i16_madd512,
+         _mm512_cvtepi32_ps, _mm512_loadu_ps, _mm512_mul_ps, _mm512_add_ps, _mm512_storeu_ps)
+
+#define I16_GEMM(NAME, ATTR, TILE, PR_, MR_)                                                                           \
+    ATTR static int NAME(const uint8_t *codes, size_t row_begin, size_t row_count, size_t cols, size_t group_size, \
+                         size_t sum_len, const int8_t *table, const int16_t *table16, const float *wscale,         \
+                         const int16_t *a, size_t lda, size_t m, float *y, size_t ldy) {                          \
+        const size_t PR = (PR_), pairs = (cols + 1) / 2, groups = i16_groups(cols, group_size);                   \
+        const size_t gpairs = group_size >= cols ? pairs : group_size / 2;                                        \
+        const size_t cpairs = sum_len >= group_size ? gpairs : sum_len / 2;                                       \
+        int32_t *panel = (int32_t *)ck_thread_scratch(7, (pairs + groups) * PR * 4);                              \
+        if (!panel) return 0;                                                                                     \
+        float *scales = (float *)(panel + pairs * PR);                                                            \
+        float out[(MR_) * (PR_)] __attribute__((aligned(64)));                                                    \
+        const size_t end = row_begin + row_count;                                                                 \
+        for (size_t o0 = row_begin; o0 < end; o0 += PR) {                                                         \
+            const size_t rows = end - o0 < PR ? end - o0 : PR;                                                    \
+            if (table16) i16_panel_bytes(codes, o0, rows, cols, groups, table16, wscale, PR, panel, scales);      \
+            else i16_panel(codes, o0, rows, cols, groups, table, wscale, PR, panel, scales);                      \
+            for (size_t i = 0; i < m; i += (MR_)) {                                                               \
+                const size_t mr = m - i < (MR_) ? m - i : (MR_);                                                  \
+                const int16_t *ai = a + i * lda;                                                                  \
+                switch (mr) {                                                                                     \
+                case 8: TILE(panel, scales, pairs, gpairs, cpairs, ai, lda, out, 8); break;                       \
+                case 7: TILE(panel, scales, pairs, gpairs, cpairs, ai, lda, out, 7); break;                       \
+                case 6: TILE(panel, scales, pairs, gpairs, cpairs, ai, lda, out, 6); break;                       \
+                case 5: TILE(panel, scales, pairs, gpairs, cpairs, ai, lda, out, 5); break;                       \
+                case 4: TILE(panel, scales, pairs, gpairs, cpairs, ai, lda, out, 4); break;                       \
+                case 3: TILE(panel, scales, pairs, gpairs, cpairs, ai, lda, out, 3); break;                       \
+                case 2: TILE(panel, scales, pairs, gpairs, cpairs, ai, lda, out, 2); break;                       \
+                default: TILE(panel, scales, pairs, gpairs, cpairs, ai, lda, out, 1); break;                      \
+                }                                                                                                 \
+                for (size_t r = 0; r < mr; r++) memcpy(y + (i + r) * ldy + o0, out + r * PR, rows * sizeof(float)); \
+            }                                                                                                     \
+        }                                                                                                         \
+        return 1;                                                                                                 \
+    }
+I16_GEMM(i16_gemm_avx2, CK_AVX2, i16_tile_avx2, 16, 4)
+I16_GEMM(i16_gemm_512, CK_VNNI512, i16_tile_512, 32, 8)
+
+// ---- decode GEMV ---------------------------------------------------------------------------------
+//
+// Codes read in place: per 32 columns one 16-byte load, two pshufb, two sign extensions, and one
+// int16 multiply-add per activation half (vpdpwssd on VNNI, vpmaddwd + add on AVX2). Four rows'
+// group partials are reduced to exact int32 sums by one hadd tree; columns of a group past its
+// last multiple of 32 are added by scalar code (as ints: the same sum).
+#define I16_ROWS(NAME, ATTR, DOT)                                                                                  \
+    CK_INLINE ATTR void NAME(const uint8_t *codes, size_t o, size_t cols, size_t group_size, size_t groups,        \
+                             const int8_t *table8, const float *wscale, const int16_t *a, float *y, const int R) { \
+        const size_t stride = (cols + 1) / 2;                                                                      \
+        const __m128i table = _mm_loadu_si128((const __m128i *)table8);                                            \
+        __m128 acc = _mm_setzero_ps();                                                                             \
+        for (size_t g = 0; g < groups; g++) {                                                                      \
+            const size_t j0 = g * group_size, j1 = j0 + group_size < cols ? j0 + group_size : cols;                \
+            __m256i s[4] = {_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(),                \
+                            _mm256_setzero_si256()};                                                               \
+            size_t j = j0;                                                                                         \
+            for (; j + 32 <= j1; j += 32) {                                                                        \
+                const __m256i a0 = _mm256_loadu_si256((const __m256i *)(a + j));                                   \
+                const __m256i a1 = _mm256_loadu_si256((const __m256i *)(a + j + 16));                              \
+                for (int r = 0; r < R; r++) {                                                                      \
+                    __m256i w0, w1;                                                                                \
+                    i16_weights32(codes + (o + r) * stride + j / 2, table, &w0, &w1);                              \
+                    s[r] = DOT(DOT(s[r], a0, w0), a1, w1);                                                         \
+                }                                                                                                  \
+            }                                                                                                      \
+            __m128i sums = _mm_add_epi32(                                                                          \
+                _mm256_castsi256_si128(_mm256_hadd_epi32(_mm256_hadd_epi32(s[0], s[1]), _mm256_hadd_epi32(s[2], s[3]))), \
+                _mm256_extracti128_si256(_mm256_hadd_epi32(_mm256_hadd_epi32(s[0], s[1]), _mm256_hadd_epi32(s[2], s[3])), 1)); \
+            if (j < j1) {                                                                                          \
+                int32_t tail[4] = {0, 0, 0, 0};                                                                    \
+                for (int r = 0; r < R; r++) {                                                                      \
+                    const uint8_t *row = codes + (o + r) * stride;                                                 \
+                    for (size_t t = j; t < j1; t++) tail[r] += (int32_t)table8[i16_code(row, t)] * (int32_t)a[t];  \
+                }                                                                                                  \
+                sums = _mm_add_epi32(sums, _mm_loadu_si128((const __m128i *)tail));                                \
+            }                                                                                                      \
+            float ws[4] = {0, 0, 0, 0};                                                                            \
+            for (int r = 0; r < R; r++) ws[r] = wscale[(o + r) * groups + g];                                      \
+            const __m128 term = _mm_mul_ps(_mm_loadu_ps(ws), _mm_cvtepi32_ps(sums));                               \
+            acc = _mm_add_ps(acc, term);                                                                           \
+        }                                                                                                          \
+        float out[4];                                                                                              \
+        _mm_storeu_ps(out, acc);                                                                                   \
+        for (int r = 0; r < R; r++) y[o + r] = out[r];                                                             \
+    }
+
+CK_INLINE CK_AVX2 __m256i i16_dot_avx2(__m256i acc, __m256i a, __m256i w) {
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(a, w));
+}
+CK_INLINE CK_VNNI __m256i i16_dot_vnni(__m256i acc, __m256i a, __m256i w) { return _mm256_dpwssd_epi32(acc, a, w); }
+I16_ROWS(i16_rows_avx2, CK_AVX2, i16_dot_avx2)
+I16_ROWS(i16_rows_vnni, CK_VNNI, i16_dot_vnni)
+
+#define I16_GEMV(NAME, ATTR, ROWS)                                                                                 \
+    ATTR static void NAME(const uint8_t *codes, size_t row_begin, size_t row_count, size_t cols, size_t group_size, \
+                          const int8_t *table, const float *wscale, const int16_t *a, size_t lda, size_t m, float *y,  \
+                          size_t ldy) {                                                                            \
+        const size_t groups = i16_groups(cols, group_size), end = row_begin + row_count;                           \
+        for (size_t i = 0; i < m; i++) {                                                                           \
+            size_t o = row_begin;                                                                                  \
+            for (; o + 4 <= end; o += 4) ROWS(codes, o, cols, group_size, groups, table, wscale, a + i * lda, y + i * ldy, 4); \
+            for (; o < end; o++) ROWS(codes, o, cols, group_size, groups, table, wscale, a + i * lda, y + i * ldy, 1); \
+        }                                                                                                          \
+    }
+I16_GEMV(i16_gemv_avx2, CK_AVX2, i16_rows_avx2)
+I16_GEMV(i16_gemv_vnni, CK_VNNI, i16_rows_vnni)
+#endif
+
+void ck_fp4_gemm_i16(const uint8_t *codes, size_t row_begin, size_t row_count, size_t cols, size_t group_size,
+                     const int8_t *table, const float *wscale, const int16_t *a, size_t lda, size_t m, float *y,
+                     size_t ldy) {
+    if (group_size == 0 || group_size > cols) group_size = cols ? cols : 1;
+#if defined(__x86_64__)
+    // A group must not split a column pair (fp_kernels.h); else the reference handles it.
+    if (group_size % 2 == 0 || group_size >= cols) {
+        if (ck_cpu_has_avx512vnni() &&
+            i16_gemm_512(codes, row_begin, row_count, cols, group_size, group_size, table, NULL, wscale, a, lda, m, y, ldy))
+            return;
+        if (ck_cpu_has_avx2() &&
+            i16_gemm_avx2(codes, row_begin, row_count, cols, group_size, group_size, table, NULL, wscale, a, lda, m, y, ldy))
+            return;
+    }
+#endif
+    ck_fp4_gemm_i16_ref(codes, row_begin, row_count, cols, group_size, table, wscale, a, lda, m, y, ldy);
+}
+
+void ck_fp4_gemv_i16(const uint8_t *codes, size_t row_begin, size_t row_count, size_t cols, size_t group_size,
+                     const int8_t *table, const float *wscale, const int16_t *a, size_t lda, size_t m, float *y,
+                     size_t ldy) {
+    if (group_size == 0 || group_size > cols) group_size = cols ? cols : 1;
+#if defined(__x86_64__)
+    // The 32-column steps start on a group boundary: an even column, so on a byte of the codes.
+    if (group_size % 2 == 0 || group_size >= cols) {
+        if (ck_cpu_has_avx512vnni()) {
+            i16_gemv_vnni(codes, row_begin, row_count, cols, group_size, table, wscale, a, lda, m, y, ldy);
+            return;
+        }
+        if (ck_cpu_has_avx2()) {
+            i16_gemv_avx2(codes, row_begin, row_count, cols, group_size, table, wscale, a, lda, m, y, ldy);
+            return;
+        }
+    }
+#endif
+    ck_fp4_gemm_i16_ref(codes, row_begin, row_count, cols, group_size, table, wscale, a, lda, m, y, ldy);
+}
+
+void ck_fp8_gemm_i16(const uint8_t *codes, size_t row_begin, size_t row_count, size_t cols, size_t group_size,
+                     size_t sum_len, const int16_t *table, const float *wscale, const int16_t *a, size_t lda, size_t m,
+                     float *y, size_t ldy) {
+    if (group_size == 0 || group_size > cols) group_size = cols ? cols : 1;
+    if (sum_len == 0 || sum_len > group_size) sum_len = group_size;
+#if defined(__x86_64__)
+    // Sums must not split a column pair and must tile their group exactly.
+    const int sums_ok = sum_len == group_size || (sum_len % 2 == 0 && group_size % sum_len == 0);
+    if ((group_size % 2 == 0 || group_size >= cols) && sums_ok) {
+        if (ck_cpu_has_avx512vnni() &&
+            i16_gemm_512(codes, row_begin, row_count, cols, group_size, sum_len, NULL, table, wscale, a, lda, m, y, ldy))
+            return;
+        if (ck_cpu_has_avx2() &&
+            i16_gemm_avx2(codes, row_begin, row_count, cols, group_size, sum_len, NULL, table, wscale, a, lda, m, y, ldy))
+            return;
+    }
+#endif
+    ck_fp8_gemm_i16_ref(codes, row_begin, row_count, cols, group_size, sum_len, table, wscale, a, lda, m, y, ldy);
+}

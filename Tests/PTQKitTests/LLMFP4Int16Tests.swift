@@ -1,0 +1,226 @@
+import Foundation
+import Testing
+@testable import Kernels
+@testable import Models
+@testable import PTQKit
+@testable import Quantizers
+
+/// FP4 weights × int16 activations (the W4A8 integer path): kernels against their scalar twin
+/// bit for bit, the twin against exact integer arithmetic, and the runtime layer against the
+/// simulated quantized layer.
+extension LLMFP4Tests {
+    static let e2m5 = FloatingPointFormat(exponentBits: 2, mantissaBits: 5)
+    static let e3m4 = FloatingPointFormat(exponentBits: 3, mantissaBits: 4)
+
+    /// The 16 weight integers of an FP4 format (code value / smallest step), as the runtime builds them.
+    static func integerTable(_ format: FloatingPointFormat) -> [Int8] {
+        format.codeValues.map { Int8($0 / format.unit) }
+    }
+
+    /// GEMM (AVX-512 VNNI panels, AVX2 panels) and GEMV (VNNI, AVX2) equal the scalar twin exactly,
+    /// and the twin equals Σ_g scale·(exact Int64 group sum) within float rounding, on odd widths,
+    /// widths that are not a multiple of 32, groups of 32/64/128/one per row, partial panels and
+    /// partial activation-row tiles, all-zero rows, saturated codes against ±32767 activations.
+    @Test(arguments: [(37, 64, 32, 5), (64, 576, 32, 19), (33, 63, 63, 3), (17, 100, 64, 9), (40, 96, 96, 7),
+                      (1, 32, 32, 1), (48, 1536, 128, 13), (31, 70, 70, 2), (35, 130, 128, 33), (8, 1536, 1536, 4)])
+    func int16KernelsMatchReference(shape: (Int, Int, Int, Int)) {
+        let (rows, cols, gs, m) = shape
+        for format in [Self.e2m1, Self.e1m2, Self.e3m0] {
+            let table = Self.integerTable(format)
+            let maxWeight = table.map { abs(Int($0)) }.max()!
+            var rng = SeededGenerator(seed: UInt64(rows * 1000 + cols))
+            // Row 2 is all zero codes; row 3 all the largest magnitude (saturated) codes.
+            var codes = (0..<rows * cols).map { _ in UInt8.random(in: 0...15, using: &rng) }
+            for o in [2, 3] where o < rows {
+                for j in 0..<cols { codes[o * cols + j] = o == 2 ? 0 : (j % 2 == 0 ? 7 : 15) }
+            }
+            let packed = LowBit.packNibbles(codes, rows: rows, columns: cols)
+            let groups = (cols + gs - 1) / gs
+            var scales = (0..<rows * groups).map { _ in rng.float(in: 0.01...2) }
+            scales[0] = 0
+            // The largest |a| the group bound allows (up to int16's limit).
+            let limit = min(Int(Int16.max), (Int(Int32.max) - 1) / (maxWeight * gs))
+            let lda = (cols + 1) & ~1
+            var a = [Int16](repeating: 0, count: m * lda)
+            for i in 0..<m {
+                for j in 0..<cols {
+                    a[i * lda + j] = i == 0 ? Int16(j % 2 == 0 ? limit : -limit) : Int16(Int.random(in: -limit...limit, using: &rng))
+                }
+            }
+            var ref = [Float](repeating: .nan, count: m * rows)
+            MiniFloat.fp4Int16Product(codes: packed, rows: rows, columns: cols, groupSize: gs, table: table, scales: scales,
+                                      activations: a, lda: lda, m: m, y: &ref, ldy: rows, kernel: .reference)
+            for vnni in [true, false] {
+                TokenKernels.setVNNIEnabled(vnni)
+                for kernel in [MiniFloat.Int16Kernel.gemm, .gemv] {
+                    var y = [Float](repeating: .nan, count: m * rows)
+                    MiniFloat.fp4Int16Product(codes: packed, rows: rows, columns: cols, groupSize: gs, table: table,
+                                              scales: scales, activations: a, lda: lda, m: m, y: &y, ldy: rows, kernel: kernel)
+                    #expect(y == ref, "\(format) \(shape) \(kernel) vnni \(vnni)")
+                }
+            }
+            TokenKernels.setVNNIEnabled(true)
+            for i in 0..<m {
+                for o in 0..<rows {
+                    var expected = 0.0, magnitude = 0.0
+                    for g in 0..<groups {
+                        var sum: Int64 = 0
+                        for j in g * gs..<min(cols, (g + 1) * gs) {
+                            sum += Int64(table[Int(codes[o * cols + j])]) * Int64(a[i * lda + j])
+                        }
+                        expected += Double(scales[o * groups + g]) * Double(sum)
+                        magnitude += abs(Double(scales[o * groups + g]) * Double(sum))
+                    }
+                    #expect(abs(Double(ref[i * rows + o]) - expected) <= 1e-6 * magnitude + 1e-30, "\(format) \(shape) [\(i), \(o)]")
+                    if o == 2 || (o == 0 && groups == 1) { #expect(ref[i * rows + o] == 0) }
+                }
+            }
+        }
+    }
+
+    /// The FP8 byte-table GEMM (AVX-512 VNNI and AVX2 panels) equals its scalar twin bit for bit, and
+    /// the twin equals the exact integer sums within float rounding, with sums over whole groups
+    /// and over parts of them, odd widths, partial panels and tiles.
+    @Test(arguments: [(37, 64, 32, 32, 5), (64, 576, 576, 64, 20), (33, 63, 63, 63, 3), (17, 100, 64, 32, 9),
+                      (40, 96, 96, 32, 7), (48, 1536, 1536, 128, 13)])
+    func fp8Int16GemmMatchesReference(shape: (Int, Int, Int, Int, Int)) {
+        let (rows, cols, gs, sumLength, m) = shape
+        let format = Self.e3m4
+        let table = format.codeValues.map { Int16($0 / format.unit) } + [Int16](repeating: 0, count: 256 - format.codeCount)
+        var rng = SeededGenerator(seed: UInt64(cols * 7 + m))
+        let codes = (0..<rows * cols).map { _ in UInt8(Int.random(in: 0..<format.codeCount, using: &rng)) }
+        let groups = (cols + gs - 1) / gs
+        let scales = (0..<rows * groups).map { _ in rng.float(in: 0.01...2) }
+        let limit = min(Int(Int16.max), (Int(Int32.max) - 1) / (1984 * sumLength))
+        let lda = (cols + 1) & ~1
+        var a = [Int16](repeating: 0, count: m * lda)
+        for i in 0..<m { for j in 0..<cols { a[i * lda + j] = Int16(Int.random(in: -limit...limit, using: &rng)) } }
+        var ref = [Float](repeating: .nan, count: m * rows)
+        MiniFloat.fp8Int16Product(codes: codes, rows: rows, columns: cols, groupSize: gs, sumLength: sumLength, table: table,
+                                  scales: scales, activations: a, lda: lda, m: m, y: &ref, ldy: rows, reference: true)
+        for vnni in [true, false] {
+            TokenKernels.setVNNIEnabled(vnni)
+            var y = [Float](repeating: .nan, count: m * rows)
+            MiniFloat.fp8Int16Product(codes: codes, rows: rows, columns: cols, groupSize: gs, sumLength: sumLength, table: table,
+                                      scales: scales, activations: a, lda: lda, m: m, y: &y, ldy: rows)
+            #expect(y == ref, "\(shape) vnni \(vnni)")
+        }
+        TokenKernels.setVNNIEnabled(true)
+        for i in 0..<m {
+            for o in 0..<rows {
+                var expected = 0.0, magnitude = 0.0
+                for j in 0..<cols {
+                    let v = Double(scales[o * groups + j / gs]) * Double(table[Int(codes[o * cols + j])]) * Double(a[i * lda + j])
+                    expected += v
+                    magnitude += abs(v)
+                }
+                #expect(abs(Double(ref[i * rows + o]) - expected) <= 1e-6 * magnitude + 1e-30, "\(shape) [\(i), \(o)]")
+            }
+        }
+    }
+
+    /// The int16 activation quantizer (AVX2 and scalar) gives `grid(x / channelScale / alpha)·factor`
+    /// exactly — the value `FloatingPointFormat.roundToGrid` gives, with NaN → 0, ±∞ and huge values
+    /// clipped to ±max — and zero past the columns.
+    @Test(arguments: [(Self.e2m5, 3), (Self.e3m4, 4), (Self.e2m5, 0)])
+    func int16ActivationsMatchTheGrid(format: FloatingPointFormat, k: Int) {
+        let cols = 53, rows = 3, ld = 56
+        var rng = SeededGenerator(seed: 5)
+        let shifts = (0..<cols).map { j in j % (k + 1) }
+        let channelScales = shifts.map { Float(sign: .plus, exponent: -$0, significand: 1) }
+        let factors = shifts.map { Float(sign: .plus, exponent: k - $0, significand: 1) / format.unit }
+        let alpha: Float = 0.3
+        var x = (0..<rows * cols).map { _ in rng.float(in: -8...8) }
+        x[1] = .nan; x[2] = .infinity; x[3] = -.infinity; x[4] = 1e30; x[5] = 0; x[6] = -1e-30
+        for reference in [false, true] {
+            var codes = [Int16](repeating: 77, count: rows * ld)
+            channelScales.withUnsafeBufferPointer { cs in
+                MiniFloat.quantizeRowsInt16(x, rows: rows, columns: cols, channelScales: cs.baseAddress, alpha: alpha,
+                                            exponentBits: format.exponentBits, mantissaBits: format.mantissaBits,
+                                            factors: factors, into: &codes, ld: ld, reference: reference)
+            }
+            for i in 0..<rows {
+                for j in 0..<cols {
+                    let t = x[i * cols + j] / channelScales[j] / alpha
+                    let grid = t.isNaN ? 0 : format.roundToGrid(t)
+                    #expect(Float(codes[i * ld + j]) == grid * factors[j], "\(format) [\(i), \(j)] x \(x[i * cols + j])")
+                }
+                for j in cols..<ld { #expect(codes[i * ld + j] == 0) }
+            }
+            // ±∞ saturate at the format's largest grid integer times the channel's shift.
+            #expect(Float(codes[2]) == format.maxValue * factors[2] && Float(codes[3]) == -format.maxValue * factors[3])
+        }
+    }
+
+    /// The runtime layer takes the int16 path exactly when the shifted grid integers fit int16 and
+    /// groups do not split a column pair, and equals the simulated quantized layer (reference
+    /// dequantizer, fake-quantized activations) on decode- and prefill-sized inputs either way.
+    @Test(arguments: [1, 3, 20])
+    func runtimeInt16PathMatchesSimulation(rows: Int) throws {
+        // (weight format, group size, activation format, largest channel offset K, columns, int16 path?)
+        let cases: [(FloatingPointFormat, Int, FloatingPointFormat, Int, Int, Bool)] = [
+            (Self.e2m1, 32, Self.e2m5, 3, 96, true), (Self.e1m2, 64, Self.e2m5, 3, 100, true),
+            (Self.e2m1, 128, Self.e3m4, 4, 130, true), (Self.e2m1, 71, Self.e2m5, 2, 71, true),
+            (Self.e2m1, 32, Self.e3m4, 7, 96, false), (Self.e2m1, 35, Self.e2m5, 3, 70, false),
+            (Self.e2m1, 32, Self.e4m3, 0, 64, false), (Self.e2m1, 32, Self.e2m1, 3, 64, false),
+            // FP8 weights per row (the W8A8 recipe): the byte-table GEMM at prefill, sums split
+            // where a whole row's could leave int32 (E3M4 weights × E3M4 activations at K = 4).
+            (Self.e2m5, 100, Self.e2m5, 3, 100, true), (Self.e3m4, 576, Self.e3m4, 4, 576, true),
+            (Self.e2m5, 71, Self.e3m4, 2, 71, true), (Self.e4m3, 64, Self.e2m5, 3, 64, false),
+        ]
+        for (format, gs, act, k, cols, wide) in cases {
+            let out = 37
+            let w = Self.randomWeight(rows: out, cols: cols, groupSize: gs, format: format, seed: UInt64(cols + k))
+            var rng = SeededGenerator(seed: 21)
+            let shifts = (0..<cols).map { j in j == 5 ? k : (j == 6 ? 0 : Int.random(in: 0...k, using: &rng)) }
+            let quantization = ActivationQuantization(bits: act.bits, granularity: .perTensor, scale: 0.05,
+                                                      channelScales: shifts.map { Float(sign: .plus, exponent: -$0, significand: 1) },
+                                                      floatFormat: act)
+            let q = QuantizedLinear(name: "l", method: "llmfp4", weight: .floatingPoint(w),
+                                    bias: (0..<out).map { _ in rng.float(in: -1...1) }, activation: quantization)
+            let op = try FloatingPointLinear(q)
+            #expect(op.kernelDescription.contains("int16") == wide, "\(format) g\(gs) \(act) K=\(k): \(op.kernelDescription)")
+            // 1984·(1984·2^4)·32 < 2^31 ≤ 1984·(1984·2^4)·64.
+            if format == Self.e3m4 { #expect(op.kernelDescription.contains("int32 sums of 32")) }
+            // Inputs up to past the clipping point of the largest channel (saturated activations).
+            let x = (0..<rows * cols).map { i in (i % cols == 6 ? 40 : 1) * rng.float(in: -1...1) }
+            var y = [Float](repeating: .nan, count: rows * out), expected = y
+            op.forward(x, rows: rows, into: &y)
+            SimulatedLinear(q).forward(x, rows: rows, into: &expected)
+            let scale = expected.map(abs).max()!
+            for i in 0..<y.count {
+                #expect(abs(y[i] - expected[i]) <= 1e-5 * scale, "\(format) g\(gs) \(act) K=\(k) [\(i / out), \(i % out)]")
+            }
+        }
+    }
+
+    /// `LlamaModel.kernelPaths` (what `ptq bench` prints) counts every decoder linear and the head
+    /// once, under each op's own `kernelDescription`.
+    @Test func kernelPathsCountEveryLinear() throws {
+        let (checkpoint, folder) = try PipelineFixtures.setUp()
+        let recipePath = try PipelineFixtures.recipe(folder, name: "fp4paths", body: """
+        scheme:
+          method: llmfp4
+          weight: {bits: 4, group_size: 32}
+          activation: {bits: 8, granularity: per_tensor}
+          parameters: {setting: fast, intervals: 8}
+        """)
+        let outcome = try PTQ.quantize(checkpoint: checkpoint, recipe: try PTQ.RecipeContext(path: recipePath), quiet: true)
+        let model = try LlamaModel(weights: PackedWeights(outcome.packed))
+        let paths = model.kernelPaths
+        #expect(paths.reduce(0) { $0 + $1.count } == 7 * model.layers.count + 1)
+        #expect(paths.allSatisfy { !$0.description.isEmpty })
+        #expect(zip(paths, paths.dropFirst()).allSatisfy { $0.count >= $1.count })
+        var expected: [String: Int] = [:]
+        for layer in model.layers {
+            for op in [layer.q, layer.k, layer.v, layer.o, layer.gate, layer.up, layer.down] {
+                expected[op.kernelDescription, default: 0] += 1
+            }
+        }
+        // Every decoder linear is minifloat here and says which kernel it runs.
+        #expect(expected.keys.allSatisfy { $0.hasPrefix("fp4 e") })
+        for (description, count) in expected {
+            #expect(paths.first { $0.description == description }.map(\.count) ?? 0 >= count, "\(description)")
+        }
+    }
+}
