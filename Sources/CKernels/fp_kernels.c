@@ -81,12 +81,27 @@ void ck_fp_decode_rows_ref(const uint8_t *codes, int nibbles, size_t row_begin, 
 }
 
 #if defined(__x86_64__)
+/// y (already divided by the scale) rounded onto the grid of a format with `m` mantissa bits and
+/// largest value vmax, round half to even, NaN to 0: the vector form of fp_round_to_grid, shared
+/// by the float and the int16 activation quantizers so both give the reference's values.
+CK_INLINE CK_AVX2 __m256 fp_grid8(__m256 yv, __m256 vmax, __m256 vmin, __m256i m) {
+    const __m256i one = _mm256_set1_epi32(1), bias = _mm256_set1_epi32(127);
+    const __m256 ordered = _mm256_cmp_ps(yv, yv, _CMP_ORD_Q);
+    __m256 c = _mm256_min_ps(_mm256_max_ps(yv, vmin), vmax);
+    c = _mm256_and_ps(c, ordered);  // NaN -> 0
+    // floor(log2|c|) from the exponent field; zero and subnormals give <= -127, clamped to 1.
+    __m256i ex = _mm256_sub_epi32(_mm256_and_si256(_mm256_srli_epi32(_mm256_castps_si256(c), 23),
+                                                   _mm256_set1_epi32(0xFF)), bias);
+    __m256i p = _mm256_max_epi32(ex, one);
+    __m256 step = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(_mm256_sub_epi32(p, m), bias), 23));
+    return _mm256_mul_ps(_mm256_round_ps(_mm256_div_ps(c, step), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), step);
+}
+
 CK_AVX2
 static void fp_quantize_rows_avx2(const float *x, size_t rows, size_t cols, const float *channel_scale,
                                   float alpha, int exp_bits, int man_bits, float *out) {
     const float maxv = fp_max_value(exp_bits, man_bits);
     const __m256 vmax = _mm256_set1_ps(maxv), vmin = _mm256_set1_ps(-maxv), va = _mm256_set1_ps(alpha);
-    const __m256i one = _mm256_set1_epi32(1), bias = _mm256_set1_epi32(127);
     const __m256i m = _mm256_set1_epi32(man_bits);
     for (size_t i = 0; i < rows; i++) {
         const float *xr = x + i * cols;
@@ -96,18 +111,7 @@ static void fp_quantize_rows_avx2(const float *x, size_t rows, size_t cols, cons
             __m256 t = _mm256_loadu_ps(xr + j);
             __m256 cs = channel_scale ? _mm256_loadu_ps(channel_scale + j) : _mm256_set1_ps(1);
             if (channel_scale) t = _mm256_div_ps(t, cs);
-            __m256 yv = _mm256_div_ps(t, va);
-            const __m256 ordered = _mm256_cmp_ps(yv, yv, _CMP_ORD_Q);
-            __m256 c = _mm256_min_ps(_mm256_max_ps(yv, vmin), vmax);
-            c = _mm256_and_ps(c, ordered);  // NaN -> 0
-            // floor(log2|c|) from the exponent field; zero and subnormals give <= -127, clamped to 1.
-            __m256i ex = _mm256_sub_epi32(_mm256_and_si256(_mm256_srli_epi32(_mm256_castps_si256(c), 23),
-                                                           _mm256_set1_epi32(0xFF)), bias);
-            __m256i p = _mm256_max_epi32(ex, one);
-            __m256 step = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(_mm256_sub_epi32(p, m), bias), 23));
-            __m256 q = _mm256_mul_ps(_mm256_round_ps(_mm256_div_ps(c, step), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC),
-                                     step);
-            q = _mm256_mul_ps(q, va);
+            __m256 q = _mm256_mul_ps(fp_grid8(_mm256_div_ps(t, va), vmax, vmin, m), va);
             if (channel_scale) q = _mm256_mul_ps(q, cs);
             _mm256_storeu_ps(o + j, q);
         }
@@ -325,7 +329,6 @@ static void fp_quantize_rows_i16_avx2(const float *x, size_t rows, size_t cols, 
                                       size_t ldc) {
     const float maxv = fp_max_value(exp_bits, man_bits);
     const __m256 vmax = _mm256_set1_ps(maxv), vmin = _mm256_set1_ps(-maxv), va = _mm256_set1_ps(alpha);
-    const __m256i one = _mm256_set1_epi32(1), bias = _mm256_set1_epi32(127);
     const __m256i m = _mm256_set1_epi32(man_bits);
     for (size_t i = 0; i < rows; i++) {
         const float *xr = x + i * cols;
@@ -334,16 +337,7 @@ static void fp_quantize_rows_i16_avx2(const float *x, size_t rows, size_t cols, 
         for (; j + 8 <= cols; j += 8) {
             __m256 t = _mm256_loadu_ps(xr + j);
             if (channel_scale) t = _mm256_div_ps(t, _mm256_loadu_ps(channel_scale + j));
-            __m256 yv = _mm256_div_ps(t, va);
-            const __m256 ordered = _mm256_cmp_ps(yv, yv, _CMP_ORD_Q);
-            __m256 c = _mm256_min_ps(_mm256_max_ps(yv, vmin), vmax);
-            c = _mm256_and_ps(c, ordered);  // NaN -> 0
-            __m256i ex = _mm256_sub_epi32(_mm256_and_si256(_mm256_srli_epi32(_mm256_castps_si256(c), 23),
-                                                           _mm256_set1_epi32(0xFF)), bias);
-            __m256i p = _mm256_max_epi32(ex, one);
-            __m256 step = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(_mm256_sub_epi32(p, m), bias), 23));
-            __m256 q = _mm256_mul_ps(_mm256_round_ps(_mm256_div_ps(c, step), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC),
-                                     step);
+            const __m256 q = fp_grid8(_mm256_div_ps(t, va), vmax, vmin, m);
             const __m256i v = _mm256_cvtps_epi32(_mm256_mul_ps(q, _mm256_loadu_ps(factor + j)));
             _mm_storeu_si128((__m128i *)(o + j),
                              _mm_packs_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1)));
