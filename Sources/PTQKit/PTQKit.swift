@@ -63,7 +63,7 @@ public enum PTQ {
         return text
     }
 
-    /// Greedy decoding with a KV cache of `kvCache` precision (float by default; ``KVCachePrecision/f16``
+    /// Greedy decoding with a KV cache of `kvCache` precision (float by default; `KVCachePrecision.f16`
     /// stores half keys and values, as llama.cpp does); stops at EOS, after `maxTokens`, or at the
     /// model's `max_positions`. Throws when the prompt alone does not fit.
     public static func generate<Model: GenerativeModel>(model: Model, tokenizer: any Tokenizer, prompt: String,
