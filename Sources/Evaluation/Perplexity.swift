@@ -13,9 +13,12 @@ public struct PerplexityResult: Codable, Sendable, Equatable {
     /// Tokens scored (second half of every chunk).
     public var tokens: Int
     public var context: Int
+    /// KV cache element type the logits were computed with (nil in results of earlier versions).
+    public var kvCache: KVCachePrecision?
 
     enum CodingKeys: String, CodingKey {
         case perplexity, stderr, chunks, tokens, context
+        case kvCache = "kv_cache"
         case meanNLL = "mean_nll"
     }
 }
@@ -26,8 +29,12 @@ public struct PerplexityResult: Codable, Sendable, Equatable {
 /// chunk starts with BOS only when the tokenizer adds BOS; only the second half of each chunk
 /// is scored, so every scored token has at least `context/2` tokens of history.
 public enum Perplexity {
+    /// Perplexity of `model` over `tokens`. With `kvCache` ``KVCachePrecision/f16`` every chunk
+    /// runs through a half-precision KV cache (keys and values rounded when stored, as llama.cpp's
+    /// default cache does), which needs a ``GenerativeModel``; `f32` (the default) is the exact
+    /// cache-less forward pass.
     public static func evaluate(model: some LanguageModel, tokens: [Int], context: Int = 512, maxChunks: Int? = nil,
-                                quiet: Bool = false,
+                                kvCache: KVCachePrecision = .f32, quiet: Bool = false,
                                 perChunk: ((_ chunk: Int, _ logits: [Float], _ first: Int) -> Void)? = nil)
         throws(PTQError) -> PerplexityResult
     {
@@ -44,6 +51,18 @@ public enum Perplexity {
         guard chunkCount > 0 else {
             throw PTQError("need at least \(context) tokens for one chunk of --ctx \(context); the text has \(tokens.count)")
         }
+        // Logits of the scored rows of one chunk, through a cache of the requested precision.
+        let logitsOf: ([Int], Range<Int>) -> [Float]
+        switch kvCache {
+        case .f32:
+            logitsOf = { ids, rows in model.logits(for: ids, rows: rows, hooks: ForwardHooks()) }
+        case .f16:
+            guard let generative = model as? any GenerativeModel else {
+                throw PTQError("a half-precision KV cache needs a generative (decoder) model; this \(model.kindDescription) "
+                               + "has no KV cache (use --kv-cache f32)")
+            }
+            logitsOf = { ids, rows in cachedLogits(generative, ids, rows: rows, precision: kvCache) }
+        }
         let vocab = model.config.vocabSize
         let first = context / 2
         var nll = 0.0, nll2 = 0.0, count = 0
@@ -52,7 +71,7 @@ public enum Perplexity {
             var ids = Array(tokens[chunk * context ..< (chunk + 1) * context])
             if model.tokenizer.addBOS, let bos = model.tokenizer.bosTokenID { ids[0] = bos }
             // Logits only for the scored rows: position j predicts token j+1.
-            let logits = model.logits(for: ids, rows: first ..< context - 1, hooks: ForwardHooks())
+            let logits = logitsOf(ids, first ..< context - 1)
             logits.withUnsafeBufferPointer { lp in
                 for (row, j) in (first ..< context - 1).enumerated() {
                     let value = logSoftmax(lp.baseAddress! + row * vocab, count: vocab, target: ids[j + 1])
@@ -73,7 +92,14 @@ public enum Perplexity {
                            + "check its weights (e.g. `ptq inspect`) or the quantization recipe")
         }
         return PerplexityResult(perplexity: ppl, stderr: stderr, meanNLL: mean, chunks: chunkCount,
-                                tokens: count, context: context)
+                                tokens: count, context: context, kvCache: kvCache)
+    }
+
+    /// Logits of `rows` of `tokens` run from position 0 through a fresh cache of `precision`.
+    static func cachedLogits<Model: GenerativeModel>(_ model: Model, _ tokens: [Int], rows: Range<Int>,
+                                                     precision: KVCachePrecision) -> [Float] {
+        let cache = model.makeCache(capacity: tokens.count, precision: precision)
+        return model.forward(tokens, cache: cache, logitRows: rows, hooks: ForwardHooks())
     }
 
     /// log p(target) from raw logits, as llama.cpp computes it (float max, double sum of expf).

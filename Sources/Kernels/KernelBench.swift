@@ -36,6 +36,10 @@ public enum KernelBench {
     public static let layerShapes = [(576, 576), (192, 576), (192, 576), (576, 576), (1536, 576), (1536, 576), (576, 1536)]
     public static let layers = 30
     public static let headShape = (49152, 576)
+    /// Attention heads, KV heads and head size (SmolLM2-135M), and the decode depth timed: the
+    /// mean depth of llama-bench's tg128 after a 512-token prompt.
+    public static let attentionShape = (heads: 9, kvHeads: 3, dim: 64)
+    public static let attentionDepth = 576
 
     /// Runs every kernel `repeats` times (after one warm-up pass) on the pool's threads.
     public static func run(repeats: Int = 15) -> Report {
@@ -95,6 +99,47 @@ public enum KernelBench {
                     for (i, (n, k)) in shapes.enumerated() {
                         TokenKernels.sgemv(w.baseAddress! + off[i], rows: n, columns: k, x: x, y: &y)
                     }
+                }
+            }
+        }
+        // Decode attention at llama-bench's mean tg128 depth after a 512-token prompt (576
+        // positions), every layer's cache in its own buffer, f32 and f16 (TokenKernels.attendOne).
+        do {
+            let (heads, kvHeads, dim, depth) = (attentionShape.heads, attentionShape.kvHeads, attentionShape.dim, attentionDepth)
+            let width = kvHeads * dim, perLayer = depth * width
+            let keys = floats(layers * perLayer).map { $0 - 0.5 }, values = floats(layers * perLayer).map { $0 - 0.5 }
+            var halfKeys = [UInt16](repeating: 0, count: keys.count), halfValues = halfKeys
+            TokenKernels.roundToHalf(keys, into: &halfKeys, count: keys.count)
+            TokenKernels.roundToHalf(values, into: &halfValues, count: values.count)
+            let q = floats(heads * dim).map { $0 - 0.5 }
+            var scores = [Float](repeating: 0, count: heads * depth), out = [Float](repeating: 0, count: heads * dim)
+            let pass = "\(layers) layers, depth \(depth), \(heads)/\(kvHeads) heads × \(dim)"
+            let scale = 1 / Float(dim).squareRoot()
+            keys.withUnsafeBufferPointer { k in
+                values.withUnsafeBufferPointer { v in
+                    time("attention, f32 cache (attendOne)", pass, bytes: 2 * layers * perLayer * 4) {
+                        for l in 0..<layers {
+                            TokenKernels.attendOne(q: q, keys: k.baseAddress! + l * perLayer, values: v.baseAddress! + l * perLayer,
+                                                   count: depth, heads: heads, kvHeads: kvHeads, dim: dim, stride: width,
+                                                   scale: scale, scores: &scores, out: &out)
+                        }
+                    }
+                }
+            }
+            halfKeys.withUnsafeBufferPointer { k in
+                halfValues.withUnsafeBufferPointer { v in
+                    for path in paths {
+                        TokenKernels.setVNNIEnabled(path.vnni)
+                        time("attention, f16 cache (attendOne halfKeys:)\(path.label)", pass, bytes: 2 * layers * perLayer * 2) {
+                            for l in 0..<layers {
+                                TokenKernels.attendOne(q: q, halfKeys: k.baseAddress! + l * perLayer,
+                                                       halfValues: v.baseAddress! + l * perLayer, count: depth, heads: heads,
+                                                       kvHeads: kvHeads, dim: dim, stride: width, scale: scale,
+                                                       scores: &scores, out: &out)
+                            }
+                        }
+                    }
+                    TokenKernels.setVNNIEnabled(vnniAvailable)
                 }
             }
         }

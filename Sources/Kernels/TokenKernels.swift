@@ -58,6 +58,49 @@ public enum TokenKernels {
         }
     }
 
+    /// `attendOne` over a half-precision cache: `keys`/`values` hold IEEE binary16 bit patterns
+    /// (`stride` halves per position), widened to float in registers (AVX-512 or AVX2+F16C; the
+    /// reference twin converts one element at a time).
+    public static func attendOne(q: UnsafePointer<Float>, halfKeys keys: UnsafePointer<UInt16>,
+                                 halfValues values: UnsafePointer<UInt16>, count: Int, heads: Int, kvHeads: Int,
+                                 dim: Int, stride: Int, scale: Float, scores: UnsafeMutablePointer<Float>,
+                                 out: UnsafeMutablePointer<Float>, reference: Bool = false) {
+        guard heads > 0, count > 0 else { return }
+        let group = heads / max(1, kvHeads)
+        let pq = SendableConstPointer(q), pk = SendableConstPointer(keys), pv = SendableConstPointer(values)
+        let ps = SendablePointer(scores), po = SendablePointer(out)
+        let body: (Int) -> Void = { h in
+            let kv = h / group
+            if reference {
+                ck_attend_one_f16_ref(pq.base + h * dim, pk.base + kv * dim, pv.base + kv * dim, count, stride, dim, scale,
+                                      ps.base + h * count, po.base + h * dim)
+            } else {
+                ck_attend_one_f16(pq.base + h * dim, pk.base + kv * dim, pv.base + kv * dim, count, stride, dim, scale,
+                                  ps.base + h * count, po.base + h * dim)
+            }
+        }
+        if reference || count * dim * heads < 1 << 14 {
+            for h in 0..<heads { body(h) }
+        } else {
+            Parallel.forEach(heads, body)
+        }
+    }
+
+    /// Rounds `count` floats to IEEE half bit patterns, to nearest even (F16C `vcvtps2ph`, or
+    /// the bit-exact scalar twin with `reference`).
+    public static func roundToHalf(_ source: UnsafePointer<Float>, into destination: UnsafeMutablePointer<UInt16>,
+                                   count: Int, reference: Bool = false) {
+        guard count > 0 else { return }
+        if reference { ck_f32_to_f16_ref(source, destination, count) } else { ck_f32_to_f16(source, destination, count) }
+    }
+
+    /// Widens `count` IEEE half bit patterns to floats (exact).
+    public static func widenHalf(_ source: UnsafePointer<UInt16>, into destination: UnsafeMutablePointer<Float>,
+                                 count: Int, reference: Bool = false) {
+        guard count > 0 else { return }
+        if reference { ck_f16_to_f32_ref(source, destination, count) } else { ck_f16_to_f32(source, destination, count) }
+    }
+
     // MARK: FP4 nibble-table int8 GEMV
 
     /// Whether the FP4 int8 kernels take a matrix of `columns` inputs and `groupSize` groups.

@@ -28,8 +28,10 @@ extension LlamaModel: GenerativeModel {
         forward(tokens, cache: nil, logitRows: rows, hooks: hooks)
     }
 
-    public func makeCache(capacity: Int) -> KVCache {
-        KVCache(config: config, capacity: capacity)
+    /// An empty cache for at most `capacity` positions whose keys and values are stored as
+    /// `precision` (``KVCachePrecision/f16`` halves the bytes a decoded token reads from it).
+    public func makeCache(capacity: Int, precision: KVCachePrecision) -> KVCache {
+        KVCache(config: config, capacity: capacity, precision: precision)
     }
 }
 

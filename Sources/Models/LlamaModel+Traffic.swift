@@ -14,8 +14,9 @@ extension LlamaModel {
         return bytes
     }
 
-    /// Bytes of float keys and values a token attending over `positions` cached positions reads.
-    public func kvCacheBytes(positions: Int) -> Int {
-        2 * config.layerCount * positions * config.kvHeadCount * config.headDim * 4
+    /// Bytes of keys and values a token attending over `positions` cached positions reads from
+    /// a cache of `precision` (4 bytes an element for f32, 2 for f16).
+    public func kvCacheBytes(positions: Int, precision: KVCachePrecision) -> Int {
+        2 * config.layerCount * positions * config.kvHeadCount * config.headDim * precision.bytesPerElement
     }
 }

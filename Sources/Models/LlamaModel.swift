@@ -69,18 +69,35 @@ public final class LlamaModel: Sendable {
         rope = RoPE(headDim: c.headDim, theta: c.ropeTheta)
     }
 
-    /// Keys and values of past positions, for incremental decoding.
+    /// Keys and values of past positions, for incremental decoding, stored as float or as IEEE
+    /// half (``KVCachePrecision``).
     public final class KVCache {
         public let capacity: Int
+        /// Element type of the stored keys and values.
+        public let precision: KVCachePrecision
         public private(set) var count = 0
-        var keys: [[Float]]    // per layer (capacity, KV·Dh)
+        var keys: [[Float]]    // f32: per layer (capacity, KV·Dh); empty for f16
         var values: [[Float]]
+        var halfKeys: [[UInt16]]    // f16: per layer (capacity, KV·Dh) half bit patterns; empty for f32
+        var halfValues: [[UInt16]]
 
-        public init(config: ModelConfig, capacity: Int) {
+        /// An empty cache for at most `capacity` positions of a model with `config`.
+        public init(config: ModelConfig, capacity: Int, precision: KVCachePrecision = .f32) {
             self.capacity = capacity
-            let width = config.kvHeadCount * config.headDim
-            keys = Array(repeating: [Float](repeating: 0, count: capacity * width), count: config.layerCount)
-            values = keys
+            self.precision = precision
+            let size = capacity * config.kvHeadCount * config.headDim
+            switch precision {
+            case .f32:
+                keys = Array(repeating: [Float](repeating: 0, count: size), count: config.layerCount)
+                values = keys
+                halfKeys = []
+                halfValues = []
+            case .f16:
+                keys = []
+                values = []
+                halfKeys = Array(repeating: [UInt16](repeating: 0, count: size), count: config.layerCount)
+                halfValues = halfKeys
+            }
         }
 
         public func reset() { count = 0 }
@@ -128,8 +145,14 @@ public final class LlamaModel: Sendable {
         var up = [Float](repeating: 0, count: T * F)                        // (T, F)
         // (T, S) one head; one query row (decode) keeps every head's row: (H, S).
         var scores = [Float](repeating: 0, count: (T == 1 ? c.headCount : T) * S)
-        var localKeys = cache == nil ? [Float](repeating: 0, count: T * kvWidth) : []
+        let halfCache = cache?.precision == .f16
+        // Float keys/values of this call's positions: the whole sequence without a cache; the new
+        // T positions before they are rounded into a half cache.
+        var localKeys = cache == nil || halfCache ? [Float](repeating: 0, count: T * kvWidth) : []
         var localValues = localKeys
+        // A half cache widened to float (S positions) for the paths that read float keys: prefill,
+        // observers and quantized-probability ops. Plain decode reads the halves directly.
+        var wideKeys: [Float] = [], wideValues: [Float] = []
         let epsilon = Float(c.normEpsilon)
         // cos/sin of every rotation angle of these T positions, once for all layers.
         let angles: [Float] = {
@@ -143,24 +166,38 @@ public final class LlamaModel: Sendable {
             Ops.rmsNorm(x, weight: layer.attentionNorm, rows: T, width: D, epsilon: epsilon, into: &normed)
             observe(observer, QuantizationPoints.attentionInput(l), normed, rows: T, columns: D)
             layer.q.forward(normed, rows: T, into: &q)
-            func projectKV(_ keys: UnsafeMutablePointer<Float>, _ values: UnsafeMutablePointer<Float>) {
+            // Writes rotated keys and values of the T new positions at row `first` of the buffers.
+            func projectKV(_ keys: UnsafeMutablePointer<Float>, _ values: UnsafeMutablePointer<Float>, first: Int) {
                 normed.withUnsafeBufferPointer { n in
-                    layer.k.forward(n.baseAddress!, rows: T, into: keys + start * kvWidth)
-                    layer.v.forward(n.baseAddress!, rows: T, into: values + start * kvWidth)
+                    layer.k.forward(n.baseAddress!, rows: T, into: keys + first * kvWidth)
+                    layer.v.forward(n.baseAddress!, rows: T, into: values + first * kvWidth)
                 }
                 angles.withUnsafeBufferPointer { a in
                     for t in 0..<T {
-                        rope.apply(keys + (start + t) * kvWidth, heads: c.kvHeadCount, angles: a.baseAddress! + t * c.headDim)
+                        rope.apply(keys + (first + t) * kvWidth, heads: c.kvHeadCount, angles: a.baseAddress! + t * c.headDim)
                     }
                 }
             }
-            if let cache {
+            if let cache, !halfCache {
                 cache.keys[l].withUnsafeMutableBufferPointer { k in
-                    cache.values[l].withUnsafeMutableBufferPointer { v in projectKV(k.baseAddress!, v.baseAddress!) }
+                    cache.values[l].withUnsafeMutableBufferPointer { v in projectKV(k.baseAddress!, v.baseAddress!, first: start) }
                 }
             } else {
                 localKeys.withUnsafeMutableBufferPointer { k in
-                    localValues.withUnsafeMutableBufferPointer { v in projectKV(k.baseAddress!, v.baseAddress!) }
+                    localValues.withUnsafeMutableBufferPointer { v in projectKV(k.baseAddress!, v.baseAddress!, first: 0) }
+                }
+            }
+            if let cache, halfCache {
+                // Round the new positions into the cache; from here on every reader sees halves.
+                localKeys.withUnsafeBufferPointer { k in
+                    cache.halfKeys[l].withUnsafeMutableBufferPointer {
+                        TokenKernels.roundToHalf(k.baseAddress!, into: $0.baseAddress! + start * kvWidth, count: T * kvWidth)
+                    }
+                }
+                localValues.withUnsafeBufferPointer { v in
+                    cache.halfValues[l].withUnsafeMutableBufferPointer {
+                        TokenKernels.roundToHalf(v.baseAddress!, into: $0.baseAddress! + start * kvWidth, count: T * kvWidth)
+                    }
                 }
             }
             q.withUnsafeMutableBufferPointer { qp in
@@ -170,10 +207,32 @@ public final class LlamaModel: Sendable {
                     }
                 }
             }
-            let keys = cache?.keys[l] ?? localKeys
-            let values = cache?.values[l] ?? localValues
-            attend(q: q, keys: keys, values: values, T: T, start: start, scores: &scores, out: &attention, layer: l,
-                   hooks: hooks)
+            if let cache, halfCache {
+                let probabilityOp = (hooks.attentionProbabilityOps ?? attentionProbabilityOps)[l]
+                if T == 1, observer == nil, probabilityOp == nil {
+                    attendHalf(q: q, cache: cache, layer: l, count: S, scores: &scores, out: &attention)
+                } else {
+                    // Widen positions 0..<S once per layer (S·KV·Dh conversions, small beside the
+                    // projections) and run the float path on the rounded values.
+                    if wideKeys.isEmpty {
+                        wideKeys = [Float](repeating: 0, count: S * kvWidth)
+                        wideValues = wideKeys
+                    }
+                    cache.halfKeys[l].withUnsafeBufferPointer { h in
+                        wideKeys.withUnsafeMutableBufferPointer { TokenKernels.widenHalf(h.baseAddress!, into: $0.baseAddress!, count: S * kvWidth) }
+                    }
+                    cache.halfValues[l].withUnsafeBufferPointer { h in
+                        wideValues.withUnsafeMutableBufferPointer { TokenKernels.widenHalf(h.baseAddress!, into: $0.baseAddress!, count: S * kvWidth) }
+                    }
+                    attend(q: q, keys: wideKeys, values: wideValues, T: T, start: start, scores: &scores, out: &attention,
+                           layer: l, hooks: hooks)
+                }
+            } else {
+                let keys = cache?.keys[l] ?? localKeys
+                let values = cache?.values[l] ?? localValues
+                attend(q: q, keys: keys, values: values, T: T, start: start, scores: &scores, out: &attention, layer: l,
+                       hooks: hooks)
+            }
             observe(observer, QuantizationPoints.attentionOutputInput(l), attention, rows: T, columns: qWidth)
             layer.o.forward(attention, rows: T, into: &projected)
             Ops.add(projected, into: &x, count: T * D)
@@ -193,6 +252,22 @@ public final class LlamaModel: Sendable {
         Ops.rmsNorm(x, weight: finalNorm, rows: T, width: D, epsilon: epsilon, into: &normed)
         observe(observer, QuantizationPoints.lmHeadInput, normed, rows: T, columns: D)
         return normed
+    }
+
+    /// Decode attention of one query row over the `count` half positions of `cache`'s `layer`.
+    private func attendHalf(q: [Float], cache: KVCache, layer: Int, count: Int, scores: inout [Float],
+                            out: inout [Float]) {
+        let c = config
+        q.withUnsafeBufferPointer { qp in
+        cache.halfKeys[layer].withUnsafeBufferPointer { kp in
+        cache.halfValues[layer].withUnsafeBufferPointer { vp in
+        scores.withUnsafeMutableBufferPointer { sp in
+        out.withUnsafeMutableBufferPointer { op in
+            TokenKernels.attendOne(q: qp.baseAddress!, halfKeys: kp.baseAddress!, halfValues: vp.baseAddress!, count: count,
+                                   heads: c.headCount, kvHeads: c.kvHeadCount, dim: c.headDim,
+                                   stride: c.kvHeadCount * c.headDim, scale: 1 / Float(c.headDim).squareRoot(),
+                                   scores: sp.baseAddress!, out: op.baseAddress!)
+        }}}}}
     }
 
     /// Causal grouped-query attention of T new queries over S = start + T positions.

@@ -55,21 +55,32 @@ public protocol DecodingCache: AnyObject {
     var capacity: Int { get }
     /// Positions already in the cache.
     var count: Int { get }
+    /// Element type of the stored keys and values.
+    var precision: KVCachePrecision { get }
 }
 
 /// A language model that decodes incrementally with a cache of past positions.
 public protocol GenerativeModel: LanguageModel {
     associatedtype Cache: DecodingCache
 
-    /// An empty cache for at most `capacity` positions.
-    func makeCache(capacity: Int) -> Cache
+    /// An empty cache for at most `capacity` positions, its keys and values stored as `precision`.
+    func makeCache(capacity: Int, precision: KVCachePrecision) -> Cache
     /// Runs `tokens` after the positions in `cache` (from position 0 without one) and returns
     /// logits for `logitRows` of them (all when nil).
     func forward(_ tokens: [Int], cache: Cache?, logitRows: Range<Int>?, hooks: ForwardHooks) -> [Float]
     /// Bytes one decoded token reads besides the KV cache (weights, parameters, one embedding row).
     var decodeWeightBytes: Int { get }
-    /// Bytes of keys and values a token attending over `positions` cached positions reads.
-    func kvCacheBytes(positions: Int) -> Int
+    /// Bytes of keys and values a token attending over `positions` cached positions reads from
+    /// a cache of `precision`.
+    func kvCacheBytes(positions: Int, precision: KVCachePrecision) -> Int
+}
+
+extension GenerativeModel {
+    /// An empty float (``KVCachePrecision/f32``) cache for at most `capacity` positions.
+    public func makeCache(capacity: Int) -> Cache { makeCache(capacity: capacity, precision: .f32) }
+
+    /// Bytes of float keys and values a token attending over `positions` cached positions reads.
+    public func kvCacheBytes(positions: Int) -> Int { kvCacheBytes(positions: positions, precision: .f32) }
 }
 
 /// A model that turns a sequence into one sentence embedding.

@@ -40,6 +40,9 @@ struct BenchCommand: ParsableCommand {
     @Option(name: .long, help: "Threads for PTQKit's parallel loops and OpenBLAS (1…1024; default: the machine's cores).")
     var threads: Int?
 
+    @Option(name: .long, help: "Element type of the KV cache: f32 (exact) or f16 (keys and values rounded to IEEE half when stored, as llama.cpp's default cache; half the cache bytes per decoded token). Applies to the model and --reference alike.")
+    var kvCache: KVCachePrecision = .f32
+
     func validate() throws {
         if kernels {
             guard model == nil, reference == nil else { throw ValidationError("--kernels takes no model and no --reference") }
@@ -128,13 +131,13 @@ struct BenchCommand: ParsableCommand {
         // Warm-up: touches the weights and the code paths once, untimed.
         do {
             let warm = Array(prompt.prefix(min(promptTokens, 8)))
-            let cache = llm.makeCache(capacity: warm.count + 1)
+            let cache = llm.makeCache(capacity: warm.count + 1, precision: kvCache)
             let logits = llm.forward(warm, cache: cache, logitRows: (warm.count - 1)..<warm.count, hooks: ForwardHooks())
             _ = llm.forward([greedy(logits)], cache: cache, logitRows: nil, hooks: ForwardHooks())
         }
         var prefillRates: [Double] = [], decodeRates: [Double] = []
         for _ in 0..<repeats {
-            let cache = llm.makeCache(capacity: promptTokens + decodeTokens)
+            let cache = llm.makeCache(capacity: promptTokens + decodeTokens, precision: kvCache)
             var t0 = DispatchTime.now()
             var logits = llm.forward(prompt, cache: cache, logitRows: (promptTokens - 1)..<promptTokens,
                                      hooks: ForwardHooks())
@@ -147,7 +150,7 @@ struct BenchCommand: ParsableCommand {
         }
         let prefill = Spread(prefillRates), decode = Spread(decodeRates)
         let meanDepth = promptTokens + (decodeTokens + 1) / 2
-        let bytesPerToken = llm.decodeWeightBytes + llm.kvCacheBytes(positions: meanDepth)
+        let bytesPerToken = llm.decodeWeightBytes + llm.kvCacheBytes(positions: meanDepth, precision: kvCache)
         let bound = bandwidth / Double(max(1, bytesPerToken))  // 0 when bandwidth was not measured
         return Speed(model: path, prefill_tokens_per_second: prefill.median, decode_tokens_per_second: decode.median,
                      prefill: prefill, decode: decode, load_seconds: loadSeconds,
@@ -170,7 +173,7 @@ struct BenchCommand: ParsableCommand {
         if options.json {
             struct Output: Encodable {
                 let model: Speed, reference: Speed?, prefill_ratio: Double?, decode_ratio: Double?
-                let prompt_tokens: Int, decode_tokens: Int, repeats: Int, threads: Int
+                let prompt_tokens: Int, decode_tokens: Int, repeats: Int, threads: Int, kv_cache: KVCachePrecision
                 let read_bandwidth_bytes_per_second: Double
                 /// Thread-pool jobs, wake-ups, stalls (waits for a preempted worker) and jobs run
                 /// serially after stalls, over the whole run: stalls mean a loaded machine.
@@ -181,7 +184,7 @@ struct BenchCommand: ParsableCommand {
                                  prefill_ratio: base.map { speed.prefill_tokens_per_second / $0.prefill_tokens_per_second },
                                  decode_ratio: base.map { speed.decode_tokens_per_second / $0.decode_tokens_per_second },
                                  prompt_tokens: promptTokens, decode_tokens: decodeTokens, repeats: repeats,
-                                 threads: PTQ.threadCount, read_bandwidth_bytes_per_second: bandwidth,
+                                 threads: PTQ.threadCount, kv_cache: kvCache, read_bandwidth_bytes_per_second: bandwidth,
                                  pool_jobs: pool.jobs, pool_wakeups: pool.wakeups, pool_stalls: pool.stalls,
                                  pool_serial_jobs: pool.serialJobs))
             return
@@ -195,7 +198,7 @@ struct BenchCommand: ParsableCommand {
                    s.decode_bandwidth_bound, 100 * s.decode_bound_fraction)
         }
         print("\(promptTokens)-token prompt, \(decodeTokens) decoded tokens, \(repeats) repetitions (median), "
-              + "\(PTQ.threadCount) threads, read bandwidth \(String(format: "%.1f", bandwidth / 1e9)) GB/s")
+              + "\(PTQ.threadCount) threads, \(kvCache.rawValue) KV cache, read bandwidth \(String(format: "%.1f", bandwidth / 1e9)) GB/s")
         print("\(model): \(line(speed))")
         for (description, count) in (speed.kernels ?? [:]).sorted(by: { $0.value != $1.value ? $0.value > $1.value : $0.key < $1.key }) {
             print("  \(count)× \(description)")
@@ -227,3 +230,5 @@ struct BenchCommand: ParsableCommand {
         }
     }
 }
+
+extension KVCachePrecision: ExpressibleByArgument {}

@@ -29,6 +29,9 @@ struct EvaluateCommand: ParsableCommand {
     @Option(name: .long, help: "STS-B pairs: all, calibration (first half) or evaluation (second half).")
     var split: String = "all"
 
+    @Option(name: .long, help: "Perplexity: element type of the KV cache: f32 (exact) or f16 (keys and values rounded to IEEE half when stored, as llama.cpp's default cache; half the cache bytes per decoded token). f16 runs every chunk through a cache; f32 is the exact cache-less pass.")
+    var kvCache: KVCachePrecision = .f32
+
     @OptionGroup var options: OutputOptions
 
     func validate() throws {
@@ -53,14 +56,18 @@ struct EvaluateCommand: ParsableCommand {
             let text = try PTQ.readText(data)
             let tokens = tokenizer.encode(text)
             let result = try Perplexity.evaluate(model: llm, tokens: tokens, context: ctx, maxChunks: chunks,
-                                                 quiet: options.silent)
+                                                 kvCache: kvCache, quiet: options.silent)
             if options.json {
                 try printJSON(result)
             } else {
-                print(String(format: "perplexity %.4f ± %.5f over %d chunks of %d tokens (%d tokens scored)",
-                             result.perplexity, result.stderr, result.chunks, result.context, result.tokens))
+                print(String(format: "perplexity %.4f ± %.5f over %d chunks of %d tokens (%d tokens scored, ",
+                             result.perplexity, result.stderr, result.chunks, result.context, result.tokens)
+                      + "\(kvCache.rawValue) KV cache)")
             }
         case .stsb:
+            guard kvCache == .f32 else {
+                throw usageError("--kv-cache \(kvCache.rawValue) applies to --task perplexity only (a sentence encoder has no KV cache)")
+            }
             let encoder = try loaded.sentenceEncoder(for: "stsb (use --task perplexity for a language model)", source: model)
             let pairs = try STSB.load(path: data, split: STSB.Split(rawValue: split) ?? .all)
             let result = try STSB.evaluate(model: encoder, tokenizer: tokenizer, pairs: pairs, quiet: options.silent)

@@ -15,6 +15,9 @@ struct GenerateCommand: ParsableCommand {
     @Option(name: .long, help: "Maximum number of new tokens (1…1048576; generation also stops at the model's max_positions).")
     var maxTokens = 64
 
+    @Option(name: .long, help: "Element type of the KV cache: f32 (exact) or f16 (keys and values rounded to IEEE half when stored, as llama.cpp's default cache; half the cache bytes per decoded token).")
+    var kvCache: KVCachePrecision = .f32
+
     @OptionGroup var options: OutputOptions
 
     func validate() throws {
@@ -32,7 +35,8 @@ struct GenerateCommand: ParsableCommand {
                              + "so the prompt may have at most \(llm.config.maxPositions - 1)")
         }
         let start = Date()
-        let ids = try PTQ.generate(model: llm, tokenizer: tokenizer, prompt: prompt, maxTokens: maxTokens) { piece in
+        let ids = try PTQ.generate(model: llm, tokenizer: tokenizer, prompt: prompt, maxTokens: maxTokens,
+                                      kvCache: kvCache) { piece in
             if !options.json { FileHandle.standardOutput.write(Data(piece.utf8)) }
         }
         let seconds = Date().timeIntervalSince(start)

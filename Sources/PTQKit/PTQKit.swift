@@ -63,10 +63,12 @@ public enum PTQ {
         return text
     }
 
-    /// Greedy decoding with a KV cache; stops at EOS, after `maxTokens`, or at the model's
-    /// `max_positions`. Throws when the prompt alone does not fit.
+    /// Greedy decoding with a KV cache of `kvCache` precision (float by default; `KVCachePrecision.f16`
+    /// stores half keys and values, as llama.cpp does); stops at EOS, after `maxTokens`, or at the
+    /// model's `max_positions`. Throws when the prompt alone does not fit.
     public static func generate<Model: GenerativeModel>(model: Model, tokenizer: any Tokenizer, prompt: String,
-                                                        maxTokens: Int, onToken: ((String) -> Void)? = nil)
+                                                        maxTokens: Int, kvCache: KVCachePrecision = .f32,
+                                                        onToken: ((String) -> Void)? = nil)
         throws(PTQError) -> [Int]
     {
         var ids = tokenizer.encode(prompt)
@@ -81,7 +83,7 @@ public enum PTQ {
             throw PTQError("token id \(bad) is outside the model's vocabulary (0..<\(model.config.vocabSize))")
         }
         let capacity = min(model.config.maxPositions, ids.count + min(maxTokens, model.config.maxPositions))
-        let cache = model.makeCache(capacity: capacity)
+        let cache = model.makeCache(capacity: capacity, precision: kvCache)
         var generated: [Int] = []
         var logits = model.forward(ids, cache: cache, logitRows: (ids.count - 1)..<ids.count, hooks: ForwardHooks())
         var emittedText = ""

@@ -298,3 +298,66 @@ struct EvaluationTests {
         #expect(try STSB.load(path: ProjectPaths.stsDev, split: .calibration).count == 750)
     }
 }
+
+@Suite("Half-precision KV cache")
+struct HalfKVCacheTests {
+    static func model() throws -> LlamaModel {
+        let contents = SyntheticModels.contents(SyntheticModels.llamaConfig(), tokenizer: SyntheticModels.llamaTokenizer(), seed: 7)
+        return try LlamaModel(weights: CheckpointWeights(try CheckpointReader(path: try SyntheticModels.writeCheckpoint(contents))))
+    }
+
+    static func maxDifference(_ a: [Float], _ b: [Float]) -> Float { zip(a, b).map { abs($0 - $1) }.max()! }
+
+    /// Prefill and token-by-token decode read the same rounded keys/values: their logits agree as
+    /// closely as the float cache's do, while both differ from the float cache's (the rounding is real).
+    @Test func decodeMatchesPrefillAndRounds() throws {
+        let model = try Self.model()
+        let tokens = [1, 2, 3, 250, 4, 5, 6, 7, 8, 9]
+        let full = model.forward(tokens, cache: model.makeCache(capacity: 16, precision: .f16))
+        let cache = model.makeCache(capacity: 16, precision: .f16)
+        #expect(cache.precision == .f16)
+        var stepped = model.forward(Array(tokens[..<4]), cache: cache)
+        for token in tokens[4...] { stepped += model.forward([token], cache: cache) }
+        #expect(cache.count == tokens.count)
+        #expect(Self.maxDifference(full, stepped) < 1e-5)
+        let exact = model.forward(tokens)
+        let difference = Self.maxDifference(full, exact)
+        #expect(difference > 0 && difference < 1e-2, "f16 vs f32 cache: max logit difference \(difference)")
+        // A float cache reproduces the cache-less pass.
+        #expect(Self.maxDifference(model.forward(tokens, cache: model.makeCache(capacity: 16, precision: .f32)), exact) < 1e-5)
+    }
+
+    /// Decoding with an observer (or a quantized-probability op) widens the half cache and runs
+    /// the general path: the same logits as the fused half kernel, and the observer sees them.
+    @Test func observedDecodeMatchesFusedKernel() throws {
+        final class Recorder: ActivationObserver {
+            var probabilityColumns: [Int] = []
+            func observe(point: String, values: UnsafeBufferPointer<Float>, rows: Int, columns: Int) {
+                if point == QuantizationPoints.attentionProbabilities(0) { probabilityColumns.append(columns) }
+            }
+        }
+        let model = try Self.model()
+        let prompt = [5, 6, 7, 8, 9]
+        let plain = model.makeCache(capacity: 8, precision: .f16), observed = model.makeCache(capacity: 8, precision: .f16)
+        _ = model.forward(prompt, cache: plain)
+        _ = model.forward(prompt, cache: observed)
+        let recorder = Recorder()
+        let fused = model.forward([11], cache: plain)
+        let general = model.forward([11], cache: observed, hooks: ForwardHooks(observer: recorder))
+        #expect(Self.maxDifference(fused, general) < 1e-5)
+        // Layer 0's probabilities, one (1 × 6) row per head.
+        #expect(recorder.probabilityColumns == Array(repeating: 6, count: model.config.headCount))
+    }
+
+    @Test func cacheBytesAndPerplexity() throws {
+        let model = try Self.model()
+        #expect(model.kvCacheBytes(positions: 10, precision: .f16) * 2 == model.kvCacheBytes(positions: 10, precision: .f32))
+        #expect(model.kvCacheBytes(positions: 10) == model.kvCacheBytes(positions: 10, precision: .f32))
+        var rng = SeededGenerator(seed: 3)
+        let tokens = (0..<43).map { _ in Int.random(in: 0..<256, using: &rng) }
+        let exact = try Perplexity.evaluate(model: model, tokens: tokens, context: 8, quiet: true)
+        let half = try Perplexity.evaluate(model: model, tokens: tokens, context: 8, kvCache: .f16, quiet: true)
+        #expect(half.kvCache == .f16 && exact.kvCache == .f32)
+        #expect(half.perplexity != exact.perplexity && abs(half.perplexity / exact.perplexity - 1) < 1e-3)
+    }
+}

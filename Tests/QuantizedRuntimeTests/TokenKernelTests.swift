@@ -466,3 +466,119 @@ struct TokenKernelTests {
         TokenKernels.setVNNIEnabled(true)
     }
 }
+
+@Suite("Half-precision KV cache kernels")
+struct HalfCacheKernelTests {
+    /// Floats that exercise every branch of the rounding: zeros, the largest half and the overflow
+    /// threshold, ties at both ends of the subnormal range, subnormals, infinities and NaN.
+    static let edgeFloats: [Float] = [
+        0, -0.0, 1, -1, 65504, -65504, 65519.996, 65520, -65520, 1e5, .infinity, -.infinity, .nan,
+        Float(sign: .plus, exponent: -14, significand: 1),          // smallest normal half
+        Float(sign: .plus, exponent: -24, significand: 1),          // smallest subnormal half
+        Float(sign: .plus, exponent: -25, significand: 1),          // tie between 0 and it: → 0
+        Float(sign: .minus, exponent: -25, significand: 1.5),       // above the tie: → −2^-24
+        Float(sign: .plus, exponent: -24, significand: 1.5),        // tie between 1 and 2 units: → 2
+        Float(sign: .plus, exponent: -15, significand: 1.999),      // rounds up to the smallest normal
+        1 + Float(sign: .plus, exponent: -11, significand: 1),      // tie between 1 and 1+2^-10: → 1
+        1 + Float(sign: .plus, exponent: -11, significand: 3),      // tie above an odd mantissa: → up
+        Float.leastNonzeroMagnitude, -Float.greatestFiniteMagnitude, 1e-30,
+    ]
+
+    @Test("float → half matches F16C, the scalar twin and Float16 bit for bit")
+    func roundToHalf() {
+        var rng = SplitMix(seed: 16)
+        var values = Self.edgeFloats
+        // Random floats over the whole half range and beyond (magnitudes 2^-30 … 2^20).
+        for _ in 0..<20_000 {
+            let m = Float(bitPattern: 0x3f80_0000 | UInt32(truncatingIfNeeded: rng.next()) & 0x7f_ffff)
+            values.append((rng.next() & 1 == 0 ? 1 : -1) * m * Float(sign: .plus, exponent: Int(rng.next() % 51) - 30, significand: 1))
+        }
+        var fast = [UInt16](repeating: 0xdead, count: values.count), ref = fast
+        TokenKernels.roundToHalf(values, into: &fast, count: values.count)
+        TokenKernels.roundToHalf(values, into: &ref, count: values.count, reference: true)
+        for (i, x) in values.enumerated() {
+            let want = Float16(x)
+            if x.isNaN {
+                #expect(Float16(bitPattern: fast[i]).isNaN && fast[i] == ref[i], "NaN → \(fast[i]) vs \(ref[i])")
+            } else {
+                #expect(fast[i] == want.bitPattern && ref[i] == want.bitPattern,
+                        "\(x): fast \(fast[i]) ref \(ref[i]) Float16 \(want.bitPattern)")
+            }
+        }
+        // Odd counts take the scalar tail of the fast path.
+        var tail = [UInt16](repeating: 0, count: 7)
+        TokenKernels.roundToHalf(values, into: &tail, count: 7)
+        #expect(tail == Array(ref.prefix(7)))
+    }
+
+    /// NaNs come out quiet (signalling half NaNs get the float quiet bit, as vcvtph2ps sets it).
+    @Test("half → float is exact for all 65536 bit patterns")
+    func widenHalf() {
+        let all = (0...UInt16.max).map { $0 }
+        var fast = [Float](repeating: 0, count: all.count), ref = fast
+        TokenKernels.widenHalf(all, into: &fast, count: all.count)
+        TokenKernels.widenHalf(all, into: &ref, count: all.count, reference: true)
+        for h in all {
+            let want = Float(Float16(bitPattern: h))
+            let i = Int(h)
+            if want.isNaN {
+                #expect(fast[i].isNaN && fast[i].bitPattern == ref[i].bitPattern, "pattern \(h)")
+            } else {
+                #expect(fast[i].bitPattern == want.bitPattern && ref[i].bitPattern == want.bitPattern, "pattern \(h)")
+            }
+        }
+    }
+
+    /// Random (or scaled) float keys/values rounded to half: the f16 kernel (AVX-512 and AVX2)
+    /// against its scalar twin and against the float kernel on the widened values.
+    @Test("f16 decode attention matches the scalar twin and the float kernel on widened values",
+          arguments: [1, 2, 5, 129, 576, 2048], [(9, 3, 64), (4, 4, 12), (2, 1, 7), (3, 1, 24), (2, 2, 128)])
+    func attention(count: Int, shape: (heads: Int, kvHeads: Int, dim: Int)) {
+        var rng = SplitMix(seed: UInt64(count * 131 + shape.dim))
+        let stride = shape.kvHeads * shape.dim
+        // Large-magnitude keys (near the top of the half range) in every fourth case, with a
+        // small query so that scores stay in softmax's sensitive range.
+        let large = count % 4 == 1
+        let keyRange: ClosedRange<Float> = large ? -3e4...3e4 : -4...4
+        let q = rng.floats(shape.heads * shape.dim, in: large ? -2e-4...2e-4 : -2...2)
+        var floatKeys = rng.floats(count * stride, in: keyRange)
+        floatKeys[0] = 60000  // one huge score: softmax must stay finite
+        let floatValues = rng.floats(count * stride, in: -3...3)
+        var keys = [UInt16](repeating: 0, count: floatKeys.count), values = keys
+        TokenKernels.roundToHalf(floatKeys, into: &keys, count: keys.count)
+        TokenKernels.roundToHalf(floatValues, into: &values, count: values.count)
+        var wideKeys = [Float](repeating: 0, count: keys.count), wideValues = wideKeys
+        TokenKernels.widenHalf(keys, into: &wideKeys, count: keys.count)
+        TokenKernels.widenHalf(values, into: &wideValues, count: values.count)
+        let scale: Float = 1 / Float(shape.dim).squareRoot()
+        var scores = [Float](repeating: 0, count: shape.heads * count)
+        var ref = [Float](repeating: .nan, count: shape.heads * shape.dim), viaFloat = ref
+        TokenKernels.attendOne(q: q, halfKeys: keys, halfValues: values, count: count, heads: shape.heads,
+                               kvHeads: shape.kvHeads, dim: shape.dim, stride: stride, scale: scale, scores: &scores,
+                               out: &ref, reference: true)
+        TokenKernels.attendOne(q: q, keys: wideKeys, values: wideValues, count: count, heads: shape.heads,
+                               kvHeads: shape.kvHeads, dim: shape.dim, stride: stride, scale: scale, scores: &scores,
+                               out: &viaFloat, reference: true)
+        // The twins compute the same operations on the same values.
+        #expect(ref == viaFloat, "count \(count) shape \(shape)")
+        let bound: Float = large ? 1e-4 : 1e-5
+        for vnni in [true, false] {
+            TokenKernels.setVNNIEnabled(vnni)
+            var fast = [Float](repeating: .nan, count: shape.heads * shape.dim)
+            TokenKernels.attendOne(q: q, halfKeys: keys, halfValues: values, count: count, heads: shape.heads,
+                                   kvHeads: shape.kvHeads, dim: shape.dim, stride: stride, scale: scale, scores: &scores,
+                                   out: &fast)
+            #expect(fast.allSatisfy { $0.isFinite })
+            #expect(TokenKernelTests.relativeError(fast, ref) < bound, "vnni \(vnni) count \(count) shape \(shape)")
+            // One position: the output is that position's (widened) value row, exactly.
+            if count == 1 {
+                for h in 0..<shape.heads {
+                    let kv = h / (shape.heads / shape.kvHeads)
+                    #expect(Array(fast[(h * shape.dim)..<((h + 1) * shape.dim)])
+                            == Array(wideValues[(kv * shape.dim)..<((kv + 1) * shape.dim)]))
+                }
+            }
+        }
+        TokenKernels.setVNNIEnabled(true)
+    }
+}

@@ -30,6 +30,26 @@ void ck_attend_one(const float *q, const float *keys, const float *values, size_
 void ck_attend_one_ref(const float *q, const float *keys, const float *values, size_t count, size_t stride,
                        size_t dim, float scale, float *scores, float *out);
 
+// ---- half-precision KV cache (kv_half.c) ----------------------------------------------------
+// IEEE binary16, round to nearest even on store (F16C vcvtps2ph, imm 0); NaN stays a quiet NaN,
+// magnitudes past 65504 (from 65520 up) become infinity. The scalar twins are bit-exact.
+
+uint16_t ck_f32_to_f16_one(float f);
+float ck_f16_to_f32_one(uint16_t h);
+/// dst[i] = half(src[i]) (F16C 8 at a time, else the scalar twin).
+void ck_f32_to_f16(const float *src, uint16_t *dst, size_t n);
+void ck_f32_to_f16_ref(const float *src, uint16_t *dst, size_t n);
+/// dst[i] = float(src[i]) (exact).
+void ck_f16_to_f32(const uint16_t *src, float *dst, size_t n);
+void ck_f16_to_f32_ref(const uint16_t *src, float *dst, size_t n);
+
+/// ck_attend_one over half keys/values (`stride` halves per position), widened in registers:
+/// AVX-512 (under the ck_cpu_has_avx512vnni gate), AVX2+F16C, or the scalar twin.
+void ck_attend_one_f16(const float *q, const uint16_t *keys, const uint16_t *values, size_t count, size_t stride,
+                       size_t dim, float scale, float *scores, float *out);
+void ck_attend_one_f16_ref(const float *q, const uint16_t *keys, const uint16_t *values, size_t count, size_t stride,
+                           size_t dim, float scale, float *scores, float *out);
+
 // ---------------------------------------------------------------------------------------------
 // FP4 weights as 4-bit table indices with int8 activations (LLM-FP4 W4A8 integer path).
 //
