@@ -1,6 +1,7 @@
 #include "ck_runtime.h"
 #include "ckernels.h"
 #include "x86_common.h"
+#include "attend_avx2.h"
 #include <string.h>
 
 // Half-precision KV cache (see ck_runtime.h): float ↔ IEEE half conversion and decode
@@ -102,81 +103,7 @@ void ck_attend_one_f16_ref(const float *q, const uint16_t *keys, const uint16_t 
 #if defined(__x86_64__)
 #define LOADH8(p) _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p)))
 
-/// Lane p of the result (p < 4) is the sum of all lanes of v[p].
-CK_INLINE CK_AVX2 __m128 hsum4_ps(__m256 v0, __m256 v1, __m256 v2, __m256 v3) {
-    const __m256 u = _mm256_hadd_ps(_mm256_hadd_ps(v0, v1), _mm256_hadd_ps(v2, v3));
-    return _mm_add_ps(_mm256_castps256_ps128(u), _mm256_extractf128_ps(u, 1));
-}
-
-/// q·k for one position, 8 lanes at a time then scalar.
-CK_INLINE CK_AVX2 float dot_h_avx2(const float *q, const uint16_t *k, size_t dim) {
-    __m256 a = _mm256_setzero_ps();
-    size_t d = 0;
-    for (; d + 8 <= dim; d += 8) a = _mm256_fmadd_ps(_mm256_loadu_ps(q + d), LOADH8(k + d), a);
-    float s = ck_hsum_ps(a);
-    for (; d < dim; d++) s += q[d] * _cvtsh_ss(k[d]);
-    return s;
-}
-
-/// out[d] = Σ_j p[j]·v_j[d] over the columns [d0, dim) that 8-lane steps cannot reach, scalar.
-CK_INLINE CK_AVX2 void pv_tail(const float *p, const uint16_t *values, size_t count, size_t stride, size_t d0,
-                               size_t dim, float *out) {
-    for (size_t d = d0; d < dim; d++) {
-        float s = 0;
-        for (size_t j = 0; j < count; j++) s += p[j] * _cvtsh_ss(values[j * stride + d]);
-        out[d] = s;
-    }
-}
-
-CK_AVX2 static void attend_one_f16_avx2(const float *q, const uint16_t *keys, const uint16_t *values, size_t count,
-                                        size_t stride, size_t dim, float scale, float *scores, float *out) {
-    const size_t d8 = dim & ~(size_t)7;
-    const __m128 vscale = _mm_set1_ps(scale);
-    size_t j = 0;
-    // Four positions per step: one hadd tree instead of four horizontal sums.
-    if (d8 == dim) {
-        for (; j + 4 <= count; j += 4) {
-            const uint16_t *k0 = keys + j * stride, *k1 = k0 + stride, *k2 = k1 + stride, *k3 = k2 + stride;
-            __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-            for (size_t d = 0; d < dim; d += 8) {
-                const __m256 x = _mm256_loadu_ps(q + d);
-                a0 = _mm256_fmadd_ps(x, LOADH8(k0 + d), a0);
-                a1 = _mm256_fmadd_ps(x, LOADH8(k1 + d), a1);
-                a2 = _mm256_fmadd_ps(x, LOADH8(k2 + d), a2);
-                a3 = _mm256_fmadd_ps(x, LOADH8(k3 + d), a3);
-            }
-            _mm_storeu_ps(scores + j, _mm_mul_ps(vscale, hsum4_ps(a0, a1, a2, a3)));
-        }
-    }
-    for (; j < count; j++) scores[j] = scale * dot_h_avx2(q, keys + j * stride, dim);
-    ck_softmax_f32(scores, count);
-    size_t d = 0;
-    for (; d + 64 <= d8; d += 64) {
-        __m256 o0 = _mm256_setzero_ps(), o1 = o0, o2 = o0, o3 = o0, o4 = o0, o5 = o0, o6 = o0, o7 = o0;
-        for (j = 0; j < count; j++) {
-            const uint16_t *v = values + j * stride + d;
-            const __m256 p = _mm256_broadcast_ss(scores + j);
-            o0 = _mm256_fmadd_ps(p, LOADH8(v), o0);
-            o1 = _mm256_fmadd_ps(p, LOADH8(v + 8), o1);
-            o2 = _mm256_fmadd_ps(p, LOADH8(v + 16), o2);
-            o3 = _mm256_fmadd_ps(p, LOADH8(v + 24), o3);
-            o4 = _mm256_fmadd_ps(p, LOADH8(v + 32), o4);
-            o5 = _mm256_fmadd_ps(p, LOADH8(v + 40), o5);
-            o6 = _mm256_fmadd_ps(p, LOADH8(v + 48), o6);
-            o7 = _mm256_fmadd_ps(p, LOADH8(v + 56), o7);
-        }
-        _mm256_storeu_ps(out + d, o0); _mm256_storeu_ps(out + d + 8, o1);
-        _mm256_storeu_ps(out + d + 16, o2); _mm256_storeu_ps(out + d + 24, o3);
-        _mm256_storeu_ps(out + d + 32, o4); _mm256_storeu_ps(out + d + 40, o5);
-        _mm256_storeu_ps(out + d + 48, o6); _mm256_storeu_ps(out + d + 56, o7);
-    }
-    for (; d < d8; d += 8) {
-        __m256 o0 = _mm256_setzero_ps();
-        for (j = 0; j < count; j++) o0 = _mm256_fmadd_ps(_mm256_broadcast_ss(scores + j), LOADH8(values + j * stride + d), o0);
-        _mm256_storeu_ps(out + d, o0);
-    }
-    pv_tail(scores, values, count, stride, d, dim, out);
-}
+CK_DEFINE_ATTEND_ONE_AVX2(attend_one_f16_avx2, uint16_t, LOADH8, _cvtsh_ss)
 
 #define LOADH16(p) _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(p)))
 
@@ -210,10 +137,10 @@ CK_AVX512 static void attend_one_f16_avx512(const float *q, const uint16_t *keys
                 b2 = _mm256_fmadd_ps(x, LOADH8(k2 + d), b2);
                 b3 = _mm256_fmadd_ps(x, LOADH8(k3 + d), b3);
             }
-            _mm_storeu_ps(scores + j, _mm_mul_ps(vscale, hsum4_ps(b0, b1, b2, b3)));
+            _mm_storeu_ps(scores + j, _mm_mul_ps(vscale, ck_hsum4_ps(b0, b1, b2, b3)));
         }
     }
-    for (; j < count; j++) scores[j] = scale * dot_h_avx2(q, keys + j * stride, dim);
+    for (; j < count; j++) scores[j] = scale * ck_attend_dot_uint16_t(q, keys + j * stride, dim);
     ck_softmax_f32(scores, count);
     size_t d = 0;
     // 64 columns, two positions per step into separate accumulators (8 FMA chains in flight).
@@ -254,7 +181,7 @@ CK_AVX512 static void attend_one_f16_avx512(const float *q, const uint16_t *keys
         for (j = 0; j < count; j++) o0 = _mm256_fmadd_ps(_mm256_broadcast_ss(scores + j), LOADH8(values + j * stride + d), o0);
         _mm256_storeu_ps(out + d, o0);
     }
-    pv_tail(scores, values, count, stride, d, dim, out);
+    ck_attend_pv_tail_uint16_t(scores, values, count, stride, d, dim, out);
 }
 #endif
 

@@ -1,6 +1,7 @@
 #include "ck_runtime.h"
 #include "ckernels.h"
 #include "x86_common.h"
+#include "attend_avx2.h"
 #include <immintrin.h>
 #include <math.h>
 
@@ -109,80 +110,8 @@ void ck_attend_one_ref(const float *q, const float *keys, const float *values, s
 }
 
 #if defined(__x86_64__)
-/// Lane p of the result (p < 4) is the sum of all lanes of v_p.
-CK_INLINE CK_AVX2 __m128 hsum4_ps(__m256 v0, __m256 v1, __m256 v2, __m256 v3) {
-    const __m256 u = _mm256_hadd_ps(_mm256_hadd_ps(v0, v1), _mm256_hadd_ps(v2, v3));
-    return _mm_add_ps(_mm256_castps256_ps128(u), _mm256_extractf128_ps(u, 1));
-}
-
-CK_AVX2 static void attend_one_avx2(const float *q, const float *keys, const float *values, size_t count,
-                                    size_t stride, size_t dim, float scale, float *scores, float *out) {
-    const size_t d8 = dim & ~(size_t)7;
-    size_t j0 = 0;
-    // Four positions per step with one hadd tree: a horizontal sum per position was most of the
-    // q·K time at decode depths of a few hundred (measured in RESULTS "KV cache precision").
-    if (d8 == dim) {
-        const __m128 vscale = _mm_set1_ps(scale);
-        for (; j0 + 4 <= count; j0 += 4) {
-            const float *k0 = keys + j0 * stride, *k1 = k0 + stride, *k2 = k1 + stride, *k3 = k2 + stride;
-            __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-            for (size_t d = 0; d < dim; d += 8) {
-                const __m256 x = _mm256_loadu_ps(q + d);
-                a0 = _mm256_fmadd_ps(x, _mm256_loadu_ps(k0 + d), a0);
-                a1 = _mm256_fmadd_ps(x, _mm256_loadu_ps(k1 + d), a1);
-                a2 = _mm256_fmadd_ps(x, _mm256_loadu_ps(k2 + d), a2);
-                a3 = _mm256_fmadd_ps(x, _mm256_loadu_ps(k3 + d), a3);
-            }
-            _mm_storeu_ps(scores + j0, _mm_mul_ps(vscale, hsum4_ps(a0, a1, a2, a3)));
-        }
-    }
-    for (size_t j = j0; j < count; j++) {
-        const float *k = keys + j * stride;
-        __m256 a = _mm256_setzero_ps(), b = _mm256_setzero_ps();
-        size_t d = 0;
-        for (; d + 16 <= d8; d += 16) {
-            a = _mm256_fmadd_ps(_mm256_loadu_ps(q + d), _mm256_loadu_ps(k + d), a);
-            b = _mm256_fmadd_ps(_mm256_loadu_ps(q + d + 8), _mm256_loadu_ps(k + d + 8), b);
-        }
-        for (; d < d8; d += 8) a = _mm256_fmadd_ps(_mm256_loadu_ps(q + d), _mm256_loadu_ps(k + d), a);
-        float s = ck_hsum_ps(_mm256_add_ps(a, b));
-        for (; d < dim; d++) s += q[d] * k[d];
-        scores[j] = scale * s;
-    }
-    ck_softmax_f32(scores, count);  // 8 lanes with the vector expf (elementwise.c)
-    size_t d = 0;
-    // 64 output columns (8 accumulators) at a time, then 8, then scalar.
-    for (; d + 64 <= d8; d += 64) {
-        __m256 o0 = _mm256_setzero_ps(), o1 = o0, o2 = o0, o3 = o0, o4 = o0, o5 = o0, o6 = o0, o7 = o0;
-        for (size_t j = 0; j < count; j++) {
-            const float *v = values + j * stride + d;
-            const __m256 p = _mm256_broadcast_ss(scores + j);
-            o0 = _mm256_fmadd_ps(p, _mm256_loadu_ps(v), o0);
-            o1 = _mm256_fmadd_ps(p, _mm256_loadu_ps(v + 8), o1);
-            o2 = _mm256_fmadd_ps(p, _mm256_loadu_ps(v + 16), o2);
-            o3 = _mm256_fmadd_ps(p, _mm256_loadu_ps(v + 24), o3);
-            o4 = _mm256_fmadd_ps(p, _mm256_loadu_ps(v + 32), o4);
-            o5 = _mm256_fmadd_ps(p, _mm256_loadu_ps(v + 40), o5);
-            o6 = _mm256_fmadd_ps(p, _mm256_loadu_ps(v + 48), o6);
-            o7 = _mm256_fmadd_ps(p, _mm256_loadu_ps(v + 56), o7);
-        }
-        _mm256_storeu_ps(out + d, o0); _mm256_storeu_ps(out + d + 8, o1);
-        _mm256_storeu_ps(out + d + 16, o2); _mm256_storeu_ps(out + d + 24, o3);
-        _mm256_storeu_ps(out + d + 32, o4); _mm256_storeu_ps(out + d + 40, o5);
-        _mm256_storeu_ps(out + d + 48, o6); _mm256_storeu_ps(out + d + 56, o7);
-    }
-    for (; d < d8; d += 8) {
-        __m256 o0 = _mm256_setzero_ps();
-        for (size_t j = 0; j < count; j++)
-            o0 = _mm256_fmadd_ps(_mm256_broadcast_ss(scores + j), _mm256_loadu_ps(values + j * stride + d), o0);
-        _mm256_storeu_ps(out + d, o0);
-    }
-    for (; d < dim; d++) {
-        float s = 0;
-        for (size_t j = 0; j < count; j++) s += scores[j] * values[j * stride + d];
-        out[d] = s;
-    }
-}
+// Decode attention over a float cache: the AVX2 body shared with the half cache (kv_half.c).
+CK_DEFINE_ATTEND_ONE_AVX2(attend_one_avx2, float, _mm256_loadu_ps, (float))
 #endif
 
 void ck_attend_one(const float *q, const float *keys, const float *values, size_t count, size_t stride,
