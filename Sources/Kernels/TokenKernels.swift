@@ -37,24 +37,23 @@ public enum TokenKernels {
                                  scores: UnsafeMutablePointer<Float>, out: UnsafeMutablePointer<Float>,
                                  reference: Bool = false) {
         guard heads > 0, count > 0 else { return }
-        let group = heads / max(1, kvHeads)
-        let pq = SendableConstPointer(q), pk = SendableConstPointer(keys), pv = SendableConstPointer(values)
-        let ps = SendablePointer(scores), po = SendablePointer(out)
-        let body: (Int) -> Void = { h in
-            let kv = h / group
-            if reference {
-                ck_attend_one_ref(pq.base + h * dim, pk.base + kv * dim, pv.base + kv * dim, count, stride, dim, scale,
-                                  ps.base + h * count, po.base + h * dim)
-            } else {
-                ck_attend_one(pq.base + h * dim, pk.base + kv * dim, pv.base + kv * dim, count, stride, dim, scale,
-                              ps.base + h * count, po.base + h * dim)
-            }
+        let kernel = reference ? ck_attend_one_ref : ck_attend_one
+        forEachHead(heads, kvHeads: kvHeads, work: count * dim * heads, serial: reference) { h, kv in
+            kernel(q + h * dim, keys + kv * dim, values + kv * dim, count, stride, dim, scale, scores + h * count,
+                   out + h * dim)
         }
-        // A head is ~2·count·dim multiply-adds: small caches stay on one thread.
-        if reference || count * dim * heads < 1 << 14 {
-            for h in 0..<heads { body(h) }
+    }
+
+    /// Runs `head(h, kvHead)` for every query head h (grouped-query: kvHead = h / (heads / kvHeads)),
+    /// on the pool unless `serial` or the work is small: a head is ~2·count·dim multiply-adds, and
+    /// small caches stay on one thread.
+    private static func forEachHead(_ heads: Int, kvHeads: Int, work: Int, serial: Bool,
+                                    _ head: (_ h: Int, _ kvHead: Int) -> Void) {
+        let group = heads / max(1, kvHeads)
+        if serial || work < 1 << 14 {
+            for h in 0..<heads { head(h, h / group) }
         } else {
-            Parallel.forEach(heads, body)
+            Parallel.forEach(heads) { h in head(h, h / group) }
         }
     }
 
@@ -66,23 +65,10 @@ public enum TokenKernels {
                                  dim: Int, stride: Int, scale: Float, scores: UnsafeMutablePointer<Float>,
                                  out: UnsafeMutablePointer<Float>, reference: Bool = false) {
         guard heads > 0, count > 0 else { return }
-        let group = heads / max(1, kvHeads)
-        let pq = SendableConstPointer(q), pk = SendableConstPointer(keys), pv = SendableConstPointer(values)
-        let ps = SendablePointer(scores), po = SendablePointer(out)
-        let body: (Int) -> Void = { h in
-            let kv = h / group
-            if reference {
-                ck_attend_one_f16_ref(pq.base + h * dim, pk.base + kv * dim, pv.base + kv * dim, count, stride, dim, scale,
-                                      ps.base + h * count, po.base + h * dim)
-            } else {
-                ck_attend_one_f16(pq.base + h * dim, pk.base + kv * dim, pv.base + kv * dim, count, stride, dim, scale,
-                                  ps.base + h * count, po.base + h * dim)
-            }
-        }
-        if reference || count * dim * heads < 1 << 14 {
-            for h in 0..<heads { body(h) }
-        } else {
-            Parallel.forEach(heads, body)
+        let kernel = reference ? ck_attend_one_f16_ref : ck_attend_one_f16
+        forEachHead(heads, kvHeads: kvHeads, work: count * dim * heads, serial: reference) { h, kv in
+            kernel(q + h * dim, keys + kv * dim, values + kv * dim, count, stride, dim, scale, scores + h * count,
+                   out + h * dim)
         }
     }
 
