@@ -81,9 +81,18 @@ public struct LLMFP4Quantizer: Quantizer {
     /// error on a token with massive activations matters far less than the same error on an
     /// ordinary token; the plain output MSE is dominated by those few tokens.
     public let tokenRelative: Bool
+    /// Beyond the paper: the fraction of the reservoir held out of the search (recipe key
+    /// `holdout`, 0 ≤ h ≤ 0.9, default 0 = every row searched, as before). With h > 0 the last
+    /// round(h·n) reservoir rows are held out: the weight search, the activation search and the
+    /// channel absmax behind b_j (and the baseline's b̃_init) use the first rows only, and the
+    /// per-layer choices — the activation format in every round and, with `tensor_candidates`,
+    /// FPQ's final pair against the baseline's — are scored by the output error on the held-out
+    /// rows (the first `tokens` of them). Layers without an activation quantizer have no such
+    /// choice and search every row.
+    public let holdout: Double
     public let intervals: Int
     public let rounds: Int
-    /// Reservoir rows used by the activation search (the weight search uses every reservoir row).
+    /// Reservoir rows used by the activation search (the weight search uses every searched reservoir row).
     public let tokens: Int
     public let gammaRange: ClosedRange<Double>
 
@@ -97,6 +106,8 @@ public struct LLMFP4Quantizer: Quantizer {
         tokens = try p.int("tokens", default: setting == .fast ? 512 : 1 << 20, range: 16...(1 << 20))
         perChannel = try p.bool("per_channel", default: searching)
         tensorCandidates = try p.bool("tensor_candidates", default: false)
+        holdout = try p.double("holdout", default: 0, range: 0...0.9)
+        if holdout > 0 && !searching { throw p.error("holdout", "holds reservoir rows out of the search; setting: minmax does not search") }
         maxOffset = p.has("max_offset") ? try p.int("max_offset", default: 0, range: 0...30) : nil
         outlierTokens = try p.string("token_selection", default: "first", oneOf: ["first", "outliers"]) == "outliers"
         tokenRelative = try p.string("objective", default: "output_mse", oneOf: ["output_mse", "token_relative"]) == "token_relative"
@@ -113,7 +124,7 @@ public struct LLMFP4Quantizer: Quantizer {
         gammaRange = gammas[0]...gammas[1]
         let weightFormat = try p.string("weight_format", default: searching ? "search" : "default")
         let activationFormat = try p.string("activation_format", default: searching ? "search" : "default")
-        try p.rejectUnknown(allowed: ["setting", "intervals", "rounds", "tokens", "per_channel", "tensor_candidates", "max_offset",
+        try p.rejectUnknown(allowed: ["setting", "intervals", "rounds", "tokens", "per_channel", "tensor_candidates", "holdout", "max_offset",
                                       "offset_rounding", "token_selection", "objective",
                                       "gamma_range", "weight_format", "activation_format"])
         let line = plan.ruleLine.map { "line \($0): " } ?? ""
@@ -189,6 +200,18 @@ public struct LLMFP4Quantizer: Quantizer {
             }
             channelAbsMax = statistics.absMaximum
         }
+        // holdout: rows [0, searchRows) are searched, [searchRows, reservoirCount) held out.
+        var searchRows = statistics?.reservoirCount ?? 0
+        var heldOutRows = 0
+        if holdout > 0, activationBits != nil, let statistics, let reservoir = statistics.reservoir {
+            let split = try Self.holdoutSplit(rows: statistics.reservoirCount, fraction: holdout,
+                                              layer: layer.name, point: layer.inputPoint)
+            searchRows = split.search
+            heldOutRows = split.heldOut
+            // b_j from the search rows only: the statistics' channel range covers every calibration
+            // token, the held-out rows included, which would let k_j see the rows that judge them.
+            channelAbsMax = Self.absMaximum(reservoir, rows: searchRows, columns: columns)
+        }
         func initialActivation(perChannel channelWise: Bool) -> ActivationCandidate? {
             activationBits.map {
                 ActivationCandidate(format: FloatingPointFormat.defaultFormat(bits: $0), gamma: 1, channelAbsMax: channelAbsMax,
@@ -204,8 +227,23 @@ public struct LLMFP4Quantizer: Quantizer {
                 throw PTQError("\(layer.name): the llmfp4 search needs a calibration reservoir at \(layer.inputPoint) "
                                + "(recalibrate with this recipe)")
             }
-            let n = statistics.reservoirCount
+            let n = searchRows
             let x = Array(reservoir.prefix(n * columns))
+            // Held-out rows scored by the choices (the first `tokens` of them, as many as the activation
+            // search scores), and the float layer's output on them.
+            let heldOutCount = min(tokens, heldOutRows)
+            let xh = Array(reservoir[(n * columns)..<((n + heldOutCount) * columns)])
+            let heldOutReference = heldOutCount > 0
+                ? Self.product(xh, rows: heldOutCount, weight: w, out: rows, columns: columns) : []
+            let heldOutWeights = tokenRelative && heldOutCount > 0
+                ? Self.tokenWeights(reference: heldOutReference, tokens: heldOutCount, out: rows) : nil
+            /// Output error of weights `deq` and activations `c` on the held-out rows (the objective's
+            /// token weights included), the score of every held-out choice.
+            func heldOutError(_ deq: [Float], _ c: ActivationCandidate) -> Double {
+                let y = Self.product(c.apply(xh, rows: heldOutCount, columns: columns), rows: heldOutCount,
+                                     weight: deq, out: rows, columns: columns)
+                return Self.outputError(y, heldOutReference, tokens: heldOutCount, out: rows, tokenWeights: heldOutWeights)
+            }
             let gammas = Self.gammas(intervals: intervals, range: gammaRange)
             let tokenCount = min(tokens, n)
             let xs = outlierTokens ? Self.outlierRows(x, rows: n, columns: columns, count: tokenCount)
@@ -227,11 +265,13 @@ public struct LLMFP4Quantizer: Quantizer {
             /// (nil when the layer has no activation quantizer).
             func search(from start: ActivationCandidate?, kinds: [Bool])
                 -> (weightFormat: FloatingPointFormat, scales: [Float], act: ActivationCandidate?, error: Double?,
-                    details: [String: String]) {
+                    heldOutError: Double?, details: [String: String]) {
                 var act = start
                 var weightFormat = weightFormats[0]
                 var scales: [Float] = []
                 var finalError: Double?
+                var finalHeldOutError: Double?
+                var heldOutErrors: [String] = []
                 var weightErrors: [String] = []
                 var activationErrors: [String] = []
                 // Wall time of the two searches (for profiling; `ptq inspect` shows them).
@@ -246,7 +286,7 @@ public struct LLMFP4Quantizer: Quantizer {
                     // q/k/v (gate/up) share an input point: their first round shares X̂ and so G and X̂ᵀX.
                     // Token weights depend on the layer's own outputs, so weighted moments are not shared.
                     let key = "llmfp4.moments|\(act.map { "\($0.format)|\($0.gamma)|\($0.offsets != nil)" } ?? "float")|\(n)"
-                        + (tokenRelative ? "|\(layer.name)" : "")
+                        + (tokenRelative ? "|\(layer.name)" : "") + (heldOutRows > 0 ? "|holdout \(heldOutRows)" : "")
                     let packed = statistics.memoized(key) { () -> [Float] in
                         var xq = act.map { $0.apply(x, rows: n, columns: columns) } ?? x
                         var xw = x
@@ -275,6 +315,8 @@ public struct LLMFP4Quantizer: Quantizer {
                     let deq = FloatingPointWeight.quantize(w, rows: rows, columns: columns, groupSize: gs,
                                                            format: weightFormat, scales: scales).dequantizedReference()
                     var bestAct: (error: Double, candidate: ActivationCandidate)?
+                    // holdout: every format's best candidate on the search tokens, in format order.
+                    var formatBest: [(error: Double, candidate: ActivationCandidate)] = []
                     // With tensor_candidates the per-tensor (baseline) candidates follow the k_j ones, so
                     // ties keep k_j; each is scored on the same tokens by the same output MSE.
                     for f in activationFormats {
@@ -296,8 +338,27 @@ public struct LLMFP4Quantizer: Quantizer {
                                     for i in 0..<y.count { let d = Double(y[i] - reference[i]); error += d * d }
                                 }
                                 if bestAct == nil || error < bestAct!.error { bestAct = (error, c) }
+                                if heldOutCount > 0 {
+                                    if formatBest.last?.candidate.format != f {
+                                        formatBest.append((error, c))
+                                    } else if error < formatBest[formatBest.count - 1].error {
+                                        formatBest[formatBest.count - 1] = (error, c)
+                                    }
+                                }
                             }
                         }
+                    }
+                    if heldOutCount > 0 {
+                        // Beyond the paper: the activation format is chosen by the held-out output error
+                        // of each format's best candidate on the search tokens (ties keep the earlier format).
+                        var chosen: (heldOut: Double, index: Int)?
+                        for (i, b) in formatBest.enumerated() {
+                            let e = heldOutError(deq, b.candidate)
+                            if chosen == nil || e < chosen!.heldOut { chosen = (e, i) }
+                        }
+                        bestAct = formatBest[chosen!.index]
+                        finalHeldOutError = chosen!.heldOut
+                        heldOutErrors.append(String(format: "%.4g", chosen!.heldOut / Double(heldOutCount * rows)))
                     }
                     act = bestAct!.candidate
                     finalError = bestAct!.error
@@ -312,8 +373,9 @@ public struct LLMFP4Quantizer: Quantizer {
                 d["rounds_run"] = "\(roundsRun) of \(rounds)"
                 d["weight_mse_per_round"] = weightErrors.joined(separator: ",")
                 if !activationErrors.isEmpty { d["output_mse_per_round"] = activationErrors.joined(separator: ",") }
+                if !heldOutErrors.isEmpty { d["holdout_mse_per_round"] = heldOutErrors.joined(separator: ",") }
                 d["search_seconds"] = String(format: "%.2f weight, %.2f activation", weightSeconds, activationSeconds)
-                return (weightFormat, scales, act, finalError, d)
+                return (weightFormat, scales, act, finalError, finalHeldOutError, d)
             }
 
             var outcome = search(from: act, kinds: tensorCandidates ? [true, false] : [perChannel])
@@ -323,9 +385,15 @@ public struct LLMFP4Quantizer: Quantizer {
                 // by the same output error of the final pair on the same tokens. The layer keeps the
                 // lower, so its searched objective is never above the baseline's (ties keep k_j).
                 let baseline = search(from: initialActivation(perChannel: false), kinds: [false])
-                let kept = baseline.error.map { $0 < fpqError } ?? false
+                var kept = baseline.error.map { $0 < fpqError } ?? false
                 details["baseline_output_mse"] = String(format: "%.4g", baseline.error! / Double(tokenCount * rows))
                 details["fpq_output_mse"] = String(format: "%.4g", fpqError / Double(tokenCount * rows))
+                if let fpqHeldOut = outcome.heldOutError, let baselineHeldOut = baseline.heldOutError {
+                    // holdout: the two final pairs are compared on the held-out rows instead.
+                    kept = baselineHeldOut < fpqHeldOut
+                    details["fpq_holdout_mse"] = String(format: "%.6g", fpqHeldOut / Double(heldOutCount * rows))
+                    details["baseline_holdout_mse"] = String(format: "%.6g", baselineHeldOut / Double(heldOutCount * rows))
+                }
                 if kept {
                     outcome = baseline
                     details["activation_offsets"] = "none (baseline search kept)"
@@ -337,6 +405,10 @@ public struct LLMFP4Quantizer: Quantizer {
             details.merge(outcome.details) { $1 }
             if tokenRelative { details["objective"] = "token_relative" }
             details["search_tokens"] = "\(n) weight, \(tokenCount) activation"
+            if heldOutCount > 0 {
+                details["holdout_rows"] = "\(heldOutCount) of \(heldOutRows) held out (reservoir rows \(n)..<\(n + heldOutCount))"
+                details["holdout_output_mse"] = String(format: "%.6g", outcome.heldOutError! / Double(heldOutCount * rows))
+            }
         }
         let weight = FloatingPointWeight.quantize(w, rows: rows, columns: columns, groupSize: gs,
                                                   format: weightFormat, scales: scales)
@@ -358,6 +430,40 @@ public struct LLMFP4Quantizer: Quantizer {
         details["seconds"] = String(format: "%.2f", Date().timeIntervalSince(start))
         return QuantizedLinear(name: layer.name, method: "llmfp4", weight: .floatingPoint(weight), bias: layer.bias,
                                activation: activation, details: details)
+    }
+
+    /// The holdout split of an `n`-row reservoir: the first `n − round(h·n)` rows are searched, the
+    /// rest held out; both parts must be usable (at least 16 search rows and one held-out row).
+    static func holdoutSplit(rows n: Int, fraction h: Double, layer: String, point: String) throws(PTQError)
+        -> (search: Int, heldOut: Int) {
+        let heldOut = Int((Double(n) * h).rounded(.toNearestOrEven))
+        guard heldOut >= 1, n - heldOut >= 16 else {
+            throw PTQError("\(layer): holdout \(h) splits the \(n)-row reservoir at \(point) into \(n - heldOut) search and "
+                           + "\(heldOut) held-out rows; it needs at least 16 and 1 (recalibrate with more rows or change holdout)")
+        }
+        return (n - heldOut, heldOut)
+    }
+
+    /// max_t |x_tj| over the first `rows` rows of the row-major `x`.
+    static func absMaximum(_ x: [Float], rows: Int, columns: Int) -> [Float] {
+        var m = [Float](repeating: 0, count: columns)
+        for t in 0..<rows { for j in 0..<columns { m[j] = max(m[j], abs(x[t * columns + j])) } }
+        return m
+    }
+
+    /// Σ_t w_t Σ_o (y − ref)² (w_t = 1 without token weights), the activation search's objective.
+    static func outputError(_ y: [Float], _ reference: [Float], tokens: Int, out: Int, tokenWeights tw: [Double]?) -> Double {
+        var error = 0.0
+        if let tw {
+            for t in 0..<tokens {
+                var e = 0.0
+                for o in 0..<out { let d = Double(y[t * out + o] - reference[t * out + o]); e += d * d }
+                error += tw[t] * e
+            }
+        } else {
+            for i in 0..<y.count { let d = Double(y[i] - reference[i]); error += d * d }
+        }
+        return error
     }
 
     /// Per-token weights 1 / (m_t + ε) with m_t the mean square of token t's reference output and

@@ -278,6 +278,77 @@ struct LLMFP4Tests {
         }
     }
 
+    /// `holdout` (beyond the paper): 0 reproduces the default bit for bit; h > 0 searches the first
+    /// rows only (b_j included) and scores the choices on exactly the held-out rows.
+    @Test func holdoutScoresTheHeldOutRows() throws {
+        var rng = SeededGenerator(seed: 11)
+        let cols = 64, rows = 48, n = 256
+        let w = (0..<rows * cols).map { _ in rng.float(in: -1...1) * 0.2 }
+        let layer = LinearLayer(name: "layers/0/mlp/gate_proj", weight: Tensor(shape: [rows, cols], data: w), bias: nil,
+                                inputPoint: "layers.0.mlp.input", role: .mlpInputProjection)
+        let stats = Self.statistics(channels: cols, rows: n, seed: 12)
+        let weight = "{bits: 4, group_size: channel}", act = "{bits: 4, granularity: per_tensor}"
+        func run(_ parameters: String, _ s: PointStatistics) throws -> QuantizedLinear {
+            try LLMFP4Quantizer(plan: Self.plan(weight: weight, activation: act, parameters: parameters)).quantize(layer, statistics: s)
+        }
+        func same(_ a: QuantizedLinear, _ b: QuantizedLinear) -> Bool {
+            a.weight == b.weight && a.activation == b.activation
+        }
+        let base = "setting: fast, intervals: 20, tokens: 64, tensor_candidates: true"
+        let plain = try run("{\(base)}", stats)
+        let zero = try run("{\(base), holdout: 0}", stats)
+        #expect(same(plain, zero))
+        let timeless = { (q: QuantizedLinear) in q.details.filter { !$0.key.contains("seconds") } }
+        #expect(timeless(plain) == timeless(zero) && zero.details["holdout_rows"] == nil)
+
+        // 0.5 of 256 rows: rows 0..<128 searched, 128..<256 held out, the first 64 (= tokens) of them scored.
+        let held = try run("{\(base), holdout: 0.5}", stats)
+        #expect(held.details["search_tokens"] == "128 weight, 64 activation")
+        #expect(held.details["holdout_rows"] == "64 of 128 held out (reservoir rows 128..<192)")
+        let x = Array(stats.reservoir!.prefix(n * cols))
+        let xh = Array(x[(128 * cols)..<(192 * cols)])
+        var y = [Float](repeating: 0, count: 64 * rows)
+        SimulatedLinear(held).forward(xh, rows: 64, into: &y)
+        let reference = LLMFP4Quantizer.product(xh, rows: 64, weight: w, out: rows, columns: cols)
+        let brute = zip(y, reference).reduce(0.0) { $0 + Double($1.0 - $1.1) * Double($1.0 - $1.1) } / Double(64 * rows)
+        let reported = Double(held.details["holdout_output_mse"]!)!
+        #expect(abs(reported - brute) <= 1e-4 * brute, "reported \(reported) vs brute force \(brute)")
+        // The kept pair is the one with the lower held-out error (ties keep k_j).
+        let fpqHeldOut = Double(held.details["fpq_holdout_mse"]!)!, baselineHeldOut = Double(held.details["baseline_holdout_mse"]!)!
+        #expect(reported == min(fpqHeldOut, baselineHeldOut))
+        #expect((held.activation?.channelScales != nil) == (fpqHeldOut <= baselineHeldOut))
+
+        // The search never sees the held-out rows: with one activation format (no held-out choice)
+        // replacing them with 50× wider rows — and widening the statistics' channel range to them, as
+        // calibration would — changes nothing but the held-out score. Without holdout the same
+        // change moves k_j (the statistics' range feeds b_j), so this comparison can fail.
+        let wide = PointStatistics(channels: cols, kinds: [.channelRange, .reservoir], reservoirCapacity: n)
+        let x2 = (0..<(n * cols)).map { i in i < 128 * cols ? x[i] : x[i] * (i % cols == 9 ? 50 : 1) }
+        x2.withUnsafeBufferPointer { wide.add($0, rows: n) }
+        let single = "setting: fast, intervals: 20, tokens: 64, activation_format: e2m1"
+        let a = try run("{\(single), holdout: 0.5}", stats), b = try run("{\(single), holdout: 0.5}", wide)
+        #expect(same(a, b))
+        #expect(a.details["holdout_output_mse"] != b.details["holdout_output_mse"])
+        #expect(try !same(run("{\(single)}", stats), run("{\(single)}", wide)))
+
+        for bad in ["{setting: minmax, holdout: 0.5}", "{\(base), holdout: 0.95}"] {
+            do {
+                _ = try run(bad, stats)
+                Issue.record("accepted \(bad)")
+            } catch {
+                #expect("\(error)".contains("holdout"))
+            }
+        }
+        // Too few rows for the split: a clear error naming the layer and the point.
+        let tiny = Self.statistics(channels: cols, rows: 20, seed: 13)
+        do {
+            _ = try run("{\(base), holdout: 0.5}", tiny)
+            Issue.record("accepted a 10-row search")
+        } catch {
+            #expect("\(error)".contains("holdout") && "\(error)".contains("layers.0.mlp.input"))
+        }
+    }
+
     /// `token_selection: outliers` keeps the rare rows that hold a channel's absmax (which the first
     /// rows miss) and fills up with the first rows, in reservoir order.
     @Test func outlierRowsKeepTheRareMaxima() {
