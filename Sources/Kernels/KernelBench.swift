@@ -128,18 +128,14 @@ public enum KernelBench {
             }
             halfKeys.withUnsafeBufferPointer { k in
                 halfValues.withUnsafeBufferPointer { v in
-                    for path in paths {
-                        TokenKernels.setVNNIEnabled(path.vnni)
-                        time("attention, f16 cache (attendOne halfKeys:)\(path.label)", pass, bytes: 2 * layers * perLayer * 2) {
-                            for l in 0..<layers {
-                                TokenKernels.attendOne(q: q, halfKeys: k.baseAddress! + l * perLayer,
-                                                       halfValues: v.baseAddress! + l * perLayer, count: depth, heads: heads,
-                                                       kvHeads: kvHeads, dim: dim, stride: width, scale: scale,
-                                                       scores: &scores, out: &out)
-                            }
+                    time("attention, f16 cache (attendOne halfKeys:)", pass, bytes: 2 * layers * perLayer * 2) {
+                        for l in 0..<layers {
+                            TokenKernels.attendOne(q: q, halfKeys: k.baseAddress! + l * perLayer,
+                                                   halfValues: v.baseAddress! + l * perLayer, count: depth, heads: heads,
+                                                   kvHeads: kvHeads, dim: dim, stride: width, scale: scale,
+                                                   scores: &scores, out: &out)
                         }
                     }
-                    TokenKernels.setVNNIEnabled(vnniAvailable)
                 }
             }
         }

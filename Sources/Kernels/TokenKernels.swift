@@ -58,7 +58,7 @@ public enum TokenKernels {
     }
 
     /// `attendOne` over a half-precision cache: `keys`/`values` hold IEEE binary16 bit patterns
-    /// (`stride` halves per position), widened to float in registers (AVX-512 or AVX2+F16C; the
+    /// (`stride` halves per position), widened to float in registers (AVX2+F16C; the
     /// reference twin converts one element at a time).
     public static func attendOne(q: UnsafePointer<Float>, halfKeys keys: UnsafePointer<UInt16>,
                                  halfValues values: UnsafePointer<UInt16>, count: Int, heads: Int, kvHeads: Int,

@@ -44,7 +44,7 @@ void ck_f16_to_f32(const uint16_t *src, float *dst, size_t n);
 void ck_f16_to_f32_ref(const uint16_t *src, float *dst, size_t n);
 
 /// ck_attend_one over half keys/values (`stride` halves per position), widened in registers:
-/// AVX-512 (under the ck_cpu_has_avx512vnni gate), AVX2+F16C, or the scalar twin.
+/// AVX2+F16C, or the scalar twin.
 void ck_attend_one_f16(const float *q, const uint16_t *keys, const uint16_t *values, size_t count, size_t stride,
                        size_t dim, float scale, float *scores, float *out);
 void ck_attend_one_f16_ref(const float *q, const uint16_t *keys, const uint16_t *values, size_t count, size_t stride,
