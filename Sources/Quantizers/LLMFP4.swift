@@ -327,16 +327,8 @@ public struct LLMFP4Quantizer: Quantizer {
                                                             floorOffsets: floorOffsets)
                                 let y = Self.product(c.apply(xs, rows: tokenCount, columns: columns), rows: tokenCount,
                                                      weight: deq, out: rows, columns: columns)
-                                var error = 0.0
-                                if let tw = tokenWeights {
-                                    for t in 0..<tokenCount {
-                                        var e = 0.0
-                                        for o in 0..<rows { let d = Double(y[t * rows + o] - reference[t * rows + o]); e += d * d }
-                                        error += tw[t] * e
-                                    }
-                                } else {
-                                    for i in 0..<y.count { let d = Double(y[i] - reference[i]); error += d * d }
-                                }
+                                let error = Self.outputError(y, reference, tokens: tokenCount, out: rows,
+                                                             tokenWeights: tokenWeights)
                                 if bestAct == nil || error < bestAct!.error { bestAct = (error, c) }
                                 if heldOutCount > 0 {
                                     if formatBest.last?.candidate.format != f {
