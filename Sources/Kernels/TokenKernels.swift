@@ -30,17 +30,28 @@ public enum TokenKernels {
     /// Decode attention: one query row of `heads` heads (`q` = heads × dim) over `count` cached
     /// positions, grouped-query (head h reads KV head h / (heads / kvHeads)); `keys`/`values`
     /// rows have `stride` floats (kvHeads × dim). `scores` is scratch of heads × count floats.
-    /// Heads run in parallel on the pool; softmax is `Ops.softmax`'s kernel (the reference twin
-    /// keeps the scalar `expf` loop).
+    /// The heads that share a KV head run in one kernel call that reads each key and value row
+    /// once for all of them (`ck_attend_group`); the pool splits the heads into one contiguous
+    /// range per thread (see `forEachGroup`). Softmax is `Ops.softmax`'s kernel (the reference
+    /// twin keeps the scalar `expf` loop). `perHead` runs the previous split, one kernel call per
+    /// query head (each re-reading its KV head), kept for `ptq bench --kernels`' comparison.
     public static func attendOne(q: UnsafePointer<Float>, keys: UnsafePointer<Float>, values: UnsafePointer<Float>,
                                  count: Int, heads: Int, kvHeads: Int, dim: Int, stride: Int, scale: Float,
                                  scores: UnsafeMutablePointer<Float>, out: UnsafeMutablePointer<Float>,
-                                 reference: Bool = false) {
+                                 reference: Bool = false, perHead: Bool = false) {
         guard heads > 0, count > 0 else { return }
-        let kernel = reference ? ck_attend_one_ref : ck_attend_one
-        forEachHead(heads, kvHeads: kvHeads, work: count * dim * heads, serial: reference) { h, kv in
-            kernel(q + h * dim, keys + kv * dim, values + kv * dim, count, stride, dim, scale, scores + h * count,
-                   out + h * dim)
+        if perHead {
+            let kernel = reference ? ck_attend_one_ref : ck_attend_one
+            forEachHead(heads, kvHeads: kvHeads, work: count * dim * heads, serial: reference) { h, kv in
+                kernel(q + h * dim, keys + kv * dim, values + kv * dim, count, stride, dim, scale, scores + h * count,
+                       out + h * dim)
+            }
+            return
+        }
+        let kernel = reference ? ck_attend_group_ref : ck_attend_group
+        forEachGroup(heads, kvHeads: kvHeads, work: count * dim * heads, serial: reference) { h, rows, kv in
+            kernel(q + h * dim, keys + kv * dim, values + kv * dim, count, stride, dim, rows, scale,
+                   scores + h * count, out + h * dim)
         }
     }
 
@@ -57,18 +68,52 @@ public enum TokenKernels {
         }
     }
 
+    /// Runs `rows(h, count, kvHead)` over runs of consecutive query heads h..<h+count that share
+    /// KV head kvHead, covering every head once. On the pool (unless `serial` or the work is
+    /// small), the heads are cut into one contiguous range per thread, and each range into its
+    /// runs: with SmolLM2's 9 heads over 3 KV heads on 2 threads, 5 and 4 heads, each thread
+    /// reading 2 KV heads (3 + 2 and 1 + 3 rows). Query rows rather than positions are split so
+    /// that no partial softmax sums need merging and a row's result does not depend on the
+    /// thread count; the cost is at most threads − 1 extra KV-head reads per layer.
+    private static func forEachGroup(_ heads: Int, kvHeads: Int, work: Int, serial: Bool,
+                                     _ rows: (_ h: Int, _ count: Int, _ kvHead: Int) -> Void) {
+        let group = heads / max(1, kvHeads)
+        func run(_ range: Range<Int>) {
+            var h = range.lowerBound
+            while h < range.upperBound {
+                let kv = h / group, end = min(range.upperBound, (kv + 1) * group)
+                rows(h, end - h, kv)
+                h = end
+            }
+        }
+        let threads = min(heads, Parallel.workerCount)
+        if serial || work < 1 << 14 || threads <= 1 {
+            run(0..<heads)
+        } else {
+            Parallel.forEach(threads) { t in run((t * heads / threads)..<((t + 1) * heads / threads)) }
+        }
+    }
+
     /// `attendOne` over a half-precision cache: `keys`/`values` hold IEEE binary16 bit patterns
     /// (`stride` halves per position), widened to float in registers (AVX2+F16C; the
     /// reference twin converts one element at a time).
     public static func attendOne(q: UnsafePointer<Float>, halfKeys keys: UnsafePointer<UInt16>,
                                  halfValues values: UnsafePointer<UInt16>, count: Int, heads: Int, kvHeads: Int,
                                  dim: Int, stride: Int, scale: Float, scores: UnsafeMutablePointer<Float>,
-                                 out: UnsafeMutablePointer<Float>, reference: Bool = false) {
+                                 out: UnsafeMutablePointer<Float>, reference: Bool = false, perHead: Bool = false) {
         guard heads > 0, count > 0 else { return }
-        let kernel = reference ? ck_attend_one_f16_ref : ck_attend_one_f16
-        forEachHead(heads, kvHeads: kvHeads, work: count * dim * heads, serial: reference) { h, kv in
-            kernel(q + h * dim, keys + kv * dim, values + kv * dim, count, stride, dim, scale, scores + h * count,
-                   out + h * dim)
+        if perHead {
+            let kernel = reference ? ck_attend_one_f16_ref : ck_attend_one_f16
+            forEachHead(heads, kvHeads: kvHeads, work: count * dim * heads, serial: reference) { h, kv in
+                kernel(q + h * dim, keys + kv * dim, values + kv * dim, count, stride, dim, scale, scores + h * count,
+                       out + h * dim)
+            }
+            return
+        }
+        let kernel = reference ? ck_attend_group_f16_ref : ck_attend_group_f16
+        forEachGroup(heads, kvHeads: kvHeads, work: count * dim * heads, serial: reference) { h, rows, kv in
+            kernel(q + h * dim, keys + kv * dim, values + kv * dim, count, stride, dim, rows, scale,
+                   scores + h * count, out + h * dim)
         }
     }
 
