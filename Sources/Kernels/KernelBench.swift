@@ -118,7 +118,7 @@ public enum KernelBench {
             let scale = 1 / Float(dim).squareRoot()
             keys.withUnsafeBufferPointer { k in
                 values.withUnsafeBufferPointer { v in
-                    for perHead in [false, true] {
+                    for perHead in [true, false] {
                         time("attention, f32 cache (attendOne\(perHead ? ", one call per head" : ""))", pass,
                              bytes: 2 * layers * perLayer * 4) {
                             for l in 0..<layers {
@@ -133,7 +133,7 @@ public enum KernelBench {
             }
             halfKeys.withUnsafeBufferPointer { k in
                 halfValues.withUnsafeBufferPointer { v in
-                    for perHead in [false, true] {
+                    for perHead in [true, false] {
                         time("attention, f16 cache (attendOne halfKeys:\(perHead ? ", one call per head" : ""))", pass,
                              bytes: 2 * layers * perLayer * 2) {
                             for l in 0..<layers {
