@@ -25,7 +25,7 @@ CK_INLINE CK_AVX2 __m128 ck_hsum4_ps(__m256 v0, __m256 v1, __m256 v2, __m256 v3)
 ///   row is loaded (and, for half, widened) once per block instead of once per query head
 ///   (SmolLM2's group of 3 is a block of 2 and one of 1: blocks of 3 were slower, 4R
 ///   accumulators plus R broadcasts overfill the 16 registers in P·V and the float q·K lost
-///   40 % on one thread, RESULTS "Grouped decode attention"). Per row the operations and their order are those of one row alone: s =
+///   about 40 % on one thread, RESULTS "Grouped decode attention"). Per row the operations and their order are those of one row alone: s =
 ///   scale·q·Kᵀ (four positions per step with one hadd tree: a horizontal sum per position was
 ///   most of the q·K time at decode depths of a few hundred, RESULTS "KV cache precision"),
 ///   softmax, P·V with 8-column accumulators, so a row's result does not depend on its block.

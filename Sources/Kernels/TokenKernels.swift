@@ -31,8 +31,8 @@ public enum TokenKernels {
     /// positions, grouped-query (head h reads KV head h / (heads / kvHeads)); `keys`/`values`
     /// rows have `stride` floats (kvHeads × dim). `scores` is scratch of heads × count floats.
     /// The heads that share a KV head run in one kernel call that reads each key and value row
-    /// once for all of them (`ck_attend_group`); the pool splits the heads into one contiguous
-    /// range per thread (see `forEachGroup`). Softmax is `Ops.softmax`'s kernel (the reference
+    /// once for all of them (`ck_attend_group`, blocks of 2 heads on the pool, see
+    /// `forEachGroup`). Softmax is `Ops.softmax`'s kernel (the reference
     /// twin keeps the scalar `expf` loop). `perHead` runs the previous split, one kernel call per
     /// query head (each re-reading its KV head), kept for `ptq bench --kernels`' comparison.
     public static func attendOne(q: UnsafePointer<Float>, keys: UnsafePointer<Float>, values: UnsafePointer<Float>,
@@ -68,29 +68,27 @@ public enum TokenKernels {
         }
     }
 
-    /// Runs `rows(h, count, kvHead)` over runs of consecutive query heads h..<h+count that share
-    /// KV head kvHead, covering every head once. On the pool (unless `serial` or the work is
-    /// small), the heads are cut into one contiguous range per thread, and each range into its
-    /// runs: with SmolLM2's 9 heads over 3 KV heads on 2 threads, 5 and 4 heads, each thread
-    /// reading 2 KV heads (3 + 2 and 1 + 3 rows). Query rows rather than positions are split so
-    /// that no partial softmax sums need merging and a row's result does not depend on the
-    /// thread count; the cost is at most threads − 1 extra KV-head reads per layer.
+    /// Runs `rows(h, count, kvHead)` over blocks of up to 2 consecutive query heads h..<h+count
+    /// that share KV head kvHead (`ck_attend_group`'s block: each block reads its KV head once),
+    /// covering every head once; the blocks run on the pool unless `serial` or the work is small.
+    /// SmolLM2's 9 heads over 3 KV heads make 6 blocks of 2, 1, 2, 1, 2, 1 rows, claimed
+    /// dynamically (the pool's policy in `forEachChunk`): a static cut into one range per thread
+    /// (5 and 4 heads) reads no fewer KV rows, and a worker that another process preempts would
+    /// hold up its whole range. Query
+    /// rows rather than positions are split, so no partial softmax sums need merging and a row's
+    /// result does not depend on the thread count.
     private static func forEachGroup(_ heads: Int, kvHeads: Int, work: Int, serial: Bool,
                                      _ rows: (_ h: Int, _ count: Int, _ kvHead: Int) -> Void) {
-        let group = heads / max(1, kvHeads)
-        func run(_ range: Range<Int>) {
-            var h = range.lowerBound
-            while h < range.upperBound {
-                let kv = h / group, end = min(range.upperBound, (kv + 1) * group)
-                rows(h, end - h, kv)
-                h = end
-            }
+        let group = heads / max(1, kvHeads), blocksPerGroup = (group + 1) / 2
+        func block(_ t: Int) {
+            let kv = t / blocksPerGroup, first = 2 * (t % blocksPerGroup)
+            rows(kv * group + first, min(2, group - first), kv)
         }
-        let threads = min(heads, Parallel.workerCount)
-        if serial || work < 1 << 14 || threads <= 1 {
-            run(0..<heads)
+        let tasks = kvHeads * blocksPerGroup
+        if serial || work < 1 << 14 {
+            for t in 0..<tasks { block(t) }
         } else {
-            Parallel.forEach(threads) { t in run((t * heads / threads)..<((t + 1) * heads / threads)) }
+            Parallel.forEach(tasks) { t in block(t) }
         }
     }
 

@@ -109,7 +109,7 @@ struct TokenKernelTests {
           arguments: [1, 2, 5, 129, 576, 2048], [(1, 7), (3, 12), (4, 24), (3, 64), (4, 128), (1, 64), (3, 7)])
     func groupedAttention(count: Int, shape: (group: Int, dim: Int)) {
         var rng = SplitMix(seed: UInt64(count * 977 + shape.group * 13 + shape.dim))
-        let kvHeads = 3, heads = kvHeads * shape.group  // on 2 threads a range can start inside a group (9 heads: 0..<4, 4..<9)
+        let kvHeads = 3, heads = kvHeads * shape.group
         let stride = kvHeads * shape.dim
         let q = rng.floats(heads * shape.dim, in: -2...2)
         var floatKeys = rng.floats(count * stride, in: -4...4)
