@@ -40,7 +40,10 @@ public enum TokenKernels {
                                  scores: UnsafeMutablePointer<Float>, out: UnsafeMutablePointer<Float>,
                                  reference: Bool = false, perHead: Bool = false) {
         guard heads > 0, count > 0 else { return }
-        if perHead {
+        // On one thread the per-head calls were 4–17 % faster for the float cache in 3 of 4
+        // runs of `ptq bench --kernels --threads 1` (the grouped kernel wins on 2 threads and for
+        // the half cache on both; RESULTS "Grouped decode attention").
+        if perHead || (!reference && Parallel.workerCount == 1) {
             let kernel = reference ? ck_attend_one_ref : ck_attend_one
             forEachHead(heads, kvHeads: kvHeads, work: count * dim * heads, serial: reference) { h, kv in
                 kernel(q + h * dim, keys + kv * dim, values + kv * dim, count, stride, dim, scale, scores + h * count,
