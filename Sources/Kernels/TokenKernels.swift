@@ -34,7 +34,8 @@ public enum TokenKernels {
     /// once for all of them (`ck_attend_group`, blocks of 2 heads on the pool, see
     /// `forEachGroup`). Softmax is `Ops.softmax`'s kernel (the reference
     /// twin keeps the scalar `expf` loop). `perHead` runs the previous split, one kernel call per
-    /// query head (each re-reading its KV head), kept for `ptq bench --kernels`' comparison.
+    /// query head (each re-reading its KV head), kept for `ptq bench --kernels`' comparison; it is
+    /// also taken on a one-thread pool, where it was faster for this float cache.
     public static func attendOne(q: UnsafePointer<Float>, keys: UnsafePointer<Float>, values: UnsafePointer<Float>,
                                  count: Int, heads: Int, kvHeads: Int, dim: Int, stride: Int, scale: Float,
                                  scores: UnsafeMutablePointer<Float>, out: UnsafeMutablePointer<Float>,
