@@ -1,4 +1,4 @@
-// Decode attention of one query row over cached positions, AVX2: one body for every cache
+// Decode attention of the query rows that share one KV head over cached positions, AVX2: one body for every cache
 // element type (float in runtime_ops.c, IEEE half in kv_half.c), instantiated per type so the
 // two caches run the same operations in the same order. Private to the CKernels target.
 #ifndef PTQ_CK_ATTEND_AVX2_H
@@ -19,11 +19,18 @@ CK_INLINE CK_AVX2 __m128 ck_hsum4_ps(__m256 v0, __m256 v1, __m256 v2, __m256 v3)
 /// - `ck_attend_dot_ELEM(q, k, dim)`: q·k of one position, 8 lanes then scalar;
 /// - `ck_attend_pv_tail_ELEM(p, values, count, stride, d0, dim, out)`: out[d] = Σ_j p[j]·v_j[d]
 ///   for the columns [d0, dim) that 8-lane steps cannot reach;
-/// - `NAME(q, keys, values, count, stride, dim, scale, scores, out)`: s = scale·q·Kᵀ (four
-///   positions per step with one hadd tree: a horizontal sum per position was most of the q·K
-///   time at decode depths of a few hundred, RESULTS "KV cache precision"), softmax, P·V with 8
-///   accumulators of 8 columns.
-#define CK_DEFINE_ATTEND_ONE_AVX2(NAME, ELEM, LOAD8, TOF)                                                  \
+/// - `NAME(q, keys, values, count, stride, dim, rows, scale, scores, out)`: decode attention of
+///   the `rows` query rows q + r·dim that share one KV head (grouped-query attention), into
+///   scores + r·count and out + r·dim. Rows go in blocks of up to 2 so that each key and value
+///   row is loaded (and, for half, widened) once per block instead of once per query head
+///   (SmolLM2's group of 3 is a block of 2 and one of 1: blocks of 3 were slower, 4R
+///   accumulators plus R broadcasts overfill the 16 registers in P·V and the float q·K lost
+///   about 40 % on one thread, RESULTS "Grouped decode attention"). Per row the operations and their order are those of one row alone: s =
+///   scale·q·Kᵀ (four positions per step with one hadd tree: a horizontal sum per position was
+///   most of the q·K time at decode depths of a few hundred, RESULTS "KV cache precision"),
+///   softmax, P·V with 8-column accumulators, so a row's result does not depend on its block.
+#define CK_ATTEND_ROWS_MAX 2
+#define CK_DEFINE_ATTEND_AVX2(NAME, ELEM, LOAD8, TOF)                                                      \
     CK_INLINE CK_AVX2 float ck_attend_dot_##ELEM(const float *q, const ELEM *k, size_t dim) {               \
         __m256 a = _mm256_setzero_ps();                                                                    \
         size_t d = 0;                                                                                      \
@@ -40,54 +47,82 @@ CK_INLINE CK_AVX2 __m128 ck_hsum4_ps(__m256 v0, __m256 v1, __m256 v2, __m256 v3)
             out[d] = s;                                                                                    \
         }                                                                                                  \
     }                                                                                                      \
-    CK_AVX2 static void NAME(const float *q, const ELEM *keys, const ELEM *values, size_t count,            \
-                             size_t stride, size_t dim, float scale, float *scores, float *out) {           \
-        const size_t d8 = dim & ~(size_t)7;                                                                \
+    /* s[r][j] = scale·q_r·k_j for R rows (a constant after inlining) and the positions in blocks of \
+       4 (dim a multiple of 8): one key vector live at a time, 4R accumulators. */                     \
+    CK_INLINE CK_AVX2 void NAME##_qk(const size_t R, const float *q, const ELEM *keys, size_t count,        \
+                                     size_t stride, size_t dim, float scale, float *scores) {               \
         const __m128 vscale = _mm_set1_ps(scale);                                                          \
+        for (size_t j = 0; j + 4 <= count; j += 4) {                                                       \
+            const ELEM *k0 = keys + j * stride;                                                            \
+            __m256 a[CK_ATTEND_ROWS_MAX][4];                                                               \
+            for (size_t r = 0; r < R; r++)                                                                 \
+                for (size_t p = 0; p < 4; p++) a[r][p] = _mm256_setzero_ps();                              \
+            for (size_t d = 0; d < dim; d += 8) {                                                          \
+                for (size_t p = 0; p < 4; p++) {                                                           \
+                    const __m256 k = LOAD8(k0 + p * stride + d);                                           \
+                    for (size_t r = 0; r < R; r++)                                                         \
+                        a[r][p] = _mm256_fmadd_ps(_mm256_loadu_ps(q + r * dim + d), k, a[r][p]);           \
+                }                                                                                          \
+            }                                                                                              \
+            for (size_t r = 0; r < R; r++)                                                                 \
+                _mm_storeu_ps(scores + r * count + j,                                                      \
+                              _mm_mul_ps(vscale, ck_hsum4_ps(a[r][0], a[r][1], a[r][2], a[r][3])));         \
+        }                                                                                                  \
+    }                                                                                                      \
+    /* out[r][d0 + c] = Σ_j p[r][j]·v_j[d0 + c] for R rows and 8C columns: each value vector is \
+       loaded once for all R rows. */                                                                  \
+    CK_INLINE CK_AVX2 void NAME##_pv(const size_t R, const size_t C, const float *p, const ELEM *values,    \
+                                     size_t count, size_t stride, size_t d0, size_t dim, float *out) {      \
+        __m256 o[CK_ATTEND_ROWS_MAX][8];                                                                   \
+        for (size_t r = 0; r < R; r++)                                                                     \
+            for (size_t c = 0; c < C; c++) o[r][c] = _mm256_setzero_ps();                                  \
+        for (size_t j = 0; j < count; j++) {                                                               \
+            const ELEM *v = values + j * stride + d0;                                                      \
+            __m256 b[CK_ATTEND_ROWS_MAX];                                                                  \
+            for (size_t r = 0; r < R; r++) b[r] = _mm256_broadcast_ss(p + r * count + j);                  \
+            for (size_t c = 0; c < C; c++) {                                                               \
+                const __m256 x = LOAD8(v + 8 * c);                                                         \
+                for (size_t r = 0; r < R; r++) o[r][c] = _mm256_fmadd_ps(b[r], x, o[r][c]);                \
+            }                                                                                              \
+        }                                                                                                  \
+        for (size_t r = 0; r < R; r++)                                                                     \
+            for (size_t c = 0; c < C; c++) _mm256_storeu_ps(out + r * dim + d0 + 8 * c, o[r][c]);          \
+    }                                                                                                      \
+    /* R rows at once; R = 1 keeps 64-column P·V blocks (8 accumulators), R = 2 32 columns \
+       (8 accumulators plus 2 broadcasts). */                                   \
+    CK_INLINE CK_AVX2 void NAME##_rows(const size_t R, const float *q, const ELEM *keys, const ELEM *values, \
+                                       size_t count, size_t stride, size_t dim, float scale, float *scores,  \
+                                       float *out) {                                                       \
+        const size_t d8 = dim & ~(size_t)7;                                                                \
         size_t j = 0;                                                                                      \
         if (d8 == dim) {                                                                                   \
-            for (; j + 4 <= count; j += 4) {                                                               \
-                const ELEM *k0 = keys + j * stride, *k1 = k0 + stride, *k2 = k1 + stride, *k3 = k2 + stride; \
-                __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;                                 \
-                for (size_t d = 0; d < dim; d += 8) {                                                      \
-                    const __m256 x = _mm256_loadu_ps(q + d);                                               \
-                    a0 = _mm256_fmadd_ps(x, LOAD8(k0 + d), a0);                                            \
-                    a1 = _mm256_fmadd_ps(x, LOAD8(k1 + d), a1);                                            \
-                    a2 = _mm256_fmadd_ps(x, LOAD8(k2 + d), a2);                                            \
-                    a3 = _mm256_fmadd_ps(x, LOAD8(k3 + d), a3);                                            \
-                }                                                                                          \
-                _mm_storeu_ps(scores + j, _mm_mul_ps(vscale, ck_hsum4_ps(a0, a1, a2, a3)));                 \
-            }                                                                                              \
+            NAME##_qk(R, q, keys, count, stride, dim, scale, scores);                                      \
+            j = count & ~(size_t)3;                                                                        \
         }                                                                                                  \
-        for (; j < count; j++) scores[j] = scale * ck_attend_dot_##ELEM(q, keys + j * stride, dim);       \
-        ck_softmax_f32(scores, count);                                                                     \
+        for (size_t r = 0; r < R; r++) {                                                                   \
+            for (size_t i = j; i < count; i++)                                                             \
+                scores[r * count + i] = scale * ck_attend_dot_##ELEM(q + r * dim, keys + i * stride, dim); \
+            ck_softmax_f32(scores + r * count, count);                                                     \
+        }                                                                                                  \
         size_t d = 0;                                                                                      \
-        for (; d + 64 <= d8; d += 64) {                                                                    \
-            __m256 o0 = _mm256_setzero_ps(), o1 = o0, o2 = o0, o3 = o0, o4 = o0, o5 = o0, o6 = o0, o7 = o0; \
-            for (j = 0; j < count; j++) {                                                                  \
-                const ELEM *v = values + j * stride + d;                                                   \
-                const __m256 p = _mm256_broadcast_ss(scores + j);                                          \
-                o0 = _mm256_fmadd_ps(p, LOAD8(v), o0);                                                     \
-                o1 = _mm256_fmadd_ps(p, LOAD8(v + 8), o1);                                                 \
-                o2 = _mm256_fmadd_ps(p, LOAD8(v + 16), o2);                                                \
-                o3 = _mm256_fmadd_ps(p, LOAD8(v + 24), o3);                                                \
-                o4 = _mm256_fmadd_ps(p, LOAD8(v + 32), o4);                                                \
-                o5 = _mm256_fmadd_ps(p, LOAD8(v + 40), o5);                                                \
-                o6 = _mm256_fmadd_ps(p, LOAD8(v + 48), o6);                                                \
-                o7 = _mm256_fmadd_ps(p, LOAD8(v + 56), o7);                                                \
+        if (R == 1)                                                                                        \
+            for (; d + 64 <= d8; d += 64) NAME##_pv(1, 8, scores, values, count, stride, d, dim, out);     \
+        for (; d + 32 <= d8; d += 32) NAME##_pv(R, 4, scores, values, count, stride, d, dim, out);          \
+        for (; d < d8; d += 8) NAME##_pv(R, 1, scores, values, count, stride, d, dim, out);                 \
+        for (size_t r = 0; r < R; r++)                                                                     \
+            ck_attend_pv_tail_##ELEM(scores + r * count, values, count, stride, d, dim, out + r * dim);     \
+    }                                                                                                      \
+    CK_AVX2 static void NAME(const float *q, const ELEM *keys, const ELEM *values, size_t count,            \
+                             size_t stride, size_t dim, size_t rows, float scale, float *scores,            \
+                             float *out) {                                                                 \
+        for (size_t r = 0; r < rows; r += CK_ATTEND_ROWS_MAX) {                                            \
+            const float *qr = q + r * dim;                                                                 \
+            float *sr = scores + r * count, *outr = out + r * dim;                                         \
+            switch (rows - r) {                                                                            \
+            case 1: NAME##_rows(1, qr, keys, values, count, stride, dim, scale, sr, outr); break;          \
+            default: NAME##_rows(2, qr, keys, values, count, stride, dim, scale, sr, outr); break;         \
             }                                                                                              \
-            _mm256_storeu_ps(out + d, o0); _mm256_storeu_ps(out + d + 8, o1);                              \
-            _mm256_storeu_ps(out + d + 16, o2); _mm256_storeu_ps(out + d + 24, o3);                        \
-            _mm256_storeu_ps(out + d + 32, o4); _mm256_storeu_ps(out + d + 40, o5);                        \
-            _mm256_storeu_ps(out + d + 48, o6); _mm256_storeu_ps(out + d + 56, o7);                        \
         }                                                                                                  \
-        for (; d < d8; d += 8) {                                                                           \
-            __m256 o0 = _mm256_setzero_ps();                                                               \
-            for (j = 0; j < count; j++)                                                                    \
-                o0 = _mm256_fmadd_ps(_mm256_broadcast_ss(scores + j), LOAD8(values + j * stride + d), o0); \
-            _mm256_storeu_ps(out + d, o0);                                                                 \
-        }                                                                                                  \
-        ck_attend_pv_tail_##ELEM(scores, values, count, stride, d, dim, out);                               \
     }
 #endif
 

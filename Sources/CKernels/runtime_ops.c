@@ -109,17 +109,28 @@ void ck_attend_one_ref(const float *q, const float *keys, const float *values, s
         for (size_t d = 0; d < dim; d++) out[d] += scores[j] * values[j * stride + d];
 }
 
+void ck_attend_group_ref(const float *q, const float *keys, const float *values, size_t count, size_t stride,
+                         size_t dim, size_t rows, float scale, float *scores, float *out) {
+    for (size_t r = 0; r < rows; r++)
+        ck_attend_one_ref(q + r * dim, keys, values, count, stride, dim, scale, scores + r * count, out + r * dim);
+}
+
 #if defined(__x86_64__)
 // Decode attention over a float cache: the AVX2 body shared with the half cache (kv_half.c).
-CK_DEFINE_ATTEND_ONE_AVX2(attend_one_avx2, float, _mm256_loadu_ps, (float))
+CK_DEFINE_ATTEND_AVX2(attend_group_avx2, float, _mm256_loadu_ps, (float))
 #endif
+
+void ck_attend_group(const float *q, const float *keys, const float *values, size_t count, size_t stride,
+                     size_t dim, size_t rows, float scale, float *scores, float *out) {
+#if defined(__x86_64__)
+    if (ck_cpu_has_avx2()) { attend_group_avx2(q, keys, values, count, stride, dim, rows, scale, scores, out); return; }
+#endif
+    ck_attend_group_ref(q, keys, values, count, stride, dim, rows, scale, scores, out);
+}
 
 void ck_attend_one(const float *q, const float *keys, const float *values, size_t count, size_t stride,
                    size_t dim, float scale, float *scores, float *out) {
-#if defined(__x86_64__)
-    if (ck_cpu_has_avx2()) { attend_one_avx2(q, keys, values, count, stride, dim, scale, scores, out); return; }
-#endif
-    ck_attend_one_ref(q, keys, values, count, stride, dim, scale, scores, out);
+    ck_attend_group(q, keys, values, count, stride, dim, 1, scale, scores, out);
 }
 
 // ---- FP4 nibble-table integer GEMV -----------------------------------------------------------

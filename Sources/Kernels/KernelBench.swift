@@ -103,7 +103,8 @@ public enum KernelBench {
             }
         }
         // Decode attention at llama-bench's mean tg128 depth after a 512-token prompt (576
-        // positions), every layer's cache in its own buffer, f32 and f16 (TokenKernels.attendOne).
+        // positions), every layer's cache in its own buffer, f32 and f16 (TokenKernels.attendOne), grouped and
+        // with the previous one kernel call per query head.
         do {
             let (heads, kvHeads, dim, depth) = (attentionShape.heads, attentionShape.kvHeads, attentionShape.dim, attentionDepth)
             let width = kvHeads * dim, perLayer = depth * width
@@ -117,23 +118,30 @@ public enum KernelBench {
             let scale = 1 / Float(dim).squareRoot()
             keys.withUnsafeBufferPointer { k in
                 values.withUnsafeBufferPointer { v in
-                    time("attention, f32 cache (attendOne)", pass, bytes: 2 * layers * perLayer * 4) {
-                        for l in 0..<layers {
-                            TokenKernels.attendOne(q: q, keys: k.baseAddress! + l * perLayer, values: v.baseAddress! + l * perLayer,
-                                                   count: depth, heads: heads, kvHeads: kvHeads, dim: dim, stride: width,
-                                                   scale: scale, scores: &scores, out: &out)
+                    for perHead in [true, false] {
+                        time("attention, f32 cache (attendOne\(perHead ? ", one call per head" : ""))", pass,
+                             bytes: 2 * layers * perLayer * 4) {
+                            for l in 0..<layers {
+                                TokenKernels.attendOne(q: q, keys: k.baseAddress! + l * perLayer,
+                                                       values: v.baseAddress! + l * perLayer, count: depth, heads: heads,
+                                                       kvHeads: kvHeads, dim: dim, stride: width, scale: scale,
+                                                       scores: &scores, out: &out, perHead: perHead)
+                            }
                         }
                     }
                 }
             }
             halfKeys.withUnsafeBufferPointer { k in
                 halfValues.withUnsafeBufferPointer { v in
-                    time("attention, f16 cache (attendOne halfKeys:)", pass, bytes: 2 * layers * perLayer * 2) {
-                        for l in 0..<layers {
-                            TokenKernels.attendOne(q: q, halfKeys: k.baseAddress! + l * perLayer,
-                                                   halfValues: v.baseAddress! + l * perLayer, count: depth, heads: heads,
-                                                   kvHeads: kvHeads, dim: dim, stride: width, scale: scale,
-                                                   scores: &scores, out: &out)
+                    for perHead in [true, false] {
+                        time("attention, f16 cache (attendOne halfKeys:\(perHead ? ", one call per head" : ""))", pass,
+                             bytes: 2 * layers * perLayer * 2) {
+                            for l in 0..<layers {
+                                TokenKernels.attendOne(q: q, halfKeys: k.baseAddress! + l * perLayer,
+                                                       halfValues: v.baseAddress! + l * perLayer, count: depth,
+                                                       heads: heads, kvHeads: kvHeads, dim: dim, stride: width,
+                                                       scale: scale, scores: &scores, out: &out, perHead: perHead)
+                            }
                         }
                     }
                 }

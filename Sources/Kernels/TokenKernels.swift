@@ -30,17 +30,32 @@ public enum TokenKernels {
     /// Decode attention: one query row of `heads` heads (`q` = heads × dim) over `count` cached
     /// positions, grouped-query (head h reads KV head h / (heads / kvHeads)); `keys`/`values`
     /// rows have `stride` floats (kvHeads × dim). `scores` is scratch of heads × count floats.
-    /// Heads run in parallel on the pool; softmax is `Ops.softmax`'s kernel (the reference twin
-    /// keeps the scalar `expf` loop).
+    /// The heads that share a KV head run in one kernel call that reads each key and value row
+    /// once for all of them (`ck_attend_group`, blocks of 2 heads on the pool, see
+    /// `forEachGroup`). Softmax is `Ops.softmax`'s kernel (the reference
+    /// twin keeps the scalar `expf` loop). `perHead` runs the previous split, one kernel call per
+    /// query head (each re-reading its KV head), kept for `ptq bench --kernels`' comparison; it is
+    /// also taken on a one-thread pool, where it was faster for this float cache.
     public static func attendOne(q: UnsafePointer<Float>, keys: UnsafePointer<Float>, values: UnsafePointer<Float>,
                                  count: Int, heads: Int, kvHeads: Int, dim: Int, stride: Int, scale: Float,
                                  scores: UnsafeMutablePointer<Float>, out: UnsafeMutablePointer<Float>,
-                                 reference: Bool = false) {
+                                 reference: Bool = false, perHead: Bool = false) {
         guard heads > 0, count > 0 else { return }
-        let kernel = reference ? ck_attend_one_ref : ck_attend_one
-        forEachHead(heads, kvHeads: kvHeads, work: count * dim * heads, serial: reference) { h, kv in
-            kernel(q + h * dim, keys + kv * dim, values + kv * dim, count, stride, dim, scale, scores + h * count,
-                   out + h * dim)
+        // On one thread the per-head calls were 4–17 % faster for the float cache in 3 of 4
+        // runs of `ptq bench --kernels --threads 1` (the grouped kernel wins on 2 threads and for
+        // the half cache on both; RESULTS "Grouped decode attention").
+        if perHead || (!reference && Parallel.workerCount == 1) {
+            let kernel = reference ? ck_attend_one_ref : ck_attend_one
+            forEachHead(heads, kvHeads: kvHeads, work: count * dim * heads, serial: reference) { h, kv in
+                kernel(q + h * dim, keys + kv * dim, values + kv * dim, count, stride, dim, scale, scores + h * count,
+                       out + h * dim)
+            }
+            return
+        }
+        let kernel = reference ? ck_attend_group_ref : ck_attend_group
+        forEachGroup(heads, kvHeads: kvHeads, work: count * dim * heads, serial: reference) { h, rows, kv in
+            kernel(q + h * dim, keys + kv * dim, values + kv * dim, count, stride, dim, rows, scale,
+                   scores + h * count, out + h * dim)
         }
     }
 
@@ -57,18 +72,50 @@ public enum TokenKernels {
         }
     }
 
+    /// Runs `rows(h, count, kvHead)` over blocks of up to 2 consecutive query heads h..<h+count
+    /// that share KV head kvHead (`ck_attend_group`'s block: each block reads its KV head once),
+    /// covering every head once; the blocks run on the pool unless `serial` or the work is small.
+    /// SmolLM2's 9 heads over 3 KV heads make 6 blocks of 2, 1, 2, 1, 2, 1 rows, claimed
+    /// dynamically (the pool's policy in `forEachChunk`): a static cut into one range per thread
+    /// (5 and 4 heads) reads no fewer KV rows, and a worker that another process preempts would
+    /// hold up its whole range. Query
+    /// rows rather than positions are split, so no partial softmax sums need merging and a row's
+    /// result does not depend on the thread count.
+    private static func forEachGroup(_ heads: Int, kvHeads: Int, work: Int, serial: Bool,
+                                     _ rows: (_ h: Int, _ count: Int, _ kvHead: Int) -> Void) {
+        let group = heads / max(1, kvHeads), blocksPerGroup = (group + 1) / 2
+        func block(_ t: Int) {
+            let kv = t / blocksPerGroup, first = 2 * (t % blocksPerGroup)
+            rows(kv * group + first, min(2, group - first), kv)
+        }
+        let tasks = kvHeads * blocksPerGroup
+        if serial || work < 1 << 14 {
+            for t in 0..<tasks { block(t) }
+        } else {
+            Parallel.forEach(tasks) { t in block(t) }
+        }
+    }
+
     /// `attendOne` over a half-precision cache: `keys`/`values` hold IEEE binary16 bit patterns
     /// (`stride` halves per position), widened to float in registers (AVX2+F16C; the
     /// reference twin converts one element at a time).
     public static func attendOne(q: UnsafePointer<Float>, halfKeys keys: UnsafePointer<UInt16>,
                                  halfValues values: UnsafePointer<UInt16>, count: Int, heads: Int, kvHeads: Int,
                                  dim: Int, stride: Int, scale: Float, scores: UnsafeMutablePointer<Float>,
-                                 out: UnsafeMutablePointer<Float>, reference: Bool = false) {
+                                 out: UnsafeMutablePointer<Float>, reference: Bool = false, perHead: Bool = false) {
         guard heads > 0, count > 0 else { return }
-        let kernel = reference ? ck_attend_one_f16_ref : ck_attend_one_f16
-        forEachHead(heads, kvHeads: kvHeads, work: count * dim * heads, serial: reference) { h, kv in
-            kernel(q + h * dim, keys + kv * dim, values + kv * dim, count, stride, dim, scale, scores + h * count,
-                   out + h * dim)
+        if perHead {
+            let kernel = reference ? ck_attend_one_f16_ref : ck_attend_one_f16
+            forEachHead(heads, kvHeads: kvHeads, work: count * dim * heads, serial: reference) { h, kv in
+                kernel(q + h * dim, keys + kv * dim, values + kv * dim, count, stride, dim, scale, scores + h * count,
+                       out + h * dim)
+            }
+            return
+        }
+        let kernel = reference ? ck_attend_group_f16_ref : ck_attend_group_f16
+        forEachGroup(heads, kvHeads: kvHeads, work: count * dim * heads, serial: reference) { h, rows, kv in
+            kernel(q + h * dim, keys + kv * dim, values + kv * dim, count, stride, dim, rows, scale,
+                   scores + h * count, out + h * dim)
         }
     }
 

@@ -102,6 +102,58 @@ struct TokenKernelTests {
         }
     }
 
+    /// The grouped decode kernel (one call per run of query heads sharing a KV head) against its
+    /// scalar twin and against the previous one-call-per-head split, for both cache types: a
+    /// row's result must not depend on its block of rows, so the two fast paths agree exactly.
+    @Test("grouped decode attention matches the scalar twin and the per-head kernel",
+          arguments: [1, 2, 5, 129, 576, 2048], [(1, 7), (3, 12), (4, 24), (3, 64), (4, 128), (1, 64), (3, 7)])
+    func groupedAttention(count: Int, shape: (group: Int, dim: Int)) {
+        var rng = SplitMix(seed: UInt64(count * 977 + shape.group * 13 + shape.dim))
+        let kvHeads = 3, heads = kvHeads * shape.group
+        let stride = kvHeads * shape.dim
+        let q = rng.floats(heads * shape.dim, in: -2...2)
+        var floatKeys = rng.floats(count * stride, in: -4...4)
+        floatKeys[0] = 6e4  // one huge score: softmax must stay finite
+        let floatValues = rng.floats(count * stride, in: -3...3)
+        var halfKeys = [UInt16](repeating: 0, count: floatKeys.count), halfValues = halfKeys
+        TokenKernels.roundToHalf(floatKeys, into: &halfKeys, count: halfKeys.count)
+        TokenKernels.roundToHalf(floatValues, into: &halfValues, count: halfValues.count)
+        let scale: Float = 1 / Float(shape.dim).squareRoot()
+        var scores = [Float](repeating: 0, count: heads * count)
+        for half in [false, true] {
+            var outputs: [[Float]] = []
+            for (reference, perHead) in [(true, false), (true, true), (false, false), (false, true)] {
+                var out = [Float](repeating: .nan, count: heads * shape.dim)
+                if half {
+                    TokenKernels.attendOne(q: q, halfKeys: halfKeys, halfValues: halfValues, count: count, heads: heads,
+                                           kvHeads: kvHeads, dim: shape.dim, stride: stride, scale: scale,
+                                           scores: &scores, out: &out, reference: reference, perHead: perHead)
+                } else {
+                    TokenKernels.attendOne(q: q, keys: floatKeys, values: floatValues, count: count, heads: heads,
+                                           kvHeads: kvHeads, dim: shape.dim, stride: stride, scale: scale,
+                                           scores: &scores, out: &out, reference: reference, perHead: perHead)
+                }
+                outputs.append(out)
+            }
+            let label = "count \(count) group \(shape.group) dim \(shape.dim) half \(half)"
+            #expect(outputs[0] == outputs[1], "\(label): grouped reference loops the one-head reference")
+            #expect(outputs[2].allSatisfy { $0.isFinite }, "\(label)")
+            #expect(Self.relativeError(outputs[2], outputs[0]) < 1e-5, "\(label)")
+            #expect(outputs[2] == outputs[3], "\(label): grouped and per-head fast kernels agree bit for bit")
+            // One position: every head's output is its KV head's value row, exactly.
+            if count == 1 {
+                var wide = [Float](repeating: 0, count: halfValues.count)
+                TokenKernels.widenHalf(halfValues, into: &wide, count: wide.count)
+                let rows = half ? wide : floatValues
+                for h in 0..<heads {
+                    let kv = h / shape.group
+                    #expect(Array(outputs[2][(h * shape.dim)..<((h + 1) * shape.dim)])
+                            == Array(rows[(kv * shape.dim)..<((kv + 1) * shape.dim)]), "\(label) head \(h)")
+                }
+            }
+        }
+    }
+
     /// Random nibble codes, the expanded int8 matrix and a 16-entry table.
     static func fp4Case(rows: Int, columns: Int, table: [Int8], rng: inout SplitMix) -> (nibbles: [UInt8], expanded: [Int8]) {
         let codes = rng.bytes(rows * columns, below: 16)

@@ -29,6 +29,14 @@ void ck_attend_one(const float *q, const float *keys, const float *values, size_
                    size_t dim, float scale, float *scores, float *out);
 void ck_attend_one_ref(const float *q, const float *keys, const float *values, size_t count, size_t stride,
                        size_t dim, float scale, float *scores, float *out);
+/// ck_attend_one for the `rows` query rows q + r*dim that share one KV head (grouped-query
+/// attention), into scores + r*count and out + r*dim (`scores` is rows*count floats): each key
+/// and value row is read once per block of up to 2 rows instead of once per row. A row's result
+/// is the same as ck_attend_one's on that row alone.
+void ck_attend_group(const float *q, const float *keys, const float *values, size_t count, size_t stride,
+                     size_t dim, size_t rows, float scale, float *scores, float *out);
+void ck_attend_group_ref(const float *q, const float *keys, const float *values, size_t count, size_t stride,
+                         size_t dim, size_t rows, float scale, float *scores, float *out);
 
 // ---- half-precision KV cache (kv_half.c) ----------------------------------------------------
 // IEEE binary16, round to nearest even on store (F16C vcvtps2ph, imm 0); NaN stays a quiet NaN,
@@ -49,6 +57,11 @@ void ck_attend_one_f16(const float *q, const uint16_t *keys, const uint16_t *val
                        size_t dim, float scale, float *scores, float *out);
 void ck_attend_one_f16_ref(const float *q, const uint16_t *keys, const uint16_t *values, size_t count, size_t stride,
                            size_t dim, float scale, float *scores, float *out);
+/// ck_attend_group over a half cache.
+void ck_attend_group_f16(const float *q, const uint16_t *keys, const uint16_t *values, size_t count, size_t stride,
+                         size_t dim, size_t rows, float scale, float *scores, float *out);
+void ck_attend_group_f16_ref(const float *q, const uint16_t *keys, const uint16_t *values, size_t count,
+                             size_t stride, size_t dim, size_t rows, float scale, float *scores, float *out);
 
 // ---------------------------------------------------------------------------------------------
 // FP4 weights as 4-bit table indices with int8 activations (LLM-FP4 W4A8 integer path).
