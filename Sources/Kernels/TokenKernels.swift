@@ -40,22 +40,39 @@ public enum TokenKernels {
                                  count: Int, heads: Int, kvHeads: Int, dim: Int, stride: Int, scale: Float,
                                  scores: UnsafeMutablePointer<Float>, out: UnsafeMutablePointer<Float>,
                                  reference: Bool = false, perHead: Bool = false) {
-        guard heads > 0, count > 0 else { return }
         // On one thread the per-head calls were 4–17 % faster for the float cache in 3 of 4
         // runs of `ptq bench --kernels --threads 1` (the grouped kernel wins on 2 threads and for
         // the half cache on both; RESULTS "Grouped decode attention").
-        if perHead || (!reference && Parallel.workerCount == 1) {
-            let kernel = reference ? ck_attend_one_ref : ck_attend_one
-            forEachHead(heads, kvHeads: kvHeads, work: count * dim * heads, serial: reference) { h, kv in
-                kernel(q + h * dim, keys + kv * dim, values + kv * dim, count, stride, dim, scale, scores + h * count,
-                       out + h * dim)
+        attend(q: q, keys: keys, values: values, count: count, heads: heads, kvHeads: kvHeads, dim: dim,
+               stride: stride, scale: scale, scores: scores, out: out, reference: reference,
+               perHead: perHead || (!reference && Parallel.workerCount == 1),
+               one: reference ? ck_attend_one_ref : ck_attend_one,
+               group: reference ? ck_attend_group_ref : ck_attend_group)
+    }
+
+    /// `attendOne` for cache elements of type `Element`: `one` is the one-head kernel (per-head
+    /// split), `group` the grouped one.
+    private static func attend<Element>(
+        q: UnsafePointer<Float>, keys: UnsafePointer<Element>, values: UnsafePointer<Element>, count: Int, heads: Int,
+        kvHeads: Int, dim: Int, stride: Int, scale: Float, scores: UnsafeMutablePointer<Float>,
+        out: UnsafeMutablePointer<Float>, reference: Bool, perHead: Bool,
+        one: (UnsafePointer<Float>?, UnsafePointer<Element>?, UnsafePointer<Element>?, Int, Int, Int, Float,
+              UnsafeMutablePointer<Float>?, UnsafeMutablePointer<Float>?) -> Void,
+        group: (UnsafePointer<Float>?, UnsafePointer<Element>?, UnsafePointer<Element>?, Int, Int, Int, Int, Float,
+                UnsafeMutablePointer<Float>?, UnsafeMutablePointer<Float>?) -> Void
+    ) {
+        guard heads > 0, count > 0 else { return }
+        let work = count * dim * heads
+        if perHead {
+            forEachHead(heads, kvHeads: kvHeads, work: work, serial: reference) { h, kv in
+                one(q + h * dim, keys + kv * dim, values + kv * dim, count, stride, dim, scale, scores + h * count,
+                    out + h * dim)
             }
-            return
-        }
-        let kernel = reference ? ck_attend_group_ref : ck_attend_group
-        forEachGroup(heads, kvHeads: kvHeads, work: count * dim * heads, serial: reference) { h, rows, kv in
-            kernel(q + h * dim, keys + kv * dim, values + kv * dim, count, stride, dim, rows, scale,
-                   scores + h * count, out + h * dim)
+        } else {
+            forEachGroup(heads, kvHeads: kvHeads, work: work, serial: reference) { h, rows, kv in
+                group(q + h * dim, keys + kv * dim, values + kv * dim, count, stride, dim, rows, scale,
+                      scores + h * count, out + h * dim)
+            }
         }
     }
 
@@ -103,20 +120,10 @@ public enum TokenKernels {
                                  halfValues values: UnsafePointer<UInt16>, count: Int, heads: Int, kvHeads: Int,
                                  dim: Int, stride: Int, scale: Float, scores: UnsafeMutablePointer<Float>,
                                  out: UnsafeMutablePointer<Float>, reference: Bool = false, perHead: Bool = false) {
-        guard heads > 0, count > 0 else { return }
-        if perHead {
-            let kernel = reference ? ck_attend_one_f16_ref : ck_attend_one_f16
-            forEachHead(heads, kvHeads: kvHeads, work: count * dim * heads, serial: reference) { h, kv in
-                kernel(q + h * dim, keys + kv * dim, values + kv * dim, count, stride, dim, scale, scores + h * count,
-                       out + h * dim)
-            }
-            return
-        }
-        let kernel = reference ? ck_attend_group_f16_ref : ck_attend_group_f16
-        forEachGroup(heads, kvHeads: kvHeads, work: count * dim * heads, serial: reference) { h, rows, kv in
-            kernel(q + h * dim, keys + kv * dim, values + kv * dim, count, stride, dim, rows, scale,
-                   scores + h * count, out + h * dim)
-        }
+        attend(q: q, keys: keys, values: values, count: count, heads: heads, kvHeads: kvHeads, dim: dim,
+               stride: stride, scale: scale, scores: scores, out: out, reference: reference, perHead: perHead,
+               one: reference ? ck_attend_one_f16_ref : ck_attend_one_f16,
+               group: reference ? ck_attend_group_f16_ref : ck_attend_group_f16)
     }
 
     /// Rounds `count` floats to IEEE half bit patterns, to nearest even (F16C `vcvtps2ph`, or
