@@ -268,14 +268,9 @@ I16_GEMM(i16_gemm_512, CK_VNNI512, i16_tile_512, 32, 8)
                 }                                                                                                  \
                 sums = _mm_add_epi32(sums, _mm_loadu_si128((const __m128i *)tail));                                \
             }                                                                                                      \
-            float ws[4] = {0, 0, 0, 0};                                                                            \
-            for (int r = 0; r < R; r++) ws[r] = wscale[(o + r) * groups + g];                                      \
-            const __m128 term = _mm_mul_ps(_mm_loadu_ps(ws), _mm_cvtepi32_ps(sums));                               \
-            acc = _mm_add_ps(acc, term);                                                                           \
+            acc = ck_add_scaled_rows4(acc, sums, wscale + o * groups + g, groups, R); \
         }                                                                                                          \
-        float out[4];                                                                                              \
-        _mm_storeu_ps(out, acc);                                                                                   \
-        for (int r = 0; r < R; r++) y[o + r] = out[r];                                                             \
+        ck_store_rows4(y + o, acc, R); \
     }
 
 CK_INLINE CK_AVX2 __m256i i16_dot_avx2(__m256i acc, __m256i a, __m256i w) {

@@ -219,14 +219,9 @@ CK_INLINE CK_AVX2 __m128i hsum4_epi32(__m256i v0, __m256i v1, __m256i v2, __m256
             }                                                                                     \
         }                                                                                         \
         const __m128i sums = hsum4_epi32(s[0], s[1], s[2], s[3]);                                 \
-        float ws[4] = {0, 0, 0, 0};                                                               \
-        for (int r = 0; r < R; r++) ws[r] = wscale[(o + r) * groups + g];                         \
-        const __m128 term = _mm_mul_ps(_mm_loadu_ps(ws), _mm_cvtepi32_ps(sums));                  \
-        acc = _mm_add_ps(acc, term);                                                              \
+        acc = ck_add_scaled_rows4(acc, sums, wscale + o * groups + g, groups, R); \
     }                                                                                             \
-    float out[4];                                                                                 \
-    _mm_storeu_ps(out, acc);                                                                      \
-    for (int r = 0; r < R; r++) y[o + r] = out[r];
+    ck_store_rows4(y + o, acc, R);
 
 CK_INLINE CK_AVX2 __m256i dot_avx2(__m256i acc, __m256i u, __m256i s) {
     return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)));

@@ -8,6 +8,7 @@
 
 #if defined(__x86_64__)
 #include <immintrin.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #define CK_INLINE static inline __attribute__((always_inline))
@@ -40,6 +41,21 @@ CK_INLINE CK_AVX2 float ck_hsum_ps(__m256 v) {
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     s = _mm_add_ss(s, _mm_movehdup_ps(s));
     return _mm_cvtss_f32(s);
+}
+
+/// acc + ws·sums for the R ≤ 4 rows of an int8/int16 GEMV step: lane r gets
+/// wscale[r·groups]·(float)sums[r] (a row's scale for the current group; missing rows 0).
+CK_INLINE CK_AVX2 __m128 ck_add_scaled_rows4(__m128 acc, __m128i sums, const float *wscale, size_t groups, int R) {
+    float ws[4] = {0, 0, 0, 0};
+    for (int r = 0; r < R; r++) ws[r] = wscale[(size_t)r * groups];
+    return _mm_add_ps(acc, _mm_mul_ps(_mm_loadu_ps(ws), _mm_cvtepi32_ps(sums)));
+}
+
+/// y[r] = lane r of acc for r < R ≤ 4.
+CK_INLINE CK_AVX2 void ck_store_rows4(float *y, __m128 acc, int R) {
+    float out[4];
+    _mm_storeu_ps(out, acc);
+    for (int r = 0; r < R; r++) y[r] = out[r];
 }
 #endif
 
