@@ -58,6 +58,8 @@ static int serial_jobs_left;
 
 static _Thread_local int inside_task;
 
+int ck_pool_in_task(void) { return inside_task; }
+
 static long now_ns(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);

@@ -41,6 +41,69 @@ public enum BLAS {
                     Int32(m), Int32(n), Int32(k), alpha, a, Int32(lda), b, Int32(ldb), beta, c, Int32(ldc))
     }
 
+    /// `y[rows, out] = x[rows, in] · W[out, in]ᵀ` for prefill-sized products, split over the
+    /// output features across our pool (`Parallel`), each part one single-threaded OpenBLAS sgemm.
+    ///
+    /// Why not OpenBLAS's own threads: between two threaded sgemm calls OpenBLAS's worker keeps
+    /// polling (`sched_yield`) for tens of milliseconds, so whenever our pool runs work of its own
+    /// in that time (int8 GEMMs, tile decoding, attention) three threads share two cores; the
+    /// two-thread profiles had it at 4.5 % (FP32), 13 % (W8A8) and 17 % (W4A16) of all samples,
+    /// plus a separate `sgemm_beta` pass over C (docs/RESULTS.md, "Runtime speed, sixth pass").
+    /// With one parallel runtime, the second core is never contended by our own threads. Each
+    /// part packs x again (≈ 3 % of a layer's sgemm time per part), so the split is one part per
+    /// thread. One row, one thread, a call from inside a pool task or a small product run as
+    /// `linear` does.
+    public static func pooledLinear(
+        _ x: UnsafePointer<Float>, rows: Int, inFeatures: Int,
+        weight: UnsafePointer<Float>, outFeatures: Int, into y: UnsafeMutablePointer<Float>
+    ) {
+        let parts = pooledParts(rows: rows, columns: outFeatures, depth: inFeatures)
+        guard parts > 1 else {
+            linear(x, rows: rows, inFeatures: inFeatures, weight: weight, outFeatures: outFeatures, into: y)
+            return
+        }
+        let px = SendableConstPointer(x), pw = SendableConstPointer(weight), py = SendablePointer(y)
+        let width = alignedPart(outFeatures, parts: parts)
+        withOneOpenBLASThread {
+            Parallel.forEach(parts) { p in
+                let begin = p * width, end = min(outFeatures, begin + width)
+                guard begin < end else { return }
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(rows), Int32(end - begin), Int32(inFeatures),
+                            1, px.base, Int32(inFeatures), pw.base + begin * inFeatures, Int32(inFeatures),
+                            0, py.base + begin, Int32(outFeatures))
+            }
+        }
+    }
+
+    /// How many pool parts a `rows × columns × depth` product is split into: one per thread when
+    /// the pool has more than one, the caller is not inside a pool task, there is more than one
+    /// row and each part gets at least ~1 M multiply-adds; else 1.
+    public static func pooledParts(rows: Int, columns: Int, depth: Int) -> Int {
+        let threads = Parallel.workerCount
+        guard threads > 1, rows > 1, !Parallel.isInsideTask else { return 1 }
+        let parts = min(threads, columns / 16)
+        guard parts > 1, rows * columns * depth / parts >= 1 << 20 else { return 1 }
+        return parts
+    }
+
+    /// Columns per part: `count / parts` rounded up to a multiple of 16 (whole sgemm panels).
+    public static func alignedPart(_ count: Int, parts: Int) -> Int {
+        ((count + parts - 1) / parts + 15) / 16 * 16
+    }
+
+    /// Runs `body` with OpenBLAS held at one thread (its previous count restored after), for
+    /// sgemm calls made from our pool's tasks: a threaded OpenBLAS called from two of our threads
+    /// at once would queue both on its own workers. Inside a pool task (where loops run inline)
+    /// it only runs `body`: the count is process-wide and belongs to the job's caller.
+    public static func withOneOpenBLASThread<R>(_ body: () -> R) -> R {
+        if Parallel.isInsideTask { return body() }
+        let previous = threadCount
+        if previous == 1 { return body() }
+        threadCount = 1
+        defer { threadCount = previous }
+        return body()
+    }
+
     /// Number of OpenBLAS threads (it starts with one per core).
     public static var threadCount: Int {
         get { Int(openblas_get_num_threads()) }

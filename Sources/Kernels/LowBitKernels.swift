@@ -223,16 +223,41 @@ public enum LowBit {
     }
 
     /// `y[rows, out] = x[rows, in]·Wᵀ` for a W whose rows `decode(range, tile)` writes as floats
-    /// into `tile[range.count, in]`: a tile of ≤ `tileRows` output rows at a time is decoded by
-    /// the pool (split over its rows) into per-thread scratch of the caller, then multiplied with
-    /// one sgemm on OpenBLAS's own threads; the two pools take turns. The alternative — every
-    /// pool task decoding and multiplying its own tiles with OpenBLAS held at one thread — was
-    /// measured against this on the loaded machine (W4A16 and FP4 pp512, docs/RESULTS.md) and
-    /// did not win; it also packs all of x again for every single-threaded sgemm.
+    /// into `tile[range.count, in]`, ≤ `tileRows` output rows at a time, each tile multiplied
+    /// with one sgemm. With a pool of several threads (`BLAS.pooledParts`) the output features
+    /// are split into one slice per thread and each thread decodes and multiplies its own tiles
+    /// with OpenBLAS held at one thread. (The fourth pass measured that split against the
+    /// then-default of 14 small tiles per layer on OpenBLAS's threads and it did not win; with
+    /// one tile per slice it packs x once per thread, and OpenBLAS's polling workers, 17 % of
+    /// the two-thread W4A16 samples, are gone: docs/RESULTS.md, "sixth pass".) With one thread
+    /// each tile is decoded, then multiplied.
     public static func tiledProduct(outFeatures: Int, inFeatures: Int, x: UnsafePointer<Float>, rows: Int,
                                     y: UnsafeMutablePointer<Float>, tileRows: Int,
                                     decode: @Sendable (Range<Int>, UnsafeMutablePointer<Float>) -> Void) {
         guard rows > 0, outFeatures > 0 else { return }
+        let parts = BLAS.pooledParts(rows: rows, columns: outFeatures, depth: inFeatures)
+        if parts > 1 {
+            // Each thread decodes and multiplies its own slice of the output features, OpenBLAS
+            // single-threaded inside (`BLAS.pooledLinear`): no hand-over between our pool and
+            // OpenBLAS's threads at every tile, and no OpenBLAS worker polling beside our pool.
+            let width = BLAS.alignedPart(outFeatures, parts: parts)
+            let px = SendableConstPointer(x), py = SendablePointer(y)
+            BLAS.withOneOpenBLASThread {
+                Parallel.forEach(parts) { p in
+                    let begin = p * width, end = min(outFeatures, begin + width)
+                    guard begin < end else { return }
+                    let tile = min(end - begin, max(1, tileRows))
+                    let scratch = threadScratch(slot: 3, count: tile * inFeatures, of: Float.self)
+                    for r0 in stride(from: begin, to: end, by: tile) {
+                        let r1 = min(end, r0 + tile)
+                        decode(r0..<r1, scratch)
+                        BLAS.gemm(m: rows, n: r1 - r0, k: inFeatures, a: px.base, lda: inFeatures,
+                                  b: scratch, ldb: inFeatures, transposeB: true, c: py.base + r0, ldc: outFeatures)
+                    }
+                }
+            }
+            return
+        }
         let tile = min(outFeatures, max(1, tileRows))
         let scratch = threadScratch(slot: 3, count: tile * inFeatures, of: Float.self)
         let pscratch = SendablePointer(scratch)

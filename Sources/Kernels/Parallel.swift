@@ -19,6 +19,11 @@ public enum Parallel {
     /// `setThreadCount` chose another number).
     public static var workerCount: Int { Int(ck_pool_threads()) }
 
+    /// True on a pool worker running a task, and on the caller while its job runs: a parallel
+    /// loop started here runs inline (and must not change process-wide state such as OpenBLAS's
+    /// thread count).
+    public static var isInsideTask: Bool { ck_pool_in_task() != 0 }
+
     /// Sets the threads both our parallel loops and OpenBLAS may use (at least 1).
     public static func setThreadCount(_ threads: Int) {
         ck_pool_set_threads(Int32(clamping: max(1, threads)))

@@ -39,8 +39,9 @@ public final class FloatLinear: LinearOp {
 
     public func forward(_ x: UnsafePointer<Float>, rows: Int, into y: UnsafeMutablePointer<Float>) {
         weight.data.withUnsafeBufferPointer { w in
-            BLAS.linear(x, rows: rows, inFeatures: inFeatures, weight: w.baseAddress!,
-                        outFeatures: outFeatures, into: y)
+            // Several rows (prefill): split over our pool, OpenBLAS single-threaded inside.
+            BLAS.pooledLinear(x, rows: rows, inFeatures: inFeatures, weight: w.baseAddress!,
+                              outFeatures: outFeatures, into: y)
         }
         if let bias {
             bias.withUnsafeBufferPointer { Ops.addBias($0.baseAddress!, rows: rows, width: outFeatures, into: y) }

@@ -295,6 +295,16 @@ public final class LlamaModel: Sendable {
                                        scale: scale, scores: sc, out: op.baseAddress!)
                 return
             }
+            if observer == nil, probabilityOp == nil {
+                // Prefill: causal blocks of query rows on the pool; the scores of positions a
+                // block cannot see are never computed (the loop below computes all T × S).
+                PrefillAttention.attend(q: qp.baseAddress!, qStride: qWidth, keys: kp.baseAddress!,
+                                        values: vp.baseAddress!, kvStride: kvWidth, rows: T, start: start,
+                                        heads: c.headCount, kvHeads: c.kvHeadCount, dim: Dh, scale: scale,
+                                        out: op.baseAddress!, outStride: qWidth)
+                return
+            }
+            // Observers and quantized-probability ops see each head's whole (T, S) matrix.
             for h in 0..<c.headCount {
                 let kvHead = h / group
                 // scores (T, S) = q_h (T, Dh) · K_g (S, Dh)ᵀ · scale

@@ -254,6 +254,26 @@ struct KernelTests {
         #expect(worstRelativeError(y, want, mag) < 1e-5)
     }
 
+    /// Products large enough that `tiledProduct` gives each pool thread its own slice of output
+    /// features (decoded and multiplied there, OpenBLAS single-threaded), several tiles a slice
+    /// with small `tileRows`; the slices' edges fall inside and between groups.
+    @Test("tiled product split over the pool", arguments: [LowBit.CodeFormat.u4, .u8], [24, 1000])
+    func pooledDequantizedProduct(format: LowBit.CodeFormat, tileRows: Int) {
+        let (n, k, rows) = (300, 256, 40)
+        let q = makeLayer(out: n, in: k, bits: format == .u4 ? 4 : 8, groupSize: 32, symmetric: false,
+                          seed: UInt64(tileRows + 7))
+        let codes = format == .u4 ? LowBit.packNibbles(q.weight.integer!.codes, rows: n, columns: k) : q.weight.integer!.codes
+        var rng = SplitMix(seed: 5)
+        let x = activations(rows: rows, columns: k, rng: &rng)
+        var y = [Float](repeating: .nan, count: rows * n)
+        LowBit.dequantizedProduct(format, codes: codes, outFeatures: n, inFeatures: k, groupSize: 32,
+                                  scales: q.weight.integer!.scales, zeros: q.weight.integer!.zeros!, x: x, rows: rows, y: &y,
+                                  tileRows: tileRows)
+        let (want, mag) = fakeQuantForward(q, x: x, rows: rows)
+        #expect(worstRelativeError(y, want, mag) < 1e-5)
+        if Parallel.workerCount > 1 { #expect(BLAS.pooledParts(rows: rows, columns: n, depth: k) > 1) }
+    }
+
     @Test("nibble packing layout")
     func nibbles() {
         let codes: [UInt8] = [1, 2, 3, 4, 5, /* row 2 */ 6, 7, 8, 9, 10]

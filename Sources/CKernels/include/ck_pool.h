@@ -25,6 +25,9 @@ int ck_pool_threads(void);
 /// How long an idle worker spins before it sleeps (0 = sleep at once).
 void ck_pool_set_spin_microseconds(int microseconds);
 
+/// 1 while the calling thread runs a pool task (a worker, or the caller during its job), else 0.
+int ck_pool_in_task(void);
+
 /// Runs fn(ctx, i) for every i in [0, tasks) across the pool and returns when all are done.
 void ck_pool_run(size_t tasks, ck_task_fn fn, void *ctx);
 
