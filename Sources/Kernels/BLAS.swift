@@ -76,15 +76,23 @@ public enum BLAS {
     }
 
     /// How many pool parts a `rows × columns × depth` product is split into: one per thread when
-    /// the pool has more than one, the caller is not inside a pool task, there is more than one
-    /// row and each part gets at least ~1 M multiply-adds; else 1.
+    /// the pool has more than one, the caller is not inside a pool task, there are more than
+    /// `pooledMinimumRows` rows and each part gets at least ~1 M multiply-adds; else 1 (then
+    /// OpenBLAS runs the product on its own threads, as before the sixth pass).
     public static func pooledParts(rows: Int, columns: Int, depth: Int) -> Int {
         let threads = Parallel.workerCount
-        guard threads > 1, rows > 1, !Parallel.isInsideTask else { return 1 }
+        guard threads > 1, rows > pooledMinimumRows, !Parallel.isInsideTask else { return 1 }
         let parts = min(threads, columns / 16)
         guard parts > 1, rows * columns * depth / parts >= 1 << 20 else { return 1 }
         return parts
     }
+
+    /// Products of at most this many rows stay on OpenBLAS's threads. Measured on the loaded
+    /// machine (docs/RESULTS.md, sixth pass, short prompts): at 16 and 64 prompt tokens the
+    /// FP32 and W4A16 prefill ran 5–15 % faster on OpenBLAS's threads than split over the pool,
+    /// where every job of 0.05–0.2 ms woke a sleeping worker; from 128 tokens the split is as
+    /// fast or faster, and at 512 faster in every pair.
+    public static let pooledMinimumRows = 64
 
     /// Columns per part: `count / parts` rounded up to a multiple of 16 (whole sgemm panels).
     public static func alignedPart(_ count: Int, parts: Int) -> Int {

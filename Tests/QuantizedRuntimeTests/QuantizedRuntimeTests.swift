@@ -256,10 +256,11 @@ struct KernelTests {
 
     /// Products large enough that `tiledProduct` gives each pool thread its own slice of output
     /// features (decoded and multiplied there, OpenBLAS single-threaded), several tiles a slice
-    /// with small `tileRows`; the slices' edges fall inside and between groups.
+    /// with small `tileRows` (96 rows: above `BLAS.pooledMinimumRows`); the slices' edges fall
+    /// inside and between groups.
     @Test("tiled product split over the pool", arguments: [LowBit.CodeFormat.u4, .u8], [24, 1000])
     func pooledDequantizedProduct(format: LowBit.CodeFormat, tileRows: Int) {
-        let (n, k, rows) = (300, 256, 40)
+        let (n, k, rows) = (300, 256, 96)
         let q = makeLayer(out: n, in: k, bits: format == .u4 ? 4 : 8, groupSize: 32, symmetric: false,
                           seed: UInt64(tileRows + 7))
         let codes = format == .u4 ? LowBit.packNibbles(q.weight.integer!.codes, rows: n, columns: k) : q.weight.integer!.codes
