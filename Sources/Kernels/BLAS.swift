@@ -47,12 +47,12 @@ public enum BLAS {
     /// Why not OpenBLAS's own threads: between two threaded sgemm calls OpenBLAS's worker keeps
     /// polling (`sched_yield`) for tens of milliseconds, so whenever our pool runs work of its own
     /// in that time (int8 GEMMs, tile decoding, attention) three threads share two cores; the
-    /// two-thread profiles had it at 4.5 % (FP32), 13 % (W8A8) and 17 % (W4A16) of all samples,
+    /// two-thread profiles had it at 6.7 % (FP32), 17 % (W8A8) and 22 % (W4A16) of all samples,
     /// plus a separate `sgemm_beta` pass over C (docs/RESULTS.md, "Runtime speed, sixth pass").
     /// With one parallel runtime, the second core is never contended by our own threads. Each
     /// part packs x again (≈ 3 % of a layer's sgemm time per part), so the split is one part per
-    /// thread. One row, one thread, a call from inside a pool task or a small product run as
-    /// `linear` does.
+    /// thread. At most `pooledMinimumRows` rows, one thread, a call from inside a pool task or a
+    /// small product run as `linear` does.
     public static func pooledLinear(
         _ x: UnsafePointer<Float>, rows: Int, inFeatures: Int,
         weight: UnsafePointer<Float>, outFeatures: Int, into y: UnsafeMutablePointer<Float>
