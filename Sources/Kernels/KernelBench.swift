@@ -217,6 +217,27 @@ public enum KernelBench {
                     }
                 }
             }
+            // The same codes in bit planes through the table-lookup GEMV (AVX-512 only), timed in
+            // the same run as the nibble kernel above.
+            if LowBit.planeTablesSupported {
+                let layouts = shapes.enumerated().map { i, shape in
+                    let (n, k) = shape
+                    var codes = [UInt8](repeating: 0, count: n * k)
+                    for r in 0..<n {
+                        for j in 0..<k {
+                            let byte = w[off[i] + r * (k / 2) + j / 2]
+                            codes[r * k + j] = j & 1 == 0 ? byte & 0x0F : byte >> 4
+                        }
+                    }
+                    let g = soff[i], count = n * (k / group)
+                    return LowBit.PlaneLayout(codes: codes, rows: n, columns: k, groupSize: group,
+                                              scales: Array(s[g..<(g + count)]), zeros: Array(z[g..<(g + count)]))
+                }
+                let bytes = layouts.reduce(0) { $0 + $1.bytes }
+                time("u4 W4A16 g128 plane tables (LowBit.gemvPlanes)", layerPass, bytes: bytes) {
+                    for layout in layouts { LowBit.gemvPlanes(layout, x: x, y: &y) }
+                }
+            }
         }
         // FP4 (E2M1) codes with float (FP8-rounded) activations through the float table GEMV, g32
         // (the LLM-FP4 recipes' grouping).
