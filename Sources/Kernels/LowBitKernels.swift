@@ -188,11 +188,11 @@ public enum LowBit {
     // MARK: table-lookup u4 GEMV (bit planes)
 
     /// u4 codes re-laid out for the table-lookup decode GEMV (`gemvPlanes`): plane-major in
-    /// blocks of 16 rows × 4 columns, one 64-bit word per (row block, 4-column quad, bit plane)
-    /// holding the 16 rows' 4-bit table indices, with scales and zero points regrouped as
-    /// `[row block][group][16]` (layout in `u4_planes.c`). The same bytes as the nibble layout
-    /// (plus padding to 16 rows and 4-column quads per group) and one more copy of the scales
-    /// and zeros.
+    /// blocks of 16 rows × 32 columns, 64 bytes per (row block, 32-column chunk, bit plane)
+    /// holding the 16 rows' 4-bit table indices of the chunk's 8 four-column quads, with scales
+    /// and zero points regrouped as `[row block][group][16]` (layout in `u4_planes.c`). The
+    /// same bytes as the nibble layout (plus padding to 16 rows and to 32 columns per group)
+    /// and one more copy of the scales and zeros.
     public struct PlaneLayout: Sendable {
         public let rows: Int
         public let columns: Int
@@ -236,7 +236,7 @@ public enum LowBit {
         /// Bytes held: plane words, blocked scales and zeros.
         public var bytes: Int { planes.count * 8 + (blockScales.count + blockZeros.count) * 4 }
 
-        /// 4-column quads per row (the tables one call builds).
+        /// 4-column quads per row, groups padded to whole 32-column chunks (the tables one call builds).
         var quads: Int { ck_u4_planes_quads(columns, groupSize) }
         var groups: Int { (columns + groupSize - 1) / groupSize }
     }

@@ -296,23 +296,30 @@ struct KernelTests {
         }
     }
 
-    @Test("plane layout: bit p of a code lands in word p at its row's lane slot")
+    @Test("plane layout: row l's plane-p index of quad k is nibble k / 4 of byte 4l + k mod 4")
     func planeLayout() {
-        // 16 rows × 4 columns, one group: row l holds codes (l, 15 − l, l & 3, 8) in columns 0…3.
-        var codes = [UInt8]()
-        for l in 0..<16 { codes += [UInt8(l), UInt8(15 - l), UInt8(l & 3), 8] }
-        let layout = LowBit.PlaneLayout(codes: codes, rows: 16, columns: 4, groupSize: 4,
+        // 16 rows × 32 columns (one chunk of 8 quads), one group: code (l + 3j) mod 16.
+        let codes: [UInt8] = (0..<(16 * 32)).map { (i: Int) -> UInt8 in
+            let row = i / 32, column = i % 32
+            return UInt8((row + 3 * column) % 16)
+        }
+        let layout = LowBit.PlaneLayout(codes: codes, rows: 16, columns: 32, groupSize: 32,
                                         scales: [Float](repeating: 1, count: 16), zeros: [Float](repeating: 0, count: 16))
-        #expect(layout.planes.count == 4)
+        // 4 planes × 64 bytes, then 64 bytes of padding for the offset loads.
+        #expect(layout.planes.count == 4 * 8 + 8)
+        let bytes = layout.planes.withUnsafeBytes { Array($0) }
         for l in 0..<16 {
-            let slot = 8 * (l & 1) + l / 2
-            for p in 0..<4 {
-                let index = Int((layout.planes[p] >> UInt64(4 * slot)) & 0xF)
-                var want = 0
-                for c in 0..<4 where (Int(codes[l * 4 + c]) >> p) & 1 == 1 { want |= 1 << c }
-                #expect(index == want, "row \(l) plane \(p)")
+            for quad in 0..<8 {
+                for p in 0..<4 {
+                    let byte = Int(bytes[p * 64 + 4 * l + quad % 4])
+                    let index = quad < 4 ? byte & 0xF : byte >> 4
+                    var want = 0
+                    for c in 0..<4 where (Int(codes[l * 32 + 4 * quad + c]) >> p) & 1 == 1 { want |= 1 << c }
+                    #expect(index == want, "row \(l) quad \(quad) plane \(p)")
+                }
             }
         }
+        #expect(bytes[256...].allSatisfy { $0 == 0 })
     }
 
     @Test("tile dequantization is exact", arguments: [LowBit.CodeFormat.u4, .u8], ks)
@@ -484,7 +491,7 @@ struct IntegerLinearTests {
         // The runtime never keeps the float matrix (with AVX-512, ≤ 4-bit float-activation layers
         // also hold the codes in bit planes, padded to 16 rows, and blocked scales and zeros).
         let planeCopy = LowBit.planeTablesSupported && c.activation == nil && c.bits <= 4
-        #expect(op.storageBytes < c.out * c.columns * 4 / (planeCopy ? 1 : 2) * (planeCopy ? 3 : 1) / (planeCopy ? 4 : 1))
+        #expect(op.storageBytes < c.out * c.columns * (planeCopy ? 3 : 2))
     }
 
     @Test("a row-batched forward equals row-by-row forwards", arguments: layerCases.filter { $0.activation != nil })
@@ -529,12 +536,14 @@ struct IntegerLinearTests {
     @Test("storage: nibbles for ≤ 4 bits, bytes above, int8 with activations")
     func storage() throws {
         // With AVX-512 the ≤ 4-bit codes are held a second time in bit planes (the same bytes
-        // here: 64 rows and 128 columns need no padding) with blocked scales and zeros.
+        // here: 64 rows and 128 columns need no padding to 16-row × 32-column blocks) with
+        // blocked scales and zeros.
         let planes = LowBit.planeTablesSupported
         let w4 = try IntegerLinear(makeLayer(out: 64, in: 128, bits: 4, groupSize: 32, symmetric: false, seed: 1))
-        #expect(w4.storageBytes == (64 * 64 + 64 * 4 * 4 * 2) * (planes ? 2 : 1))
+        // Plus 64 bytes of padding after the planes.
+        #expect(w4.storageBytes == (64 * 64 + 64 * 4 * 4 * 2) * (planes ? 2 : 1) + (planes ? 64 : 0))
         let w3 = try IntegerLinear(makeLayer(out: 64, in: 128, bits: 3, symmetric: true, seed: 1))
-        #expect(w3.storageBytes == (64 * 64 + 64 * 4 * 2) * (planes ? 2 : 1))
+        #expect(w3.storageBytes == (64 * 64 + 64 * 4 * 2) * (planes ? 2 : 1) + (planes ? 64 : 0))
         let w8 = try IntegerLinear(makeLayer(out: 64, in: 128, bits: 8, symmetric: false, bias: true, seed: 1))
         #expect(w8.storageBytes == 64 * 128 + 64 * 4 * 3)
         let a8 = try IntegerLinear(makeLayer(out: 64, in: 128, bits: 8, symmetric: true, activation: act(8, false), seed: 1))
