@@ -229,9 +229,11 @@ public enum KernelBench {
                             codes[r * k + j] = j & 1 == 0 ? byte & 0x0F : byte >> 4
                         }
                     }
-                    let g = soff[i], count = n * (k / group)
+                    // ceil(k / group) groups per row (576 columns: 4 of 128 and one of 64).
+                    let g = soff[i], count = n * ((k + group - 1) / group)
                     return LowBit.PlaneLayout(codes: codes, rows: n, columns: k, groupSize: group,
-                                              scales: Array(s[g..<(g + count)]), zeros: Array(z[g..<(g + count)]))
+                                              scales: (0..<count).map { s[(g + $0) % s.count] },
+                                              zeros: (0..<count).map { z[(g + $0) % z.count] })
                 }
                 let bytes = layouts.reduce(0) { $0 + $1.bytes }
                 time("u4 W4A16 g128 plane tables (LowBit.gemvPlanes)", layerPass, bytes: bytes) {
