@@ -77,9 +77,17 @@ public final class IntegerLinear: LinearOp {
         var planes: LowBit.PlaneLayout?
     }
 
-    /// Bytes held for this layer: codes, scales, zero points, bias and activation parameters.
-    public var weightBytes: Int { storageBytes }
+    /// Bytes a one-row (decode) forward reads: `storageBytes`, except that a layer with a
+    /// bit-plane copy reads the planes and not the nibbles (which only the prefill tiles read).
+    public var weightBytes: Int {
+        if case .weightOnly(let p) = kernel, let planes = p.planes {
+            return planes.bytes + (bias?.count ?? 0) * 4
+        }
+        return storageBytes
+    }
 
+    /// Bytes held for this layer: codes (both copies where there are bit planes), scales, zero
+    /// points, bias and activation parameters.
     public var storageBytes: Int {
         let biasBytes = (bias?.count ?? 0) * 4
         switch kernel {

@@ -544,6 +544,8 @@ struct IntegerLinearTests {
         #expect(w4.storageBytes == (64 * 64 + 64 * 4 * 4 * 2) * (planes ? 2 : 1) + (planes ? 64 : 0))
         let w3 = try IntegerLinear(makeLayer(out: 64, in: 128, bits: 3, symmetric: true, seed: 1))
         #expect(w3.storageBytes == (64 * 64 + 64 * 4 * 2) * (planes ? 2 : 1) + (planes ? 64 : 0))
+        // Decode reads one copy: the planes (with their padding) where they exist.
+        #expect(w4.weightBytes == 64 * 64 + 64 * 4 * 4 * 2 + (planes ? 64 : 0))
         let w8 = try IntegerLinear(makeLayer(out: 64, in: 128, bits: 8, symmetric: false, bias: true, seed: 1))
         #expect(w8.storageBytes == 64 * 128 + 64 * 4 * 3)
         let a8 = try IntegerLinear(makeLayer(out: 64, in: 128, bits: 8, symmetric: true, activation: act(8, false), seed: 1))
