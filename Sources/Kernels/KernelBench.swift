@@ -217,6 +217,29 @@ public enum KernelBench {
                     }
                 }
             }
+            // The same codes in bit planes through the table-lookup GEMV (AVX-512 only), timed in
+            // the same run as the nibble kernel above.
+            if LowBit.planeTablesSupported {
+                let layouts = shapes.enumerated().map { i, shape in
+                    let (n, k) = shape
+                    var codes = [UInt8](repeating: 0, count: n * k)
+                    for r in 0..<n {
+                        for j in 0..<k {
+                            let byte = w[off[i] + r * (k / 2) + j / 2]
+                            codes[r * k + j] = j & 1 == 0 ? byte & 0x0F : byte >> 4
+                        }
+                    }
+                    // ceil(k / group) groups per row (576 columns: 4 of 128 and one of 64).
+                    let g = soff[i], count = n * ((k + group - 1) / group)
+                    return LowBit.PlaneLayout(codes: codes, rows: n, columns: k, groupSize: group,
+                                              scales: (0..<count).map { s[(g + $0) % s.count] },
+                                              zeros: (0..<count).map { z[(g + $0) % z.count] })
+                }
+                let bytes = layouts.reduce(0) { $0 + $1.bytes }
+                time("u4 W4A16 g128 plane tables (LowBit.gemvPlanes)", layerPass, bytes: bytes) {
+                    for layout in layouts { LowBit.gemvPlanes(layout, x: x, y: &y) }
+                }
+            }
         }
         // FP4 (E2M1) codes with float (FP8-rounded) activations through the float table GEMV, g32
         // (the LLM-FP4 recipes' grouping).

@@ -185,6 +185,111 @@ public enum LowBit {
         }
     }
 
+    // MARK: table-lookup u4 GEMV (bit planes)
+
+    /// u4 codes re-laid out for the table-lookup decode GEMV (`gemvPlanes`): plane-major in
+    /// blocks of 16 rows × 32 columns, 64 bytes per (row block, 32-column chunk, bit plane)
+    /// holding the 16 rows' 4-bit table indices of the chunk's 8 four-column quads, with scales
+    /// and zero points regrouped as `[row block][group][16]` (layout in `u4_planes.c`). The
+    /// same bytes as the nibble layout (plus padding to 16 rows and to 32 columns per group)
+    /// and one more copy of the scales and zeros.
+    public struct PlaneLayout: Sendable {
+        public let rows: Int
+        public let columns: Int
+        /// Columns per group (`columns` for one group per row).
+        public let groupSize: Int
+        public let planes: [UInt64]
+        public let blockScales: [Float]
+        public let blockZeros: [Float]
+
+        /// Repacks one-byte codes `[rows, columns]` (each < 16) with scales and zeros `[rows, groups]`.
+        public init(codes: [UInt8], rows: Int, columns: Int, groupSize: Int, scales: [Float], zeros: [Float]) {
+            let group = min(max(1, groupSize), columns)
+            let groups = (columns + group - 1) / group
+            precondition(codes.count == rows * columns, "PlaneLayout: \(codes.count) codes for \(rows)×\(columns)")
+            precondition(scales.count == rows * groups && zeros.count == rows * groups,
+                         "PlaneLayout: \(scales.count) scales / \(zeros.count) zeros for \(rows)×\(groups) groups")
+            self.rows = rows
+            self.columns = columns
+            self.groupSize = group
+            var planes = [UInt64](repeating: 0, count: ck_u4_planes_words(rows, columns, group))
+            codes.withUnsafeBufferPointer { c in
+                planes.withUnsafeMutableBufferPointer { ck_u4_planes_pack(c.baseAddress!, rows, columns, group, $0.baseAddress!) }
+            }
+            let count = ck_u4_planes_param_count(rows, columns, group)
+            var bs = [Float](repeating: 0, count: count), bz = bs
+            scales.withUnsafeBufferPointer { s in
+                zeros.withUnsafeBufferPointer { z in
+                    bs.withUnsafeMutableBufferPointer { bsp in
+                        bz.withUnsafeMutableBufferPointer { bzp in
+                            ck_u4_planes_pack_params(s.baseAddress!, z.baseAddress!, rows, columns, group,
+                                                     bsp.baseAddress!, bzp.baseAddress!)
+                        }
+                    }
+                }
+            }
+            self.planes = planes
+            blockScales = bs
+            blockZeros = bz
+        }
+
+        /// Bytes held: plane words, blocked scales and zeros.
+        public var bytes: Int { planes.count * 8 + (blockScales.count + blockZeros.count) * 4 }
+
+        /// 4-column quads per row, groups padded to whole 32-column chunks (the tables one call builds).
+        var quads: Int { ck_u4_planes_quads(columns, groupSize) }
+        var groups: Int { (columns + groupSize - 1) / groupSize }
+    }
+
+    /// Whether `gemvPlanes` runs its AVX-512 kernel here (otherwise it runs the scalar twin, and
+    /// the runtime keeps the nibble kernel for decode instead).
+    public static var planeTablesSupported: Bool { ck_u4_planes_supported() != 0 }
+
+    /// `y[o] = Σ_g scale[o,g]·(Σ_{j∈g} x[j]·u[o,j] − zero[o,g]·Σ_{j∈g} x[j])` for all rows of
+    /// `layout`, by table lookup: the 16-entry tables of x (one per 4-column quad) and the group
+    /// sums are built once on the calling thread, then the pool splits the 16-row blocks.
+    public static func gemvPlanes(_ layout: PlaneLayout, x: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>) {
+        guard layout.rows > 0 else { return }
+        // Slot 2: transient in every user (FloatingPointLinear), none of which runs inside this call.
+        let tables = threadScratch(slot: 2, count: layout.quads * 16 + layout.groups, of: Float.self)
+        ck_u4_plane_tables(x, layout.columns, layout.groupSize, tables, tables + layout.quads * 16)
+        let blocks = (layout.rows + 15) / 16
+        let pt = SendableConstPointer(UnsafePointer(tables)), py = SendablePointer(y)
+        let xsums = SendableConstPointer(UnsafePointer(tables + layout.quads * 16))
+        layout.planes.withUnsafeBufferPointer { w in
+            layout.blockScales.withUnsafeBufferPointer { s in
+                layout.blockZeros.withUnsafeBufferPointer { z in
+                    let pw = SendableConstPointer(w.baseAddress!), ps = SendableConstPointer(s.baseAddress!)
+                    let pz = SendableConstPointer(z.baseAddress!)
+                    let (rows, columns, group) = (layout.rows, layout.columns, layout.groupSize)
+                    Parallel.forEachChunk(blocks, minimumChunk: chunk(workPerRow: 16 * columns, atLeast: 1)) { r in
+                        ck_gemv_u4_planes(pw.base, r.lowerBound, r.count, rows, columns, group, ps.base, pz.base,
+                                          pt.base, xsums.base, py.base)
+                    }
+                }
+            }
+        }
+    }
+
+    /// Scalar twin of `gemvPlanes` (same operations in the same order: the same bits).
+    public static func gemvPlanesReference(_ layout: PlaneLayout, x: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>) {
+        guard layout.rows > 0 else { return }
+        var tables = [Float](repeating: 0, count: layout.quads * 16 + layout.groups)
+        tables.withUnsafeMutableBufferPointer { t in
+            let base = t.baseAddress!
+            ck_u4_plane_tables_ref(x, layout.columns, layout.groupSize, base, base + layout.quads * 16)
+            layout.planes.withUnsafeBufferPointer { w in
+                layout.blockScales.withUnsafeBufferPointer { s in
+                    layout.blockZeros.withUnsafeBufferPointer { z in
+                        ck_gemv_u4_planes_ref(w.baseAddress!, 0, (layout.rows + 15) / 16, layout.rows, layout.columns,
+                                              layout.groupSize, s.baseAddress!, z.baseAddress!, base,
+                                              base + layout.quads * 16, y)
+                    }
+                }
+            }
+        }
+    }
+
     /// Dequantizes weight rows `rowRange` into `tile[rowRange.count, columns]`:
     /// `scale·(Float(u) − zero)`, exactly `IntegerWeight.value`. Single-threaded.
     public static func dequantizeRows(_ format: CodeFormat, codes: UnsafePointer<UInt8>, rowRange: Range<Int>,

@@ -22,7 +22,10 @@ import PTQCore
 ///   int8-per-weight codes. Decode of one-group int8 codes runs `LowBit.gemvI8` (8 rows per pass).
 /// - **Float activations** (`activation == nil`: W4A16, W8A16, W3A16, …): codes of ≤ 4 bits are
 ///   packed two per byte, wider codes stay one byte each. One row runs the fused GEMV; several
-///   rows dequantize tiles of output rows into scratch and multiply them with sgemm.
+///   rows dequantize tiles of output rows into scratch and multiply them with sgemm. Where the
+///   CPU has AVX-512, ≤ 4-bit codes are also re-laid out in bit planes for the table-lookup
+///   decode GEMV (`LowBit.gemvPlanes`, T-MAC-style with float tables); the nibbles stay for the
+///   prefill tiles, so the codes are held twice there.
 public final class IntegerLinear: LinearOp {
     /// Canonical layer name (`layers/3/mlp/down_proj`).
     public let name: String
@@ -69,11 +72,22 @@ public final class IntegerLinear: LinearOp {
         var codes: [UInt8]
         var scales: [Float]
         var zeros: [Float]
+        /// The bit-plane copy of u4 codes for the table-lookup decode GEMV; nil for u8 codes or
+        /// where the CPU lacks AVX-512 (decode then runs the nibble GEMV).
+        var planes: LowBit.PlaneLayout?
     }
 
-    /// Bytes held for this layer: codes, scales, zero points, bias and activation parameters.
-    public var weightBytes: Int { storageBytes }
+    /// Bytes a one-row (decode) forward reads: `storageBytes`, except that a layer with a
+    /// bit-plane copy reads the planes and not the nibbles (which only the prefill tiles read).
+    public var weightBytes: Int {
+        if case .weightOnly(let p) = kernel, let planes = p.planes {
+            return planes.bytes + (bias?.count ?? 0) * 4
+        }
+        return storageBytes
+    }
 
+    /// Bytes held for this layer: codes (both copies where there are bit planes), scales, zero
+    /// points, bias and activation parameters.
     public var storageBytes: Int {
         let biasBytes = (bias?.count ?? 0) * 4
         switch kernel {
@@ -81,7 +95,7 @@ public final class IntegerLinear: LinearOp {
             return p.codes.count + p.nibbles.count + p.rowSums.count * 4 + p.scales.count * 4 + (p.zeroTerms?.count ?? 0) * 4 + (p.channelScales?.count ?? 0) * 4
                 + (p.shift?.count ?? 0) * 4 + biasBytes
         case .weightOnly(let p):
-            return p.codes.count + p.scales.count * 4 + p.zeros.count * 4 + biasBytes
+            return p.codes.count + p.scales.count * 4 + p.zeros.count * 4 + (p.planes?.bytes ?? 0) + biasBytes
         }
     }
 
@@ -98,7 +112,8 @@ public final class IntegerLinear: LinearOp {
             let kernel = p.nibbles.isEmpty ? "int8 GEMM" : "nibble int8 GEMV/GEMM"
             return "\(kernel) W\(weightBits)A\(p.activationBits) \(grouping) \(scaling)"
         case .weightOnly(let p):
-            return "\(p.format == .u4 ? "u4" : "u8") GEMV/tile-sgemm W\(weightBits)A16 \(grouping)"
+            let gemv = p.planes != nil ? "u4 plane-table" : p.format == .u4 ? "u4" : "u8"
+            return "\(gemv) GEMV/tile-sgemm W\(weightBits)A16 \(grouping)"
         }
     }
 
@@ -193,7 +208,13 @@ public final class IntegerLinear: LinearOp {
             }
             let format: LowBit.CodeFormat = w.bits <= 4 ? .u4 : .u8
             let codes = format == .u4 ? LowBit.packNibbles(w.codes, rows: w.rows, columns: w.columns) : w.codes
-            kernel = .weightOnly(WeightOnlyPath(format: format, codes: codes, scales: w.scales, zeros: zeros))
+            let planes = format == .u4 && LowBit.planeTablesSupported
+                ? LowBit.PlaneLayout(codes: w.codes, rows: w.rows, columns: w.columns,
+                                     groupSize: min(w.groupSize, w.columns),
+                                     scales: w.scales, zeros: zeros)
+                : nil
+            kernel = .weightOnly(WeightOnlyPath(format: format, codes: codes, scales: w.scales, zeros: zeros,
+                                                planes: planes))
         }
     }
 
@@ -341,7 +362,9 @@ public final class IntegerLinear: LinearOp {
         p.codes.withUnsafeBufferPointer { c in
             p.scales.withUnsafeBufferPointer { s in
                 p.zeros.withUnsafeBufferPointer { z in
-                    if rows <= Self.gemvRowLimit {
+                    if rows <= Self.gemvRowLimit, let planes = p.planes {
+                        for i in 0..<rows { LowBit.gemvPlanes(planes, x: x + i * k, y: y + i * n) }
+                    } else if rows <= Self.gemvRowLimit {
                         for i in 0..<rows {
                             LowBit.gemv(p.format, codes: c.baseAddress!, rows: n, columns: k, groupSize: groupSize,
                                         scales: s.baseAddress!, zeros: z.baseAddress!, x: x + i * k, y: y + i * n)

@@ -217,6 +217,111 @@ struct KernelTests {
         }
     }
 
+    /// Σ_j x_j·s·(u − z) in Double, and Σ_j |x_j|·|s|·(u + |z|) for a relative tolerance.
+    static func dequantizedGemv(codes: [UInt8], rows n: Int, columns k: Int, group: Int, scales: [Float],
+                                zeros: [Float], x: [Float]) -> (y: [Double], magnitude: [Double]) {
+        let groups = (k + group - 1) / group
+        var y = [Double](repeating: 0, count: n), mag = y
+        for o in 0..<n {
+            for j in 0..<k {
+                let s = Double(scales[o * groups + j / group]), z = Double(zeros[o * groups + j / group])
+                let u = Double(codes[o * k + j]), xj = Double(x[j])
+                y[o] += xj * s * (u - z)
+                mag[o] += abs(xj) * abs(s) * (u + abs(z))
+            }
+        }
+        return (y, mag)
+    }
+
+    /// Runs the table-lookup GEMV and its scalar twin on one layout; both outputs.
+    static func planeGemv(codes: [UInt8], rows n: Int, columns k: Int, group: Int, scales: [Float], zeros: [Float],
+                          x: [Float]) -> (fast: [Float], ref: [Float]) {
+        let layout = LowBit.PlaneLayout(codes: codes, rows: n, columns: k, groupSize: group, scales: scales, zeros: zeros)
+        // One float past the rows: the fast path's masked store of a partial block must not write it.
+        var fast = [Float](repeating: .nan, count: n + 1), ref = fast
+        x.withUnsafeBufferPointer { xp in
+            fast.withUnsafeMutableBufferPointer { LowBit.gemvPlanes(layout, x: xp.baseAddress!, y: $0.baseAddress!) }
+            ref.withUnsafeMutableBufferPointer { LowBit.gemvPlanesReference(layout, x: xp.baseAddress!, y: $0.baseAddress!) }
+        }
+        #expect(fast[n].isNaN && ref[n].isNaN, "wrote past row \(n)")
+        return (Array(fast[0..<n]), Array(ref[0..<n]))
+    }
+
+    @Test("table-lookup u4 GEMV equals its scalar twin exactly and the dequantized product",
+          arguments: [1, 15, 17, 576, 1536], [4, 12, 201, 576, 1536])
+    func planeGemv(rows n: Int, columns k: Int) {
+        var rng = SplitMix(seed: UInt64(n * 10_007 + k))
+        // 6: groups that split 4-column quads (each group is padded to whole quads); k: per row.
+        for group in [32, 64, 128, 6, k] {
+            let g = min(group, k), groups = (k + g - 1) / g
+            let codes = rng.bytes(n * k, below: 16)
+            let scales = rng.floats(n * groups, in: 0.001...0.05)
+            let zeros = (0..<(n * groups)).map { _ in Float(Int.random(in: 0...15, using: &rng)) }
+            let x = activations(rows: 1, columns: k, rng: &rng)
+            let (fast, ref) = Self.planeGemv(codes: codes, rows: n, columns: k, group: g, scales: scales, zeros: zeros, x: x)
+            #expect(fast == ref, "n=\(n) k=\(k) group=\(g)")
+            let (want, mag) = Self.dequantizedGemv(codes: codes, rows: n, columns: k, group: g, scales: scales,
+                                                   zeros: zeros, x: x)
+            #expect(worstRelativeError(fast, want, mag) < 1e-5, "n=\(n) k=\(k) group=\(g)")
+            #expect(worstRelativeError(ref, want, mag) < 1e-5, "n=\(n) k=\(k) group=\(g)")
+        }
+    }
+
+    @Test("table-lookup u4 GEMV at extreme codes, zero points and scales",
+          arguments: ["all-zero codes", "code 15 everywhere", "zero point 0", "zero point 15", "huge scales", "tiny scales"])
+    func planeGemvExtremes(_ label: String) {
+        for (n, k, group) in [(17, 576, 128), (33, 12, 12), (16, 1536, 32)] {
+            var rng = SplitMix(seed: UInt64(n + k))
+            let groups = (k + group - 1) / group
+            var codes = rng.bytes(n * k, below: 16)
+            var scales = rng.floats(n * groups, in: 0.001...0.05)
+            var zeros = (0..<(n * groups)).map { _ in Float(Int.random(in: 0...15, using: &rng)) }
+            switch label {
+            case "all-zero codes": codes = [UInt8](repeating: 0, count: n * k)
+            case "code 15 everywhere": codes = [UInt8](repeating: 15, count: n * k)
+            case "zero point 0": zeros = [Float](repeating: 0, count: n * groups)
+            case "zero point 15": zeros = [Float](repeating: 15, count: n * groups)
+            case "huge scales": scales = scales.map { $0 * 1e30 }
+            default: scales = scales.map { $0 * 1e-30 }
+            }
+            let x = activations(rows: 1, columns: k, rng: &rng)
+            let (fast, ref) = Self.planeGemv(codes: codes, rows: n, columns: k, group: group, scales: scales,
+                                             zeros: zeros, x: x)
+            #expect(fast == ref, "\(label) n=\(n) k=\(k)")
+            #expect(fast.allSatisfy { $0.isFinite }, "\(label) n=\(n) k=\(k)")
+            let (want, mag) = Self.dequantizedGemv(codes: codes, rows: n, columns: k, group: group, scales: scales,
+                                                   zeros: zeros, x: x)
+            #expect(worstRelativeError(fast, want, mag) < 1e-5, "\(label) n=\(n) k=\(k)")
+            if label == "all-zero codes" && zeros.allSatisfy({ $0 == 0 }) { #expect(fast.allSatisfy { $0 == 0 }) }
+        }
+    }
+
+    @Test("plane layout: row l's plane-p index of quad k is nibble k / 4 of byte 4l + k mod 4")
+    func planeLayout() {
+        // 16 rows × 32 columns (one chunk of 8 quads), one group: code (l + 3j) mod 16.
+        let codes: [UInt8] = (0..<(16 * 32)).map { (i: Int) -> UInt8 in
+            let row = i / 32, column = i % 32
+            return UInt8((row + 3 * column) % 16)
+        }
+        let layout = LowBit.PlaneLayout(codes: codes, rows: 16, columns: 32, groupSize: 32,
+                                        scales: [Float](repeating: 1, count: 16), zeros: [Float](repeating: 0, count: 16))
+        // 4 planes × 64 bytes, then 64 bytes of padding for the offset loads.
+        #expect(layout.planes.count == 4 * 8 + 8)
+        let bytes = layout.planes.withUnsafeBytes { Array($0) }
+        for l in 0..<16 {
+            for quad in 0..<8 {
+                for p in 0..<4 {
+                    let byte = Int(bytes[p * 64 + 4 * l + quad % 4])
+                    let index = quad < 4 ? byte & 0xF : byte >> 4
+                    var want = 0
+                    for c in 0..<4 where (Int(codes[l * 32 + 4 * quad + c]) >> p) & 1 == 1 { want |= 1 << c }
+                    #expect(index == want, "row \(l) quad \(quad) plane \(p)")
+                }
+            }
+        }
+        #expect(bytes[256...].allSatisfy { $0 == 0 })
+    }
+
     @Test("tile dequantization is exact", arguments: [LowBit.CodeFormat.u4, .u8], ks)
     func dequantize(format: LowBit.CodeFormat, k: Int) {
         let bits = format == .u4 ? 4 : 8
@@ -404,8 +509,10 @@ struct IntegerLinearTests {
         // Float rounding leaves ~1e-7 of Σ|terms|; a 0.1% scaling slip shows as ~1e-4.
         let worst = worstRelativeError(y, want, mag)
         #expect(worst < 1e-5, "\(c.label) rows=\(rows): worst relative error \(worst)")
-        // The runtime never keeps the float matrix.
-        #expect(op.storageBytes < c.out * c.columns * 4 / 2)
+        // The runtime never keeps the float matrix (with AVX-512, ≤ 4-bit float-activation layers
+        // also hold the codes in bit planes, padded to 16 rows, and blocked scales and zeros).
+        let planeCopy = LowBit.planeTablesSupported && c.activation == nil && c.bits <= 4
+        #expect(op.storageBytes < c.out * c.columns * (planeCopy ? 3 : 2))
     }
 
     @Test("a row-batched forward equals row-by-row forwards", arguments: layerCases.filter { $0.activation != nil })
@@ -449,17 +556,62 @@ struct IntegerLinearTests {
 
     @Test("storage: nibbles for ≤ 4 bits, bytes above, int8 with activations")
     func storage() throws {
+        // With AVX-512 the ≤ 4-bit codes are held a second time in bit planes (the same bytes
+        // here: 64 rows and 128 columns need no padding to 16-row × 32-column blocks) with
+        // blocked scales and zeros.
+        let planes = LowBit.planeTablesSupported
         let w4 = try IntegerLinear(makeLayer(out: 64, in: 128, bits: 4, groupSize: 32, symmetric: false, seed: 1))
-        #expect(w4.storageBytes == 64 * 64 + 64 * 4 * 4 * 2)
+        // Plus 64 bytes of padding after the planes.
+        #expect(w4.storageBytes == (64 * 64 + 64 * 4 * 4 * 2) * (planes ? 2 : 1) + (planes ? 64 : 0))
         let w3 = try IntegerLinear(makeLayer(out: 64, in: 128, bits: 3, symmetric: true, seed: 1))
-        #expect(w3.storageBytes == 64 * 64 + 64 * 4 * 2)
+        #expect(w3.storageBytes == (64 * 64 + 64 * 4 * 2) * (planes ? 2 : 1) + (planes ? 64 : 0))
+        // Decode reads one copy: the planes (with their padding) where they exist.
+        #expect(w4.weightBytes == 64 * 64 + 64 * 4 * 4 * 2 + (planes ? 64 : 0))
         let w8 = try IntegerLinear(makeLayer(out: 64, in: 128, bits: 8, symmetric: false, bias: true, seed: 1))
         #expect(w8.storageBytes == 64 * 128 + 64 * 4 * 3)
         let a8 = try IntegerLinear(makeLayer(out: 64, in: 128, bits: 8, symmetric: true, activation: act(8, false), seed: 1))
         // Codes, one scale and one int32 code sum (the VNNI decode GEMV's +128 term) per row.
         #expect(a8.storageBytes == 64 * 128 + 64 * 4 + 64 * 4)
         #expect(a8.kernelDescription == "int8 GEMM W8A8 per-channel per-token")
-        #expect(w4.kernelDescription == "u4 GEMV/tile-sgemm W4A16 g32")
+        #expect(w4.kernelDescription == (planes ? "u4 plane-table" : "u4") + " GEMV/tile-sgemm W4A16 g32")
+    }
+
+    @Test("W4A16 decode on bit planes matches the nibble GEMV; prefill tiles are unchanged",
+          arguments: [(576, 576, 128), (1536, 576, 128), (576, 1536, 128), (17, 201, 32), (15, 12, 0)])
+    func weightOnlyDecodeOnPlanes(_ shape: (out: Int, columns: Int, group: Int)) throws {
+        let group = shape.group == 0 ? shape.columns : shape.group
+        let q = makeLayer(out: shape.out, in: shape.columns, bits: 4, groupSize: group, symmetric: false, bias: true,
+                          seed: UInt64(shape.out + shape.columns))
+        let op = try IntegerLinear(q)
+        let w = q.weight.integer!, n = shape.out, k = shape.columns
+        let nibbles = LowBit.packNibbles(w.codes, rows: n, columns: k)
+        var rng = SplitMix(seed: 3)
+        for rows in [1, 12] {
+            let x = activations(rows: rows, columns: k, rng: &rng)
+            let y = run(op, x, rows: rows)
+            var want = [Float](repeating: 0, count: rows * n)
+            if rows <= 8 {
+                for i in 0..<rows {
+                    Array(x[(i * k)..<((i + 1) * k)]).withUnsafeBufferPointer { xp in
+                        want.withUnsafeMutableBufferPointer { yp in
+                            LowBit.gemv(.u4, codes: nibbles, rows: n, columns: k, groupSize: group, scales: w.scales,
+                                        zeros: w.zeros!, x: xp.baseAddress!, y: yp.baseAddress! + i * n)
+                        }
+                    }
+                }
+            } else {
+                LowBit.dequantizedProduct(.u4, codes: nibbles, outFeatures: n, inFeatures: k, groupSize: group,
+                                          scales: w.scales, zeros: w.zeros!, x: x, rows: rows, y: &want)
+            }
+            for i in 0..<rows { for o in 0..<n { want[i * n + o] += q.bias![o] } }
+            let (exact, mag) = fakeQuantForward(q, x: x, rows: rows)
+            #expect(worstRelativeError(y, exact, mag) < 1e-5, "rows=\(rows)")
+            if rows > 8 {
+                #expect(y == want, "prefill tiles changed")
+            } else {
+                #expect(worstRelativeError(y, want.map(Double.init), mag) < 1e-5, "rows=\(rows)")
+            }
+        }
     }
 
     @Test("unsupported or inconsistent layers throw errors naming the layer")

@@ -75,6 +75,36 @@ void ck_dequant_u8_rows(const uint8_t *codes, size_t row_begin, size_t row_count
 void ck_dequant_u8_rows_ref(const uint8_t *codes, size_t row_begin, size_t row_count, size_t cols,
                             size_t group_size, const float *scales, const float *zeros, float *out);
 
+// Table-lookup u4 GEMV (u4_planes.c): the same product as ck_gemv_u4_f32 on codes re-laid out
+// at load time plane-major in blocks of 16 rows x 32 columns (layout in u4_planes.c). Per call,
+// ck_u4_plane_tables builds one 16-float table per 4-column quad of x plus the group sums of x;
+// ck_gemv_u4_planes then reads row blocks [block_begin, block_begin + block_count) and writes
+// y[16*block_begin ...] (rows past `rows` are not written). The fast path needs AVX-512F
+// (ck_u4_planes_supported); the _ref twins give the same bits.
+
+/// 4-column quads per row: 8 * ceil(G/32) per group (the last group: 8 * ceil(its columns/32)).
+size_t ck_u4_planes_quads(size_t cols, size_t group_size);
+/// 64-bit words of the plane layout: ceil(rows/16) * quads * 4 + 8 (64 bytes of padding).
+size_t ck_u4_planes_words(size_t rows, size_t cols, size_t group_size);
+/// Floats of the blocked scales (and of the blocked zeros): ceil(rows/16) * 16 * groups.
+size_t ck_u4_planes_param_count(size_t rows, size_t cols, size_t group_size);
+/// codes: one byte per code (< 16), [rows, cols] row-major.
+void ck_u4_planes_pack(const uint8_t *codes, size_t rows, size_t cols, size_t group_size, uint64_t *planes);
+/// scales, zeros [rows, G] -> [row blocks][G][16] (padded rows 0).
+void ck_u4_planes_pack_params(const float *scales, const float *zeros, size_t rows, size_t cols,
+                              size_t group_size, float *block_scales, float *block_zeros);
+/// tables: [quads][16] floats; xsums: [G] floats.
+void ck_u4_plane_tables(const float *x, size_t cols, size_t group_size, float *tables, float *xsums);
+void ck_u4_plane_tables_ref(const float *x, size_t cols, size_t group_size, float *tables, float *xsums);
+void ck_gemv_u4_planes(const uint64_t *planes, size_t block_begin, size_t block_count, size_t rows,
+                       size_t cols, size_t group_size, const float *block_scales, const float *block_zeros,
+                       const float *tables, const float *xsums, float *y);
+void ck_gemv_u4_planes_ref(const uint64_t *planes, size_t block_begin, size_t block_count, size_t rows,
+                           size_t cols, size_t group_size, const float *block_scales,
+                           const float *block_zeros, const float *tables, const float *xsums, float *y);
+/// 1 when the AVX-512 table kernel runs on this CPU.
+int ck_u4_planes_supported(void);
+
 // ---------------------------------------------------------------------------------------------
 // Activation quantization (quant_act.c).
 

@@ -1,0 +1,302 @@
+#include "ckernels.h"
+#include "x86_common.h"
+#include <immintrin.h>
+#include <math.h>
+#include <string.h>
+
+// Table-lookup (T-MAC-style, float tables) decode GEMV for u4 codes × float activations.
+//
+// A u4 code is q = Σ_p 2^p·b_p over its 4 bit planes. For every quad of 4 consecutive columns
+// of a group, T[i] = Σ_{c: bit c of i} x_c (16 floats, T[0] = 0) is built once per call; the
+// dot product of a row with those 4 columns is then Σ_p 2^p·T[plane-p bits of the 4 codes].
+// Weights are re-laid out once, at load time, plane-major in blocks of 16 rows × 32 columns
+// (a "chunk" of 8 quads): per (row block, chunk, plane) 64 bytes, byte 4·l + k holding row l's
+// 4-bit table index for quad k (low nibble) and quad k + 4 (high nibble). An unaligned 64-byte
+// load at byte offset k puts row l's quad-k index in the low 4 bits of dword lane l, and one
+// `vpermps` does 16 lookups (it reads only the low 4 index bits, so no AND); one shift by 4 of
+// the same vector gives quad k + 4. So 16 weights × 1 plane cost a permute, an add and half a
+// shift: the byte offsets do the other shifts for free in the load unit. (Measured on this Zen 4
+// machine, where a 512-bit permute and a 512-bit shift compete for the same two pipes: 39% more
+// throughput than one 64-bit broadcast + variable shift per lookup, the layout first tried.)
+//
+// Per-group asymmetric dequantization keeps its structure:
+//   y_r = Σ_g s_{r,g}·(Σ_{k∈g} q_k x_k − z_{r,g}·X_g),  X_g = Σ_{k∈g} x_k (once per call).
+// Each group of a row block keeps 2 accumulators per plane (low-nibble quads, high-nibble
+// quads); at the group end D = ((a_0 + 2a_1) + 4a_2) + 8a_3 (the 2^p products are exact), then
+// total = fma(s, fma(−z, X_g, D), total). The scalar twin runs the same operations in the
+// same order (explicit fmaf), so the two agree bit for bit.
+//
+// Layout (sizes from ck_u4_planes_words / ck_u4_planes_param_count):
+//   chunks per group CG = ceil(G/32) (the last group ceil(its columns/32)); chunk c of group g
+//   covers columns g·G + 32·(c mod CG) …; columns past the group's end have code 0 and x 0.
+//   planes  [row blocks][chunks][4 planes][64 bytes] + 64 bytes of padding (the offset loads
+//           read up to 3 bytes past a chunk).
+//   scales, zeros float [row blocks][groups][16] (padded rows 0).
+//   tables float [chunks][8 quads][16], xsums float [groups] (ck_u4_plane_tables, per call).
+
+static inline size_t ceil_div(size_t a, size_t b) { return (a + b - 1) / b; }
+
+static inline size_t eff_group(size_t cols, size_t group_size) {
+    return (group_size == 0 || group_size > cols) ? (cols ? cols : 1) : group_size;
+}
+
+/// Chunks (32 columns, 8 quads) of one row, every group padded to whole chunks.
+static size_t chunk_count(size_t cols, size_t group_size) {
+    const size_t g = eff_group(cols, group_size), groups = ceil_div(cols, g);
+    if (cols == 0) return 0;
+    return (groups - 1) * ceil_div(g, 32) + ceil_div(cols - (groups - 1) * g, 32);
+}
+
+size_t ck_u4_planes_quads(size_t cols, size_t group_size) { return 8 * chunk_count(cols, group_size); }
+
+size_t ck_u4_planes_words(size_t rows, size_t cols, size_t group_size) {
+    return ceil_div(rows, 16) * chunk_count(cols, group_size) * 4 * 8 + 8;
+}
+
+size_t ck_u4_planes_param_count(size_t rows, size_t cols, size_t group_size) {
+    return ceil_div(rows, 16) * 16 * ceil_div(cols, eff_group(cols, group_size));
+}
+
+void ck_u4_planes_pack(const uint8_t *codes, size_t rows, size_t cols, size_t group_size, uint64_t *planes) {
+    const size_t g = eff_group(cols, group_size), groups = ceil_div(cols, g), cg = ceil_div(g, 32);
+    const size_t chunks = chunk_count(cols, group_size), blocks = ceil_div(rows, 16);
+    // spread[c] has bit p of code c at bit 16·p: four codes shifted by their column and OR-ed
+    // give plane p's 4-bit index at bits 16·p … 16·p + 3, without a branch per bit (random
+    // bits would mispredict half the time and made loading 3× slower).
+    uint64_t spread[16];
+    for (unsigned c = 0; c < 16; c++) {
+        spread[c] = 0;
+        for (unsigned p = 0; p < 4; p++) spread[c] |= (uint64_t)((c >> p) & 1) << (16 * p);
+    }
+    uint8_t *bytes = (uint8_t *)planes;
+    memset(bytes, 0, ck_u4_planes_words(rows, cols, group_size) * sizeof(uint64_t));
+    for (size_t b = 0; b < blocks; b++)
+        for (size_t ch = 0; ch < chunks; ch++) {
+            const size_t grp = ch / cg, j0 = grp * g + 32 * (ch % cg);
+            const size_t gend = grp + 1 < groups ? (grp + 1) * g : cols;
+            uint8_t *out = bytes + (b * chunks + ch) * 4 * 64;
+            for (unsigned l = 0; l < 16 && 16 * b + l < rows; l++) {
+                const uint8_t *row = codes + (16 * b + l) * cols;
+                for (unsigned quad = 0; quad < 8; quad++) {
+                    uint64_t v = 0; // plane p's index of this quad at bits 16·p
+                    for (unsigned c = 0; c < 4; c++) {
+                        const size_t j = j0 + 4 * quad + c;
+                        if (j < gend) v |= spread[row[j] & 0x0F] << c;
+                    }
+                    const unsigned at = 4 * l + (quad & 3), nibble = quad < 4 ? 0 : 4;
+                    for (unsigned p = 0; p < 4; p++) out[p * 64 + at] |= (uint8_t)(((v >> (16 * p)) & 0xF) << nibble);
+                }
+            }
+        }
+}
+
+void ck_u4_planes_pack_params(const float *scales, const float *zeros, size_t rows, size_t cols,
+                              size_t group_size, float *block_scales, float *block_zeros) {
+    const size_t groups = ceil_div(cols, eff_group(cols, group_size)), blocks = ceil_div(rows, 16);
+    for (size_t b = 0; b < blocks; b++)
+        for (size_t grp = 0; grp < groups; grp++)
+            for (size_t l = 0; l < 16; l++) {
+                const size_t r = 16 * b + l, i = (b * groups + grp) * 16 + l;
+                block_scales[i] = r < rows ? scales[r * groups + grp] : 0;
+                block_zeros[i] = r < rows ? zeros[r * groups + grp] : 0;
+            }
+}
+
+// ---- per-call tables -------------------------------------------------------------------------
+
+/// The 16 entries of one quad's table from its (zero-padded) 4 activations, in the order the
+/// masked vector adds use: start from bit 0's value or 0, then add x_c where bit c is set.
+static void quad_table_ref(const float xq[4], float *t) {
+    for (unsigned i = 0; i < 16; i++) {
+        float v = (i & 1) ? xq[0] : 0.0f;
+        if (i & 2) v += xq[1];
+        if (i & 4) v += xq[2];
+        if (i & 8) v += xq[3];
+        t[i] = v;
+    }
+}
+
+/// Column j0 + c for c < 4, 0 past the group's end.
+static void load_quad(const float *x, size_t j0, size_t gend, float xq[4]) {
+    for (unsigned c = 0; c < 4; c++) xq[c] = j0 + c < gend ? x[j0 + c] : 0.0f;
+}
+
+/// First column of padded quad q and the end of its group.
+static inline void quad_span(size_t q, size_t cols, size_t g, size_t *j0, size_t *gend) {
+    const size_t groups = ceil_div(cols, g), cg = ceil_div(g, 32), ch = q / 8, grp = ch / cg;
+    *j0 = grp * g + 32 * (ch % cg) + 4 * (q % 8);
+    *gend = grp + 1 < groups ? (grp + 1) * g : cols;
+}
+
+static void group_xsums(const float *x, size_t cols, size_t g, float *xsums) {
+    const size_t groups = ceil_div(cols, g);
+    for (size_t grp = 0; grp < groups; grp++) {
+        const size_t j1 = grp + 1 < groups ? (grp + 1) * g : cols;
+        float s = 0;
+        for (size_t j = grp * g; j < j1; j++) s += x[j];
+        xsums[grp] = s;
+    }
+}
+
+void ck_u4_plane_tables_ref(const float *x, size_t cols, size_t group_size, float *tables, float *xsums) {
+    const size_t g = eff_group(cols, group_size), quads = ck_u4_planes_quads(cols, group_size);
+    for (size_t q = 0; q < quads; q++) {
+        size_t j0, gend;
+        quad_span(q, cols, g, &j0, &gend);
+        float xq[4];
+        load_quad(x, j0, gend, xq);
+        quad_table_ref(xq, tables + 16 * q);
+    }
+    group_xsums(x, cols, g, xsums);
+}
+
+// ---- GEMV, scalar twin -----------------------------------------------------------------------
+
+void ck_gemv_u4_planes_ref(const uint64_t *planes, size_t block_begin, size_t block_count, size_t rows,
+                           size_t cols, size_t group_size, const float *block_scales,
+                           const float *block_zeros, const float *tables, const float *xsums, float *y) {
+    const size_t g = eff_group(cols, group_size), groups = ceil_div(cols, g), cg = ceil_div(g, 32);
+    const size_t chunks = chunk_count(cols, group_size);
+    const uint8_t *bytes = (const uint8_t *)planes;
+    for (size_t b = block_begin; b < block_begin + block_count; b++) {
+        for (unsigned l = 0; l < 16 && 16 * b + l < rows; l++) {
+            float total = 0;
+            for (size_t grp = 0; grp < groups; grp++) {
+                const size_t c0 = grp * cg, c1 = grp + 1 < groups ? c0 + cg : chunks;
+                float a[4][2] = {{0, 0}, {0, 0}, {0, 0}, {0, 0}};
+                for (size_t ch = c0; ch < c1; ch++) {
+                    const uint8_t *w = bytes + (b * chunks + ch) * 4 * 64 + 4 * l;
+                    const float *t = tables + 8 * 16 * ch;
+                    for (unsigned k = 0; k < 4; k++)
+                        for (unsigned p = 0; p < 4; p++) {
+                            const unsigned byte = w[p * 64 + k];
+                            a[p][0] += t[16 * k + (byte & 0x0F)];
+                            a[p][1] += t[16 * (k + 4) + (byte >> 4)];
+                        }
+                }
+                const float a0 = a[0][0] + a[0][1], a1 = a[1][0] + a[1][1];
+                const float a2 = a[2][0] + a[2][1], a3 = a[3][0] + a[3][1];
+                const float d = ((a0 + 2.0f * a1) + 4.0f * a2) + 8.0f * a3;
+                const size_t i = (b * groups + grp) * 16 + l;
+                total = fmaf(block_scales[i], fmaf(-block_zeros[i], xsums[grp], d), total);
+            }
+            y[16 * b + l] = total;
+        }
+    }
+}
+
+// ---- AVX-512 ---------------------------------------------------------------------------------
+
+#if defined(__x86_64__)
+
+CK_AVX512 static void plane_tables_avx512(const float *x, size_t cols, size_t group_size, float *tables, float *xsums) {
+    const size_t g = eff_group(cols, group_size), quads = ck_u4_planes_quads(cols, group_size);
+    for (size_t q = 0; q < quads; q++) {
+        size_t j0, gend;
+        quad_span(q, cols, g, &j0, &gend);
+        float xq[4];
+        if (j0 + 4 <= gend) memcpy(xq, x + j0, sizeof xq);
+        else load_quad(x, j0, gend, xq);
+        // Lanes whose index has bit c get x_c added, bit 0 first: quad_table_ref's order.
+        __m512 t = _mm512_maskz_mov_ps(0xAAAA, _mm512_set1_ps(xq[0]));
+        t = _mm512_mask_add_ps(t, 0xCCCC, t, _mm512_set1_ps(xq[1]));
+        t = _mm512_mask_add_ps(t, 0xF0F0, t, _mm512_set1_ps(xq[2]));
+        t = _mm512_mask_add_ps(t, 0xFF00, t, _mm512_set1_ps(xq[3]));
+        _mm512_storeu_ps(tables + 16 * q, t);
+    }
+    group_xsums(x, cols, g, xsums);
+}
+
+/// One group of one row block: the plane accumulators over `n` chunks combined into D. With a
+/// constant `n` the loop unrolls completely.
+CK_INLINE CK_AVX512 __m512 plane_group_dot(const uint8_t *w, const float *t, size_t n) {
+    __m512 a00 = _mm512_setzero_ps(), a01 = _mm512_setzero_ps(), a10 = _mm512_setzero_ps(), a11 = _mm512_setzero_ps();
+    __m512 a20 = _mm512_setzero_ps(), a21 = _mm512_setzero_ps(), a30 = _mm512_setzero_ps(), a31 = _mm512_setzero_ps();
+    for (size_t ch = 0; ch < n; ch++, w += 4 * 64, t += 8 * 16) {
+        for (unsigned k = 0; k < 4; k++) {
+            const __m512 lo = _mm512_loadu_ps(t + 16 * k), hi = _mm512_loadu_ps(t + 16 * (k + 4));
+#define CK_PLANE(p, A0, A1)                                                                          \
+            do {                                                                                     \
+                const __m512i v = _mm512_loadu_si512((const void *)(w + (p) * 64 + k));               \
+                A0 = _mm512_add_ps(A0, _mm512_permutexvar_ps(v, lo));                                \
+                A1 = _mm512_add_ps(A1, _mm512_permutexvar_ps(_mm512_srli_epi32(v, 4), hi));          \
+            } while (0)
+            CK_PLANE(0, a00, a01);
+            CK_PLANE(1, a10, a11);
+            CK_PLANE(2, a20, a21);
+            CK_PLANE(3, a30, a31);
+#undef CK_PLANE
+        }
+    }
+    const __m512 a0 = _mm512_add_ps(a00, a01), a1 = _mm512_add_ps(a10, a11);
+    const __m512 a2 = _mm512_add_ps(a20, a21), a3 = _mm512_add_ps(a30, a31);
+    __m512 d = _mm512_add_ps(a0, _mm512_mul_ps(_mm512_set1_ps(2.0f), a1));
+    d = _mm512_add_ps(d, _mm512_mul_ps(_mm512_set1_ps(4.0f), a2));
+    return _mm512_add_ps(d, _mm512_mul_ps(_mm512_set1_ps(8.0f), a3));
+}
+
+CK_AVX512 static void gemv_u4_planes_avx512(const uint64_t *planes, size_t block_begin, size_t block_count,
+                                            size_t rows, size_t cols, size_t group_size,
+                                            const float *block_scales, const float *block_zeros,
+                                            const float *tables, const float *xsums, float *y) {
+    const size_t g = eff_group(cols, group_size), groups = ceil_div(cols, g), cg = ceil_div(g, 32);
+    const size_t chunks = chunk_count(cols, group_size);
+    for (size_t b = block_begin; b < block_begin + block_count; b++) {
+        const uint8_t *wb = (const uint8_t *)planes + b * chunks * 4 * 64;
+        const float *sb = block_scales + b * groups * 16, *zb = block_zeros + b * groups * 16;
+        __m512 total = _mm512_setzero_ps();
+        for (size_t grp = 0; grp < groups; grp++) {
+            const size_t c0 = grp * cg, n = (grp + 1 < groups ? c0 + cg : chunks) - c0;
+            const uint8_t *w = wb + c0 * 4 * 64;
+            const float *t = tables + c0 * 8 * 16;
+            __m512 d;
+            switch (n) { // group sizes 32, 64, 128 unroll completely
+            case 1: d = plane_group_dot(w, t, 1); break;
+            case 2: d = plane_group_dot(w, t, 2); break;
+            case 4: d = plane_group_dot(w, t, 4); break;
+            default: d = plane_group_dot(w, t, n); break;
+            }
+            const __m512 u = _mm512_fnmadd_ps(_mm512_loadu_ps(zb + 16 * grp), _mm512_set1_ps(xsums[grp]), d);
+            total = _mm512_fmadd_ps(_mm512_loadu_ps(sb + 16 * grp), u, total);
+        }
+        const size_t r0 = 16 * b, valid = rows - r0 < 16 ? rows - r0 : 16;
+        _mm512_mask_storeu_ps(y + r0, (__mmask16)((1u << valid) - 1), total);
+    }
+}
+#endif
+
+// ---- dispatch --------------------------------------------------------------------------------
+
+int ck_u4_planes_supported(void) {
+#if defined(__x86_64__)
+    static int flag = -1;
+    if (flag < 0) {
+        __builtin_cpu_init();
+        flag = ck_cpu_has_avx2() && __builtin_cpu_supports("avx512f");
+    }
+    return flag;
+#else
+    return 0;
+#endif
+}
+
+void ck_u4_plane_tables(const float *x, size_t cols, size_t group_size, float *tables, float *xsums) {
+#if defined(__x86_64__)
+    if (ck_u4_planes_supported()) { plane_tables_avx512(x, cols, group_size, tables, xsums); return; }
+#endif
+    ck_u4_plane_tables_ref(x, cols, group_size, tables, xsums);
+}
+
+void ck_gemv_u4_planes(const uint64_t *planes, size_t block_begin, size_t block_count, size_t rows,
+                       size_t cols, size_t group_size, const float *block_scales, const float *block_zeros,
+                       const float *tables, const float *xsums, float *y) {
+#if defined(__x86_64__)
+    if (ck_u4_planes_supported()) {
+        gemv_u4_planes_avx512(planes, block_begin, block_count, rows, cols, group_size, block_scales,
+                              block_zeros, tables, xsums, y);
+        return;
+    }
+#endif
+    ck_gemv_u4_planes_ref(planes, block_begin, block_count, rows, cols, group_size, block_scales,
+                          block_zeros, tables, xsums, y);
+}
