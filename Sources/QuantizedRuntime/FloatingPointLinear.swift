@@ -1,3 +1,4 @@
+import Foundation
 import Kernels
 import Models
 import PTQCore
@@ -64,6 +65,15 @@ public final class FloatingPointLinear: LinearOp {
     }
     private let integer: IntegerPath?
 
+    /// Whether layers whose activation integers need the split int16 form (E3M4 inputs with
+    /// K = 5…7) run it by default: off, so they keep the float path (LUT GEMV at decode, tile
+    /// decode + sgemm at prefill). The split form costs two int16 multiply-adds per weight where
+    /// the float path costs one FMA, and on the measured AVX-512 VNNI machine (Cooper Lake:
+    /// vpdpwssd zmm 1/cycle, FMA zmm 2/cycle) it made the FP4 W4A8 model 29 % slower at prefill
+    /// and 11 % slower at decode (docs/RESULTS.md, sixth pass). `PTQ_FP_SPLIT_INT16=1` in the
+    /// environment turns it on (read once, for A/B runs); `init(_:splitActivations:)` per layer.
+    public static let splitActivationsByDefault = ProcessInfo.processInfo.environment["PTQ_FP_SPLIT_INT16"] == "1"
+
     /// Rows up to which one GEMV per row beats decoding tiles for sgemm (as `IntegerLinear`).
     static let gemvRowLimit = 8
 
@@ -96,7 +106,9 @@ public final class FloatingPointLinear: LinearOp {
 
     /// Converts a `QuantizedLinear` with minifloat weights to run-time storage; throws a `PTQError`
     /// naming the layer for inconsistent shapes, unsupported formats or codes out of range.
-    public init(_ q: QuantizedLinear) throws(PTQError) {
+    /// `splitActivations` lets activations whose integers exceed int16 run the split int16
+    /// kernels instead of the float path (`splitActivationsByDefault`).
+    public init(_ q: QuantizedLinear, splitActivations: Bool = FloatingPointLinear.splitActivationsByDefault) throws(PTQError) {
         let layer = q.name.isEmpty ? "quantized linear" : q.name
         func fail(_ message: String) -> PTQError { PTQError("\(layer): \(message)") }
         guard case .floatingPoint(let w) = q.weight else {
@@ -151,7 +163,8 @@ public final class FloatingPointLinear: LinearOp {
         scales = w.scales
         // 16 entries for nibbles (the AVX2 path reads the first 8 as the magnitude table).
         table = w.format.codeValues + [Float](repeating: 0, count: max(0, (nibbles ? 16 : 256) - w.format.codeCount))
-        integer = Self.integerPath(w, groupSize: min(w.groupSize, w.columns), activation: q.activation)
+        integer = Self.integerPath(w, groupSize: min(w.groupSize, w.columns), activation: q.activation,
+                                   allowSplit: splitActivations)
     }
 
     /// Every FP4 weight is an integer (≤ 64) times the format's smallest step, and an activation
@@ -167,7 +180,7 @@ public final class FloatingPointLinear: LinearOp {
     /// pair (even group size, or one group per row). Anything else keeps the float path, decided
     /// here once per layer.
     private static func integerPath(_ w: FloatingPointWeight, groupSize: Int,
-                                    activation a: ActivationQuantization?) -> IntegerPath? {
+                                    activation a: ActivationQuantization?, allowSplit: Bool) -> IntegerPath? {
         guard let a, let f = a.floatFormat, let alpha = a.scale, w.columns <= 131_072 else { return nil }
         let offsets: [Int] = a.channelScales?.map { -Int($0.exponent) } ?? [Int](repeating: 0, count: w.columns)
         // Only exact powers of two 2^(−k), k ≥ 0, are offsets.
@@ -181,6 +194,7 @@ public final class FloatingPointLinear: LinearOp {
         var shift = 0
         while maxActivation >> shift > Int(Int16.max) { shift += 1 }
         let split: Int? = shift > 0 ? shift : nil
+        if split != nil && !allowSplit { return nil }
         let wt = w.format.codeValues
         let groupScales = w.scales.map { $0 * w.format.unit }
         let factors = offsets.map { Float(sign: .plus, exponent: k - $0, significand: 1) / f.unit }

@@ -357,11 +357,14 @@ extension LLMFP4Tests {
                                                       floatFormat: act)
             let q = QuantizedLinear(name: "l", method: "llmfp4", weight: .floatingPoint(w),
                                     bias: (0..<out).map { _ in rng.float(in: -1...1) }, activation: quantization)
-            let op = try FloatingPointLinear(q)
+            let op = try FloatingPointLinear(q, splitActivations: true)
             #expect(op.kernelDescription.contains("int16") == wide, "\(format) g\(gs) \(act) K=\(k): \(op.kernelDescription)")
             let maxInteger = Int(act.maxValue / act.unit) << k
-            #expect(op.kernelDescription.contains("split int16") == (wide && maxInteger > Int(Int16.max)),
-                    "\(format) g\(gs) \(act) K=\(k): \(op.kernelDescription)")
+            let split = wide && maxInteger > Int(Int16.max)
+            #expect(op.kernelDescription.contains("split int16") == split, "\(format) g\(gs) \(act) K=\(k): \(op.kernelDescription)")
+            // Without the split form those layers keep the float path (and equal the simulation too).
+            let floatOp = try FloatingPointLinear(q, splitActivations: false)
+            #expect(floatOp.kernelDescription.contains("int16") == (wide && !split), "\(floatOp.kernelDescription)")
             // 1984·(1984·2^4)·32 < 2^31 ≤ 1984·(1984·2^4)·64.
             if format == Self.e3m4 { #expect(op.kernelDescription.contains("int32 sums of 32")) }
             // Inputs up to past the clipping point of the largest channel (saturated activations).
@@ -372,6 +375,11 @@ extension LLMFP4Tests {
             let scale = expected.map(abs).max()!
             for i in 0..<y.count {
                 #expect(abs(y[i] - expected[i]) <= 1e-5 * scale, "\(format) g\(gs) \(act) K=\(k) [\(i / out), \(i % out)]")
+            }
+            if split {
+                var yFloat = [Float](repeating: .nan, count: rows * out)
+                floatOp.forward(x, rows: rows, into: &yFloat)
+                for i in 0..<y.count { #expect(abs(yFloat[i] - expected[i]) <= 1e-5 * scale) }
             }
         }
     }
