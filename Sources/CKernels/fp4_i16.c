@@ -351,6 +351,59 @@ I16_ROWS(i16_rows_vnni, CK_VNNI, i16_dot_vnni)
     }
 I16_GEMV(i16_gemv_avx2, CK_AVX2, i16_rows_avx2)
 I16_GEMV(i16_gemv_vnni, CK_VNNI, i16_rows_vnni)
+
+// ---- FP8 byte-code GEMV (decode) --------------------------------------------------------------
+//
+// One-byte codes sign | magnitude (mag_bits = exponent + mantissa bits <= 7): the magnitude's
+// weight integer is looked up in registers, 32 codes at a time, from the first 2^mag_bits
+// entries of the int16 table held in four zmm registers (two vpermt2w of 64 entries each and a
+// blend on bit 6), negated where the sign bit is set (table[c | sign] = -table[c]), and
+// multiplied with the int16 activations by vpdpwssd; each exact int32 sum of sum_len columns is
+// reduced and scaled in the reference's order.
+CK_VNNI512 static void i16_bytes_gemv_512(const uint8_t *codes, size_t row_begin, size_t row_count, size_t cols,
+                                           size_t group_size, size_t sum_len, int mag_bits, const int16_t *table,
+                                           const float *wscale, const int16_t *a, const int16_t *ahi, int shift,
+                                           float *y) {
+    int16_t mags[128] __attribute__((aligned(64)));
+    const size_t n_mag = (size_t)1 << mag_bits;
+    for (size_t c = 0; c < 128; c++) mags[c] = c < n_mag ? table[c] : 0;
+    const __m512i t0 = _mm512_load_si512(mags), t1 = _mm512_load_si512(mags + 32);
+    const __m512i t2 = _mm512_load_si512(mags + 64), t3 = _mm512_load_si512(mags + 96);
+    const __m512i mag_mask = _mm512_set1_epi16((short)(n_mag - 1)), sign_bit = _mm512_set1_epi16((short)n_mag);
+    const __m512i bit6 = _mm512_set1_epi16(64);
+    const __m128i cnt = _mm_cvtsi32_si128(shift);
+    const size_t groups = i16_groups(cols, group_size);
+    for (size_t o = row_begin; o < row_begin + row_count; o++) {
+        const uint8_t *row = codes + o * cols;
+        float acc = 0;
+        for (size_t g = 0; g < groups; g++) {
+            const size_t g1 = (g + 1) * group_size < cols ? (g + 1) * group_size : cols;
+            for (size_t j0 = g * group_size; j0 < g1; j0 += sum_len) {
+                const size_t j1 = j0 + sum_len < g1 ? j0 + sum_len : g1;
+                __m512i s0 = _mm512_setzero_si512(), s1 = _mm512_setzero_si512();
+                size_t j = j0;
+                for (; j + 32 <= j1; j += 32) {
+                    const __m512i c = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(row + j)));
+                    const __m512i idx = _mm512_and_si512(c, mag_mask);
+                    const __m512i lo = _mm512_permutex2var_epi16(t0, idx, t1);
+                    const __m512i hi = _mm512_permutex2var_epi16(t2, idx, t3);
+                    __m512i w = _mm512_mask_blend_epi16(_mm512_test_epi16_mask(idx, bit6), lo, hi);
+                    w = _mm512_mask_sub_epi16(w, _mm512_test_epi16_mask(c, sign_bit), _mm512_setzero_si512(), w);
+                    s0 = i16_madd512(s0, _mm512_loadu_si512((const void *)(a + j)), w);
+                    if (ahi) s1 = i16_madd512(s1, _mm512_loadu_si512((const void *)(ahi + j)), _mm512_sll_epi16(w, cnt));
+                }
+                int32_t sum = _mm512_reduce_add_epi32(_mm512_add_epi32(s0, s1));
+                for (; j < j1; j++) {
+                    sum += (int32_t)table[row[j]] * a[j];
+                    if (ahi) sum += (int32_t)table[row[j]] * (1 << shift) * ahi[j];
+                }
+                float term = wscale[o * groups + g] * (float)sum;
+                acc = acc + term;
+            }
+        }
+        y[o] = acc;
+    }
+}
 #endif
 
 /// AVX-512 VNNI kernels: the split form shifts int16 lanes of zmm vectors (AVX-512 BW).
@@ -459,4 +512,30 @@ void ck_fp8_gemm_i16x2(const uint8_t *codes, size_t row_begin, size_t row_count,
                        int shift, size_t lda, size_t m, float *y, size_t ldy) {
     fp8_gemm_i16_any(codes, row_begin, row_count, cols, group_size, sum_len, table, wscale, a, ahi, shift, lda, m, y,
                      ldy);
+}
+
+int ck_fp8_gemv_i16_available(int mag_bits) {
+#if defined(__x86_64__)
+    return mag_bits >= 1 && mag_bits <= 7 && ck_cpu_has_avx512vnni() && __builtin_cpu_supports("avx512bw");
+#else
+    (void)mag_bits;
+    return 0;
+#endif
+}
+
+void ck_fp8_gemv_i16(const uint8_t *codes, size_t row_begin, size_t row_count, size_t cols, size_t group_size,
+                     size_t sum_len, int mag_bits, const int16_t *table, const float *wscale, const int16_t *a,
+                     const int16_t *ahi, int shift, size_t lda, size_t m, float *y, size_t ldy) {
+    if (group_size == 0 || group_size > cols) group_size = cols ? cols : 1;
+    if (sum_len == 0 || sum_len > group_size) sum_len = group_size;
+#if defined(__x86_64__)
+    if (ck_fp8_gemv_i16_available(mag_bits)) {
+        for (size_t i = 0; i < m; i++)
+            i16_bytes_gemv_512(codes, row_begin, row_count, cols, group_size, sum_len, mag_bits, table, wscale,
+                               a + i * lda, ahi ? ahi + i * lda : NULL, shift, y + i * ldy);
+        return;
+    }
+#endif
+    i16_gemm_ref(codes, 0, row_begin, row_count, cols, group_size, sum_len, NULL, table, wscale, a, ahi, shift, lda, m,
+                 y, ldy);
 }

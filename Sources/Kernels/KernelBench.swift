@@ -392,6 +392,16 @@ public enum KernelBench {
                                    x: x, y: &y, format: format.map { (exponentBits: $0.0, mantissaBits: $0.1) })
                 }
             }
+            // The same codes as weight integers (units of 1/16) against int16 activations (E2M5
+            // grid integers times 2^K, K = 3), on the int16 byte GEMV where it exists.
+            if MiniFloat.fp8Int16GemvAvailable(magnitudeBits: e + m) {
+                let t16 = table.map { Int16($0 * 16) }
+                let a16 = (0..<k).map { _ in Int16(Int(next() % 4033) - 2016) }
+                time("FP8 e2m5 head GEMV, int16 activations (MiniFloat.fp8Int16Gemv)", pass, bytes: n * k + n * 4) {
+                    MiniFloat.fp8Int16Gemv(codes: w, rows: n, columns: k, groupSize: k, sumLength: k, magnitudeBits: e + m,
+                                           table: t16, scales: s, activations: a16, lda: k, m: 1, y: &y, ldy: n)
+                }
+            }
         }
         // The tied LM head: int8 per channel (before / after) and float.
         do {

@@ -237,4 +237,26 @@ public enum MiniFloat {
                               shift, lda, m, py.base, ldy)
         }
     }
+    /// Whether `fp8Int16Gemv` has its fast kernel here (AVX-512 VNNI + BW) for byte codes with
+    /// `magnitudeBits` (exponent + mantissa bits, ≤ 7); elsewhere callers keep the float GEMV.
+    public static func fp8Int16GemvAvailable(magnitudeBits: Int) -> Bool {
+        ck_fp8_gemv_i16_available(Int32(magnitudeBits)) != 0
+    }
+
+    /// The FP8 decode GEMV (`ck_fp8_gemv_i16`): byte codes read in place, the magnitudes' weight
+    /// integers looked up in registers, int16 activations (optionally split, `high`); the same
+    /// bits as `fp8Int16Product(…, reference: true)`. Parallel over output rows.
+    public static func fp8Int16Gemv(codes: UnsafePointer<UInt8>, rows: Int, columns: Int, groupSize: Int,
+                                    sumLength: Int, magnitudeBits: Int, table: UnsafePointer<Int16>,
+                                    scales: UnsafePointer<Float>, activations a: UnsafePointer<Int16>,
+                                    high: HighParts? = nil, lda: Int, m: Int, y: UnsafeMutablePointer<Float>, ldy: Int) {
+        guard rows > 0, m > 0 else { return }
+        let pc = SendableConstPointer(codes), pt = SendableConstPointer(table), ps = SendableConstPointer(scales)
+        let pa = SendableConstPointer(a), py = SendablePointer(y), ph = high.map { SendableConstPointer($0.values) }
+        let shift = Int32(high?.shift ?? 0)
+        Parallel.forEachChunk(rows, minimumChunk: LowBit.chunk(workPerRow: m * columns, atLeast: 8)) { r in
+            ck_fp8_gemv_i16(pc.base, r.lowerBound, r.count, columns, groupSize, sumLength, Int32(magnitudeBits), pt.base,
+                            ps.base, pa.base, ph?.base, shift, lda, m, py.base, ldy)
+        }
+    }
 }

@@ -49,9 +49,12 @@ public final class FloatingPointLinear: LinearOp {
         var wide = false
         /// (The int16 paths keep `groupScales` empty: they read the stored scales and fold the
         /// weight unit into `outputScale`.)
-        /// FP8 weights: the 256 weight integers of the byte codes (prefill only; decode keeps the
-        /// float GEMV, which reads the same bytes and decodes them in registers).
+        /// FP8 weights: the 256 weight integers of the byte codes (the panel GEMM at prefill; at
+        /// decode the int16 byte GEMV where `fp8Gemv`, else the float GEMV on the same bytes).
         var table16: [Int16]? = nil
+        /// FP8 weights at decode on `MiniFloat.fp8Int16Gemv` (AVX-512 VNNI + BW: 1.7× the float
+        /// GEMV's speed on the FP8 head, docs/RESULTS.md sixth pass).
+        var fp8Gemv = false
         /// Split int16 activations (`MiniFloat.quantizeRowsInt16Split`): the shifted grid integers
         /// exceed int16 (E3M4 with offsets K ≥ 5), so each is stored as `low + 2^shift·high`.
         var splitShift: Int? = nil
@@ -91,6 +94,9 @@ public final class FloatingPointLinear: LinearOp {
         let act = activation?.floatFormat.map { "A \($0) per-tensor" + (activation?.channelScales != nil ? " + 2^-k" : "") }
             ?? "A16"
         let int16 = integer?.splitShift.map { "as split int16 (lo + 2^\($0)·hi)" } ?? "as int16"
+        if let integer, integer.table16 != nil, integer.fp8Gemv {
+            return "\(format) byte-table int16 GEMM/GEMV (int32 sums of \(integer.sumLength)) \(grouping), \(act) \(int16)"
+        }
         if let integer, integer.table16 != nil {
             return "\(format) byte-table int16 GEMM (prefill, int32 sums of \(integer.sumLength)) + LUT GEMV (decode) \(grouping), \(act) \(int16)"
         }
@@ -220,7 +226,8 @@ public final class FloatingPointLinear: LinearOp {
             }
             guard let sumLength else { return nil }
             return IntegerPath(table: nil, wide: true, table16: values.map { Int16($0) } + [Int16](repeating: 0, count: 256 - values.count),
-                               splitShift: split, sumLength: sumLength, codes: [], groupScales: [],
+                               fp8Gemv: MiniFloat.fp8Int16GemvAvailable(magnitudeBits: w.bits - 1), splitShift: split,
+                               sumLength: sumLength, codes: [], groupScales: [],
                                activationFactors: factors, outputScale: outputScale * w.format.unit)
         }
         if maxActivation > 127 {
@@ -267,7 +274,7 @@ public final class FloatingPointLinear: LinearOp {
     public func forward(_ x: UnsafePointer<Float>, rows: Int, into y: UnsafeMutablePointer<Float>) {
         guard rows > 0 else { return }
         let k = inFeatures, n = outFeatures
-        if let p = integer, p.wide, p.table != nil || rows > Self.gemvRowLimit, let a = activation,
+        if let p = integer, p.wide, p.table != nil || p.fp8Gemv || rows > Self.gemvRowLimit, let a = activation,
            let f = a.floatFormat, let alpha = a.scale {
             let lda = (k + 1) & ~1
             let wide = LowBit.threadScratch(slot: 2, count: rows * lda, of: Int16.self)
@@ -297,6 +304,11 @@ public final class FloatingPointLinear: LinearOp {
                                                   table: table, scales: ws.baseAddress!, activations: wide,
                                                   high: high, lda: lda, m: rows, y: y, ldy: n,
                                                   kernel: rows <= Self.gemvRowLimit ? .gemv : .gemm)
+                    } else if let table16 = p.table16, p.fp8Gemv, rows <= Self.gemvRowLimit {
+                        MiniFloat.fp8Int16Gemv(codes: wc.baseAddress!, rows: n, columns: k, groupSize: groupSize,
+                                               sumLength: p.sumLength, magnitudeBits: format.bits - 1, table: table16,
+                                               scales: ws.baseAddress!, activations: wide, high: high, lda: lda,
+                                               m: rows, y: y, ldy: n)
                     } else if let table16 = p.table16 {
                         MiniFloat.fp8Int16Product(codes: wc.baseAddress!, rows: n, columns: k, groupSize: groupSize,
                                                   sumLength: p.sumLength, table: table16, scales: ws.baseAddress!,

@@ -279,6 +279,56 @@ extension LLMFP4Tests {
         }
     }
 
+    /// The FP8 decode GEMV (byte codes in place, magnitudes looked up in registers) equals the
+    /// byte-table GEMM's scalar twin bit for bit, for FP8 E2M5/E3M4 and FP6 E2M3 codes (sign bit
+    /// at 7 resp. 5), whole and split int32 sums, odd widths (scalar tails), saturated codes,
+    /// all-zero rows and split activations; skipped where the kernel does not exist (no AVX-512
+    /// VNNI + BW: the runtime keeps the float GEMV there).
+    @Test(arguments: [(37, 64, 64, 64, 1), (64, 576, 576, 576, 2), (33, 63, 63, 63, 1), (40, 96, 96, 32, 3),
+                      (9, 1536, 1536, 512, 1), (17, 100, 64, 32, 4)])
+    func fp8Int16GemvMatchesReference(shape: (Int, Int, Int, Int, Int)) {
+        let (rows, cols, gs, sumLength, m) = shape
+        let e2m3 = FloatingPointFormat(exponentBits: 2, mantissaBits: 3)
+        for (format, split) in [(Self.e2m5, false), (Self.e3m4, false), (e2m3, false), (Self.e2m5, true)] {
+            let magnitudeBits = format.exponentBits + format.mantissaBits
+            guard MiniFloat.fp8Int16GemvAvailable(magnitudeBits: magnitudeBits) else { continue }
+            let table = format.codeValues.map { Int16($0 / format.unit) } + [Int16](repeating: 0, count: 256 - format.codeCount)
+            let maxWeight = table.map { abs(Int($0)) }.max()!
+            var rng = SeededGenerator(seed: UInt64(cols * 31 + m + magnitudeBits))
+            var codes = (0..<rows * cols).map { _ in UInt8(Int.random(in: 0..<format.codeCount, using: &rng)) }
+            // Row 1 all zero codes, row 2 the largest magnitude with alternating signs.
+            for j in 0..<cols {
+                codes[cols + j] = 0
+                codes[2 * cols + j] = UInt8((1 << magnitudeBits) - 1 + (j % 2) * (1 << magnitudeBits))
+            }
+            let groups = (cols + gs - 1) / gs
+            let scales = (0..<rows * groups).map { _ in rng.float(in: 0.01...2) }
+            let shift = split ? 3 : 0
+            let limit = min((Int(Int16.max) << shift) | ((1 << shift) - 1), (Int(Int32.max) - 1) / (maxWeight * sumLength))
+            let lda = (cols + 1) & ~1
+            var low = [Int16](repeating: 0, count: m * lda), high = low
+            for i in 0..<m {
+                for j in 0..<cols {
+                    let v = i == 0 ? (j % 2 == 0 ? limit : -limit) : Int.random(in: -limit...limit, using: &rng)
+                    (low[i * lda + j], high[i * lda + j]) = split ? Self.split(v, shift: shift) : (Int16(v), 0)
+                }
+            }
+            var ref = [Float](repeating: .nan, count: m * rows), y = ref
+            high.withUnsafeBufferPointer { h in
+                let parts: MiniFloat.HighParts? = split ? MiniFloat.HighParts(h.baseAddress!, shift: shift) : nil
+                MiniFloat.fp8Int16Product(codes: codes, rows: rows, columns: cols, groupSize: gs, sumLength: sumLength,
+                                          table: table, scales: scales, activations: low, high: parts, lda: lda, m: m,
+                                          y: &ref, ldy: rows, reference: true)
+                MiniFloat.fp8Int16Gemv(codes: codes, rows: rows, columns: cols, groupSize: gs, sumLength: sumLength,
+                                       magnitudeBits: magnitudeBits, table: table, scales: scales, activations: low,
+                                       high: parts, lda: lda, m: m, y: &y, ldy: rows)
+            }
+            #expect(y == ref, "\(format) split \(split) \(shape)")
+            #expect((0..<m).allSatisfy { ref[$0 * rows + 1] == 0 })
+            #expect(ref.allSatisfy { $0.isFinite })
+        }
+    }
+
     /// The split activation quantizer (AVX2 and scalar) gives `low + 2^shift·high =
     /// grid(x / channelScale / alpha)·factor` exactly with `|low| < 2^shift`, `high` in int16 and
     /// both parts carrying the value's sign, for E3M4 at K = 7 with the smallest and largest
@@ -367,6 +417,10 @@ extension LLMFP4Tests {
             #expect(floatOp.kernelDescription.contains("int16") == (wide && !split), "\(floatOp.kernelDescription)")
             // 1984·(1984·2^4)·32 < 2^31 ≤ 1984·(1984·2^4)·64.
             if format == Self.e3m4 { #expect(op.kernelDescription.contains("int32 sums of 32")) }
+            // FP8 weights decode on the int16 byte GEMV where it exists (rows ≤ 8 below).
+            if wide, format.bits > 4 {
+                #expect(op.kernelDescription.contains("GEMM/GEMV") == MiniFloat.fp8Int16GemvAvailable(magnitudeBits: format.bits - 1))
+            }
             // Inputs up to past the clipping point of the largest channel (saturated activations).
             let x = (0..<rows * cols).map { i in (i % cols == 6 ? 40 : 1) * rng.float(in: -1...1) }
             var y = [Float](repeating: .nan, count: rows * out), expected = y

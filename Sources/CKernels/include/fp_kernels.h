@@ -156,4 +156,15 @@ void ck_fp8_gemm_i16x2_ref(const uint8_t *codes, size_t row_begin, size_t row_co
                            size_t sum_len, const int16_t *table, const float *wscale, const int16_t *a,
                            const int16_t *ahi, int shift, size_t lda, size_t m, float *y, size_t ldy);
 
+/// FP8 decode GEMV: one-byte codes (sign bit above mag_bits = exponent + mantissa bits <= 7
+/// magnitude bits; table[c | 1 << mag_bits] = -table[c]) read in place, the magnitudes' weight
+/// integers looked up in registers (AVX-512 BW: two vpermt2w of 64 int16 entries each),
+/// vpdpwssd against the int16 activations (a, optional split high parts ahi as above); the same
+/// result as ck_fp8_gemm_i16x2_ref bit for bit, which it runs where ck_fp8_gemv_i16_available
+/// is 0 (no AVX-512 VNNI + BW: callers keep the float GEMV there).
+void ck_fp8_gemv_i16(const uint8_t *codes, size_t row_begin, size_t row_count, size_t cols, size_t group_size,
+                     size_t sum_len, int mag_bits, const int16_t *table, const float *wscale, const int16_t *a,
+                     const int16_t *ahi, int shift, size_t lda, size_t m, float *y, size_t ldy);
+int ck_fp8_gemv_i16_available(int mag_bits);
+
 #endif
