@@ -217,13 +217,7 @@ CK_INLINE CK_AVX2 __m256i i16_madd256(__m256i acc, __m256i b, __m256i w) {
     return _mm256_add_epi32(acc, _mm256_madd_epi16(b, w));
 }
 CK_INLINE CK_VNNI512 __m512i i16_load512(const int32_t *p) { return _mm512_loadu_si512((const void *)p); }
-// As an asm statement: with the intrinsic, clang rewrites the split form's two multiply-adds into
-// one accumulator as vpdpwssd + vpmaddwd + vpaddd (to shorten the dependency chain), three
-// instructions where two do; the tile has 8-16 independent accumulators to hide the latency.
-CK_INLINE CK_VNNI512 __m512i i16_madd512(__m512i acc, __m512i b, __m512i w) {
-    __asm__("vpdpwssd %2, %1, %0" : "+v"(acc) : "v"(b), "v"(w));
-    return acc;
-}
+CK_INLINE CK_VNNI512 __m512i i16_madd512(__m512i acc, __m512i b, __m512i w) { return _mm512_dpwssd_epi32(acc, b, w); }
 
 I16_TILE(i16_tile_avx2, CK_AVX2, __m256i, 2, 8, 4, _mm256_setzero_si256(), i16_load256, _mm256_set1_epi32, i16_madd256,
          _mm256_sll_epi16, _mm256_cvtepi32_ps, _mm256_loadu_ps, _mm256_mul_ps, _mm256_add_ps, _mm256_storeu_ps)
