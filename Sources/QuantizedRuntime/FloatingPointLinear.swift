@@ -72,9 +72,10 @@ public final class FloatingPointLinear: LinearOp {
     /// K = 5…7) run it by default: off, so they keep the float path (LUT GEMV at decode, tile
     /// decode + sgemm at prefill). The split form costs two int16 multiply-adds per weight where
     /// the float path costs one FMA, and on the measured AVX-512 VNNI machine (Cooper Lake:
-    /// vpdpwssd zmm 1/cycle, FMA zmm 2/cycle) it made the FP4 W4A8 model 29 % slower at prefill
-    /// and 11 % slower at decode (docs/RESULTS.md, sixth pass). `PTQ_FP_SPLIT_INT16=1` in the
-    /// environment turns it on (read once, for A/B runs); `init(_:splitActivations:)` per layer.
+    /// vpdpwssd zmm 1/cycle, FMA zmm 2/cycle) those layers took about 1.65× the CPU time of the
+    /// float path at prefill and their GEMV 15 % more at decode (docs/RESULTS.md, sixth pass).
+    /// `PTQ_FP_SPLIT_INT16=1` in the environment turns it on (read once, for A/B runs);
+    /// `init(_:splitActivations:)` per layer.
     public static let splitActivationsByDefault = ProcessInfo.processInfo.environment["PTQ_FP_SPLIT_INT16"] == "1"
 
     /// Rows up to which one GEMV per row beats decoding tiles for sgemm (as `IntegerLinear`).
