@@ -18,47 +18,39 @@ static inline unsigned i16_code(const uint8_t *row, size_t j) {
     return (j & 1) ? (unsigned)(row[j >> 1] >> 4) : (unsigned)(row[j >> 1] & 0x0F);
 }
 
-void ck_fp4_gemm_i16_ref(const uint8_t *codes, size_t row_begin, size_t row_count, size_t cols, size_t group_size,
-                         const int8_t *table, const float *wscale, const int16_t *a, size_t lda, size_t m, float *y,
-                         size_t ldy) {
-    if (group_size == 0 || group_size > cols) group_size = cols ? cols : 1;
-    const size_t groups = i16_groups(cols, group_size), stride = (cols + 1) / 2;
-    for (size_t i = 0; i < m; i++) {
-        const int16_t *ai = a + i * lda;
-        for (size_t o = row_begin; o < row_begin + row_count; o++) {
-            const uint8_t *row = codes + o * stride;
-            float acc = 0;
-            for (size_t g = 0; g < groups; g++) {
-                const size_t j0 = g * group_size, j1 = j0 + group_size < cols ? j0 + group_size : cols;
-                int32_t sum = 0;
-                for (size_t j = j0; j < j1; j++) sum += (int32_t)table[i16_code(row, j)] * (int32_t)ai[j];
-                // Separate statements: no contraction into an FMA, as the vector paths.
-                float term = wscale[o * groups + g] * (float)sum;
-                acc = acc + term;
-            }
-            y[i * ldy + o] = acc;
-        }
-    }
-}
+// The split form (issue 9: E3M4 activations with channel offsets K = 5-7, whose shifted integers
+// reach 31·2^13 and do not fit int16): every activation integer v is stored as lo + 2^shift·hi
+// with |lo| < 2^shift and |hi| <= 32767 (ck_fp_quantize_rows_i16x2), and the weight integer t
+// meets lo as t and hi as t·2^shift (|t|·2^shift <= 32767 by the caller's choice of shift):
+// t·lo + (t·2^shift)·hi = t·v exactly, both products int16 × int16 into the same int32 sum. Every
+// partial sum of |t·lo| and |t·2^shift·hi| terms is bounded by sum |t|·|v|, so the caller's bound
+// on the exact sum (sum |t|·max|v| < 2^31 over a sum's columns) covers every intermediate value.
+// The scalar twins sum in int64: the same integer whenever that bound holds.
 
-void ck_fp8_gemm_i16_ref(const uint8_t *codes, size_t row_begin, size_t row_count, size_t cols, size_t group_size,
-                         size_t sum_len, const int16_t *table, const float *wscale, const int16_t *a, size_t lda,
-                         size_t m, float *y, size_t ldy) {
+static void i16_gemm_ref(const uint8_t *codes, int nibbles, size_t row_begin, size_t row_count, size_t cols,
+                         size_t group_size, size_t sum_len, const int8_t *table8, const int16_t *table16,
+                         const float *wscale, const int16_t *a, const int16_t *ahi, int shift, size_t lda, size_t m,
+                         float *y, size_t ldy) {
     if (group_size == 0 || group_size > cols) group_size = cols ? cols : 1;
     if (sum_len == 0 || sum_len > group_size) sum_len = group_size;
-    const size_t groups = i16_groups(cols, group_size);
+    const size_t groups = i16_groups(cols, group_size), stride = nibbles ? (cols + 1) / 2 : cols;
     for (size_t i = 0; i < m; i++) {
-        const int16_t *ai = a + i * lda;
+        const int16_t *ai = a + i * lda, *hi = ahi ? ahi + i * lda : NULL;
         for (size_t o = row_begin; o < row_begin + row_count; o++) {
-            const uint8_t *row = codes + o * cols;
+            const uint8_t *row = codes + o * stride;
             float acc = 0;
             for (size_t g = 0; g < groups; g++) {
                 const size_t g1 = (g + 1) * group_size < cols ? (g + 1) * group_size : cols;
                 for (size_t j0 = g * group_size; j0 < g1; j0 += sum_len) {
                     const size_t j1 = j0 + sum_len < g1 ? j0 + sum_len : g1;
-                    int32_t sum = 0;
-                    for (size_t j = j0; j < j1; j++) sum += (int32_t)table[row[j]] * (int32_t)ai[j];
-                    float term = wscale[o * groups + g] * (float)sum;
+                    int64_t sum = 0;
+                    for (size_t j = j0; j < j1; j++) {
+                        const int64_t t = nibbles ? (int64_t)table8[i16_code(row, j)] : (int64_t)table16[row[j]];
+                        sum += t * ai[j];
+                        if (hi) sum += t * (int64_t)(1 << shift) * hi[j];
+                    }
+                    // Separate statements: no contraction into an FMA, as the vector paths.
+                    float term = wscale[o * groups + g] * (float)(int32_t)sum;
                     acc = acc + term;
                 }
             }
@@ -67,8 +59,36 @@ void ck_fp8_gemm_i16_ref(const uint8_t *codes, size_t row_begin, size_t row_coun
     }
 }
 
+void ck_fp4_gemm_i16_ref(const uint8_t *codes, size_t row_begin, size_t row_count, size_t cols, size_t group_size,
+                         const int8_t *table, const float *wscale, const int16_t *a, size_t lda, size_t m, float *y,
+                         size_t ldy) {
+    i16_gemm_ref(codes, 1, row_begin, row_count, cols, group_size, 0, table, NULL, wscale, a, NULL, 0, lda, m, y, ldy);
+}
+
+void ck_fp4_gemm_i16x2_ref(const uint8_t *codes, size_t row_begin, size_t row_count, size_t cols, size_t group_size,
+                           const int8_t *table, const float *wscale, const int16_t *a, const int16_t *ahi, int shift,
+                           size_t lda, size_t m, float *y, size_t ldy) {
+    i16_gemm_ref(codes, 1, row_begin, row_count, cols, group_size, 0, table, NULL, wscale, a, ahi, shift, lda, m, y,
+                 ldy);
+}
+
+void ck_fp8_gemm_i16_ref(const uint8_t *codes, size_t row_begin, size_t row_count, size_t cols, size_t group_size,
+                         size_t sum_len, const int16_t *table, const float *wscale, const int16_t *a, size_t lda,
+                         size_t m, float *y, size_t ldy) {
+    i16_gemm_ref(codes, 0, row_begin, row_count, cols, group_size, sum_len, NULL, table, wscale, a, NULL, 0, lda, m,
+                 y, ldy);
+}
+
+void ck_fp8_gemm_i16x2_ref(const uint8_t *codes, size_t row_begin, size_t row_count, size_t cols, size_t group_size,
+                           size_t sum_len, const int16_t *table, const float *wscale, const int16_t *a,
+                           const int16_t *ahi, int shift, size_t lda, size_t m, float *y, size_t ldy) {
+    i16_gemm_ref(codes, 0, row_begin, row_count, cols, group_size, sum_len, NULL, table, wscale, a, ahi, shift, lda,
+                 m, y, ldy);
+}
+
 #if defined(__x86_64__)
-#define CK_VNNI512 __attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512vnni")))
+// avx512bw for the 16-bit shifts of the split form (checked at dispatch with the VNNI flag).
+#define CK_VNNI512 __attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni")))
 
 /// 16 nibble bytes (32 columns from an even column) as two vectors of 16 int16 weight integers in
 /// natural column order: pshufb of the low and high nibbles into the table, the two interleaved
@@ -149,9 +169,10 @@ static void i16_panel_bytes(const uint8_t *codes, size_t o0, size_t rows, size_t
 // MR activation rows × one panel. Per column pair: NV weight vectors, MR broadcasts, MR·NV
 // multiply-adds. Float partial sums live in out[MR][PR] (L1), added once per group with a
 // separate multiply and add (the reference's order).
-#define I16_TILE(NAME, ATTR, VEC, NV, LANES, MAXMR, ZERO, LOAD, BCAST, MADD, CVT, LOADF, MULF, ADDF, STOREF)               \
+#define I16_TILE(NAME, ATTR, VEC, NV, LANES, MAXMR, ZERO, LOAD, BCAST, MADD, SHL, CVT, LOADF, MULF, ADDF, STOREF)          \
     CK_INLINE ATTR void NAME(const int32_t *panel, const float *scales, size_t pairs, size_t gpairs, size_t cpairs, \
-                             const int16_t *a, size_t lda, float *out, const int MR) {                                \
+                             const int16_t *a, const int16_t *ahi, __m128i shift, size_t lda, float *out,           \
+                             const int MR, const int SPLIT) {                                                       \
         const size_t PR = (NV) * (LANES);                                                                         \
         for (int i = 0; i < MR; i++)                                                                              \
             for (size_t r = 0; r < PR; r++) out[i * PR + r] = 0;                                                  \
@@ -163,13 +184,22 @@ static void i16_panel_bytes(const uint8_t *codes, size_t o0, size_t rows, size_t
             for (int i = 0; i < MR; i++)                                                                          \
                 for (int v = 0; v < NV; v++) s[i][v] = ZERO;                                                      \
             for (size_t p = p0; p < p1; p++) {                                                                    \
-                VEC w[NV];                                                                                        \
+                VEC w[NV], wh[NV];                                                                                \
                 for (int v = 0; v < NV; v++) w[v] = LOAD(panel + p * PR + v * (LANES));                           \
+                /* Split form: the weights that meet the high parts, t·2^shift (one shift per panel */           \
+                /* vector, shared by all MR activation rows). */                                                  \
+                if (SPLIT)                                                                                        \
+                    for (int v = 0; v < NV; v++) wh[v] = SHL(w[v], shift);                                        \
                 for (int i = 0; i < MR; i++) {                                                                    \
                     int32_t pair;                                                                                 \
                     memcpy(&pair, a + i * lda + 2 * p, 4);                                                        \
                     const VEC b = BCAST(pair);                                                                    \
                     for (int v = 0; v < NV; v++) s[i][v] = MADD(s[i][v], b, w[v]);                                \
+                    if (SPLIT) {                                                                                  \
+                        memcpy(&pair, ahi + i * lda + 2 * p, 4);                                                  \
+                        const VEC bh = BCAST(pair);                                                               \
+                        for (int v = 0; v < NV; v++) s[i][v] = MADD(s[i][v], bh, wh[v]);                          \
+                    }                                                                                             \
                 }                                                                                                 \
             }                                                                                                     \
             for (int v = 0; v < NV; v++) {                                                                        \
@@ -190,17 +220,24 @@ CK_INLINE CK_VNNI512 __m512i i16_load512(const int32_t *p) { return _mm512_loadu
 CK_INLINE CK_VNNI512 __m512i i16_madd512(__m512i acc, __m512i b, __m512i w) { return _mm512_dpwssd_epi32(acc, b, w); }
 
 I16_TILE(i16_tile_avx2, CK_AVX2, __m256i, 2, 8, 4, _mm256_setzero_si256(), i16_load256, _mm256_set1_epi32, i16_madd256,
-         _mm256_cvtepi32_ps, _mm256_loadu_ps, _mm256_mul_ps, _mm256_add_ps, _mm256_storeu_ps)
+         _mm256_sll_epi16, _mm256_cvtepi32_ps, _mm256_loadu_ps, _mm256_mul_ps, _mm256_add_ps, _mm256_storeu_ps)
 I16_TILE(i16_tile_512, CK_VNNI512, __m512i, 2, 16, 8, _mm512_setzero_si512(), i16_load512, _mm512_set1_epi32, i16_madd512,
-         _mm512_cvtepi32_ps, _mm512_loadu_ps, _mm512_mul_ps, _mm512_add_ps, _mm512_storeu_ps)
+         _mm512_sll_epi16, _mm512_cvtepi32_ps, _mm512_loadu_ps, _mm512_mul_ps, _mm512_add_ps, _mm512_storeu_ps)
 
+#define I16_CASE(TILE, N)                                                                                          \
+    case N:                                                                                                        \
+        if (ahi) TILE(panel, scales, pairs, gpairs, cpairs, ai, ahi + i * lda, cnt, lda, out, N, 1);               \
+        else TILE(panel, scales, pairs, gpairs, cpairs, ai, NULL, cnt, lda, out, N, 0);                            \
+        break;
 #define I16_GEMM(NAME, ATTR, TILE, PR_, MR_)                                                                           \
     ATTR static int NAME(const uint8_t *codes, size_t row_begin, size_t row_count, size_t cols, size_t group_size, \
                          size_t sum_len, const int8_t *table, const int16_t *table16, const float *wscale,         \
-                         const int16_t *a, size_t lda, size_t m, float *y, size_t ldy) {                          \
+                         const int16_t *a, const int16_t *ahi, int shift, size_t lda, size_t m, float *y,          \
+                         size_t ldy) {                                                                             \
         const size_t PR = (PR_), pairs = (cols + 1) / 2, groups = i16_groups(cols, group_size);                   \
         const size_t gpairs = group_size >= cols ? pairs : group_size / 2;                                        \
         const size_t cpairs = sum_len >= group_size ? gpairs : sum_len / 2;                                       \
+        const __m128i cnt = _mm_cvtsi32_si128(shift);                                                             \
         int32_t *panel = (int32_t *)ck_thread_scratch(7, (pairs + groups) * PR * 4);                              \
         if (!panel) return 0;                                                                                     \
         float *scales = (float *)(panel + pairs * PR);                                                            \
@@ -214,14 +251,9 @@ I16_TILE(i16_tile_512, CK_VNNI512, __m512i, 2, 16, 8, _mm512_setzero_si512(), i1
                 const size_t mr = m - i < (MR_) ? m - i : (MR_);                                                  \
                 const int16_t *ai = a + i * lda;                                                                  \
                 switch (mr) {                                                                                     \
-                case 8: TILE(panel, scales, pairs, gpairs, cpairs, ai, lda, out, 8); break;                       \
-                case 7: TILE(panel, scales, pairs, gpairs, cpairs, ai, lda, out, 7); break;                       \
-                case 6: TILE(panel, scales, pairs, gpairs, cpairs, ai, lda, out, 6); break;                       \
-                case 5: TILE(panel, scales, pairs, gpairs, cpairs, ai, lda, out, 5); break;                       \
-                case 4: TILE(panel, scales, pairs, gpairs, cpairs, ai, lda, out, 4); break;                       \
-                case 3: TILE(panel, scales, pairs, gpairs, cpairs, ai, lda, out, 3); break;                       \
-                case 2: TILE(panel, scales, pairs, gpairs, cpairs, ai, lda, out, 2); break;                       \
-                default: TILE(panel, scales, pairs, gpairs, cpairs, ai, lda, out, 1); break;                      \
+                I16_CASE(TILE, 8) I16_CASE(TILE, 7) I16_CASE(TILE, 6) I16_CASE(TILE, 5)                           \
+                I16_CASE(TILE, 4) I16_CASE(TILE, 3) I16_CASE(TILE, 2)                                             \
+                default: I16_CASE(TILE, 1)                                                                        \
                 }                                                                                                 \
                 for (size_t r = 0; r < mr; r++) memcpy(y + (i + r) * ldy + o0, out + r * PR, rows * sizeof(float)); \
             }                                                                                                     \
@@ -239,9 +271,10 @@ I16_GEMM(i16_gemm_512, CK_VNNI512, i16_tile_512, 32, 8)
 // last multiple of 32 are added by scalar code (as ints: the same sum).
 #define I16_ROWS(NAME, ATTR, DOT)                                                                                  \
     CK_INLINE ATTR void NAME(const uint8_t *codes, size_t o, size_t cols, size_t group_size, size_t groups,        \
-                             const int8_t *table8, const float *wscale, const int16_t *a, float *y, const int R) { \
+                             const int8_t *table8, const float *wscale, const int16_t *a, const int16_t *ahi,      \
+                             int shift, float *y, const int R, const int SPLIT) {                                  \
         const size_t stride = (cols + 1) / 2;                                                                      \
-        const __m128i table = _mm_loadu_si128((const __m128i *)table8);                                            \
+        const __m128i table = _mm_loadu_si128((const __m128i *)table8), cnt = _mm_cvtsi32_si128(shift);             \
         __m128 acc = _mm_setzero_ps();                                                                             \
         for (size_t g = 0; g < groups; g++) {                                                                      \
             const size_t j0 = g * group_size, j1 = j0 + group_size < cols ? j0 + group_size : cols;                \
@@ -251,10 +284,18 @@ I16_GEMM(i16_gemm_512, CK_VNNI512, i16_tile_512, 32, 8)
             for (; j + 32 <= j1; j += 32) {                                                                        \
                 const __m256i a0 = _mm256_loadu_si256((const __m256i *)(a + j));                                   \
                 const __m256i a1 = _mm256_loadu_si256((const __m256i *)(a + j + 16));                              \
+                __m256i h0 = a0, h1 = a1;                                                                          \
+                if (SPLIT) {                                                                                       \
+                    h0 = _mm256_loadu_si256((const __m256i *)(ahi + j));                                           \
+                    h1 = _mm256_loadu_si256((const __m256i *)(ahi + j + 16));                                      \
+                }                                                                                                  \
                 for (int r = 0; r < R; r++) {                                                                      \
                     __m256i w0, w1;                                                                                \
                     i16_weights32(codes + (o + r) * stride + j / 2, table, &w0, &w1);                              \
                     s[r] = DOT(DOT(s[r], a0, w0), a1, w1);                                                         \
+                    /* Split form: the high parts meet t·2^shift. */                                               \
+                    if (SPLIT)                                                                                     \
+                        s[r] = DOT(DOT(s[r], h0, _mm256_sll_epi16(w0, cnt)), h1, _mm256_sll_epi16(w1, cnt));      \
                 }                                                                                                  \
             }                                                                                                      \
             __m128i sums = _mm_add_epi32(                                                                          \
@@ -264,7 +305,11 @@ I16_GEMM(i16_gemm_512, CK_VNNI512, i16_tile_512, 32, 8)
                 int32_t tail[4] = {0, 0, 0, 0};                                                                    \
                 for (int r = 0; r < R; r++) {                                                                      \
                     const uint8_t *row = codes + (o + r) * stride;                                                 \
-                    for (size_t t = j; t < j1; t++) tail[r] += (int32_t)table8[i16_code(row, t)] * (int32_t)a[t];  \
+                    for (size_t t = j; t < j1; t++) {                                                              \
+                        const int32_t w = table8[i16_code(row, t)];                                                \
+                        tail[r] += w * (int32_t)a[t];                                                              \
+                        if (SPLIT) tail[r] += w * (1 << shift) * (int32_t)ahi[t];                                  \
+                    }                                                                                              \
                 }                                                                                                  \
                 sums = _mm_add_epi32(sums, _mm_loadu_si128((const __m128i *)tail));                                \
             }                                                                                                      \
@@ -282,73 +327,209 @@ I16_ROWS(i16_rows_vnni, CK_VNNI, i16_dot_vnni)
 
 #define I16_GEMV(NAME, ATTR, ROWS)                                                                                 \
     ATTR static void NAME(const uint8_t *codes, size_t row_begin, size_t row_count, size_t cols, size_t group_size, \
-                          const int8_t *table, const float *wscale, const int16_t *a, size_t lda, size_t m, float *y,  \
-                          size_t ldy) {                                                                            \
+                          const int8_t *table, const float *wscale, const int16_t *a, const int16_t *ahi, int shift, \
+                          size_t lda, size_t m, float *y, size_t ldy) {                                            \
         const size_t groups = i16_groups(cols, group_size), end = row_begin + row_count;                           \
         for (size_t i = 0; i < m; i++) {                                                                           \
+            const int16_t *ai = a + i * lda, *hi = ahi ? ahi + i * lda : NULL;                                     \
+            float *yi = y + i * ldy;                                                                               \
             size_t o = row_begin;                                                                                  \
-            for (; o + 4 <= end; o += 4) ROWS(codes, o, cols, group_size, groups, table, wscale, a + i * lda, y + i * ldy, 4); \
-            for (; o < end; o++) ROWS(codes, o, cols, group_size, groups, table, wscale, a + i * lda, y + i * ldy, 1); \
+            if (hi) {                                                                                              \
+                for (; o + 4 <= end; o += 4) ROWS(codes, o, cols, group_size, groups, table, wscale, ai, hi, shift, yi, 4, 1); \
+                for (; o < end; o++) ROWS(codes, o, cols, group_size, groups, table, wscale, ai, hi, shift, yi, 1, 1); \
+            } else {                                                                                               \
+                for (; o + 4 <= end; o += 4) ROWS(codes, o, cols, group_size, groups, table, wscale, ai, NULL, 0, yi, 4, 0); \
+                for (; o < end; o++) ROWS(codes, o, cols, group_size, groups, table, wscale, ai, NULL, 0, yi, 1, 0); \
+            }                                                                                                      \
         }                                                                                                          \
     }
 I16_GEMV(i16_gemv_avx2, CK_AVX2, i16_rows_avx2)
 I16_GEMV(i16_gemv_vnni, CK_VNNI, i16_rows_vnni)
+
+// ---- FP8 byte-code GEMV (decode) --------------------------------------------------------------
+//
+// One-byte codes sign | magnitude (mag_bits = exponent + mantissa bits <= 7): the magnitude's
+// weight integer is looked up in registers, 32 codes at a time, from the first 2^mag_bits
+// entries of the int16 table held in four zmm registers (two vpermt2w of 64 entries each and a
+// blend on bit 6), negated where the sign bit is set (table[c | sign] = -table[c]), and
+// multiplied with the int16 activations by vpdpwssd; each exact int32 sum of sum_len columns is
+// reduced and scaled in the reference's order.
+CK_VNNI512 static void i16_bytes_gemv_512(const uint8_t *codes, size_t row_begin, size_t row_count, size_t cols,
+                                           size_t group_size, size_t sum_len, int mag_bits, const int16_t *table,
+                                           const float *wscale, const int16_t *a, const int16_t *ahi, int shift,
+                                           float *y) {
+    int16_t mags[128] __attribute__((aligned(64)));
+    const size_t n_mag = (size_t)1 << mag_bits;
+    for (size_t c = 0; c < 128; c++) mags[c] = c < n_mag ? table[c] : 0;
+    const __m512i t0 = _mm512_load_si512(mags), t1 = _mm512_load_si512(mags + 32);
+    const __m512i t2 = _mm512_load_si512(mags + 64), t3 = _mm512_load_si512(mags + 96);
+    const __m512i mag_mask = _mm512_set1_epi16((short)(n_mag - 1)), sign_bit = _mm512_set1_epi16((short)n_mag);
+    const __m512i bit6 = _mm512_set1_epi16(64);
+    const __m128i cnt = _mm_cvtsi32_si128(shift);
+    const size_t groups = i16_groups(cols, group_size);
+    for (size_t o = row_begin; o < row_begin + row_count; o++) {
+        const uint8_t *row = codes + o * cols;
+        float acc = 0;
+        for (size_t g = 0; g < groups; g++) {
+            const size_t g1 = (g + 1) * group_size < cols ? (g + 1) * group_size : cols;
+            for (size_t j0 = g * group_size; j0 < g1; j0 += sum_len) {
+                const size_t j1 = j0 + sum_len < g1 ? j0 + sum_len : g1;
+                __m512i s0 = _mm512_setzero_si512(), s1 = _mm512_setzero_si512();
+                size_t j = j0;
+                for (; j + 32 <= j1; j += 32) {
+                    const __m512i c = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(row + j)));
+                    const __m512i idx = _mm512_and_si512(c, mag_mask);
+                    const __m512i lo = _mm512_permutex2var_epi16(t0, idx, t1);
+                    const __m512i hi = _mm512_permutex2var_epi16(t2, idx, t3);
+                    __m512i w = _mm512_mask_blend_epi16(_mm512_test_epi16_mask(idx, bit6), lo, hi);
+                    w = _mm512_mask_sub_epi16(w, _mm512_test_epi16_mask(c, sign_bit), _mm512_setzero_si512(), w);
+                    s0 = i16_madd512(s0, _mm512_loadu_si512((const void *)(a + j)), w);
+                    if (ahi) s1 = i16_madd512(s1, _mm512_loadu_si512((const void *)(ahi + j)), _mm512_sll_epi16(w, cnt));
+                }
+                int32_t sum = _mm512_reduce_add_epi32(_mm512_add_epi32(s0, s1));
+                for (; j < j1; j++) {
+                    sum += (int32_t)table[row[j]] * a[j];
+                    if (ahi) sum += (int32_t)table[row[j]] * (1 << shift) * ahi[j];
+                }
+                float term = wscale[o * groups + g] * (float)sum;
+                acc = acc + term;
+            }
+        }
+        y[o] = acc;
+    }
+}
 #endif
 
-void ck_fp4_gemm_i16(const uint8_t *codes, size_t row_begin, size_t row_count, size_t cols, size_t group_size,
-                     const int8_t *table, const float *wscale, const int16_t *a, size_t lda, size_t m, float *y,
-                     size_t ldy) {
+/// AVX-512 VNNI kernels: the split form shifts int16 lanes of zmm vectors (AVX-512 BW).
+static int i16_use_512(const int16_t *ahi) {
+#if defined(__x86_64__)
+    return ck_cpu_has_avx512vnni() && (!ahi || __builtin_cpu_supports("avx512bw"));
+#else
+    (void)ahi;
+    return 0;
+#endif
+}
+
+static void fp4_gemm_i16_any(const uint8_t *codes, size_t row_begin, size_t row_count, size_t cols, size_t group_size,
+                             const int8_t *table, const float *wscale, const int16_t *a, const int16_t *ahi, int shift,
+                             size_t lda, size_t m, float *y, size_t ldy) {
     if (group_size == 0 || group_size > cols) group_size = cols ? cols : 1;
 #if defined(__x86_64__)
     // A group must not split a column pair (fp_kernels.h); else the reference handles it.
     if (group_size % 2 == 0 || group_size >= cols) {
-        if (ck_cpu_has_avx512vnni() &&
-            i16_gemm_512(codes, row_begin, row_count, cols, group_size, group_size, table, NULL, wscale, a, lda, m, y, ldy))
+        if (i16_use_512(ahi) && i16_gemm_512(codes, row_begin, row_count, cols, group_size, group_size, table, NULL,
+                                             wscale, a, ahi, shift, lda, m, y, ldy))
             return;
-        if (ck_cpu_has_avx2() &&
-            i16_gemm_avx2(codes, row_begin, row_count, cols, group_size, group_size, table, NULL, wscale, a, lda, m, y, ldy))
+        if (ck_cpu_has_avx2() && i16_gemm_avx2(codes, row_begin, row_count, cols, group_size, group_size, table, NULL,
+                                               wscale, a, ahi, shift, lda, m, y, ldy))
             return;
     }
 #endif
-    ck_fp4_gemm_i16_ref(codes, row_begin, row_count, cols, group_size, table, wscale, a, lda, m, y, ldy);
+    i16_gemm_ref(codes, 1, row_begin, row_count, cols, group_size, 0, table, NULL, wscale, a, ahi, shift, lda, m, y,
+                 ldy);
 }
 
-void ck_fp4_gemv_i16(const uint8_t *codes, size_t row_begin, size_t row_count, size_t cols, size_t group_size,
-                     const int8_t *table, const float *wscale, const int16_t *a, size_t lda, size_t m, float *y,
-                     size_t ldy) {
+static void fp4_gemv_i16_any(const uint8_t *codes, size_t row_begin, size_t row_count, size_t cols, size_t group_size,
+                             const int8_t *table, const float *wscale, const int16_t *a, const int16_t *ahi, int shift,
+                             size_t lda, size_t m, float *y, size_t ldy) {
     if (group_size == 0 || group_size > cols) group_size = cols ? cols : 1;
 #if defined(__x86_64__)
     // The 32-column steps start on a group boundary: an even column, so on a byte of the codes.
     if (group_size % 2 == 0 || group_size >= cols) {
         if (ck_cpu_has_avx512vnni()) {
-            i16_gemv_vnni(codes, row_begin, row_count, cols, group_size, table, wscale, a, lda, m, y, ldy);
+            i16_gemv_vnni(codes, row_begin, row_count, cols, group_size, table, wscale, a, ahi, shift, lda, m, y, ldy);
             return;
         }
         if (ck_cpu_has_avx2()) {
-            i16_gemv_avx2(codes, row_begin, row_count, cols, group_size, table, wscale, a, lda, m, y, ldy);
+            i16_gemv_avx2(codes, row_begin, row_count, cols, group_size, table, wscale, a, ahi, shift, lda, m, y, ldy);
             return;
         }
     }
 #endif
-    ck_fp4_gemm_i16_ref(codes, row_begin, row_count, cols, group_size, table, wscale, a, lda, m, y, ldy);
+    i16_gemm_ref(codes, 1, row_begin, row_count, cols, group_size, 0, table, NULL, wscale, a, ahi, shift, lda, m, y,
+                 ldy);
 }
 
-void ck_fp8_gemm_i16(const uint8_t *codes, size_t row_begin, size_t row_count, size_t cols, size_t group_size,
-                     size_t sum_len, const int16_t *table, const float *wscale, const int16_t *a, size_t lda, size_t m,
-                     float *y, size_t ldy) {
+static void fp8_gemm_i16_any(const uint8_t *codes, size_t row_begin, size_t row_count, size_t cols, size_t group_size,
+                             size_t sum_len, const int16_t *table, const float *wscale, const int16_t *a,
+                             const int16_t *ahi, int shift, size_t lda, size_t m, float *y, size_t ldy) {
     if (group_size == 0 || group_size > cols) group_size = cols ? cols : 1;
     if (sum_len == 0 || sum_len > group_size) sum_len = group_size;
 #if defined(__x86_64__)
     // Sums must not split a column pair and must tile their group exactly.
     const int sums_ok = sum_len == group_size || (sum_len % 2 == 0 && group_size % sum_len == 0);
     if ((group_size % 2 == 0 || group_size >= cols) && sums_ok) {
-        if (ck_cpu_has_avx512vnni() &&
-            i16_gemm_512(codes, row_begin, row_count, cols, group_size, sum_len, NULL, table, wscale, a, lda, m, y, ldy))
+        if (i16_use_512(ahi) && i16_gemm_512(codes, row_begin, row_count, cols, group_size, sum_len, NULL, table,
+                                             wscale, a, ahi, shift, lda, m, y, ldy))
             return;
-        if (ck_cpu_has_avx2() &&
-            i16_gemm_avx2(codes, row_begin, row_count, cols, group_size, sum_len, NULL, table, wscale, a, lda, m, y, ldy))
+        if (ck_cpu_has_avx2() && i16_gemm_avx2(codes, row_begin, row_count, cols, group_size, sum_len, NULL, table,
+                                               wscale, a, ahi, shift, lda, m, y, ldy))
             return;
     }
 #endif
-    ck_fp8_gemm_i16_ref(codes, row_begin, row_count, cols, group_size, sum_len, table, wscale, a, lda, m, y, ldy);
+    i16_gemm_ref(codes, 0, row_begin, row_count, cols, group_size, sum_len, NULL, table, wscale, a, ahi, shift, lda, m,
+                 y, ldy);
+}
+
+void ck_fp4_gemm_i16(const uint8_t *codes, size_t row_begin, size_t row_count, size_t cols, size_t group_size,
+                     const int8_t *table, const float *wscale, const int16_t *a, size_t lda, size_t m, float *y,
+                     size_t ldy) {
+    fp4_gemm_i16_any(codes, row_begin, row_count, cols, group_size, table, wscale, a, NULL, 0, lda, m, y, ldy);
+}
+
+void ck_fp4_gemv_i16(const uint8_t *codes, size_t row_begin, size_t row_count, size_t cols, size_t group_size,
+                     const int8_t *table, const float *wscale, const int16_t *a, size_t lda, size_t m, float *y,
+                     size_t ldy) {
+    fp4_gemv_i16_any(codes, row_begin, row_count, cols, group_size, table, wscale, a, NULL, 0, lda, m, y, ldy);
+}
+
+void ck_fp8_gemm_i16(const uint8_t *codes, size_t row_begin, size_t row_count, size_t cols, size_t group_size,
+                     size_t sum_len, const int16_t *table, const float *wscale, const int16_t *a, size_t lda, size_t m,
+                     float *y, size_t ldy) {
+    fp8_gemm_i16_any(codes, row_begin, row_count, cols, group_size, sum_len, table, wscale, a, NULL, 0, lda, m, y, ldy);
+}
+
+void ck_fp4_gemm_i16x2(const uint8_t *codes, size_t row_begin, size_t row_count, size_t cols, size_t group_size,
+                       const int8_t *table, const float *wscale, const int16_t *a, const int16_t *ahi, int shift,
+                       size_t lda, size_t m, float *y, size_t ldy) {
+    fp4_gemm_i16_any(codes, row_begin, row_count, cols, group_size, table, wscale, a, ahi, shift, lda, m, y, ldy);
+}
+
+void ck_fp4_gemv_i16x2(const uint8_t *codes, size_t row_begin, size_t row_count, size_t cols, size_t group_size,
+                       const int8_t *table, const float *wscale, const int16_t *a, const int16_t *ahi, int shift,
+                       size_t lda, size_t m, float *y, size_t ldy) {
+    fp4_gemv_i16_any(codes, row_begin, row_count, cols, group_size, table, wscale, a, ahi, shift, lda, m, y, ldy);
+}
+
+void ck_fp8_gemm_i16x2(const uint8_t *codes, size_t row_begin, size_t row_count, size_t cols, size_t group_size,
+                       size_t sum_len, const int16_t *table, const float *wscale, const int16_t *a, const int16_t *ahi,
+                       int shift, size_t lda, size_t m, float *y, size_t ldy) {
+    fp8_gemm_i16_any(codes, row_begin, row_count, cols, group_size, sum_len, table, wscale, a, ahi, shift, lda, m, y,
+                     ldy);
+}
+
+int ck_fp8_gemv_i16_available(int mag_bits) {
+#if defined(__x86_64__)
+    return mag_bits >= 1 && mag_bits <= 7 && ck_cpu_has_avx512vnni() && __builtin_cpu_supports("avx512bw");
+#else
+    (void)mag_bits;
+    return 0;
+#endif
+}
+
+void ck_fp8_gemv_i16(const uint8_t *codes, size_t row_begin, size_t row_count, size_t cols, size_t group_size,
+                     size_t sum_len, int mag_bits, const int16_t *table, const float *wscale, const int16_t *a,
+                     const int16_t *ahi, int shift, size_t lda, size_t m, float *y, size_t ldy) {
+    if (group_size == 0 || group_size > cols) group_size = cols ? cols : 1;
+    if (sum_len == 0 || sum_len > group_size) sum_len = group_size;
+#if defined(__x86_64__)
+    if (ck_fp8_gemv_i16_available(mag_bits)) {
+        for (size_t i = 0; i < m; i++)
+            i16_bytes_gemv_512(codes, row_begin, row_count, cols, group_size, sum_len, mag_bits, table, wscale,
+                               a + i * lda, ahi ? ahi + i * lda : NULL, shift, y + i * ldy);
+        return;
+    }
+#endif
+    i16_gemm_ref(codes, 0, row_begin, row_count, cols, group_size, sum_len, NULL, table, wscale, a, ahi, shift, lda, m,
+                 y, ldy);
 }

@@ -278,11 +278,32 @@ public enum KernelBench {
                             }
                         }
                     }
+                    // Split int16 activations (E3M4 at K = 7: integers up to 253,952 as low + 8·high,
+                    // the 39 layers of the W4A8 model that took the float path before): two int16
+                    // products per weight.
+                    let hi16 = (0..<maxColumns).map { _ in Int16(Int(next() % 63489) - 31744) }
+                    let lo16 = (0..<maxColumns).map { _ in Int16(Int(next() % 15) - 7) }
+                    for path in paths {
+                        TokenKernels.setVNNIEnabled(path.vnni)
+                        time("FP4 split-int16 GEMV g32 (fp4Int16Product, high parts)\(path.label)", layerPass,
+                             bytes: total + stotal * 4) {
+                            hi16.withUnsafeBufferPointer { h in
+                                for (i, (n, k)) in shapes.enumerated() {
+                                    MiniFloat.fp4Int16Product(codes: w.baseAddress! + off[i], rows: n, columns: k,
+                                                              groupSize: group, table: itable, scales: s.baseAddress! + soff[i],
+                                                              activations: lo16, high: .init(h.baseAddress!, shift: 3),
+                                                              lda: k, m: 1, y: &y, ldy: n, kernel: .gemv)
+                                }
+                            }
+                        }
+                    }
                     // Prefill (512 rows) per layer shape: the float path (weight tiles decoded for
                     // sgemm) against the int16 panel GEMM on the same codes, same run.
                     let m = 512
                     let xs = (0..<m * maxColumns).map { _ in Float(Int(next() % 4033) - 2016) / 64 }
                     let as16 = (0..<m * maxColumns).map { _ in Int16(Int(next() % 4033) - 2016) }
+                    let hs16 = (0..<m * maxColumns).map { _ in Int16(Int(next() % 63489) - 31744) }
+                    let ls16 = (0..<m * maxColumns).map { _ in Int16(Int(next() % 15) - 7) }
                     var ys = [Float](repeating: 0, count: m * 1536)
                     for (n, k) in [(576, 576), (192, 576), (1536, 576), (576, 1536)] {
                         let i = layerShapes.firstIndex { $0 == (n, k) }!
@@ -299,6 +320,15 @@ public enum KernelBench {
                                 MiniFloat.fp4Int16Product(codes: w.baseAddress! + off[i], rows: n, columns: k, groupSize: group,
                                                           table: itable, scales: s.baseAddress! + soff[i], activations: as16,
                                                           lda: k, m: m, y: &ys, ldy: n, kernel: .gemm)
+                            }
+                            time("FP4 g32 split-int16 panel GEMM (fp4Int16Product, high parts)\(path.label)", pass,
+                                 bytes: n * k / 2 + n * (k / group) * 4) {
+                                hs16.withUnsafeBufferPointer { h in
+                                    MiniFloat.fp4Int16Product(codes: w.baseAddress! + off[i], rows: n, columns: k,
+                                                              groupSize: group, table: itable, scales: s.baseAddress! + soff[i],
+                                                              activations: ls16, high: .init(h.baseAddress!, shift: 3),
+                                                              lda: k, m: m, y: &ys, ldy: n, kernel: .gemm)
+                                }
                             }
                         }
                     }
@@ -383,6 +413,16 @@ public enum KernelBench {
                 time("FP8 e2m5 head GEMV, \(label) (MiniFloat.gemv)", pass, bytes: n * k + n * 4) {
                     MiniFloat.gemv(codes: w, nibbles: false, rows: n, columns: k, groupSize: k, table: table, scales: s,
                                    x: x, y: &y, format: format.map { (exponentBits: $0.0, mantissaBits: $0.1) })
+                }
+            }
+            // The same codes as weight integers (units of 1/16) against int16 activations (E2M5
+            // grid integers times 2^K, K = 3), on the int16 byte GEMV where it exists.
+            if MiniFloat.fp8Int16GemvAvailable(magnitudeBits: e + m) {
+                let t16 = table.map { Int16($0 * 16) }
+                let a16 = (0..<k).map { _ in Int16(Int(next() % 4033) - 2016) }
+                time("FP8 e2m5 head GEMV, int16 activations (MiniFloat.fp8Int16Gemv)", pass, bytes: n * k + n * 4) {
+                    MiniFloat.fp8Int16Gemv(codes: w, rows: n, columns: k, groupSize: k, sumLength: k, magnitudeBits: e + m,
+                                           table: t16, scales: s, activations: a16, lda: k, m: 1, y: &y, ldy: n)
                 }
             }
         }

@@ -128,6 +128,46 @@ public enum MiniFloat {
         }
     }
 
+    /// Minifloat activations as split int16 parts (`ck_fp_quantize_rows_i16x2`): the integer
+    /// `v = grid(x / channelScale / alpha)·factor[j]` stored as `low + 2^shift·high` with
+    /// `high = v·2^−shift` truncated toward zero and `|low| < 2^shift`, for integers past int16
+    /// (E3M4 with channel offsets K ≥ 5). Rows of stride `ld`, zero past `columns`; parallel over
+    /// rows; `reference` runs the scalar twin.
+    public static func quantizeRowsInt16Split(_ x: UnsafePointer<Float>, rows: Int, columns: Int,
+                                              channelScales: UnsafePointer<Float>?, alpha: Float, exponentBits: Int,
+                                              mantissaBits: Int, factors: UnsafePointer<Float>, shift: Int,
+                                              low: UnsafeMutablePointer<Int16>, high: UnsafeMutablePointer<Int16>,
+                                              ld: Int, reference: Bool = false) {
+        guard rows > 0, columns > 0 else { return }
+        precondition(ld >= columns, "quantizeRowsInt16Split: row stride \(ld) below \(columns) columns")
+        precondition((0...15).contains(shift), "quantizeRowsInt16Split: shift \(shift) outside 0…15")
+        if reference {
+            ck_fp_quantize_rows_i16x2_ref(x, rows, columns, channelScales, alpha, Int32(exponentBits),
+                                          Int32(mantissaBits), factors, Int32(shift), low, high, ld)
+            return
+        }
+        let px = SendableConstPointer(x), pf = SendableConstPointer(factors)
+        let pl = SendablePointer(low), ph = SendablePointer(high)
+        let pc = channelScales.map { SendableConstPointer($0) }
+        Parallel.forEachChunk(rows, minimumChunk: LowBit.chunk(workPerRow: columns * 8, atLeast: 1)) { r in
+            ck_fp_quantize_rows_i16x2(px.base + r.lowerBound * columns, r.count, columns, pc?.base, alpha,
+                                      Int32(exponentBits), Int32(mantissaBits), pf.base, Int32(shift),
+                                      pl.base + r.lowerBound * ld, ph.base + r.lowerBound * ld, ld)
+        }
+    }
+
+    /// The high parts of split int16 activations (`quantizeRowsInt16Split`) for the int16
+    /// products: same stride as the low parts, which the products take as `activations`.
+    public struct HighParts {
+        public var values: UnsafePointer<Int16>
+        /// The low parts hold `v mod 2^shift`; the weights meet `values` as `t·2^shift`.
+        public var shift: Int
+        public init(_ values: UnsafePointer<Int16>, shift: Int) {
+            self.values = values
+            self.shift = shift
+        }
+    }
+
     /// How `fp4Int16Product` multiplies.
     public enum Int16Kernel: Sendable {
         /// Panels of expanded weight rows × all activation rows (prefill).
@@ -142,28 +182,32 @@ public enum MiniFloat {
     /// activation rows (stride `lda`, even, zero past `columns`) and all `rows` outputs: FP4 nibble
     /// codes (`LowBit.packNibbles`), `table` the 16 weight integers, group sums exact in int32
     /// (the caller checks the bound). Parallel over output rows; every kernel gives the reference's
-    /// bits. `groupSize` must be even or cover the row.
+    /// bits. `groupSize` must be even or cover the row. With `high` the activations are split
+    /// (`quantizeRowsInt16Split`): `a` holds the low parts and `a[i, j]` above means
+    /// `low + 2^shift·high`; the caller also checks `|t|·2^shift ≤ 32767`.
     public static func fp4Int16Product(codes: UnsafePointer<UInt8>, rows: Int, columns: Int, groupSize: Int,
                                        table: UnsafePointer<Int8>, scales: UnsafePointer<Float>,
-                                       activations a: UnsafePointer<Int16>, lda: Int, m: Int,
+                                       activations a: UnsafePointer<Int16>, high: HighParts? = nil, lda: Int, m: Int,
                                        y: UnsafeMutablePointer<Float>, ldy: Int, kernel: Int16Kernel) {
         guard rows > 0, m > 0 else { return }
         let pc = SendableConstPointer(codes), pt = SendableConstPointer(table), ps = SendableConstPointer(scales)
         let pa = SendableConstPointer(a), py = SendablePointer(y)
+        let ph = high.map { SendableConstPointer($0.values) }, shift = Int32(high?.shift ?? 0)
         switch kernel {
         case .reference:
-            ck_fp4_gemm_i16_ref(codes, 0, rows, columns, groupSize, table, scales, a, lda, m, y, ldy)
+            ck_fp4_gemm_i16x2_ref(codes, 0, rows, columns, groupSize, table, scales, a, high?.values, shift, lda, m, y, ldy)
         case .gemv:
             Parallel.forEachChunk(rows, minimumChunk: max(4, LowBit.chunk(workPerRow: m * columns, atLeast: 8)) / 4 * 4) { r in
-                ck_fp4_gemv_i16(pc.base, r.lowerBound, r.count, columns, groupSize, pt.base, ps.base, pa.base, lda, m,
-                                py.base, ldy)
+                ck_fp4_gemv_i16x2(pc.base, r.lowerBound, r.count, columns, groupSize, pt.base, ps.base, pa.base, ph?.base,
+                                  shift, lda, m, py.base, ldy)
             }
         case .gemm:
             // Whole 32-row panels per task (the AVX-512 panel height; two AVX2 panels).
             let blocks = (rows + 31) / 32
             Parallel.forEachChunk(blocks, minimumChunk: max(1, LowBit.chunk(workPerRow: 32 * m * columns, atLeast: 1))) { b in
                 let r0 = b.lowerBound * 32, r1 = min(rows, b.upperBound * 32)
-                ck_fp4_gemm_i16(pc.base, r0, r1 - r0, columns, groupSize, pt.base, ps.base, pa.base, lda, m, py.base, ldy)
+                ck_fp4_gemm_i16x2(pc.base, r0, r1 - r0, columns, groupSize, pt.base, ps.base, pa.base, ph?.base, shift,
+                                  lda, m, py.base, ldy)
             }
         }
     }
@@ -175,20 +219,44 @@ public enum MiniFloat {
     /// `reference` runs the scalar twin (same bits).
     public static func fp8Int16Product(codes: UnsafePointer<UInt8>, rows: Int, columns: Int, groupSize: Int,
                                        sumLength: Int, table: UnsafePointer<Int16>, scales: UnsafePointer<Float>,
-                                       activations a: UnsafePointer<Int16>, lda: Int, m: Int,
+                                       activations a: UnsafePointer<Int16>, high: HighParts? = nil, lda: Int, m: Int,
                                        y: UnsafeMutablePointer<Float>, ldy: Int, reference: Bool = false) {
         guard rows > 0, m > 0 else { return }
+        let shift = Int32(high?.shift ?? 0)
         if reference {
-            ck_fp8_gemm_i16_ref(codes, 0, rows, columns, groupSize, sumLength, table, scales, a, lda, m, y, ldy)
+            ck_fp8_gemm_i16x2_ref(codes, 0, rows, columns, groupSize, sumLength, table, scales, a, high?.values, shift,
+                                  lda, m, y, ldy)
             return
         }
         let pc = SendableConstPointer(codes), pt = SendableConstPointer(table), ps = SendableConstPointer(scales)
-        let pa = SendableConstPointer(a), py = SendablePointer(y)
+        let pa = SendableConstPointer(a), py = SendablePointer(y), ph = high.map { SendableConstPointer($0.values) }
         let blocks = (rows + 31) / 32
         Parallel.forEachChunk(blocks, minimumChunk: max(1, LowBit.chunk(workPerRow: 32 * m * columns, atLeast: 1))) { b in
             let r0 = b.lowerBound * 32, r1 = min(rows, b.upperBound * 32)
-            ck_fp8_gemm_i16(pc.base, r0, r1 - r0, columns, groupSize, sumLength, pt.base, ps.base, pa.base, lda, m,
-                            py.base, ldy)
+            ck_fp8_gemm_i16x2(pc.base, r0, r1 - r0, columns, groupSize, sumLength, pt.base, ps.base, pa.base, ph?.base,
+                              shift, lda, m, py.base, ldy)
+        }
+    }
+    /// Whether `fp8Int16Gemv` has its fast kernel here (AVX-512 VNNI + BW) for byte codes with
+    /// `magnitudeBits` (exponent + mantissa bits, ≤ 7); elsewhere callers keep the float GEMV.
+    public static func fp8Int16GemvAvailable(magnitudeBits: Int) -> Bool {
+        ck_fp8_gemv_i16_available(Int32(magnitudeBits)) != 0
+    }
+
+    /// The FP8 decode GEMV (`ck_fp8_gemv_i16`): byte codes read in place, the magnitudes' weight
+    /// integers looked up in registers, int16 activations (optionally split, `high`); the same
+    /// bits as `fp8Int16Product(…, reference: true)`. Parallel over output rows.
+    public static func fp8Int16Gemv(codes: UnsafePointer<UInt8>, rows: Int, columns: Int, groupSize: Int,
+                                    sumLength: Int, magnitudeBits: Int, table: UnsafePointer<Int16>,
+                                    scales: UnsafePointer<Float>, activations a: UnsafePointer<Int16>,
+                                    high: HighParts? = nil, lda: Int, m: Int, y: UnsafeMutablePointer<Float>, ldy: Int) {
+        guard rows > 0, m > 0 else { return }
+        let pc = SendableConstPointer(codes), pt = SendableConstPointer(table), ps = SendableConstPointer(scales)
+        let pa = SendableConstPointer(a), py = SendablePointer(y), ph = high.map { SendableConstPointer($0.values) }
+        let shift = Int32(high?.shift ?? 0)
+        Parallel.forEachChunk(rows, minimumChunk: LowBit.chunk(workPerRow: m * columns, atLeast: 8)) { r in
+            ck_fp8_gemv_i16(pc.base, r.lowerBound, r.count, columns, groupSize, sumLength, Int32(magnitudeBits), pt.base,
+                            ps.base, pa.base, ph?.base, shift, lda, m, py.base, ldy)
         }
     }
 }

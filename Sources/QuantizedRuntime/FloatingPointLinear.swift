@@ -1,3 +1,4 @@
+import Foundation
 import Kernels
 import Models
 import PTQCore
@@ -15,8 +16,9 @@ import PTQCore
 ///
 /// FP4 weights with minifloat activations run on integers when the activation grid allows
 /// (`integerPath`): int8 activations when the shifted grid integers fit int8 (W4A4), int16 when
-/// they fit int16 (the W4A8 recipe's E2M5 / E3M4 with its channel offsets), exact int32 group
-/// sums either way. Otherwise one input row runs the fused GEMV (`ck_fp_gemv_f32`: codes looked
+/// they fit int16 (the W4A8 recipe's E2M5 / E3M4 with small channel offsets), two int16 parts
+/// `low + 2^s·high` when they do not (E3M4 with offsets K = 5…7), exact int32 group sums in
+/// every case. Otherwise one input row runs the fused GEMV (`ck_fp_gemv_f32`: codes looked
 /// up in registers, every code×activation product exact in float, each group's sum scaled once);
 /// several rows decode a tile of weight rows at a time into scratch and multiply it with sgemm.
 public final class FloatingPointLinear: LinearOp {
@@ -47,9 +49,15 @@ public final class FloatingPointLinear: LinearOp {
         var wide = false
         /// (The int16 paths keep `groupScales` empty: they read the stored scales and fold the
         /// weight unit into `outputScale`.)
-        /// FP8 weights: the 256 weight integers of the byte codes (prefill only; decode keeps the
-        /// float GEMV, which reads the same bytes and decodes them in registers).
+        /// FP8 weights: the 256 weight integers of the byte codes (the panel GEMM at prefill; at
+        /// decode the int16 byte GEMV where `fp8Gemv`, else the float GEMV on the same bytes).
         var table16: [Int16]? = nil
+        /// FP8 weights at decode on `MiniFloat.fp8Int16Gemv` (AVX-512 VNNI + BW: 1.7× the float
+        /// GEMV's speed on the FP8 head, docs/RESULTS.md sixth pass).
+        var fp8Gemv = false
+        /// Split int16 activations (`MiniFloat.quantizeRowsInt16Split`): the shifted grid integers
+        /// exceed int16 (E3M4 with offsets K ≥ 5), so each is stored as `low + 2^shift·high`.
+        var splitShift: Int? = nil
         /// Columns per exact int32 sum (the group, or a divisor of it when a whole group's sum
         /// could leave int32).
         var sumLength = 0
@@ -59,6 +67,16 @@ public final class FloatingPointLinear: LinearOp {
         var outputScale: Float
     }
     private let integer: IntegerPath?
+
+    /// Whether layers whose activation integers need the split int16 form (E3M4 inputs with
+    /// K = 5…7) run it by default: off, so they keep the float path (LUT GEMV at decode, tile
+    /// decode + sgemm at prefill). The split form costs two int16 multiply-adds per weight where
+    /// the float path costs one FMA, and on the measured AVX-512 VNNI machine (Cooper Lake:
+    /// vpdpwssd zmm 1/cycle, FMA zmm 2/cycle) those layers took about 1.65× the CPU time of the
+    /// float path at prefill and their GEMV 15 % more at decode (docs/RESULTS.md, sixth pass).
+    /// `PTQ_FP_SPLIT_INT16=1` in the environment turns it on (read once, for A/B runs);
+    /// `init(_:splitActivations:)` per layer.
+    public static let splitActivationsByDefault = ProcessInfo.processInfo.environment["PTQ_FP_SPLIT_INT16"] == "1"
 
     /// Rows up to which one GEMV per row beats decoding tiles for sgemm (as `IntegerLinear`).
     static let gemvRowLimit = 8
@@ -76,11 +94,15 @@ public final class FloatingPointLinear: LinearOp {
         let grouping = groupSize >= inFeatures ? "per-channel" : "g\(groupSize)"
         let act = activation?.floatFormat.map { "A \($0) per-tensor" + (activation?.channelScales != nil ? " + 2^-k" : "") }
             ?? "A16"
+        let int16 = integer?.splitShift.map { "as split int16 (lo + 2^\($0)·hi)" } ?? "as int16"
+        if let integer, integer.table16 != nil, integer.fp8Gemv {
+            return "\(format) byte-table int16 GEMM/GEMV (int32 sums of \(integer.sumLength)) \(grouping), \(act) \(int16)"
+        }
         if let integer, integer.table16 != nil {
-            return "\(format) byte-table int16 GEMM (prefill, int32 sums of \(integer.sumLength)) + LUT GEMV (decode) \(grouping), \(act) as int16"
+            return "\(format) byte-table int16 GEMM (prefill, int32 sums of \(integer.sumLength)) + LUT GEMV (decode) \(grouping), \(act) \(int16)"
         }
         if let integer, integer.wide {
-            return "\(format) nibble-table int16 GEMM/GEMV \(grouping), \(act) as int16"
+            return "\(format) nibble-table int16 GEMM/GEMV \(grouping), \(act) \(int16)"
         }
         if let integer {
             let kernel = integer.table != nil ? "nibble-table int8 GEMV" : "LUT→int8 GEMM"
@@ -91,7 +113,9 @@ public final class FloatingPointLinear: LinearOp {
 
     /// Converts a `QuantizedLinear` with minifloat weights to run-time storage; throws a `PTQError`
     /// naming the layer for inconsistent shapes, unsupported formats or codes out of range.
-    public init(_ q: QuantizedLinear) throws(PTQError) {
+    /// `splitActivations` lets activations whose integers exceed int16 run the split int16
+    /// kernels instead of the float path (`splitActivationsByDefault`).
+    public init(_ q: QuantizedLinear, splitActivations: Bool = FloatingPointLinear.splitActivationsByDefault) throws(PTQError) {
         let layer = q.name.isEmpty ? "quantized linear" : q.name
         func fail(_ message: String) -> PTQError { PTQError("\(layer): \(message)") }
         guard case .floatingPoint(let w) = q.weight else {
@@ -146,52 +170,75 @@ public final class FloatingPointLinear: LinearOp {
         scales = w.scales
         // 16 entries for nibbles (the AVX2 path reads the first 8 as the magnitude table).
         table = w.format.codeValues + [Float](repeating: 0, count: max(0, (nibbles ? 16 : 256) - w.format.codeCount))
-        integer = Self.integerPath(w, groupSize: min(w.groupSize, w.columns), activation: q.activation)
+        integer = Self.integerPath(w, groupSize: min(w.groupSize, w.columns), activation: q.activation,
+                                   allowSplit: splitActivations)
     }
 
     /// Every FP4 weight is an integer (≤ 64) times the format's smallest step, and an activation
     /// grid value times 2^(K − k_j) is an integer too; when those fit int8 the layer runs the exact
     /// int8 GEMM (`ck_gemm_i8_grouped`) with the group scales applied after each integer group sum.
-    /// When they fit int16 instead (e.g. E2M5: 252·2^K, E3M4: 1984·2^K) and no group's sum can
-    /// leave int32 (max|w|·max|a|·group length < 2^31), the int16 kernels run; groups must not
-    /// split a column pair (even group size, or one group per row). Anything else keeps the float
-    /// path, decided here once per layer.
+    /// When they fit int16 instead (e.g. E2M5: 252·2^K, E3M4 up to K = 4: 1984·2^K) the int16
+    /// kernels run; past int16 (E3M4 at K = 5…7: up to 253,952) each activation integer is split
+    /// into two int16 parts `low + 2^s·high` that meet the weight as `t` and `t·2^s` in the same
+    /// int32 sum (`s` the smallest shift that brings `high` into int16; `|t|·2^s` must fit int16).
+    /// Either way every exact sum must stay in int32: max|t|·max|a|·(sum length) < 2^31, or, where
+    /// that coarse bound fails, the proof per row and group with the row's own weights and each
+    /// column's largest integer (Σ_j |t_oj|·max|a_j| < 2^31). Groups must not split a column
+    /// pair (even group size, or one group per row). Anything else keeps the float path, decided
+    /// here once per layer.
     private static func integerPath(_ w: FloatingPointWeight, groupSize: Int,
-                                    activation a: ActivationQuantization?) -> IntegerPath? {
+                                    activation a: ActivationQuantization?, allowSplit: Bool) -> IntegerPath? {
         guard let a, let f = a.floatFormat, let alpha = a.scale, w.columns <= 131_072 else { return nil }
         let offsets: [Int] = a.channelScales?.map { -Int($0.exponent) } ?? [Int](repeating: 0, count: w.columns)
         // Only exact powers of two 2^(−k), k ≥ 0, are offsets.
         if let cs = a.channelScales, cs.contains(where: { $0.significandBitPattern != 0 || $0 > 1 }) { return nil }
         let k = offsets.max() ?? 0
         let maxInteger = Int(f.maxValue / f.unit)
-        guard k < 24, maxInteger << k <= Int(Int16.max) else { return nil }
+        // |v| < 2^24 keeps every activation integer exact in float (the quantizers compute it there).
+        guard k < 24, maxInteger << k < 1 << 24 else { return nil }
+        let maxActivation = maxInteger << k
+        // The split shift: high = v·2^−s (truncated) must fit int16.
+        var shift = 0
+        while maxActivation >> shift > Int(Int16.max) { shift += 1 }
+        let split: Int? = shift > 0 ? shift : nil
+        if split != nil && !allowSplit { return nil }
         let wt = w.format.codeValues
         let groupScales = w.scales.map { $0 * w.format.unit }
         let factors = offsets.map { Float(sign: .plus, exponent: k - $0, significand: 1) / f.unit }
         let outputScale = alpha * f.unit * Float(sign: .plus, exponent: -k, significand: 1)
+        let columnMax = offsets.map { maxInteger << (k - $0) }
+        /// The exact sums over `length` columns fit int32 for every row (coarse bound, else per row).
+        func sumsFit(_ values: [Int], length: Int) -> Bool {
+            let maxWeight = values.map { abs($0) }.max() ?? 0
+            if maxWeight * maxActivation * length < Int(Int32.max) { return true }
+            guard length == groupSize || length >= w.columns else { return false }
+            return Self.rowSumsFit(w, weightIntegers: values, columnMax: columnMax, length: min(length, w.columns))
+        }
         if w.bits > 4 {
             // FP8 weights: integers up to 252 (E2M5) or 1984 (E3M4) in int16; the exact sums run
             // over the longest even divisor of the group whose worst case fits int32.
             let values = wt.map { $0 / w.format.unit }
-            guard values.allSatisfy({ $0.magnitude <= Float(Int16.max) }), groupSize % 2 == 0 || groupSize >= w.columns
+            guard values.allSatisfy({ $0.magnitude * Float(1 << shift) <= Float(Int16.max) }),
+                  groupSize % 2 == 0 || groupSize >= w.columns
             else { return nil }
-            let maxWeight = Int(values.map(\.magnitude).max() ?? 0), maxActivation = maxInteger << k
+            let integers = values.map { Int($0) }
             let sumLength = ([groupSize] + [512, 256, 128, 64, 32, 16, 8, 4, 2]).first { n in
-                n <= groupSize && (n == groupSize || (n % 2 == 0 && groupSize % n == 0))
-                    && maxWeight * maxActivation * n < Int(Int32.max)
+                n <= groupSize && (n == groupSize || (n % 2 == 0 && groupSize % n == 0)) && sumsFit(integers, length: n)
             }
             guard let sumLength else { return nil }
             return IntegerPath(table: nil, wide: true, table16: values.map { Int16($0) } + [Int16](repeating: 0, count: 256 - values.count),
-                               sumLength: sumLength, codes: [], groupScales: [], activationFactors: factors,
-                               outputScale: outputScale * w.format.unit)
-        }
-        if maxInteger << k > 127 {
-            let maxWeight = wt.map { Int(abs($0 / w.format.unit)) }.max() ?? 0
-            guard wt.count == 16, maxWeight <= 127, groupSize % 2 == 0 || groupSize >= w.columns,
-                  maxWeight * (maxInteger << k) * groupSize < Int(Int32.max) else { return nil }
-            let table = wt.map { Int8($0 / w.format.unit) }
-            return IntegerPath(table: table, wide: true, sumLength: groupSize, codes: [], groupScales: [],
+                               fp8Gemv: MiniFloat.fp8Int16GemvAvailable(magnitudeBits: w.bits - 1), splitShift: split,
+                               sumLength: sumLength, codes: [], groupScales: [],
                                activationFactors: factors, outputScale: outputScale * w.format.unit)
+        }
+        if maxActivation > 127 {
+            let integers = wt.map { Int($0 / w.format.unit) }
+            let maxWeight = integers.map { abs($0) }.max() ?? 0
+            guard wt.count == 16, maxWeight <= 127, maxWeight << shift <= Int(Int16.max),
+                  groupSize % 2 == 0 || groupSize >= w.columns, sumsFit(integers, length: groupSize) else { return nil }
+            let table = wt.map { Int8($0 / w.format.unit) }
+            return IntegerPath(table: table, wide: true, splitShift: split, sumLength: groupSize, codes: [],
+                               groupScales: [], activationFactors: factors, outputScale: outputScale * w.format.unit)
         }
         if wt.count == 16, TokenKernels.fp4Supports(columns: w.columns, groupSize: groupSize) {
             // Nibble codes stay as they are (two per byte); the kernels look them up in this table.
@@ -205,18 +252,49 @@ public final class FloatingPointLinear: LinearOp {
                            outputScale: outputScale)
     }
 
+    /// Whether Σ_{j ∈ sum} |t(code[o, j])|·columnMax[j] < 2^31 for every row o and every run of
+    /// `length` columns (aligned to the row start): the exact bound on every int32 sum (and, as
+    /// every partial sum is bounded by it, on every intermediate value) with the row's own weights.
+    static func rowSumsFit(_ w: FloatingPointWeight, weightIntegers: [Int], columnMax: [Int], length: Int) -> Bool {
+        let magnitudes = weightIntegers.map { abs($0) }
+        return w.codes.withUnsafeBufferPointer { c in
+            for o in 0..<w.rows {
+                let row = o * w.columns
+                var j0 = 0
+                while j0 < w.columns {
+                    var sum = 0
+                    for j in j0..<min(w.columns, j0 + length) { sum += magnitudes[Int(c[row + j])] * columnMax[j] }
+                    if sum >= Int(Int32.max) { return false }
+                    j0 += length
+                }
+            }
+            return true
+        }
+    }
+
     public func forward(_ x: UnsafePointer<Float>, rows: Int, into y: UnsafeMutablePointer<Float>) {
         guard rows > 0 else { return }
         let k = inFeatures, n = outFeatures
-        if let p = integer, p.wide, p.table != nil || rows > Self.gemvRowLimit, let a = activation,
+        if let p = integer, p.wide, p.table != nil || p.fp8Gemv || rows > Self.gemvRowLimit, let a = activation,
            let f = a.floatFormat, let alpha = a.scale {
             let lda = (k + 1) & ~1
             let wide = LowBit.threadScratch(slot: 2, count: rows * lda, of: Int16.self)
+            // Split activations: the high parts in a second scratch slot.
+            let high = p.splitShift.map { s in
+                MiniFloat.HighParts(LowBit.threadScratch(slot: 3, count: rows * lda, of: Int16.self), shift: s)
+            }
             withOptional(a.channelScales) { cs in
                 p.activationFactors.withUnsafeBufferPointer { fp in
-                    MiniFloat.quantizeRowsInt16(x, rows: rows, columns: k, channelScales: cs, alpha: alpha,
-                                                exponentBits: f.exponentBits, mantissaBits: f.mantissaBits,
-                                                factors: fp.baseAddress!, into: wide, ld: lda)
+                    if let high {
+                        MiniFloat.quantizeRowsInt16Split(x, rows: rows, columns: k, channelScales: cs, alpha: alpha,
+                                                         exponentBits: f.exponentBits, mantissaBits: f.mantissaBits,
+                                                         factors: fp.baseAddress!, shift: high.shift, low: wide,
+                                                         high: UnsafeMutablePointer(mutating: high.values), ld: lda)
+                    } else {
+                        MiniFloat.quantizeRowsInt16(x, rows: rows, columns: k, channelScales: cs, alpha: alpha,
+                                                    exponentBits: f.exponentBits, mantissaBits: f.mantissaBits,
+                                                    factors: fp.baseAddress!, into: wide, ld: lda)
+                    }
                 }
             }
             // The stored scales as they are (the weight unit is in `outputScale`): no second copy.
@@ -225,12 +303,17 @@ public final class FloatingPointLinear: LinearOp {
                     if let table = p.table {
                         MiniFloat.fp4Int16Product(codes: wc.baseAddress!, rows: n, columns: k, groupSize: groupSize,
                                                   table: table, scales: ws.baseAddress!, activations: wide,
-                                                  lda: lda, m: rows, y: y, ldy: n,
+                                                  high: high, lda: lda, m: rows, y: y, ldy: n,
                                                   kernel: rows <= Self.gemvRowLimit ? .gemv : .gemm)
+                    } else if let table16 = p.table16, p.fp8Gemv, rows <= Self.gemvRowLimit {
+                        MiniFloat.fp8Int16Gemv(codes: wc.baseAddress!, rows: n, columns: k, groupSize: groupSize,
+                                               sumLength: p.sumLength, magnitudeBits: format.bits - 1, table: table16,
+                                               scales: ws.baseAddress!, activations: wide, high: high, lda: lda,
+                                               m: rows, y: y, ldy: n)
                     } else if let table16 = p.table16 {
                         MiniFloat.fp8Int16Product(codes: wc.baseAddress!, rows: n, columns: k, groupSize: groupSize,
                                                   sumLength: p.sumLength, table: table16, scales: ws.baseAddress!,
-                                                  activations: wide, lda: lda, m: rows, y: y, ldy: n)
+                                                  activations: wide, high: high, lda: lda, m: rows, y: y, ldy: n)
                     }
                 }
             }

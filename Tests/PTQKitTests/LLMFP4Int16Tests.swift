@@ -152,6 +152,226 @@ extension LLMFP4Tests {
         }
     }
 
+    // MARK: Split int16 activations (E3M4 with channel offsets K = 5…7)
+
+    /// Activation integers `v` split as the runtime does: `high = v / 2^shift` (toward zero),
+    /// `low = v − 2^shift·high`.
+    static func split(_ v: Int, shift: Int) -> (Int16, Int16) {
+        let high = v / (1 << shift)
+        return (Int16(v - high * (1 << shift)), Int16(high))
+    }
+
+    /// The split GEMM (AVX-512 VNNI + BW panels, AVX2 panels) and GEMV (VNNI, AVX2) equal the
+    /// scalar twin bit for bit, and the twin equals Σ_g scale·(exact Int64 sum of t·v) within float
+    /// rounding: E3M4 integers up to 1984·2^7 = 253,952 (shift 3) or as large as the group bound
+    /// allows, saturated ±max rows, odd widths, groups of 32/64/128/one per row, all-zero rows.
+    @Test(arguments: [(37, 64, 32, 5, 3), (64, 576, 32, 19, 3), (33, 63, 63, 3, 2), (17, 100, 64, 9, 1),
+                      (40, 96, 96, 7, 3), (1, 32, 32, 1, 3), (48, 1536, 128, 13, 3), (35, 130, 128, 33, 2),
+                      (8, 1536, 1536, 4, 3)])
+    func splitKernelsMatchReference(shape: (Int, Int, Int, Int, Int)) {
+        let (rows, cols, gs, m, shift) = shape
+        for format in [Self.e2m1, Self.e1m2, Self.e3m0] {
+            let table = Self.integerTable(format)
+            let maxWeight = table.map { abs(Int($0)) }.max()!
+            var rng = SeededGenerator(seed: UInt64(rows * 977 + cols + shift))
+            var codes = (0..<rows * cols).map { _ in UInt8.random(in: 0...15, using: &rng) }
+            for o in [2, 3] where o < rows {
+                for j in 0..<cols { codes[o * cols + j] = o == 2 ? 0 : (j % 2 == 0 ? 7 : 15) }
+            }
+            let packed = LowBit.packNibbles(codes, rows: rows, columns: cols)
+            let groups = (cols + gs - 1) / gs
+            let scales = (0..<rows * groups).map { _ in rng.float(in: 0.01...2) }
+            // The largest |v| both the split (high in int16) and the group bound allow.
+            let limit = min(Int(Int16.max) << shift | ((1 << shift) - 1), (Int(Int32.max) - 1) / (maxWeight * gs))
+            let lda = (cols + 1) & ~1
+            var v = [Int](repeating: 0, count: m * lda)
+            var low = [Int16](repeating: 0, count: m * lda), high = low
+            for i in 0..<m {
+                for j in 0..<cols {
+                    v[i * lda + j] = i == 0 ? (j % 2 == 0 ? limit : -limit) : Int.random(in: -limit...limit, using: &rng)
+                    (low[i * lda + j], high[i * lda + j]) = Self.split(v[i * lda + j], shift: shift)
+                }
+            }
+            var ref = [Float](repeating: .nan, count: m * rows)
+            high.withUnsafeBufferPointer { h in
+                let parts = MiniFloat.HighParts(h.baseAddress!, shift: shift)
+                MiniFloat.fp4Int16Product(codes: packed, rows: rows, columns: cols, groupSize: gs, table: table,
+                                          scales: scales, activations: low, high: parts, lda: lda, m: m, y: &ref,
+                                          ldy: rows, kernel: .reference)
+                for vnni in [true, false] {
+                    TokenKernels.setVNNIEnabled(vnni)
+                    for kernel in [MiniFloat.Int16Kernel.gemm, .gemv] {
+                        var y = [Float](repeating: .nan, count: m * rows)
+                        MiniFloat.fp4Int16Product(codes: packed, rows: rows, columns: cols, groupSize: gs, table: table,
+                                                  scales: scales, activations: low, high: parts, lda: lda, m: m,
+                                                  y: &y, ldy: rows, kernel: kernel)
+                        #expect(y == ref, "\(format) \(shape) \(kernel) vnni \(vnni)")
+                    }
+                }
+                TokenKernels.setVNNIEnabled(true)
+            }
+            for i in 0..<m {
+                for o in 0..<rows {
+                    var expected = 0.0, magnitude = 0.0
+                    for g in 0..<groups {
+                        var sum: Int64 = 0
+                        for j in g * gs..<min(cols, (g + 1) * gs) {
+                            sum += Int64(table[Int(codes[o * cols + j])]) * Int64(v[i * lda + j])
+                        }
+                        expected += Double(scales[o * groups + g]) * Double(sum)
+                        magnitude += abs(Double(scales[o * groups + g]) * Double(sum))
+                    }
+                    #expect(abs(Double(ref[i * rows + o]) - expected) <= 1e-6 * magnitude + 1e-30,
+                            "\(format) \(shape) [\(i), \(o)]")
+                    if o == 2 { #expect(ref[i * rows + o] == 0) }
+                }
+            }
+        }
+    }
+
+    /// The FP8 byte-table GEMM with split activations equals its scalar twin bit for bit (VNNI and
+    /// AVX2) and the exact sums within float rounding, with sums over parts of a row.
+    @Test(arguments: [(37, 64, 64, 32, 5), (64, 576, 576, 32, 20), (33, 63, 63, 63, 3), (40, 96, 96, 32, 9)])
+    func fp8SplitGemmMatchesReference(shape: (Int, Int, Int, Int, Int)) {
+        let (rows, cols, gs, sumLength, m) = shape
+        let format = Self.e2m5, shift = 3
+        let table = format.codeValues.map { Int16($0 / format.unit) } + [Int16](repeating: 0, count: 256 - format.codeCount)
+        var rng = SeededGenerator(seed: UInt64(cols * 13 + m))
+        let codes = (0..<rows * cols).map { _ in UInt8(Int.random(in: 0..<format.codeCount, using: &rng)) }
+        let groups = (cols + gs - 1) / gs
+        let scales = (0..<rows * groups).map { _ in rng.float(in: 0.01...2) }
+        let limit = min(253_952, (Int(Int32.max) - 1) / (252 * sumLength))
+        let lda = (cols + 1) & ~1
+        var v = [Int](repeating: 0, count: m * lda)
+        var low = [Int16](repeating: 0, count: m * lda), high = low
+        for i in 0..<m {
+            for j in 0..<cols {
+                v[i * lda + j] = Int.random(in: -limit...limit, using: &rng)
+                (low[i * lda + j], high[i * lda + j]) = Self.split(v[i * lda + j], shift: shift)
+            }
+        }
+        var ref = [Float](repeating: .nan, count: m * rows)
+        high.withUnsafeBufferPointer { h in
+            let parts = MiniFloat.HighParts(h.baseAddress!, shift: shift)
+            MiniFloat.fp8Int16Product(codes: codes, rows: rows, columns: cols, groupSize: gs, sumLength: sumLength,
+                                      table: table, scales: scales, activations: low, high: parts, lda: lda, m: m,
+                                      y: &ref, ldy: rows, reference: true)
+            for vnni in [true, false] {
+                TokenKernels.setVNNIEnabled(vnni)
+                var y = [Float](repeating: .nan, count: m * rows)
+                MiniFloat.fp8Int16Product(codes: codes, rows: rows, columns: cols, groupSize: gs, sumLength: sumLength,
+                                          table: table, scales: scales, activations: low, high: parts, lda: lda, m: m,
+                                          y: &y, ldy: rows)
+                #expect(y == ref, "\(shape) vnni \(vnni)")
+            }
+            TokenKernels.setVNNIEnabled(true)
+        }
+        for i in 0..<m {
+            for o in 0..<rows {
+                var expected = 0.0, magnitude = 0.0
+                for j in 0..<cols {
+                    let t = Double(scales[o * groups + j / gs]) * Double(table[Int(codes[o * cols + j])]) * Double(v[i * lda + j])
+                    expected += t
+                    magnitude += abs(t)
+                }
+                #expect(abs(Double(ref[i * rows + o]) - expected) <= 1e-6 * magnitude + 1e-30, "\(shape) [\(i), \(o)]")
+            }
+        }
+    }
+
+    /// The FP8 decode GEMV (byte codes in place, magnitudes looked up in registers) equals the
+    /// byte-table GEMM's scalar twin bit for bit, for FP8 E2M5/E3M4 and FP6 E2M3 codes (sign bit
+    /// at 7 resp. 5), whole and split int32 sums, odd widths (scalar tails), saturated codes,
+    /// all-zero rows and split activations; skipped where the kernel does not exist (no AVX-512
+    /// VNNI + BW: the runtime keeps the float GEMV there).
+    @Test(arguments: [(37, 64, 64, 64, 1), (64, 576, 576, 576, 2), (33, 63, 63, 63, 1), (40, 96, 96, 32, 3),
+                      (9, 1536, 1536, 512, 1), (17, 100, 64, 32, 4)])
+    func fp8Int16GemvMatchesReference(shape: (Int, Int, Int, Int, Int)) {
+        let (rows, cols, gs, sumLength, m) = shape
+        let e2m3 = FloatingPointFormat(exponentBits: 2, mantissaBits: 3)
+        for (format, split) in [(Self.e2m5, false), (Self.e3m4, false), (e2m3, false), (Self.e2m5, true)] {
+            let magnitudeBits = format.exponentBits + format.mantissaBits
+            guard MiniFloat.fp8Int16GemvAvailable(magnitudeBits: magnitudeBits) else { continue }
+            let table = format.codeValues.map { Int16($0 / format.unit) } + [Int16](repeating: 0, count: 256 - format.codeCount)
+            let maxWeight = table.map { abs(Int($0)) }.max()!
+            var rng = SeededGenerator(seed: UInt64(cols * 31 + m + magnitudeBits))
+            var codes = (0..<rows * cols).map { _ in UInt8(Int.random(in: 0..<format.codeCount, using: &rng)) }
+            // Row 1 all zero codes, row 2 the largest magnitude with alternating signs.
+            for j in 0..<cols {
+                codes[cols + j] = 0
+                codes[2 * cols + j] = UInt8((1 << magnitudeBits) - 1 + (j % 2) * (1 << magnitudeBits))
+            }
+            let groups = (cols + gs - 1) / gs
+            let scales = (0..<rows * groups).map { _ in rng.float(in: 0.01...2) }
+            let shift = split ? 3 : 0
+            let limit = min((Int(Int16.max) << shift) | ((1 << shift) - 1), (Int(Int32.max) - 1) / (maxWeight * sumLength))
+            let lda = (cols + 1) & ~1
+            var low = [Int16](repeating: 0, count: m * lda), high = low
+            for i in 0..<m {
+                for j in 0..<cols {
+                    let v = i == 0 ? (j % 2 == 0 ? limit : -limit) : Int.random(in: -limit...limit, using: &rng)
+                    (low[i * lda + j], high[i * lda + j]) = split ? Self.split(v, shift: shift) : (Int16(v), 0)
+                }
+            }
+            var ref = [Float](repeating: .nan, count: m * rows), y = ref
+            high.withUnsafeBufferPointer { h in
+                let parts: MiniFloat.HighParts? = split ? MiniFloat.HighParts(h.baseAddress!, shift: shift) : nil
+                MiniFloat.fp8Int16Product(codes: codes, rows: rows, columns: cols, groupSize: gs, sumLength: sumLength,
+                                          table: table, scales: scales, activations: low, high: parts, lda: lda, m: m,
+                                          y: &ref, ldy: rows, reference: true)
+                MiniFloat.fp8Int16Gemv(codes: codes, rows: rows, columns: cols, groupSize: gs, sumLength: sumLength,
+                                       magnitudeBits: magnitudeBits, table: table, scales: scales, activations: low,
+                                       high: parts, lda: lda, m: m, y: &y, ldy: rows)
+            }
+            #expect(y == ref, "\(format) split \(split) \(shape)")
+            #expect((0..<m).allSatisfy { ref[$0 * rows + 1] == 0 })
+            #expect(ref.allSatisfy { $0.isFinite })
+        }
+    }
+
+    /// The split activation quantizer (AVX2 and scalar) gives `low + 2^shift·high =
+    /// grid(x / channelScale / alpha)·factor` exactly with `|low| < 2^shift`, `high` in int16 and
+    /// both parts carrying the value's sign, for E3M4 at K = 7 with the smallest and largest
+    /// offsets (k_j = 0 and 7), saturated (±∞, huge) and NaN inputs, and zero past the columns.
+    @Test(arguments: [(Self.e3m4, 7, 3), (Self.e3m4, 5, 1), (Self.e4m3, 0, 3)])
+    func splitActivationsMatchTheGrid(format: FloatingPointFormat, k: Int, shift: Int) {
+        let cols = 53, rows = 3, ld = 56
+        var rng = SeededGenerator(seed: 9)
+        let shifts = (0..<cols).map { j in j % (k + 1) }
+        let channelScales = shifts.map { Float(sign: .plus, exponent: -$0, significand: 1) }
+        let factors = shifts.map { Float(sign: .plus, exponent: k - $0, significand: 1) / format.unit }
+        let alpha: Float = 0.3
+        var x = (0..<rows * cols).map { _ in rng.float(in: -80...80) }
+        x[1] = .nan; x[2] = .infinity; x[3] = -.infinity; x[4] = 1e30; x[5] = 0; x[6] = -1e-30
+        x[8] = -1e30; x[cols] = .infinity
+        var outputs: [[Int16]] = []
+        for reference in [false, true] {
+            var low = [Int16](repeating: 77, count: rows * ld), high = low
+            channelScales.withUnsafeBufferPointer { cs in
+                MiniFloat.quantizeRowsInt16Split(x, rows: rows, columns: cols, channelScales: cs.baseAddress, alpha: alpha,
+                                                 exponentBits: format.exponentBits, mantissaBits: format.mantissaBits,
+                                                 factors: factors, shift: shift, low: &low, high: &high, ld: ld,
+                                                 reference: reference)
+            }
+            for i in 0..<rows {
+                for j in 0..<cols {
+                    let t = x[i * cols + j] / channelScales[j] / alpha
+                    let grid = t.isNaN ? 0 : format.roundToGrid(t)
+                    let l = Int(low[i * ld + j]), h = Int(high[i * ld + j])
+                    #expect(Float(l + (h << shift)) == grid * factors[j], "\(format) [\(i), \(j)] x \(x[i * cols + j])")
+                    #expect(abs(l) < 1 << shift && (l == 0 || h == 0 || (l > 0) == (h > 0)))
+                }
+                for j in cols..<ld { #expect(low[i * ld + j] == 0 && high[i * ld + j] == 0) }
+            }
+            // Row 1 column 0 (+∞, k_0 = 0: the largest factor) and row 0 column 8 (−10^30) saturate at ±max·factor.
+            let top = Int(format.maxValue * factors[0])
+            #expect(Int(low[ld]) + Int(high[ld]) << shift == top)
+            #expect(Int(high[8]) << shift + Int(low[8]) == -Int(format.maxValue * factors[8]))
+            outputs.append(low + high)
+        }
+        #expect(outputs[0] == outputs[1])
+    }
+
     /// The runtime layer takes the int16 path exactly when the shifted grid integers fit int16 and
     /// groups do not split a column pair, and equals the simulated quantized layer (reference
     /// dequantizer, fake-quantized activations) on decode- and prefill-sized inputs either way.
@@ -161,12 +381,21 @@ extension LLMFP4Tests {
         let cases: [(FloatingPointFormat, Int, FloatingPointFormat, Int, Int, Bool)] = [
             (Self.e2m1, 32, Self.e2m5, 3, 96, true), (Self.e1m2, 64, Self.e2m5, 3, 100, true),
             (Self.e2m1, 128, Self.e3m4, 4, 130, true), (Self.e2m1, 71, Self.e2m5, 2, 71, true),
-            (Self.e2m1, 32, Self.e3m4, 7, 96, false), (Self.e2m1, 35, Self.e2m5, 3, 70, false),
-            (Self.e2m1, 32, Self.e4m3, 0, 64, false), (Self.e2m1, 32, Self.e2m1, 3, 64, false),
+            (Self.e2m1, 35, Self.e2m5, 3, 70, false), (Self.e2m1, 32, Self.e2m1, 3, 64, false),
+            // Split int16 activations (E3M4 at K = 5…7, E4M3 at K = 0: integers past int16).
+            (Self.e2m1, 32, Self.e3m4, 7, 96, true), (Self.e1m2, 64, Self.e3m4, 5, 130, true),
+            (Self.e3m0, 128, Self.e3m4, 6, 256, true), (Self.e2m1, 71, Self.e3m4, 7, 71, true),
+            (Self.e2m1, 32, Self.e4m3, 0, 64, true),
+            // One group per row of 1536: 12·253,952·1536 ≥ 2^31, proven per row with the row's weights.
+            (Self.e2m1, 1536, Self.e3m4, 7, 1536, true),
+            // Even split does not fit: E4M3 at K = 7 (245,760·2^7 ≥ 2^24) keeps the float path.
+            (Self.e2m1, 32, Self.e4m3, 7, 64, false),
             // FP8 weights per row (the W8A8 recipe): the byte-table GEMM at prefill, sums split
             // where a whole row's could leave int32 (E3M4 weights × E3M4 activations at K = 4).
             (Self.e2m5, 100, Self.e2m5, 3, 100, true), (Self.e3m4, 576, Self.e3m4, 4, 576, true),
             (Self.e2m5, 71, Self.e3m4, 2, 71, true), (Self.e4m3, 64, Self.e2m5, 3, 64, false),
+            // FP8 weights × split activations (the W8A8 recipe's E3M4 inputs with K ≥ 5).
+            (Self.e2m5, 576, Self.e3m4, 7, 576, true), (Self.e2m5, 64, Self.e3m4, 5, 128, true),
         ]
         for (format, gs, act, k, cols, wide) in cases {
             let out = 37
@@ -178,10 +407,20 @@ extension LLMFP4Tests {
                                                       floatFormat: act)
             let q = QuantizedLinear(name: "l", method: "llmfp4", weight: .floatingPoint(w),
                                     bias: (0..<out).map { _ in rng.float(in: -1...1) }, activation: quantization)
-            let op = try FloatingPointLinear(q)
+            let op = try FloatingPointLinear(q, splitActivations: true)
             #expect(op.kernelDescription.contains("int16") == wide, "\(format) g\(gs) \(act) K=\(k): \(op.kernelDescription)")
+            let maxInteger = Int(act.maxValue / act.unit) << k
+            let split = wide && maxInteger > Int(Int16.max)
+            #expect(op.kernelDescription.contains("split int16") == split, "\(format) g\(gs) \(act) K=\(k): \(op.kernelDescription)")
+            // Without the split form those layers keep the float path (and equal the simulation too).
+            let floatOp = try FloatingPointLinear(q, splitActivations: false)
+            #expect(floatOp.kernelDescription.contains("int16") == (wide && !split), "\(floatOp.kernelDescription)")
             // 1984·(1984·2^4)·32 < 2^31 ≤ 1984·(1984·2^4)·64.
             if format == Self.e3m4 { #expect(op.kernelDescription.contains("int32 sums of 32")) }
+            // FP8 weights decode on the int16 byte GEMV where it exists (rows ≤ 8 below).
+            if wide, format.bits > 4 {
+                #expect(op.kernelDescription.contains("GEMM/GEMV") == MiniFloat.fp8Int16GemvAvailable(magnitudeBits: format.bits - 1))
+            }
             // Inputs up to past the clipping point of the largest channel (saturated activations).
             let x = (0..<rows * cols).map { i in (i % cols == 6 ? 40 : 1) * rng.float(in: -1...1) }
             var y = [Float](repeating: .nan, count: rows * out), expected = y
@@ -190,6 +429,11 @@ extension LLMFP4Tests {
             let scale = expected.map(abs).max()!
             for i in 0..<y.count {
                 #expect(abs(y[i] - expected[i]) <= 1e-5 * scale, "\(format) g\(gs) \(act) K=\(k) [\(i / out), \(i % out)]")
+            }
+            if split {
+                var yFloat = [Float](repeating: .nan, count: rows * out)
+                floatOp.forward(x, rows: rows, into: &yFloat)
+                for i in 0..<y.count { #expect(abs(yFloat[i] - expected[i]) <= 1e-5 * scale) }
             }
         }
     }

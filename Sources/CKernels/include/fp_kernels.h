@@ -118,4 +118,53 @@ void ck_fp8_gemm_i16_ref(const uint8_t *codes, size_t row_begin, size_t row_coun
                          size_t sum_len, const int16_t *table, const float *wscale, const int16_t *a, size_t lda,
                          size_t m, float *y, size_t ldy);
 
+// ---------------------------------------------------------------------------------------------
+// The split form (issue 9): activations whose shifted grid integers exceed int16 (E3M4 with
+// channel offsets K = 5…7: up to 31·2^(6+K) = 253,952). Every integer v is stored as two int16
+// parts, v = lo + 2^shift·hi with |lo| < 2^shift (hi = v·2^-shift truncated toward zero, lo the
+// remainder, both with v's sign), and the weight integer t meets lo as t and hi as t·2^shift in
+// the same int32 sum: t·lo + (t·2^shift)·hi = t·v exactly. The caller picks shift so that
+// |v|·2^-shift <= 32767 and |t|·2^shift <= 32767, and guarantees that no sum's exact value
+// sum |t|·|v| over its columns reaches 2^31 (every partial sum is then bounded by it too).
+// Results are the formulas above with a[i, j] the whole integer lo + 2^shift·hi; every kernel
+// gives its scalar twin's bits. The AVX-512 panel GEMM also needs AVX-512 BW (16-bit shifts of
+// zmm lanes), else the AVX2 panels run.
+
+/// Activations as split int16 parts `lo`, `hi` (both [rows, ldc], zero in [cols, ldc)).
+void ck_fp_quantize_rows_i16x2(const float *x, size_t rows, size_t cols, const float *channel_scale, float alpha,
+                               int exp_bits, int man_bits, const float *factor, int shift, int16_t *lo, int16_t *hi,
+                               size_t ldc);
+void ck_fp_quantize_rows_i16x2_ref(const float *x, size_t rows, size_t cols, const float *channel_scale, float alpha,
+                                   int exp_bits, int man_bits, const float *factor, int shift, int16_t *lo,
+                                   int16_t *hi, size_t ldc);
+/// ck_fp4_gemm_i16 / ck_fp4_gemv_i16 / their twin with split activations (a = lo parts, ahi = hi
+/// parts, same stride lda): two int16 multiply-adds per weight pair into the same int32 lanes.
+void ck_fp4_gemm_i16x2(const uint8_t *codes, size_t row_begin, size_t row_count, size_t cols, size_t group_size,
+                       const int8_t *table, const float *wscale, const int16_t *a, const int16_t *ahi, int shift,
+                       size_t lda, size_t m, float *y, size_t ldy);
+void ck_fp4_gemv_i16x2(const uint8_t *codes, size_t row_begin, size_t row_count, size_t cols, size_t group_size,
+                       const int8_t *table, const float *wscale, const int16_t *a, const int16_t *ahi, int shift,
+                       size_t lda, size_t m, float *y, size_t ldy);
+void ck_fp4_gemm_i16x2_ref(const uint8_t *codes, size_t row_begin, size_t row_count, size_t cols, size_t group_size,
+                           const int8_t *table, const float *wscale, const int16_t *a, const int16_t *ahi, int shift,
+                           size_t lda, size_t m, float *y, size_t ldy);
+/// ck_fp8_gemm_i16 with split activations.
+void ck_fp8_gemm_i16x2(const uint8_t *codes, size_t row_begin, size_t row_count, size_t cols, size_t group_size,
+                       size_t sum_len, const int16_t *table, const float *wscale, const int16_t *a, const int16_t *ahi,
+                       int shift, size_t lda, size_t m, float *y, size_t ldy);
+void ck_fp8_gemm_i16x2_ref(const uint8_t *codes, size_t row_begin, size_t row_count, size_t cols, size_t group_size,
+                           size_t sum_len, const int16_t *table, const float *wscale, const int16_t *a,
+                           const int16_t *ahi, int shift, size_t lda, size_t m, float *y, size_t ldy);
+
+/// FP8 decode GEMV: one-byte codes (sign bit above mag_bits = exponent + mantissa bits <= 7
+/// magnitude bits; table[c | 1 << mag_bits] = -table[c]) read in place, the magnitudes' weight
+/// integers looked up in registers (AVX-512 BW: two vpermt2w of 64 int16 entries each),
+/// vpdpwssd against the int16 activations (a, optional split high parts ahi as above); the same
+/// result as ck_fp8_gemm_i16x2_ref bit for bit, which it runs where ck_fp8_gemv_i16_available
+/// is 0 (no AVX-512 VNNI + BW: callers keep the float GEMV there).
+void ck_fp8_gemv_i16(const uint8_t *codes, size_t row_begin, size_t row_count, size_t cols, size_t group_size,
+                     size_t sum_len, int mag_bits, const int16_t *table, const float *wscale, const int16_t *a,
+                     const int16_t *ahi, int shift, size_t lda, size_t m, float *y, size_t ldy);
+int ck_fp8_gemv_i16_available(int mag_bits);
+
 #endif
