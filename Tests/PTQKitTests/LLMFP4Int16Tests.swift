@@ -60,21 +60,9 @@ extension LLMFP4Tests {
                 }
             }
             TokenKernels.setVNNIEnabled(true)
-            for i in 0..<m {
-                for o in 0..<rows {
-                    var expected = 0.0, magnitude = 0.0
-                    for g in 0..<groups {
-                        var sum: Int64 = 0
-                        for j in g * gs..<min(cols, (g + 1) * gs) {
-                            sum += Int64(table[Int(codes[o * cols + j])]) * Int64(a[i * lda + j])
-                        }
-                        expected += Double(scales[o * groups + g]) * Double(sum)
-                        magnitude += abs(Double(scales[o * groups + g]) * Double(sum))
-                    }
-                    #expect(abs(Double(ref[i * rows + o]) - expected) <= 1e-6 * magnitude + 1e-30, "\(format) \(shape) [\(i), \(o)]")
-                    if o == 2 || (o == 0 && groups == 1) { #expect(ref[i * rows + o] == 0) }
-                }
-            }
+            Self.expectExactSums(ref, codes: codes, table: table, values: { Int64(a[$0]) }, scales: scales, m: m, rows: rows,
+                                 cols: cols, groupSize: gs, lda: lda, label: "\(format) \(shape)",
+                                 isZeroRow: { $0 == 2 || ($0 == 0 && groups == 1) })
         }
     }
 
@@ -154,6 +142,30 @@ extension LLMFP4Tests {
 
     // MARK: Split int16 activations (E3M4 with channel offsets K = 5…7)
 
+    /// Checks `y` (m × rows, row stride `rows`) against the exact grouped integer sums
+    /// Σ_g scale_{o,g}·Σ_j table[code_{o,j}]·value_{i,j}, within float rounding of their magnitude;
+    /// rows for which `isZeroRow` holds must be exactly 0.
+    static func expectExactSums(_ y: [Float], codes: [UInt8], table: [Int8], values: (Int) -> Int64, scales: [Float],
+                                m: Int, rows: Int, cols: Int, groupSize gs: Int, lda: Int, label: String,
+                                isZeroRow: (Int) -> Bool) {
+        let groups = (cols + gs - 1) / gs
+        for i in 0..<m {
+            for o in 0..<rows {
+                var expected = 0.0, magnitude = 0.0
+                for g in 0..<groups {
+                    var sum: Int64 = 0
+                    for j in g * gs..<min(cols, (g + 1) * gs) {
+                        sum += Int64(table[Int(codes[o * cols + j])]) * values(i * lda + j)
+                    }
+                    expected += Double(scales[o * groups + g]) * Double(sum)
+                    magnitude += abs(Double(scales[o * groups + g]) * Double(sum))
+                }
+                #expect(abs(Double(y[i * rows + o]) - expected) <= 1e-6 * magnitude + 1e-30, "\(label) [\(i), \(o)]")
+                if isZeroRow(o) { #expect(y[i * rows + o] == 0) }
+            }
+        }
+    }
+
     /// Activation integers `v` split as the runtime does: `high = v / 2^shift` (toward zero),
     /// `low = v − 2^shift·high`.
     static func split(_ v: Int, shift: Int) -> (Int16, Int16) {
@@ -210,22 +222,8 @@ extension LLMFP4Tests {
                 }
                 TokenKernels.setVNNIEnabled(true)
             }
-            for i in 0..<m {
-                for o in 0..<rows {
-                    var expected = 0.0, magnitude = 0.0
-                    for g in 0..<groups {
-                        var sum: Int64 = 0
-                        for j in g * gs..<min(cols, (g + 1) * gs) {
-                            sum += Int64(table[Int(codes[o * cols + j])]) * Int64(v[i * lda + j])
-                        }
-                        expected += Double(scales[o * groups + g]) * Double(sum)
-                        magnitude += abs(Double(scales[o * groups + g]) * Double(sum))
-                    }
-                    #expect(abs(Double(ref[i * rows + o]) - expected) <= 1e-6 * magnitude + 1e-30,
-                            "\(format) \(shape) [\(i), \(o)]")
-                    if o == 2 { #expect(ref[i * rows + o] == 0) }
-                }
-            }
+            Self.expectExactSums(ref, codes: codes, table: table, values: { Int64(v[$0]) }, scales: scales, m: m, rows: rows,
+                                 cols: cols, groupSize: gs, lda: lda, label: "\(format) \(shape)", isZeroRow: { $0 == 2 })
         }
     }
 

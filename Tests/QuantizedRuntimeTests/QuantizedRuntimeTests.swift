@@ -345,11 +345,15 @@ struct KernelTests {
 
     @Test("tiled dequantize + sgemm product", arguments: [LowBit.CodeFormat.u4, .u8], [1, 8, 16, 1000])
     func dequantizedProduct(format: LowBit.CodeFormat, tileRows: Int) {
-        let (n, k, rows) = (37, 96, 5)
-        let q = makeLayer(out: n, in: k, bits: format == .u4 ? 4 : 8, groupSize: 32, symmetric: false,
-                          seed: UInt64(tileRows))
+        checkDequantizedProduct(format, out: 37, in: 96, rows: 5, tileRows: tileRows, seed: UInt64(tileRows), xSeed: 99)
+    }
+
+    /// `LowBit.dequantizedProduct` of a random asymmetric g32 layer equals the simulated layer.
+    func checkDequantizedProduct(_ format: LowBit.CodeFormat, out n: Int, in k: Int, rows: Int, tileRows: Int,
+                                 seed: UInt64, xSeed: UInt64) {
+        let q = makeLayer(out: n, in: k, bits: format == .u4 ? 4 : 8, groupSize: 32, symmetric: false, seed: seed)
         let codes = format == .u4 ? LowBit.packNibbles(q.weight.integer!.codes, rows: n, columns: k) : q.weight.integer!.codes
-        var rng = SplitMix(seed: 99)
+        var rng = SplitMix(seed: xSeed)
         let x = activations(rows: rows, columns: k, rng: &rng)
         var y = [Float](repeating: .nan, count: rows * n)
         LowBit.dequantizedProduct(format, codes: codes, outFeatures: n, inFeatures: k, groupSize: 32,
@@ -366,17 +370,7 @@ struct KernelTests {
     @Test("tiled product split over the pool", arguments: [LowBit.CodeFormat.u4, .u8], [24, 1000])
     func pooledDequantizedProduct(format: LowBit.CodeFormat, tileRows: Int) {
         let (n, k, rows) = (300, 256, 96)
-        let q = makeLayer(out: n, in: k, bits: format == .u4 ? 4 : 8, groupSize: 32, symmetric: false,
-                          seed: UInt64(tileRows + 7))
-        let codes = format == .u4 ? LowBit.packNibbles(q.weight.integer!.codes, rows: n, columns: k) : q.weight.integer!.codes
-        var rng = SplitMix(seed: 5)
-        let x = activations(rows: rows, columns: k, rng: &rng)
-        var y = [Float](repeating: .nan, count: rows * n)
-        LowBit.dequantizedProduct(format, codes: codes, outFeatures: n, inFeatures: k, groupSize: 32,
-                                  scales: q.weight.integer!.scales, zeros: q.weight.integer!.zeros!, x: x, rows: rows, y: &y,
-                                  tileRows: tileRows)
-        let (want, mag) = fakeQuantForward(q, x: x, rows: rows)
-        #expect(worstRelativeError(y, want, mag) < 1e-5)
+        checkDequantizedProduct(format, out: n, in: k, rows: rows, tileRows: tileRows, seed: UInt64(tileRows + 7), xSeed: 5)
         if Parallel.workerCount > 1 { #expect(BLAS.pooledParts(rows: rows, columns: n, depth: k) > 1) }
     }
 
