@@ -71,8 +71,8 @@ public final class FloatingPointLinear: LinearOp {
     /// Whether layers whose activation integers need the split int16 form (E3M4 inputs with
     /// K = 5…7) run it by default: off, so they keep the float path (LUT GEMV at decode, tile
     /// decode + sgemm at prefill). The split form costs two int16 multiply-adds per weight where
-    /// the float path costs one FMA, and on the measured AVX-512 VNNI machine (Cooper Lake:
-    /// vpdpwssd zmm 1/cycle, FMA zmm 2/cycle) those layers took about 1.65× the CPU time of the
+    /// the float path costs one FMA, and on the measured AVX-512 VNNI machine (AMD EPYC, Zen 4
+    /// class: vpdpwssd 1/cycle, FMA 2/cycle as measured) those layers took about 1.65× the CPU time of the
     /// float path at prefill and their GEMV 15 % more at decode (docs/RESULTS.md, sixth pass).
     /// `PTQ_FP_SPLIT_INT16=1` in the environment turns it on (read once, for A/B runs);
     /// `init(_:splitActivations:)` per layer.
