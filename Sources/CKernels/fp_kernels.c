@@ -323,68 +323,56 @@ static void fp_decode_rows_avx2(const uint8_t *codes, int nibbles, size_t row_be
 /// ck_fp_quantize_rows_i16 on AVX2: the grid rounding of fp_quantize_rows_avx2 (same operations,
 /// so the same values as the reference), times the power-of-two factor (exact), converted to
 /// int32 (exact: an integer below 2^15 by the caller's choice of factor) and packed to int16.
+/// ck_fp_quantize_rows_i16 (hi == NULL) and ck_fp_quantize_rows_i16x2 on AVX2. The grid integer
+/// v = FPround(x/cs/alpha)·factor is exact in float (|v| < 2^24); without hi it is stored as is
+/// (the caller's factor keeps it below 2^15), with hi it is split as hi = v·2^-shift truncated
+/// toward zero and lo = v - hi·2^shift, both exact.
 CK_AVX2
 static void fp_quantize_rows_i16_avx2(const float *x, size_t rows, size_t cols, const float *channel_scale,
-                                      float alpha, int exp_bits, int man_bits, const float *factor, int16_t *codes,
-                                      size_t ldc) {
-    const float maxv = fp_max_value(exp_bits, man_bits);
-    const __m256 vmax = _mm256_set1_ps(maxv), vmin = _mm256_set1_ps(-maxv), va = _mm256_set1_ps(alpha);
-    const __m256i m = _mm256_set1_epi32(man_bits);
-    for (size_t i = 0; i < rows; i++) {
-        const float *xr = x + i * cols;
-        int16_t *o = codes + i * ldc;
-        size_t j = 0;
-        for (; j + 8 <= cols; j += 8) {
-            __m256 t = _mm256_loadu_ps(xr + j);
-            if (channel_scale) t = _mm256_div_ps(t, _mm256_loadu_ps(channel_scale + j));
-            const __m256 q = fp_grid8(_mm256_div_ps(t, va), vmax, vmin, m);
-            const __m256i v = _mm256_cvtps_epi32(_mm256_mul_ps(q, _mm256_loadu_ps(factor + j)));
-            _mm_storeu_si128((__m128i *)(o + j),
-                             _mm_packs_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1)));
-        }
-        for (; j < cols; j++) {
-            float t = xr[j];
-            if (channel_scale) t = t / channel_scale[j];
-            o[j] = (int16_t)(fp_round_to_grid(t / alpha, maxv, man_bits) * factor[j]);
-        }
-        for (; j < ldc; j++) o[j] = 0;
-    }
-}
-
-/// ck_fp_quantize_rows_i16x2 on AVX2: the integer v of fp_quantize_rows_i16_avx2 (exact in float,
-/// |v| < 2^24), hi = v·2^-shift truncated toward zero and lo = v - hi·2^shift, both exact.
-CK_AVX2
-static void fp_quantize_rows_i16x2_avx2(const float *x, size_t rows, size_t cols, const float *channel_scale,
-                                        float alpha, int exp_bits, int man_bits, const float *factor, int shift,
-                                        int16_t *lo, int16_t *hi, size_t ldc) {
+                                      float alpha, int exp_bits, int man_bits, const float *factor, int shift,
+                                      int16_t *lo, int16_t *hi, size_t ldc) {
     const float maxv = fp_max_value(exp_bits, man_bits), up = (float)(1 << shift), down = 1.0f / up;
     const __m256 vmax = _mm256_set1_ps(maxv), vmin = _mm256_set1_ps(-maxv), va = _mm256_set1_ps(alpha);
     const __m256 vup = _mm256_set1_ps(up), vdown = _mm256_set1_ps(down);
     const __m256i m = _mm256_set1_epi32(man_bits);
     for (size_t i = 0; i < rows; i++) {
         const float *xr = x + i * cols;
-        int16_t *ol = lo + i * ldc, *oh = hi + i * ldc;
+        int16_t *ol = lo + i * ldc, *oh = hi ? hi + i * ldc : NULL;
         size_t j = 0;
         for (; j + 8 <= cols; j += 8) {
             __m256 t = _mm256_loadu_ps(xr + j);
             if (channel_scale) t = _mm256_div_ps(t, _mm256_loadu_ps(channel_scale + j));
             const __m256 q = fp_grid8(_mm256_div_ps(t, va), vmax, vmin, m);
             const __m256 v = _mm256_mul_ps(q, _mm256_loadu_ps(factor + j));
-            const __m256 h = _mm256_round_ps(_mm256_mul_ps(v, vdown), _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
-            const __m256i vh = _mm256_cvtps_epi32(h), vl = _mm256_cvtps_epi32(_mm256_sub_ps(v, _mm256_mul_ps(h, vup)));
-            _mm_storeu_si128((__m128i *)(oh + j),
-                             _mm_packs_epi32(_mm256_castsi256_si128(vh), _mm256_extracti128_si256(vh, 1)));
+            __m256i vl;
+            if (oh) {
+                const __m256 h = _mm256_round_ps(_mm256_mul_ps(v, vdown), _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+                const __m256i vh = _mm256_cvtps_epi32(h);
+                vl = _mm256_cvtps_epi32(_mm256_sub_ps(v, _mm256_mul_ps(h, vup)));
+                _mm_storeu_si128((__m128i *)(oh + j),
+                                 _mm_packs_epi32(_mm256_castsi256_si128(vh), _mm256_extracti128_si256(vh, 1)));
+            } else {
+                vl = _mm256_cvtps_epi32(v);
+            }
             _mm_storeu_si128((__m128i *)(ol + j),
                              _mm_packs_epi32(_mm256_castsi256_si128(vl), _mm256_extracti128_si256(vl, 1)));
         }
         for (; j < cols; j++) {
             float t = xr[j];
             if (channel_scale) t = t / channel_scale[j];
-            const float v = fp_round_to_grid(t / alpha, maxv, man_bits) * factor[j], h = truncf(v * down);
-            oh[j] = (int16_t)h;
-            ol[j] = (int16_t)(v - h * up);
+            const float v = fp_round_to_grid(t / alpha, maxv, man_bits) * factor[j];
+            if (oh) {
+                const float h = truncf(v * down);
+                oh[j] = (int16_t)h;
+                ol[j] = (int16_t)(v - h * up);
+            } else {
+                ol[j] = (int16_t)v;
+            }
         }
-        for (; j < ldc; j++) ol[j] = oh[j] = 0;
+        for (; j < ldc; j++) {
+            ol[j] = 0;
+            if (oh) oh[j] = 0;
+        }
     }
 }
 #endif
@@ -463,22 +451,14 @@ void ck_fp_quantize_rows_i8(const float *x, size_t rows, size_t cols, const floa
 
 void ck_fp_quantize_rows_i16_ref(const float *x, size_t rows, size_t cols, const float *channel_scale, float alpha,
                                  int exp_bits, int man_bits, const float *factor, int16_t *codes, size_t ldc) {
-    const float maxv = fp_max_value(exp_bits, man_bits);
-    for (size_t i = 0; i < rows; i++) {
-        for (size_t j = 0; j < cols; j++) {
-            float t = x[i * cols + j];
-            if (channel_scale) t = t / channel_scale[j];
-            codes[i * ldc + j] = (int16_t)(fp_round_to_grid(t / alpha, maxv, man_bits) * factor[j]);
-        }
-        for (size_t j = cols; j < ldc; j++) codes[i * ldc + j] = 0;
-    }
+    ck_fp_quantize_rows_i16x2_ref(x, rows, cols, channel_scale, alpha, exp_bits, man_bits, factor, 0, codes, NULL, ldc);
 }
 
 void ck_fp_quantize_rows_i16(const float *x, size_t rows, size_t cols, const float *channel_scale, float alpha,
                              int exp_bits, int man_bits, const float *factor, int16_t *codes, size_t ldc) {
 #if defined(__x86_64__)
     if (ck_cpu_has_avx2()) {
-        fp_quantize_rows_i16_avx2(x, rows, cols, channel_scale, alpha, exp_bits, man_bits, factor, codes, ldc);
+        fp_quantize_rows_i16_avx2(x, rows, cols, channel_scale, alpha, exp_bits, man_bits, factor, 0, codes, NULL, ldc);
         return;
     }
 #endif
@@ -495,12 +475,16 @@ void ck_fp_quantize_rows_i16x2_ref(const float *x, size_t rows, size_t cols, con
             if (channel_scale) t = t / channel_scale[j];
             // The exact integer (|v| < 2^24), split with integer arithmetic: C's division truncates
             // toward zero, as the vector path's rounding does.
+            // Without hi (ck_fp_quantize_rows_i16_ref) v is stored whole.
             const int32_t v = (int32_t)(fp_round_to_grid(t / alpha, maxv, man_bits) * factor[j]);
-            const int32_t h = v / (1 << shift);
-            hi[i * ldc + j] = (int16_t)h;
+            const int32_t h = hi ? v / (1 << shift) : 0;
+            if (hi) hi[i * ldc + j] = (int16_t)h;
             lo[i * ldc + j] = (int16_t)(v - h * (1 << shift));
         }
-        for (size_t j = cols; j < ldc; j++) lo[i * ldc + j] = hi[i * ldc + j] = 0;
+        for (size_t j = cols; j < ldc; j++) {
+            lo[i * ldc + j] = 0;
+            if (hi) hi[i * ldc + j] = 0;
+        }
     }
 }
 
@@ -509,8 +493,7 @@ void ck_fp_quantize_rows_i16x2(const float *x, size_t rows, size_t cols, const f
                                size_t ldc) {
 #if defined(__x86_64__)
     if (ck_cpu_has_avx2()) {
-        fp_quantize_rows_i16x2_avx2(x, rows, cols, channel_scale, alpha, exp_bits, man_bits, factor, shift, lo, hi,
-                                    ldc);
+        fp_quantize_rows_i16_avx2(x, rows, cols, channel_scale, alpha, exp_bits, man_bits, factor, shift, lo, hi, ldc);
         return;
     }
 #endif
