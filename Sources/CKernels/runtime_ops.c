@@ -311,7 +311,7 @@ float ck_stream_sum(const float *p, size_t n) {
 #include <string.h>
 
 // Slots 0…3 are the Swift callers'; 4…7 belong to C kernels that need a buffer per call.
-#define CK_SCRATCH_SLOTS 9
+#define CK_SCRATCH_SLOTS 10
 
 typedef struct {
     void *data;

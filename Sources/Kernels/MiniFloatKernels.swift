@@ -259,4 +259,106 @@ public enum MiniFloat {
                             ps.base, pa.base, ph?.base, shift, lda, m, py.base, ldy)
         }
     }
+    // MARK: FP4 weights × byte-plane activations (decode on int8 VNNI)
+
+    /// FP4 weight codes repacked for `fp4ByteGemv`: 16-row blocks whose int32 lanes each hold one
+    /// weight row (fp_kernels.h, `ck_fp4_u8_pack`), the group scales in the same block order, and
+    /// the weight integers offset to unsigned bytes `t + offset`. A run-time layout built once at
+    /// load; the file keeps the plain nibble codes.
+    public struct FP4ByteLayout: Sendable {
+        public let rows: Int
+        public let columns: Int
+        public let groupSize: Int
+        /// Signed bytes per activation integer: 2 holds −32768…32639, 3 up to ±8,355,711.
+        public let planes: Int
+        /// c = the table's largest |t|; the unsigned weight bytes are t + c.
+        public let offset: Int
+        let packed: [UInt8]
+        let scales: [Float]
+        let table: [UInt8]
+
+        /// Bytes held (codes and scales).
+        public var bytes: Int { packed.count + scales.count * 4 + table.count }
+
+        /// The layout for `rows`×`columns` nibble codes (row stride (columns+1)/2) with the
+        /// weight-integer table `table` (16 entries) and `rows`×G scales; nil when the shape or
+        /// the integers do not fit (`fp4ByteGemvSupports`, |t| ≤ 127, planes 2 or 3).
+        public init?(codes: UnsafePointer<UInt8>, rows: Int, columns: Int, groupSize: Int, table: [Int8],
+                     scales: UnsafePointer<Float>, planes: Int) {
+            let g = min(groupSize, columns)
+            guard rows > 0, table.count == 16, planes == 2 || planes == 3,
+                  MiniFloat.fp4ByteGemvSupports(columns: columns, groupSize: g) else { return nil }
+            let c = table.map { abs(Int($0)) }.max() ?? 0
+            guard c <= 127 else { return nil }
+            self.rows = rows
+            self.columns = columns
+            self.groupSize = g
+            self.planes = planes
+            offset = c
+            self.table = table.map { UInt8(Int($0) + c) }
+            var packedScales = [Float](repeating: 0, count: ck_fp4_u8_packed_scales(rows, columns, g))
+            var packedCodes = [UInt8](repeating: 0, count: ck_fp4_u8_packed_bytes(rows, columns))
+            packedCodes.withUnsafeMutableBufferPointer { pc in
+                packedScales.withUnsafeMutableBufferPointer { ps in
+                    ck_fp4_u8_pack(codes, rows, columns, g, scales, pc.baseAddress!, ps.baseAddress!)
+                }
+            }
+            packed = packedCodes
+            self.scales = packedScales
+        }
+    }
+
+    /// Whether this CPU runs `fp4ByteGemv` (AVX-512 VNNI + BW); elsewhere callers keep the int16 GEMV.
+    public static let fp4ByteGemvAvailable = ck_fp4_gemv_u8_available() != 0
+
+    /// Columns and group size multiples of 8 (a group is whole runs of the packed layout).
+    public static func fp4ByteGemvSupports(columns: Int, groupSize: Int) -> Bool {
+        columns > 0 && groupSize > 0 && ck_fp4_u8_shape_ok(columns, min(groupSize, columns)) != 0
+    }
+
+    /// y[i·ldy + o] for the `m` int16 activation rows `a` (stride `lda`; with `high` the split
+    /// form lo + 2^shift·hi): each row split into the layout's signed byte planes once, then the
+    /// 16-row blocks shared out over the pool. Bit for bit `fp4Int16Product(…, kernel: .reference)`
+    /// on the original codes whenever every group's exact sum fits int32 (the caller's load-time
+    /// proof, as for the int16 kernels) and every activation integer fits the planes.
+    public static func fp4ByteGemv(_ layout: FP4ByteLayout, activations a: UnsafePointer<Int16>, high: HighParts? = nil,
+                                   lda: Int, m: Int, y: UnsafeMutablePointer<Float>, ldy: Int,
+                                   reference: Bool = false) {
+        guard m > 0 else { return }
+        let k = layout.columns, groups = (k + layout.groupSize - 1) / layout.groupSize
+        // One scratch slot of the calling thread: the planes, then (64-byte aligned) the corrections.
+        let planeBytes = (layout.planes * k + 63) & ~63
+        let scratch = LowBit.threadScratch(slot: 9, count: planeBytes + 4 * groups, of: UInt8.self)
+        let planes = UnsafeMutableRawPointer(scratch).bindMemory(to: Int8.self, capacity: layout.planes * k)
+        let corrections = UnsafeMutableRawPointer(scratch + planeBytes).bindMemory(to: Int32.self, capacity: groups)
+        let shift = Int32(high?.shift ?? 0), blocks = (layout.rows + 15) / 16
+        layout.packed.withUnsafeBufferPointer { pc in
+            layout.scales.withUnsafeBufferPointer { ps in
+                layout.table.withUnsafeBufferPointer { pt in
+                    let c = SendableConstPointer(pc.baseAddress!), s = SendableConstPointer(ps.baseAddress!)
+                    let t = SendableConstPointer(pt.baseAddress!)
+                    let pp = SendableConstPointer(UnsafePointer(planes))
+                    let pr = SendableConstPointer(UnsafePointer(corrections))
+                    for i in 0..<m {
+                        let hi = high.map { $0.values + i * lda }
+                        if reference {
+                            ck_fp4_u8_activations_ref(a + i * lda, hi, shift, k, layout.groupSize, Int32(layout.planes),
+                                                      Int32(layout.offset), planes, corrections)
+                            ck_fp4_gemv_u8_ref(c.base, s.base, 0, blocks, layout.rows, k, layout.groupSize, t.base,
+                                               pp.base, Int32(layout.planes), pr.base, y + i * ldy)
+                            continue
+                        }
+                        ck_fp4_u8_activations(a + i * lda, hi, shift, k, layout.groupSize, Int32(layout.planes),
+                                              Int32(layout.offset), planes, corrections)
+                        let py = SendablePointer(y + i * ldy), rows = layout.rows, g = layout.groupSize
+                        let n = Int32(layout.planes)
+                        Parallel.forEachChunk(blocks, minimumChunk: LowBit.chunk(workPerRow: 16 * k, atLeast: 1)) { r in
+                            ck_fp4_gemv_u8(c.base, s.base, r.lowerBound, r.count, rows, k, g, t.base, pp.base, n,
+                                           pr.base, py.base)
+                        }
+                    }
+                }
+            }
+        }
+    }
 }

@@ -61,12 +61,26 @@ public final class FloatingPointLinear: LinearOp {
         /// Columns per exact int32 sum (the group, or a divisor of it when a whole group's sum
         /// could leave int32).
         var sumLength = 0
+        /// The largest activation integer (the format's largest grid integer times 2^K).
+        var maxActivation = 0
         var codes: [Int8]
         var groupScales: [Float]
         var activationFactors: [Float]
         var outputScale: Float
     }
     private let integer: IntegerPath?
+    /// Whether the split int16 form (`integer.splitShift`) runs at prefill too; when false such a
+    /// layer keeps the float path there (`splitActivationsByDefault`) and runs on integers only at
+    /// decode, through `byteLayout`.
+    private let splitPrefill: Bool
+    /// The decode GEMV on int8 VNNI (`MiniFloat.fp4ByteGemv`) for FP4 layers on the int16 path:
+    /// each activation integer as two (three for the split form) signed bytes against the weight
+    /// integers offset to unsigned bytes, 64 products per `vpdpbusd`. The same exact group sums
+    /// as the int16 GEMV, bit for bit its result, about 4× fewer instructions (docs/RESULTS.md,
+    /// seventh pass). A second, repacked copy of the codes (16-row blocks); nil where the CPU
+    /// lacks AVX-512 VNNI + BW, the shape does not fit (columns or group not multiples of 8), or
+    /// `byteGemvByDefault` is off.
+    private let byteLayout: MiniFloat.FP4ByteLayout?
 
     /// Whether layers whose activation integers need the split int16 form (E3M4 inputs with
     /// K = 5…7) run it by default: off, so they keep the float path (LUT GEMV at decode, tile
@@ -78,15 +92,28 @@ public final class FloatingPointLinear: LinearOp {
     /// `init(_:splitActivations:)` per layer.
     public static let splitActivationsByDefault = ProcessInfo.processInfo.environment["PTQ_FP_SPLIT_INT16"] == "1"
 
+    /// Whether FP4 layers on the integer path decode with the byte-plane VNNI GEMV (`byteLayout`)
+    /// where the CPU has it: on; `PTQ_FP4_BYTE_GEMV=0` in the environment turns it off (read once,
+    /// for A/B runs against the int16 GEMV and the float LUT GEMV).
+    public static let byteGemvByDefault = ProcessInfo.processInfo.environment["PTQ_FP4_BYTE_GEMV"] != "0"
+
     /// Rows up to which one GEMV per row beats decoding tiles for sgemm (as `IntegerLinear`).
     static let gemvRowLimit = 8
 
-    /// Bytes held for this layer: codes, scales, bias and activation parameters.
-    public var weightBytes: Int { storageBytes }
+    /// Bytes a one-row (decode) forward reads: `storageBytes`, except that a layer with the
+    /// byte-plane layout reads that copy and not the stored codes and scales (which only prefill
+    /// reads).
+    public var weightBytes: Int {
+        guard let byteLayout else { return storageBytes }
+        return byteLayout.bytes + (bias?.count ?? 0) * 4 + (activation?.channelScales?.count ?? 0) * 4
+    }
 
+    /// Bytes held for this layer: codes (both copies where there is a byte-plane layout), scales,
+    /// bias and activation parameters.
     public var storageBytes: Int {
         codes.count + scales.count * 4 + (bias?.count ?? 0) * 4 + (activation?.channelScales?.count ?? 0) * 4
             + (integer.map { $0.codes.count + ($0.table?.count ?? 0) + ($0.table16?.count ?? 0) * 2 + $0.groupScales.count * 4 } ?? 0)
+            + (byteLayout?.bytes ?? 0)
     }
 
     /// What runs, for reports: e.g. `fp4 e2m1 LUT GEMV/tile-sgemm g32, A fp8 e4m3 per-tensor`.
@@ -95,13 +122,20 @@ public final class FloatingPointLinear: LinearOp {
         let act = activation?.floatFormat.map { "A \($0) per-tensor" + (activation?.channelScales != nil ? " + 2^-k" : "") }
             ?? "A16"
         let int16 = integer?.splitShift.map { "as split int16 (lo + 2^\($0)·hi)" } ?? "as int16"
+        if let byteLayout, let integer {
+            let decode = "byte-plane VNNI GEMV (decode, \(byteLayout.planes) planes)"
+            if integer.splitShift != nil && !splitPrefill {
+                return "\(format) tile-sgemm (prefill) + \(decode) \(grouping), \(act) \(int16)"
+            }
+            return "\(format) nibble-table int16 GEMM (prefill) + \(decode) \(grouping), \(act) \(int16)"
+        }
         if let integer, integer.table16 != nil, integer.fp8Gemv {
             return "\(format) byte-table int16 GEMM/GEMV (int32 sums of \(integer.sumLength)) \(grouping), \(act) \(int16)"
         }
         if let integer, integer.table16 != nil {
             return "\(format) byte-table int16 GEMM (prefill, int32 sums of \(integer.sumLength)) + LUT GEMV (decode) \(grouping), \(act) \(int16)"
         }
-        if let integer, integer.wide {
+        if let integer, integer.wide, integer.splitShift == nil || splitPrefill {
             return "\(format) nibble-table int16 GEMM/GEMV \(grouping), \(act) \(int16)"
         }
         if let integer {
@@ -166,12 +200,34 @@ public final class FloatingPointLinear: LinearOp {
         activation = q.activation
         bias = q.bias
         nibbles = w.bits <= 4
-        codes = nibbles ? LowBit.packNibbles(w.codes, rows: w.rows, columns: w.columns) : w.codes
+        let storedCodes = nibbles ? LowBit.packNibbles(w.codes, rows: w.rows, columns: w.columns) : w.codes
+        codes = storedCodes
         scales = w.scales
         // 16 entries for nibbles (the AVX2 path reads the first 8 as the magnitude table).
         table = w.format.codeValues + [Float](repeating: 0, count: max(0, (nibbles ? 16 : 256) - w.format.codeCount))
-        integer = Self.integerPath(w, groupSize: min(w.groupSize, w.columns), activation: q.activation,
-                                   allowSplit: splitActivations)
+        // The split form is proven here whatever `splitActivations` says: with it off the layer
+        // still decodes on integers where the byte-plane GEMV runs.
+        let path = Self.integerPath(w, groupSize: min(w.groupSize, w.columns), activation: q.activation,
+                                    allowSplit: true)
+        splitPrefill = splitActivations
+        var layout: MiniFloat.FP4ByteLayout? = nil
+        if let path, path.wide, let table = path.table, Self.byteGemvByDefault, MiniFloat.fp4ByteGemvAvailable {
+            // Two signed bytes hold −32768…32639, three ±8,355,711 (every integer below 2^23).
+            let planes = path.maxActivation <= 32_639 ? 2 : 3
+            layout = storedCodes.withUnsafeBufferPointer { c in
+                w.scales.withUnsafeBufferPointer { s in
+                    MiniFloat.FP4ByteLayout(codes: c.baseAddress!, rows: w.rows, columns: w.columns,
+                                            groupSize: min(w.groupSize, w.columns), table: table,
+                                            scales: s.baseAddress!, planes: planes)
+                }
+            }
+        }
+        if let path, path.splitShift != nil, !splitActivations, layout == nil {
+            integer = nil // no integer kernel runs it: the float path, as before
+        } else {
+            integer = path
+        }
+        byteLayout = layout
     }
 
     /// Every FP4 weight is an integer (≤ 64) times the format's smallest step, and an activation
@@ -237,7 +293,8 @@ public final class FloatingPointLinear: LinearOp {
             guard wt.count == 16, maxWeight <= 127, maxWeight << shift <= Int(Int16.max),
                   groupSize % 2 == 0 || groupSize >= w.columns, sumsFit(integers, length: groupSize) else { return nil }
             let table = wt.map { Int8($0 / w.format.unit) }
-            return IntegerPath(table: table, wide: true, splitShift: split, sumLength: groupSize, codes: [],
+            return IntegerPath(table: table, wide: true, splitShift: split, sumLength: groupSize,
+                               maxActivation: maxActivation, codes: [],
                                groupScales: [], activationFactors: factors, outputScale: outputScale * w.format.unit)
         }
         if wt.count == 16, TokenKernels.fp4Supports(columns: w.columns, groupSize: groupSize) {
@@ -275,8 +332,10 @@ public final class FloatingPointLinear: LinearOp {
     public func forward(_ x: UnsafePointer<Float>, rows: Int, into y: UnsafeMutablePointer<Float>) {
         guard rows > 0 else { return }
         let k = inFeatures, n = outFeatures
-        if let p = integer, p.wide, p.table != nil || p.fp8Gemv || rows > Self.gemvRowLimit, let a = activation,
-           let f = a.floatFormat, let alpha = a.scale {
+        let decode = rows <= Self.gemvRowLimit
+        if let p = integer, p.wide, p.table != nil || p.fp8Gemv || !decode, let a = activation,
+           let f = a.floatFormat, let alpha = a.scale,
+           p.splitShift == nil || splitPrefill || (decode && byteLayout != nil) {
             let lda = (k + 1) & ~1
             let wide = LowBit.threadScratch(slot: 2, count: rows * lda, of: Int16.self)
             // Split activations: the high parts in a second scratch slot.
@@ -300,7 +359,9 @@ public final class FloatingPointLinear: LinearOp {
             // The stored scales as they are (the weight unit is in `outputScale`): no second copy.
             codes.withUnsafeBufferPointer { wc in
                 scales.withUnsafeBufferPointer { ws in
-                    if let table = p.table {
+                    if let byteLayout, decode {
+                        MiniFloat.fp4ByteGemv(byteLayout, activations: wide, high: high, lda: lda, m: rows, y: y, ldy: n)
+                    } else if let table = p.table {
                         MiniFloat.fp4Int16Product(codes: wc.baseAddress!, rows: n, columns: k, groupSize: groupSize,
                                                   table: table, scales: ws.baseAddress!, activations: wide,
                                                   high: high, lda: lda, m: rows, y: y, ldy: n,

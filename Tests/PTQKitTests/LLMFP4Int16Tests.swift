@@ -412,7 +412,12 @@ extension LLMFP4Tests {
             #expect(op.kernelDescription.contains("split int16") == split, "\(format) g\(gs) \(act) K=\(k): \(op.kernelDescription)")
             // Without the split form those layers keep the float path (and equal the simulation too).
             let floatOp = try FloatingPointLinear(q, splitActivations: false)
-            #expect(floatOp.kernelDescription.contains("int16") == (wide && !split), "\(floatOp.kernelDescription)")
+            // …except at decode where the byte-plane GEMV runs them on integers (FP4 weights,
+            // columns and group multiples of 8).
+            let byteDecode = wide && format.bits == 4 && MiniFloat.fp4ByteGemvAvailable
+                && FloatingPointLinear.byteGemvByDefault && MiniFloat.fp4ByteGemvSupports(columns: cols, groupSize: gs)
+            #expect(floatOp.kernelDescription.contains("int16") == (wide && (!split || byteDecode)), "\(floatOp.kernelDescription)")
+            #expect(op.kernelDescription.contains("byte-plane") == byteDecode, "\(op.kernelDescription)")
             // 1984·(1984·2^4)·32 < 2^31 ≤ 1984·(1984·2^4)·64.
             if format == Self.e3m4 { #expect(op.kernelDescription.contains("int32 sums of 32")) }
             // FP8 weights decode on the int16 byte GEMV where it exists (rows ≤ 8 below).

@@ -179,7 +179,8 @@ float ck_stream_sum(const float *p, size_t n);
 // (q/k/v, gate/up) quantize it once.
 
 /// A per-thread buffer of at least `bytes` bytes (64-byte aligned) for slot 0…3 (4…7 are used
-/// inside the C kernels, 8 by the prefill attention's scores), reused by
+/// inside the C kernels, 8 by the prefill attention's scores, 9 by the FP4 byte-plane GEMV's
+/// activation planes), reused by
 /// later calls on the same thread with the same slot (its contents are not kept when it grows).
 /// NULL only when memory runs out.
 void *ck_thread_scratch(int slot, size_t bytes);

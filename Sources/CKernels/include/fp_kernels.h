@@ -167,4 +167,45 @@ void ck_fp8_gemv_i16(const uint8_t *codes, size_t row_begin, size_t row_count, s
                      const int16_t *ahi, int shift, size_t lda, size_t m, float *y, size_t ldy);
 int ck_fp8_gemv_i16_available(int mag_bits);
 
+// ---------------------------------------------------------------------------------------------
+// FP4 decode GEMV on int8 VNNI (fp4_u8.c), the int16 path's decode kernel where AVX-512 VNNI + BW
+// exist. Each activation integer v (whole, or the split form's lo + 2^shift·hi) becomes `planes`
+// signed bytes, v = sum_p 256^p·b_p (planes = 2 holds -32768 <= v <= 32639, 3 holds |v| <=
+// 8,355,711); the weight integers are offset to unsigned bytes u = t + c (utable[code] =
+// table[code] + c, c = max |t|, so u <= 255 needs c <= 127), and
+//   sum_j t_j·v_j = sum_p 256^p·sum_j u_j·b_pj − c·sum_j v_j,
+// with corr[g] = c·sum_{j in g} v_j (modulo 2^32) once per activation row. Requires cols and
+// the group size multiples of 8 (ck_fp4_u8_shape_ok), and, as the int16 kernels, that no group's
+// exact sum leaves int32 (every step is then exact modulo 2^32).
+//
+// Packed layout (built once at load by ck_fp4_u8_pack; not a file format): rows in blocks of 16
+// (the last padded with code 0), each block cols/8 runs of 64 bytes; byte 4r + i of run q holds
+// row r's code for column 8q + i in its low nibble and for column 8q + 4 + i in its high
+// nibble. Scales pscale[(block·G + g)·16 + r] (0 for padding rows).
+//
+// y[o] = sum_g pscale(o, g) * (float)(exact group sum), groups in order, a separate multiply and
+// add: bit for bit ck_fp4_gemm_i16x2_ref on the original codes and activations.
+
+int ck_fp4_u8_shape_ok(size_t cols, size_t group_size);
+size_t ck_fp4_u8_packed_bytes(size_t rows, size_t cols);
+size_t ck_fp4_u8_packed_scales(size_t rows, size_t cols, size_t group_size);
+void ck_fp4_u8_pack(const uint8_t *codes, size_t rows, size_t cols, size_t group_size, const float *wscale,
+                    uint8_t *packed, float *pscale);
+/// One activation row (a, optional split high parts ahi << shift) → out[p·cols + j] = byte p of
+/// v_j, corr[g] = offset·sum_{j in g} v_j modulo 2^32.
+void ck_fp4_u8_activations(const int16_t *a, const int16_t *ahi, int shift, size_t cols, size_t group_size,
+                           int planes, int offset, int8_t *out, int32_t *corr);
+void ck_fp4_u8_activations_ref(const int16_t *a, const int16_t *ahi, int shift, size_t cols, size_t group_size,
+                               int planes, int offset, int8_t *out, int32_t *corr);
+/// Rows of blocks [block_begin, block_begin + block_count) (rows past `rows` are not stored),
+/// one activation row.
+void ck_fp4_gemv_u8(const uint8_t *packed, const float *pscale, size_t block_begin, size_t block_count, size_t rows,
+                    size_t cols, size_t group_size, const uint8_t *utable, const int8_t *act, int planes,
+                    const int32_t *corr, float *y);
+void ck_fp4_gemv_u8_ref(const uint8_t *packed, const float *pscale, size_t block_begin, size_t block_count,
+                        size_t rows, size_t cols, size_t group_size, const uint8_t *utable, const int8_t *act,
+                        int planes, const int32_t *corr, float *y);
+/// AVX-512 VNNI + BW (elsewhere the int16 GEMV stays).
+int ck_fp4_gemv_u8_available(void);
+
 #endif
