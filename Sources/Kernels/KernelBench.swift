@@ -297,6 +297,34 @@ public enum KernelBench {
                             }
                         }
                     }
+                    // The decode GEMV on byte planes (int8 VNNI, AVX-512 VNNI + BW): the same codes
+                    // re-laid out in 16-row blocks at load, the int16 activations as two signed
+                    // bytes, and the split ones (E3M4 at K = 7) as three.
+                    TokenKernels.setVNNIEnabled(vnniAvailable)
+                    if MiniFloat.fp4ByteGemvAvailable {
+                        for planes in [2, 3] {
+                            let layouts = shapes.enumerated().map { i, shape in
+                                MiniFloat.FP4ByteLayout(codes: w.baseAddress! + off[i], rows: shape.0, columns: shape.1,
+                                                        groupSize: group, table: itable, scales: s.baseAddress! + soff[i],
+                                                        planes: planes)!
+                            }
+                            let label = planes == 2 ? "FP4 byte-plane GEMV g32 (MiniFloat.fp4ByteGemv, int16 activations)"
+                                : "FP4 byte-plane GEMV g32 (fp4ByteGemv, split activations, 3 planes)"
+                            time(label, layerPass, bytes: layouts.reduce(0) { $0 + $1.bytes }) {
+                                hi16.withUnsafeBufferPointer { h in
+                                    for layout in layouts {
+                                        if planes == 2 {
+                                            MiniFloat.fp4ByteGemv(layout, activations: a16, lda: layout.columns, m: 1, y: &y,
+                                                                  ldy: layout.rows)
+                                        } else {
+                                            MiniFloat.fp4ByteGemv(layout, activations: lo16, high: .init(h.baseAddress!, shift: 3),
+                                                                  lda: layout.columns, m: 1, y: &y, ldy: layout.rows)
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
                     // Prefill (512 rows) per layer shape: the float path (weight tiles decoded for
                     // sgemm) against the int16 panel GEMM on the same codes, same run.
                     let m = 512

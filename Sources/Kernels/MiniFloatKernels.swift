@@ -308,8 +308,10 @@ public enum MiniFloat {
         }
     }
 
-    /// Whether this CPU runs `fp4ByteGemv` (AVX-512 VNNI + BW); elsewhere callers keep the int16 GEMV.
-    public static let fp4ByteGemvAvailable = ck_fp4_gemv_u8_available() != 0
+    /// Whether this CPU runs `fp4ByteGemv` (AVX-512 VNNI + BW, and VNNI not switched off by
+    /// `TokenKernels.setVNNIEnabled`); elsewhere callers keep the int16 GEMV. Asked each time, as
+    /// the switch can change (tests, `ptq bench --kernels`).
+    public static var fp4ByteGemvAvailable: Bool { ck_fp4_gemv_u8_available() != 0 }
 
     /// Columns and group size multiples of 8 (a group is whole runs of the packed layout).
     public static func fp4ByteGemvSupports(columns: Int, groupSize: Int) -> Bool {
