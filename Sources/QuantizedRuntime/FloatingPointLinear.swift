@@ -18,9 +18,11 @@ import PTQCore
 /// (`integerPath`): int8 activations when the shifted grid integers fit int8 (W4A4), int16 when
 /// they fit int16 (the W4A8 recipe's E2M5 / E3M4 with small channel offsets), two int16 parts
 /// `low + 2^s·high` when they do not (E3M4 with offsets K = 5…7), exact int32 group sums in
-/// every case. Otherwise one input row runs the fused GEMV (`ck_fp_gemv_f32`: codes looked
-/// up in registers, every code×activation product exact in float, each group's sum scaled once);
-/// several rows decode a tile of weight rows at a time into scratch and multiply it with sgemm.
+/// every case; at decode (≤ 8 rows), where the CPU has AVX-512 VNNI + BW, the FP4 ones run the
+/// byte-plane GEMV instead (`byteLayout`: the same integer sums on int8 VNNI, also for the split
+/// layers that keep the float path at prefill). Otherwise one input row runs the fused GEMV
+/// (`ck_fp_gemv_f32`: codes looked up in registers, every code×activation product exact in
+/// float, each group's sum scaled once); several rows decode a tile of weight rows at a time into scratch and multiply it with sgemm.
 public final class FloatingPointLinear: LinearOp {
     public let name: String
     public let inFeatures: Int
