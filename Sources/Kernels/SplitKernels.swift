@@ -14,8 +14,9 @@ public enum SplitKernels {
         case bytes([UInt8])
         /// Two bytes per weight (bits 7…8).
         case halfwords([UInt16])
-        /// Codes of 2…4 bits packed with 2-bit cluster planes, 24 bytes per 32 weights of a row
-        /// (`split_kernels.h`, `pack4`): 0.75 bytes per weight, what decode reads.
+        /// Codes of 2…4 bits packed with their cluster ids, 72 bytes per 96 weights of a row (six
+        /// 5-bit fields code | cluster bit 0 per 32-bit word, cluster bit 1 in mask planes;
+        /// `split_kernels.h`, `pack4`): 0.75 bytes per weight, what decode reads.
         case packed4([UInt8])
 
         /// Bytes held.
