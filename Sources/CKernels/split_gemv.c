@@ -247,6 +247,7 @@ SPLIT_DISPATCH(u16, uint16_t)
 #define P4_SUPER 96
 #define P4_SUPER_BYTES 72
 #define P4_SUB 16
+#define P4_PREFETCH (48 * P4_SUPER_BYTES)  // bytes ahead of the superblock being read
 
 size_t ck_split_p4_row_bytes(size_t cols) { return (cols + P4_SUPER - 1) / P4_SUPER * P4_SUPER_BYTES; }
 
@@ -403,6 +404,9 @@ CK_AVX512VL static void split_gemv_p4_avx512(const uint8_t *packed, size_t row_b
         for (; j + P4_SUPER <= cols; j += P4_SUPER) {
             const uint8_t *blk = row + (j / P4_SUPER) * P4_SUPER_BYTES;
             const __m512i v = _mm512_loadu_si512((const void *)blk);
+            // The hardware prefetcher alone left one thread at ~10 GB/s on this stream; 48
+            // superblocks ahead measured 1.3× with the new layout (RESULTS, seventh pass).
+            _mm_prefetch((const char *)blk + P4_PREFETCH, _MM_HINT_T0);
             P4_STEP(0, a0) P4_STEP(1, a1) P4_STEP(2, a2) P4_STEP(3, a0) P4_STEP(4, a1) P4_STEP(5, a2)
         }
 #undef P4_STEP
