@@ -226,38 +226,53 @@ SPLIT_AVX2(u16, uint16_t)
 SPLIT_DISPATCH(u8, uint8_t)
 SPLIT_DISPATCH(u16, uint16_t)
 
-// ---- packed 4-bit codes + 2-bit cluster planes (bits ≤ 4) ---------------------------------------
+// ---- packed 4-bit codes + cluster bits (bits ≤ 4) ----------------------------------------------
 //
-// Per row, ceil(cols / 32) blocks of 24 bytes (see split_kernels.h): 16 code bytes (byte t holds
-// element t in its low nibble and element t + 16 in its high nibble), then two little-endian
-// 32-bit planes with bit 0 and bit 1 of each element's cluster id. Padding elements are code 0,
-// cluster 0.
+// Per row, ceil(cols / 96) superblocks of 72 bytes (see split_kernels.h). Superblock b holds
+// elements 96b … 96b + 95 as six sub-vectors f = 0…5 of 16 lanes (lane l = element 96b + 16f + l).
+// Bytes 0…63 are 16 little-endian 32-bit words: word l holds, at bits 5f … 5f + 4, the field
+// code | (cluster bit 0) << 4 of lane l of sub-vector f, and at bits 30 and 31 cluster bit 1 of
+// lane l of sub-vectors 4 and 5. Bytes 64…71 are four little-endian 16-bit planes: bit l of plane f
+// (f = 0…3) is cluster bit 1 of lane l of sub-vector f. Padding elements are code 0, cluster 0.
+//
+// Why this shape: on Zen 4 every 512-bit operation (permute, shift, AND, FMA) costs about the same
+// issue slot, and the old layout (16 nibble bytes + two 32-bit planes per 32 weights) spent five of
+// them per 16 weights on widening, masking and OR-ing the index before the two permutes and the FMA.
+// Here one 64-byte load serves 96 weights, the field's bits 0…4 are already the two-table
+// index (`vpermt2ps` ignores the bits above, `vpermps` reads only the code in bits 0…3), so a
+// sub-vector costs one shift (none for f = 0) plus the two permutes and the FMA; cluster bit 1 comes
+// straight into a mask register (a 16-bit load, or one test for the two fields kept in the word's
+// spare bits). Same 0.75 bytes per weight. Measured in docs/RESULTS.md (seventh pass).
 
-#define P4_BLOCK 32
-#define P4_BLOCK_BYTES 24
+#define P4_SUPER 96
+#define P4_SUPER_BYTES 72
+#define P4_SUB 16
+#define P4_PREFETCH (48 * P4_SUPER_BYTES)  // bytes ahead of the superblock being read
 
-size_t ck_split_p4_row_bytes(size_t cols) { return (cols + P4_BLOCK - 1) / P4_BLOCK * P4_BLOCK_BYTES; }
+size_t ck_split_p4_row_bytes(size_t cols) { return (cols + P4_SUPER - 1) / P4_SUPER * P4_SUPER_BYTES; }
 
 void ck_split_pack_p4(const uint8_t *clusters, const uint8_t *codes, size_t rows, size_t cols, uint8_t *out) {
     const size_t rb = ck_split_p4_row_bytes(cols);
     for (size_t r = 0; r < rows; r++) {
         const uint8_t *c = clusters + r * cols, *q = codes + r * cols;
-        for (size_t j0 = 0; j0 < cols; j0 += P4_BLOCK) {
-            // One block in locals, written once.
-            uint8_t nib[16] = {0};
-            uint32_t p0 = 0, p1 = 0;
-            const size_t n = cols - j0 < P4_BLOCK ? cols - j0 : P4_BLOCK;
+        for (size_t j0 = 0; j0 < cols; j0 += P4_SUPER) {
+            // One superblock in locals, written once.
+            uint32_t word[P4_SUB] = {0};
+            uint16_t plane[4] = {0};
+            const size_t n = cols - j0 < P4_SUPER ? cols - j0 : P4_SUPER;
             for (size_t t = 0; t < n; t++) {
+                const unsigned f = (unsigned)(t / P4_SUB), l = (unsigned)(t % P4_SUB);
                 const unsigned u = q[j0 + t] & 0x0F, k = c[j0 + t] & 3;
-                nib[t & 15] |= (uint8_t)(t < 16 ? u : u << 4);
-                p0 |= (uint32_t)(k & 1) << t;
-                p1 |= (uint32_t)(k >> 1) << t;
+                word[l] |= (uint32_t)(u | (k & 1) << 4) << (5 * f);
+                if (f < 4) plane[f] |= (uint16_t)((k >> 1) << l);
+                else word[l] |= (uint32_t)(k >> 1) << (26 + f);  // bit 30 (f = 4) or 31 (f = 5)
             }
-            uint8_t *blk = out + r * rb + (j0 / P4_BLOCK) * P4_BLOCK_BYTES;
-            memcpy(blk, nib, 16);
-            for (int b = 0; b < 4; b++) {  // little-endian planes on any host
-                blk[16 + b] = (uint8_t)(p0 >> (8 * b));
-                blk[20 + b] = (uint8_t)(p1 >> (8 * b));
+            uint8_t *blk = out + r * rb + (j0 / P4_SUPER) * P4_SUPER_BYTES;
+            for (int l = 0; l < P4_SUB; l++)  // little-endian on any host
+                for (int b = 0; b < 4; b++) blk[4 * l + b] = (uint8_t)(word[l] >> (8 * b));
+            for (int f = 0; f < 4; f++) {
+                blk[64 + 2 * f] = (uint8_t)plane[f];
+                blk[65 + 2 * f] = (uint8_t)(plane[f] >> 8);
             }
         }
     }
@@ -265,11 +280,14 @@ void ck_split_pack_p4(const uint8_t *clusters, const uint8_t *codes, size_t rows
 
 /// Cluster id and code of element j of a packed row.
 static inline void p4_at(const uint8_t *row, size_t j, unsigned *k, unsigned *u) {
-    const uint8_t *blk = row + (j / P4_BLOCK) * P4_BLOCK_BYTES;
-    const size_t t = j % P4_BLOCK;
-    const uint8_t byte = blk[t & 15];
-    *u = t < 16 ? (unsigned)(byte & 0x0F) : (unsigned)(byte >> 4);
-    *k = (unsigned)((blk[16 + t / 8] >> (t % 8)) & 1) | (unsigned)(((blk[20 + t / 8] >> (t % 8)) & 1) << 1);
+    const uint8_t *blk = row + (j / P4_SUPER) * P4_SUPER_BYTES;
+    const unsigned t = (unsigned)(j % P4_SUPER), f = t / P4_SUB, l = t % P4_SUB;
+    const uint32_t w = (uint32_t)blk[4 * l] | (uint32_t)blk[4 * l + 1] << 8 | (uint32_t)blk[4 * l + 2] << 16 |
+                       (uint32_t)blk[4 * l + 3] << 24;
+    const unsigned field = (w >> (5 * f)) & 31;
+    const unsigned bit1 = f < 4 ? (unsigned)(blk[64 + 2 * f + l / 8] >> (l % 8)) & 1 : (unsigned)(w >> (26 + f)) & 1;
+    *u = field & 0x0F;
+    *k = (field >> 4) | bit1 << 1;
 }
 
 void ck_split_gemv_p4_ref(const uint8_t *packed, size_t row_begin, size_t row_count, size_t cols, size_t group_size,
@@ -325,94 +343,111 @@ CK_INLINE CK_AVX512VL void p4_tables(const float *s, const float *z, __m512 *t0,
     *t2 = _mm512_mul_ps(_mm512_set1_ps(s[2]), _mm512_sub_ps(iota, _mm512_set1_ps(z[2])));
 }
 
-/// 16 weights from their codes (low 4 bits of the dword lanes of `u`, upper bits zero) and the
-/// cluster bit masks: clusters 0/1 by one two-table permute on code | bit0 << 4, cluster 2 by a
-/// masked permute of its own table.
-CK_INLINE CK_AVX512VL __m512 p4_lookup16(__m512i u, __mmask16 k0, __mmask16 k1, __m512 t0, __m512 t1, __m512 t2) {
-    const __m512i idx = _mm512_mask_or_epi32(u, k0, u, _mm512_set1_epi32(16));
-    const __m512 w = _mm512_permutex2var_ps(t0, idx, t1);
-    return _mm512_mask_permutexvar_ps(w, k1, u, t2);
+/// 16 weights from a word vector whose bits 0…4 are code | cluster bit 0 << 4 (higher bits are
+/// ignored) and the cluster-bit-1 mask: clusters 0/1 by one two-table permute, cluster 2 by a masked
+/// permute of its own table on the code.
+CK_INLINE CK_AVX512VL __m512 p4_lookup16(__m512i v, __mmask16 c1, __m512 t0, __m512 t1, __m512 t2) {
+    return _mm512_mask_permutexvar_ps(_mm512_permutex2var_ps(t0, v, t1), c1, v, t2);
 }
 
-/// The 32 weights of one packed block as two 16-lane vectors (elements 0…15 and 16…31).
-CK_INLINE CK_AVX512VL void p4_block(const uint8_t *blk, __m512 t0, __m512 t1, __m512 t2, __m512 *lo, __m512 *hi) {
-    const __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)blk));
-    uint32_t p0, p1;
-    memcpy(&p0, blk + 16, 4);
-    memcpy(&p1, blk + 20, 4);
-    const __m512i low4 = _mm512_set1_epi32(0x0F);
-    *lo = p4_lookup16(_mm512_and_si512(v, low4), (__mmask16)p0, (__mmask16)p1, t0, t1, t2);
-    *hi = p4_lookup16(_mm512_srli_epi32(v, 4), (__mmask16)(p0 >> 16), (__mmask16)(p1 >> 16), t0, t1, t2);
-}
-
-/// Mask of the first min(n, 16) lanes (n ≥ 1): the valid columns of a block's 16-lane half.
+/// Mask of the first min(n, 16) lanes (n ≥ 1): the valid columns of a sub-vector.
 CK_INLINE uint16_t p4_lane_mask(size_t n) { return n >= 16 ? 0xFFFF : (uint16_t)((1u << n) - 1); }
 
-/// AVX-512 GEMV on the packed layout (group_size a multiple of 32, or one group per row): per
-/// row and group three value tables in registers, per 32 weights one byte widen, an AND and a
-/// shift, two permutes per 16 weights and two FMAs; the last block of a row loads x under a mask.
-/// The weights are exact, the float summation order differs from the reference (four 16-lane
-/// accumulators per row, one reduction per row).
+/// Cluster-bit-1 mask of sub-vector f (0…5) of the superblock at blk whose words are v: a 16-bit
+/// load straight into a mask register for f < 4 (cheaper here than shifting one 64-bit load), a
+/// test of bit 30 or 31 of the words for f = 4, 5.
+CK_INLINE CK_AVX512VL __mmask16 p4_mask(const uint8_t *blk, __m512i v, int f) {
+    if (f < 4) {
+        uint16_t m;
+        memcpy(&m, blk + 64 + 2 * f, 2);  // little-endian host (x86)
+        return (__mmask16)m;
+    }
+    return _mm512_test_epi32_mask(v, _mm512_set1_epi32((int)(1u << (26 + f))));
+}
+
+/// Field f (0…5) of the superblock's words in bits 0…4 of every lane.
+CK_INLINE CK_AVX512VL __m512i p4_field(__m512i v, int f) {
+    switch (f) {
+    case 0: return v;
+    case 1: return _mm512_srli_epi32(v, 5);
+    case 2: return _mm512_srli_epi32(v, 10);
+    case 3: return _mm512_srli_epi32(v, 15);
+    case 4: return _mm512_srli_epi32(v, 20);
+    default: return _mm512_srli_epi32(v, 25);
+    }
+}
+
+/// AVX-512 GEMV on the packed layout (group_size a multiple of 16, or one group per row): per row a
+/// walk over its superblocks, the group's three value tables rebuilt in registers whenever a
+/// sub-vector starts a group; per 16 weights one shift, two permutes and one FMA into one of three
+/// accumulators; the row's last, partial sub-vector loads x under a mask (padding weights are
+/// code 0 and meet zero x lanes). The weights are exact, the float summation order differs from
+/// the reference (three 16-lane accumulators per row, one reduction per row).
 CK_AVX512VL static void split_gemv_p4_avx512(const uint8_t *packed, size_t row_begin, size_t row_count, size_t cols,
                                              size_t group_size, const float *scales, const float *zeros,
                                              const float *x, float *y) {
     const size_t groups = split_groups(cols, group_size), rb = ck_split_p4_row_bytes(cols);
     for (size_t o = row_begin; o < row_begin + row_count; o++) {
         const uint8_t *row = packed + o * rb;
-        // Four accumulators (two blocks per step): one FMA chain per 16 columns would be latency-bound.
-        __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps(), acc2 = _mm512_setzero_ps(), acc3 = _mm512_setzero_ps();
-        for (size_t g = 0; g < groups; g++) {
-            __m512 t0, t1, t2;
-            p4_tables(scales + (o * groups + g) * SPLIT_CLUSTERS, zeros + (o * groups + g) * SPLIT_CLUSTERS, &t0, &t1, &t2);
-            const size_t j0 = g * group_size, j1 = j0 + group_size < cols ? j0 + group_size : cols;
-            size_t j = j0;
-            for (; j + 2 * P4_BLOCK <= j1; j += 2 * P4_BLOCK) {
-                __m512 lo0, hi0, lo1, hi1;
-                const uint8_t *blk = row + (j / P4_BLOCK) * P4_BLOCK_BYTES;
-                p4_block(blk, t0, t1, t2, &lo0, &hi0);
-                p4_block(blk + P4_BLOCK_BYTES, t0, t1, t2, &lo1, &hi1);
-                acc0 = _mm512_fmadd_ps(lo0, _mm512_loadu_ps(x + j), acc0);
-                acc1 = _mm512_fmadd_ps(hi0, _mm512_loadu_ps(x + j + 16), acc1);
-                acc2 = _mm512_fmadd_ps(lo1, _mm512_loadu_ps(x + j + 32), acc2);
-                acc3 = _mm512_fmadd_ps(hi1, _mm512_loadu_ps(x + j + 48), acc3);
-            }
-            for (; j + P4_BLOCK <= j1; j += P4_BLOCK) {
-                __m512 lo, hi;
-                p4_block(row + (j / P4_BLOCK) * P4_BLOCK_BYTES, t0, t1, t2, &lo, &hi);
-                acc0 = _mm512_fmadd_ps(lo, _mm512_loadu_ps(x + j), acc0);
-                acc1 = _mm512_fmadd_ps(hi, _mm512_loadu_ps(x + j + 16), acc1);
-            }
-            if (j < j1) {  // the row's last, partial block: padding weights meet masked-off (zero) x lanes
-                const size_t n = j1 - j;
-                const __mmask16 mlo = p4_lane_mask(n), mhi = n > 16 ? p4_lane_mask(n - 16) : 0;
-                __m512 lo, hi;
-                p4_block(row + (j / P4_BLOCK) * P4_BLOCK_BYTES, t0, t1, t2, &lo, &hi);
-                acc0 = _mm512_fmadd_ps(lo, _mm512_maskz_loadu_ps(mlo, x + j), acc0);
-                acc1 = _mm512_fmadd_ps(hi, _mm512_maskz_loadu_ps(mhi, x + j + 16), acc1);
+        const float *sp = scales + o * groups * SPLIT_CLUSTERS, *zp = zeros + o * groups * SPLIT_CLUSTERS;
+        __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0;  // three FMA chains: one would be latency-bound
+        __m512 t0 = a0, t1 = a0, t2 = a0;
+        size_t next = 0;  // first column of the next group
+        size_t j = 0;
+        // Whole superblocks, unrolled by hand so that the accumulators and tables stay in registers.
+#define P4_STEP(F, ACC)                                                                                   \
+        if (j + (F) * P4_SUB == next) {                                                                   \
+            p4_tables(sp, zp, &t0, &t1, &t2);                                                             \
+            sp += SPLIT_CLUSTERS, zp += SPLIT_CLUSTERS, next += group_size;                               \
+        }                                                                                                 \
+        ACC = _mm512_fmadd_ps(p4_lookup16(p4_field(v, F), p4_mask(blk, v, F), t0, t1, t2), _mm512_loadu_ps(x + j + (F) * P4_SUB), ACC);
+        for (; j + P4_SUPER <= cols; j += P4_SUPER) {
+            const uint8_t *blk = row + (j / P4_SUPER) * P4_SUPER_BYTES;
+            const __m512i v = _mm512_loadu_si512((const void *)blk);
+            // The hardware prefetcher alone left one thread at ~10 GB/s on this stream; 48
+            // superblocks ahead measured 1.3× with the new layout (RESULTS, seventh pass).
+            _mm_prefetch((const char *)blk + P4_PREFETCH, _MM_HINT_T0);
+            P4_STEP(0, a0) P4_STEP(1, a1) P4_STEP(2, a2) P4_STEP(3, a0) P4_STEP(4, a1) P4_STEP(5, a2)
+        }
+#undef P4_STEP
+        if (j < cols) {  // the row's last, partial superblock; its last sub-vector loads x under a mask
+            const uint8_t *blk = row + (j / P4_SUPER) * P4_SUPER_BYTES;
+            const __m512i v = _mm512_loadu_si512((const void *)blk);
+            for (int f = 0; j + (size_t)f * P4_SUB < cols; f++) {
+                const size_t jf = j + (size_t)f * P4_SUB;
+                if (jf == next) {
+                    p4_tables(sp, zp, &t0, &t1, &t2);
+                    sp += SPLIT_CLUSTERS, zp += SPLIT_CLUSTERS, next += group_size;
+                }
+                const __m512 xv = _mm512_maskz_loadu_ps(p4_lane_mask(cols - jf), x + jf);
+                a0 = _mm512_fmadd_ps(p4_lookup16(p4_field(v, f), p4_mask(blk, v, f), t0, t1, t2), xv, a0);
             }
         }
-        y[o] = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc0, acc1), _mm512_add_ps(acc2, acc3)));
+        y[o] = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), a2));
     }
 }
 
+/// Exact tiles for prefill: the GEMV's lookups, stored (the last sub-vector under a mask).
 CK_AVX512VL static void split_dequant_p4_avx512(const uint8_t *packed, size_t row_begin, size_t row_count, size_t cols,
                                                 size_t group_size, const float *scales, const float *zeros, float *out) {
     const size_t groups = split_groups(cols, group_size), rb = ck_split_p4_row_bytes(cols);
     for (size_t r = 0; r < row_count; r++) {
         const size_t o = row_begin + r;
         const uint8_t *row = packed + o * rb;
+        const float *sp = scales + o * groups * SPLIT_CLUSTERS, *zp = zeros + o * groups * SPLIT_CLUSTERS;
         float *dst = out + r * cols;
-        for (size_t g = 0; g < groups; g++) {
-            __m512 t0, t1, t2;
-            p4_tables(scales + (o * groups + g) * SPLIT_CLUSTERS, zeros + (o * groups + g) * SPLIT_CLUSTERS, &t0, &t1, &t2);
-            const size_t j0 = g * group_size, j1 = j0 + group_size < cols ? j0 + group_size : cols;
-            for (size_t j = j0; j < j1; j += P4_BLOCK) {
-                const size_t n = j1 - j < P4_BLOCK ? j1 - j : P4_BLOCK;
-                const __mmask16 mlo = p4_lane_mask(n), mhi = n > 16 ? p4_lane_mask(n - 16) : 0;
-                __m512 lo, hi;
-                p4_block(row + (j / P4_BLOCK) * P4_BLOCK_BYTES, t0, t1, t2, &lo, &hi);
-                _mm512_mask_storeu_ps(dst + j, mlo, lo);
-                _mm512_mask_storeu_ps(dst + j + 16, mhi, hi);
+        __m512 t0 = _mm512_setzero_ps(), t1 = t0, t2 = t0;
+        size_t next = 0;
+        for (size_t j = 0; j < cols; j += P4_SUPER) {
+            const uint8_t *blk = row + (j / P4_SUPER) * P4_SUPER_BYTES;
+            const __m512i v = _mm512_loadu_si512((const void *)blk);
+            for (int f = 0; f < 6 && j + (size_t)f * P4_SUB < cols; f++) {
+                const size_t jf = j + (size_t)f * P4_SUB;
+                if (jf == next) {
+                    p4_tables(sp, zp, &t0, &t1, &t2);
+                    sp += SPLIT_CLUSTERS, zp += SPLIT_CLUSTERS, next += group_size;
+                }
+                _mm512_mask_storeu_ps(dst + jf, p4_lane_mask(cols - jf), p4_lookup16(p4_field(v, f), p4_mask(blk, v, f), t0, t1, t2));
             }
         }
     }
@@ -420,13 +455,21 @@ CK_AVX512VL static void split_dequant_p4_avx512(const uint8_t *packed, size_t ro
 
 #endif
 
+/// Whether the AVX-512 paths run: groups start on 16-column sub-vectors (or one group per row).
+static int p4_fast(size_t cols, size_t group_size, int bits) {
+#if defined(__x86_64__)
+    return (group_size % P4_SUB == 0 || group_size >= cols) && bits <= 4 && ck_cpu_has_avx512vnni();
+#else
+    (void)cols, (void)group_size, (void)bits;
+    return 0;
+#endif
+}
+
 void ck_split_gemv_p4(const uint8_t *packed, size_t row_begin, size_t row_count, size_t cols, size_t group_size,
                       int bits, const float *scales, const float *zeros, const float *x, float *y) {
     if (group_size == 0) group_size = cols ? cols : 1;
 #if defined(__x86_64__)
-    // Blocks of 32 never straddle a group when groups are multiples of 32 (or one per row).
-    const int aligned = group_size % P4_BLOCK == 0 || group_size >= cols;
-    if (aligned && bits <= 4 && ck_cpu_has_avx512vnni()) {
+    if (p4_fast(cols, group_size, bits)) {
         split_gemv_p4_avx512(packed, row_begin, row_count, cols, group_size, scales, zeros, x, y);
         return;
     }
@@ -438,7 +481,7 @@ void ck_split_dequant_rows_p4(const uint8_t *packed, size_t row_begin, size_t ro
                               size_t group_size, int bits, const float *scales, const float *zeros, float *out) {
     if (group_size == 0) group_size = cols ? cols : 1;
 #if defined(__x86_64__)
-    if ((group_size % P4_BLOCK == 0 || group_size >= cols) && bits <= 4 && ck_cpu_has_avx512vnni()) {
+    if (p4_fast(cols, group_size, bits)) {
         split_dequant_p4_avx512(packed, row_begin, row_count, cols, group_size, scales, zeros, out);
         return;
     }

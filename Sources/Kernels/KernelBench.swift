@@ -389,7 +389,8 @@ public enum KernelBench {
             }
         }
         // SplitQuant INT4 g128 (the smollm2-splitquant-int4 recipe): one index byte per weight (the
-        // layout before) and packed 4-bit codes with 2-bit cluster planes (what SplitLinear keeps).
+        // layout before) and the packed 4+2-bit layout (5-bit fields + cluster masks, what SplitLinear
+        // keeps).
         do {
             let group = 128, bits = 4
             let clusters = shapes.map { n, k in bytes(n * k, below: 3) }

@@ -1,7 +1,8 @@
 import CKernels
 
 /// Weight-only kernels of the SplitQuant format (`split_kernels.h`): per-weight indices
-/// `cluster << bits | code` (packed 4-bit codes plus 2-bit cluster planes for bits ≤ 4, one
+/// `cluster << bits | code` (for bits ≤ 4 packed as 5-bit fields code | cluster bit 0 plus
+/// cluster-bit-1 masks, 0.75 bytes per weight; one
 /// byte for 5–6, two for 7–8), scales and zero points
 /// `[rows, groups, 3]`. Each row/group builds a 3·2^bits-entry value table and the kernels look
 /// the indices up in it, so the layer runs in one pass over its codes with no float copy of the
@@ -14,8 +15,9 @@ public enum SplitKernels {
         case bytes([UInt8])
         /// Two bytes per weight (bits 7…8).
         case halfwords([UInt16])
-        /// Codes of 2…4 bits packed with 2-bit cluster planes, 24 bytes per 32 weights of a row
-        /// (`split_kernels.h`, `pack4`): 0.75 bytes per weight, what decode reads.
+        /// Codes of 2…4 bits packed with their cluster ids, 72 bytes per 96 weights of a row (six
+        /// 5-bit fields code | cluster bit 0 per 32-bit word, cluster bit 1 in mask planes;
+        /// `split_kernels.h`, `pack4`): 0.75 bytes per weight, what decode reads.
         case packed4([UInt8])
 
         /// Bytes held.

@@ -3,8 +3,8 @@ import Models
 import PTQCore
 
 /// A SplitQuant linear layer (`SplitWeight`) with float activations, executed in one pass over
-/// its packed indices (codes of ≤ 4 bits as nibbles with 2-bit cluster planes, 0.75 bytes per
-/// weight; wider codes as `cluster << bits | code` bytes or halfwords): per row and group the kernel builds the
+/// its packed indices (codes of ≤ 4 bits in 5-bit fields code | cluster bit 0 with cluster bit 1
+/// in mask planes, 0.75 bytes per weight; wider codes as `cluster << bits | code` bytes or halfwords): per row and group the kernel builds the
 /// 3·2^bits-entry value table (the cluster id selects the scale and zero point) and accumulates
 /// table[index]·x. The result equals the sum of the three quantized parts; the runtime keeps
 /// indices, scales and zero points, never the float weight matrix.

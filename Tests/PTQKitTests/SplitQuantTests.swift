@@ -232,23 +232,33 @@ struct SplitQuantTests {
         }
     }
 
-    /// The packed 4+2-bit layout: pack → dequantize is the reference dequantizer (every shape,
-    /// both kernel paths and the scalar twin), and its GEMV (AVX-512, AVX2, scalar) matches the
-    /// double-precision product on random and odd shapes, groups that are and are not multiples
-    /// of 32 (the latter run the twin), all-zero activations, all-zero and extreme scales.
+    /// The packed layout (96-weight superblocks of 5-bit fields and cluster masks): pack →
+    /// dequantize is the reference dequantizer (every shape, both kernel paths and the scalar
+    /// twin), and its GEMV (AVX-512, scalar) matches the double-precision product and the twin on
+    /// random and odd shapes (columns below, at and across 16, 32 and 96), groups that are and are
+    /// not multiples of 16 (the latter run the twin), one group per row, all-zero activations, an
+    /// all-zero row of codes in cluster 0 and one in cluster 2, all-zero and extreme scales.
     @Test(arguments: [(5, 13, nil as Int?, 2), (7, 70, 32, 3), (9, 130, 64, 4), (4, 576, 128, 4), (3, 100, 7, 4),
-                      (2, 1536, 128, 4), (1, 33, 32, 2)])
+                      (2, 1536, 128, 4), (1, 33, 32, 2), (3, 96, 16, 4), (2, 97, 48, 4), (4, 191, nil, 3),
+                      (2, 200, 16, 2), (3, 288, 96, 4), (2, 17, 16, 4), (1, 1, nil, 4), (2, 384, 128, 4)])
     func packedFourBitLayout(rows: Int, columns: Int, groupSize: Int?, bits: Int) {
         let w = Self.randomMatrix(rows: rows, columns: columns, seed: UInt64(rows * 31 + columns))
         let base = SplitQuant.quantize(w, clustering: SplitQuant.kMeans3(w.data), bits: bits, groupSize: groupSize,
                                        range: .cluster)
         var rng = SeededGenerator(seed: UInt64(columns))
-        for scaleCase in ["quantized", "zero", "huge", "tiny"] {
+        for scaleCase in ["quantized", "zero", "huge", "tiny", "zero rows"] {
             var split = base
             switch scaleCase {
             case "zero": split.scales = split.scales.map { _ in 0 }
             case "huge": split.scales = split.scales.map { $0 * 1e30 }
             case "tiny": split.scales = split.scales.map { $0 * 1e-30 }
+            case "zero rows":  // row 0: code 0 in cluster 0; the last row: code 0 in cluster 2
+                for j in 0..<columns {
+                    split.codes[j] = 0
+                    split.clusters[j] = 0
+                    split.codes[(rows - 1) * columns + j] = 0
+                    split.clusters[(rows - 1) * columns + j] = 2
+                }
             default: break
             }
             let gs = min(split.groupSize, columns)
@@ -273,7 +283,8 @@ struct SplitQuantTests {
                 for xCase in ["random", "zero"] {
                     let x = xCase == "zero" ? [Float](repeating: 0, count: columns)
                                             : (0..<columns).map { _ in rng.float(in: -1...1) }
-                    for reference in [false, true] {
+                    var twin = [Float](repeating: .nan, count: rows)
+                    for reference in [true, false] {
                         var y = [Float](repeating: .nan, count: rows)
                         split.scales.withUnsafeBufferPointer { s in
                             split.zeros.withUnsafeBufferPointer { z in
@@ -291,7 +302,13 @@ struct SplitQuantTests {
                             }
                             #expect(abs(Double(y[o]) - expected) <= 1e-5 * magnitude,
                                     "\(scaleCase) x \(xCase) row \(o): \(y[o]) vs \(expected), vnni \(vnni), reference \(reference)")
+                            // The fast path against its scalar twin: same weights, other summation order.
+                            if !reference {
+                                #expect(abs(Double(y[o]) - Double(twin[o])) <= 1e-5 * magnitude,
+                                        "\(scaleCase) x \(xCase) row \(o): \(y[o]) vs twin \(twin[o]), vnni \(vnni)")
+                            }
                         }
+                        if reference { twin = y }
                     }
                 }
             }

@@ -48,22 +48,27 @@ void ck_split_dequant_rows_u16_ref(const uint16_t *idx, size_t row_begin, size_t
 
 // ---------------------------------------------------------------------------------------------
 // Packed layout for codes of 2…4 bits (0.75 bytes per weight instead of one index byte): per
-// row, ceil(cols / 32) blocks of 24 bytes. Block b covers elements 32b … 32b + 31: bytes 0…15
-// hold the codes (byte t: element 32b + t in the low nibble, element 32b + t + 16 in the high
-// nibble), bytes 16…19 and 20…23 are two little-endian 32-bit planes whose bit t is bit 0 and
-// bit 1 of element 32b + t's cluster id. Padding elements past cols are code 0, cluster 0.
-// Row stride ck_split_p4_row_bytes(cols). Values and tables as above.
+// row, ceil(cols / 96) superblocks of 72 bytes. Superblock b holds elements 96b … 96b + 95 as six
+// sub-vectors f = 0…5 of 16 lanes (lane l = element 96b + 16f + l). Bytes 0…63 are 16
+// little-endian 32-bit words: word l holds, at bits 5f … 5f + 4, code | (cluster bit 0) << 4 of
+// lane l of sub-vector f, and at bits 30 and 31 cluster bit 1 of lane l of sub-vectors 4 and 5.
+// Bytes 64…71 are four little-endian 16-bit planes: bit l of plane f (f = 0…3) is cluster bit 1
+// of lane l of sub-vector f. Padding elements past cols are code 0, cluster 0. Row stride
+// ck_split_p4_row_bytes(cols). Values and tables as above. (Until the seventh speed pass the
+// layout was 24 bytes per 32 weights: 16 nibble bytes and two 32-bit cluster planes.)
 
 /// Bytes of one packed row.
 size_t ck_split_p4_row_bytes(size_t cols);
 /// Packs rows × cols cluster ids (0…2) and codes (< 16) into out (rows · ck_split_p4_row_bytes).
 void ck_split_pack_p4(const uint8_t *clusters, const uint8_t *codes, size_t rows, size_t cols, uint8_t *out);
 
-/// GEMV on the packed layout. AVX-512 (group_size a multiple of 32 or one group per row): the
-/// row/group's three 16-entry tables live in registers, 16 weights by one two-table permute on
-/// code | bit0 << 4 and one masked permute for cluster 2. Elsewhere the scalar twin runs (the
-/// runtime holds this layout only where AVX-512 runs: SplitKernels.prefersPacked4; on AVX2 the
-/// byte indices measured faster). Weights are exact; the summation order differs from the twin's.
+/// GEMV on the packed layout. AVX-512 (group_size a multiple of 16 or one group per row): the
+/// row/group's three 16-entry tables live in registers; per 16 weights one shift of the
+/// superblock's words gives the two-table index (code | cluster bit 0 << 4) for one `vpermt2ps`,
+/// one `vpermps` under the cluster-bit-1 mask picks cluster 2, one FMA. Elsewhere the scalar twin
+/// runs (the runtime holds this layout only where AVX-512 runs: SplitKernels.prefersPacked4; on
+/// AVX2 the byte indices measured faster). Weights are exact; the summation order differs from
+/// the twin's.
 void ck_split_gemv_p4(const uint8_t *packed, size_t row_begin, size_t row_count, size_t cols, size_t group_size,
                       int bits, const float *scales, const float *zeros, const float *x, float *y);
 void ck_split_gemv_p4_ref(const uint8_t *packed, size_t row_begin, size_t row_count, size_t cols, size_t group_size,
