@@ -41,47 +41,28 @@ void ck_sgemv_f32_ref(const float *w, size_t row_begin, size_t row_count, size_t
 
 #if defined(__x86_64__)
 
+// One row at a time, four independent 8-lane accumulators over 32 columns. Rows are read in
+// address order, one sequential stream per thread: the former four-row blocks (four interleaved
+// streams of 2.3 KB rows, x loaded once per four rows) reached ~27 GB/s on two cores where a plain
+// streaming read of the same bytes reached ~37–49 GB/s; this loop reaches the streaming rate
+// (docs/RESULTS.md, "seventh pass: decode fixed cost and FP32 GEMV"). x stays in L1 either way.
 CK_AVX2 static void sgemv_avx2(const float *w, size_t row_begin, size_t row_count, size_t cols,
                                const float *x, float *y) {
-    const size_t end = row_begin + row_count, c16 = cols & ~(size_t)15, c8 = cols & ~(size_t)7;
-    size_t o = row_begin;
-    for (; o + 4 <= end; o += 4) {
-        const float *r0 = w + o * cols, *r1 = r0 + cols, *r2 = r1 + cols, *r3 = r2 + cols;
-        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+    const size_t c32 = cols & ~(size_t)31, c8 = cols & ~(size_t)7;
+    for (size_t o = row_begin; o < row_begin + row_count; o++) {
+        const float *r = w + o * cols;
+        __m256 a = _mm256_setzero_ps(), b = a, c = a, d = a;
         size_t j = 0;
-        for (; j < c16; j += 16) {
-            const __m256 x0 = _mm256_loadu_ps(x + j), x1 = _mm256_loadu_ps(x + j + 8);
-            a0 = _mm256_fmadd_ps(_mm256_loadu_ps(r0 + j), x0, a0);
-            a1 = _mm256_fmadd_ps(_mm256_loadu_ps(r1 + j), x0, a1);
-            a2 = _mm256_fmadd_ps(_mm256_loadu_ps(r2 + j), x0, a2);
-            a3 = _mm256_fmadd_ps(_mm256_loadu_ps(r3 + j), x0, a3);
-            b0 = _mm256_fmadd_ps(_mm256_loadu_ps(r0 + j + 8), x1, b0);
-            b1 = _mm256_fmadd_ps(_mm256_loadu_ps(r1 + j + 8), x1, b1);
-            b2 = _mm256_fmadd_ps(_mm256_loadu_ps(r2 + j + 8), x1, b2);
-            b3 = _mm256_fmadd_ps(_mm256_loadu_ps(r3 + j + 8), x1, b3);
+        for (; j < c32; j += 32) {
+            a = _mm256_fmadd_ps(_mm256_loadu_ps(r + j), _mm256_loadu_ps(x + j), a);
+            b = _mm256_fmadd_ps(_mm256_loadu_ps(r + j + 8), _mm256_loadu_ps(x + j + 8), b);
+            c = _mm256_fmadd_ps(_mm256_loadu_ps(r + j + 16), _mm256_loadu_ps(x + j + 16), c);
+            d = _mm256_fmadd_ps(_mm256_loadu_ps(r + j + 24), _mm256_loadu_ps(x + j + 24), d);
         }
-        for (; j < c8; j += 8) {
-            const __m256 x0 = _mm256_loadu_ps(x + j);
-            a0 = _mm256_fmadd_ps(_mm256_loadu_ps(r0 + j), x0, a0);
-            a1 = _mm256_fmadd_ps(_mm256_loadu_ps(r1 + j), x0, a1);
-            a2 = _mm256_fmadd_ps(_mm256_loadu_ps(r2 + j), x0, a2);
-            a3 = _mm256_fmadd_ps(_mm256_loadu_ps(r3 + j), x0, a3);
-        }
-        float s0 = ck_hsum_ps(_mm256_add_ps(a0, b0)), s1 = ck_hsum_ps(_mm256_add_ps(a1, b1));
-        float s2 = ck_hsum_ps(_mm256_add_ps(a2, b2)), s3 = ck_hsum_ps(_mm256_add_ps(a3, b3));
-        for (; j < cols; j++) {
-            s0 += r0[j] * x[j]; s1 += r1[j] * x[j]; s2 += r2[j] * x[j]; s3 += r3[j] * x[j];
-        }
-        y[o] = s0; y[o + 1] = s1; y[o + 2] = s2; y[o + 3] = s3;
-    }
-    for (; o < end; o++) {
-        const float *r0 = w + o * cols;
-        __m256 a0 = _mm256_setzero_ps();
-        size_t j = 0;
-        for (; j < c8; j += 8) a0 = _mm256_fmadd_ps(_mm256_loadu_ps(r0 + j), _mm256_loadu_ps(x + j), a0);
-        float s0 = ck_hsum_ps(a0);
-        for (; j < cols; j++) s0 += r0[j] * x[j];
-        y[o] = s0;
+        for (; j < c8; j += 8) a = _mm256_fmadd_ps(_mm256_loadu_ps(r + j), _mm256_loadu_ps(x + j), a);
+        float s = ck_hsum_ps(_mm256_add_ps(_mm256_add_ps(a, b), _mm256_add_ps(c, d)));
+        for (; j < cols; j++) s += r[j] * x[j];
+        y[o] = s;
     }
 }
 #endif

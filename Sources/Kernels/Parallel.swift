@@ -35,14 +35,16 @@ public enum Parallel {
     /// callers split over output rows, never over a reduction.
     /// `sleepAfter`: the workers sleep as soon as the job is done instead of spinning for the
     /// next one (`ck_pool_run_then_sleep`), for a job followed by other threads' work.
+    /// `chunksPerThread`: at most this many chunks per thread (default 8).
     public static func forEachChunk(_ count: Int, minimumChunk: Int = 1, sleepAfter: Bool = false,
-                                    _ body: @Sendable (Range<Int>) -> Void) {
+                                    chunksPerThread: Int = 8, _ body: @Sendable (Range<Int>) -> Void) {
         guard count > 0 else { return }
         let workers = min(workerCount, max(1, count / max(1, minimumChunk)))
         if workers <= 1 { body(0..<count); return }
         // Up to eight chunks per thread: chunks are claimed dynamically, so a thread that another
-        // process preempts on a loaded machine holds up at most one small chunk.
-        let tasks = min(8 * workers, max(workers, count / max(1, minimumChunk)))
+        // process preempts on a loaded machine holds up at most one small chunk. Streaming kernels
+        // ask for fewer, longer chunks (each chunk restarts the hardware prefetcher's stream).
+        let tasks = min(max(1, chunksPerThread) * workers, max(workers, count / max(1, minimumChunk)))
         let chunk = (count + tasks - 1) / tasks
         forEach(tasks, sleepAfter: sleepAfter) { t in
             let start = t * chunk, end = min(count, start + chunk)

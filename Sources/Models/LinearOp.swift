@@ -48,3 +48,37 @@ public final class FloatLinear: LinearOp {
         }
     }
 }
+
+extension FloatLinear {
+    /// The layers as float layers that can run one input row together (`forwardRow(_:x:into:)`):
+    /// all `FloatLinear`, no bias, the same input width; nil otherwise (quantized layers keep
+    /// their own kernels).
+    static func fusable(_ ops: [any LinearOp]) -> [FloatLinear]? {
+        let float = ops.compactMap { $0 as? FloatLinear }
+        guard float.count == ops.count, let width = float.first?.inFeatures,
+              float.allSatisfy({ $0.bias == nil && $0.inFeatures == width }) else { return nil }
+        return float
+    }
+
+    /// One input row `x` through every layer of `layers` (from `fusable`) into `outputs` (one per
+    /// layer), as one pool job (`TokenKernels.sgemv(parts:columns:x:)`): the decode q/k/v and
+    /// gate/up products read the same normed row. Each output equals the layer's own `forward`.
+    static func forwardRow(_ layers: [FloatLinear], x: UnsafePointer<Float>, into outputs: [UnsafeMutablePointer<Float>]) {
+        precondition(layers.count == outputs.count, "one output per layer")
+        guard let columns = layers.first?.inFeatures else { return }
+        withWeights(layers[...], []) { weights in
+            let parts = (0..<layers.count).map {
+                TokenKernels.GemvPart(weight: weights[$0], rows: layers[$0].outFeatures, output: outputs[$0])
+            }
+            TokenKernels.sgemv(parts: parts, columns: columns, x: x)
+        }
+    }
+
+    private static func withWeights(_ layers: ArraySlice<FloatLinear>, _ pointers: [UnsafePointer<Float>],
+                                    _ body: ([UnsafePointer<Float>]) -> Void) {
+        guard let first = layers.first else { body(pointers); return }
+        first.weight.data.withUnsafeBufferPointer { w in
+            withWeights(layers.dropFirst(), pointers + [w.baseAddress!], body)
+        }
+    }
+}

@@ -18,6 +18,20 @@ public final class LlamaModel: Sendable {
         let q, k, v, o: any LinearOp
         let mlpNorm: [Float]
         let gate, up, down: any LinearOp
+        /// q/k/v and gate/up as float layers that run a decode row in one pool job each (nil
+        /// when they are quantized or have a bias: each runs its own `forward`).
+        let floatQKV: [FloatLinear]?
+        let floatGateUp: [FloatLinear]?
+
+        init(attentionNorm: [Float], q: any LinearOp, k: any LinearOp, v: any LinearOp, o: any LinearOp,
+             mlpNorm: [Float], gate: any LinearOp, up: any LinearOp, down: any LinearOp) {
+            self.attentionNorm = attentionNorm
+            self.q = q; self.k = k; self.v = v; self.o = o
+            self.mlpNorm = mlpNorm
+            self.gate = gate; self.up = up; self.down = down
+            floatQKV = FloatLinear.fusable([q, k, v])
+            floatGateUp = FloatLinear.fusable([gate, up])
+        }
     }
 
     let embedding: any EmbeddingTable   // (V, D)
@@ -165,12 +179,22 @@ public final class LlamaModel: Sendable {
             // --- attention ---
             Ops.rmsNorm(x, weight: layer.attentionNorm, rows: T, width: D, epsilon: epsilon, into: &normed)
             observe(observer, QuantizationPoints.attentionInput(l), normed, rows: T, columns: D)
-            layer.q.forward(normed, rows: T, into: &q)
-            // Writes rotated keys and values of the T new positions at row `first` of the buffers.
+            // One decode row through float q/k/v: one pool job for the three (inside projectKV).
+            let fusedQKV = T == 1 ? layer.floatQKV : nil
+            if fusedQKV == nil { layer.q.forward(normed, rows: T, into: &q) }
+            // Writes rotated keys and values of the T new positions at row `first` of the buffers
+            // (and q, when the three run as one job).
             func projectKV(_ keys: UnsafeMutablePointer<Float>, _ values: UnsafeMutablePointer<Float>, first: Int) {
                 normed.withUnsafeBufferPointer { n in
-                    layer.k.forward(n.baseAddress!, rows: T, into: keys + first * kvWidth)
-                    layer.v.forward(n.baseAddress!, rows: T, into: values + first * kvWidth)
+                    if let fusedQKV {
+                        q.withUnsafeMutableBufferPointer { qp in
+                            FloatLinear.forwardRow(fusedQKV, x: n.baseAddress!,
+                                                   into: [qp.baseAddress!, keys + first * kvWidth, values + first * kvWidth])
+                        }
+                    } else {
+                        layer.k.forward(n.baseAddress!, rows: T, into: keys + first * kvWidth)
+                        layer.v.forward(n.baseAddress!, rows: T, into: values + first * kvWidth)
+                    }
                 }
                 angles.withUnsafeBufferPointer { a in
                     for t in 0..<T {
@@ -240,8 +264,18 @@ public final class LlamaModel: Sendable {
             // --- MLP ---
             Ops.rmsNorm(x, weight: layer.mlpNorm, rows: T, width: D, epsilon: epsilon, into: &normed)
             observe(observer, QuantizationPoints.mlpInput(l), normed, rows: T, columns: D)
-            layer.gate.forward(normed, rows: T, into: &gate)
-            layer.up.forward(normed, rows: T, into: &up)
+            if T == 1, let fused = layer.floatGateUp {
+                normed.withUnsafeBufferPointer { n in
+                    gate.withUnsafeMutableBufferPointer { g in
+                        up.withUnsafeMutableBufferPointer { u in
+                            FloatLinear.forwardRow(fused, x: n.baseAddress!, into: [g.baseAddress!, u.baseAddress!])
+                        }
+                    }
+                }
+            } else {
+                layer.gate.forward(normed, rows: T, into: &gate)
+                layer.up.forward(normed, rows: T, into: &up)
+            }
             Ops.siluMultiply(&gate, up, count: T * F)
             observe(observer, QuantizationPoints.mlpDownInput(l), gate, rows: T, columns: F)
             layer.down.forward(gate, rows: T, into: &projected)

@@ -75,6 +75,36 @@ struct TokenKernelTests {
         #expect(viaBLAS == fast)
     }
 
+    @Test("fused float GEMV parts equal one GEMV per part", arguments: [1, 9, 576])
+    func sgemvParts(columns: Int) {
+        var rng = SplitMix(seed: UInt64(columns))
+        // q/k/v-like parts of unequal heights; the 1-row part straddles chunk boundaries.
+        let heights = [576, 1, 192, 37]
+        let weights = heights.map { rng.floats($0 * columns) }
+        let x = rng.floats(columns, in: -3...3)
+        var separate = heights.map { [Float](repeating: .nan, count: $0) }
+        for i in heights.indices { TokenKernels.sgemv(weights[i], rows: heights[i], columns: columns, x: x, y: &separate[i]) }
+        var fused = heights.map { [Float](repeating: .nan, count: $0) }
+        let outputs = fused.indices.map { i in UnsafeMutablePointer<Float>.allocate(capacity: heights[i]) }
+        defer { outputs.forEach { $0.deallocate() } }
+        let pointers = weights.map { w in
+            let p = UnsafeMutablePointer<Float>.allocate(capacity: w.count)
+            p.initialize(from: w, count: w.count)
+            return p
+        }
+        defer { pointers.forEach { $0.deallocate() } }
+        let parts = heights.indices.map {
+            TokenKernels.GemvPart(weight: UnsafePointer(pointers[$0]), rows: heights[$0], output: outputs[$0])
+        }
+        TokenKernels.sgemv(parts: parts, columns: columns, x: x)
+        for i in heights.indices { fused[i] = Array(UnsafeBufferPointer(start: outputs[i], count: heights[i])) }
+        // Bit-identical: each row is the same kernel call's sum, whatever the split.
+        #expect(fused == separate)
+        var ref = [Float](repeating: 0, count: heights[0])
+        TokenKernels.sgemvReference(weights[0], rows: heights[0], columns: columns, x: x, y: &ref)
+        #expect(Self.relativeError(fused[0], ref) < 1e-5)
+    }
+
     @Test("decode attention matches the scalar twin", arguments: [1, 2, 129, 640], [(9, 3, 64), (4, 4, 12), (2, 1, 7)])
     func attention(count: Int, shape: (heads: Int, kvHeads: Int, dim: Int)) {
         var rng = SplitMix(seed: UInt64(count * 31 + shape.dim))

@@ -14,7 +14,7 @@ int ck_cpu_has_avx512vnni(void);
 void ck_set_vnni_enabled(int enabled);
 
 /// y[o] = sum_j w[o*cols + j] * x[j] for o in [row_begin, row_begin + row_count) (float32 GEMV,
-/// 4 rows per step, 8-lane FMA accumulators, one horizontal sum per row).
+/// one row at a time in address order, four 8-lane FMA accumulators, one horizontal sum per row).
 void ck_sgemv_f32(const float *w, size_t row_begin, size_t row_count, size_t cols,
                   const float *x, float *y);
 /// Scalar twin of ck_sgemv_f32 (sequential sum per row).
