@@ -23,12 +23,7 @@ extension LLMFP4Tests {
             let table = Self.integerTable(format)
             let maxWeight = table.map { abs(Int($0)) }.max()!
             var rng = SeededGenerator(seed: UInt64(rows * 31 + cols + shift))
-            // Row 2 all zero codes; row 3 all the largest magnitude (saturated) codes.
-            var codes = (0..<rows * cols).map { _ in UInt8.random(in: 0...15, using: &rng) }
-            for o in [2, 3] where o < rows {
-                for j in 0..<cols { codes[o * cols + j] = o == 2 ? 0 : (j % 3 == 0 ? 15 : 7) }
-            }
-            let packed = LowBit.packNibbles(codes, rows: rows, columns: cols)
+            let (codes, packed) = Self.edgeCaseCodes(rows: rows, columns: cols, using: &rng)
             let groups = (cols + gs - 1) / gs
             var scales = (0..<rows * groups).map { _ in rng.float(in: 0.01...2) }
             scales[0] = 0

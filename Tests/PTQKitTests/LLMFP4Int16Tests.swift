@@ -17,6 +17,17 @@ extension LLMFP4Tests {
         format.codeValues.map { Int8($0 / format.unit) }
     }
 
+    /// Random FP4 codes with the edge rows every kernel test needs (row 2 all zero codes, row 3
+    /// the largest magnitudes ±max alternating, i.e. saturated), and their nibble-packed form.
+    static func edgeCaseCodes(rows: Int, columns cols: Int,
+                              using rng: inout SeededGenerator) -> (codes: [UInt8], packed: [UInt8]) {
+        var codes = (0..<rows * cols).map { _ in UInt8.random(in: 0...15, using: &rng) }
+        for o in [2, 3] where o < rows {
+            for j in 0..<cols { codes[o * cols + j] = o == 2 ? 0 : (j % 2 == 0 ? 7 : 15) }
+        }
+        return (codes, LowBit.packNibbles(codes, rows: rows, columns: cols))
+    }
+
     /// GEMM (AVX-512 VNNI panels, AVX2 panels) and GEMV (VNNI, AVX2) equal the scalar twin exactly,
     /// and the twin equals Σ_g scale·(exact Int64 group sum) within float rounding, on odd widths,
     /// widths that are not a multiple of 32, groups of 32/64/128/one per row, partial panels and
@@ -29,12 +40,7 @@ extension LLMFP4Tests {
             let table = Self.integerTable(format)
             let maxWeight = table.map { abs(Int($0)) }.max()!
             var rng = SeededGenerator(seed: UInt64(rows * 1000 + cols))
-            // Row 2 is all zero codes; row 3 all the largest magnitude (saturated) codes.
-            var codes = (0..<rows * cols).map { _ in UInt8.random(in: 0...15, using: &rng) }
-            for o in [2, 3] where o < rows {
-                for j in 0..<cols { codes[o * cols + j] = o == 2 ? 0 : (j % 2 == 0 ? 7 : 15) }
-            }
-            let packed = LowBit.packNibbles(codes, rows: rows, columns: cols)
+            let (codes, packed) = Self.edgeCaseCodes(rows: rows, columns: cols, using: &rng)
             let groups = (cols + gs - 1) / gs
             var scales = (0..<rows * groups).map { _ in rng.float(in: 0.01...2) }
             scales[0] = 0
@@ -186,11 +192,7 @@ extension LLMFP4Tests {
             let table = Self.integerTable(format)
             let maxWeight = table.map { abs(Int($0)) }.max()!
             var rng = SeededGenerator(seed: UInt64(rows * 977 + cols + shift))
-            var codes = (0..<rows * cols).map { _ in UInt8.random(in: 0...15, using: &rng) }
-            for o in [2, 3] where o < rows {
-                for j in 0..<cols { codes[o * cols + j] = o == 2 ? 0 : (j % 2 == 0 ? 7 : 15) }
-            }
-            let packed = LowBit.packNibbles(codes, rows: rows, columns: cols)
+            let (codes, packed) = Self.edgeCaseCodes(rows: rows, columns: cols, using: &rng)
             let groups = (cols + gs - 1) / gs
             let scales = (0..<rows * groups).map { _ in rng.float(in: 0.01...2) }
             // The largest |v| both the split (high in int16) and the group bound allow.
