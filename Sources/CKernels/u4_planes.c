@@ -221,6 +221,15 @@ CK_AVX512 static void plane_tables_avx512(const float *x, size_t cols, size_t gr
     group_xsums(x, cols, g, xsums);
 }
 
+/// One 64-byte load of indices at `w` (byte offset k of a plane block): 16 rows' quad-k lookups
+/// into `lo` added to *a0 and, after a shift by 4, their quad-(k + 4) lookups into `hi` added
+/// to *a1. `vpermps` reads only the low 4 index bits, so no AND.
+CK_INLINE CK_AVX512 void plane_lookup(const uint8_t *w, __m512 lo, __m512 hi, __m512 *a0, __m512 *a1) {
+    const __m512i v = _mm512_loadu_si512((const void *)w);
+    *a0 = _mm512_add_ps(*a0, _mm512_permutexvar_ps(v, lo));
+    *a1 = _mm512_add_ps(*a1, _mm512_permutexvar_ps(_mm512_srli_epi32(v, 4), hi));
+}
+
 /// One group of one row block: the plane accumulators over `n` chunks combined into D. With a
 /// constant `n` the loop unrolls completely.
 CK_INLINE CK_AVX512 __m512 plane_group_dot(const uint8_t *w, const float *t, size_t n) {
@@ -229,17 +238,10 @@ CK_INLINE CK_AVX512 __m512 plane_group_dot(const uint8_t *w, const float *t, siz
     for (size_t ch = 0; ch < n; ch++, w += 4 * 64, t += 8 * 16) {
         for (unsigned k = 0; k < 4; k++) {
             const __m512 lo = _mm512_loadu_ps(t + 16 * k), hi = _mm512_loadu_ps(t + 16 * (k + 4));
-#define CK_PLANE(p, A0, A1)                                                                          \
-            do {                                                                                     \
-                const __m512i v = _mm512_loadu_si512((const void *)(w + (p) * 64 + k));               \
-                A0 = _mm512_add_ps(A0, _mm512_permutexvar_ps(v, lo));                                \
-                A1 = _mm512_add_ps(A1, _mm512_permutexvar_ps(_mm512_srli_epi32(v, 4), hi));          \
-            } while (0)
-            CK_PLANE(0, a00, a01);
-            CK_PLANE(1, a10, a11);
-            CK_PLANE(2, a20, a21);
-            CK_PLANE(3, a30, a31);
-#undef CK_PLANE
+            plane_lookup(w + 0 * 64 + k, lo, hi, &a00, &a01);
+            plane_lookup(w + 1 * 64 + k, lo, hi, &a10, &a11);
+            plane_lookup(w + 2 * 64 + k, lo, hi, &a20, &a21);
+            plane_lookup(w + 3 * 64 + k, lo, hi, &a30, &a31);
         }
     }
     const __m512 a0 = _mm512_add_ps(a00, a01), a1 = _mm512_add_ps(a10, a11);
@@ -369,18 +371,10 @@ CK_AVX512 static void gemv_sign_planes_avx512(const uint64_t *planes, size_t blo
         __m512 a00 = _mm512_setzero_ps(), a01 = _mm512_setzero_ps(), a10 = _mm512_setzero_ps(), a11 = _mm512_setzero_ps();
         __m512 a20 = _mm512_setzero_ps(), a21 = _mm512_setzero_ps(), a30 = _mm512_setzero_ps(), a31 = _mm512_setzero_ps();
         for (size_t ch = 0; ch < chunks; ch++, w += 64, t += 8 * 16) {
-#define CK_SIGN_QUAD(k, A0, A1)                                                                      \
-            do {                                                                                     \
-                const __m512i v = _mm512_loadu_si512((const void *)(w + (k)));                        \
-                A0 = _mm512_add_ps(A0, _mm512_permutexvar_ps(v, _mm512_loadu_ps(t + 16 * (k))));      \
-                A1 = _mm512_add_ps(A1, _mm512_permutexvar_ps(_mm512_srli_epi32(v, 4),                 \
-                                                             _mm512_loadu_ps(t + 16 * ((k) + 4))));    \
-            } while (0)
-            CK_SIGN_QUAD(0, a00, a01);
-            CK_SIGN_QUAD(1, a10, a11);
-            CK_SIGN_QUAD(2, a20, a21);
-            CK_SIGN_QUAD(3, a30, a31);
-#undef CK_SIGN_QUAD
+            plane_lookup(w + 0, _mm512_loadu_ps(t + 0 * 16), _mm512_loadu_ps(t + 4 * 16), &a00, &a01);
+            plane_lookup(w + 1, _mm512_loadu_ps(t + 1 * 16), _mm512_loadu_ps(t + 5 * 16), &a10, &a11);
+            plane_lookup(w + 2, _mm512_loadu_ps(t + 2 * 16), _mm512_loadu_ps(t + 6 * 16), &a20, &a21);
+            plane_lookup(w + 3, _mm512_loadu_ps(t + 3 * 16), _mm512_loadu_ps(t + 7 * 16), &a30, &a31);
         }
         const __m512 d = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(a00, a01), _mm512_add_ps(a10, a11)),
                                        _mm512_add_ps(_mm512_add_ps(a20, a21), _mm512_add_ps(a30, a31)));

@@ -275,8 +275,9 @@ struct BinaryWeightTests {
             if rows > 2 { for j in 0..<columns { signs[2 * columns + j] = 1 } }            // row 2: all +1
             var a = (0..<rows).map { _ in rng.float(in: 0...1) }, b = (0..<rows).map { _ in rng.float(in: -1...1) }
             if rows > 1 { a[1] = 0; b[1] = 0 }
-            if rows > 3 { a[3] = 1e30; b[3] = -1e-30 }
-            if rows > 4 { a[4] = 1e-30; b[4] = 1e20 }
+            // Extreme scales with ordinary x (with x near 1e30 they would overflow any sum order).
+            if rows > 3 && variant != 1 { a[3] = 1e30; b[3] = -1e-30 }
+            if rows > 4 && variant != 1 { a[4] = 1e-30; b[4] = 1e20 }
             let magnitude: Float = variant == 1 ? 1e30 / Float(columns) : 1
             let x: [Float] = variant == 2 ? [Float](repeating: 0, count: columns)
                 : (0..<columns).map { _ in rng.float(in: -1...1) * magnitude }
