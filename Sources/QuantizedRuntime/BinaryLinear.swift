@@ -68,13 +68,15 @@ public final class BinaryLinear: LinearOp {
     /// planes, the planes and not the row-major sign words (which only the prefill tiles read).
     public var weightBytes: Int { storageBytes - (signPlanes == nil ? 0 : 8 * signWords.count) }
 
-    /// What runs, for reports: `binary 1-bit + 4-bit salient columns (20.1 %)`.
+    /// What runs, for reports: `binary 1-bit + 4-bit salient columns (20.1 %)` (`binary 1-bit
+    /// sign-plane tables + …` where the decode GEMV runs on sign planes).
     public var kernelDescription: String {
         let share = maskKind == .columns
             ? Double(salientColumns.count) / Double(max(1, inFeatures))
             : Double(salientColumnIndex.count) / Double(max(1, inFeatures * outFeatures))
         let outliers = outlierColumns.isEmpty ? "" : " + \(outlierColumns.count) float16 columns"
-        return "binary 1-bit + \(salientBits)-bit salient \(maskKind.rawValue) (\(String(format: "%.1f", 100 * share)) %)\(outliers)"
+        let signs = signPlanes == nil ? "binary 1-bit" : "binary 1-bit sign-plane tables"
+        return "\(signs) + \(salientBits)-bit salient \(maskKind.rawValue) (\(String(format: "%.1f", 100 * share)) %)\(outliers)"
     }
 
     /// Converts a binary `QuantizedLinear` to run-time storage; throws a `PTQError` naming the
