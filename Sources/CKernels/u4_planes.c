@@ -1,4 +1,5 @@
 #include "ckernels.h"
+#include "binary_kernels.h"
 #include "x86_common.h"
 #include <immintrin.h>
 #include <math.h>
@@ -49,15 +50,23 @@ static size_t chunk_count(size_t cols, size_t group_size) {
 
 size_t ck_u4_planes_quads(size_t cols, size_t group_size) { return 8 * chunk_count(cols, group_size); }
 
+/// Words of an `nplanes`-plane layout: 64 bytes per (row block, chunk, plane) + 64 bytes of padding.
+static size_t planes_words(size_t rows, size_t cols, size_t group_size, unsigned nplanes) {
+    return ceil_div(rows, 16) * chunk_count(cols, group_size) * nplanes * 8 + 8;
+}
+
 size_t ck_u4_planes_words(size_t rows, size_t cols, size_t group_size) {
-    return ceil_div(rows, 16) * chunk_count(cols, group_size) * 4 * 8 + 8;
+    return planes_words(rows, cols, group_size, 4);
 }
 
 size_t ck_u4_planes_param_count(size_t rows, size_t cols, size_t group_size) {
     return ceil_div(rows, 16) * 16 * ceil_div(cols, eff_group(cols, group_size));
 }
 
-void ck_u4_planes_pack(const uint8_t *codes, size_t rows, size_t cols, size_t group_size, uint64_t *planes) {
+/// The low `nplanes` bit planes of one-byte codes in the block layout above (4 for u4 codes, 1
+/// for sign bits: ck_sign_planes_pack).
+static void planes_pack(const uint8_t *codes, size_t rows, size_t cols, size_t group_size, unsigned nplanes,
+                        uint64_t *planes) {
     const size_t g = eff_group(cols, group_size), groups = ceil_div(cols, g), cg = ceil_div(g, 32);
     const size_t chunks = chunk_count(cols, group_size), blocks = ceil_div(rows, 16);
     // spread[c] has bit p of code c at bit 16·p: four codes shifted by their column and OR-ed
@@ -69,12 +78,12 @@ void ck_u4_planes_pack(const uint8_t *codes, size_t rows, size_t cols, size_t gr
         for (unsigned p = 0; p < 4; p++) spread[c] |= (uint64_t)((c >> p) & 1) << (16 * p);
     }
     uint8_t *bytes = (uint8_t *)planes;
-    memset(bytes, 0, ck_u4_planes_words(rows, cols, group_size) * sizeof(uint64_t));
+    memset(bytes, 0, planes_words(rows, cols, group_size, nplanes) * sizeof(uint64_t));
     for (size_t b = 0; b < blocks; b++)
         for (size_t ch = 0; ch < chunks; ch++) {
             const size_t grp = ch / cg, j0 = grp * g + 32 * (ch % cg);
             const size_t gend = grp + 1 < groups ? (grp + 1) * g : cols;
-            uint8_t *out = bytes + (b * chunks + ch) * 4 * 64;
+            uint8_t *out = bytes + (b * chunks + ch) * nplanes * 64;
             for (unsigned l = 0; l < 16 && 16 * b + l < rows; l++) {
                 const uint8_t *row = codes + (16 * b + l) * cols;
                 for (unsigned quad = 0; quad < 8; quad++) {
@@ -84,10 +93,15 @@ void ck_u4_planes_pack(const uint8_t *codes, size_t rows, size_t cols, size_t gr
                         if (j < gend) v |= spread[row[j] & 0x0F] << c;
                     }
                     const unsigned at = 4 * l + (quad & 3), nibble = quad < 4 ? 0 : 4;
-                    for (unsigned p = 0; p < 4; p++) out[p * 64 + at] |= (uint8_t)(((v >> (16 * p)) & 0xF) << nibble);
+                    for (unsigned p = 0; p < nplanes; p++)
+                        out[p * 64 + at] |= (uint8_t)(((v >> (16 * p)) & 0xF) << nibble);
                 }
             }
         }
+}
+
+void ck_u4_planes_pack(const uint8_t *codes, size_t rows, size_t cols, size_t group_size, uint64_t *planes) {
+    planes_pack(codes, rows, cols, group_size, 4, planes);
 }
 
 void ck_u4_planes_pack_params(const float *scales, const float *zeros, size_t rows, size_t cols,
@@ -207,6 +221,15 @@ CK_AVX512 static void plane_tables_avx512(const float *x, size_t cols, size_t gr
     group_xsums(x, cols, g, xsums);
 }
 
+/// One 64-byte load of indices at `w` (byte offset k of a plane block): 16 rows' quad-k lookups
+/// into `lo` added to *a0 and, after a shift by 4, their quad-(k + 4) lookups into `hi` added
+/// to *a1. `vpermps` reads only the low 4 index bits, so no AND.
+CK_INLINE CK_AVX512 void plane_lookup(const uint8_t *w, __m512 lo, __m512 hi, __m512 *a0, __m512 *a1) {
+    const __m512i v = _mm512_loadu_si512((const void *)w);
+    *a0 = _mm512_add_ps(*a0, _mm512_permutexvar_ps(v, lo));
+    *a1 = _mm512_add_ps(*a1, _mm512_permutexvar_ps(_mm512_srli_epi32(v, 4), hi));
+}
+
 /// One group of one row block: the plane accumulators over `n` chunks combined into D. With a
 /// constant `n` the loop unrolls completely.
 CK_INLINE CK_AVX512 __m512 plane_group_dot(const uint8_t *w, const float *t, size_t n) {
@@ -215,17 +238,10 @@ CK_INLINE CK_AVX512 __m512 plane_group_dot(const uint8_t *w, const float *t, siz
     for (size_t ch = 0; ch < n; ch++, w += 4 * 64, t += 8 * 16) {
         for (unsigned k = 0; k < 4; k++) {
             const __m512 lo = _mm512_loadu_ps(t + 16 * k), hi = _mm512_loadu_ps(t + 16 * (k + 4));
-#define CK_PLANE(p, A0, A1)                                                                          \
-            do {                                                                                     \
-                const __m512i v = _mm512_loadu_si512((const void *)(w + (p) * 64 + k));               \
-                A0 = _mm512_add_ps(A0, _mm512_permutexvar_ps(v, lo));                                \
-                A1 = _mm512_add_ps(A1, _mm512_permutexvar_ps(_mm512_srli_epi32(v, 4), hi));          \
-            } while (0)
-            CK_PLANE(0, a00, a01);
-            CK_PLANE(1, a10, a11);
-            CK_PLANE(2, a20, a21);
-            CK_PLANE(3, a30, a31);
-#undef CK_PLANE
+            plane_lookup(w + 0 * 64 + k, lo, hi, &a00, &a01);
+            plane_lookup(w + 1 * 64 + k, lo, hi, &a10, &a11);
+            plane_lookup(w + 2 * 64 + k, lo, hi, &a20, &a21);
+            plane_lookup(w + 3 * 64 + k, lo, hi, &a30, &a31);
         }
     }
     const __m512 a0 = _mm512_add_ps(a00, a01), a1 = _mm512_add_ps(a10, a11);
@@ -299,4 +315,85 @@ void ck_gemv_u4_planes(const uint64_t *planes, size_t block_begin, size_t block_
 #endif
     ck_gemv_u4_planes_ref(planes, block_begin, block_count, rows, cols, group_size, block_scales,
                           block_zeros, tables, xsums, y);
+}
+
+// ---- one plane: sign bits (binary_kernels.h, ck_gemv_sign_planes) ----------------------------
+//
+// A sign row s ∈ {±1} is one bit plane (bit 1 = +1) over one group of `cols` columns, so the
+// same tables give Σ_j s_j x_j = 2·D − X with D = Σ_j bit_j x_j = Σ over quads T[index] and X
+// the tables' sum of x. Per (row block, chunk) 64 bytes: one offset load per quad pair k, one
+// `vpermps` for quad k and one (after a shift by 4) for quad k + 4, 16 rows × 8 weights per
+// lookup. Eight accumulators (quad k, low/high nibble) keep the adds independent; the scalar
+// twin keeps the same eight and combines them in the same order, so both give the same bits:
+//   D = ((a00 + a01) + (a10 + a11)) + ((a20 + a21) + (a30 + a31)),
+//   y = fmaf(a, fmaf(2, D, −X), b·X).
+
+size_t ck_sign_planes_words(size_t rows, size_t cols) { return planes_words(rows, cols, 0, 1); }
+
+size_t ck_sign_planes_quads(size_t cols) { return ck_u4_planes_quads(cols, 0); }
+
+void ck_sign_planes_pack(const uint8_t *bits, size_t rows, size_t cols, uint64_t *planes) {
+    planes_pack(bits, rows, cols, 0, 1, planes);
+}
+
+void ck_gemv_sign_planes_ref(const uint64_t *planes, size_t block_begin, size_t block_count, size_t rows,
+                             size_t cols, const float *tables, float x_sum, const float *a, const float *b,
+                             float *y) {
+    const size_t chunks = chunk_count(cols, 0);
+    const uint8_t *bytes = (const uint8_t *)planes;
+    for (size_t blk = block_begin; blk < block_begin + block_count; blk++)
+        for (unsigned l = 0; l < 16 && 16 * blk + l < rows; l++) {
+            float acc[4][2] = {{0, 0}, {0, 0}, {0, 0}, {0, 0}};
+            for (size_t ch = 0; ch < chunks; ch++) {
+                const uint8_t *w = bytes + (blk * chunks + ch) * 64 + 4 * l;
+                const float *t = tables + 8 * 16 * ch;
+                for (unsigned k = 0; k < 4; k++) {
+                    acc[k][0] += t[16 * k + (w[k] & 0x0F)];
+                    acc[k][1] += t[16 * (k + 4) + (w[k] >> 4)];
+                }
+            }
+            const float d = ((acc[0][0] + acc[0][1]) + (acc[1][0] + acc[1][1]))
+                + ((acc[2][0] + acc[2][1]) + (acc[3][0] + acc[3][1]));
+            const size_t o = 16 * blk + l;
+            y[o] = fmaf(a[o], fmaf(2.0f, d, -x_sum), b[o] * x_sum);
+        }
+}
+
+#if defined(__x86_64__)
+CK_AVX512 static void gemv_sign_planes_avx512(const uint64_t *planes, size_t block_begin, size_t block_count,
+                                              size_t rows, size_t cols, const float *tables, float x_sum,
+                                              const float *a, const float *b, float *y) {
+    const size_t chunks = chunk_count(cols, 0);
+    const __m512 vx = _mm512_set1_ps(x_sum), two = _mm512_set1_ps(2.0f);
+    for (size_t blk = block_begin; blk < block_begin + block_count; blk++) {
+        const uint8_t *w = (const uint8_t *)planes + blk * chunks * 64;
+        const float *t = tables;
+        __m512 a00 = _mm512_setzero_ps(), a01 = _mm512_setzero_ps(), a10 = _mm512_setzero_ps(), a11 = _mm512_setzero_ps();
+        __m512 a20 = _mm512_setzero_ps(), a21 = _mm512_setzero_ps(), a30 = _mm512_setzero_ps(), a31 = _mm512_setzero_ps();
+        for (size_t ch = 0; ch < chunks; ch++, w += 64, t += 8 * 16) {
+            plane_lookup(w + 0, _mm512_loadu_ps(t + 0 * 16), _mm512_loadu_ps(t + 4 * 16), &a00, &a01);
+            plane_lookup(w + 1, _mm512_loadu_ps(t + 1 * 16), _mm512_loadu_ps(t + 5 * 16), &a10, &a11);
+            plane_lookup(w + 2, _mm512_loadu_ps(t + 2 * 16), _mm512_loadu_ps(t + 6 * 16), &a20, &a21);
+            plane_lookup(w + 3, _mm512_loadu_ps(t + 3 * 16), _mm512_loadu_ps(t + 7 * 16), &a30, &a31);
+        }
+        const __m512 d = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(a00, a01), _mm512_add_ps(a10, a11)),
+                                       _mm512_add_ps(_mm512_add_ps(a20, a21), _mm512_add_ps(a30, a31)));
+        const size_t r0 = 16 * blk, valid = rows - r0 < 16 ? rows - r0 : 16;
+        const __mmask16 live = (__mmask16)((1u << valid) - 1);
+        const __m512 va = _mm512_maskz_loadu_ps(live, a + r0), vb = _mm512_maskz_loadu_ps(live, b + r0);
+        const __m512 out = _mm512_fmadd_ps(va, _mm512_fmsub_ps(two, d, vx), _mm512_mul_ps(vb, vx));
+        _mm512_mask_storeu_ps(y + r0, live, out);
+    }
+}
+#endif
+
+void ck_gemv_sign_planes(const uint64_t *planes, size_t block_begin, size_t block_count, size_t rows, size_t cols,
+                         const float *tables, float x_sum, const float *a, const float *b, float *y) {
+#if defined(__x86_64__)
+    if (ck_u4_planes_supported()) {
+        gemv_sign_planes_avx512(planes, block_begin, block_count, rows, cols, tables, x_sum, a, b, y);
+        return;
+    }
+#endif
+    ck_gemv_sign_planes_ref(planes, block_begin, block_count, rows, cols, tables, x_sum, a, b, y);
 }

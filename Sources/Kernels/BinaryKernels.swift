@@ -54,3 +54,64 @@ extension BinaryKernels {
             rowRange.lowerBound, rowRange.count, columns, tile)
     }
 }
+
+extension BinaryKernels {
+    /// Sign bits re-laid out for the table-lookup GEMV (`gemvPlanes`): one bit plane in the
+    /// blocks of 16 rows × 32 columns of the u4 table GEMV (`ck_sign_planes_pack`), 64 bytes per
+    /// block and chunk: the same bytes as the row-major words, padded to 16 rows and 32 columns.
+    public struct SignPlaneLayout: Sendable {
+        public let rows: Int
+        public let columns: Int
+        public let planes: [UInt64]
+
+        /// Repacks row-major signs `[rows, columns]`, one byte each (nonzero = +1).
+        public init(signs: [UInt8], rows: Int, columns: Int) {
+            precondition(signs.count == rows * columns, "SignPlaneLayout: \(signs.count) signs for \(rows)×\(columns)")
+            self.rows = rows
+            self.columns = columns
+            let bits = signs.map { $0 != 0 ? UInt8(1) : 0 }
+            var planes = [UInt64](repeating: 0, count: ck_sign_planes_words(rows, columns))
+            bits.withUnsafeBufferPointer { b in
+                planes.withUnsafeMutableBufferPointer { ck_sign_planes_pack(b.baseAddress!, rows, columns, $0.baseAddress!) }
+            }
+            self.planes = planes
+        }
+
+        /// Bytes held (plane words with their padding).
+        public var bytes: Int { planes.count * 8 }
+        /// 4-column quads per row (the tables one call builds).
+        var quads: Int { ck_sign_planes_quads(columns) }
+    }
+
+    /// Whether `gemvPlanes` runs its AVX-512 kernel here (otherwise the runtime keeps `gemv`).
+    public static var planesSupported: Bool { LowBit.planeTablesSupported }
+
+    /// `y[o] = a[o]·Σ_j s_oj·x[j] + b[o]·Σ_j x[j]` over `layout.columns` activations, by table
+    /// lookup (`ck_gemv_sign_planes`): the 16-entry tables of x (one per 4 columns) and Σx are
+    /// built once on the calling thread (the u4 GEMV's builder), then the pool splits the 16-row
+    /// blocks. Equals `gemv` with no mask up to float summation order. `reference` runs the
+    /// scalar twins on the calling thread (tests).
+    public static func gemvPlanes(_ layout: SignPlaneLayout, x: UnsafePointer<Float>, a: UnsafePointer<Float>,
+                                  b: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>, reference: Bool = false) {
+        guard layout.rows > 0 else { return }
+        let (rows, columns) = (layout.rows, layout.columns)
+        let count = layout.quads * 16 + 1
+        // Slot 2: transient, as in LowBit.gemvPlanes (nothing else runs inside this call).
+        let tables = LowBit.threadScratch(slot: 2, count: count, of: Float.self)
+        (reference ? ck_u4_plane_tables_ref : ck_u4_plane_tables)(x, columns, 0, tables, tables + layout.quads * 16)
+        let xSum = tables[layout.quads * 16]
+        let blocks = (rows + 15) / 16
+        layout.planes.withUnsafeBufferPointer { w in
+            if reference {
+                ck_gemv_sign_planes_ref(w.baseAddress!, 0, blocks, rows, columns, tables, xSum, a, b, y)
+                return
+            }
+            let pw = SendableConstPointer(w.baseAddress!), pt = SendableConstPointer(UnsafePointer(tables))
+            let pa = SendableConstPointer(a), pb = SendableConstPointer(b), py = SendablePointer(y)
+            Parallel.forEachChunk(blocks, minimumChunk: LowBit.chunk(workPerRow: 16 * columns, atLeast: 1)) { r in
+                ck_gemv_sign_planes(pw.base, r.lowerBound, r.count, rows, columns, pt.base, xSum, pa.base, pb.base,
+                                    py.base)
+            }
+        }
+    }
+}

@@ -385,6 +385,25 @@ public enum KernelBench {
                         }
                     }
                     TokenKernels.setVNNIEnabled(vnniAvailable)
+                    // The same bits as one plane through the table-lookup GEMV (AVX-512 only),
+                    // timed in the same run as the bit-mask kernel above.
+                    if BinaryKernels.planesSupported {
+                        let layouts = shapes.enumerated().map { i, shape in
+                            let (n, k) = shape, wpr = BinaryKernels.wordsPerRow(k)
+                            var bits = [UInt8](repeating: 0, count: n * k)
+                            for r in 0..<n {
+                                for j in 0..<k { bits[r * k + j] = UInt8((w[off[i] + r * wpr + j >> 6] >> UInt64(j & 63)) & 1) }
+                            }
+                            return BinaryKernels.SignPlaneLayout(signs: bits, rows: n, columns: k)
+                        }
+                        let bytes = layouts.reduce(0) { $0 + $1.bytes } + t * 8
+                        time("binary 1-bit sign-plane tables (BinaryKernels.gemvPlanes)", layerPass, bytes: bytes) {
+                            for (i, layout) in layouts.enumerated() {
+                                BinaryKernels.gemvPlanes(layout, x: x, a: ab.baseAddress! + abOff[i], b: ab.baseAddress! + abOff[i],
+                                                         y: &y)
+                            }
+                        }
+                    }
                 }
             }
         }

@@ -53,24 +53,30 @@ public final class BinaryLinear: LinearOp {
     /// over the natural columns, and r2 at those columns (0 elsewhere).
     private let naturalBinaryMask: [UInt64]
     private let naturalColumnScale: [Float]
+    /// Column masks on AVX-512: the sign bits once more as one bit plane for the table-lookup
+    /// decode GEMV (`BinaryKernels.gemvPlanes`); the words above stay for prefill tiles.
+    private let signPlanes: BinaryKernels.SignPlaneLayout?
 
     /// Bytes held for this layer at run time (bits, codes, per-row and per-column parameters).
     public var storageBytes: Int {
         8 * (signWords.count + (maskWords?.count ?? 0)) + salientCodes.count + 4 * salientColumnIndex.count
             + 4 * (scale.count + offset.count + columnScale.count + salientScale.count + salientZero.count
-                   + (bias?.count ?? 0) + outlierValues.count) + 8 * outlierColumns.count
+                   + (bias?.count ?? 0) + outlierValues.count) + 8 * outlierColumns.count + (signPlanes?.bytes ?? 0)
     }
 
-    /// Bytes a decoded token reads from this layer (the bench's bandwidth bound).
-    public var weightBytes: Int { storageBytes }
+    /// Bytes a decoded token reads from this layer (the bench's bandwidth bound): with sign
+    /// planes, the planes and not the row-major sign words (which only the prefill tiles read).
+    public var weightBytes: Int { storageBytes - (signPlanes == nil ? 0 : 8 * signWords.count) }
 
-    /// What runs, for reports: `binary 1-bit + 4-bit salient columns (20.1 %)`.
+    /// What runs, for reports: `binary 1-bit + 4-bit salient columns (20.1 %)` (`binary 1-bit
+    /// sign-plane tables + …` where the decode GEMV runs on sign planes).
     public var kernelDescription: String {
         let share = maskKind == .columns
             ? Double(salientColumns.count) / Double(max(1, inFeatures))
             : Double(salientColumnIndex.count) / Double(max(1, inFeatures * outFeatures))
         let outliers = outlierColumns.isEmpty ? "" : " + \(outlierColumns.count) float16 columns"
-        return "binary 1-bit + \(salientBits)-bit salient \(maskKind.rawValue) (\(String(format: "%.1f", 100 * share)) %)\(outliers)"
+        let signs = signPlanes == nil ? "binary 1-bit" : "binary 1-bit sign-plane tables"
+        return "\(signs) + \(salientBits)-bit salient \(maskKind.rawValue) (\(String(format: "%.1f", 100 * share)) %)\(outliers)"
     }
 
     /// Converts a binary `QuantizedLinear` to run-time storage; throws a `PTQError` naming the
@@ -117,6 +123,8 @@ public final class BinaryLinear: LinearOp {
             }
             naturalBinaryMask = mask
             naturalColumnScale = natural
+            signPlanes = BinaryKernels.planesSupported && nb > 0 && rows > 0
+                ? BinaryKernels.SignPlaneLayout(signs: w.signs, rows: rows, columns: nb) : nil
         case .elements:
             binaryColumns = []
             salientColumns = []
@@ -147,6 +155,7 @@ public final class BinaryLinear: LinearOp {
             salientColumnIndex = index
             naturalBinaryMask = []
             naturalColumnScale = []
+            signPlanes = nil
         }
     }
 
@@ -185,9 +194,13 @@ public final class BinaryLinear: LinearOp {
                 padded[k] = v
                 sum += v
             }
-            signWords.withUnsafeBufferPointer { s in
-                scale.withUnsafeBufferPointer { a in
-                    offset.withUnsafeBufferPointer { b in
+            scale.withUnsafeBufferPointer { a in
+                offset.withUnsafeBufferPointer { b in
+                    if let signPlanes, !reference {
+                        BinaryKernels.gemvPlanes(signPlanes, x: padded, a: a.baseAddress!, b: b.baseAddress!, y: y)
+                        return
+                    }
+                    signWords.withUnsafeBufferPointer { s in
                         BinaryKernels.gemv(signs: s.baseAddress!, mask: nil, wordsPerRow: wordsPerRow, rows: n,
                                            x: padded, xSum: sum, a: a.baseAddress!, b: b.baseAddress!, y: y,
                                            rest: nil, reference: reference)

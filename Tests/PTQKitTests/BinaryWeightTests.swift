@@ -262,6 +262,48 @@ struct BinaryWeightTests {
         TokenKernels.setVNNIEnabled(true)
     }
 
+    /// The table-lookup sign GEMV (one bit plane in the u4 table GEMV's blocks): its AVX-512
+    /// kernel and scalar twin agree bit for bit, and both match `ck_binary_gemv_ref` up to float
+    /// summation order, on odd sizes (rows off the 16-row blocks, columns off the 32-column
+    /// chunks), all −1 and all +1 rows, zero scales, extreme scales and activations, and x = 0.
+    @Test(arguments: [(37, 100), (16, 32), (1, 1), (17, 33), (5, 31), (40, 577)])
+    func signPlanesMatchBinaryReference(rows: Int, columns: Int) {
+        var rng = SeededGenerator(seed: 7 + UInt64(rows * 1000 + columns))
+        for variant in 0..<3 {
+            var signs = (0..<(rows * columns)).map { _ in UInt8(rng.next() % 2) }
+            for j in 0..<columns { signs[j] = 0 }                                        // row 0: all −1
+            if rows > 2 { for j in 0..<columns { signs[2 * columns + j] = 1 } }            // row 2: all +1
+            var a = (0..<rows).map { _ in rng.float(in: 0...1) }, b = (0..<rows).map { _ in rng.float(in: -1...1) }
+            if rows > 1 { a[1] = 0; b[1] = 0 }
+            // Extreme scales with ordinary x (with x near 1e30 they would overflow any sum order).
+            if rows > 3 && variant != 1 { a[3] = 1e30; b[3] = -1e-30 }
+            if rows > 4 && variant != 1 { a[4] = 1e-30; b[4] = 1e20 }
+            let magnitude: Float = variant == 1 ? 1e30 / Float(columns) : 1
+            let x: [Float] = variant == 2 ? [Float](repeating: 0, count: columns)
+                : (0..<columns).map { _ in rng.float(in: -1...1) * magnitude }
+            let words = BinaryKernels.wordsPerRow(columns)
+            let packed = BinaryKernels.packBits(rows: rows, columns: columns) { r, c in signs[r * columns + c] != 0 }
+            let padded = x + [Float](repeating: 0, count: 64 * words - columns)
+            let xSum = x.reduce(0, +)
+            var want = [Float](repeating: 0, count: rows)
+            BinaryKernels.gemv(signs: packed, mask: nil, wordsPerRow: words, rows: rows, x: padded, xSum: xSum, a: a, b: b,
+                               y: &want, rest: nil, reference: true)
+            let layout = BinaryKernels.SignPlaneLayout(signs: signs, rows: rows, columns: columns)
+            #expect(layout.planes.count == ((rows + 15) / 16) * ((columns + 31) / 32) * 8 + 8)
+            var fast = [Float](repeating: .nan, count: rows), ref = fast
+            BinaryKernels.gemvPlanes(layout, x: x, a: a, b: b, y: &fast)
+            BinaryKernels.gemvPlanes(layout, x: x, a: a, b: b, y: &ref, reference: true)
+            let absSum = x.reduce(Float(0)) { $0 + abs($1) }
+            for o in 0..<rows {
+                #expect(fast[o].bitPattern == ref[o].bitPattern, "\(rows)×\(columns) v\(variant) row \(o): \(fast[o]) vs \(ref[o])")
+                let bound = 4e-6 * (abs(a[o]) * 3 * absSum + abs(b[o]) * absSum) + 1e-30
+                #expect(abs(ref[o] - want[o]) <= bound, "\(rows)×\(columns) v\(variant) row \(o): \(ref[o]) vs \(want[o])")
+            }
+            // Row 0 (all −1) by hand: y = −a·Σx + b·Σx.
+            if variant == 0 { #expect(abs(ref[0] - (b[0] - a[0]) * xSum) <= 1e-5 * (absSum + 1)) }
+        }
+    }
+
     /// Element masks with 8-bit salient codes (PB-LLM-style) through the same kernel.
     @Test(arguments: [(6, 100), (1, 64), (9, 131)])
     func elementMaskKernel(rows: Int, columns: Int) throws {

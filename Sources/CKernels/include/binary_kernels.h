@@ -47,4 +47,25 @@ void ck_binary_decode_rows_ref(const uint64_t *signs, size_t words_per_row, cons
                                int nibbles, size_t code_stride, size_t ns, const float *d, const float *z,
                                size_t row_begin, size_t row_count, size_t cols, float *out);
 
+// Table-lookup sign GEMV (u4_planes.c): the column-mask case of ck_binary_gemv (mask == NULL) on
+// the sign bits re-laid out once, at load, as a single bit plane in u4_planes.c's blocks of 16
+// rows × 32 columns (64 bytes per row block and chunk, one group over all `cols` columns; rows
+// padded to 16, columns to 32 with bit 0 and x 0). Per call, ck_u4_plane_tables(x, cols, 0,
+// tables, &x_sum) builds the 16-float tables of x (ck_sign_planes_quads(cols) · 16 floats) and
+// Σx; then for rows o of row blocks [block_begin, block_begin + block_count):
+//   y[o] = a[o]·(2·Σ_j bit_oj·x_j − x_sum) + b[o]·x_sum   (= a[o]·Σ_j s_oj·x_j + b[o]·x_sum).
+// The same value as ck_binary_gemv up to float summation order. AVX-512 when
+// ck_u4_planes_supported(); the _ref twin gives the same bits.
+size_t ck_sign_planes_words(size_t rows, size_t cols);
+/// 4-column quads per row (tables of 16 floats each).
+size_t ck_sign_planes_quads(size_t cols);
+/// bits: one byte per sign, row-major [rows, cols], 1 = +1, 0 = −1.
+void ck_sign_planes_pack(const uint8_t *bits, size_t rows, size_t cols, uint64_t *planes);
+void ck_gemv_sign_planes(const uint64_t *planes, size_t block_begin, size_t block_count, size_t rows, size_t cols,
+                         const float *tables, float x_sum, const float *a, const float *b, float *y);
+/// Plain scalar twin of ck_gemv_sign_planes.
+void ck_gemv_sign_planes_ref(const uint64_t *planes, size_t block_begin, size_t block_count, size_t rows,
+                             size_t cols, const float *tables, float x_sum, const float *a, const float *b,
+                             float *y);
+
 #endif
