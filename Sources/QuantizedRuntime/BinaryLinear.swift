@@ -56,17 +56,27 @@ public final class BinaryLinear: LinearOp {
     /// Column masks on AVX-512: the sign bits once more as one bit plane for the table-lookup
     /// decode GEMV (`BinaryKernels.gemvPlanes`); the words above stay for prefill tiles.
     private let signPlanes: BinaryKernels.SignPlaneLayout?
+    /// Column masks with ≤ 4-bit salient codes on AVX-512: the salient codes once more as bit
+    /// planes for the u4 table-lookup GEMV (`LowBit.gemvPlanes`, one group per row: the salient
+    /// part has one Δ and z per row); the nibbles stay for prefill tiles and the fallback.
+    private let salientPlanes: LowBit.PlaneLayout?
 
     /// Bytes held for this layer at run time (bits, codes, per-row and per-column parameters).
     public var storageBytes: Int {
         8 * (signWords.count + (maskWords?.count ?? 0)) + salientCodes.count + 4 * salientColumnIndex.count
             + 4 * (scale.count + offset.count + columnScale.count + salientScale.count + salientZero.count
                    + (bias?.count ?? 0) + outlierValues.count) + 8 * outlierColumns.count + (signPlanes?.bytes ?? 0)
+            + (salientPlanes?.bytes ?? 0)
     }
 
     /// Bytes a decoded token reads from this layer (the bench's bandwidth bound): with sign
-    /// planes, the planes and not the row-major sign words (which only the prefill tiles read).
-    public var weightBytes: Int { storageBytes - (signPlanes == nil ? 0 : 8 * signWords.count) }
+    /// planes, the planes and not the row-major sign words (which only the prefill tiles read);
+    /// likewise salient planes replace the salient nibbles (but not their per-row Δ and z, which
+    /// the planes hold a copy of and which `storageBytes` counts once per copy).
+    public var weightBytes: Int {
+        storageBytes - (signPlanes == nil ? 0 : 8 * signWords.count)
+            - (salientPlanes == nil ? 0 : salientCodes.count + 4 * (salientScale.count + salientZero.count))
+    }
 
     /// What runs, for reports: `binary 1-bit + 4-bit salient columns (20.1 %)` (`binary 1-bit
     /// sign-plane tables + …` where the decode GEMV runs on sign planes).
@@ -76,7 +86,8 @@ public final class BinaryLinear: LinearOp {
             : Double(salientColumnIndex.count) / Double(max(1, inFeatures * outFeatures))
         let outliers = outlierColumns.isEmpty ? "" : " + \(outlierColumns.count) float16 columns"
         let signs = signPlanes == nil ? "binary 1-bit" : "binary 1-bit sign-plane tables"
-        return "\(signs) + \(salientBits)-bit salient \(maskKind.rawValue) (\(String(format: "%.1f", 100 * share)) %)\(outliers)"
+        let salientKernel = salientPlanes == nil ? "" : " on plane tables"
+        return "\(signs) + \(salientBits)-bit salient \(maskKind.rawValue)\(salientKernel) (\(String(format: "%.1f", 100 * share)) %)\(outliers)"
     }
 
     /// Converts a binary `QuantizedLinear` to run-time storage; throws a `PTQError` naming the
@@ -125,6 +136,11 @@ public final class BinaryLinear: LinearOp {
             naturalColumnScale = natural
             signPlanes = BinaryKernels.planesSupported && nb > 0 && rows > 0
                 ? BinaryKernels.SignPlaneLayout(signs: w.signs, rows: rows, columns: nb) : nil
+            // One group spanning all salient columns: the codes' Δ and z are per row.
+            salientPlanes = LowBit.planeTablesSupported && salientFormat == .u4 && ns > 0 && rows > 0
+                ? LowBit.PlaneLayout(codes: w.salientCodes, rows: rows, columns: ns, groupSize: ns,
+                                     scales: salientScale, zeros: salientZero)
+                : nil
         case .elements:
             binaryColumns = []
             salientColumns = []
@@ -156,6 +172,7 @@ public final class BinaryLinear: LinearOp {
             naturalBinaryMask = []
             naturalColumnScale = []
             signPlanes = nil
+            salientPlanes = nil
         }
     }
 
@@ -165,7 +182,7 @@ public final class BinaryLinear: LinearOp {
     public func forward(_ x: UnsafePointer<Float>, rows: Int, into y: UnsafeMutablePointer<Float>) {
         guard rows > 0 else { return }
         if rows <= Self.gemvRowLimit {
-            for t in 0..<rows { gemv(x + t * inFeatures, y + t * outFeatures, reference: false) }
+            for t in 0..<rows { gemv(x + t * inFeatures, y + t * outFeatures, reference: false, salientTables: true) }
         } else {
             dequantizedProduct(x, rows: rows, y)
         }
@@ -176,14 +193,27 @@ public final class BinaryLinear: LinearOp {
 
     /// One activation row through the scalar reference kernels (tests).
     public func forwardReference(_ x: UnsafePointer<Float>, into y: UnsafeMutablePointer<Float>) {
-        gemv(x, y, reference: true)
+        gemv(x, y, reference: true, salientTables: false)
         if let bias {
             bias.withUnsafeBufferPointer { Ops.addBias($0.baseAddress!, rows: 1, width: outFeatures, into: y) }
         }
     }
 
-    /// `y = W x` for one activation row, from the bits and codes.
-    private func gemv(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, reference: Bool) {
+    /// One activation row through the fast kernels with the salient part on the nibble GEMV even
+    /// where salient planes exist (tests compare the two salient paths).
+    func forwardNibbleSalient(_ x: UnsafePointer<Float>, into y: UnsafeMutablePointer<Float>) {
+        gemv(x, y, reference: false, salientTables: false)
+        if let bias {
+            bias.withUnsafeBufferPointer { Ops.addBias($0.baseAddress!, rows: 1, width: outFeatures, into: y) }
+        }
+    }
+
+    /// Whether the salient codes have a plane-table copy (tests).
+    var hasSalientPlanes: Bool { salientPlanes != nil }
+
+    /// `y = W x` for one activation row, from the bits and codes; `salientTables` lets the
+    /// salient part run on its bit planes where it has them.
+    private func gemv(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, reference: Bool, salientTables: Bool) {
         let n = outFeatures
         var padded = [Float](repeating: 0, count: 64 * wordsPerRow)
         switch maskKind {
@@ -211,15 +241,20 @@ public final class BinaryLinear: LinearOp {
             guard ns > 0 else { return }
             let xs = salientColumns.map { x[$0] }
             var ys = [Float](repeating: 0, count: n)
-            salientCodes.withUnsafeBufferPointer { c in
-                salientScale.withUnsafeBufferPointer { d in
-                    salientZero.withUnsafeBufferPointer { z in
-                        if reference {
-                            LowBit.gemvReference(salientFormat, codes: c.baseAddress!, rows: n, columns: ns, groupSize: ns,
-                                                 scales: d.baseAddress!, zeros: z.baseAddress!, x: xs, y: &ys)
-                        } else {
-                            LowBit.gemv(salientFormat, codes: c.baseAddress!, rows: n, columns: ns, groupSize: ns,
-                                        scales: d.baseAddress!, zeros: z.baseAddress!, x: xs, y: &ys)
+            if let salientPlanes, salientTables, !reference {
+                // The gathered salient inputs x_s (natural column order, as the codes' columns).
+                LowBit.gemvPlanes(salientPlanes, x: xs, y: &ys)
+            } else {
+                salientCodes.withUnsafeBufferPointer { c in
+                    salientScale.withUnsafeBufferPointer { d in
+                        salientZero.withUnsafeBufferPointer { z in
+                            if reference {
+                                LowBit.gemvReference(salientFormat, codes: c.baseAddress!, rows: n, columns: ns, groupSize: ns,
+                                                     scales: d.baseAddress!, zeros: z.baseAddress!, x: xs, y: &ys)
+                            } else {
+                                LowBit.gemv(salientFormat, codes: c.baseAddress!, rows: n, columns: ns, groupSize: ns,
+                                            scales: d.baseAddress!, zeros: z.baseAddress!, x: xs, y: &ys)
+                            }
                         }
                     }
                 }

@@ -304,6 +304,60 @@ struct BinaryWeightTests {
         }
     }
 
+    /// The salient columns' ≤ 4-bit codes on the u4 plane-table GEMV (AVX-512) against the
+    /// nibble GEMV they replace at decode, on SmolLM2's real layer shapes (q/o, k/v, gate/up,
+    /// down with PTQ1.61's 20 % salient columns) and small odd ones (salient counts off the
+    /// 32-column chunks, rows off the 16-row blocks, one salient column, all salient, 2-bit
+    /// codes): equal up to float summation order, both close to the dense double product.
+    @Test(arguments: [(576, 576, 116, 4), (192, 576, 116, 4), (1536, 576, 116, 4), (576, 1536, 308, 4),
+                      (5, 33, 7, 4), (17, 70, 1, 4), (3, 40, 40, 4), (19, 100, 37, 2)])
+    func salientPlanesMatchNibbleGEMV(rows: Int, columns: Int, salient: Int, bits: Int) throws {
+        var rng = SeededGenerator(seed: 31 + UInt64(rows * 10_000 + columns))
+        var mask = [Bool](repeating: false, count: columns)
+        for j in (0..<columns).shuffled(using: &rng).prefix(salient) { mask[j] = true }
+        let ns = salient, nb = columns - salient, top = (1 << bits) - 1
+        let w = BinaryWeight(
+            rows: rows, columns: columns, maskKind: .columns, salientMask: mask, salientBits: bits,
+            salientCodes: (0..<(rows * ns)).map { _ in UInt8(Int(rng.next() % UInt64(top + 1))) },
+            salientScale: (0..<rows).map { o in o == 0 ? 0 : BinaryWeight.half(rng.float(in: 0.001...0.01)) },
+            salientZero: (0..<rows).map { _ in UInt8(Int(rng.next() % UInt64(top + 1))) },
+            signs: (0..<(rows * nb)).map { _ in UInt8(rng.next() % 2) },
+            scale: (0..<rows).map { _ in BinaryWeight.half(rng.float(in: 0.01...0.05)) },
+            offset: (0..<rows).map { _ in BinaryWeight.half(rng.float(in: -0.01...0.01)) },
+            columnScale: (0..<nb).map { _ in BinaryWeight.half(rng.float(in: 0.7...1.3)) })
+        try Self.linear(w, bias: nil).validate()
+        let bias = (0..<rows).map { Float($0 % 7) * 0.01 }
+        let layer = try BinaryLinear(Self.linear(w, bias: bias))
+        #expect(layer.hasSalientPlanes == LowBit.planeTablesSupported)
+        #expect(layer.kernelDescription.contains("on plane tables") == LowBit.planeTablesSupported)
+        let dense = w.dequantizedReference()
+        for trial in 0..<2 {
+            // Trial 1: one large salient activation (an outlier channel, as PTQ1.61 selects them).
+            var x = (0..<columns).map { _ in rng.float(in: -2...2) }
+            if trial == 1, let j = mask.firstIndex(of: true) { x[j] = 300 }
+            var fast = [Float](repeating: .nan, count: rows), nibble = fast
+            x.withUnsafeBufferPointer { xp in
+                fast.withUnsafeMutableBufferPointer { layer.forward(xp.baseAddress!, rows: 1, into: $0.baseAddress!) }
+                nibble.withUnsafeMutableBufferPointer { layer.forwardNibbleSalient(xp.baseAddress!, into: $0.baseAddress!) }
+            }
+            let want = Self.product(dense, rows: rows, columns: columns, x: x, xRows: 1, bias: bias)
+            let salientAbs = (0..<columns).filter { mask[$0] }.reduce(Float(0)) { $0 + abs(x[$1]) }
+            let allAbs = x.reduce(Float(0)) { $0 + abs($1) }
+            for o in 0..<rows {
+                // Only the salient part's summation order differs: Δ·(Σ|x_s|·(top + z)) times a few ε,
+                // plus one rounding of the sum into y.
+                let d = abs(w.salientScale[o]), z = Float(w.salientZero[o])
+                let bound = 4e-6 * d * salientAbs * (Float(top) + z) + 2 * abs(nibble[o]).ulp + 1e-30
+                #expect(abs(fast[o] - nibble[o]) <= bound,
+                        "\(rows)×\(columns)/\(ns) t\(trial) row \(o): \(fast[o]) vs \(nibble[o])")
+                let loose = 1e-5 * (allAbs * 0.1 + d * salientAbs * (Float(top) + z)) + 1e-6
+                #expect(abs(fast[o] - want[o]) <= loose, "\(rows)×\(columns)/\(ns) row \(o) vs dense: \(fast[o]) vs \(want[o])")
+            }
+            // Row 0 has Δ = 0: its salient part adds nothing on either path.
+            #expect(fast[0].bitPattern == nibble[0].bitPattern)
+        }
+    }
+
     /// Element masks with 8-bit salient codes (PB-LLM-style) through the same kernel.
     @Test(arguments: [(6, 100), (1, 64), (9, 131)])
     func elementMaskKernel(rows: Int, columns: Int) throws {
