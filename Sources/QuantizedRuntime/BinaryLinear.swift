@@ -79,7 +79,8 @@ public final class BinaryLinear: LinearOp {
     }
 
     /// What runs, for reports: `binary 1-bit + 4-bit salient columns (20.1 %)` (`binary 1-bit
-    /// sign-plane tables + …` where the decode GEMV runs on sign planes).
+    /// sign-plane tables + …` where the decode GEMV runs on sign planes, `… salient columns on
+    /// plane tables (20.1 %)` where the salient codes do too).
     public var kernelDescription: String {
         let share = maskKind == .columns
             ? Double(salientColumns.count) / Double(max(1, inFeatures))
