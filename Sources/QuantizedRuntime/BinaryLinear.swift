@@ -9,7 +9,7 @@ import PTQCore
 /// zero-padded to whole 64-bit words) and Σx̃ are formed once; then
 /// `y = a ∘ (S x̃) + b · Σx̃` runs on the sign bits (`BinaryKernels`), and the salient columns'
 /// 4-bit (or 8-bit) codes run the existing weight-only integer GEMV on the gathered salient
-/// inputs: `Δ ∘ (Q x_s − z · Σx_s)`.
+/// inputs: `Δ ∘ (Q x_s − z · Σx_s)` (≤ 4-bit codes on AVX-512: the u4 plane-table GEMV).
 ///
 /// Element masks (PB-LLM-style): the sign bits and the mask are laid out over all columns; the
 /// kernel skips masked lanes and returns each row's Σ over its binarized inputs, and the salient
