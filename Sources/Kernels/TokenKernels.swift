@@ -1,5 +1,6 @@
 import CKernels
 import Dispatch
+import Foundation
 
 /// Token-path kernels (`ck_runtime.h`): float GEMV for one activation row, decode attention,
 /// and the FP4 nibble-table int8 GEMV, each on the persistent pool with a scalar `…Reference`
@@ -312,6 +313,11 @@ public enum TokenKernels {
 
     /// Turns the VNNI paths off (AVX2 instead) or back on, for tests and measurements.
     public static func setVNNIEnabled(_ enabled: Bool) { ck_set_vnni_enabled(enabled ? 1 : 0) }
+
+    /// Held by code that switches the VNNI paths off for a while and by code whose result depends
+    /// on which paths are on (tests: Swift Testing runs them in parallel, and the switch is
+    /// process-wide, so a layer built while another test had VNNI off would pick other kernels).
+    public static let kernelSwitchLock = NSLock()
 }
 
 extension TokenKernels {

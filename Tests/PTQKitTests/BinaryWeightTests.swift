@@ -225,6 +225,7 @@ struct BinaryWeightTests {
                       (24, 576, 116, 4), (7, 1536, 307, 4), (9, 77, 30, 8), (4, 600, 0, 8),
                       (2, 3000, 600, 4)])
     func prefillTilesMatchReference(rows: Int, columns: Int, salient: Int, bits: Int) throws {
+        TokenKernels.kernelSwitchLock.lock(); defer { TokenKernels.kernelSwitchLock.unlock() }
         var rng = SeededGenerator(seed: UInt64(rows * 1000 + columns))
         var mask = [Bool](repeating: false, count: columns)
         for j in (0..<columns).shuffled(using: &rng).prefix(salient) { mask[j] = true }
@@ -411,6 +412,7 @@ struct BinaryWeightTests {
     /// for row counts on and off the 8-row blocks (and, with the pool, ranges starting inside one).
     @Test(arguments: [37, 8, 3])
     func fastKernelEqualsReference(rows: Int) {
+        TokenKernels.kernelSwitchLock.lock(); defer { TokenKernels.kernelSwitchLock.unlock() }
         var rng = SeededGenerator(seed: 99 + UInt64(rows))
         let words = 5
         let signs = (0..<(rows * words)).map { _ in rng.next() }

@@ -35,6 +35,7 @@ extension LLMFP4Tests {
     @Test(arguments: [(37, 64, 32, 5), (64, 576, 32, 19), (33, 63, 63, 3), (17, 100, 64, 9), (40, 96, 96, 7),
                       (1, 32, 32, 1), (48, 1536, 128, 13), (31, 70, 70, 2), (35, 130, 128, 33), (8, 1536, 1536, 4)])
     func int16KernelsMatchReference(shape: (Int, Int, Int, Int)) {
+        TokenKernels.kernelSwitchLock.lock(); defer { TokenKernels.kernelSwitchLock.unlock() }
         let (rows, cols, gs, m) = shape
         for format in [Self.e2m1, Self.e1m2, Self.e3m0] {
             let table = Self.integerTable(format)
@@ -78,6 +79,7 @@ extension LLMFP4Tests {
     @Test(arguments: [(37, 64, 32, 32, 5), (64, 576, 576, 64, 20), (33, 63, 63, 63, 3), (17, 100, 64, 32, 9),
                       (40, 96, 96, 32, 7), (48, 1536, 1536, 128, 13)])
     func fp8Int16GemmMatchesReference(shape: (Int, Int, Int, Int, Int)) {
+        TokenKernels.kernelSwitchLock.lock(); defer { TokenKernels.kernelSwitchLock.unlock() }
         let (rows, cols, gs, sumLength, m) = shape
         let format = Self.e3m4
         let table = format.codeValues.map { Int16($0 / format.unit) } + [Int16](repeating: 0, count: 256 - format.codeCount)
@@ -187,6 +189,7 @@ extension LLMFP4Tests {
                       (40, 96, 96, 7, 3), (1, 32, 32, 1, 3), (48, 1536, 128, 13, 3), (35, 130, 128, 33, 2),
                       (8, 1536, 1536, 4, 3)])
     func splitKernelsMatchReference(shape: (Int, Int, Int, Int, Int)) {
+        TokenKernels.kernelSwitchLock.lock(); defer { TokenKernels.kernelSwitchLock.unlock() }
         let (rows, cols, gs, m, shift) = shape
         for format in [Self.e2m1, Self.e1m2, Self.e3m0] {
             let table = Self.integerTable(format)
@@ -233,6 +236,7 @@ extension LLMFP4Tests {
     /// AVX2) and the exact sums within float rounding, with sums over parts of a row.
     @Test(arguments: [(37, 64, 64, 32, 5), (64, 576, 576, 32, 20), (33, 63, 63, 63, 3), (40, 96, 96, 32, 9)])
     func fp8SplitGemmMatchesReference(shape: (Int, Int, Int, Int, Int)) {
+        TokenKernels.kernelSwitchLock.lock(); defer { TokenKernels.kernelSwitchLock.unlock() }
         let (rows, cols, gs, sumLength, m) = shape
         let format = Self.e2m5, shift = 3
         let table = format.codeValues.map { Int16($0 / format.unit) } + [Int16](repeating: 0, count: 256 - format.codeCount)
@@ -377,6 +381,7 @@ extension LLMFP4Tests {
     /// dequantizer, fake-quantized activations) on decode- and prefill-sized inputs either way.
     @Test(arguments: [1, 3, 20])
     func runtimeInt16PathMatchesSimulation(rows: Int) throws {
+        TokenKernels.kernelSwitchLock.lock(); defer { TokenKernels.kernelSwitchLock.unlock() }
         // (weight format, group size, activation format, largest channel offset K, columns, int16 path?)
         let cases: [(FloatingPointFormat, Int, FloatingPointFormat, Int, Int, Bool)] = [
             (Self.e2m1, 32, Self.e2m5, 3, 96, true), (Self.e1m2, 64, Self.e2m5, 3, 100, true),

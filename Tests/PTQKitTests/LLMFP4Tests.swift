@@ -463,6 +463,7 @@ struct LLMFP4Tests {
     @Test(arguments: [(7, 1, 1), (5, 33, 32), (9, 64, 32), (4, 100, 64), (16, 130, 128), (3, 576, 576), (2, 17, 17), (5, 1536, 64),
                       (3, 48, 16), (4, 576, 128), (2, 80, 48)])
     func gemvMatchesReference(shape: (Int, Int, Int)) {
+        TokenKernels.kernelSwitchLock.lock(); defer { TokenKernels.kernelSwitchLock.unlock() }
         let (rows, cols, gs) = shape
         for format in [Self.e2m1, Self.e3m0, Self.e1m2, Self.e4m3, FloatingPointFormat(exponentBits: 3, mantissaBits: 2),
                        FloatingPointFormat(exponentBits: 2, mantissaBits: 5), FloatingPointFormat(exponentBits: 3, mantissaBits: 4)] {
@@ -509,6 +510,7 @@ struct LLMFP4Tests {
     /// one-hot x every output is scale·table[code], for every code of every 5…8-bit format, at
     /// ordinary, huge, tiny and zero scales, in full 16-column vectors and in the scalar tail.
     @Test func byteCodesDecodeExactly() {
+        TokenKernels.kernelSwitchLock.lock(); defer { TokenKernels.kernelSwitchLock.unlock() }
         var formats: [FloatingPointFormat] = []
         for e in 1...7 { for m in 0...6 where (4...7).contains(e + m) { formats.append(FloatingPointFormat(exponentBits: e, mantissaBits: m)) } }
         for format in formats where format.isSupported {

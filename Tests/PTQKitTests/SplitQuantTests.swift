@@ -242,6 +242,7 @@ struct SplitQuantTests {
                       (2, 1536, 128, 4), (1, 33, 32, 2), (3, 96, 16, 4), (2, 97, 48, 4), (4, 191, nil, 3),
                       (2, 200, 16, 2), (3, 288, 96, 4), (2, 17, 16, 4), (1, 1, nil, 4), (2, 384, 128, 4)])
     func packedFourBitLayout(rows: Int, columns: Int, groupSize: Int?, bits: Int) {
+        TokenKernels.kernelSwitchLock.lock(); defer { TokenKernels.kernelSwitchLock.unlock() }
         let w = Self.randomMatrix(rows: rows, columns: columns, seed: UInt64(rows * 31 + columns))
         let base = SplitQuant.quantize(w, clustering: SplitQuant.kMeans3(w.data), bits: bits, groupSize: groupSize,
                                        range: .cluster)

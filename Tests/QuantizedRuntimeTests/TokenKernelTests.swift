@@ -196,6 +196,7 @@ struct TokenKernelTests {
     @Test("FP4 nibble-table GEMV equals the grouped int8 GEMM reference bit for bit",
           arguments: [32, 64, 576, 1536], [32, 64, 0])
     func fp4Gemv(columns: Int, groupArgument: Int) {
+        TokenKernels.kernelSwitchLock.lock(); defer { TokenKernels.kernelSwitchLock.unlock() }
         let group = groupArgument == 0 ? columns : groupArgument
         guard columns % group == 0 else { return }
         var rng = SplitMix(seed: UInt64(columns * 3 + group))
@@ -234,6 +235,7 @@ struct TokenKernelTests {
 
     @Test("FP4 nibble-table GEMV at saturation bounds and on all-zero rows")
     func fp4Extremes() {
+        TokenKernels.kernelSwitchLock.lock(); defer { TokenKernels.kernelSwitchLock.unlock() }
         let columns = 96, rows = 9, group = 32
         // Table entries at ±127 with activations at ±127: the largest pair sum maddubs sees.
         let table: [Int8] = [127, -127, 0, 1, -1, 64, -64, 127, 0, 0, 0, 0, 0, 0, 0, -127]
@@ -472,6 +474,7 @@ struct TokenKernelTests {
 
     @Test("int8 GEMM: the VNNI and AVX2 paths both equal the reference", arguments: [1, 31, 64, 577, 576])
     func gemmI8Paths(k: Int) {
+        TokenKernels.kernelSwitchLock.lock(); defer { TokenKernels.kernelSwitchLock.unlock() }
         var rng = SplitMix(seed: UInt64(k))
         let m = 7, n = 7
         var a = rng.int8s(m * k, in: -127...127)
@@ -498,6 +501,7 @@ struct TokenKernelTests {
     @Test("int8 decode GEMV: the VNNI (+128) and AVX2 paths equal the reference",
           arguments: [1, 31, 32, 64, 577, 1536], [1, 7, 8, 17, 64])
     func gemvI8Paths(k: Int, n: Int) {
+        TokenKernels.kernelSwitchLock.lock(); defer { TokenKernels.kernelSwitchLock.unlock() }
         var rng = SplitMix(seed: UInt64(k * 131 + n))
         for m in [1, 3] {
             var a = rng.int8s(m * k, in: -127...127)
@@ -531,6 +535,7 @@ struct TokenKernelTests {
 
     @Test("int8 decode GEMV at the int32 limit: k = 131072, every product −127·−128 (the +128 sums wrap)")
     func gemvI8Wraparound() {
+        TokenKernels.kernelSwitchLock.lock(); defer { TokenKernels.kernelSwitchLock.unlock() }
         let k = 131_072, n = 9
         let a = [Int8](repeating: -127, count: k)
         var b = [Int8](repeating: -128, count: n * k)
