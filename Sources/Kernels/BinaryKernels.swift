@@ -106,12 +106,19 @@ extension BinaryKernels {
                 ck_gemv_sign_planes_ref(w.baseAddress!, 0, blocks, rows, columns, tables, xSum, a, b, y)
                 return
             }
-            let pw = SendableConstPointer(w.baseAddress!), pt = SendableConstPointer(UnsafePointer(tables))
-            let pa = SendableConstPointer(a), pb = SendableConstPointer(b), py = SendablePointer(y)
-            Parallel.forEachChunk(blocks, minimumChunk: LowBit.chunk(workPerRow: 16 * columns, atLeast: 1)) { r in
-                ck_gemv_sign_planes(pw.base, r.lowerBound, r.count, rows, columns, pt.base, xSum, pa.base, pb.base,
-                                    py.base)
+            // A context struct and a C body, not a closure: no allocation per call (decode path).
+            let job = SignPlanesJob(planes: w.baseAddress!, rows: rows, columns: columns, tables: tables, xSum: xSum,
+                                    a: a, b: b, y: y)
+            Parallel.forEachChunk(blocks, minimumChunk: LowBit.chunk(workPerRow: 16 * columns, atLeast: 1),
+                                  context: job) { context, begin, end in
+                let j = context!.load(as: SignPlanesJob.self)
+                ck_gemv_sign_planes(j.planes, begin, end - begin, j.rows, j.columns, j.tables, j.xSum, j.a, j.b, j.y)
             }
         }
+    }
+
+    private struct SignPlanesJob {
+        let planes: UnsafePointer<UInt64>, rows: Int, columns: Int, tables: UnsafePointer<Float>, xSum: Float
+        let a: UnsafePointer<Float>, b: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>
     }
 }

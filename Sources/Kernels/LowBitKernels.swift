@@ -73,13 +73,19 @@ public enum LowBit {
     public static func gemvI8(a: UnsafePointer<Int8>, m: Int, b: UnsafePointer<Int8>, n: Int, k: Int,
                               rowSums: UnsafePointer<Int32>?, c: UnsafeMutablePointer<Int32>, ldc: Int) {
         guard m > 0, n > 0 else { return }
-        let pa = SendableConstPointer(a), pb = SendableConstPointer(b), pc = SendablePointer(c)
-        let ps = rowSums.map { SendableConstPointer($0) }
         let blocks = (n + 7) / 8
-        Parallel.forEachChunk(blocks, minimumChunk: chunk(workPerRow: 8 * m * k, atLeast: 1)) { r in
-            let begin = 8 * r.lowerBound, end = min(n, 8 * r.upperBound)
-            ck_gemv_i8(pa.base, m, pb.base, begin, end - begin, k, ps?.base, pc.base, ldc)
+        // A context struct and a C body, not a closure: no allocation per call (decode path).
+        let job = GemvI8Job(a: a, m: m, b: b, n: n, k: k, rowSums: rowSums, c: c, ldc: ldc)
+        Parallel.forEachChunk(blocks, minimumChunk: chunk(workPerRow: 8 * m * k, atLeast: 1), context: job) { context, b0, b1 in
+            let j = context!.load(as: GemvI8Job.self)
+            let begin = 8 * b0, end = min(j.n, 8 * b1)
+            ck_gemv_i8(j.a, j.m, j.b, begin, end - begin, j.k, j.rowSums, j.c, j.ldc)
         }
+    }
+
+    private struct GemvI8Job {
+        let a: UnsafePointer<Int8>, m: Int, b: UnsafePointer<Int8>, n: Int, k: Int
+        let rowSums: UnsafePointer<Int32>?, c: UnsafeMutablePointer<Int32>, ldc: Int
     }
 
     /// Scalar twin of `gemvI8`.
@@ -163,16 +169,21 @@ public enum LowBit {
                             groupSize: Int, scales: UnsafePointer<Float>, zeros: UnsafePointer<Float>,
                             x: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>) {
         guard rows > 0 else { return }
-        let pc = SendableConstPointer(codes), ps = SendableConstPointer(scales), pz = SendableConstPointer(zeros)
-        let px = SendableConstPointer(x), py = SendablePointer(y)
-        Parallel.forEachChunk(rows, minimumChunk: chunk(workPerRow: columns, atLeast: 8)) { range in
-            switch format {
-            case .u4: ck_gemv_u4_f32(pc.base, range.lowerBound, range.count, columns, groupSize,
-                                     ps.base, pz.base, px.base, py.base)
-            case .u8: ck_gemv_u8_f32(pc.base, range.lowerBound, range.count, columns, groupSize,
-                                     ps.base, pz.base, px.base, py.base)
+        let job = GemvJob(u4: format == .u4, codes: codes, columns: columns, groupSize: groupSize, scales: scales,
+                          zeros: zeros, x: x, y: y)
+        Parallel.forEachChunk(rows, minimumChunk: chunk(workPerRow: columns, atLeast: 8), context: job) { context, begin, end in
+            let j = context!.load(as: GemvJob.self)
+            if j.u4 {
+                ck_gemv_u4_f32(j.codes, begin, end - begin, j.columns, j.groupSize, j.scales, j.zeros, j.x, j.y)
+            } else {
+                ck_gemv_u8_f32(j.codes, begin, end - begin, j.columns, j.groupSize, j.scales, j.zeros, j.x, j.y)
             }
         }
+    }
+
+    private struct GemvJob {
+        let u4: Bool, codes: UnsafePointer<UInt8>, columns: Int, groupSize: Int
+        let scales: UnsafePointer<Float>, zeros: UnsafePointer<Float>, x: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>
     }
 
     /// Scalar twin of `gemv`.
@@ -254,21 +265,27 @@ public enum LowBit {
         let tables = threadScratch(slot: 2, count: layout.quads * 16 + layout.groups, of: Float.self)
         ck_u4_plane_tables(x, layout.columns, layout.groupSize, tables, tables + layout.quads * 16)
         let blocks = (layout.rows + 15) / 16
-        let pt = SendableConstPointer(UnsafePointer(tables)), py = SendablePointer(y)
-        let xsums = SendableConstPointer(UnsafePointer(tables + layout.quads * 16))
         layout.planes.withUnsafeBufferPointer { w in
             layout.blockScales.withUnsafeBufferPointer { s in
                 layout.blockZeros.withUnsafeBufferPointer { z in
-                    let pw = SendableConstPointer(w.baseAddress!), ps = SendableConstPointer(s.baseAddress!)
-                    let pz = SendableConstPointer(z.baseAddress!)
-                    let (rows, columns, group) = (layout.rows, layout.columns, layout.groupSize)
-                    Parallel.forEachChunk(blocks, minimumChunk: chunk(workPerRow: 16 * columns, atLeast: 1)) { r in
-                        ck_gemv_u4_planes(pw.base, r.lowerBound, r.count, rows, columns, group, ps.base, pz.base,
-                                          pt.base, xsums.base, py.base)
+                    let job = PlanesJob(planes: w.baseAddress!, rows: layout.rows, columns: layout.columns,
+                                        groupSize: layout.groupSize, scales: s.baseAddress!, zeros: z.baseAddress!,
+                                        tables: tables, xsums: tables + layout.quads * 16, y: y)
+                    Parallel.forEachChunk(blocks, minimumChunk: chunk(workPerRow: 16 * layout.columns, atLeast: 1),
+                                          context: job) { context, begin, end in
+                        let j = context!.load(as: PlanesJob.self)
+                        ck_gemv_u4_planes(j.planes, begin, end - begin, j.rows, j.columns, j.groupSize, j.scales,
+                                          j.zeros, j.tables, j.xsums, j.y)
                     }
                 }
             }
         }
+    }
+
+    private struct PlanesJob {
+        let planes: UnsafePointer<UInt64>, rows: Int, columns: Int, groupSize: Int
+        let scales: UnsafePointer<Float>, zeros: UnsafePointer<Float>
+        let tables: UnsafePointer<Float>, xsums: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>
     }
 
     /// Scalar twin of `gemvPlanes` (same operations in the same order: the same bits).

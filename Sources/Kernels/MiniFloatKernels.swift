@@ -251,13 +251,21 @@ public enum MiniFloat {
                                     scales: UnsafePointer<Float>, activations a: UnsafePointer<Int16>,
                                     high: HighParts? = nil, lda: Int, m: Int, y: UnsafeMutablePointer<Float>, ldy: Int) {
         guard rows > 0, m > 0 else { return }
-        let pc = SendableConstPointer(codes), pt = SendableConstPointer(table), ps = SendableConstPointer(scales)
-        let pa = SendableConstPointer(a), py = SendablePointer(y), ph = high.map { SendableConstPointer($0.values) }
-        let shift = Int32(high?.shift ?? 0)
-        Parallel.forEachChunk(rows, minimumChunk: LowBit.chunk(workPerRow: m * columns, atLeast: 8)) { r in
-            ck_fp8_gemv_i16(pc.base, r.lowerBound, r.count, columns, groupSize, sumLength, Int32(magnitudeBits), pt.base,
-                            ps.base, pa.base, ph?.base, shift, lda, m, py.base, ldy)
+        // A context struct and a C body, not a closure: no allocation per call (decode path).
+        let job = Fp8GemvJob(codes: codes, columns: columns, groupSize: groupSize, sumLength: sumLength,
+                             magnitudeBits: Int32(magnitudeBits), table: table, scales: scales, a: a,
+                             high: high?.values, shift: Int32(high?.shift ?? 0), lda: lda, m: m, y: y, ldy: ldy)
+        Parallel.forEachChunk(rows, minimumChunk: LowBit.chunk(workPerRow: m * columns, atLeast: 8), context: job) { context, begin, end in
+            let j = context!.load(as: Fp8GemvJob.self)
+            ck_fp8_gemv_i16(j.codes, begin, end - begin, j.columns, j.groupSize, j.sumLength, j.magnitudeBits, j.table,
+                            j.scales, j.a, j.high, j.shift, j.lda, j.m, j.y, j.ldy)
         }
+    }
+
+    private struct Fp8GemvJob {
+        let codes: UnsafePointer<UInt8>, columns: Int, groupSize: Int, sumLength: Int, magnitudeBits: Int32
+        let table: UnsafePointer<Int16>, scales: UnsafePointer<Float>, a: UnsafePointer<Int16>
+        let high: UnsafePointer<Int16>?, shift: Int32, lda: Int, m: Int, y: UnsafeMutablePointer<Float>, ldy: Int
     }
     // MARK: FP4 weights × byte-plane activations (decode on int8 VNNI)
 
@@ -352,15 +360,27 @@ public enum MiniFloat {
                         }
                         ck_fp4_u8_activations(a + i * lda, hi, shift, k, layout.groupSize, Int32(layout.planes),
                                               Int32(layout.offset), planes, corrections)
-                        let py = SendablePointer(y + i * ldy), rows = layout.rows, g = layout.groupSize
-                        let n = Int32(layout.planes)
-                        Parallel.forEachChunk(blocks, minimumChunk: LowBit.chunk(workPerRow: 16 * k, atLeast: 1)) { r in
-                            ck_fp4_gemv_u8(c.base, s.base, r.lowerBound, r.count, rows, k, g, t.base, pp.base, n,
-                                           pr.base, py.base)
+                        // A context struct and a C body, not a closure: no allocation per call.
+                        let job = Fp4ByteGemvJob(codes: c.base, scales: s.base, rows: layout.rows, k: k,
+                                                 groupSize: layout.groupSize, table: t.base, planes: pp.base,
+                                                 planeCount: Int32(layout.planes), corrections: pr.base, y: y + i * ldy)
+                        Parallel.forEachChunk(blocks, minimumChunk: LowBit.chunk(workPerRow: 16 * k, atLeast: 1),
+                                              context: job) { context, begin, end in
+                            let j = context!.load(as: Fp4ByteGemvJob.self)
+                            ck_fp4_gemv_u8(j.codes, j.scales, begin, end - begin, j.rows, j.k, j.groupSize, j.table,
+                                           j.planes, j.planeCount, j.corrections, j.y)
                         }
                     }
                 }
             }
         }
+    }
+}
+
+extension MiniFloat {
+    fileprivate struct Fp4ByteGemvJob {
+        let codes: UnsafePointer<UInt8>, scales: UnsafePointer<Float>, rows: Int, k: Int, groupSize: Int
+        let table: UnsafePointer<UInt8>, planes: UnsafePointer<Int8>, planeCount: Int32
+        let corrections: UnsafePointer<Int32>, y: UnsafeMutablePointer<Float>
     }
 }

@@ -69,6 +69,60 @@ public enum Parallel {
 
     private struct Box { let body: (Int) -> Void }
 
+    /// A task body as a plain C function of a caller-owned context and a chunk `begin..<end`.
+    ///
+    /// The closure forms above hand the pool an escaping copy of their body
+    /// (`withoutActuallyEscaping`), which costs one heap allocation per job; the decode token path
+    /// runs ~250 jobs a token and must not allocate, so its kernels pass a context struct and a
+    /// non-capturing `@convention(c)` body instead.
+    public typealias ChunkFunction = @convention(c) (_ context: UnsafeRawPointer?, _ begin: Int, _ end: Int) -> Void
+
+    private struct ChunkJob {
+        let context: UnsafeRawPointer
+        let body: ChunkFunction
+        let chunk: Int
+        let count: Int
+    }
+
+    /// `forEachChunk(_:minimumChunk:chunksPerThread:_:)` without a closure: runs
+    /// `body(pointer to context, begin, end)` for every chunk (the same split), allocating nothing.
+    /// `body` reads its inputs from `context` (`load(as:)`), which lives for the whole call.
+    public static func forEachChunk<Context>(_ count: Int, minimumChunk: Int = 1, chunksPerThread: Int = 8,
+                                             context: Context, _ body: ChunkFunction) {
+        guard count > 0 else { return }
+        withUnsafePointer(to: context) { contextPointer in
+            let raw = UnsafeRawPointer(contextPointer)
+            let workers = min(workerCount, max(1, count / max(1, minimumChunk)))
+            if workers <= 1 { body(raw, 0, count); return }
+            let tasks = min(max(1, chunksPerThread) * workers, max(workers, count / max(1, minimumChunk)))
+            let job = ChunkJob(context: raw, body: body, chunk: (count + tasks - 1) / tasks, count: count)
+            withUnsafePointer(to: job) { jobPointer in
+                ck_pool_run(tasks, { pointer, index in
+                    let job = pointer!.load(as: ChunkJob.self)
+                    let start = Int(index) * job.chunk, end = min(job.count, start + job.chunk)
+                    if start < end { job.body(job.context, start, end) }
+                }, UnsafeMutableRawPointer(mutating: jobPointer))
+            }
+        }
+    }
+
+    /// `forEach(_:_:)` without a closure: `body(pointer to context, i, i + 1)` for every i in
+    /// `0..<tasks` on the pool, allocating nothing.
+    public static func forEach<Context>(_ tasks: Int, context: Context, _ body: ChunkFunction) {
+        guard tasks > 0 else { return }
+        withUnsafePointer(to: context) { contextPointer in
+            let raw = UnsafeRawPointer(contextPointer)
+            if tasks == 1 { body(raw, 0, 1); return }
+            let job = ChunkJob(context: raw, body: body, chunk: 1, count: tasks)
+            withUnsafePointer(to: job) { jobPointer in
+                ck_pool_run(tasks, { pointer, index in
+                    let job = pointer!.load(as: ChunkJob.self)
+                    job.body(job.context, Int(index), Int(index) + 1)
+                }, UnsafeMutableRawPointer(mutating: jobPointer))
+            }
+        }
+    }
+
     /// Parallel jobs run so far, how many had to wake a sleeping worker, how many waited long
     /// for a preempted worker (stalls), and how many ran on the caller alone because recent jobs
     /// stalled (a loaded machine: more runnable threads than cores).

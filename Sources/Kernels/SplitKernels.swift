@@ -63,23 +63,32 @@ public enum SplitKernels {
                             scales: UnsafePointer<Float>, zeros: UnsafePointer<Float>,
                             x: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>, reference: Bool = false) {
         guard rows > 0 else { return }
-        let ps = SendableConstPointer(scales), pz = SendableConstPointer(zeros)
-        let px = SendableConstPointer(x), py = SendablePointer(y)
-        let b = Int32(bits)
         withIndices(indices) { p8, p16, p4 in
-            Parallel.forEachChunk(rows, minimumChunk: reference ? rows : LowBit.chunk(workPerRow: 2 * columns, atLeast: 8)) { range in
-                if let p4 {
-                    (reference ? ck_split_gemv_p4_ref : ck_split_gemv_p4)(
-                        p4.base, range.lowerBound, range.count, columns, groupSize, b, ps.base, pz.base, px.base, py.base)
-                } else if let p8 {
-                    (reference ? ck_split_gemv_u8_ref : ck_split_gemv_u8)(
-                        p8.base, range.lowerBound, range.count, columns, groupSize, b, ps.base, pz.base, px.base, py.base)
-                } else if let p16 {
-                    (reference ? ck_split_gemv_u16_ref : ck_split_gemv_u16)(
-                        p16.base, range.lowerBound, range.count, columns, groupSize, b, ps.base, pz.base, px.base, py.base)
+            // A context struct and a C body, not a closure: no allocation per call (decode path).
+            let job = SplitGemvJob(p8: p8?.base, p16: p16?.base, p4: p4?.base, columns: columns, groupSize: groupSize,
+                                   bits: Int32(bits), scales: scales, zeros: zeros, x: x, y: y, reference: reference)
+            Parallel.forEachChunk(rows, minimumChunk: reference ? rows : LowBit.chunk(workPerRow: 2 * columns, atLeast: 8),
+                                  context: job) { context, begin, end in
+                let j = context!.load(as: SplitGemvJob.self)
+                if let p4 = j.p4 {
+                    (j.reference ? ck_split_gemv_p4_ref : ck_split_gemv_p4)(
+                        p4, begin, end - begin, j.columns, j.groupSize, j.bits, j.scales, j.zeros, j.x, j.y)
+                } else if let p8 = j.p8 {
+                    (j.reference ? ck_split_gemv_u8_ref : ck_split_gemv_u8)(
+                        p8, begin, end - begin, j.columns, j.groupSize, j.bits, j.scales, j.zeros, j.x, j.y)
+                } else if let p16 = j.p16 {
+                    (j.reference ? ck_split_gemv_u16_ref : ck_split_gemv_u16)(
+                        p16, begin, end - begin, j.columns, j.groupSize, j.bits, j.scales, j.zeros, j.x, j.y)
                 }
             }
         }
+    }
+
+    private struct SplitGemvJob {
+        let p8: UnsafePointer<UInt8>?, p16: UnsafePointer<UInt16>?, p4: UnsafePointer<UInt8>?
+        let columns: Int, groupSize: Int, bits: Int32
+        let scales: UnsafePointer<Float>, zeros: UnsafePointer<Float>, x: UnsafePointer<Float>
+        let y: UnsafeMutablePointer<Float>, reference: Bool
     }
 
     /// Dequantizes weight rows `rowRange` into `tile[rowRange.count, columns]` (exactly

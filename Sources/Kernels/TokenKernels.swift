@@ -16,11 +16,17 @@ public enum TokenKernels {
                              y: UnsafeMutablePointer<Float>) {
         guard rows > 0 else { return }
         if columns == 0 { y.update(repeating: 0, count: rows); return }
-        let pw = SendableConstPointer(w), px = SendableConstPointer(x), py = SendablePointer(y)
-        Parallel.forEachChunk(rows, minimumChunk: minimumRows(columns: columns),
-                              chunksPerThread: sgemvChunksPerThread) { r in
-            ck_sgemv_f32(pw.base, r.lowerBound, r.count, columns, px.base, py.base)
+        // A context struct and a C body, not a closure: no allocation per call (decode path).
+        let job = SgemvJob(w: w, columns: columns, x: x, y: y)
+        Parallel.forEachChunk(rows, minimumChunk: minimumRows(columns: columns), chunksPerThread: sgemvChunksPerThread,
+                              context: job) { context, begin, end in
+            let j = context!.load(as: SgemvJob.self)
+            ck_sgemv_f32(j.w, begin, end - begin, j.columns, j.x, j.y)
         }
+    }
+
+    private struct SgemvJob {
+        let w: UnsafePointer<Float>, columns: Int, x: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>
     }
 
     /// Pool chunks per thread for the float GEMV: long contiguous row ranges keep each core on one
@@ -46,26 +52,35 @@ public enum TokenKernels {
     /// input cost one dispatch (and one wait for the slower thread) instead of one each. Every
     /// output equals what `sgemv` gives for its part alone (rows never split across a reduction).
     public static func sgemv(parts: [GemvPart], columns: Int, x: UnsafePointer<Float>) {
+        parts.withUnsafeBufferPointer { sgemv(parts: $0, columns: columns, x: x) }
+    }
+
+    /// `sgemv(parts:columns:x:)` on a buffer of parts (the decode path keeps them on the stack:
+    /// no allocation).
+    public static func sgemv(parts: UnsafeBufferPointer<GemvPart>, columns: Int, x: UnsafePointer<Float>) {
         let total = parts.reduce(0) { $0 + $1.rows }
-        guard total > 0 else { return }
+        guard total > 0, let base = parts.baseAddress else { return }
         if columns == 0 { for p in parts { p.output.update(repeating: 0, count: p.rows) }; return }
-        parts.withUnsafeBufferPointer { buffer in
-            let pp = SendableConstPointer(buffer.baseAddress!), count = buffer.count, px = SendableConstPointer(x)
-            Parallel.forEachChunk(total, minimumChunk: minimumRows(columns: columns),
-                                  chunksPerThread: sgemvChunksPerThread) { r in
-                // Walk the parts that overlap rows r of the concatenated row space.
-                var first = 0
-                for i in 0..<count {
-                    let part = pp.base[i], last = first + part.rows
-                    let begin = max(first, r.lowerBound), end = min(last, r.upperBound)
-                    if begin < end {
-                        ck_sgemv_f32(part.weight, begin - first, end - begin, columns, px.base, part.output)
-                    }
-                    if last >= r.upperBound { break }
-                    first = last
+        let job = PartsJob(parts: base, count: parts.count, columns: columns, x: x)
+        Parallel.forEachChunk(total, minimumChunk: minimumRows(columns: columns), chunksPerThread: sgemvChunksPerThread,
+                              context: job) { context, rowBegin, rowEnd in
+            let j = context!.load(as: PartsJob.self)
+            // Walk the parts that overlap rows rowBegin..<rowEnd of the concatenated row space.
+            var first = 0
+            for i in 0..<j.count {
+                let part = j.parts[i], last = first + part.rows
+                let begin = max(first, rowBegin), end = min(last, rowEnd)
+                if begin < end {
+                    ck_sgemv_f32(part.weight, begin - first, end - begin, j.columns, j.x, part.output)
                 }
+                if last >= rowEnd { break }
+                first = last
             }
         }
+    }
+
+    private struct PartsJob {
+        let parts: UnsafePointer<GemvPart>, count: Int, columns: Int, x: UnsafePointer<Float>
     }
 
     /// Scalar twin of `sgemv`.
@@ -79,7 +94,7 @@ public enum TokenKernels {
     /// rows have `stride` floats (kvHeads × dim). `scores` is scratch of heads × count floats.
     /// The heads that share a KV head run in one kernel call that reads each key and value row
     /// once for all of them (`ck_attend_group`, blocks of 2 heads on the pool, see
-    /// `forEachGroup`). Softmax is `Ops.softmax`'s kernel (the reference
+    /// `attend`). Softmax is `Ops.softmax`'s kernel (the reference
     /// twin keeps the scalar `expf` loop). `perHead` runs the previous split, one kernel call per
     /// query head (each re-reading its KV head), kept for `ptq bench --kernels`' comparison; it is
     /// also taken on a one-thread pool, where it was faster for this float cache.
@@ -93,70 +108,103 @@ public enum TokenKernels {
         attend(q: q, keys: keys, values: values, count: count, heads: heads, kvHeads: kvHeads, dim: dim,
                stride: stride, scale: scale, scores: scores, out: out, reference: reference,
                perHead: perHead || (!reference && Parallel.workerCount == 1),
-               one: reference ? ck_attend_one_ref : ck_attend_one,
-               group: reference ? ck_attend_group_ref : ck_attend_group)
+               kernels: reference ? .float(ck_attend_one_ref, ck_attend_group_ref) : .float(ck_attend_one, ck_attend_group))
     }
 
-    /// `attendOne` for cache elements of type `Element`: `one` is the one-head kernel (per-head
-    /// split), `group` the grouped one.
-    private static func attend<Element>(
-        q: UnsafePointer<Float>, keys: UnsafePointer<Element>, values: UnsafePointer<Element>, count: Int, heads: Int,
-        kvHeads: Int, dim: Int, stride: Int, scale: Float, scores: UnsafeMutablePointer<Float>,
-        out: UnsafeMutablePointer<Float>, reference: Bool, perHead: Bool,
-        one: (UnsafePointer<Float>?, UnsafePointer<Element>?, UnsafePointer<Element>?, Int, Int, Int, Float,
-              UnsafeMutablePointer<Float>?, UnsafeMutablePointer<Float>?) -> Void,
-        group: (UnsafePointer<Float>?, UnsafePointer<Element>?, UnsafePointer<Element>?, Int, Int, Int, Int, Float,
-                UnsafeMutablePointer<Float>?, UnsafeMutablePointer<Float>?) -> Void
-    ) {
-        guard heads > 0, count > 0 else { return }
-        let work = count * dim * heads
-        if perHead {
-            forEachHead(heads, kvHeads: kvHeads, work: work, serial: reference) { h, kv in
-                one(q + h * dim, keys + kv * dim, values + kv * dim, count, stride, dim, scale, scores + h * count,
-                    out + h * dim)
-            }
-        } else {
-            forEachGroup(heads, kvHeads: kvHeads, work: work, serial: reference) { h, rows, kv in
-                group(q + h * dim, keys + kv * dim, values + kv * dim, count, stride, dim, rows, scale,
-                      scores + h * count, out + h * dim)
-            }
-        }
+    typealias FloatOne = @convention(c) (UnsafePointer<Float>?, UnsafePointer<Float>?, UnsafePointer<Float>?, Int, Int,
+                                         Int, Float, UnsafeMutablePointer<Float>?, UnsafeMutablePointer<Float>?) -> Void
+    typealias FloatGroup = @convention(c) (UnsafePointer<Float>?, UnsafePointer<Float>?, UnsafePointer<Float>?, Int, Int,
+                                           Int, Int, Float, UnsafeMutablePointer<Float>?, UnsafeMutablePointer<Float>?) -> Void
+    typealias HalfOne = @convention(c) (UnsafePointer<Float>?, UnsafePointer<UInt16>?, UnsafePointer<UInt16>?, Int, Int,
+                                        Int, Float, UnsafeMutablePointer<Float>?, UnsafeMutablePointer<Float>?) -> Void
+    typealias HalfGroup = @convention(c) (UnsafePointer<Float>?, UnsafePointer<UInt16>?, UnsafePointer<UInt16>?, Int, Int,
+                                          Int, Int, Float, UnsafeMutablePointer<Float>?, UnsafeMutablePointer<Float>?) -> Void
+
+    /// The decode attention kernels of one call: the one-head kernel (per-head split) and the
+    /// grouped one, for a float cache or a half cache (C function pointers, so that a pool job
+    /// carries them in its context without a closure allocation).
+    enum AttentionKernels {
+        case float(FloatOne, FloatGroup)
+        case half(HalfOne, HalfGroup)
     }
 
-    /// Runs `head(h, kvHead)` for every query head h (grouped-query: kvHead = h / (heads / kvHeads)),
-    /// on the pool unless `serial` or the work is small: a head is ~2·count·dim multiply-adds, and
-    /// small caches stay on one thread.
-    private static func forEachHead(_ heads: Int, kvHeads: Int, work: Int, serial: Bool,
-                                    _ head: (_ h: Int, _ kvHead: Int) -> Void) {
-        let group = heads / max(1, kvHeads)
-        if serial || work < 1 << 14 {
-            for h in 0..<heads { head(h, h / group) }
-        } else {
-            Parallel.forEach(heads) { h in head(h, h / group) }
-        }
-    }
+    /// One decode attention call's operands.
+    private struct AttentionJob {
+        let q: UnsafePointer<Float>, keys: UnsafeRawPointer, values: UnsafeRawPointer
+        let count: Int, heads: Int, kvHeads: Int, dim: Int, stride: Int, scale: Float
+        let scores: UnsafeMutablePointer<Float>, out: UnsafeMutablePointer<Float>
+        let kernels: AttentionKernels
 
-    /// Runs `rows(h, count, kvHead)` over blocks of up to 2 consecutive query heads h..<h+count
-    /// that share KV head kvHead (`ck_attend_group`'s block: each block reads its KV head once),
-    /// covering every head once; the blocks run on the pool unless `serial` or the work is small.
-    /// SmolLM2's 9 heads over 3 KV heads make 6 blocks of 2, 1, 2, 1, 2, 1 rows, claimed
-    /// dynamically (the pool's policy in `forEachChunk`): a static cut into one range per thread
-    /// (5 and 4 heads) reads no fewer KV rows, and a worker that another process preempts would
-    /// hold up its whole range. Query
-    /// rows rather than positions are split, so no partial softmax sums need merging and a row's
-    /// result does not depend on the thread count.
-    private static func forEachGroup(_ heads: Int, kvHeads: Int, work: Int, serial: Bool,
-                                     _ rows: (_ h: Int, _ count: Int, _ kvHead: Int) -> Void) {
-        let group = heads / max(1, kvHeads), blocksPerGroup = (group + 1) / 2
+        /// Query heads per KV head and blocks of 2 rows per group.
+        var group: Int { heads / max(1, kvHeads) }
+        var blocksPerGroup: Int { (group + 1) / 2 }
+
+        /// Runs block t of the grouped split: up to 2 consecutive query heads of one KV head.
         func block(_ t: Int) {
             let kv = t / blocksPerGroup, first = 2 * (t % blocksPerGroup)
-            rows(kv * group + first, min(2, group - first), kv)
+            let h = kv * group + first, rows = min(2, group - first)
+            switch kernels {
+            case .float(_, let run):
+                run(q + h * dim, keys.assumingMemoryBound(to: Float.self) + kv * dim,
+                    values.assumingMemoryBound(to: Float.self) + kv * dim, count, stride, dim, rows, scale,
+                    scores + h * count, out + h * dim)
+            case .half(_, let run):
+                run(q + h * dim, keys.assumingMemoryBound(to: UInt16.self) + kv * dim,
+                    values.assumingMemoryBound(to: UInt16.self) + kv * dim, count, stride, dim, rows, scale,
+                    scores + h * count, out + h * dim)
+            }
         }
-        let tasks = kvHeads * blocksPerGroup
-        if serial || work < 1 << 14 {
-            for t in 0..<tasks { block(t) }
+
+        /// Runs query head h alone (the per-head split).
+        func head(_ h: Int) {
+            let kv = h / group
+            switch kernels {
+            case .float(let run, _):
+                run(q + h * dim, keys.assumingMemoryBound(to: Float.self) + kv * dim,
+                    values.assumingMemoryBound(to: Float.self) + kv * dim, count, stride, dim, scale,
+                    scores + h * count, out + h * dim)
+            case .half(let run, _):
+                run(q + h * dim, keys.assumingMemoryBound(to: UInt16.self) + kv * dim,
+                    values.assumingMemoryBound(to: UInt16.self) + kv * dim, count, stride, dim, scale,
+                    scores + h * count, out + h * dim)
+            }
+        }
+    }
+
+    /// Decode attention over a float or half cache (`kernels`).
+    ///
+    /// The heads run in blocks of up to 2 consecutive query heads that share KV head kvHead
+    /// (`ck_attend_group`'s block: each block reads its KV head once), covering every head once;
+    /// the blocks run on the pool unless `reference` or the work is small (a head is
+    /// ~2·count·dim multiply-adds). SmolLM2's 9 heads over 3 KV heads make 6 blocks of 2, 1, 2,
+    /// 1, 2, 1 rows, claimed dynamically (the pool's policy in `forEachChunk`): a static cut into
+    /// one range per thread (5 and 4 heads) reads no fewer KV rows, and a worker that another
+    /// process preempts would hold up its whole range. Query rows rather than positions are
+    /// split, so no partial softmax sums need merging and a row's result does not depend on the
+    /// thread count. `perHead` runs one kernel call per query head instead. A context struct
+    /// and C bodies, not closures: no allocation per call.
+    private static func attend(
+        q: UnsafePointer<Float>, keys: UnsafeRawPointer, values: UnsafeRawPointer, count: Int, heads: Int,
+        kvHeads: Int, dim: Int, stride: Int, scale: Float, scores: UnsafeMutablePointer<Float>,
+        out: UnsafeMutablePointer<Float>, reference: Bool, perHead: Bool, kernels: AttentionKernels
+    ) {
+        guard heads > 0, count > 0 else { return }
+        let serial = reference || count * dim * heads < 1 << 14
+        let job = AttentionJob(q: q, keys: keys, values: values, count: count, heads: heads, kvHeads: kvHeads, dim: dim,
+                               stride: stride, scale: scale, scores: scores, out: out, kernels: kernels)
+        if perHead {
+            if serial {
+                for h in 0..<heads { job.head(h) }
+            } else {
+                Parallel.forEach(heads, context: job) { context, h, _ in context!.load(as: AttentionJob.self).head(h) }
+            }
         } else {
-            Parallel.forEach(tasks) { t in block(t) }
+            let tasks = max(1, kvHeads) * job.blocksPerGroup
+            if serial {
+                for t in 0..<tasks { job.block(t) }
+            } else {
+                Parallel.forEach(tasks, context: job) { context, t, _ in context!.load(as: AttentionJob.self).block(t) }
+            }
         }
     }
 
@@ -169,8 +217,8 @@ public enum TokenKernels {
                                  out: UnsafeMutablePointer<Float>, reference: Bool = false, perHead: Bool = false) {
         attend(q: q, keys: keys, values: values, count: count, heads: heads, kvHeads: kvHeads, dim: dim,
                stride: stride, scale: scale, scores: scores, out: out, reference: reference, perHead: perHead,
-               one: reference ? ck_attend_one_f16_ref : ck_attend_one_f16,
-               group: reference ? ck_attend_group_f16_ref : ck_attend_group_f16)
+               kernels: reference ? .half(ck_attend_one_f16_ref, ck_attend_group_f16_ref)
+                                  : .half(ck_attend_one_f16, ck_attend_group_f16))
     }
 
     /// Rounds `count` floats to IEEE half bit patterns, to nearest even (F16C `vcvtps2ph`, or
@@ -281,15 +329,23 @@ public enum TokenKernels {
                               groupSums: UnsafePointer<Int32>, m: Int, y: UnsafeMutablePointer<Float>, ldy: Int) {
         precondition(fp4Supports(columns: columns, groupSize: groupSize), "q4Gemv: unsupported shape")
         guard rows > 0, m > 0 else { return }
-        let pc = SendableConstPointer(codes), pa = SendableConstPointer(a), pg = SendableConstPointer(groupSums)
-        let ps = scales.map { SendableConstPointer($0) }, py = SendablePointer(y)
         // Split over whole 8-row blocks, so no block is computed by two tasks.
         let blocks = (rows + 7) / 8
-        Parallel.forEachChunk(blocks, minimumChunk: LowBit.chunk(workPerRow: 8 * m * columns, atLeast: 1)) { r in
-            let begin = 8 * r.lowerBound, end = min(rows, 8 * r.upperBound)
-            ck_q4_gemv_i8(pc.base, begin, end - begin, columns, groupSize, Int32(offset), ps?.base, pa.base, pg.base,
-                          m, py.base, ldy)
+        let job = Q4Job(codes: codes, rows: rows, columns: columns, groupSize: groupSize, offset: Int32(offset),
+                        scales: scales, a: a, groupSums: groupSums, m: m, y: y, ldy: ldy)
+        Parallel.forEachChunk(blocks, minimumChunk: LowBit.chunk(workPerRow: 8 * m * columns, atLeast: 1),
+                              context: job) { context, b0, b1 in
+            let j = context!.load(as: Q4Job.self)
+            let begin = 8 * b0, end = min(j.rows, 8 * b1)
+            ck_q4_gemv_i8(j.codes, begin, end - begin, j.columns, j.groupSize, j.offset, j.scales, j.a, j.groupSums,
+                          j.m, j.y, j.ldy)
         }
+    }
+
+    private struct Q4Job {
+        let codes: UnsafePointer<UInt8>, rows: Int, columns: Int, groupSize: Int, offset: Int32
+        let scales: UnsafePointer<Float>?, a: UnsafePointer<Int8>, groupSums: UnsafePointer<Int32>, m: Int
+        let y: UnsafeMutablePointer<Float>, ldy: Int
     }
 
     /// `q4Gemv` for the output rows `range` only, on the calling thread (a range may start and end

@@ -60,25 +60,33 @@ extension FloatLinear {
         return float
     }
 
-    /// One input row `x` through every layer of `layers` (from `fusable`) into `outputs` (one per
-    /// layer), as one pool job (`TokenKernels.sgemv(parts:columns:x:)`): the decode q/k/v and
-    /// gate/up products read the same normed row. Each output equals the layer's own `forward`.
-    static func forwardRow(_ layers: [FloatLinear], x: UnsafePointer<Float>, into outputs: [UnsafeMutablePointer<Float>]) {
-        precondition(layers.count == outputs.count, "one output per layer")
+    /// One input row `x` through every layer of `layers` (from `fusable`: two or three layers)
+    /// into `first`, `second` and `third` (one per layer), as one pool job
+    /// (`TokenKernels.sgemv(parts:columns:x:)`): the decode q/k/v and gate/up products read the
+    /// same normed row. Each output equals the layer's own `forward`. The parts live in stack
+    /// memory: a decode step allocates nothing here.
+    static func forwardRow(_ layers: [FloatLinear], x: UnsafePointer<Float>, into first: UnsafeMutablePointer<Float>,
+                           _ second: UnsafeMutablePointer<Float>, _ third: UnsafeMutablePointer<Float>? = nil) {
+        precondition(layers.count == (third == nil ? 2 : 3), "one output per layer")
         guard let columns = layers.first?.inFeatures else { return }
-        withWeights(layers[...], []) { weights in
-            let parts = (0..<layers.count).map {
-                TokenKernels.GemvPart(weight: weights[$0], rows: layers[$0].outFeatures, output: outputs[$0])
+        func output(_ i: Int) -> UnsafeMutablePointer<Float> { i == 0 ? first : i == 1 ? second : third! }
+        withUnsafeTemporaryAllocation(of: TokenKernels.GemvPart.self, capacity: layers.count) { parts in
+            withWeights(layers, from: 0, into: parts, output) {
+                TokenKernels.sgemv(parts: UnsafeBufferPointer(parts), columns: columns, x: x)
             }
-            TokenKernels.sgemv(parts: parts, columns: columns, x: x)
         }
     }
 
-    private static func withWeights(_ layers: ArraySlice<FloatLinear>, _ pointers: [UnsafePointer<Float>],
-                                    _ body: ([UnsafePointer<Float>]) -> Void) {
-        guard let first = layers.first else { body(pointers); return }
-        first.weight.data.withUnsafeBufferPointer { w in
-            withWeights(layers.dropFirst(), pointers + [w.baseAddress!], body)
+    /// Fills `parts[index...]` with the layers' weight pointers, each valid inside its
+    /// `withUnsafeBufferPointer`, and runs `body` innermost.
+    private static func withWeights(_ layers: [FloatLinear], from index: Int,
+                                    into parts: UnsafeMutableBufferPointer<TokenKernels.GemvPart>,
+                                    _ output: (Int) -> UnsafeMutablePointer<Float>, _ body: () -> Void) {
+        guard index < layers.count else { body(); return }
+        layers[index].weight.data.withUnsafeBufferPointer { w in
+            parts.initializeElement(at: index, to: TokenKernels.GemvPart(weight: w.baseAddress!, rows: layers[index].outFeatures,
+                                                                         output: output(index)))
+            withWeights(layers, from: index + 1, into: parts, output, body)
         }
     }
 }

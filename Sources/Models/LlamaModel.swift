@@ -114,8 +114,54 @@ public final class LlamaModel: Sendable {
             }
         }
 
+        /// The forward pass's arrays for one decoded token, kept across tokens so that a decode
+        /// step allocates nothing once they exist (`LlamaModel.decode`).
+        var decodeBuffers = Buffers()
+
         public func reset() { count = 0 }
         func advance(by n: Int) { count += n }
+    }
+
+    /// The arrays of one forward pass (sizes in `prepare`). A fresh set per prompt; one set per
+    /// cache for decoding, reused token after token.
+    struct Buffers {
+        var x: [Float] = [], normed: [Float] = [], q: [Float] = [], attention: [Float] = []
+        var projected: [Float] = [], gate: [Float] = [], up: [Float] = [], scores: [Float] = []
+        var localKeys: [Float] = [], localValues: [Float] = [], angles: [Float] = []
+
+        /// Makes every array at least as long as a pass of T tokens over S positions needs
+        /// (`scoreRows` rows of S scores; `local`: float keys/values for the T new positions).
+        mutating func prepare(_ c: ModelConfig, tokens T: Int, positions S: Int, scoreRows: Int, local: Bool) {
+            func grow(_ a: inout [Float], _ n: Int) { if a.count < n { a = [Float](repeating: 0, count: n) } }
+            let qWidth = c.headCount * c.headDim, kvWidth = c.kvHeadCount * c.headDim
+            grow(&x, T * c.hiddenSize); grow(&normed, T * c.hiddenSize); grow(&projected, T * c.hiddenSize)
+            grow(&q, T * qWidth); grow(&attention, T * qWidth)
+            grow(&gate, T * c.intermediateSize); grow(&up, T * c.intermediateSize)
+            grow(&scores, scoreRows * S)
+            if local { grow(&localKeys, T * kvWidth); grow(&localValues, T * kvWidth) }
+            grow(&angles, T * c.headDim)
+        }
+    }
+
+    /// Runs one `token` after the positions in `cache` and writes its logits (vocabulary size)
+    /// into `logits`. The same values as `forward([token], cache: cache)`; after the first call on
+    /// a cache it allocates no heap memory (the arrays live in the cache, the layers' kernels use
+    /// per-thread scratch).
+    public func decode(_ token: Int, cache: KVCache, into logits: UnsafeMutableBufferPointer<Float>) {
+        precondition(logits.count == config.vocabSize, "decode: \(logits.count) logits for a vocabulary of \(config.vocabSize)")
+        let S = cache.count + 1
+        precondition(S <= cache.capacity, "KV cache overflow: \(S) > \(cache.capacity)")
+        // Taken out of the cache for the pass, so the arrays stay uniquely referenced (no copy).
+        var buffers = cache.decodeBuffers
+        cache.decodeBuffers = Buffers()
+        // Scores for every head over the cache's whole capacity: sized once per cache.
+        buffers.prepare(config, tokens: 1, positions: cache.capacity, scoreRows: config.headCount,
+                        local: cache.precision == .f16)
+        withUnsafePointer(to: token) { t in
+            run(UnsafeBufferPointer(start: t, count: 1), cache: cache, hooks: ForwardHooks(), buffers: &buffers)
+        }
+        buffers.normed.withUnsafeBufferPointer { h in lmHead.forward(h.baseAddress!, rows: 1, into: logits.baseAddress!) }
+        cache.decodeBuffers = buffers
     }
 
     /// Runs `tokens` after the positions already in `cache` and returns logits `(T', V)` for
@@ -136,6 +182,29 @@ public final class LlamaModel: Sendable {
 
     /// Final-normed hidden states `(T, D)`.
     public func hiddenStates(_ tokens: [Int], cache: KVCache? = nil, hooks: ForwardHooks = ForwardHooks()) -> [Float] {
+        let T = tokens.count, S = (cache?.count ?? 0) + T
+        var buffers = Buffers()
+        // (T, S) one head; one query row (decode) keeps every head's row: (H, S). Float keys and
+        // values of this call's positions: the whole sequence without a cache; the new T
+        // positions before they are rounded into a half cache.
+        buffers.prepare(config, tokens: T, positions: S, scoreRows: T == 1 ? config.headCount : T,
+                        local: cache == nil || cache?.precision == .f16)
+        tokens.withUnsafeBufferPointer { run($0, cache: cache, hooks: hooks, buffers: &buffers) }
+        var normed = buffers.normed
+        if normed.count > T * config.hiddenSize { normed.removeLast(normed.count - T * config.hiddenSize) }
+        return normed
+    }
+
+    /// Moves an array out of `slot` (leaving it empty), so that the caller's copy is unique.
+    private func take(_ slot: inout [Float]) -> [Float] {
+        var value: [Float] = []
+        swap(&value, &slot)
+        return value
+    }
+
+    /// The forward pass of `tokens` after the positions in `cache`, in `buffers` (sized by
+    /// `Buffers.prepare`); leaves the final-normed hidden states in `buffers.normed` (first T·D).
+    private func run(_ tokens: UnsafeBufferPointer<Int>, cache: KVCache?, hooks: ForwardHooks, buffers: inout Buffers) {
         let observer = hooks.observer
         let c = config
         let T = tokens.count, D = c.hiddenSize, F = c.intermediateSize
@@ -144,36 +213,37 @@ public final class LlamaModel: Sendable {
         precondition(cache == nil || S <= cache!.capacity, "KV cache overflow: \(S) > \(cache!.capacity)")
         let qWidth = c.headCount * c.headDim, kvWidth = c.kvHeadCount * c.headDim
 
-        var x = [Float](repeating: 0, count: T * D)                         // (T, D) residual
+        // Local names for the buffers' arrays (moved out, so in-place writes never copy), put
+        // back at the end.
+        var x = take(&buffers.x)                   // (T, D) residual
+        var normed = take(&buffers.normed)         // (T, D)
+        var q = take(&buffers.q)                   // (T, H·Dh)
+        var attention = take(&buffers.attention)   // (T, H·Dh)
+        var projected = take(&buffers.projected)   // (T, D)
+        var gate = take(&buffers.gate)             // (T, F)
+        var up = take(&buffers.up)                 // (T, F)
+        var scores = take(&buffers.scores)
+        var localKeys = take(&buffers.localKeys)
+        var localValues = take(&buffers.localValues)
+        var angles = take(&buffers.angles)
+        defer {
+            buffers.x = x; buffers.normed = normed; buffers.q = q; buffers.attention = attention
+            buffers.projected = projected; buffers.gate = gate; buffers.up = up; buffers.scores = scores
+            buffers.localKeys = localKeys; buffers.localValues = localValues; buffers.angles = angles
+        }
         x.withUnsafeMutableBufferPointer { xp in
             for (t, token) in tokens.enumerated() {
                 precondition(token >= 0 && token < c.vocabSize, "token id \(token) out of range")
                 embedding.copyRow(token, into: xp.baseAddress! + t * D)
             }
         }
-        var normed = [Float](repeating: 0, count: T * D)                    // (T, D)
-        var q = [Float](repeating: 0, count: T * qWidth)                    // (T, H·Dh)
-        var attention = [Float](repeating: 0, count: T * qWidth)            // (T, H·Dh)
-        var projected = [Float](repeating: 0, count: T * D)                 // (T, D)
-        var gate = [Float](repeating: 0, count: T * F)                      // (T, F)
-        var up = [Float](repeating: 0, count: T * F)                        // (T, F)
-        // (T, S) one head; one query row (decode) keeps every head's row: (H, S).
-        var scores = [Float](repeating: 0, count: (T == 1 ? c.headCount : T) * S)
         let halfCache = cache?.precision == .f16
-        // Float keys/values of this call's positions: the whole sequence without a cache; the new
-        // T positions before they are rounded into a half cache.
-        var localKeys = cache == nil || halfCache ? [Float](repeating: 0, count: T * kvWidth) : []
-        var localValues = localKeys
         // A half cache widened to float (S positions) for the paths that read float keys: prefill,
         // observers and quantized-probability ops. Plain decode reads the halves directly.
         var wideKeys: [Float] = [], wideValues: [Float] = []
         let epsilon = Float(c.normEpsilon)
         // cos/sin of every rotation angle of these T positions, once for all layers.
-        let angles: [Float] = {
-            var table = [Float](repeating: 0, count: T * c.headDim)
-            table.withUnsafeMutableBufferPointer { rope.fill($0.baseAddress!, positions: start..<S) }
-            return table
-        }()
+        angles.withUnsafeMutableBufferPointer { rope.fill($0.baseAddress!, positions: start..<S) }
 
         for (l, layer) in layers.enumerated() {
             // --- attention ---
@@ -188,8 +258,8 @@ public final class LlamaModel: Sendable {
                 normed.withUnsafeBufferPointer { n in
                     if let fusedQKV {
                         q.withUnsafeMutableBufferPointer { qp in
-                            FloatLinear.forwardRow(fusedQKV, x: n.baseAddress!,
-                                                   into: [qp.baseAddress!, keys + first * kvWidth, values + first * kvWidth])
+                            FloatLinear.forwardRow(fusedQKV, x: n.baseAddress!, into: qp.baseAddress!,
+                                                   keys + first * kvWidth, values + first * kvWidth)
                         }
                     } else {
                         layer.k.forward(n.baseAddress!, rows: T, into: keys + first * kvWidth)
@@ -268,7 +338,7 @@ public final class LlamaModel: Sendable {
                 normed.withUnsafeBufferPointer { n in
                     gate.withUnsafeMutableBufferPointer { g in
                         up.withUnsafeMutableBufferPointer { u in
-                            FloatLinear.forwardRow(fused, x: n.baseAddress!, into: [g.baseAddress!, u.baseAddress!])
+                            FloatLinear.forwardRow(fused, x: n.baseAddress!, into: g.baseAddress!, u.baseAddress!)
                         }
                     }
                 }
@@ -285,7 +355,6 @@ public final class LlamaModel: Sendable {
         cache?.advance(by: T)
         Ops.rmsNorm(x, weight: finalNorm, rows: T, width: D, epsilon: epsilon, into: &normed)
         observe(observer, QuantizationPoints.lmHeadInput, normed, rows: T, columns: D)
-        return normed
     }
 
     /// Decode attention of one query row over the `count` half positions of `cache`'s `layer`.
@@ -365,11 +434,12 @@ public final class LlamaModel: Sendable {
     }
 
     @inline(__always)
-    private func observe(_ observer: (any ActivationObserver)?, _ point: String, _ values: [Float],
+    private func observe(_ observer: (any ActivationObserver)?, _ point: @autoclosure () -> String, _ values: [Float],
                          rows: Int, columns: Int) {
+        // The point's name is built only with an observer (string building allocates).
         guard let observer else { return }
         values.withUnsafeBufferPointer {
-            observer.observe(point: point, values: UnsafeBufferPointer(rebasing: $0[0..<rows * columns]), rows: rows, columns: columns)
+            observer.observe(point: point(), values: UnsafeBufferPointer(rebasing: $0[0..<rows * columns]), rows: rows, columns: columns)
         }
     }
 }

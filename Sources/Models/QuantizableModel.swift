@@ -68,6 +68,10 @@ public protocol GenerativeModel: LanguageModel {
     /// Runs `tokens` after the positions in `cache` (from position 0 without one) and returns
     /// logits for `logitRows` of them (all when nil).
     func forward(_ tokens: [Int], cache: Cache?, logitRows: Range<Int>?, hooks: ForwardHooks) -> [Float]
+    /// Runs one `token` after the positions in `cache` and writes its logits (vocabulary size)
+    /// into `logits`: `forward([token], cache:, logitRows: nil, hooks:)` without the arrays (a
+    /// model may run it with no heap allocation after the first call on a cache).
+    func decode(_ token: Int, cache: Cache, into logits: UnsafeMutableBufferPointer<Float>)
     /// Bytes one decoded token reads besides the KV cache (weights, parameters, one embedding row).
     var decodeWeightBytes: Int { get }
     /// Bytes of keys and values a token attending over `positions` cached positions reads from
@@ -76,6 +80,12 @@ public protocol GenerativeModel: LanguageModel {
 }
 
 extension GenerativeModel {
+    public func decode(_ token: Int, cache: Cache, into logits: UnsafeMutableBufferPointer<Float>) {
+        let values = forward([token], cache: cache, logitRows: nil, hooks: ForwardHooks())
+        precondition(values.count == logits.count, "decode: \(logits.count) logits for a vocabulary of \(values.count)")
+        _ = logits.update(fromContentsOf: values)
+    }
+
     /// An empty float (``KVCachePrecision/f32``) cache for at most `capacity` positions.
     public func makeCache(capacity: Int) -> Cache { makeCache(capacity: capacity, precision: .f32) }
 

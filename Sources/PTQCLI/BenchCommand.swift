@@ -132,8 +132,9 @@ struct BenchCommand: ParsableCommand {
         do {
             let warm = Array(prompt.prefix(min(promptTokens, 8)))
             let cache = llm.makeCache(capacity: warm.count + 1, precision: kvCache)
-            let logits = llm.forward(warm, cache: cache, logitRows: (warm.count - 1)..<warm.count, hooks: ForwardHooks())
-            _ = llm.forward([greedy(logits)], cache: cache, logitRows: nil, hooks: ForwardHooks())
+            var logits = llm.forward(warm, cache: cache, logitRows: (warm.count - 1)..<warm.count, hooks: ForwardHooks())
+            let next = greedy(logits)
+            logits.withUnsafeMutableBufferPointer { llm.decode(next, cache: cache, into: $0) }
         }
         var prefillRates: [Double] = [], decodeRates: [Double] = []
         for _ in 0..<repeats {
@@ -143,8 +144,10 @@ struct BenchCommand: ParsableCommand {
                                      hooks: ForwardHooks())
             prefillRates.append(Double(promptTokens) / seconds(since: t0))
             t0 = DispatchTime.now()
+            // One logits row reused token after token (`decode`: no allocation per token).
             for _ in 0..<decodeTokens {
-                logits = llm.forward([greedy(logits)], cache: cache, logitRows: nil, hooks: ForwardHooks())
+                let next = greedy(logits)
+                logits.withUnsafeMutableBufferPointer { llm.decode(next, cache: cache, into: $0) }
             }
             if decodeTokens > 0 { decodeRates.append(Double(decodeTokens) / seconds(since: t0)) }
         }

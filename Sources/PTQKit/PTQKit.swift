@@ -99,7 +99,7 @@ public enum PTQ {
                 emittedText = text
             }
             if cache.count >= capacity { break }
-            logits = model.forward([best], cache: cache, logitRows: nil, hooks: ForwardHooks())
+            logits.withUnsafeMutableBufferPointer { model.decode(best, cache: cache, into: $0) }
         }
         return generated
     }

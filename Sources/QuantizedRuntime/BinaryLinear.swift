@@ -216,7 +216,10 @@ public final class BinaryLinear: LinearOp {
     /// salient part run on its bit planes where it has them.
     private func gemv(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, reference: Bool, salientTables: Bool) {
         let n = outFeatures
-        var padded = [Float](repeating: 0, count: 64 * wordsPerRow)
+        // Per-thread scratch (slots 10–12, no other kernel's), not arrays: a decode step allocates
+        // nothing. Zeroed: the sign kernels read all 64·wordsPerRow inputs.
+        let padded = LowBit.threadScratch(slot: 10, count: 64 * wordsPerRow, of: Float.self)
+        padded.update(repeating: 0, count: 64 * wordsPerRow)
         switch maskKind {
         case .columns:
             var sum: Float = 0
@@ -240,21 +243,22 @@ public final class BinaryLinear: LinearOp {
             }
             let ns = salientColumns.count
             guard ns > 0 else { return }
-            let xs = salientColumns.map { x[$0] }
-            var ys = [Float](repeating: 0, count: n)
+            let xs = LowBit.threadScratch(slot: 11, count: ns, of: Float.self)
+            for (k, j) in salientColumns.enumerated() { xs[k] = x[j] }
+            let ys = LowBit.threadScratch(slot: 12, count: n, of: Float.self)
             if let salientPlanes, salientTables, !reference {
                 // The gathered salient inputs x_s (natural column order, as the codes' columns).
-                LowBit.gemvPlanes(salientPlanes, x: xs, y: &ys)
+                LowBit.gemvPlanes(salientPlanes, x: xs, y: ys)
             } else {
                 salientCodes.withUnsafeBufferPointer { c in
                     salientScale.withUnsafeBufferPointer { d in
                         salientZero.withUnsafeBufferPointer { z in
                             if reference {
                                 LowBit.gemvReference(salientFormat, codes: c.baseAddress!, rows: n, columns: ns, groupSize: ns,
-                                                     scales: d.baseAddress!, zeros: z.baseAddress!, x: xs, y: &ys)
+                                                     scales: d.baseAddress!, zeros: z.baseAddress!, x: xs, y: ys)
                             } else {
                                 LowBit.gemv(salientFormat, codes: c.baseAddress!, rows: n, columns: ns, groupSize: ns,
-                                            scales: d.baseAddress!, zeros: z.baseAddress!, x: xs, y: &ys)
+                                            scales: d.baseAddress!, zeros: z.baseAddress!, x: xs, y: ys)
                             }
                         }
                     }
@@ -278,14 +282,14 @@ public final class BinaryLinear: LinearOp {
                 padded[j] = x[j]
                 total += x[j]
             }
-            var rest = [Float](repeating: 0, count: n)
+            let rest = LowBit.threadScratch(slot: 12, count: n, of: Float.self)
             signWords.withUnsafeBufferPointer { s in
                 maskWords!.withUnsafeBufferPointer { m in
                     scale.withUnsafeBufferPointer { a in
                         offset.withUnsafeBufferPointer { b in
                             BinaryKernels.gemv(signs: s.baseAddress!, mask: m.baseAddress!, wordsPerRow: wordsPerRow,
                                                rows: n, x: padded, xSum: total, a: a.baseAddress!, b: b.baseAddress!,
-                                               y: y, rest: &rest, reference: reference)
+                                               y: y, rest: rest, reference: reference)
                         }
                     }
                 }
