@@ -59,12 +59,16 @@ let package = Package(
         .target(name: "PTQCLI", dependencies: ["PTQKit", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
         .executableTarget(name: "ptq", dependencies: ["PTQCLI"]),
 
+        // Test support: counts the calling thread's heap allocations (replaces malloc and
+        // relatives in the test executable only; no product depends on it).
+        .target(name: "CAllocationCounter", path: "Tests/CAllocationCounter"),
         .testTarget(name: "TokenizersTests", dependencies: ["Tokenizers", "PTQCore"],
                     resources: [.copy("Fixtures")]),
         .testTarget(name: "CheckpointTests", dependencies: ["Checkpoint", "PTQCore"]),
         .testTarget(name: "PackingTests", dependencies: ["Packing", "PTQCore"]),
         .testTarget(name: "RecipesTests", dependencies: ["Recipes", "Models", "PTQCore"]),
         .testTarget(name: "QuantizedRuntimeTests", dependencies: ["QuantizedRuntime", "Kernels", "Models", "PTQCore"]),
-        .testTarget(name: "PTQKitTests", dependencies: ["PTQKit", "PTQCLI", "Checkpoint", "Quantizers", "CHDF5", "Training"]),
+        .testTarget(name: "PTQKitTests", dependencies: ["PTQKit", "PTQCLI", "Checkpoint", "Quantizers", "CHDF5", "Training",
+                                                     "CAllocationCounter"]),
     ]
 )

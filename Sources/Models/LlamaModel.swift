@@ -382,7 +382,6 @@ public final class LlamaModel: Sendable {
         let qWidth = c.headCount * Dh, kvWidth = c.kvHeadCount * Dh
         let group = c.headCount / c.kvHeadCount
         let scale = 1 / Float(Dh).squareRoot()
-        let point = QuantizationPoints.attentionProbabilities(layer)
         let probabilityOp = (hooks.attentionProbabilityOps ?? attentionProbabilityOps)[layer]
         q.withUnsafeBufferPointer { qp in
         keys.withUnsafeBufferPointer { kp in
@@ -419,7 +418,9 @@ public final class LlamaModel: Sendable {
                     for j in visible..<S { row[j] = 0 }
                 }
                 if let observer {
-                    observer.observe(point: point, values: UnsafeBufferPointer(start: sc, count: T * S), rows: T, columns: S)
+                    // The name is built here only: string building allocates (decode must not).
+                    observer.observe(point: QuantizationPoints.attentionProbabilities(layer),
+                                     values: UnsafeBufferPointer(start: sc, count: T * S), rows: T, columns: S)
                 }
                 // out_h (T, Dh) = P (T, S) · V_g (S, Dh)
                 if let probabilityOp {
