@@ -106,7 +106,7 @@ public enum TokenKernels {
         // runs of `ptq bench --kernels --threads 1` (the grouped kernel wins on 2 threads and for
         // the half cache on both; RESULTS "Grouped decode attention").
         attend(q: q, keys: keys, values: values, count: count, heads: heads, kvHeads: kvHeads, dim: dim,
-               stride: stride, scale: scale, scores: scores, out: out, reference: reference,
+               stride: stride, kvHeadStride: dim, scale: scale, scores: scores, out: out, reference: reference,
                perHead: perHead || (!reference && Parallel.workerCount == 1),
                kernels: reference ? .float(ck_attend_one_ref, ck_attend_group_ref) : .float(ck_attend_one, ck_attend_group))
     }
@@ -131,7 +131,7 @@ public enum TokenKernels {
     /// One decode attention call's operands.
     private struct AttentionJob {
         let q: UnsafePointer<Float>, keys: UnsafeRawPointer, values: UnsafeRawPointer
-        let count: Int, heads: Int, kvHeads: Int, dim: Int, stride: Int, scale: Float
+        let count: Int, heads: Int, kvHeads: Int, dim: Int, stride: Int, kvHeadStride: Int, scale: Float
         let scores: UnsafeMutablePointer<Float>, out: UnsafeMutablePointer<Float>
         let kernels: AttentionKernels
 
@@ -145,12 +145,12 @@ public enum TokenKernels {
             let h = kv * group + first, rows = min(2, group - first)
             switch kernels {
             case .float(_, let run):
-                run(q + h * dim, keys.assumingMemoryBound(to: Float.self) + kv * dim,
-                    values.assumingMemoryBound(to: Float.self) + kv * dim, count, stride, dim, rows, scale,
+                run(q + h * dim, keys.assumingMemoryBound(to: Float.self) + kv * kvHeadStride,
+                    values.assumingMemoryBound(to: Float.self) + kv * kvHeadStride, count, stride, dim, rows, scale,
                     scores + h * count, out + h * dim)
             case .half(_, let run):
-                run(q + h * dim, keys.assumingMemoryBound(to: UInt16.self) + kv * dim,
-                    values.assumingMemoryBound(to: UInt16.self) + kv * dim, count, stride, dim, rows, scale,
+                run(q + h * dim, keys.assumingMemoryBound(to: UInt16.self) + kv * kvHeadStride,
+                    values.assumingMemoryBound(to: UInt16.self) + kv * kvHeadStride, count, stride, dim, rows, scale,
                     scores + h * count, out + h * dim)
             }
         }
@@ -160,12 +160,12 @@ public enum TokenKernels {
             let kv = h / group
             switch kernels {
             case .float(let run, _):
-                run(q + h * dim, keys.assumingMemoryBound(to: Float.self) + kv * dim,
-                    values.assumingMemoryBound(to: Float.self) + kv * dim, count, stride, dim, scale,
+                run(q + h * dim, keys.assumingMemoryBound(to: Float.self) + kv * kvHeadStride,
+                    values.assumingMemoryBound(to: Float.self) + kv * kvHeadStride, count, stride, dim, scale,
                     scores + h * count, out + h * dim)
             case .half(let run, _):
-                run(q + h * dim, keys.assumingMemoryBound(to: UInt16.self) + kv * dim,
-                    values.assumingMemoryBound(to: UInt16.self) + kv * dim, count, stride, dim, scale,
+                run(q + h * dim, keys.assumingMemoryBound(to: UInt16.self) + kv * kvHeadStride,
+                    values.assumingMemoryBound(to: UInt16.self) + kv * kvHeadStride, count, stride, dim, scale,
                     scores + h * count, out + h * dim)
             }
         }
@@ -185,13 +185,14 @@ public enum TokenKernels {
     /// and C bodies, not closures: no allocation per call.
     private static func attend(
         q: UnsafePointer<Float>, keys: UnsafeRawPointer, values: UnsafeRawPointer, count: Int, heads: Int,
-        kvHeads: Int, dim: Int, stride: Int, scale: Float, scores: UnsafeMutablePointer<Float>,
+        kvHeads: Int, dim: Int, stride: Int, kvHeadStride: Int, scale: Float, scores: UnsafeMutablePointer<Float>,
         out: UnsafeMutablePointer<Float>, reference: Bool, perHead: Bool, kernels: AttentionKernels
     ) {
         guard heads > 0, count > 0 else { return }
         let serial = reference || count * dim * heads < 1 << 14
         let job = AttentionJob(q: q, keys: keys, values: values, count: count, heads: heads, kvHeads: kvHeads, dim: dim,
-                               stride: stride, scale: scale, scores: scores, out: out, kernels: kernels)
+                               stride: stride, kvHeadStride: kvHeadStride, scale: scale, scores: scores, out: out,
+                               kernels: kernels)
         if perHead {
             if serial {
                 for h in 0..<heads { job.head(h) }
@@ -211,12 +212,18 @@ public enum TokenKernels {
     /// `attendOne` over a half-precision cache: `keys`/`values` hold IEEE binary16 bit patterns
     /// (`stride` halves per position), widened to float in registers (AVX2+F16C; the
     /// reference twin converts one element at a time).
+    ///
+    /// `kvHeadStride` (halves; default `dim`, KV heads interleaved in each position's row) is the
+    /// distance from one KV head's first position to the next head's: a head-major cache
+    /// (`LlamaModel`'s: KV, capacity, dim) passes `stride: dim, kvHeadStride: capacity·dim`.
     public static func attendOne(q: UnsafePointer<Float>, halfKeys keys: UnsafePointer<UInt16>,
                                  halfValues values: UnsafePointer<UInt16>, count: Int, heads: Int, kvHeads: Int,
-                                 dim: Int, stride: Int, scale: Float, scores: UnsafeMutablePointer<Float>,
-                                 out: UnsafeMutablePointer<Float>, reference: Bool = false, perHead: Bool = false) {
+                                 dim: Int, stride: Int, kvHeadStride: Int? = nil, scale: Float,
+                                 scores: UnsafeMutablePointer<Float>, out: UnsafeMutablePointer<Float>,
+                                 reference: Bool = false, perHead: Bool = false) {
         attend(q: q, keys: keys, values: values, count: count, heads: heads, kvHeads: kvHeads, dim: dim,
-               stride: stride, scale: scale, scores: scores, out: out, reference: reference, perHead: perHead,
+               stride: stride, kvHeadStride: kvHeadStride ?? dim, scale: scale, scores: scores, out: out,
+               reference: reference, perHead: perHead,
                kernels: reference ? .half(ck_attend_one_f16_ref, ck_attend_group_f16_ref)
                                   : .half(ck_attend_one_f16, ck_attend_group_f16))
     }

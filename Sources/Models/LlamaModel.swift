@@ -92,7 +92,10 @@ public final class LlamaModel: Sendable {
         public private(set) var count = 0
         var keys: [[Float]]    // f32: per layer (capacity, KV·Dh); empty for f16
         var values: [[Float]]
-        var halfKeys: [[UInt16]]    // f16: per layer (capacity, KV·Dh) half bit patterns; empty for f32
+        // f16: per layer (KV, capacity, Dh) half bit patterns, head-major: decode attention reads
+        // each KV head's positions as one contiguous stream (interleaved rows of KV·Dh made it a
+        // strided read of 128 of every 384 bytes); empty for f32.
+        var halfKeys: [[UInt16]]
         var halfValues: [[UInt16]]
 
         /// An empty cache for at most `capacity` positions of a model with `config`.
@@ -285,12 +288,12 @@ public final class LlamaModel: Sendable {
                 // Round the new positions into the cache; from here on every reader sees halves.
                 localKeys.withUnsafeBufferPointer { k in
                     cache.halfKeys[l].withUnsafeMutableBufferPointer {
-                        TokenKernels.roundToHalf(k.baseAddress!, into: $0.baseAddress! + start * kvWidth, count: T * kvWidth)
+                        roundIntoHeads(k.baseAddress!, tokens: T, into: $0.baseAddress!, first: start, capacity: cache.capacity)
                     }
                 }
                 localValues.withUnsafeBufferPointer { v in
                     cache.halfValues[l].withUnsafeMutableBufferPointer {
-                        TokenKernels.roundToHalf(v.baseAddress!, into: $0.baseAddress! + start * kvWidth, count: T * kvWidth)
+                        roundIntoHeads(v.baseAddress!, tokens: T, into: $0.baseAddress!, first: start, capacity: cache.capacity)
                     }
                 }
             }
@@ -313,10 +316,14 @@ public final class LlamaModel: Sendable {
                         wideValues = wideKeys
                     }
                     cache.halfKeys[l].withUnsafeBufferPointer { h in
-                        wideKeys.withUnsafeMutableBufferPointer { TokenKernels.widenHalf(h.baseAddress!, into: $0.baseAddress!, count: S * kvWidth) }
+                        wideKeys.withUnsafeMutableBufferPointer {
+                            widenFromHeads(h.baseAddress!, positions: S, capacity: cache.capacity, into: $0.baseAddress!)
+                        }
                     }
                     cache.halfValues[l].withUnsafeBufferPointer { h in
-                        wideValues.withUnsafeMutableBufferPointer { TokenKernels.widenHalf(h.baseAddress!, into: $0.baseAddress!, count: S * kvWidth) }
+                        wideValues.withUnsafeMutableBufferPointer {
+                            widenFromHeads(h.baseAddress!, positions: S, capacity: cache.capacity, into: $0.baseAddress!)
+                        }
                     }
                     attend(q: q, keys: wideKeys, values: wideValues, T: T, start: start, scores: &scores, out: &attention,
                            layer: l, hooks: hooks)
@@ -368,9 +375,33 @@ public final class LlamaModel: Sendable {
         out.withUnsafeMutableBufferPointer { op in
             TokenKernels.attendOne(q: qp.baseAddress!, halfKeys: kp.baseAddress!, halfValues: vp.baseAddress!, count: count,
                                    heads: c.headCount, kvHeads: c.kvHeadCount, dim: c.headDim,
-                                   stride: c.kvHeadCount * c.headDim, scale: 1 / Float(c.headDim).squareRoot(),
-                                   scores: sp.baseAddress!, out: op.baseAddress!)
+                                   stride: c.headDim, kvHeadStride: cache.capacity * c.headDim,
+                                   scale: 1 / Float(c.headDim).squareRoot(), scores: sp.baseAddress!, out: op.baseAddress!)
         }}}}}
+    }
+
+    /// Rounds T rows of KV·Dh floats (`source`) into a head-major half cache layer (KV,
+    /// capacity, Dh) at positions first..<first + T.
+    private func roundIntoHeads(_ source: UnsafePointer<Float>, tokens T: Int, into layer: UnsafeMutablePointer<UInt16>,
+                                first: Int, capacity: Int) {
+        let Dh = config.headDim, kvWidth = config.kvHeadCount * Dh
+        for g in 0..<config.kvHeadCount {
+            for t in 0..<T {
+                TokenKernels.roundToHalf(source + t * kvWidth + g * Dh, into: layer + (g * capacity + first + t) * Dh,
+                                         count: Dh)
+            }
+        }
+    }
+
+    /// Widens positions 0..<S of a head-major half cache layer into rows of KV·Dh floats.
+    private func widenFromHeads(_ layer: UnsafePointer<UInt16>, positions S: Int, capacity: Int,
+                                into destination: UnsafeMutablePointer<Float>) {
+        let Dh = config.headDim, kvWidth = config.kvHeadCount * Dh
+        for g in 0..<config.kvHeadCount {
+            for s in 0..<S {
+                TokenKernels.widenHalf(layer + (g * capacity + s) * Dh, into: destination + s * kvWidth + g * Dh, count: Dh)
+            }
+        }
     }
 
     /// Causal grouped-query attention of T new queries over S = start + T positions.

@@ -655,6 +655,26 @@ struct HalfCacheKernelTests {
                                out: &fast)
         #expect(fast.allSatisfy { $0.isFinite })
         #expect(TokenKernelTests.relativeError(fast, ref) < bound, "count \(count) shape \(shape)")
+        // The same cache head-major (KV, capacity, dim) with spare capacity, as LlamaModel keeps
+        // it: the same rows through the same kernels, hence the same bits, fast and reference.
+        let capacity = count + 3
+        var headKeys = [UInt16](repeating: 0xFFFF, count: shape.kvHeads * capacity * shape.dim), headValues = headKeys
+        for g in 0..<shape.kvHeads {
+            for j in 0..<count {
+                for d in 0..<shape.dim {
+                    headKeys[(g * capacity + j) * shape.dim + d] = keys[j * stride + g * shape.dim + d]
+                    headValues[(g * capacity + j) * shape.dim + d] = values[j * stride + g * shape.dim + d]
+                }
+            }
+        }
+        for reference in [false, true] {
+            var headMajor = [Float](repeating: .nan, count: shape.heads * shape.dim)
+            TokenKernels.attendOne(q: q, halfKeys: headKeys, halfValues: headValues, count: count, heads: shape.heads,
+                                   kvHeads: shape.kvHeads, dim: shape.dim, stride: shape.dim,
+                                   kvHeadStride: capacity * shape.dim, scale: scale, scores: &scores, out: &headMajor,
+                                   reference: reference)
+            #expect(headMajor == (reference ? ref : fast), "head-major, count \(count) shape \(shape)")
+        }
         // One position: the output is that position's (widened) value row, exactly.
         if count == 1 {
             for h in 0..<shape.heads {
