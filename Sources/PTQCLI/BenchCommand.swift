@@ -95,6 +95,8 @@ struct BenchCommand: ParsableCommand {
         let decode_bound_fraction: Double
         /// Linear layers per kernel path (`LinearOp.kernelDescription`), LLaMA models only.
         var kernels: [String: Int]? = nil
+        /// Bytes the linear layers of each kernel path hold (`LinearOp.storageBytes`), LLaMA models only.
+        var kernel_storage_bytes: [String: Int]? = nil
     }
 
     static func peakResidentBytes() -> Int {
@@ -110,6 +112,7 @@ struct BenchCommand: ParsableCommand {
         var speed = try measure(llm, path: path, loadSeconds: seconds(since: loadStart), bandwidth: bandwidth)
         if let llama = llm as? LlamaModel {
             speed.kernels = Dictionary(llama.kernelPaths.map { ($0.description, $0.count) }, uniquingKeysWith: +)
+            speed.kernel_storage_bytes = llama.kernelStorageBytes
         }
         return speed
     }
@@ -201,7 +204,8 @@ struct BenchCommand: ParsableCommand {
               + "\(PTQ.threadCount) threads, \(kvCache.rawValue) KV cache, read bandwidth \(String(format: "%.1f", bandwidth / 1e9)) GB/s")
         print("\(model): \(line(speed))")
         for (description, count) in (speed.kernels ?? [:]).sorted(by: { $0.value != $1.value ? $0.value > $1.value : $0.key < $1.key }) {
-            print("  \(count)× \(description)")
+            let held = speed.kernel_storage_bytes?[description].map { String(format: ", %.1f MB held", Double($0) / 1e6) } ?? ""
+            print("  \(count)× \(description)\(held)")
         }
         if let base {
             print("\(base.model): \(line(base))")
