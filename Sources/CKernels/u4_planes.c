@@ -397,3 +397,107 @@ void ck_gemv_sign_planes(const uint64_t *planes, size_t block_begin, size_t bloc
 #endif
     ck_gemv_sign_planes_ref(planes, block_begin, block_count, rows, cols, tables, x_sum, a, b, y);
 }
+
+// ---- prefill tiles from the planes (issue 13: one copy of the codes) -------------------------
+//
+// The prefill tile decoder of weight-only u4 layers reads the plane layout itself, so the
+// runtime keeps no row-major nibble copy beside it. Row r of block b = r/16, lane l = r mod 16:
+// per chunk, plane p's 32 bits of the row are the dword at byte 4·l of the (block, chunk, p)
+// 64 bytes, byte k holding quad k (low nibble) and quad k + 4 (high nibble), bit c of a nibble
+// column c of the quad. So column 16·h + i of the chunk (i < 16) is bit 8·(i/4) + 4·h + (i mod 4)
+// of every plane's dword. The AVX-512 kernel rotates each broadcast dword so that bit lands at
+// bit p, masks and ORs the four planes (16 codes per 8 µops), and looks the codes up in the
+// group's 16 values s·(u − z) (vpermps): the same two float operations per code as the
+// reference, so the same bits.
+
+void ck_dequant_u4_planes_rows_ref(const uint64_t *planes, size_t row_begin, size_t row_count, size_t rows,
+                                   size_t cols, size_t group_size, const float *block_scales,
+                                   const float *block_zeros, float *out) {
+    (void)rows;
+    const size_t g = eff_group(cols, group_size), groups = ceil_div(cols, g), cg = ceil_div(g, 32);
+    const size_t chunks = chunk_count(cols, group_size);
+    const uint8_t *bytes = (const uint8_t *)planes;
+    for (size_t r = row_begin; r < row_begin + row_count; r++) {
+        const size_t b = r / 16, l = r % 16;
+        float *dst = out + (r - row_begin) * cols;
+        for (size_t ch = 0; ch < chunks; ch++) {
+            const size_t grp = ch / cg, j0 = grp * g + 32 * (ch % cg);
+            const size_t gend = grp + 1 < groups ? (grp + 1) * g : cols;
+            const uint8_t *w = bytes + (b * chunks + ch) * 4 * 64;
+            const float s = block_scales[(b * groups + grp) * 16 + l], z = block_zeros[(b * groups + grp) * 16 + l];
+            for (size_t j = j0; j < gend && j < j0 + 32; j++) {
+                const size_t c = j - j0, quad = c / 4, at = 4 * l + (quad & 3), shift = (quad < 4 ? 0 : 4) + c % 4;
+                unsigned u = 0;
+                for (unsigned p = 0; p < 4; p++) u |= ((unsigned)(w[p * 64 + at] >> shift) & 1u) << p;
+                dst[j] = s * ((float)u - z);
+            }
+        }
+    }
+}
+
+#if defined(__x86_64__)
+CK_AVX512 static void dequant_u4_planes_rows_avx512(const uint64_t *planes, size_t row_begin, size_t row_count,
+                                                    size_t cols, size_t group_size, const float *block_scales,
+                                                    const float *block_zeros, float *out) {
+    const size_t g = eff_group(cols, group_size), groups = ceil_div(cols, g), cg = ceil_div(g, 32);
+    const size_t chunks = chunk_count(cols, group_size);
+    const uint8_t *bytes = (const uint8_t *)planes;
+    // Rotations putting column i's bit of plane p at bit p, for each half of a chunk.
+    __m512i rot[2][4];
+    const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    const __m512i pos0 = _mm512_add_epi32(_mm512_slli_epi32(_mm512_srli_epi32(lane, 2), 3),
+                                          _mm512_and_si512(lane, _mm512_set1_epi32(3)));
+    for (int h = 0; h < 2; h++)
+        for (int p = 0; p < 4; p++)
+            rot[h][p] = _mm512_and_si512(_mm512_add_epi32(pos0, _mm512_set1_epi32(4 * h - p + 32)),
+                                         _mm512_set1_epi32(31));
+    const __m512 iota = _mm512_cvtepi32_ps(lane);
+    for (size_t r = row_begin; r < row_begin + row_count; r++) {
+        const size_t b = r / 16, l = r % 16;
+        float *dst = out + (r - row_begin) * cols;
+        for (size_t grp = 0; grp < groups; grp++) {
+            const size_t i = (b * groups + grp) * 16 + l;
+            const __m512 values = _mm512_mul_ps(_mm512_set1_ps(block_scales[i]),
+                                                _mm512_sub_ps(iota, _mm512_set1_ps(block_zeros[i])));
+            const size_t gend = grp + 1 < groups ? (grp + 1) * g : cols;
+            const size_t nch = grp + 1 < groups ? cg : ceil_div(cols - grp * g, 32);
+            for (size_t c = 0; c < nch; c++) {
+                const size_t ch = grp * cg + c, j0 = grp * g + 32 * c;
+                const uint8_t *w = bytes + ((b * chunks + ch) * 4 * 64) + 4 * l;
+                __m512i v[4];
+                for (int p = 0; p < 4; p++) {
+                    uint32_t d;
+                    memcpy(&d, w + p * 64, 4);
+                    v[p] = _mm512_set1_epi32((int)d);
+                }
+                for (int h = 0; h < 2; h++) {
+                    const size_t jh = j0 + 16 * (size_t)h;
+                    if (jh >= gend) break;
+                    __m512i u = _mm512_and_si512(_mm512_rorv_epi32(v[0], rot[h][0]), _mm512_set1_epi32(1));
+                    // u | (rot & bit p): ternary logic 0xF8 = A | (B & C).
+                    u = _mm512_ternarylogic_epi32(u, _mm512_rorv_epi32(v[1], rot[h][1]), _mm512_set1_epi32(2), 0xF8);
+                    u = _mm512_ternarylogic_epi32(u, _mm512_rorv_epi32(v[2], rot[h][2]), _mm512_set1_epi32(4), 0xF8);
+                    u = _mm512_ternarylogic_epi32(u, _mm512_rorv_epi32(v[3], rot[h][3]), _mm512_set1_epi32(8), 0xF8);
+                    const __m512 f = _mm512_permutexvar_ps(u, values);
+                    const size_t n = gend - jh < 16 ? gend - jh : 16;
+                    if (n == 16) _mm512_storeu_ps(dst + jh, f);
+                    else _mm512_mask_storeu_ps(dst + jh, (__mmask16)((1u << n) - 1), f);
+                }
+            }
+        }
+    }
+}
+#endif
+
+void ck_dequant_u4_planes_rows(const uint64_t *planes, size_t row_begin, size_t row_count, size_t rows,
+                               size_t cols, size_t group_size, const float *block_scales, const float *block_zeros,
+                               float *out) {
+#if defined(__x86_64__)
+    if (ck_u4_planes_supported()) {
+        dequant_u4_planes_rows_avx512(planes, row_begin, row_count, cols, group_size, block_scales, block_zeros, out);
+        return;
+    }
+#endif
+    ck_dequant_u4_planes_rows_ref(planes, row_begin, row_count, rows, cols, group_size, block_scales, block_zeros,
+                                  out);
+}

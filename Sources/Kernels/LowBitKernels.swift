@@ -290,6 +290,39 @@ public enum LowBit {
         }
     }
 
+    /// Dequantizes rows `rowRange` of a plane layout into `tile[rowRange.count, columns]`:
+    /// `scale·(Float(u) − zero)`, exactly `IntegerWeight.value` (the prefill tile decoder where
+    /// the planes are the layer's only copy of the codes). Single-threaded; `reference` runs the
+    /// scalar twin (same bits).
+    public static func dequantizeRows(_ layout: PlaneLayout, rowRange: Range<Int>,
+                                      into tile: UnsafeMutablePointer<Float>, reference: Bool = false) {
+        precondition(rowRange.lowerBound >= 0 && rowRange.upperBound <= layout.rows, "rows \(rowRange) of \(layout.rows)")
+        layout.planes.withUnsafeBufferPointer { w in
+            layout.blockScales.withUnsafeBufferPointer { s in
+                layout.blockZeros.withUnsafeBufferPointer { z in
+                    if reference {
+                        ck_dequant_u4_planes_rows_ref(w.baseAddress!, rowRange.lowerBound, rowRange.count, layout.rows,
+                                                      layout.columns, layout.groupSize, s.baseAddress!, z.baseAddress!, tile)
+                    } else {
+                        ck_dequant_u4_planes_rows(w.baseAddress!, rowRange.lowerBound, rowRange.count, layout.rows,
+                                                  layout.columns, layout.groupSize, s.baseAddress!, z.baseAddress!, tile)
+                    }
+                }
+            }
+        }
+    }
+
+    /// `y[rows, out] = x[rows, in]·Wᵀ` for the u4 codes of a plane layout, decoded a tile at a
+    /// time (`dequantizeRows(_:rowRange:into:)`) for sgemm (`tiledProduct`): the prefill product
+    /// of weight-only u4 layers that keep only the planes.
+    public static func planesProduct(_ layout: PlaneLayout, x: UnsafePointer<Float>, rows: Int,
+                                     y: UnsafeMutablePointer<Float>, tileRows: Int? = nil) {
+        tiledProduct(outFeatures: layout.rows, inFeatures: layout.columns, x: x, rows: rows, y: y,
+                     tileRows: tileRows ?? defaultTileRows(inFeatures: layout.columns)) { range, tile in
+            dequantizeRows(layout, rowRange: range, into: tile)
+        }
+    }
+
     /// Dequantizes weight rows `rowRange` into `tile[rowRange.count, columns]`:
     /// `scale·(Float(u) − zero)`, exactly `IntegerWeight.value`. Single-threaded.
     public static func dequantizeRows(_ format: CodeFormat, codes: UnsafePointer<UInt8>, rowRange: Range<Int>,
