@@ -501,3 +501,130 @@ void ck_dequant_u4_planes_rows(const uint64_t *planes, size_t row_begin, size_t 
     ck_dequant_u4_planes_rows_ref(planes, row_begin, row_count, rows, cols, group_size, block_scales, block_zeros,
                                   out);
 }
+
+// ---- row-major bits and nibbles back from the planes (issue 13: PTQ1.61 prefill tiles) --------
+//
+// The binary layers' prefill tile decoder (ck_binary_decode_rows) reads row-major sign words and
+// salient nibbles. Where the sign planes and the salient planes exist they are the layer's only
+// copy, and each tile's rows are unpacked from them into per-thread scratch first: an exact bit
+// rearrangement. Plane p's dword of a row and chunk holds chunk columns 0…15 in its low nibbles
+// (column 4k + c at bit 8k + c) and 16…31 in its high nibbles, so pext by 0x0F0F0F0F and by
+// 0xF0F0F0F0 gives the 32 bits in column order; pdep by 0x1111… spreads them to nibble lanes.
+
+void ck_sign_planes_unpack_words_ref(const uint64_t *planes, size_t row_begin, size_t row_count, size_t rows,
+                                     size_t cols, uint64_t *out, size_t words_per_row) {
+    (void)rows;
+    const size_t chunks = chunk_count(cols, 0);
+    const uint8_t *bytes = (const uint8_t *)planes;
+    for (size_t r = row_begin; r < row_begin + row_count; r++) {
+        uint64_t *words = out + (r - row_begin) * words_per_row;
+        for (size_t w = 0; w < words_per_row; w++) words[w] = 0;
+        const size_t b = r / 16, l = r % 16;
+        for (size_t ch = 0; ch < chunks; ch++) {
+            const uint8_t *w = bytes + (b * chunks + ch) * 64 + 4 * l;
+            for (size_t c = 0; c < 32 && 32 * ch + c < cols; c++) {
+                const size_t quad = c / 4;
+                const unsigned bit = (w[quad & 3] >> ((quad < 4 ? 0 : 4) + c % 4)) & 1u;
+                const size_t j = 32 * ch + c;
+                words[j >> 6] |= (uint64_t)bit << (j & 63);
+            }
+        }
+    }
+}
+
+void ck_u4_planes_unpack_nibbles_ref(const uint64_t *planes, size_t row_begin, size_t row_count, size_t rows,
+                                     size_t cols, uint8_t *out, size_t stride) {
+    (void)rows;
+    const size_t chunks = chunk_count(cols, cols);
+    const uint8_t *bytes = (const uint8_t *)planes;
+    for (size_t r = row_begin; r < row_begin + row_count; r++) {
+        uint8_t *row = out + (r - row_begin) * stride;
+        for (size_t i = 0; i < stride; i++) row[i] = 0;
+        const size_t b = r / 16, l = r % 16;
+        for (size_t ch = 0; ch < chunks; ch++) {
+            const uint8_t *w = bytes + (b * chunks + ch) * 4 * 64 + 4 * l;
+            for (size_t c = 0; c < 32 && 32 * ch + c < cols; c++) {
+                const size_t quad = c / 4, j = 32 * ch + c;
+                unsigned u = 0;
+                for (unsigned p = 0; p < 4; p++) u |= ((unsigned)(w[p * 64 + (quad & 3)] >> ((quad < 4 ? 0 : 4) + c % 4)) & 1u) << p;
+                row[j / 2] |= (uint8_t)(u << (4 * (j & 1)));
+            }
+        }
+    }
+}
+
+#if defined(__x86_64__)
+#define CK_BMI2 __attribute__((target("bmi,bmi2")))
+
+/// The 32 bits of one plane dword in column order.
+CK_INLINE CK_BMI2 uint32_t plane_bits(const uint8_t *w) {
+    uint32_t d;
+    memcpy(&d, w, 4);
+    return (uint32_t)_pext_u32(d, 0x0F0F0F0Fu) | (uint32_t)_pext_u32(d, 0xF0F0F0F0u) << 16;
+}
+
+CK_BMI2 static void sign_planes_unpack_words_bmi2(const uint64_t *planes, size_t row_begin, size_t row_count,
+                                                  size_t cols, uint64_t *out, size_t words_per_row) {
+    const size_t chunks = chunk_count(cols, 0);
+    const uint8_t *bytes = (const uint8_t *)planes;
+    for (size_t r = row_begin; r < row_begin + row_count; r++) {
+        uint64_t *words = out + (r - row_begin) * words_per_row;
+        const size_t b = r / 16, l = r % 16;
+        for (size_t w = 0; w < words_per_row; w++) {
+            // Chunks 2w and 2w + 1 (columns past the row are zero bits in the planes).
+            const uint64_t lo = 2 * w < chunks ? plane_bits(bytes + (b * chunks + 2 * w) * 64 + 4 * l) : 0;
+            const uint64_t hi = 2 * w + 1 < chunks ? plane_bits(bytes + (b * chunks + 2 * w + 1) * 64 + 4 * l) : 0;
+            words[w] = lo | hi << 32;
+        }
+    }
+}
+
+CK_BMI2 static void u4_planes_unpack_nibbles_bmi2(const uint64_t *planes, size_t row_begin, size_t row_count,
+                                                  size_t cols, uint8_t *out, size_t stride) {
+    const size_t chunks = chunk_count(cols, cols);
+    const uint8_t *bytes = (const uint8_t *)planes;
+    const uint64_t lanes = 0x1111111111111111ull;
+    for (size_t r = row_begin; r < row_begin + row_count; r++) {
+        uint8_t *row = out + (r - row_begin) * stride;
+        const size_t b = r / 16, l = r % 16;
+        for (size_t ch = 0; ch < chunks; ch++) {
+            const uint8_t *w = bytes + (b * chunks + ch) * 4 * 64 + 4 * l;
+            uint64_t n0 = 0, n1 = 0; // nibbles of columns 0…15 and 16…31 of the chunk
+            for (unsigned p = 0; p < 4; p++) {
+                const uint32_t bits = plane_bits(w + p * 64);
+                n0 |= _pdep_u64(bits & 0xFFFFu, lanes) << p;
+                n1 |= _pdep_u64(bits >> 16, lanes) << p;
+            }
+            // 16 bytes for the 32 columns; the last chunk writes only the row's bytes (its
+            // padding codes are 0, as packNibbles leaves the odd column's high nibble).
+            uint8_t tmp[16];
+            memcpy(tmp, &n0, 8);
+            memcpy(tmp + 8, &n1, 8);
+            const size_t at = 16 * ch, n = stride - at < 16 ? stride - at : 16;
+            memcpy(row + at, tmp, n);
+        }
+    }
+}
+#endif
+
+void ck_sign_planes_unpack_words(const uint64_t *planes, size_t row_begin, size_t row_count, size_t rows, size_t cols,
+                                 uint64_t *out, size_t words_per_row) {
+#if defined(__x86_64__)
+    if (__builtin_cpu_supports("bmi2")) {
+        sign_planes_unpack_words_bmi2(planes, row_begin, row_count, cols, out, words_per_row);
+        return;
+    }
+#endif
+    ck_sign_planes_unpack_words_ref(planes, row_begin, row_count, rows, cols, out, words_per_row);
+}
+
+void ck_u4_planes_unpack_nibbles(const uint64_t *planes, size_t row_begin, size_t row_count, size_t rows, size_t cols,
+                                 uint8_t *out, size_t stride) {
+#if defined(__x86_64__)
+    if (__builtin_cpu_supports("bmi2")) {
+        u4_planes_unpack_nibbles_bmi2(planes, row_begin, row_count, cols, out, stride);
+        return;
+    }
+#endif
+    ck_u4_planes_unpack_nibbles_ref(planes, row_begin, row_count, rows, cols, out, stride);
+}

@@ -236,6 +236,20 @@ public enum LowBit {
         /// Bytes held: plane words, blocked scales and zeros.
         public var bytes: Int { planes.count * 8 + (blockScales.count + blockZeros.count) * 4 }
 
+        /// Rows `rowRange` back as nibble rows of `stride` bytes (`packNibbles`' bytes when
+        /// `stride` is `nibbleRowBytes(columns)`), for a layout with one group per row
+        /// (`ck_u4_planes_unpack_nibbles`, `reference` its scalar twin).
+        public func unpackNibbles(_ rowRange: Range<Int>, stride: Int, into out: UnsafeMutablePointer<UInt8>,
+                                  reference: Bool = false) {
+            precondition(groupSize == columns, "unpackNibbles needs one group per row (group \(groupSize) of \(columns))")
+            precondition(rowRange.lowerBound >= 0 && rowRange.upperBound <= rows && stride >= (columns + 1) / 2,
+                         "rows \(rowRange) of \(rows), stride \(stride) for \(columns) columns")
+            planes.withUnsafeBufferPointer { w in
+                (reference ? ck_u4_planes_unpack_nibbles_ref : ck_u4_planes_unpack_nibbles)(
+                    w.baseAddress!, rowRange.lowerBound, rowRange.count, rows, columns, out, stride)
+            }
+        }
+
         /// 4-column quads per row, groups padded to whole 32-column chunks (the tables one call builds).
         var quads: Int { ck_u4_planes_quads(columns, groupSize) }
         var groups: Int { (columns + groupSize - 1) / groupSize }

@@ -358,7 +358,7 @@ struct KernelTests {
             let layout = LowBit.PlaneLayout(codes: w.codes, rows: n, columns: k, groupSize: g, scales: w.scales,
                                             zeros: zeros)
             let expected = w.dequantizedReference()
-            for range in [0..<n, 1..<n, (n - 1)..<n, 3..<min(n, 20), 16..<min(n, 33)] where !range.isEmpty {
+            for range in [0..<n, 1..<n, (n - 1)..<n, min(n, 3)..<min(n, 20), min(n, 16)..<min(n, 33)] where !range.isEmpty {
                 // One float past the tile: the masked stores must not write it.
                 var fast = [Float](repeating: .nan, count: range.count * k + 1), ref = fast
                 LowBit.dequantizeRows(layout, rowRange: range, into: &fast)
@@ -379,6 +379,28 @@ struct KernelTests {
             LowBit.dequantizedProduct(.u4, codes: nibbles, outFeatures: n, inFeatures: k, groupSize: g, scales: w.scales,
                                       zeros: zeros, x: x, rows: 11, y: &b, tileRows: 16)
             #expect(a.map(\.bitPattern) == b.map(\.bitPattern), "product n=\(n) k=\(k) group=\(g)")
+        }
+    }
+
+    /// Nibble rows back from a one-group plane layout (the binary layers' salient codes at
+    /// prefill): exactly `packNibbles`' bytes, vector and scalar, for odd widths and row ranges
+    /// inside 16-row blocks.
+    @Test("plane-layout nibble unpacking is exact", arguments: [1, 31, 32, 33, 116, 307, 600])
+    func unpackPlaneNibbles(k: Int) {
+        var rng = SplitMix(seed: UInt64(k) &* 77)
+        for n in [1, 16, 37] {
+            let codes = rng.bytes(n * k, below: 16)
+            let layout = LowBit.PlaneLayout(codes: codes, rows: n, columns: k, groupSize: k,
+                                            scales: [Float](repeating: 1, count: n), zeros: [Float](repeating: 0, count: n))
+            let want = LowBit.packNibbles(codes, rows: n, columns: k), stride = LowBit.nibbleRowBytes(k)
+            for range in [0..<n, (n / 3)..<n, (n - 1)..<n] {
+                for reference in [false, true] {
+                    var back = [UInt8](repeating: 0xAB, count: range.count * stride)
+                    layout.unpackNibbles(range, stride: stride, into: &back, reference: reference)
+                    #expect(back == Array(want[(range.lowerBound * stride)..<(range.upperBound * stride)]),
+                            "n=\(n) k=\(k) rows \(range) reference \(reference)")
+                }
+            }
         }
     }
 
