@@ -104,13 +104,19 @@ extension LLMFP4Tests {
                 MiniFloat.fp4Int16Product(codes: packed, rows: rows, columns: cols, groupSize: gs, table: table,
                                           scales: scales, activations: low, high: h, lda: lda, m: m, y: &want,
                                           ldy: rows, kernel: .reference)
-                for reference in [false, true] {
+                // VNNI off: the AVX2 panel GEMM with the scalar panel builder (the switch is
+                // process-wide: hold the lock).
+                TokenKernels.kernelSwitchLock.lock()
+                defer { TokenKernels.setVNNIEnabled(true); TokenKernels.kernelSwitchLock.unlock() }
+                for (reference, vnni) in [(false, true), (true, true), (false, false)] {
+                    TokenKernels.setVNNIEnabled(vnni)
                     var y = [Float](repeating: .nan, count: m * rows)
                     table.withUnsafeBufferPointer { t in
                         MiniFloat.fp4Int16Product(layout, table: t.baseAddress!, activations: low, high: h, lda: lda,
                                                   m: m, y: &y, ldy: rows, reference: reference)
                     }
-                    #expect(y.map(\.bitPattern) == want.map(\.bitPattern), "\(format) \(shape) reference \(reference)")
+                    #expect(y.map(\.bitPattern) == want.map(\.bitPattern),
+                            "\(format) \(shape) reference \(reference) vnni \(vnni)")
                 }
             }
             // Float tiles: the nibble decoder's reference values (`scale · value(code)`).
