@@ -49,15 +49,10 @@ static inline unsigned u8_code(const uint8_t *codes, size_t stride, size_t o, si
 
 void ck_fp4_u8_pack(const uint8_t *codes, size_t rows, size_t cols, size_t group_size, const float *wscale,
                     uint8_t *packed, float *pscale) {
-    ck_fp4_u8_pack_blocks(codes, rows, cols, group_size, wscale, 0, (rows + U8_ROWS - 1) / U8_ROWS, packed, pscale);
-}
-
-void ck_fp4_u8_pack_blocks(const uint8_t *codes, size_t rows, size_t cols, size_t group_size, const float *wscale,
-                           size_t block_begin, size_t block_count, uint8_t *packed, float *pscale) {
     if (group_size == 0 || group_size > cols) group_size = cols;
     const size_t stride = (cols + 1) / 2, groups = u8_groups(cols, group_size);
-    const size_t blocks = block_begin + block_count, steps = cols / 8;
-    for (size_t b = block_begin; b < blocks; b++) {
+    const size_t blocks = (rows + U8_ROWS - 1) / U8_ROWS, steps = cols / 8;
+    for (size_t b = 0; b < blocks; b++) {
         uint8_t *pb = packed + b * steps * 64;
         for (size_t q = 0; q < steps; q++)
             for (size_t r = 0; r < U8_ROWS; r++)

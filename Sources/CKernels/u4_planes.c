@@ -65,21 +65,10 @@ size_t ck_u4_planes_param_count(size_t rows, size_t cols, size_t group_size) {
 
 /// The low `nplanes` bit planes of one-byte codes in the block layout above (4 for u4 codes, 1
 /// for sign bits: ck_sign_planes_pack).
-/// Row blocks [block_begin, block_begin + block_count) only (each zeroed first, so callers may
-/// pack disjoint block ranges in parallel; the trailing padding is the caller's).
-static void planes_pack_blocks(const uint8_t *codes, size_t rows, size_t cols, size_t group_size, unsigned nplanes,
-                               size_t block_begin, size_t block_count, uint64_t *planes);
-
 static void planes_pack(const uint8_t *codes, size_t rows, size_t cols, size_t group_size, unsigned nplanes,
                         uint64_t *planes) {
-    memset(planes, 0, planes_words(rows, cols, group_size, nplanes) * sizeof(uint64_t));
-    planes_pack_blocks(codes, rows, cols, group_size, nplanes, 0, ceil_div(rows, 16), planes);
-}
-
-static void planes_pack_blocks(const uint8_t *codes, size_t rows, size_t cols, size_t group_size, unsigned nplanes,
-                               size_t block_begin, size_t block_count, uint64_t *planes) {
     const size_t g = eff_group(cols, group_size), groups = ceil_div(cols, g), cg = ceil_div(g, 32);
-    const size_t chunks = chunk_count(cols, group_size), blocks = block_begin + block_count;
+    const size_t chunks = chunk_count(cols, group_size), blocks = ceil_div(rows, 16);
     // spread[c] has bit p of code c at bit 16·p: four codes shifted by their column and OR-ed
     // give plane p's 4-bit index at bits 16·p … 16·p + 3, without a branch per bit (random
     // bits would mispredict half the time and made loading 3× slower).
@@ -89,8 +78,8 @@ static void planes_pack_blocks(const uint8_t *codes, size_t rows, size_t cols, s
         for (unsigned p = 0; p < 4; p++) spread[c] |= (uint64_t)((c >> p) & 1) << (16 * p);
     }
     uint8_t *bytes = (uint8_t *)planes;
-    memset(bytes + block_begin * chunks * nplanes * 64, 0, block_count * chunks * nplanes * 64);
-    for (size_t b = block_begin; b < blocks; b++)
+    memset(bytes, 0, planes_words(rows, cols, group_size, nplanes) * sizeof(uint64_t));
+    for (size_t b = 0; b < blocks; b++)
         for (size_t ch = 0; ch < chunks; ch++) {
             const size_t grp = ch / cg, j0 = grp * g + 32 * (ch % cg);
             const size_t gend = grp + 1 < groups ? (grp + 1) * g : cols;
@@ -113,11 +102,6 @@ static void planes_pack_blocks(const uint8_t *codes, size_t rows, size_t cols, s
 
 void ck_u4_planes_pack(const uint8_t *codes, size_t rows, size_t cols, size_t group_size, uint64_t *planes) {
     planes_pack(codes, rows, cols, group_size, 4, planes);
-}
-
-void ck_u4_planes_pack_blocks(const uint8_t *codes, size_t rows, size_t cols, size_t group_size, size_t block_begin,
-                              size_t block_count, uint64_t *planes) {
-    planes_pack_blocks(codes, rows, cols, group_size, 4, block_begin, block_count, planes);
 }
 
 void ck_u4_planes_pack_params(const float *scales, const float *zeros, size_t rows, size_t cols,
@@ -350,11 +334,6 @@ size_t ck_sign_planes_quads(size_t cols) { return ck_u4_planes_quads(cols, 0); }
 
 void ck_sign_planes_pack(const uint8_t *bits, size_t rows, size_t cols, uint64_t *planes) {
     planes_pack(bits, rows, cols, 0, 1, planes);
-}
-
-void ck_sign_planes_pack_blocks(const uint8_t *bits, size_t rows, size_t cols, size_t block_begin, size_t block_count,
-                                uint64_t *planes) {
-    planes_pack_blocks(bits, rows, cols, 0, 1, block_begin, block_count, planes);
 }
 
 void ck_gemv_sign_planes_ref(const uint64_t *planes, size_t block_begin, size_t block_count, size_t rows,

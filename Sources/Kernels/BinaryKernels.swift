@@ -72,13 +72,7 @@ extension BinaryKernels {
             let bits = signs.map { $0 != 0 ? UInt8(1) : 0 }
             var planes = [UInt64](repeating: 0, count: ck_sign_planes_words(rows, columns))
             bits.withUnsafeBufferPointer { b in
-                planes.withUnsafeMutableBufferPointer { p in
-                    guard rows > 0 else { return }
-                    let pb = SendableConstPointer(b.baseAddress!), pp = SendablePointer(p.baseAddress!)
-                    Parallel.forEachChunk((rows + 15) / 16, minimumChunk: LowBit.chunk(workPerRow: 16 * columns, atLeast: 1)) { r in
-                        ck_sign_planes_pack_blocks(pb.base, rows, columns, r.lowerBound, r.count, pp.base)
-                    }
-                }
+                planes.withUnsafeMutableBufferPointer { ck_sign_planes_pack(b.baseAddress!, rows, columns, $0.baseAddress!) }
             }
             self.planes = planes
         }

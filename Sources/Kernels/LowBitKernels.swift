@@ -212,17 +212,9 @@ public enum LowBit {
             self.rows = rows
             self.columns = columns
             self.groupSize = group
-            // Zeroed words (padding included); the row blocks are packed in parallel (the plane
-            // packing was 10 % of a W4A16 load's samples single-threaded).
             var planes = [UInt64](repeating: 0, count: ck_u4_planes_words(rows, columns, group))
             codes.withUnsafeBufferPointer { c in
-                planes.withUnsafeMutableBufferPointer { p in
-                    guard rows > 0 else { return }
-                    let pc = SendableConstPointer(c.baseAddress!), pp = SendablePointer(p.baseAddress!)
-                    Parallel.forEachChunk((rows + 15) / 16, minimumChunk: LowBit.chunk(workPerRow: 16 * columns, atLeast: 1)) { r in
-                        ck_u4_planes_pack_blocks(pc.base, rows, columns, group, r.lowerBound, r.count, pp.base)
-                    }
-                }
+                planes.withUnsafeMutableBufferPointer { ck_u4_planes_pack(c.baseAddress!, rows, columns, group, $0.baseAddress!) }
             }
             let count = ck_u4_planes_param_count(rows, columns, group)
             var bs = [Float](repeating: 0, count: count), bz = bs

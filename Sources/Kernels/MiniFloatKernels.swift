@@ -300,13 +300,7 @@ public enum MiniFloat {
             var packedCodes = [UInt8](repeating: 0, count: ck_fp4_u8_packed_bytes(rows, columns))
             packedCodes.withUnsafeMutableBufferPointer { pc in
                 packedScales.withUnsafeMutableBufferPointer { ps in
-                    // Row blocks in parallel (a load-time cost).
-                    let c = SendableConstPointer(codes), s = SendableConstPointer(scales)
-                    let out = SendablePointer(pc.baseAddress!), outScales = SendablePointer(ps.baseAddress!)
-                    Parallel.forEachChunk((rows + 15) / 16, minimumChunk: LowBit.chunk(workPerRow: 16 * columns, atLeast: 1)) { r in
-                        ck_fp4_u8_pack_blocks(c.base, rows, columns, g, s.base, r.lowerBound, r.count, out.base,
-                                              outScales.base)
-                    }
+                    ck_fp4_u8_pack(codes, rows, columns, g, scales, pc.baseAddress!, ps.baseAddress!)
                 }
             }
             packed = packedCodes

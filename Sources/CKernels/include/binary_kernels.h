@@ -61,10 +61,6 @@ size_t ck_sign_planes_words(size_t rows, size_t cols);
 size_t ck_sign_planes_quads(size_t cols);
 /// bits: one byte per sign, row-major [rows, cols], 1 = +1, 0 = −1.
 void ck_sign_planes_pack(const uint8_t *bits, size_t rows, size_t cols, uint64_t *planes);
-/// ck_sign_planes_pack for row blocks [block_begin, block_begin + block_count) only (the
-/// caller zeroed the padding words): disjoint block ranges may be packed in parallel.
-void ck_sign_planes_pack_blocks(const uint8_t *bits, size_t rows, size_t cols, size_t block_begin, size_t block_count,
-                                uint64_t *planes);
 void ck_gemv_sign_planes(const uint64_t *planes, size_t block_begin, size_t block_count, size_t rows, size_t cols,
                          const float *tables, float x_sum, const float *a, const float *b, float *y);
 /// Plain scalar twin of ck_gemv_sign_planes.

@@ -90,10 +90,6 @@ size_t ck_u4_planes_words(size_t rows, size_t cols, size_t group_size);
 size_t ck_u4_planes_param_count(size_t rows, size_t cols, size_t group_size);
 /// codes: one byte per code (< 16), [rows, cols] row-major.
 void ck_u4_planes_pack(const uint8_t *codes, size_t rows, size_t cols, size_t group_size, uint64_t *planes);
-/// ck_u4_planes_pack for row blocks [block_begin, block_begin + block_count) only, into a layout
-/// whose padding words the caller zeroed: disjoint block ranges may be packed in parallel.
-void ck_u4_planes_pack_blocks(const uint8_t *codes, size_t rows, size_t cols, size_t group_size, size_t block_begin,
-                              size_t block_count, uint64_t *planes);
 /// scales, zeros [rows, G] -> [row blocks][G][16] (padded rows 0).
 void ck_u4_planes_pack_params(const float *scales, const float *zeros, size_t rows, size_t cols,
                               size_t group_size, float *block_scales, float *block_zeros);

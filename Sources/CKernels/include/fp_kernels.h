@@ -191,10 +191,6 @@ size_t ck_fp4_u8_packed_bytes(size_t rows, size_t cols);
 size_t ck_fp4_u8_packed_scales(size_t rows, size_t cols, size_t group_size);
 void ck_fp4_u8_pack(const uint8_t *codes, size_t rows, size_t cols, size_t group_size, const float *wscale,
                     uint8_t *packed, float *pscale);
-/// ck_fp4_u8_pack for row blocks [block_begin, block_begin + block_count) only (disjoint ranges
-/// may run in parallel).
-void ck_fp4_u8_pack_blocks(const uint8_t *codes, size_t rows, size_t cols, size_t group_size, const float *wscale,
-                           size_t block_begin, size_t block_count, uint8_t *packed, float *pscale);
 /// One activation row (a, optional split high parts ahi << shift) → out[p·cols + j] = byte p of
 /// v_j, corr[g] = offset·sum_{j in g} v_j modulo 2^32.
 void ck_fp4_u8_activations(const int16_t *a, const int16_t *ahi, int shift, size_t cols, size_t group_size,
