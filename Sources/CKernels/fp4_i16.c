@@ -2,6 +2,7 @@
 #include "ck_runtime.h"
 #include "fp_kernels.h"
 #include "x86_common.h"
+#include <stdlib.h>
 #include <string.h>
 
 // FP4 weight codes × int16 activations (see fp_kernels.h for the layouts and the exact result).
@@ -26,6 +27,12 @@ static inline unsigned i16_code(const uint8_t *row, size_t j) {
 // partial sum of |t·lo| and |t·2^shift·hi| terms is bounded by sum |t|·|v|, so the caller's bound
 // on the exact sum (sum |t|·max|v| < 2^31 over a sum's columns) covers every intermediate value.
 // The scalar twins sum in int64: the same integer whenever that bound holds.
+
+/// Code (o, j) of the byte-plane layout (fp4_u8.c; see i16_panel_u8).
+static inline unsigned u8_layout_code_ref(const uint8_t *packed, size_t cols, size_t o, size_t j) {
+    const uint8_t byte = packed[((o / 16) * (cols / 8) + j / 8) * 64 + 4 * (o % 16) + (j & 3)];
+    return (j & 4) ? (unsigned)(byte >> 4) : (unsigned)(byte & 0x0F);
+}
 
 static void i16_gemm_ref(const uint8_t *codes, int nibbles, size_t row_begin, size_t row_count, size_t cols,
                          size_t group_size, size_t sum_len, const int8_t *table8, const int16_t *table16,
@@ -166,6 +173,75 @@ static void i16_panel_bytes(const uint8_t *codes, size_t o0, size_t rows, size_t
     }
 }
 
+// ---- panels from the byte-plane layout (issue 13: one copy of the codes) ----------------------
+//
+// Where the FP4 decode GEMV's byte-plane layout exists (fp4_u8.c, ck_fp4_u8_pack: 16-row blocks,
+// per 8 columns one 64-byte run whose byte 4·r + i holds row r's codes for columns 8q + i (low
+// nibble) and 8q + 4 + i (high nibble); scales pscale[(block·G + g)·16 + r]) it is the layer's
+// only copy of the codes, and the prefill panels are built from it. The panel words are the same
+// as i16_panel's from the nibble codes, so the GEMM's results are the same bits.
+
+/// i16_panel from the byte-plane layout (o0 a multiple of 16), scalar.
+static void i16_panel_u8(const uint8_t *packed, const float *pscale, size_t o0, size_t rows, size_t cols,
+                         size_t groups, const int8_t *table, size_t PR, int32_t *panel, float *scales) {
+    const size_t pairs = cols / 2;
+    for (size_t r = 0; r < PR; r++) {
+        if (r >= rows) {
+            for (size_t p = 0; p < pairs; p++) panel[p * PR + r] = 0;
+            for (size_t g = 0; g < groups; g++) scales[g * PR + r] = 0;
+            continue;
+        }
+        const size_t o = o0 + r;
+        for (size_t p = 0; p < pairs; p++) {
+            const int16_t w0 = table[u8_layout_code_ref(packed, cols, o, 2 * p)];
+            const int16_t w1 = table[u8_layout_code_ref(packed, cols, o, 2 * p + 1)];
+            panel[p * PR + r] = (int32_t)(((uint32_t)(uint16_t)w1 << 16) | (uint16_t)w0);
+        }
+        for (size_t g = 0; g < groups; g++) scales[g * PR + r] = pscale[((o / 16) * groups + g) * 16 + o % 16];
+    }
+}
+
+/// i16_panel_u8 on AVX-512 BW: per 16-row block and 8-column run one 64-byte load, two pshufb
+/// through the table (the low nibbles give columns 8q…8q+3, the high ones 8q+4…8q+7, one row per
+/// dword lane), and the bytes sign-extended into int16 pairs with two shifts and a blend; each
+/// pair vector is 16 rows' panel words for one column pair, stored as they are (no transpose).
+CK_VNNI512 static void i16_panel_u8_512(const uint8_t *packed, const float *pscale, size_t o0, size_t rows,
+                                        size_t cols, size_t groups, const int8_t *table, size_t PR, int32_t *panel,
+                                        float *scales) {
+    const size_t steps = cols / 8, pairs = cols / 2;
+    const __m512i t = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)table));
+    const __m512i low4 = _mm512_set1_epi8(0x0F);
+    const __mmask32 odd = 0xAAAAAAAAu;
+    for (size_t sb = 0; sb < PR / 16; sb++) {
+        const size_t n = rows > 16 * sb ? (rows - 16 * sb < 16 ? rows - 16 * sb : 16) : 0;
+        int32_t *pp = panel + 16 * sb;
+        float *ps = scales + 16 * sb;
+        if (n == 0) {
+            for (size_t p = 0; p < pairs; p++) _mm512_storeu_si512((void *)(pp + p * PR), _mm512_setzero_si512());
+            for (size_t g = 0; g < groups; g++) _mm512_storeu_ps(ps + g * PR, _mm512_setzero_ps());
+            continue;
+        }
+        const __mmask16 valid = (__mmask16)(n == 16 ? 0xFFFFu : (1u << n) - 1);
+        const size_t b = o0 / 16 + sb;
+        const uint8_t *src = packed + b * steps * 64;
+        for (size_t q = 0; q < steps; q++) {
+            const __m512i x = _mm512_loadu_si512((const void *)(src + q * 64));
+            const __m512i v[2] = {_mm512_shuffle_epi8(t, _mm512_and_si512(x, low4)),
+                                  _mm512_shuffle_epi8(t, _mm512_and_si512(_mm512_srli_epi16(x, 4), low4))};
+            for (int h = 0; h < 2; h++) {
+                // Dword lane = bytes (t0, t1, t2, t3) of one row: A = (t0, t2), B = (t1, t3) as int16.
+                const __m512i lo = _mm512_srai_epi16(_mm512_slli_epi16(v[h], 8), 8), hi = _mm512_srai_epi16(v[h], 8);
+                const __m512i p0 = _mm512_mask_blend_epi16(odd, lo, _mm512_slli_epi32(hi, 16));
+                const __m512i p1 = _mm512_mask_blend_epi16(odd, _mm512_srli_epi32(lo, 16), hi);
+                _mm512_storeu_si512((void *)(pp + (4 * q + 2 * h) * PR), _mm512_maskz_mov_epi32(valid, p0));
+                _mm512_storeu_si512((void *)(pp + (4 * q + 2 * h + 1) * PR), _mm512_maskz_mov_epi32(valid, p1));
+            }
+        }
+        for (size_t g = 0; g < groups; g++)
+            _mm512_storeu_ps(ps + g * PR, _mm512_maskz_loadu_ps(valid, pscale + (b * groups + g) * 16));
+    }
+}
+
 // MR activation rows × one panel. Per column pair: NV weight vectors, MR broadcasts, MR·NV
 // multiply-adds. Float partial sums live in out[MR][PR] (L1), added once per group with a
 // separate multiply and add (the reference's order).
@@ -229,11 +305,11 @@ I16_TILE(i16_tile_512, CK_VNNI512, __m512i, 2, 16, 8, _mm512_setzero_si512(), i1
         if (ahi) TILE(panel, scales, pairs, gpairs, cpairs, ai, ahi + i * lda, cnt, lda, out, N, 1);               \
         else TILE(panel, scales, pairs, gpairs, cpairs, ai, NULL, cnt, lda, out, N, 0);                            \
         break;
-#define I16_GEMM(NAME, ATTR, TILE, PR_, MR_)                                                                           \
+#define I16_GEMM(NAME, ATTR, TILE, PR_, MR_, PANEL_U8)                                                                 \
     ATTR static int NAME(const uint8_t *codes, size_t row_begin, size_t row_count, size_t cols, size_t group_size, \
                          size_t sum_len, const int8_t *table, const int16_t *table16, const float *wscale,         \
                          const int16_t *a, const int16_t *ahi, int shift, size_t lda, size_t m, float *y,          \
-                         size_t ldy) {                                                                             \
+                         size_t ldy, const float *pscale) {                                                        \
         const size_t PR = (PR_), pairs = (cols + 1) / 2, groups = i16_groups(cols, group_size);                   \
         const size_t gpairs = group_size >= cols ? pairs : group_size / 2;                                        \
         const size_t cpairs = sum_len >= group_size ? gpairs : sum_len / 2;                                       \
@@ -245,7 +321,8 @@ I16_TILE(i16_tile_512, CK_VNNI512, __m512i, 2, 16, 8, _mm512_setzero_si512(), i1
         const size_t end = row_begin + row_count;                                                                 \
         for (size_t o0 = row_begin; o0 < end; o0 += PR) {                                                         \
             const size_t rows = end - o0 < PR ? end - o0 : PR;                                                    \
-            if (table16) i16_panel_bytes(codes, o0, rows, cols, groups, table16, wscale, PR, panel, scales);      \
+            if (pscale) PANEL_U8(codes, pscale, o0, rows, cols, groups, table, PR, panel, scales);                \
+            else if (table16) i16_panel_bytes(codes, o0, rows, cols, groups, table16, wscale, PR, panel, scales); \
             else i16_panel(codes, o0, rows, cols, groups, table, wscale, PR, panel, scales);                      \
             for (size_t i = 0; i < m; i += (MR_)) {                                                               \
                 const size_t mr = m - i < (MR_) ? m - i : (MR_);                                                  \
@@ -260,8 +337,8 @@ I16_TILE(i16_tile_512, CK_VNNI512, __m512i, 2, 16, 8, _mm512_setzero_si512(), i1
         }                                                                                                         \
         return 1;                                                                                                 \
     }
-I16_GEMM(i16_gemm_avx2, CK_AVX2, i16_tile_avx2, 16, 4)
-I16_GEMM(i16_gemm_512, CK_VNNI512, i16_tile_512, 32, 8)
+I16_GEMM(i16_gemm_avx2, CK_AVX2, i16_tile_avx2, 16, 4, i16_panel_u8)
+I16_GEMM(i16_gemm_512, CK_VNNI512, i16_tile_512, 32, 8, i16_panel_u8_512)
 
 // ---- decode GEMV ---------------------------------------------------------------------------------
 //
@@ -418,10 +495,10 @@ static void fp4_gemm_i16_any(const uint8_t *codes, size_t row_begin, size_t row_
     // A group must not split a column pair (fp_kernels.h); else the reference handles it.
     if (group_size % 2 == 0 || group_size >= cols) {
         if (i16_use_512(ahi) && i16_gemm_512(codes, row_begin, row_count, cols, group_size, group_size, table, NULL,
-                                             wscale, a, ahi, shift, lda, m, y, ldy))
+                                             wscale, a, ahi, shift, lda, m, y, ldy, NULL))
             return;
         if (ck_cpu_has_avx2() && i16_gemm_avx2(codes, row_begin, row_count, cols, group_size, group_size, table, NULL,
-                                               wscale, a, ahi, shift, lda, m, y, ldy))
+                                               wscale, a, ahi, shift, lda, m, y, ldy, NULL))
             return;
     }
 #endif
@@ -460,10 +537,10 @@ static void fp8_gemm_i16_any(const uint8_t *codes, size_t row_begin, size_t row_
     const int sums_ok = sum_len == group_size || (sum_len % 2 == 0 && group_size % sum_len == 0);
     if ((group_size % 2 == 0 || group_size >= cols) && sums_ok) {
         if (i16_use_512(ahi) && i16_gemm_512(codes, row_begin, row_count, cols, group_size, sum_len, NULL, table,
-                                             wscale, a, ahi, shift, lda, m, y, ldy))
+                                             wscale, a, ahi, shift, lda, m, y, ldy, NULL))
             return;
         if (ck_cpu_has_avx2() && i16_gemm_avx2(codes, row_begin, row_count, cols, group_size, sum_len, NULL, table,
-                                               wscale, a, ahi, shift, lda, m, y, ldy))
+                                               wscale, a, ahi, shift, lda, m, y, ldy, NULL))
             return;
     }
 #endif
@@ -532,4 +609,49 @@ void ck_fp8_gemv_i16(const uint8_t *codes, size_t row_begin, size_t row_count, s
 #endif
     i16_gemm_ref(codes, 0, row_begin, row_count, cols, group_size, sum_len, NULL, table, wscale, a, ahi, shift, lda, m,
                  y, ldy);
+}
+
+// ---- the prefill GEMM on the byte-plane layout (issue 13) -----------------------------------------
+
+void ck_fp4_gemm_i16x2_u8_ref(const uint8_t *packed, const float *pscale, size_t row_begin, size_t row_count,
+                              size_t cols, size_t group_size, const int8_t *table, const int16_t *a,
+                              const int16_t *ahi, int shift, size_t lda, size_t m, float *y, size_t ldy) {
+    if (group_size == 0 || group_size > cols) group_size = cols ? cols : 1;
+    const size_t groups = i16_groups(cols, group_size), stride = (cols + 1) / 2;
+    // One row at a time back to nibble codes and row-major scales, then the nibble reference.
+    uint8_t *row = (uint8_t *)calloc(stride ? stride : 1, 1);
+    float *scale = (float *)malloc((groups ? groups : 1) * sizeof(float));
+    if (!row || !scale) {
+        free(row);
+        free(scale);
+        return;
+    }
+    for (size_t o = row_begin; o < row_begin + row_count; o++) {
+        for (size_t j = 0; j < cols; j += 2)
+            row[j / 2] = (uint8_t)(u8_layout_code_ref(packed, cols, o, j) | u8_layout_code_ref(packed, cols, o, j + 1) << 4);
+        for (size_t g = 0; g < groups; g++) scale[g] = pscale[((o / 16) * groups + g) * 16 + o % 16];
+        i16_gemm_ref(row, 1, 0, 1, cols, group_size, 0, table, NULL, scale, a, ahi, shift, lda, m, y + o, ldy);
+    }
+    free(row);
+    free(scale);
+}
+
+void ck_fp4_gemm_i16x2_u8(const uint8_t *packed, const float *pscale, size_t row_begin, size_t row_count,
+                          size_t cols, size_t group_size, const int8_t *table, const int16_t *a, const int16_t *ahi,
+                          int shift, size_t lda, size_t m, float *y, size_t ldy) {
+    if (group_size == 0 || group_size > cols) group_size = cols ? cols : 1;
+#if defined(__x86_64__)
+    // Whole 16-row blocks from a block start; the layout's shape (ck_fp4_u8_shape_ok).
+    if (row_begin % 16 == 0 && ck_fp4_u8_shape_ok(cols, group_size)) {
+        if (i16_use_512(ahi) && __builtin_cpu_supports("avx512bw") &&
+            i16_gemm_512(packed, row_begin, row_count, cols, group_size, group_size, table, NULL, NULL, a, ahi, shift,
+                         lda, m, y, ldy, pscale))
+            return;
+        if (ck_cpu_has_avx2() && i16_gemm_avx2(packed, row_begin, row_count, cols, group_size, group_size, table, NULL,
+                                               NULL, a, ahi, shift, lda, m, y, ldy, pscale))
+            return;
+    }
+#endif
+    ck_fp4_gemm_i16x2_u8_ref(packed, pscale, row_begin, row_count, cols, group_size, table, a, ahi, shift, lda, m, y,
+                             ldy);
 }

@@ -251,3 +251,76 @@ void ck_fp4_gemv_u8(const uint8_t *packed, const float *pscale, size_t block_beg
 #endif
     ck_fp4_gemv_u8_ref(packed, pscale, block_begin, block_count, rows, cols, group_size, utable, act, planes, corr, y);
 }
+
+// ---- float tiles from the layout (issue 13: one copy of the codes) ------------------------------
+//
+// Layers that keep the float path at prefill (the split-form layers, fp_kernels.h) decode their
+// tiles from this layout too. Per row, run q's dword (byte 4·r + i of the run) holds column
+// 8q + i at bit 8i and 8q + 4 + i at bit 8i + 4; two runs fill one vector of 16 codes, looked up
+// in the 16 float values (vpermps) and multiplied by the group's scale: the reference's one
+// product per weight.
+
+void ck_fp4_u8_decode_rows_ref(const uint8_t *packed, const float *pscale, size_t row_begin, size_t row_count,
+                               size_t cols, size_t group_size, const float *table, float *out) {
+    if (group_size == 0 || group_size > cols) group_size = cols;
+    const size_t groups = u8_groups(cols, group_size), steps = cols / 8;
+    for (size_t o = row_begin; o < row_begin + row_count; o++) {
+        const size_t b = o / U8_ROWS, r = o % U8_ROWS;
+        float *dst = out + (o - row_begin) * cols;
+        for (size_t j = 0; j < cols; j++) {
+            const uint8_t byte = packed[(b * steps + j / 8) * 64 + 4 * r + (j & 3)];
+            const unsigned code = (j & 4) ? (unsigned)(byte >> 4) : (unsigned)(byte & 0x0F);
+            dst[j] = pscale[(b * groups + j / group_size) * U8_ROWS + r] * table[code];
+        }
+    }
+}
+
+#if defined(__x86_64__)
+CK_AVX512 static void u8_decode_rows_avx512(const uint8_t *packed, const float *pscale, size_t row_begin,
+                                            size_t row_count, size_t cols, size_t group_size, const float *table,
+                                            float *out) {
+    const size_t groups = u8_groups(cols, group_size), steps = cols / 8;
+    const __m512 values = _mm512_loadu_ps(table);
+    const __m512i shifts = _mm512_setr_epi32(0, 8, 16, 24, 4, 12, 20, 28, 0, 8, 16, 24, 4, 12, 20, 28);
+    const __m512i low4 = _mm512_set1_epi32(0x0F);
+    for (size_t o = row_begin; o < row_begin + row_count; o++) {
+        const size_t b = o / U8_ROWS, r = o % U8_ROWS;
+        const uint8_t *src = packed + b * steps * 64 + 4 * r;
+        const float *sc = pscale + b * groups * U8_ROWS + r;
+        float *dst = out + (o - row_begin) * cols;
+        size_t q = 0;
+        for (; q + 2 <= steps; q += 2) {
+            uint32_t d0, d1;
+            memcpy(&d0, src + q * 64, 4);
+            memcpy(&d1, src + (q + 1) * 64, 4);
+            const __m512i v = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set1_epi32((int)d0)),
+                                                 _mm256_set1_epi32((int)d1), 1);
+            const __m512i code = _mm512_and_si512(_mm512_srlv_epi32(v, shifts), low4);
+            // Groups are whole runs (multiples of 8 columns): one scale per half.
+            const __m512 s = _mm512_castpd_ps(_mm512_insertf64x4(
+                _mm512_castps_pd(_mm512_set1_ps(sc[(8 * q / group_size) * U8_ROWS])),
+                _mm256_castps_pd(_mm256_set1_ps(sc[(8 * (q + 1) / group_size) * U8_ROWS])), 1));
+            _mm512_storeu_ps(dst + 8 * q, _mm512_mul_ps(s, _mm512_permutexvar_ps(code, values)));
+        }
+        if (q < steps) {
+            uint32_t d0;
+            memcpy(&d0, src + q * 64, 4);
+            const __m512i code = _mm512_and_si512(_mm512_srlv_epi32(_mm512_set1_epi32((int)d0), shifts), low4);
+            const __m512 s = _mm512_set1_ps(sc[(8 * q / group_size) * U8_ROWS]);
+            _mm512_mask_storeu_ps(dst + 8 * q, 0x00FF, _mm512_mul_ps(s, _mm512_permutexvar_ps(code, values)));
+        }
+    }
+}
+#endif
+
+void ck_fp4_u8_decode_rows(const uint8_t *packed, const float *pscale, size_t row_begin, size_t row_count,
+                           size_t cols, size_t group_size, const float *table, float *out) {
+    if (group_size == 0 || group_size > cols) group_size = cols;
+#if defined(__x86_64__)
+    if (ck_fp4_u8_shape_ok(cols, group_size) && __builtin_cpu_supports("avx512f")) {
+        u8_decode_rows_avx512(packed, pscale, row_begin, row_count, cols, group_size, table, out);
+        return;
+    }
+#endif
+    ck_fp4_u8_decode_rows_ref(packed, pscale, row_begin, row_count, cols, group_size, table, out);
+}

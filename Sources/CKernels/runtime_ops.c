@@ -291,9 +291,13 @@ float ck_stream_sum(const float *p, size_t n) {
 #include <stdlib.h>
 #include <string.h>
 
-// Slots 0…3 are the Swift callers'; 4…7 belong to C kernels that need a buffer per call; 8, 9 and
-// 10…12 (BinaryLinear's decode inputs) are Swift callers' again.
-#define CK_SCRATCH_SLOTS 13
+// Slots 0…3 are the Swift callers'; 4…7 belong to C kernels that need a buffer per call; from 8 on
+// they are the Swift callers' again, one owner each so that nested users never share one:
+// 8 prefill attention scores, 9 the FP4 byte GEMV, 10…12 BinaryLinear's decode inputs,
+// 13 and 14 the bf16 prefill GEMM's activations and packed tile (`LowBit.tiledProduct`),
+// 15 and 16 the binary prefill tiles' unpacked sign words and salient codes (they run inside
+// the tile decode closure of `tiledProduct`, so they must not share the GEMM's slots).
+#define CK_SCRATCH_SLOTS 17
 
 typedef struct {
     void *data;

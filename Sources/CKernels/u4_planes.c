@@ -397,3 +397,234 @@ void ck_gemv_sign_planes(const uint64_t *planes, size_t block_begin, size_t bloc
 #endif
     ck_gemv_sign_planes_ref(planes, block_begin, block_count, rows, cols, tables, x_sum, a, b, y);
 }
+
+// ---- prefill tiles from the planes (issue 13: one copy of the codes) -------------------------
+//
+// The prefill tile decoder of weight-only u4 layers reads the plane layout itself, so the
+// runtime keeps no row-major nibble copy beside it. Row r of block b = r/16, lane l = r mod 16:
+// per chunk, plane p's 32 bits of the row are the dword at byte 4·l of the (block, chunk, p)
+// 64 bytes, byte k holding quad k (low nibble) and quad k + 4 (high nibble), bit c of a nibble
+// column c of the quad. So column 16·h + i of the chunk (i < 16) is bit 8·(i/4) + 4·h + (i mod 4)
+// of every plane's dword. The AVX-512 kernel rotates each broadcast dword so that bit lands at
+// bit p, masks and ORs the four planes (16 codes per 8 µops), and looks the codes up in the
+// group's 16 values s·(u − z) (vpermps): the same two float operations per code as the
+// reference, so the same bits.
+
+void ck_dequant_u4_planes_rows_ref(const uint64_t *planes, size_t row_begin, size_t row_count, size_t rows,
+                                   size_t cols, size_t group_size, const float *block_scales,
+                                   const float *block_zeros, float *out) {
+    (void)rows;
+    const size_t g = eff_group(cols, group_size), groups = ceil_div(cols, g), cg = ceil_div(g, 32);
+    const size_t chunks = chunk_count(cols, group_size);
+    const uint8_t *bytes = (const uint8_t *)planes;
+    for (size_t r = row_begin; r < row_begin + row_count; r++) {
+        const size_t b = r / 16, l = r % 16;
+        float *dst = out + (r - row_begin) * cols;
+        for (size_t ch = 0; ch < chunks; ch++) {
+            const size_t grp = ch / cg, j0 = grp * g + 32 * (ch % cg);
+            const size_t gend = grp + 1 < groups ? (grp + 1) * g : cols;
+            const uint8_t *w = bytes + (b * chunks + ch) * 4 * 64;
+            const float s = block_scales[(b * groups + grp) * 16 + l], z = block_zeros[(b * groups + grp) * 16 + l];
+            for (size_t j = j0; j < gend && j < j0 + 32; j++) {
+                const size_t c = j - j0, quad = c / 4, at = 4 * l + (quad & 3), shift = (quad < 4 ? 0 : 4) + c % 4;
+                unsigned u = 0;
+                for (unsigned p = 0; p < 4; p++) u |= ((unsigned)(w[p * 64 + at] >> shift) & 1u) << p;
+                dst[j] = s * ((float)u - z);
+            }
+        }
+    }
+}
+
+#if defined(__x86_64__)
+CK_AVX512 static void dequant_u4_planes_rows_avx512(const uint64_t *planes, size_t row_begin, size_t row_count,
+                                                    size_t cols, size_t group_size, const float *block_scales,
+                                                    const float *block_zeros, float *out) {
+    const size_t g = eff_group(cols, group_size), groups = ceil_div(cols, g), cg = ceil_div(g, 32);
+    const size_t chunks = chunk_count(cols, group_size);
+    const uint8_t *bytes = (const uint8_t *)planes;
+    // Rotations putting column i's bit of plane p at bit p, for each half of a chunk.
+    __m512i rot[2][4];
+    const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    const __m512i pos0 = _mm512_add_epi32(_mm512_slli_epi32(_mm512_srli_epi32(lane, 2), 3),
+                                          _mm512_and_si512(lane, _mm512_set1_epi32(3)));
+    for (int h = 0; h < 2; h++)
+        for (int p = 0; p < 4; p++)
+            rot[h][p] = _mm512_and_si512(_mm512_add_epi32(pos0, _mm512_set1_epi32(4 * h - p + 32)),
+                                         _mm512_set1_epi32(31));
+    const __m512 iota = _mm512_cvtepi32_ps(lane);
+    for (size_t r = row_begin; r < row_begin + row_count; r++) {
+        const size_t b = r / 16, l = r % 16;
+        float *dst = out + (r - row_begin) * cols;
+        for (size_t grp = 0; grp < groups; grp++) {
+            const size_t i = (b * groups + grp) * 16 + l;
+            const __m512 values = _mm512_mul_ps(_mm512_set1_ps(block_scales[i]),
+                                                _mm512_sub_ps(iota, _mm512_set1_ps(block_zeros[i])));
+            const size_t gend = grp + 1 < groups ? (grp + 1) * g : cols;
+            const size_t nch = grp + 1 < groups ? cg : ceil_div(cols - grp * g, 32);
+            for (size_t c = 0; c < nch; c++) {
+                const size_t ch = grp * cg + c, j0 = grp * g + 32 * c;
+                const uint8_t *w = bytes + ((b * chunks + ch) * 4 * 64) + 4 * l;
+                __m512i v[4];
+                for (int p = 0; p < 4; p++) {
+                    uint32_t d;
+                    memcpy(&d, w + p * 64, 4);
+                    v[p] = _mm512_set1_epi32((int)d);
+                }
+                for (int h = 0; h < 2; h++) {
+                    const size_t jh = j0 + 16 * (size_t)h;
+                    if (jh >= gend) break;
+                    __m512i u = _mm512_and_si512(_mm512_rorv_epi32(v[0], rot[h][0]), _mm512_set1_epi32(1));
+                    // u | (rot & bit p): ternary logic 0xF8 = A | (B & C).
+                    u = _mm512_ternarylogic_epi32(u, _mm512_rorv_epi32(v[1], rot[h][1]), _mm512_set1_epi32(2), 0xF8);
+                    u = _mm512_ternarylogic_epi32(u, _mm512_rorv_epi32(v[2], rot[h][2]), _mm512_set1_epi32(4), 0xF8);
+                    u = _mm512_ternarylogic_epi32(u, _mm512_rorv_epi32(v[3], rot[h][3]), _mm512_set1_epi32(8), 0xF8);
+                    const __m512 f = _mm512_permutexvar_ps(u, values);
+                    const size_t n = gend - jh < 16 ? gend - jh : 16;
+                    if (n == 16) _mm512_storeu_ps(dst + jh, f);
+                    else _mm512_mask_storeu_ps(dst + jh, (__mmask16)((1u << n) - 1), f);
+                }
+            }
+        }
+    }
+}
+#endif
+
+void ck_dequant_u4_planes_rows(const uint64_t *planes, size_t row_begin, size_t row_count, size_t rows,
+                               size_t cols, size_t group_size, const float *block_scales, const float *block_zeros,
+                               float *out) {
+#if defined(__x86_64__)
+    if (ck_u4_planes_supported()) {
+        dequant_u4_planes_rows_avx512(planes, row_begin, row_count, cols, group_size, block_scales, block_zeros, out);
+        return;
+    }
+#endif
+    ck_dequant_u4_planes_rows_ref(planes, row_begin, row_count, rows, cols, group_size, block_scales, block_zeros,
+                                  out);
+}
+
+// ---- row-major bits and nibbles back from the planes (issue 13: PTQ1.61 prefill tiles) --------
+//
+// The binary layers' prefill tile decoder (ck_binary_decode_rows) reads row-major sign words and
+// salient nibbles. Where the sign planes and the salient planes exist they are the layer's only
+// copy, and each tile's rows are unpacked from them into per-thread scratch first: an exact bit
+// rearrangement. Plane p's dword of a row and chunk holds chunk columns 0…15 in its low nibbles
+// (column 4k + c at bit 8k + c) and 16…31 in its high nibbles, so pext by 0x0F0F0F0F and by
+// 0xF0F0F0F0 gives the 32 bits in column order; pdep by 0x1111… spreads them to nibble lanes.
+
+void ck_sign_planes_unpack_words_ref(const uint64_t *planes, size_t row_begin, size_t row_count, size_t rows,
+                                     size_t cols, uint64_t *out, size_t words_per_row) {
+    (void)rows;
+    const size_t chunks = chunk_count(cols, 0);
+    const uint8_t *bytes = (const uint8_t *)planes;
+    for (size_t r = row_begin; r < row_begin + row_count; r++) {
+        uint64_t *words = out + (r - row_begin) * words_per_row;
+        for (size_t w = 0; w < words_per_row; w++) words[w] = 0;
+        const size_t b = r / 16, l = r % 16;
+        for (size_t ch = 0; ch < chunks; ch++) {
+            const uint8_t *w = bytes + (b * chunks + ch) * 64 + 4 * l;
+            for (size_t c = 0; c < 32 && 32 * ch + c < cols; c++) {
+                const size_t quad = c / 4;
+                const unsigned bit = (w[quad & 3] >> ((quad < 4 ? 0 : 4) + c % 4)) & 1u;
+                const size_t j = 32 * ch + c;
+                words[j >> 6] |= (uint64_t)bit << (j & 63);
+            }
+        }
+    }
+}
+
+void ck_u4_planes_unpack_nibbles_ref(const uint64_t *planes, size_t row_begin, size_t row_count, size_t rows,
+                                     size_t cols, uint8_t *out, size_t stride) {
+    (void)rows;
+    const size_t chunks = chunk_count(cols, cols);
+    const uint8_t *bytes = (const uint8_t *)planes;
+    for (size_t r = row_begin; r < row_begin + row_count; r++) {
+        uint8_t *row = out + (r - row_begin) * stride;
+        for (size_t i = 0; i < stride; i++) row[i] = 0;
+        const size_t b = r / 16, l = r % 16;
+        for (size_t ch = 0; ch < chunks; ch++) {
+            const uint8_t *w = bytes + (b * chunks + ch) * 4 * 64 + 4 * l;
+            for (size_t c = 0; c < 32 && 32 * ch + c < cols; c++) {
+                const size_t quad = c / 4, j = 32 * ch + c;
+                unsigned u = 0;
+                for (unsigned p = 0; p < 4; p++) u |= ((unsigned)(w[p * 64 + (quad & 3)] >> ((quad < 4 ? 0 : 4) + c % 4)) & 1u) << p;
+                row[j / 2] |= (uint8_t)(u << (4 * (j & 1)));
+            }
+        }
+    }
+}
+
+#if defined(__x86_64__)
+#define CK_BMI2 __attribute__((target("bmi,bmi2")))
+
+/// The 32 bits of one plane dword in column order.
+CK_INLINE CK_BMI2 uint32_t plane_bits(const uint8_t *w) {
+    uint32_t d;
+    memcpy(&d, w, 4);
+    return (uint32_t)_pext_u32(d, 0x0F0F0F0Fu) | (uint32_t)_pext_u32(d, 0xF0F0F0F0u) << 16;
+}
+
+CK_BMI2 static void sign_planes_unpack_words_bmi2(const uint64_t *planes, size_t row_begin, size_t row_count,
+                                                  size_t cols, uint64_t *out, size_t words_per_row) {
+    const size_t chunks = chunk_count(cols, 0);
+    const uint8_t *bytes = (const uint8_t *)planes;
+    for (size_t r = row_begin; r < row_begin + row_count; r++) {
+        uint64_t *words = out + (r - row_begin) * words_per_row;
+        const size_t b = r / 16, l = r % 16;
+        for (size_t w = 0; w < words_per_row; w++) {
+            // Chunks 2w and 2w + 1 (columns past the row are zero bits in the planes).
+            const uint64_t lo = 2 * w < chunks ? plane_bits(bytes + (b * chunks + 2 * w) * 64 + 4 * l) : 0;
+            const uint64_t hi = 2 * w + 1 < chunks ? plane_bits(bytes + (b * chunks + 2 * w + 1) * 64 + 4 * l) : 0;
+            words[w] = lo | hi << 32;
+        }
+    }
+}
+
+CK_BMI2 static void u4_planes_unpack_nibbles_bmi2(const uint64_t *planes, size_t row_begin, size_t row_count,
+                                                  size_t cols, uint8_t *out, size_t stride) {
+    const size_t chunks = chunk_count(cols, cols);
+    const uint8_t *bytes = (const uint8_t *)planes;
+    const uint64_t lanes = 0x1111111111111111ull;
+    for (size_t r = row_begin; r < row_begin + row_count; r++) {
+        uint8_t *row = out + (r - row_begin) * stride;
+        const size_t b = r / 16, l = r % 16;
+        for (size_t ch = 0; ch < chunks; ch++) {
+            const uint8_t *w = bytes + (b * chunks + ch) * 4 * 64 + 4 * l;
+            uint64_t n0 = 0, n1 = 0; // nibbles of columns 0…15 and 16…31 of the chunk
+            for (unsigned p = 0; p < 4; p++) {
+                const uint32_t bits = plane_bits(w + p * 64);
+                n0 |= _pdep_u64(bits & 0xFFFFu, lanes) << p;
+                n1 |= _pdep_u64(bits >> 16, lanes) << p;
+            }
+            // 16 bytes for the 32 columns; the last chunk writes only the row's bytes (its
+            // padding codes are 0, as packNibbles leaves the odd column's high nibble).
+            uint8_t tmp[16];
+            memcpy(tmp, &n0, 8);
+            memcpy(tmp + 8, &n1, 8);
+            const size_t at = 16 * ch, n = stride - at < 16 ? stride - at : 16;
+            memcpy(row + at, tmp, n);
+        }
+    }
+}
+#endif
+
+void ck_sign_planes_unpack_words(const uint64_t *planes, size_t row_begin, size_t row_count, size_t rows, size_t cols,
+                                 uint64_t *out, size_t words_per_row) {
+#if defined(__x86_64__)
+    if (__builtin_cpu_supports("bmi2")) {
+        sign_planes_unpack_words_bmi2(planes, row_begin, row_count, cols, out, words_per_row);
+        return;
+    }
+#endif
+    ck_sign_planes_unpack_words_ref(planes, row_begin, row_count, rows, cols, out, words_per_row);
+}
+
+void ck_u4_planes_unpack_nibbles(const uint64_t *planes, size_t row_begin, size_t row_count, size_t rows, size_t cols,
+                                 uint8_t *out, size_t stride) {
+#if defined(__x86_64__)
+    if (__builtin_cpu_supports("bmi2")) {
+        u4_planes_unpack_nibbles_bmi2(planes, row_begin, row_count, cols, out, stride);
+        return;
+    }
+#endif
+    ck_u4_planes_unpack_nibbles_ref(planes, row_begin, row_count, rows, cols, out, stride);
+}

@@ -79,6 +79,19 @@ extension BinaryKernels {
 
         /// Bytes held (plane words with their padding).
         public var bytes: Int { planes.count * 8 }
+
+        /// Rows `rowRange` back as row-major sign words, `wordsPerRow` each (bit j = column j,
+        /// 1 = +1; zero past `columns`): the exact bits `packBits` gives (`ck_sign_planes_unpack_words`,
+        /// `reference` its scalar twin). For prefill tiles where the planes are the only copy.
+        public func unpackWords(_ rowRange: Range<Int>, wordsPerRow: Int, into out: UnsafeMutablePointer<UInt64>,
+                                reference: Bool = false) {
+            precondition(rowRange.lowerBound >= 0 && rowRange.upperBound <= rows && wordsPerRow * 64 >= columns,
+                         "sign rows \(rowRange) of \(rows), \(wordsPerRow) words for \(columns) columns")
+            planes.withUnsafeBufferPointer { w in
+                (reference ? ck_sign_planes_unpack_words_ref : ck_sign_planes_unpack_words)(
+                    w.baseAddress!, rowRange.lowerBound, rowRange.count, rows, columns, out, wordsPerRow)
+            }
+        }
         /// 4-column quads per row (the tables one call builds).
         var quads: Int { ck_sign_planes_quads(columns) }
     }

@@ -247,6 +247,20 @@ public enum LowBit {
         /// Bytes held: plane words, blocked scales and zeros.
         public var bytes: Int { planes.count * 8 + (blockScales.count + blockZeros.count) * 4 }
 
+        /// Rows `rowRange` back as nibble rows of `stride` bytes (`packNibbles`' bytes when
+        /// `stride` is `nibbleRowBytes(columns)`), for a layout with one group per row
+        /// (`ck_u4_planes_unpack_nibbles`, `reference` its scalar twin).
+        public func unpackNibbles(_ rowRange: Range<Int>, stride: Int, into out: UnsafeMutablePointer<UInt8>,
+                                  reference: Bool = false) {
+            precondition(groupSize == columns, "unpackNibbles needs one group per row (group \(groupSize) of \(columns))")
+            precondition(rowRange.lowerBound >= 0 && rowRange.upperBound <= rows && stride >= (columns + 1) / 2,
+                         "rows \(rowRange) of \(rows), stride \(stride) for \(columns) columns")
+            planes.withUnsafeBufferPointer { w in
+                (reference ? ck_u4_planes_unpack_nibbles_ref : ck_u4_planes_unpack_nibbles)(
+                    w.baseAddress!, rowRange.lowerBound, rowRange.count, rows, columns, out, stride)
+            }
+        }
+
         /// 4-column quads per row, groups padded to whole 32-column chunks (the tables one call builds).
         var quads: Int { ck_u4_planes_quads(columns, groupSize) }
         var groups: Int { (columns + groupSize - 1) / groupSize }
@@ -304,6 +318,39 @@ public enum LowBit {
                     }
                 }
             }
+        }
+    }
+
+    /// Dequantizes rows `rowRange` of a plane layout into `tile[rowRange.count, columns]`:
+    /// `scale·(Float(u) − zero)`, exactly `IntegerWeight.value` (the prefill tile decoder where
+    /// the planes are the layer's only copy of the codes). Single-threaded; `reference` runs the
+    /// scalar twin (same bits).
+    public static func dequantizeRows(_ layout: PlaneLayout, rowRange: Range<Int>,
+                                      into tile: UnsafeMutablePointer<Float>, reference: Bool = false) {
+        precondition(rowRange.lowerBound >= 0 && rowRange.upperBound <= layout.rows, "rows \(rowRange) of \(layout.rows)")
+        layout.planes.withUnsafeBufferPointer { w in
+            layout.blockScales.withUnsafeBufferPointer { s in
+                layout.blockZeros.withUnsafeBufferPointer { z in
+                    if reference {
+                        ck_dequant_u4_planes_rows_ref(w.baseAddress!, rowRange.lowerBound, rowRange.count, layout.rows,
+                                                      layout.columns, layout.groupSize, s.baseAddress!, z.baseAddress!, tile)
+                    } else {
+                        ck_dequant_u4_planes_rows(w.baseAddress!, rowRange.lowerBound, rowRange.count, layout.rows,
+                                                  layout.columns, layout.groupSize, s.baseAddress!, z.baseAddress!, tile)
+                    }
+                }
+            }
+        }
+    }
+
+    /// `y[rows, out] = x[rows, in]·Wᵀ` for the u4 codes of a plane layout, decoded a tile at a
+    /// time (`dequantizeRows(_:rowRange:into:)`) for sgemm (`tiledProduct`): the prefill product
+    /// of weight-only u4 layers that keep only the planes.
+    public static func planesProduct(_ layout: PlaneLayout, x: UnsafePointer<Float>, rows: Int,
+                                     y: UnsafeMutablePointer<Float>, tileRows: Int? = nil) {
+        tiledProduct(outFeatures: layout.rows, inFeatures: layout.columns, x: x, rows: rows, y: y,
+                     tileRows: tileRows ?? defaultTileRows(inFeatures: layout.columns)) { range, tile in
+            dequantizeRows(layout, rowRange: range, into: tile)
         }
     }
 

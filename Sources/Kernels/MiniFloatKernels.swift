@@ -316,6 +316,66 @@ public enum MiniFloat {
         }
     }
 
+    /// `fp4Int16Product(…, kernel: .gemm)` on the layout's codes and scales (the prefill GEMM of a
+    /// layer whose only copy of the codes is the layout): the panels are built from the layout,
+    /// the same panel words, so the same bits as `.reference` on the nibble codes. `table` holds
+    /// the 16 signed weight integers. Parallel over 32-row panels; `reference` runs the scalar twin.
+    public static func fp4Int16Product(_ layout: FP4ByteLayout, table: UnsafePointer<Int8>,
+                                       activations a: UnsafePointer<Int16>, high: HighParts? = nil, lda: Int, m: Int,
+                                       y: UnsafeMutablePointer<Float>, ldy: Int, reference: Bool = false) {
+        guard layout.rows > 0, m > 0 else { return }
+        let shift = Int32(high?.shift ?? 0), (rows, k, g) = (layout.rows, layout.columns, layout.groupSize)
+        layout.packed.withUnsafeBufferPointer { pc in
+            layout.scales.withUnsafeBufferPointer { ps in
+                if reference {
+                    ck_fp4_gemm_i16x2_u8_ref(pc.baseAddress!, ps.baseAddress!, 0, rows, k, g, table, a, high?.values,
+                                             shift, lda, m, y, ldy)
+                    return
+                }
+                let c = SendableConstPointer(pc.baseAddress!), s = SendableConstPointer(ps.baseAddress!)
+                let pt = SendableConstPointer(table), pa = SendableConstPointer(a), py = SendablePointer(y)
+                let ph = high.map { SendableConstPointer($0.values) }
+                // Whole 32-row panels per task (two 16-row blocks of the layout).
+                let blocks = (rows + 31) / 32
+                Parallel.forEachChunk(blocks, minimumChunk: max(1, LowBit.chunk(workPerRow: 32 * m * k, atLeast: 1))) { b in
+                    let r0 = b.lowerBound * 32, r1 = min(rows, b.upperBound * 32)
+                    ck_fp4_gemm_i16x2_u8(c.base, s.base, r0, r1 - r0, k, g, pt.base, pa.base, ph?.base, shift, lda, m,
+                                         py.base, ldy)
+                }
+            }
+        }
+    }
+
+    /// Decodes rows `rowRange` of the layout into `tile[rowRange.count, columns]`:
+    /// `scale · table[code]`, `decodeRows`' product on the nibble codes (same bits). `table`: the
+    /// format's 16 values. Single-threaded; `reference` runs the scalar twin.
+    public static func decodeRows(_ layout: FP4ByteLayout, rowRange: Range<Int>, table: UnsafePointer<Float>,
+                                  into tile: UnsafeMutablePointer<Float>, reference: Bool = false) {
+        precondition(rowRange.lowerBound >= 0 && rowRange.upperBound <= layout.rows, "rows \(rowRange) of \(layout.rows)")
+        layout.packed.withUnsafeBufferPointer { pc in
+            layout.scales.withUnsafeBufferPointer { ps in
+                if reference {
+                    ck_fp4_u8_decode_rows_ref(pc.baseAddress!, ps.baseAddress!, rowRange.lowerBound, rowRange.count,
+                                              layout.columns, layout.groupSize, table, tile)
+                } else {
+                    ck_fp4_u8_decode_rows(pc.baseAddress!, ps.baseAddress!, rowRange.lowerBound, rowRange.count,
+                                          layout.columns, layout.groupSize, table, tile)
+                }
+            }
+        }
+    }
+
+    /// `product` on the layout: tiles decoded from it (`decodeRows(_:rowRange:table:into:)`) and
+    /// multiplied with sgemm (`LowBit.tiledProduct`).
+    public static func product(_ layout: FP4ByteLayout, table: UnsafePointer<Float>, x: UnsafePointer<Float>, rows: Int,
+                               y: UnsafeMutablePointer<Float>) {
+        let pt = SendableConstPointer(table)
+        LowBit.tiledProduct(outFeatures: layout.rows, inFeatures: layout.columns, x: x, rows: rows, y: y,
+                            tileRows: LowBit.defaultTileRows(inFeatures: layout.columns)) { range, tile in
+            decodeRows(layout, rowRange: range, table: pt.base, into: tile)
+        }
+    }
+
     /// Whether this CPU runs `fp4ByteGemv` (AVX-512 VNNI + BW, and VNNI not switched off by
     /// `TokenKernels.setVNNIEnabled`); elsewhere callers keep the int16 GEMV. Asked each time, as
     /// the switch can change (tests, `ptq bench --kernels`).

@@ -13,12 +13,16 @@ public protocol LinearOp: AnyObject, Sendable {
     /// Bytes of weights and parameters one forward reads (for memory-traffic estimates in
     /// benchmarks); 0 when an implementation does not say.
     var weightBytes: Int { get }
+    /// Bytes the layer holds in memory (every copy of its codes and parameters), for memory
+    /// reports (`ptq bench`); `weightBytes` when an implementation does not say.
+    var storageBytes: Int { get }
     /// Which kernel path runs, for reports (`ptq bench`); empty when an implementation does not say.
     var kernelDescription: String { get }
 }
 
 extension LinearOp {
     public var weightBytes: Int { 0 }
+    public var storageBytes: Int { weightBytes }
     public var kernelDescription: String { "" }
 }
 

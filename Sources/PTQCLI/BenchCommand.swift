@@ -86,6 +86,9 @@ struct BenchCommand: ParsableCommand {
         let decode: Spread
         let load_seconds: Double
         let peak_resident_bytes: Int
+        /// Resident memory after the repetitions (`/proc/self/statm`; 0 where it cannot be read):
+        /// what the loaded model and its buffers hold, without the load-time peak.
+        var resident_bytes = 0
         /// Bytes one decoded token reads: weights and parameters plus the KV cache at the mean
         /// decode depth.
         let decode_bytes_per_token: Int
@@ -95,6 +98,16 @@ struct BenchCommand: ParsableCommand {
         let decode_bound_fraction: Double
         /// Linear layers per kernel path (`LinearOp.kernelDescription`), LLaMA models only.
         var kernels: [String: Int]? = nil
+        /// Bytes the linear layers of each kernel path hold (`LinearOp.storageBytes`), LLaMA models only.
+        var kernel_storage_bytes: [String: Int]? = nil
+    }
+
+    /// The process's current resident set (`/proc/self/statm`, pages × page size), 0 if unreadable.
+    static func residentBytes() -> Int {
+        guard let text = try? String(contentsOfFile: "/proc/self/statm", encoding: .utf8) else { return 0 }
+        let fields = text.split(separator: " ")
+        guard fields.count > 1, let pages = Int(fields[1]) else { return 0 }
+        return pages * Int(sysconf(Int32(_SC_PAGESIZE)))
     }
 
     static func peakResidentBytes() -> Int {
@@ -110,6 +123,7 @@ struct BenchCommand: ParsableCommand {
         var speed = try measure(llm, path: path, loadSeconds: seconds(since: loadStart), bandwidth: bandwidth)
         if let llama = llm as? LlamaModel {
             speed.kernels = Dictionary(llama.kernelPaths.map { ($0.description, $0.count) }, uniquingKeysWith: +)
+            speed.kernel_storage_bytes = llama.kernelStorageBytes
         }
         return speed
     }
@@ -155,10 +169,13 @@ struct BenchCommand: ParsableCommand {
         let meanDepth = promptTokens + (decodeTokens + 1) / 2
         let bytesPerToken = llm.decodeWeightBytes + llm.kvCacheBytes(positions: meanDepth, precision: kvCache)
         let bound = bandwidth / Double(max(1, bytesPerToken))  // 0 when bandwidth was not measured
-        return Speed(model: path, prefill_tokens_per_second: prefill.median, decode_tokens_per_second: decode.median,
-                     prefill: prefill, decode: decode, load_seconds: loadSeconds,
-                     peak_resident_bytes: Self.peakResidentBytes(), decode_bytes_per_token: bytesPerToken,
-                     decode_bandwidth_bound: bound, decode_bound_fraction: bound > 0 ? decode.median / bound : 0)
+        var speed = Speed(model: path, prefill_tokens_per_second: prefill.median,
+                          decode_tokens_per_second: decode.median, prefill: prefill, decode: decode,
+                          load_seconds: loadSeconds, peak_resident_bytes: Self.peakResidentBytes(),
+                          decode_bytes_per_token: bytesPerToken, decode_bandwidth_bound: bound,
+                          decode_bound_fraction: bound > 0 ? decode.median / bound : 0)
+        speed.resident_bytes = Self.residentBytes()
+        return speed
     }
 
     private func seconds(since start: DispatchTime) -> Double {
@@ -194,17 +211,19 @@ struct BenchCommand: ParsableCommand {
         }
         func line(_ s: Speed) -> String {
             String(format: "prefill %.1f tok/s (min %.1f, max %.1f), decode %.1f tok/s (min %.1f, max %.1f), "
-                           + "load %.2f s, peak RSS %.0f MiB; decode reads %.1f MB/token, bandwidth bound %.1f tok/s "
+                           + "load %.2f s, peak RSS %.0f MiB, RSS after %.0f MiB; decode reads %.1f MB/token, bandwidth bound %.1f tok/s "
                            + "(%.0f%% reached)",
                    s.prefill.median, s.prefill.min, s.prefill.max, s.decode.median, s.decode.min, s.decode.max,
-                   s.load_seconds, Double(s.peak_resident_bytes) / 1_048_576, Double(s.decode_bytes_per_token) / 1e6,
+                   s.load_seconds, Double(s.peak_resident_bytes) / 1_048_576, Double(s.resident_bytes) / 1_048_576,
+                   Double(s.decode_bytes_per_token) / 1e6,
                    s.decode_bandwidth_bound, 100 * s.decode_bound_fraction)
         }
         print("\(promptTokens)-token prompt, \(decodeTokens) decoded tokens, \(repeats) repetitions (median), "
               + "\(PTQ.threadCount) threads, \(kvCache.rawValue) KV cache, read bandwidth \(String(format: "%.1f", bandwidth / 1e9)) GB/s")
         print("\(model): \(line(speed))")
         for (description, count) in (speed.kernels ?? [:]).sorted(by: { $0.value != $1.value ? $0.value > $1.value : $0.key < $1.key }) {
-            print("  \(count)× \(description)")
+            let held = speed.kernel_storage_bytes?[description].map { String(format: ", %.1f MB held", Double($0) / 1e6) } ?? ""
+            print("  \(count)× \(description)\(held)")
         }
         if let base {
             print("\(base.model): \(line(base))")

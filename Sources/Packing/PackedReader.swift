@@ -275,8 +275,22 @@ struct Container {
         var codes: [UInt8] { if case .codes(let v) = self { v } else { [] } }
     }
 
+    /// Drops the mapped pages wholly inside section `s` from the resident set once it is decoded
+    /// (`madvise(MADV_DONTNEED)`): the file's pages and the decoded arrays then no longer both
+    /// count at the load's peak (issue 13). Safe for any later read: the mapping is private and
+    /// never written, so a dropped page faults back in from the file unchanged.
+    func release(_ s: PackedSection) {
+        guard let base = bytes.baseAddress, s.storedSize > 0 else { return }
+        let page = Int(sysconf(Int32(_SC_PAGESIZE)))
+        let start = Int(bitPattern: base) + s.offset, end = start + s.storedSize
+        let first = (start + page - 1) / page * page, last = end / page * page
+        guard first < last else { return }
+        _ = madvise(UnsafeMutableRawPointer(bitPattern: first), last - first, Int32(MADV_DONTNEED))
+    }
+
     func load(_ l: Load) throws(PTQError) -> Payload {
         let s = sections[l.section]
+        defer { release(s) }
         try verify(s, tensor: l.tensor)
         switch l.decode {
         case .verifyOnly:

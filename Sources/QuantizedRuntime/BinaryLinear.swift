@@ -20,7 +20,10 @@ import PTQCore
 ///
 /// One activation row runs the GEMVs; more rows dequantize tiles of output rows into scratch
 /// and multiply them with sgemm (as the other weight-only layers do), so prefill decodes each
-/// tile's bits once for all rows.
+/// tile's bits once for all rows. Where the sign bits (and ≤ 4-bit salient codes) are held as
+/// bit planes for the table-lookup GEMVs, the planes are their only copy: each prefill tile
+/// unpacks its rows' words and nibbles from them into scratch first (eighth speed pass; until
+/// then the row-major words and nibbles stayed beside the planes).
 public final class BinaryLinear: LinearOp {
     public let name: String
     public let inFeatures: Int
@@ -30,7 +33,8 @@ public final class BinaryLinear: LinearOp {
     public let bias: [Float]?
 
     /// Sign bits, `outFeatures × wordsPerRow` words; bit c of a row is binarized column c
-    /// (column masks: c counts binarized columns only; element masks: all columns).
+    /// (column masks: c counts binarized columns only; element masks: all columns). Empty where
+    /// `signPlanes` holds them.
     private let signWords: [UInt64]
     /// Element masks: salient flags in the same layout; nil for column masks.
     private let maskWords: [UInt64]?
@@ -40,7 +44,8 @@ public final class BinaryLinear: LinearOp {
     private let binaryColumns: [Int]
     private let salientColumns: [Int]
     private let columnScale: [Float]
-    /// Salient codes `[outFeatures, salientColumns.count]`: nibbles (≤ 4 bits) or bytes.
+    /// Salient codes `[outFeatures, salientColumns.count]`: nibbles (≤ 4 bits) or bytes. Empty
+    /// where `salientPlanes` holds them.
     private let salientCodes: [UInt8]
     private let salientFormat: LowBit.CodeFormat
     // Element masks (CSR over rows).
@@ -53,12 +58,12 @@ public final class BinaryLinear: LinearOp {
     /// over the natural columns, and r2 at those columns (0 elsewhere).
     private let naturalBinaryMask: [UInt64]
     private let naturalColumnScale: [Float]
-    /// Column masks on AVX-512: the sign bits once more as one bit plane for the table-lookup
-    /// decode GEMV (`BinaryKernels.gemvPlanes`); the words above stay for prefill tiles.
+    /// Column masks on AVX-512: the sign bits as one bit plane for the table-lookup decode GEMV
+    /// (`BinaryKernels.gemvPlanes`), their only copy (prefill tiles unpack rows from it).
     private let signPlanes: BinaryKernels.SignPlaneLayout?
-    /// Column masks with ≤ 4-bit salient codes on AVX-512: the salient codes once more as bit
-    /// planes for the u4 table-lookup GEMV (`LowBit.gemvPlanes`, one group per row: the salient
-    /// part has one Δ and z per row); the nibbles stay for prefill tiles and the fallback.
+    /// Column masks with ≤ 4-bit salient codes on AVX-512: the salient codes as bit planes for
+    /// the u4 table-lookup GEMV (`LowBit.gemvPlanes`, one group per row: the salient part has one
+    /// Δ and z per row), their only copy (prefill tiles unpack nibble rows from it).
     private let salientPlanes: LowBit.PlaneLayout?
 
     /// Bytes held for this layer at run time (bits, codes, per-row and per-column parameters).
@@ -69,13 +74,11 @@ public final class BinaryLinear: LinearOp {
             + (salientPlanes?.bytes ?? 0)
     }
 
-    /// Bytes a decoded token reads from this layer (the bench's bandwidth bound): with sign
-    /// planes, the planes and not the row-major sign words (which only the prefill tiles read);
-    /// likewise salient planes replace the salient nibbles (but not their per-row Δ and z, which
-    /// the planes hold a copy of and which `storageBytes` counts once per copy).
+    /// Bytes a decoded token reads from this layer (the bench's bandwidth bound): with salient
+    /// planes, not the per-row Δ and z (which the planes hold a copy of and which `storageBytes`
+    /// counts once per copy).
     public var weightBytes: Int {
-        storageBytes - (signPlanes == nil ? 0 : 8 * signWords.count)
-            - (salientPlanes == nil ? 0 : salientCodes.count + 4 * (salientScale.count + salientZero.count))
+        storageBytes - (salientPlanes == nil ? 0 : 4 * (salientScale.count + salientZero.count))
     }
 
     /// What runs, for reports: `binary 1-bit + 4-bit salient columns (20.1 %)` (`binary 1-bit
@@ -119,12 +122,16 @@ public final class BinaryLinear: LinearOp {
             salientColumns = (0..<columns).filter { w.salientMask[$0] }
             let nb = binaryColumns.count, ns = salientColumns.count
             wordsPerRow = BinaryKernels.wordsPerRow(nb)
-            signWords = BinaryKernels.packBits(rows: rows, columns: nb) { r, c in w.signs[r * nb + c] != 0 }
+            let useSignPlanes = BinaryKernels.planesSupported && nb > 0 && rows > 0
+            // One copy of the bits and codes: the planes where the table GEMVs run on them.
+            signWords = useSignPlanes ? []
+                : BinaryKernels.packBits(rows: rows, columns: nb) { r, c in w.signs[r * nb + c] != 0 }
             maskWords = nil
             columnScale = w.columnScale ?? [Float](repeating: 1, count: nb)
             salientFormat = w.salientBits <= 4 ? .u4 : .u8
-            salientCodes = salientFormat == .u4 ? LowBit.packNibbles(w.salientCodes, rows: rows, columns: ns)
-                : w.salientCodes
+            let useSalientPlanes = LowBit.planeTablesSupported && salientFormat == .u4 && ns > 0 && rows > 0
+            salientCodes = useSalientPlanes ? []
+                : salientFormat == .u4 ? LowBit.packNibbles(w.salientCodes, rows: rows, columns: ns) : w.salientCodes
             rowStart = []
             salientColumnIndex = []
             var mask = [UInt64](repeating: 0, count: BinaryKernels.wordsPerRow(columns))
@@ -135,10 +142,9 @@ public final class BinaryLinear: LinearOp {
             }
             naturalBinaryMask = mask
             naturalColumnScale = natural
-            signPlanes = BinaryKernels.planesSupported && nb > 0 && rows > 0
-                ? BinaryKernels.SignPlaneLayout(signs: w.signs, rows: rows, columns: nb) : nil
+            signPlanes = useSignPlanes ? BinaryKernels.SignPlaneLayout(signs: w.signs, rows: rows, columns: nb) : nil
             // One group spanning all salient columns: the codes' Δ and z are per row.
-            salientPlanes = LowBit.planeTablesSupported && salientFormat == .u4 && ns > 0 && rows > 0
+            salientPlanes = useSalientPlanes
                 ? LowBit.PlaneLayout(codes: w.salientCodes, rows: rows, columns: ns, groupSize: ns,
                                      scales: salientScale, zeros: salientZero)
                 : nil
@@ -234,7 +240,7 @@ public final class BinaryLinear: LinearOp {
                         BinaryKernels.gemvPlanes(signPlanes, x: padded, a: a.baseAddress!, b: b.baseAddress!, y: y)
                         return
                     }
-                    signWords.withUnsafeBufferPointer { s in
+                    rowMajorSignWords().withUnsafeBufferPointer { s in
                         BinaryKernels.gemv(signs: s.baseAddress!, mask: nil, wordsPerRow: wordsPerRow, rows: n,
                                            x: padded, xSum: sum, a: a.baseAddress!, b: b.baseAddress!, y: y,
                                            rest: nil, reference: reference)
@@ -250,7 +256,7 @@ public final class BinaryLinear: LinearOp {
                 // The gathered salient inputs x_s (natural column order, as the codes' columns).
                 LowBit.gemvPlanes(salientPlanes, x: xs, y: ys)
             } else {
-                salientCodes.withUnsafeBufferPointer { c in
+                rowMajorSalientCodes().withUnsafeBufferPointer { c in
                     salientScale.withUnsafeBufferPointer { d in
                         salientZero.withUnsafeBufferPointer { z in
                             if reference {
@@ -365,12 +371,46 @@ public final class BinaryLinear: LinearOp {
         }}}}}}
     }
 
+    /// The row-major sign words: `signWords`, or all rows unpacked from the sign planes (the
+    /// scalar reference paths only; prefill tiles unpack their own rows).
+    private func rowMajorSignWords() -> [UInt64] {
+        guard let signPlanes else { return signWords }
+        var words = [UInt64](repeating: 0, count: outFeatures * wordsPerRow)
+        signPlanes.unpackWords(0..<outFeatures, wordsPerRow: wordsPerRow, into: &words, reference: true)
+        return words
+    }
+
+    /// The row-major salient codes: `salientCodes`, or all rows unpacked from the salient planes
+    /// (the reference and nibble-GEMV test paths only).
+    private func rowMajorSalientCodes() -> [UInt8] {
+        guard let salientPlanes else { return salientCodes }
+        let stride = LowBit.nibbleRowBytes(salientColumns.count)
+        var codes = [UInt8](repeating: 0, count: outFeatures * stride)
+        salientPlanes.unpackNibbles(0..<outFeatures, stride: stride, into: &codes, reference: true)
+        return codes
+    }
+
     /// Column masks: the C tile decoder (AVX-512: pdep + blend + expand per 16 columns), then the
-    /// outlier columns' float weights over their (zero-point) salient values.
+    /// outlier columns' float weights over their (zero-point) salient values. Bits and codes held
+    /// only as planes are first unpacked for the tile's rows into per-thread scratch (slots 10
+    /// and 11), and the decoder reads them as rows 0… with the per-row parameters offset to match.
     private func decodeColumnMaskedRows(_ range: Range<Int>, into tile: UnsafeMutablePointer<Float>, reference: Bool) {
-        let k = inFeatures, ns = salientColumns.count
+        let k = inFeatures, ns = salientColumns.count, wpr = wordsPerRow
         let stride = salientFormat == .u4 ? LowBit.nibbleRowBytes(ns) : ns
         let none: [Float] = [0]
+        let o0 = range.lowerBound
+        var unpackedSigns: UnsafeMutablePointer<UInt64>? = nil
+        if let signPlanes {
+            let words = LowBit.threadScratch(slot: 15, count: range.count * wpr, of: UInt64.self)
+            signPlanes.unpackWords(range, wordsPerRow: wpr, into: words, reference: reference)
+            unpackedSigns = words
+        }
+        var unpackedCodes: UnsafeMutablePointer<UInt8>? = nil
+        if let salientPlanes {
+            let codes = LowBit.threadScratch(slot: 16, count: range.count * stride, of: UInt8.self)
+            salientPlanes.unpackNibbles(range, stride: stride, into: codes, reference: reference)
+            unpackedCodes = codes
+        }
         signWords.withUnsafeBufferPointer { sw in
         naturalBinaryMask.withUnsafeBufferPointer { mask in
         naturalColumnScale.withUnsafeBufferPointer { r2 in
@@ -379,10 +419,18 @@ public final class BinaryLinear: LinearOp {
         salientCodes.withUnsafeBufferPointer { codes in
         (salientScale.isEmpty ? none : salientScale).withUnsafeBufferPointer { d in
         (salientZero.isEmpty ? none : salientZero).withUnsafeBufferPointer { z in
-            BinaryKernels.decodeRows(signs: sw.baseAddress!, wordsPerRow: wordsPerRow, binaryMask: mask.baseAddress!,
-                                     columnScale: r2.baseAddress!, a: a.baseAddress!, b: b.baseAddress!,
-                                     codes: codes.baseAddress, nibbles: salientFormat == .u4, codeStride: stride,
-                                     salientCount: ns, d: d.baseAddress!, z: z.baseAddress!, rowRange: range,
+            // Unpacked rows start at row 0: the kernel then reads rows 0..<count, and the
+            // per-row parameters from the tile's first row.
+            let local = unpackedSigns != nil || unpackedCodes != nil
+            let first = local ? o0 : 0
+            let signs = unpackedSigns.map { UnsafePointer($0) } ?? sw.baseAddress! + first * wpr
+            let codeRows = unpackedCodes.map { UnsafePointer($0) } ?? codes.baseAddress.map { $0 + first * stride }
+            let dz = salientScale.isEmpty ? 0 : first
+            BinaryKernels.decodeRows(signs: signs, wordsPerRow: wpr, binaryMask: mask.baseAddress!,
+                                     columnScale: r2.baseAddress!, a: a.baseAddress! + first, b: b.baseAddress! + first,
+                                     codes: codeRows, nibbles: salientFormat == .u4, codeStride: stride,
+                                     salientCount: ns, d: d.baseAddress! + dz, z: z.baseAddress! + dz,
+                                     rowRange: local ? 0..<range.count : range,
                                      columns: k, into: tile, reference: reference)
         }}}}}}}}
         let kOut = outlierColumns.count

@@ -32,7 +32,9 @@ public final class FloatingPointLinear: LinearOp {
     public let activation: ActivationQuantization?
     public let bias: [Float]?
     private let nibbles: Bool
+    /// Nibble (FP4) or byte codes `[out, in]`; empty when `byteLayout` holds the codes.
     private let codes: [UInt8]
+    /// `[out, groups]`; empty when `byteLayout` holds them (blocked).
     private let scales: [Float]
     private let table: [Float]
     /// Integer path (FP4 weights with activations whose shifted integers fit int8, e.g. W4A4
@@ -79,9 +81,11 @@ public final class FloatingPointLinear: LinearOp {
     /// each activation integer as two (three for the split form) signed bytes against the weight
     /// integers offset to unsigned bytes, 64 products per `vpdpbusd`. The same exact group sums
     /// as the int16 GEMV, bit for bit its result, about 4× fewer instructions (docs/RESULTS.md,
-    /// seventh pass). A second, repacked copy of the codes (16-row blocks); nil where the CPU
-    /// lacks AVX-512 VNNI + BW, the shape does not fit (columns or group not multiples of 8), or
-    /// `byteGemvByDefault` is off.
+    /// seventh pass). The codes repacked (16-row blocks) with their scales; where it exists it is
+    /// the layer's only copy of them: the prefill int16 GEMM builds its panels from it and the
+    /// float-path tiles decode from it (until the eighth speed pass the nibble codes stayed
+    /// beside it, 66 MB more on SmolLM2). nil where the CPU lacks AVX-512 VNNI + BW, the shape
+    /// does not fit (columns or group not multiples of 8), or `byteGemvByDefault` is off.
     private let byteLayout: MiniFloat.FP4ByteLayout?
 
     /// Whether layers whose activation integers need the split int16 form (E3M4 inputs with
@@ -102,16 +106,11 @@ public final class FloatingPointLinear: LinearOp {
     /// Rows up to which one GEMV per row beats decoding tiles for sgemm (as `IntegerLinear`).
     static let gemvRowLimit = 8
 
-    /// Bytes a one-row (decode) forward reads: `storageBytes`, except that a layer with the
-    /// byte-plane layout reads that copy and not the stored codes and scales (which only prefill
-    /// reads).
-    public var weightBytes: Int {
-        guard let byteLayout else { return storageBytes }
-        return byteLayout.bytes + (bias?.count ?? 0) * 4 + (activation?.channelScales?.count ?? 0) * 4
-    }
+    /// Bytes a one-row (decode) forward reads: all it holds (`storageBytes`).
+    public var weightBytes: Int { storageBytes }
 
-    /// Bytes held for this layer: codes (both copies where there is a byte-plane layout), scales,
-    /// bias and activation parameters.
+    /// Bytes held for this layer: codes (nibbles, bytes or the byte-plane layout), scales, bias
+    /// and activation parameters.
     public var storageBytes: Int {
         codes.count + scales.count * 4 + (bias?.count ?? 0) * 4 + (activation?.channelScales?.count ?? 0) * 4
             + (integer.map { $0.codes.count + ($0.table?.count ?? 0) + ($0.table16?.count ?? 0) * 2 + $0.groupScales.count * 4 } ?? 0)
@@ -203,8 +202,6 @@ public final class FloatingPointLinear: LinearOp {
         bias = q.bias
         nibbles = w.bits <= 4
         let storedCodes = nibbles ? LowBit.packNibbles(w.codes, rows: w.rows, columns: w.columns) : w.codes
-        codes = storedCodes
-        scales = w.scales
         // 16 entries for nibbles (the AVX2 path reads the first 8 as the magnitude table).
         table = w.format.codeValues + [Float](repeating: 0, count: max(0, (nibbles ? 16 : 256) - w.format.codeCount))
         // The split form is proven here whatever `splitActivations` says: with it off the layer
@@ -230,6 +227,9 @@ public final class FloatingPointLinear: LinearOp {
             integer = path
         }
         byteLayout = layout
+        // One copy of the codes: the layout where it exists (every kernel of the layer reads it).
+        codes = layout == nil ? storedCodes : []
+        scales = layout == nil ? w.scales : []
     }
 
     /// Every FP4 weight is an integer (≤ 64) times the format's smallest step, and an activation
@@ -363,6 +363,9 @@ public final class FloatingPointLinear: LinearOp {
                 scales.withUnsafeBufferPointer { ws in
                     if let byteLayout, decode {
                         MiniFloat.fp4ByteGemv(byteLayout, activations: wide, high: high, lda: lda, m: rows, y: y, ldy: n)
+                    } else if let byteLayout, let table = p.table {
+                        MiniFloat.fp4Int16Product(byteLayout, table: table, activations: wide, high: high, lda: lda,
+                                                  m: rows, y: y, ldy: n)
                     } else if let table = p.table {
                         MiniFloat.fp4Int16Product(codes: wc.baseAddress!, rows: n, columns: k, groupSize: groupSize,
                                                   table: table, scales: ws.baseAddress!, activations: wide,
@@ -435,6 +438,16 @@ public final class FloatingPointLinear: LinearOp {
                                        exponentBits: f.exponentBits, mantissaBits: f.mantissaBits, into: quantized)
             }
             input = UnsafePointer(quantized)
+        }
+        if let byteLayout {
+            // The split-form layers at prefill (decode runs the byte-plane GEMV above).
+            table.withUnsafeBufferPointer { t in
+                MiniFloat.product(byteLayout, table: t.baseAddress!, x: input, rows: rows, y: y)
+            }
+            if let bias {
+                bias.withUnsafeBufferPointer { Ops.addBias($0.baseAddress!, rows: rows, width: n, into: y) }
+            }
+            return
         }
         codes.withUnsafeBufferPointer { c in
             scales.withUnsafeBufferPointer { s in

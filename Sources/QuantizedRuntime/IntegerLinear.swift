@@ -23,9 +23,11 @@ import PTQCore
 /// - **Float activations** (`activation == nil`: W4A16, W8A16, W3A16, …): codes of ≤ 4 bits are
 ///   packed two per byte, wider codes stay one byte each. One row runs the fused GEMV; several
 ///   rows dequantize tiles of output rows into scratch and multiply them with sgemm. Where the
-///   CPU has AVX-512, ≤ 4-bit codes are also re-laid out in bit planes for the table-lookup
-///   decode GEMV (`LowBit.gemvPlanes`, T-MAC-style with float tables); the nibbles stay for the
-///   prefill tiles, so the codes are held twice there.
+///   CPU has AVX-512, ≤ 4-bit codes are instead re-laid out in bit planes for the table-lookup
+///   decode GEMV (`LowBit.gemvPlanes`, T-MAC-style with float tables), and the prefill tiles are
+///   decoded from the same planes (`LowBit.planesProduct`): one copy of the codes (until the
+///   eighth speed pass the nibbles stayed beside the planes for the tiles, 53 MB more on
+///   SmolLM2).
 public final class IntegerLinear: LinearOp {
     /// Canonical layer name (`layers/3/mlp/down_proj`).
     public let name: String
@@ -66,28 +68,26 @@ public final class IntegerLinear: LinearOp {
         var shift: [Float]?
     }
 
-    /// Unsigned codes (nibbles or bytes) `[out, in]`, scales and zero points `[out, groups]`.
+    /// Unsigned codes (nibbles or bytes) `[out, in]`, scales and zero points `[out, groups]`, or
+    /// the bit-plane layout alone.
     private struct WeightOnlyPath: Sendable {
         var format: LowBit.CodeFormat
+        /// Nibbles or bytes; empty when `planes` holds the codes.
         var codes: [UInt8]
+        /// Empty when `planes` holds them (blocked).
         var scales: [Float]
         var zeros: [Float]
-        /// The bit-plane copy of u4 codes for the table-lookup decode GEMV; nil for u8 codes or
-        /// where the CPU lacks AVX-512 (decode then runs the nibble GEMV).
+        /// u4 codes in bit planes, the only copy of the codes, for the table-lookup decode GEMV
+        /// and the prefill tiles; nil for u8 codes or where the CPU lacks AVX-512 (the nibbles
+        /// then serve both).
         var planes: LowBit.PlaneLayout?
     }
 
-    /// Bytes a one-row (decode) forward reads: `storageBytes`, except that a layer with a
-    /// bit-plane copy reads the planes and not the nibbles (which only the prefill tiles read).
-    public var weightBytes: Int {
-        if case .weightOnly(let p) = kernel, let planes = p.planes {
-            return planes.bytes + (bias?.count ?? 0) * 4
-        }
-        return storageBytes
-    }
+    /// Bytes a one-row (decode) forward reads: all it holds (`storageBytes`).
+    public var weightBytes: Int { storageBytes }
 
-    /// Bytes held for this layer: codes (both copies where there are bit planes), scales, zero
-    /// points, bias and activation parameters.
+    /// Bytes held for this layer: codes (nibbles, bytes or bit planes with their blocked scales
+    /// and zeros), scales, zero points, bias and activation parameters.
     public var storageBytes: Int {
         let biasBytes = (bias?.count ?? 0) * 4
         switch kernel {
@@ -207,14 +207,17 @@ public final class IntegerLinear: LinearOp {
                 zeros = [Float](repeating: Float(w.symmetricZero), count: w.rows * groups)
             }
             let format: LowBit.CodeFormat = w.bits <= 4 ? .u4 : .u8
-            let codes = format == .u4 ? LowBit.packNibbles(w.codes, rows: w.rows, columns: w.columns) : w.codes
-            let planes = format == .u4 && LowBit.planeTablesSupported
-                ? LowBit.PlaneLayout(codes: w.codes, rows: w.rows, columns: w.columns,
-                                     groupSize: min(w.groupSize, w.columns),
-                                     scales: w.scales, zeros: zeros)
-                : nil
-            kernel = .weightOnly(WeightOnlyPath(format: format, codes: codes, scales: w.scales, zeros: zeros,
-                                                planes: planes))
+            // One copy of the codes: the planes where the table kernels run (decode GEMV and
+            // prefill tiles read them), else nibbles or bytes.
+            if format == .u4 && LowBit.planeTablesSupported {
+                let planes = LowBit.PlaneLayout(codes: w.codes, rows: w.rows, columns: w.columns,
+                                                groupSize: min(w.groupSize, w.columns), scales: w.scales, zeros: zeros)
+                kernel = .weightOnly(WeightOnlyPath(format: format, codes: [], scales: [], zeros: [], planes: planes))
+            } else {
+                let codes = format == .u4 ? LowBit.packNibbles(w.codes, rows: w.rows, columns: w.columns) : w.codes
+                kernel = .weightOnly(WeightOnlyPath(format: format, codes: codes, scales: w.scales, zeros: zeros,
+                                                    planes: nil))
+            }
         }
     }
 
@@ -359,12 +362,21 @@ public final class IntegerLinear: LinearOp {
     private func forwardWeightOnly(_ p: WeightOnlyPath, _ x: UnsafePointer<Float>, rows: Int,
                                    into y: UnsafeMutablePointer<Float>) {
         let k = inFeatures, n = outFeatures
+        if let planes = p.planes {
+            if rows <= Self.gemvRowLimit {
+                for i in 0..<rows { LowBit.gemvPlanes(planes, x: x + i * k, y: y + i * n) }
+            } else {
+                LowBit.planesProduct(planes, x: x, rows: rows, y: y)
+            }
+            if let bias {
+                bias.withUnsafeBufferPointer { Ops.addBias($0.baseAddress!, rows: rows, width: n, into: y) }
+            }
+            return
+        }
         p.codes.withUnsafeBufferPointer { c in
             p.scales.withUnsafeBufferPointer { s in
                 p.zeros.withUnsafeBufferPointer { z in
-                    if rows <= Self.gemvRowLimit, let planes = p.planes {
-                        for i in 0..<rows { LowBit.gemvPlanes(planes, x: x + i * k, y: y + i * n) }
-                    } else if rows <= Self.gemvRowLimit {
+                    if rows <= Self.gemvRowLimit {
                         for i in 0..<rows {
                             LowBit.gemv(p.format, codes: c.baseAddress!, rows: n, columns: k, groupSize: groupSize,
                                         scales: s.baseAddress!, zeros: z.baseAddress!, x: x + i * k, y: y + i * n)

@@ -244,7 +244,8 @@ struct BinaryWeightTests {
         try Self.linear(w, bias: nil).validate()
         let layer = try BinaryLinear(Self.linear(w, bias: nil))
         let dense = w.dequantizedReference()
-        let ranges = [0..<rows, (rows / 2)..<rows, 0..<min(rows, 1)]
+        // Ranges that start and end inside 16-row blocks (the tiles unpack planes per row).
+        let ranges = [0..<rows, (rows / 2)..<rows, 0..<min(rows, 1), min(rows, 3)..<min(rows, 21)].filter { !$0.isEmpty }
         for vnni in [true, false] {
             TokenKernels.setVNNIEnabled(vnni)
             for range in ranges {
@@ -291,6 +292,16 @@ struct BinaryWeightTests {
                                y: &want, rest: nil, reference: true)
             let layout = BinaryKernels.SignPlaneLayout(signs: signs, rows: rows, columns: columns)
             #expect(layout.planes.count == ((rows + 15) / 16) * ((columns + 31) / 32) * 8 + 8)
+            // The row-major words back from the planes (the prefill tiles' copy), exactly, for
+            // every row range shape: whole, from inside a block, one row.
+            for range in [0..<rows, (rows / 3)..<rows, (rows - 1)..<rows] {
+                for reference in [false, true] {
+                    var back = [UInt64](repeating: 0xDEAD, count: range.count * words)
+                    layout.unpackWords(range, wordsPerRow: words, into: &back, reference: reference)
+                    #expect(back == Array(packed[(range.lowerBound * words)..<(range.upperBound * words)]),
+                            "\(rows)×\(columns) rows \(range) reference \(reference)")
+                }
+            }
             var fast = [Float](repeating: .nan, count: rows), ref = fast
             BinaryKernels.gemvPlanes(layout, x: x, a: a, b: b, y: &fast)
             BinaryKernels.gemvPlanes(layout, x: x, a: a, b: b, y: &ref, reference: true)

@@ -73,6 +73,78 @@ extension LLMFP4Tests {
         }
     }
 
+    /// Prefill on the byte-plane layout (issue 13: the layout is the layer's only copy of the
+    /// codes): the int16 panel GEMM whose panels are built from the layout (vector and scalar)
+    /// writes the bits of the int16 reference on the nibble codes, and the float tile decoder
+    /// (vector and scalar) writes exactly what the nibble-code reference dequantizer writes, for
+    /// row counts with partial 16-row and 32-row panels, several groupings, whole and split
+    /// activations, and tiles that start inside a block.
+    @Test(arguments: [(37, 64, 32, 13, 0), (64, 576, 32, 9, 0), (17, 1536, 1536, 20, 0), (33, 24, 8, 11, 3),
+                      (48, 192, 64, 12, 1), (29, 1536, 32, 10, 3), (16, 40, 40, 9, 2)])
+    func layoutPrefillMatchesNibbleReference(shape: (Int, Int, Int, Int, Int)) throws {
+        let (rows, cols, gs, m, shift) = shape
+        for format in [Self.e2m1, Self.e1m2, Self.e3m0] {
+            let table = Self.integerTable(format)
+            var rng = SeededGenerator(seed: UInt64(rows * 7 + cols + shift))
+            let (codes, packed) = Self.edgeCaseCodes(rows: rows, columns: cols, using: &rng)
+            let groups = (cols + gs - 1) / gs
+            let scales = (0..<rows * groups).map { _ in rng.float(in: 0.01...2) }
+            let maxWeight = table.map { abs(Int($0)) }.max()!
+            let limit = min(shift == 0 ? 32_639 : Int(Int16.max) << shift, (Int(Int32.max) - 1) / (maxWeight * gs))
+            let lda = cols
+            var low = [Int16](repeating: 0, count: m * lda), high = low
+            for i in 0..<(m * lda) {
+                let v = Int.random(in: -limit...limit, using: &rng)
+                if shift == 0 { low[i] = Int16(v) } else { (low[i], high[i]) = Self.split(v, shift: shift) }
+            }
+            let layout = try #require(MiniFloat.FP4ByteLayout(codes: packed, rows: rows, columns: cols, groupSize: gs,
+                                                              table: table, scales: scales, planes: shift == 0 ? 2 : 3))
+            try withOptionalHigh(shift == 0 ? nil : high, shift: shift) { h in
+                var want = [Float](repeating: .nan, count: m * rows)
+                MiniFloat.fp4Int16Product(codes: packed, rows: rows, columns: cols, groupSize: gs, table: table,
+                                          scales: scales, activations: low, high: h, lda: lda, m: m, y: &want,
+                                          ldy: rows, kernel: .reference)
+                // VNNI off: the AVX2 panel GEMM with the scalar panel builder (the switch is
+                // process-wide: hold the lock).
+                TokenKernels.kernelSwitchLock.lock()
+                defer { TokenKernels.setVNNIEnabled(true); TokenKernels.kernelSwitchLock.unlock() }
+                for (reference, vnni) in [(false, true), (true, true), (false, false)] {
+                    TokenKernels.setVNNIEnabled(vnni)
+                    var y = [Float](repeating: .nan, count: m * rows)
+                    table.withUnsafeBufferPointer { t in
+                        MiniFloat.fp4Int16Product(layout, table: t.baseAddress!, activations: low, high: h, lda: lda,
+                                                  m: m, y: &y, ldy: rows, reference: reference)
+                    }
+                    #expect(y.map(\.bitPattern) == want.map(\.bitPattern),
+                            "\(format) \(shape) reference \(reference) vnni \(vnni)")
+                }
+            }
+            // Float tiles: the nibble decoder's reference values (`scale · value(code)`).
+            let values = format.codeValues
+            for range in [0..<rows, min(rows, 5)..<rows, (rows - 1)..<rows, min(rows, 16)..<min(rows, 35)] where !range.isEmpty {
+                var want = [Float](repeating: .nan, count: range.count * cols)
+                MiniFloat.decodeRows(codes: packed, nibbles: true, rowRange: range, columns: cols, groupSize: gs,
+                                     table: values, scales: scales, into: &want, reference: true)
+                for reference in [false, true] {
+                    var tile = [Float](repeating: .nan, count: range.count * cols + 1)
+                    values.withUnsafeBufferPointer { t in
+                        MiniFloat.decodeRows(layout, rowRange: range, table: t.baseAddress!, into: &tile,
+                                             reference: reference)
+                    }
+                    #expect(tile[range.count * cols].isNaN, "wrote past the tile")
+                    #expect(Array(tile.prefix(range.count * cols)).map(\.bitPattern) == want.map(\.bitPattern),
+                            "\(format) \(shape) rows \(range) reference \(reference)")
+                }
+            }
+            // And the plain dequantization of the weight (value(code) · scale) is what both decode.
+            let w = FloatingPointWeight(format: format, rows: rows, columns: cols, groupSize: gs, codes: codes,
+                                        scales: scales)
+            var tile = [Float](repeating: .nan, count: rows * cols)
+            values.withUnsafeBufferPointer { t in MiniFloat.decodeRows(layout, rowRange: 0..<rows, table: t.baseAddress!, into: &tile) }
+            #expect(tile.map(\.bitPattern) == w.dequantizedReference().map(\.bitPattern), "\(format) \(shape)")
+        }
+    }
+
     /// The byte planes and per-group corrections (vector and scalar) hold every activation
     /// integer exactly: Σ_p 256^p·b_p = v, and corr[g] = c·Σ_{j∈g} v.
     @Test func byteActivationPlanesAreExact() {

@@ -343,6 +343,67 @@ struct KernelTests {
         }
     }
 
+    /// The prefill tile decoder on the plane layout (the only copy of u4 codes where the planes
+    /// exist): the vector kernel and its scalar twin write exactly the reference dequantizer's
+    /// values (`dequantizedReference`), for row ranges that start and end inside 16-row blocks,
+    /// groups that split 32-column chunks and quads, and symmetric and asymmetric codes.
+    @Test("plane-layout tile dequantization is exact", arguments: ks)
+    func dequantizePlanes(k: Int) {
+        for (n, group, symmetric) in [(5, 32, false), (64, 7, false), (37, 128, true), (33, k, false), (17, 6, true),
+                                      (48, 96, false)] {
+            let q = makeLayer(out: n, in: k, bits: 4, groupSize: group, symmetric: symmetric, seed: UInt64(n * k + group))
+            let w = q.weight.integer!
+            let g = min(group, k), groups = (k + g - 1) / g
+            let zeros = w.zeros ?? [Float](repeating: Float(w.symmetricZero), count: n * groups)
+            let layout = LowBit.PlaneLayout(codes: w.codes, rows: n, columns: k, groupSize: g, scales: w.scales,
+                                            zeros: zeros)
+            let expected = w.dequantizedReference()
+            for range in [0..<n, 1..<n, (n - 1)..<n, min(n, 3)..<min(n, 20), min(n, 16)..<min(n, 33)] where !range.isEmpty {
+                // One float past the tile: the masked stores must not write it.
+                var fast = [Float](repeating: .nan, count: range.count * k + 1), ref = fast
+                LowBit.dequantizeRows(layout, rowRange: range, into: &fast)
+                LowBit.dequantizeRows(layout, rowRange: range, into: &ref, reference: true)
+                let want = Array(expected[(range.lowerBound * k)..<(range.upperBound * k)])
+                #expect(fast[range.count * k].isNaN && ref[range.count * k].isNaN, "wrote past the tile")
+                #expect(Array(fast.prefix(range.count * k)).map(\.bitPattern) == want.map(\.bitPattern),
+                        "n=\(n) k=\(k) group=\(g) rows=\(range)")
+                #expect(Array(ref.prefix(range.count * k)).map(\.bitPattern) == want.map(\.bitPattern),
+                        "reference n=\(n) k=\(k) group=\(g) rows=\(range)")
+            }
+            // The tiled product from the planes equals the one from the nibbles, bit for bit.
+            var rng = SplitMix(seed: UInt64(k))
+            let x = activations(rows: 11, columns: k, rng: &rng)
+            var a = [Float](repeating: .nan, count: 11 * n), b = a
+            LowBit.planesProduct(layout, x: x, rows: 11, y: &a, tileRows: 16)
+            let nibbles = LowBit.packNibbles(w.codes, rows: n, columns: k)
+            LowBit.dequantizedProduct(.u4, codes: nibbles, outFeatures: n, inFeatures: k, groupSize: g, scales: w.scales,
+                                      zeros: zeros, x: x, rows: 11, y: &b, tileRows: 16)
+            #expect(a.map(\.bitPattern) == b.map(\.bitPattern), "product n=\(n) k=\(k) group=\(g)")
+        }
+    }
+
+    /// Nibble rows back from a one-group plane layout (the binary layers' salient codes at
+    /// prefill): exactly `packNibbles`' bytes, vector and scalar, for odd widths and row ranges
+    /// inside 16-row blocks.
+    @Test("plane-layout nibble unpacking is exact", arguments: [1, 31, 32, 33, 116, 307, 600])
+    func unpackPlaneNibbles(k: Int) {
+        var rng = SplitMix(seed: UInt64(k) &* 77)
+        for n in [1, 16, 37] {
+            let codes = rng.bytes(n * k, below: 16)
+            let layout = LowBit.PlaneLayout(codes: codes, rows: n, columns: k, groupSize: k,
+                                            scales: [Float](repeating: 1, count: n), zeros: [Float](repeating: 0, count: n))
+            let want = LowBit.packNibbles(codes, rows: n, columns: k), stride = LowBit.nibbleRowBytes(k)
+            for range in [0..<n, (n / 3)..<n, (n - 1)..<n] {
+                for reference in [false, true] {
+                    var back = [UInt8](repeating: 0xAB, count: range.count * stride)
+                    layout.unpackNibbles(range, stride: stride, into: &back, reference: reference)
+                    #expect(back == Array(want[(range.lowerBound * stride)..<(range.upperBound * stride)]),
+                            "n=\(n) k=\(k) rows \(range) reference \(reference)")
+                }
+            }
+        }
+    }
+
     @Test("tiled dequantize + sgemm product", arguments: [LowBit.CodeFormat.u4, .u8], [1, 8, 16, 1000])
     func dequantizedProduct(format: LowBit.CodeFormat, tileRows: Int) {
         checkDequantizedProduct(format, out: 37, in: 96, rows: 5, tileRows: tileRows, seed: UInt64(tileRows), xSeed: 99)
@@ -503,10 +564,9 @@ struct IntegerLinearTests {
         // Float rounding leaves ~1e-7 of Σ|terms|; a 0.1% scaling slip shows as ~1e-4.
         let worst = worstRelativeError(y, want, mag)
         #expect(worst < 1e-5, "\(c.label) rows=\(rows): worst relative error \(worst)")
-        // The runtime never keeps the float matrix (with AVX-512, ≤ 4-bit float-activation layers
-        // also hold the codes in bit planes, padded to 16 rows, and blocked scales and zeros).
-        let planeCopy = LowBit.planeTablesSupported && c.activation == nil && c.bits <= 4
-        #expect(op.storageBytes < c.out * c.columns * (planeCopy ? 3 : 2))
+        // The runtime never keeps the float matrix, nor a second copy of the codes (with AVX-512,
+        // ≤ 4-bit float-activation layers hold them only in bit planes, padded to 16 rows).
+        #expect(op.storageBytes < c.out * c.columns * 2)
     }
 
     @Test("a row-batched forward equals row-by-row forwards", arguments: layerCases.filter { $0.activation != nil })
@@ -550,15 +610,15 @@ struct IntegerLinearTests {
 
     @Test("storage: nibbles for ≤ 4 bits, bytes above, int8 with activations")
     func storage() throws {
-        // With AVX-512 the ≤ 4-bit codes are held a second time in bit planes (the same bytes
-        // here: 64 rows and 128 columns need no padding to 16-row × 32-column blocks) with
-        // blocked scales and zeros.
+        // With AVX-512 the ≤ 4-bit codes are held only in bit planes (the same bytes as the
+        // nibbles here: 64 rows and 128 columns need no padding to 16-row × 32-column blocks)
+        // with blocked scales and zeros, plus 64 bytes of padding after the planes; no nibbles.
         let planes = LowBit.planeTablesSupported
         let w4 = try IntegerLinear(makeLayer(out: 64, in: 128, bits: 4, groupSize: 32, symmetric: false, seed: 1))
-        // Plus 64 bytes of padding after the planes.
-        #expect(w4.storageBytes == (64 * 64 + 64 * 4 * 4 * 2) * (planes ? 2 : 1) + (planes ? 64 : 0))
+        #expect(w4.storageBytes == 64 * 64 + 64 * 4 * 4 * 2 + (planes ? 64 : 0))
+        #expect(w4.weightBytes == w4.storageBytes)
         let w3 = try IntegerLinear(makeLayer(out: 64, in: 128, bits: 3, symmetric: true, seed: 1))
-        #expect(w3.storageBytes == (64 * 64 + 64 * 4 * 2) * (planes ? 2 : 1) + (planes ? 64 : 0))
+        #expect(w3.storageBytes == 64 * 64 + 64 * 4 * 2 + (planes ? 64 : 0))
         // Decode reads one copy: the planes (with their padding) where they exist.
         #expect(w4.weightBytes == 64 * 64 + 64 * 4 * 4 * 2 + (planes ? 64 : 0))
         let w8 = try IntegerLinear(makeLayer(out: 64, in: 128, bits: 8, symmetric: false, bias: true, seed: 1))

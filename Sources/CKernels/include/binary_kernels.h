@@ -68,4 +68,21 @@ void ck_gemv_sign_planes_ref(const uint64_t *planes, size_t block_begin, size_t 
                              size_t cols, const float *tables, float x_sum, const float *a, const float *b,
                              float *y);
 
+// Row-major bits and nibbles back from the plane layouts (u4_planes.c), for the prefill tiles of
+// binary layers whose only copy of the sign bits / salient codes is the planes (issue 13). Exact
+// bit rearrangements; BMI2 (pext/pdep) where present, the _ref twins are plain loops.
+/// Sign planes of a rows × cols layout (ck_sign_planes_pack) → rows [row_begin, +row_count) as
+/// words_per_row 64-bit words each (bit j of the row = column j; zero past cols).
+void ck_sign_planes_unpack_words(const uint64_t *planes, size_t row_begin, size_t row_count, size_t rows, size_t cols,
+                                 uint64_t *out, size_t words_per_row);
+void ck_sign_planes_unpack_words_ref(const uint64_t *planes, size_t row_begin, size_t row_count, size_t rows,
+                                     size_t cols, uint64_t *out, size_t words_per_row);
+/// u4 planes with ONE group per row (ck_u4_planes_pack, group_size = cols) → nibble rows at
+/// `stride` bytes, (cols + 1) / 2 ≤ stride ≤ the row's whole 16-byte chunks: code 2i in the low
+/// nibble of byte i (LowBit.packNibbles), zero high nibble past an odd column count.
+void ck_u4_planes_unpack_nibbles(const uint64_t *planes, size_t row_begin, size_t row_count, size_t rows, size_t cols,
+                                 uint8_t *out, size_t stride);
+void ck_u4_planes_unpack_nibbles_ref(const uint64_t *planes, size_t row_begin, size_t row_count, size_t rows,
+                                     size_t cols, uint8_t *out, size_t stride);
+
 #endif

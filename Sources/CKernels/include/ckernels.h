@@ -104,6 +104,16 @@ void ck_gemv_u4_planes_ref(const uint64_t *planes, size_t block_begin, size_t bl
                            const float *block_zeros, const float *tables, const float *xsums, float *y);
 /// 1 when the AVX-512 table kernel runs on this CPU.
 int ck_u4_planes_supported(void);
+/// Prefill tiles from the plane layout (the only copy of the codes where it exists):
+/// out[(r - row_begin)*cols + j] = block_scale(r, g) * ((float)u[r, j] - block_zero(r, g)) for rows
+/// [row_begin, row_begin + row_count), any row range; the same float operations as
+/// ck_dequant_u4_rows_ref (IntegerWeight.value), so the same bits. AVX-512 as above.
+void ck_dequant_u4_planes_rows(const uint64_t *planes, size_t row_begin, size_t row_count, size_t rows,
+                               size_t cols, size_t group_size, const float *block_scales, const float *block_zeros,
+                               float *out);
+void ck_dequant_u4_planes_rows_ref(const uint64_t *planes, size_t row_begin, size_t row_count, size_t rows,
+                                   size_t cols, size_t group_size, const float *block_scales,
+                                   const float *block_zeros, float *out);
 
 // ---------------------------------------------------------------------------------------------
 // Activation quantization (quant_act.c).

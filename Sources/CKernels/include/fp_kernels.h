@@ -208,4 +208,23 @@ void ck_fp4_gemv_u8_ref(const uint8_t *packed, const float *pscale, size_t block
 /// AVX-512 VNNI + BW (elsewhere the int16 GEMV stays).
 int ck_fp4_gemv_u8_available(void);
 
+// Prefill on the byte-plane layout (issue 13): where the layout above exists it is the layer's
+// only copy of the codes, and the prefill kernels read it. ck_fp4_gemm_i16x2_u8 is
+// ck_fp4_gemm_i16x2 with its panels built from `packed` / `pscale` (table = the signed weight
+// integers, not the offset ones): the same panel words, the same bits as ck_fp4_gemm_i16x2_ref on
+// the nibble codes and row-major scales. row_begin should be a multiple of 16 (else the scalar
+// twin runs). ck_fp4_u8_decode_rows writes float tiles out[(r - row_begin)·cols + j] =
+// pscale(r, g) · table[code(r, j)] for any row range: ck_fp_decode_rows_ref's product, the same
+// bits (AVX-512F; the _ref twins are scalar).
+void ck_fp4_gemm_i16x2_u8(const uint8_t *packed, const float *pscale, size_t row_begin, size_t row_count,
+                          size_t cols, size_t group_size, const int8_t *table, const int16_t *a, const int16_t *ahi,
+                          int shift, size_t lda, size_t m, float *y, size_t ldy);
+void ck_fp4_gemm_i16x2_u8_ref(const uint8_t *packed, const float *pscale, size_t row_begin, size_t row_count,
+                              size_t cols, size_t group_size, const int8_t *table, const int16_t *a,
+                              const int16_t *ahi, int shift, size_t lda, size_t m, float *y, size_t ldy);
+void ck_fp4_u8_decode_rows(const uint8_t *packed, const float *pscale, size_t row_begin, size_t row_count,
+                           size_t cols, size_t group_size, const float *table, float *out);
+void ck_fp4_u8_decode_rows_ref(const uint8_t *packed, const float *pscale, size_t row_begin, size_t row_count,
+                               size_t cols, size_t group_size, const float *table, float *out);
+
 #endif
