@@ -291,8 +291,9 @@ float ck_stream_sum(const float *p, size_t n) {
 #include <stdlib.h>
 #include <string.h>
 
-// Slots 0…3 are the Swift callers'; 4…7 belong to C kernels that need a buffer per call.
-#define CK_SCRATCH_SLOTS 10
+// Slots 0…3 are the Swift callers'; 4…7 belong to C kernels that need a buffer per call;
+// 10 and 11 hold the bf16 activations and packed tile of `LowBit.bf16TiledProduct`.
+#define CK_SCRATCH_SLOTS 12
 
 typedef struct {
     void *data;
