@@ -343,7 +343,7 @@ public enum LowBit {
                                     y: UnsafeMutablePointer<Float>, tileRows: Int, bf16: Bool? = nil,
                                     decode: @Sendable (Range<Int>, UnsafeMutablePointer<Float>) -> Void) {
         guard rows > 0, outFeatures > 0 else { return }
-        if bf16 ?? bf16Prefill {
+        if bf16 ?? bf16PrefillOverride ?? bf16Prefill {
             bf16TiledProduct(outFeatures: outFeatures, inFeatures: inFeatures, x: x, rows: rows, y: y,
                              tileRows: tileRows, decode: decode)
             return
@@ -403,6 +403,13 @@ public enum LowBit {
         get { ck_bf16_prefill_enabled() != 0 }
         set { ck_set_bf16_prefill_enabled(newValue ? 1 : 0) }
     }
+
+    /// A task-scoped override of `bf16Prefill` (`LowBit.$bf16PrefillOverride.withValue(false) { … }`)
+    /// for products started on the task's own thread: a layer's forward called from the task
+    /// sees it, work that the pool runs on its own threads does not (a model's fused q/k/v or
+    /// gate/up jobs). Tests use it to check a format's float32 prefill without switching the
+    /// process-wide setting under other tests.
+    @TaskLocal public static var bf16PrefillOverride: Bool?
 
     /// Whether the bf16 products run the AVX512_BF16 kernel (`vdpbf16ps`) on this CPU (false
     /// also while `setBF16KernelEnabled(false)`). Without it `bf16TiledProduct` rounds both
