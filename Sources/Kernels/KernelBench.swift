@@ -30,6 +30,8 @@ public enum KernelBench {
         /// Median microseconds of an empty two-task pool job (dispatch + join).
         public let poolJobMicroseconds: Double
         public let timings: [Timing]
+        /// Prefill GEMMs, float32 sgemm against bf16 (`gemmTimings`).
+        public var gemms: [GemmTiming] = []
     }
 
     /// Linear shapes `(rows, columns)` of one decoder layer and the layer count (SmolLM2-135M).
@@ -496,6 +498,7 @@ public enum KernelBench {
         }
         jobs.sort()
         return Report(threads: Parallel.workerCount, vnni: TokenKernels.usesVNNI, readBandwidthBytesPerSecond: bandwidth,
-                      poolJobMicroseconds: jobs[jobs.count / 2], timings: timings)
+                      poolJobMicroseconds: jobs[jobs.count / 2], timings: timings,
+                      gemms: gemmTimings(repeats: repeats))
     }
 }

@@ -382,10 +382,10 @@ public enum LowBit {
                                           outFeatures: Int, inFeatures: Int, groupSize: Int,
                                           scales: UnsafePointer<Float>, zeros: UnsafePointer<Float>,
                                           x: UnsafePointer<Float>, rows: Int, y: UnsafeMutablePointer<Float>,
-                                          tileRows: Int? = nil) {
+                                          tileRows: Int? = nil, bf16: Bool? = nil) {
         let pc = SendableConstPointer(codes), ps = SendableConstPointer(scales), pz = SendableConstPointer(zeros)
         tiledProduct(outFeatures: outFeatures, inFeatures: inFeatures, x: x, rows: rows, y: y,
-                     tileRows: tileRows ?? defaultTileRows(inFeatures: inFeatures)) { range, tile in
+                     tileRows: tileRows ?? defaultTileRows(inFeatures: inFeatures), bf16: bf16) { range, tile in
             dequantizeRows(format, codes: pc.base, rowRange: range, columns: inFeatures, groupSize: groupSize,
                            scales: ps.base, zeros: pz.base, into: tile)
         }
@@ -400,10 +400,18 @@ public enum LowBit {
     /// one tile per slice it packs x once per thread, and OpenBLAS's polling workers, 17 % of
     /// the two-thread W4A16 samples, are gone: docs/RESULTS.md, "sixth pass".) With one thread
     /// each tile is decoded, then multiplied.
+    ///
+    /// With `bf16` (default: `bf16Prefill`, on) the tiles are multiplied in bf16 instead of
+    /// float32 (`bf16TiledProduct`); the decode closures still write float tiles.
     public static func tiledProduct(outFeatures: Int, inFeatures: Int, x: UnsafePointer<Float>, rows: Int,
-                                    y: UnsafeMutablePointer<Float>, tileRows: Int,
+                                    y: UnsafeMutablePointer<Float>, tileRows: Int, bf16: Bool? = nil,
                                     decode: @Sendable (Range<Int>, UnsafeMutablePointer<Float>) -> Void) {
         guard rows > 0, outFeatures > 0 else { return }
+        if bf16 ?? bf16PrefillOverride ?? bf16Prefill {
+            bf16TiledProduct(outFeatures: outFeatures, inFeatures: inFeatures, x: x, rows: rows, y: y,
+                             tileRows: tileRows, decode: decode)
+            return
+        }
         let parts = BLAS.pooledParts(rows: rows, columns: outFeatures, depth: inFeatures)
         if parts > 1 {
             // Each thread decodes and multiplies its own slice of the output features, OpenBLAS
@@ -442,6 +450,164 @@ public enum LowBit {
             }
             BLAS.gemm(m: rows, n: r1 - r0, k: inFeatures, a: x, lda: inFeatures,
                       b: scratch, ldb: inFeatures, transposeB: true, c: y + r0, ldc: outFeatures)
+        }
+    }
+
+    // MARK: bf16 prefill
+
+    /// Whether the prefill of float-activation (weight-only) layers — every `tiledProduct`:
+    /// W4A16/W8A16 nibble and byte tiles, SplitQuant, PTQ1.61 and LLM-FP4's float-tile layers —
+    /// multiplies in bf16: activations and decoded weights rounded to bf16 (round to nearest even),
+    /// exact products, fp32 sums. On by default (llm-compressor's "A16" is 16-bit activations;
+    /// llama.cpp's Q4_0 matmul uses 8-bit ones); `PTQ_PREFILL_BF16=0` in the environment starts
+    /// the process with it off. Process-wide: tests that flip it hold
+    /// `TokenKernels.kernelSwitchLock`. Decode (a GEMV per row) and the FP32 model
+    /// (`BLAS.pooledLinear`) stay float32 either way.
+    public static var bf16Prefill: Bool {
+        get { ck_bf16_prefill_enabled() != 0 }
+        set { ck_set_bf16_prefill_enabled(newValue ? 1 : 0) }
+    }
+
+    /// A task-scoped override of `bf16Prefill` (`LowBit.$bf16PrefillOverride.withValue(false) { … }`)
+    /// for products started on the task's own thread: a layer's forward called from the task
+    /// sees it, work that the pool runs on its own threads does not (a model's fused q/k/v or
+    /// gate/up jobs). Tests use it to check a format's float32 prefill without switching the
+    /// process-wide setting under other tests.
+    @TaskLocal public static var bf16PrefillOverride: Bool?
+
+    /// Whether the bf16 products run the AVX512_BF16 kernel (`vdpbf16ps`) on this CPU (false
+    /// also while `setBF16KernelEnabled(false)`). Without it `bf16TiledProduct` rounds both
+    /// operands to bf16 and runs sgemm: the same products, summed in sgemm's order.
+    public static var usesBF16Kernel: Bool { ck_cpu_has_avx512bf16() != 0 }
+
+    /// Turns the AVX512_BF16 kernel off (the rounding + sgemm fallback instead) or back on, for
+    /// tests and measurements.
+    public static func setBF16KernelEnabled(_ enabled: Bool) { ck_set_bf16_kernel_enabled(enabled ? 1 : 0) }
+
+    /// How float-activation layers prefill with the current settings, for reports.
+    public static var prefillDescription: String {
+        guard bf16Prefill else { return "fp32 tile-sgemm" }
+        return usesBF16Kernel ? "bf16 GEMM (AVX512_BF16 vdpbf16ps, fp32 sums)" : "bf16-rounded tile-sgemm (no AVX512_BF16)"
+    }
+
+    /// Relative-error bound of one bf16 product against the exact float product of the same
+    /// operands: |y − x·wᵀ| ≤ `bf16ProductBound(depth:)`·Σ|x_t·w_t| per output. bf16 has 8
+    /// significant bits, so each operand rounds (to nearest) with relative error ≤ u = 2⁻⁸, a
+    /// product of two by ≤ 2u + u² = 2⁻⁷ + 2⁻¹⁶, and an fp32 sum over `depth` terms (any order)
+    /// adds ≤ depth·2⁻²⁴ of Σ|terms| (first order; the 0.1 % covers the second). Products that
+    /// fall below fp32's normal range are flushed and are not covered.
+    public static func bf16ProductBound(depth: Int) -> Float {
+        Float(1.0 / 128 + 1.0 / 65_536) * 1.001 + Float(depth + 2) * 0x1p-24
+    }
+
+    /// `y[rows, n] = x[rows, k]·w[n, k]ᵀ` in bf16 on the calling thread, as `bf16TiledProduct`
+    /// multiplies one tile: the AVX512_BF16 kernel where there is one, else rounding + sgemm.
+    public static func bf16Product(x: UnsafePointer<Float>, rows: Int, w: UnsafePointer<Float>, n: Int, k: Int,
+                                   y: UnsafeMutablePointer<Float>) {
+        guard rows > 0, n > 0 else { return }
+        let lda = (k + 1) & ~1
+        if usesBF16Kernel {
+            let xb = UnsafeMutablePointer<UInt16>.allocate(capacity: max(1, rows * lda))
+            let packed = UnsafeMutablePointer<UInt16>.allocate(capacity: max(1, ck_bf16_packed_count(n, k)))
+            defer { xb.deallocate(); packed.deallocate() }
+            ck_bf16_from_f32(x, rows, k, k, xb, lda)
+            ck_bf16_pack(w, n, k, k, packed)
+            ck_bf16_gemm(xb, rows, lda, packed, n, k, y, n, 0)
+        } else {
+            let xr = UnsafeMutablePointer<Float>.allocate(capacity: max(1, rows * k))
+            let wr = UnsafeMutablePointer<Float>.allocate(capacity: max(1, n * k))
+            defer { xr.deallocate(); wr.deallocate() }
+            xr.update(from: x, count: rows * k)
+            wr.update(from: w, count: n * k)
+            ck_bf16_round_f32(xr, rows * k)
+            ck_bf16_round_f32(wr, n * k)
+            BLAS.gemm(m: rows, n: n, k: k, a: xr, lda: k, b: wr, ldb: k, transposeB: true, c: y, ldc: n)
+        }
+    }
+
+    /// Scalar twin of the AVX512_BF16 path of `bf16Product` (same bits: `ck_bf16_gemm_ref`).
+    public static func bf16ProductReference(x: UnsafePointer<Float>, rows: Int, w: UnsafePointer<Float>, n: Int,
+                                            k: Int, y: UnsafeMutablePointer<Float>) {
+        ck_bf16_gemm_ref(x, rows, k, w, n, k, k, y, n, 0)
+    }
+
+    /// `tiledProduct` in bf16. x is converted once per call on the calling thread (slot 13) and
+    /// shared by the parts; each decoded float tile is packed into bf16 k-pair panels (slot 14)
+    /// and multiplied by `ck_bf16_gemm`, so the decode closures keep writing float tiles. The
+    /// split over threads is `tiledProduct`'s: one slice of output features per pool thread when
+    /// `BLAS.pooledParts` says so, else the tile's 32-row panels are spread over the pool.
+    /// Without the AVX512_BF16 kernel both operands are rounded to bf16 floats and sgemm runs.
+    static func bf16TiledProduct(outFeatures: Int, inFeatures: Int, x: UnsafePointer<Float>, rows: Int,
+                                 y: UnsafeMutablePointer<Float>, tileRows: Int,
+                                 decode: @Sendable (Range<Int>, UnsafeMutablePointer<Float>) -> Void) {
+        let k = inFeatures, n = outFeatures
+        let kernel = usesBF16Kernel
+        let lda = (k + 1) & ~1
+        // The activations in bf16 (kernel) or rounded to bf16 floats (fallback), once per call.
+        var pxb: SendableConstPointer<UInt16>?, pxr: SendableConstPointer<Float>?
+        if kernel {
+            let xb = threadScratch(slot: 13, count: rows * lda, of: UInt16.self)
+            ck_bf16_from_f32(x, rows, k, k, xb, lda)
+            pxb = SendableConstPointer(xb)
+        } else {
+            let xr = threadScratch(slot: 13, count: rows * k, of: Float.self)
+            xr.update(from: x, count: rows * k)
+            ck_bf16_round_f32(xr, rows * k)
+            pxr = SendableConstPointer(xr)
+        }
+        let py = SendablePointer(y)
+        let (xb, xr) = (pxb, pxr)
+        /// Multiplies the decoded rows `r0 ..< r0 + count` (in `tile`) into y on this thread.
+        @Sendable func multiply(_ tile: UnsafeMutablePointer<Float>, count: Int, r0: Int) {
+            if let xb {
+                let packed = threadScratch(slot: 14, count: ck_bf16_packed_count(count, k), of: UInt16.self)
+                ck_bf16_pack(tile, count, k, k, packed)
+                ck_bf16_gemm(xb.base, rows, lda, packed, count, k, py.base + r0, n, 0)
+            } else if let xr {
+                ck_bf16_round_f32(tile, count * k)
+                BLAS.gemm(m: rows, n: count, k: k, a: xr.base, lda: k, b: tile, ldb: k, transposeB: true,
+                          c: py.base + r0, ldc: n)
+            }
+        }
+        let parts = BLAS.pooledParts(rows: rows, columns: n, depth: k)
+        if parts > 1 {
+            let width = BLAS.alignedPart(n, parts: parts)
+            BLAS.withOneOpenBLASThread {
+                Parallel.forEach(parts) { p in
+                    let begin = p * width, end = min(n, begin + width)
+                    guard begin < end else { return }
+                    let tile = min(end - begin, max(1, tileRows))
+                    let scratch = threadScratch(slot: 3, count: tile * k, of: Float.self)
+                    for r0 in stride(from: begin, to: end, by: tile) {
+                        let r1 = min(end, r0 + tile)
+                        decode(r0..<r1, scratch)
+                        multiply(scratch, count: r1 - r0, r0: r0)
+                    }
+                }
+            }
+            return
+        }
+        let tile = min(n, max(1, tileRows))
+        let scratch = threadScratch(slot: 3, count: tile * k, of: Float.self)
+        let pscratch = SendablePointer(scratch)
+        let minimumRows = max(8, (minimumWorkPerChunk / 8 + k - 1) / max(1, k))
+        for r0 in stride(from: 0, to: n, by: tile) {
+            let r1 = min(n, r0 + tile)
+            // Workers sleep after the decode only when OpenBLAS's threads run next (as in
+            // `tiledProduct`); the bf16 kernel runs on the pool.
+            Parallel.forEachChunk(r1 - r0, minimumChunk: minimumRows, sleepAfter: !kernel) { part in
+                decode((r0 + part.lowerBound)..<(r0 + part.upperBound), pscratch.base + part.lowerBound * k)
+            }
+            guard kernel else {
+                multiply(scratch, count: r1 - r0, r0: r0)
+                continue
+            }
+            // Panels of 32 output rows spread over the pool, each packed by the task that multiplies it.
+            let width = Int(CK_BF16_PANEL), panels = (r1 - r0 + width - 1) / width
+            Parallel.forEachChunk(panels, minimumChunk: chunk(workPerRow: width * rows * k, atLeast: 1)) { range in
+                let c0 = range.lowerBound * width, c1 = min(r1 - r0, range.upperBound * width)
+                multiply(pscratch.base + c0 * k, count: c1 - c0, r0: r0 + c0)
+            }
         }
     }
 

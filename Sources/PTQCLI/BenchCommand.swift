@@ -25,6 +25,9 @@ struct BenchCommand: ParsableCommand {
     @Flag(name: .long, help: "Time each decode GEMV kernel on SmolLM2's layer shapes (random codes, one token's worth of layers per pass) and print GB/s against the read bandwidth measured in the same run, instead of a model.")
     var kernels = false
 
+    @Flag(name: .long, help: "With --kernels: time only the prefill GEMMs (float32 sgemm against the bf16 GEMM, SmolLM2's prefill shapes, one and two threads) and print GFLOP/s.")
+    var gemm = false
+
     @Option(name: .long, help: "Float reference checkpoint (.h5) measured in the same run, for ratios.")
     var reference: String?
 
@@ -46,6 +49,8 @@ struct BenchCommand: ParsableCommand {
     func validate() throws {
         if kernels {
             guard model == nil, reference == nil else { throw ValidationError("--kernels takes no model and no --reference") }
+        } else if gemm {
+            throw ValidationError("--gemm needs --kernels")
         } else if model == nil {
             throw ValidationError("missing model file (or --kernels)")
         }
@@ -100,6 +105,8 @@ struct BenchCommand: ParsableCommand {
         var kernels: [String: Int]? = nil
         /// Bytes the linear layers of each kernel path hold (`LinearOp.storageBytes`), LLaMA models only.
         var kernel_storage_bytes: [String: Int]? = nil
+        /// How float-activation (weight-only) layers prefilled (`PTQ.prefillDescription`).
+        var float_activation_prefill: String = PTQ.prefillDescription
     }
 
     /// The process's current resident set (`/proc/self/statm`, pages × page size), 0 if unreadable.
@@ -225,6 +232,7 @@ struct BenchCommand: ParsableCommand {
             let held = speed.kernel_storage_bytes?[description].map { String(format: ", %.1f MB held", Double($0) / 1e6) } ?? ""
             print("  \(count)× \(description)\(held)")
         }
+        print("  prefill of float-activation layers: \(speed.float_activation_prefill)")
         if let base {
             print("\(base.model): \(line(base))")
             print(String(format: "ratio: prefill %.2fx, decode %.2fx",
@@ -238,6 +246,12 @@ struct BenchCommand: ParsableCommand {
 
     /// `--kernels`: per-kernel GB/s over a token's worth of SmolLM2 layers and the LM head.
     func runKernels() throws {
+        if gemm {
+            let gemms = PTQ.benchmarkPrefillGEMMs(repeats: repeats)
+            if options.json { try printJSON(gemms); return }
+            printGEMMs(gemms)
+            return
+        }
         let report = PTQ.benchmarkKernels(repeats: repeats)
         if options.json { try printJSON(report); return }
         print("\(report.threads) threads, VNNI \(report.vnni ? "yes" : "no"), read bandwidth "
@@ -249,6 +263,18 @@ struct BenchCommand: ParsableCommand {
                   + String(format: "%7.1f MB %8.3f ms (%.3f–%.3f) %6.1f GB/s %4.0f%% of bandwidth",
                            Double(t.bytes) / 1e6, t.milliseconds, t.minMilliseconds, t.maxMilliseconds,
                            t.gigabytesPerSecond, 100 * t.bandwidthFraction))
+        }
+        printGEMMs(report.gemms)
+    }
+
+    /// The prefill GEMM table of `--kernels`.
+    func printGEMMs(_ gemms: [PrefillGEMMTiming]) {
+        print("prefill GEMMs (rows × in → out), median of \(repeats); float-activation prefill: \(PTQ.prefillDescription)")
+        for g in gemms {
+            let shape = "\(g.rows)×\(g.inFeatures)→\(g.outFeatures), \(g.threads) thread\(g.threads == 1 ? "" : "s")"
+            let kernel = g.kernel.count >= 62 ? g.kernel : g.kernel + String(repeating: " ", count: 62 - g.kernel.count)
+            print(kernel + shape + String(format: "  %8.3f ms (%.3f–%.3f) %7.1f GFLOP/s", g.milliseconds,
+                                          g.minMilliseconds, g.maxMilliseconds, g.gigaflopsPerSecond))
         }
     }
 }

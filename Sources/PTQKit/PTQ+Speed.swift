@@ -18,7 +18,28 @@ extension PTQ {
     /// Times each decode GEMV kernel on SmolLM2's layer shapes against the read bandwidth of the
     /// same run (`ptq bench --kernels`; see `KernelBench`).
     public static func benchmarkKernels(repeats: Int = 15) -> KernelBenchReport { KernelBench.run(repeats: repeats) }
+
+    /// Times the prefill GEMMs alone (`ptq bench --kernels --gemm`): float32 sgemm against the
+    /// bf16 GEMM on SmolLM2's prefill shapes, one and two threads (`KernelBench.gemmTimings`).
+    public static func benchmarkPrefillGEMMs(repeats: Int = 15) -> [PrefillGEMMTiming] {
+        KernelBench.gemmTimings(repeats: repeats)
+    }
+
+    /// Whether the prefill of float-activation (weight-only) layers runs in bf16: activations
+    /// and decoded weights rounded to bf16, fp32 sums (`LowBit.bf16Prefill`). On by default;
+    /// `PTQ_PREFILL_BF16=0` in the environment starts a process with it off. Process-wide: set
+    /// it before loading or running models, not while another thread runs a forward pass.
+    public static var bf16Prefill: Bool {
+        get { LowBit.bf16Prefill }
+        set { LowBit.bf16Prefill = newValue }
+    }
+
+    /// How float-activation layers prefill with the current settings (`ptq bench` prints it).
+    public static var prefillDescription: String { LowBit.prefillDescription }
 }
 
 /// The report of `PTQ.benchmarkKernels`.
 public typealias KernelBenchReport = KernelBench.Report
+
+/// One timing of `PTQ.benchmarkPrefillGEMMs`.
+public typealias PrefillGEMMTiming = KernelBench.GemmTiming

@@ -392,8 +392,8 @@ public final class BinaryLinear: LinearOp {
 
     /// Column masks: the C tile decoder (AVX-512: pdep + blend + expand per 16 columns), then the
     /// outlier columns' float weights over their (zero-point) salient values. Bits and codes held
-    /// only as planes are first unpacked for the tile's rows into per-thread scratch (slots 10
-    /// and 11), and the decoder reads them as rows 0… with the per-row parameters offset to match.
+    /// only as planes are first unpacked for the tile's rows into per-thread scratch (slots 15
+    /// and 16), and the decoder reads them as rows 0… with the per-row parameters offset to match.
     private func decodeColumnMaskedRows(_ range: Range<Int>, into tile: UnsafeMutablePointer<Float>, reference: Bool) {
         let k = inFeatures, ns = salientColumns.count, wpr = wordsPerRow
         let stride = salientFormat == .u4 ? LowBit.nibbleRowBytes(ns) : ns

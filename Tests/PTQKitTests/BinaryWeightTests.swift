@@ -397,10 +397,24 @@ struct BinaryWeightTests {
         for xRows in [1, 3, 12] {
             let x = (0..<(xRows * columns)).map { _ in rng.float(in: -2...2) }
             var y = [Float](repeating: 0, count: xRows * rows)
-            x.withUnsafeBufferPointer { xp in
-                y.withUnsafeMutableBufferPointer { layer.forward(xp.baseAddress!, rows: xRows, into: $0.baseAddress!) }
+            // float32 prefill tiles: the decoded format to float rounding (bf16 checked below).
+            LowBit.$bf16PrefillOverride.withValue(false) {
+                x.withUnsafeBufferPointer { xp in
+                    y.withUnsafeMutableBufferPointer { layer.forward(xp.baseAddress!, rows: xRows, into: $0.baseAddress!) }
+                }
             }
             let want = Self.product(dense, rows: rows, columns: columns, x: x, xRows: xRows, bias: bias)
+            if xRows > 8 {
+                // The default bf16 prefill: within the bf16 product bound of the reference dequantizer.
+                var yb = [Float](repeating: .nan, count: xRows * rows)
+                LowBit.$bf16PrefillOverride.withValue(true) {
+                    x.withUnsafeBufferPointer { xp in
+                        yb.withUnsafeMutableBufferPointer { layer.forward(xp.baseAddress!, rows: xRows, into: $0.baseAddress!) }
+                    }
+                }
+                let failures = bf16PrefillViolations(y: yb, x: x, rows: xRows, weight: dense, out: rows, k: columns, bias: bias)
+                #expect(failures.isEmpty, "\(rows)×\(columns) bf16 prefill: \(failures.prefix(3))")
+            }
             let scale = (want.map(abs).max() ?? 0) + 1e-3
             for i in want.indices {
                 #expect(abs(y[i] - want[i]) <= 1e-4 * scale, "\(rows)×\(columns) \(xRows) rows, output \(i): \(y[i]) vs \(want[i])")

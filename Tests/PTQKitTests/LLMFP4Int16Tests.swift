@@ -434,7 +434,9 @@ extension LLMFP4Tests {
             // Inputs up to past the clipping point of the largest channel (saturated activations).
             let x = (0..<rows * cols).map { i in (i % cols == 6 ? 40 : 1) * rng.float(in: -1...1) }
             var y = [Float](repeating: .nan, count: rows * out), expected = y
-            op.forward(x, rows: rows, into: &y)
+            // Float tiles (the float path's prefill) in float32 here: the bf16 product of the
+            // float tiles is checked in `floatTilePrefillInBF16`.
+            LowBit.$bf16PrefillOverride.withValue(false) { op.forward(x, rows: rows, into: &y) }
             SimulatedLinear(q).forward(x, rows: rows, into: &expected)
             let scale = expected.map(abs).max()!
             for i in 0..<y.count {
@@ -442,7 +444,7 @@ extension LLMFP4Tests {
             }
             if split {
                 var yFloat = [Float](repeating: .nan, count: rows * out)
-                floatOp.forward(x, rows: rows, into: &yFloat)
+                LowBit.$bf16PrefillOverride.withValue(false) { floatOp.forward(x, rows: rows, into: &yFloat) }
                 for i in 0..<y.count { #expect(abs(yFloat[i] - expected[i]) <= 1e-5 * scale) }
             }
         }

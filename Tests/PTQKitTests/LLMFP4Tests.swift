@@ -535,6 +535,29 @@ struct LLMFP4Tests {
         }
     }
 
+    /// Weight-only FP layers prefill on float tiles (`MiniFloat.product` → `LowBit.tiledProduct`),
+    /// in bf16 by default: within the bf16 product bound of the reference dequantizer, for two
+    /// FP4 formats and FP8 weights, grouped and per channel, on a one-tile and a pool-split shape.
+    @Test(arguments: [(24, 70, 32), (300, 256, 64)])
+    func floatTilePrefillInBF16(_ shape: (out: Int, cols: Int, groupSize: Int)) throws {
+        for format in [Self.e2m1, Self.e1m2, Self.e4m3] {
+            for gs in [shape.groupSize, shape.cols] {
+                let w = Self.randomWeight(rows: shape.out, cols: shape.cols, groupSize: gs, format: format, seed: 21)
+                var rng = SeededGenerator(seed: 5)
+                let bias = (0..<shape.out).map { _ in rng.float(in: -1...1) }
+                let q = QuantizedLinear(name: "l", method: "llmfp4", weight: .floatingPoint(w), bias: bias, activation: nil)
+                let op = try FloatingPointLinear(q)
+                let rows = 96
+                let x = (0..<rows * shape.cols).map { i in (i % shape.cols == 4 ? 20 : 1) * rng.float(in: -1...1) }
+                var y = [Float](repeating: .nan, count: rows * shape.out)
+                LowBit.$bf16PrefillOverride.withValue(true) { op.forward(x, rows: rows, into: &y) }
+                let failures = bf16PrefillViolations(y: y, x: x, rows: rows, weight: w.dequantizedReference(), out: shape.out,
+                                                     k: shape.cols, bias: bias)
+                #expect(failures.isEmpty, "\(format) g\(gs) \(shape): \(failures.prefix(3))")
+            }
+        }
+    }
+
     /// The runtime layer equals the simulated quantized layer (fake-quant activations, reference
     /// weights) for decode-sized and prefill-sized inputs, per channel and grouped, with bias.
     @Test(arguments: [1, 3, 20])
@@ -550,7 +573,8 @@ struct LLMFP4Tests {
             let op = try FloatingPointLinear(q)
             let x = (0..<rows * cols).map { i in absMax[i % cols] * rng.float(in: -1...1) }
             var y = [Float](repeating: 0, count: rows * out), expected = y
-            op.forward(x, rows: rows, into: &y)
+            // Float tiles in float32 (their bf16 product: `floatTilePrefillInBF16`).
+            LowBit.$bf16PrefillOverride.withValue(false) { op.forward(x, rows: rows, into: &y) }
             SimulatedLinear(q).forward(x, rows: rows, into: &expected)
             for i in 0..<y.count { #expect(abs(y[i] - expected[i]) <= 1e-4 * max(1, abs(expected[i])), "\(format) row \(i / out)") }
             #expect(op.kernelDescription.contains(format.description))

@@ -189,10 +189,22 @@ struct SplitQuantTests {
             for xRows in [1, 12] {
                 let x = (0..<(xRows * columns)).map { _ in rng.float(in: -1...1) }
                 var y = [Float](repeating: 0, count: xRows * rows)
-                x.withUnsafeBufferPointer { xp in y.withUnsafeMutableBufferPointer { layer.forward(xp.baseAddress!, rows: xRows, into: $0.baseAddress!) } }
+                // float32 prefill tiles: the decoded format to float rounding (bf16 checked below).
+                LowBit.$bf16PrefillOverride.withValue(false) {
+                    x.withUnsafeBufferPointer { xp in y.withUnsafeMutableBufferPointer { layer.forward(xp.baseAddress!, rows: xRows, into: $0.baseAddress!) } }
+                }
                 let want = Self.referenceProduct(split, bias: bias, x: x, rows: xRows)
                 let scale = want.map(abs).max()! + 1e-3
                 for i in want.indices { #expect(abs(y[i] - want[i]) <= 2e-5 * scale, "\(range) \(xRows) rows, output \(i)") }
+                if xRows > 1 {
+                    // The default bf16 prefill: within the bf16 product bound of the reference dequantizer.
+                    var yb = [Float](repeating: .nan, count: xRows * rows)
+                    LowBit.$bf16PrefillOverride.withValue(true) {
+                        x.withUnsafeBufferPointer { xp in yb.withUnsafeMutableBufferPointer { layer.forward(xp.baseAddress!, rows: xRows, into: $0.baseAddress!) } }
+                    }
+                    let failures = bf16PrefillViolations(y: yb, x: x, rows: xRows, weight: reference, out: rows, k: columns, bias: bias)
+                    #expect(failures.isEmpty, "\(range) bf16 prefill: \(failures.prefix(3))")
+                }
                 if xRows == 1 {
                     var yRef = [Float](repeating: 0, count: rows)
                     x.withUnsafeBufferPointer { xp in yRef.withUnsafeMutableBufferPointer { layer.forwardReference(xp.baseAddress!, into: $0.baseAddress!) } }
@@ -425,7 +437,8 @@ struct SplitQuantTests {
         let simulated = try LlamaModel(weights: SimulatedWeights(packed: stored))
         let tokens = [3, 77, 201, 5, 19, 250, 42, 8, 100, 7, 9, 11]
         for rows in [tokens, [tokens[0]]] {
-            let a = runtime.forward(rows), b = simulated.forward(rows)
+            // float32 prefill tiles, as the simulation (the bf16 product is checked per layer).
+            let a = LowBit.$bf16PrefillOverride.withValue(false) { runtime.forward(rows) }, b = simulated.forward(rows)
             let scale = b.map(abs).max()!
             let error = zip(a, b).map { abs($0 - $1) }.max()!
             #expect(error <= 1e-4 * scale, "max |runtime − simulation| \(error) (logit scale \(scale))")
