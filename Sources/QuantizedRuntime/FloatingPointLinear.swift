@@ -117,7 +117,7 @@ public final class FloatingPointLinear: LinearOp {
             + (byteLayout?.bytes ?? 0)
     }
 
-    /// What runs, for reports: e.g. `fp4 e2m1 LUT GEMV/tile-sgemm g32, A fp8 e4m3 per-tensor`.
+    /// What runs, for reports: e.g. `fp4 e2m1 LUT GEMV/tile-GEMM g32, A fp8 e4m3 per-tensor`.
     public var kernelDescription: String {
         let grouping = groupSize >= inFeatures ? "per-channel" : "g\(groupSize)"
         let act = activation?.floatFormat.map { "A \($0) per-tensor" + (activation?.channelScales != nil ? " + 2^-k" : "") }
@@ -126,7 +126,7 @@ public final class FloatingPointLinear: LinearOp {
         if let byteLayout, let integer {
             let decode = "byte-plane VNNI GEMV (decode, \(byteLayout.planes) planes)"
             if integer.splitShift != nil && !splitPrefill {
-                return "\(format) tile-sgemm (prefill) + \(decode) \(grouping), \(act) \(int16)"
+                return "\(format) tile-GEMM (prefill) + \(decode) \(grouping), \(act) \(int16)"
             }
             return "\(format) nibble-table int16 GEMM (prefill) + \(decode) \(grouping), \(act) \(int16)"
         }
@@ -143,7 +143,7 @@ public final class FloatingPointLinear: LinearOp {
             let kernel = integer.table != nil ? "nibble-table int8 GEMV" : "LUT→int8 GEMM"
             return "\(format) \(kernel) \(grouping), \(act) as int8"
         }
-        return "\(format) LUT GEMV/tile-sgemm \(grouping), \(act)"
+        return "\(format) LUT GEMV/tile-GEMM \(grouping), \(act)"
     }
 
     /// Converts a `QuantizedLinear` with minifloat weights to run-time storage; throws a `PTQError`

@@ -99,7 +99,7 @@ public final class IntegerLinear: LinearOp {
         }
     }
 
-    /// What runs, for reports: e.g. `int8 GEMM W8A8 per-token`, `u4 GEMV/tile-sgemm W4A16 g128`.
+    /// What runs, for reports: e.g. `int8 GEMM W8A8 per-token`, `u4 GEMV/tile-GEMM W4A16 g128`.
     public var kernelDescription: String {
         let grouping = groupSize >= inFeatures ? "per-channel" : "g\(groupSize)"
         switch kernel {
@@ -113,7 +113,7 @@ public final class IntegerLinear: LinearOp {
             return "\(kernel) W\(weightBits)A\(p.activationBits) \(grouping) \(scaling)"
         case .weightOnly(let p):
             let gemv = p.planes != nil ? "u4 plane-table" : p.format == .u4 ? "u4" : "u8"
-            return "\(gemv) GEMV/tile-sgemm W\(weightBits)A16 \(grouping)"
+            return "\(gemv) GEMV/tile-GEMM W\(weightBits)A16 \(grouping)"
         }
     }
 

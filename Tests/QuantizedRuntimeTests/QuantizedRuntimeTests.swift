@@ -641,7 +641,7 @@ struct IntegerLinearTests {
         // Codes, one scale and one int32 code sum (the VNNI decode GEMV's +128 term) per row.
         #expect(a8.storageBytes == 64 * 128 + 64 * 4 + 64 * 4)
         #expect(a8.kernelDescription == "int8 GEMM W8A8 per-channel per-token")
-        #expect(w4.kernelDescription == (planes ? "u4 plane-table" : "u4") + " GEMV/tile-sgemm W4A16 g32")
+        #expect(w4.kernelDescription == (planes ? "u4 plane-table" : "u4") + " GEMV/tile-GEMM W4A16 g32")
     }
 
     @Test("W4A16 decode on bit planes matches the nibble GEMV; prefill tiles are unchanged",
