@@ -402,54 +402,93 @@ public enum LowBit {
     /// each tile is decoded, then multiplied.
     ///
     /// With `bf16` (default: `bf16Prefill`, on) the tiles are multiplied in bf16 instead of
-    /// float32 (`bf16TiledProduct`); the decode closures still write float tiles.
+    /// float32: x is converted once per call (shared by the parts), each decoded tile is packed
+    /// into bf16 k-pair panels and multiplied by `ck_bf16_gemm` (with one thread, its 32-row
+    /// panels are spread over the pool); without the AVX512_BF16 kernel both operands are
+    /// rounded to bf16 floats and sgemm runs. The decode closures still write float tiles.
     public static func tiledProduct(outFeatures: Int, inFeatures: Int, x: UnsafePointer<Float>, rows: Int,
                                     y: UnsafeMutablePointer<Float>, tileRows: Int, bf16: Bool? = nil,
                                     decode: @Sendable (Range<Int>, UnsafeMutablePointer<Float>) -> Void) {
         guard rows > 0, outFeatures > 0 else { return }
-        if bf16 ?? bf16PrefillOverride ?? bf16Prefill {
-            bf16TiledProduct(outFeatures: outFeatures, inFeatures: inFeatures, x: x, rows: rows, y: y,
-                             tileRows: tileRows, decode: decode)
-            return
+        let k = inFeatures, n = outFeatures
+        let inBF16 = bf16 ?? bf16PrefillOverride ?? bf16Prefill
+        let kernel = inBF16 && usesBF16Kernel
+        // The activations as the tile product reads them, once per call on the calling thread and
+        // shared by the parts: bf16 k-pairs for the kernel (slot 13), bf16-rounded floats for the
+        // fallback, or x itself in float32.
+        let lda = (k + 1) & ~1
+        var pxb: SendableConstPointer<UInt16>?
+        var pa = SendableConstPointer(x)
+        if kernel {
+            let xb = threadScratch(slot: 13, count: rows * lda, of: UInt16.self)
+            ck_bf16_from_f32(x, rows, k, k, xb, lda)
+            pxb = SendableConstPointer(xb)
+        } else if inBF16 {
+            let xr = threadScratch(slot: 13, count: rows * k, of: Float.self)
+            xr.update(from: x, count: rows * k)
+            ck_bf16_round_f32(xr, rows * k)
+            pa = SendableConstPointer(UnsafePointer(xr))
         }
-        let parts = BLAS.pooledParts(rows: rows, columns: outFeatures, depth: inFeatures)
+        let py = SendablePointer(y)
+        let (xb, a) = (pxb, pa)
+        /// Multiplies the decoded rows `r0 ..< r0 + count` (in `tile`) into y on this thread.
+        @Sendable func multiply(_ tile: UnsafeMutablePointer<Float>, count: Int, r0: Int) {
+            if let xb {
+                // bf16 k-pair panels of the tile (slot 14), then the AVX512_BF16 kernel.
+                let packed = threadScratch(slot: 14, count: ck_bf16_packed_count(count, k), of: UInt16.self)
+                ck_bf16_pack(tile, count, k, k, packed)
+                ck_bf16_gemm(xb.base, rows, lda, packed, count, k, py.base + r0, n, 0)
+                return
+            }
+            if inBF16 { ck_bf16_round_f32(tile, count * k) }
+            BLAS.gemm(m: rows, n: count, k: k, a: a.base, lda: k, b: tile, ldb: k, transposeB: true,
+                      c: py.base + r0, ldc: n)
+        }
+        let parts = BLAS.pooledParts(rows: rows, columns: n, depth: k)
         if parts > 1 {
             // Each thread decodes and multiplies its own slice of the output features, OpenBLAS
             // single-threaded inside (`BLAS.pooledLinear`): no hand-over between our pool and
             // OpenBLAS's threads at every tile, and no OpenBLAS worker polling beside our pool.
-            let width = BLAS.alignedPart(outFeatures, parts: parts)
-            let px = SendableConstPointer(x), py = SendablePointer(y)
+            let width = BLAS.alignedPart(n, parts: parts)
             BLAS.withOneOpenBLASThread {
                 Parallel.forEach(parts) { p in
-                    let begin = p * width, end = min(outFeatures, begin + width)
+                    let begin = p * width, end = min(n, begin + width)
                     guard begin < end else { return }
                     let tile = min(end - begin, max(1, tileRows))
-                    let scratch = threadScratch(slot: 3, count: tile * inFeatures, of: Float.self)
+                    let scratch = threadScratch(slot: 3, count: tile * k, of: Float.self)
                     for r0 in stride(from: begin, to: end, by: tile) {
                         let r1 = min(end, r0 + tile)
                         decode(r0..<r1, scratch)
-                        BLAS.gemm(m: rows, n: r1 - r0, k: inFeatures, a: px.base, lda: inFeatures,
-                                  b: scratch, ldb: inFeatures, transposeB: true, c: py.base + r0, ldc: outFeatures)
+                        multiply(scratch, count: r1 - r0, r0: r0)
                     }
                 }
             }
             return
         }
-        let tile = min(outFeatures, max(1, tileRows))
-        let scratch = threadScratch(slot: 3, count: tile * inFeatures, of: Float.self)
+        let tile = min(n, max(1, tileRows))
+        let scratch = threadScratch(slot: 3, count: tile * k, of: Float.self)
         let pscratch = SendablePointer(scratch)
         // Decoding is cheaper per element than a multiply-add: split from ~4 K elements a task.
-        let minimumRows = max(8, (minimumWorkPerChunk / 8 + inFeatures - 1) / max(1, inFeatures))
-        for r0 in stride(from: 0, to: outFeatures, by: tile) {
-            let r1 = min(outFeatures, r0 + tile)
-            // The pool's workers sleep right after the decode: spinning for the next job (200 µs)
-            // they would take a core from OpenBLAS's threads during the sgemm (measured:
-            // docs/RESULTS.md, "Runtime speed, fourth pass").
-            Parallel.forEachChunk(r1 - r0, minimumChunk: minimumRows, sleepAfter: true) { part in
-                decode((r0 + part.lowerBound)..<(r0 + part.upperBound), pscratch.base + part.lowerBound * inFeatures)
+        let minimumRows = max(8, (minimumWorkPerChunk / 8 + k - 1) / max(1, k))
+        for r0 in stride(from: 0, to: n, by: tile) {
+            let r1 = min(n, r0 + tile)
+            // When OpenBLAS's threads run the product next, the pool's workers sleep right after
+            // the decode: spinning for the next job (200 µs) they would take a core from them
+            // (measured: docs/RESULTS.md, "Runtime speed, fourth pass"). The bf16 kernel runs on
+            // the pool.
+            Parallel.forEachChunk(r1 - r0, minimumChunk: minimumRows, sleepAfter: !kernel) { part in
+                decode((r0 + part.lowerBound)..<(r0 + part.upperBound), pscratch.base + part.lowerBound * k)
             }
-            BLAS.gemm(m: rows, n: r1 - r0, k: inFeatures, a: x, lda: inFeatures,
-                      b: scratch, ldb: inFeatures, transposeB: true, c: y + r0, ldc: outFeatures)
+            guard kernel else {
+                multiply(scratch, count: r1 - r0, r0: r0)
+                continue
+            }
+            // Panels of 32 output rows spread over the pool, each packed by the task that multiplies it.
+            let width = Int(CK_BF16_PANEL), panels = (r1 - r0 + width - 1) / width
+            Parallel.forEachChunk(panels, minimumChunk: chunk(workPerRow: width * rows * k, atLeast: 1)) { range in
+                let c0 = range.lowerBound * width, c1 = min(r1 - r0, range.upperBound * width)
+                multiply(pscratch.base + c0 * k, count: c1 - c0, r0: r0 + c0)
+            }
         }
     }
 
@@ -476,7 +515,7 @@ public enum LowBit {
     @TaskLocal public static var bf16PrefillOverride: Bool?
 
     /// Whether the bf16 products run the AVX512_BF16 kernel (`vdpbf16ps`) on this CPU (false
-    /// also while `setBF16KernelEnabled(false)`). Without it `bf16TiledProduct` rounds both
+    /// also while `setBF16KernelEnabled(false)`). Without it `tiledProduct` rounds both
     /// operands to bf16 and runs sgemm: the same products, summed in sgemm's order.
     public static var usesBF16Kernel: Bool { ck_cpu_has_avx512bf16() != 0 }
 
@@ -500,7 +539,7 @@ public enum LowBit {
         Float(1.0 / 128 + 1.0 / 65_536) * 1.001 + Float(depth + 2) * 0x1p-24
     }
 
-    /// `y[rows, n] = x[rows, k]·w[n, k]ᵀ` in bf16 on the calling thread, as `bf16TiledProduct`
+    /// `y[rows, n] = x[rows, k]·w[n, k]ᵀ` in bf16 on the calling thread, as `tiledProduct`
     /// multiplies one tile: the AVX512_BF16 kernel where there is one, else rounding + sgemm.
     public static func bf16Product(x: UnsafePointer<Float>, rows: Int, w: UnsafePointer<Float>, n: Int, k: Int,
                                    y: UnsafeMutablePointer<Float>) {
@@ -529,86 +568,6 @@ public enum LowBit {
     public static func bf16ProductReference(x: UnsafePointer<Float>, rows: Int, w: UnsafePointer<Float>, n: Int,
                                             k: Int, y: UnsafeMutablePointer<Float>) {
         ck_bf16_gemm_ref(x, rows, k, w, n, k, k, y, n, 0)
-    }
-
-    /// `tiledProduct` in bf16. x is converted once per call on the calling thread (slot 13) and
-    /// shared by the parts; each decoded float tile is packed into bf16 k-pair panels (slot 14)
-    /// and multiplied by `ck_bf16_gemm`, so the decode closures keep writing float tiles. The
-    /// split over threads is `tiledProduct`'s: one slice of output features per pool thread when
-    /// `BLAS.pooledParts` says so, else the tile's 32-row panels are spread over the pool.
-    /// Without the AVX512_BF16 kernel both operands are rounded to bf16 floats and sgemm runs.
-    static func bf16TiledProduct(outFeatures: Int, inFeatures: Int, x: UnsafePointer<Float>, rows: Int,
-                                 y: UnsafeMutablePointer<Float>, tileRows: Int,
-                                 decode: @Sendable (Range<Int>, UnsafeMutablePointer<Float>) -> Void) {
-        let k = inFeatures, n = outFeatures
-        let kernel = usesBF16Kernel
-        let lda = (k + 1) & ~1
-        // The activations in bf16 (kernel) or rounded to bf16 floats (fallback), once per call.
-        var pxb: SendableConstPointer<UInt16>?, pxr: SendableConstPointer<Float>?
-        if kernel {
-            let xb = threadScratch(slot: 13, count: rows * lda, of: UInt16.self)
-            ck_bf16_from_f32(x, rows, k, k, xb, lda)
-            pxb = SendableConstPointer(xb)
-        } else {
-            let xr = threadScratch(slot: 13, count: rows * k, of: Float.self)
-            xr.update(from: x, count: rows * k)
-            ck_bf16_round_f32(xr, rows * k)
-            pxr = SendableConstPointer(xr)
-        }
-        let py = SendablePointer(y)
-        let (xb, xr) = (pxb, pxr)
-        /// Multiplies the decoded rows `r0 ..< r0 + count` (in `tile`) into y on this thread.
-        @Sendable func multiply(_ tile: UnsafeMutablePointer<Float>, count: Int, r0: Int) {
-            if let xb {
-                let packed = threadScratch(slot: 14, count: ck_bf16_packed_count(count, k), of: UInt16.self)
-                ck_bf16_pack(tile, count, k, k, packed)
-                ck_bf16_gemm(xb.base, rows, lda, packed, count, k, py.base + r0, n, 0)
-            } else if let xr {
-                ck_bf16_round_f32(tile, count * k)
-                BLAS.gemm(m: rows, n: count, k: k, a: xr.base, lda: k, b: tile, ldb: k, transposeB: true,
-                          c: py.base + r0, ldc: n)
-            }
-        }
-        let parts = BLAS.pooledParts(rows: rows, columns: n, depth: k)
-        if parts > 1 {
-            let width = BLAS.alignedPart(n, parts: parts)
-            BLAS.withOneOpenBLASThread {
-                Parallel.forEach(parts) { p in
-                    let begin = p * width, end = min(n, begin + width)
-                    guard begin < end else { return }
-                    let tile = min(end - begin, max(1, tileRows))
-                    let scratch = threadScratch(slot: 3, count: tile * k, of: Float.self)
-                    for r0 in stride(from: begin, to: end, by: tile) {
-                        let r1 = min(end, r0 + tile)
-                        decode(r0..<r1, scratch)
-                        multiply(scratch, count: r1 - r0, r0: r0)
-                    }
-                }
-            }
-            return
-        }
-        let tile = min(n, max(1, tileRows))
-        let scratch = threadScratch(slot: 3, count: tile * k, of: Float.self)
-        let pscratch = SendablePointer(scratch)
-        let minimumRows = max(8, (minimumWorkPerChunk / 8 + k - 1) / max(1, k))
-        for r0 in stride(from: 0, to: n, by: tile) {
-            let r1 = min(n, r0 + tile)
-            // Workers sleep after the decode only when OpenBLAS's threads run next (as in
-            // `tiledProduct`); the bf16 kernel runs on the pool.
-            Parallel.forEachChunk(r1 - r0, minimumChunk: minimumRows, sleepAfter: !kernel) { part in
-                decode((r0 + part.lowerBound)..<(r0 + part.upperBound), pscratch.base + part.lowerBound * k)
-            }
-            guard kernel else {
-                multiply(scratch, count: r1 - r0, r0: r0)
-                continue
-            }
-            // Panels of 32 output rows spread over the pool, each packed by the task that multiplies it.
-            let width = Int(CK_BF16_PANEL), panels = (r1 - r0 + width - 1) / width
-            Parallel.forEachChunk(panels, minimumChunk: chunk(workPerRow: width * rows * k, atLeast: 1)) { range in
-                let c0 = range.lowerBound * width, c1 = min(r1 - r0, range.upperBound * width)
-                multiply(pscratch.base + c0 * k, count: c1 - c0, r0: r0 + c0)
-            }
-        }
     }
 
     /// Output rows per dequantized tile: about 4 MB of floats, 32…2048 rows. Wide tiles let sgemm
