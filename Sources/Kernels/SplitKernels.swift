@@ -39,15 +39,49 @@ public enum SplitKernels {
     /// docs/RESULTS.md), so layers keep one index byte per weight there.
     public static var prefersPacked4: Bool { ck_cpu_has_avx512vnni() != 0 }
 
-    /// Packs `rows × columns` cluster ids (0…2) and codes (< 16) into the `.packed4` layout.
+    /// Packs `rows × columns` cluster ids (0…2) and codes (< 16) into the `.packed4` layout; the
+    /// ids and codes must be valid (`checkedPack4` reports the first invalid element instead).
     public static func pack4(clusters: [UInt8], codes: [UInt8], rows: Int, columns: Int) -> Indices {
+        let (indices, firstInvalid) = checkedPack4(clusters: clusters, codes: codes, rows: rows, columns: columns,
+                                                   bits: maxPackedBits)
+        precondition(firstInvalid == nil, "split pack4: invalid cluster id or code at element \(firstInvalid!)")
+        return indices
+    }
+
+    /// Packs `rows × columns` cluster ids and codes of `bits` ≤ 4 bits into the `.packed4` layout
+    /// in one pass (`ck_split_pack_p4`), checking them on the way: `firstInvalid` is the first
+    /// element whose cluster id is not 0…2 or whose code does not fit `bits` bits (the indices are
+    /// then unusable), nil when all are valid. This is the load-time transform of every ≤ 4-bit
+    /// SplitQuant layer on AVX-512 hosts.
+    public static func checkedPack4(clusters: [UInt8], codes: [UInt8], rows: Int, columns: Int,
+                                    bits: Int) -> (indices: Indices, firstInvalid: Int?) {
+        precondition(clusters.count == rows * columns && codes.count == rows * columns)
+        precondition((1...maxPackedBits).contains(bits))
+        var checked = rows * columns
+        // Every byte is written by the kernel (padding included), so no zero fill is needed.
+        let out = [UInt8](unsafeUninitializedCapacity: rows * ck_split_p4_row_bytes(columns)) { o, initialized in
+            clusters.withUnsafeBufferPointer { c in
+                codes.withUnsafeBufferPointer { q in
+                    if let ob = o.baseAddress, let cb = c.baseAddress, let qb = q.baseAddress {
+                        checked = ck_split_pack_p4(cb, qb, rows, columns, Int32(bits), ob)
+                    }
+                }
+            }
+            initialized = o.count
+        }
+        return (.packed4(out), checked < rows * columns ? checked : nil)
+    }
+
+    /// The scalar reference of the `.packed4` transform (`ck_split_pack_p4_ref`, the loop used
+    /// until issue 13), for tests: ids and codes are masked to 2 and 4 bits, not checked.
+    public static func pack4Reference(clusters: [UInt8], codes: [UInt8], rows: Int, columns: Int) -> Indices {
         precondition(clusters.count == rows * columns && codes.count == rows * columns)
         var out = [UInt8](repeating: 0, count: rows * ck_split_p4_row_bytes(columns))
         out.withUnsafeMutableBufferPointer { o in
             clusters.withUnsafeBufferPointer { c in
                 codes.withUnsafeBufferPointer { q in
                     if let ob = o.baseAddress, let cb = c.baseAddress, let qb = q.baseAddress {
-                        ck_split_pack_p4(cb, qb, rows, columns, ob)
+                        ck_split_pack_p4_ref(cb, qb, rows, columns, ob)
                     }
                 }
             }

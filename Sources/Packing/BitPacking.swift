@@ -105,6 +105,18 @@ public enum BitPacking {
                     d[2 * i + 1] = byte >> 4
                 }
                 if count & 1 == 1 { d[count - 1] = s[pairs] & 0x0F }
+            case 2:
+                // SplitQuant cluster ids (one per weight): four codes per byte, without the generic
+                // path's 64-bit word assembly (issue 13: it showed in the load profile).
+                let quads = count / 4
+                for i in 0..<quads {
+                    let byte = s[i]
+                    d[4 * i] = byte & 3
+                    d[4 * i + 1] = (byte >> 2) & 3
+                    d[4 * i + 2] = (byte >> 4) & 3
+                    d[4 * i + 3] = byte >> 6
+                }
+                for j in 0..<(count - 4 * quads) { d[4 * quads + j] = (s[quads] >> UInt8(2 * j)) & 3 }
             default:
                 let mask = UInt64((1 << bits) - 1)
                 let groups = count / 8

@@ -60,17 +60,32 @@ public final class SplitLinear: LinearOp {
             throw fail("\(w.scales.count) scales and \(w.zeros.count) zero points, expected \(parameters) "
                        + "(\(w.rows) rows × \(w.groupsPerRow) groups × 3 clusters)")
         }
-        if let bad = w.clusters.firstIndex(where: { Int($0) >= SplitWeight.clusterCount }) {
-            throw fail("cluster id \(w.clusters[bad]) at element \(bad) is not 0, 1 or 2")
+        func invalidElement(_ bad: Int) -> PTQError {
+            Int(w.clusters[bad]) >= SplitWeight.clusterCount
+                ? fail("cluster id \(w.clusters[bad]) at element \(bad) is not 0, 1 or 2")
+                : fail("weight code \(w.codes[bad]) at element \(bad) does not fit \(w.bits) bits")
         }
-        if let bad = w.codes.firstIndex(where: { Int($0) >> w.bits != 0 }) {
-            throw fail("weight code \(w.codes[bad]) at element \(bad) does not fit \(w.bits) bits")
+        // The packed layout checks ids and codes in its one pass over them (issue 13: the separate
+        // Swift scans cost about as much as the transform); the byte layouts check them here.
+        let packed4 = w.bits <= SplitKernels.maxPackedBits && SplitKernels.prefersPacked4
+        if !packed4, let bad = w.clusters.indices.first(where: {
+            Int(w.clusters[$0]) >= SplitWeight.clusterCount || Int(w.codes[$0]) >> w.bits != 0
+        }) {
+            throw invalidElement(bad)
         }
         if let bad = w.scales.indices.first(where: { !w.scales[$0].isFinite || !w.zeros[$0].isFinite }) {
             throw fail("scale or zero point \(bad) (row \(bad / (3 * w.groupsPerRow))) is not finite")
         }
         if let bias = q.bias, bias.count != w.rows {
             throw fail("bias has \(bias.count) values for \(w.rows) output features")
+        }
+        var packedIndices: SplitKernels.Indices?
+        if packed4 {
+            // 0.75 bytes per weight, looked up in registers (AVX-512).
+            let (p, bad) = SplitKernels.checkedPack4(clusters: w.clusters, codes: w.codes, rows: w.rows,
+                                                     columns: w.columns, bits: w.bits)
+            if let bad { throw invalidElement(bad) }
+            packedIndices = p
         }
         name = q.name
         inFeatures = w.columns
@@ -80,9 +95,8 @@ public final class SplitLinear: LinearOp {
         bias = q.bias
         scales = w.scales
         zeros = w.zeros
-        if w.bits <= SplitKernels.maxPackedBits && SplitKernels.prefersPacked4 {
-            // 0.75 bytes per weight, looked up in registers (AVX-512).
-            indices = SplitKernels.pack4(clusters: w.clusters, codes: w.codes, rows: w.rows, columns: w.columns)
+        if let packedIndices {
+            indices = packedIndices
         } else if w.bits <= SplitKernels.maxByteIndexBits {
             var packed = [UInt8](repeating: 0, count: count)
             for i in 0..<count { packed[i] = w.clusters[i] << UInt8(w.bits) | w.codes[i] }

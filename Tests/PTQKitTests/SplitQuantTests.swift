@@ -367,6 +367,55 @@ struct SplitQuantTests {
         #expect(q.details["bias_split_counts"] == "0 / 2 / 0")
     }
 
+    /// The one-pass load-time transform (`checkedPack4`, issue 13) writes exactly the bytes of the
+    /// scalar reference (`pack4Reference`, the loop it replaced) on random ids and codes of every
+    /// width, for columns below, at and across whole 96-weight superblocks; and it reports the
+    /// first invalid element (cluster id 3 or above, a code wider than `bits`) in a whole
+    /// superblock and in a row's partial tail, while `SplitLinear` names it.
+    @Test func packTransformMatchesReference() throws {
+        var rng = SeededGenerator(seed: 13)
+        for (rows, columns) in [(1, 1), (3, 95), (2, 96), (4, 97), (2, 192), (3, 250), (5, 576)] {
+            for bits in 2...4 {
+                let count = rows * columns
+                let clusters = (0..<count).map { _ in UInt8(rng.next() % 3) }
+                let codes = (0..<count).map { _ in UInt8(rng.next() % UInt64(1 << bits)) }
+                let (fast, firstInvalid) = SplitKernels.checkedPack4(clusters: clusters, codes: codes, rows: rows,
+                                                                     columns: columns, bits: bits)
+                #expect(firstInvalid == nil)
+                guard case .packed4(let got) = fast,
+                      case .packed4(let want) = SplitKernels.pack4Reference(clusters: clusters, codes: codes,
+                                                                            rows: rows, columns: columns) else {
+                    Issue.record("not the packed layout"); continue
+                }
+                #expect(got == want, "\(rows)×\(columns), \(bits) bits")
+                // Invalid elements: a whole superblock (if any) and the last element (a tail when
+                // columns is not a multiple of 96); the earlier of two is reported.
+                let late = count - 1, early = columns >= 96 ? 40 : count - 1
+                for (index, cluster, code) in [(late, UInt8(3), UInt8(0)), (late, 0, UInt8(1 << bits)),
+                                                (early, 7, 0), (early, 1, UInt8(1 << bits) | 1)] {
+                    var c = clusters, q = codes
+                    c[index] = cluster; q[index] = code
+                    if index == early && early != late { c[late] = 3 }
+                    let (_, bad) = SplitKernels.checkedPack4(clusters: c, codes: q, rows: rows, columns: columns, bits: bits)
+                    #expect(bad == index, "\(rows)×\(columns), \(bits) bits, cluster \(cluster) code \(code) at \(index)")
+                }
+            }
+        }
+        // Through the layer: the message names the layer, the element and what is wrong with it.
+        let w = Self.randomMatrix(rows: 2, columns: 130, seed: 5)
+        let good = SplitQuant.quantize(w, clustering: SplitQuant.kMeans3(w.data), bits: 4, groupSize: 32, range: .cluster)
+        var badCluster = good; badCluster.clusters[200] = 3
+        var badCode = good; badCode.bits = 3; badCode.codes = good.codes.map { $0 & 7 }; badCode.codes[17] = 9
+        for (bad, expected) in [(badCluster, "cluster id 3 at element 200"), (badCode, "weight code 9 at element 17")] {
+            do {
+                _ = try SplitLinear(Self.linear(bad, bias: nil))
+                Issue.record("accepted \(expected)")
+            } catch {
+                #expect(error.message.contains("layers/0/mlp/down_proj") && error.message.contains(expected), "\(error.message)")
+            }
+        }
+    }
+
     /// Bad split payloads are refused with the layer named, never a crash.
     @Test func badSplitWeightsAreRefused() {
         let w = Self.randomMatrix(rows: 4, columns: 8, seed: 1)

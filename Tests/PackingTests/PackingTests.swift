@@ -186,6 +186,15 @@ struct BitPackingTests {
         #expect(try BitPacking.unpack([0x21, 0x43, 0x05], bits: 4, count: 5) == [1, 2, 3, 4, 5])
     }
 
+    @Test("2-bit layout: element 4i + j in bits 2j, 2j + 1 of byte i")
+    func twoBitLayout() throws {
+        #expect(BitPacking.pack([1, 2, 3, 0, 2, 1], bits: 2) == [0x39, 0x06])
+        for count in 0...6 {
+            let codes: [UInt8] = Array([1, 2, 3, 0, 2, 1].prefix(count))
+            #expect(try BitPacking.unpack([0x39, 0x06], bits: 2, count: count) == codes, "count \(count)")
+        }
+    }
+
     @Test("1-bit layout: element 8i + j in bit j of byte i")
     func oneBitLayout() throws {
         #expect(BitPacking.pack([1, 0, 1, 1, 0, 0, 0, 1, 1], bits: 1) == [0x8D, 0x01])

@@ -59,8 +59,14 @@ void ck_split_dequant_rows_u16_ref(const uint16_t *idx, size_t row_begin, size_t
 
 /// Bytes of one packed row.
 size_t ck_split_p4_row_bytes(size_t cols);
-/// Packs rows × cols cluster ids (0…2) and codes (< 16) into out (rows · ck_split_p4_row_bytes).
-void ck_split_pack_p4(const uint8_t *clusters, const uint8_t *codes, size_t rows, size_t cols, uint8_t *out);
+/// Packs rows × cols cluster ids (0…2) and codes (< 2^bits, bits ≤ 4) into out
+/// (rows · ck_split_p4_row_bytes) in one pass, checking them on the way: returns the index of the
+/// first element whose cluster id is ≥ 3 or whose code does not fit `bits` bits, or rows · cols
+/// when all are valid (out is then complete; otherwise its contents are unspecified).
+size_t ck_split_pack_p4(const uint8_t *clusters, const uint8_t *codes, size_t rows, size_t cols, int bits,
+                        uint8_t *out);
+/// The scalar reference layout transform (no checks; ids and codes are masked to 2 and 4 bits).
+void ck_split_pack_p4_ref(const uint8_t *clusters, const uint8_t *codes, size_t rows, size_t cols, uint8_t *out);
 
 /// GEMV on the packed layout. AVX-512 (group_size a multiple of 16 or one group per row): the
 /// row/group's three 16-entry tables live in registers; per 16 weights one shift of the
