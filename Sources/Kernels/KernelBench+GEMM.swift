@@ -43,14 +43,7 @@ extension KernelBench {
             ck_bf16_pack(w, n, k, k, &packed)
             for threads in threadCounts {
                 func time(_ label: String, _ body: () -> Void) {
-                    body()
-                    var ms: [Double] = []
-                    for _ in 0..<max(1, repeats) {
-                        let t0 = DispatchTime.now().uptimeNanoseconds
-                        body()
-                        ms.append(Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e6)
-                    }
-                    ms.sort()
+                    let ms = sortedMilliseconds(repeats: repeats, body)
                     let median = ms[ms.count / 2]
                     out.append(GemmTiming(kernel: label, rows: m, inFeatures: k, outFeatures: n, threads: threads,
                                           milliseconds: median, minMilliseconds: ms.first!, maxMilliseconds: ms.last!,

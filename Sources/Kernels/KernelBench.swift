@@ -6,6 +6,19 @@ import Dispatch
 /// on random codes in a buffer as large as the model's layers (so the weights stream from memory
 /// as in decode, not from cache). Reported against the read bandwidth measured in the same run.
 public enum KernelBench {
+    /// Wall milliseconds of `repeats` (≥ 1) runs of `body` after one warm-up run, ascending
+    /// (median at `count / 2`).
+    static func sortedMilliseconds(repeats: Int, _ body: () -> Void) -> [Double] {
+        body()
+        var ms: [Double] = []
+        for _ in 0..<max(1, repeats) {
+            let t0 = DispatchTime.now().uptimeNanoseconds
+            body()
+            ms.append(Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e6)
+        }
+        return ms.sorted()
+    }
+
     /// One kernel's timing over a token's worth of layers (or the LM head).
     public struct Timing: Encodable, Sendable {
         /// Kernel and format, e.g. `nibble W4A8 g32 (q4Gemv)`.
@@ -62,14 +75,7 @@ public enum KernelBench {
         let vnniAvailable = TokenKernels.usesVNNI
         let paths: [(vnni: Bool, label: String)] = vnniAvailable ? [(true, " [AVX-512]"), (false, " [AVX2]")] : [(false, "")]
         func time(_ kernel: String, _ pass: String, bytes: Int, _ body: () -> Void) {
-            body()
-            var ms: [Double] = []
-            for _ in 0..<max(1, repeats) {
-                let t0 = DispatchTime.now().uptimeNanoseconds
-                body()
-                ms.append(Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e6)
-            }
-            ms.sort()
+            let ms = sortedMilliseconds(repeats: repeats, body)
             let median = ms[ms.count / 2]
             let gbps = Double(bytes) / (median / 1e3) / 1e9
             timings.append(Timing(kernel: kernel, pass: pass, bytes: bytes, milliseconds: median,
