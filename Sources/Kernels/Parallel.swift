@@ -39,13 +39,10 @@ public enum Parallel {
     public static func forEachChunk(_ count: Int, minimumChunk: Int = 1, sleepAfter: Bool = false,
                                     chunksPerThread: Int = 8, _ body: @Sendable (Range<Int>) -> Void) {
         guard count > 0 else { return }
-        let workers = min(workerCount, max(1, count / max(1, minimumChunk)))
-        if workers <= 1 { body(0..<count); return }
-        // Up to eight chunks per thread: chunks are claimed dynamically, so a thread that another
-        // process preempts on a loaded machine holds up at most one small chunk. Streaming kernels
-        // ask for fewer, longer chunks (each chunk restarts the hardware prefetcher's stream).
-        let tasks = min(max(1, chunksPerThread) * workers, max(workers, count / max(1, minimumChunk)))
-        let chunk = (count + tasks - 1) / tasks
+        guard let (tasks, chunk) = split(count, minimumChunk: minimumChunk, chunksPerThread: chunksPerThread) else {
+            body(0..<count)
+            return
+        }
         forEach(tasks, sleepAfter: sleepAfter) { t in
             let start = t * chunk, end = min(count, start + chunk)
             if start < end { body(start..<end) }
@@ -68,6 +65,18 @@ public enum Parallel {
     }
 
     private struct Box { let body: (Int) -> Void }
+
+    /// How `forEachChunk` splits `count` elements: nil when one thread runs them all, else the
+    /// number of tasks and the chunk length.
+    private static func split(_ count: Int, minimumChunk: Int, chunksPerThread: Int) -> (tasks: Int, chunk: Int)? {
+        let workers = min(workerCount, max(1, count / max(1, minimumChunk)))
+        if workers <= 1 { return nil }
+        // Up to eight chunks per thread: chunks are claimed dynamically, so a thread that another
+        // process preempts on a loaded machine holds up at most one small chunk. Streaming kernels
+        // ask for fewer, longer chunks (each chunk restarts the hardware prefetcher's stream).
+        let tasks = min(max(1, chunksPerThread) * workers, max(workers, count / max(1, minimumChunk)))
+        return (tasks, (count + tasks - 1) / tasks)
+    }
 
     /// A task body as a plain C function of a caller-owned context and a chunk `begin..<end`.
     ///
@@ -92,17 +101,11 @@ public enum Parallel {
         guard count > 0 else { return }
         withUnsafePointer(to: context) { contextPointer in
             let raw = UnsafeRawPointer(contextPointer)
-            let workers = min(workerCount, max(1, count / max(1, minimumChunk)))
-            if workers <= 1 { body(raw, 0, count); return }
-            let tasks = min(max(1, chunksPerThread) * workers, max(workers, count / max(1, minimumChunk)))
-            let job = ChunkJob(context: raw, body: body, chunk: (count + tasks - 1) / tasks, count: count)
-            withUnsafePointer(to: job) { jobPointer in
-                ck_pool_run(tasks, { pointer, index in
-                    let job = pointer!.load(as: ChunkJob.self)
-                    let start = Int(index) * job.chunk, end = min(job.count, start + job.chunk)
-                    if start < end { job.body(job.context, start, end) }
-                }, UnsafeMutableRawPointer(mutating: jobPointer))
+            guard let (tasks, chunk) = split(count, minimumChunk: minimumChunk, chunksPerThread: chunksPerThread) else {
+                body(raw, 0, count)
+                return
             }
+            run(ChunkJob(context: raw, body: body, chunk: chunk, count: count), tasks: tasks)
         }
     }
 
@@ -113,13 +116,18 @@ public enum Parallel {
         withUnsafePointer(to: context) { contextPointer in
             let raw = UnsafeRawPointer(contextPointer)
             if tasks == 1 { body(raw, 0, 1); return }
-            let job = ChunkJob(context: raw, body: body, chunk: 1, count: tasks)
-            withUnsafePointer(to: job) { jobPointer in
-                ck_pool_run(tasks, { pointer, index in
-                    let job = pointer!.load(as: ChunkJob.self)
-                    job.body(job.context, Int(index), Int(index) + 1)
-                }, UnsafeMutableRawPointer(mutating: jobPointer))
-            }
+            run(ChunkJob(context: raw, body: body, chunk: 1, count: tasks), tasks: tasks)
+        }
+    }
+
+    /// Runs `job` as `tasks` pool tasks, task t on the chunk starting at t·chunk (no allocation).
+    private static func run(_ job: ChunkJob, tasks: Int) {
+        withUnsafePointer(to: job) { jobPointer in
+            ck_pool_run(tasks, { pointer, index in
+                let job = pointer!.load(as: ChunkJob.self)
+                let start = Int(index) * job.chunk, end = min(job.count, start + job.chunk)
+                if start < end { job.body(job.context, start, end) }
+            }, UnsafeMutableRawPointer(mutating: jobPointer))
         }
     }
 
