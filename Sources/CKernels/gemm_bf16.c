@@ -18,7 +18,8 @@
 
 static int bf16_flag = -1;
 static int bf16_kernel_enabled = 1;
-static int bf16_prefill = -1;
+static int bf16_prefill = -1;  // PTQ_PREFILL_BF16, read on first use
+static int bf16_decode = -1;   // PTQ_DECODE_BF16, read on first use
 
 int ck_cpu_has_avx512bf16(void) {
     if (bf16_flag < 0) {
@@ -44,6 +45,16 @@ int ck_bf16_prefill_enabled(void) {
 }
 
 void ck_set_bf16_prefill_enabled(int enabled) { bf16_prefill = enabled != 0; }
+
+int ck_bf16_decode_enabled(void) {
+    if (bf16_decode < 0) {
+        const char *v = getenv("PTQ_DECODE_BF16");
+        bf16_decode = !(v && strcmp(v, "0") == 0);
+    }
+    return bf16_decode;
+}
+
+void ck_set_bf16_decode_enabled(int enabled) { bf16_decode = enabled != 0; }
 
 size_t ck_bf16_packed_count(size_t n, size_t k) {
     const size_t panels = (n + PANEL - 1) / PANEL;

@@ -507,6 +507,16 @@ public enum LowBit {
         set { ck_set_bf16_prefill_enabled(newValue ? 1 : 0) }
     }
 
+    /// Whether the decode GEMVs (one activation row) of the weight-only formats that have a bf16
+    /// decode kernel run it: activations rounded to bf16 once per call, exact products with the
+    /// codes, fp32 sums. On by default where the CPU has AVX512_BF16; `PTQ_DECODE_BF16=0` in the
+    /// environment starts the process with it off, and then decode runs the float32 GEMVs.
+    /// Process-wide, like `bf16Prefill`: tests that flip it hold `TokenKernels.kernelSwitchLock`.
+    public static var bf16Decode: Bool {
+        get { ck_bf16_decode_enabled() != 0 }
+        set { ck_set_bf16_decode_enabled(newValue ? 1 : 0) }
+    }
+
     /// A task-scoped override of `bf16Prefill` (`LowBit.$bf16PrefillOverride.withValue(false) { … }`)
     /// for products started on the task's own thread: a layer's forward called from the task
     /// sees it, work that the pool runs on its own threads does not (a model's fused q/k/v or

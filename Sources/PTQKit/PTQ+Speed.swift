@@ -34,6 +34,15 @@ extension PTQ {
         set { LowBit.bf16Prefill = newValue }
     }
 
+    /// Whether decode GEMVs of the weight-only formats that have a bf16 decode kernel run it:
+    /// activations rounded to bf16, exact products with the codes, fp32 sums
+    /// (`LowBit.bf16Decode`). On by default; `PTQ_DECODE_BF16=0` in the environment starts a
+    /// process with it off. Process-wide: set it before running models.
+    public static var bf16Decode: Bool {
+        get { LowBit.bf16Decode }
+        set { LowBit.bf16Decode = newValue }
+    }
+
     /// How float-activation layers prefill with the current settings (`ptq bench` prints it).
     public static var prefillDescription: String { LowBit.prefillDescription }
 }

@@ -32,6 +32,11 @@ void ck_set_bf16_kernel_enabled(int enabled);
 int ck_bf16_prefill_enabled(void);
 void ck_set_bf16_prefill_enabled(int enabled);
 
+/// Whether the decode GEMVs of the formats that have a bf16 decode kernel run it (process-wide;
+/// first read from the environment: PTQ_DECODE_BF16=0 turns it off) and its setter.
+int ck_bf16_decode_enabled(void);
+void ck_set_bf16_decode_enabled(int enabled);
+
 /// Elements (uint16) of the packed panels of an n × k tile.
 size_t ck_bf16_packed_count(size_t n, size_t k);
 
