@@ -2,6 +2,7 @@
 #include <sched.h>
 #include <unistd.h>
 #include "ck_pool.h"
+#include "ck_probe.h"
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdint.h>
@@ -66,14 +67,16 @@ static long now_ns(void) {
     return (long)ts.tv_sec * 1000000000L + ts.tv_nsec;
 }
 
-/// Claims and runs tasks of job `id` until none are left (or the job is no longer current).
-static void run_tasks(uint32_t id) {
+/// Claims and runs tasks of job `id` until none are left (or the job is no longer current);
+/// returns how many it ran.
+static size_t run_tasks(uint32_t id) {
+    size_t ran = 0;
     for (;;) {
         uint_fast64_t v = atomic_load_explicit(&claim, memory_order_acquire);
         for (;;) {
-            if ((uint32_t)(v >> 32) != id) return;
+            if ((uint32_t)(v >> 32) != id) return ran;
             const size_t tasks = atomic_load_explicit(&job_tasks, memory_order_relaxed);
-            if ((size_t)(uint32_t)v >= tasks) return;
+            if ((size_t)(uint32_t)v >= tasks) return ran;
             // Success proves the job did not change between the load of v and here, so
             // `tasks` and the fields read below belong to job `id`, which cannot finish (and be
             // replaced) before this task is counted in `done`.
@@ -85,14 +88,17 @@ static void run_tasks(uint32_t id) {
         void *ctx = atomic_load_explicit(&job_ctx, memory_order_relaxed);
         fn(ctx, (size_t)(uint32_t)v);
         atomic_fetch_add_explicit(&done, 1, memory_order_release);
+        ran++;
     }
 }
 
 static void *worker_main(void *arg) {
     uint_fast64_t seen = (uint_fast64_t)(uintptr_t)arg;  // the generation before our first job
     inside_task = 1;
+    ck_probe_register_worker();
     for (;;) {
         uint_fast64_t g = atomic_load_explicit(&generation, memory_order_acquire);
+        int slept = 0;
         if (g == seen) {
             const long budget = atomic_load_explicit(&job_sleep_after, memory_order_relaxed)
                                     ? 0 : atomic_load_explicit(&spin_ns, memory_order_relaxed);
@@ -105,6 +111,7 @@ static void *worker_main(void *arg) {
             if (g == seen) {
                 pthread_mutex_lock(&lock);
                 atomic_fetch_add(&sleepers, 1);
+                slept = 1;
                 while ((g = atomic_load(&generation)) == seen) pthread_cond_wait(&wake, &lock);
                 atomic_fetch_sub(&sleepers, 1);
                 pthread_mutex_unlock(&lock);
@@ -112,7 +119,8 @@ static void *worker_main(void *arg) {
         }
         seen = g;
         // The job id travels in `claim`; read it from there (any later job simply has a new id).
-        run_tasks((uint32_t)(atomic_load_explicit(&claim, memory_order_acquire) >> 32));
+        const size_t ran = run_tasks((uint32_t)(atomic_load_explicit(&claim, memory_order_acquire) >> 32));
+        if (ck_probe_is_active()) ck_probe_worker(ran, slept);
     }
     return NULL;
 }
@@ -179,6 +187,7 @@ static void pool_run(size_t tasks, ck_task_fn fn, void *ctx, int sleep_after) {
     }
     if (serial_jobs_left > 0) {
         serial_jobs_left--;
+        if (ck_probe_is_active()) ck_probe_serial_job(tasks);
         atomic_fetch_add_explicit(&serial_count, 1, memory_order_relaxed);
         pthread_mutex_unlock(&run_lock);
         run_serially(tasks, fn, ctx);
@@ -230,8 +239,10 @@ static void pool_run(size_t tasks, ck_task_fn fn, void *ctx, int sleep_after) {
     // Only tasks that a worker claimed and has not finished remain; on a loaded machine that
     // worker may be preempted, so after a short spin give the core away instead of burning it.
     int stalled = 0;
+    const int probing = ck_probe_is_active();
+    const long own_end_ns = probing ? now_ns() : 0;
     if (atomic_load_explicit(&done, memory_order_acquire) < tasks) {
-        const long wait_start = now_ns();
+        const long wait_start = probing ? own_end_ns : now_ns();
         unsigned spins = 0;
         while (atomic_load_explicit(&done, memory_order_acquire) < tasks) {
             if (++spins < 2048) CK_PAUSE();
@@ -240,6 +251,7 @@ static void pool_run(size_t tasks, ck_task_fn fn, void *ctx, int sleep_after) {
         const long waited = now_ns() - wait_start, own = wait_start - started_ns;
         stalled = waited > 50000 && 2 * waited > own;
     }
+    if (probing) ck_probe_job(tasks, started_ns, own_end_ns, now_ns());
     stall_history = (stall_history << 1) | (uint64_t)stalled;
     if (stalled) {
         atomic_fetch_add_explicit(&stall_count, 1, memory_order_relaxed);
