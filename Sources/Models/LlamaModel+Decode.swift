@@ -1,5 +1,9 @@
 import Foundation
+import Synchronization
 import Kernels
+
+/// `LlamaModel.concurrentDecodeGEMVs`' value (the environment's, until set).
+private let groupsSetting = Atomic<Bool>(ProcessInfo.processInfo.environment["PTQ_DECODE_GROUPS"] != "0")
 
 extension LlamaModel {
     /// One decode GEMV of a group that runs as one pool job (`forwardConcurrently`).
@@ -21,9 +25,16 @@ extension LlamaModel {
     }
 
     /// Whether decode runs the independent quantized GEMVs of a layer (q/k/v, gate/up) as one
-    /// pool job, each whole layer a task (`PTQ_DECODE_GROUPS=0`: one job per layer, split
-    /// over its rows, as before).
-    static let concurrentGEMVs = ProcessInfo.processInfo.environment["PTQ_DECODE_GROUPS"] != "0"
+    /// pool job, each whole layer a task on one thread, instead of one job per layer split over
+    /// its rows. The same results either way (bit for bit); on by default, `PTQ_DECODE_GROUPS=0`
+    /// in the environment starts the process with it off. Process-wide.
+    public static var concurrentDecodeGEMVs: Bool {
+        get { groupsSetting.load(ordering: .relaxed) }
+        set { groupsSetting.store(newValue, ordering: .relaxed) }
+    }
+
+    /// Read once per layer group of a decode token.
+    static var concurrentGEMVs: Bool { concurrentDecodeGEMVs }
 
     /// Runs the layers of `group` (the first the largest) as one pool job: task i runs layer i
     /// whole on whichever thread claims it (its own pool calls run inline there), so the group
