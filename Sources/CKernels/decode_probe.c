@@ -16,7 +16,7 @@
 
 static atomic_int active;
 static long last_job_end_ns;
-static int state;  // 0: environment not read, 1: off, 2: on
+static atomic_int state;  // 0: environment not read, 1: off, 2: on (decoding threads may race to set it)
 static long last_ns, token_start_ns, token_cpu_start_ns;
 static long phase_ns[CK_PROBE_PHASES], phase_cpu_ns[CK_PROBE_PHASES], phase_count[CK_PROBE_PHASES];
 static long last_cpu_ns, serial_jobs, serial_tasks, worker_cpu_ns, worker_cpu_start_ns;
@@ -104,12 +104,15 @@ static void report(void) {
 }
 
 void ck_probe_token_begin(int depth) {
-    if (state == 0) {
+    int on = atomic_load_explicit(&state, memory_order_relaxed);
+    if (on == 0) {
         const char *e = getenv("PTQ_DECODE_PROFILE");
-        state = e && strcmp(e, "1") == 0 ? 2 : 1;
-        if (state == 2) atexit(report);
+        const int want = e && strcmp(e, "1") == 0 ? 2 : 1;
+        int expected = 0;
+        if (atomic_compare_exchange_strong(&state, &expected, want) && want == 2) atexit(report);
+        on = atomic_load(&state);
     }
-    if (state != 2) return;
+    if (on != 2) return;
     depth_sum += depth;
     last_cpu_ns = token_cpu_start_ns = cpu_ns();
     worker_cpu_start_ns = workers_cpu_ns();

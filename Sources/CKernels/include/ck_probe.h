@@ -6,7 +6,8 @@
 // runs; off, every call below is one load and a branch. On, it accumulates the wall time
 // (CLOCK_MONOTONIC, ~25 ns a reading) of each phase of `LlamaModel`'s decode, the pool's
 // per-job figures (caller's own share, its wait for the other threads, the gap between jobs,
-// tasks, worker misses and sleeps), and prints a table to stderr at exit.
+// tasks, worker misses and sleeps), and prints a table to stderr at exit. On, it assumes one
+// decoding thread at a time (the bench and generate loops); its sums are not synchronised.
 
 /// Phases of a decode token, in the order they run in a layer.
 enum ck_probe_phase {
