@@ -160,10 +160,14 @@ public final class LlamaModel: Sendable {
         // Scores for every head over the cache's whole capacity: sized once per cache.
         buffers.prepare(config, tokens: 1, positions: cache.capacity, scoreRows: config.headCount,
                         local: cache.precision == .f16)
+        // PTQ_DECODE_PROFILE=1: per-phase timing of the token (ck_probe.h); else each mark is a branch.
+        DecodeProbe.beginToken(depth: cache.count)
         withUnsafePointer(to: token) { t in
             run(UnsafeBufferPointer(start: t, count: 1), cache: cache, hooks: ForwardHooks(), buffers: &buffers)
         }
         buffers.normed.withUnsafeBufferPointer { h in lmHead.forward(h.baseAddress!, rows: 1, into: logits.baseAddress!) }
+        mark(.head)
+        DecodeProbe.endToken()
         cache.decodeBuffers = buffers
     }
 
@@ -247,14 +251,18 @@ public final class LlamaModel: Sendable {
         let epsilon = Float(c.normEpsilon)
         // cos/sin of every rotation angle of these T positions, once for all layers.
         angles.withUnsafeMutableBufferPointer { rope.fill($0.baseAddress!, positions: start..<S) }
+        mark(.embedding)
 
         for (l, layer) in layers.enumerated() {
             // --- attention ---
             Ops.rmsNorm(x, weight: layer.attentionNorm, rows: T, width: D, epsilon: epsilon, into: &normed)
+            mark(.attentionNorm)
             observe(observer, QuantizationPoints.attentionInput(l), normed, rows: T, columns: D)
             // One decode row through float q/k/v: one pool job for the three (inside projectKV).
             let fusedQKV = T == 1 ? layer.floatQKV : nil
-            if fusedQKV == nil { layer.q.forward(normed, rows: T, into: &q) }
+            // Other decode q/k/v (quantized): the three layers as one pool job, a layer a task.
+            let groupedQKV = T == 1 && fusedQKV == nil && Self.concurrentGEMVs
+            if fusedQKV == nil && !groupedQKV { layer.q.forward(normed, rows: T, into: &q) }
             // Writes rotated keys and values of the T new positions at row `first` of the buffers
             // (and q, when the three run as one job).
             func projectKV(_ keys: UnsafeMutablePointer<Float>, _ values: UnsafeMutablePointer<Float>, first: Int) {
@@ -264,11 +272,19 @@ public final class LlamaModel: Sendable {
                             FloatLinear.forwardRow(fusedQKV, x: n.baseAddress!, into: qp.baseAddress!,
                                                    keys + first * kvWidth, values + first * kvWidth)
                         }
+                    } else if groupedQKV {
+                        q.withUnsafeMutableBufferPointer { qp in
+                            Self.forwardConcurrently(ConcurrentGEMVs(
+                                first: ConcurrentGEMV(op: layer.q, x: n.baseAddress!, y: qp.baseAddress!),
+                                second: ConcurrentGEMV(op: layer.k, x: n.baseAddress!, y: keys + first * kvWidth),
+                                third: ConcurrentGEMV(op: layer.v, x: n.baseAddress!, y: values + first * kvWidth)))
+                        }
                     } else {
                         layer.k.forward(n.baseAddress!, rows: T, into: keys + first * kvWidth)
                         layer.v.forward(n.baseAddress!, rows: T, into: values + first * kvWidth)
                     }
                 }
+                mark(.qkv)
                 angles.withUnsafeBufferPointer { a in
                     for t in 0..<T {
                         rope.apply(keys + (first + t) * kvWidth, heads: c.kvHeadCount, angles: a.baseAddress! + t * c.headDim)
@@ -304,6 +320,7 @@ public final class LlamaModel: Sendable {
                     }
                 }
             }
+            mark(.ropeAndAppend)
             if let cache, halfCache {
                 let probabilityOp = (hooks.attentionProbabilityOps ?? attentionProbabilityOps)[l]
                 if T == 1, observer == nil, probabilityOp == nil {
@@ -334,12 +351,16 @@ public final class LlamaModel: Sendable {
                 attend(q: q, keys: keys, values: values, T: T, start: start, scores: &scores, out: &attention, layer: l,
                        hooks: hooks)
             }
+            mark(.attention)
             observe(observer, QuantizationPoints.attentionOutputInput(l), attention, rows: T, columns: qWidth)
             layer.o.forward(attention, rows: T, into: &projected)
+            mark(.outputProjection)
             Ops.add(projected, into: &x, count: T * D)
+            mark(.residual)
 
             // --- MLP ---
             Ops.rmsNorm(x, weight: layer.mlpNorm, rows: T, width: D, epsilon: epsilon, into: &normed)
+            mark(.mlpNorm)
             observe(observer, QuantizationPoints.mlpInput(l), normed, rows: T, columns: D)
             if T == 1, let fused = layer.floatGateUp {
                 normed.withUnsafeBufferPointer { n in
@@ -349,20 +370,39 @@ public final class LlamaModel: Sendable {
                         }
                     }
                 }
+            } else if T == 1, Self.concurrentGEMVs {
+                normed.withUnsafeBufferPointer { n in
+                    gate.withUnsafeMutableBufferPointer { g in
+                        up.withUnsafeMutableBufferPointer { u in
+                            Self.forwardConcurrently(ConcurrentGEMVs(
+                                first: ConcurrentGEMV(op: layer.gate, x: n.baseAddress!, y: g.baseAddress!),
+                                second: ConcurrentGEMV(op: layer.up, x: n.baseAddress!, y: u.baseAddress!), third: nil))
+                        }
+                    }
+                }
             } else {
                 layer.gate.forward(normed, rows: T, into: &gate)
                 layer.up.forward(normed, rows: T, into: &up)
             }
+            mark(.gateUp)
             Ops.siluMultiply(&gate, up, count: T * F)
+            mark(.siluUp)
             observe(observer, QuantizationPoints.mlpDownInput(l), gate, rows: T, columns: F)
             layer.down.forward(gate, rows: T, into: &projected)
+            mark(.down)
             Ops.add(projected, into: &x, count: T * D)
+            mark(.residual)
             observe(observer, QuantizationPoints.layerOutput(l), x, rows: T, columns: D)
         }
         cache?.advance(by: T)
         Ops.rmsNorm(x, weight: finalNorm, rows: T, width: D, epsilon: epsilon, into: &normed)
+        mark(.finalNorm)
         observe(observer, QuantizationPoints.lmHeadInput, normed, rows: T, columns: D)
     }
+
+    /// Ends a phase of the decode probe (`decode`, PTQ_DECODE_PROFILE=1); a branch when it is off.
+    @inline(__always)
+    private func mark(_ phase: DecodeProbe.Phase) { DecodeProbe.mark(phase) }
 
     /// Decode attention of one query row over the `count` half positions of `cache`'s `layer`.
     private func attendHalf(q: [Float], cache: KVCache, layer: Int, count: Int, scores: inout [Float],

@@ -1,0 +1,38 @@
+import Foundation
+import Testing
+@testable import Kernels
+@testable import Models
+@testable import PTQKit
+
+@Suite("Decode GEMV groups")
+struct DecodeGroupTests {
+    /// Decode with the quantized q/k/v and gate/up run as one pool job each (a layer a task,
+    /// `LlamaModel.concurrentDecodeGEMVs`) gives the same logits bit for bit as one job per
+    /// layer split over its rows, and as `forward`, token after token on an f16 and an f32 cache.
+    @Test(arguments: [("w8a8", KVCachePrecision.f16), ("w4a16", .f16), ("w4a8", .f16), ("w4a8", .f32)])
+    func groupedDecodeMatchesSplitGEMVs(scheme: String, precision: KVCachePrecision) throws {
+        let model = try DecodeAllocationTests.model(scheme)
+        #expect(!(model.layers[0].q is FloatLinear) && model.layers[0].floatQKV == nil)
+        let prompt = (0..<70).map { ($0 * 29 + 3) % 260 }
+        let steps = [5, 17, 200, 99, 1]
+        func decodeAll(grouped: Bool) -> [[Float]] {
+            let saved = LlamaModel.concurrentDecodeGEMVs
+            LlamaModel.concurrentDecodeGEMVs = grouped
+            defer { LlamaModel.concurrentDecodeGEMVs = saved }
+            let cache = LlamaModel.KVCache(config: model.config, capacity: 100, precision: precision)
+            _ = model.forward(prompt, cache: cache, logitRows: (prompt.count - 1)..<prompt.count)
+            return steps.map { token in
+                var logits = [Float](repeating: 0, count: model.config.vocabSize)
+                logits.withUnsafeMutableBufferPointer { model.decode(token, cache: cache, into: $0) }
+                return logits
+            }
+        }
+        let grouped = decodeAll(grouped: true), split = decodeAll(grouped: false)
+        #expect(grouped == split)
+        #expect(grouped.allSatisfy { $0.allSatisfy(\.isFinite) })
+        // forward of one token runs the same path as decode.
+        let cache = LlamaModel.KVCache(config: model.config, capacity: 100, precision: precision)
+        _ = model.forward(prompt, cache: cache, logitRows: (prompt.count - 1)..<prompt.count)
+        #expect(model.forward([steps[0]], cache: cache) == grouped[0])
+    }
+}
