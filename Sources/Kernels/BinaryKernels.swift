@@ -140,8 +140,9 @@ extension BinaryKernels {
     /// A column-masked binary layer's decode operands on planes (PTQ1.61 on AVX-512): the sign
     /// planes over its binarized columns, the salient columns' u4 planes (one group per row),
     /// the column lists and r2, and the row affine `a`, `b`. `rowPlanes` runs one row through
-    /// one or more of them (layers that read the same input) as one pool job.
-    public struct ColumnMaskedPlanes: Sendable {
+    /// one or more of them (layers that read the same input) as one pool job. A class: the decode
+    /// row borrows its arrays instead of retaining each one per call.
+    public final class ColumnMaskedPlanes: Sendable {
         public let signs: SignPlaneLayout
         public let salient: LowBit.PlaneLayout?
         /// Binarized columns (natural indices) in sign-bit order, and r2 in the same order.
