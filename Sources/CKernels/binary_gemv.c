@@ -334,26 +334,17 @@ static inline void gathered_quad(const float *x, const int32_t *cols, const floa
     }
 }
 
-/// The 16 sums of one quad (ck_u4_plane_tables' order: bit 0's value or 0, then + x_c per set bit c).
-static inline void quad_sums_ref(const float xq[4], float *t) {
-    for (unsigned i = 0; i < 16; i++) {
-        float v = (i & 1) ? xq[0] : 0.0f;
-        if (i & 2) v += xq[1];
-        if (i & 4) v += xq[2];
-        if (i & 8) v += xq[3];
-        t[i] = v;
-    }
-}
-
-/// Tables and column-order sum of one gathered row (`quads` quads, 8 per 32-column chunk).
+/// Tables and column-order sum of one gathered row (`quads` quads, 8 per 32-column chunk): each
+/// chunk's 32 gathered values (zero past n) through ck_u4_plane_tables_ref, so the entries are
+/// its bits by construction; the sum runs over the real columns in order.
 static void gathered_tables_ref(const float *x, const int32_t *cols, const float *scale, size_t n, size_t quads,
                                 float *tables, float *sum) {
     float s = 0;
-    for (size_t q = 0; q < quads; q++) {
-        float xq[4];
-        gathered_quad(x, cols, scale, n, q, xq);
-        quad_sums_ref(xq, tables + 16 * q);
-        for (unsigned c = 0; c < 4 && 4 * q + c < n; c++) s += xq[c];
+    for (size_t ch = 0; ch < quads / 8; ch++) {
+        float chunk[32], ignored;
+        for (size_t q = 0; q < 8; q++) gathered_quad(x, cols, scale, n, 8 * ch + q, chunk + 4 * q);
+        ck_u4_plane_tables_ref(chunk, 32, 0, tables + 128 * ch, &ignored);
+        for (size_t c = 0; c < 32 && 32 * ch + c < n; c++) s += chunk[c];
     }
     *sum = s;
 }
@@ -373,7 +364,7 @@ CK_AVX512 static void gathered_tables_avx512(const float *x, const int32_t *cols
     for (size_t q = 0; q < quads; q++) {
         float xq[4];
         gathered_quad(x, cols, scale, n, q, xq);
-        // Lanes whose index has bit c get x_c added, bit 0 first: quad_sums_ref's order.
+        // Lanes whose index has bit c get x_c added, bit 0 first: ck_u4_plane_tables' order.
         __m512 t = _mm512_maskz_mov_ps(0xAAAA, _mm512_set1_ps(xq[0]));
         t = _mm512_mask_add_ps(t, 0xCCCC, t, _mm512_set1_ps(xq[1]));
         t = _mm512_mask_add_ps(t, 0xF0F0, t, _mm512_set1_ps(xq[2]));
