@@ -398,28 +398,34 @@ size_t ck_binary_planes_blocks(const ck_binary_planes_part *parts, size_t part_c
     return n;
 }
 
-/// One 16-row block `blk` of one part: signs into y, salient rows into a local block (the u4
-/// kernel addressed at that block as block 0 of a layout of the remaining rows), then the add.
-static void binary_planes_block(const ck_binary_planes_part *p, size_t blk, int reference) {
-    (reference ? ck_gemv_sign_planes_ref : ck_gemv_sign_planes)(p->sign_planes, blk, 1, p->rows, p->nb,
+/// Blocks [blk, blk + n) of one part, n ≤ 8: the sign rows into y, the salient rows into a local
+/// buffer (the u4 kernel addressed at block blk as block 0 of a layout of the remaining rows),
+/// then the add. One call of each kernel per run, not per block: their setup (chunk counts,
+/// dispatch) is paid once per 8 blocks.
+static void binary_planes_run(const ck_binary_planes_part *p, size_t blk, size_t n, int reference) {
+    (reference ? ck_gemv_sign_planes_ref : ck_gemv_sign_planes)(p->sign_planes, blk, n, p->rows, p->nb,
                                                                 p->sign_tables, p->x_sum, p->a, p->b, p->y);
     if (!p->ns) return;
     const size_t chunks = ck_u4_planes_quads(p->ns, p->ns) / 8, left = p->rows - 16 * blk;
-    float salient[16];
+    float salient[8 * 16];
     (reference ? ck_gemv_u4_planes_ref : ck_gemv_u4_planes)(
-        p->salient_planes + blk * chunks * 4 * 8, 0, 1, left, p->ns, p->ns, p->salient_scales + 16 * blk,
+        p->salient_planes + blk * chunks * 4 * 8, 0, n, left, p->ns, p->ns, p->salient_scales + 16 * blk,
         p->salient_zeros + 16 * blk, p->salient_tables, &p->salient_sum, salient);
     float *y = p->y + 16 * blk;
-    for (size_t l = 0; l < 16 && l < left; l++) y[l] += salient[l];
+    const size_t count = left < 16 * n ? left : 16 * n;
+    for (size_t l = 0; l < count; l++) y[l] += salient[l];
 }
 
 static void binary_planes_rows(const ck_binary_planes_part *parts, size_t part_count, size_t block_begin,
                                size_t block_count, int reference) {
-    size_t part = 0, first = 0;  // first block of `part` in the concatenation
-    for (size_t g = block_begin; g < block_begin + block_count; g++) {
-        while (part < part_count && g >= first + (parts[part].rows + 15) / 16) first += (parts[part++].rows + 15) / 16;
-        if (part == part_count) return;
-        binary_planes_block(parts + part, g - first, reference);
+    const size_t end = block_begin + block_count;
+    size_t first = 0;  // first block of part i in the concatenation
+    for (size_t i = 0; i < part_count && first < end; i++) {
+        const size_t blocks = (parts[i].rows + 15) / 16;
+        const size_t lo = block_begin > first ? block_begin - first : 0;
+        const size_t hi = end - first < blocks ? end - first : blocks;
+        for (size_t b = lo; b < hi; b += 8) binary_planes_run(parts + i, b, hi - b < 8 ? hi - b : 8, reference);
+        first += blocks;
     }
 }
 

@@ -1,3 +1,4 @@
+import Foundation
 import Kernels
 import Models
 import PTQCore
@@ -87,7 +88,8 @@ public final class BinaryLinear: LinearOp {
 
     /// What runs, for reports: `binary 1-bit + 4-bit salient columns (20.1 %)` (`binary 1-bit
     /// sign-plane tables + …` where the decode GEMV runs on sign planes, `… salient columns on
-    /// plane tables (20.1 %)` where the salient codes do too).
+    /// plane tables (20.1 %)` where the salient codes do too; `…, one fused row job` where a
+    /// decode row runs both as one job, `fusedRowsByDefault`).
     public var kernelDescription: String {
         let share = maskKind == .columns
             ? Double(salientColumns.count) / Double(max(1, inFeatures))
@@ -95,7 +97,8 @@ public final class BinaryLinear: LinearOp {
         let outliers = outlierColumns.isEmpty ? "" : " + \(outlierColumns.count) float16 columns"
         let signs = signPlanes == nil ? "binary 1-bit" : "binary 1-bit sign-plane tables"
         let salientKernel = salientPlanes == nil ? "" : " on plane tables"
-        return "\(signs) + \(salientBits)-bit salient \(maskKind.rawValue)\(salientKernel) (\(String(format: "%.1f", 100 * share)) %)\(outliers)"
+        let fused = planeRow == nil ? "" : ", one fused row job"
+        return "\(signs) + \(salientBits)-bit salient \(maskKind.rawValue)\(salientKernel) (\(String(format: "%.1f", 100 * share)) %)\(outliers)\(fused)"
     }
 
     /// Converts a binary `QuantizedLinear` to run-time storage; throws a `PTQError` naming the
@@ -154,7 +157,7 @@ public final class BinaryLinear: LinearOp {
                 : nil
             signPlanes = signs
             salientPlanes = salient
-            if let signs, ns == 0 || salient != nil {
+            if let signs, ns == 0 || salient != nil, Self.fusedRowsByDefault {
                 planeRow = BinaryKernels.PlanesGroup([BinaryKernels.ColumnMaskedPlanes(
                     signs: signs, salient: salient, binaryColumns: binaryColumns, columnScale: columnScale,
                     salientColumns: salientColumns, a: scale, b: offset)])
@@ -196,6 +199,12 @@ public final class BinaryLinear: LinearOp {
             planeRow = nil
         }
     }
+
+    /// Whether column-masked layers on planes decode through the fused row (`planeRow`, q/k/v and
+    /// gate/up grouped): on; `PTQ_BINARY_FUSED=0` in the environment turns it off (read once, for
+    /// A/B runs), and then each layer runs its sign and salient planes as two jobs as before the
+    /// ninth pass. Both give the same bits.
+    public static let fusedRowsByDefault = ProcessInfo.processInfo.environment["PTQ_BINARY_FUSED"] != "0"
 
     /// Rows up to which one GEMV per row beats dequantized tiles + sgemm (as `IntegerLinear`).
     static let gemvRowLimit = 8

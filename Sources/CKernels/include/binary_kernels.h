@@ -97,9 +97,10 @@ void ck_u4_planes_unpack_nibbles_ref(const uint64_t *planes, size_t row_begin, s
 // salient tables of q/k/v, which share their salient columns, are built once.
 //
 // ck_binary_planes_rows runs blocks [block_begin, block_begin + block_count) of the parts'
-// concatenated 16-row blocks (part 0's blocks first). Per block: the sign rows into y as
-// ck_gemv_sign_planes, the salient rows as ck_gemv_u4_planes (one group), then y[o] += salient[o]:
-// the same bits as the two separate GEMVs followed by that add (the pre-fusion path).
+// concatenated 16-row blocks (part 0's blocks first). Per run of up to 8 blocks of a part: the
+// sign rows into y as ck_gemv_sign_planes, the salient rows as ck_gemv_u4_planes (one group),
+// then y[o] += salient[o]: the same bits as the two separate GEMVs followed by that add (the
+// pre-fusion path).
 typedef struct {
     const uint64_t *sign_planes;      // ck_sign_planes_pack layout, rows × nb (nb > 0)
     const uint64_t *salient_planes;   // ck_u4_planes_pack layout, rows × ns, group ns; NULL when ns == 0
