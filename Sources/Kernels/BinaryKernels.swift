@@ -143,15 +143,20 @@ extension BinaryKernels {
     /// one or more of them (layers that read the same input) as one pool job. A class: the decode
     /// row borrows its arrays instead of retaining each one per call.
     public final class ColumnMaskedPlanes: Sendable {
+        /// Sign bits over the binarized columns (rows × binarized columns).
         public let signs: SignPlaneLayout
+        /// Salient codes (rows × salient columns, one group per row); nil without salient columns.
         public let salient: LowBit.PlaneLayout?
         /// Binarized columns (natural indices) in sign-bit order, and r2 in the same order.
         public let binaryColumns: [Int32]
         public let columnScale: [Float]
         /// Salient columns (natural indices) in code order; empty without salient planes.
         public let salientColumns: [Int32]
+        /// Per row: the signs' scale and offset, `y = a ∘ (S x̃) + b · Σx̃`.
         public let a: [Float], b: [Float]
 
+        /// Wraps a layer's layouts and parameters (the arrays are shared, not copied); the sizes
+        /// must agree (a precondition names the mismatch).
         public init(signs: SignPlaneLayout, salient: LowBit.PlaneLayout?, binaryColumns: [Int], columnScale: [Float],
                     salientColumns: [Int], a: [Float], b: [Float]) {
             precondition(binaryColumns.count == signs.columns && columnScale.count == signs.columns
@@ -234,6 +239,7 @@ extension BinaryKernels {
     /// `rowPlanes`: which of them reuse the first layer's salient tables (PTQ1.61 gives q/k/v
     /// and gate/up the same salient columns) and the tables' size, worked out once.
     public struct PlanesGroup: Sendable {
+        /// The layers, in output order.
         public let layers: [ColumnMaskedPlanes]
         /// Per layer: its salient inputs are layer 0's, so it reads layer 0's salient tables.
         public let sharesSalient: [Bool]
@@ -242,6 +248,7 @@ extension BinaryKernels {
         /// Work per 16-row block for the pool split (salient columns weigh 4: four planes).
         let blockWork: Int
 
+        /// Groups 1…3 layers of one input width (a precondition checks the count).
         public init(_ layers: [ColumnMaskedPlanes]) {
             precondition((1...3).contains(layers.count), "PlanesGroup: 1…3 layers, got \(layers.count)")
             self.layers = layers
