@@ -314,3 +314,127 @@ void ck_binary_decode_rows(const uint64_t *signs, size_t words_per_row, const ui
     ck_binary_decode_rows_ref(signs, words_per_row, binary_mask, col_scale, a, b, codes, nibbles, code_stride, ns, d,
                               z, row_begin, row_count, cols, out);
 }
+
+// ---- fused decode row on planes (column masks; binary_kernels.h) -------------------------------
+//
+// Until the ninth pass a PTQ1.61 decode row ran two pool jobs per layer (sign planes, salient
+// planes), each after its own table build on the calling thread, with the gathers of r2·x and
+// x_s and the final add in Swift. Here one call builds both table sets in one pass over the
+// gathered columns and one job runs both GEMVs block by block, so q/k/v (three layers) or
+// gate/up (two) cost one dispatch. The arithmetic is the old path's: same tables, same kernels,
+// same final add, so the result is bit for bit the old one.
+
+/// Quad q of a gathered row: value k = scale[k]·x[cols[k]] (scale NULL: 1·, not multiplied),
+/// 0 past n.
+static inline void gathered_quad(const float *x, const int32_t *cols, const float *scale, size_t n, size_t q,
+                                 float xq[4]) {
+    for (unsigned c = 0; c < 4; c++) {
+        const size_t k = 4 * q + c;
+        xq[c] = k < n ? (scale ? scale[k] * x[cols[k]] : x[cols[k]]) : 0.0f;
+    }
+}
+
+/// Tables and column-order sum of one gathered row (`quads` quads, 8 per 32-column chunk): each
+/// chunk's 32 gathered values (zero past n) through ck_u4_plane_tables_ref, so the entries are
+/// its bits by construction; the sum runs over the real columns in order.
+static void gathered_tables_ref(const float *x, const int32_t *cols, const float *scale, size_t n, size_t quads,
+                                float *tables, float *sum) {
+    float s = 0;
+    for (size_t ch = 0; ch < quads / 8; ch++) {
+        float chunk[32], ignored;
+        for (size_t q = 0; q < 8; q++) gathered_quad(x, cols, scale, n, 8 * ch + q, chunk + 4 * q);
+        ck_u4_plane_tables_ref(chunk, 32, 0, tables + 128 * ch, &ignored);
+        for (size_t c = 0; c < 32 && 32 * ch + c < n; c++) s += chunk[c];
+    }
+    *sum = s;
+}
+
+void ck_binary_plane_tables_ref(const float *x, const int32_t *binary_cols, const float *col_scale, size_t nb,
+                                const int32_t *salient_cols, size_t ns, float *sign_tables, float *x_sum,
+                                float *salient_tables, float *salient_sum) {
+    if (sign_tables) gathered_tables_ref(x, binary_cols, col_scale, nb, ck_sign_planes_quads(nb), sign_tables, x_sum);
+    if (salient_tables && ns)
+        gathered_tables_ref(x, salient_cols, NULL, ns, ck_u4_planes_quads(ns, ns), salient_tables, salient_sum);
+}
+
+#if defined(__x86_64__)
+CK_AVX512 static void gathered_tables_avx512(const float *x, const int32_t *cols, const float *scale, size_t n,
+                                             size_t quads, float *tables, float *sum) {
+    float s = 0;
+    for (size_t q = 0; q < quads; q++) {
+        float xq[4];
+        gathered_quad(x, cols, scale, n, q, xq);
+        // Lanes whose index has bit c get x_c added, bit 0 first: ck_u4_plane_tables' order.
+        __m512 t = _mm512_maskz_mov_ps(0xAAAA, _mm512_set1_ps(xq[0]));
+        t = _mm512_mask_add_ps(t, 0xCCCC, t, _mm512_set1_ps(xq[1]));
+        t = _mm512_mask_add_ps(t, 0xF0F0, t, _mm512_set1_ps(xq[2]));
+        t = _mm512_mask_add_ps(t, 0xFF00, t, _mm512_set1_ps(xq[3]));
+        _mm512_storeu_ps(tables + 16 * q, t);
+        for (unsigned c = 0; c < 4 && 4 * q + c < n; c++) s += xq[c];
+    }
+    *sum = s;
+}
+#endif
+
+void ck_binary_plane_tables(const float *x, const int32_t *binary_cols, const float *col_scale, size_t nb,
+                            const int32_t *salient_cols, size_t ns, float *sign_tables, float *x_sum,
+                            float *salient_tables, float *salient_sum) {
+#if defined(__x86_64__)
+    if (ck_u4_planes_supported()) {
+        if (sign_tables)
+            gathered_tables_avx512(x, binary_cols, col_scale, nb, ck_sign_planes_quads(nb), sign_tables, x_sum);
+        if (salient_tables && ns)
+            gathered_tables_avx512(x, salient_cols, NULL, ns, ck_u4_planes_quads(ns, ns), salient_tables, salient_sum);
+        return;
+    }
+#endif
+    ck_binary_plane_tables_ref(x, binary_cols, col_scale, nb, salient_cols, ns, sign_tables, x_sum, salient_tables,
+                               salient_sum);
+}
+
+size_t ck_binary_planes_blocks(const ck_binary_planes_part *parts, size_t part_count) {
+    size_t n = 0;
+    for (size_t i = 0; i < part_count; i++) n += (parts[i].rows + 15) / 16;
+    return n;
+}
+
+/// Blocks [blk, blk + n) of one part, n ≤ 8: the sign rows into y, the salient rows into a local
+/// buffer (the u4 kernel addressed at block blk as block 0 of a layout of the remaining rows),
+/// then the add. One call of each kernel per run, not per block: their setup (chunk counts,
+/// dispatch) is paid once per 8 blocks.
+static void binary_planes_run(const ck_binary_planes_part *p, size_t blk, size_t n, int reference) {
+    (reference ? ck_gemv_sign_planes_ref : ck_gemv_sign_planes)(p->sign_planes, blk, n, p->rows, p->nb,
+                                                                p->sign_tables, p->x_sum, p->a, p->b, p->y);
+    if (!p->ns) return;
+    const size_t chunks = ck_u4_planes_quads(p->ns, p->ns) / 8, left = p->rows - 16 * blk;
+    float salient[8 * 16];
+    (reference ? ck_gemv_u4_planes_ref : ck_gemv_u4_planes)(
+        p->salient_planes + blk * chunks * 4 * 8, 0, n, left, p->ns, p->ns, p->salient_scales + 16 * blk,
+        p->salient_zeros + 16 * blk, p->salient_tables, &p->salient_sum, salient);
+    float *y = p->y + 16 * blk;
+    const size_t count = left < 16 * n ? left : 16 * n;
+    for (size_t l = 0; l < count; l++) y[l] += salient[l];
+}
+
+static void binary_planes_rows(const ck_binary_planes_part *parts, size_t part_count, size_t block_begin,
+                               size_t block_count, int reference) {
+    const size_t end = block_begin + block_count;
+    size_t first = 0;  // first block of part i in the concatenation
+    for (size_t i = 0; i < part_count && first < end; i++) {
+        const size_t blocks = (parts[i].rows + 15) / 16;
+        const size_t lo = block_begin > first ? block_begin - first : 0;
+        const size_t hi = end - first < blocks ? end - first : blocks;
+        for (size_t b = lo; b < hi; b += 8) binary_planes_run(parts + i, b, hi - b < 8 ? hi - b : 8, reference);
+        first += blocks;
+    }
+}
+
+void ck_binary_planes_rows(const ck_binary_planes_part *parts, size_t part_count, size_t block_begin,
+                           size_t block_count) {
+    binary_planes_rows(parts, part_count, block_begin, block_count, 0);
+}
+
+void ck_binary_planes_rows_ref(const ck_binary_planes_part *parts, size_t part_count, size_t block_begin,
+                               size_t block_count) {
+    binary_planes_rows(parts, part_count, block_begin, block_count, 1);
+}

@@ -1,3 +1,4 @@
+import Foundation
 import Kernels
 import Models
 import PTQCore
@@ -65,6 +66,10 @@ public final class BinaryLinear: LinearOp {
     /// the u4 table-lookup GEMV (`LowBit.gemvPlanes`, one group per row: the salient part has one
     /// Δ and z per row), their only copy (prefill tiles unpack nibble rows from it).
     private let salientPlanes: LowBit.PlaneLayout?
+    /// Column masks with sign planes and (if any salient columns) salient planes: the operands of
+    /// the fused decode row (`BinaryKernels.rowPlanes`, one pool job and one table pass), this
+    /// layer alone; q/k/v and gate/up run theirs together (`rowGroup`). Same arrays, no copy.
+    private let planeRow: BinaryKernels.PlanesGroup?
 
     /// Bytes held for this layer at run time (bits, codes, per-row and per-column parameters).
     public var storageBytes: Int {
@@ -83,7 +88,8 @@ public final class BinaryLinear: LinearOp {
 
     /// What runs, for reports: `binary 1-bit + 4-bit salient columns (20.1 %)` (`binary 1-bit
     /// sign-plane tables + …` where the decode GEMV runs on sign planes, `… salient columns on
-    /// plane tables (20.1 %)` where the salient codes do too).
+    /// plane tables (20.1 %)` where the salient codes do too; `…, one fused row job` where a
+    /// decode row runs both as one job, `fusedRowsByDefault`).
     public var kernelDescription: String {
         let share = maskKind == .columns
             ? Double(salientColumns.count) / Double(max(1, inFeatures))
@@ -91,7 +97,8 @@ public final class BinaryLinear: LinearOp {
         let outliers = outlierColumns.isEmpty ? "" : " + \(outlierColumns.count) float16 columns"
         let signs = signPlanes == nil ? "binary 1-bit" : "binary 1-bit sign-plane tables"
         let salientKernel = salientPlanes == nil ? "" : " on plane tables"
-        return "\(signs) + \(salientBits)-bit salient \(maskKind.rawValue)\(salientKernel) (\(String(format: "%.1f", 100 * share)) %)\(outliers)"
+        let fused = planeRow == nil ? "" : ", one fused row job"
+        return "\(signs) + \(salientBits)-bit salient \(maskKind.rawValue)\(salientKernel) (\(String(format: "%.1f", 100 * share)) %)\(outliers)\(fused)"
     }
 
     /// Converts a binary `QuantizedLinear` to run-time storage; throws a `PTQError` naming the
@@ -142,12 +149,21 @@ public final class BinaryLinear: LinearOp {
             }
             naturalBinaryMask = mask
             naturalColumnScale = natural
-            signPlanes = useSignPlanes ? BinaryKernels.SignPlaneLayout(signs: w.signs, rows: rows, columns: nb) : nil
+            let signs = useSignPlanes ? BinaryKernels.SignPlaneLayout(signs: w.signs, rows: rows, columns: nb) : nil
             // One group spanning all salient columns: the codes' Δ and z are per row.
-            salientPlanes = useSalientPlanes
+            let salient = useSalientPlanes
                 ? LowBit.PlaneLayout(codes: w.salientCodes, rows: rows, columns: ns, groupSize: ns,
                                      scales: salientScale, zeros: salientZero)
                 : nil
+            signPlanes = signs
+            salientPlanes = salient
+            if let signs, ns == 0 || salient != nil, Self.fusedRowsByDefault {
+                planeRow = BinaryKernels.PlanesGroup([BinaryKernels.ColumnMaskedPlanes(
+                    signs: signs, salient: salient, binaryColumns: binaryColumns, columnScale: columnScale,
+                    salientColumns: salientColumns, a: scale, b: offset)])
+            } else {
+                planeRow = nil
+            }
         case .elements:
             binaryColumns = []
             salientColumns = []
@@ -180,8 +196,15 @@ public final class BinaryLinear: LinearOp {
             naturalColumnScale = []
             signPlanes = nil
             salientPlanes = nil
+            planeRow = nil
         }
     }
+
+    /// Whether column-masked layers on planes decode through the fused row (`planeRow`, q/k/v and
+    /// gate/up grouped): on; `PTQ_BINARY_FUSED=0` in the environment turns it off (read once, for
+    /// A/B runs), and then each layer runs its sign and salient planes as two jobs as before the
+    /// ninth pass. Both give the same bits.
+    public static let fusedRowsByDefault = ProcessInfo.processInfo.environment["PTQ_BINARY_FUSED"] != "0"
 
     /// Rows up to which one GEMV per row beats dequantized tiles + sgemm (as `IntegerLinear`).
     static let gemvRowLimit = 8
@@ -215,13 +238,36 @@ public final class BinaryLinear: LinearOp {
         }
     }
 
+    /// One activation row through the fast kernels as before the fused row: the sign planes and
+    /// the salient planes as two pool jobs with their own table builds (tests and the kernel
+    /// comparison in `ptq bench --kernels`: the fused row gives the same bits).
+    func forwardSeparateJobs(_ x: UnsafePointer<Float>, into y: UnsafeMutablePointer<Float>) {
+        gemv(x, y, reference: false, salientTables: true, fused: false)
+        if let bias {
+            bias.withUnsafeBufferPointer { Ops.addBias($0.baseAddress!, rows: 1, width: outFeatures, into: y) }
+        }
+    }
+
+    /// Whether one-row forwards run the fused plane row (`BinaryKernels.rowPlanes`; tests).
+    var hasPlaneRow: Bool { planeRow != nil }
+
+    /// This layer's fused plane row operands (tests run them through the scalar twin).
+    var planeRowForTests: BinaryKernels.PlanesGroup? { planeRow }
+
     /// Whether the salient codes have a plane-table copy (tests).
     var hasSalientPlanes: Bool { salientPlanes != nil }
 
     /// `y = W x` for one activation row, from the bits and codes; `salientTables` lets the
-    /// salient part run on its bit planes where it has them.
-    private func gemv(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, reference: Bool, salientTables: Bool) {
+    /// salient part run on its bit planes where it has them, `fused` both parts as one job.
+    private func gemv(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, reference: Bool, salientTables: Bool,
+                      fused: Bool = true) {
         let n = outFeatures
+        if let planeRow, !reference, salientTables, fused {
+            // Both parts in one pool job; the gathers of r2 ∘ x and x_s happen in the table pass.
+            BinaryKernels.rowPlanes(planeRow, x: x, into: y)
+            addOutlierColumns(x, y)
+            return
+        }
         // Per-thread scratch (slots 10–12, no other kernel's), not arrays: a decode step allocates
         // nothing. Zeroed: the sign kernels read all 64·wordsPerRow inputs.
         let padded = LowBit.threadScratch(slot: 10, count: 64 * wordsPerRow, of: Float.self)
@@ -271,17 +317,7 @@ public final class BinaryLinear: LinearOp {
                 }
             }
             for o in 0..<n { y[o] += ys[o] }
-            let kOut = outlierColumns.count
-            guard kOut > 0 else { return }
-            outlierValues.withUnsafeBufferPointer { v in
-                outlierColumns.withUnsafeBufferPointer { cols in
-                    for o in 0..<n {
-                        var dot: Float = 0
-                        for t in 0..<kOut { dot += v[o * kOut + t] * x[cols[t]] }
-                        y[o] += dot
-                    }
-                }
-            }
+            addOutlierColumns(x, y)
         case .elements:
             var total: Float = 0
             for j in 0..<inFeatures {
@@ -305,6 +341,21 @@ public final class BinaryLinear: LinearOp {
                 var dot: Float = 0
                 for e in rowStart[o]..<rowStart[o + 1] { dot += Float(salientCodes[e]) * x[Int(salientColumnIndex[e])] }
                 y[o] += salientScale[o] * (dot - salientZero[o] * (total - rest[o]))
+            }
+        }
+    }
+
+    /// Column masks: `y += V x` over the outlier columns' float weights (none in most layers).
+    private func addOutlierColumns(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>) {
+        let kOut = outlierColumns.count
+        guard kOut > 0 else { return }
+        outlierValues.withUnsafeBufferPointer { v in
+            outlierColumns.withUnsafeBufferPointer { cols in
+                for o in 0..<outFeatures {
+                    var dot: Float = 0
+                    for t in 0..<kOut { dot += v[o * kOut + t] * x[cols[t]] }
+                    y[o] += dot
+                }
             }
         }
     }
@@ -452,5 +503,27 @@ public final class BinaryLinear: LinearOp {
                             tileRows: LowBit.defaultTileRows(inFeatures: inFeatures)) { range, tile in
             self.dequantizeRows(range, into: tile)
         }
+    }
+}
+
+extension BinaryLinear: RowGroupingLinear {
+    /// q/k/v or gate/up on plane tables as one decode job (`BinaryKernels.rowPlanes`): all
+    /// layers column-masked on planes, without bias or outlier columns, of one input width.
+    public static func rowGroup(_ layers: [any LinearOp]) -> (any DecodeRowGroup)? {
+        let binary = layers.compactMap { $0 as? BinaryLinear }
+        guard (2...3).contains(layers.count), binary.count == layers.count, let width = binary.first?.inFeatures,
+              binary.allSatisfy({ $0.inFeatures == width && $0.bias == nil && $0.outlierColumns.isEmpty && $0.planeRow != nil })
+        else { return nil }
+        return PlaneRowGroup(group: BinaryKernels.PlanesGroup(binary.flatMap { $0.planeRow!.layers }))
+    }
+}
+
+/// `BinaryLinear.rowGroup`'s group: one `BinaryKernels.rowPlanes` call for all its layers.
+struct PlaneRowGroup: DecodeRowGroup {
+    let group: BinaryKernels.PlanesGroup
+
+    func forwardRow(_ x: UnsafePointer<Float>, into first: UnsafeMutablePointer<Float>,
+                    _ second: UnsafeMutablePointer<Float>, _ third: UnsafeMutablePointer<Float>?) {
+        BinaryKernels.rowPlanes(group, x: x, into: first, second, third)
     }
 }

@@ -370,6 +370,117 @@ struct BinaryWeightTests {
         }
     }
 
+    /// A column-masked layer with the given salient columns (4-bit codes), random signs and
+    /// scales; `zeroRows` get a = b = Δ = 0.
+    static func columnMasked(rows: Int, columns: Int, salient: [Int], zeroRows: Set<Int> = [],
+                             rng: inout SeededGenerator) -> BinaryWeight {
+        var mask = [Bool](repeating: false, count: columns)
+        for j in salient { mask[j] = true }
+        let ns = salient.count, nb = columns - ns
+        return BinaryWeight(
+            rows: rows, columns: columns, maskKind: .columns, salientMask: mask, salientBits: 4,
+            salientCodes: (0..<(rows * ns)).map { _ in UInt8(rng.next() % 16) },
+            salientScale: (0..<rows).map { o in zeroRows.contains(o) ? 0 : BinaryWeight.half(rng.float(in: 0.001...0.01)) },
+            salientZero: (0..<rows).map { _ in UInt8(rng.next() % 16) },
+            signs: (0..<(rows * nb)).map { _ in UInt8(rng.next() % 2) },
+            scale: (0..<rows).map { o in zeroRows.contains(o) ? 0 : BinaryWeight.half(rng.float(in: 0.01...0.05)) },
+            offset: (0..<rows).map { o in zeroRows.contains(o) ? 0 : BinaryWeight.half(rng.float(in: -0.01...0.01)) },
+            columnScale: (0..<nb).map { _ in BinaryWeight.half(rng.float(in: 0.7...1.3)) })
+    }
+
+    /// The fused decode row (sign and salient planes in one job, tables from one pass over x)
+    /// against the two separate plane GEMVs it replaces, bit for bit, and against its scalar
+    /// twin: SmolLM2's q/k/v and down shapes, odd sizes (rows off the 16-row blocks, columns off
+    /// the 32-column chunks), no salient columns, one, zero-scale rows and extreme inputs.
+    @Test(arguments: [(576, 576, 116), (192, 576, 116), (576, 1536, 308), (5, 33, 7), (17, 70, 1), (33, 97, 0),
+                      (1, 5, 2), (40, 64, 32)])
+    func fusedPlaneRowMatchesSeparateJobs(rows: Int, columns: Int, salient: Int) throws {
+        var rng = SeededGenerator(seed: 77 + UInt64(rows * 10_000 + columns))
+        let cols = Array((0..<columns).shuffled(using: &rng).prefix(salient))
+        let w = Self.columnMasked(rows: rows, columns: columns, salient: cols, zeroRows: [0, rows / 2], rng: &rng)
+        try Self.linear(w, bias: nil).validate()
+        let bias = (0..<rows).map { Float($0 % 5) * 0.02 }
+        let layer = try BinaryLinear(Self.linear(w, bias: bias))
+        #expect(layer.hasPlaneRow == BinaryKernels.planesSupported)
+        let dense = w.dequantizedReference()
+        for variant in 0..<3 {
+            // 0: ordinary x; 1: extreme magnitudes (1e30 / columns, finite sums); 2: a ±1e4 outlier.
+            var x = (0..<columns).map { _ in rng.float(in: -2...2) * (variant == 1 ? 1e30 / Float(columns) : 1) }
+            if variant == 2 { x[columns / 2] = 1e4; x[0] = -1e4 }
+            var fused = [Float](repeating: .nan, count: rows), separate = fused, twin = fused
+            x.withUnsafeBufferPointer { xp in
+                fused.withUnsafeMutableBufferPointer { layer.forward(xp.baseAddress!, rows: 1, into: $0.baseAddress!) }
+                separate.withUnsafeMutableBufferPointer { layer.forwardSeparateJobs(xp.baseAddress!, into: $0.baseAddress!) }
+            }
+            #expect(fused.map(\.bitPattern) == separate.map(\.bitPattern), "\(rows)×\(columns)/\(salient) v\(variant)")
+            if let group = layer.planeRowForTests {
+                x.withUnsafeBufferPointer { xp in
+                    twin.withUnsafeMutableBufferPointer {
+                        BinaryKernels.rowPlanes(group, x: xp.baseAddress!, into: $0.baseAddress!, reference: true)
+                    }
+                }
+                for o in 0..<rows { twin[o] += bias[o] }
+                #expect(twin.map(\.bitPattern) == fused.map(\.bitPattern), "\(rows)×\(columns)/\(salient) v\(variant) twin")
+            }
+            guard variant == 0 else { continue }
+            let want = Self.product(dense, rows: rows, columns: columns, x: x, xRows: 1, bias: bias)
+            let allAbs = x.reduce(Float(0)) { $0 + abs($1) }
+            for o in 0..<rows {
+                #expect(abs(fused[o] - want[o]) <= 1e-5 * allAbs + 1e-6, "\(rows)×\(columns) row \(o): \(fused[o]) vs \(want[o])")
+            }
+            // Zero-scale rows: a = b = Δ = 0 leave only the bias.
+            #expect(fused[0] == bias[0] && fused[rows / 2] == bias[rows / 2])
+        }
+    }
+
+    /// q/k/v (three layers, one salient mask, their own r2) and gate/up as one decode group:
+    /// each output bit for bit its layer's own forward; salient tables shared only where the
+    /// salient columns agree; groups refused for a bias, another width or no plane row.
+    @Test func planeRowGroupsMatchEachLayer() throws {
+        var rng = SeededGenerator(seed: 2026)
+        let columns = 150
+        let shared = Array((0..<columns).shuffled(using: &rng).prefix(30))
+        let other = Array((0..<columns).shuffled(using: &rng).prefix(29))
+        let ws = [Self.columnMasked(rows: 48, columns: columns, salient: shared, rng: &rng),
+                  Self.columnMasked(rows: 17, columns: columns, salient: shared, zeroRows: [3], rng: &rng),
+                  Self.columnMasked(rows: 16, columns: columns, salient: other, rng: &rng)]
+        let layers = try ws.map { try BinaryLinear(Self.linear($0, bias: nil)) }
+        let x = (0..<columns).map { _ in rng.float(in: -3...3) }
+        for members in [[0, 1, 2], [0, 1], [2, 0], [1, 1]] {
+            let group = BinaryLinear.rowGroup(members.map { layers[$0] })
+            #expect((group != nil) == BinaryKernels.planesSupported)
+            guard let group else { continue }
+            var wants = members.map { [Float](repeating: .nan, count: layers[$0].outFeatures) }
+            var out0 = wants[0], out1 = wants[1], out2 = members.count == 3 ? wants[2] : []
+            x.withUnsafeBufferPointer { xp in
+                for (i, m) in members.enumerated() {
+                    wants[i].withUnsafeMutableBufferPointer { layers[m].forward(xp.baseAddress!, rows: 1, into: $0.baseAddress!) }
+                }
+                out0.withUnsafeMutableBufferPointer { o0 in
+                    out1.withUnsafeMutableBufferPointer { o1 in
+                        out2.withUnsafeMutableBufferPointer { o2 in
+                            group.forwardRow(xp.baseAddress!, into: o0.baseAddress!, o1.baseAddress!,
+                                             members.count == 3 ? o2.baseAddress! : nil)
+                        }
+                    }
+                }
+            }
+            let outs = [out0, out1, out2]
+            for i in members.indices {
+                #expect(outs[i].map(\.bitPattern) == wants[i].map(\.bitPattern), "group \(members) layer \(i)")
+            }
+            let sharing = (group as? PlaneRowGroup)?.group.sharesSalient ?? []
+            #expect(sharing == members.indices.map { $0 > 0 && ws[members[$0]].salientMask == ws[members[0]].salientMask })
+        }
+        // Not groupable: a bias, a different input width, a single layer.
+        let biased = try BinaryLinear(Self.linear(ws[1], bias: [Float](repeating: 1, count: 17)))
+        #expect(BinaryLinear.rowGroup([layers[0], biased]) == nil)
+        let narrow = try BinaryLinear(Self.linear(Self.columnMasked(rows: 16, columns: 149, salient: [1, 2], rng: &rng),
+                                                  bias: nil))
+        #expect(BinaryLinear.rowGroup([layers[0], narrow]) == nil)
+        #expect(BinaryLinear.rowGroup([layers[0]]) == nil)
+    }
+
     /// Element masks with 8-bit salient codes (PB-LLM-style) through the same kernel.
     @Test(arguments: [(6, 100), (1, 64), (9, 131)])
     func elementMaskKernel(rows: Int, columns: Int) throws {

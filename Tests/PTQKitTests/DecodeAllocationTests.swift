@@ -21,6 +21,8 @@ struct DecodeAllocationTests {
         "w8a8": "scheme: {method: rtn, weight: {bits: 8}, activation: {bits: 8, granularity: per_token}}",
         "w4a16": "scheme: {method: rtn, weight: {bits: 4, group_size: 32}}",
         "w4a8": "scheme: {method: rtn, weight: {bits: 4, group_size: 32}, activation: {bits: 8, granularity: per_token}}",
+        // PTQ1.61 decode rows: q/k/v and gate/up as grouped plane rows (AVX-512), o and down alone.
+        "ptq161": "scheme: {method: ptq161, weight: {bits: 4, symmetric: false}, parameters: {salient_ratio: 0.2, optimization: none}}",
     ]
 
     /// The float model, or the synthetic checkpoint quantized by `scheme` and loaded as the
@@ -51,7 +53,8 @@ struct DecodeAllocationTests {
         return try #require(try PTQ.loadAnyModel(path: path) as? LlamaModel)
     }
 
-    @Test(arguments: [("fp32", KVCachePrecision.f16), ("fp32", .f32), ("w8a8", .f16), ("w4a16", .f16), ("w4a8", .f16)])
+    @Test(arguments: [("fp32", KVCachePrecision.f16), ("fp32", .f32), ("w8a8", .f16), ("w4a16", .f16), ("w4a8", .f16),
+                            ("ptq161", .f16)])
     func decodeStepAllocatesNothing(scheme: String, precision: KVCachePrecision) throws {
         let model = try Self.model(scheme)
         let prompt = (0..<70).map { ($0 * 37 + 11) % 260 }

@@ -85,4 +85,48 @@ void ck_u4_planes_unpack_nibbles(const uint64_t *planes, size_t row_begin, size_
 void ck_u4_planes_unpack_nibbles_ref(const uint64_t *planes, size_t row_begin, size_t row_count, size_t rows,
                                      size_t cols, uint8_t *out, size_t stride);
 
+// Fused decode row of column-masked binary layers on planes (binary_gemv.c, issue 13 ninth pass):
+// the sign-plane GEMV and the salient u4-plane GEMV of one or more layers that read the same x,
+// as ONE pool job, from tables built in ONE pass over x.
+//
+// ck_binary_plane_tables gathers x̃_k = col_scale[k]·x[binary_cols[k]] (k < nb) and
+// x_s,k = x[salient_cols[k]] (k < ns) quad by quad and writes the 16-float tables of each
+// (ck_sign_planes_quads(nb) and ck_u4_planes_quads(ns, ns) tables) and Σx̃, Σx_s summed in
+// column order: bit for bit the tables ck_u4_plane_tables builds from the gathered rows (the
+// same float operations in the same order). Either table set may be skipped (NULL tables): the
+// salient tables of q/k/v, which share their salient columns, are built once.
+//
+// ck_binary_planes_rows runs blocks [block_begin, block_begin + block_count) of the parts'
+// concatenated 16-row blocks (part 0's blocks first). Per run of up to 8 blocks of a part: the
+// sign rows into y as ck_gemv_sign_planes, the salient rows as ck_gemv_u4_planes (one group),
+// then y[o] += salient[o]: the same bits as the two separate GEMVs followed by that add (the
+// pre-fusion path).
+typedef struct {
+    const uint64_t *sign_planes;      // ck_sign_planes_pack layout, rows × nb (nb > 0)
+    const uint64_t *salient_planes;   // ck_u4_planes_pack layout, rows × ns, group ns; NULL when ns == 0
+    const float *salient_scales;      // ck_u4_planes_pack_params of that layout
+    const float *salient_zeros;
+    const float *a, *b;               // row affine of the signs: y = a·(S x̃) + b·Σx̃
+    const float *sign_tables;         // ck_binary_plane_tables of this part's columns
+    const float *salient_tables;
+    float x_sum, salient_sum;         // Σx̃ and Σx_s from the same call
+    size_t rows, nb, ns;
+    float *y;                         // rows outputs
+} ck_binary_planes_part;
+
+void ck_binary_plane_tables(const float *x, const int32_t *binary_cols, const float *col_scale, size_t nb,
+                            const int32_t *salient_cols, size_t ns, float *sign_tables, float *x_sum,
+                            float *salient_tables, float *salient_sum);
+/// Plain scalar twin of ck_binary_plane_tables.
+void ck_binary_plane_tables_ref(const float *x, const int32_t *binary_cols, const float *col_scale, size_t nb,
+                                const int32_t *salient_cols, size_t ns, float *sign_tables, float *x_sum,
+                                float *salient_tables, float *salient_sum);
+/// 16-row blocks of all parts.
+size_t ck_binary_planes_blocks(const ck_binary_planes_part *parts, size_t part_count);
+void ck_binary_planes_rows(const ck_binary_planes_part *parts, size_t part_count, size_t block_begin,
+                           size_t block_count);
+/// The same through the scalar twins of both GEMVs.
+void ck_binary_planes_rows_ref(const ck_binary_planes_part *parts, size_t part_count, size_t block_begin,
+                               size_t block_count);
+
 #endif
