@@ -279,24 +279,26 @@ void ck_bf16_gemv_prepare(int u4, const float *x, size_t cols, size_t group_size
     ck_bf16_gemv_prepare_ref(u4, x, cols, group_size, xb, xsums);
 }
 
-void ck_gemv_u4_bf16(const uint8_t *codes, size_t row_begin, size_t row_count, size_t cols, size_t group_size,
-                     const float *scales, const float *zeros, const uint16_t *xb, const float *xsums, float *y) {
+/// The AVX512_BF16 kernel where it takes the shape, else the scalar twin (same bits).
+static void gemv_bf16(int u4, const uint8_t *codes, size_t row_begin, size_t row_count, size_t cols,
+                      size_t group_size, const float *scales, const float *zeros, const uint16_t *xb,
+                      const float *xsums, float *y) {
 #if defined(__x86_64__)
-    if (ck_bf16_gemv_supported(1, cols, group_size)) {
-        gemv_u4_bf16_avx512(codes, row_begin, row_count, cols, group_size, scales, zeros, xb, xsums, y);
+    if (ck_bf16_gemv_supported(u4, cols, group_size)) {
+        (u4 ? gemv_u4_bf16_avx512 : gemv_u8_bf16_avx512)(codes, row_begin, row_count, cols, group_size, scales,
+                                                         zeros, xb, xsums, y);
         return;
     }
 #endif
-    ck_gemv_u4_bf16_ref(codes, row_begin, row_count, cols, group_size, scales, zeros, xb, xsums, y);
+    gemv_bf16_ref(u4, codes, row_begin, row_count, cols, group_size, scales, zeros, xb, xsums, y);
+}
+
+void ck_gemv_u4_bf16(const uint8_t *codes, size_t row_begin, size_t row_count, size_t cols, size_t group_size,
+                     const float *scales, const float *zeros, const uint16_t *xb, const float *xsums, float *y) {
+    gemv_bf16(1, codes, row_begin, row_count, cols, group_size, scales, zeros, xb, xsums, y);
 }
 
 void ck_gemv_u8_bf16(const uint8_t *codes, size_t row_begin, size_t row_count, size_t cols, size_t group_size,
                      const float *scales, const float *zeros, const uint16_t *xb, const float *xsums, float *y) {
-#if defined(__x86_64__)
-    if (ck_bf16_gemv_supported(0, cols, group_size)) {
-        gemv_u8_bf16_avx512(codes, row_begin, row_count, cols, group_size, scales, zeros, xb, xsums, y);
-        return;
-    }
-#endif
-    ck_gemv_u8_bf16_ref(codes, row_begin, row_count, cols, group_size, scales, zeros, xb, xsums, y);
+    gemv_bf16(0, codes, row_begin, row_count, cols, group_size, scales, zeros, xb, xsums, y);
 }

@@ -75,7 +75,6 @@ public enum KernelBench {
         let vnniAvailable = TokenKernels.usesVNNI
         let paths: [(vnni: Bool, label: String)] = vnniAvailable ? [(true, " [AVX-512]"), (false, " [AVX2]")] : [(false, "")]
         // The weight-only GEMVs with the bf16 decode kernel (AVX512_BF16 only) and without.
-        let decodeSetting = LowBit.bf16Decode
         let decodePaths: [(bf16: Bool, label: String)] =
             LowBit.usesBF16Kernel ? [(true, " [bf16]"), (false, " [fp32]")] : [(false, "")]
         func time(_ kernel: String, _ pass: String, bytes: Int, _ body: () -> Void) {
@@ -222,15 +221,14 @@ public enum KernelBench {
                     z.withUnsafeBufferPointer { z in
                         // The bf16 decode kernel (where the CPU has AVX512_BF16) and the float32 one.
                         for (bf16, label) in decodePaths {
-                            LowBit.bf16Decode = bf16
                             time("u4 W4A16 g128 (LowBit.gemv)\(label)", layerPass, bytes: total + stotal * 8) {
                                 for (i, (n, k)) in shapes.enumerated() {
                                     LowBit.gemv(.u4, codes: w.baseAddress! + off[i], rows: n, columns: k, groupSize: group,
-                                                scales: s.baseAddress! + soff[i], zeros: z.baseAddress! + soff[i], x: x, y: &y)
+                                                scales: s.baseAddress! + soff[i], zeros: z.baseAddress! + soff[i], x: x, y: &y,
+                                                bf16: bf16)
                                 }
                             }
                         }
-                        LowBit.bf16Decode = decodeSetting
                     }
                 }
             }
@@ -497,12 +495,11 @@ public enum KernelBench {
             let (n, k) = headShape
             let w = bytes(n * k, below: 256), s = floats(n), z = floats(n).map { ($0 * 255).rounded() }
             for (bf16, label) in decodePaths {
-                LowBit.bf16Decode = bf16
                 time("u8 W8A16 per-row head (LowBit.gemv)\(label)", "head \(n)×\(k)", bytes: n * k + n * 8) {
-                    LowBit.gemv(.u8, codes: w, rows: n, columns: k, groupSize: k, scales: s, zeros: z, x: x, y: &y)
+                    LowBit.gemv(.u8, codes: w, rows: n, columns: k, groupSize: k, scales: s, zeros: z, x: x, y: &y,
+                                bf16: bf16)
                 }
             }
-            LowBit.bf16Decode = decodeSetting
         }
         // The tied LM head: int8 per channel (before / after) and float.
         do {

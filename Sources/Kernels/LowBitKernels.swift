@@ -164,16 +164,18 @@ public enum LowBit {
     }
 
     /// `y[o] = Σ_g scale[o,g]·(Σ_{j∈g} x[j]·u[o,j] − zero[o,g]·Σ_{j∈g} x[j])` for all `rows`
-    /// outputs (fused weight-only GEMV, parallel over rows).
+    /// outputs (fused weight-only GEMV, parallel over rows). With `bf16` and a shape the bf16
+    /// decode kernel takes on this CPU (`ck_bf16_gemv_supported`), x is rounded to bf16 and the
+    /// sums run in fp32 (`ck_bf16_gemv.h`); else float32 throughout.
     public static func gemv(_ format: CodeFormat, codes: UnsafePointer<UInt8>, rows: Int, columns: Int,
                             groupSize: Int, scales: UnsafePointer<Float>, zeros: UnsafePointer<Float>,
-                            x: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>) {
+                            x: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>, bf16: Bool = false) {
         guard rows > 0 else { return }
         let u4 = format == .u4
         // bf16 decode: x rounded (and, for nibbles, permuted) once per call on this thread into
         // its scratch slots 19 and 20, which the parts on other threads only read.
         var xb: UnsafeMutablePointer<UInt16>?, xsums: UnsafeMutablePointer<Float>?
-        if usesBF16Gemv(format, columns: columns, groupSize: groupSize) {
+        if bf16 && ck_bf16_gemv_supported(u4 ? 1 : 0, columns, groupSize) != 0 {
             let b = threadScratch(slot: 19, count: ck_bf16_gemv_x_count(columns), of: UInt16.self)
             let s = threadScratch(slot: 20, count: groupCount(columns: columns, groupSize: groupSize), of: Float.self)
             ck_bf16_gemv_prepare(u4 ? 1 : 0, x, columns, groupSize, b, s)
@@ -206,12 +208,13 @@ public enum LowBit {
         return (columns + g - 1) / g
     }
 
-    /// Whether `gemv` runs the bf16 decode kernel on this shape now: `bf16Decode` is on, the
-    /// CPU has AVX512_BF16, and the groups are whole kernel blocks (u4: multiples of 64 columns,
-    /// u8: of 32) or one group per row. The kernel rounds x to bf16 once per call; the codes'
-    /// products are exact and summed in fp32 (`ck_bf16_gemv.h`, error bound `bf16GemvBound`).
+    /// Whether weight-only layers decode this shape with the bf16 GEMV now: `bf16Decode` (or the
+    /// task's `bf16DecodeOverride`) is on, the CPU has AVX512_BF16, and the groups are whole
+    /// kernel blocks (u4: multiples of 64 columns, u8: of 32) or one group per row. The kernel
+    /// rounds x to bf16 once per call; the codes' products are exact and summed in fp32
+    /// (`ck_bf16_gemv.h`, error bound `bf16GemvBound`).
     public static func usesBF16Gemv(_ format: CodeFormat, columns: Int, groupSize: Int) -> Bool {
-        bf16Decode && ck_bf16_gemv_supported(format == .u4 ? 1 : 0, columns, groupSize) != 0
+        (bf16DecodeOverride ?? bf16Decode) && ck_bf16_gemv_supported(format == .u4 ? 1 : 0, columns, groupSize) != 0
     }
 
     /// The bf16 decode GEMV alone, on the calling thread, whatever `bf16Decode` says: the
@@ -551,8 +554,8 @@ public enum LowBit {
     /// exact products, fp32 sums. On by default (llm-compressor's "A16" is 16-bit activations;
     /// llama.cpp's Q4_0 matmul uses 8-bit ones); `PTQ_PREFILL_BF16=0` in the environment starts
     /// the process with it off. Process-wide: tests that flip it hold
-    /// `TokenKernels.kernelSwitchLock`. Decode (a GEMV per row) and the FP32 model
-    /// (`BLAS.pooledLinear`) stay float32 either way.
+    /// `TokenKernels.kernelSwitchLock`. Decode (a GEMV per row) has its own switch,
+    /// `bf16Decode`; the FP32 model (`BLAS.pooledLinear`) stays float32 either way.
     public static var bf16Prefill: Bool {
         get { ck_bf16_prefill_enabled() != 0 }
         set { ck_set_bf16_prefill_enabled(newValue ? 1 : 0) }
@@ -567,6 +570,11 @@ public enum LowBit {
         get { ck_bf16_decode_enabled() != 0 }
         set { ck_set_bf16_decode_enabled(newValue ? 1 : 0) }
     }
+
+    /// A task-scoped override of `bf16Decode` for layers loaded and run on the task's own thread
+    /// (`usesBF16Gemv`), as `bf16PrefillOverride` is for prefill: tests use it to load and run a
+    /// weight-only layer on the float32 decode path without switching the process-wide setting.
+    @TaskLocal public static var bf16DecodeOverride: Bool?
 
     /// A task-scoped override of `bf16Prefill` (`LowBit.$bf16PrefillOverride.withValue(false) { … }`)
     /// for products started on the task's own thread: a layer's forward called from the task

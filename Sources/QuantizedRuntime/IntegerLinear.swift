@@ -388,9 +388,11 @@ public final class IntegerLinear: LinearOp {
             p.scales.withUnsafeBufferPointer { s in
                 p.zeros.withUnsafeBufferPointer { z in
                     if rows <= Self.gemvRowLimit {
+                        let bf16 = LowBit.usesBF16Gemv(p.format, columns: k, groupSize: groupSize)
                         for i in 0..<rows {
                             LowBit.gemv(p.format, codes: c.baseAddress!, rows: n, columns: k, groupSize: groupSize,
-                                        scales: s.baseAddress!, zeros: z.baseAddress!, x: x + i * k, y: y + i * n)
+                                        scales: s.baseAddress!, zeros: z.baseAddress!, x: x + i * k, y: y + i * n,
+                                        bf16: bf16)
                         }
                     } else {
                         LowBit.dequantizedProduct(p.format, codes: c.baseAddress!, outFeatures: n, inFeatures: k,

@@ -157,7 +157,7 @@ struct BF16GemvTests {
 
     /// `LowBit.gemv` (parallel over rows) runs the bf16 kernel where it takes the shape: the
     /// same bits as the scalar twin on one thread.
-    @Test("LowBit.gemv dispatches to the bf16 kernel with bf16Decode on")
+    @Test("LowBit.gemv(bf16: true) runs the bf16 kernel where it takes the shape")
     func dispatch() {
         TokenKernels.kernelSwitchLock.lock(); defer { TokenKernels.kernelSwitchLock.unlock() }
         for (index, c) in Self.cases.enumerated() {
@@ -165,7 +165,7 @@ struct BF16GemvTests {
             let x = Self.input(columns: c.columns, seed: UInt64(index + 170))
             var got = [Float](repeating: .nan, count: c.rows), want = got
             LowBit.gemv(c.format, codes: packed, rows: c.rows, columns: c.columns, groupSize: c.group, scales: s,
-                        zeros: z, x: x, y: &got)
+                        zeros: z, x: x, y: &got, bf16: true)
             if LowBit.usesBF16Gemv(c.format, columns: c.columns, groupSize: c.group) {
                 LowBit.gemvBF16(c.format, codes: packed, rows: c.rows, columns: c.columns, groupSize: c.group,
                                 scales: s, zeros: z, x: x, y: &want, reference: true)
