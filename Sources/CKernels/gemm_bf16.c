@@ -3,6 +3,7 @@
 // fp32 lanes per instruction, twice the products of a float32 FMA); it is reached only after the
 // run-time check, so other CPUs never see the instructions.
 #include "ck_bf16.h"
+#include "bf16_emul.h"
 #include "x86_common.h"
 #include <math.h>
 #include <stdlib.h>
@@ -62,31 +63,6 @@ size_t ck_bf16_packed_count(size_t n, size_t k) {
 }
 
 // ---- scalar reference ------------------------------------------------------------------------
-
-/// VCVTNE2PS2BF16's conversion (Intel SDM pseudo-code `convert_fp32_to_bfloat16`).
-static inline uint16_t bf16_of(float f) {
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    if ((u & 0x7F800000u) == 0) return (uint16_t)((u >> 16) & 0x8000u);     // zero, subnormal → ±0
-    if ((u & 0x7FFFFFFFu) > 0x7F800000u) return (uint16_t)((u >> 16) | 0x40u); // NaN → quiet NaN
-    return (uint16_t)((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);                // RNE (∞ stays ∞)
-}
-
-static inline float f32_of(uint16_t h) {
-    const uint32_t u = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
-
-/// One VDPBF16PS step of one lane: fma rounded to nearest even, subnormal result → ±0 (FTZ).
-/// DAZ on the inputs never acts here: the conversion above yields no subnormal bf16, and FTZ
-/// keeps the accumulator normal or zero. (Tininess is taken after rounding, as `fmaf` reports it:
-/// a result that rounds up to the smallest normal is kept; the tests stay clear of that edge.)
-static inline float dp_step(float a, float b, float acc) {
-    const float r = fmaf(a, b, acc);
-    return fpclassify(r) == FP_SUBNORMAL ? copysignf(0.0f, r) : r;
-}
 
 void ck_bf16_from_f32_ref(const float *x, size_t m, size_t k, size_t ldx, uint16_t *out, size_t ldo) {
     for (size_t i = 0; i < m; i++) {

@@ -74,6 +74,9 @@ public enum KernelBench {
         // Kernels with an AVX-512 (VNNI) and an AVX2 path are timed on both where the CPU has VNNI.
         let vnniAvailable = TokenKernels.usesVNNI
         let paths: [(vnni: Bool, label: String)] = vnniAvailable ? [(true, " [AVX-512]"), (false, " [AVX2]")] : [(false, "")]
+        // The weight-only GEMVs with the bf16 decode kernel (AVX512_BF16 only) and without.
+        let decodePaths: [(bf16: Bool, label: String)] =
+            LowBit.usesBF16Kernel ? [(true, " [bf16]"), (false, " [fp32]")] : [(false, "")]
         func time(_ kernel: String, _ pass: String, bytes: Int, _ body: () -> Void) {
             let ms = sortedMilliseconds(repeats: repeats, body)
             let median = ms[ms.count / 2]
@@ -216,10 +219,14 @@ public enum KernelBench {
             w.withUnsafeBufferPointer { w in
                 s.withUnsafeBufferPointer { s in
                     z.withUnsafeBufferPointer { z in
-                        time("u4 W4A16 g128 (LowBit.gemv)", layerPass, bytes: total + stotal * 8) {
-                            for (i, (n, k)) in shapes.enumerated() {
-                                LowBit.gemv(.u4, codes: w.baseAddress! + off[i], rows: n, columns: k, groupSize: group,
-                                            scales: s.baseAddress! + soff[i], zeros: z.baseAddress! + soff[i], x: x, y: &y)
+                        // The bf16 decode kernel (where the CPU has AVX512_BF16) and the float32 one.
+                        for (bf16, label) in decodePaths {
+                            time("u4 W4A16 g128 (LowBit.gemv)\(label)", layerPass, bytes: total + stotal * 8) {
+                                for (i, (n, k)) in shapes.enumerated() {
+                                    LowBit.gemv(.u4, codes: w.baseAddress! + off[i], rows: n, columns: k, groupSize: group,
+                                                scales: s.baseAddress! + soff[i], zeros: z.baseAddress! + soff[i], x: x, y: &y,
+                                                bf16: bf16)
+                                }
                             }
                         }
                     }
@@ -522,6 +529,18 @@ public enum KernelBench {
                 time("FP8 e2m5 head GEMV, int16 activations (MiniFloat.fp8Int16Gemv)", pass, bytes: n * k + n * 4) {
                     MiniFloat.fp8Int16Gemv(codes: w, rows: n, columns: k, groupSize: k, sumLength: k, magnitudeBits: e + m,
                                            table: t16, scales: s, activations: a16, lda: k, m: 1, y: &y, ldy: n)
+                }
+            }
+        }
+        // The 8-bit per-row weight-only LM head of the `*-head8` recipes (u8 codes, float
+        // activations), bf16 and float32 decode kernels.
+        do {
+            let (n, k) = headShape
+            let w = bytes(n * k, below: 256), s = floats(n), z = floats(n).map { ($0 * 255).rounded() }
+            for (bf16, label) in decodePaths {
+                time("u8 W8A16 per-row head (LowBit.gemv)\(label)", "head \(n)×\(k)", bytes: n * k + n * 8) {
+                    LowBit.gemv(.u8, codes: w, rows: n, columns: k, groupSize: k, scales: s, zeros: z, x: x, y: &y,
+                                bf16: bf16)
                 }
             }
         }

@@ -164,16 +164,31 @@ public enum LowBit {
     }
 
     /// `y[o] = Σ_g scale[o,g]·(Σ_{j∈g} x[j]·u[o,j] − zero[o,g]·Σ_{j∈g} x[j])` for all `rows`
-    /// outputs (fused weight-only GEMV, parallel over rows).
+    /// outputs (fused weight-only GEMV, parallel over rows). With `bf16` and a shape the bf16
+    /// decode kernel takes on this CPU (`ck_bf16_gemv_supported`), x is rounded to bf16 and the
+    /// sums run in fp32 (`ck_bf16_gemv.h`); else float32 throughout.
     public static func gemv(_ format: CodeFormat, codes: UnsafePointer<UInt8>, rows: Int, columns: Int,
                             groupSize: Int, scales: UnsafePointer<Float>, zeros: UnsafePointer<Float>,
-                            x: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>) {
+                            x: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>, bf16: Bool = false) {
         guard rows > 0 else { return }
-        let job = GemvJob(u4: format == .u4, codes: codes, columns: columns, groupSize: groupSize, scales: scales,
-                          zeros: zeros, x: x, y: y)
+        let u4 = format == .u4
+        // bf16 decode: x rounded (and, for nibbles, permuted) once per call on this thread into
+        // its scratch slots 19 and 20, which the parts on other threads only read.
+        var xb: UnsafeMutablePointer<UInt16>?, xsums: UnsafeMutablePointer<Float>?
+        if bf16 && ck_bf16_gemv_supported(u4 ? 1 : 0, columns, groupSize) != 0 {
+            let b = threadScratch(slot: 19, count: ck_bf16_gemv_x_count(columns), of: UInt16.self)
+            let s = threadScratch(slot: 20, count: groupCount(columns: columns, groupSize: groupSize), of: Float.self)
+            ck_bf16_gemv_prepare(u4 ? 1 : 0, x, columns, groupSize, b, s)
+            (xb, xsums) = (b, s)
+        }
+        let job = GemvJob(u4: u4, codes: codes, columns: columns, groupSize: groupSize, scales: scales,
+                          zeros: zeros, x: x, y: y, xb: xb, xsums: xsums)
         Parallel.forEachChunk(rows, minimumChunk: chunk(workPerRow: columns, atLeast: 8), context: job) { context, begin, end in
             let j = context!.load(as: GemvJob.self)
-            if j.u4 {
+            if let xb = j.xb, let xs = j.xsums {
+                (j.u4 ? ck_gemv_u4_bf16 : ck_gemv_u8_bf16)(j.codes, begin, end - begin, j.columns, j.groupSize, j.scales,
+                                                         j.zeros, xb, xs, j.y)
+            } else if j.u4 {
                 ck_gemv_u4_f32(j.codes, begin, end - begin, j.columns, j.groupSize, j.scales, j.zeros, j.x, j.y)
             } else {
                 ck_gemv_u8_f32(j.codes, begin, end - begin, j.columns, j.groupSize, j.scales, j.zeros, j.x, j.y)
@@ -184,6 +199,45 @@ public enum LowBit {
     private struct GemvJob {
         let u4: Bool, codes: UnsafePointer<UInt8>, columns: Int, groupSize: Int
         let scales: UnsafePointer<Float>, zeros: UnsafePointer<Float>, x: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>
+        /// The prepared bf16 activations and group sums of the bf16 kernel; nil for the float32 one.
+        let xb: UnsafePointer<UInt16>?, xsums: UnsafePointer<Float>?
+    }
+
+    private static func groupCount(columns: Int, groupSize: Int) -> Int {
+        let g = groupSize <= 0 || groupSize > columns ? max(columns, 1) : groupSize
+        return (columns + g - 1) / g
+    }
+
+    /// Whether weight-only layers decode this shape with the bf16 GEMV now: `bf16Decode` (or the
+    /// task's `bf16DecodeOverride`) is on, the CPU has AVX512_BF16, and the groups are whole
+    /// kernel blocks (u4: multiples of 64 columns, u8: of 32) or one group per row. The kernel
+    /// rounds x to bf16 once per call; the codes' products are exact and summed in fp32
+    /// (`ck_bf16_gemv.h`, error bound `bf16GemvBound`).
+    public static func usesBF16Gemv(_ format: CodeFormat, columns: Int, groupSize: Int) -> Bool {
+        (bf16DecodeOverride ?? bf16Decode) && ck_bf16_gemv_supported(format == .u4 ? 1 : 0, columns, groupSize) != 0
+    }
+
+    /// The bf16 decode GEMV alone, on the calling thread, whatever `bf16Decode` says: the
+    /// AVX512_BF16 kernel where `ck_bf16_gemv_supported`, else (or with `reference`) its scalar
+    /// twin, which gives the same bits. For tests and `ptq bench --kernels`.
+    public static func gemvBF16(_ format: CodeFormat, codes: UnsafePointer<UInt8>, rows: Int, columns: Int,
+                                groupSize: Int, scales: UnsafePointer<Float>, zeros: UnsafePointer<Float>,
+                                x: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>, reference: Bool = false) {
+        guard rows > 0 else { return }
+        let u4: Int32 = format == .u4 ? 1 : 0
+        var xb = [UInt16](repeating: 0, count: ck_bf16_gemv_x_count(columns))
+        var xs = [Float](repeating: 0, count: groupCount(columns: columns, groupSize: groupSize))
+        (reference ? ck_bf16_gemv_prepare_ref : ck_bf16_gemv_prepare)(u4, x, columns, groupSize, &xb, &xs)
+        let kernel = format == .u4 ? (reference ? ck_gemv_u4_bf16_ref : ck_gemv_u4_bf16)
+                                   : (reference ? ck_gemv_u8_bf16_ref : ck_gemv_u8_bf16)
+        kernel(codes, 0, rows, columns, groupSize, scales, zeros, xb, xs, y)
+    }
+
+    /// The bf16 decode GEMV's bound on |y − Σ_g s·Σ (q − z)·x̃| (x̃ = x rounded to bf16), as a
+    /// multiple of M = Σ_g |s|·(Σ_{j∈g} (c + q_j)·|x̃_j| + |c + z|·Σ_{j∈g} |x̃_j|), c = 128 (u4)
+    /// or 2176 (u8): one fp32 rounding (2⁻²⁴) per step on a term's longest path.
+    public static func bf16GemvBound(columns: Int, groupSize: Int) -> Float {
+        Float(ck_bf16_gemv_error_terms(columns, groupSize)) * 0x1p-24 * 1.001
     }
 
     /// Scalar twin of `gemv`.
@@ -500,8 +554,8 @@ public enum LowBit {
     /// exact products, fp32 sums. On by default (llm-compressor's "A16" is 16-bit activations;
     /// llama.cpp's Q4_0 matmul uses 8-bit ones); `PTQ_PREFILL_BF16=0` in the environment starts
     /// the process with it off. Process-wide: tests that flip it hold
-    /// `TokenKernels.kernelSwitchLock`. Decode (a GEMV per row) and the FP32 model
-    /// (`BLAS.pooledLinear`) stay float32 either way.
+    /// `TokenKernels.kernelSwitchLock`. Decode (a GEMV per row) has its own switch,
+    /// `bf16Decode`; the FP32 model (`BLAS.pooledLinear`) stays float32 either way.
     public static var bf16Prefill: Bool {
         get { ck_bf16_prefill_enabled() != 0 }
         set { ck_set_bf16_prefill_enabled(newValue ? 1 : 0) }
@@ -516,6 +570,11 @@ public enum LowBit {
         get { ck_bf16_decode_enabled() != 0 }
         set { ck_set_bf16_decode_enabled(newValue ? 1 : 0) }
     }
+
+    /// A task-scoped override of `bf16Decode` for layers loaded and run on the task's own thread
+    /// (`usesBF16Gemv`), as `bf16PrefillOverride` is for prefill: tests use it to load and run a
+    /// weight-only layer on the float32 decode path without switching the process-wide setting.
+    @TaskLocal public static var bf16DecodeOverride: Bool?
 
     /// A task-scoped override of `bf16Prefill` (`LowBit.$bf16PrefillOverride.withValue(false) { … }`)
     /// for products started on the task's own thread: a layer's forward called from the task

@@ -27,7 +27,11 @@ import PTQCore
 ///   decode GEMV (`LowBit.gemvPlanes`, T-MAC-style with float tables), and the prefill tiles are
 ///   decoded from the same planes (`LowBit.planesProduct`): one copy of the codes (until the
 ///   eighth speed pass the nibbles stayed beside the planes for the tiles, 53 MB more on
-///   SmolLM2).
+///   SmolLM2). Where the CPU has AVX512_BF16 and `LowBit.bf16Decode` is on when the layer
+///   loads, nibbles and bytes are kept instead (no planes) and decode runs the bf16 GEMV
+///   (`ck_gemv_u4_bf16` / `ck_gemv_u8_bf16`: codes are exact bf16 values, x is rounded to bf16
+///   once per call, fp32 sums); the choice is made at load so that memory holds one copy of the
+///   codes, and turning `bf16Decode` off later sends those layers to the float32 nibble GEMV.
 public final class IntegerLinear: LinearOp {
     /// Canonical layer name (`layers/3/mlp/down_proj`).
     public let name: String
@@ -112,7 +116,10 @@ public final class IntegerLinear: LinearOp {
             let kernel = p.nibbles.isEmpty ? "int8 GEMM" : "nibble int8 GEMV/GEMM"
             return "\(kernel) W\(weightBits)A\(p.activationBits) \(grouping) \(scaling)"
         case .weightOnly(let p):
-            let gemv = p.planes != nil ? "u4 plane-table" : p.format == .u4 ? "u4" : "u8"
+            var gemv = p.planes != nil ? "u4 plane-table" : p.format == .u4 ? "u4" : "u8"
+            if p.planes == nil && LowBit.usesBF16Gemv(p.format, columns: inFeatures, groupSize: groupSize) {
+                gemv += " bf16"
+            }
             return "\(gemv) GEMV/tile-GEMM W\(weightBits)A16 \(grouping)"
         }
     }
@@ -208,10 +215,14 @@ public final class IntegerLinear: LinearOp {
             }
             let format: LowBit.CodeFormat = w.bits <= 4 ? .u4 : .u8
             // One copy of the codes: the planes where the table kernels run (decode GEMV and
-            // prefill tiles read them), else nibbles or bytes.
-            if format == .u4 && LowBit.planeTablesSupported {
+            // prefill tiles read them), else nibbles or bytes. Where the bf16 decode GEMV takes
+            // the shape (AVX512_BF16, `LowBit.bf16Decode` on at load) the nibbles win: it reads
+            // them directly at a fraction of the table kernel's instructions.
+            let group = min(w.groupSize, w.columns)
+            if format == .u4 && LowBit.planeTablesSupported
+                && !LowBit.usesBF16Gemv(.u4, columns: w.columns, groupSize: group) {
                 let planes = LowBit.PlaneLayout(codes: w.codes, rows: w.rows, columns: w.columns,
-                                                groupSize: min(w.groupSize, w.columns), scales: w.scales, zeros: zeros)
+                                                groupSize: group, scales: w.scales, zeros: zeros)
                 kernel = .weightOnly(WeightOnlyPath(format: format, codes: [], scales: [], zeros: [], planes: planes))
             } else {
                 let codes = format == .u4 ? LowBit.packNibbles(w.codes, rows: w.rows, columns: w.columns) : w.codes
@@ -377,9 +388,11 @@ public final class IntegerLinear: LinearOp {
             p.scales.withUnsafeBufferPointer { s in
                 p.zeros.withUnsafeBufferPointer { z in
                     if rows <= Self.gemvRowLimit {
+                        let bf16 = LowBit.usesBF16Gemv(p.format, columns: k, groupSize: groupSize)
                         for i in 0..<rows {
                             LowBit.gemv(p.format, codes: c.baseAddress!, rows: n, columns: k, groupSize: groupSize,
-                                        scales: s.baseAddress!, zeros: z.baseAddress!, x: x + i * k, y: y + i * n)
+                                        scales: s.baseAddress!, zeros: z.baseAddress!, x: x + i * k, y: y + i * n,
+                                        bf16: bf16)
                         }
                     } else {
                         LowBit.dequantizedProduct(p.format, codes: c.baseAddress!, outFeatures: n, inFeatures: k,

@@ -194,7 +194,11 @@ struct PipelineTests {
             let a = LowBit.$bf16PrefillOverride.withValue(false) { runtime.forward(rows) }, b = simulated.forward(rows)
             let scale = b.map(abs).max()!
             let error = zip(a, b).map { abs($0 - $1) }.max()!
-            #expect(error <= 1e-4 * scale, "\(scheme): max |runtime − simulation| \(error) (logit scale \(scale))")
+            // The decode GEMVs of weight-only layers run in bf16 where the CPU has AVX512_BF16
+            // (x rounded to bf16; bf16 decode GEMV suite), which the model's pool jobs do not
+            // switch off per task: 1e-2 of the logit scale there.
+            let tolerance: Float = LowBit.bf16Decode && LowBit.usesBF16Kernel ? 1e-2 : 1e-4
+            #expect(error <= tolerance * scale, "\(scheme): max |runtime − simulation| \(error) (logit scale \(scale))")
         }
         // The quantized model's logits against the float model's: relative L2 error ‖q − f‖ / ‖f‖
         // within the scheme's bound, set from the measured error (`logitErrorBounds`).

@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import Kernels
 @testable import PTQKit
 @testable import PTQCLI
 
@@ -168,7 +169,9 @@ struct TiedHeadEmbeddingTests {
         let runtime = try LlamaModel(weights: PackedWeights(stored))
         let simulated = try LlamaModel(weights: SimulatedWeights(packed: stored))
         let a = runtime.forward([1, 2, 3, 200]), b = simulated.forward([1, 2, 3, 200])
-        #expect(zip(a, b).map { abs($0 - $1) }.max()! <= 1e-4 * b.map(abs).max()!)
+        // bf16 decode GEMVs (AVX512_BF16) for the one-group layers of this small model: 1e-2.
+        let tolerance: Float = LowBit.bf16Decode && LowBit.usesBF16Kernel ? 1e-2 : 1e-4
+        #expect(zip(a, b).map { abs($0 - $1) }.max()! <= tolerance * b.map(abs).max()!)
         // Dropping the head's float weights leaves a tied model without a head: refused by name.
         var broken = stored
         broken.floatTensors[TensorNames.lmHead] = nil
