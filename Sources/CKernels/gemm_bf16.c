@@ -88,6 +88,11 @@ static inline float dp_step(float a, float b, float acc) {
     return fpclassify(r) == FP_SUBNORMAL ? copysignf(0.0f, r) : r;
 }
 
+// The emulation above, for the scalar twins of other bf16 kernels (split_gemv.c's decode GEMV).
+uint16_t ck_bf16_emulate_round(float f) { return bf16_of(f); }
+float ck_bf16_emulate_widen(uint16_t h) { return f32_of(h); }
+float ck_bf16_emulate_dp_step(float a, float b, float acc) { return dp_step(a, b, acc); }
+
 void ck_bf16_from_f32_ref(const float *x, size_t m, size_t k, size_t ldx, uint16_t *out, size_t ldo) {
     for (size_t i = 0; i < m; i++) {
         for (size_t t = 0; t < k; t++) out[i * ldo + t] = bf16_of(x[i * ldx + t]);

@@ -296,8 +296,9 @@ float ck_stream_sum(const float *p, size_t n) {
 // 8 prefill attention scores, 9 the FP4 byte GEMV, 10…12 BinaryLinear's decode inputs,
 // 13 and 14 the bf16 prefill GEMM's activations and packed tile (`LowBit.tiledProduct`),
 // 15 and 16 the binary prefill tiles' unpacked sign words and salient codes (they run inside
-// the tile decode closure of `tiledProduct`, so they must not share the GEMM's slots).
-#define CK_SCRATCH_SLOTS 17
+// the tile decode closure of `tiledProduct`, so they must not share the GEMM's slots);
+// 23 the SplitQuant bf16 decode GEMV's bf16 copy of x (`SplitKernels.gemv`, engineer tab).
+#define CK_SCRATCH_SLOTS 24
 
 typedef struct {
     void *data;

@@ -47,6 +47,12 @@ void ck_bf16_from_f32_ref(const float *x, size_t m, size_t k, size_t ldx, uint16
 /// x[i] ← the float value of bf16(x[i]) for `count` floats (the fallback's rounding).
 void ck_bf16_round_f32(float *x, size_t count);
 
+/// The scalar emulation the `_ref` twins share (for other kernels' twins): float → bf16 as
+/// VCVTNE2PS2BF16, bf16 → float, and one VDPBF16PS product step of one lane (see above).
+uint16_t ck_bf16_emulate_round(float f);
+float ck_bf16_emulate_widen(uint16_t h);
+float ck_bf16_emulate_dp_step(float a, float b, float acc);
+
 /// Packs W[n, k] (row stride ldw floats) into `packed` (ck_bf16_packed_count(n, k) elements).
 void ck_bf16_pack(const float *w, size_t n, size_t k, size_t ldw, uint16_t *packed);
 void ck_bf16_pack_ref(const float *w, size_t n, size_t k, size_t ldw, uint16_t *packed);
