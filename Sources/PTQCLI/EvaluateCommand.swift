@@ -32,6 +32,12 @@ struct EvaluateCommand: ParsableCommand {
     @Option(name: .long, help: "Perplexity: element type of the KV cache: f32 (exact) or f16 (keys and values rounded to IEEE half when stored, as llama.cpp's default cache; half the cache bytes per decoded token). f16 runs every chunk through a cache; f32 is the exact cache-less pass.")
     var kvCache: KVCachePrecision = .f32
 
+    @Flag(name: .long, help: "Perplexity: run every chunk token by token through the decode path (the one-row GEMVs `ptq generate` uses) instead of the batched forward pass.")
+    var decode = false
+
+    @Flag(name: .long, help: "Perplexity: decode every chunk twice, with the default decode kernels and with the float32 decode GEMVs (PTQ_DECODE_BF16=0), and report both perplexities, the mean and largest KL divergence of the next-token distributions and the top-1 agreement.")
+    var decodeKl = false
+
     @OptionGroup var options: OutputOptions
 
     func validate() throws {
@@ -39,6 +45,10 @@ struct EvaluateCommand: ParsableCommand {
             throw ValidationError("--ctx must be between 4 and \(OptionLimits.tokens.upperBound) (got \(ctx))")
         }
         if let chunks, chunks <= 0 { throw ValidationError("--chunks must be positive") }
+        if task == .stsb, decode || decodeKl {
+            throw ValidationError("--decode and --decode-kl apply to --task perplexity only (a sentence encoder does not decode)")
+        }
+        if decode, decodeKl { throw ValidationError("--decode-kl already decodes; give one of --decode and --decode-kl") }
         guard STSB.Split(rawValue: split) != nil else {
             throw ValidationError("--split must be one of \(STSB.Split.allCases.map(\.rawValue).joined(separator: ", "))")
         }
@@ -55,14 +65,28 @@ struct EvaluateCommand: ParsableCommand {
             }
             let text = try PTQ.readText(data)
             let tokens = tokenizer.encode(text)
+            if decodeKl {
+                let result = try Perplexity.compareDecodeNumerics(model: llm, tokens: tokens, context: ctx, maxChunks: chunks,
+                                                                  kvCache: kvCache, quiet: options.silent)
+                if options.json {
+                    try printJSON(result)
+                } else {
+                    print(String(format: "decode perplexity %.4f (float32 decode GEMVs %.4f); KL %.3g mean, %.3g max; "
+                                 + "top-1 agreement %.2f %% over %d tokens of %d chunks (",
+                                 result.perplexity, result.referencePerplexity, result.meanKL, result.maxKL,
+                                 100 * result.top1Agreement, result.tokens, result.chunks)
+                          + "\(kvCache.rawValue) KV cache)")
+                }
+                return
+            }
             let result = try Perplexity.evaluate(model: llm, tokens: tokens, context: ctx, maxChunks: chunks,
-                                                 kvCache: kvCache, quiet: options.silent)
+                                                 kvCache: kvCache, decoded: decode, quiet: options.silent)
             if options.json {
                 try printJSON(result)
             } else {
                 print(String(format: "perplexity %.4f ± %.5f over %d chunks of %d tokens (%d tokens scored, ",
                              result.perplexity, result.stderr, result.chunks, result.context, result.tokens)
-                      + "\(kvCache.rawValue) KV cache)")
+                      + "\(kvCache.rawValue) KV cache\(decode ? ", token-by-token decode" : ""))")
             }
         case .stsb:
             guard kvCache == .f32 else {

@@ -289,6 +289,31 @@ struct EvaluationTests {
         #expect(throws: PTQError.self) { try Perplexity.evaluate(model: model, tokens: Array(tokens[..<5]), context: 8, quiet: true) }
     }
 
+    /// `--decode` scores the same rows through token-by-token decode: the same perplexity as the
+    /// batched pass up to float summation order, and `--decode-kl` compares two decode runs (a
+    /// float model has no bf16 decode kernel, so both runs give the same bits: KL exactly 0).
+    @Test func perplexityThroughDecode() throws {
+        let contents = SyntheticModels.contents(SyntheticModels.llamaConfig(), tokenizer: SyntheticModels.llamaTokenizer())
+        let model = try LlamaModel(weights: CheckpointWeights(try CheckpointReader(path: try SyntheticModels.writeCheckpoint(contents))))
+        var rng = SeededGenerator(seed: 5)
+        let tokens = (0..<43).map { _ in Int.random(in: 0..<256, using: &rng) }
+        let batched = try Perplexity.evaluate(model: model, tokens: tokens, context: 8, quiet: true)
+        let decoded = try Perplexity.evaluate(model: model, tokens: tokens, context: 8, decoded: true, quiet: true)
+        #expect(decoded.decoded == true && batched.decoded == false)
+        #expect(decoded.tokens == batched.tokens && decoded.chunks == 5)
+        #expect(abs(decoded.meanNLL - batched.meanNLL) < 1e-5 * abs(batched.meanNLL))
+        let half = try Perplexity.evaluate(model: model, tokens: tokens, context: 8, kvCache: .f16, decoded: true, quiet: true)
+        #expect(half.kvCache == .f16 && abs(half.perplexity / decoded.perplexity - 1) < 1e-3)
+
+        let comparison = try Perplexity.compareDecodeNumerics(model: model, tokens: tokens, context: 8, maxChunks: 3, quiet: true)
+        #expect(comparison.chunks == 3 && comparison.tokens == 9)
+        #expect(comparison.meanKL == 0 && comparison.maxKL == 0 && comparison.top1Agreement == 1)
+        #expect(comparison.perplexity == comparison.referencePerplexity)
+        let threeChunks = try Perplexity.evaluate(model: model, tokens: tokens, context: 8, maxChunks: 3, decoded: true, quiet: true)
+        #expect(abs(comparison.meanNLL - threeChunks.meanNLL) < 1e-12)
+        #expect(throws: PTQError.self) { try Perplexity.compareDecodeNumerics(model: model, tokens: Array(tokens[..<5]), context: 8) }
+    }
+
     @Test func stsbFileErrors() throws {
         let path = SyntheticModels.temporaryPath("bad.tsv")
         try "main-captions\tMSRvid\t2012test\t0001\tfive\ta\tb\n".write(toFile: path, atomically: true, encoding: .utf8)
