@@ -22,6 +22,31 @@ struct SplitQuantTests {
         return Tensor(shape: [rows, columns], data: data)
     }
 
+    /// Runs `body` with `LowBit.bf16Decode` set to `on` (holding `TokenKernels.kernelSwitchLock`),
+    /// then restores it.
+    static func withBF16Decode<T>(_ on: Bool, _ body: () throws -> T) rethrows -> T {
+        TokenKernels.kernelSwitchLock.lock()
+        let saved = LowBit.bf16Decode
+        LowBit.bf16Decode = on
+        defer { LowBit.bf16Decode = saved; TokenKernels.kernelSwitchLock.unlock() }
+        return try body()
+    }
+
+    /// `split` with its scales all zero, ×1e30, ×1e-30, or with cluster k emptied into k + 1 mod 3.
+    static func scaleCase(_ split: SplitWeight, _ name: String) -> SplitWeight {
+        var split = split
+        switch name {
+        case "zero": split.scales = split.scales.map { _ in 0 }
+        case "huge": split.scales = split.scales.map { $0 * 1e30 }
+        case "tiny": split.scales = split.scales.map { $0 * 1e-30 }
+        case "no cluster 0", "no cluster 1", "no cluster 2":
+            let empty = UInt8(name.last!.wholeNumberValue!)
+            split.clusters = split.clusters.map { $0 == empty ? (empty + 1) % 3 : $0 }
+        default: break
+        }
+        return split
+    }
+
     /// Sum of squares of a labelling of `x` into clusters 0…2 around each cluster's mean.
     static func sumOfSquares(_ x: [Float], labels: [Int]) -> Double {
         var n = [0.0, 0.0, 0.0], s = [0.0, 0.0, 0.0], s2 = [0.0, 0.0, 0.0]
@@ -258,25 +283,13 @@ struct SplitQuantTests {
                       (1, 33, 32, 2), (4, 191, nil, 3), (3, 288, 96, 4), (2, 17, 32, 4), (1, 1, nil, 4),
                       (2, 384, 128, 4), (3, 97, 32, 4), (2, 160, 32, 4), (3, 250, 64, 2)])
     func bf16DecodeGemv(rows: Int, columns: Int, groupSize: Int?, bits: Int) {
-        TokenKernels.kernelSwitchLock.lock(); defer { TokenKernels.kernelSwitchLock.unlock() }
-        let bf16Decode = LowBit.bf16Decode
-        LowBit.bf16Decode = true
-        defer { LowBit.bf16Decode = bf16Decode }
+        Self.withBF16Decode(true) {
         let w = Self.randomMatrix(rows: rows, columns: columns, seed: UInt64(rows * 131 + columns))
         let base = SplitQuant.quantize(w, clustering: SplitQuant.kMeans3(w.data), bits: bits, groupSize: groupSize,
                                        range: .cluster)
         var rng = SeededGenerator(seed: UInt64(columns * 7 + bits))
         for scaleCase in ["quantized", "zero", "huge", "tiny", "no cluster 0", "no cluster 1", "no cluster 2"] {
-            var split = base
-            switch scaleCase {
-            case "zero": split.scales = split.scales.map { _ in 0 }
-            case "huge": split.scales = split.scales.map { $0 * 1e30 }
-            case "tiny": split.scales = split.scales.map { $0 * 1e-30 }
-            case "no cluster 0", "no cluster 1", "no cluster 2":
-                let empty = UInt8(scaleCase.last!.wholeNumberValue!)
-                split.clusters = split.clusters.map { $0 == empty ? (empty + 1) % 3 : $0 }
-            default: break
-            }
+            let split = Self.scaleCase(base, scaleCase)
             let gs = min(split.groupSize, columns)
             let packed = SplitKernels.pack4(clusters: split.clusters, codes: split.codes, rows: rows, columns: columns)
             let want = split.dequantizedReference()
@@ -310,6 +323,7 @@ struct SplitQuantTests {
                 }
             }
         }
+        }
     }
 
     /// The packed layout (96-weight superblocks of 5-bit fields and cluster masks): pack →
@@ -322,21 +336,15 @@ struct SplitQuantTests {
                       (2, 1536, 128, 4), (1, 33, 32, 2), (3, 96, 16, 4), (2, 97, 48, 4), (4, 191, nil, 3),
                       (2, 200, 16, 2), (3, 288, 96, 4), (2, 17, 16, 4), (1, 1, nil, 4), (2, 384, 128, 4)])
     func packedFourBitLayout(rows: Int, columns: Int, groupSize: Int?, bits: Int) {
-        TokenKernels.kernelSwitchLock.lock(); defer { TokenKernels.kernelSwitchLock.unlock() }
-        // The float32 GEMV (the bf16 decode GEMV has its own test below).
-        let bf16Decode = LowBit.bf16Decode
-        LowBit.bf16Decode = false
-        defer { LowBit.bf16Decode = bf16Decode }
+        // The float32 GEMV (bf16DecodeGemv checks the bf16 one).
+        Self.withBF16Decode(false) {
         let w = Self.randomMatrix(rows: rows, columns: columns, seed: UInt64(rows * 31 + columns))
         let base = SplitQuant.quantize(w, clustering: SplitQuant.kMeans3(w.data), bits: bits, groupSize: groupSize,
                                        range: .cluster)
         var rng = SeededGenerator(seed: UInt64(columns))
         for scaleCase in ["quantized", "zero", "huge", "tiny", "zero rows"] {
-            var split = base
+            var split = Self.scaleCase(base, scaleCase)
             switch scaleCase {
-            case "zero": split.scales = split.scales.map { _ in 0 }
-            case "huge": split.scales = split.scales.map { $0 * 1e30 }
-            case "tiny": split.scales = split.scales.map { $0 * 1e-30 }
             case "zero rows":  // row 0: code 0 in cluster 0; the last row: code 0 in cluster 2
                 for j in 0..<columns {
                     split.codes[j] = 0
@@ -397,6 +405,7 @@ struct SplitQuantTests {
                     }
                 }
             }
+        }
         }
     }
 
