@@ -571,8 +571,8 @@ void ck_split_dequant_rows_p4(const uint8_t *packed, size_t row_begin, size_t ro
 // 5 of each word (one VPTERNLOGD: from the planes, interleaved by PDEP and widened by VPMOVM2W, or,
 // for sub-vectors 4 and 5, from bits 30/31, which the same VPMULTISHIFTQB brings to bit 8), and
 // one VPERMI2W looks the 6-bit index up in the 48 table words, one VDPBF16PS. The fp32 kernel
-// spends two shifts, four permutes and two FMAs on the same 32 weights; permutes (one per cycle
-// on Zen 4) are what bounds both.
+// spends two shifts, four permutes and two FMAs on the same 32 weights. Both run at about one zmm
+// op per cycle on Zen 4: 17.5 against 21.7 cycles per 96 weights L2-hot (docs/RESULTS.md, ninth pass).
 //
 // Pairing: VDPBF16PS adds the products of words 2i and 2i + 1 into lane i, so sub-vectors f and
 // f + 1 (f = 0, 2, 4) share a vector: word 2i is element 32p + i, word 2i + 1 element 32p + 16 + i
