@@ -47,6 +47,18 @@ struct SplitQuantTests {
         return split
     }
 
+    /// Row `row` of the weights `w` (row-major, `columns` wide) times `x` in double precision, and
+    /// Σ|w·x| (the scale of the kernels' error bounds).
+    static func exactProduct(_ w: [Float], row: Int, columns: Int, x: [Float]) -> (value: Double, magnitude: Double) {
+        var value = 0.0, magnitude = 0.0
+        for j in 0..<columns {
+            let t = Double(w[row * columns + j]) * Double(x[j])
+            value += t
+            magnitude += abs(t)
+        }
+        return (value, magnitude)
+    }
+
     /// Sum of squares of a labelling of `x` into clusters 0…2 around each cluster's mean.
     static func sumOfSquares(_ x: [Float], labels: [Int]) -> Double {
         var n = [0.0, 0.0, 0.0], s = [0.0, 0.0, 0.0], s2 = [0.0, 0.0, 0.0]
@@ -309,12 +321,7 @@ struct SplitQuantTests {
                     }
                 }
                 for o in 0..<rows {
-                    var expected = 0.0, magnitude = 0.0
-                    for j in 0..<columns {
-                        let t = Double(want[o * columns + j]) * Double(x[j])
-                        expected += t
-                        magnitude += abs(t)
-                    }
+                    let (expected, magnitude) = Self.exactProduct(want, row: o, columns: columns, x: x)
                     #expect(y[o].bitPattern == twin[o].bitPattern,
                             "\(scaleCase) x \(xCase) row \(o): kernel \(y[o]) vs twin \(twin[o])")
                     // Two roundings to bf16 (8-bit significands: ≤ 2^-8 each) per product, then fp32 sums.
@@ -387,12 +394,7 @@ struct SplitQuantTests {
                             }
                         }
                         for o in 0..<rows {
-                            var expected = 0.0, magnitude = 0.0
-                            for j in 0..<columns {
-                                let t = Double(want[o * columns + j]) * Double(x[j])
-                                expected += t
-                                magnitude += abs(t)
-                            }
+                            let (expected, magnitude) = Self.exactProduct(want, row: o, columns: columns, x: x)
                             #expect(abs(Double(y[o]) - expected) <= 1e-5 * magnitude,
                                     "\(scaleCase) x \(xCase) row \(o): \(y[o]) vs \(expected), vnni \(vnni), reference \(reference)")
                             // The fast path against its scalar twin: same weights, other summation order.
