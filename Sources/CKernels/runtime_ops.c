@@ -297,8 +297,9 @@ float ck_stream_sum(const float *p, size_t n) {
 // 13 and 14 the bf16 prefill GEMM's activations and packed tile (`LowBit.tiledProduct`),
 // 15 and 16 the binary prefill tiles' unpacked sign words and salient codes (they run inside
 // the tile decode closure of `tiledProduct`, so they must not share the GEMM's slots),
-// 19 and 20 the bf16 decode GEMV's prepared activations and group sums (`LowBit.gemv`).
-#define CK_SCRATCH_SLOTS 21
+// 19 and 20 the bf16 decode GEMV's prepared activations and group sums (`LowBit.gemv`),
+// 23 the SplitQuant bf16 decode GEMV's bf16 copy of x (`SplitKernels.gemv`).
+#define CK_SCRATCH_SLOTS 24
 
 typedef struct {
     void *data;

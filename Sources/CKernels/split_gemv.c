@@ -1,5 +1,7 @@
 #include "ckernels.h"
 #include "split_kernels.h"
+#include "ck_bf16.h"
+#include "bf16_emul.h"
 #include <immintrin.h>
 #include "ck_runtime.h"
 #include "x86_common.h"
@@ -559,4 +561,237 @@ void ck_split_dequant_rows_p4(const uint8_t *packed, size_t row_begin, size_t ro
     }
 #endif
     ck_split_dequant_rows_p4_ref(packed, row_begin, row_count, cols, group_size, bits, scales, zeros, out);
+}
+
+// ---- bf16 decode GEMV on the packed layout (issue 13, ninth pass) ------------------------------
+//
+// The decode twin of the bf16 prefill: weights s_k·(u − z_k) rounded to bf16 (the group's three
+// 16-entry tables, two registers), x rounded to bf16 once per call, products exact in fp32, fp32
+// sums (VDPBF16PS). Per 32 weights: one VPMULTISHIFTQB pulls the two sub-vectors' 5-bit fields
+// (code | cluster bit 0) out of the superblock's words into 16-bit lanes, cluster bit 1 goes to bit
+// 5 of each word (one VPTERNLOGD: from the planes, interleaved by PDEP and widened by VPMOVM2W, or,
+// for sub-vectors 4 and 5, from bits 30/31, which the same VPMULTISHIFTQB brings to bit 8), and
+// one VPERMI2W looks the 6-bit index up in the 48 table words, one VDPBF16PS. The fp32 kernel
+// spends two shifts, four permutes and two FMAs on the same 32 weights. Both run at about one zmm
+// op per cycle on Zen 4: 17.5 against 21.7 cycles per 96 weights L2-hot (docs/RESULTS.md, ninth pass).
+//
+// Pairing: VDPBF16PS adds the products of words 2i and 2i + 1 into lane i, so sub-vectors f and
+// f + 1 (f = 0, 2, 4) share a vector: word 2i is element 32p + i, word 2i + 1 element 32p + 16 + i
+// of pair p (32 columns). x is stored in that order (ck_split_x_bf16). A pair lies in one group when
+// group_size is a multiple of 32 (or one group per row); other groupings keep the fp32 kernel.
+//
+// Order of the sums (the twin repeats it): pair p goes into accumulator p mod 3 (each VDPBF16PS
+// lane adds the odd word's product, then the even word's, FMA with FTZ, RNE); per row the three
+// accumulators are added lane-wise ((a0 + a1) + a2), then 16 → 8 → 4 lanes by adding the upper
+// half, then (t0 + t2) + (t1 + t3). Padding past cols has weight 0 and x 0.
+
+size_t ck_split_x_bf16_count(size_t cols) { return (cols + 31) / 32 * 32; }
+
+int ck_split_p4_bf16_supported(size_t cols, size_t group_size, int bits) {
+#if defined(__x86_64__)
+    if (group_size == 0) group_size = cols ? cols : 1;
+    static int cpu = -1;
+    if (cpu < 0)
+        cpu = __builtin_cpu_supports("avx512vbmi") && __builtin_cpu_supports("avx512vl") &&
+              __builtin_cpu_supports("bmi2");
+    return cpu && ck_cpu_has_avx512bf16() && bits <= 4 && (group_size % 32 == 0 || group_size >= cols);
+#else
+    (void)cols, (void)group_size, (void)bits;
+    return 0;
+#endif
+}
+
+/// bf16 of x[e] for the element of word w in the pair layout, 0 past cols.
+static inline uint16_t x_bf16_word(const float *x, size_t cols, size_t w) {
+    const size_t p = w / 32, i = (w % 32) / 2, e = 32 * p + i + (w % 2) * 16;
+    return e < cols ? bf16_of(x[e]) : 0;
+}
+
+/// The scalar twin: the same roundings, products and order of sums as the AVX-512 kernel, one lane at a time.
+void ck_split_gemv_p4_bf16_ref(const uint8_t *packed, size_t row_begin, size_t row_count, size_t cols,
+                               size_t group_size, int bits, const float *scales, const float *zeros, const float *x,
+                               float *y) {
+    if (group_size == 0) group_size = cols ? cols : 1;
+    const size_t groups = split_groups(cols, group_size), rb = ck_split_p4_row_bytes(cols);
+    const size_t pairs = ck_split_x_bf16_count(cols) / 32;
+    float t[SPLIT_MAX_TABLE];
+    for (size_t o = row_begin; o < row_begin + row_count; o++) {
+        const uint8_t *row = packed + o * rb;
+        float acc[3][16] = {{0}};
+        for (size_t p = 0; p < pairs; p++) {
+            // A pair lies in one group (group_size % 32 == 0 or one group per row).
+            split_table(t, bits, scales, zeros, o, groups, (32 * p) / group_size);
+            for (size_t i = 0; i < 16; i++) {
+                float w[2], xv[2];
+                for (size_t h = 0; h < 2; h++) {
+                    const size_t e = 32 * p + 16 * h + i;
+                    w[h] = 0, xv[h] = 0;
+                    if (e < cols) {
+                        unsigned k, u;
+                        p4_at(row, e, &k, &u);
+                        w[h] = f32_of(bf16_of(t[(k << bits) | u]));
+                        xv[h] = f32_of(bf16_of(x[e]));
+                    }
+                }
+                float *a = &acc[p % 3][i];
+                *a = dp_step(xv[1], w[1], *a);
+                *a = dp_step(xv[0], w[0], *a);
+            }
+        }
+        float s[16];
+        for (size_t i = 0; i < 16; i++) s[i] = (acc[0][i] + acc[1][i]) + acc[2][i];
+        for (size_t i = 0; i < 8; i++) s[i] += s[i + 8];
+        for (size_t i = 0; i < 4; i++) s[i] += s[i + 4];
+        y[o] = (s[0] + s[2]) + (s[1] + s[3]);
+    }
+}
+
+#if defined(__x86_64__)
+#define CK_SPLIT_BF16 __attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512bf16,avx512vbmi,bmi2")))
+
+CK_SPLIT_BF16 static void split_x_bf16_avx512(const float *x, size_t cols, uint16_t *xb) {
+    const size_t n = ck_split_x_bf16_count(cols);
+    for (size_t j = 0; j < n; j += 32) {
+        const size_t lo = cols - j, hi = lo > 16 ? lo - 16 : 0;  // j < cols: lo ≥ 1
+        const __m512 a = _mm512_maskz_loadu_ps(p4_lane_mask(lo), x + j);
+        const __m512 b = hi ? _mm512_maskz_loadu_ps(p4_lane_mask(hi), x + j + 16) : _mm512_setzero_ps();
+        // bf16(a_i) in the low and bf16(b_i) in the high half of dword i.
+        const __m512i ab = (__m512i)_mm512_cvtne2ps_pbh(b, a);  // words 0…15 = a, 16…31 = b
+        const __m512i order = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8,
+                                               23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+        _mm512_storeu_si512((void *)(xb + j), _mm512_permutexvar_epi16(order, ab));
+    }
+}
+#endif
+
+void ck_split_x_bf16(const float *x, size_t cols, uint16_t *xb) {
+#if defined(__x86_64__)
+    if (ck_cpu_has_avx512bf16()) {
+        split_x_bf16_avx512(x, cols, xb);
+        return;
+    }
+#endif
+    for (size_t w = 0; w < ck_split_x_bf16_count(cols); w++) xb[w] = x_bf16_word(x, cols, w);
+}
+
+#if defined(__x86_64__)
+/// The group's tables as bf16: clusters 0 and 1 in one register (words 0…15, 16…31), cluster 2
+/// in words 0…15 of the other (its upper half is never indexed: cluster 2 has bit 0 clear).
+/// Rounded from p4_tables' exact float entries (RNE).
+CK_INLINE CK_SPLIT_BF16 void p4_tables_bf16(const float *s, const float *z, __m512i *t01, __m512i *t2) {
+    __m512 f0, f1, f2;
+    p4_tables(s, z, &f0, &f1, &f2);
+    *t01 = (__m512i)_mm512_cvtne2ps_pbh(f1, f0);
+    *t2 = _mm512_castsi256_si512((__m256i)_mm512_cvtneps_pbh(f2));
+}
+
+/// The 32 bf16 weights of a pair: the fields in bits 0…4 of idx's words and cluster bit 1 in bit 5
+/// of bit1's words (other bits of both are ignored) make the 6-bit index of one VPERMI2W into the
+/// 64-word table t01 | t2.
+CK_INLINE CK_SPLIT_BF16 __m512i p4_pair_weights(__m512i idx, __m512i bit1, __m512i t01, __m512i t2) {
+    const __m512i index = _mm512_ternarylogic_epi32(idx, bit1, _mm512_set1_epi16(0x20), 0xD8);  // c ? b : a
+    return _mm512_permutex2var_epi16(t01, index, t2);
+}
+
+/// VPMULTISHIFTQB control for pair (f, f + 1): per qword (dwords 2q, 2q + 1 of the superblock) the
+/// low bytes of its four words take 8 bits from offsets 5f, 5f + 5, 32 + 5f, 32 + 5f + 5; the high
+/// bytes take bits 30, 31, 62, 63 (cluster bit 1 of sub-vectors 4 and 5, at bit 8 of the word;
+/// unused for f < 4).
+#define P4_SHIFT_CTRL(F)                                                                                  \
+    ((uint64_t)(5 * (F)) | (uint64_t)30 << 8 | (uint64_t)(5 * (F) + 5) << 16 | (uint64_t)31 << 24 |       \
+     (uint64_t)(32 + 5 * (F)) << 32 | (uint64_t)62 << 40 | (uint64_t)(37 + 5 * (F)) << 48 | (uint64_t)63 << 56)
+
+/// Cluster-bit-1 masks of pairs (0, 1) and (2, 3) from the superblock's four planes: bit 2i of
+/// pair (f, f + 1) is bit i of plane f, bit 2i + 1 bit i of plane f + 1.
+CK_INLINE CK_SPLIT_BF16 __mmask32 p4_plane_pair(uint64_t two_planes) {
+    const uint64_t e = _pdep_u64(two_planes, 0x5555555555555555ull);  // plane f at even bits 0…31, f + 1 at 32…63
+    return (__mmask32)((uint32_t)e | (uint32_t)(e >> 32) << 1);
+}
+
+CK_SPLIT_BF16 static void split_gemv_p4_bf16_avx512(const uint8_t *packed, size_t row_begin, size_t row_count,
+                                                    size_t cols, size_t group_size, const float *scales,
+                                                    const float *zeros, const uint16_t *xb, float *y) {
+    const size_t groups = split_groups(cols, group_size), rb = ck_split_p4_row_bytes(cols);
+    const size_t pairs = ck_split_x_bf16_count(cols) / 32;
+    const __m512i ctrl0 = _mm512_set1_epi64((long long)P4_SHIFT_CTRL(0));
+    const __m512i ctrl2 = _mm512_set1_epi64((long long)P4_SHIFT_CTRL(2));
+    const __m512i ctrl4 = _mm512_set1_epi64((long long)P4_SHIFT_CTRL(4));
+    for (size_t o = row_begin; o < row_begin + row_count; o++) {
+        const uint8_t *row = packed + o * rb;
+        const float *sp = scales + o * groups * SPLIT_CLUSTERS, *zp = zeros + o * groups * SPLIT_CLUSTERS;
+        __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0;
+        __m512i t01 = _mm512_setzero_si512(), t2 = t01;
+        size_t next = 0;  // first column of the next group
+        size_t p = 0;     // pair index; superblock p / 3
+        // Whole superblocks inside the row, unrolled by hand so that accumulators and tables stay
+        // in registers. (Step 2's cluster bit 1 is shifted from bit 8 of the idx that the step
+        // itself computes.)
+        for (; 32 * p + P4_SUPER <= cols; p += 3) {
+            const uint8_t *blk = row + (p / 3) * P4_SUPER_BYTES;
+            const __m512i v = _mm512_loadu_si512((const void *)blk);
+            _mm_prefetch((const char *)blk + P4_PREFETCH, _MM_HINT_T0);
+            uint64_t planes;
+            memcpy(&planes, blk + 64, 8);  // little-endian host (x86)
+            const uint16_t *xp = xb + 32 * p;
+#define P4_BF16_STEP(K, CTRL, MASK, ACC)                                                                  \
+            if (32 * (p + (K)) == next) {                                                                 \
+                p4_tables_bf16(sp, zp, &t01, &t2);                                                        \
+                sp += SPLIT_CLUSTERS, zp += SPLIT_CLUSTERS, next += group_size;                           \
+            }                                                                                             \
+            {                                                                                             \
+                const __m512i idx = _mm512_multishift_epi64_epi8(CTRL, v);                                \
+                ACC = _mm512_dpbf16_ps(ACC, (__m512bh)p4_pair_weights(idx, MASK, t01, t2),                \
+                                       (__m512bh)_mm512_loadu_si512((const void *)(xp + 32 * (K))));      \
+            }
+            P4_BF16_STEP(0, ctrl0, _mm512_movm_epi16(p4_plane_pair(planes)), a0)
+            P4_BF16_STEP(1, ctrl2, _mm512_movm_epi16(p4_plane_pair(planes >> 32)), a1)
+            P4_BF16_STEP(2, ctrl4, _mm512_srli_epi16(idx, 3), a2)
+#undef P4_BF16_STEP
+        }
+        if (p < pairs) {  // the row's last, partial superblock: 1…3 pairs, the last one ragged
+            const uint8_t *blk = row + (p / 3) * P4_SUPER_BYTES;
+            const __m512i v = _mm512_loadu_si512((const void *)blk);
+            uint64_t planes;
+            memcpy(&planes, blk + 64, 8);
+            const __m512i ctrl[3] = {ctrl0, ctrl2, ctrl4};
+            for (size_t k = 0; p + k < pairs; k++) {
+                const size_t j = 32 * (p + k);
+                if (j == next) {
+                    p4_tables_bf16(sp, zp, &t01, &t2);
+                    sp += SPLIT_CLUSTERS, zp += SPLIT_CLUSTERS, next += group_size;
+                }
+                const __m512i idx = _mm512_multishift_epi64_epi8(ctrl[k], v);
+                const __m512i c2 = k == 2 ? _mm512_srli_epi16(idx, 3) : _mm512_movm_epi16(p4_plane_pair(planes >> (32 * k)));
+                // Padding words are weight 0 (x is 0 there too), as in the twin.
+                const size_t n = cols - j, lo = n < 16 ? n : 16, hi = n > 16 ? n - 16 : 0;
+                const uint32_t valid = (uint32_t)_pdep_u32(p4_lane_mask(lo), 0x55555555u) |
+                                       (hi ? (uint32_t)_pdep_u32(p4_lane_mask(hi), 0xAAAAAAAAu) : 0u);
+                const __m512i w = _mm512_maskz_mov_epi16((__mmask32)valid, p4_pair_weights(idx, c2, t01, t2));
+                const __m512bh xv = (__m512bh)_mm512_loadu_si512((const void *)(xb + j));
+                // By value, not through pointers: taking the accumulators' addresses kept them in
+                // memory for the whole row (measured 1.2× slower).
+                if (k == 0) a0 = _mm512_dpbf16_ps(a0, (__m512bh)w, xv);
+                else if (k == 1) a1 = _mm512_dpbf16_ps(a1, (__m512bh)w, xv);
+                else a2 = _mm512_dpbf16_ps(a2, (__m512bh)w, xv);
+            }
+        }
+        const __m512 s = _mm512_add_ps(_mm512_add_ps(a0, a1), a2);
+        const __m256 h = _mm256_add_ps(_mm512_castps512_ps256(s), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(s), 1)));
+        y[o] = ck_hsum_ps(h);
+    }
+}
+#endif
+
+void ck_split_gemv_p4_bf16(const uint8_t *packed, size_t row_begin, size_t row_count, size_t cols, size_t group_size,
+                           int bits, const float *scales, const float *zeros, const float *x, const uint16_t *xb,
+                           float *y) {
+    if (group_size == 0) group_size = cols ? cols : 1;
+#if defined(__x86_64__)
+    if (ck_split_p4_bf16_supported(cols, group_size, bits)) {
+        split_gemv_p4_bf16_avx512(packed, row_begin, row_count, cols, group_size, scales, zeros, xb, y);
+        return;
+    }
+#endif
+    (void)xb;
+    ck_split_gemv_p4_bf16_ref(packed, row_begin, row_count, cols, group_size, bits, scales, zeros, x, y);
 }

@@ -93,20 +93,38 @@ public enum SplitKernels {
     public static let maxByteIndexBits = 6
 
     /// `y[o] = Σ_j T_{o,g(j)}[idx[o, j]]·x[j]` for every output row (parallel over rows).
+    ///
+    /// The `.packed4` layout runs the bf16 decode GEMV (`ck_split_gemv_p4_bf16`: table entries
+    /// and x rounded to bf16, exact products, fp32 sums) while `LowBit.bf16Decode` is on and the
+    /// CPU and grouping allow it (`usesBF16Decode`); `reference` runs the float32 twin.
     public static func gemv(_ indices: Indices, rows: Int, columns: Int, groupSize: Int, bits: Int,
                             scales: UnsafePointer<Float>, zeros: UnsafePointer<Float>,
                             x: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>, reference: Bool = false) {
         guard rows > 0 else { return }
         withIndices(indices) { p8, p16, p4 in
+            // x rounded to bf16 once per call, on the calling thread; the row chunks share it.
+            var xb: UnsafePointer<UInt16>?
+            if p4 != nil, !reference, usesBF16Decode(columns: columns, groupSize: groupSize, bits: bits) {
+                let buffer = LowBit.threadScratch(slot: bf16InputSlot, count: ck_split_x_bf16_count(columns),
+                                                  of: UInt16.self)
+                ck_split_x_bf16(x, columns, buffer)
+                xb = UnsafePointer(buffer)
+            }
             // A context struct and a C body, not a closure: no allocation per call (decode path).
             let job = SplitGemvJob(p8: p8?.base, p16: p16?.base, p4: p4?.base, columns: columns, groupSize: groupSize,
-                                   bits: Int32(bits), scales: scales, zeros: zeros, x: x, y: y, reference: reference)
+                                   bits: Int32(bits), scales: scales, zeros: zeros, x: x, xb: xb, y: y,
+                                   reference: reference)
             Parallel.forEachChunk(rows, minimumChunk: reference ? rows : LowBit.chunk(workPerRow: 2 * columns, atLeast: 8),
                                   context: job) { context, begin, end in
                 let j = context!.load(as: SplitGemvJob.self)
                 if let p4 = j.p4 {
-                    (j.reference ? ck_split_gemv_p4_ref : ck_split_gemv_p4)(
-                        p4, begin, end - begin, j.columns, j.groupSize, j.bits, j.scales, j.zeros, j.x, j.y)
+                    if let xb = j.xb {
+                        ck_split_gemv_p4_bf16(p4, begin, end - begin, j.columns, j.groupSize, j.bits, j.scales, j.zeros,
+                                              j.x, xb, j.y)
+                    } else {
+                        (j.reference ? ck_split_gemv_p4_ref : ck_split_gemv_p4)(
+                            p4, begin, end - begin, j.columns, j.groupSize, j.bits, j.scales, j.zeros, j.x, j.y)
+                    }
                 } else if let p8 = j.p8 {
                     (j.reference ? ck_split_gemv_u8_ref : ck_split_gemv_u8)(
                         p8, begin, end - begin, j.columns, j.groupSize, j.bits, j.scales, j.zeros, j.x, j.y)
@@ -118,10 +136,32 @@ public enum SplitKernels {
         }
     }
 
+    /// Scratch slot of the bf16 copy of x (`ck_thread_scratch`; slot 23 is this file's).
+    static let bf16InputSlot = 23
+
+    /// Whether a `.packed4` layer of this shape decodes with the bf16 GEMV: `LowBit.bf16Decode`
+    /// on, AVX512_BF16 + VBMI + BMI2, and groups of a multiple of 32 columns (or one per row).
+    public static func usesBF16Decode(columns: Int, groupSize: Int, bits: Int) -> Bool {
+        LowBit.bf16Decode && ck_split_p4_bf16_supported(columns, groupSize, Int32(bits)) != 0
+    }
+
+    /// The bf16 decode GEMV's scalar twin on the `.packed4` layout (`ck_split_gemv_p4_bf16_ref`,
+    /// bit for bit the kernel's result), for tests; groups must be a multiple of 32 columns or
+    /// one per row.
+    public static func gemvBF16Reference(_ indices: Indices, rows: Int, columns: Int, groupSize: Int, bits: Int,
+                                         scales: UnsafePointer<Float>, zeros: UnsafePointer<Float>,
+                                         x: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>) {
+        guard case .packed4(let a) = indices else { preconditionFailure("the bf16 decode GEMV runs on .packed4 only") }
+        a.withUnsafeBufferPointer { p in
+            ck_split_gemv_p4_bf16_ref(p.baseAddress!, 0, rows, columns, groupSize, Int32(bits), scales, zeros, x, y)
+        }
+    }
+
     private struct SplitGemvJob {
         let p8: UnsafePointer<UInt8>?, p16: UnsafePointer<UInt16>?, p4: UnsafePointer<UInt8>?
         let columns: Int, groupSize: Int, bits: Int32
         let scales: UnsafePointer<Float>, zeros: UnsafePointer<Float>, x: UnsafePointer<Float>
+        let xb: UnsafePointer<UInt16>?
         let y: UnsafeMutablePointer<Float>, reference: Bool
     }
 

@@ -22,6 +22,43 @@ struct SplitQuantTests {
         return Tensor(shape: [rows, columns], data: data)
     }
 
+    /// Runs `body` with `LowBit.bf16Decode` set to `on` (holding `TokenKernels.kernelSwitchLock`),
+    /// then restores it.
+    static func withBF16Decode<T>(_ on: Bool, _ body: () throws -> T) rethrows -> T {
+        TokenKernels.kernelSwitchLock.lock()
+        let saved = LowBit.bf16Decode
+        LowBit.bf16Decode = on
+        defer { LowBit.bf16Decode = saved; TokenKernels.kernelSwitchLock.unlock() }
+        return try body()
+    }
+
+    /// `split` with its scales all zero, ×1e30, ×1e-30, or with cluster k emptied into k + 1 mod 3.
+    static func scaleCase(_ split: SplitWeight, _ name: String) -> SplitWeight {
+        var split = split
+        switch name {
+        case "zero": split.scales = split.scales.map { _ in 0 }
+        case "huge": split.scales = split.scales.map { $0 * 1e30 }
+        case "tiny": split.scales = split.scales.map { $0 * 1e-30 }
+        case "no cluster 0", "no cluster 1", "no cluster 2":
+            let empty = UInt8(name.last!.wholeNumberValue!)
+            split.clusters = split.clusters.map { $0 == empty ? (empty + 1) % 3 : $0 }
+        default: break
+        }
+        return split
+    }
+
+    /// Row `row` of the weights `w` (row-major, `columns` wide) times `x` in double precision, and
+    /// Σ|w·x| (the scale of the kernels' error bounds).
+    static func exactProduct(_ w: [Float], row: Int, columns: Int, x: [Float]) -> (value: Double, magnitude: Double) {
+        var value = 0.0, magnitude = 0.0
+        for j in 0..<columns {
+            let t = Double(w[row * columns + j]) * Double(x[j])
+            value += t
+            magnitude += abs(t)
+        }
+        return (value, magnitude)
+    }
+
     /// Sum of squares of a labelling of `x` into clusters 0…2 around each cluster's mean.
     static func sumOfSquares(_ x: [Float], labels: [Int]) -> Double {
         var n = [0.0, 0.0, 0.0], s = [0.0, 0.0, 0.0], s2 = [0.0, 0.0, 0.0]
@@ -184,8 +221,13 @@ struct SplitQuantTests {
             let row = try #require(summary.tensors.first { $0.name == q.name })
             #expect(row.kind == "splitquant" && row.bits == bits)
 
-            // Runtime: GEMV (one row), tiles + sgemm (12 rows), and the scalar twin.
+            // Runtime: GEMV (one row), tiles + sgemm (12 rows), and the scalar twin; the float32
+            // GEMV (the bf16 decode GEMV is checked in bf16DecodeGemv).
             let layer = try SplitLinear(read.quantizedLinears[q.name]!)
+            TokenKernels.kernelSwitchLock.lock()
+            let bf16Decode = LowBit.bf16Decode
+            LowBit.bf16Decode = false
+            defer { LowBit.bf16Decode = bf16Decode; TokenKernels.kernelSwitchLock.unlock() }
             for xRows in [1, 12] {
                 let x = (0..<(xRows * columns)).map { _ in rng.float(in: -1...1) }
                 var y = [Float](repeating: 0, count: xRows * rows)
@@ -244,6 +286,53 @@ struct SplitQuantTests {
         }
     }
 
+    /// The bf16 decode GEMV on the packed layout (`LowBit.bf16Decode`): the AVX-512 kernel gives
+    /// its scalar twin's bits (the emulation of `vdpbf16ps`), and the result is within the two
+    /// bf16 roundings (2^-7 of Σ|w·x|) of the double-precision product of the exact weights — on
+    /// odd and ragged shapes (columns below, at and across 16, 32 and 96), groups of 32, 64 and 128
+    /// and one per row, each cluster empty, all-zero activations, all-zero and extreme scales.
+    @Test(arguments: [(5, 13, nil as Int?, 2), (7, 70, 32, 3), (9, 130, 64, 4), (4, 576, 128, 4), (2, 1536, 128, 4),
+                      (1, 33, 32, 2), (4, 191, nil, 3), (3, 288, 96, 4), (2, 17, 32, 4), (1, 1, nil, 4),
+                      (2, 384, 128, 4), (3, 97, 32, 4), (2, 160, 32, 4), (3, 250, 64, 2)])
+    func bf16DecodeGemv(rows: Int, columns: Int, groupSize: Int?, bits: Int) {
+        Self.withBF16Decode(true) {
+        let w = Self.randomMatrix(rows: rows, columns: columns, seed: UInt64(rows * 131 + columns))
+        let base = SplitQuant.quantize(w, clustering: SplitQuant.kMeans3(w.data), bits: bits, groupSize: groupSize,
+                                       range: .cluster)
+        var rng = SeededGenerator(seed: UInt64(columns * 7 + bits))
+        for scaleCase in ["quantized", "zero", "huge", "tiny", "no cluster 0", "no cluster 1", "no cluster 2"] {
+            let split = Self.scaleCase(base, scaleCase)
+            let gs = min(split.groupSize, columns)
+            let packed = SplitKernels.pack4(clusters: split.clusters, codes: split.codes, rows: rows, columns: columns)
+            let want = split.dequantizedReference()
+            for xCase in ["random", "zero", "wide"] {
+                let x: [Float] = switch xCase {
+                case "zero": [Float](repeating: 0, count: columns)
+                case "wide": (0..<columns).map { j in rng.float(in: -1...1) * (j % 5 == 0 ? 300 : 1) }
+                default: (0..<columns).map { _ in rng.float(in: -1...1) }
+                }
+                var y = [Float](repeating: .nan, count: rows), twin = y
+                split.scales.withUnsafeBufferPointer { s in
+                    split.zeros.withUnsafeBufferPointer { z in
+                        SplitKernels.gemv(packed, rows: rows, columns: columns, groupSize: gs, bits: bits,
+                                          scales: s.baseAddress!, zeros: z.baseAddress!, x: x, y: &y)
+                        SplitKernels.gemvBF16Reference(packed, rows: rows, columns: columns, groupSize: gs, bits: bits,
+                                                       scales: s.baseAddress!, zeros: z.baseAddress!, x: x, y: &twin)
+                    }
+                }
+                for o in 0..<rows {
+                    let (expected, magnitude) = Self.exactProduct(want, row: o, columns: columns, x: x)
+                    #expect(y[o].bitPattern == twin[o].bitPattern,
+                            "\(scaleCase) x \(xCase) row \(o): kernel \(y[o]) vs twin \(twin[o])")
+                    // Two roundings to bf16 (8-bit significands: ≤ 2^-8 each) per product, then fp32 sums.
+                    #expect(abs(Double(twin[o]) - expected) <= (0x1p-7 + 1e-5) * magnitude,
+                            "\(scaleCase) x \(xCase) row \(o): \(twin[o]) vs \(expected)")
+                }
+            }
+        }
+        }
+    }
+
     /// The packed layout (96-weight superblocks of 5-bit fields and cluster masks): pack →
     /// dequantize is the reference dequantizer (every shape, both kernel paths and the scalar
     /// twin), and its GEMV (AVX-512, scalar) matches the double-precision product and the twin on
@@ -254,17 +343,15 @@ struct SplitQuantTests {
                       (2, 1536, 128, 4), (1, 33, 32, 2), (3, 96, 16, 4), (2, 97, 48, 4), (4, 191, nil, 3),
                       (2, 200, 16, 2), (3, 288, 96, 4), (2, 17, 16, 4), (1, 1, nil, 4), (2, 384, 128, 4)])
     func packedFourBitLayout(rows: Int, columns: Int, groupSize: Int?, bits: Int) {
-        TokenKernels.kernelSwitchLock.lock(); defer { TokenKernels.kernelSwitchLock.unlock() }
+        // The float32 GEMV (bf16DecodeGemv checks the bf16 one).
+        Self.withBF16Decode(false) {
         let w = Self.randomMatrix(rows: rows, columns: columns, seed: UInt64(rows * 31 + columns))
         let base = SplitQuant.quantize(w, clustering: SplitQuant.kMeans3(w.data), bits: bits, groupSize: groupSize,
                                        range: .cluster)
         var rng = SeededGenerator(seed: UInt64(columns))
         for scaleCase in ["quantized", "zero", "huge", "tiny", "zero rows"] {
-            var split = base
+            var split = Self.scaleCase(base, scaleCase)
             switch scaleCase {
-            case "zero": split.scales = split.scales.map { _ in 0 }
-            case "huge": split.scales = split.scales.map { $0 * 1e30 }
-            case "tiny": split.scales = split.scales.map { $0 * 1e-30 }
             case "zero rows":  // row 0: code 0 in cluster 0; the last row: code 0 in cluster 2
                 for j in 0..<columns {
                     split.codes[j] = 0
@@ -307,12 +394,7 @@ struct SplitQuantTests {
                             }
                         }
                         for o in 0..<rows {
-                            var expected = 0.0, magnitude = 0.0
-                            for j in 0..<columns {
-                                let t = Double(want[o * columns + j]) * Double(x[j])
-                                expected += t
-                                magnitude += abs(t)
-                            }
+                            let (expected, magnitude) = Self.exactProduct(want, row: o, columns: columns, x: x)
                             #expect(abs(Double(y[o]) - expected) <= 1e-5 * magnitude,
                                     "\(scaleCase) x \(xCase) row \(o): \(y[o]) vs \(expected), vnni \(vnni), reference \(reference)")
                             // The fast path against its scalar twin: same weights, other summation order.
@@ -326,12 +408,18 @@ struct SplitQuantTests {
                 }
             }
         }
+        }
     }
 
     /// Tiny layers (1×1, fewer than three rows or distinct values), an all-zero weight and an
     /// all-zero bias: split, quantized and run without special cases. The reference skips the
     /// split when the bias is all zeros; we do not.
     @Test func zeroBiasAndTinyLayers() throws {
+        // Exact weights, float32 decode GEMV (bf16 rounds 0.12 and 0.11).
+        TokenKernels.kernelSwitchLock.lock()
+        let bf16Decode = LowBit.bf16Decode
+        LowBit.bf16Decode = false
+        defer { LowBit.bf16Decode = bf16Decode; TokenKernels.kernelSwitchLock.unlock() }
         let cases: [(Tensor, [Float]?)] = [
             (Tensor(shape: [1, 1], data: [0.25]), [0]),
             (Tensor(shape: [2, 3], data: [-0.9, 0.1, 0.12, 0.8, 0.11, -0.1]), [0, 0]),
@@ -485,6 +573,11 @@ struct SplitQuantTests {
         #expect(stored.quantizedLinears.values.allSatisfy { $0.weight.formatName == "split" })
         let simulated = try LlamaModel(weights: SimulatedWeights(packed: stored))
         let tokens = [3, 77, 201, 5, 19, 250, 42, 8, 100, 7, 9, 11]
+        // The float32 decode GEMV too (one row): the simulation is float32.
+        TokenKernels.kernelSwitchLock.lock()
+        let bf16Decode = LowBit.bf16Decode
+        LowBit.bf16Decode = false
+        defer { LowBit.bf16Decode = bf16Decode; TokenKernels.kernelSwitchLock.unlock() }
         for rows in [tokens, [tokens[0]]] {
             // float32 prefill tiles, as the simulation (the bf16 product is checked per layer).
             let a = LowBit.$bf16PrefillOverride.withValue(false) { runtime.forward(rows) }, b = simulated.forward(rows)

@@ -85,4 +85,29 @@ void ck_split_dequant_rows_p4(const uint8_t *packed, size_t row_begin, size_t ro
 void ck_split_dequant_rows_p4_ref(const uint8_t *packed, size_t row_begin, size_t row_count, size_t cols,
                                   size_t group_size, int bits, const float *scales, const float *zeros, float *out);
 
+/// bf16 decode GEMV on the packed layout (the decode twin of the bf16 prefill; used while
+/// ck_bf16_decode_enabled()): the group's table entries s_k·(u − z_k) and x rounded to bf16
+/// (round to nearest even), exact products, fp32 sums in VDPBF16PS order. xb is x in the pair
+/// layout from ck_split_x_bf16 (converted once per call, shared by the row chunks). Runs the
+/// AVX-512 kernel (VPMULTISHIFTQB + VPERMW + VDPBF16PS) where ck_split_p4_bf16_supported, else
+/// the scalar twin on x; both give the same bits. Against the float32 GEMV the result differs by
+/// the two bf16 roundings (8-bit significands): |y − y_f32| ≤ 2^-7 · Σ_j |w_j·x_j| (plus fp32
+/// summation error).
+void ck_split_gemv_p4_bf16(const uint8_t *packed, size_t row_begin, size_t row_count, size_t cols, size_t group_size,
+                           int bits, const float *scales, const float *zeros, const float *x, const uint16_t *xb,
+                           float *y);
+/// The scalar twin of ck_split_gemv_p4_bf16 (the emulation of gemm_bf16.c; same bits). Needs
+/// group_size a multiple of 32 or ≥ cols.
+void ck_split_gemv_p4_bf16_ref(const uint8_t *packed, size_t row_begin, size_t row_count, size_t cols,
+                               size_t group_size, int bits, const float *scales, const float *zeros, const float *x,
+                               float *y);
+/// 1 when ck_split_gemv_p4_bf16 runs its AVX-512 kernel for this shape: AVX512_BF16 (and the
+/// bf16 kernel switch on), VBMI, BMI2, bits ≤ 4, group_size a multiple of 32 or ≥ cols.
+int ck_split_p4_bf16_supported(size_t cols, size_t group_size, int bits);
+/// Elements of the pair-layout bf16 copy of x: cols rounded up to a multiple of 32.
+size_t ck_split_x_bf16_count(size_t cols);
+/// x[cols] → xb[ck_split_x_bf16_count(cols)] bf16 (RNE): per 32 columns, word 2i is column
+/// 32p + i and word 2i + 1 column 32p + 16 + i; columns past cols are 0.
+void ck_split_x_bf16(const float *x, size_t cols, uint16_t *xb);
+
 #endif
