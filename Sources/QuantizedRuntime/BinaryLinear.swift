@@ -89,7 +89,7 @@ public final class BinaryLinear: LinearOp {
     /// What runs, for reports: `binary 1-bit + 4-bit salient columns (20.1 %)` (`binary 1-bit
     /// sign-plane tables + …` where the decode GEMV runs on sign planes, `… salient columns on
     /// plane tables (20.1 %)` where the salient codes do too; `…, one fused row job` where a
-    /// decode row runs both as one job, `fusedRowsByDefault`).
+    /// decode row runs both as one job, `fusedRows`).
     public var kernelDescription: String {
         let share = maskKind == .columns
             ? Double(salientColumns.count) / Double(max(1, inFeatures))
@@ -157,7 +157,7 @@ public final class BinaryLinear: LinearOp {
                 : nil
             signPlanes = signs
             salientPlanes = salient
-            if let signs, ns == 0 || salient != nil, Self.fusedRowsByDefault {
+            if let signs, ns == 0 || salient != nil, Self.fusedRows {
                 planeRow = BinaryKernels.PlanesGroup([BinaryKernels.ColumnMaskedPlanes(
                     signs: signs, salient: salient, binaryColumns: binaryColumns, columnScale: columnScale,
                     salientColumns: salientColumns, a: scale, b: offset)])
@@ -200,11 +200,14 @@ public final class BinaryLinear: LinearOp {
         }
     }
 
-    /// Whether column-masked layers on planes decode through the fused row (`planeRow`, q/k/v and
-    /// gate/up grouped): on; `PTQ_BINARY_FUSED=0` in the environment turns it off (read once, for
-    /// A/B runs), and then each layer runs its sign and salient planes as two jobs as before the
-    /// ninth pass. Both give the same bits.
-    public static let fusedRowsByDefault = ProcessInfo.processInfo.environment["PTQ_BINARY_FUSED"] != "0"
+    /// Whether column-masked layers built from now on decode through the fused row (`planeRow`,
+    /// q/k/v and gate/up grouped with shared salient tables) instead of two pool jobs per layer
+    /// (sign planes, then salient planes). Off by default: in the ninth pass's idle A/B at
+    /// integration the fused rows decoded SmolLM2 PTQ1.61 + head8 at 0.85–0.95× the two-job path
+    /// run as the model's concurrent q/k/v and gate/up groups (docs/RESULTS.md, "ninth pass:
+    /// idle measurements at integration"). `PTQ_BINARY_FUSED=1` in the environment starts with it
+    /// on; tests set it. Read when a layer is built; both paths give the same bits.
+    nonisolated(unsafe) public static var fusedRows = ProcessInfo.processInfo.environment["PTQ_BINARY_FUSED"] == "1"
 
     /// Rows up to which one GEMV per row beats dequantized tiles + sgemm (as `IntegerLinear`).
     static let gemvRowLimit = 8

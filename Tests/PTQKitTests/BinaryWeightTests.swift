@@ -400,6 +400,7 @@ struct BinaryWeightTests {
         let w = Self.columnMasked(rows: rows, columns: columns, salient: cols, zeroRows: [0, rows / 2], rng: &rng)
         try Self.linear(w, bias: nil).validate()
         let bias = (0..<rows).map { Float($0 % 5) * 0.02 }
+        BinaryLinear.fusedRows = true  // off by default; both paths give the same bits
         let layer = try BinaryLinear(Self.linear(w, bias: bias))
         #expect(layer.hasPlaneRow == BinaryKernels.planesSupported)
         let dense = w.dequantizedReference()
@@ -444,6 +445,7 @@ struct BinaryWeightTests {
         let ws = [Self.columnMasked(rows: 48, columns: columns, salient: shared, rng: &rng),
                   Self.columnMasked(rows: 17, columns: columns, salient: shared, zeroRows: [3], rng: &rng),
                   Self.columnMasked(rows: 16, columns: columns, salient: other, rng: &rng)]
+        BinaryLinear.fusedRows = true  // off by default; both paths give the same bits
         let layers = try ws.map { try BinaryLinear(Self.linear($0, bias: nil)) }
         let x = (0..<columns).map { _ in rng.float(in: -3...3) }
         for members in [[0, 1, 2], [0, 1], [2, 0], [1, 1]] {
