@@ -37,23 +37,20 @@ int ck_cpu_has_avx512bf16(void) {
 
 void ck_set_bf16_kernel_enabled(int enabled) { bf16_kernel_enabled = enabled != 0; }
 
-int ck_bf16_prefill_enabled(void) {
-    if (bf16_prefill < 0) {
-        const char *v = getenv("PTQ_PREFILL_BF16");
-        bf16_prefill = !(v && strcmp(v, "0") == 0);
+/// A switch that is on unless the environment variable `name` is "0" (read on first use).
+static int env_switch(int *cached, const char *name) {
+    if (*cached < 0) {
+        const char *v = getenv(name);
+        *cached = !(v && strcmp(v, "0") == 0);
     }
-    return bf16_prefill;
+    return *cached;
 }
+
+int ck_bf16_prefill_enabled(void) { return env_switch(&bf16_prefill, "PTQ_PREFILL_BF16"); }
 
 void ck_set_bf16_prefill_enabled(int enabled) { bf16_prefill = enabled != 0; }
 
-int ck_bf16_decode_enabled(void) {
-    if (bf16_decode < 0) {
-        const char *v = getenv("PTQ_DECODE_BF16");
-        bf16_decode = !(v && strcmp(v, "0") == 0);
-    }
-    return bf16_decode;
-}
+int ck_bf16_decode_enabled(void) { return env_switch(&bf16_decode, "PTQ_DECODE_BF16"); }
 
 void ck_set_bf16_decode_enabled(int enabled) { bf16_decode = enabled != 0; }
 
