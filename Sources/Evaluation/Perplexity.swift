@@ -244,20 +244,22 @@ public enum Perplexity {
 
     /// Every log p(v) of raw logits, with `logSoftmax(_:count:target:)`'s max and sum.
     static func logSoftmax(_ logits: UnsafePointer<Float>, count: Int, into out: inout [Double]) {
-        var maxLogit = logits[0]
-        for i in 1..<count { maxLogit = max(maxLogit, logits[i]) }
-        var sum = 0.0
-        for i in 0..<count { sum += Double(expf(logits[i] - maxLogit)) }
-        let logSum = Foundation.log(sum)
+        let (maxLogit, logSum) = normalizer(logits, count: count)
         for i in 0..<count { out[i] = Double(logits[i] - maxLogit) - logSum }
     }
 
     /// log p(target) from raw logits, as llama.cpp computes it (float max, double sum of expf).
     static func logSoftmax(_ logits: UnsafePointer<Float>, count: Int, target: Int) -> Double {
+        let (maxLogit, logSum) = normalizer(logits, count: count)
+        return Double(logits[target] - maxLogit) - logSum
+    }
+
+    /// The largest logit and log Σ exp(logit − max) (float max, double sum of expf).
+    private static func normalizer(_ logits: UnsafePointer<Float>, count: Int) -> (max: Float, logSum: Double) {
         var maxLogit = logits[0]
         for i in 1..<count { maxLogit = max(maxLogit, logits[i]) }
         var sum = 0.0
         for i in 0..<count { sum += Double(expf(logits[i] - maxLogit)) }
-        return Double(logits[target] - maxLogit) - Foundation.log(sum)
+        return (maxLogit, Foundation.log(sum))
     }
 }

@@ -214,7 +214,7 @@ public enum LowBit {
     /// rounds x to bf16 once per call; the codes' products are exact and summed in fp32
     /// (`ck_bf16_gemv.h`, error bound `bf16GemvBound`).
     public static func usesBF16Gemv(_ format: CodeFormat, columns: Int, groupSize: Int) -> Bool {
-        (bf16DecodeOverride ?? bf16Decode) && ck_bf16_gemv_supported(format == .u4 ? 1 : 0, columns, groupSize) != 0
+        decodesInBF16 && ck_bf16_gemv_supported(format == .u4 ? 1 : 0, columns, groupSize) != 0
     }
 
     /// The bf16 decode GEMV alone, on the calling thread, whatever `bf16Decode` says: the
@@ -570,6 +570,10 @@ public enum LowBit {
         get { ck_bf16_decode_enabled() != 0 }
         set { ck_set_bf16_decode_enabled(newValue ? 1 : 0) }
     }
+
+    /// Whether decode GEMVs started on this task's thread run in bf16: the task's
+    /// `bf16DecodeOverride` if set, else the process-wide `bf16Decode`.
+    public static var decodesInBF16: Bool { bf16DecodeOverride ?? bf16Decode }
 
     /// A task-scoped override of `bf16Decode` for layers loaded and run on the task's own thread
     /// (`usesBF16Gemv`), as `bf16PrefillOverride` is for prefill: tests use it to load and run a

@@ -143,7 +143,7 @@ public enum SplitKernels {
     /// (or the task's `LowBit.bf16DecodeOverride`) on, AVX512_BF16 + VBMI + BMI2, and groups of
     /// a multiple of 32 columns (or one per row).
     public static func usesBF16Decode(columns: Int, groupSize: Int, bits: Int) -> Bool {
-        (LowBit.bf16DecodeOverride ?? LowBit.bf16Decode) && ck_split_p4_bf16_supported(columns, groupSize, Int32(bits)) != 0
+        LowBit.decodesInBF16 && ck_split_p4_bf16_supported(columns, groupSize, Int32(bits)) != 0
     }
 
     /// The bf16 decode GEMV's scalar twin on the `.packed4` layout (`ck_split_gemv_p4_bf16_ref`,

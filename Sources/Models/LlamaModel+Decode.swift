@@ -33,9 +33,6 @@ extension LlamaModel {
         set { groupsSetting.store(newValue, ordering: .relaxed) }
     }
 
-    /// Read once per layer group of a decode token.
-    static var concurrentGEMVs: Bool { concurrentDecodeGEMVs }
-
     /// Runs the layers of `group` (the first the largest) as one pool job: task i runs layer i
     /// whole on whichever thread claims it (its own pool calls run inline there), so the group
     /// costs one dispatch and one wait instead of one per layer. Each output equals the layer's

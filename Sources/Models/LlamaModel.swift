@@ -268,7 +268,7 @@ public final class LlamaModel: Sendable {
             // PTQ1.61 decode q/k/v with shared salient tables (`DecodeRowGroup`), else other
             // quantized decode q/k/v as one pool job, a layer a task.
             let groupQKV = T == 1 && fusedQKV == nil ? layer.qkvGroup : nil
-            let groupedQKV = T == 1 && fusedQKV == nil && groupQKV == nil && Self.concurrentGEMVs
+            let groupedQKV = T == 1 && fusedQKV == nil && groupQKV == nil && Self.concurrentDecodeGEMVs
             if fusedQKV == nil, groupQKV == nil, !groupedQKV { layer.q.forward(normed, rows: T, into: &q) }
             // Writes rotated keys and values of the T new positions at row `first` of the buffers
             // (and q, when the three run as one job).
@@ -390,7 +390,7 @@ public final class LlamaModel: Sendable {
                         }
                     }
                 }
-            } else if T == 1, Self.concurrentGEMVs {
+            } else if T == 1, Self.concurrentDecodeGEMVs {
                 normed.withUnsafeBufferPointer { n in
                     gate.withUnsafeMutableBufferPointer { g in
                         up.withUnsafeMutableBufferPointer { u in
