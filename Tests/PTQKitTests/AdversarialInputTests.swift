@@ -621,6 +621,9 @@ struct AdversarialCLITests {
             (["evaluate", packed, "--task", "perplexity", "--data", f.path("calib.txt"), "--chunks", "0"], "--chunks"),
             (["evaluate", packed, "--task", "perplexity", "--data", f.path("calib.txt"), "--ctx", "2"], "--ctx"),
             (["evaluate", packed, "--task", "stsb", "--data", f.path("sts.tsv"), "--split", "most"], "--split"),
+            (["evaluate", packed, "--task", "stsb", "--data", f.path("sts.tsv"), "--decode"], "--decode"),
+            (["evaluate", packed, "--task", "perplexity", "--data", f.path("calib.txt"), "--decode", "--decode-kl"],
+             "--decode-kl"),
             (["quantize", f.checkpoint, "--recipe", recipe], "--output"),
         ]
         for (arguments, fragment) in cases {
