@@ -137,176 +137,73 @@ extension BinaryKernels {
 }
 
 extension BinaryKernels {
-    /// A column-masked binary layer's decode operands on planes (PTQ1.61 on AVX-512): the sign
-    /// planes over its binarized columns, the salient columns' u4 planes (one group per row),
-    /// the column lists and r2, and the row affine `a`, `b`. `rowPlanes` runs one row through
-    /// one or more of them (layers that read the same input) as one pool job. A class: the decode
-    /// row borrows its arrays instead of retaining each one per call.
-    public final class ColumnMaskedPlanes: Sendable {
-        /// Sign bits over the binarized columns (rows × binarized columns).
-        public let signs: SignPlaneLayout
-        /// Salient codes (rows × salient columns, one group per row); nil without salient columns.
-        public let salient: LowBit.PlaneLayout?
-        /// Binarized columns (natural indices) in sign-bit order, and r2 in the same order.
-        public let binaryColumns: [Int32]
-        public let columnScale: [Float]
-        /// Salient columns (natural indices) in code order; empty without salient planes.
-        public let salientColumns: [Int32]
-        /// Per row: the signs' scale and offset, `y = a ∘ (S x̃) + b · Σx̃`.
-        public let a: [Float], b: [Float]
+    /// The salient columns' 4-bit codes of a column-masked binary layer (PTQ1.61) for the bf16
+    /// decode GEMV (`gemvSalientBF16`): per 16 rows and 8 columns, one 32-bit word per row
+    /// (`ck_salient_bf16_pack`; the same half byte per code as nibbles, padded to 16 rows and 8
+    /// columns). Where it is held it is the codes' only copy: prefill tiles unpack nibble rows.
+    public struct SalientBF16Layout: Sendable {
+        public let rows: Int
+        public let columns: Int
+        public let words: [UInt32]
 
-        /// Wraps a layer's layouts and parameters (the arrays are shared, not copied); the sizes
-        /// must agree (a precondition names the mismatch).
-        public init(signs: SignPlaneLayout, salient: LowBit.PlaneLayout?, binaryColumns: [Int], columnScale: [Float],
-                    salientColumns: [Int], a: [Float], b: [Float]) {
-            precondition(binaryColumns.count == signs.columns && columnScale.count == signs.columns
-                         && a.count == signs.rows && b.count == signs.rows,
-                         "ColumnMaskedPlanes: \(binaryColumns.count) binarized columns, \(columnScale.count) r2, "
-                         + "\(a.count)/\(b.count) a/b for \(signs.rows)×\(signs.columns) sign planes")
-            precondition(salient.map { $0.rows == signs.rows && $0.columns == salientColumns.count
-                                       && $0.groupSize == $0.columns } ?? salientColumns.isEmpty,
-                         "ColumnMaskedPlanes: salient planes do not match \(salientColumns.count) salient columns")
-            self.signs = signs
-            self.salient = salient
-            self.binaryColumns = binaryColumns.map { Int32($0) }
-            self.columnScale = columnScale
-            self.salientColumns = salientColumns.map { Int32($0) }
-            self.a = a
-            self.b = b
-        }
-
-        var rows: Int { signs.rows }
-        var signTableCount: Int { signs.quads * 16 }
-        var salientTableCount: Int { salient.map { $0.quads * 16 } ?? 0 }
-
-        /// Calls `body` with the C part (tables and sums still unset) while the arrays are pinned.
-        fileprivate func withPart<R>(y: UnsafeMutablePointer<Float>, _ body: (ck_binary_planes_part) -> R) -> R {
-            signs.planes.withUnsafeBufferPointer { sp in
-            a.withUnsafeBufferPointer { ap in
-            b.withUnsafeBufferPointer { bp in
-                var part = ck_binary_planes_part()
-                part.sign_planes = sp.baseAddress
-                part.a = ap.baseAddress
-                part.b = bp.baseAddress
-                part.rows = rows
-                part.nb = signs.columns
-                part.y = y
-                guard let salient else { return body(part) }
-                return salient.planes.withUnsafeBufferPointer { qp in
-                salient.blockScales.withUnsafeBufferPointer { sc in
-                salient.blockZeros.withUnsafeBufferPointer { zp in
-                    part.salient_planes = qp.baseAddress
-                    part.salient_scales = sc.baseAddress
-                    part.salient_zeros = zp.baseAddress
-                    part.ns = salient.columns
-                    return body(part)
-                }}}
-            }}}
-        }
-
-        /// Builds this part's tables at `tables` (sign tables, then salient tables unless
-        /// `salientFrom` supplies them) and fills them in.
-        fileprivate func fillTables(_ part: inout ck_binary_planes_part, x: UnsafePointer<Float>,
-                                    tables: UnsafeMutablePointer<Float>, salientFrom shared: ck_binary_planes_part?,
-                                    reference: Bool) {
-            let salientTables = shared == nil && salient != nil ? tables + signTableCount : nil
-            var xSum: Float = 0, salientSum: Float = 0
-            binaryColumns.withUnsafeBufferPointer { bc in
-            columnScale.withUnsafeBufferPointer { r2 in
-            salientColumns.withUnsafeBufferPointer { sc in
-                (reference ? ck_binary_plane_tables_ref : ck_binary_plane_tables)(
-                    x, bc.baseAddress, r2.baseAddress, bc.count, sc.baseAddress, sc.count, tables, &xSum,
-                    salientTables, &salientSum)
-            }}}
-            part.sign_tables = UnsafePointer(tables)
-            part.x_sum = xSum
-            if let shared {
-                part.salient_tables = shared.salient_tables
-                part.salient_sum = shared.salient_sum
-            } else if let salientTables {
-                part.salient_tables = UnsafePointer(salientTables)
-                part.salient_sum = salientSum
+        /// Packs row-major codes `[rows, columns]`, one per byte (values 0…15).
+        public init(codes: [UInt8], rows: Int, columns: Int) {
+            precondition(codes.count == rows * columns, "SalientBF16Layout: \(codes.count) codes for \(rows)×\(columns)")
+            self.rows = rows
+            self.columns = columns
+            var words = [UInt32](repeating: 0, count: ck_salient_bf16_words(rows, columns))
+            codes.withUnsafeBufferPointer { c in
+                words.withUnsafeMutableBufferPointer { ck_salient_bf16_pack(c.baseAddress!, rows, columns, $0.baseAddress!) }
             }
+            self.words = words
         }
 
-        /// Whether `other` reads the same salient inputs (its salient tables can be this one's).
-        func sharesSalientColumns(with other: ColumnMaskedPlanes) -> Bool {
-            salient != nil && other.salient != nil && salientColumns == other.salientColumns
+        /// Bytes held (words with their padding).
+        public var bytes: Int { words.count * 4 }
+
+        /// Rows `rowRange` as nibble rows of `stride` bytes (`LowBit.packNibbles`' layout).
+        public func unpackNibbles(_ rowRange: Range<Int>, stride: Int, into out: UnsafeMutablePointer<UInt8>) {
+            precondition(rowRange.lowerBound >= 0 && rowRange.upperBound <= rows && 2 * stride >= columns,
+                         "salient rows \(rowRange) of \(rows), \(stride) bytes for \(columns) columns")
+            words.withUnsafeBufferPointer {
+                ck_salient_bf16_unpack_nibbles($0.baseAddress!, rowRange.lowerBound, rowRange.count, rows, columns, out, stride)
+            }
         }
     }
 
-    /// 1…3 column-masked layers that read the same input (q/k/v, gate/up, or one layer), for
-    /// `rowPlanes`: which of them reuse the first layer's salient tables (PTQ1.61 gives q/k/v
-    /// and gate/up the same salient columns) and the tables' size, worked out once.
-    public struct PlanesGroup: Sendable {
-        /// The layers, in output order.
-        public let layers: [ColumnMaskedPlanes]
-        /// Per layer: its salient inputs are layer 0's, so it reads layer 0's salient tables.
-        public let sharesSalient: [Bool]
-        /// Floats of all tables of one call.
-        let tableCount: Int
-        /// Work per 16-row block for the pool split (salient columns weigh 4: four planes).
-        let blockWork: Int
+    /// Whether the CPU runs `gemvSalientBF16`'s AVX512_BF16 kernel (else only its scalar twin).
+    public static var salientBF16Supported: Bool { ck_cpu_has_avx512bf16() != 0 }
 
-        /// Groups 1…3 layers of one input width (a precondition checks the count).
-        public init(_ layers: [ColumnMaskedPlanes]) {
-            precondition((1...3).contains(layers.count), "PlanesGroup: 1…3 layers, got \(layers.count)")
-            self.layers = layers
-            let shares = layers.indices.map { $0 > 0 && layers[$0].sharesSalientColumns(with: layers[0]) }
-            sharesSalient = shares
-            tableCount = layers.indices.reduce(0) {
-                $0 + layers[$1].signTableCount + (shares[$1] ? 0 : layers[$1].salientTableCount)
+    /// `y[o] = Δ[o]·Σ_j (q[o,j] − z[o])·x̃_j` over the salient inputs `x` (`layout.columns`
+    /// floats), x̃ = bf16(x): x rounded once on the calling thread (scratch slot 21), then the
+    /// pool splits the 16-row blocks (`ck_gemv_salient_bf16`, error bound in
+    /// `binary_kernels.h`). `reference` runs the scalar twins on the calling thread (tests:
+    /// the same bits). Allocates nothing (decode path).
+    public static func gemvSalientBF16(_ layout: SalientBF16Layout, x: UnsafePointer<Float>, scales: UnsafePointer<Float>,
+                                       zeros: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>, reference: Bool = false) {
+        guard layout.rows > 0 else { return }
+        let (rows, columns) = (layout.rows, layout.columns)
+        let xb = LowBit.threadScratch(slot: 21, count: ck_salient_bf16_x_count(columns), of: UInt16.self)
+        var xSum: Float = 0
+        (reference ? ck_salient_bf16_prepare_ref : ck_salient_bf16_prepare)(x, columns, xb, &xSum)
+        let blocks = (rows + 15) / 16
+        layout.words.withUnsafeBufferPointer { w in
+            if reference {
+                ck_gemv_salient_bf16_ref(w.baseAddress!, 0, blocks, rows, columns, scales, zeros, xb, xSum, y)
+                return
             }
-            blockWork = layers.reduce(0) { $0 + 16 * ($1.signs.columns + 4 * ($1.salient?.columns ?? 0)) } / layers.count
+            let job = SalientJob(words: w.baseAddress!, rows: rows, columns: columns, scales: scales, zeros: zeros,
+                                 xb: xb, xSum: xSum, y: y)
+            Parallel.forEachChunk(blocks, minimumChunk: LowBit.chunk(workPerRow: 16 * columns, atLeast: 1),
+                                  context: job) { context, begin, end in
+                let j = context!.load(as: SalientJob.self)
+                ck_gemv_salient_bf16(j.words, begin, end - begin, j.rows, j.columns, j.scales, j.zeros, j.xb, j.xSum, j.y)
+            }
         }
     }
 
-    /// One activation row `x` through every layer of `group` (all read it), `y = a ∘ (S x̃) +
-    /// b · Σx̃ + Δ ∘ (Q x_s − z · Σx_s)` each into its own output: the tables of all layers built
-    /// in one pass on the calling thread (the shared salient tables once), then ONE pool job
-    /// over all the layers' 16-row blocks (`ck_binary_planes_rows`). Bit for bit `gemvPlanes` on
-    /// r2 ∘ x plus `LowBit.gemvPlanes` on x_s; `reference` runs the scalar twins on the calling
-    /// thread (tests). Allocates nothing (decode path).
-    public static func rowPlanes(_ group: PlanesGroup, x: UnsafePointer<Float>, into first: UnsafeMutablePointer<Float>,
-                                 _ second: UnsafeMutablePointer<Float>? = nil, _ third: UnsafeMutablePointer<Float>? = nil,
-                                 reference: Bool = false) {
-        let layers = group.layers
-        precondition((second != nil) == (layers.count > 1) && (third != nil) == (layers.count > 2),
-                     "rowPlanes: one output per layer")
-        // Slot 2: transient, as in gemvPlanes (nothing else runs inside this call).
-        let tables = LowBit.threadScratch(slot: 2, count: group.tableCount, of: Float.self)
-        withUnsafeTemporaryAllocation(of: ck_binary_planes_part.self, capacity: layers.count) { parts in
-            func output(_ i: Int) -> UnsafeMutablePointer<Float> { i == 0 ? first : i == 1 ? second! : third! }
-            // Layer by layer, each inside its arrays' pinned pointers; the job runs innermost.
-            func run(_ i: Int, offset: Int) {
-                guard i < layers.count else {
-                    let blocks = ck_binary_planes_blocks(parts.baseAddress, parts.count)
-                    if reference {
-                        ck_binary_planes_rows_ref(parts.baseAddress, parts.count, 0, blocks)
-                        return
-                    }
-                    let job = RowPlanesJob(parts: UnsafePointer(parts.baseAddress!), count: parts.count)
-                    Parallel.forEachChunk(blocks, minimumChunk: LowBit.chunk(workPerRow: group.blockWork, atLeast: 1),
-                                          context: job) { context, begin, end in
-                        let j = context!.load(as: RowPlanesJob.self)
-                        ck_binary_planes_rows(j.parts, j.count, begin, end - begin)
-                    }
-                    return
-                }
-                let layer = layers[i], shared = group.sharesSalient[i]
-                layer.withPart(y: output(i)) { part in
-                    var part = part
-                    layer.fillTables(&part, x: x, tables: tables + offset, salientFrom: shared ? parts[0] : nil,
-                                     reference: reference)
-                    parts.initializeElement(at: i, to: part)
-                    run(i + 1, offset: offset + layer.signTableCount + (shared ? 0 : layer.salientTableCount))
-                }
-            }
-            run(0, offset: 0)
-        }
-    }
-
-    private struct RowPlanesJob {
-        let parts: UnsafePointer<ck_binary_planes_part>, count: Int
+    private struct SalientJob {
+        let words: UnsafePointer<UInt32>, rows: Int, columns: Int, scales: UnsafePointer<Float>
+        let zeros: UnsafePointer<Float>, xb: UnsafePointer<UInt16>, xSum: Float, y: UnsafeMutablePointer<Float>
     }
 }

@@ -422,45 +422,48 @@ public enum KernelBench {
                 }
             }
         }
-        // PTQ1.61 decode rows on planes (AVX-512): every 5th column salient (4-bit codes, 116 of
-        // 576, 308 of 1536), the rest binarized. Before the ninth pass each layer ran two jobs
-        // (sign planes on the gathered r2 ∘ x, salient planes on the gathered x_s, then an add);
-        // the fused row runs q/k/v, o, gate/up and down as four jobs (BinaryKernels.rowPlanes).
+        // PTQ1.61 decode rows (AVX-512): every 5th column salient (4-bit codes, 116 of 576, 308
+        // of 1536), the rest binarized. Per layer the sign planes on the gathered r2 ∘ x, then the
+        // salient codes on the gathered x_s (plane tables, or the bf16 salient GEMV where the CPU
+        // has AVX512_BF16: what BinaryLinear keeps while `bf16Decode` is on), then an add.
         if BinaryKernels.planesSupported {
+            struct Part {
+                let signs: BinaryKernels.SignPlaneLayout, planes: LowBit.PlaneLayout, salientBF16: BinaryKernels.SalientBF16Layout
+                let binary: [Int], salient: [Int], r2: [Float], a: [Float], b: [Float], d: [Float], z: [Float]
+            }
             let parts = shapes.map { n, k in
                 let salient = (0..<k).filter { $0 % 5 == 0 }, binary = (0..<k).filter { $0 % 5 != 0 }
-                let codes = bytes(n * salient.count, below: 16)
-                let signs = BinaryKernels.SignPlaneLayout(signs: bytes(n * binary.count, below: 2), rows: n,
-                                                          columns: binary.count)
-                let planes = LowBit.PlaneLayout(codes: codes, rows: n, columns: salient.count, groupSize: salient.count,
-                                                scales: floats(n), zeros: floats(n).map { $0 * 15 })
-                return BinaryKernels.ColumnMaskedPlanes(signs: signs, salient: planes, binaryColumns: binary,
-                                                        columnScale: floats(binary.count), salientColumns: salient,
-                                                        a: floats(n), b: floats(n))
+                let codes = bytes(n * salient.count, below: 16), d = floats(n), z = floats(n).map { $0 * 15 }
+                return Part(signs: BinaryKernels.SignPlaneLayout(signs: bytes(n * binary.count, below: 2), rows: n,
+                                                                 columns: binary.count),
+                            planes: LowBit.PlaneLayout(codes: codes, rows: n, columns: salient.count,
+                                                       groupSize: salient.count, scales: d, zeros: z),
+                            salientBF16: BinaryKernels.SalientBF16Layout(codes: codes, rows: n, columns: salient.count),
+                            binary: binary, salient: salient, r2: floats(binary.count), a: floats(n), b: floats(n),
+                            d: d, z: z)
             }
-            let bytes = parts.reduce(0) { $0 + $1.signs.bytes + $1.salient!.bytes + 8 * $1.rows }
             var gathered = [Float](repeating: 0, count: maxColumns), ys = [Float](repeating: 0, count: maxRows)
-            time("PTQ1.61 row, sign + salient planes as 2 jobs a layer (gemvPlanes ×2)", layerPass, bytes: bytes) {
+            func signs(_ part: Part) {
+                for (k, j) in part.binary.enumerated() { gathered[k] = part.r2[k] * x[j] }
+                BinaryKernels.gemvPlanes(part.signs, x: gathered, a: part.a, b: part.b, y: &y)
+                for (k, j) in part.salient.enumerated() { gathered[k] = x[j] }
+            }
+            let signBytes = parts.reduce(0) { $0 + $1.signs.bytes + 8 * $1.signs.rows }
+            time("PTQ1.61 row, sign + salient planes as 2 jobs a layer (gemvPlanes ×2)", layerPass,
+                 bytes: signBytes + parts.reduce(0) { $0 + $1.planes.bytes }) {
                 for part in parts {
-                    let nb = part.binaryColumns.count
-                    for k in 0..<nb { gathered[k] = part.columnScale[k] * x[Int(part.binaryColumns[k])] }
-                    BinaryKernels.gemvPlanes(part.signs, x: gathered, a: part.a, b: part.b, y: &y)
-                    for k in part.salientColumns.indices { gathered[k] = x[Int(part.salientColumns[k])] }
-                    LowBit.gemvPlanes(part.salient!, x: gathered, y: &ys)
-                    for o in 0..<part.rows { y[o] += ys[o] }
+                    signs(part)
+                    LowBit.gemvPlanes(part.planes, x: gathered, y: &ys)
+                    for o in 0..<part.signs.rows { y[o] += ys[o] }
                 }
             }
-            // Per layer: q/k/v, o, gate/up, down (layerShapes' order).
-            let groups = stride(from: 0, to: parts.count, by: layerShapes.count).flatMap { l in
-                [[0, 1, 2], [3], [4, 5], [6]].map { BinaryKernels.PlanesGroup($0.map { parts[l + $0] }) }
-            }
-            var y2 = [Float](repeating: 0, count: maxRows), y3 = y2
-            time("PTQ1.61 fused row, 4 jobs a layer (BinaryKernels.rowPlanes)", layerPass, bytes: bytes) {
-                for group in groups {
-                    switch group.layers.count {
-                    case 3: BinaryKernels.rowPlanes(group, x: x, into: &y, &y2, &y3)
-                    case 2: BinaryKernels.rowPlanes(group, x: x, into: &y, &y2)
-                    default: BinaryKernels.rowPlanes(group, x: x, into: &y)
+            if BinaryKernels.salientBF16Supported {
+                time("PTQ1.61 row, sign planes + bf16 salient columns (gemvPlanes + gemvSalientBF16)", layerPass,
+                     bytes: signBytes + parts.reduce(0) { $0 + $1.salientBF16.bytes + 8 * $1.signs.rows }) {
+                    for part in parts {
+                        signs(part)
+                        BinaryKernels.gemvSalientBF16(part.salientBF16, x: gathered, scales: part.d, zeros: part.z, y: &ys)
+                        for o in 0..<part.signs.rows { y[o] += ys[o] }
                     }
                 }
             }

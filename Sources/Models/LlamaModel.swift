@@ -22,9 +22,6 @@ public final class LlamaModel: Sendable {
         /// when they are quantized or have a bias: each runs its own `forward`).
         let floatQKV: [FloatLinear]?
         let floatGateUp: [FloatLinear]?
-        /// The same for formats that group their own decode rows (`RowGroupingLinear`).
-        let qkvGroup: (any DecodeRowGroup)?
-        let gateUpGroup: (any DecodeRowGroup)?
 
         init(attentionNorm: [Float], q: any LinearOp, k: any LinearOp, v: any LinearOp, o: any LinearOp,
              mlpNorm: [Float], gate: any LinearOp, up: any LinearOp, down: any LinearOp) {
@@ -34,8 +31,6 @@ public final class LlamaModel: Sendable {
             self.gate = gate; self.up = up; self.down = down
             floatQKV = FloatLinear.fusable([q, k, v])
             floatGateUp = FloatLinear.fusable([gate, up])
-            qkvGroup = floatQKV == nil ? decodeRowGroup([q, k, v]) : nil
-            gateUpGroup = floatGateUp == nil ? decodeRowGroup([gate, up]) : nil
         }
     }
 
@@ -265,11 +260,9 @@ public final class LlamaModel: Sendable {
             observe(observer, QuantizationPoints.attentionInput(l), normed, rows: T, columns: D)
             // One decode row through float q/k/v: one pool job for the three (inside projectKV).
             let fusedQKV = T == 1 ? layer.floatQKV : nil
-            // PTQ1.61 decode q/k/v with shared salient tables (`DecodeRowGroup`), else other
-            // quantized decode q/k/v as one pool job, a layer a task.
-            let groupQKV = T == 1 && fusedQKV == nil ? layer.qkvGroup : nil
-            let groupedQKV = T == 1 && fusedQKV == nil && groupQKV == nil && Self.concurrentDecodeGEMVs
-            if fusedQKV == nil, groupQKV == nil, !groupedQKV { layer.q.forward(normed, rows: T, into: &q) }
+            // Quantized decode q/k/v as one pool job, a layer a task.
+            let groupedQKV = T == 1 && fusedQKV == nil && Self.concurrentDecodeGEMVs
+            if fusedQKV == nil, !groupedQKV { layer.q.forward(normed, rows: T, into: &q) }
             // Writes rotated keys and values of the T new positions at row `first` of the buffers
             // (and q, when the three run as one job).
             func projectKV(_ keys: UnsafeMutablePointer<Float>, _ values: UnsafeMutablePointer<Float>, first: Int) {
@@ -278,11 +271,6 @@ public final class LlamaModel: Sendable {
                         q.withUnsafeMutableBufferPointer { qp in
                             FloatLinear.forwardRow(fusedQKV, x: n.baseAddress!, into: qp.baseAddress!,
                                                    keys + first * kvWidth, values + first * kvWidth)
-                        }
-                    } else if let groupQKV {
-                        q.withUnsafeMutableBufferPointer { qp in
-                            groupQKV.forwardRow(n.baseAddress!, into: qp.baseAddress!, keys + first * kvWidth,
-                                                values + first * kvWidth)
                         }
                     } else if groupedQKV {
                         q.withUnsafeMutableBufferPointer { qp in
@@ -379,14 +367,6 @@ public final class LlamaModel: Sendable {
                     gate.withUnsafeMutableBufferPointer { g in
                         up.withUnsafeMutableBufferPointer { u in
                             FloatLinear.forwardRow(fused, x: n.baseAddress!, into: g.baseAddress!, u.baseAddress!)
-                        }
-                    }
-                }
-            } else if T == 1, let group = layer.gateUpGroup {
-                normed.withUnsafeBufferPointer { n in
-                    gate.withUnsafeMutableBufferPointer { g in
-                        up.withUnsafeMutableBufferPointer { u in
-                            group.forwardRow(n.baseAddress!, into: g.baseAddress!, u.baseAddress!, nil)
                         }
                     }
                 }

@@ -10,7 +10,9 @@ import PTQCore
 /// zero-padded to whole 64-bit words) and Σx̃ are formed once; then
 /// `y = a ∘ (S x̃) + b · Σx̃` runs on the sign bits (`BinaryKernels`), and the salient columns'
 /// 4-bit (or 8-bit) codes run the existing weight-only integer GEMV on the gathered salient
-/// inputs: `Δ ∘ (Q x_s − z · Σx_s)` (≤ 4-bit codes on AVX-512: the u4 plane-table GEMV).
+/// inputs: `Δ ∘ (Q x_s − z · Σx_s)` (≤ 4-bit codes on AVX-512: the u4 plane-table GEMV; with
+/// AVX512_BF16 and `LowBit.bf16Decode` on at load, the bf16 salient GEMV, which rounds x_s to
+/// bf16 — `PTQ_DECODE_BF16=0` keeps the float32 planes).
 ///
 /// Element masks (PB-LLM-style): the sign bits and the mask are laid out over all columns; the
 /// kernel skips masked lanes and returns each row's Σ over its binarized inputs, and the salient
@@ -66,17 +68,17 @@ public final class BinaryLinear: LinearOp {
     /// the u4 table-lookup GEMV (`LowBit.gemvPlanes`, one group per row: the salient part has one
     /// Δ and z per row), their only copy (prefill tiles unpack nibble rows from it).
     private let salientPlanes: LowBit.PlaneLayout?
-    /// Column masks with sign planes and (if any salient columns) salient planes: the operands of
-    /// the fused decode row (`BinaryKernels.rowPlanes`, one pool job and one table pass), this
-    /// layer alone; q/k/v and gate/up run theirs together (`rowGroup`). Same arrays, no copy.
-    private let planeRow: BinaryKernels.PlanesGroup?
+    /// Column masks with ≤ 4-bit salient codes where the CPU has AVX512_BF16 and
+    /// `LowBit.bf16Decode` is on at load: the codes for the bf16 salient GEMV
+    /// (`BinaryKernels.gemvSalientBF16`), their only copy (then `salientPlanes` is nil).
+    private let salientBF16: BinaryKernels.SalientBF16Layout?
 
     /// Bytes held for this layer at run time (bits, codes, per-row and per-column parameters).
     public var storageBytes: Int {
         8 * (signWords.count + (maskWords?.count ?? 0)) + salientCodes.count + 4 * salientColumnIndex.count
             + 4 * (scale.count + offset.count + columnScale.count + salientScale.count + salientZero.count
                    + (bias?.count ?? 0) + outlierValues.count) + 8 * outlierColumns.count + (signPlanes?.bytes ?? 0)
-            + (salientPlanes?.bytes ?? 0)
+            + (salientPlanes?.bytes ?? 0) + (salientBF16?.bytes ?? 0)
     }
 
     /// Bytes a decoded token reads from this layer (the bench's bandwidth bound): with salient
@@ -88,17 +90,16 @@ public final class BinaryLinear: LinearOp {
 
     /// What runs, for reports: `binary 1-bit + 4-bit salient columns (20.1 %)` (`binary 1-bit
     /// sign-plane tables + …` where the decode GEMV runs on sign planes, `… salient columns on
-    /// plane tables (20.1 %)` where the salient codes do too; `…, one fused row job` where a
-    /// decode row runs both as one job, `fusedRows`).
+    /// plane tables (20.1 %)` where the salient codes do too, `… on the bf16 GEMV` where they
+    /// decode with `ck_gemv_u4_bf16`).
     public var kernelDescription: String {
         let share = maskKind == .columns
             ? Double(salientColumns.count) / Double(max(1, inFeatures))
             : Double(salientColumnIndex.count) / Double(max(1, inFeatures * outFeatures))
         let outliers = outlierColumns.isEmpty ? "" : " + \(outlierColumns.count) float16 columns"
         let signs = signPlanes == nil ? "binary 1-bit" : "binary 1-bit sign-plane tables"
-        let salientKernel = salientPlanes == nil ? "" : " on plane tables"
-        let fused = planeRow == nil ? "" : ", one fused row job"
-        return "\(signs) + \(salientBits)-bit salient \(maskKind.rawValue)\(salientKernel) (\(String(format: "%.1f", 100 * share)) %)\(outliers)\(fused)"
+        let salientKernel = salientPlanes != nil ? " on plane tables" : salientBF16 != nil ? " on the bf16 GEMV" : ""
+        return "\(signs) + \(salientBits)-bit salient \(maskKind.rawValue)\(salientKernel) (\(String(format: "%.1f", 100 * share)) %)\(outliers)"
     }
 
     /// Converts a binary `QuantizedLinear` to run-time storage; throws a `PTQError` naming the
@@ -136,8 +137,13 @@ public final class BinaryLinear: LinearOp {
             maskWords = nil
             columnScale = w.columnScale ?? [Float](repeating: 1, count: nb)
             salientFormat = w.salientBits <= 4 ? .u4 : .u8
+            // ≤ 4-bit codes: the bf16 salient layout where that GEMV runs (AVX512_BF16,
+            // `LowBit.bf16Decode` on at load), else planes for the table GEMV where AVX-512 has it.
+            let useSalientBF16 = BinaryKernels.salientBF16Supported && LowBit.decodesInBF16 && salientFormat == .u4
+                && ns > 0 && rows > 0
             let useSalientPlanes = LowBit.planeTablesSupported && salientFormat == .u4 && ns > 0 && rows > 0
-            salientCodes = useSalientPlanes ? []
+                && !useSalientBF16
+            salientCodes = useSalientPlanes || useSalientBF16 ? []
                 : salientFormat == .u4 ? LowBit.packNibbles(w.salientCodes, rows: rows, columns: ns) : w.salientCodes
             rowStart = []
             salientColumnIndex = []
@@ -157,13 +163,7 @@ public final class BinaryLinear: LinearOp {
                 : nil
             signPlanes = signs
             salientPlanes = salient
-            if let signs, ns == 0 || salient != nil, Self.fusedRows {
-                planeRow = BinaryKernels.PlanesGroup([BinaryKernels.ColumnMaskedPlanes(
-                    signs: signs, salient: salient, binaryColumns: binaryColumns, columnScale: columnScale,
-                    salientColumns: salientColumns, a: scale, b: offset)])
-            } else {
-                planeRow = nil
-            }
+            salientBF16 = useSalientBF16 ? BinaryKernels.SalientBF16Layout(codes: w.salientCodes, rows: rows, columns: ns) : nil
         case .elements:
             binaryColumns = []
             salientColumns = []
@@ -196,18 +196,9 @@ public final class BinaryLinear: LinearOp {
             naturalColumnScale = []
             signPlanes = nil
             salientPlanes = nil
-            planeRow = nil
+            salientBF16 = nil
         }
     }
-
-    /// Whether column-masked layers built from now on decode through the fused row (`planeRow`,
-    /// q/k/v and gate/up grouped with shared salient tables) instead of two pool jobs per layer
-    /// (sign planes, then salient planes). Off by default: in the ninth pass's idle A/B at
-    /// integration the fused rows decoded SmolLM2 PTQ1.61 + head8 at 0.85–0.95× the two-job path
-    /// run as the model's concurrent q/k/v and gate/up groups (docs/RESULTS.md, "ninth pass:
-    /// idle measurements at integration"). `PTQ_BINARY_FUSED=1` in the environment starts with it
-    /// on; tests set it. Read when a layer is built; both paths give the same bits.
-    nonisolated(unsafe) public static var fusedRows = ProcessInfo.processInfo.environment["PTQ_BINARY_FUSED"] == "1"
 
     /// Rows up to which one GEMV per row beats dequantized tiles + sgemm (as `IntegerLinear`).
     static let gemvRowLimit = 8
@@ -241,36 +232,16 @@ public final class BinaryLinear: LinearOp {
         }
     }
 
-    /// One activation row through the fast kernels as before the fused row: the sign planes and
-    /// the salient planes as two pool jobs with their own table builds (tests and the kernel
-    /// comparison in `ptq bench --kernels`: the fused row gives the same bits).
-    func forwardSeparateJobs(_ x: UnsafePointer<Float>, into y: UnsafeMutablePointer<Float>) {
-        gemv(x, y, reference: false, salientTables: true, fused: false)
-        if let bias {
-            bias.withUnsafeBufferPointer { Ops.addBias($0.baseAddress!, rows: 1, width: outFeatures, into: y) }
-        }
-    }
-
-    /// Whether one-row forwards run the fused plane row (`BinaryKernels.rowPlanes`; tests).
-    var hasPlaneRow: Bool { planeRow != nil }
-
-    /// This layer's fused plane row operands (tests run them through the scalar twin).
-    var planeRowForTests: BinaryKernels.PlanesGroup? { planeRow }
-
     /// Whether the salient codes have a plane-table copy (tests).
     var hasSalientPlanes: Bool { salientPlanes != nil }
 
+    /// Whether the salient codes are held for the bf16 salient GEMV (tests).
+    var hasSalientBF16: Bool { salientBF16 != nil }
+
     /// `y = W x` for one activation row, from the bits and codes; `salientTables` lets the
-    /// salient part run on its bit planes where it has them, `fused` both parts as one job.
-    private func gemv(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, reference: Bool, salientTables: Bool,
-                      fused: Bool = true) {
+    /// salient part run on its bit planes where it has them.
+    private func gemv(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, reference: Bool, salientTables: Bool) {
         let n = outFeatures
-        if let planeRow, !reference, salientTables, fused {
-            // Both parts in one pool job; the gathers of r2 ∘ x and x_s happen in the table pass.
-            BinaryKernels.rowPlanes(planeRow, x: x, into: y)
-            addOutlierColumns(x, y)
-            return
-        }
         // Per-thread scratch (slots 10–12, no other kernel's), not arrays: a decode step allocates
         // nothing. Zeroed: the sign kernels read all 64·wordsPerRow inputs.
         let padded = LowBit.threadScratch(slot: 10, count: 64 * wordsPerRow, of: Float.self)
@@ -304,6 +275,15 @@ public final class BinaryLinear: LinearOp {
             if let salientPlanes, salientTables, !reference {
                 // The gathered salient inputs x_s (natural column order, as the codes' columns).
                 LowBit.gemvPlanes(salientPlanes, x: xs, y: ys)
+            } else if let salientBF16, !reference, LowBit.decodesInBF16 {
+                // x_s rounded to bf16 once, exact code products, fp32 sums. With `bf16Decode`
+                // turned off after load (the `--decode-kl` comparison) the unpacked nibbles run
+                // the float32 GEMV below.
+                salientScale.withUnsafeBufferPointer { d in
+                    salientZero.withUnsafeBufferPointer { z in
+                        BinaryKernels.gemvSalientBF16(salientBF16, x: xs, scales: d.baseAddress!, zeros: z.baseAddress!, y: ys)
+                    }
+                }
             } else {
                 rowMajorSalientCodes().withUnsafeBufferPointer { c in
                     salientScale.withUnsafeBufferPointer { d in
@@ -435,12 +415,18 @@ public final class BinaryLinear: LinearOp {
     }
 
     /// The row-major salient codes: `salientCodes`, or all rows unpacked from the salient planes
-    /// (the reference and nibble-GEMV test paths only).
+    /// or the bf16 salient layout (the reference and nibble-GEMV test paths, and the float32
+    /// decode of a layer loaded for the bf16 salient GEMV).
     private func rowMajorSalientCodes() -> [UInt8] {
-        guard let salientPlanes else { return salientCodes }
         let stride = LowBit.nibbleRowBytes(salientColumns.count)
         var codes = [UInt8](repeating: 0, count: outFeatures * stride)
-        salientPlanes.unpackNibbles(0..<outFeatures, stride: stride, into: &codes, reference: true)
+        if let salientPlanes {
+            salientPlanes.unpackNibbles(0..<outFeatures, stride: stride, into: &codes, reference: true)
+        } else if let salientBF16 {
+            salientBF16.unpackNibbles(0..<outFeatures, stride: stride, into: &codes)
+        } else {
+            return salientCodes
+        }
         return codes
     }
 
@@ -463,6 +449,10 @@ public final class BinaryLinear: LinearOp {
         if let salientPlanes {
             let codes = LowBit.threadScratch(slot: 16, count: range.count * stride, of: UInt8.self)
             salientPlanes.unpackNibbles(range, stride: stride, into: codes, reference: reference)
+            unpackedCodes = codes
+        } else if let salientBF16 {
+            let codes = LowBit.threadScratch(slot: 16, count: range.count * stride, of: UInt8.self)
+            salientBF16.unpackNibbles(range, stride: stride, into: codes)
             unpackedCodes = codes
         }
         signWords.withUnsafeBufferPointer { sw in
@@ -506,27 +496,5 @@ public final class BinaryLinear: LinearOp {
                             tileRows: LowBit.defaultTileRows(inFeatures: inFeatures)) { range, tile in
             self.dequantizeRows(range, into: tile)
         }
-    }
-}
-
-extension BinaryLinear: RowGroupingLinear {
-    /// q/k/v or gate/up on plane tables as one decode job (`BinaryKernels.rowPlanes`): all
-    /// layers column-masked on planes, without bias or outlier columns, of one input width.
-    public static func rowGroup(_ layers: [any LinearOp]) -> (any DecodeRowGroup)? {
-        let binary = layers.compactMap { $0 as? BinaryLinear }
-        guard (2...3).contains(layers.count), binary.count == layers.count, let width = binary.first?.inFeatures,
-              binary.allSatisfy({ $0.inFeatures == width && $0.bias == nil && $0.outlierColumns.isEmpty && $0.planeRow != nil })
-        else { return nil }
-        return PlaneRowGroup(group: BinaryKernels.PlanesGroup(binary.flatMap { $0.planeRow!.layers }))
-    }
-}
-
-/// `BinaryLinear.rowGroup`'s group: one `BinaryKernels.rowPlanes` call for all its layers.
-struct PlaneRowGroup: DecodeRowGroup {
-    let group: BinaryKernels.PlanesGroup
-
-    func forwardRow(_ x: UnsafePointer<Float>, into first: UnsafeMutablePointer<Float>,
-                    _ second: UnsafeMutablePointer<Float>, _ third: UnsafeMutablePointer<Float>?) {
-        BinaryKernels.rowPlanes(group, x: x, into: first, second, third)
     }
 }

@@ -324,49 +324,52 @@ struct BinaryWeightTests {
     @Test(arguments: [(576, 576, 116, 4), (192, 576, 116, 4), (1536, 576, 116, 4), (576, 1536, 308, 4),
                       (5, 33, 7, 4), (17, 70, 1, 4), (3, 40, 40, 4), (19, 100, 37, 2)])
     func salientPlanesMatchNibbleGEMV(rows: Int, columns: Int, salient: Int, bits: Int) throws {
-        var rng = SeededGenerator(seed: 31 + UInt64(rows * 10_000 + columns))
-        var mask = [Bool](repeating: false, count: columns)
-        for j in (0..<columns).shuffled(using: &rng).prefix(salient) { mask[j] = true }
-        let ns = salient, nb = columns - salient, top = (1 << bits) - 1
-        let w = BinaryWeight(
-            rows: rows, columns: columns, maskKind: .columns, salientMask: mask, salientBits: bits,
-            salientCodes: (0..<(rows * ns)).map { _ in UInt8(Int(rng.next() % UInt64(top + 1))) },
-            salientScale: (0..<rows).map { o in o == 0 ? 0 : BinaryWeight.half(rng.float(in: 0.001...0.01)) },
-            salientZero: (0..<rows).map { _ in UInt8(Int(rng.next() % UInt64(top + 1))) },
-            signs: (0..<(rows * nb)).map { _ in UInt8(rng.next() % 2) },
-            scale: (0..<rows).map { _ in BinaryWeight.half(rng.float(in: 0.01...0.05)) },
-            offset: (0..<rows).map { _ in BinaryWeight.half(rng.float(in: -0.01...0.01)) },
-            columnScale: (0..<nb).map { _ in BinaryWeight.half(rng.float(in: 0.7...1.3)) })
-        try Self.linear(w, bias: nil).validate()
-        let bias = (0..<rows).map { Float($0 % 7) * 0.01 }
-        let layer = try BinaryLinear(Self.linear(w, bias: bias))
-        #expect(layer.hasSalientPlanes == LowBit.planeTablesSupported)
-        #expect(layer.kernelDescription.contains("on plane tables") == LowBit.planeTablesSupported)
-        let dense = w.dequantizedReference()
-        for trial in 0..<2 {
-            // Trial 1: one large salient activation (an outlier channel, as PTQ1.61 selects them).
-            var x = (0..<columns).map { _ in rng.float(in: -2...2) }
-            if trial == 1, let j = mask.firstIndex(of: true) { x[j] = 300 }
-            var fast = [Float](repeating: .nan, count: rows), nibble = fast
-            x.withUnsafeBufferPointer { xp in
-                fast.withUnsafeMutableBufferPointer { layer.forward(xp.baseAddress!, rows: 1, into: $0.baseAddress!) }
-                nibble.withUnsafeMutableBufferPointer { layer.forwardNibbleSalient(xp.baseAddress!, into: $0.baseAddress!) }
+        // Planes are held only while the bf16 salient GEMV is off at load (bf16SalientColumns covers it).
+        try LowBit.$bf16DecodeOverride.withValue(false) {
+            var rng = SeededGenerator(seed: 31 + UInt64(rows * 10_000 + columns))
+            var mask = [Bool](repeating: false, count: columns)
+            for j in (0..<columns).shuffled(using: &rng).prefix(salient) { mask[j] = true }
+            let ns = salient, nb = columns - salient, top = (1 << bits) - 1
+            let w = BinaryWeight(
+                rows: rows, columns: columns, maskKind: .columns, salientMask: mask, salientBits: bits,
+                salientCodes: (0..<(rows * ns)).map { _ in UInt8(Int(rng.next() % UInt64(top + 1))) },
+                salientScale: (0..<rows).map { o in o == 0 ? 0 : BinaryWeight.half(rng.float(in: 0.001...0.01)) },
+                salientZero: (0..<rows).map { _ in UInt8(Int(rng.next() % UInt64(top + 1))) },
+                signs: (0..<(rows * nb)).map { _ in UInt8(rng.next() % 2) },
+                scale: (0..<rows).map { _ in BinaryWeight.half(rng.float(in: 0.01...0.05)) },
+                offset: (0..<rows).map { _ in BinaryWeight.half(rng.float(in: -0.01...0.01)) },
+                columnScale: (0..<nb).map { _ in BinaryWeight.half(rng.float(in: 0.7...1.3)) })
+            try Self.linear(w, bias: nil).validate()
+            let bias = (0..<rows).map { Float($0 % 7) * 0.01 }
+            let layer = try BinaryLinear(Self.linear(w, bias: bias))
+            #expect(layer.hasSalientPlanes == LowBit.planeTablesSupported)
+            #expect(layer.kernelDescription.contains("on plane tables") == LowBit.planeTablesSupported)
+            let dense = w.dequantizedReference()
+            for trial in 0..<2 {
+                // Trial 1: one large salient activation (an outlier channel, as PTQ1.61 selects them).
+                var x = (0..<columns).map { _ in rng.float(in: -2...2) }
+                if trial == 1, let j = mask.firstIndex(of: true) { x[j] = 300 }
+                var fast = [Float](repeating: .nan, count: rows), nibble = fast
+                x.withUnsafeBufferPointer { xp in
+                    fast.withUnsafeMutableBufferPointer { layer.forward(xp.baseAddress!, rows: 1, into: $0.baseAddress!) }
+                    nibble.withUnsafeMutableBufferPointer { layer.forwardNibbleSalient(xp.baseAddress!, into: $0.baseAddress!) }
+                }
+                let want = Self.product(dense, rows: rows, columns: columns, x: x, xRows: 1, bias: bias)
+                let salientAbs = (0..<columns).filter { mask[$0] }.reduce(Float(0)) { $0 + abs(x[$1]) }
+                let allAbs = x.reduce(Float(0)) { $0 + abs($1) }
+                for o in 0..<rows {
+                    // Only the salient part's summation order differs: Δ·(Σ|x_s|·(top + z)) times a few ε,
+                    // plus one rounding of the sum into y.
+                    let d = abs(w.salientScale[o]), z = Float(w.salientZero[o])
+                    let bound = 4e-6 * d * salientAbs * (Float(top) + z) + 2 * abs(nibble[o]).ulp + 1e-30
+                    #expect(abs(fast[o] - nibble[o]) <= bound,
+                            "\(rows)×\(columns)/\(ns) t\(trial) row \(o): \(fast[o]) vs \(nibble[o])")
+                    let loose = 1e-5 * (allAbs * 0.1 + d * salientAbs * (Float(top) + z)) + 1e-6
+                    #expect(abs(fast[o] - want[o]) <= loose, "\(rows)×\(columns)/\(ns) row \(o) vs dense: \(fast[o]) vs \(want[o])")
+                }
+                // Row 0 has Δ = 0: its salient part adds nothing on either path.
+                #expect(fast[0].bitPattern == nibble[0].bitPattern)
             }
-            let want = Self.product(dense, rows: rows, columns: columns, x: x, xRows: 1, bias: bias)
-            let salientAbs = (0..<columns).filter { mask[$0] }.reduce(Float(0)) { $0 + abs(x[$1]) }
-            let allAbs = x.reduce(Float(0)) { $0 + abs($1) }
-            for o in 0..<rows {
-                // Only the salient part's summation order differs: Δ·(Σ|x_s|·(top + z)) times a few ε,
-                // plus one rounding of the sum into y.
-                let d = abs(w.salientScale[o]), z = Float(w.salientZero[o])
-                let bound = 4e-6 * d * salientAbs * (Float(top) + z) + 2 * abs(nibble[o]).ulp + 1e-30
-                #expect(abs(fast[o] - nibble[o]) <= bound,
-                        "\(rows)×\(columns)/\(ns) t\(trial) row \(o): \(fast[o]) vs \(nibble[o])")
-                let loose = 1e-5 * (allAbs * 0.1 + d * salientAbs * (Float(top) + z)) + 1e-6
-                #expect(abs(fast[o] - want[o]) <= loose, "\(rows)×\(columns)/\(ns) row \(o) vs dense: \(fast[o]) vs \(want[o])")
-            }
-            // Row 0 has Δ = 0: its salient part adds nothing on either path.
-            #expect(fast[0].bitPattern == nibble[0].bitPattern)
         }
     }
 
@@ -388,99 +391,114 @@ struct BinaryWeightTests {
             columnScale: (0..<nb).map { _ in BinaryWeight.half(rng.float(in: 0.7...1.3)) })
     }
 
-    /// The fused decode row (sign and salient planes in one job, tables from one pass over x)
-    /// against the two separate plane GEMVs it replaces, bit for bit, and against its scalar
-    /// twin: SmolLM2's q/k/v and down shapes, odd sizes (rows off the 16-row blocks, columns off
-    /// the 32-column chunks), no salient columns, one, zero-scale rows and extreme inputs.
+    /// The salient columns' 4-bit codes on the bf16 salient GEMV (its layout kept at load while
+    /// `bf16Decode` is on, AVX512_BF16): against the dense double product with x_s rounded to
+    /// bf16, and against the same layer with `bf16Decode` off (the float32 nibble GEMV; the sign
+    /// part is the same code path, so the two differ by the salient part's rounding of x_s only):
+    /// SmolLM2's q/k/v, gate/up and down shapes, odd sizes (salient counts off the 64-column
+    /// blocks, rows off the 16-row blocks), one salient column, none, all, zero-scale rows, extreme
+    /// and outlier x.
     @Test(arguments: [(576, 576, 116), (192, 576, 116), (576, 1536, 308), (5, 33, 7), (17, 70, 1), (33, 97, 0),
-                      (1, 5, 2), (40, 64, 32)])
-    func fusedPlaneRowMatchesSeparateJobs(rows: Int, columns: Int, salient: Int) throws {
+                      (1, 5, 2), (40, 64, 64), (9, 130, 65)])
+    func bf16SalientColumns(rows: Int, columns: Int, salient: Int) throws {
         var rng = SeededGenerator(seed: 77 + UInt64(rows * 10_000 + columns))
         let cols = Array((0..<columns).shuffled(using: &rng).prefix(salient))
         let w = Self.columnMasked(rows: rows, columns: columns, salient: cols, zeroRows: [0, rows / 2], rng: &rng)
         try Self.linear(w, bias: nil).validate()
         let bias = (0..<rows).map { Float($0 % 5) * 0.02 }
-        BinaryLinear.fusedRows = true  // off by default; both paths give the same bits
-        let layer = try BinaryLinear(Self.linear(w, bias: bias))
-        #expect(layer.hasPlaneRow == BinaryKernels.planesSupported)
+        let layer = try LowBit.$bf16DecodeOverride.withValue(true) { try BinaryLinear(Self.linear(w, bias: bias)) }
+        let inBF16 = salient > 0 && BinaryKernels.salientBF16Supported
+        #expect(layer.hasSalientBF16 == inBF16)
+        #expect(layer.hasSalientPlanes == (salient > 0 && LowBit.planeTablesSupported && !inBF16))
+        #expect(layer.kernelDescription.contains("on the bf16 GEMV") == inBF16)
         let dense = w.dequantizedReference()
         for variant in 0..<3 {
             // 0: ordinary x; 1: extreme magnitudes (1e30 / columns, finite sums); 2: a ±1e4 outlier.
-            var x = (0..<columns).map { _ in rng.float(in: -2...2) * (variant == 1 ? 1e30 / Float(columns) : 1) }
+            let magnitude: Float = variant == 1 ? 1e30 / Float(columns) : 1
+            var x = (0..<columns).map { _ in rng.float(in: -2...2) * magnitude }
             if variant == 2 { x[columns / 2] = 1e4; x[0] = -1e4 }
-            var fused = [Float](repeating: .nan, count: rows), separate = fused, twin = fused
+            var fast = [Float](repeating: .nan, count: rows), float32 = fast
             x.withUnsafeBufferPointer { xp in
-                fused.withUnsafeMutableBufferPointer { layer.forward(xp.baseAddress!, rows: 1, into: $0.baseAddress!) }
-                separate.withUnsafeMutableBufferPointer { layer.forwardSeparateJobs(xp.baseAddress!, into: $0.baseAddress!) }
-            }
-            #expect(fused.map(\.bitPattern) == separate.map(\.bitPattern), "\(rows)×\(columns)/\(salient) v\(variant)")
-            if let group = layer.planeRowForTests {
-                x.withUnsafeBufferPointer { xp in
-                    twin.withUnsafeMutableBufferPointer {
-                        BinaryKernels.rowPlanes(group, x: xp.baseAddress!, into: $0.baseAddress!, reference: true)
-                    }
+                LowBit.$bf16DecodeOverride.withValue(true) {
+                    fast.withUnsafeMutableBufferPointer { layer.forward(xp.baseAddress!, rows: 1, into: $0.baseAddress!) }
                 }
-                for o in 0..<rows { twin[o] += bias[o] }
-                #expect(twin.map(\.bitPattern) == fused.map(\.bitPattern), "\(rows)×\(columns)/\(salient) v\(variant) twin")
+                LowBit.$bf16DecodeOverride.withValue(false) {
+                    float32.withUnsafeMutableBufferPointer { layer.forward(xp.baseAddress!, rows: 1, into: $0.baseAddress!) }
+                }
             }
-            guard variant == 0 else { continue }
-            let want = Self.product(dense, rows: rows, columns: columns, x: x, xRows: 1, bias: bias)
-            let allAbs = x.reduce(Float(0)) { $0 + abs($1) }
+            // x with the salient columns rounded to bf16 (round to nearest even), as the kernel reads them.
+            var xr = x
+            if inBF16 { for j in cols { xr[j] = Self.bf16(x[j]) } }
+            let want = Self.product(dense, rows: rows, columns: columns, x: xr, xRows: 1, bias: bias)
+            let binaryAbs = (0..<columns).filter { !cols.contains($0) }.reduce(Float(0)) { $0 + abs(x[$1]) }
+            let salientAbs = cols.reduce(Float(0)) { $0 + abs(x[$1]) }
+            let terms = Float(salient / 8 + 9) * 0x1p-24 * 1.001  // binary_kernels.h's bound
             for o in 0..<rows {
-                #expect(abs(fused[o] - want[o]) <= 1e-5 * allAbs + 1e-6, "\(rows)×\(columns) row \(o): \(fused[o]) vs \(want[o])")
+                // Sign part: float32 sums of ≤ 0.05·1.3·|x| terms; salient part: the bf16 GEMV's bound
+                // (offset 128 included) plus the float32 kernels' few ε.
+                let d = abs(w.salientScale[o])
+                let salientBound = d * salientAbs * (terms * (128 + 15 + 128 + 15) + 4e-6 * 30)
+                let tolerance = 1e-5 * 0.07 * binaryAbs + salientBound + 2 * abs(want[o]).ulp + 1e-30
+                #expect(abs(fast[o] - want[o]) <= tolerance,
+                        "\(rows)×\(columns)/\(salient) v\(variant) row \(o): \(fast[o]) vs \(want[o])")
+                // bf16 vs float32 salient part: at most the rounding of x_s, 2⁻⁸·Σ|Δ(q − z)x_s|, plus the above.
+                let rounding = inBF16 ? 0x1p-8 * d * 15 * salientAbs : 0
+                #expect(abs(fast[o] - float32[o]) <= rounding + 2 * tolerance,
+                        "\(rows)×\(columns)/\(salient) v\(variant) row \(o) vs float32: \(fast[o]) vs \(float32[o])")
             }
             // Zero-scale rows: a = b = Δ = 0 leave only the bias.
-            #expect(fused[0] == bias[0] && fused[rows / 2] == bias[rows / 2])
+            #expect(fast[0] == bias[0] && fast[rows / 2] == bias[rows / 2])
+            if !inBF16 { #expect(fast.map(\.bitPattern) == float32.map(\.bitPattern)) }
         }
     }
 
-    /// q/k/v (three layers, one salient mask, their own r2) and gate/up as one decode group:
-    /// each output bit for bit its layer's own forward; salient tables shared only where the
-    /// salient columns agree; groups refused for a bias, another width or no plane row.
-    @Test func planeRowGroupsMatchEachLayer() throws {
-        var rng = SeededGenerator(seed: 2026)
-        let columns = 150
-        let shared = Array((0..<columns).shuffled(using: &rng).prefix(30))
-        let other = Array((0..<columns).shuffled(using: &rng).prefix(29))
-        let ws = [Self.columnMasked(rows: 48, columns: columns, salient: shared, rng: &rng),
-                  Self.columnMasked(rows: 17, columns: columns, salient: shared, zeroRows: [3], rng: &rng),
-                  Self.columnMasked(rows: 16, columns: columns, salient: other, rng: &rng)]
-        BinaryLinear.fusedRows = true  // off by default; both paths give the same bits
-        let layers = try ws.map { try BinaryLinear(Self.linear($0, bias: nil)) }
-        let x = (0..<columns).map { _ in rng.float(in: -3...3) }
-        for members in [[0, 1, 2], [0, 1], [2, 0], [1, 1]] {
-            let group = BinaryLinear.rowGroup(members.map { layers[$0] })
-            #expect((group != nil) == BinaryKernels.planesSupported)
-            guard let group else { continue }
-            var wants = members.map { [Float](repeating: .nan, count: layers[$0].outFeatures) }
-            var out0 = wants[0], out1 = wants[1], out2 = members.count == 3 ? wants[2] : []
-            x.withUnsafeBufferPointer { xp in
-                for (i, m) in members.enumerated() {
-                    wants[i].withUnsafeMutableBufferPointer { layers[m].forward(xp.baseAddress!, rows: 1, into: $0.baseAddress!) }
-                }
-                out0.withUnsafeMutableBufferPointer { o0 in
-                    out1.withUnsafeMutableBufferPointer { o1 in
-                        out2.withUnsafeMutableBufferPointer { o2 in
-                            group.forwardRow(xp.baseAddress!, into: o0.baseAddress!, o1.baseAddress!,
-                                             members.count == 3 ? o2.baseAddress! : nil)
-                        }
-                    }
-                }
+    /// The bf16 salient GEMV's AVX512_BF16 kernel (through the pool) against its scalar twin,
+    /// bit for bit, and its layout's nibble rows against `LowBit.packNibbles`: SmolLM2's shapes
+    /// and odd ones (rows off the 16-row blocks, columns off the 8-column chunks), zero scales,
+    /// codes 0 and 15 only, extreme and outlier x.
+    @Test(arguments: [(576, 116), (192, 116), (1536, 308), (5, 7), (17, 1), (33, 9), (1, 2), (40, 64), (16, 8)])
+    func salientBF16KernelMatchesTwin(rows: Int, columns: Int) {
+        var rng = SeededGenerator(seed: 555 + UInt64(rows * 1000 + columns))
+        for variant in 0..<3 {
+            let codes = (0..<(rows * columns)).map { _ in variant == 1 ? UInt8(rng.next() % 2) * 15 : UInt8(rng.next() % 16) }
+            let layout = BinaryKernels.SalientBF16Layout(codes: codes, rows: rows, columns: columns)
+            let scales = (0..<rows).map { o in o % 7 == 3 ? 0 : rng.float(in: -0.02...0.02) }
+            let zeros = (0..<rows).map { _ in Float(rng.next() % 16) }
+            let magnitude: Float = variant == 2 ? 1e30 / Float(columns) : 1
+            var x = (0..<columns).map { _ in rng.float(in: -3...3) * magnitude }
+            if variant == 1 { x[columns / 2] = 1e4 }
+            var fast = [Float](repeating: .nan, count: rows), twin = fast
+            fast.withUnsafeMutableBufferPointer {
+                BinaryKernels.gemvSalientBF16(layout, x: x, scales: scales, zeros: zeros, y: $0.baseAddress!)
             }
-            let outs = [out0, out1, out2]
-            for i in members.indices {
-                #expect(outs[i].map(\.bitPattern) == wants[i].map(\.bitPattern), "group \(members) layer \(i)")
+            twin.withUnsafeMutableBufferPointer {
+                BinaryKernels.gemvSalientBF16(layout, x: x, scales: scales, zeros: zeros, y: $0.baseAddress!, reference: true)
             }
-            let sharing = (group as? PlaneRowGroup)?.group.sharesSalient ?? []
-            #expect(sharing == members.indices.map { $0 > 0 && ws[members[$0]].salientMask == ws[members[0]].salientMask })
+            #expect(fast.map(\.bitPattern) == twin.map(\.bitPattern), "\(rows)×\(columns) v\(variant)")
+            for o in 0..<rows where scales[o] == 0 { #expect(fast[o] == 0) }
+            // Close to the double product on the rounded x (the bound of binary_kernels.h).
+            let xr = x.map { Self.bf16($0) }
+            for o in 0..<rows {
+                var exact = 0.0, m = 0.0
+                for j in 0..<columns {
+                    let q = Double(codes[o * columns + j]), v = Double(xr[j])
+                    exact += (q - Double(zeros[o])) * v
+                    m += (256 + q + Double(zeros[o])) * abs(v)
+                }
+                let bound = Double(columns / 8 + 9) * 0x1p-24 * 1.001 * abs(Double(scales[o])) * m
+                #expect(abs(Double(fast[o]) - Double(scales[o]) * exact) <= bound + 1e-30, "\(rows)×\(columns) row \(o)")
+            }
+            let stride = LowBit.nibbleRowBytes(columns)
+            var unpacked = [UInt8](repeating: 0xAA, count: rows * stride)
+            unpacked.withUnsafeMutableBufferPointer { layout.unpackNibbles(0..<rows, stride: stride, into: $0.baseAddress!) }
+            #expect(unpacked == LowBit.packNibbles(codes, rows: rows, columns: columns))
         }
-        // Not groupable: a bias, a different input width, a single layer.
-        let biased = try BinaryLinear(Self.linear(ws[1], bias: [Float](repeating: 1, count: 17)))
-        #expect(BinaryLinear.rowGroup([layers[0], biased]) == nil)
-        let narrow = try BinaryLinear(Self.linear(Self.columnMasked(rows: 16, columns: 149, salient: [1, 2], rng: &rng),
-                                                  bias: nil))
-        #expect(BinaryLinear.rowGroup([layers[0], narrow]) == nil)
-        #expect(BinaryLinear.rowGroup([layers[0]]) == nil)
+    }
+
+    /// `v` rounded to bf16 (nearest, ties to even), as a float; finite normal inputs.
+    static func bf16(_ v: Float) -> Float {
+        let bits = v.bitPattern
+        return Float(bitPattern: (bits &+ 0x7FFF &+ ((bits >> 16) & 1)) & 0xFFFF_0000)
     }
 
     /// Element masks with 8-bit salient codes (PB-LLM-style) through the same kernel.
@@ -503,6 +521,11 @@ struct BinaryWeightTests {
     }
 
     func checkKernel(_ b: BinaryWeight, bias: [Float]?, seed: UInt64) throws {
+        // float32 decode GEMVs throughout (the bf16 salient GEMV has its own test, bf16SalientColumns).
+        try LowBit.$bf16DecodeOverride.withValue(false) { try checkFloat32Kernel(b, bias: bias, seed: seed) }
+    }
+
+    func checkFloat32Kernel(_ b: BinaryWeight, bias: [Float]?, seed: UInt64) throws {
         let rows = b.rows, columns = b.columns
         let layer = try BinaryLinear(Self.linear(b, bias: bias))
         let dense = b.dequantizedReference()

@@ -85,48 +85,39 @@ void ck_u4_planes_unpack_nibbles(const uint64_t *planes, size_t row_begin, size_
 void ck_u4_planes_unpack_nibbles_ref(const uint64_t *planes, size_t row_begin, size_t row_count, size_t rows,
                                      size_t cols, uint8_t *out, size_t stride);
 
-// Fused decode row of column-masked binary layers on planes (binary_gemv.c, issue 13 ninth pass):
-// the sign-plane GEMV and the salient u4-plane GEMV of one or more layers that read the same x,
-// as ONE pool job, from tables built in ONE pass over x.
-//
-// ck_binary_plane_tables gathers x̃_k = col_scale[k]·x[binary_cols[k]] (k < nb) and
-// x_s,k = x[salient_cols[k]] (k < ns) quad by quad and writes the 16-float tables of each
-// (ck_sign_planes_quads(nb) and ck_u4_planes_quads(ns, ns) tables) and Σx̃, Σx_s summed in
-// column order: bit for bit the tables ck_u4_plane_tables builds from the gathered rows (the
-// same float operations in the same order). Either table set may be skipped (NULL tables): the
-// salient tables of q/k/v, which share their salient columns, are built once.
-//
-// ck_binary_planes_rows runs blocks [block_begin, block_begin + block_count) of the parts'
-// concatenated 16-row blocks (part 0's blocks first). Per run of up to 8 blocks of a part: the
-// sign rows into y as ck_gemv_sign_planes, the salient rows as ck_gemv_u4_planes (one group),
-// then y[o] += salient[o]: the same bits as the two separate GEMVs followed by that add (the
-// pre-fusion path).
-typedef struct {
-    const uint64_t *sign_planes;      // ck_sign_planes_pack layout, rows × nb (nb > 0)
-    const uint64_t *salient_planes;   // ck_u4_planes_pack layout, rows × ns, group ns; NULL when ns == 0
-    const float *salient_scales;      // ck_u4_planes_pack_params of that layout
-    const float *salient_zeros;
-    const float *a, *b;               // row affine of the signs: y = a·(S x̃) + b·Σx̃
-    const float *sign_tables;         // ck_binary_plane_tables of this part's columns
-    const float *salient_tables;
-    float x_sum, salient_sum;         // Σx̃ and Σx_s from the same call
-    size_t rows, nb, ns;
-    float *y;                         // rows outputs
-} ck_binary_planes_part;
-
-void ck_binary_plane_tables(const float *x, const int32_t *binary_cols, const float *col_scale, size_t nb,
-                            const int32_t *salient_cols, size_t ns, float *sign_tables, float *x_sum,
-                            float *salient_tables, float *salient_sum);
-/// Plain scalar twin of ck_binary_plane_tables.
-void ck_binary_plane_tables_ref(const float *x, const int32_t *binary_cols, const float *col_scale, size_t nb,
-                                const int32_t *salient_cols, size_t ns, float *sign_tables, float *x_sum,
-                                float *salient_tables, float *salient_sum);
-/// 16-row blocks of all parts.
-size_t ck_binary_planes_blocks(const ck_binary_planes_part *parts, size_t part_count);
-void ck_binary_planes_rows(const ck_binary_planes_part *parts, size_t part_count, size_t block_begin,
-                           size_t block_count);
-/// The same through the scalar twins of both GEMVs.
-void ck_binary_planes_rows_ref(const ck_binary_planes_part *parts, size_t part_count, size_t block_begin,
-                               size_t block_count);
+// Salient columns of column-masked binary layers on the bf16 decode GEMV (binary_salient_bf16.c,
+// issue 13 tenth pass): 4-bit codes q (one Δ and z per row), x_s rounded to bf16 once per call:
+//   y[o] = Δ[o]·(A_o − (128 + z[o])·X),   A_o = Σ_j (128 + q[o,j])·x̃_j,   X = Σ_j x̃_j,
+// x̃ = bf16(x_s) (VCVTNE2PS2BF16, ck_bf16.h). A code is exact in bf16 as 0x4300 | q = 128 + q.
+// Layout: per block of 16 rows and chunk of 8 columns, 16 uint32 words (one per row; rows past
+// `rows` and columns past `cols` hold code 0): bits 4p…4p+3 hold column 8m + 2p, bits 16 + 4p…
+// column 8m + 2p + 1 (p = 0…3), so (word >> 4p) & 0x000F000F | 0x43004300 is the bf16 pair of
+// column pair p against the broadcast x̃ pair (VDPBF16PS, 16 rows at a time, no lane reduction).
+// Order of operations (the `_ref` twin emulates it bit for bit with bf16_emul.h's VDPBF16PS
+// step): per row eight fp32 accumulators acc[m mod 2][p] (chunk parity, pair p), each chunk m
+// in order adding its pair p to acc[m mod 2][p] (odd column's product first, then the even
+// one's); P_p = acc[0][p] + acc[1][p]; A = (P₀ + P₁) + (P₂ + P₃);
+// y = Δ·fma(−(128 + z), X, A); X = Σ x̃ in column order (prepare). Error against the exact
+// Σ Δ(q − z)x̃: as ck_bf16_gemv.h's, ≤ (cols/8 + 8)·2⁻²⁴·M·(1 + 10⁻³) with
+// M = |Δ|·Σ_j (128 + q_j + 128 + z)|x̃_j|; beside it the rounding of x_s to bf16 (≤ 2⁻⁹ relative).
+size_t ck_salient_bf16_words(size_t rows, size_t cols);
+/// uint16 elements of a prepared x̃ row: cols rounded up to 8 (zero pad).
+size_t ck_salient_bf16_x_count(size_t cols);
+/// Row-major codes [rows, cols], one per byte (low 4 bits) → the layout above.
+void ck_salient_bf16_pack(const uint8_t *codes, size_t rows, size_t cols, uint32_t *out);
+/// Rows [row_begin, row_begin + row_count) → nibble rows at `stride` ≥ (cols + 1) / 2 bytes
+/// (code 2i in the low nibble of byte i, as LowBit.packNibbles): for prefill tiles.
+void ck_salient_bf16_unpack_nibbles(const uint32_t *packed, size_t row_begin, size_t row_count, size_t rows,
+                                    size_t cols, uint8_t *out, size_t stride);
+/// x[cols] → xb[ck_salient_bf16_x_count(cols)] and X.
+void ck_salient_bf16_prepare(const float *x, size_t cols, uint16_t *xb, float *xsum);
+void ck_salient_bf16_prepare_ref(const float *x, size_t cols, uint16_t *xb, float *xsum);
+/// y for the 16-row blocks [block_begin, block_begin + block_count); the fast version needs
+/// ck_cpu_has_avx512bf16() (else it runs the twin: same bits).
+void ck_gemv_salient_bf16(const uint32_t *packed, size_t block_begin, size_t block_count, size_t rows, size_t cols,
+                          const float *scales, const float *zeros, const uint16_t *xb, float xsum, float *y);
+void ck_gemv_salient_bf16_ref(const uint32_t *packed, size_t block_begin, size_t block_count, size_t rows,
+                              size_t cols, const float *scales, const float *zeros, const uint16_t *xb, float xsum,
+                              float *y);
 
 #endif
