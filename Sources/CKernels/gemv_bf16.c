@@ -14,15 +14,18 @@ static inline size_t eff_group(size_t cols, size_t group_size) {
     return (group_size == 0 || group_size > cols) ? (cols ? cols : 1) : group_size;
 }
 
-size_t ck_bf16_gemv_x_count(size_t cols) { return ceil_div(cols ? cols : 1, 64) * 64; }
+size_t ck_bf16_gemv_x_count(size_t cols) { return ceil_div(cols ? cols : 1, 128) * 128; }
 
 size_t ck_bf16_gemv_error_terms(size_t cols, size_t group_size) {
     return cols / 16 + ceil_div(cols, eff_group(cols, group_size)) + 12;
 }
 
+/// Columns per 64-byte block of codes: 128 nibbles (u4) or 64 bytes (u8).
+static inline size_t block_cols(int u4) { return u4 ? 128 : 64; }
+
 int ck_bf16_gemv_supported(int u4, size_t cols, size_t group_size) {
-    const size_t g = eff_group(cols, group_size), block = u4 ? 64 : 32;
-    return cols > 0 && ck_cpu_has_avx512bf16() && (g >= cols || g % block == 0);
+    const size_t g = eff_group(cols, group_size);
+    return cols > 0 && ck_cpu_has_avx512bf16() && (g >= cols || g % block_cols(u4) == 0);
 }
 
 /// The offset c of a code stream: 128 per nibble; u8 adds 16·128 for the high nibble.
@@ -49,11 +52,13 @@ static float hsum16_ref(const float v[16]) {
 
 // ---- scalar twins ----------------------------------------------------------------------------
 
-/// Where column c's x̃ sits in a prepared row (u4: per 64-column block, even columns first).
+/// Where column c's x̃ sits in a prepared row: u4 per 128-column block the four streams of
+/// columns 4k, 4k + 1, 4k + 2, 4k + 3 (k = 0…31); u8 per 64-column block the even then the odd
+/// columns.
 static inline size_t x_slot(int u4, size_t c) {
-    return u4 ? (c & ~(size_t)63) + ((c & 1) ? 32 : 0) + ((c & 63) >> 1) : c;
+    return u4 ? (c & ~(size_t)127) + 32 * (c & 3) + ((c & 127) >> 2)
+              : (c & ~(size_t)63) + ((c & 1) ? 32 : 0) + ((c & 63) >> 1);
 }
-
 
 void ck_bf16_gemv_prepare_ref(int u4, const float *x, size_t cols, size_t group_size, uint16_t *xb, float *xsums) {
     const size_t n = ck_bf16_gemv_x_count(cols), g = eff_group(cols, group_size), groups = ceil_div(cols, g);
@@ -68,42 +73,42 @@ void ck_bf16_gemv_prepare_ref(int u4, const float *x, size_t cols, size_t group_
     }
 }
 
-/// One row of either format. A block starts at column j (its group's start + a multiple of the
-/// block); its 16-bit lane i is byte i of the block's codes: u4 columns j + 2i (low-nibble
-/// stream) and j + 2i + 1 (high), u8 column j + i (both streams). Lanes past the group's end
-/// have code 0 and x̃ 0, as the kernel's masked loads and zero padding give. Supported shapes
-/// reproduce the kernel; the others (which the kernel never runs) get the same well-defined sums.
+/// One row of either format. A block of 64 code bytes starts at column j (its group's start +
+/// a multiple of the block); its 16-bit word i (bytes 2i, 2i + 1) holds four nibbles, stream
+/// st = 0…3 the one at bits 4·st: u4 column j + 4i + st; u8 column j + 2i + st/2, its low
+/// (st even) or high nibble. Streams 0 and 2 go to accumulator 0, 1 and 3 to accumulator 1;
+/// word i is element i of dword lane i/2. Lanes past the group's end have code 0 and x̃ 0, as
+/// the kernel's masked loads and zero padding give. Supported shapes reproduce the kernel; the
+/// others (which the kernel never runs) get the same well-defined sums.
 static float gemv_row_ref(int u4, const uint8_t *row, size_t cols, size_t g, const float *s, const float *z,
                           const uint16_t *xb, const float *xsums) {
-    const size_t groups = ceil_div(cols, g), block = u4 ? 64 : 32;
+    const size_t groups = ceil_div(cols, g), block = block_cols(u4);
     float total[16] = {0};
     for (size_t grp = 0; grp < groups; grp++) {
-        const size_t j0 = grp * g, j1 = j0 + g < cols ? j0 + g : cols, nb = ceil_div(j1 - j0, block);
-        float acc[2][2][16] = {{{0}}}; // [stream][block parity][lane]
-        for (size_t b = 0; b < nb; b++) {
-            const size_t j = j0 + b * block;
-            for (unsigned l = 0; l < 16; l++) {
-                for (unsigned st = 0; st < 2; st++) {
-                    float a = acc[st][b & 1][l];
+        const size_t j0 = grp * g, j1 = j0 + g < cols ? j0 + g : cols;
+        float acc[2][16] = {{0}};
+        for (size_t j = j0; j < j1; j += block) {
+            for (unsigned st = 0; st < 4; st++) {
+                for (unsigned l = 0; l < 16; l++) {
+                    float a = acc[st & 1][l];
                     for (int e = 1; e >= 0; e--) { // odd element first
-                        const size_t i = 2 * l + (size_t)e, col = u4 ? j + 2 * i + st : j + i;
+                        const size_t i = 2 * l + (size_t)e, col = u4 ? j + 4 * i + st : j + 2 * i + st / 2;
                         unsigned n = 0;
                         uint16_t xe = 0;
                         if (col < j1) {
                             const unsigned q = u4 ? (row[col >> 1] >> (4 * (col & 1))) & 15u : row[col];
-                            n = u4 ? q : st == 0 ? (q & 15u) : (q >> 4);
+                            n = u4 ? q : (st & 1) ? (q >> 4) : (q & 15u);
                             xe = xb[x_slot(u4, col)];
                         }
                         a = dp_step(f32_of(xe), f32_of((uint16_t)(0x4300u | n)), a);
                     }
-                    acc[st][b & 1][l] = a;
+                    acc[st & 1][l] = a;
                 }
             }
         }
         const float sg = s[grp];
         for (unsigned l = 0; l < 16; l++) {
-            const float lo = acc[0][0][l] + acc[0][1][l], hi = acc[1][0][l] + acc[1][1][l];
-            const float d = u4 ? lo + hi : fmaf(16.0f, hi, lo);
+            const float d = u4 ? acc[0][l] + acc[1][l] : fmaf(16.0f, acc[1][l], acc[0][l]);
             total[l] = fmaf(sg, d, total[l]);
         }
     }
@@ -144,6 +149,24 @@ CK_INLINE CK_BF16 float hsum16(__m512 v) {
     return _mm_cvtss_f32(t);
 }
 
+/// hsum16 of four rows at once, each with the reference's tree: [hsum16(a), …, hsum16(d)].
+CK_INLINE CK_BF16 __m128 hsum16x4(__m512 a, __m512 b, __m512 c, __m512 d) {
+#define CK_T4(v)                                                                                              \
+    ({                                                                                                        \
+        const __m256 t8_ = _mm256_add_ps(_mm512_castps512_ps256(v),                                           \
+                                         _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));  \
+        _mm_add_ps(_mm256_castps256_ps128(t8_), _mm256_extractf128_ps(t8_, 1));                                \
+    })
+    const __m128 ta = CK_T4(a), tb = CK_T4(b), tc = CK_T4(c), td = CK_T4(d);
+#undef CK_T4
+    // t2 = [t4[0] + t4[2], t4[1] + t4[3]] of two rows side by side, then t2[0] + t2[1] per row.
+    const __m128 ab = _mm_add_ps(_mm_castpd_ps(_mm_unpacklo_pd(_mm_castps_pd(ta), _mm_castps_pd(tb))),
+                                 _mm_castpd_ps(_mm_unpackhi_pd(_mm_castps_pd(ta), _mm_castps_pd(tb))));
+    const __m128 cd = _mm_add_ps(_mm_castpd_ps(_mm_unpacklo_pd(_mm_castps_pd(tc), _mm_castps_pd(td))),
+                                 _mm_castpd_ps(_mm_unpackhi_pd(_mm_castps_pd(tc), _mm_castps_pd(td))));
+    return _mm_hadd_ps(ab, cd);
+}
+
 /// The 16-bit lanes' bf16 values as floats: lanes 0…15 (`high` 0) or 16…31.
 CK_INLINE CK_BF16 __m512 bf16_lanes_ps(__m512i v, int high) {
     const __m256i h = high ? _mm512_extracti64x4_epi64(v, 1) : _mm512_castsi512_si256(v);
@@ -153,7 +176,7 @@ CK_INLINE CK_BF16 __m512 bf16_lanes_ps(__m512i v, int high) {
 CK_BF16 static void prepare_avx512(int u4, const float *x, size_t cols, size_t group_size, uint16_t *xb,
                                    float *xsums) {
     const size_t n = ck_bf16_gemv_x_count(cols), g = eff_group(cols, group_size), groups = ceil_div(cols, g);
-    // Even then odd elements of the 64 bf16 values (a, b): the u4 streams' x̃ order.
+    // Even then odd elements of the 64 bf16 values (a, b).
     __m512i even, odd;
     {
         uint16_t e[32], o[32];
@@ -165,26 +188,36 @@ CK_BF16 static void prepare_avx512(int u4, const float *x, size_t cols, size_t g
     // follow any group size: a group's lanes restart at its first column.
     __m512 lane = _mm512_setzero_ps();
     size_t grp = 0, gend = g < cols ? g : cols;
-    for (size_t j = 0; j < n; j += 64) {
-        __m512 f[4];
-        for (int q = 0; q < 4; q++) {
-            const size_t at = j + 16 * (size_t)q;
-            const size_t cnt = at >= cols ? 0 : cols - at < 16 ? cols - at : 16;
-            f[q] = _mm512_maskz_loadu_ps((__mmask16)((1u << cnt) - 1), x + at);
+    for (size_t j = 0; j < n; j += 128) {
+        __m512i b[4]; // bf16 of columns j + 32t … j + 32t + 31
+        for (int t = 0; t < 4; t++) {
+            __m512 f[2];
+            for (int h = 0; h < 2; h++) {
+                const size_t at = j + 32 * (size_t)t + 16 * (size_t)h;
+                const size_t cnt = at >= cols ? 0 : cols - at < 16 ? cols - at : 16;
+                f[h] = _mm512_maskz_loadu_ps((__mmask16)((1u << cnt) - 1), x + at);
+            }
+            b[t] = (__m512i)_mm512_cvtne2ps_pbh(f[1], f[0]);
         }
-        const __m512i b0 = (__m512i)_mm512_cvtne2ps_pbh(f[1], f[0]), b1 = (__m512i)_mm512_cvtne2ps_pbh(f[3], f[2]);
-        if (u4) {
-            _mm512_storeu_si512((void *)(xb + j), _mm512_permutex2var_epi16(b0, even, b1));
-            _mm512_storeu_si512((void *)(xb + j + 32), _mm512_permutex2var_epi16(b0, odd, b1));
+        // Even and odd columns of each 64-column half: the u8 layout, and the u4 one's first step.
+        const __m512i e0 = _mm512_permutex2var_epi16(b[0], even, b[1]), o0 = _mm512_permutex2var_epi16(b[0], odd, b[1]);
+        const __m512i e1 = _mm512_permutex2var_epi16(b[2], even, b[3]), o1 = _mm512_permutex2var_epi16(b[2], odd, b[3]);
+        if (u4) { // columns 4k, 4k + 1, 4k + 2, 4k + 3
+            _mm512_storeu_si512((void *)(xb + j), _mm512_permutex2var_epi16(e0, even, e1));
+            _mm512_storeu_si512((void *)(xb + j + 32), _mm512_permutex2var_epi16(o0, even, o1));
+            _mm512_storeu_si512((void *)(xb + j + 64), _mm512_permutex2var_epi16(e0, odd, e1));
+            _mm512_storeu_si512((void *)(xb + j + 96), _mm512_permutex2var_epi16(o0, odd, o1));
         } else {
-            _mm512_storeu_si512((void *)(xb + j), b0);
-            _mm512_storeu_si512((void *)(xb + j + 32), b1);
+            _mm512_storeu_si512((void *)(xb + j), e0);
+            _mm512_storeu_si512((void *)(xb + j + 32), o0);
+            _mm512_storeu_si512((void *)(xb + j + 64), e1);
+            _mm512_storeu_si512((void *)(xb + j + 96), o1);
         }
         if (g % 16 != 0) continue; // lane sums below, per column
-        for (int q = 0; q < 4; q++) {
+        for (int q = 0; q < 8; q++) {
             const size_t at = j + 16 * (size_t)q;
             if (at >= cols) break;
-            lane = _mm512_add_ps(lane, bf16_lanes_ps(q < 2 ? b0 : b1, q & 1));
+            lane = _mm512_add_ps(lane, bf16_lanes_ps(b[q >> 1], q & 1));
             if (at + 16 >= gend) {
                 xsums[grp++] = hsum16(lane);
                 lane = _mm512_setzero_ps();
@@ -202,58 +235,108 @@ CK_BF16 static void prepare_avx512(int u4, const float *x, size_t cols, size_t g
     }
 }
 
-/// One group of one row: `nb` blocks from column j0 (u4: 64 columns, u8: 32), `valid` columns.
-CK_INLINE CK_BF16 __m512 group_dot(const int u4, const uint8_t *row, const uint16_t *xb, size_t j0, size_t nb,
-                                   size_t valid) {
+/// Prefetch distance in passes of four rows (measured: 1 as good for u8, 5 % worse for u4; 4 no
+/// better; prefetcht1 instead of t0 lost most of the gain).
+#define CK_GEMV_PF 2
+
+/// R rows (1…4) from row o, sharing each block's x̃ loads. Per block and row: one 64-byte load,
+/// four nibble streams (three shifts, four `vpternlogd`/OR: bf16(128 + n) = 0x4300 | n), four
+/// VDPBF16PS into two accumulators; per group one FMA by the scale; per row one hsum.
+CK_INLINE CK_BF16 void rows_bf16(const int u4, const int R, const uint8_t *codes, size_t o, size_t cols, size_t g,
+                                 const float *scales, const float *zeros, const uint16_t *xb, const float *xsums,
+                                 float *y) {
+    const size_t groups = ceil_div(cols, g), block = block_cols(u4), stride = u4 ? (cols + 1) / 2 : cols;
     const __m512i m0f = _mm512_set1_epi16(0x0F), c4300 = _mm512_set1_epi16(0x4300);
-    __m512 lo0 = _mm512_setzero_ps(), lo1 = _mm512_setzero_ps(), hi0 = _mm512_setzero_ps(), hi1 = _mm512_setzero_ps();
-    const size_t block = u4 ? 64 : 32;
-    for (size_t b = 0; b < nb; b++) {
-        const size_t j = j0 + b * block, at = u4 ? j / 2 : j;
-        const size_t left = valid - b * block, bytes = left >= block ? 32 : u4 ? (left + 1) / 2 : left;
-        const __m256i raw = bytes == 32 ? _mm256_loadu_si256((const __m256i *)(row + at))
-                                        : _mm256_maskz_loadu_epi8((__mmask32)((1ull << bytes) - 1), row + at);
-        const __m512i v = _mm512_cvtepu8_epi16(raw);
-        // (v & 0x0F) | 0x4300 = bf16(128 + low nibble); v >> 4 | 0x4300 = bf16(128 + high nibble).
-        const __m512bh lo = (__m512bh)_mm512_ternarylogic_epi32(v, m0f, c4300, 0xEA);
-        const __m512bh hi = (__m512bh)_mm512_or_si512(_mm512_srli_epi16(v, 4), c4300);
-        const __m512bh xl = (__m512bh)_mm512_loadu_si512((const void *)(xb + j));
-        const __m512bh xh = u4 ? (__m512bh)_mm512_loadu_si512((const void *)(xb + j + 32)) : xl;
-        if (b & 1) {
-            lo1 = _mm512_dpbf16_ps(lo1, xl, lo);
-            hi1 = _mm512_dpbf16_ps(hi1, xh, hi);
-        } else {
-            lo0 = _mm512_dpbf16_ps(lo0, xl, lo);
-            hi0 = _mm512_dpbf16_ps(hi0, xh, hi);
+    // x̃ of streams 0…3: u4 four runs of 32; u8 the even run (low and high nibble of the even
+    // column's byte), then the odd one.
+    const size_t xo1 = u4 ? 32 : 0, xo2 = u4 ? 64 : 32, xo3 = u4 ? 96 : 32;
+    __m512 total[4];
+    for (int r = 0; r < R; r++) total[r] = _mm512_setzero_ps();
+    for (size_t grp = 0; grp < groups; grp++) {
+        const size_t j0 = grp * g, j1 = j0 + g < cols ? j0 + g : cols;
+        __m512 a0[4], a1[4];
+        for (int r = 0; r < R; r++) a0[r] = a1[r] = _mm512_setzero_ps();
+        for (size_t j = j0; j < j1; j += block) {
+            const __m512bh x0 = (__m512bh)_mm512_loadu_si512((const void *)(xb + j));
+            const __m512bh x1 = (__m512bh)_mm512_loadu_si512((const void *)(xb + j + xo1));
+            const __m512bh x2 = (__m512bh)_mm512_loadu_si512((const void *)(xb + j + xo2));
+            const __m512bh x3 = (__m512bh)_mm512_loadu_si512((const void *)(xb + j + xo3));
+            const size_t at = u4 ? j / 2 : j, left = j1 - j;
+            // Four rows at once read four interleaved short runs, which the hardware prefetchers
+            // do not follow (the u8 head ran at 8 GB/s without this): fetch the rows CK_GEMV_PF
+            // passes ahead in address order, four lines a block, which covers a pass's codes.
+            if (R == 4) {
+                const char *pf = (const char *)(codes + (o + 4 * CK_GEMV_PF) * stride + 4 * at);
+                for (int k = 0; k < 4; k++) _mm_prefetch(pf + 64 * k, _MM_HINT_T0);
+            }
+            const size_t bytes = left >= block ? 64 : u4 ? (left + 1) / 2 : left;
+            if (bytes <= 32 && j == j0) { // a group's only, half-empty block (g128 on 576 columns):
+                // 256 bits; the other lanes would add codes times x̃ = 0 to zero accumulators.
+                const __m256i m0f8 = _mm512_castsi512_si256(m0f), c43008 = _mm512_castsi512_si256(c4300);
+                for (int r = 0; r < R; r++) {
+                    const __m256i w = _mm256_maskz_loadu_epi8((__mmask32)((1ull << bytes) - 1),
+                                                              codes + (o + (size_t)r) * stride + at);
+                    const __m256bh n0 = (__m256bh)_mm256_ternarylogic_epi32(w, m0f8, c43008, 0xEA);
+                    const __m256bh n1 = (__m256bh)_mm256_ternarylogic_epi32(_mm256_srli_epi16(w, 4), m0f8, c43008, 0xEA);
+                    const __m256bh n2 = (__m256bh)_mm256_ternarylogic_epi32(_mm256_srli_epi16(w, 8), m0f8, c43008, 0xEA);
+                    const __m256bh n3 = (__m256bh)_mm256_or_si256(_mm256_srli_epi16(w, 12), c43008);
+                    __m256 b0 = _mm256_dpbf16_ps(_mm256_setzero_ps(), (__m256bh)_mm512_castsi512_si256((__m512i)x0), n0);
+                    __m256 b1 = _mm256_dpbf16_ps(_mm256_setzero_ps(), (__m256bh)_mm512_castsi512_si256((__m512i)x1), n1);
+                    b0 = _mm256_dpbf16_ps(b0, (__m256bh)_mm512_castsi512_si256((__m512i)x2), n2);
+                    b1 = _mm256_dpbf16_ps(b1, (__m256bh)_mm512_castsi512_si256((__m512i)x3), n3);
+                    a0[r] = _mm512_zextps256_ps512(b0);
+                    a1[r] = _mm512_zextps256_ps512(b1);
+                }
+                continue;
+            }
+            const __mmask64 mask = bytes == 64 ? ~(__mmask64)0 : (((__mmask64)1 << bytes) - 1);
+            for (int r = 0; r < R; r++) {
+                const uint8_t *p = codes + (o + (size_t)r) * stride + at;
+                const __m512i w = bytes == 64 ? _mm512_loadu_si512((const void *)p) : _mm512_maskz_loadu_epi8(mask, p);
+                const __m512bh n0 = (__m512bh)_mm512_ternarylogic_epi32(w, m0f, c4300, 0xEA); // (w & 15) | 0x4300
+                const __m512bh n1 = (__m512bh)_mm512_ternarylogic_epi32(_mm512_srli_epi16(w, 4), m0f, c4300, 0xEA);
+                const __m512bh n2 = (__m512bh)_mm512_ternarylogic_epi32(_mm512_srli_epi16(w, 8), m0f, c4300, 0xEA);
+                const __m512bh n3 = (__m512bh)_mm512_or_si512(_mm512_srli_epi16(w, 12), c4300);
+                a0[r] = _mm512_dpbf16_ps(a0[r], x0, n0);
+                a1[r] = _mm512_dpbf16_ps(a1[r], x1, n1);
+                a0[r] = _mm512_dpbf16_ps(a0[r], x2, n2);
+                a1[r] = _mm512_dpbf16_ps(a1[r], x3, n3);
+            }
+        }
+        for (int r = 0; r < R; r++) {
+            const __m512 d = u4 ? _mm512_add_ps(a0[r], a1[r]) : _mm512_fmadd_ps(_mm512_set1_ps(16.0f), a1[r], a0[r]);
+            total[r] = _mm512_fmadd_ps(_mm512_set1_ps(scales[(o + (size_t)r) * groups + grp]), d, total[r]);
         }
     }
-    const __m512 lo = _mm512_add_ps(lo0, lo1), hi = _mm512_add_ps(hi0, hi1);
-    return u4 ? _mm512_add_ps(lo, hi) : _mm512_fmadd_ps(_mm512_set1_ps(16.0f), hi, lo);
+    if (R == 4) { // zero_term of the four rows in the lanes of one vector: the same operations
+        const float *s = scales + o * groups, *z = zeros + o * groups;
+        const __m128 c = _mm_set1_ps(code_offset(u4));
+        __m128 zt = _mm_setzero_ps();
+        for (size_t grp = 0; grp < groups; grp++) {
+            const __m128 sv = _mm_setr_ps(s[grp], s[groups + grp], s[2 * groups + grp], s[3 * groups + grp]);
+            const __m128 zv = _mm_setr_ps(z[grp], z[groups + grp], z[2 * groups + grp], z[3 * groups + grp]);
+            zt = _mm_fmadd_ps(sv, _mm_mul_ps(_mm_add_ps(c, zv), _mm_set1_ps(xsums[grp])), zt);
+        }
+        _mm_storeu_ps(y + o, _mm_sub_ps(hsum16x4(total[0], total[1], total[2], total[3]), zt));
+        return;
+    }
+    for (int r = 0; r < R; r++) {
+        const size_t row = o + (size_t)r;
+        y[row] = hsum16(total[r]) - zero_term(scales + row * groups, zeros + row * groups, xsums, groups, code_offset(u4));
+    }
 }
 
 CK_INLINE CK_BF16 void gemv_bf16_avx512(const int u4, const uint8_t *codes, size_t row_begin, size_t row_count,
                                         size_t cols, size_t group_size, const float *scales, const float *zeros,
                                         const uint16_t *xb, const float *xsums, float *y) {
-    const size_t g = eff_group(cols, group_size), groups = ceil_div(cols, g), block = u4 ? 64 : 32;
-    const size_t stride = u4 ? (cols + 1) / 2 : cols, full = cols / g, nbf = g / block;
-    for (size_t o = row_begin; o < row_begin + row_count; o++) {
-        const uint8_t *row = codes + o * stride;
-        const float *s = scales + o * groups, *z = zeros + o * groups;
-        __m512 total = _mm512_setzero_ps();
-        size_t grp = 0;
-        if (nbf == 2) { // g128 (u4) / g64 (u8): the group loop unrolls
-            for (; grp < full; grp++)
-                total = _mm512_fmadd_ps(_mm512_set1_ps(s[grp]), group_dot(u4, row, xb, grp * g, 2, g), total);
-        } else if (nbf == 4) { // g256 / g128
-            for (; grp < full; grp++)
-                total = _mm512_fmadd_ps(_mm512_set1_ps(s[grp]), group_dot(u4, row, xb, grp * g, 4, g), total);
-        }
-        for (; grp < groups; grp++) {
-            const size_t j0 = grp * g, valid = (j0 + g < cols ? j0 + g : cols) - j0;
-            total = _mm512_fmadd_ps(_mm512_set1_ps(s[grp]), group_dot(u4, row, xb, j0, ceil_div(valid, block), valid),
-                                    total);
-        }
-        y[o] = hsum16(total) - zero_term(s, z, xsums, groups, code_offset(u4));
+    const size_t g = eff_group(cols, group_size), end = row_begin + row_count;
+    size_t o = row_begin;
+    for (; o + 4 <= end; o += 4) rows_bf16(u4, 4, codes, o, cols, g, scales, zeros, xb, xsums, y);
+    switch (end - o) {
+    case 3: rows_bf16(u4, 3, codes, o, cols, g, scales, zeros, xb, xsums, y); break;
+    case 2: rows_bf16(u4, 2, codes, o, cols, g, scales, zeros, xb, xsums, y); break;
+    case 1: rows_bf16(u4, 1, codes, o, cols, g, scales, zeros, xb, xsums, y); break;
+    default: break;
     }
 }
 

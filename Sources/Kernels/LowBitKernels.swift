@@ -210,7 +210,7 @@ public enum LowBit {
 
     /// Whether weight-only layers decode this shape with the bf16 GEMV now: `bf16Decode` (or the
     /// task's `bf16DecodeOverride`) is on, the CPU has AVX512_BF16, and the groups are whole
-    /// kernel blocks (u4: multiples of 64 columns, u8: of 32) or one group per row. The kernel
+    /// kernel blocks (u4: multiples of 128 columns, u8: of 64) or one group per row. The kernel
     /// rounds x to bf16 once per call; the codes' products are exact and summed in fp32
     /// (`ck_bf16_gemv.h`, error bound `bf16GemvBound`).
     public static func usesBF16Gemv(_ format: CodeFormat, columns: Int, groupSize: Int) -> Bool {

@@ -16,18 +16,20 @@ struct BF16GemvTests {
     }
 
     /// Shapes the fast kernel takes (g128 on 576/1536 columns with a ragged 64-column group,
-    /// one group per row, odd column counts, ragged last groups) and one it leaves to the
-    /// scalar twin (u4 g32).
+    /// one group per row, odd column counts, ragged last groups; row counts that leave 1, 2 or 3
+    /// rows past the kernel's blocks of four) and ones it leaves to the scalar twin (u4 g32, g64).
     static let cases: [Case] = [
         Case(format: .u4, rows: 1, columns: 1, group: 1), Case(format: .u4, rows: 3, columns: 64, group: 64),
         Case(format: .u4, rows: 37, columns: 576, group: 128), Case(format: .u4, rows: 17, columns: 576, group: 576),
         Case(format: .u4, rows: 5, columns: 1536, group: 128), Case(format: .u4, rows: 9, columns: 65, group: 65),
         Case(format: .u4, rows: 7, columns: 191, group: 64), Case(format: .u4, rows: 6, columns: 257, group: 256),
-        Case(format: .u4, rows: 4, columns: 96, group: 32),
+        Case(format: .u4, rows: 4, columns: 96, group: 32), Case(format: .u4, rows: 8, columns: 128, group: 128),
+        Case(format: .u4, rows: 14, columns: 1536, group: 512), Case(format: .u4, rows: 11, columns: 383, group: 128),
         Case(format: .u8, rows: 1, columns: 1, group: 1), Case(format: .u8, rows: 41, columns: 576, group: 576),
         Case(format: .u8, rows: 4, columns: 33, group: 33), Case(format: .u8, rows: 6, columns: 100, group: 32),
         Case(format: .u8, rows: 5, columns: 1536, group: 64), Case(format: .u8, rows: 3, columns: 300, group: 128),
-        Case(format: .u8, rows: 2, columns: 47, group: 47),
+        Case(format: .u8, rows: 2, columns: 47, group: 47), Case(format: .u8, rows: 4, columns: 64, group: 64),
+        Case(format: .u8, rows: 10, columns: 191, group: 192), Case(format: .u8, rows: 13, columns: 600, group: 600),
     ]
 
     /// Codes, scales and zeros with edge rows: row 0 all q = 0, row 1 all q = max, row 2 zero
@@ -76,7 +78,9 @@ struct BF16GemvTests {
             // Every column's bf16 value appears once, in the layout's place; the rest is zero.
             let xr = Self.rounded(x)
             for j in 0..<n {
-                let col = c.format == .u4 ? (j & ~63) + 2 * (j & 31) + ((j >> 5) & 1) : j
+                // u4: per 128 columns four runs of 32 (columns 4k + run); u8: per 64 the even then odd.
+                let col = c.format == .u4 ? (j & ~127) + 4 * (j & 31) + ((j >> 5) & 3)
+                                          : (j & ~63) + 2 * (j & 31) + ((j >> 5) & 1)
                 let want: Float = col < c.columns ? xr[col] : 0
                 #expect(Float(bitPattern: UInt32(rb[j]) << 16) == want)
             }
@@ -171,7 +175,7 @@ struct BF16GemvTests {
                                 scales: s, zeros: z, x: x, y: &want, reference: true)
                 #expect(got.map(\.bitPattern) == want.map(\.bitPattern), "\(c)")
             } else {
-                #expect(!(LowBit.usesBF16Kernel && LowBit.bf16Decode) || (c.format == .u4 && c.group % 64 != 0
+                #expect(!(LowBit.usesBF16Kernel && LowBit.bf16Decode) || (c.group % (c.format == .u4 ? 128 : 64) != 0
                                                                            && c.group < c.columns), "\(c)")
             }
         }

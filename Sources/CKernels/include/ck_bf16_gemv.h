@@ -9,11 +9,13 @@
 //   y[o] = Σ_g s[o,g]·Σ_{j∈g} (q[o,j] − z[o,g])·x̃_j,   x̃ = bf16(x) (VCVTNE2PS2BF16 rounding).
 //
 // Integer codes are exact in bf16 and need no conversion: bf16(128 + n) = 0x4300 | n for a
-// nibble n, so a code byte widened to a 16-bit lane becomes a bf16 value with one AND/OR
-// (`vpternlogd`) or a shift and an OR. u4: per 64 columns, the low nibbles (the even columns)
-// and the high nibbles (the odd ones) are two streams of 32 bf16 values against x̃ permuted per
-// 64-column block into its even then odd columns. u8: q = 16·hi + lo, two nibble streams
-// against x̃ in column order, D = A_lo + 16·A_hi (16·A exact). Then
+// nibble n. The kernel reads the codes 64 bytes at a time as 32 16-bit words; word i (bytes 2i,
+// 2i + 1) holds four nibbles, and stream st = 0…3 is the nibble at bits 4·st, made a bf16 value
+// by one shift and one AND/OR (`vpternlogd`). u4: a block is 128 columns and stream st of word i
+// is column 4i + st, against x̃ permuted per block into the four runs of columns 4k + st. u8: a
+// block is 64 columns, streams 0/1 are the low/high nibble of the even column 2i and 2/3 those
+// of the odd one, against x̃ permuted per block into its even then odd columns; q = 16·hi + lo,
+// D = A_lo + 16·A_hi (16·A exact). Then
 //   Σ_{j∈g} (q − z)·x̃ = D_g − (c + z)·X_g,   c = 128 (u4) or 2176 = 17·128 (u8),
 // with X_g = Σ_{j∈g} x̃_j (of the rounded values, so the offset cancels exactly up to fp32
 // rounding) computed once per call by ck_bf16_gemv_prepare.
@@ -23,11 +25,15 @@
 //  * prepare: x̃ as above (zero past cols); X_g = 16 fp32 lanes, lane l adding x̃ of columns
 //    j0 + 16c + l for c = 0, 1, … (zero past the group), then the tree t8[i] = l[i] + l[i+8],
 //    t4[i] = t8[i] + t8[i+4], t2[i] = t4[i] + t4[i+2], X = t2[0] + t2[1] ("hsum16").
-//  * per row and group: 4 accumulators of 16 lanes (stream lo/hi × block parity), one VDPBF16PS
-//    per stream and block (u4 blocks 64 columns, u8 32), padding codes 0 past cols;
-//    D = (lo₀ + lo₁) + (hi₀ + hi₁) (u4) or fma(16, hi₀ + hi₁, lo₀ + lo₁) (u8);
+//  * per row and group: 2 accumulators A₀, A₁ of 16 lanes; per block in order, VDPBF16PS of
+//    stream 0 into A₀, 1 into A₁, 2 into A₀, 3 into A₁ (padding codes 0 and x̃ 0 past cols);
+//    D = A₀ + A₁ (u4: A₀ holds columns 4i, 4i + 2, A₁ the others) or fma(16, A₁, A₀) (u8);
 //    total = fma(s, D, total) lane-wise, groups in order.
 //  * y = hsum16(total) − Z, Z = Σ_g fma(s_g, (c + z_g)·X_g, Z) in group order.
+// The kernel runs four rows per pass (each block's x̃ loaded once for all four); rows do not
+// mix, so the row blocking does not change the bits. Against the ninth pass's kernel (blocks of
+// 64/32 columns, four accumulators) only the fp32 summation order changed: both sit within the
+// bound below of the same exact sum (measured differences in docs/RESULTS.md, tenth pass).
 //
 // Error against the exact Σ_g s·Σ (q − z)·x̃ (the bf16 rounding of x, ≤ 2⁻⁸ relative per
 // activation, is the only other change from the float32 kernels): every fp32 rounding on a
@@ -40,11 +46,11 @@
 // the worst case 2⁻⁸·Σ|s(q − z)x| of the rounding of x, and measured errors are far below both
 // (docs/RESULTS.md, ninth pass).
 //
-// Shapes: the fast kernel needs groups of whole blocks (multiples of 64 columns for u4, 32 for
+// Shapes: the fast kernel needs groups of whole blocks (multiples of 128 columns for u4, 64 for
 // u8) or one group per row (group_size ≥ cols); ck_bf16_gemv_supported says whether it takes a
 // shape. The `_ref` twins take any shape (a block then starts at its group's first column).
 
-/// Elements (uint16) of a prepared activation row: cols rounded up to 64.
+/// Elements (uint16) of a prepared activation row: cols rounded up to 128.
 size_t ck_bf16_gemv_x_count(size_t cols);
 
 /// Roundings on the path of one output's terms (N above).
@@ -53,8 +59,9 @@ size_t ck_bf16_gemv_error_terms(size_t cols, size_t group_size);
 /// 1 when the AVX512_BF16 decode kernel runs this shape (CPU check included).
 int ck_bf16_gemv_supported(int u4, size_t cols, size_t group_size);
 
-/// x[cols] → xb[ck_bf16_gemv_x_count(cols)] (u4: per 64-column block the 32 even then the 32
-/// odd columns; u8: column order) and xsums[groups] = X_g.
+/// x[cols] → xb[ck_bf16_gemv_x_count(cols)] (u4: per 128-column block the runs of columns 4k,
+/// 4k + 1, 4k + 2, 4k + 3; u8: per 64-column block the 32 even then the 32 odd columns) and
+/// xsums[groups] = X_g.
 void ck_bf16_gemv_prepare(int u4, const float *x, size_t cols, size_t group_size, uint16_t *xb, float *xsums);
 void ck_bf16_gemv_prepare_ref(int u4, const float *x, size_t cols, size_t group_size, uint16_t *xb, float *xsums);
 
