@@ -298,8 +298,9 @@ float ck_stream_sum(const float *p, size_t n) {
 // 15 and 16 the binary prefill tiles' unpacked sign words and salient codes (they run inside
 // the tile decode closure of `tiledProduct`, so they must not share the GEMM's slots),
 // 19 and 20 the bf16 decode GEMV's prepared activations and group sums (`LowBit.gemv`),
-// 23 the SplitQuant bf16 decode GEMV's bf16 copy of x (`SplitKernels.gemv`).
-#define CK_SCRATCH_SLOTS 24
+// 23 the SplitQuant bf16 decode GEMV's bf16 copy of x (`SplitKernels.gemv`),
+// 24 the split decode attention's per-range partials (`TokenKernels.attend`, the caller's thread).
+#define CK_SCRATCH_SLOTS 25
 
 typedef struct {
     void *data;
