@@ -144,7 +144,9 @@ CK_INLINE CK_ATTEND512 __m512 attend_reduce16(__m512 c0, __m512 c1, __m512 c2, _
                                                  : _mm512_loadu_ps(q + r * dim + 16 * c);                  \
             vmax[r] = _mm512_set1_ps(-INFINITY);                                                           \
         }                                                                                                  \
-        /* s = scale·q·k: 16 positions a step, as 4 blocks of the positions b, b+4, b+8, b+12 */      \
+        /* s = scale·q·k: 16 positions a step, 4 blocks of 4 in address order (the hardware      \
+           prefetcher lost track of a strided order); lane 4i + b of the reduction is position 4b + i */ \
+        const __m512i order = _mm512_set_epi32(15, 11, 7, 3, 14, 10, 6, 2, 13, 9, 5, 1, 12, 8, 4, 0);        \
         size_t j = begin;                                                                                  \
         for (; j + 16 <= end; j += 16) {                                                                   \
             __m512 part[ATTEND_PART_ROWS][4];                                                              \
@@ -154,13 +156,13 @@ CK_INLINE CK_ATTEND512 __m512 attend_reduce16(__m512 c0, __m512 c1, __m512 c2, _
                     for (size_t p = 0; p < 4; p++) acc[r][p] = _mm512_setzero_ps();                        \
                 for (size_t c = 0; c < NC; c++)                                                            \
                     for (size_t p = 0; p < 4; p++) {                                                       \
-                        const __m512 k = NAME##_load(K + (j + b + 4 * p) * stride, c, NC, TAIL, tm);       \
+                        const __m512 k = NAME##_load(K + (j + 4 * b + p) * stride, c, NC, TAIL, tm);       \
                         for (size_t r = 0; r < R; r++) acc[r][p] = _mm512_fmadd_ps(qv[r][c], k, acc[r][p]); \
                     }                                                                                      \
                 for (size_t r = 0; r < R; r++) part[r][b] = attend_reduce4(acc[r][0], acc[r][1], acc[r][2], acc[r][3]); \
             }                                                                                              \
             for (size_t r = 0; r < R; r++) {                                                               \
-                const __m512 s = _mm512_mul_ps(vscale, attend_reduce16(part[r][0], part[r][1], part[r][2], part[r][3])); \
+                const __m512 s = _mm512_mul_ps(vscale, _mm512_permutexvar_ps(order, attend_reduce16(part[r][0], part[r][1], part[r][2], part[r][3]))); \
                 _mm512_storeu_ps(scores + r * score_stride + j, s);                                        \
                 vmax[r] = _mm512_max_ps(vmax[r], s);                                                       \
             }                                                                                              \
