@@ -177,7 +177,7 @@ public enum TokenKernels {
         }
     }
 
-    /// Decode attention split by positions (flash-decoding): one range per pool thread, each
+    /// Decode attention split by positions (flash-decoding): two ranges per pool thread, each
     /// running every head over its positions (`ck_attend_part`: every key and value row read
     /// once for the query heads of its KV head), then `ck_attend_merge` on the calling thread.
     /// SmolLM2's 3 KV heads cannot be shared evenly by 2 threads; positions can. Ranges are
@@ -187,8 +187,10 @@ public enum TokenKernels {
         kvHeads: Int, dim: Int, stride: Int, kvHeadStride: Int, scale: Float, scores: UnsafeMutablePointer<Float>,
         out: UnsafeMutablePointer<Float>, half: Bool, serial: Bool
     ) {
-        // At least 64 positions a range: below that the job's hand-off costs more than it saves.
-        let parts = serial ? 1 : max(1, min(Parallel.workerCount, count / 64))
+        // Two ranges per thread, claimed dynamically, so that a thread another process preempts
+        // holds up at most half its share; at least 64 positions a range (each range re-reads the
+        // queries and pays a softmax tail and a merge term).
+        let parts = serial ? 1 : max(1, min(2 * Parallel.workerCount, count / 64))
         let chunk = ((count + parts - 1) / parts + 15) & ~15
         let partial = LowBit.threadScratch(slot: attentionPartialSlot, count: parts * heads * (dim + 2), of: Float.self)
         let job = SplitAttentionJob(q: q, keys: keys, values: values, count: count, chunk: chunk, heads: heads,
