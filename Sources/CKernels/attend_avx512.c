@@ -12,8 +12,8 @@
 // Fast path (AVX-512 F/BW/VL + F16C, behind the VNNI switch as the other AVX-512 kernels): the
 // query heads of one KV head (up to 3 at a time) stay in registers, each key and value row is
 // loaded (and widened from half) once for all of them; the dot products of 16 positions are
-// summed together by one shuffle tree into one vector of 16 scores; e^x is a 16-lane vector
-// exp (the Cephes polynomial of elementwise.c's AVX2 exp, 2^n by vscalefps). fp32 throughout.
+// summed together by one shuffle tree into one vector of 16 scores; e^x is ck_exp_f32 (the AVX2
+// vector exp of Ops.softmax, within 2 ulp of libm's expf). fp32 throughout.
 // It differs from the `_ref` twin (sequential sums, libm expf) only in summation order and the
 // last bits of e^x: tests hold it to 2e-5 relative (of the output's largest magnitude) against
 // the twin, and to the same bound against the unsplit grouped kernel ck_attend_group, which
@@ -85,27 +85,6 @@ void ck_attend_merge(const float *partial, size_t parts, size_t heads, size_t di
 
 #if defined(__x86_64__)
 #define CK_ATTEND512 __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl")))
-
-/// e^x for 16 lanes, x ≤ 0 here (scores minus their maximum): elementwise.c's range reduction
-/// and polynomial, 2^n by vscalefps; below −87.34 the result is 0.
-CK_INLINE CK_ATTEND512 __m512 attend_exp16(__m512 x) {
-    const __m512 lo = _mm512_set1_ps(-87.33654022216797f);
-    const __m512 c = _mm512_max_ps(x, lo);
-    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(c, _mm512_set1_ps(1.44269504088896341f)),
-                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), c);
-    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
-    p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r);
-    p = _mm512_add_ps(p, _mm512_set1_ps(1.0f));
-    const __m512 e = _mm512_scalef_ps(p, n);
-    return _mm512_mask_mov_ps(e, _mm512_cmp_ps_mask(x, lo, _CMP_LT_OQ), _mm512_setzero_ps());
-}
 
 /// Four accumulators → one vector whose 128-bit chunk i holds four partial sums of a_i.
 CK_INLINE CK_ATTEND512 __m512 attend_reduce4(__m512 a0, __m512 a1, __m512 a2, __m512 a3) {
@@ -182,17 +161,20 @@ CK_INLINE CK_ATTEND512 __m512 attend_reduce16(__m512 c0, __m512 c1, __m512 c2, _
                 m[r] = s > m[r] ? s : m[r];                                                                \
             }                                                                                              \
         }                                                                                                  \
-        /* p = e^(s − m) in place, l = Σ p */                                                          \
+        /* p = e^(s − m) in place (ck_exp_f32: Ops.softmax's vector exp), l = Σ p */                   \
         float l[ATTEND_PART_ROWS];                                                                         \
         for (size_t r = 0; r < R; r++) {                                                                   \
             float *s = scores + r * score_stride;                                                          \
             const __m512 vm = _mm512_set1_ps(m[r]);                                                        \
+            for (size_t i = begin; i < end; i += 16) {                                                     \
+                const __mmask16 mk = end - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (end - i)) - 1); \
+                _mm512_mask_storeu_ps(s + i, mk, _mm512_sub_ps(_mm512_maskz_loadu_ps(mk, s + i), vm));     \
+            }                                                                                              \
+            ck_exp_f32(s + begin, end - begin, s + begin);                                                 \
             __m512 sum = _mm512_setzero_ps();                                                              \
             for (size_t i = begin; i < end; i += 16) {                                                     \
                 const __mmask16 mk = end - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (end - i)) - 1); \
-                const __m512 e = attend_exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(mk, s + i), vm));        \
-                _mm512_mask_storeu_ps(s + i, mk, e);                                                       \
-                sum = _mm512_mask_add_ps(sum, mk, sum, e);                                                 \
+                sum = _mm512_add_ps(sum, _mm512_maskz_loadu_ps(mk, s + i));                                \
             }                                                                                              \
             l[r] = _mm512_reduce_add_ps(sum);                                                              \
         }                                                                                                  \
