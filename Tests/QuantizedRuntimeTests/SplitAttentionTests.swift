@@ -102,24 +102,32 @@ struct SplitAttentionTests {
         return out
     }
 
+    /// Fast and twin, both caches, each range split in `parts`: within `bound` of each other and
+    /// of the unsplit reference, and finite.
+    static func expectSplitMatches(_ q: [Float], _ cache: Cache, _ shape: Shape, count: Int, parts: [Int],
+                                   bound: Float, label: String) {
+        let expected = unsplit(q, cache, shape, count: count)
+        for half in [false, true] {
+            for parts in parts {
+                let label = "\(label) half \(half) parts \(parts)"
+                let ref = split(q, cache, shape, count: count, parts: parts, half: half, reference: true)
+                let fast = split(q, cache, shape, count: count, parts: parts, half: half, reference: false)
+                #expect(fast.allSatisfy { $0.isFinite }, "\(label)")
+                #expect(TokenKernelTests.relativeError(ref, expected) < bound, "\(label): twin vs unsplit")
+                #expect(TokenKernelTests.relativeError(fast, ref) < bound, "\(label): fast vs twin")
+                #expect(TokenKernelTests.relativeError(fast, expected) < bound, "\(label): fast vs unsplit")
+            }
+        }
+    }
+
     @Test("the split kernel matches its twin and the unsplit reference, any range split",
           arguments: [1, 2, 15, 17, 577], shapes)
     func matchesReference(count: Int, shape: Shape) {
         var rng = SplitMix(seed: UInt64(count * 7919 + shape.heads * 131 + shape.dim))
         let q = rng.floats(shape.heads * shape.dim, in: -2...2)
         let cache = Self.cache(shape, count: count, keyRange: -4...4, rng: &rng)
-        let expected = Self.unsplit(q, cache, shape, count: count)
-        for half in [false, true] {
-            for parts in [1, 2, 3, 7] {
-                let label = "count \(count) shape \(shape) half \(half) parts \(parts)"
-                let ref = Self.split(q, cache, shape, count: count, parts: parts, half: half, reference: true)
-                let fast = Self.split(q, cache, shape, count: count, parts: parts, half: half, reference: false)
-                #expect(fast.allSatisfy { $0.isFinite }, "\(label)")
-                #expect(TokenKernelTests.relativeError(ref, expected) < 2e-5, "\(label): twin vs unsplit")
-                #expect(TokenKernelTests.relativeError(fast, ref) < 2e-5, "\(label): fast vs twin")
-                #expect(TokenKernelTests.relativeError(fast, expected) < 2e-5, "\(label): fast vs unsplit")
-            }
-        }
+        Self.expectSplitMatches(q, cache, shape, count: count, parts: [1, 2, 3, 7], bound: 2e-5,
+                                label: "count \(count) shape \(shape)")
         // One position: every head's output is its KV head's value row, exactly.
         if count == 1 {
             let fast = Self.split(q, cache, shape, count: count, parts: 1, half: true, reference: false)
@@ -144,17 +152,8 @@ struct SplitAttentionTests {
         // A zero query: every score 0, the output is the mean of the value rows.
         let zero = [Float](repeating: 0, count: shape.heads * shape.dim)
         for (name, q) in [("large logits", big), ("all equal", zero)] {
-            let expected = Self.unsplit(q, cache, shape, count: count)
-            for half in [false, true] {
-                for parts in [1, 2, 5] {
-                    let label = "\(name) count \(count) half \(half) parts \(parts)"
-                    let fast = Self.split(q, cache, shape, count: count, parts: parts, half: half, reference: false)
-                    let ref = Self.split(q, cache, shape, count: count, parts: parts, half: half, reference: true)
-                    #expect(fast.allSatisfy { $0.isFinite }, "\(label)")
-                    #expect(TokenKernelTests.relativeError(fast, expected) < 1e-4, "\(label): fast vs unsplit")
-                    #expect(TokenKernelTests.relativeError(ref, expected) < 1e-4, "\(label): twin vs unsplit")
-                }
-            }
+            Self.expectSplitMatches(q, cache, shape, count: count, parts: [1, 2, 5], bound: 1e-4,
+                                    label: "\(name) count \(count)")
         }
     }
 
