@@ -67,6 +67,7 @@ void ck_attend_group_f16_ref(const float *q, const uint16_t *keys, const uint16_
 // Flash-decoding: the cached positions are cut into ranges, each range runs every query head
 // and leaves per head (partial + h·(dim + 2)) its score maximum m, l = Σ e^(s − m) and the
 // unnormalised o = Σ e^(s − m)·v (dim floats); ck_attend_merge weighs the ranges by e^(m − M).
+// heads must be a multiple of kv_heads (both > 0; callers check, TokenKernels.attend does).
 // Query head h reads KV head h / (heads / kv_heads) at keys + kv·kv_head_stride, position j at
 // + j·stride; scores (scaled q·k, then e^(s − m)) go to scores + h·score_stride + j, so ranges of
 // one call write disjoint scores. The AVX-512 path matches the `_ref` twin to 2e-5 of the
