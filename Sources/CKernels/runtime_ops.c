@@ -299,8 +299,9 @@ float ck_stream_sum(const float *p, size_t n) {
 // the tile decode closure of `tiledProduct`, so they must not share the GEMM's slots),
 // 19 and 20 the bf16 decode GEMV's prepared activations and group sums (`LowBit.gemv`),
 // 21 the PTQ1.61 bf16 salient GEMV's bf16 x_s (`BinaryKernels.gemvSalientBF16`),
-// 23 the SplitQuant bf16 decode GEMV's bf16 copy of x (`SplitKernels.gemv`).
-#define CK_SCRATCH_SLOTS 24
+// 23 the SplitQuant bf16 decode GEMV's bf16 copy of x (`SplitKernels.gemv`),
+// 24 the split decode attention's per-range partials (`TokenKernels.attend`, the caller's thread).
+#define CK_SCRATCH_SLOTS 25
 
 typedef struct {
     void *data;

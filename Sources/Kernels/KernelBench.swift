@@ -114,9 +114,15 @@ public enum KernelBench {
             }
         }
         // Decode attention at llama-bench's mean tg128 depth after a 512-token prompt (576
-        // positions), every layer's cache in its own buffer, f32 and f16 (TokenKernels.attendOne), grouped and
-        // with the previous one kernel call per query head.
+        // positions), every layer's cache in its own buffer, f32 and f16 (TokenKernels.attendOne): one kernel
+        // call per query head, the grouped kernels (PTQ_ATTEND_SPLIT=0) and the default split by positions.
         do {
+            let splitWas = TokenKernels.splitAttention
+            defer { TokenKernels.splitAttention = splitWas }
+            let attentionModes = [(true, false), (false, false), (false, true)]
+            func attentionModeLabel(_ perHead: Bool, _ split: Bool) -> String {
+                perHead ? ", one call per head" : split ? ", split by positions" : ", grouped, PTQ_ATTEND_SPLIT=0"
+            }
             let (heads, kvHeads, dim, depth) = (attentionShape.heads, attentionShape.kvHeads, attentionShape.dim, attentionDepth)
             let width = kvHeads * dim, perLayer = depth * width
             let keys = floats(layers * perLayer).map { $0 - 0.5 }, values = floats(layers * perLayer).map { $0 - 0.5 }
@@ -129,8 +135,9 @@ public enum KernelBench {
             let scale = 1 / Float(dim).squareRoot()
             keys.withUnsafeBufferPointer { k in
                 values.withUnsafeBufferPointer { v in
-                    for perHead in [true, false] {
-                        time("attention, f32 cache (attendOne\(perHead ? ", one call per head" : ""))", pass,
+                    for (perHead, split) in attentionModes {
+                        TokenKernels.splitAttention = split
+                        time("attention, f32 cache (attendOne\(attentionModeLabel(perHead, split)))", pass,
                              bytes: 2 * layers * perLayer * 4) {
                             for l in 0..<layers {
                                 TokenKernels.attendOne(q: q, keys: k.baseAddress! + l * perLayer,
@@ -144,8 +151,9 @@ public enum KernelBench {
             }
             halfKeys.withUnsafeBufferPointer { k in
                 halfValues.withUnsafeBufferPointer { v in
-                    for perHead in [true, false] {
-                        time("attention, f16 cache (attendOne halfKeys:\(perHead ? ", one call per head" : ""))", pass,
+                    for (perHead, split) in attentionModes {
+                        TokenKernels.splitAttention = split
+                        time("attention, f16 cache (attendOne halfKeys:\(attentionModeLabel(perHead, split)))", pass,
                              bytes: 2 * layers * perLayer * 2) {
                             for l in 0..<layers {
                                 TokenKernels.attendOne(q: q, halfKeys: k.baseAddress! + l * perLayer,

@@ -92,12 +92,16 @@ public enum TokenKernels {
     /// Decode attention: one query row of `heads` heads (`q` = heads × dim) over `count` cached
     /// positions, grouped-query (head h reads KV head h / (heads / kvHeads)); `keys`/`values`
     /// rows have `stride` floats (kvHeads × dim). `scores` is scratch of heads × count floats.
-    /// The heads that share a KV head run in one kernel call that reads each key and value row
+    /// Where `splitAttention` holds (AVX-512, the default) the cached positions are split into
+    /// one range per pool thread, each running every head (`ck_attend_part`: each key and value
+    /// row read once for the query heads of its KV head), and the ranges' softmax partials are
+    /// merged (flash-decoding; results differ from the grouped kernels in summation order only).
+    /// Otherwise the heads that share a KV head run in one kernel call that reads each key and value row
     /// once for all of them (`ck_attend_group`, blocks of 2 heads on the pool, see
     /// `attend`). Softmax is `Ops.softmax`'s kernel (the reference
     /// twin keeps the scalar `expf` loop). `perHead` runs the previous split, one kernel call per
     /// query head (each re-reading its KV head), kept for `ptq bench --kernels`' comparison; it is
-    /// also taken on a one-thread pool, where it was faster for this float cache.
+    /// also taken on a one-thread pool without the split kernel, where it was faster for this float cache.
     public static func attendOne(q: UnsafePointer<Float>, keys: UnsafePointer<Float>, values: UnsafePointer<Float>,
                                  count: Int, heads: Int, kvHeads: Int, dim: Int, stride: Int, scale: Float,
                                  scores: UnsafeMutablePointer<Float>, out: UnsafeMutablePointer<Float>,
@@ -107,9 +111,22 @@ public enum TokenKernels {
         // the half cache on both; RESULTS "Grouped decode attention").
         attend(q: q, keys: keys, values: values, count: count, heads: heads, kvHeads: kvHeads, dim: dim,
                stride: stride, kvHeadStride: dim, scale: scale, scores: scores, out: out, reference: reference,
-               perHead: perHead || (!reference && Parallel.workerCount == 1),
+               perHead: perHead || (!reference && Parallel.workerCount == 1 && !splitsAttention(dim: dim)),
                kernels: reference ? .float(ck_attend_one_ref, ck_attend_group_ref) : .float(ck_attend_one, ck_attend_group))
     }
+
+    /// Whether decode attention runs split by cached positions (`ck_attend_part`, AVX-512): on by
+    /// default where the CPU has AVX-512 (F/BW/VL, and the VNNI switch on); `PTQ_ATTEND_SPLIT=0`
+    /// in the environment starts the process on the grouped kernels (`ck_attend_group`), whose
+    /// results differ from the split ones in summation order only. Process-wide: tests that
+    /// flip it hold `kernelSwitchLock`.
+    public static var splitAttention: Bool {
+        get { ck_attend_split_enabled() != 0 }
+        set { ck_set_attend_split_enabled(newValue ? 1 : 0) }
+    }
+
+    /// Whether a decode attention call of heads of `dim` values takes the split kernel.
+    static func splitsAttention(dim: Int) -> Bool { splitAttention && ck_attend_part_fast(dim) != 0 }
 
     typealias FloatOne = @convention(c) (UnsafePointer<Float>?, UnsafePointer<Float>?, UnsafePointer<Float>?, Int, Int,
                                          Int, Float, UnsafeMutablePointer<Float>?, UnsafeMutablePointer<Float>?) -> Void
@@ -126,6 +143,65 @@ public enum TokenKernels {
     enum AttentionKernels {
         case float(FloatOne, FloatGroup)
         case half(HalfOne, HalfGroup)
+    }
+
+    typealias FloatPart = @convention(c) (UnsafePointer<Float>?, UnsafePointer<Float>?, UnsafePointer<Float>?, Int, Int,
+                                          Int, Int, Int, Int, Int, Float, UnsafeMutablePointer<Float>?, Int,
+                                          UnsafeMutablePointer<Float>?) -> Void
+    typealias HalfPart = @convention(c) (UnsafePointer<Float>?, UnsafePointer<UInt16>?, UnsafePointer<UInt16>?, Int, Int,
+                                         Int, Int, Int, Int, Int, Float, UnsafeMutablePointer<Float>?, Int,
+                                         UnsafeMutablePointer<Float>?) -> Void
+
+    /// Scratch slot of the split attention's per-range partials (`ck_thread_scratch`; slot 24 is
+    /// this file's), taken on the calling thread and written by every range's task.
+    static let attentionPartialSlot = 24
+
+    /// One split decode attention call: range t covers positions t·chunk ..< (t + 1)·chunk for
+    /// every head and leaves its partials at partial + t·heads·(dim + 2) (`ck_attend_part`).
+    private struct SplitAttentionJob {
+        let q: UnsafePointer<Float>, keys: UnsafeRawPointer, values: UnsafeRawPointer
+        let count: Int, chunk: Int, heads: Int, kvHeads: Int, dim: Int, stride: Int, kvHeadStride: Int, scale: Float
+        let scores: UnsafeMutablePointer<Float>, partial: UnsafeMutablePointer<Float>
+        let half: Bool
+
+        func range(_ t: Int) {
+            let begin = min(count, t * chunk), end = min(count, begin + chunk)
+            let partial = partial + t * heads * (dim + 2)
+            if half {
+                ck_attend_part_f16(q, keys.assumingMemoryBound(to: UInt16.self), values.assumingMemoryBound(to: UInt16.self),
+                                   begin, end, stride, kvHeadStride, dim, heads, kvHeads, scale, scores, count, partial)
+            } else {
+                ck_attend_part(q, keys.assumingMemoryBound(to: Float.self), values.assumingMemoryBound(to: Float.self),
+                               begin, end, stride, kvHeadStride, dim, heads, kvHeads, scale, scores, count, partial)
+            }
+        }
+    }
+
+    /// Decode attention split by positions (flash-decoding): two ranges per pool thread, each
+    /// running every head over its positions (`ck_attend_part`: every key and value row read
+    /// once for the query heads of its KV head), then `ck_attend_merge` on the calling thread.
+    /// SmolLM2's 3 KV heads cannot be shared evenly by 2 threads; positions can. Ranges are
+    /// multiples of 16 positions (the kernel's step). One pool job, no allocation (slot 24).
+    private static func attendSplit(
+        q: UnsafePointer<Float>, keys: UnsafeRawPointer, values: UnsafeRawPointer, count: Int, heads: Int,
+        kvHeads: Int, dim: Int, stride: Int, kvHeadStride: Int, scale: Float, scores: UnsafeMutablePointer<Float>,
+        out: UnsafeMutablePointer<Float>, half: Bool, serial: Bool
+    ) {
+        // Two ranges per thread, claimed dynamically, so that a thread another process preempts
+        // holds up at most half its share; at least 64 positions a range (each range re-reads the
+        // queries and pays a softmax tail and a merge term).
+        let parts = serial ? 1 : max(1, min(2 * Parallel.workerCount, count / 64))
+        let chunk = ((count + parts - 1) / parts + 15) & ~15
+        let partial = LowBit.threadScratch(slot: attentionPartialSlot, count: parts * heads * (dim + 2), of: Float.self)
+        let job = SplitAttentionJob(q: q, keys: keys, values: values, count: count, chunk: chunk, heads: heads,
+                                    kvHeads: kvHeads, dim: dim, stride: stride, kvHeadStride: kvHeadStride, scale: scale,
+                                    scores: scores, partial: partial, half: half)
+        if parts == 1 {
+            job.range(0)
+        } else {
+            Parallel.forEach(parts, context: job) { context, t, _ in context!.load(as: SplitAttentionJob.self).range(t) }
+        }
+        ck_attend_merge(partial, parts, heads, dim, out)
     }
 
     /// One decode attention call's operands.
@@ -190,6 +266,17 @@ public enum TokenKernels {
     ) {
         guard heads > 0, count > 0 else { return }
         let serial = reference || count * dim * heads < 1 << 14
+        if !reference, !perHead, kvHeads > 0, heads % kvHeads == 0, splitsAttention(dim: dim) {
+            let half: Bool
+            switch kernels {
+            case .float: half = false
+            case .half: half = true
+            }
+            attendSplit(q: q, keys: keys, values: values, count: count, heads: heads, kvHeads: kvHeads, dim: dim,
+                        stride: stride, kvHeadStride: kvHeadStride, scale: scale, scores: scores, out: out, half: half,
+                        serial: serial)
+            return
+        }
         let job = AttentionJob(q: q, keys: keys, values: values, count: count, heads: heads, kvHeads: kvHeads, dim: dim,
                                stride: stride, kvHeadStride: kvHeadStride, scale: scale, scores: scores, out: out,
                                kernels: kernels)

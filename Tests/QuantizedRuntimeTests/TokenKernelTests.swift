@@ -150,6 +150,12 @@ struct TokenKernelTests {
         TokenKernels.roundToHalf(floatValues, into: &halfValues, count: halfValues.count)
         let scale: Float = 1 / Float(shape.dim).squareRoot()
         var scores = [Float](repeating: 0, count: heads * count)
+        // The grouped kernels: the split by positions (the default, SplitAttentionTests) off.
+        TokenKernels.kernelSwitchLock.lock()
+        defer { TokenKernels.kernelSwitchLock.unlock() }
+        let splitWas = TokenKernels.splitAttention
+        TokenKernels.splitAttention = false
+        defer { TokenKernels.splitAttention = splitWas }
         for half in [false, true] {
             var outputs: [[Float]] = []
             for (reference, perHead) in [(true, false), (true, true), (false, false), (false, true)] {

@@ -63,6 +63,41 @@ void ck_attend_group_f16(const float *q, const uint16_t *keys, const uint16_t *v
 void ck_attend_group_f16_ref(const float *q, const uint16_t *keys, const uint16_t *values, size_t count,
                              size_t stride, size_t dim, size_t rows, float scale, float *scores, float *out);
 
+// ---- split decode attention (attend_avx512.c) ------------------------------------------------
+// Flash-decoding: the cached positions are cut into ranges, each range runs every query head
+// and leaves per head (partial + h·(dim + 2)) its score maximum m, l = Σ e^(s − m) and the
+// unnormalised o = Σ e^(s − m)·v (dim floats); ck_attend_merge weighs the ranges by e^(m − M).
+// heads must be a multiple of kv_heads (both > 0; callers check, TokenKernels.attend does).
+// Query head h reads KV head h / (heads / kv_heads) at keys + kv·kv_head_stride, position j at
+// + j·stride; scores (scaled q·k, then e^(s − m)) go to scores + h·score_stride + j, so ranges of
+// one call write disjoint scores. The AVX-512 path matches the `_ref` twin to 2e-5 of the
+// output's largest magnitude (summation order and the vector exp's last bits; attend_avx512.c).
+
+/// 1 (the default) when decode attention runs split by positions where ck_attend_part_fast
+/// holds; PTQ_ATTEND_SPLIT=0 in the environment starts the process with 0 (the grouped kernels).
+int ck_attend_split_enabled(void);
+void ck_set_attend_split_enabled(int enabled);
+/// 1 when ck_attend_part[_f16] runs the AVX-512 kernel for heads of `dim` values (else the twin).
+int ck_attend_part_fast(size_t dim);
+/// The range [begin, end) of decode attention over a float cache, for all heads.
+void ck_attend_part(const float *q, const float *keys, const float *values, size_t begin, size_t end, size_t stride,
+                    size_t kv_head_stride, size_t dim, size_t heads, size_t kv_heads, float scale, float *scores,
+                    size_t score_stride, float *partial);
+void ck_attend_part_ref(const float *q, const float *keys, const float *values, size_t begin, size_t end,
+                        size_t stride, size_t kv_head_stride, size_t dim, size_t heads, size_t kv_heads, float scale,
+                        float *scores, size_t score_stride, float *partial);
+/// ck_attend_part over a half cache (IEEE binary16 bit patterns, widened in registers).
+void ck_attend_part_f16(const float *q, const uint16_t *keys, const uint16_t *values, size_t begin, size_t end,
+                        size_t stride, size_t kv_head_stride, size_t dim, size_t heads, size_t kv_heads, float scale,
+                        float *scores, size_t score_stride, float *partial);
+void ck_attend_part_f16_ref(const float *q, const uint16_t *keys, const uint16_t *values, size_t begin, size_t end,
+                            size_t stride, size_t kv_head_stride, size_t dim, size_t heads, size_t kv_heads,
+                            float scale, float *scores, size_t score_stride, float *partial);
+/// out[h] = Σ_p e^(m_p − M)·o_p / Σ_p e^(m_p − M)·l_p over the `parts` ranges' partials
+/// (partial + (p·heads + h)·(dim + 2)), M the largest m of a non-empty range; 0 for a head no
+/// range covered. One range: o / l.
+void ck_attend_merge(const float *partial, size_t parts, size_t heads, size_t dim, float *out);
+
 // ---------------------------------------------------------------------------------------------
 // FP4 weights as 4-bit table indices with int8 activations (LLM-FP4 W4A8 integer path).
 //

@@ -1,0 +1,298 @@
+#include "ck_runtime.h"
+#include "ckernels.h"
+#include "x86_common.h"
+#include <math.h>
+
+// Split decode attention (flash-decoding): ck_attend_part[_f16] runs every query head over one
+// range of cached positions and leaves, per head, the range's score maximum m, its sum of
+// e^(s − m) l and the unnormalised Σ e^(s − m)·v; ck_attend_merge combines the ranges with their
+// log-sum-exp weights. A decode step runs one range per pool task (positions, not heads, are
+// split: SmolLM2's 3 KV heads do not split evenly over 2 threads).
+//
+// Fast path (AVX-512 F/BW/VL + F16C, behind the VNNI switch as the other AVX-512 kernels): the
+// query heads of one KV head (up to 3 at a time) stay in registers, each key and value row is
+// loaded (and widened from half) once for all of them; the dot products of 16 positions are
+// summed together by one shuffle tree into one vector of 16 scores; e^x is ck_exp_f32 (the AVX2
+// vector exp of Ops.softmax, within 2 ulp of libm's expf). fp32 throughout.
+// It differs from the `_ref` twin (sequential sums, libm expf) only in summation order and the
+// last bits of e^x: tests hold it to 2e-5 relative (of the output's largest magnitude) against
+// the twin, and to the same bound against the unsplit grouped kernel ck_attend_group, which
+// normalises the probabilities before P·V where this one divides the sum at the end.
+
+#define ATTEND_PART_ROWS 3    // query heads per register block (3·4 q vectors + 12 accumulators at Dh 64)
+#define ATTEND_PART_CHUNKS 16 // 16-lane chunks of a head: Dh ≤ 256 on the fast path
+
+// ---- portable reference ---------------------------------------------------------------------
+
+#define CK_DEFINE_ATTEND_PART_REF(NAME, ELEM, TOF)                                                         \
+    void NAME(const float *q, const ELEM *keys, const ELEM *values, size_t begin, size_t end, size_t stride, \
+              size_t kv_head_stride, size_t dim, size_t heads, size_t kv_heads, float scale, float *scores,  \
+              size_t score_stride, float *partial) {                                                       \
+        const size_t group = heads / (kv_heads ? kv_heads : 1);                                            \
+        for (size_t h = 0; h < heads; h++) {                                                               \
+            const size_t kv = h / group;                                                                   \
+            const ELEM *K = keys + kv * kv_head_stride, *V = values + kv * kv_head_stride;                  \
+            const float *qh = q + h * dim;                                                                 \
+            float *s = scores + h * score_stride, *o = partial + h * (dim + 2);                            \
+            float m = -INFINITY, l = 0;                                                                    \
+            for (size_t j = begin; j < end; j++) {                                                         \
+                float d = 0;                                                                               \
+                for (size_t c = 0; c < dim; c++) d += qh[c] * TOF(K[j * stride + c]);                      \
+                s[j] = scale * d;                                                                          \
+                m = s[j] > m ? s[j] : m;                                                                   \
+            }                                                                                              \
+            for (size_t j = begin; j < end; j++) {                                                         \
+                s[j] = expf(s[j] - m);                                                                     \
+                l += s[j];                                                                                 \
+            }                                                                                              \
+            for (size_t c = 0; c < dim; c++) o[2 + c] = 0;                                                 \
+            for (size_t j = begin; j < end; j++)                                                           \
+                for (size_t c = 0; c < dim; c++) o[2 + c] += s[j] * TOF(V[j * stride + c]);                \
+            o[0] = m;                                                                                      \
+            o[1] = l;                                                                                      \
+        }                                                                                                  \
+    }
+
+#define ATTEND_F32(x) (x)
+CK_DEFINE_ATTEND_PART_REF(ck_attend_part_ref, float, ATTEND_F32)
+CK_DEFINE_ATTEND_PART_REF(ck_attend_part_f16_ref, uint16_t, ck_f16_to_f32_one)
+
+void ck_attend_merge(const float *partial, size_t parts, size_t heads, size_t dim, float *out) {
+    const size_t width = dim + 2;
+    for (size_t h = 0; h < heads; h++) {
+        float *o = out + h * dim;
+        float m = -INFINITY, l = 0;
+        for (size_t p = 0; p < parts; p++) {
+            const float *part = partial + (p * heads + h) * width;
+            if (part[1] > 0 && part[0] > m) m = part[0];
+        }
+        for (size_t c = 0; c < dim; c++) o[c] = 0;
+        for (size_t p = 0; p < parts; p++) {
+            const float *part = partial + (p * heads + h) * width;
+            if (!(part[1] > 0)) continue;  // an empty range (or one that met no finite score)
+            const float w = parts == 1 ? 1 : expf(part[0] - m);
+            l += w * part[1];
+            for (size_t c = 0; c < dim; c++) o[c] += w * part[2 + c];
+        }
+        if (l > 0) {
+            const float inv = 1 / l;
+            for (size_t c = 0; c < dim; c++) o[c] *= inv;
+        }
+    }
+}
+
+// ---- AVX-512 ---------------------------------------------------------------------------------
+
+#if defined(__x86_64__)
+#define CK_ATTEND512 __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl")))
+
+/// Four accumulators → one vector whose 128-bit chunk i holds four partial sums of a_i.
+CK_INLINE CK_ATTEND512 __m512 attend_reduce4(__m512 a0, __m512 a1, __m512 a2, __m512 a3) {
+    const __m512 t01 = _mm512_add_ps(_mm512_shuffle_f32x4(a0, a1, 0x44), _mm512_shuffle_f32x4(a0, a1, 0xEE));
+    const __m512 t23 = _mm512_add_ps(_mm512_shuffle_f32x4(a2, a3, 0x44), _mm512_shuffle_f32x4(a2, a3, 0xEE));
+    return _mm512_add_ps(_mm512_shuffle_f32x4(t01, t23, 0x88), _mm512_shuffle_f32x4(t01, t23, 0xDD));
+}
+
+/// Four attend_reduce4 results c_b → lane 4i + b = the sum of c_b's chunk i (a 4×4 transpose
+/// and add inside every 128-bit chunk).
+CK_INLINE CK_ATTEND512 __m512 attend_reduce16(__m512 c0, __m512 c1, __m512 c2, __m512 c3) {
+    const __m512 x0 = _mm512_add_ps(_mm512_unpacklo_ps(c0, c1), _mm512_unpackhi_ps(c0, c1));
+    const __m512 x1 = _mm512_add_ps(_mm512_unpacklo_ps(c2, c3), _mm512_unpackhi_ps(c2, c3));
+    const __m512d y0 = _mm512_castps_pd(x0), y1 = _mm512_castps_pd(x1);
+    return _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(y0, y1)), _mm512_castpd_ps(_mm512_unpackhi_pd(y0, y1)));
+}
+
+/// Defines, for cache elements ELEM read 16 at a time as floats by LOAD16(p) (MLOAD16(mask, p)
+/// for a head's last partial chunk), NAME##_rows: R ≤ 3 query rows of one KV head over the
+/// positions [begin, end), NC chunks of 16 per head (the last one masked when TAIL). R, NC and
+/// TAIL are constants after inlining.
+#define CK_DEFINE_ATTEND_PART_AVX512(NAME, ELEM, LOAD16, MLOAD16)                                          \
+    CK_INLINE CK_ATTEND512 __m512 NAME##_load(const ELEM *p, size_t c, size_t NC, int TAIL, __mmask16 tm) {  \
+        return (TAIL && c == NC - 1) ? MLOAD16(tm, p + 16 * c) : LOAD16(p + 16 * c);                        \
+    }                                                                                                      \
+    CK_INLINE CK_ATTEND512 void NAME##_rows(const size_t R, const size_t NC, const int TAIL, const float *q,  \
+                                            const ELEM *K, const ELEM *V, size_t begin, size_t end,         \
+                                            size_t stride, size_t dim, float scale, float *scores,          \
+                                            size_t score_stride, float *partial) {                         \
+        const __mmask16 tm = (__mmask16)((1u << (dim & 15)) - 1);                                          \
+        const __m512 vscale = _mm512_set1_ps(scale);                                                       \
+        __m512 qv[ATTEND_PART_ROWS][ATTEND_PART_CHUNKS], vmax[ATTEND_PART_ROWS];                           \
+        for (size_t r = 0; r < R; r++) {                                                                   \
+            for (size_t c = 0; c < NC; c++)                                                                \
+                qv[r][c] = (TAIL && c == NC - 1) ? _mm512_maskz_loadu_ps(tm, q + r * dim + 16 * c)         \
+                                                 : _mm512_loadu_ps(q + r * dim + 16 * c);                  \
+            vmax[r] = _mm512_set1_ps(-INFINITY);                                                           \
+        }                                                                                                  \
+        /* s = scale·q·k: 16 positions a step, 4 blocks of 4 in address order (the hardware      \
+           prefetcher lost track of a strided order); lane 4i + b of the reduction is position 4b + i */ \
+        const __m512i order = _mm512_set_epi32(15, 11, 7, 3, 14, 10, 6, 2, 13, 9, 5, 1, 12, 8, 4, 0);        \
+        size_t j = begin;                                                                                  \
+        for (; j + 16 <= end; j += 16) {                                                                   \
+            __m512 part[ATTEND_PART_ROWS][4];                                                              \
+            for (size_t b = 0; b < 4; b++) {                                                               \
+                __m512 acc[ATTEND_PART_ROWS][4];                                                           \
+                for (size_t r = 0; r < R; r++)                                                             \
+                    for (size_t p = 0; p < 4; p++) acc[r][p] = _mm512_setzero_ps();                        \
+                for (size_t c = 0; c < NC; c++)                                                            \
+                    for (size_t p = 0; p < 4; p++) {                                                       \
+                        const __m512 k = NAME##_load(K + (j + 4 * b + p) * stride, c, NC, TAIL, tm);       \
+                        for (size_t r = 0; r < R; r++) acc[r][p] = _mm512_fmadd_ps(qv[r][c], k, acc[r][p]); \
+                    }                                                                                      \
+                for (size_t r = 0; r < R; r++) part[r][b] = attend_reduce4(acc[r][0], acc[r][1], acc[r][2], acc[r][3]); \
+            }                                                                                              \
+            for (size_t r = 0; r < R; r++) {                                                               \
+                const __m512 s = _mm512_mul_ps(vscale, _mm512_permutexvar_ps(order, attend_reduce16(part[r][0], part[r][1], part[r][2], part[r][3]))); \
+                _mm512_storeu_ps(scores + r * score_stride + j, s);                                        \
+                vmax[r] = _mm512_max_ps(vmax[r], s);                                                       \
+            }                                                                                              \
+        }                                                                                                  \
+        float m[ATTEND_PART_ROWS];                                                                         \
+        for (size_t r = 0; r < R; r++) m[r] = _mm512_reduce_max_ps(vmax[r]);                               \
+        for (; j < end; j++) {                                                                             \
+            __m512 acc[ATTEND_PART_ROWS];                                                                  \
+            for (size_t r = 0; r < R; r++) acc[r] = _mm512_setzero_ps();                                   \
+            for (size_t c = 0; c < NC; c++) {                                                              \
+                const __m512 k = NAME##_load(K + j * stride, c, NC, TAIL, tm);                             \
+                for (size_t r = 0; r < R; r++) acc[r] = _mm512_fmadd_ps(qv[r][c], k, acc[r]);              \
+            }                                                                                              \
+            for (size_t r = 0; r < R; r++) {                                                               \
+                const float s = scale * _mm512_reduce_add_ps(acc[r]);                                      \
+                scores[r * score_stride + j] = s;                                                          \
+                m[r] = s > m[r] ? s : m[r];                                                                \
+            }                                                                                              \
+        }                                                                                                  \
+        /* p = e^(s − m) in place (ck_exp_f32: Ops.softmax's vector exp), l = Σ p */                   \
+        float l[ATTEND_PART_ROWS];                                                                         \
+        for (size_t r = 0; r < R; r++) {                                                                   \
+            float *s = scores + r * score_stride;                                                          \
+            const __m512 vm = _mm512_set1_ps(m[r]);                                                        \
+            for (size_t i = begin; i < end; i += 16) {                                                     \
+                const __mmask16 mk = end - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (end - i)) - 1); \
+                _mm512_mask_storeu_ps(s + i, mk, _mm512_sub_ps(_mm512_maskz_loadu_ps(mk, s + i), vm));     \
+            }                                                                                              \
+            ck_exp_f32(s + begin, end - begin, s + begin);                                                 \
+            __m512 sum = _mm512_setzero_ps();                                                              \
+            for (size_t i = begin; i < end; i += 16) {                                                     \
+                const __mmask16 mk = end - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (end - i)) - 1); \
+                sum = _mm512_add_ps(sum, _mm512_maskz_loadu_ps(mk, s + i));                                \
+            }                                                                                              \
+            l[r] = _mm512_reduce_add_ps(sum);                                                              \
+        }                                                                                                  \
+        /* o = Σ p·v, each value row loaded once for the R rows */                                     \
+        __m512 o[ATTEND_PART_ROWS][ATTEND_PART_CHUNKS];                                                    \
+        for (size_t r = 0; r < R; r++)                                                                     \
+            for (size_t c = 0; c < NC; c++) o[r][c] = _mm512_setzero_ps();                                 \
+        for (size_t i = begin; i < end; i++) {                                                             \
+            __m512 p[ATTEND_PART_ROWS];                                                                    \
+            for (size_t r = 0; r < R; r++) p[r] = _mm512_set1_ps(scores[r * score_stride + i]);            \
+            for (size_t c = 0; c < NC; c++) {                                                              \
+                const __m512 v = NAME##_load(V + i * stride, c, NC, TAIL, tm);                             \
+                for (size_t r = 0; r < R; r++) o[r][c] = _mm512_fmadd_ps(p[r], v, o[r][c]);                \
+            }                                                                                              \
+        }                                                                                                  \
+        for (size_t r = 0; r < R; r++) {                                                                   \
+            float *out = partial + r * (dim + 2);                                                          \
+            out[0] = m[r];                                                                                 \
+            out[1] = l[r];                                                                                 \
+            for (size_t c = 0; c < NC; c++) {                                                              \
+                if (TAIL && c == NC - 1) _mm512_mask_storeu_ps(out + 2 + 16 * c, tm, o[r][c]);             \
+                else _mm512_storeu_ps(out + 2 + 16 * c, o[r][c]);                                          \
+            }                                                                                              \
+        }                                                                                                  \
+    }                                                                                                      \
+    /* R rows with a constant chunk count for the common head sizes (32, 64, 128). */                  \
+    CK_INLINE CK_ATTEND512 void NAME##_dims(const size_t R, const float *q, const ELEM *K, const ELEM *V,    \
+                                            size_t begin, size_t end, size_t stride, size_t dim, float scale, \
+                                            float *scores, size_t score_stride, float *partial) {           \
+        switch (dim) {                                                                                     \
+        case 32: NAME##_rows(R, 2, 0, q, K, V, begin, end, stride, dim, scale, scores, score_stride, partial); break; \
+        case 64: NAME##_rows(R, 4, 0, q, K, V, begin, end, stride, dim, scale, scores, score_stride, partial); break; \
+        case 128: NAME##_rows(R, 8, 0, q, K, V, begin, end, stride, dim, scale, scores, score_stride, partial); break; \
+        default:                                                                                           \
+            NAME##_rows(R, (dim + 15) / 16, (dim & 15) != 0, q, K, V, begin, end, stride, dim, scale, scores,  \
+                        score_stride, partial);                                                            \
+        }                                                                                                  \
+    }                                                                                                      \
+    CK_ATTEND512 static void NAME(const float *q, const ELEM *keys, const ELEM *values, size_t begin,         \
+                                  size_t end, size_t stride, size_t kv_head_stride, size_t dim, size_t heads, \
+                                  size_t kv_heads, float scale, float *scores, size_t score_stride,         \
+                                  float *partial) {                                                        \
+        const size_t group = heads / kv_heads;                                                             \
+        for (size_t h = 0, rows; h < heads; h += rows) {                                                   \
+            /* blocks of up to 3 rows that do not cross a KV head */                                   \
+            const size_t kv = h / group, left = (kv + 1) * group - h;                                      \
+            rows = left < ATTEND_PART_ROWS ? left : ATTEND_PART_ROWS;                                      \
+            const ELEM *K = keys + kv * kv_head_stride, *V = values + kv * kv_head_stride;                  \
+            const float *qh = q + h * dim;                                                                 \
+            float *sh = scores + h * score_stride, *ph = partial + h * (dim + 2);                          \
+            switch (rows) {                                                                                \
+            case 1: NAME##_dims(1, qh, K, V, begin, end, stride, dim, scale, sh, score_stride, ph); break;   \
+            case 2: NAME##_dims(2, qh, K, V, begin, end, stride, dim, scale, sh, score_stride, ph); break;   \
+            default: NAME##_dims(3, qh, K, V, begin, end, stride, dim, scale, sh, score_stride, ph); break;  \
+            }                                                                                              \
+        }                                                                                                  \
+    }
+
+#define ATTEND_LOAD16_F32(p) _mm512_loadu_ps(p)
+#define ATTEND_MLOAD16_F32(m, p) _mm512_maskz_loadu_ps(m, p)
+#define ATTEND_LOAD16_F16(p) _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(p)))
+#define ATTEND_MLOAD16_F16(m, p) _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, p))
+
+CK_DEFINE_ATTEND_PART_AVX512(attend_part_avx512, float, ATTEND_LOAD16_F32, ATTEND_MLOAD16_F32)
+CK_DEFINE_ATTEND_PART_AVX512(attend_part_f16_avx512, uint16_t, ATTEND_LOAD16_F16, ATTEND_MLOAD16_F16)
+#endif
+
+#include <stdlib.h>
+#include <string.h>
+
+// -1 until first read: PTQ_ATTEND_SPLIT=0 in the environment starts the process on the grouped kernels.
+static int split_enabled = -1;
+
+int ck_attend_split_enabled(void) {
+    if (split_enabled < 0) {
+        const char *v = getenv("PTQ_ATTEND_SPLIT");
+        split_enabled = !(v && strcmp(v, "0") == 0);
+    }
+    return split_enabled;
+}
+
+void ck_set_attend_split_enabled(int enabled) { split_enabled = enabled ? 1 : 0; }
+
+int ck_attend_part_fast(size_t dim) {
+#if defined(__x86_64__)
+    return dim > 0 && dim <= 16 * ATTEND_PART_CHUNKS && ck_cpu_has_avx512vnni() && __builtin_cpu_supports("avx512bw");
+#else
+    (void)dim;
+    return 0;
+#endif
+}
+
+void ck_attend_part(const float *q, const float *keys, const float *values, size_t begin, size_t end, size_t stride,
+                    size_t kv_head_stride, size_t dim, size_t heads, size_t kv_heads, float scale, float *scores,
+                    size_t score_stride, float *partial) {
+    if (heads == 0 || kv_heads == 0) return;
+#if defined(__x86_64__)
+    if (ck_attend_part_fast(dim)) {
+        attend_part_avx512(q, keys, values, begin, end, stride, kv_head_stride, dim, heads, kv_heads, scale, scores,
+                           score_stride, partial);
+        return;
+    }
+#endif
+    ck_attend_part_ref(q, keys, values, begin, end, stride, kv_head_stride, dim, heads, kv_heads, scale, scores,
+                       score_stride, partial);
+}
+
+void ck_attend_part_f16(const float *q, const uint16_t *keys, const uint16_t *values, size_t begin, size_t end,
+                        size_t stride, size_t kv_head_stride, size_t dim, size_t heads, size_t kv_heads, float scale,
+                        float *scores, size_t score_stride, float *partial) {
+    if (heads == 0 || kv_heads == 0) return;
+#if defined(__x86_64__)
+    if (ck_attend_part_fast(dim)) {
+        attend_part_f16_avx512(q, keys, values, begin, end, stride, kv_head_stride, dim, heads, kv_heads, scale,
+                               scores, score_stride, partial);
+        return;
+    }
+#endif
+    ck_attend_part_f16_ref(q, keys, values, begin, end, stride, kv_head_stride, dim, heads, kv_heads, scale, scores,
+                           score_stride, partial);
+}

@@ -1,0 +1,204 @@
+import CKernels
+import Foundation
+import Kernels
+import PTQCore
+import Testing
+
+/// The split decode attention (`ck_attend_part` + `ck_attend_merge`, flash-decoding): the
+/// AVX-512 kernel against its scalar twin and against the unsplit reference
+/// (`ck_attend_group_ref`), over position ranges that do and do not fall on the kernel's
+/// 16-position steps, and through `TokenKernels.attendOne` with the split on and off.
+@Suite("Split decode attention")
+struct SplitAttentionTests {
+    struct Shape: CustomStringConvertible, Sendable {
+        let heads: Int, kvHeads: Int, dim: Int
+        var description: String { "\(heads)/\(kvHeads)×\(dim)" }
+    }
+
+    static let shapes = [Shape(heads: 9, kvHeads: 3, dim: 64), Shape(heads: 4, kvHeads: 4, dim: 64),
+                         Shape(heads: 1, kvHeads: 1, dim: 64), Shape(heads: 6, kvHeads: 2, dim: 32),
+                         Shape(heads: 3, kvHeads: 1, dim: 7), Shape(heads: 2, kvHeads: 2, dim: 128),
+                         Shape(heads: 8, kvHeads: 2, dim: 72), Shape(heads: 5, kvHeads: 1, dim: 16)]
+
+    /// Keys and values in both cache layouts: position-major floats (stride kvHeads·dim) and a
+    /// head-major half cache (KV, capacity, dim) with spare capacity, holding the same values.
+    struct Cache {
+        let floatKeys: [Float], floatValues: [Float], halfKeys: [UInt16], halfValues: [UInt16], capacity: Int
+    }
+
+    static func cache(_ shape: Shape, count: Int, keyRange: ClosedRange<Float>, rng: inout SplitMix) -> Cache {
+        let width = shape.kvHeads * shape.dim, capacity = count + 5
+        var keys = rng.floats(count * width, in: keyRange), values = rng.floats(count * width, in: -3...3)
+        var halfKeys = [UInt16](repeating: 0x7E00, count: shape.kvHeads * capacity * shape.dim), halfValues = halfKeys
+        for g in 0..<shape.kvHeads {
+            for j in 0..<count {
+                for d in 0..<shape.dim {
+                    let i = j * width + g * shape.dim + d, h = (g * capacity + j) * shape.dim + d
+                    halfKeys[h] = ck_f32_to_f16_one(keys[i])
+                    halfValues[h] = ck_f32_to_f16_one(values[i])
+                    keys[i] = ck_f16_to_f32_one(halfKeys[h])  // the float cache holds the same values
+                    values[i] = ck_f16_to_f32_one(halfValues[h])
+                }
+            }
+        }
+        return Cache(floatKeys: keys, floatValues: values, halfKeys: halfKeys, halfValues: halfValues, capacity: capacity)
+    }
+
+    /// Split attention over `parts` ranges of ⌈count / parts⌉ positions (not rounded to 16), merged.
+    static func split(_ q: [Float], _ cache: Cache, _ shape: Shape, count: Int, parts: Int, half: Bool,
+                      reference: Bool) -> [Float] {
+        let chunk = (count + parts - 1) / parts, scale = 1 / Float(shape.dim).squareRoot()
+        var partial = [Float](repeating: .nan, count: parts * shape.heads * (shape.dim + 2))
+        var scores = [Float](repeating: .nan, count: shape.heads * count)
+        var out = [Float](repeating: .nan, count: shape.heads * shape.dim)
+        for t in 0..<parts {
+            let begin = min(count, t * chunk), end = min(count, begin + chunk)
+            partial.withUnsafeMutableBufferPointer { p in
+                let pt = p.baseAddress! + t * shape.heads * (shape.dim + 2)
+                let (dim, heads, kvHeads) = (shape.dim, shape.heads, shape.kvHeads)
+                if half {
+                    let kvHeadStride = cache.capacity * dim
+                    if reference {
+                        ck_attend_part_f16_ref(q, cache.halfKeys, cache.halfValues, begin, end, dim, kvHeadStride, dim,
+                                               heads, kvHeads, scale, &scores, count, pt)
+                    } else {
+                        ck_attend_part_f16(q, cache.halfKeys, cache.halfValues, begin, end, dim, kvHeadStride, dim,
+                                           heads, kvHeads, scale, &scores, count, pt)
+                    }
+                } else {
+                    let stride = kvHeads * dim
+                    if reference {
+                        ck_attend_part_ref(q, cache.floatKeys, cache.floatValues, begin, end, stride, dim, dim, heads,
+                                           kvHeads, scale, &scores, count, pt)
+                    } else {
+                        ck_attend_part(q, cache.floatKeys, cache.floatValues, begin, end, stride, dim, dim, heads,
+                                       kvHeads, scale, &scores, count, pt)
+                    }
+                }
+            }
+        }
+        ck_attend_merge(partial, parts, shape.heads, shape.dim, &out)
+        return out
+    }
+
+    /// The unsplit scalar reference (normalised probabilities, then P·V) on the float cache.
+    static func unsplit(_ q: [Float], _ cache: Cache, _ shape: Shape, count: Int) -> [Float] {
+        let group = shape.heads / shape.kvHeads, scale = 1 / Float(shape.dim).squareRoot()
+        var scores = [Float](repeating: 0, count: group * count)
+        var out = [Float](repeating: .nan, count: shape.heads * shape.dim)
+        for kv in 0..<shape.kvHeads {
+            cache.floatKeys.withUnsafeBufferPointer { k in
+                cache.floatValues.withUnsafeBufferPointer { v in
+                    out.withUnsafeMutableBufferPointer { o in
+                        q.withUnsafeBufferPointer { qp in
+                            ck_attend_group_ref(qp.baseAddress! + kv * group * shape.dim, k.baseAddress! + kv * shape.dim,
+                                                v.baseAddress! + kv * shape.dim, count, shape.kvHeads * shape.dim,
+                                                shape.dim, group, scale, &scores, o.baseAddress! + kv * group * shape.dim)
+                        }
+                    }
+                }
+            }
+        }
+        return out
+    }
+
+    /// Fast and twin, both caches, each range split in `parts`: within `bound` of each other and
+    /// of the unsplit reference, and finite.
+    static func expectSplitMatches(_ q: [Float], _ cache: Cache, _ shape: Shape, count: Int, parts: [Int],
+                                   bound: Float, label: String) {
+        let expected = unsplit(q, cache, shape, count: count)
+        for half in [false, true] {
+            for parts in parts {
+                let label = "\(label) half \(half) parts \(parts)"
+                let ref = split(q, cache, shape, count: count, parts: parts, half: half, reference: true)
+                let fast = split(q, cache, shape, count: count, parts: parts, half: half, reference: false)
+                #expect(fast.allSatisfy { $0.isFinite }, "\(label)")
+                #expect(TokenKernelTests.relativeError(ref, expected) < bound, "\(label): twin vs unsplit")
+                #expect(TokenKernelTests.relativeError(fast, ref) < bound, "\(label): fast vs twin")
+                #expect(TokenKernelTests.relativeError(fast, expected) < bound, "\(label): fast vs unsplit")
+            }
+        }
+    }
+
+    @Test("the split kernel matches its twin and the unsplit reference, any range split",
+          arguments: [1, 2, 15, 17, 577], shapes)
+    func matchesReference(count: Int, shape: Shape) {
+        var rng = SplitMix(seed: UInt64(count * 7919 + shape.heads * 131 + shape.dim))
+        let q = rng.floats(shape.heads * shape.dim, in: -2...2)
+        let cache = Self.cache(shape, count: count, keyRange: -4...4, rng: &rng)
+        Self.expectSplitMatches(q, cache, shape, count: count, parts: [1, 2, 3, 7], bound: 2e-5,
+                                label: "count \(count) shape \(shape)")
+        // One position: every head's output is its KV head's value row, exactly.
+        if count == 1 {
+            let fast = Self.split(q, cache, shape, count: count, parts: 1, half: true, reference: false)
+            let group = shape.heads / shape.kvHeads
+            for h in 0..<shape.heads {
+                let kv = h / group
+                #expect(Array(fast[(h * shape.dim)..<((h + 1) * shape.dim)])
+                        == Array(cache.floatValues[(kv * shape.dim)..<((kv + 1) * shape.dim)]), "head \(h)")
+            }
+        }
+    }
+
+    @Test("extreme scores: one huge logit, logits near the exp limits, all-equal scores",
+          arguments: [2, 17, 577])
+    func extremeScores(count: Int) {
+        let shape = Shape(heads: 9, kvHeads: 3, dim: 64)
+        var rng = SplitMix(seed: UInt64(count))
+        // Keys near the top of the half range and a query that makes scores span thousands:
+        // every range's maximum differs, most e^(s − m) underflow to 0.
+        let big = rng.floats(shape.heads * shape.dim, in: -0.05...0.05)
+        let cache = Self.cache(shape, count: count, keyRange: -6e4...6e4, rng: &rng)
+        // A zero query: every score 0, the output is the mean of the value rows.
+        let zero = [Float](repeating: 0, count: shape.heads * shape.dim)
+        for (name, q) in [("large logits", big), ("all equal", zero)] {
+            Self.expectSplitMatches(q, cache, shape, count: count, parts: [1, 2, 5], bound: 1e-4,
+                                    label: "\(name) count \(count)")
+        }
+    }
+
+    @Test("attendOne: the split path (pool ranges) against the grouped kernels and the twin",
+          arguments: [3, 64, 577, 1500], [Shape(heads: 9, kvHeads: 3, dim: 64), Shape(heads: 4, kvHeads: 1, dim: 40)])
+    func attendOneSplitOnAndOff(count: Int, shape: Shape) {
+        var rng = SplitMix(seed: UInt64(count * 3 + shape.dim))
+        let q = rng.floats(shape.heads * shape.dim, in: -2...2)
+        let cache = Self.cache(shape, count: count, keyRange: -4...4, rng: &rng)
+        let scale = 1 / Float(shape.dim).squareRoot()
+        var scores = [Float](repeating: 0, count: shape.heads * count)
+        func run(half: Bool, reference: Bool = false) -> [Float] {
+            var out = [Float](repeating: .nan, count: shape.heads * shape.dim)
+            if half {
+                TokenKernels.attendOne(q: q, halfKeys: cache.halfKeys, halfValues: cache.halfValues, count: count,
+                                       heads: shape.heads, kvHeads: shape.kvHeads, dim: shape.dim, stride: shape.dim,
+                                       kvHeadStride: cache.capacity * shape.dim, scale: scale, scores: &scores, out: &out,
+                                       reference: reference)
+            } else {
+                TokenKernels.attendOne(q: q, keys: cache.floatKeys, values: cache.floatValues, count: count,
+                                       heads: shape.heads, kvHeads: shape.kvHeads, dim: shape.dim,
+                                       stride: shape.kvHeads * shape.dim, scale: scale, scores: &scores, out: &out,
+                                       reference: reference)
+            }
+            return out
+        }
+        TokenKernels.kernelSwitchLock.lock()
+        defer { TokenKernels.kernelSwitchLock.unlock() }
+        let wasOn = TokenKernels.splitAttention
+        defer { TokenKernels.splitAttention = wasOn }
+        for half in [false, true] {
+            let label = "count \(count) shape \(shape) half \(half)"
+            let ref = run(half: half, reference: true)
+            TokenKernels.splitAttention = true
+            let split = run(half: half)
+            TokenKernels.splitAttention = false
+            let grouped = run(half: half)
+            #expect(split.allSatisfy { $0.isFinite }, "\(label)")
+            #expect(TokenKernelTests.relativeError(split, ref) < 2e-5, "\(label): split vs twin")
+            #expect(TokenKernelTests.relativeError(grouped, ref) < 1e-5, "\(label): grouped vs twin")
+            // Both cache types hold the same values: the two split kernels agree to rounding.
+            if half {
+                TokenKernels.splitAttention = true
+                #expect(TokenKernelTests.relativeError(split, run(half: false)) < 2e-5, "\(label): f16 vs f32 split")
+            }
+        }
+    }
+}
