@@ -298,8 +298,9 @@ float ck_stream_sum(const float *p, size_t n) {
 // 15 and 16 the binary prefill tiles' unpacked sign words and salient codes (they run inside
 // the tile decode closure of `tiledProduct`, so they must not share the GEMM's slots),
 // 19 and 20 the bf16 decode GEMV's prepared activations and group sums (`LowBit.gemv`),
-// 23 the SplitQuant bf16 decode GEMV's bf16 copy of x (`SplitKernels.gemv`).
-#define CK_SCRATCH_SLOTS 24
+// 23 the SplitQuant bf16 decode GEMV's bf16 copy of x (`SplitKernels.gemv`),
+// 26 the FP8 decode GEMV's signed activation byte planes (fp4_i16.c, `ck_fp8_gemv_i16`).
+#define CK_SCRATCH_SLOTS 28
 
 typedef struct {
     void *data;
