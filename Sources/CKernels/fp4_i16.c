@@ -740,6 +740,18 @@ void ck_fp8_gemm_i16x2(const uint8_t *codes, size_t row_begin, size_t row_count,
                      ldy);
 }
 
+int ck_fp8_gemv_i16_bytes(int mag_bits, const int16_t *table) {
+#if defined(__x86_64__)
+    uint8_t mags[128];
+    return ck_fp8_gemv_i16_available(mag_bits) && __builtin_cpu_supports("avx512vbmi") && fp8_u8_on() &&
+           u8_magnitudes(mag_bits, table, mags);
+#else
+    (void)mag_bits;
+    (void)table;
+    return 0;
+#endif
+}
+
 int ck_fp8_gemv_i16_available(int mag_bits) {
 #if defined(__x86_64__)
     return mag_bits >= 1 && mag_bits <= 7 && ck_cpu_has_avx512vnni() && __builtin_cpu_supports("avx512bw");

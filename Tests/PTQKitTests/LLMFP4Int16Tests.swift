@@ -341,6 +341,9 @@ extension LLMFP4Tests {
     @Test(arguments: [(37, 64, 64, 64, 1), (5, 576, 576, 288, 1), (1, 63, 63, 63, 2), (6, 130, 130, 26, 1),
                       (9, 100, 50, 10, 3), (40, 576, 576, 96, 1)])
     func fp8ByteGemvMatchesReference(shape: (Int, Int, Int, Int, Int)) {
+        // E3M4 weight integers reach 1984: never the byte form.
+        let e3m4 = Self.e3m4.codeValues.map { Int16($0 / Self.e3m4.unit) } + [Int16](repeating: 0, count: 256 - Self.e3m4.codeCount)
+        #expect(!MiniFloat.fp8ByteGemvRuns(magnitudeBits: 7, table: e3m4))
         let (rows, cols, gs, sumLength, m) = shape
         let e2m3 = FloatingPointFormat(exponentBits: 2, mantissaBits: 3)
         for (format, limit, split) in [(Self.e2m5, 32639, false), (Self.e2m5, 32767, false), (e2m3, 32639, false),

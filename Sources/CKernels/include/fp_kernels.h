@@ -173,6 +173,8 @@ int ck_fp8_gemv_i16_available(int mag_bits);
 /// Turns the magnitude-byte form of ck_fp8_gemv_i16 on or off (default on unless
 /// PTQ_FP8_BYTE_GEMV=0): for tests and A/B runs; the result is the same either way.
 void ck_set_fp8_byte_gemv_enabled(int enabled);
+/// Whether ck_fp8_gemv_i16 runs its magnitude-byte form for this table (CPU, switch, |t| <= 255).
+int ck_fp8_gemv_i16_bytes(int mag_bits, const int16_t *table);
 
 // ---------------------------------------------------------------------------------------------
 // FP4 decode GEMV on int8 VNNI (fp4_u8.c), the int16 path's decode kernel where AVX-512 VNNI + BW
