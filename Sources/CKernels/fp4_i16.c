@@ -93,6 +93,19 @@ void ck_fp8_gemm_i16x2_ref(const uint8_t *codes, size_t row_begin, size_t row_co
                  m, y, ldy);
 }
 
+static int fp8_u8_enabled = -1;
+
+/// Whether the magnitude-byte kernel runs where it can (PTQ_FP8_BYTE_GEMV=0 turns it off, for A/B).
+static int fp8_u8_on(void) {
+    if (fp8_u8_enabled < 0) {
+        const char *v = getenv("PTQ_FP8_BYTE_GEMV");
+        fp8_u8_enabled = !(v && strcmp(v, "0") == 0);
+    }
+    return fp8_u8_enabled;
+}
+
+void ck_set_fp8_byte_gemv_enabled(int enabled) { fp8_u8_enabled = enabled != 0; }
+
 #if defined(__x86_64__)
 // avx512bw for the 16-bit shifts of the split form (checked at dispatch with the VNNI flag).
 #define CK_VNNI512 __attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni")))
@@ -475,6 +488,148 @@ CK_VNNI512 static void i16_bytes_gemv_512(const uint8_t *codes, size_t row_begin
         y[o] = acc;
     }
 }
+
+// ---- FP8 byte GEMV on magnitude bytes and signed activation bytes (issue 13, tenth pass) ------
+//
+// Where every weight integer's magnitude fits a byte (E2M5: |t| <= 252; E2M3 and smaller), the
+// int16 GEMV above spends about 10 instructions per 32 weights widening the codes to int16, two
+// vpermt2w lookups, a blend and a masked negation before one vpdpwssd. Here the sign moves to the
+// activation instead: per 64 codes one vpermt2b (VBMI) looks up the 64 magnitudes |t| as unsigned
+// bytes straight from the code bytes (index bits 0-6; the sign bit is tested by one vptestmb),
+// and each activation v = b0 + 2^8·b1 (+ 2^16·b2), held once per call as signed byte planes of v
+// and of -v, is blended per byte by that sign mask, so one vpdpbusd per plane multiplies
+// |t|·(±v's byte) for 64 weights: P + 3 instructions per 64 weights for P planes (2 for |v| <=
+// 32639, 3 up to 8,355,711), against about 20. Each row's exact sum is reduced once per int32
+// sum (sum_len columns), then scaled in the reference's order. One row per pass: four rows
+// sharing the activation loads measured 38 against 30 GB/s with the head in cache, but on the
+// row-major codes four streams 576 bytes apart ran at 7 GB/s from DRAM on the measured Zen 4
+// (one row: memory speed); the 4-row form needs the head re-laid out with four rows' blocks
+// interleaved (measured 18.5 GB/s from DRAM), a second 28 MB copy while the prefill GEMM reads
+// the row-major codes (docs/RESULTS.md, tenth pass).
+//
+// Exactness: vpdpbusd and the plane combination s0 + 2^8·s1 + 2^16·s2 are integer arithmetic that
+// wraps modulo 2^32; the true sum sum_j t_j·v_j is an int32 (the caller's bound, as for every
+// kernel here), so the wrapped result is that integer even where a plane's partial sum leaves
+// int32. Same integer, same float operations: bit for bit ck_fp8_gemm_i16x2_ref.
+#define CK_FP8U8 __attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni,avx512vbmi")))
+
+/// The 128-entry magnitude table of the codes' low 7 bits (|table[c mod 2^mag_bits]|), or 0 when
+/// some magnitude exceeds a byte or the table is not sign | magnitude (table[c | 2^mag_bits] =
+/// -table[c], table[c] >= 0 for c < 2^mag_bits).
+static int u8_magnitudes(int mag_bits, const int16_t *table, uint8_t *mags) {
+    const int n_mag = 1 << mag_bits;
+    for (int c = 0; c < n_mag; c++) {
+        if (table[c] < 0 || table[c] > 255 || table[c | n_mag] != -table[c]) return 0;
+    }
+    for (int c = 0; c < 128; c++) mags[c] = (uint8_t)table[c & (n_mag - 1)];
+    return 1;
+}
+
+/// Activations v_j = a_j + 2^shift·ahi_j as signed byte planes v = b0 + 2^8·b1 (+ 2^16·b2): plane
+/// p at out + p·cp, the planes of -v at out + (P + p)·cp, zero past cols. Returns P (2 when every
+/// |v| <= 32639, 3 up to 8,355,711), or 0 when some |v| is larger (the caller falls back).
+static int u8_activation_planes(const int16_t *a, const int16_t *ahi, int shift, size_t cols, size_t cp, int8_t *out) {
+    int32_t vmax = 0;
+    for (size_t j = 0; j < cols; j++) {
+        const int32_t v = (int32_t)a[j] + (ahi ? (int32_t)ahi[j] * (1 << shift) : 0);
+        const int32_t m = v < 0 ? -v : v;
+        if (m > vmax) vmax = m;
+    }
+    const int planes = vmax <= 32639 ? 2 : (vmax <= 8355711 ? 3 : 0);
+    if (!planes) return 0;
+    memset(out, 0, 2 * (size_t)planes * cp);
+    for (size_t j = 0; j < cols; j++) {
+        const int32_t v = (int32_t)a[j] + (ahi ? (int32_t)ahi[j] * (1 << shift) : 0);
+        for (int neg = 0; neg < 2; neg++) {
+            int32_t r = neg ? -v : v;
+            for (int p = 0; p < planes; p++) {
+                // The signed low byte, then the exact remainder / 256 (the top plane keeps the rest).
+                const int32_t b = p + 1 < planes ? ((r + 128) & 255) - 128 : r;
+                out[(size_t)(neg * planes + p) * cp + j] = (int8_t)b;
+                r = (r - b) / 256;
+            }
+        }
+    }
+    return planes;
+}
+
+/// 64 columns from j (whole: all of them; else the columns of `live`, the others getting
+/// magnitude 0) into the P plane sums. Masked byte loads are slow on the measured Zen 4: only a
+/// row's last partial block takes one.
+static inline __attribute__((always_inline)) CK_FP8U8 void u8_fp8_step(
+    const uint8_t *row, size_t j, __mmask64 live, const int whole, const int inside, __m512i tlo, __m512i thi, __m512i sign,
+    const int8_t *planes, size_t cp, const int P, __m512i *s) {
+    // inside: the 64 bytes lie in the row (a sum's end before the row's end).
+    const __m512i c = inside ? _mm512_loadu_si512((const void *)(row + j)) : _mm512_maskz_loadu_epi8(live, row + j);
+    const __m512i mag = whole ? _mm512_permutex2var_epi8(tlo, c, thi) : _mm512_maskz_permutex2var_epi8(live, tlo, c, thi);
+    const __mmask64 minus = _mm512_test_epi8_mask(c, sign);
+    for (int p = 0; p < P; p++) {
+        const __m512i pos = _mm512_loadu_si512((const void *)(planes + (size_t)p * cp + j));
+        const __m512i neg = _mm512_loadu_si512((const void *)(planes + (size_t)(P + p) * cp + j));
+        s[p] = _mm512_dpbusd_epi32(s[p], mag, _mm512_mask_blend_epi8(minus, pos, neg));
+    }
+}
+
+/// Row o with P activation planes: see the section comment.
+static inline __attribute__((always_inline)) CK_FP8U8 void u8_fp8_row(
+    const uint8_t *codes, size_t o, size_t cols, size_t group_size, size_t sum_len, __m512i tlo, __m512i thi,
+    __m512i sign, const int8_t *planes, size_t cp, const int P, const float *wscale, float *y) {
+    const size_t groups = i16_groups(cols, group_size);
+    const uint8_t *row = codes + o * cols;
+    float acc = 0;
+    for (size_t g = 0; g < groups; g++) {
+        const size_t g1 = (g + 1) * group_size < cols ? (g + 1) * group_size : cols;
+        for (size_t j0 = g * group_size; j0 < g1; j0 += sum_len) {
+            const size_t j1 = j0 + sum_len < g1 ? j0 + sum_len : g1;
+            __m512i s[3];
+            for (int p = 0; p < P; p++) s[p] = _mm512_setzero_si512();
+            size_t j = j0;
+            for (; j + 64 <= j1; j += 64) u8_fp8_step(row, j, ~(__mmask64)0, 1, 1, tlo, thi, sign, planes, cp, P, s);
+            if (j < j1) {
+                const __mmask64 live = ((__mmask64)1 << (j1 - j)) - 1;
+                if (j + 64 <= cols) u8_fp8_step(row, j, live, 0, 1, tlo, thi, sign, planes, cp, P, s);
+                else u8_fp8_step(row, j, live, 0, 0, tlo, thi, sign, planes, cp, P, s);
+            }
+            __m512i t = s[P - 1];
+            for (int p = P - 2; p >= 0; p--) t = _mm512_add_epi32(_mm512_slli_epi32(t, 8), s[p]);
+            const int32_t sum = _mm512_reduce_add_epi32(t);
+            // Separate statements, as the reference: no contraction into an FMA.
+            float term = wscale[o * groups + g] * (float)sum;
+            acc = acc + term;
+        }
+    }
+    y[o] = acc;
+}
+
+CK_FP8U8 static void u8_fp8_gemv_512(const uint8_t *codes, size_t row_begin, size_t row_count, size_t cols,
+                                     size_t group_size, size_t sum_len, int mag_bits, const uint8_t *mags,
+                                     const int8_t *planes, size_t cp, int P, const float *wscale, float *y) {
+    const __m512i tlo = _mm512_loadu_si512((const void *)mags), thi = _mm512_loadu_si512((const void *)(mags + 64));
+    const __m512i sign = _mm512_set1_epi8((char)(1 << mag_bits));
+    for (size_t o = row_begin; o < row_begin + row_count; o++) {
+        if (P == 2) u8_fp8_row(codes, o, cols, group_size, sum_len, tlo, thi, sign, planes, cp, 2, wscale, y);
+        else u8_fp8_row(codes, o, cols, group_size, sum_len, tlo, thi, sign, planes, cp, 3, wscale, y);
+    }
+}
+
+/// Runs the magnitude-byte GEMV for one activation row if the CPU, table and activations allow it
+/// (scratch slot 26 holds the planes); 0 otherwise.
+static int u8_fp8_gemv(const uint8_t *codes, size_t row_begin, size_t row_count, size_t cols, size_t group_size,
+                       size_t sum_len, int mag_bits, const int16_t *table, const float *wscale, const int16_t *a,
+                       const int16_t *ahi, int shift, float *y) {
+    static int cpu = -1;
+    if (cpu < 0) cpu = __builtin_cpu_supports("avx512vbmi") && __builtin_cpu_supports("avx512bw");
+    if (!cpu || !ck_cpu_has_avx512vnni() || !fp8_u8_on() || mag_bits < 1 || mag_bits > 7) return 0;
+    uint8_t mags[128];
+    if (!u8_magnitudes(mag_bits, table, mags)) return 0;
+    const size_t cp = (cols + 63) & ~(size_t)63;
+    int8_t *planes = (int8_t *)ck_thread_scratch(26, 6 * cp);
+    if (!planes) return 0;
+    const int P = u8_activation_planes(a, ahi, shift, cols, cp, planes);
+    if (!P) return 0;
+    u8_fp8_gemv_512(codes, row_begin, row_count, cols, group_size, sum_len, mag_bits, mags, planes, cp, P, wscale, y);
+    return 1;
+}
 #endif
 
 /// AVX-512 VNNI kernels: the split form shifts int16 lanes of zmm vectors (AVX-512 BW).
@@ -585,6 +740,18 @@ void ck_fp8_gemm_i16x2(const uint8_t *codes, size_t row_begin, size_t row_count,
                      ldy);
 }
 
+int ck_fp8_gemv_i16_bytes(int mag_bits, const int16_t *table) {
+#if defined(__x86_64__)
+    uint8_t mags[128];
+    return ck_fp8_gemv_i16_available(mag_bits) && __builtin_cpu_supports("avx512vbmi") && fp8_u8_on() &&
+           u8_magnitudes(mag_bits, table, mags);
+#else
+    (void)mag_bits;
+    (void)table;
+    return 0;
+#endif
+}
+
 int ck_fp8_gemv_i16_available(int mag_bits) {
 #if defined(__x86_64__)
     return mag_bits >= 1 && mag_bits <= 7 && ck_cpu_has_avx512vnni() && __builtin_cpu_supports("avx512bw");
@@ -602,8 +769,10 @@ void ck_fp8_gemv_i16(const uint8_t *codes, size_t row_begin, size_t row_count, s
 #if defined(__x86_64__)
     if (ck_fp8_gemv_i16_available(mag_bits)) {
         for (size_t i = 0; i < m; i++)
-            i16_bytes_gemv_512(codes, row_begin, row_count, cols, group_size, sum_len, mag_bits, table, wscale,
-                               a + i * lda, ahi ? ahi + i * lda : NULL, shift, y + i * ldy);
+            if (!u8_fp8_gemv(codes, row_begin, row_count, cols, group_size, sum_len, mag_bits, table, wscale,
+                             a + i * lda, ahi ? ahi + i * lda : NULL, shift, y + i * ldy))
+                i16_bytes_gemv_512(codes, row_begin, row_count, cols, group_size, sum_len, mag_bits, table, wscale,
+                                   a + i * lda, ahi ? ahi + i * lda : NULL, shift, y + i * ldy);
         return;
     }
 #endif

@@ -262,6 +262,17 @@ public enum MiniFloat {
         }
     }
 
+    /// Whether `fp8Int16Gemv` runs its magnitude-byte form (`vpermt2b` + `vpdpbusd`) for
+    /// `table` here: AVX-512 VBMI + VNNI + BW, every |weight integer| ≤ 255, the switch on.
+    public static func fp8ByteGemvRuns(magnitudeBits: Int, table: UnsafePointer<Int16>) -> Bool {
+        ck_fp8_gemv_i16_bytes(Int32(magnitudeBits), table) != 0
+    }
+
+    /// Turns the magnitude-byte form of `fp8Int16Gemv` (E2M5/E2M3 weights: `vpermt2b` + `vpdpbusd`)
+    /// on or off, for tests and A/B runs against the int16 form; on by default unless
+    /// `PTQ_FP8_BYTE_GEMV=0`. Both forms give the same bits.
+    static func setFP8ByteGemvEnabled(_ enabled: Bool) { ck_set_fp8_byte_gemv_enabled(enabled ? 1 : 0) }
+
     private struct Fp8GemvJob {
         let codes: UnsafePointer<UInt8>, columns: Int, groupSize: Int, sumLength: Int, magnitudeBits: Int32
         let table: UnsafePointer<Int16>, scales: UnsafePointer<Float>, a: UnsafePointer<Int16>

@@ -130,8 +130,9 @@ public final class FloatingPointLinear: LinearOp {
             }
             return "\(format) nibble-table int16 GEMM (prefill) + \(decode) \(grouping), \(act) \(int16)"
         }
-        if let integer, integer.table16 != nil, integer.fp8Gemv {
-            return "\(format) byte-table int16 GEMM/GEMV (int32 sums of \(integer.sumLength)) \(grouping), \(act) \(int16)"
+        if let integer, let table16 = integer.table16, integer.fp8Gemv {
+            let bytes = MiniFloat.fp8ByteGemvRuns(magnitudeBits: format.bits - 1, table: table16)
+            return "\(format) byte-table int16 GEMM/GEMV\(bytes ? " (decode on magnitude bytes)" : "") (int32 sums of \(integer.sumLength)) \(grouping), \(act) \(int16)"
         }
         if let integer, integer.table16 != nil {
             return "\(format) byte-table int16 GEMM (prefill, int32 sums of \(integer.sumLength)) + LUT GEMV (decode) \(grouping), \(act) \(int16)"

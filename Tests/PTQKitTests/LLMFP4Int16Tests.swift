@@ -333,6 +333,70 @@ extension LLMFP4Tests {
         }
     }
 
+    /// The magnitude-byte form of the FP8 decode GEMV (E2M5 / E2M3: byte magnitudes, the sign on
+    /// the activation's byte planes) equals the scalar twin and the int16 form bit for bit: row
+    /// counts off the 4-row pass (1, 5, 37), widths off the 64-column step (63, 100, 130), int32
+    /// sums shorter than the group, ±0 / subnormal / largest codes, all-zero rows, activations at
+    /// the two-plane limit ±32639 and past it (three planes), and split activations.
+    @Test(arguments: [(37, 64, 64, 64, 1), (5, 576, 576, 288, 1), (1, 63, 63, 63, 2), (6, 130, 130, 26, 1),
+                      (9, 100, 50, 10, 3), (40, 576, 576, 96, 1)])
+    func fp8ByteGemvMatchesReference(shape: (Int, Int, Int, Int, Int)) {
+        // E3M4 weight integers reach 1984: never the byte form.
+        let e3m4 = Self.e3m4.codeValues.map { Int16($0 / Self.e3m4.unit) } + [Int16](repeating: 0, count: 256 - Self.e3m4.codeCount)
+        #expect(!MiniFloat.fp8ByteGemvRuns(magnitudeBits: 7, table: e3m4))
+        let (rows, cols, gs, sumLength, m) = shape
+        let e2m3 = FloatingPointFormat(exponentBits: 2, mantissaBits: 3)
+        for (format, limit, split) in [(Self.e2m5, 32639, false), (Self.e2m5, 32767, false), (e2m3, 32639, false),
+                                       (Self.e2m5, 200_000, true)] {
+            let magnitudeBits = format.exponentBits + format.mantissaBits
+            guard MiniFloat.fp8Int16GemvAvailable(magnitudeBits: magnitudeBits) else { continue }
+            let table = format.codeValues.map { Int16($0 / format.unit) } + [Int16](repeating: 0, count: 256 - format.codeCount)
+            let maxWeight = table.map { abs(Int($0)) }.max()!
+            var rng = SeededGenerator(seed: UInt64(cols * 7 + rows + magnitudeBits))
+            let signBit = 1 << magnitudeBits
+            var codes = (0..<rows * cols).map { _ in UInt8(Int.random(in: 0..<format.codeCount, using: &rng)) }
+            for j in 0..<cols {
+                // Row 0: ±0, subnormal and largest codes in turn; the last row all zero (if two rows).
+                let edge = [0, signBit, 1, signBit | 1, (1 << format.mantissaBits) - 1, signBit - 1, 2 * signBit - 1]
+                codes[j] = UInt8(edge[j % edge.count])
+                if rows > 1 { codes[(rows - 1) * cols + j] = 0 }
+            }
+            let groups = (cols + gs - 1) / gs
+            let scales = (0..<rows * groups).map { _ in rng.float(in: 0.01...2) }
+            let shift = split ? 3 : 0
+            // Saturated activations within the bound that keeps every exact sum in int32.
+            let top = min(limit, (Int(Int32.max) - 1) / (maxWeight * sumLength))
+            let lda = (cols + 1) & ~1
+            var low = [Int16](repeating: 0, count: m * lda), high = low
+            for i in 0..<m {
+                for j in 0..<cols {
+                    let v = i == 0 ? (j % 3 == 0 ? top : -top) : Int.random(in: -top...top, using: &rng)
+                    (low[i * lda + j], high[i * lda + j]) = split ? Self.split(v, shift: shift) : (Int16(v), 0)
+                }
+            }
+            var ref = [Float](repeating: .nan, count: m * rows), y = ref, old = ref
+            high.withUnsafeBufferPointer { h in
+                let parts: MiniFloat.HighParts? = split ? MiniFloat.HighParts(h.baseAddress!, shift: shift) : nil
+                MiniFloat.fp8Int16Product(codes: codes, rows: rows, columns: cols, groupSize: gs, sumLength: sumLength,
+                                          table: table, scales: scales, activations: low, high: parts, lda: lda, m: m,
+                                          y: &ref, ldy: rows, reference: true)
+                for enabled in [true, false] {
+                    var out = [Float](repeating: .nan, count: m * rows)
+                    MiniFloat.setFP8ByteGemvEnabled(enabled)
+                    MiniFloat.fp8Int16Gemv(codes: codes, rows: rows, columns: cols, groupSize: gs, sumLength: sumLength,
+                                           magnitudeBits: magnitudeBits, table: table, scales: scales, activations: low,
+                                           high: parts, lda: lda, m: m, y: &out, ldy: rows)
+                    if enabled { y = out } else { old = out }
+                }
+                MiniFloat.setFP8ByteGemvEnabled(true)
+            }
+            #expect(y == ref, "\(format) limit \(limit) split \(split) \(shape)")
+            #expect(old == ref, "\(format) int16 form \(shape)")
+            #expect(ref.allSatisfy { $0.isFinite })
+            if rows > 1 { #expect((0..<m).allSatisfy { ref[$0 * rows + rows - 1] == 0 }) }
+        }
+    }
+
     /// The split activation quantizer (AVX2 and scalar) gives `low + 2^shift·high =
     /// grid(x / channelScale / alpha)·factor` exactly with `|low| < 2^shift`, `high` in int16 and
     /// both parts carrying the value's sign, for E3M4 at K = 7 with the smallest and largest

@@ -157,15 +157,24 @@ void ck_fp8_gemm_i16x2_ref(const uint8_t *codes, size_t row_begin, size_t row_co
                            const int16_t *ahi, int shift, size_t lda, size_t m, float *y, size_t ldy);
 
 /// FP8 decode GEMV: one-byte codes (sign bit above mag_bits = exponent + mantissa bits <= 7
-/// magnitude bits; table[c | 1 << mag_bits] = -table[c]) read in place, the magnitudes' weight
-/// integers looked up in registers (AVX-512 BW: two vpermt2w of 64 int16 entries each),
-/// vpdpwssd against the int16 activations (a, optional split high parts ahi as above); the same
-/// result as ck_fp8_gemm_i16x2_ref bit for bit, which it runs where ck_fp8_gemv_i16_available
-/// is 0 (no AVX-512 VNNI + BW: callers keep the float GEMV there).
+/// magnitude bits; table[c | 1 << mag_bits] = -table[c]) read in place. Where every |table[c]|
+/// fits a byte (E2M5, E2M3) and the CPU has AVX-512 VBMI: the magnitudes looked up as unsigned
+/// bytes (vpermt2b), the sign applied to the activation's signed byte planes (v and -v, built
+/// once per call in scratch slot 26) and vpdpbusd, four rows per pass; otherwise (E3M4, or
+/// PTQ_FP8_BYTE_GEMV=0) the weight integers looked up as int16 (two vpermt2w of 64 entries each)
+/// and vpdpwssd against the int16 activations (a, optional split high parts ahi as above). Both
+/// give ck_fp8_gemm_i16x2_ref's result bit for bit (exact int32 sums, the same float
+/// operations), which it runs where ck_fp8_gemv_i16_available is 0 (no AVX-512 VNNI + BW:
+/// callers keep the float GEMV there).
 void ck_fp8_gemv_i16(const uint8_t *codes, size_t row_begin, size_t row_count, size_t cols, size_t group_size,
                      size_t sum_len, int mag_bits, const int16_t *table, const float *wscale, const int16_t *a,
                      const int16_t *ahi, int shift, size_t lda, size_t m, float *y, size_t ldy);
 int ck_fp8_gemv_i16_available(int mag_bits);
+/// Turns the magnitude-byte form of ck_fp8_gemv_i16 on or off (default on unless
+/// PTQ_FP8_BYTE_GEMV=0): for tests and A/B runs; the result is the same either way.
+void ck_set_fp8_byte_gemv_enabled(int enabled);
+/// Whether ck_fp8_gemv_i16 runs its magnitude-byte form for this table (CPU, switch, |t| <= 255).
+int ck_fp8_gemv_i16_bytes(int mag_bits, const int16_t *table);
 
 // ---------------------------------------------------------------------------------------------
 // FP4 decode GEMV on int8 VNNI (fp4_u8.c), the int16 path's decode kernel where AVX-512 VNNI + BW
