@@ -36,7 +36,8 @@ extension PTQ {
 
     /// Whether decode GEMVs of the weight-only formats that have a bf16 decode kernel run it:
     /// activations rounded to bf16, exact products with the codes, fp32 sums
-    /// (`LowBit.bf16Decode`). On by default; `PTQ_DECODE_BF16=0` in the environment starts a
+    /// (`LowBit.bf16Decode`): u4/u8 weight-only layers and 8-bit heads, SplitQuant's packed
+    /// layers and PTQ1.61's salient columns. On by default; `PTQ_DECODE_BF16=0` in the environment starts a
     /// process with it off. Process-wide: set it before running models.
     public static var bf16Decode: Bool {
         get { LowBit.bf16Decode }
