@@ -305,7 +305,15 @@ struct EvaluationTests {
         let half = try Perplexity.evaluate(model: model, tokens: tokens, context: 8, kvCache: .f16, decoded: true, quiet: true)
         #expect(half.kvCache == .f16 && abs(half.perplexity / decoded.perplexity - 1) < 1e-3)
 
-        let comparison = try Perplexity.compareDecodeNumerics(model: model, tokens: tokens, context: 8, maxChunks: 3, quiet: true)
+        // compareDecodeNumerics flips the process-wide `LowBit.bf16Decode` and restores it: hold the
+        // lock that the tests flipping it hold, or two save/restore pairs can interleave and leave it off.
+        TokenKernels.kernelSwitchLock.lock()
+        let comparison: DecodeNumericsComparison
+        do {
+            defer { TokenKernels.kernelSwitchLock.unlock() }
+            comparison = try Perplexity.compareDecodeNumerics(model: model, tokens: tokens, context: 8, maxChunks: 3,
+                                                              quiet: true)
+        }
         #expect(comparison.chunks == 3 && comparison.tokens == 9)
         #expect(comparison.meanKL == 0 && comparison.maxKL == 0 && comparison.top1Agreement == 1)
         #expect(comparison.perplexity == comparison.referencePerplexity)
