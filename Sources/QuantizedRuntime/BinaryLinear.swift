@@ -91,7 +91,7 @@ public final class BinaryLinear: LinearOp {
     /// What runs, for reports: `binary 1-bit + 4-bit salient columns (20.1 %)` (`binary 1-bit
     /// sign-plane tables + …` where the decode GEMV runs on sign planes, `… salient columns on
     /// plane tables (20.1 %)` where the salient codes do too, `… on the bf16 GEMV` where they
-    /// decode with `ck_gemv_u4_bf16`).
+    /// decode with `ck_gemv_salient_bf16`).
     public var kernelDescription: String {
         let share = maskKind == .columns
             ? Double(salientColumns.count) / Double(max(1, inFeatures))
