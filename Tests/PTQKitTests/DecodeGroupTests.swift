@@ -6,6 +6,17 @@ import Testing
 
 @Suite("Decode GEMV groups")
 struct DecodeGroupTests {
+    /// The logits of decoding `steps` one token at a time after `prompt` (prefilled) on a fresh cache.
+    static func decode(_ model: LlamaModel, prompt: [Int], steps: [Int], precision: KVCachePrecision) -> [[Float]] {
+        let cache = LlamaModel.KVCache(config: model.config, capacity: 100, precision: precision)
+        _ = model.forward(prompt, cache: cache, logitRows: (prompt.count - 1)..<prompt.count)
+        return steps.map { token in
+            var logits = [Float](repeating: 0, count: model.config.vocabSize)
+            logits.withUnsafeMutableBufferPointer { model.decode(token, cache: cache, into: $0) }
+            return logits
+        }
+    }
+
     /// Decode with the quantized q/k/v and gate/up run as one pool job each (a layer a task,
     /// `LlamaModel.concurrentDecodeGEMVs`) gives the same logits bit for bit as one job per
     /// layer split over its rows, and as `forward`, token after token on an f16 and an f32 cache.
@@ -19,13 +30,7 @@ struct DecodeGroupTests {
             let saved = LlamaModel.concurrentDecodeGEMVs
             LlamaModel.concurrentDecodeGEMVs = grouped
             defer { LlamaModel.concurrentDecodeGEMVs = saved }
-            let cache = LlamaModel.KVCache(config: model.config, capacity: 100, precision: precision)
-            _ = model.forward(prompt, cache: cache, logitRows: (prompt.count - 1)..<prompt.count)
-            return steps.map { token in
-                var logits = [Float](repeating: 0, count: model.config.vocabSize)
-                logits.withUnsafeMutableBufferPointer { model.decode(token, cache: cache, into: $0) }
-                return logits
-            }
+            return Self.decode(model, prompt: prompt, steps: steps, precision: precision)
         }
         let grouped = decodeAll(grouped: true), split = decodeAll(grouped: false)
         #expect(grouped == split)
@@ -50,13 +55,7 @@ struct DecodeGroupTests {
             LlamaModel.fusedDecodeSchedule = fused
             LlamaModel.sharedDecodeChunks = shared
             defer { (LlamaModel.fusedDecodeSchedule, LlamaModel.sharedDecodeChunks) = saved }
-            let cache = LlamaModel.KVCache(config: model.config, capacity: 100, precision: precision)
-            _ = model.forward(prompt, cache: cache, logitRows: (prompt.count - 1)..<prompt.count)
-            return steps.map { token in
-                var logits = [Float](repeating: 0, count: model.config.vocabSize)
-                logits.withUnsafeMutableBufferPointer { model.decode(token, cache: cache, into: $0) }
-                return logits
-            }
+            return Self.decode(model, prompt: prompt, steps: steps, precision: precision)
         }
         let old = decodeAll(fused: false)
         #expect(decodeAll(fused: true) == old)
