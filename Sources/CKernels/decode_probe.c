@@ -26,7 +26,10 @@ static atomic_int worker_count;
 static long tokens, depth_sum, token_ns, token_cpu_ns, involuntary;
 static long jobs, tasks_total, own_ns_total, wait_ns_total, gap_ns_total, waited_jobs;
 static long wait_hist[6];  // caller waits: <1, <2, <5, <10, <50, >=50 µs
-static atomic_long worker_jobs, worker_tasks, worker_missed, worker_slept;
+static atomic_long worker_jobs, worker_tasks, worker_missed, worker_slept, worker_busy_ns;
+// Pool jobs and the caller's waits since the last mark, charged to the phase that mark ends: which
+// phase's jobs the caller waits in (load imbalance, a late worker).
+static long pending_jobs, pending_wait_ns, phase_jobs[CK_PROBE_PHASES], phase_wait_ns[CK_PROBE_PHASES];
 static long involuntary_start;
 
 static long now_ns(void) {
@@ -82,12 +85,13 @@ static void report(void) {
             "caller involuntary switches %.2f/token\n", tokens, depth_sum / t, token_ns / t / 1e3,
             token_cpu_ns / t / 1e3, involuntary / t);
     fprintf(stderr, "[decode probe] worker CPU %.1f µs/token (its spinning included)\n", worker_cpu_ns / t / 1e3);
-    fprintf(stderr, "[decode probe] %-20s %12s %8s %14s %8s %10s\n", "phase", "wall µs/tok", "share",
-            "caller CPU µs", "share", "calls/tok");
+    fprintf(stderr, "[decode probe] %-20s %12s %8s %14s %8s %10s %9s %12s\n", "phase", "wall µs/tok", "share",
+            "caller CPU µs", "share", "calls/tok", "jobs/tok", "wait µs/tok");
     for (int p = 0; p < CK_PROBE_PHASES; p++) {
-        fprintf(stderr, "[decode probe] %-20s %12.1f %7.1f%% %14.1f %7.1f%% %10.1f\n", names[p], phase_ns[p] / t / 1e3,
-                100.0 * phase_ns[p] / (double)token_ns, phase_cpu_ns[p] / t / 1e3,
-                100.0 * phase_cpu_ns[p] / (double)token_cpu_ns, phase_count[p] / t);
+        fprintf(stderr, "[decode probe] %-20s %12.1f %7.1f%% %14.1f %7.1f%% %10.1f %9.1f %12.1f\n", names[p],
+                phase_ns[p] / t / 1e3, 100.0 * phase_ns[p] / (double)token_ns, phase_cpu_ns[p] / t / 1e3,
+                100.0 * phase_cpu_ns[p] / (double)token_cpu_ns, phase_count[p] / t, phase_jobs[p] / t,
+                phase_wait_ns[p] / t / 1e3);
     }
     fprintf(stderr, "[decode probe] pool: %.1f jobs/token ran on the caller alone (oversubscription guard), "
             "%.1f tasks/job\n", serial_jobs / t, serial_jobs ? (double)serial_tasks / serial_jobs : 0);
@@ -101,6 +105,10 @@ static void report(void) {
     fprintf(stderr, "[decode probe] pool: worker joined %.1f jobs/token, ran %.1f tasks/token, missed %.1f "
             "jobs/token, slept before %.1f jobs/token\n", atomic_load(&worker_jobs) / t,
             atomic_load(&worker_tasks) / t, atomic_load(&worker_missed) / t, atomic_load(&worker_slept) / t);
+    const double busy = (double)atomic_load(&worker_busy_ns);
+    fprintf(stderr, "[decode probe] pool: worker in jobs %.1f µs/token, idle (spinning, asleep or between jobs) "
+            "%.1f µs/token (%.1f%% of the wall)\n", busy / t / 1e3, (token_ns - busy) / t / 1e3,
+            100.0 * (token_ns - busy) / (double)token_ns);
 }
 
 void ck_probe_token_begin(int depth) {
@@ -119,6 +127,7 @@ void ck_probe_token_begin(int depth) {
     involuntary_start = involuntary_switches();
     last_ns = token_start_ns = now_ns();
     last_job_end_ns = token_start_ns;
+    pending_jobs = pending_wait_ns = 0;
     atomic_store_explicit(&active, 1, memory_order_relaxed);
 }
 
@@ -132,6 +141,9 @@ void ck_probe_mark(int phase) {
     phase_cpu_ns[phase] += c - last_cpu_ns;
     last_cpu_ns = c;
     phase_count[phase]++;
+    phase_jobs[phase] += pending_jobs;
+    phase_wait_ns[phase] += pending_wait_ns;
+    pending_jobs = pending_wait_ns = 0;
     last_ns = t;
 }
 
@@ -149,6 +161,8 @@ void ck_probe_job(unsigned long tasks, long start_ns, long own_end_ns, long end_
     const long own_ns = own_end_ns - start_ns, wait_ns = end_ns - own_end_ns, gap_ns = start_ns - last_job_end_ns;
     last_job_end_ns = end_ns;
     jobs++;
+    pending_jobs++;
+    pending_wait_ns += wait_ns;
     tasks_total += (long)tasks;
     own_ns_total += own_ns;
     wait_ns_total += wait_ns;
@@ -159,8 +173,9 @@ void ck_probe_job(unsigned long tasks, long start_ns, long own_end_ns, long end_
     wait_hist[b]++;
 }
 
-void ck_probe_worker(unsigned long tasks, int slept) {
+void ck_probe_worker(unsigned long tasks, int slept, long busy_ns) {
     atomic_fetch_add_explicit(&worker_jobs, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&worker_busy_ns, busy_ns, memory_order_relaxed);
     atomic_fetch_add_explicit(&worker_tasks, (long)tasks, memory_order_relaxed);
     if (tasks == 0) atomic_fetch_add_explicit(&worker_missed, 1, memory_order_relaxed);
     if (slept) atomic_fetch_add_explicit(&worker_slept, 1, memory_order_relaxed);

@@ -4,6 +4,10 @@ import Kernels
 
 /// `LlamaModel.concurrentDecodeGEMVs`' value (the environment's, until set).
 private let groupsSetting = Atomic<Bool>(ProcessInfo.processInfo.environment["PTQ_DECODE_GROUPS"] != "0")
+/// `LlamaModel.fusedDecodeSchedule`'s value (the environment's, until set).
+private let fusedSetting = Atomic<Bool>(ProcessInfo.processInfo.environment["PTQ_DECODE_FUSED"] != "0")
+/// `LlamaModel.sharedDecodeChunks`' value (the environment's, until set).
+private let shareSetting = Atomic<Bool>(ProcessInfo.processInfo.environment["PTQ_DECODE_SHARE"] == "1")
 
 extension LlamaModel {
     /// One decode GEMV of a group that runs as one pool job (`forwardConcurrently`).
@@ -12,6 +16,28 @@ extension LlamaModel {
         unowned(unsafe) let op: any LinearOp
         let x: UnsafePointer<Float>
         let y: UnsafeMutablePointer<Float>
+        /// What the fused schedule does with the output on the same thread, right after the GEMV.
+        var then: Epilogue? = nil
+    }
+
+    /// The serial steps between the q/k/v GEMVs and attention, run per output on the thread that
+    /// computed it (`fusedDecodeSchedule`): RoPE of q or k, then rounding k or v into the half
+    /// cache, head by head — the same calls on the same values as the caller's separate pass.
+    struct Epilogue {
+        /// RoPE with `angles` (one position's row of `RoPE.fill`), or nil (values).
+        let rope: RoPE?
+        let angles: UnsafePointer<Float>
+        let heads: Int, dim: Int
+        /// The layer's head-major half cache at the new position (head h at `half + h·headStride`),
+        /// or nil (float cache, or q).
+        let half: UnsafeMutablePointer<UInt16>?
+        let headStride: Int
+
+        func apply(_ y: UnsafeMutablePointer<Float>) {
+            if let rope { rope.apply(y, heads: heads, angles: angles) }
+            guard let half else { return }
+            for h in 0..<heads { TokenKernels.roundToHalf(y + h * dim, into: half + h * headStride, count: dim) }
+        }
     }
 
     /// Two or three decode GEMVs of one input row.
@@ -21,7 +47,28 @@ extension LlamaModel {
         func run(_ i: Int) {
             let g = i == 0 ? first : i == 1 ? second : third!
             g.op.forward(g.x, rows: 1, into: g.y)
+            g.then?.apply(g.y)
         }
+    }
+
+    /// Whether decode runs the fused layer schedule (on by default; `PTQ_DECODE_FUSED=0` in the
+    /// environment starts the process with the old one): with `concurrentDecodeGEMVs`, RoPE and
+    /// the half-cache append of q, k and v run inside the q/k/v job, each on the thread that
+    /// computed that output, instead of as a serial pass of the caller. The same arithmetic on
+    /// the same values: logits equal the old schedule's bit for bit. Process-wide.
+    public static var fusedDecodeSchedule: Bool {
+        get { fusedSetting.load(ordering: .relaxed) }
+        set { fusedSetting.store(newValue, ordering: .relaxed) }
+    }
+
+    /// Whether the q/k/v and gate/up group jobs share the layers' own row chunks between the
+    /// threads (a thread done with k and v takes rows of q;
+    /// `Parallel.forEach(_:sharingNestedJobs:context:_:)`). Off by default — no decode gain was
+    /// measured (docs/RESULTS.md, eleventh pass); `PTQ_DECODE_SHARE=1` in the environment starts
+    /// the process with it on. Logits are the same bit for bit either way. Process-wide.
+    public static var sharedDecodeChunks: Bool {
+        get { shareSetting.load(ordering: .relaxed) }
+        set { shareSetting.store(newValue, ordering: .relaxed) }
     }
 
     /// Whether decode runs the independent quantized GEMVs of a layer (q/k/v, gate/up) as one
@@ -38,7 +85,7 @@ extension LlamaModel {
     /// costs one dispatch and one wait instead of one per layer. Each output equals the layer's
     /// own `forward` bit for bit: a GEMV splits over output rows only, never over a reduction.
     static func forwardConcurrently(_ group: ConcurrentGEMVs) {
-        Parallel.forEach(group.count, context: group) { context, i, _ in
+        Parallel.forEach(group.count, sharingNestedJobs: sharedDecodeChunks, context: group) { context, i, _ in
             context!.load(as: ConcurrentGEMVs.self).run(i)
         }
     }

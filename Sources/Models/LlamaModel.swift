@@ -262,6 +262,8 @@ public final class LlamaModel: Sendable {
             let fusedQKV = T == 1 ? layer.floatQKV : nil
             // Quantized decode q/k/v as one pool job, a layer a task.
             let groupedQKV = T == 1 && fusedQKV == nil && Self.concurrentDecodeGEMVs
+            // The fused schedule: RoPE and the half-cache append inside that job (`Epilogue`).
+            let epilogues = groupedQKV && Self.fusedDecodeSchedule
             if fusedQKV == nil, !groupedQKV { layer.q.forward(normed, rows: T, into: &q) }
             // Writes rotated keys and values of the T new positions at row `first` of the buffers
             // (and q, when the three run as one job).
@@ -274,10 +276,32 @@ public final class LlamaModel: Sendable {
                         }
                     } else if groupedQKV {
                         q.withUnsafeMutableBufferPointer { qp in
-                            Self.forwardConcurrently(ConcurrentGEMVs(
-                                first: ConcurrentGEMV(op: layer.q, x: n.baseAddress!, y: qp.baseAddress!),
-                                second: ConcurrentGEMV(op: layer.k, x: n.baseAddress!, y: keys + first * kvWidth),
-                                third: ConcurrentGEMV(op: layer.v, x: n.baseAddress!, y: values + first * kvWidth)))
+                            angles.withUnsafeBufferPointer { a in
+                                // halfKeys/halfValues: the half cache at the new position (fused only).
+                                func group(_ halfKeys: UnsafeMutablePointer<UInt16>?, _ halfValues: UnsafeMutablePointer<UInt16>?) {
+                                    func then(_ rope: RoPE?, heads: Int, _ half: UnsafeMutablePointer<UInt16>?) -> Epilogue? {
+                                        guard epilogues, rope != nil || half != nil else { return nil }
+                                        return Epilogue(rope: rope, angles: a.baseAddress!, heads: heads, dim: c.headDim, half: half,
+                                                        headStride: (cache?.capacity ?? 0) * c.headDim)
+                                    }
+                                    Self.forwardConcurrently(ConcurrentGEMVs(
+                                        first: ConcurrentGEMV(op: layer.q, x: n.baseAddress!, y: qp.baseAddress!,
+                                                              then: then(rope, heads: c.headCount, nil)),
+                                        second: ConcurrentGEMV(op: layer.k, x: n.baseAddress!, y: keys + first * kvWidth,
+                                                               then: then(rope, heads: c.kvHeadCount, halfKeys)),
+                                        third: ConcurrentGEMV(op: layer.v, x: n.baseAddress!, y: values + first * kvWidth,
+                                                              then: then(nil, heads: c.kvHeadCount, halfValues))))
+                                }
+                                if epilogues, let cache, halfCache {
+                                    cache.halfKeys[l].withUnsafeMutableBufferPointer { hk in
+                                        cache.halfValues[l].withUnsafeMutableBufferPointer { hv in
+                                            group(hk.baseAddress! + start * c.headDim, hv.baseAddress! + start * c.headDim)
+                                        }
+                                    }
+                                } else {
+                                    group(nil, nil)
+                                }
+                            }
                         }
                     } else {
                         layer.k.forward(n.baseAddress!, rows: T, into: keys + first * kvWidth)
@@ -285,6 +309,7 @@ public final class LlamaModel: Sendable {
                     }
                 }
                 mark(.qkv)
+                if epilogues { return }   // rotated (and appended) inside the job
                 angles.withUnsafeBufferPointer { a in
                     for t in 0..<T {
                         rope.apply(keys + (first + t) * kvWidth, heads: c.kvHeadCount, angles: a.baseAddress! + t * c.headDim)
@@ -300,7 +325,7 @@ public final class LlamaModel: Sendable {
                     localValues.withUnsafeMutableBufferPointer { v in projectKV(k.baseAddress!, v.baseAddress!, first: 0) }
                 }
             }
-            if let cache, halfCache {
+            if let cache, halfCache, !epilogues {
                 // Round the new positions into the cache; from here on every reader sees halves.
                 localKeys.withUnsafeBufferPointer { k in
                     cache.halfKeys[l].withUnsafeMutableBufferPointer {
@@ -313,10 +338,12 @@ public final class LlamaModel: Sendable {
                     }
                 }
             }
-            q.withUnsafeMutableBufferPointer { qp in
-                angles.withUnsafeBufferPointer { a in
-                    for t in 0..<T {
-                        rope.apply(qp.baseAddress! + t * qWidth, heads: c.headCount, angles: a.baseAddress! + t * c.headDim)
+            if !epilogues {
+                q.withUnsafeMutableBufferPointer { qp in
+                    angles.withUnsafeBufferPointer { a in
+                        for t in 0..<T {
+                            rope.apply(qp.baseAddress! + t * qWidth, heads: c.headCount, angles: a.baseAddress! + t * c.headDim)
+                        }
                     }
                 }
             }

@@ -32,8 +32,8 @@ void ck_probe_job(unsigned long tasks, long start_ns, long own_end_ns, long end_
 void ck_probe_serial_job(unsigned long tasks);
 /// For the pool: registers the calling worker thread (its CPU time is summed per token).
 void ck_probe_register_worker(void);
-/// For the pool: a worker's part in one job, tasks it ran (0 = it missed the job) and whether it
-/// slept before the job.
-void ck_probe_worker(unsigned long tasks, int slept);
+/// For the pool: a worker's part in one job, tasks it ran (0 = it missed the job), whether it
+/// slept before the job, and the wall time it spent claiming and running the job's tasks.
+void ck_probe_worker(unsigned long tasks, int slept, long busy_ns);
 
 #endif
