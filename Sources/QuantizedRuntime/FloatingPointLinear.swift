@@ -106,9 +106,9 @@ public final class FloatingPointLinear: LinearOp {
     /// Whether FP4 layers with the byte-plane layout run prefill as tile decode + the float GEMM
     /// (the split-form layers' prefill path) instead of the exact int16 panel GEMM: off.
     /// `PTQ_FP4_TILE_PREFILL=1` in the environment turns it on (read once, for A/B runs). One
-    /// thread on SmolLM2 shapes the tile path took 0.28–0.81× the int16 GEMM's time (docs/RESULTS.md,
-    /// eleventh pass), but its sums are fp32 over bf16-rounded weights, not exact: off until a
-    /// quality figure on the real model says the change is harmless.
+    /// thread on SmolLM2 shapes the tile path takes about 0.73× the int16 GEMM's time, but its
+    /// sums are fp32 over bf16-rounded weights, not exact (perplexity 35.02 → 35.13, 20 chunks;
+    /// docs/RESULTS.md, eleventh pass): opt-in.
     public static let tilePrefillByDefault = ProcessInfo.processInfo.environment["PTQ_FP4_TILE_PREFILL"] == "1"
 
     /// Rows up to which one GEMV per row beats decoding tiles for sgemm (as `IntegerLinear`).
