@@ -103,6 +103,14 @@ public final class FloatingPointLinear: LinearOp {
     /// for A/B runs against the int16 GEMV and the float LUT GEMV).
     public static let byteGemvByDefault = ProcessInfo.processInfo.environment["PTQ_FP4_BYTE_GEMV"] != "0"
 
+    /// Whether FP4 layers with the byte-plane layout run prefill as tile decode + the float GEMM
+    /// (the split-form layers' prefill path) instead of the exact int16 panel GEMM: off.
+    /// `PTQ_FP4_TILE_PREFILL=1` in the environment turns it on (read once, for A/B runs). One
+    /// thread on SmolLM2 shapes the tile path takes about 0.73× the int16 GEMM's time, but its
+    /// sums are fp32 over bf16-rounded weights, not exact (perplexity 35.02 → 35.13, 20 chunks;
+    /// docs/RESULTS.md, eleventh pass): opt-in.
+    public static let tilePrefillByDefault = ProcessInfo.processInfo.environment["PTQ_FP4_TILE_PREFILL"] == "1"
+
     /// Rows up to which one GEMV per row beats decoding tiles for sgemm (as `IntegerLinear`).
     static let gemvRowLimit = 8
 
@@ -125,7 +133,7 @@ public final class FloatingPointLinear: LinearOp {
         let int16 = integer?.splitShift.map { "as split int16 (lo + 2^\($0)·hi)" } ?? "as int16"
         if let byteLayout, let integer {
             let decode = "byte-plane VNNI GEMV (decode, \(byteLayout.planes) planes)"
-            if integer.splitShift != nil && !splitPrefill {
+            if integer.splitShift != nil && !splitPrefill || Self.tilePrefillByDefault {
                 return "\(format) tile-GEMM (prefill) + \(decode) \(grouping), \(act) \(int16)"
             }
             return "\(format) nibble-table int16 GEMM (prefill) + \(decode) \(grouping), \(act) \(int16)"
@@ -338,7 +346,8 @@ public final class FloatingPointLinear: LinearOp {
         let decode = rows <= Self.gemvRowLimit
         if let p = integer, p.wide, p.table != nil || p.fp8Gemv || !decode, let a = activation,
            let f = a.floatFormat, let alpha = a.scale,
-           p.splitShift == nil || splitPrefill || (decode && byteLayout != nil) {
+           p.splitShift == nil || splitPrefill || (decode && byteLayout != nil),
+           decode || byteLayout == nil || !Self.tilePrefillByDefault {
             let lda = (k + 1) & ~1
             let wide = LowBit.threadScratch(slot: 2, count: rows * lda, of: Int16.self)
             // Split activations: the high parts in a second scratch slot.
@@ -441,7 +450,8 @@ public final class FloatingPointLinear: LinearOp {
             input = UnsafePointer(quantized)
         }
         if let byteLayout {
-            // The split-form layers at prefill (decode runs the byte-plane GEMV above).
+            // The split-form layers at prefill, all of them with `tilePrefillByDefault` (decode
+            // runs the byte-plane GEMV above).
             table.withUnsafeBufferPointer { t in
                 MiniFloat.product(byteLayout, table: t.baseAddress!, x: input, rows: rows, y: y)
             }
