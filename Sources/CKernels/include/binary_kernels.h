@@ -72,7 +72,7 @@ void ck_gemv_sign_planes_ref(const uint64_t *planes, size_t block_begin, size_t 
 // of ck_binary_gemv on the row-major sign words, with the binarized inputs x̃_k = r2_k·x[columns[k]]
 // (k < nb) gathered and quantized to int8 once per call by ck_sign_i8_prepare:
 //   m = max_k |x̃_k|, q_k = round_half_even(x̃_k · (127/m)) clamped to ±127 (0 when m = 0),
-//   scale = m/127, q_sum = Σ q_k, x_sum = Σ x̃_k (float, in k order);
+//   scale = m/127, q_sum = Σ q_k, x_sum = Σ x̃_k (float: 8 partial sums over k mod 8, pairwise);
 // then for rows o in [row_begin, row_begin + row_count):
 //   y[o] = fma(a[o], scale·(2·Σ_{s_ok=+1} q_k − q_sum), b[o]·x_sum)   (= a[o]·scale·Σ_k s_ok·q_k + b[o]·x_sum).
 // Against the float GEMV the error is only the rounding of x̃: |Δy_o| ≤ |a[o]|·nb·scale/2 (each
