@@ -8,7 +8,10 @@ import PTQCore
 ///
 /// Column masks (PTQ1.61): per activation row, x̃ = r2 ∘ x over the binarized columns (gathered,
 /// zero-padded to whole 64-bit words) and Σx̃ are formed once; then
-/// `y = a ∘ (S x̃) + b · Σx̃` runs on the sign bits (`BinaryKernels`), and the salient columns'
+/// `y = a ∘ (S x̃) + b · Σx̃` runs on the sign bits (`BinaryKernels`; where the CPU has AVX-512
+/// VNNI + BW, `BinaryKernels.signInt8Decode` is on at load and the bf16 decode kernels are on,
+/// `gemvSignInt8` gathers x̃ and rounds it to int8 itself — `PTQ_SIGN_I8=0` keeps the float
+/// sign-plane tables), and the salient columns'
 /// 4-bit (or 8-bit) codes run the existing weight-only integer GEMV on the gathered salient
 /// inputs: `Δ ∘ (Q x_s − z · Σx_s)` (≤ 4-bit codes on AVX-512: the u4 plane-table GEMV; with
 /// AVX512_BF16 and `LowBit.bf16Decode` on at load, the bf16 salient GEMV, which rounds x_s to
