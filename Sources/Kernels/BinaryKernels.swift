@@ -19,6 +19,23 @@ public enum BinaryKernels {
         return words
     }
 
+    /// Packs row-major signs `[rows, columns]`, one byte each (nonzero = 1), into
+    /// `rows × wordsPerRow(columns)` words: `packBits` without a closure call per bit (model load).
+    public static func packBits(bytes: [UInt8], rows: Int, columns: Int) -> [UInt64] {
+        precondition(bytes.count == rows * columns, "packBits: \(bytes.count) bytes for \(rows)×\(columns)")
+        let stride = wordsPerRow(columns)
+        var words = [UInt64](repeating: 0, count: rows * stride)
+        bytes.withUnsafeBufferPointer { b in
+            words.withUnsafeMutableBufferPointer { w in
+                for r in 0..<rows {
+                    let row = b.baseAddress! + r * columns, out = w.baseAddress! + r * stride
+                    for c in 0..<columns { out[c >> 6] |= UInt64(row[c] != 0 ? 1 : 0) << UInt64(c & 63) }
+                }
+            }
+        }
+        return words
+    }
+
     /// Runs `ck_binary_gemv` over all `rows`, parallel over rows. `rest` (element masks) receives
     /// each row's sum of x over its binarized elements.
     public static func gemv(signs: UnsafePointer<UInt64>, mask: UnsafePointer<UInt64>?, wordsPerRow: Int, rows: Int,

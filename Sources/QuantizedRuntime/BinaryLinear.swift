@@ -143,7 +143,7 @@ public final class BinaryLinear: LinearOp {
             signInt8 = useSignInt8
             // One copy of the bits and codes: the planes where the table GEMVs run on them.
             signWords = useSignPlanes ? []
-                : BinaryKernels.packBits(rows: rows, columns: nb) { r, c in w.signs[r * nb + c] != 0 }
+                : BinaryKernels.packBits(bytes: w.signs, rows: rows, columns: nb)
             maskWords = nil
             columnScale = w.columnScale ?? [Float](repeating: 1, count: nb)
             salientFormat = w.salientBits <= 4 ? .u4 : .u8
