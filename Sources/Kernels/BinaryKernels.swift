@@ -230,14 +230,22 @@ extension BinaryKernels {
     public static var signInt8Supported: Bool { ck_sign_i8_supported() != 0 }
 
     /// Whether column-masked binary layers decode their sign bits on int8 activations
-    /// (`gemvSignInt8`) where the CPU has it: on by default, `PTQ_SIGN_I8=0` in the environment
-    /// starts the process with it off (the sign-plane table GEMV in float32 instead). Read when a
-    /// layer loads (it picks the sign layout); afterwards turning it off runs the exact float
-    /// GEMV on the same words. Process-wide, like `LowBit.bf16Decode`.
+    /// (`gemvSignInt8`) where the CPU has it: off by default (no measured decode gain at two
+    /// threads, see RESULTS eleventh pass), `PTQ_SIGN_I8=1` in the environment starts the process
+    /// with it on. Read when a layer loads (it picks the sign layout: row-major words instead of
+    /// sign planes); turning it off afterwards runs the exact float GEMV on the same words.
+    /// Process-wide, like `LowBit.bf16Decode`.
     public static var signInt8Decode: Bool {
         get { ck_sign_i8_enabled() != 0 }
         set { ck_set_sign_i8_enabled(newValue ? 1 : 0) }
     }
+
+    /// A task-scoped override of `signInt8Decode` for layers loaded and run on the task's own
+    /// thread (tests), as `LowBit.bf16DecodeOverride`.
+    @TaskLocal public static var signInt8Override: Bool?
+
+    /// `signInt8Override` if set, else the process-wide `signInt8Decode`.
+    public static var decodesSignsInInt8: Bool { signInt8Override ?? signInt8Decode }
 
     /// `y[o] = a[o]·Σ_k s_ok·x̃_k + b[o]·Σ_k x̃_k` over the binarized inputs x̃_k =
     /// `columnScale[k]`·`x[columns[k]]` (k < `count`), with x̃ gathered and quantized to int8

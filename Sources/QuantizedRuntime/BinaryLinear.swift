@@ -9,9 +9,9 @@ import PTQCore
 /// Column masks (PTQ1.61): per activation row, x̃ = r2 ∘ x over the binarized columns (gathered,
 /// zero-padded to whole 64-bit words) and Σx̃ are formed once; then
 /// `y = a ∘ (S x̃) + b · Σx̃` runs on the sign bits (`BinaryKernels`; where the CPU has AVX-512
-/// VNNI + BW, `BinaryKernels.signInt8Decode` is on at load and the bf16 decode kernels are on,
-/// `gemvSignInt8` gathers x̃ and rounds it to int8 itself — `PTQ_SIGN_I8=0` keeps the float
-/// sign-plane tables), and the salient columns'
+/// VNNI + BW, `BinaryKernels.signInt8Decode` is on at load (`PTQ_SIGN_I8=1`; off by default) and
+/// the bf16 decode kernels are on, `gemvSignInt8` gathers x̃ and rounds it to int8 itself; else
+/// the float sign-plane tables), and the salient columns'
 /// 4-bit (or 8-bit) codes run the existing weight-only integer GEMV on the gathered salient
 /// inputs: `Δ ∘ (Q x_s − z · Σx_s)` (≤ 4-bit codes on AVX-512: the u4 plane-table GEMV; with
 /// AVX512_BF16 and `LowBit.bf16Decode` on at load, the bf16 salient GEMV, which rounds x_s to
@@ -67,7 +67,7 @@ public final class BinaryLinear: LinearOp {
     /// Column masks on AVX-512: the sign bits as one bit plane for the table-lookup decode GEMV
     /// (`BinaryKernels.gemvPlanes`), their only copy (prefill tiles unpack rows from it).
     private let signPlanes: BinaryKernels.SignPlaneLayout?
-    /// Column masks where the CPU has the int8 sign GEMV and `BinaryKernels.signInt8Decode` was on
+    /// Column masks where the CPU has the int8 sign GEMV and `BinaryKernels.decodesSignsInInt8` was on
     /// at load: `signWords` are held row-major for `BinaryKernels.gemvSignInt8` (no sign planes).
     private let signInt8: Bool
     /// Column masks with ≤ 4-bit salient codes on AVX-512: the salient codes as bit planes for
@@ -138,7 +138,7 @@ public final class BinaryLinear: LinearOp {
             let nb = binaryColumns.count, ns = salientColumns.count
             wordsPerRow = BinaryKernels.wordsPerRow(nb)
             // The int8 sign GEMV runs on row-major words; else the sign-plane table GEMV.
-            let useSignInt8 = BinaryKernels.signInt8Supported && BinaryKernels.signInt8Decode && nb > 0 && rows > 0
+            let useSignInt8 = BinaryKernels.signInt8Supported && BinaryKernels.decodesSignsInInt8 && nb > 0 && rows > 0
             let useSignPlanes = BinaryKernels.planesSupported && nb > 0 && rows > 0 && !useSignInt8
             signInt8 = useSignInt8
             // One copy of the bits and codes: the planes where the table GEMVs run on them.
@@ -263,7 +263,7 @@ public final class BinaryLinear: LinearOp {
         case .columns:
             // The int8 sign GEMV gathers and quantizes x̃ itself (while the reduced-precision
             // decode kernels are on: `bf16Decode` off runs the exact float GEMV on the same words).
-            let int8Signs = signInt8 && !reference && BinaryKernels.signInt8Decode && LowBit.decodesInBF16
+            let int8Signs = signInt8 && !reference && BinaryKernels.decodesSignsInInt8 && LowBit.decodesInBF16
             var sum: Float = 0
             if !int8Signs {
                 padded.update(repeating: 0, count: 64 * wordsPerRow)

@@ -447,6 +447,15 @@ struct BinaryWeightTests {
     @Test(arguments: [(576, 576, 116), (192, 576, 116), (576, 1536, 308), (5, 33, 7), (17, 70, 1), (33, 97, 0),
                       (1, 5, 2), (40, 64, 64), (9, 130, 65)])
     func bf16SalientColumns(rows: Int, columns: Int, salient: Int) throws {
+        // Both sign layouts: the sign-plane tables (default) and the int8 sign GEMV's words.
+        for int8Signs in [false, true] {
+            try BinaryKernels.$signInt8Override.withValue(int8Signs) {
+                try bf16SalientColumnsCase(rows: rows, columns: columns, salient: salient)
+            }
+        }
+    }
+
+    func bf16SalientColumnsCase(rows: Int, columns: Int, salient: Int) throws {
         var rng = SeededGenerator(seed: 77 + UInt64(rows * 10_000 + columns))
         let cols = Array((0..<columns).shuffled(using: &rng).prefix(salient))
         let w = Self.columnMasked(rows: rows, columns: columns, salient: cols, zeroRows: [0, rows / 2], rng: &rng)
@@ -455,6 +464,7 @@ struct BinaryWeightTests {
         let layer = try LowBit.$bf16DecodeOverride.withValue(true) { try BinaryLinear(Self.linear(w, bias: bias)) }
         let inBF16 = salient > 0 && BinaryKernels.salientBF16Supported
         #expect(layer.hasSalientBF16 == inBF16)
+        #expect(layer.hasSignInt8 == (BinaryKernels.decodesSignsInInt8 && BinaryKernels.signInt8Supported && salient < columns))
         #expect(layer.hasSalientPlanes == (salient > 0 && LowBit.planeTablesSupported && !inBF16))
         #expect(layer.kernelDescription.contains("on the bf16 GEMV") == inBF16)
         let dense = w.dequantizedReference()
