@@ -297,6 +297,7 @@ float ck_stream_sum(const float *p, size_t n) {
 // 13 and 14 the bf16 prefill GEMM's activations and packed tile (`LowBit.tiledProduct`),
 // 15 and 16 the binary prefill tiles' unpacked sign words and salient codes (they run inside
 // the tile decode closure of `tiledProduct`, so they must not share the GEMM's slots),
+// 17 and 18 the PTQ1.61 int8 sign GEMV's gathered x̃ and its int8 codes (`BinaryKernels.gemvSignInt8`),
 // 19 and 20 the bf16 decode GEMV's prepared activations and group sums (`LowBit.gemv`),
 // 21 the PTQ1.61 bf16 salient GEMV's bf16 x_s (`BinaryKernels.gemvSalientBF16`),
 // 23 the SplitQuant bf16 decode GEMV's bf16 copy of x (`SplitKernels.gemv`),

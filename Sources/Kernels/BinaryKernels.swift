@@ -19,6 +19,23 @@ public enum BinaryKernels {
         return words
     }
 
+    /// Packs row-major signs `[rows, columns]`, one byte each (nonzero = 1), into
+    /// `rows × wordsPerRow(columns)` words: `packBits` without a closure call per bit (model load).
+    public static func packBits(bytes: [UInt8], rows: Int, columns: Int) -> [UInt64] {
+        precondition(bytes.count == rows * columns, "packBits: \(bytes.count) bytes for \(rows)×\(columns)")
+        let stride = wordsPerRow(columns)
+        var words = [UInt64](repeating: 0, count: rows * stride)
+        bytes.withUnsafeBufferPointer { b in
+            words.withUnsafeMutableBufferPointer { w in
+                for r in 0..<rows {
+                    let row = b.baseAddress! + r * columns, out = w.baseAddress! + r * stride
+                    for c in 0..<columns { out[c >> 6] |= UInt64(row[c] != 0 ? 1 : 0) << UInt64(c & 63) }
+                }
+            }
+        }
+        return words
+    }
+
     /// Runs `ck_binary_gemv` over all `rows`, parallel over rows. `rest` (element masks) receives
     /// each row's sum of x over its binarized elements.
     public static func gemv(signs: UnsafePointer<UInt64>, mask: UnsafePointer<UInt64>?, wordsPerRow: Int, rows: Int,
@@ -205,5 +222,67 @@ extension BinaryKernels {
     private struct SalientJob {
         let words: UnsafePointer<UInt32>, rows: Int, columns: Int, scales: UnsafePointer<Float>
         let zeros: UnsafePointer<Float>, xb: UnsafePointer<UInt16>, xSum: Float, y: UnsafeMutablePointer<Float>
+    }
+}
+
+extension BinaryKernels {
+    /// Whether the CPU runs `gemvSignInt8`'s AVX-512 VNNI kernel (else only its scalar twin).
+    public static var signInt8Supported: Bool { ck_sign_i8_supported() != 0 }
+
+    /// Whether column-masked binary layers decode their sign bits on int8 activations
+    /// (`gemvSignInt8`) where the CPU has it: off by default (no measured decode gain at two
+    /// threads, see RESULTS eleventh pass), `PTQ_SIGN_I8=1` in the environment starts the process
+    /// with it on. Read when a layer loads (it picks the sign layout: row-major words instead of
+    /// sign planes); turning it off afterwards runs the exact float GEMV on the same words.
+    /// Process-wide, like `LowBit.bf16Decode`.
+    public static var signInt8Decode: Bool {
+        get { ck_sign_i8_enabled() != 0 }
+        set { ck_set_sign_i8_enabled(newValue ? 1 : 0) }
+    }
+
+    /// A task-scoped override of `signInt8Decode` for layers loaded and run on the task's own
+    /// thread (tests), as `LowBit.bf16DecodeOverride`.
+    @TaskLocal public static var signInt8Override: Bool?
+
+    /// `signInt8Override` if set, else the process-wide `signInt8Decode`.
+    public static var decodesSignsInInt8: Bool { signInt8Override ?? signInt8Decode }
+
+    /// `y[o] = a[o]·Σ_k s_ok·x̃_k + b[o]·Σ_k x̃_k` over the binarized inputs x̃_k =
+    /// `columnScale[k]`·`x[columns[k]]` (k < `count`), with x̃ gathered and quantized to int8
+    /// (absmax, one scale per call) once on the calling thread (`ck_sign_i8_prepare`, scratch
+    /// slots 17 and 18), then the pool splits the rows (`ck_gemv_sign_i8`; error bound in
+    /// `binary_kernels.h`). `signs`: row-major words, `wordsPerRow` per row. `reference` runs
+    /// the scalar twins on the calling thread (tests: the same bits). Allocates nothing.
+    public static func gemvSignInt8(signs: UnsafePointer<UInt64>, wordsPerRow: Int, rows: Int, x: UnsafePointer<Float>,
+                                    columns: UnsafePointer<Int>, columnScale: UnsafePointer<Float>, count: Int,
+                                    a: UnsafePointer<Float>, b: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>,
+                                    reference: Bool = false) {
+        guard rows > 0 else { return }
+        precondition(wordsPerRow * 64 >= count, "gemvSignInt8: \(wordsPerRow) words for \(count) columns")
+        let xt = LowBit.threadScratch(slot: 17, count: count, of: Float.self)
+        let xq = LowBit.threadScratch(slot: 18, count: 64 * wordsPerRow, of: Int8.self)
+        var input = CKSignI8Input()
+        (reference ? ck_sign_i8_prepare_ref : ck_sign_i8_prepare)(x, columns, columnScale, count, wordsPerRow, xt, xq,
+                                                                  &input)
+        if reference {
+            ck_gemv_sign_i8_ref(signs, wordsPerRow, 0, rows, xq, &input, a, b, y)
+            return
+        }
+        let job = SignInt8Job(signs: signs, wordsPerRow: wordsPerRow, rows: rows, xq: xq, input: input, a: a, b: b, y: y)
+        // Chunks of whole 4-row groups (the kernel's unit), at least 16 rows' work per chunk.
+        let groups = (rows + 3) / 4
+        Parallel.forEachChunk(groups, minimumChunk: LowBit.chunk(workPerRow: 4 * 64 * wordsPerRow, atLeast: 4),
+                              context: job) { context, begin, end in
+            let j = context!.load(as: SignInt8Job.self)
+            let first = 4 * begin, last = min(4 * end, j.rows)
+            withUnsafePointer(to: j.input) { input in
+                ck_gemv_sign_i8(j.signs, j.wordsPerRow, first, last - first, j.xq, input, j.a, j.b, j.y)
+            }
+        }
+    }
+
+    private struct SignInt8Job {
+        let signs: UnsafePointer<UInt64>, wordsPerRow: Int, rows: Int, xq: UnsafePointer<Int8>, input: CKSignI8Input
+        let a: UnsafePointer<Float>, b: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>
     }
 }

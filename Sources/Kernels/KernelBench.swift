@@ -408,6 +408,17 @@ public enum KernelBench {
                         }
                     }
                     TokenKernels.setVNNIEnabled(vnniAvailable)
+                    // The same words on int8 activations (AVX-512 VNNI): its gather of x included.
+                    if BinaryKernels.signInt8Supported {
+                        let identity = Array(0..<maxColumns), ones = [Float](repeating: 1, count: maxColumns)
+                        time("binary 1-bit int8-x GEMV (BinaryKernels.gemvSignInt8)", layerPass, bytes: total * 8 + t * 8) {
+                            for (i, (n, k)) in shapes.enumerated() {
+                                BinaryKernels.gemvSignInt8(signs: w.baseAddress! + off[i], wordsPerRow: BinaryKernels.wordsPerRow(k),
+                                                           rows: n, x: x, columns: identity, columnScale: ones, count: k,
+                                                           a: ab.baseAddress! + abOff[i], b: ab.baseAddress! + abOff[i], y: &y)
+                            }
+                        }
+                    }
                     // The same bits as one plane through the table-lookup GEMV (AVX-512 only),
                     // timed in the same run as the bit-mask kernel above.
                     if BinaryKernels.planesSupported {
@@ -436,14 +447,16 @@ public enum KernelBench {
         // has AVX512_BF16: what BinaryLinear keeps while `bf16Decode` is on), then an add.
         if BinaryKernels.planesSupported {
             struct Part {
-                let signs: BinaryKernels.SignPlaneLayout, planes: LowBit.PlaneLayout, salientBF16: BinaryKernels.SalientBF16Layout
+                let signs: BinaryKernels.SignPlaneLayout, words: [UInt64], planes: LowBit.PlaneLayout
+                let salientBF16: BinaryKernels.SalientBF16Layout
                 let binary: [Int], salient: [Int], r2: [Float], a: [Float], b: [Float], d: [Float], z: [Float]
             }
             let parts = shapes.map { n, k in
                 let salient = (0..<k).filter { $0 % 5 == 0 }, binary = (0..<k).filter { $0 % 5 != 0 }
                 let codes = bytes(n * salient.count, below: 16), d = floats(n), z = floats(n).map { $0 * 15 }
-                return Part(signs: BinaryKernels.SignPlaneLayout(signs: bytes(n * binary.count, below: 2), rows: n,
-                                                                 columns: binary.count),
+                let bits = bytes(n * binary.count, below: 2), nb = binary.count
+                return Part(signs: BinaryKernels.SignPlaneLayout(signs: bits, rows: n, columns: nb),
+                            words: BinaryKernels.packBits(rows: n, columns: nb) { r, c in bits[r * nb + c] != 0 },
                             planes: LowBit.PlaneLayout(codes: codes, rows: n, columns: salient.count,
                                                        groupSize: salient.count, scales: d, zeros: z),
                             salientBF16: BinaryKernels.SalientBF16Layout(codes: codes, rows: n, columns: salient.count),
@@ -472,6 +485,21 @@ public enum KernelBench {
                         signs(part)
                         BinaryKernels.gemvSalientBF16(part.salientBF16, x: gathered, scales: part.d, zeros: part.z, y: &ys)
                         for o in 0..<part.signs.rows { y[o] += ys[o] }
+                    }
+                }
+                if BinaryKernels.signInt8Supported {
+                    var rowBytes = 0
+                    for part in parts { rowBytes += 8 * part.words.count + part.salientBF16.bytes + 16 * part.signs.rows }
+                    time("PTQ1.61 row, int8-x signs + bf16 salient columns (gemvSignInt8 + gemvSalientBF16)", layerPass,
+                         bytes: rowBytes) {
+                        for part in parts {
+                            BinaryKernels.gemvSignInt8(signs: part.words, wordsPerRow: BinaryKernels.wordsPerRow(part.binary.count),
+                                                       rows: part.signs.rows, x: x, columns: part.binary, columnScale: part.r2,
+                                                       count: part.binary.count, a: part.a, b: part.b, y: &y)
+                            for (k, j) in part.salient.enumerated() { gathered[k] = x[j] }
+                            BinaryKernels.gemvSalientBF16(part.salientBF16, x: gathered, scales: part.d, zeros: part.z, y: &ys)
+                            for o in 0..<part.signs.rows { y[o] += ys[o] }
+                        }
                     }
                 }
             }

@@ -8,7 +8,10 @@ import PTQCore
 ///
 /// Column masks (PTQ1.61): per activation row, x̃ = r2 ∘ x over the binarized columns (gathered,
 /// zero-padded to whole 64-bit words) and Σx̃ are formed once; then
-/// `y = a ∘ (S x̃) + b · Σx̃` runs on the sign bits (`BinaryKernels`), and the salient columns'
+/// `y = a ∘ (S x̃) + b · Σx̃` runs on the sign bits (`BinaryKernels`; where the CPU has AVX-512
+/// VNNI + BW, `BinaryKernels.signInt8Decode` is on at load (`PTQ_SIGN_I8=1`; off by default) and
+/// the bf16 decode kernels are on, `gemvSignInt8` gathers x̃ and rounds it to int8 itself; else
+/// the float sign-plane tables), and the salient columns'
 /// 4-bit (or 8-bit) codes run the existing weight-only integer GEMV on the gathered salient
 /// inputs: `Δ ∘ (Q x_s − z · Σx_s)` (≤ 4-bit codes on AVX-512: the u4 plane-table GEMV; with
 /// AVX512_BF16 and `LowBit.bf16Decode` on at load, the bf16 salient GEMV, which rounds x_s to
@@ -64,6 +67,9 @@ public final class BinaryLinear: LinearOp {
     /// Column masks on AVX-512: the sign bits as one bit plane for the table-lookup decode GEMV
     /// (`BinaryKernels.gemvPlanes`), their only copy (prefill tiles unpack rows from it).
     private let signPlanes: BinaryKernels.SignPlaneLayout?
+    /// Column masks where the CPU has the int8 sign GEMV and `BinaryKernels.decodesSignsInInt8` was on
+    /// at load: `signWords` are held row-major for `BinaryKernels.gemvSignInt8` (no sign planes).
+    private let signInt8: Bool
     /// Column masks with ≤ 4-bit salient codes on AVX-512: the salient codes as bit planes for
     /// the u4 table-lookup GEMV (`LowBit.gemvPlanes`, one group per row: the salient part has one
     /// Δ and z per row), their only copy (prefill tiles unpack nibble rows from it).
@@ -97,7 +103,8 @@ public final class BinaryLinear: LinearOp {
             ? Double(salientColumns.count) / Double(max(1, inFeatures))
             : Double(salientColumnIndex.count) / Double(max(1, inFeatures * outFeatures))
         let outliers = outlierColumns.isEmpty ? "" : " + \(outlierColumns.count) float16 columns"
-        let signs = signPlanes == nil ? "binary 1-bit" : "binary 1-bit sign-plane tables"
+        let signs = signPlanes != nil ? "binary 1-bit sign-plane tables"
+            : signInt8 ? "binary 1-bit int8-x VNNI" : "binary 1-bit"
         let salientKernel = salientPlanes != nil ? " on plane tables" : salientBF16 != nil ? " on the bf16 GEMV" : ""
         return "\(signs) + \(salientBits)-bit salient \(maskKind.rawValue)\(salientKernel) (\(String(format: "%.1f", 100 * share)) %)\(outliers)"
     }
@@ -130,10 +137,13 @@ public final class BinaryLinear: LinearOp {
             salientColumns = (0..<columns).filter { w.salientMask[$0] }
             let nb = binaryColumns.count, ns = salientColumns.count
             wordsPerRow = BinaryKernels.wordsPerRow(nb)
-            let useSignPlanes = BinaryKernels.planesSupported && nb > 0 && rows > 0
+            // The int8 sign GEMV runs on row-major words; else the sign-plane table GEMV.
+            let useSignInt8 = BinaryKernels.signInt8Supported && BinaryKernels.decodesSignsInInt8 && nb > 0 && rows > 0
+            let useSignPlanes = BinaryKernels.planesSupported && nb > 0 && rows > 0 && !useSignInt8
+            signInt8 = useSignInt8
             // One copy of the bits and codes: the planes where the table GEMVs run on them.
             signWords = useSignPlanes ? []
-                : BinaryKernels.packBits(rows: rows, columns: nb) { r, c in w.signs[r * nb + c] != 0 }
+                : BinaryKernels.packBits(bytes: w.signs, rows: rows, columns: nb)
             maskWords = nil
             columnScale = w.columnScale ?? [Float](repeating: 1, count: nb)
             salientFormat = w.salientBits <= 4 ? .u4 : .u8
@@ -195,6 +205,7 @@ public final class BinaryLinear: LinearOp {
             naturalBinaryMask = []
             naturalColumnScale = []
             signPlanes = nil
+            signInt8 = false
             salientPlanes = nil
             salientBF16 = nil
         }
@@ -235,6 +246,9 @@ public final class BinaryLinear: LinearOp {
     /// Whether the salient codes have a plane-table copy (tests).
     var hasSalientPlanes: Bool { salientPlanes != nil }
 
+    /// Whether the sign bits are held for the int8 sign GEMV (tests).
+    var hasSignInt8: Bool { signInt8 }
+
     /// Whether the salient codes are held for the bf16 salient GEMV (tests).
     var hasSalientBF16: Bool { salientBF16 != nil }
 
@@ -245,17 +259,35 @@ public final class BinaryLinear: LinearOp {
         // Per-thread scratch (slots 10–12, no other kernel's), not arrays: a decode step allocates
         // nothing. Zeroed: the sign kernels read all 64·wordsPerRow inputs.
         let padded = LowBit.threadScratch(slot: 10, count: 64 * wordsPerRow, of: Float.self)
-        padded.update(repeating: 0, count: 64 * wordsPerRow)
         switch maskKind {
         case .columns:
+            // The int8 sign GEMV gathers and quantizes x̃ itself (while the reduced-precision
+            // decode kernels are on: `bf16Decode` off runs the exact float GEMV on the same words).
+            let int8Signs = signInt8 && !reference && BinaryKernels.decodesSignsInInt8 && LowBit.decodesInBF16
             var sum: Float = 0
-            for (k, j) in binaryColumns.enumerated() {
-                let v = columnScale[k] * x[j]
-                padded[k] = v
-                sum += v
+            if !int8Signs {
+                padded.update(repeating: 0, count: 64 * wordsPerRow)
+                for (k, j) in binaryColumns.enumerated() {
+                    let v = columnScale[k] * x[j]
+                    padded[k] = v
+                    sum += v
+                }
             }
             scale.withUnsafeBufferPointer { a in
                 offset.withUnsafeBufferPointer { b in
+                    if int8Signs {
+                        signWords.withUnsafeBufferPointer { s in
+                            binaryColumns.withUnsafeBufferPointer { cols in
+                                columnScale.withUnsafeBufferPointer { r2 in
+                                    BinaryKernels.gemvSignInt8(
+                                        signs: s.baseAddress!, wordsPerRow: wordsPerRow, rows: n, x: x,
+                                        columns: cols.baseAddress!, columnScale: r2.baseAddress!, count: cols.count,
+                                        a: a.baseAddress!, b: b.baseAddress!, y: y)
+                                }
+                            }
+                        }
+                        return
+                    }
                     if let signPlanes, !reference {
                         BinaryKernels.gemvPlanes(signPlanes, x: padded, a: a.baseAddress!, b: b.baseAddress!, y: y)
                         return
@@ -302,6 +334,7 @@ public final class BinaryLinear: LinearOp {
             for o in 0..<n { y[o] += ys[o] }
             addOutlierColumns(x, y)
         case .elements:
+            padded.update(repeating: 0, count: 64 * wordsPerRow)
             var total: Float = 0
             for j in 0..<inFeatures {
                 padded[j] = x[j]

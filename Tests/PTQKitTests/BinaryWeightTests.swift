@@ -316,6 +316,52 @@ struct BinaryWeightTests {
         }
     }
 
+    /// The int8-activation sign GEMV (`gemvSignInt8`): its AVX-512 VNNI kernel (through the pool)
+    /// and scalar twins agree bit for bit, and both match the float GEMV on the gathered
+    /// x̃ = r2 ∘ x within the int8 rounding bound of `binary_kernels.h` (|a|·nb·scale/2): odd sizes
+    /// (columns off the 64-column words, rows off the 4-row groups, one row, one column),
+    /// SmolLM2's q (460 of 576 binarized) and down (1228 of 1536) shapes, all −1 / all +1 rows,
+    /// zero and extreme scales, zero r2, x = 0, extreme x and a lone outlier.
+    @Test(arguments: [(37, 100, 80), (1, 1, 1), (1, 64, 64), (5, 70, 65), (6, 576, 460), (9, 1536, 1228), (17, 33, 31)])
+    func signInt8MatchesTwinAndFloat(rows: Int, inputs: Int, binarized: Int) {
+        var rng = SeededGenerator(seed: 101 + UInt64(rows * 10_000 + inputs))
+        let columns = Array((0..<inputs).shuffled(using: &rng).prefix(binarized))
+        let nb = columns.count, words = BinaryKernels.wordsPerRow(nb)
+        for variant in 0..<4 {
+            var signs = (0..<(rows * nb)).map { _ in UInt8(rng.next() % 2) }
+            for c in 0..<nb { signs[c] = 0 }                                           // row 0: all −1
+            if rows > 2 { for c in 0..<nb { signs[2 * nb + c] = 1 } }                  // row 2: all +1
+            var a = (0..<rows).map { _ in rng.float(in: 0...1) }, b = (0..<rows).map { _ in rng.float(in: -1...1) }
+            if rows > 1 { a[1] = 0; b[1] = 0 }
+            if rows > 3 && variant != 2 { a[3] = 1e30; b[3] = -1e-30 }
+            if rows > 4 && variant != 2 { a[4] = 1e-30; b[4] = 1e20 }
+            var r2 = (0..<nb).map { _ in rng.float(in: 0.5...1.5) }
+            if nb > 3 { r2[nb / 2] = 0 }
+            // 0: ordinary x; 1: x = 0; 2: extreme magnitudes; 3: one ±1e4 outlier.
+            let magnitude: Float = variant == 2 ? 1e30 / Float(inputs) : 1
+            var x = (0..<inputs).map { _ in variant == 1 ? 0 : rng.float(in: -1...1) * magnitude }
+            if variant == 3 { x[columns[0]] = -1e4 }
+            let packed = BinaryKernels.packBits(rows: rows, columns: nb) { r, c in signs[r * nb + c] != 0 }
+            var fast = [Float](repeating: .nan, count: rows), ref = fast, want = fast
+            BinaryKernels.gemvSignInt8(signs: packed, wordsPerRow: words, rows: rows, x: x, columns: columns, columnScale: r2,
+                                       count: nb, a: a, b: b, y: &fast)
+            BinaryKernels.gemvSignInt8(signs: packed, wordsPerRow: words, rows: rows, x: x, columns: columns, columnScale: r2,
+                                       count: nb, a: a, b: b, y: &ref, reference: true)
+            let gathered = (0..<nb).map { r2[$0] * x[columns[$0]] }
+            let padded = gathered + [Float](repeating: 0, count: 64 * words - nb)
+            BinaryKernels.gemv(signs: packed, mask: nil, wordsPerRow: words, rows: rows, x: padded,
+                               xSum: gathered.reduce(0, +), a: a, b: b, y: &want, rest: nil, reference: true)
+            let scale = gathered.reduce(Float(0)) { max($0, abs($1)) } / 127
+            let absSum = gathered.reduce(Float(0)) { $0 + abs($1) }
+            for o in 0..<rows {
+                #expect(fast[o].bitPattern == ref[o].bitPattern, "\(rows)×\(nb) v\(variant) row \(o): \(fast[o]) vs \(ref[o])")
+                let bound = abs(a[o]) * (Float(nb) * scale / 2 * 1.001 + 4e-6 * absSum) + 4e-6 * abs(b[o]) * absSum + 1e-30
+                #expect(abs(ref[o] - want[o]) <= bound, "\(rows)×\(nb) v\(variant) row \(o): \(ref[o]) vs \(want[o])")
+            }
+            if variant == 1 { #expect(fast.allSatisfy { $0 == 0 }) }
+        }
+    }
+
     /// The salient columns' ≤ 4-bit codes on the u4 plane-table GEMV (AVX-512) against the
     /// nibble GEMV they replace at decode, on SmolLM2's real layer shapes (q/o, k/v, gate/up,
     /// down with PTQ1.61's 20 % salient columns) and small odd ones (salient counts off the
@@ -401,6 +447,15 @@ struct BinaryWeightTests {
     @Test(arguments: [(576, 576, 116), (192, 576, 116), (576, 1536, 308), (5, 33, 7), (17, 70, 1), (33, 97, 0),
                       (1, 5, 2), (40, 64, 64), (9, 130, 65)])
     func bf16SalientColumns(rows: Int, columns: Int, salient: Int) throws {
+        // Both sign layouts: the sign-plane tables (default) and the int8 sign GEMV's words.
+        for int8Signs in [false, true] {
+            try BinaryKernels.$signInt8Override.withValue(int8Signs) {
+                try bf16SalientColumnsCase(rows: rows, columns: columns, salient: salient)
+            }
+        }
+    }
+
+    func bf16SalientColumnsCase(rows: Int, columns: Int, salient: Int) throws {
         var rng = SeededGenerator(seed: 77 + UInt64(rows * 10_000 + columns))
         let cols = Array((0..<columns).shuffled(using: &rng).prefix(salient))
         let w = Self.columnMasked(rows: rows, columns: columns, salient: cols, zeroRows: [0, rows / 2], rng: &rng)
@@ -409,6 +464,7 @@ struct BinaryWeightTests {
         let layer = try LowBit.$bf16DecodeOverride.withValue(true) { try BinaryLinear(Self.linear(w, bias: bias)) }
         let inBF16 = salient > 0 && BinaryKernels.salientBF16Supported
         #expect(layer.hasSalientBF16 == inBF16)
+        #expect(layer.hasSignInt8 == (BinaryKernels.decodesSignsInInt8 && BinaryKernels.signInt8Supported && salient < columns))
         #expect(layer.hasSalientPlanes == (salient > 0 && LowBit.planeTablesSupported && !inBF16))
         #expect(layer.kernelDescription.contains("on the bf16 GEMV") == inBF16)
         let dense = w.dequantizedReference()
@@ -433,12 +489,18 @@ struct BinaryWeightTests {
             let binaryAbs = (0..<columns).filter { !cols.contains($0) }.reduce(Float(0)) { $0 + abs(x[$1]) }
             let salientAbs = cols.reduce(Float(0)) { $0 + abs(x[$1]) }
             let terms = Float(salient / 8 + 9) * 0x1p-24 * 1.001  // binary_kernels.h's bound
+            // The int8 sign GEMV (where it runs): x̃ = r2 ∘ x rounded to int8, |a|·nb·scale/2.
+            let binary = (0..<columns).filter { !cols.contains($0) }
+            let r2 = w.columnScale ?? [Float](repeating: 1, count: binary.count)
+            let int8Scale = layer.hasSignInt8
+                ? binary.enumerated().reduce(Float(0)) { max($0, abs(r2[$1.offset] * x[$1.element])) } / 127 : 0
             for o in 0..<rows {
                 // Sign part: float32 sums of ≤ 0.05·1.3·|x| terms; salient part: the bf16 GEMV's bound
                 // (offset 128 included) plus the float32 kernels' few ε.
                 let d = abs(w.salientScale[o])
                 let salientBound = d * salientAbs * (terms * (128 + 15 + 128 + 15) + 4e-6 * 30)
-                let tolerance = 1e-5 * 0.07 * binaryAbs + salientBound + 2 * abs(want[o]).ulp + 1e-30
+                let int8Bound = abs(w.scale[o]) * Float(binary.count) * int8Scale / 2 * 1.001
+                let tolerance = 1e-5 * 0.07 * binaryAbs + salientBound + int8Bound + 2 * abs(want[o]).ulp + 1e-30
                 #expect(abs(fast[o] - want[o]) <= tolerance,
                         "\(rows)×\(columns)/\(salient) v\(variant) row \(o): \(fast[o]) vs \(want[o])")
                 // bf16 vs float32 salient part: at most the rounding of x_s, 2⁻⁸·Σ|Δ(q − z)x_s|, plus the above.
@@ -448,7 +510,7 @@ struct BinaryWeightTests {
             }
             // Zero-scale rows: a = b = Δ = 0 leave only the bias.
             #expect(fast[0] == bias[0] && fast[rows / 2] == bias[rows / 2])
-            if !inBF16 { #expect(fast.map(\.bitPattern) == float32.map(\.bitPattern)) }
+            if !inBF16 && !layer.hasSignInt8 { #expect(fast.map(\.bitPattern) == float32.map(\.bitPattern)) }
         }
     }
 

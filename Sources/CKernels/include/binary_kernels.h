@@ -68,6 +68,35 @@ void ck_gemv_sign_planes_ref(const uint64_t *planes, size_t block_begin, size_t 
                              size_t cols, const float *tables, float x_sum, const float *a, const float *b,
                              float *y);
 
+// Sign GEMV on int8 activations (binary_sign_i8.c, issue 13 eleventh pass): the column-mask case
+// of ck_binary_gemv on the row-major sign words, with the binarized inputs x̃_k = r2_k·x[columns[k]]
+// (k < nb) gathered and quantized to int8 once per call by ck_sign_i8_prepare:
+//   m = max_k |x̃_k|, q_k = round_half_even(x̃_k · (127/m)) clamped to ±127 (0 when m = 0),
+//   scale = m/127, q_sum = Σ q_k, x_sum = Σ x̃_k (float: 8 partial sums over k mod 8, pairwise);
+// then for rows o in [row_begin, row_begin + row_count):
+//   y[o] = fma(a[o], scale·(2·Σ_{s_ok=+1} q_k − q_sum), b[o]·x_sum)   (= a[o]·scale·Σ_k s_ok·q_k + b[o]·x_sum).
+// Against the float GEMV the error is only the rounding of x̃: |Δy_o| ≤ |a[o]|·nb·scale/2 (each
+// |x̃_k − scale·q_k| ≤ scale/2), in practice ~√nb·scale/√12 (random signs). The sums are exact
+// int32, so the AVX-512 VNNI + BW kernel (ck_sign_i8_supported) gives the _ref twins' bits. xt:
+// nb floats of scratch; xq: 64·words_per_row bytes (zero past nb). A non-finite x gives NaN/inf y.
+typedef struct {
+    float scale;
+    int32_t q_sum;
+    float x_sum;
+} CKSignI8Input;
+int ck_sign_i8_supported(void);
+/// The switch BinaryLinear reads (off unless PTQ_SIGN_I8=1 in the environment at first use).
+int ck_sign_i8_enabled(void);
+void ck_set_sign_i8_enabled(int enabled);
+void ck_sign_i8_prepare(const float *x, const ptrdiff_t *columns, const float *r2, size_t nb, size_t words_per_row,
+                        float *xt, int8_t *xq, CKSignI8Input *in);
+void ck_sign_i8_prepare_ref(const float *x, const ptrdiff_t *columns, const float *r2, size_t nb, size_t words_per_row,
+                            float *xt, int8_t *xq, CKSignI8Input *in);
+void ck_gemv_sign_i8(const uint64_t *signs, size_t words_per_row, size_t row_begin, size_t row_count,
+                     const int8_t *xq, const CKSignI8Input *in, const float *a, const float *b, float *y);
+void ck_gemv_sign_i8_ref(const uint64_t *signs, size_t words_per_row, size_t row_begin, size_t row_count,
+                         const int8_t *xq, const CKSignI8Input *in, const float *a, const float *b, float *y);
+
 // Row-major bits and nibbles back from the plane layouts (u4_planes.c), for the prefill tiles of
 // binary layers whose only copy of the sign bits / salient codes is the planes (issue 13). Exact
 // bit rearrangements; BMI2 (pext/pdep) where present, the _ref twins are plain loops.

@@ -1,0 +1,206 @@
+#include "binary_kernels.h"
+#include "ck_runtime.h"
+#include "x86_common.h"
+#include <immintrin.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+// Sign GEMV of column-masked binary layers (PTQ1.61) on int8 activations (issue 13, eleventh
+// pass). See binary_kernels.h for the numerics; here, how it runs.
+//
+// The table GEMV (u4_planes.c, ck_gemv_sign_planes) costs a float table lookup per 4 weights and
+// reached 9–10 GB/s of sign bytes on one thread. Here each row's 64 sign bits are a k-mask over
+// 64 int8 activations: `vmovdqu8 {k}{z}` keeps x_k where s_k = +1 and `vpdpbusd` against bytes of
+// 1 adds them into 16 int32 lanes, so 64 weights cost one mask load, one masked move and one
+// dot-product; Σ s·x = 2·Σ_{s=+1} x − Σx. Eight rows share each 64-byte activation load (8
+// independent accumulator chains: 15 % faster than 4 in a CPU-time microbenchmark), and each four
+// accumulators reduce together (two unpack levels, then the 128-bit lanes).
+// All sums are exact int32 (|Σ| ≤ 127·cols < 2^31), so the kernel gives the `_ref` twin's bits.
+
+/// The gather, Σ and absmax of x̃_k = r2_k·x[columns[k]] (shared by both prepares: one order of
+/// the float sum). Σ runs as 8 partial sums (k mod 8), combined pairwise: one running sum is a
+/// chain of dependent adds and made the gather 2× slower.
+static float gather(const float *x, const ptrdiff_t *columns, const float *r2, size_t nb, float *xt, float *sum) {
+    float p[8] = {0, 0, 0, 0, 0, 0, 0, 0}, m = 0;
+    size_t k = 0;
+    for (; k + 8 <= nb; k += 8)
+        for (unsigned i = 0; i < 8; i++) {
+            const float v = r2[k + i] * x[columns[k + i]], a = fabsf(v);
+            xt[k + i] = v;
+            p[i] += v;
+            m = a > m ? a : m;
+        }
+    for (unsigned i = 0; k < nb; k++, i++) {
+        const float v = r2[k] * x[columns[k]], a = fabsf(v);
+        xt[k] = v;
+        p[i] += v;
+        m = a > m ? a : m;
+    }
+    *sum = ((p[0] + p[1]) + (p[2] + p[3])) + ((p[4] + p[5]) + (p[6] + p[7]));
+    return m;
+}
+
+static inline int8_t quantize_ref(float v, float inv) {
+    long q = lrintf(v * inv);
+    return (int8_t)(q > 127 ? 127 : q < -127 ? -127 : q);
+}
+
+void ck_sign_i8_prepare_ref(const float *x, const ptrdiff_t *columns, const float *r2, size_t nb, size_t words_per_row,
+                            float *xt, int8_t *xq, CKSignI8Input *in) {
+    float sum;
+    const float m = gather(x, columns, r2, nb, xt, &sum);
+    // m = 0 (all-zero x) or not finite: the codes are 0 (a non-finite x gives y = NaN below).
+    const float inv = (m > 0 && isfinite(m)) ? 127.0f / m : 0.0f;
+    int32_t qs = 0;
+    for (size_t k = 0; k < nb; k++) {
+        xq[k] = quantize_ref(xt[k], inv);
+        qs += xq[k];
+    }
+    memset(xq + nb, 0, 64 * words_per_row - nb);
+    in->scale = isfinite(m) ? m / 127.0f : m;
+    in->q_sum = qs;
+    in->x_sum = sum;
+}
+
+#if defined(__x86_64__)
+#define CK_SIGN_I8 __attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni")))
+
+CK_SIGN_I8 static void prepare_512(const float *x, const ptrdiff_t *columns, const float *r2, size_t nb,
+                                   size_t words_per_row, float *xt, int8_t *xq, CKSignI8Input *in) {
+    float sum;
+    const float m = gather(x, columns, r2, nb, xt, &sum);
+    const float inv = (m > 0 && isfinite(m)) ? 127.0f / m : 0.0f;
+    const __m512 vinv = _mm512_set1_ps(inv);
+    const __m512i lo = _mm512_set1_epi32(-127), hi = _mm512_set1_epi32(127);
+    __m512i qs = _mm512_setzero_si512();
+    for (size_t k = 0; k < nb; k += 16) {
+        const __mmask16 live = nb - k >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (nb - k)) - 1);
+        // cvtps rounds to nearest even (MXCSR default), as lrintf does in the twin.
+        __m512i q = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_maskz_loadu_ps(live, xt + k), vinv));
+        q = _mm512_min_epi32(_mm512_max_epi32(q, lo), hi);
+        qs = _mm512_add_epi32(qs, q);
+        _mm_mask_storeu_epi8(xq + k, live, _mm512_cvtepi32_epi8(q));
+    }
+    memset(xq + nb, 0, 64 * words_per_row - nb);
+    in->scale = isfinite(m) ? m / 127.0f : m;
+    in->q_sum = _mm512_reduce_add_epi32(qs);
+    in->x_sum = sum;
+}
+
+/// Row sums of four accumulators: lane i of the result = Σ of c_i's 16 lanes.
+CK_SIGN_I8 static inline __m128i reduce4(__m512i c0, __m512i c1, __m512i c2, __m512i c3) {
+    const __m512i t0 = _mm512_add_epi32(_mm512_unpacklo_epi32(c0, c1), _mm512_unpackhi_epi32(c0, c1));
+    const __m512i t1 = _mm512_add_epi32(_mm512_unpacklo_epi32(c2, c3), _mm512_unpackhi_epi32(c2, c3));
+    const __m512i u = _mm512_add_epi32(_mm512_unpacklo_epi64(t0, t1), _mm512_unpackhi_epi64(t0, t1));
+    const __m256i h = _mm256_add_epi32(_mm512_castsi512_si256(u), _mm512_extracti64x4_epi64(u, 1));
+    return _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
+}
+
+/// y for rows o … o + 3 from their Σ_{s=+1} q (the twin's operations, four lanes at a time).
+CK_SIGN_I8 static inline void store4(__m128i pos, const CKSignI8Input *in, const float *a, const float *b, float *y,
+                                     size_t o) {
+    const __m128i dot = _mm_sub_epi32(_mm_add_epi32(pos, pos), _mm_set1_epi32(in->q_sum));
+    const __m128 t = _mm_mul_ps(_mm_set1_ps(in->scale), _mm_cvtepi32_ps(dot));
+    _mm_storeu_ps(y + o, _mm_fmadd_ps(_mm_loadu_ps(a + o), t, _mm_mul_ps(_mm_loadu_ps(b + o), _mm_set1_ps(in->x_sum))));
+}
+
+CK_SIGN_I8 static void gemv_sign_i8_512(const uint64_t *signs, size_t wpr, size_t row_begin, size_t row_count,
+                                        const int8_t *xq, const CKSignI8Input *in, const float *a, const float *b,
+                                        float *y) {
+    const __m512i ones = _mm512_set1_epi8(1);
+    const size_t end = row_begin + row_count;
+    const float bx = in->x_sum;
+    size_t o = row_begin;
+    // Eight rows a pass: eight independent vpdpbusd chains (its latency) per 64-byte x load.
+    for (; o + 8 <= end; o += 8) {
+        const uint64_t *w = signs + o * wpr;
+        __m512i c[8];
+        for (unsigned r = 0; r < 8; r++) c[r] = _mm512_setzero_si512();
+        for (size_t k = 0; k < wpr; k++) {
+            const __m512i xv = _mm512_loadu_si512(xq + 64 * k);
+            for (unsigned r = 0; r < 8; r++)
+                c[r] = _mm512_dpbusd_epi32(c[r], ones, _mm512_maskz_mov_epi8((__mmask64)w[r * wpr + k], xv));
+        }
+        store4(reduce4(c[0], c[1], c[2], c[3]), in, a, b, y, o);
+        store4(reduce4(c[4], c[5], c[6], c[7]), in, a, b, y, o + 4);
+    }
+    for (; o + 4 <= end; o += 4) {
+        const uint64_t *w0 = signs + o * wpr, *w1 = w0 + wpr, *w2 = w1 + wpr, *w3 = w2 + wpr;
+        __m512i c0 = _mm512_setzero_si512(), c1 = c0, c2 = c0, c3 = c0;
+        for (size_t k = 0; k < wpr; k++) {
+            const __m512i xv = _mm512_loadu_si512(xq + 64 * k);
+            c0 = _mm512_dpbusd_epi32(c0, ones, _mm512_maskz_mov_epi8((__mmask64)w0[k], xv));
+            c1 = _mm512_dpbusd_epi32(c1, ones, _mm512_maskz_mov_epi8((__mmask64)w1[k], xv));
+            c2 = _mm512_dpbusd_epi32(c2, ones, _mm512_maskz_mov_epi8((__mmask64)w2[k], xv));
+            c3 = _mm512_dpbusd_epi32(c3, ones, _mm512_maskz_mov_epi8((__mmask64)w3[k], xv));
+        }
+        store4(reduce4(c0, c1, c2, c3), in, a, b, y, o);
+    }
+    for (; o < end; o++) {
+        const uint64_t *w = signs + o * wpr;
+        __m512i c = _mm512_setzero_si512();
+        for (size_t k = 0; k < wpr; k++)
+            c = _mm512_dpbusd_epi32(c, ones, _mm512_maskz_mov_epi8((__mmask64)w[k], _mm512_loadu_si512(xq + 64 * k)));
+        const int32_t dot = 2 * _mm512_reduce_add_epi32(c) - in->q_sum;
+        y[o] = fmaf(a[o], in->scale * (float)dot, b[o] * bx);
+    }
+}
+#endif
+
+static int sign_i8_switch = -1;
+
+int ck_sign_i8_enabled(void) {
+    if (sign_i8_switch < 0) {
+        const char *v = getenv("PTQ_SIGN_I8");
+        sign_i8_switch = v && strcmp(v, "1") == 0;
+    }
+    return sign_i8_switch;
+}
+
+void ck_set_sign_i8_enabled(int enabled) { sign_i8_switch = enabled != 0; }
+
+int ck_sign_i8_supported(void) {
+#if defined(__x86_64__)
+    static int cpu = -1;
+    if (cpu < 0) cpu = ck_cpu_has_avx512vnni() && __builtin_cpu_supports("avx512bw");
+    return cpu;
+#else
+    return 0;
+#endif
+}
+
+void ck_sign_i8_prepare(const float *x, const ptrdiff_t *columns, const float *r2, size_t nb, size_t words_per_row,
+                        float *xt, int8_t *xq, CKSignI8Input *in) {
+#if defined(__x86_64__)
+    if (ck_sign_i8_supported()) {
+        prepare_512(x, columns, r2, nb, words_per_row, xt, xq, in);
+        return;
+    }
+#endif
+    ck_sign_i8_prepare_ref(x, columns, r2, nb, words_per_row, xt, xq, in);
+}
+
+void ck_gemv_sign_i8_ref(const uint64_t *signs, size_t words_per_row, size_t row_begin, size_t row_count,
+                         const int8_t *xq, const CKSignI8Input *in, const float *a, const float *b, float *y) {
+    for (size_t o = row_begin; o < row_begin + row_count; o++) {
+        const uint64_t *w = signs + o * words_per_row;
+        int32_t pos = 0;
+        for (size_t j = 0; j < 64 * words_per_row; j++)
+            if ((w[j >> 6] >> (j & 63)) & 1) pos += xq[j];
+        const int32_t dot = 2 * pos - in->q_sum;
+        y[o] = fmaf(a[o], in->scale * (float)dot, b[o] * in->x_sum);
+    }
+}
+
+void ck_gemv_sign_i8(const uint64_t *signs, size_t words_per_row, size_t row_begin, size_t row_count,
+                     const int8_t *xq, const CKSignI8Input *in, const float *a, const float *b, float *y) {
+#if defined(__x86_64__)
+    if (ck_sign_i8_supported()) {
+        gemv_sign_i8_512(signs, words_per_row, row_begin, row_count, xq, in, a, b, y);
+        return;
+    }
+#endif
+    ck_gemv_sign_i8_ref(signs, words_per_row, row_begin, row_count, xq, in, a, b, y);
+}
