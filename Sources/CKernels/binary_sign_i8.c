@@ -154,7 +154,7 @@ static int sign_i8_switch = -1;
 int ck_sign_i8_enabled(void) {
     if (sign_i8_switch < 0) {
         const char *v = getenv("PTQ_SIGN_I8");
-        sign_i8_switch = v && strcmp(v, "1") == 0;
+        sign_i8_switch = !(v && strcmp(v, "0") == 0);
     }
     return sign_i8_switch;
 }

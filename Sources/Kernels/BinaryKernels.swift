@@ -230,9 +230,9 @@ extension BinaryKernels {
     public static var signInt8Supported: Bool { ck_sign_i8_supported() != 0 }
 
     /// Whether column-masked binary layers decode their sign bits on int8 activations
-    /// (`gemvSignInt8`) where the CPU has it: off by default (no measured decode gain at two
-    /// threads, see RESULTS eleventh pass), `PTQ_SIGN_I8=1` in the environment starts the process
-    /// with it on. Read when a layer loads (it picks the sign layout: row-major words instead of
+    /// (`gemvSignInt8`) where the CPU has it: on by default (idle A/B at integration: decode
+    /// 1.04× on `smollm2-ptq161-head8`, decode KL 5.9e-4 against the float32 GEMVs; docs/RESULTS.md,
+    /// eleventh pass), `PTQ_SIGN_I8=0` in the environment starts the process with it off. Read when a layer loads (it picks the sign layout: row-major words instead of
     /// sign planes); turning it off afterwards runs the exact float GEMV on the same words.
     /// Process-wide, like `LowBit.bf16Decode`.
     public static var signInt8Decode: Bool {

@@ -9,7 +9,7 @@ import PTQCore
 /// Column masks (PTQ1.61): per activation row, x̃ = r2 ∘ x over the binarized columns (gathered,
 /// zero-padded to whole 64-bit words) and Σx̃ are formed once; then
 /// `y = a ∘ (S x̃) + b · Σx̃` runs on the sign bits (`BinaryKernels`; where the CPU has AVX-512
-/// VNNI + BW, `BinaryKernels.signInt8Decode` is on at load (`PTQ_SIGN_I8=1`; off by default) and
+/// VNNI + BW, `BinaryKernels.signInt8Decode` is on at load (on by default; `PTQ_SIGN_I8=0` turns it off) and
 /// the bf16 decode kernels are on, `gemvSignInt8` gathers x̃ and rounds it to int8 itself; else
 /// the float sign-plane tables), and the salient columns'
 /// 4-bit (or 8-bit) codes run the existing weight-only integer GEMV on the gathered salient

@@ -85,7 +85,7 @@ typedef struct {
     float x_sum;
 } CKSignI8Input;
 int ck_sign_i8_supported(void);
-/// The switch BinaryLinear reads (off unless PTQ_SIGN_I8=1 in the environment at first use).
+/// The switch BinaryLinear reads (on unless PTQ_SIGN_I8=0 in the environment at first use).
 int ck_sign_i8_enabled(void);
 void ck_set_sign_i8_enabled(int enabled);
 void ck_sign_i8_prepare(const float *x, const ptrdiff_t *columns, const float *r2, size_t nb, size_t words_per_row,
