@@ -232,8 +232,9 @@ extension BinaryKernels {
     /// Whether column-masked binary layers decode their sign bits on int8 activations
     /// (`gemvSignInt8`) where the CPU has it: on by default (idle A/B at integration: decode
     /// 1.04× on `smollm2-ptq161-head8`, decode KL 5.9e-4 against the float32 GEMVs; docs/RESULTS.md,
-    /// eleventh pass), `PTQ_SIGN_I8=0` in the environment starts the process with it off. Read when a layer loads (it picks the sign layout: row-major words instead of
-    /// sign planes); turning it off afterwards runs the exact float GEMV on the same words.
+    /// eleventh pass), `PTQ_SIGN_I8=0` in the environment starts the process with it off. Read
+    /// when a layer loads (it picks the sign layout: row-major words instead of sign planes);
+    /// turning it off afterwards runs the exact float GEMV on the same words.
     /// Process-wide, like `LowBit.bf16Decode`.
     public static var signInt8Decode: Bool {
         get { ck_sign_i8_enabled() != 0 }
