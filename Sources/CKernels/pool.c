@@ -71,65 +71,6 @@ static int serial_jobs_left;
 
 static _Thread_local int inside_task;
 
-// Nested jobs shared inside a sharing job (ck_pool_run_sharing). One slot: `nested_busy` is taken
-// by the publishing thread for the nested job's lifetime. The claim word holds the nested job's
-// id (24 bits), its task count (20 bits) and the next task (20 bits), so a helper's
-// compare-and-swap succeeds only on the very job (and task count) it read: a stale helper never
-// claims a task of the next nested job. The function and context, stored before the claim word
-// (release), cannot change while a claimed task runs: the slot is released only after every
-// task is counted in `nested_done`.
-static atomic_int job_sharing;                    // the current job shares its tasks' nested jobs
-static _Alignas(64) atomic_uint_fast64_t nested_claim;
-static _Alignas(64) atomic_size_t nested_done;
-static atomic_int nested_busy;
-static _Atomic(ck_task_fn) nested_fn;
-static _Atomic(void *) nested_ctx;
-static atomic_uint nested_seq;
-#define NESTED_TASK_BITS 20
-#define NESTED_TASK_MASK ((1ull << NESTED_TASK_BITS) - 1)
-
-/// Claims and runs one task of the current nested job; 1 if it ran one, 0 if none was left.
-static int help_nested(void) {
-    uint_fast64_t v = atomic_load_explicit(&nested_claim, memory_order_acquire);
-    for (;;) {
-        const uint_fast64_t tasks = (v >> NESTED_TASK_BITS) & NESTED_TASK_MASK, next = v & NESTED_TASK_MASK;
-        if (next >= tasks) return 0;
-        if (atomic_compare_exchange_weak_explicit(&nested_claim, &v, v + 1, memory_order_acq_rel,
-                                                  memory_order_acquire)) {
-            const ck_task_fn fn = atomic_load_explicit(&nested_fn, memory_order_relaxed);
-            void *ctx = atomic_load_explicit(&nested_ctx, memory_order_relaxed);
-            fn(ctx, (size_t)next);
-            atomic_fetch_add_explicit(&nested_done, 1, memory_order_release);
-            return 1;
-        }
-    }
-}
-
-/// Runs a job started inside a task of a sharing job as a shared nested job; 0 when the slot is
-/// taken (the caller then runs it inline).
-static int run_nested(size_t tasks, ck_task_fn fn, void *ctx) {
-    int expected = 0;
-    if (tasks > NESTED_TASK_MASK ||
-        !atomic_compare_exchange_strong_explicit(&nested_busy, &expected, 1, memory_order_acq_rel,
-                                                 memory_order_relaxed))
-        return 0;
-    const uint_fast64_t id = (atomic_fetch_add_explicit(&nested_seq, 1, memory_order_relaxed) + 1) & 0xFFFFFF;
-    atomic_store_explicit(&nested_fn, fn, memory_order_relaxed);
-    atomic_store_explicit(&nested_ctx, ctx, memory_order_relaxed);
-    atomic_store_explicit(&nested_done, 0, memory_order_relaxed);
-    atomic_store_explicit(&nested_claim, (id << (2 * NESTED_TASK_BITS)) | ((uint_fast64_t)tasks << NESTED_TASK_BITS),
-                          memory_order_release);
-    while (help_nested()) {}
-    // Only tasks another thread claimed remain: a few µs of GEMV rows each.
-    unsigned spins = 0;
-    while (atomic_load_explicit(&nested_done, memory_order_acquire) < tasks) {
-        if (++spins < 4096) CK_PAUSE();
-        else sched_yield();
-    }
-    atomic_store_explicit(&nested_busy, 0, memory_order_release);
-    return 1;
-}
-
 int ck_pool_in_task(void) { return inside_task; }
 
 static long now_ns(void) {
@@ -211,18 +152,7 @@ static void *worker_main(void *arg) {
         // The job id travels in `claim`; read it from there (any later job simply has a new id).
         const int probing = ck_probe_is_active();
         const long busy_start = probing ? now_ns() : 0;
-        const uint32_t id = (uint32_t)(atomic_load_explicit(&claim, memory_order_acquire) >> 32);
-        size_t ran = run_tasks(id);
-        if (atomic_load_explicit(&job_sharing, memory_order_acquire)) {
-            // Out of tasks of a sharing job: take tasks of the nested jobs the other threads'
-            // tasks publish, until the job is done (or replaced by the next one).
-            while ((uint32_t)(atomic_load_explicit(&claim, memory_order_acquire) >> 32) == id &&
-                   atomic_load_explicit(&done, memory_order_acquire) <
-                       atomic_load_explicit(&job_tasks, memory_order_relaxed)) {
-                if (help_nested()) ran++;
-                else CK_PAUSE();
-            }
-        }
+        const size_t ran = run_tasks((uint32_t)(atomic_load_explicit(&claim, memory_order_acquire) >> 32));
         if (probing) ck_probe_worker(ran, slept, now_ns() - busy_start);
     }
     return NULL;
@@ -277,20 +207,14 @@ static void run_serially(size_t tasks, ck_task_fn fn, void *ctx) {
     for (size_t i = 0; i < tasks; i++) fn(ctx, i);
 }
 
-static void pool_run(size_t tasks, ck_task_fn fn, void *ctx, int sleep_after, int sharing);
+static void pool_run(size_t tasks, ck_task_fn fn, void *ctx, int sleep_after);
 
-void ck_pool_run(size_t tasks, ck_task_fn fn, void *ctx) { pool_run(tasks, fn, ctx, 0, 0); }
+void ck_pool_run(size_t tasks, ck_task_fn fn, void *ctx) { pool_run(tasks, fn, ctx, 0); }
 
-void ck_pool_run_then_sleep(size_t tasks, ck_task_fn fn, void *ctx) { pool_run(tasks, fn, ctx, 1, 0); }
+void ck_pool_run_then_sleep(size_t tasks, ck_task_fn fn, void *ctx) { pool_run(tasks, fn, ctx, 1); }
 
-void ck_pool_run_sharing(size_t tasks, ck_task_fn fn, void *ctx) { pool_run(tasks, fn, ctx, 0, 1); }
-
-static void pool_run(size_t tasks, ck_task_fn fn, void *ctx, int sleep_after, int sharing) {
+static void pool_run(size_t tasks, ck_task_fn fn, void *ctx, int sleep_after) {
     if (tasks == 0) return;
-    // A job from inside a task of a sharing job: its tasks go to the threads that are free.
-    if (inside_task && tasks > 1 && atomic_load_explicit(&job_sharing, memory_order_acquire) &&
-        run_nested(tasks, fn, ctx))
-        return;
     const int threads = ck_pool_threads();
     if (tasks == 1 || threads <= 1 || tasks > UINT32_MAX || inside_task || pthread_mutex_trylock(&run_lock) != 0) {
         run_serially(tasks, fn, ctx);
@@ -339,7 +263,6 @@ static void pool_run(size_t tasks, ck_task_fn fn, void *ctx, int sleep_after, in
     atomic_store_explicit(&job_tasks, tasks, memory_order_relaxed);
     atomic_store_explicit(&done, 0, memory_order_relaxed);
     atomic_store_explicit(&job_sleep_after, sleep_after, memory_order_relaxed);
-    atomic_store_explicit(&job_sharing, sharing, memory_order_release);
     atomic_store_explicit(&claim, (uint_fast64_t)id << 32, memory_order_release);
     atomic_fetch_add(&generation, 1);  // seq_cst: wakes spinning workers
     atomic_fetch_add_explicit(&job_count, 1, memory_order_relaxed);
@@ -361,18 +284,13 @@ static void pool_run(size_t tasks, ck_task_fn fn, void *ctx, int sleep_after, in
     if (atomic_load_explicit(&done, memory_order_acquire) < tasks) {
         const long wait_start = probing ? own_end_ns : now_ns();
         unsigned spins = 0;
-        // A sharing job: help with the nested job of the task still running (as a task would).
-        inside_task = sharing;
         while (atomic_load_explicit(&done, memory_order_acquire) < tasks) {
-            if (sharing && help_nested()) { spins = 0; continue; }
             if (++spins < 2048) CK_PAUSE();
             else sched_yield();
         }
-        inside_task = 0;
         const long waited = now_ns() - wait_start, own = wait_start - started_ns;
         stalled = waited > 50000 && 2 * waited > own;
     }
-    if (sharing) atomic_store_explicit(&job_sharing, 0, memory_order_relaxed);
     if (probing) ck_probe_job(tasks, started_ns, own_end_ns, now_ns());
     stall_history = (stall_history << 1) | (uint64_t)stalled;
     if (stalled) {

@@ -111,25 +111,19 @@ public enum Parallel {
 
     /// `forEach(_:_:)` without a closure: `body(pointer to context, i, i + 1)` for every i in
     /// `0..<tasks` on the pool, allocating nothing.
-    ///
-    /// `sharingNestedJobs`: the tasks start parallel loops of their own (decode's q/k/v and
-    /// gate/up layers, a layer a task), and those loops' chunks, which would run on the task's
-    /// thread alone, go to whichever pool thread has run out of tasks (`ck_pool_run_sharing`).
-    /// The loops' chunks must not depend on the thread that runs them (row-split GEMVs do not).
-    public static func forEach<Context>(_ tasks: Int, sharingNestedJobs: Bool = false, context: Context,
-                                        _ body: ChunkFunction) {
+    public static func forEach<Context>(_ tasks: Int, context: Context, _ body: ChunkFunction) {
         guard tasks > 0 else { return }
         withUnsafePointer(to: context) { contextPointer in
             let raw = UnsafeRawPointer(contextPointer)
             if tasks == 1 { body(raw, 0, 1); return }
-            run(ChunkJob(context: raw, body: body, chunk: 1, count: tasks), tasks: tasks, sharing: sharingNestedJobs)
+            run(ChunkJob(context: raw, body: body, chunk: 1, count: tasks), tasks: tasks)
         }
     }
 
     /// Runs `job` as `tasks` pool tasks, task t on the chunk starting at t·chunk (no allocation).
-    private static func run(_ job: ChunkJob, tasks: Int, sharing: Bool = false) {
+    private static func run(_ job: ChunkJob, tasks: Int) {
         withUnsafePointer(to: job) { jobPointer in
-            (sharing ? ck_pool_run_sharing : ck_pool_run)(tasks, { pointer, index in
+            ck_pool_run(tasks, { pointer, index in
                 let job = pointer!.load(as: ChunkJob.self)
                 let start = Int(index) * job.chunk, end = min(job.count, start + job.chunk)
                 if start < end { job.body(job.context, start, end) }

@@ -6,8 +6,6 @@ import Kernels
 private let groupsSetting = Atomic<Bool>(ProcessInfo.processInfo.environment["PTQ_DECODE_GROUPS"] != "0")
 /// `LlamaModel.fusedDecodeSchedule`'s value (the environment's, until set).
 private let fusedSetting = Atomic<Bool>(ProcessInfo.processInfo.environment["PTQ_DECODE_FUSED"] != "0")
-/// `LlamaModel.sharedDecodeChunks`' value (the environment's, until set).
-private let shareSetting = Atomic<Bool>(ProcessInfo.processInfo.environment["PTQ_DECODE_SHARE"] == "1")
 
 extension LlamaModel {
     /// One decode GEMV of a group that runs as one pool job (`forwardConcurrently`).
@@ -61,16 +59,6 @@ extension LlamaModel {
         set { fusedSetting.store(newValue, ordering: .relaxed) }
     }
 
-    /// Whether the q/k/v and gate/up group jobs share the layers' own row chunks between the
-    /// threads (a thread done with k and v takes rows of q;
-    /// `Parallel.forEach(_:sharingNestedJobs:context:_:)`). Off by default — no decode gain was
-    /// measured (docs/RESULTS.md, eleventh pass); `PTQ_DECODE_SHARE=1` in the environment starts
-    /// the process with it on. Logits are the same bit for bit either way. Process-wide.
-    public static var sharedDecodeChunks: Bool {
-        get { shareSetting.load(ordering: .relaxed) }
-        set { shareSetting.store(newValue, ordering: .relaxed) }
-    }
-
     /// Whether decode runs the independent quantized GEMVs of a layer (q/k/v, gate/up) as one
     /// pool job, each whole layer a task on one thread, instead of one job per layer split over
     /// its rows. The same results either way (bit for bit); on by default, `PTQ_DECODE_GROUPS=0`
@@ -85,7 +73,7 @@ extension LlamaModel {
     /// costs one dispatch and one wait instead of one per layer. Each output equals the layer's
     /// own `forward` bit for bit: a GEMV splits over output rows only, never over a reduction.
     static func forwardConcurrently(_ group: ConcurrentGEMVs) {
-        Parallel.forEach(group.count, sharingNestedJobs: sharedDecodeChunks, context: group) { context, i, _ in
+        Parallel.forEach(group.count, context: group) { context, i, _ in
             context!.load(as: ConcurrentGEMVs.self).run(i)
         }
     }

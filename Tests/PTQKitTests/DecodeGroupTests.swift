@@ -42,48 +42,22 @@ struct DecodeGroupTests {
     }
 
     /// The fused schedule (`LlamaModel.fusedDecodeSchedule`: RoPE and the half-cache append run
-    /// inside the q/k/v job) and shared group chunks (`sharedDecodeChunks`) give the same logits bit for bit as the old schedule, token after token, for every
-    /// runtime kind of layer and both cache types.
+    /// inside the q/k/v job) gives the same logits bit for bit as the old schedule, token after
+    /// token, for every runtime kind of layer and both cache types.
     @Test(arguments: [("w8a8", KVCachePrecision.f16), ("w4a16", .f16), ("w4a16", .f32), ("w4a8", .f16),
                       ("w4a8", .f32), ("ptq161", .f16), ("float", .f16)])
     func fusedScheduleMatchesOldSchedule(scheme: String, precision: KVCachePrecision) throws {
         let model = try DecodeAllocationTests.model(scheme)
         let prompt = (0..<70).map { ($0 * 31 + 5) % 260 }
         let steps = [9, 17, 250, 99, 1, 64, 3]
-        func decodeAll(fused: Bool, shared: Bool = false) -> [[Float]] {
-            let saved = (LlamaModel.fusedDecodeSchedule, LlamaModel.sharedDecodeChunks)
+        func decodeAll(fused: Bool) -> [[Float]] {
+            let saved = LlamaModel.fusedDecodeSchedule
             LlamaModel.fusedDecodeSchedule = fused
-            LlamaModel.sharedDecodeChunks = shared
-            defer { (LlamaModel.fusedDecodeSchedule, LlamaModel.sharedDecodeChunks) = saved }
+            defer { LlamaModel.fusedDecodeSchedule = saved }
             return Self.decode(model, prompt: prompt, steps: steps, precision: precision)
         }
         let old = decodeAll(fused: false)
         #expect(decodeAll(fused: true) == old)
-        for _ in 0..<3 {   // the threads split the shared chunks differently from run to run
-            #expect(decodeAll(fused: true, shared: true) == old)
-            #expect(decodeAll(fused: false, shared: true) == old)
-        }
         #expect(old.allSatisfy { $0.allSatisfy(\.isFinite) })
-    }
-
-    /// A sharing pool job runs every chunk of its tasks' nested loops exactly once, whichever
-    /// thread claims it, and nested loops beyond the one shared at a time still run inline.
-    @Test func sharingJobRunsEveryNestedChunkOnce() {
-        struct Context { let hits: UnsafeMutablePointer<Int32>; let count: Int }
-        let tasks = 5, count = 4096
-        let hits = UnsafeMutablePointer<Int32>.allocate(capacity: tasks * count)
-        defer { hits.deallocate() }
-        for round in 0..<20 {
-            hits.initialize(repeating: 0, count: tasks * count)
-            Parallel.forEach(tasks, sharingNestedJobs: true, context: Context(hits: hits, count: count)) { context, t, _ in
-                let c = context!.load(as: Context.self)
-                Parallel.forEachChunk(c.count, minimumChunk: 64, context: Context(hits: c.hits + t * c.count, count: c.count)) {
-                    context, begin, end in
-                    let c = context!.load(as: Context.self)
-                    for i in begin..<end { c.hits[i] += 1 }
-                }
-            }
-            #expect((0..<(tasks * count)).allSatisfy { hits[$0] == 1 }, "round \(round)")
-        }
     }
 }

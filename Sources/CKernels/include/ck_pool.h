@@ -36,15 +36,6 @@ void ck_pool_run(size_t tasks, ck_task_fn fn, void *ctx);
 /// take a core from them.
 void ck_pool_run_then_sleep(size_t tasks, ck_task_fn fn, void *ctx);
 
-/// ck_pool_run for a job whose tasks start pool jobs of their own (decode's group of q/k/v or
-/// gate/up GEMVs, a layer a task): such a nested job's tasks, which would run on the task's thread
-/// alone, are shared instead (one nested job at a time; another runs inline as before): the
-/// thread that publishes it claims them in order, and any pool thread that has run out of tasks
-/// of this job claims the rest. So a thread that finished its small layers (k and v) takes rows
-/// of the large one (q) rather than idling until it ends. A nested job's tasks must be
-/// independent of the thread that runs them (the row-split GEMVs are: each writes its own
-/// output rows from inputs prepared before the job).
-void ck_pool_run_sharing(size_t tasks, ck_task_fn fn, void *ctx);
 /// Jobs run in parallel so far and jobs that found a worker asleep (had to wake it):
 /// diagnostics for the benchmark.
 void ck_pool_counters(unsigned long long *jobs, unsigned long long *wakeups);
