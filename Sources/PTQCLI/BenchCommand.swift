@@ -16,7 +16,9 @@ struct BenchCommand: ParsableCommand {
             maximum. Load time is the time to read the model (.h5 for the float runtime, .ptq for the \
             quantized runtime); peak resident memory is the process's peak (getrusage ru_maxrss) \
             after the model's repetitions — with --reference, the reference is measured second, so \
-            its peak includes the model's.
+            its peak includes the model's. The decode bound is a streaming read of 256 MiB on the \
+            same threads, probed before and after each repetition's decode (median of 5 passes a \
+            probe); the bound uses the median probe and the probes' range is printed with it.
             """)
 
     @Argument(help: "Model file (.ptq or .h5); not with --kernels.")
@@ -97,10 +99,14 @@ struct BenchCommand: ParsableCommand {
         /// Bytes one decoded token reads: weights and parameters plus the KV cache at the mean
         /// decode depth.
         let decode_bytes_per_token: Int
-        /// Decode tokens/s the measured read bandwidth allows (bandwidth / bytes per token) and
-        /// the median decode rate as a fraction of it.
+        /// Decode tokens/s the measured read bandwidth allows (median of the read probes / bytes
+        /// per token) and the median decode rate as a fraction of it.
         let decode_bandwidth_bound: Double
         let decode_bound_fraction: Double
+        /// The streaming-read probes taken before and after each repetition's decode (bytes/s,
+        /// each probe the median of its passes): median, minimum and maximum; nil when not probed.
+        var read_bandwidth: Spread? = nil
+        var read_bandwidth_probes = 0
         /// Linear layers per kernel path (`LinearOp.kernelDescription`), LLaMA models only.
         var kernels: [String: Int]? = nil
         /// Bytes the linear layers of each kernel path hold (`LinearOp.storageBytes`), LLaMA models only.
@@ -117,17 +123,48 @@ struct BenchCommand: ParsableCommand {
         return pages * Int(sysconf(Int32(_SC_PAGESIZE)))
     }
 
+    /// The process's resident high-water mark (`VmHWM`), falling back to `ru_maxrss`.
     static func peakResidentBytes() -> Int {
+        if let text = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8),
+           let line = text.split(separator: "\n").first(where: { $0.hasPrefix("VmHWM:") }),
+           let kilobytes = Int(line.split(separator: " ").dropFirst().first ?? "") {
+            return kilobytes * 1024
+        }
         var usage = rusage()
         guard getrusage(Int32(RUSAGE_SELF.rawValue), &usage) == 0 else { return 0 }
         return Int(usage.ru_maxrss) * 1024  // kilobytes on Linux
     }
 
-    /// Measures one model; `bandwidth` (bytes/s) gives the decode bound (0 without it).
-    func measure(_ path: String, bandwidth: Double = 0) throws -> Speed {
+    /// Streaming-read probes around the decodes of one model's repetitions.
+    struct BandwidthProbes {
+        /// Bytes/s of each probe (the median of its passes).
+        var rates: [Double] = []
+        /// The resident high-water mark outside the probes: the probe's 256 MiB buffer is freed
+        /// after each probe and the mark reset (`/proc/self/clear_refs`), so the reported peak is
+        /// the model's, not the probe's (where the reset is refused the peak includes the probe).
+        var peakOutside = 0
+
+        mutating func probe() {
+            peakOutside = max(peakOutside, BenchCommand.peakResidentBytes())
+            rates.append(PTQ.measureReadBandwidth())
+            if let file = fopen("/proc/self/clear_refs", "w") {
+                fputs("5", file)  // 5: reset the resident high-water mark to the current RSS
+                fclose(file)
+            }
+        }
+
+        /// Decode bound (tokens/s) for `bytesPerToken` from the median probe; 0 without probes.
+        func bound(bytesPerToken: Int) -> Double {
+            rates.isEmpty ? 0 : Spread(rates).median / Double(max(1, bytesPerToken))
+        }
+    }
+
+    /// Measures one model; with `probeBandwidth` the read bandwidth is probed before and after each
+    /// repetition's decode and gives the decode bound (0 without it).
+    func measure(_ path: String, probeBandwidth: Bool = false) throws -> Speed {
         let loadStart = DispatchTime.now()
         let llm = try PTQ.loadAnyModel(path: path).generativeModel(for: "bench", source: path)
-        var speed = try measure(llm, path: path, loadSeconds: seconds(since: loadStart), bandwidth: bandwidth)
+        var speed = try measure(llm, path: path, loadSeconds: seconds(since: loadStart), probeBandwidth: probeBandwidth)
         if let llama = llm as? LlamaModel {
             speed.kernels = Dictionary(llama.kernelPaths.map { ($0.description, $0.count) }, uniquingKeysWith: +)
             speed.kernel_storage_bytes = llama.kernelStorageBytes
@@ -137,7 +174,7 @@ struct BenchCommand: ParsableCommand {
 
     /// Prefill and decode rates of a loaded model (generic, so its cache type is concrete).
     private func measure<Model: GenerativeModel>(_ llm: Model, path: String, loadSeconds: Double,
-                                                 bandwidth: Double) throws -> Speed {
+                                                 probeBandwidth: Bool) throws -> Speed {
         guard promptTokens + decodeTokens <= llm.config.maxPositions else {
             throw usageError("--prompt-tokens \(promptTokens) + --decode-tokens \(decodeTokens) exceed the max_positions "
                              + "\(llm.config.maxPositions) of \(path)")
@@ -158,12 +195,15 @@ struct BenchCommand: ParsableCommand {
             logits.withUnsafeMutableBufferPointer { llm.decode(next, cache: cache, into: $0) }
         }
         var prefillRates: [Double] = [], decodeRates: [Double] = []
+        var probes = BandwidthProbes()
         for _ in 0..<repeats {
             let cache = llm.makeCache(capacity: promptTokens + decodeTokens, precision: kvCache)
             var t0 = DispatchTime.now()
             var logits = llm.forward(prompt, cache: cache, logitRows: (promptTokens - 1)..<promptTokens,
                                      hooks: ForwardHooks())
             prefillRates.append(Double(promptTokens) / seconds(since: t0))
+            // Probes in the same minutes as the decode they bound, after the model is loaded.
+            if probeBandwidth && decodeTokens > 0 { probes.probe() }
             t0 = DispatchTime.now()
             // One logits row reused token after token (`decode`: no allocation per token).
             for _ in 0..<decodeTokens {
@@ -171,17 +211,23 @@ struct BenchCommand: ParsableCommand {
                 logits.withUnsafeMutableBufferPointer { llm.decode(next, cache: cache, into: $0) }
             }
             if decodeTokens > 0 { decodeRates.append(Double(decodeTokens) / seconds(since: t0)) }
+            if probeBandwidth && decodeTokens > 0 { probes.probe() }
         }
         let prefill = Spread(prefillRates), decode = Spread(decodeRates)
         let meanDepth = promptTokens + (decodeTokens + 1) / 2
         let bytesPerToken = llm.decodeWeightBytes + llm.kvCacheBytes(positions: meanDepth, precision: kvCache)
-        let bound = bandwidth / Double(max(1, bytesPerToken))  // 0 when bandwidth was not measured
+        let bound = probes.bound(bytesPerToken: bytesPerToken)  // 0 when bandwidth was not measured
         var speed = Speed(model: path, prefill_tokens_per_second: prefill.median,
                           decode_tokens_per_second: decode.median, prefill: prefill, decode: decode,
-                          load_seconds: loadSeconds, peak_resident_bytes: Self.peakResidentBytes(),
+                          load_seconds: loadSeconds,
+                          peak_resident_bytes: max(probes.peakOutside, Self.peakResidentBytes()),
                           decode_bytes_per_token: bytesPerToken, decode_bandwidth_bound: bound,
                           decode_bound_fraction: bound > 0 ? decode.median / bound : 0)
         speed.resident_bytes = Self.residentBytes()
+        if !probes.rates.isEmpty {
+            speed.read_bandwidth = Spread(probes.rates)
+            speed.read_bandwidth_probes = probes.rates.count
+        }
         return speed
     }
 
@@ -193,15 +239,18 @@ struct BenchCommand: ParsableCommand {
         if let threads { PTQ.threadCount = threads }
         if kernels { try runKernels(); return }
         let model = self.model!
-        // Read bandwidth with the same threads, measured before the models (256 MiB, best of 5).
-        let bandwidth = PTQ.measureReadBandwidth()
-        let speed = try measure(model, bandwidth: bandwidth)
-        let base = try reference.map { try measure($0, bandwidth: bandwidth) }
+        // Read bandwidth with the same threads, probed around each repetition's decode (256 MiB,
+        // median of 5 passes a probe; the bound uses the median probe).
+        let speed = try measure(model, probeBandwidth: true)
+        let base = try reference.map { try measure($0, probeBandwidth: true) }
+        let bandwidth = speed.read_bandwidth?.median ?? 0
         if options.json {
             struct Output: Encodable {
                 let model: Speed, reference: Speed?, prefill_ratio: Double?, decode_ratio: Double?
                 let prompt_tokens: Int, decode_tokens: Int, repeats: Int, threads: Int, kv_cache: KVCachePrecision
+                /// The model's median read probe (the bound's bandwidth), and all its probes' spread.
                 let read_bandwidth_bytes_per_second: Double
+                let read_bandwidth: Spread?
                 /// Thread-pool jobs, wake-ups, stalls (waits for a preempted worker) and jobs run
                 /// serially after stalls, over the whole run: stalls mean a loaded machine.
                 let pool_jobs: UInt64, pool_wakeups: UInt64, pool_stalls: UInt64, pool_serial_jobs: UInt64
@@ -212,6 +261,7 @@ struct BenchCommand: ParsableCommand {
                                  decode_ratio: base.map { speed.decode_tokens_per_second / $0.decode_tokens_per_second },
                                  prompt_tokens: promptTokens, decode_tokens: decodeTokens, repeats: repeats,
                                  threads: PTQ.threadCount, kv_cache: kvCache, read_bandwidth_bytes_per_second: bandwidth,
+                                 read_bandwidth: speed.read_bandwidth,
                                  pool_jobs: pool.jobs, pool_wakeups: pool.wakeups, pool_stalls: pool.stalls,
                                  pool_serial_jobs: pool.serialJobs))
             return
@@ -226,7 +276,7 @@ struct BenchCommand: ParsableCommand {
                    s.decode_bandwidth_bound, 100 * s.decode_bound_fraction)
         }
         print("\(promptTokens)-token prompt, \(decodeTokens) decoded tokens, \(repeats) repetitions (median), "
-              + "\(PTQ.threadCount) threads, \(kvCache.rawValue) KV cache, read bandwidth \(String(format: "%.1f", bandwidth / 1e9)) GB/s")
+              + "\(PTQ.threadCount) threads, \(kvCache.rawValue) KV cache, read bandwidth \(Self.probeSummary(speed))")
         print("\(model): \(line(speed))")
         for (description, count) in (speed.kernels ?? [:]).sorted(by: { $0.value != $1.value ? $0.value > $1.value : $0.key < $1.key }) {
             let held = speed.kernel_storage_bytes?[description].map { String(format: ", %.1f MB held", Double($0) / 1e6) } ?? ""
@@ -242,6 +292,13 @@ struct BenchCommand: ParsableCommand {
         let pool = PTQ.poolCounters
         print("thread pool: \(pool.jobs) parallel jobs, \(pool.wakeups) wake-ups, \(pool.stalls) stalls on a preempted "
               + "worker, \(pool.serialJobs) jobs run serially after stalls")
+    }
+
+    /// "34.1 GB/s (median of 6 probes around the decodes, 33.0–35.2)", or "not measured".
+    static func probeSummary(_ speed: Speed) -> String {
+        guard let r = speed.read_bandwidth else { return "not measured (no decode tokens)" }
+        return String(format: "%.1f GB/s (median of %d probes around the decodes, %.1f–%.1f)",
+                      r.median / 1e9, speed.read_bandwidth_probes, r.min / 1e9, r.max / 1e9)
     }
 
     /// `--kernels`: per-kernel GB/s over a token's worth of SmolLM2 layers and the LM head.

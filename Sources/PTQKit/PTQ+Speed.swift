@@ -1,9 +1,10 @@
 import Kernels
 
 extension PTQ {
-    /// Memory read bandwidth in bytes per second with `threadCount` threads: the best of five
-    /// parallel streaming reads of 256 MiB. `ptq bench` divides it by the bytes a decoded token
-    /// reads to give the memory-bandwidth bound of decode.
+    /// Memory read bandwidth in bytes per second with `threadCount` threads: the median of five
+    /// parallel streaming reads of 256 MiB (pre-faulted, 8× a 32 MiB L3). `ptq bench` probes it
+    /// before and after each repetition's decode and divides the median by the bytes a decoded
+    /// token reads to give the memory-bandwidth bound of decode.
     public static func measureReadBandwidth() -> Double { TokenKernels.measureReadBandwidth() }
 
     /// The thread pool's counters: parallel jobs, jobs that woke a sleeping worker, jobs that

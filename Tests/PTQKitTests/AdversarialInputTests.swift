@@ -646,5 +646,25 @@ struct AdversarialCLITests {
         #expect(speed.peak_resident_bytes > 0 && speed.load_seconds >= 0)
         // Bytes per decoded token: at least the float LM head of the tiny model, plus its KV cache.
         #expect(speed.decode_bytes_per_token > 0 && speed.decode_bandwidth_bound == 0)
+        #expect(speed.read_bandwidth == nil && speed.read_bandwidth_probes == 0)
+        // With the probe: one before and one after each repetition's decode, the bound from the
+        // median probe, and the JSON keeps the old keys next to the new ones.
+        let probed = try bench.measure(packed, probeBandwidth: true)
+        let spread = try #require(probed.read_bandwidth)
+        #expect(probed.read_bandwidth_probes == 6)
+        #expect(spread.min > 0 && spread.min <= spread.median && spread.median <= spread.max)
+        #expect(probed.decode_bandwidth_bound == spread.median / Double(probed.decode_bytes_per_token))
+        #expect(probed.decode_bound_fraction == probed.decode_tokens_per_second / probed.decode_bandwidth_bound)
+        // The reported peak excludes the probe's 256 MiB buffer where the kernel lets the mark be reset.
+        #expect(probed.peak_resident_bytes > 0)
+        let json = try #require(try JSONSerialization.jsonObject(with: JSONEncoder().encode(probed)) as? [String: Any])
+        for key in ["decode_bandwidth_bound", "decode_bound_fraction", "decode_bytes_per_token", "read_bandwidth",
+                    "read_bandwidth_probes"] {
+            #expect(json[key] != nil, "\(key)")
+        }
+        let encodedSpread = try #require(json["read_bandwidth"] as? [String: Double])
+        #expect(Set(encodedSpread.keys) == ["median", "min", "max"])
+        #expect(BenchCommand.probeSummary(probed).contains("median of 6 probes"))
+        #expect(BenchCommand.probeSummary(speed).hasPrefix("not measured"))
     }
 }
