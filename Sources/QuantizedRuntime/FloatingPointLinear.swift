@@ -104,12 +104,20 @@ public final class FloatingPointLinear: LinearOp {
     public static let byteGemvByDefault = ProcessInfo.processInfo.environment["PTQ_FP4_BYTE_GEMV"] != "0"
 
     /// Whether FP4 layers with the byte-plane layout run prefill as tile decode + the float GEMM
-    /// (the split-form layers' prefill path) instead of the exact int16 panel GEMM: off.
-    /// `PTQ_FP4_TILE_PREFILL=1` in the environment turns it on (read once, for A/B runs). One
-    /// thread on SmolLM2 shapes the tile path takes about 0.73× the int16 GEMM's time, but its
-    /// sums are fp32 over bf16-rounded weights, not exact (perplexity 35.02 → 35.13, 20 chunks;
-    /// docs/RESULTS.md, eleventh pass): opt-in.
-    public static let tilePrefillByDefault = ProcessInfo.processInfo.environment["PTQ_FP4_TILE_PREFILL"] == "1"
+    /// (the split-form layers' prefill path, bf16 operands with fp32 sums where the CPU has
+    /// AVX512_BF16) instead of the exact int16 panel GEMM: on. `PTQ_FP4_TILE_PREFILL=0` in the
+    /// environment turns it off (read once). One thread on SmolLM2 shapes the tile path takes
+    /// about 0.73× the int16 GEMM's time (1.23× prefill idle, two threads), for sums that are
+    /// fp32 over bf16-rounded operands instead of exact (perplexity 35.02 → 35.13 over 20
+    /// chunks; docs/RESULTS.md, eleventh and twelfth passes). Decode is unchanged (byte GEMV).
+    public static let tilePrefillByDefault = ProcessInfo.processInfo.environment["PTQ_FP4_TILE_PREFILL"] != "0"
+
+    /// A task-scoped override of `tilePrefillByDefault` (`withValue(false) { … }`): tests check
+    /// both prefill paths in one process.
+    @TaskLocal public static var tilePrefillOverride: Bool?
+
+    /// The tile prefill switch in effect (`tilePrefillOverride`, else `tilePrefillByDefault`).
+    static var tilePrefill: Bool { tilePrefillOverride ?? tilePrefillByDefault }
 
     /// Rows up to which one GEMV per row beats decoding tiles for sgemm (as `IntegerLinear`).
     static let gemvRowLimit = 8
@@ -133,7 +141,7 @@ public final class FloatingPointLinear: LinearOp {
         let int16 = integer?.splitShift.map { "as split int16 (lo + 2^\($0)·hi)" } ?? "as int16"
         if let byteLayout, let integer {
             let decode = "byte-plane VNNI GEMV (decode, \(byteLayout.planes) planes)"
-            if integer.splitShift != nil && !splitPrefill || Self.tilePrefillByDefault {
+            if integer.splitShift != nil && !splitPrefill || Self.tilePrefill {
                 return "\(format) tile-GEMM (prefill) + \(decode) \(grouping), \(act) \(int16)"
             }
             return "\(format) nibble-table int16 GEMM (prefill) + \(decode) \(grouping), \(act) \(int16)"
@@ -347,7 +355,7 @@ public final class FloatingPointLinear: LinearOp {
         if let p = integer, p.wide, p.table != nil || p.fp8Gemv || !decode, let a = activation,
            let f = a.floatFormat, let alpha = a.scale,
            p.splitShift == nil || splitPrefill || (decode && byteLayout != nil),
-           decode || byteLayout == nil || !Self.tilePrefillByDefault {
+           decode || byteLayout == nil || !Self.tilePrefill {
             let lda = (k + 1) & ~1
             let wide = LowBit.threadScratch(slot: 2, count: rows * lda, of: Int16.self)
             // Split activations: the high parts in a second scratch slot.
@@ -450,7 +458,7 @@ public final class FloatingPointLinear: LinearOp {
             input = UnsafePointer(quantized)
         }
         if let byteLayout {
-            // The split-form layers at prefill, all of them with `tilePrefillByDefault` (decode
+            // The split-form layers at prefill, all of them with `tilePrefill` (decode
             // runs the byte-plane GEMV above).
             table.withUnsafeBufferPointer { t in
                 MiniFloat.product(byteLayout, table: t.baseAddress!, x: input, rows: rows, y: y)

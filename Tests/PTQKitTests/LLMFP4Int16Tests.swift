@@ -499,12 +499,40 @@ extension LLMFP4Tests {
             let x = (0..<rows * cols).map { i in (i % cols == 6 ? 40 : 1) * rng.float(in: -1...1) }
             var y = [Float](repeating: .nan, count: rows * out), expected = y
             // Float tiles (the float path's prefill) in float32 here: the bf16 product of the
-            // float tiles is checked in `floatTilePrefillInBF16`.
-            LowBit.$bf16PrefillOverride.withValue(false) { op.forward(x, rows: rows, into: &y) }
+            // float tiles is checked in `floatTilePrefillInBF16`, and below for the byte layout.
+            // The int16 GEMM at prefill (`PTQ_FP4_TILE_PREFILL=0`): exact sums.
+            FloatingPointLinear.$tilePrefillOverride.withValue(false) {
+                LowBit.$bf16PrefillOverride.withValue(false) { op.forward(x, rows: rows, into: &y) }
+            }
             SimulatedLinear(q).forward(x, rows: rows, into: &expected)
             let scale = expected.map(abs).max()!
             for i in 0..<y.count {
                 #expect(abs(y[i] - expected[i]) <= 1e-5 * scale, "\(format) g\(gs) \(act) K=\(k) [\(i / out), \(i % out)]")
+            }
+            // The byte-layout layers' default prefill (rows past the GEMV limit): the activations
+            // rounded to their FP8 grid as floats, tile decode, bf16 GEMM with fp32 sums — within
+            // the bf16 product bound of grid activations × the reference dequantized weight.
+            if byteDecode {
+                let tiles = FloatingPointLinear.$tilePrefillOverride.withValue(true) { op.kernelDescription }
+                #expect(tiles.contains("tile-GEMM (prefill)"), "\(tiles)")
+                #expect(FloatingPointLinear.$tilePrefillOverride.withValue(false) { op.kernelDescription }
+                    .contains("int16 GEMM (prefill)"))
+                var yTiles = [Float](repeating: .nan, count: rows * out)
+                FloatingPointLinear.$tilePrefillOverride.withValue(true) {
+                    LowBit.$bf16PrefillOverride.withValue(true) { op.forward(x, rows: rows, into: &yTiles) }
+                }
+                if rows > 8 {
+                    var grid = [Float](repeating: .nan, count: rows * cols)
+                    let alpha = try #require(quantization.scale), channel = try #require(quantization.channelScales)
+                    MiniFloat.quantizeRows(x, rows: rows, columns: cols, channelScales: channel, alpha: alpha,
+                                           exponentBits: act.exponentBits, mantissaBits: act.mantissaBits, into: &grid)
+                    let failures = bf16PrefillViolations(y: yTiles, x: grid, rows: rows, weight: w.dequantizedReference(),
+                                                         out: out, k: cols, bias: q.bias)
+                    #expect(failures.isEmpty, "\(format) g\(gs) \(act) K=\(k): \(failures.prefix(3))")
+                } else {
+                    // Decode-sized inputs keep the byte GEMV whatever the switch says.
+                    #expect(yTiles.map(\.bitPattern) == y.map(\.bitPattern), "\(format) g\(gs) \(act) K=\(k)")
+                }
             }
             if split {
                 var yFloat = [Float](repeating: .nan, count: rows * out)
