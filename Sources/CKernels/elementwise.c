@@ -19,6 +19,12 @@ void ck_rmsnorm_f32_ref(const float *x, const float *weight, size_t rows, size_t
     }
 }
 
+void ck_add_rmsnorm_f32_ref(float *x, const float *residual, const float *weight, size_t rows, size_t width,
+                            float epsilon, float *y) {
+    for (size_t i = 0; i < rows * width; i++) x[i] += residual[i];
+    ck_rmsnorm_f32_ref(x, weight, rows, width, epsilon, y);
+}
+
 void ck_silu_mul_f32_ref(float *gate, const float *up, size_t count) {
     for (size_t i = 0; i < count; i++) {
         const float g = gate[i];
@@ -102,6 +108,38 @@ CK_AVX2 static void rmsnorm_avx2(const float *x, const float *weight, size_t row
     }
 }
 
+// rmsnorm_avx2 with the residual add in its first loop: x is read once for both, its sum of
+// squares accumulates in the same lanes and order, so x and y equal add-then-rmsnorm_avx2's bits.
+CK_AVX2 static void add_rmsnorm_avx2(float *x, const float *residual, const float *weight, size_t rows, size_t width,
+                                     float epsilon, float *y) {
+    for (size_t r = 0; r < rows; r++) {
+        float *xr = x + r * width;
+        const float *pr = residual + r * width;
+        float *yr = y + r * width;
+        __m256 a = _mm256_setzero_ps(), b = a;
+        size_t i = 0;
+        for (; i + 16 <= width; i += 16) {
+            const __m256 v0 = _mm256_add_ps(_mm256_loadu_ps(xr + i), _mm256_loadu_ps(pr + i));
+            const __m256 v1 = _mm256_add_ps(_mm256_loadu_ps(xr + i + 8), _mm256_loadu_ps(pr + i + 8));
+            _mm256_storeu_ps(xr + i, v0);
+            _mm256_storeu_ps(xr + i + 8, v1);
+            a = _mm256_fmadd_ps(v0, v0, a);
+            b = _mm256_fmadd_ps(v1, v1, b);
+        }
+        float sum = ck_hsum_ps(_mm256_add_ps(a, b));
+        for (; i < width; i++) {
+            xr[i] += pr[i];
+            sum += xr[i] * xr[i];
+        }
+        const float scale = 1 / sqrtf(sum / (float)width + epsilon);
+        const __m256 vs = _mm256_set1_ps(scale);
+        i = 0;
+        for (; i + 8 <= width; i += 8)
+            _mm256_storeu_ps(yr + i, _mm256_mul_ps(_mm256_mul_ps(_mm256_loadu_ps(xr + i), vs), _mm256_loadu_ps(weight + i)));
+        for (; i < width; i++) yr[i] = xr[i] * scale * weight[i];
+    }
+}
+
 CK_AVX2 static void silu_mul_avx2(float *gate, const float *up, size_t count) {
     const __m256 one = _mm256_set1_ps(1.0f), sign = _mm256_set1_ps(-0.0f);
     size_t i = 0;
@@ -149,6 +187,14 @@ void ck_rmsnorm_f32(const float *x, const float *weight, size_t rows, size_t wid
     if (ck_cpu_has_avx2()) { rmsnorm_avx2(x, weight, rows, width, epsilon, y); return; }
 #endif
     ck_rmsnorm_f32_ref(x, weight, rows, width, epsilon, y);
+}
+
+void ck_add_rmsnorm_f32(float *x, const float *residual, const float *weight, size_t rows, size_t width,
+                        float epsilon, float *y) {
+#if defined(__x86_64__)
+    if (ck_cpu_has_avx2()) { add_rmsnorm_avx2(x, residual, weight, rows, width, epsilon, y); return; }
+#endif
+    ck_add_rmsnorm_f32_ref(x, residual, weight, rows, width, epsilon, y);
 }
 
 void ck_silu_mul_f32(float *gate, const float *up, size_t count) {

@@ -12,6 +12,21 @@ public enum Ops {
         ck_rmsnorm_f32(x, weight, rows, width, epsilon, y)
     }
 
+    /// `x += residual`, then `y = rmsNorm(x)`, reading `x` once: `x` and `y` equal `add`
+    /// followed by `rmsNorm` bit for bit (the decoder's residual add fused into the next norm).
+    public static func addRMSNorm(_ residual: UnsafePointer<Float>, into x: UnsafeMutablePointer<Float>,
+                                  weight: UnsafePointer<Float>, rows: Int, width: Int, epsilon: Float,
+                                  normed y: UnsafeMutablePointer<Float>) {
+        ck_add_rmsnorm_f32(x, residual, weight, rows, width, epsilon, y)
+    }
+
+    /// Scalar twin of `addRMSNorm` (`add`, then `rmsNormReference`).
+    public static func addRMSNormReference(_ residual: UnsafePointer<Float>, into x: UnsafeMutablePointer<Float>,
+                                           weight: UnsafePointer<Float>, rows: Int, width: Int, epsilon: Float,
+                                           normed y: UnsafeMutablePointer<Float>) {
+        ck_add_rmsnorm_f32_ref(x, residual, weight, rows, width, epsilon, y)
+    }
+
     /// Scalar twin of `rmsNorm` (one sequential sum per row).
     public static func rmsNormReference(_ x: UnsafePointer<Float>, weight: UnsafePointer<Float>, rows: Int, width: Int,
                                         epsilon: Float, into y: UnsafeMutablePointer<Float>) {

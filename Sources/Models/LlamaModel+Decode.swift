@@ -6,6 +6,8 @@ import Kernels
 private let groupsSetting = Atomic<Bool>(ProcessInfo.processInfo.environment["PTQ_DECODE_GROUPS"] != "0")
 /// `LlamaModel.fusedDecodeSchedule`'s value (the environment's, until set).
 private let fusedSetting = Atomic<Bool>(ProcessInfo.processInfo.environment["PTQ_DECODE_FUSED"] != "0")
+/// `LlamaModel.fusedResidualNorm`'s value (the environment's, until set).
+private let residualNormSetting = Atomic<Bool>(ProcessInfo.processInfo.environment["PTQ_RESIDUAL_NORM"] != "0")
 
 extension LlamaModel {
     /// One decode GEMV of a group that runs as one pool job (`forwardConcurrently`).
@@ -57,6 +59,18 @@ extension LlamaModel {
     public static var fusedDecodeSchedule: Bool {
         get { fusedSetting.load(ordering: .relaxed) }
         set { fusedSetting.store(newValue, ordering: .relaxed) }
+    }
+
+    /// Whether each residual add runs in the pass of the RMSNorm after it (`Ops.addRMSNorm`: the
+    /// o_proj output into the MLP norm, the down_proj output into the next layer's attention norm
+    /// or the final norm) instead of as a separate pass: one read of the residual row instead of
+    /// two, two serial passes a layer fewer. Bit-identical (the same sums in the same order). On
+    /// by default; `PTQ_RESIDUAL_NORM=0` in the environment starts the process with the old
+    /// passes. With an observer the down_proj residual is added at once (the observer sees the
+    /// layer output). Process-wide.
+    public static var fusedResidualNorm: Bool {
+        get { residualNormSetting.load(ordering: .relaxed) }
+        set { residualNormSetting.store(newValue, ordering: .relaxed) }
     }
 
     /// Whether decode runs the independent quantized GEMVs of a layer (q/k/v, gate/up) as one

@@ -252,10 +252,20 @@ public final class LlamaModel: Sendable {
         // cos/sin of every rotation angle of these T positions, once for all layers.
         angles.withUnsafeMutableBufferPointer { rope.fill($0.baseAddress!, positions: start..<S) }
         mark(.embedding)
+        // Residual adds fused into the next RMSNorm (`fusedResidualNorm`): `projected` holds the
+        // last down_proj output, not yet added to x, while this is set.
+        let fuseResidual = Self.fusedResidualNorm
+        var pendingResidual = false
 
         for (l, layer) in layers.enumerated() {
             // --- attention ---
-            Ops.rmsNorm(x, weight: layer.attentionNorm, rows: T, width: D, epsilon: epsilon, into: &normed)
+            if pendingResidual {
+                Ops.addRMSNorm(projected, into: &x, weight: layer.attentionNorm, rows: T, width: D, epsilon: epsilon,
+                               normed: &normed)
+                pendingResidual = false
+            } else {
+                Ops.rmsNorm(x, weight: layer.attentionNorm, rows: T, width: D, epsilon: epsilon, into: &normed)
+            }
             mark(.attentionNorm)
             observe(observer, QuantizationPoints.attentionInput(l), normed, rows: T, columns: D)
             // One decode row through float q/k/v: one pool job for the three (inside projectKV).
@@ -382,11 +392,16 @@ public final class LlamaModel: Sendable {
             observe(observer, QuantizationPoints.attentionOutputInput(l), attention, rows: T, columns: qWidth)
             layer.o.forward(attention, rows: T, into: &projected)
             mark(.outputProjection)
-            Ops.add(projected, into: &x, count: T * D)
-            mark(.residual)
+            if fuseResidual {
+                Ops.addRMSNorm(projected, into: &x, weight: layer.mlpNorm, rows: T, width: D, epsilon: epsilon,
+                               normed: &normed)
+            } else {
+                Ops.add(projected, into: &x, count: T * D)
+                mark(.residual)
 
-            // --- MLP ---
-            Ops.rmsNorm(x, weight: layer.mlpNorm, rows: T, width: D, epsilon: epsilon, into: &normed)
+                // --- MLP ---
+                Ops.rmsNorm(x, weight: layer.mlpNorm, rows: T, width: D, epsilon: epsilon, into: &normed)
+            }
             mark(.mlpNorm)
             observe(observer, QuantizationPoints.mlpInput(l), normed, rows: T, columns: D)
             if T == 1, let fused = layer.floatGateUp {
@@ -417,12 +432,20 @@ public final class LlamaModel: Sendable {
             observe(observer, QuantizationPoints.mlpDownInput(l), gate, rows: T, columns: F)
             layer.down.forward(gate, rows: T, into: &projected)
             mark(.down)
-            Ops.add(projected, into: &x, count: T * D)
-            mark(.residual)
+            if fuseResidual && observer == nil {
+                pendingResidual = true  // added by the next norm's pass
+            } else {
+                Ops.add(projected, into: &x, count: T * D)
+                mark(.residual)
+            }
             observe(observer, QuantizationPoints.layerOutput(l), x, rows: T, columns: D)
         }
         cache?.advance(by: T)
-        Ops.rmsNorm(x, weight: finalNorm, rows: T, width: D, epsilon: epsilon, into: &normed)
+        if pendingResidual {
+            Ops.addRMSNorm(projected, into: &x, weight: finalNorm, rows: T, width: D, epsilon: epsilon, normed: &normed)
+        } else {
+            Ops.rmsNorm(x, weight: finalNorm, rows: T, width: D, epsilon: epsilon, into: &normed)
+        }
         mark(.finalNorm)
         observe(observer, QuantizationPoints.lmHeadInput, normed, rows: T, columns: D)
     }

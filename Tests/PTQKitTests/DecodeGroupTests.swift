@@ -42,22 +42,30 @@ struct DecodeGroupTests {
     }
 
     /// The fused schedule (`LlamaModel.fusedDecodeSchedule`: RoPE and the half-cache append run
-    /// inside the q/k/v job) gives the same logits bit for bit as the old schedule, token after
-    /// token, for every runtime kind of layer and both cache types.
+    /// inside the q/k/v job) and the residual adds fused into the norms (`fusedResidualNorm`) give
+    /// the same logits bit for bit as the old schedule, token after token, for every runtime kind
+    /// of layer and both cache types.
     @Test(arguments: [("w8a8", KVCachePrecision.f16), ("w4a16", .f16), ("w4a16", .f32), ("w4a8", .f16),
                       ("w4a8", .f32), ("ptq161", .f16), ("float", .f16)])
     func fusedScheduleMatchesOldSchedule(scheme: String, precision: KVCachePrecision) throws {
         let model = try DecodeAllocationTests.model(scheme)
         let prompt = (0..<70).map { ($0 * 31 + 5) % 260 }
         let steps = [9, 17, 250, 99, 1, 64, 3]
-        func decodeAll(fused: Bool) -> [[Float]] {
-            let saved = LlamaModel.fusedDecodeSchedule
+        func decodeAll(fused: Bool, residualNorm: Bool) -> [[Float]] {
+            let saved = (LlamaModel.fusedDecodeSchedule, LlamaModel.fusedResidualNorm)
             LlamaModel.fusedDecodeSchedule = fused
-            defer { LlamaModel.fusedDecodeSchedule = saved }
+            LlamaModel.fusedResidualNorm = residualNorm
+            defer { (LlamaModel.fusedDecodeSchedule, LlamaModel.fusedResidualNorm) = saved }
             return Self.decode(model, prompt: prompt, steps: steps, precision: precision)
         }
-        let old = decodeAll(fused: false)
-        #expect(decodeAll(fused: true) == old)
+        let old = decodeAll(fused: false, residualNorm: false)
+        // Bit patterns: `==` on floats would also pass -0 against +0.
+        func bits(_ logits: [[Float]]) -> [[UInt32]] { logits.map { $0.map(\.bitPattern) } }
+        #expect(bits(decodeAll(fused: true, residualNorm: false)) == bits(old))
+        // The residual adds fused into the norms (`fusedResidualNorm`), alone and with the epilogues
+        // (the prompt's prefill runs them too).
+        #expect(bits(decodeAll(fused: false, residualNorm: true)) == bits(old))
+        #expect(bits(decodeAll(fused: true, residualNorm: true)) == bits(old))
         #expect(old.allSatisfy { $0.allSatisfy(\.isFinite) })
     }
 }

@@ -400,7 +400,7 @@ struct TokenKernelTests {
         }
     }
 
-    @Test("softmax, SiLU·up and RMSNorm match their scalar twins", arguments: [1, 7, 8, 15, 64, 577, 1536])
+    @Test("softmax, SiLU·up, RMSNorm and add + RMSNorm match their scalar twins", arguments: [1, 7, 8, 15, 64, 577, 1536])
     func elementwise(count: Int) {
         var rng = SplitMix(seed: UInt64(count))
         // Softmax: a wide spread of scores, including a very negative one (underflows to 0).
@@ -426,6 +426,26 @@ struct TokenKernelTests {
         Ops.rmsNormReference(x, weight: w, rows: 2, width: count, epsilon: 1e-5, into: &yRef)
         #expect(Self.relativeError(y, yRef) < 1e-6, "rmsnorm \(count)")
         #expect(y[count...].allSatisfy { $0 == 0 })
+        // The residual add fused into RMSNorm: bit for bit the add followed by `rmsNorm` (the
+        // decoder's schedule relies on it), its twin the add followed by `rmsNormReference`; the
+        // second row's residual cancels x to all zeros, a third row has extreme values.
+        var x3 = rng.floats(3 * count, in: -4...4)
+        var residual = rng.floats(3 * count, in: -4...4)
+        for j in 0..<count { residual[count + j] = -x3[count + j]; x3[2 * count + j] *= 1e18; residual[2 * count + j] = 1e-20 }
+        let w3 = rng.floats(count, in: 0.5...2)
+        var xOld = x3, yOld = [Float](repeating: .nan, count: 3 * count)
+        Ops.add(residual, into: &xOld, count: 3 * count)
+        Ops.rmsNorm(xOld, weight: w3, rows: 3, width: count, epsilon: 1e-5, into: &yOld)
+        var xFused = x3, yFused = [Float](repeating: .nan, count: 3 * count)
+        Ops.addRMSNorm(residual, into: &xFused, weight: w3, rows: 3, width: count, epsilon: 1e-5, normed: &yFused)
+        #expect(xFused.map(\.bitPattern) == xOld.map(\.bitPattern), "add+rmsnorm x \(count)")
+        #expect(yFused.map(\.bitPattern) == yOld.map(\.bitPattern), "add+rmsnorm y \(count)")
+        var xRef = x3, yRef3 = [Float](repeating: .nan, count: 3 * count), yRefOld = yRef3
+        Ops.addRMSNormReference(residual, into: &xRef, weight: w3, rows: 3, width: count, epsilon: 1e-5, normed: &yRef3)
+        Ops.rmsNormReference(xOld, weight: w3, rows: 3, width: count, epsilon: 1e-5, into: &yRefOld)
+        #expect(xRef.map(\.bitPattern) == xOld.map(\.bitPattern) && yRef3.map(\.bitPattern) == yRefOld.map(\.bitPattern))
+        #expect(Self.relativeError(yFused, yRef3) < 1e-6, "add+rmsnorm vs twin \(count)")
+        #expect(yFused[count..<(2 * count)].allSatisfy { $0 == 0 })
     }
 
     @Test("a RoPE angle table applies the same rotation as the per-position call")

@@ -195,6 +195,13 @@ void ck_gemv_i8_ref(const int8_t *a, size_t m, const int8_t *b, size_t row_begin
 /// y[r, i] = x[r, i] · (1 / sqrt(Σ_i x[r, i]² / width + epsilon)) · weight[i] for `rows` rows.
 void ck_rmsnorm_f32(const float *x, const float *weight, size_t rows, size_t width, float epsilon, float *y);
 void ck_rmsnorm_f32_ref(const float *x, const float *weight, size_t rows, size_t width, float epsilon, float *y);
+/// x += residual, then y = RMSNorm(x) in one pass over x (the decoder's residual add fused into
+/// the next norm): x and y bit-identical to the add followed by ck_rmsnorm_f32 (same sum lanes and
+/// order); the _ref twin is the add followed by ck_rmsnorm_f32_ref.
+void ck_add_rmsnorm_f32(float *x, const float *residual, const float *weight, size_t rows, size_t width,
+                        float epsilon, float *y);
+void ck_add_rmsnorm_f32_ref(float *x, const float *residual, const float *weight, size_t rows, size_t width,
+                            float epsilon, float *y);
 /// gate[i] = gate[i] / (1 + e^(−gate[i])) · up[i] (SwiGLU), in place.
 void ck_silu_mul_f32(float *gate, const float *up, size_t count);
 void ck_silu_mul_f32_ref(float *gate, const float *up, size_t count);
