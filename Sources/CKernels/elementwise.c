@@ -85,6 +85,17 @@ CK_INLINE CK_AVX2 __m256 ew_exp(__m256 x) {
     return _mm256_blendv_ps(e, x, _mm256_cmp_ps(x, x, _CMP_UNORD_Q));
 }
 
+// y = x · weight / sqrt(sum / width + epsilon) for one row whose sum of squares is `sum`.
+CK_AVX2 static void rmsnorm_scale_row_avx2(const float *xr, const float *weight, size_t width, float sum,
+                                           float epsilon, float *yr) {
+    const float scale = 1 / sqrtf(sum / (float)width + epsilon);
+    const __m256 vs = _mm256_set1_ps(scale);
+    size_t i = 0;
+    for (; i + 8 <= width; i += 8)
+        _mm256_storeu_ps(yr + i, _mm256_mul_ps(_mm256_mul_ps(_mm256_loadu_ps(xr + i), vs), _mm256_loadu_ps(weight + i)));
+    for (; i < width; i++) yr[i] = xr[i] * scale * weight[i];
+}
+
 CK_AVX2 static void rmsnorm_avx2(const float *x, const float *weight, size_t rows, size_t width, float epsilon,
                                  float *y) {
     for (size_t r = 0; r < rows; r++) {
@@ -99,12 +110,7 @@ CK_AVX2 static void rmsnorm_avx2(const float *x, const float *weight, size_t row
         }
         float sum = ck_hsum_ps(_mm256_add_ps(a, b));
         for (; i < width; i++) sum += xr[i] * xr[i];
-        const float scale = 1 / sqrtf(sum / (float)width + epsilon);
-        const __m256 vs = _mm256_set1_ps(scale);
-        i = 0;
-        for (; i + 8 <= width; i += 8)
-            _mm256_storeu_ps(yr + i, _mm256_mul_ps(_mm256_mul_ps(_mm256_loadu_ps(xr + i), vs), _mm256_loadu_ps(weight + i)));
-        for (; i < width; i++) yr[i] = xr[i] * scale * weight[i];
+        rmsnorm_scale_row_avx2(xr, weight, width, sum, epsilon, yr);
     }
 }
 
@@ -131,12 +137,7 @@ CK_AVX2 static void add_rmsnorm_avx2(float *x, const float *residual, const floa
             xr[i] += pr[i];
             sum += xr[i] * xr[i];
         }
-        const float scale = 1 / sqrtf(sum / (float)width + epsilon);
-        const __m256 vs = _mm256_set1_ps(scale);
-        i = 0;
-        for (; i + 8 <= width; i += 8)
-            _mm256_storeu_ps(yr + i, _mm256_mul_ps(_mm256_mul_ps(_mm256_loadu_ps(xr + i), vs), _mm256_loadu_ps(weight + i)));
-        for (; i < width; i++) yr[i] = xr[i] * scale * weight[i];
+        rmsnorm_scale_row_avx2(xr, weight, width, sum, epsilon, yr);
     }
 }
 
