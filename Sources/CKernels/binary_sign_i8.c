@@ -338,6 +338,10 @@ CK_SIGN_I8 static void tables_512(const int8_t *xq, size_t wpr, int8_t *tab) {
     }
 }
 
+#ifndef CK_LUT_PREFETCH
+#define CK_LUT_PREFETCH 2048
+#endif
+
 CK_SIGN_I8 static void gemv_lut_512(const uint64_t *signs, size_t wpr, size_t rows, size_t row_begin,
                                     size_t row_count, const int8_t *xq, const int8_t *tab, const CKSignI8Input *in,
                                     const float *a, const float *b, float *y) {
@@ -352,6 +356,9 @@ CK_SIGN_I8 static void gemv_lut_512(const uint64_t *signs, size_t wpr, size_t ro
             const size_t c1 = nch - c0 < 32 ? nch : c0 + 32;
             __m512i acc0 = _mm512_setzero_si512(), acc1 = acc0;
             for (size_t c = c0; c < c1; c++) {
+                // One sequential stream: the hardware prefetcher alone left it at ~8 GB/s from DRAM (21 MB
+                // of words, one thread); 2 KB ahead measured best of 0.5–4 KB (11–15 GB/s).
+                _mm_prefetch((const char *)(s + 64 * c + CK_LUT_PREFETCH), _MM_HINT_T0);
                 const __m512i sv = _mm512_loadu_si512(s + 64 * c);
                 const __m512i ilo = _mm512_and_si512(sv, low4), ihi = _mm512_and_si512(_mm512_srli_epi16(sv, 4), low4);
                 const int8_t *t = tab + 256 * c;
