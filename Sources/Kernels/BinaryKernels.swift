@@ -194,10 +194,12 @@ extension BinaryKernels {
     /// `y[o] = Δ[o]·Σ_j (q[o,j] − z[o])·x̃_j` over the salient inputs `x` (`layout.columns`
     /// floats), x̃ = bf16(x): x rounded once on the calling thread (scratch slot 21), then the
     /// pool splits the 16-row blocks (`ck_gemv_salient_bf16`, error bound in
-    /// `binary_kernels.h`). `reference` runs the scalar twins on the calling thread (tests:
-    /// the same bits). Allocates nothing (decode path).
+    /// `binary_kernels.h`). `accumulate`: `y[o] +=` the result instead (the bits of a separate
+    /// add pass). `reference` runs the scalar twins on the calling thread (tests: the same
+    /// bits). Allocates nothing (decode path).
     public static func gemvSalientBF16(_ layout: SalientBF16Layout, x: UnsafePointer<Float>, scales: UnsafePointer<Float>,
-                                       zeros: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>, reference: Bool = false) {
+                                       zeros: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>, accumulate: Bool = false,
+                                       reference: Bool = false) {
         guard layout.rows > 0 else { return }
         let (rows, columns) = (layout.rows, layout.columns)
         let xb = LowBit.threadScratch(slot: 21, count: ck_salient_bf16_x_count(columns), of: UInt16.self)
@@ -206,15 +208,17 @@ extension BinaryKernels {
         let blocks = (rows + 15) / 16
         layout.words.withUnsafeBufferPointer { w in
             if reference {
-                ck_gemv_salient_bf16_ref(w.baseAddress!, 0, blocks, rows, columns, scales, zeros, xb, xSum, y)
+                ck_gemv_salient_bf16_ref(w.baseAddress!, 0, blocks, rows, columns, scales, zeros, xb, xSum, y,
+                                         accumulate ? 1 : 0)
                 return
             }
             let job = SalientJob(words: w.baseAddress!, rows: rows, columns: columns, scales: scales, zeros: zeros,
-                                 xb: xb, xSum: xSum, y: y)
+                                 xb: xb, xSum: xSum, y: y, accumulate: accumulate ? 1 : 0)
             Parallel.forEachChunk(blocks, minimumChunk: LowBit.chunk(workPerRow: 16 * columns, atLeast: 1),
                                   context: job) { context, begin, end in
                 let j = context!.load(as: SalientJob.self)
-                ck_gemv_salient_bf16(j.words, begin, end - begin, j.rows, j.columns, j.scales, j.zeros, j.xb, j.xSum, j.y)
+                ck_gemv_salient_bf16(j.words, begin, end - begin, j.rows, j.columns, j.scales, j.zeros, j.xb, j.xSum, j.y,
+                                     j.accumulate)
             }
         }
     }
@@ -222,6 +226,7 @@ extension BinaryKernels {
     private struct SalientJob {
         let words: UnsafePointer<UInt32>, rows: Int, columns: Int, scales: UnsafePointer<Float>
         let zeros: UnsafePointer<Float>, xb: UnsafePointer<UInt16>, xSum: Float, y: UnsafeMutablePointer<Float>
+        let accumulate: Int32
     }
 }
 

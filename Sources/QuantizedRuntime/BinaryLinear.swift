@@ -314,6 +314,8 @@ public final class BinaryLinear: LinearOp {
             let xs = LowBit.threadScratch(slot: 11, count: ns, of: Float.self)
             for (k, j) in salientColumns.enumerated() { xs[k] = x[j] }
             let ys = LowBit.threadScratch(slot: 12, count: n, of: Float.self)
+            // The bf16 salient GEMV adds into y itself (no ys pass); the others write ys.
+            var addedIntoY = false
             if let salientPlanes, salientTables, !reference {
                 // The gathered salient inputs x_s (natural column order, as the codes' columns).
                 LowBit.gemvPlanes(salientPlanes, x: xs, y: ys)
@@ -323,9 +325,11 @@ public final class BinaryLinear: LinearOp {
                 // the float32 GEMV below.
                 salientScale.withUnsafeBufferPointer { d in
                     salientZero.withUnsafeBufferPointer { z in
-                        BinaryKernels.gemvSalientBF16(salientBF16, x: xs, scales: d.baseAddress!, zeros: z.baseAddress!, y: ys)
+                        BinaryKernels.gemvSalientBF16(salientBF16, x: xs, scales: d.baseAddress!, zeros: z.baseAddress!, y: y,
+                                                      accumulate: true)
                     }
                 }
+                addedIntoY = true
             } else {
                 rowMajorSalientCodes().withUnsafeBufferPointer { c in
                     salientScale.withUnsafeBufferPointer { d in
@@ -341,7 +345,7 @@ public final class BinaryLinear: LinearOp {
                     }
                 }
             }
-            for o in 0..<n { y[o] += ys[o] }
+            if !addedIntoY { for o in 0..<n { y[o] += ys[o] } }
             addOutlierColumns(x, y)
         case .elements:
             padded.update(repeating: 0, count: 64 * wordsPerRow)

@@ -563,6 +563,19 @@ struct BinaryWeightTests {
             }
             #expect(fast.map(\.bitPattern) == twin.map(\.bitPattern), "\(rows)×\(columns) v\(variant)")
             for o in 0..<rows where scales[o] == 0 { #expect(fast[o] == 0) }
+            // accumulate: y + result with the bits of the separate add, kernel and twin.
+            let base = (0..<rows).map { _ in rng.float(in: -1...1) }
+            var added = base, addedTwin = base
+            added.withUnsafeMutableBufferPointer {
+                BinaryKernels.gemvSalientBF16(layout, x: x, scales: scales, zeros: zeros, y: $0.baseAddress!, accumulate: true)
+            }
+            addedTwin.withUnsafeMutableBufferPointer {
+                BinaryKernels.gemvSalientBF16(layout, x: x, scales: scales, zeros: zeros, y: $0.baseAddress!, accumulate: true,
+                                              reference: true)
+            }
+            let want = zip(base, fast).map { $0 + $1 }
+            #expect(added.map(\.bitPattern) == want.map(\.bitPattern), "\(rows)×\(columns) v\(variant) accumulate")
+            #expect(addedTwin.map(\.bitPattern) == want.map(\.bitPattern), "\(rows)×\(columns) v\(variant) accumulate twin")
             // Close to the double product on the rounded x (the bound of binary_kernels.h).
             let xr = x.map { Self.bf16($0) }
             for o in 0..<rows {

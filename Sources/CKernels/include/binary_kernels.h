@@ -169,11 +169,13 @@ void ck_salient_bf16_unpack_nibbles(const uint32_t *packed, size_t row_begin, si
 void ck_salient_bf16_prepare(const float *x, size_t cols, uint16_t *xb, float *xsum);
 void ck_salient_bf16_prepare_ref(const float *x, size_t cols, uint16_t *xb, float *xsum);
 /// y for the 16-row blocks [block_begin, block_begin + block_count); the fast version needs
-/// ck_cpu_has_avx512bf16() (else it runs the twin: same bits).
+/// ck_cpu_has_avx512bf16() (else it runs the twin: same bits). accumulate ≠ 0: y[o] += the
+/// result (one float add, the bits of a separate y += ys pass) instead of y[o] = the result.
 void ck_gemv_salient_bf16(const uint32_t *packed, size_t block_begin, size_t block_count, size_t rows, size_t cols,
-                          const float *scales, const float *zeros, const uint16_t *xb, float xsum, float *y);
+                          const float *scales, const float *zeros, const uint16_t *xb, float xsum, float *y,
+                          int accumulate);
 void ck_gemv_salient_bf16_ref(const uint32_t *packed, size_t block_begin, size_t block_count, size_t rows,
                               size_t cols, const float *scales, const float *zeros, const uint16_t *xb, float xsum,
-                              float *y);
+                              float *y, int accumulate);
 
 #endif
