@@ -67,7 +67,7 @@ void ck_salient_bf16_prepare_ref(const float *x, size_t cols, uint16_t *xb, floa
 
 void ck_gemv_salient_bf16_ref(const uint32_t *packed, size_t block_begin, size_t block_count, size_t rows,
                               size_t cols, const float *scales, const float *zeros, const uint16_t *xb, float xsum,
-                              float *y) {
+                              float *y, int accumulate) {
     const size_t chunks = ceil_div(cols, 8);
     for (size_t b = block_begin; b < block_begin + block_count; b++)
         for (size_t r = 0; r < 16 && 16 * b + r < rows; r++) {
@@ -86,7 +86,8 @@ void ck_gemv_salient_bf16_ref(const uint32_t *packed, size_t block_begin, size_t
             float pair[4];
             for (unsigned p = 0; p < 4; p++) pair[p] = acc[0][p] + acc[1][p];
             const float sum = (pair[0] + pair[1]) + (pair[2] + pair[3]);
-            y[o] = scales[o] * fmaf(-(128.0f + zeros[o]), xsum, sum);
+            const float v = scales[o] * fmaf(-(128.0f + zeros[o]), xsum, sum);
+            y[o] = accumulate ? y[o] + v : v;
         }
 }
 
@@ -111,7 +112,7 @@ void ck_gemv_salient_bf16_ref(const uint32_t *packed, size_t block_begin, size_t
 
 CK_BF16 static void gemv_salient_bf16_avx512(const uint32_t *packed, size_t block_begin, size_t block_count,
                                              size_t rows, size_t cols, const float *scales, const float *zeros,
-                                             const uint16_t *xb, float xsum, float *y) {
+                                             const uint16_t *xb, float xsum, float *y, int accumulate) {
     const size_t chunks = ceil_div(cols, 8);
     const uint32_t *xp = (const uint32_t *)(const void *)xb; // x̃ pairs (even column low)
     const __m512i mask = _mm512_set1_epi32(0x000F000F), c4300 = _mm512_set1_epi32(0x43004300);
@@ -134,18 +135,22 @@ CK_BF16 static void gemv_salient_bf16_avx512(const uint32_t *packed, size_t bloc
         const __m512 sum = _mm512_add_ps(_mm512_add_ps(pair0, pair1), _mm512_add_ps(pair2, pair3));
         const __m512 c = _mm512_add_ps(_mm512_set1_ps(128.0f), _mm512_maskz_loadu_ps(k, zeros + o));
         const __m512 t = _mm512_fnmadd_ps(c, vx, sum);
-        _mm512_mask_storeu_ps(y + o, k, _mm512_mul_ps(_mm512_maskz_loadu_ps(k, scales + o), t));
+        __m512 v = _mm512_mul_ps(_mm512_maskz_loadu_ps(k, scales + o), t);
+        // Folded y += ys (BinaryLinear): the same single float add as the separate pass it replaces.
+        if (accumulate) v = _mm512_add_ps(_mm512_maskz_loadu_ps(k, y + o), v);
+        _mm512_mask_storeu_ps(y + o, k, v);
     }
 }
 #endif
 
 void ck_gemv_salient_bf16(const uint32_t *packed, size_t block_begin, size_t block_count, size_t rows, size_t cols,
-                          const float *scales, const float *zeros, const uint16_t *xb, float xsum, float *y) {
+                          const float *scales, const float *zeros, const uint16_t *xb, float xsum, float *y,
+                          int accumulate) {
 #if defined(__x86_64__)
     if (ck_cpu_has_avx512bf16()) {
-        gemv_salient_bf16_avx512(packed, block_begin, block_count, rows, cols, scales, zeros, xb, xsum, y);
+        gemv_salient_bf16_avx512(packed, block_begin, block_count, rows, cols, scales, zeros, xb, xsum, y, accumulate);
         return;
     }
 #endif
-    ck_gemv_salient_bf16_ref(packed, block_begin, block_count, rows, cols, scales, zeros, xb, xsum, y);
+    ck_gemv_salient_bf16_ref(packed, block_begin, block_count, rows, cols, scales, zeros, xb, xsum, y, accumulate);
 }

@@ -300,6 +300,7 @@ float ck_stream_sum(const float *p, size_t n) {
 // 17 and 18 the PTQ1.61 int8 sign GEMV's gathered x̃ and its int8 codes (`BinaryKernels.gemvSignInt8`),
 // 19 and 20 the bf16 decode GEMV's prepared activations and group sums (`LowBit.gemv`),
 // 21 the PTQ1.61 bf16 salient GEMV's bf16 x_s (`BinaryKernels.gemvSalientBF16`),
+// 22 the PTQ1.61 lookup-table sign GEMV's per-4-column tables (`BinaryKernels.gemvSignInt8`),
 // 23 the SplitQuant bf16 decode GEMV's bf16 copy of x (`SplitKernels.gemv`),
 // 24 the split decode attention's per-range partials (`TokenKernels.attend`, the caller's thread),
 // 26 the FP8 decode GEMV's signed activation byte planes (fp4_i16.c, `ck_fp8_gemv_i16`).

@@ -194,10 +194,12 @@ extension BinaryKernels {
     /// `y[o] = Δ[o]·Σ_j (q[o,j] − z[o])·x̃_j` over the salient inputs `x` (`layout.columns`
     /// floats), x̃ = bf16(x): x rounded once on the calling thread (scratch slot 21), then the
     /// pool splits the 16-row blocks (`ck_gemv_salient_bf16`, error bound in
-    /// `binary_kernels.h`). `reference` runs the scalar twins on the calling thread (tests:
-    /// the same bits). Allocates nothing (decode path).
+    /// `binary_kernels.h`). `accumulate`: `y[o] +=` the result instead (the bits of a separate
+    /// add pass). `reference` runs the scalar twins on the calling thread (tests: the same
+    /// bits). Allocates nothing (decode path).
     public static func gemvSalientBF16(_ layout: SalientBF16Layout, x: UnsafePointer<Float>, scales: UnsafePointer<Float>,
-                                       zeros: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>, reference: Bool = false) {
+                                       zeros: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>, accumulate: Bool = false,
+                                       reference: Bool = false) {
         guard layout.rows > 0 else { return }
         let (rows, columns) = (layout.rows, layout.columns)
         let xb = LowBit.threadScratch(slot: 21, count: ck_salient_bf16_x_count(columns), of: UInt16.self)
@@ -206,15 +208,17 @@ extension BinaryKernels {
         let blocks = (rows + 15) / 16
         layout.words.withUnsafeBufferPointer { w in
             if reference {
-                ck_gemv_salient_bf16_ref(w.baseAddress!, 0, blocks, rows, columns, scales, zeros, xb, xSum, y)
+                ck_gemv_salient_bf16_ref(w.baseAddress!, 0, blocks, rows, columns, scales, zeros, xb, xSum, y,
+                                         accumulate ? 1 : 0)
                 return
             }
             let job = SalientJob(words: w.baseAddress!, rows: rows, columns: columns, scales: scales, zeros: zeros,
-                                 xb: xb, xSum: xSum, y: y)
+                                 xb: xb, xSum: xSum, y: y, accumulate: accumulate ? 1 : 0)
             Parallel.forEachChunk(blocks, minimumChunk: LowBit.chunk(workPerRow: 16 * columns, atLeast: 1),
                                   context: job) { context, begin, end in
                 let j = context!.load(as: SalientJob.self)
-                ck_gemv_salient_bf16(j.words, begin, end - begin, j.rows, j.columns, j.scales, j.zeros, j.xb, j.xSum, j.y)
+                ck_gemv_salient_bf16(j.words, begin, end - begin, j.rows, j.columns, j.scales, j.zeros, j.xb, j.xSum, j.y,
+                                     j.accumulate)
             }
         }
     }
@@ -222,6 +226,7 @@ extension BinaryKernels {
     private struct SalientJob {
         let words: UnsafePointer<UInt32>, rows: Int, columns: Int, scales: UnsafePointer<Float>
         let zeros: UnsafePointer<Float>, xb: UnsafePointer<UInt16>, xSum: Float, y: UnsafeMutablePointer<Float>
+        let accumulate: Int32
     }
 }
 
@@ -248,16 +253,51 @@ extension BinaryKernels {
     /// `signInt8Override` if set, else the process-wide `signInt8Decode`.
     public static var decodesSignsInInt8: Bool { signInt8Override ?? signInt8Decode }
 
+    /// Whether layers that load for `gemvSignInt8` re-lay their sign words for its lookup-table
+    /// kernel (`repackSignTables`, `gemvSignInt8(… tables: true)`): on by default (the same bits
+    /// as the k-mask kernel, ~2.5× its one-thread speed; docs/RESULTS.md, twelfth pass),
+    /// `PTQ_SIGN_LUT=0` in the environment starts the process with it off. Read when a layer loads.
+    public static var signTableDecode: Bool {
+        get { ck_sign_lut_enabled() != 0 }
+        set { ck_set_sign_lut_enabled(newValue ? 1 : 0) }
+    }
+
+    /// A task-scoped override of `signTableDecode` (tests), as `signInt8Override`.
+    @TaskLocal public static var signTableOverride: Bool?
+
+    /// `signTableOverride` if set, else the process-wide `signTableDecode`.
+    public static var decodesSignsWithTables: Bool { signTableOverride ?? signTableDecode }
+
+    /// Re-lays row-major sign words (`rows × wordsPerRow`) in place for the lookup-table sign
+    /// GEMV: whole 16-row blocks as nibble chunks, the last `rows % 16` rows row-major (layout in
+    /// `binary_kernels.h`). Same memory, no second copy. Returns false (words unchanged) if the
+    /// block-sized temporary cannot be allocated.
+    public static func repackSignTables(_ words: inout [UInt64], rows: Int, wordsPerRow: Int) -> Bool {
+        precondition(words.count == rows * wordsPerRow, "repackSignTables: \(words.count) words for \(rows) rows")
+        if words.isEmpty { return true }
+        return words.withUnsafeMutableBufferPointer { ck_sign_lut_repack($0.baseAddress!, rows, wordsPerRow) } == 0
+    }
+
+    /// Row-major words of rows `range` from a `repackSignTables` layout into `out`
+    /// (`range.count × wordsPerRow`).
+    public static func unpackSignTables(_ words: UnsafePointer<UInt64>, rows: Int, wordsPerRow: Int, range: Range<Int>,
+                                        into out: UnsafeMutablePointer<UInt64>) {
+        ck_sign_lut_unpack(words, rows, wordsPerRow, range.lowerBound, range.count, out)
+    }
+
     /// `y[o] = a[o]·Σ_k s_ok·x̃_k + b[o]·Σ_k x̃_k` over the binarized inputs x̃_k =
     /// `columnScale[k]`·`x[columns[k]]` (k < `count`), with x̃ gathered and quantized to int8
     /// (absmax, one scale per call) once on the calling thread (`ck_sign_i8_prepare`, scratch
     /// slots 17 and 18), then the pool splits the rows (`ck_gemv_sign_i8`; error bound in
     /// `binary_kernels.h`). `signs`: row-major words, `wordsPerRow` per row. `reference` runs
-    /// the scalar twins on the calling thread (tests: the same bits). Allocates nothing.
+    /// the scalar twins on the calling thread (tests: the same bits). `tables`: `signs` are in the
+    /// `repackSignTables` layout; the per-4-column lookup tables are built once on the calling
+    /// thread (scratch slot 22) and the pool splits whole 16-row blocks (`ck_gemv_sign_lut`).
+    /// Allocates nothing.
     public static func gemvSignInt8(signs: UnsafePointer<UInt64>, wordsPerRow: Int, rows: Int, x: UnsafePointer<Float>,
                                     columns: UnsafePointer<Int>, columnScale: UnsafePointer<Float>, count: Int,
                                     a: UnsafePointer<Float>, b: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>,
-                                    reference: Bool = false) {
+                                    tables: Bool = false, reference: Bool = false) {
         guard rows > 0 else { return }
         precondition(wordsPerRow * 64 >= count, "gemvSignInt8: \(wordsPerRow) words for \(count) columns")
         let xt = LowBit.threadScratch(slot: 17, count: count, of: Float.self)
@@ -265,6 +305,26 @@ extension BinaryKernels {
         var input = CKSignI8Input()
         (reference ? ck_sign_i8_prepare_ref : ck_sign_i8_prepare)(x, columns, columnScale, count, wordsPerRow, xt, xq,
                                                                   &input)
+        if tables {
+            if reference {
+                ck_gemv_sign_lut_ref(signs, wordsPerRow, rows, 0, rows, xq, &input, a, b, y)
+                return
+            }
+            let tab = LowBit.threadScratch(slot: 22, count: 512 * wordsPerRow, of: Int8.self)
+            ck_sign_lut_tables(xq, wordsPerRow, tab)
+            let job = SignTableJob(signs: signs, wordsPerRow: wordsPerRow, rows: rows, xq: xq, tab: tab, input: input,
+                                   a: a, b: b, y: y)
+            // Chunks of whole 16-row blocks (the kernel's unit; the row-major tail rides with the last).
+            Parallel.forEachChunk((rows + 15) / 16, minimumChunk: LowBit.chunk(workPerRow: 16 * 64 * wordsPerRow, atLeast: 1),
+                                  context: job) { context, begin, end in
+                let j = context!.load(as: SignTableJob.self)
+                let first = 16 * begin, last = min(16 * end, j.rows)
+                withUnsafePointer(to: j.input) { input in
+                    ck_gemv_sign_lut(j.signs, j.wordsPerRow, j.rows, first, last - first, j.xq, j.tab, input, j.a, j.b, j.y)
+                }
+            }
+            return
+        }
         if reference {
             ck_gemv_sign_i8_ref(signs, wordsPerRow, 0, rows, xq, &input, a, b, y)
             return
@@ -280,6 +340,11 @@ extension BinaryKernels {
                 ck_gemv_sign_i8(j.signs, j.wordsPerRow, first, last - first, j.xq, input, j.a, j.b, j.y)
             }
         }
+    }
+
+    private struct SignTableJob {
+        let signs: UnsafePointer<UInt64>, wordsPerRow: Int, rows: Int, xq: UnsafePointer<Int8>, tab: UnsafePointer<Int8>
+        let input: CKSignI8Input, a: UnsafePointer<Float>, b: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>
     }
 
     private struct SignInt8Job {

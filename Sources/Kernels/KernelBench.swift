@@ -418,6 +418,21 @@ public enum KernelBench {
                                                            a: ab.baseAddress! + abOff[i], b: ab.baseAddress! + abOff[i], y: &y)
                             }
                         }
+                        // The same bits re-laid for the lookup-table kernel (what BinaryLinear keeps
+                        // with `signTableDecode` on), its table build included.
+                        let relaid = shapes.enumerated().map { i, shape in
+                            var words = Array(w[off[i]..<off[i] + shape.0 * BinaryKernels.wordsPerRow(shape.1)])
+                            _ = BinaryKernels.repackSignTables(&words, rows: shape.0, wordsPerRow: BinaryKernels.wordsPerRow(shape.1))
+                            return words
+                        }
+                        time("binary 1-bit int8-x lookup-table GEMV (gemvSignInt8, tables)", layerPass, bytes: total * 8 + t * 8) {
+                            for (i, (n, k)) in shapes.enumerated() {
+                                BinaryKernels.gemvSignInt8(signs: relaid[i], wordsPerRow: BinaryKernels.wordsPerRow(k),
+                                                           rows: n, x: x, columns: identity, columnScale: ones, count: k,
+                                                           a: ab.baseAddress! + abOff[i], b: ab.baseAddress! + abOff[i], y: &y,
+                                                           tables: true)
+                            }
+                        }
                     }
                     // The same bits as one plane through the table-lookup GEMV (AVX-512 only),
                     // timed in the same run as the bit-mask kernel above.

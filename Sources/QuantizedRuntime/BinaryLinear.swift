@@ -70,6 +70,10 @@ public final class BinaryLinear: LinearOp {
     /// Column masks where the CPU has the int8 sign GEMV and `BinaryKernels.decodesSignsInInt8` was on
     /// at load: `signWords` are held row-major for `BinaryKernels.gemvSignInt8` (no sign planes).
     private let signInt8: Bool
+    /// `signInt8` layers where `BinaryKernels.decodesSignsWithTables` was on at load: `signWords`
+    /// are re-laid in place for the lookup-table sign GEMV (`BinaryKernels.repackSignTables`);
+    /// row-major readers unpack rows from them.
+    private let signTables: Bool
     /// Column masks with ≤ 4-bit salient codes on AVX-512: the salient codes as bit planes for
     /// the u4 table-lookup GEMV (`LowBit.gemvPlanes`, one group per row: the salient part has one
     /// Δ and z per row), their only copy (prefill tiles unpack nibble rows from it).
@@ -104,7 +108,7 @@ public final class BinaryLinear: LinearOp {
             : Double(salientColumnIndex.count) / Double(max(1, inFeatures * outFeatures))
         let outliers = outlierColumns.isEmpty ? "" : " + \(outlierColumns.count) float16 columns"
         let signs = signPlanes != nil ? "binary 1-bit sign-plane tables"
-            : signInt8 ? "binary 1-bit int8-x VNNI" : "binary 1-bit"
+            : signTables ? "binary 1-bit int8-x lookup tables" : signInt8 ? "binary 1-bit int8-x VNNI" : "binary 1-bit"
         let salientKernel = salientPlanes != nil ? " on plane tables" : salientBF16 != nil ? " on the bf16 GEMV" : ""
         return "\(signs) + \(salientBits)-bit salient \(maskKind.rawValue)\(salientKernel) (\(String(format: "%.1f", 100 * share)) %)\(outliers)"
     }
@@ -141,9 +145,14 @@ public final class BinaryLinear: LinearOp {
             let useSignInt8 = BinaryKernels.signInt8Supported && BinaryKernels.decodesSignsInInt8 && nb > 0 && rows > 0
             let useSignPlanes = BinaryKernels.planesSupported && nb > 0 && rows > 0 && !useSignInt8
             signInt8 = useSignInt8
+            let useSignTables = useSignInt8 && BinaryKernels.decodesSignsWithTables
+            signTables = useSignTables
             // One copy of the bits and codes: the planes where the table GEMVs run on them.
-            signWords = useSignPlanes ? []
-                : BinaryKernels.packBits(bytes: w.signs, rows: rows, columns: nb)
+            var words = useSignPlanes ? [] : BinaryKernels.packBits(bytes: w.signs, rows: rows, columns: nb)
+            if useSignTables && !BinaryKernels.repackSignTables(&words, rows: rows, wordsPerRow: wordsPerRow) {
+                throw PTQError("\(layer): out of memory re-laying the sign bits for the lookup-table GEMV")
+            }
+            signWords = words
             maskWords = nil
             columnScale = w.columnScale ?? [Float](repeating: 1, count: nb)
             salientFormat = w.salientBits <= 4 ? .u4 : .u8
@@ -206,6 +215,7 @@ public final class BinaryLinear: LinearOp {
             naturalColumnScale = []
             signPlanes = nil
             signInt8 = false
+            signTables = false
             salientPlanes = nil
             salientBF16 = nil
         }
@@ -282,7 +292,7 @@ public final class BinaryLinear: LinearOp {
                                     BinaryKernels.gemvSignInt8(
                                         signs: s.baseAddress!, wordsPerRow: wordsPerRow, rows: n, x: x,
                                         columns: cols.baseAddress!, columnScale: r2.baseAddress!, count: cols.count,
-                                        a: a.baseAddress!, b: b.baseAddress!, y: y)
+                                        a: a.baseAddress!, b: b.baseAddress!, y: y, tables: signTables)
                                 }
                             }
                         }
@@ -304,6 +314,8 @@ public final class BinaryLinear: LinearOp {
             let xs = LowBit.threadScratch(slot: 11, count: ns, of: Float.self)
             for (k, j) in salientColumns.enumerated() { xs[k] = x[j] }
             let ys = LowBit.threadScratch(slot: 12, count: n, of: Float.self)
+            // The bf16 salient GEMV adds into y itself (no ys pass); the others write ys.
+            var addedIntoY = false
             if let salientPlanes, salientTables, !reference {
                 // The gathered salient inputs x_s (natural column order, as the codes' columns).
                 LowBit.gemvPlanes(salientPlanes, x: xs, y: ys)
@@ -313,9 +325,11 @@ public final class BinaryLinear: LinearOp {
                 // the float32 GEMV below.
                 salientScale.withUnsafeBufferPointer { d in
                     salientZero.withUnsafeBufferPointer { z in
-                        BinaryKernels.gemvSalientBF16(salientBF16, x: xs, scales: d.baseAddress!, zeros: z.baseAddress!, y: ys)
+                        BinaryKernels.gemvSalientBF16(salientBF16, x: xs, scales: d.baseAddress!, zeros: z.baseAddress!, y: y,
+                                                      accumulate: true)
                     }
                 }
+                addedIntoY = true
             } else {
                 rowMajorSalientCodes().withUnsafeBufferPointer { c in
                     salientScale.withUnsafeBufferPointer { d in
@@ -331,7 +345,7 @@ public final class BinaryLinear: LinearOp {
                     }
                 }
             }
-            for o in 0..<n { y[o] += ys[o] }
+            if !addedIntoY { for o in 0..<n { y[o] += ys[o] } }
             addOutlierColumns(x, y)
         case .elements:
             padded.update(repeating: 0, count: 64 * wordsPerRow)
@@ -441,8 +455,17 @@ public final class BinaryLinear: LinearOp {
     /// The row-major sign words: `signWords`, or all rows unpacked from the sign planes (the
     /// scalar reference paths only; prefill tiles unpack their own rows).
     private func rowMajorSignWords() -> [UInt64] {
-        guard let signPlanes else { return signWords }
         var words = [UInt64](repeating: 0, count: outFeatures * wordsPerRow)
+        if signTables {
+            signWords.withUnsafeBufferPointer { s in
+                words.withUnsafeMutableBufferPointer { w in
+                    BinaryKernels.unpackSignTables(s.baseAddress!, rows: outFeatures, wordsPerRow: wordsPerRow,
+                                                   range: 0..<outFeatures, into: w.baseAddress!)
+                }
+            }
+            return words
+        }
+        guard let signPlanes else { return signWords }
         signPlanes.unpackWords(0..<outFeatures, wordsPerRow: wordsPerRow, into: &words, reference: true)
         return words
     }
@@ -476,6 +499,12 @@ public final class BinaryLinear: LinearOp {
         if let signPlanes {
             let words = LowBit.threadScratch(slot: 15, count: range.count * wpr, of: UInt64.self)
             signPlanes.unpackWords(range, wordsPerRow: wpr, into: words, reference: reference)
+            unpackedSigns = words
+        } else if signTables {
+            let words = LowBit.threadScratch(slot: 15, count: range.count * wpr, of: UInt64.self)
+            signWords.withUnsafeBufferPointer { s in
+                BinaryKernels.unpackSignTables(s.baseAddress!, rows: outFeatures, wordsPerRow: wpr, range: range, into: words)
+            }
             unpackedSigns = words
         }
         var unpackedCodes: UnsafeMutablePointer<UInt8>? = nil

@@ -321,8 +321,11 @@ struct BinaryWeightTests {
     /// x̃ = r2 ∘ x within the int8 rounding bound of `binary_kernels.h` (|a|·nb·scale/2): odd sizes
     /// (columns off the 64-column words, rows off the 4-row groups, one row, one column),
     /// SmolLM2's q (460 of 576 binarized) and down (1228 of 1536) shapes, all −1 / all +1 rows,
-    /// zero and extreme scales, zero r2, x = 0, extreme x and a lone outlier.
-    @Test(arguments: [(37, 100, 80), (1, 1, 1), (1, 64, 64), (5, 70, 65), (6, 576, 460), (9, 1536, 1228), (17, 33, 31)])
+    /// zero and extreme scales, zero r2, x = 0, extreme x and a lone outlier. The lookup-table
+    /// kernel on the re-laid words (`repackSignTables`; rows off and on the 16-row blocks, columns
+    /// off the 4- and 32-column groups) gives the same bits, and the words unpack back.
+    @Test(arguments: [(37, 100, 80), (1, 1, 1), (1, 64, 64), (5, 70, 65), (6, 576, 460), (9, 1536, 1228), (17, 33, 31),
+                      (48, 576, 460), (192, 576, 460), (35, 1536, 1229), (16, 3, 2), (33, 130, 127)])
     func signInt8MatchesTwinAndFloat(rows: Int, inputs: Int, binarized: Int) {
         var rng = SeededGenerator(seed: 101 + UInt64(rows * 10_000 + inputs))
         let columns = Array((0..<inputs).shuffled(using: &rng).prefix(binarized))
@@ -347,6 +350,24 @@ struct BinaryWeightTests {
                                        count: nb, a: a, b: b, y: &fast)
             BinaryKernels.gemvSignInt8(signs: packed, wordsPerRow: words, rows: rows, x: x, columns: columns, columnScale: r2,
                                        count: nb, a: a, b: b, y: &ref, reference: true)
+            var relaid = packed
+            #expect(BinaryKernels.repackSignTables(&relaid, rows: rows, wordsPerRow: words))
+            #expect(rows < 16 || relaid != packed)
+            var unpacked = [UInt64](repeating: 0, count: packed.count)
+            BinaryKernels.unpackSignTables(relaid, rows: rows, wordsPerRow: words, range: 0..<rows, into: &unpacked)
+            #expect(unpacked == packed, "\(rows)×\(nb): table layout round trip")
+            if rows > 2 {
+                var middle = [UInt64](repeating: 0, count: 2 * words)
+                BinaryKernels.unpackSignTables(relaid, rows: rows, wordsPerRow: words, range: rows - 2..<rows, into: &middle)
+                #expect(middle[...] == packed[(rows - 2) * words..<rows * words])
+            }
+            var table = [Float](repeating: .nan, count: rows), tableRef = table
+            BinaryKernels.gemvSignInt8(signs: relaid, wordsPerRow: words, rows: rows, x: x, columns: columns, columnScale: r2,
+                                       count: nb, a: a, b: b, y: &table, tables: true)
+            BinaryKernels.gemvSignInt8(signs: relaid, wordsPerRow: words, rows: rows, x: x, columns: columns, columnScale: r2,
+                                       count: nb, a: a, b: b, y: &tableRef, tables: true, reference: true)
+            #expect(table.map(\.bitPattern) == ref.map(\.bitPattern), "\(rows)×\(nb) v\(variant): lookup tables vs twin")
+            #expect(tableRef.map(\.bitPattern) == ref.map(\.bitPattern), "\(rows)×\(nb) v\(variant): table twin vs twin")
             let gathered = (0..<nb).map { r2[$0] * x[columns[$0]] }
             let padded = gathered + [Float](repeating: 0, count: 64 * words - nb)
             BinaryKernels.gemv(signs: packed, mask: nil, wordsPerRow: words, rows: rows, x: padded,
@@ -448,9 +469,12 @@ struct BinaryWeightTests {
                       (1, 5, 2), (40, 64, 64), (9, 130, 65)])
     func bf16SalientColumns(rows: Int, columns: Int, salient: Int) throws {
         // Both sign layouts: the sign-plane tables (default) and the int8 sign GEMV's words.
-        for int8Signs in [false, true] {
+        // (and those words re-laid for the lookup-table kernel, or kept row-major).
+        for (int8Signs, tables) in [(false, false), (true, false), (true, true)] {
             try BinaryKernels.$signInt8Override.withValue(int8Signs) {
-                try bf16SalientColumnsCase(rows: rows, columns: columns, salient: salient)
+                try BinaryKernels.$signTableOverride.withValue(tables) {
+                    try bf16SalientColumnsCase(rows: rows, columns: columns, salient: salient)
+                }
             }
         }
     }
@@ -465,6 +489,7 @@ struct BinaryWeightTests {
         let inBF16 = salient > 0 && BinaryKernels.salientBF16Supported
         #expect(layer.hasSalientBF16 == inBF16)
         #expect(layer.hasSignInt8 == (BinaryKernels.decodesSignsInInt8 && BinaryKernels.signInt8Supported && salient < columns))
+        #expect(layer.kernelDescription.contains("lookup tables") == (layer.hasSignInt8 && BinaryKernels.decodesSignsWithTables))
         #expect(layer.hasSalientPlanes == (salient > 0 && LowBit.planeTablesSupported && !inBF16))
         #expect(layer.kernelDescription.contains("on the bf16 GEMV") == inBF16)
         let dense = w.dequantizedReference()
@@ -538,6 +563,19 @@ struct BinaryWeightTests {
             }
             #expect(fast.map(\.bitPattern) == twin.map(\.bitPattern), "\(rows)×\(columns) v\(variant)")
             for o in 0..<rows where scales[o] == 0 { #expect(fast[o] == 0) }
+            // accumulate: y + result with the bits of the separate add, kernel and twin.
+            let base = (0..<rows).map { _ in rng.float(in: -1...1) }
+            var added = base, addedTwin = base
+            added.withUnsafeMutableBufferPointer {
+                BinaryKernels.gemvSalientBF16(layout, x: x, scales: scales, zeros: zeros, y: $0.baseAddress!, accumulate: true)
+            }
+            addedTwin.withUnsafeMutableBufferPointer {
+                BinaryKernels.gemvSalientBF16(layout, x: x, scales: scales, zeros: zeros, y: $0.baseAddress!, accumulate: true,
+                                              reference: true)
+            }
+            let want = zip(base, fast).map { $0 + $1 }
+            #expect(added.map(\.bitPattern) == want.map(\.bitPattern), "\(rows)×\(columns) v\(variant) accumulate")
+            #expect(addedTwin.map(\.bitPattern) == want.map(\.bitPattern), "\(rows)×\(columns) v\(variant) accumulate twin")
             // Close to the double product on the rounded x (the bound of binary_kernels.h).
             let xr = x.map { Self.bf16($0) }
             for o in 0..<rows {

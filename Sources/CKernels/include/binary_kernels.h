@@ -97,6 +97,33 @@ void ck_gemv_sign_i8(const uint64_t *signs, size_t words_per_row, size_t row_beg
 void ck_gemv_sign_i8_ref(const uint64_t *signs, size_t words_per_row, size_t row_begin, size_t row_count,
                          const int8_t *xq, const CKSignI8Input *in, const float *a, const float *b, float *y);
 
+// Lookup-table form of ck_gemv_sign_i8 (binary_sign_i8.c, issue 13 twelfth pass; T-MAC style),
+// the same numerics and bits. ck_sign_lut_repack re-lays the row-major sign words in place (same
+// memory) for whole 16-row blocks: block b's 16·words_per_row words become 2·words_per_row chunks
+// of 64 bytes, byte 16·l + r of chunk c = row 16b + r's bits of columns 32c + 4l … + 3 (low
+// nibble) and 32c + 16 + 4l … + 3 (high nibble); rows past rows − rows % 16 stay row-major.
+// Returns 0, or −1 if its block-sized temporary could not be allocated (layout unchanged).
+// ck_sign_lut_unpack gives row-major words back for rows [row_begin, row_begin + row_count).
+// ck_sign_lut_tables: from the prepared codes xq (64·words_per_row bytes) the per-4-column
+// tables T_g[n] = Σ_{bit i of n} xq[4g + i] as low bytes (tab[128q + 16l + n], g = 4q + l) and
+// high bytes (tab[128q + 64 + 16l + n]); tab holds 512·words_per_row bytes. ck_gemv_sign_lut
+// (AVX-512 BW where ck_sign_i8_supported) and its scalar twin ck_gemv_sign_lut_ref give
+// ck_gemv_sign_i8_ref's bits on the repacked words (exact int16/int32 sums). PTQ_SIGN_LUT=0 in
+// the environment turns ck_sign_lut_enabled off (layers then keep row-major words).
+int ck_sign_lut_enabled(void);
+void ck_set_sign_lut_enabled(int enabled);
+int ck_sign_lut_repack(uint64_t *signs, size_t rows, size_t words_per_row);
+void ck_sign_lut_unpack(const uint64_t *signs, size_t rows, size_t words_per_row, size_t row_begin, size_t row_count,
+                        uint64_t *out);
+void ck_sign_lut_tables(const int8_t *xq, size_t words_per_row, int8_t *tab);
+void ck_sign_lut_tables_ref(const int8_t *xq, size_t words_per_row, int8_t *tab);
+void ck_gemv_sign_lut(const uint64_t *signs, size_t words_per_row, size_t rows, size_t row_begin, size_t row_count,
+                      const int8_t *xq, const int8_t *tab, const CKSignI8Input *in, const float *a, const float *b,
+                      float *y);
+void ck_gemv_sign_lut_ref(const uint64_t *signs, size_t words_per_row, size_t rows, size_t row_begin,
+                          size_t row_count, const int8_t *xq, const CKSignI8Input *in, const float *a, const float *b,
+                          float *y);
+
 // Row-major bits and nibbles back from the plane layouts (u4_planes.c), for the prefill tiles of
 // binary layers whose only copy of the sign bits / salient codes is the planes (issue 13). Exact
 // bit rearrangements; BMI2 (pext/pdep) where present, the _ref twins are plain loops.
@@ -142,11 +169,13 @@ void ck_salient_bf16_unpack_nibbles(const uint32_t *packed, size_t row_begin, si
 void ck_salient_bf16_prepare(const float *x, size_t cols, uint16_t *xb, float *xsum);
 void ck_salient_bf16_prepare_ref(const float *x, size_t cols, uint16_t *xb, float *xsum);
 /// y for the 16-row blocks [block_begin, block_begin + block_count); the fast version needs
-/// ck_cpu_has_avx512bf16() (else it runs the twin: same bits).
+/// ck_cpu_has_avx512bf16() (else it runs the twin: same bits). accumulate ≠ 0: y[o] += the
+/// result (one float add, the bits of a separate y += ys pass) instead of y[o] = the result.
 void ck_gemv_salient_bf16(const uint32_t *packed, size_t block_begin, size_t block_count, size_t rows, size_t cols,
-                          const float *scales, const float *zeros, const uint16_t *xb, float xsum, float *y);
+                          const float *scales, const float *zeros, const uint16_t *xb, float xsum, float *y,
+                          int accumulate);
 void ck_gemv_salient_bf16_ref(const uint32_t *packed, size_t block_begin, size_t block_count, size_t rows,
                               size_t cols, const float *scales, const float *zeros, const uint16_t *xb, float xsum,
-                              float *y);
+                              float *y, int accumulate);
 
 #endif
