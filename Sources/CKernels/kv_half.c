@@ -144,7 +144,9 @@ void *ck_kv_arena_alloc(size_t bytes) {
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
     // Before the first touch, so that the faults below take 2 MB pages where the kernel has them
     // (THP "madvise" mode); the advice is only a hint: 4 KB pages work the same.
-    (void)madvise(p, size, MADV_HUGEPAGE);
+    // PTQ_KV_HUGEPAGES=0 in the environment leaves the arena on 4 KB pages (for A/B runs).
+    const char *v = getenv("PTQ_KV_HUGEPAGES");
+    if (!(v && strcmp(v, "0") == 0)) (void)madvise(p, size, MADV_HUGEPAGE);
 #endif
     memset(p, 0, size);
     return p;

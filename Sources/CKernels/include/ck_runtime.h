@@ -49,7 +49,8 @@ void ck_f32_to_f16(const float *src, uint16_t *dst, size_t n);
 /// Zeroed storage of at least `bytes` for a KV cache: 2 MB-aligned, whole 2 MB pages, advised
 /// MADV_HUGEPAGE before the first touch (decode attention streams each layer's cache from DRAM;
 /// on 4 KB pages every 4 KB of a stream costs a page walk and restarts the hardware
-/// prefetcher). NULL when the allocation fails. Free with ck_kv_arena_free.
+/// prefetcher; PTQ_KV_HUGEPAGES=0 skips the advice). NULL when the allocation fails. Free with
+/// ck_kv_arena_free.
 void *ck_kv_arena_alloc(size_t bytes);
 void ck_kv_arena_free(void *arena);
 void ck_f32_to_f16_ref(const float *src, uint16_t *dst, size_t n);
