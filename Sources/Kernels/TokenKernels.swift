@@ -515,7 +515,8 @@ package final class HalfCacheArena: @unchecked Sendable {
         self.layers = layers
         self.count = count
         let elements = max(1, layers * count)
-        if let raw = ck_kv_arena_alloc(elements * MemoryLayout<UInt16>.stride) {
+        // An empty cache (the float cache's placeholder) takes no 2 MB arena.
+        if layers * count > 0, let raw = ck_kv_arena_alloc(elements * MemoryLayout<UInt16>.stride) {
             base = raw.bindMemory(to: UInt16.self, capacity: elements)
             fromArena = true
         } else {
