@@ -128,3 +128,28 @@ void ck_attend_one_f16(const float *q, const uint16_t *keys, const uint16_t *val
                        size_t dim, float scale, float *scores, float *out) {
     ck_attend_group_f16(q, keys, values, count, stride, dim, 1, scale, scores, out);
 }
+
+// ---- cache storage on 2 MB pages ----------------------------------------------------------------
+
+#include <stdlib.h>
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
+void *ck_kv_arena_alloc(size_t bytes) {
+    const size_t huge = (size_t)2 << 20;
+    const size_t size = (bytes + huge - 1) & ~(huge - 1);
+    void *p = NULL;
+    if (size == 0 || posix_memalign(&p, huge, size) != 0) return NULL;
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+    // Before the first touch, so that the faults below take 2 MB pages where the kernel has them
+    // (THP "madvise" mode); the advice is only a hint: 4 KB pages work the same.
+    // PTQ_KV_HUGEPAGES=0 in the environment leaves the arena on 4 KB pages (for A/B runs).
+    const char *v = getenv("PTQ_KV_HUGEPAGES");
+    if (!(v && strcmp(v, "0") == 0)) (void)madvise(p, size, MADV_HUGEPAGE);
+#endif
+    memset(p, 0, size);
+    return p;
+}
+
+void ck_kv_arena_free(void *arena) { free(arena); }

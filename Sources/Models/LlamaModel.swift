@@ -95,8 +95,9 @@ public final class LlamaModel: Sendable {
         // f16: per layer (KV, capacity, Dh) half bit patterns, head-major: decode attention reads
         // each KV head's positions as one contiguous stream (interleaved rows of KV·Dh made it a
         // strided read of 128 of every 384 bytes); empty for f32.
-        var halfKeys: [[UInt16]]
-        var halfValues: [[UInt16]]
+        // (one arena each, on 2 MB pages where granted: HalfCacheArena)
+        let halfKeys: HalfCacheArena
+        let halfValues: HalfCacheArena
 
         /// An empty cache for at most `capacity` positions of a model with `config`.
         public init(config: ModelConfig, capacity: Int, precision: KVCachePrecision = .f32) {
@@ -107,13 +108,13 @@ public final class LlamaModel: Sendable {
             case .f32:
                 keys = Array(repeating: [Float](repeating: 0, count: size), count: config.layerCount)
                 values = keys
-                halfKeys = []
-                halfValues = []
+                halfKeys = HalfCacheArena(layers: 0, count: 0)
+                halfValues = HalfCacheArena(layers: 0, count: 0)
             case .f16:
                 keys = []
                 values = []
-                halfKeys = Array(repeating: [UInt16](repeating: 0, count: size), count: config.layerCount)
-                halfValues = halfKeys
+                halfKeys = HalfCacheArena(layers: config.layerCount, count: size)
+                halfValues = HalfCacheArena(layers: config.layerCount, count: size)
             }
         }
 

@@ -10,6 +10,25 @@ import Testing
 /// 16-position steps, and through `TokenKernels.attendOne` with the split on and off.
 @Suite("Split decode attention")
 struct SplitAttentionTests {
+    /// The half cache's arena: zeroed, layers disjoint and `count` halves apart, 2 MB-aligned.
+    @Test func halfCacheArenaLayers() throws {
+        let layers = 3, count = 577 * 64
+        let arena = HalfCacheArena(layers: layers, count: count)
+        for l in 0..<layers {
+            arena[l].withUnsafeBufferPointer { #expect($0.count == count && $0.allSatisfy { $0 == 0 }) }
+        }
+        arena[1].withUnsafeMutableBufferPointer { for i in 0..<$0.count { $0[i] = UInt16(truncatingIfNeeded: i &* 7 &+ 1) } }
+        arena[0].withUnsafeBufferPointer { #expect($0.allSatisfy { $0 == 0 }) }
+        arena[2].withUnsafeBufferPointer { #expect($0.allSatisfy { $0 == 0 }) }
+        let first = arena[0].withUnsafeBufferPointer { UInt(bitPattern: $0.baseAddress!) }
+        let second = arena[1].withUnsafeBufferPointer { UInt(bitPattern: $0.baseAddress!) }
+        #expect(second - first == UInt(count * 2))
+        #expect(first % (2 << 20) == 0)
+        arena[1].withUnsafeBufferPointer { #expect($0[576 * 64 + 5] == UInt16(truncatingIfNeeded: (576 * 64 + 5) &* 7 &+ 1)) }
+        let empty = HalfCacheArena(layers: 0, count: 0)
+        #expect(empty.layers == 0)
+    }
+
     struct Shape: CustomStringConvertible, Sendable {
         let heads: Int, kvHeads: Int, dim: Int
         var description: String { "\(heads)/\(kvHeads)×\(dim)" }

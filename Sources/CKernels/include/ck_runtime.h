@@ -46,6 +46,13 @@ uint16_t ck_f32_to_f16_one(float f);
 float ck_f16_to_f32_one(uint16_t h);
 /// dst[i] = half(src[i]) (F16C 8 at a time, else the scalar twin).
 void ck_f32_to_f16(const float *src, uint16_t *dst, size_t n);
+/// Zeroed storage of at least `bytes` for a KV cache: 2 MB-aligned, whole 2 MB pages, advised
+/// MADV_HUGEPAGE before the first touch (decode attention streams each layer's cache from DRAM;
+/// on 4 KB pages every 4 KB of a stream costs a page walk and restarts the hardware
+/// prefetcher; PTQ_KV_HUGEPAGES=0 skips the advice). NULL when the allocation fails. Free with
+/// ck_kv_arena_free.
+void *ck_kv_arena_alloc(size_t bytes);
+void ck_kv_arena_free(void *arena);
 void ck_f32_to_f16_ref(const float *src, uint16_t *dst, size_t n);
 /// dst[i] = float(src[i]) (exact).
 void ck_f16_to_f32(const uint16_t *src, float *dst, size_t n);
