@@ -153,3 +153,43 @@ void *ck_kv_arena_alloc(size_t bytes) {
 }
 
 void ck_kv_arena_free(void *arena) { free(arena); }
+
+// ---- model weights on 2 MB pages ----------------------------------------------------------------
+
+#include <stdio.h>
+
+size_t ck_collapse_anonymous_hugepages(size_t min_bytes) {
+    size_t collapsed = 0;
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+#ifndef MADV_COLLAPSE
+#define MADV_COLLAPSE 25  // Linux 6.1; older glibc headers lack the name
+#endif
+    const char *v = getenv("PTQ_WEIGHT_HUGEPAGES");
+    if (v && strcmp(v, "0") == 0) return 0;
+    FILE *maps = fopen("/proc/self/maps", "r");
+    if (!maps) return 0;
+    const uintptr_t huge = (uintptr_t)2 << 20;
+    char line[512];
+    while (fgets(line, sizeof line, maps)) {
+        unsigned long lo, hi;
+        char perms[5] = {0};
+        int name = 0;
+        if (sscanf(line, "%lx-%lx %4s %*s %*s %*s %n", &lo, &hi, perms, &name) < 3) continue;
+        // Private read-write anonymous memory only: no path, or the brk heap. Stacks, files and
+        // the VM's special mappings are left alone.
+        const char *path = name > 0 ? line + name : "";
+        const int anonymous = path[0] == '\n' || path[0] == 0 || strncmp(path, "[heap]", 6) == 0;
+        if (!anonymous || strcmp(perms, "rw-p") != 0) continue;
+        const uintptr_t start = ((uintptr_t)lo + huge - 1) & ~(huge - 1), end = (uintptr_t)hi & ~(huge - 1);
+        if (end <= start || end - start < min_bytes) continue;
+        if (madvise((void *)start, end - start, MADV_HUGEPAGE) != 0) continue;
+        // Collapse now (the pages are already faulted in); EINVAL on kernels before 6.1, where
+        // khugepaged collapses them later instead.
+        if (madvise((void *)start, end - start, MADV_COLLAPSE) == 0) collapsed += end - start;
+    }
+    fclose(maps);
+#else
+    (void)min_bytes;
+#endif
+    return collapsed;
+}

@@ -518,6 +518,19 @@ extension TokenKernels {
 /// DRAM once a token; on 4 KB pages each 4 KB of a stream paid a page walk and a restarted
 /// hardware prefetch (cold kernel 6–12 % slower on 4 KB pages, RESULTS twelfth pass). A class:
 /// the arena is freed with the last reference; layers hand out pointers only inside `with…`.
+extension TokenKernels {
+    /// Puts the process's large anonymous memory — a just-loaded model's weights — on 2 MB pages
+    /// (`ck_collapse_anonymous_hugepages`: `MADV_HUGEPAGE`, then `MADV_COLLAPSE`, on every private
+    /// anonymous mapping of at least `minimumBytes`). Decode streams every weight from DRAM once a
+    /// token; on 4 KB pages each 4 KB of a stream costs a TLB miss and a page walk. The model
+    /// loaders call it after building a model; `PTQ_WEIGHT_HUGEPAGES=0` in the environment turns
+    /// it off. Returns the bytes collapsed (0 where the kernel does not support it).
+    @discardableResult
+    public static func collapseToHugePages(minimumBytes: Int = 4 << 20) -> Int {
+        Int(ck_collapse_anonymous_hugepages(minimumBytes))
+    }
+}
+
 package final class HalfCacheArena: @unchecked Sendable {
     package let layers: Int, count: Int
     private let base: UnsafeMutablePointer<UInt16>

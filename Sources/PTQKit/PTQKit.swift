@@ -47,7 +47,9 @@ public enum PTQ {
     /// (`ModelFamilies`). Cast to a capability (`as? any LanguageModel`) or ask for one with
     /// `languageModel(for:)` for an error that says what the model is.
     public static func loadModel(path: String) throws(PTQError) -> any QuantizableModel {
-        try ModelFamilies.load(CheckpointWeights(try CheckpointReader(path: path)))
+        let model = try ModelFamilies.load(CheckpointWeights(try CheckpointReader(path: path)))
+        TokenKernels.collapseToHugePages()
+        return model
     }
 
     /// Builds the tokenizer a model file carries.

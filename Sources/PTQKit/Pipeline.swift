@@ -4,6 +4,7 @@
 @_exported import Quantizers
 @_exported import Recipes
 import Foundation
+import Kernels
 
 /// Calibrate → quantize → pack → verify, as one library call per step.
 extension PTQ {
@@ -371,7 +372,9 @@ extension PTQ {
     /// Builds a runnable model from a packed model already read (`source` names it in errors).
     public static func loadPacked(_ packed: PackedModel, source: String) throws(PTQError) -> any QuantizableModel {
         try packed.validateModel(source: source)
-        return try ModelFamilies.load(PackedWeights(packed))
+        let model = try ModelFamilies.load(PackedWeights(packed))
+        TokenKernels.collapseToHugePages()
+        return model
     }
 
     /// Loads any model file: `.ptq` packed files or HDF5 checkpoints (by content, not name).

@@ -29,6 +29,26 @@ struct SplitAttentionTests {
         #expect(empty.layers == 0)
     }
 
+    /// `collapseToHugePages` moves a touched 16 MB anonymous buffer onto 2 MB pages without
+    /// changing its contents (where the kernel's THP mode allows it at all).
+    @Test func weightsCollapseToHugePages() throws {
+        let mode = (try? String(contentsOfFile: "/sys/kernel/mm/transparent_hugepage/enabled", encoding: .utf8)) ?? ""
+        let count = 16 << 18  // 16 MiB of UInt32
+        let buffer = UnsafeMutablePointer<UInt32>.allocate(capacity: count)
+        defer { buffer.deallocate() }
+        for i in 0..<count { buffer[i] = UInt32(truncatingIfNeeded: i &* 2_654_435_761) }
+        let collapsed = TokenKernels.collapseToHugePages(minimumBytes: 8 << 20)
+        if mode.contains("[never]") || ProcessInfo.processInfo.environment["PTQ_WEIGHT_HUGEPAGES"] == "0" {
+            #expect(collapsed >= 0)
+        } else {
+            // The buffer's own mapping holds at least 14 MB of whole, aligned 2 MB pages.
+            #expect(collapsed >= 14 << 20)
+        }
+        var same = true
+        for i in 0..<count where buffer[i] != UInt32(truncatingIfNeeded: i &* 2_654_435_761) { same = false }
+        #expect(same)
+    }
+
     struct Shape: CustomStringConvertible, Sendable {
         let heads: Int, kvHeads: Int, dim: Int
         var description: String { "\(heads)/\(kvHeads)×\(dim)" }

@@ -53,6 +53,12 @@ void ck_f32_to_f16(const float *src, uint16_t *dst, size_t n);
 /// ck_kv_arena_free.
 void *ck_kv_arena_alloc(size_t bytes);
 void ck_kv_arena_free(void *arena);
+/// Advises MADV_HUGEPAGE and collapses (MADV_COLLAPSE) the 2 MB-aligned interior of every private
+/// anonymous read-write mapping (and the brk heap) of at least `min_bytes`, so a loaded model's
+/// weights, which decode streams from DRAM once per token, sit on 2 MB pages (the machine's THP
+/// mode "madvise" gives none otherwise). Bytes collapsed; 0 where unsupported or with
+/// PTQ_WEIGHT_HUGEPAGES=0 in the environment.
+size_t ck_collapse_anonymous_hugepages(size_t min_bytes);
 void ck_f32_to_f16_ref(const float *src, uint16_t *dst, size_t n);
 /// dst[i] = float(src[i]) (exact).
 void ck_f16_to_f32(const uint16_t *src, float *dst, size_t n);
