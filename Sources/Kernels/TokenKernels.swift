@@ -512,25 +512,25 @@ extension TokenKernels {
     }
 }
 
-/// A half-precision KV cache's storage: `layers` runs of `count` IEEE half bit patterns, zeroed,
-/// in one arena on 2 MB pages where the kernel grants them (`ck_kv_arena_alloc`: 2 MB-aligned,
-/// MADV_HUGEPAGE before the first touch). Decode attention streams every layer's cache from
-/// DRAM once a token; on 4 KB pages each 4 KB of a stream paid a page walk and a restarted
-/// hardware prefetch (cold kernel 6–12 % slower on 4 KB pages, RESULTS twelfth pass). A class:
-/// the arena is freed with the last reference; layers hand out pointers only inside `with…`.
 extension TokenKernels {
     /// Puts the process's large anonymous memory — a just-loaded model's weights — on 2 MB pages
     /// (`ck_collapse_anonymous_hugepages`: `MADV_HUGEPAGE`, then `MADV_COLLAPSE`, on every private
     /// anonymous mapping of at least `minimumBytes`). Decode streams every weight from DRAM once a
-    /// token; on 4 KB pages each 4 KB of a stream costs a TLB miss and a page walk. The model
-    /// loaders call it after building a model; `PTQ_WEIGHT_HUGEPAGES=0` in the environment turns
-    /// it off. Returns the bytes collapsed (0 where the kernel does not support it).
+    /// token; on 4 KB pages each 4 KB of a stream costs a TLB miss and a page walk. The packed
+    /// model loader (`PTQ.loadPacked`) calls it after building a model; `PTQ_WEIGHT_HUGEPAGES=0`
+    /// in the environment turns it off. Returns the bytes collapsed (0 where the kernel does not support it).
     @discardableResult
     public static func collapseToHugePages(minimumBytes: Int = 4 << 20) -> Int {
         Int(ck_collapse_anonymous_hugepages(minimumBytes))
     }
 }
 
+/// A half-precision KV cache's storage: `layers` runs of `count` IEEE half bit patterns, zeroed,
+/// in one arena on 2 MB pages where the kernel grants them (`ck_kv_arena_alloc`: 2 MB-aligned,
+/// MADV_HUGEPAGE before the first touch). Decode attention streams every layer's cache from
+/// DRAM once a token; on 4 KB pages each 4 KB of a stream paid a page walk and a restarted
+/// hardware prefetch (cold kernel 6–12 % slower on 4 KB pages, RESULTS twelfth pass). A class:
+/// the arena is freed with the last reference; layers hand out pointers only inside `with…`.
 package final class HalfCacheArena: @unchecked Sendable {
     package let layers: Int, count: Int
     private let base: UnsafeMutablePointer<UInt16>
