@@ -1,3 +1,4 @@
+import Foundation // TMP
 import Kernels
 import Models
 import PTQCore
@@ -32,6 +33,9 @@ import PTQCore
 ///   (`ck_gemv_u4_bf16` / `ck_gemv_u8_bf16`: codes are exact bf16 values, x is rounded to bf16
 ///   once per call, fp32 sums); the choice is made at load so that memory holds one copy of the
 ///   codes, and turning `bf16Decode` off later sends those layers to the float32 nibble GEMV.
+///   With `LowBit.u4Int8Decode` (AVX-512 VNNI) the u4 layers' decode GEMV quantizes x to int8
+///   per 32 columns instead of rounding it to bf16 and runs `ck_gemv_u4_i8` on the same nibbles
+///   (llama.cpp's Q4_0 × Q8_0 scheme).
 public final class IntegerLinear: LinearOp {
     /// Canonical layer name (`layers/3/mlp/down_proj`).
     public let name: String
@@ -118,7 +122,9 @@ public final class IntegerLinear: LinearOp {
         case .weightOnly(let p):
             var gemv = p.planes != nil ? "u4 plane-table" : p.format == .u4 ? "u4" : "u8"
             if p.planes == nil && LowBit.usesBF16Gemv(p.format, columns: inFeatures, groupSize: groupSize) {
-                gemv += " bf16"
+                let i8 = p.format == .u4 && LowBit.decodesU4InInt8
+                    && LowBit.u4Int8Supported(columns: inFeatures, groupSize: groupSize)
+                gemv += i8 ? " int8-x" : " bf16"
             }
             return "\(gemv) GEMV/tile-GEMM W\(weightBits)A16 \(grouping)"
         }
@@ -365,6 +371,9 @@ public final class IntegerLinear: LinearOp {
         }
     }
 
+    static let tmpSkip = (ProcessInfo.processInfo.environment["PTQ_TMP_I8_SKIP"] ?? "").split(separator: ",").map(String.init)
+    static func tmpInt8(_ name: String) -> Bool { !tmpSkip.contains { name.contains($0) } }
+
     /// Rows up to which one fused GEMV per row beats dequantizing tiles for sgemm (measured:
     /// 8 rows of a 4096×4096 W4 layer take 4.4 ms as GEMVs, 8.8 ms as tiles, whose sgemm at
     /// so few rows is slow; on 1536×576 the two meet around 4–8 rows).
@@ -392,7 +401,7 @@ public final class IntegerLinear: LinearOp {
                         for i in 0..<rows {
                             LowBit.gemv(p.format, codes: c.baseAddress!, rows: n, columns: k, groupSize: groupSize,
                                         scales: s.baseAddress!, zeros: z.baseAddress!, x: x + i * k, y: y + i * n,
-                                        bf16: bf16)
+                                        bf16: bf16, int8: Self.tmpInt8(name))
                         }
                     } else {
                         LowBit.dequantizedProduct(p.format, codes: c.baseAddress!, outFeatures: n, inFeatures: k,
