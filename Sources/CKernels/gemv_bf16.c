@@ -416,8 +416,8 @@ static inline float *i8_sums(void *p, size_t cols) {
 static int u4_i8_switch = -1;
 int ck_u4_i8_decode_enabled(void) {
     if (u4_i8_switch < 0) {
-        const char *v = getenv("PTQ_DECODE_U4_I8");
-        u4_i8_switch = !(v && strcmp(v, "0") == 0);
+        const char *v = getenv("PTQ_DECODE_U4_I8"); // opt-in: its quality cost, docs/RESULTS.md
+        u4_i8_switch = v && strcmp(v, "1") == 0;
     }
     return u4_i8_switch;
 }
@@ -442,42 +442,31 @@ int ck_u4_i8_supported(size_t cols, size_t group_size) {
 /// could overflow (subnormal blocks), and for an all-zero block.
 static inline float i8_inverse_scale(float amax) { return amax >= 0x1p-100f ? 127.0f / amax : 0.0f; }
 
-static int i8_qb_tmp = 0; // TMP experiment
-static size_t i8_qb(void) {
-    if (!i8_qb_tmp) { const char *v = getenv("PTQ_TMP_QB"); i8_qb_tmp = v ? atoi(v) : 32; if (i8_qb_tmp != 8 && i8_qb_tmp != 16) i8_qb_tmp = 32; }
-    return (size_t)i8_qb_tmp;
-}
-
 /// Activation block b's code sum and scale into X̂ of its group (shared by both prepares).
-static inline void i8_add_block_sum_qb(float *xs, size_t cols, size_t g, size_t b, int32_t sum, float d, size_t qb) {
-    const size_t grp = g >= cols ? 0 : (b * qb) / g;
-    xs[grp] = fmaf(d, (float)sum, xs[grp]);
-}
 static inline void i8_add_block_sum(float *xs, size_t cols, size_t g, size_t b, int32_t sum, float d) {
     const size_t grp = g >= cols ? 0 : (b * QB) / g;
     xs[grp] = fmaf(d, (float)sum, xs[grp]);
 }
 
 void ck_u4_i8_prepare_ref(const float *x, size_t cols, size_t group_size, void *prepared) {
-    const size_t QBV = i8_qb();
     const size_t n = i8_x_bytes(cols), g = eff_group(cols, group_size), groups = ceil_div(cols, g);
     int8_t *a = i8_codes(prepared);
     float *d = i8_lane_scales(prepared, cols), *xs = i8_sums(prepared, cols);
     for (size_t k = 0; k < groups; k++) xs[k] = 0.0f;
-    for (size_t b = 0; b < n / QBV; b++) {
+    for (size_t b = 0; b < n / QB; b++) {
         float amax = 0.0f;
-        for (size_t j = b * QBV; j < b * QBV + QBV && j < cols; j++) amax = fmaxf(amax, fabsf(x[j]));
+        for (size_t j = b * QB; j < b * QB + QB && j < cols; j++) amax = fmaxf(amax, fabsf(x[j]));
         const float id = i8_inverse_scale(amax), db = amax >= 0x1p-100f ? amax / 127.0f : 0.0f; // ∞ stays ∞
         int32_t sum = 0;
-        for (size_t j = b * QBV; j < b * QBV + QBV; j++) {
+        for (size_t j = b * QB; j < b * QB + QB; j++) {
             float q = j < cols ? rintf(x[j] * id) : 0.0f;
             q = q != q ? -127.0f : q > 127.0f ? 127.0f : q < -127.0f ? -127.0f : q; // NaN: as CVTPS2DQ, clamped
             const size_t blk = j & ~(size_t)127, c = j & 127;
             a[blk + ((c & 1) ? 64 : 0) + (c >> 1)] = (int8_t)q;
             sum += (int32_t)q;
         }
-        for (size_t l = 0; l < QBV / 8; l++) d[(b * QBV) / 8 + l] = db; // lanes of 8 columns
-        if (b * QBV < cols) i8_add_block_sum_qb(xs, cols, g, b, sum, db, QBV);
+        for (size_t l = 0; l < QB / 8; l++) d[(b * QB) / 8 + l] = db; // lanes of 8 columns
+        if (b * QB < cols) i8_add_block_sum(xs, cols, g, b, sum, db);
     }
 }
 
@@ -521,8 +510,17 @@ void ck_gemv_u4_i8_ref(const uint8_t *codes, size_t row_begin, size_t row_count,
 #if defined(__x86_64__)
 #define CK_U4I8 __attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512bf16,avx512vnni")))
 
-/// Per 32-column activation block: max|x|, codes, even columns to the block's first 64 bytes
-/// and odd ones to the next 64 (as the twin: x·(127/max) rounded to nearest even, clamped).
+/// The max of each run of 8 lanes, in all 8 of them.
+CK_INLINE CK_U4I8 __m512 max8_ps(__m512 v) {
+    v = _mm512_max_ps(v, _mm512_permute_ps(v, 0x4E));
+    v = _mm512_max_ps(v, _mm512_permute_ps(v, 0xB1));
+    return _mm512_max_ps(v, _mm512_shuffle_f32x4(v, v, 0xB1));
+}
+
+/// 32 columns at a time (four activation blocks of 8): max|x| per block, codes x·(127/max)
+/// rounded to nearest even (CVTPS2DQ under the default MXCSR, as rintf) and clamped; the even
+/// columns to the 128-column block's first 64 bytes, the odd ones to the next 64. The same
+/// IEEE operations per value as the twin, so the same bytes.
 CK_U4I8 static void prepare_u4_i8_avx512(const float *x, size_t cols, size_t group_size, void *prepared) {
     const size_t n = i8_x_bytes(cols), g = eff_group(cols, group_size), groups = ceil_div(cols, g);
     int8_t *a = i8_codes(prepared);
@@ -530,26 +528,38 @@ CK_U4I8 static void prepare_u4_i8_avx512(const float *x, size_t cols, size_t gro
     for (size_t k = 0; k < groups; k++) xs[k] = 0.0f;
     const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
     const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
+    const __m512i first = _mm512_setr_epi32(0, 8, 16, 24, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0);
     const __m512i lim = _mm512_set1_epi32(127), nlim = _mm512_set1_epi32(-127);
-    for (size_t b = 0; b < n / QB; b++) {
-        const size_t at = b * QB;
+    const __m512 tiny = _mm512_set1_ps(0x1p-100f), c127 = _mm512_set1_ps(127.0f);
+    for (size_t at = 0; at < n; at += 32) {
         const size_t c0 = at >= cols ? 0 : cols - at < 16 ? cols - at : 16;
         const size_t c1 = at + 16 >= cols ? 0 : cols - at - 16 < 16 ? cols - at - 16 : 16;
         const __m512 f0 = _mm512_maskz_loadu_ps((__mmask16)((1u << c0) - 1), x + at);
         const __m512 f1 = _mm512_maskz_loadu_ps((__mmask16)((1u << c1) - 1), x + at + 16);
-        const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(f0), _mm512_abs_ps(f1)));
-        const float id = i8_inverse_scale(amax), db = amax >= 0x1p-100f ? amax / 127.0f : 0.0f; // ∞ stays ∞
-        const __m512 vid = _mm512_set1_ps(id);
-        // Default MXCSR rounding: to nearest even, as rintf.
-        __m512i qe = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_permutex2var_ps(f0, even, f1), vid));
-        __m512i qo = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_permutex2var_ps(f0, odd, f1), vid));
+        const __m512 m0 = max8_ps(_mm512_abs_ps(f0)), m1 = max8_ps(_mm512_abs_ps(f1));
+        const __mmask16 k0 = _mm512_cmp_ps_mask(m0, tiny, _CMP_GE_OQ), k1 = _mm512_cmp_ps_mask(m1, tiny, _CMP_GE_OQ);
+        const __m512 id0 = _mm512_maskz_div_ps(k0, c127, m0), id1 = _mm512_maskz_div_ps(k1, c127, m1);
+        __m512i qe = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_permutex2var_ps(f0, even, f1),
+                                                      _mm512_permutex2var_ps(id0, even, id1)));
+        __m512i qo = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_permutex2var_ps(f0, odd, f1),
+                                                      _mm512_permutex2var_ps(id0, odd, id1)));
         qe = _mm512_max_epi32(_mm512_min_epi32(qe, lim), nlim);
         qo = _mm512_max_epi32(_mm512_min_epi32(qo, lim), nlim);
         const size_t blk = at & ~(size_t)127, half = (at & 127) >> 1;
         _mm_storeu_si128((__m128i *)(a + blk + half), _mm512_cvtepi32_epi8(qe));
         _mm_storeu_si128((__m128i *)(a + blk + 64 + half), _mm512_cvtepi32_epi8(qo));
-        _mm_storeu_ps(d + at / 8, _mm_set1_ps(db));
-        if (at < cols) i8_add_block_sum(xs, cols, g, b, _mm512_reduce_add_epi32(_mm512_add_epi32(qe, qo)), db);
+        // d of the four blocks (lanes 0, 8 of each half), then their code sums (block b: the
+        // even and odd codes 4b … 4b + 3) into X̂ in column order.
+        const __m512 db = _mm512_permutex2var_ps(_mm512_maskz_div_ps(k0, m0, c127), first,
+                                                 _mm512_maskz_div_ps(k1, m1, c127));
+        _mm_storeu_ps(d + at / 8, _mm512_castps512_ps128(db));
+        if (at >= cols) continue;
+        float dv[4];
+        int32_t q[16];
+        _mm_storeu_ps(dv, _mm512_castps512_ps128(db));
+        _mm512_storeu_si512((void *)q, _mm512_add_epi32(qe, qo));
+        for (size_t b = 0; b < 4 && at + 8 * b < cols; b++)
+            i8_add_block_sum(xs, cols, g, at / 8 + b, q[4 * b] + q[4 * b + 1] + q[4 * b + 2] + q[4 * b + 3], dv[b]);
     }
 }
 
@@ -633,7 +643,7 @@ CK_U4I8 static void gemv_u4_i8_avx512(const uint8_t *codes, size_t row_begin, si
 
 void ck_u4_i8_prepare(const float *x, size_t cols, size_t group_size, void *prepared) {
 #if defined(__x86_64__)
-    if (ck_u4_i8_supported(cols, group_size) && i8_qb() == 32) { prepare_u4_i8_avx512(x, cols, group_size, prepared); return; }
+    if (ck_u4_i8_supported(cols, group_size)) { prepare_u4_i8_avx512(x, cols, group_size, prepared); return; }
 #endif
     ck_u4_i8_prepare_ref(x, cols, group_size, prepared);
 }

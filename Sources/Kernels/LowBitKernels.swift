@@ -1,5 +1,4 @@
 import CKernels
-import Foundation // TMP
 
 /// A read-only pointer that may cross into `concurrentPerform` workers (workers only read it).
 public struct SendableConstPointer<T>: @unchecked Sendable {
@@ -170,15 +169,14 @@ public enum LowBit {
     /// sums run in fp32 (`ck_bf16_gemv.h`); else float32 throughout.
     public static func gemv(_ format: CodeFormat, codes: UnsafePointer<UInt8>, rows: Int, columns: Int,
                             groupSize: Int, scales: UnsafePointer<Float>, zeros: UnsafePointer<Float>,
-                            x: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>, bf16: Bool = false,
-                            int8: Bool = true) {
+                            x: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>, bf16: Bool = false) {
         guard rows > 0 else { return }
         let u4 = format == .u4
         // bf16 decode: x rounded (and, for nibbles, permuted) once per call on this thread into
         // its scratch slots 19 and 20, which the parts on other threads only read.
         var xb: UnsafeMutablePointer<UInt16>?, xsums: UnsafeMutablePointer<Float>?
         var xq: UnsafeMutableRawPointer?
-        if bf16 && u4 && int8 && decodesU4InInt8 && ck_u4_i8_supported(columns, groupSize) != 0 {
+        if bf16 && u4 && decodesU4InInt8 && ck_u4_i8_supported(columns, groupSize) != 0 {
             // int8 activations (llama.cpp's Q8_0 scheme) for the VNNI kernel, prepared once per
             // call on this thread into its scratch slot 28, read by the parts on other threads.
             let p = threadScratch(slot: 28, count: ck_u4_i8_prepared_bytes(columns, groupSize), of: UInt8.self)
@@ -192,7 +190,7 @@ public enum LowBit {
         }
         let job = GemvJob(u4: u4, codes: codes, columns: columns, groupSize: groupSize, scales: scales,
                           zeros: zeros, x: x, y: y, xb: xb, xsums: xsums, xq: xq)
-        Parallel.forEachChunk(rows, minimumChunk: chunk(workPerRow: columns, atLeast: 8), chunksPerThread: tmpGemvChunks, context: job) { context, begin, end in
+        Parallel.forEachChunk(rows, minimumChunk: chunk(workPerRow: columns, atLeast: 8), context: job) { context, begin, end in
             let j = context!.load(as: GemvJob.self)
             if let xq = j.xq {
                 ck_gemv_u4_i8(j.codes, begin, end - begin, j.columns, j.groupSize, j.scales, j.zeros, xq, j.y)
@@ -206,8 +204,6 @@ public enum LowBit {
             }
         }
     }
-
-    static let tmpGemvChunks = Int(ProcessInfo.processInfo.environment["PTQ_TMP_GEMV_CHUNKS"] ?? "8") ?? 8
 
     private struct GemvJob {
         let u4: Bool, codes: UnsafePointer<UInt8>, columns: Int, groupSize: Int
@@ -614,8 +610,12 @@ public enum LowBit {
 
     /// Whether u4 weight-only decode GEMVs that would run in bf16 (`bf16Decode` on, the shape
     /// supported) quantize x to int8 per 32 columns instead and run the VNNI kernel
-    /// (`ck_u4_i8_gemv.h`, llama.cpp's Q4_0 × Q8_0 scheme on the same nibbles). PLACEHOLDER_DEFAULT
-    /// Read per call (the layout does not change); process-wide, like `bf16Decode`.
+    /// (`ck_u4_i8_gemv.h`, llama.cpp's Q4_0 × Q8_0 scheme on the same nibbles, one scale per 8
+    /// columns). Off by default: on SmolLM2 W4A16 g128 + head8 it raised the decode KL against the
+    /// float32 GEMVs from 1.3e-4 (bf16) to 8.1e-4 for no measurable decode speed (the bf16 kernel
+    /// already streams the codes from DRAM at one thread's read rate; docs/RESULTS.md, thirteenth
+    /// pass). `PTQ_DECODE_U4_I8=1` in the environment starts the process with it on. Read per call
+    /// (the layout does not change); process-wide, like `bf16Decode`.
     public static var u4Int8Decode: Bool {
         get { ck_u4_i8_decode_enabled() != 0 }
         set { ck_set_u4_i8_decode_enabled(newValue ? 1 : 0) }

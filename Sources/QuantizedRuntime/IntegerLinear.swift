@@ -1,4 +1,3 @@
-import Foundation // TMP
 import Kernels
 import Models
 import PTQCore
@@ -371,9 +370,6 @@ public final class IntegerLinear: LinearOp {
         }
     }
 
-    static let tmpSkip = (ProcessInfo.processInfo.environment["PTQ_TMP_I8_SKIP"] ?? "").split(separator: ",").map(String.init)
-    static func tmpInt8(_ name: String) -> Bool { !tmpSkip.contains { name.contains($0) } }
-
     /// Rows up to which one fused GEMV per row beats dequantizing tiles for sgemm (measured:
     /// 8 rows of a 4096×4096 W4 layer take 4.4 ms as GEMVs, 8.8 ms as tiles, whose sgemm at
     /// so few rows is slow; on 1536×576 the two meet around 4–8 rows).
@@ -401,7 +397,7 @@ public final class IntegerLinear: LinearOp {
                         for i in 0..<rows {
                             LowBit.gemv(p.format, codes: c.baseAddress!, rows: n, columns: k, groupSize: groupSize,
                                         scales: s.baseAddress!, zeros: z.baseAddress!, x: x + i * k, y: y + i * n,
-                                        bf16: bf16, int8: Self.tmpInt8(name))
+                                        bf16: bf16)
                         }
                     } else {
                         LowBit.dequantizedProduct(p.format, codes: c.baseAddress!, outFeatures: n, inFeatures: k,
