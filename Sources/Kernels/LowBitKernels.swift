@@ -177,7 +177,7 @@ public enum LowBit {
         var xb: UnsafeMutablePointer<UInt16>?, xsums: UnsafeMutablePointer<Float>?
         var xq: UnsafeMutableRawPointer?
         if bf16 && u4 && decodesU4InInt8 && ck_u4_i8_supported(columns, groupSize) != 0 {
-            // int8 activations (llama.cpp's Q8_0 scheme) for the VNNI kernel, prepared once per
+            // int8 activations (Q8_0-style, a scale per 8 columns) for the VNNI kernel, prepared once per
             // call on this thread into its scratch slot 28, read by the parts on other threads.
             let p = threadScratch(slot: 28, count: ck_u4_i8_prepared_bytes(columns, groupSize), of: UInt8.self)
             ck_u4_i8_prepare(x, columns, groupSize, p)
@@ -245,7 +245,7 @@ public enum LowBit {
     }
 
     /// The u4 decode GEMV on int8 activations alone, on the calling thread, whatever
-    /// `u4Int8Decode` says: x quantized per 32 columns (`ck_u4_i8_gemv.h`), then the AVX-512 VNNI
+    /// `u4Int8Decode` says: x quantized per 8 columns (`ck_u4_i8_gemv.h`), then the AVX-512 VNNI
     /// kernel where `ck_u4_i8_supported`, else (or with `reference`) the scalar twins, which give
     /// the same bits. For tests and `ptq bench --kernels`.
     public static func gemvU4Int8(codes: UnsafePointer<UInt8>, rows: Int, columns: Int, groupSize: Int,
@@ -609,9 +609,8 @@ public enum LowBit {
     public static var decodesInBF16: Bool { bf16DecodeOverride ?? bf16Decode }
 
     /// Whether u4 weight-only decode GEMVs that would run in bf16 (`bf16Decode` on, the shape
-    /// supported) quantize x to int8 per 32 columns instead and run the VNNI kernel
-    /// (`ck_u4_i8_gemv.h`, llama.cpp's Q4_0 × Q8_0 scheme on the same nibbles, one scale per 8
-    /// columns). Off by default: on SmolLM2 W4A16 g128 + head8 it raised the decode KL against the
+    /// supported) quantize x to int8 with one scale per 8 columns instead and run the VNNI kernel
+    /// (`ck_u4_i8_gemv.h`, llama.cpp's Q4_0 × Q8_0 scheme on the same nibbles). Off by default: on SmolLM2 W4A16 g128 + head8 it raised the decode KL against the
     /// float32 GEMVs from 1.3e-4 (bf16) to 8.1e-4 for no measurable decode speed (the bf16 kernel
     /// already streams the codes from DRAM at one thread's read rate; docs/RESULTS.md, thirteenth
     /// pass). `PTQ_DECODE_U4_I8=1` in the environment starts the process with it on. Read per call

@@ -32,8 +32,8 @@ import PTQCore
 ///   (`ck_gemv_u4_bf16` / `ck_gemv_u8_bf16`: codes are exact bf16 values, x is rounded to bf16
 ///   once per call, fp32 sums); the choice is made at load so that memory holds one copy of the
 ///   codes, and turning `bf16Decode` off later sends those layers to the float32 nibble GEMV.
-///   With `LowBit.u4Int8Decode` (AVX-512 VNNI) the u4 layers' decode GEMV quantizes x to int8
-///   per 32 columns instead of rounding it to bf16 and runs `ck_gemv_u4_i8` on the same nibbles
+///   With `LowBit.u4Int8Decode` (opt-in; AVX-512 VNNI) the u4 layers' decode GEMV quantizes x to
+///   int8 with one scale per 8 columns instead of rounding it to bf16 and runs `ck_gemv_u4_i8` on the same nibbles
 ///   (llama.cpp's Q4_0 × Q8_0 scheme).
 public final class IntegerLinear: LinearOp {
     /// Canonical layer name (`layers/3/mlp/down_proj`).
