@@ -67,10 +67,35 @@ void ck_sign_i8_prepare_ref(const float *x, const ptrdiff_t *columns, const floa
 #if defined(__x86_64__)
 #define CK_SIGN_I8 __attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni")))
 
+/// `gather` eight lanes at a time: lane i is the twin's partial sum p[i] (k mod 8, the same adds
+/// in the same order; the tail's masked lanes add +0, which changes no partial sum), the same
+/// pairwise combine, and the same maximum (`vmaxps` keeps the running m for a NaN, as the twin's
+/// compare does).
+CK_SIGN_I8 static float gather_512(const float *x, const ptrdiff_t *columns, const float *r2, size_t nb, float *xt,
+                                   float *sum) {
+    __m256 p = _mm256_setzero_ps(), m = p;
+    for (size_t k = 0; k < nb; k += 8) {
+        const __mmask8 live = nb - k >= 8 ? (__mmask8)0xFF : (__mmask8)((1u << (nb - k)) - 1);
+        const __m512i idx = _mm512_maskz_loadu_epi64(live, columns + k);
+        const __m256 g = _mm512_mask_i64gather_ps(_mm256_setzero_ps(), live, idx, x, 4);
+        const __m256 v = _mm256_mul_ps(_mm256_maskz_loadu_ps(live, r2 + k), g);
+        _mm256_mask_storeu_ps(xt + k, live, v);
+        p = _mm256_add_ps(p, v);
+        m = _mm256_max_ps(_mm256_andnot_ps(_mm256_set1_ps(-0.0f), v), m);
+    }
+    float pp[8], mm[8];
+    _mm256_storeu_ps(pp, p);
+    _mm256_storeu_ps(mm, m);
+    *sum = ((pp[0] + pp[1]) + (pp[2] + pp[3])) + ((pp[4] + pp[5]) + (pp[6] + pp[7]));
+    float r = 0;
+    for (unsigned i = 0; i < 8; i++) r = mm[i] > r ? mm[i] : r;
+    return r;
+}
+
 CK_SIGN_I8 static void prepare_512(const float *x, const ptrdiff_t *columns, const float *r2, size_t nb,
                                    size_t words_per_row, float *xt, int8_t *xq, CKSignI8Input *in) {
     float sum;
-    const float m = gather(x, columns, r2, nb, xt, &sum);
+    const float m = gather_512(x, columns, r2, nb, xt, &sum);
     const float inv = (m > 0 && isfinite(m)) ? 127.0f / m : 0.0f;
     const __m512 vinv = _mm512_set1_ps(inv);
     const __m512i lo = _mm512_set1_epi32(-127), hi = _mm512_set1_epi32(127);
