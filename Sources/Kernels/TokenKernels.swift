@@ -162,14 +162,16 @@ public enum TokenKernels {
         let q: UnsafePointer<Float>, keys: UnsafeRawPointer, values: UnsafeRawPointer
         let count: Int, chunk: Int, heads: Int, kvHeads: Int, dim: Int, stride: Int, kvHeadStride: Int, scale: Float
         let scores: UnsafeMutablePointer<Float>, partial: UnsafeMutablePointer<Float>
-        let half: Bool
+        /// The half cache's range kernel (`ck_attend_part_f16`, or `ck_attend_part_f16t` for
+        /// tiled keys), nil for a float cache.
+        let halfPart: HalfPart?
 
         func range(_ t: Int) {
             let begin = min(count, t * chunk), end = min(count, begin + chunk)
             let partial = partial + t * heads * (dim + 2)
-            if half {
-                ck_attend_part_f16(q, keys.assumingMemoryBound(to: UInt16.self), values.assumingMemoryBound(to: UInt16.self),
-                                   begin, end, stride, kvHeadStride, dim, heads, kvHeads, scale, scores, count, partial)
+            if let halfPart {
+                halfPart(q, keys.assumingMemoryBound(to: UInt16.self), values.assumingMemoryBound(to: UInt16.self),
+                         begin, end, stride, kvHeadStride, dim, heads, kvHeads, scale, scores, count, partial)
             } else {
                 ck_attend_part(q, keys.assumingMemoryBound(to: Float.self), values.assumingMemoryBound(to: Float.self),
                                begin, end, stride, kvHeadStride, dim, heads, kvHeads, scale, scores, count, partial)
@@ -185,7 +187,7 @@ public enum TokenKernels {
     private static func attendSplit(
         q: UnsafePointer<Float>, keys: UnsafeRawPointer, values: UnsafeRawPointer, count: Int, heads: Int,
         kvHeads: Int, dim: Int, stride: Int, kvHeadStride: Int, scale: Float, scores: UnsafeMutablePointer<Float>,
-        out: UnsafeMutablePointer<Float>, half: Bool, serial: Bool
+        out: UnsafeMutablePointer<Float>, halfPart: HalfPart?, serial: Bool
     ) {
         // Two ranges per thread, claimed dynamically, so that a thread another process preempts
         // holds up at most half its share; at least 64 positions a range (each range re-reads the
@@ -195,7 +197,7 @@ public enum TokenKernels {
         let partial = LowBit.threadScratch(slot: attentionPartialSlot, count: parts * heads * (dim + 2), of: Float.self)
         let job = SplitAttentionJob(q: q, keys: keys, values: values, count: count, chunk: chunk, heads: heads,
                                     kvHeads: kvHeads, dim: dim, stride: stride, kvHeadStride: kvHeadStride, scale: scale,
-                                    scores: scores, partial: partial, half: half)
+                                    scores: scores, partial: partial, halfPart: halfPart)
         if parts == 1 {
             job.range(0)
         } else {
@@ -267,14 +269,14 @@ public enum TokenKernels {
         guard heads > 0, count > 0 else { return }
         let serial = reference || count * dim * heads < 1 << 14
         if !reference, !perHead, kvHeads > 0, heads % kvHeads == 0, splitsAttention(dim: dim) {
-            let half: Bool
+            let halfPart: HalfPart?
             switch kernels {
-            case .float: half = false
-            case .half: half = true
+            case .float: halfPart = nil
+            case .half: halfPart = ck_attend_part_f16
             }
             attendSplit(q: q, keys: keys, values: values, count: count, heads: heads, kvHeads: kvHeads, dim: dim,
-                        stride: stride, kvHeadStride: kvHeadStride, scale: scale, scores: scores, out: out, half: half,
-                        serial: serial)
+                        stride: stride, kvHeadStride: kvHeadStride, scale: scale, scores: scores, out: out,
+                        halfPart: halfPart, serial: serial)
             return
         }
         let job = AttentionJob(q: q, keys: keys, values: values, count: count, heads: heads, kvHeads: kvHeads, dim: dim,
@@ -315,12 +317,62 @@ public enum TokenKernels {
                                   : .half(ck_attend_one_f16, ck_attend_group_f16))
     }
 
+    /// Whether a new half KV cache keeps its keys in tiles of 16 positions, dimension-major inside
+    /// a tile (`ck_attend_part_f16t`: the scores of 16 positions come out of one vector of FMAs,
+    /// no horizontal sums): on where decode attention runs split by positions (AVX-512) for heads
+    /// of `dim` values, unless `PTQ_KV_TILED=0` was in the environment at start or
+    /// `tiledHalfKeys` is off. Decided when a cache is made; the cache remembers its layout.
+    public static func tilesHalfKeys(dim: Int) -> Bool { tiledHalfKeys && splitsAttention(dim: dim) }
+
+    /// The tiled-key switch (`PTQ_KV_TILED=0` starts the process with it off). Process-wide:
+    /// tests that flip it hold `kernelSwitchLock`.
+    public static var tiledHalfKeys: Bool {
+        get { ck_kv_tiled_enabled() != 0 }
+        set { ck_set_kv_tiled_enabled(newValue ? 1 : 0) }
+    }
+
+    /// The tiled-key range kernel and its twin as C function pointers.
+    private static let tiledPart: HalfPart = ck_attend_part_f16t
+    private static let tiledPartReference: HalfPart = ck_attend_part_f16t_ref
+
+    /// `attendOne(halfKeys:)` over a half cache whose keys are tiled (`tilesHalfKeys`; key (j, d)
+    /// of KV head g at keys + g·kvHeadStride + (j − j mod 16)·dim + 16·d + j mod 16; values
+    /// head-major, `dim` halves a position): always split by positions (`ck_attend_part_f16t`,
+    /// its scalar twin with `reference` or without AVX-512), ranges of whole tiles. kvHeadStride
+    /// covers whole tiles. Matches `attendOne(halfKeys:)` on the same values to the split
+    /// kernel's tolerance (summation order).
+    public static func attendOne(q: UnsafePointer<Float>, tiledHalfKeys keys: UnsafePointer<UInt16>,
+                                 halfValues values: UnsafePointer<UInt16>, count: Int, heads: Int, kvHeads: Int,
+                                 dim: Int, kvHeadStride: Int, scale: Float, scores: UnsafeMutablePointer<Float>,
+                                 out: UnsafeMutablePointer<Float>, reference: Bool = false) {
+        guard heads > 0, count > 0 else { return }
+        precondition(kvHeads > 0 && heads % kvHeads == 0 && kvHeadStride % (16 * dim) == 0,
+                     "tiled attention: \(heads) heads over \(kvHeads) KV heads, KV head stride \(kvHeadStride)")
+        attendSplit(q: q, keys: keys, values: values, count: count, heads: heads, kvHeads: kvHeads, dim: dim,
+                    stride: dim, kvHeadStride: kvHeadStride, scale: scale, scores: scores, out: out,
+                    halfPart: reference ? TokenKernels.tiledPartReference : TokenKernels.tiledPart,
+                    serial: reference || count * dim * heads < 1 << 14)
+    }
+
     /// Rounds `count` floats to IEEE half bit patterns, to nearest even (F16C `vcvtps2ph`, or
     /// the bit-exact scalar twin with `reference`).
     public static func roundToHalf(_ source: UnsafePointer<Float>, into destination: UnsafeMutablePointer<UInt16>,
                                    count: Int, reference: Bool = false) {
         guard count > 0 else { return }
         if reference { ck_f32_to_f16_ref(source, destination, count) } else { ck_f32_to_f16(source, destination, count) }
+    }
+
+    /// Rounds one position's `dim` floats into a tiled half key head (`attendOne(tiledHalfKeys:)`'s
+    /// layout) at `position`, as `roundToHalf` rounds (`ck_f32_to_f16_tiled`).
+    package static func roundToHalf(_ source: UnsafePointer<Float>, intoTiledHead head: UnsafeMutablePointer<UInt16>,
+                                    position: Int, dim: Int) {
+        ck_f32_to_f16_tiled(source, head, position, dim)
+    }
+
+    /// Widens position `position` of a tiled half key head into `dim` floats (exact).
+    package static func widenHalf(tiledHead head: UnsafePointer<UInt16>, position: Int, dim: Int,
+                                  into destination: UnsafeMutablePointer<Float>) {
+        ck_f16_tiled_to_f32(head, position, dim, destination)
     }
 
     /// Widens `count` IEEE half bit patterns to floats (exact).
