@@ -189,10 +189,10 @@ public enum TokenKernels {
         kvHeads: Int, dim: Int, stride: Int, kvHeadStride: Int, scale: Float, scores: UnsafeMutablePointer<Float>,
         out: UnsafeMutablePointer<Float>, halfPart: HalfPart?, serial: Bool
     ) {
-        // Two ranges per thread, claimed dynamically, so that a thread another process preempts
-        // holds up at most half its share; at least 64 positions a range (each range re-reads the
-        // queries and pays a softmax tail and a merge term).
-        let parts = serial ? 1 : max(1, min(2 * Parallel.workerCount, count / 64))
+        // One range per thread by default (`attentionRangesPerThread`), claimed dynamically; at
+        // least 64 positions a range (each range re-reads the queries and pays a softmax tail and
+        // a merge term).
+        let parts = serial ? 1 : max(1, min(attentionRangesPerThread * Parallel.workerCount, count / 64))
         let chunk = ((count + parts - 1) / parts + 15) & ~15
         let partial = LowBit.threadScratch(slot: attentionPartialSlot, count: parts * heads * (dim + 2), of: Float.self)
         let job = SplitAttentionJob(q: q, keys: keys, values: values, count: count, chunk: chunk, heads: heads,
@@ -205,6 +205,16 @@ public enum TokenKernels {
         }
         ck_attend_merge(partial, parts, heads, dim, out)
     }
+
+    /// Position ranges per pool thread of the split decode attention: 1, or `PTQ_ATTEND_RANGES`
+    /// (1–8) from the environment at start. Each range starts 2 new DRAM streams per KV head
+    /// (keys, then values); from DRAM, 2 ranges per thread cost 15–25 % more CPU than 1 (kernel
+    /// harness, 240 layers, RESULTS thirteenth pass), which outweighs what the second range
+    /// bought: a preempted thread holding up half its share instead of all of it.
+    static let attentionRangesPerThread: Int = {
+        guard let text = ProcessInfo.processInfo.environment["PTQ_ATTEND_RANGES"], let n = Int(text) else { return 1 }
+        return min(max(n, 1), 8)
+    }()
 
     /// One decode attention call's operands.
     private struct AttentionJob {
