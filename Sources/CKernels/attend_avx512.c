@@ -336,6 +336,19 @@ int ck_kv_tiled_enabled(void) {
 
 void ck_set_kv_tiled_enabled(int enabled) { tiled_enabled = enabled ? 1 : 0; }
 
+// -1 until first read: PTQ_ATTEND_HEAD_MAJOR=0 in the environment starts the process on the position cut.
+static int head_major_enabled = -1;
+
+int ck_attend_head_major_enabled(void) {
+    if (head_major_enabled < 0) {
+        const char *v = getenv("PTQ_ATTEND_HEAD_MAJOR");
+        head_major_enabled = !(v && strcmp(v, "0") == 0);
+    }
+    return head_major_enabled;
+}
+
+void ck_set_attend_head_major_enabled(int enabled) { head_major_enabled = enabled ? 1 : 0; }
+
 int ck_attend_part_fast(size_t dim) {
 #if defined(__x86_64__)
     return dim > 0 && dim <= 16 * ATTEND_PART_CHUNKS && ck_cpu_has_avx512vnni() && __builtin_cpu_supports("avx512bw");

@@ -156,8 +156,13 @@ public enum TokenKernels {
     /// this file's), taken on the calling thread and written by every range's task.
     static let attentionPartialSlot = 24
 
-    /// One split decode attention call: range t covers positions t·chunk ..< (t + 1)·chunk for
-    /// every head and leaves its partials at partial + t·heads·(dim + 2) (`ck_attend_part`).
+    /// One split decode attention call. Head-major (`headMajor`, the default): the KV heads'
+    /// positions, each head padded to whole 16-position tiles, laid end to end, and range t
+    /// covers t·chunk ..< (t + 1)·chunk of that sequence: whole KV heads and at most two partial
+    /// ones (SmolLM2, 2 ranges: head 0 and the first half of head 1, the rest of head 1 and head 2).
+    /// Otherwise range t covers positions t·chunk ..< (t + 1)·chunk of every head. Either way
+    /// range t leaves its partials at partial + t·heads·(dim + 2) (`ck_attend_part`), empty
+    /// (l = 0, skipped by the merge) for the heads it does not touch.
     private struct SplitAttentionJob {
         let q: UnsafePointer<Float>, keys: UnsafeRawPointer, values: UnsafeRawPointer
         let count: Int, chunk: Int, heads: Int, kvHeads: Int, dim: Int, stride: Int, kvHeadStride: Int, scale: Float
@@ -165,25 +170,53 @@ public enum TokenKernels {
         /// The half cache's range kernel (`ck_attend_part_f16`, or `ck_attend_part_f16t` for
         /// tiled keys), nil for a float cache.
         let halfPart: HalfPart?
+        let headMajor: Bool
+
+        /// Positions [begin, end) of query heads first ..< first + heads (KV heads kv ..< kv + kvHeads).
+        func run(firstHead h: Int, heads: Int, kvHead kv: Int, kvHeads: Int, begin: Int, end: Int,
+                 partial: UnsafeMutablePointer<Float>) {
+            let q = q + h * dim, scores = scores + h * count, partial = partial + h * (dim + 2)
+            if let halfPart {
+                halfPart(q, keys.assumingMemoryBound(to: UInt16.self) + kv * kvHeadStride,
+                         values.assumingMemoryBound(to: UInt16.self) + kv * kvHeadStride, begin, end, stride,
+                         kvHeadStride, dim, heads, kvHeads, scale, scores, count, partial)
+            } else {
+                ck_attend_part(q, keys.assumingMemoryBound(to: Float.self) + kv * kvHeadStride,
+                               values.assumingMemoryBound(to: Float.self) + kv * kvHeadStride, begin, end, stride,
+                               kvHeadStride, dim, heads, kvHeads, scale, scores, count, partial)
+            }
+        }
 
         func range(_ t: Int) {
-            let begin = min(count, t * chunk), end = min(count, begin + chunk)
             let partial = partial + t * heads * (dim + 2)
-            if let halfPart {
-                halfPart(q, keys.assumingMemoryBound(to: UInt16.self), values.assumingMemoryBound(to: UInt16.self),
-                         begin, end, stride, kvHeadStride, dim, heads, kvHeads, scale, scores, count, partial)
-            } else {
-                ck_attend_part(q, keys.assumingMemoryBound(to: Float.self), values.assumingMemoryBound(to: Float.self),
-                               begin, end, stride, kvHeadStride, dim, heads, kvHeads, scale, scores, count, partial)
+            guard headMajor else {
+                let begin = min(count, t * chunk), end = min(count, begin + chunk)
+                run(firstHead: 0, heads: heads, kvHead: 0, kvHeads: kvHeads, begin: begin, end: end, partial: partial)
+                return
+            }
+            let padded = (count + 15) & ~15, group = heads / kvHeads, first = t * chunk, last = first + chunk
+            for kv in 0..<kvHeads {
+                let begin = min(count, max(0, first - kv * padded)), end = min(count, max(0, last - kv * padded))
+                if begin < end {
+                    run(firstHead: kv * group, heads: group, kvHead: kv, kvHeads: 1, begin: begin, end: end,
+                        partial: partial)
+                } else {
+                    for h in (kv * group)..<((kv + 1) * group) {
+                        partial[h * (dim + 2)] = -.infinity
+                        partial[h * (dim + 2) + 1] = 0
+                    }
+                }
             }
         }
     }
 
-    /// Decode attention split by positions (flash-decoding): two ranges per pool thread, each
-    /// running every head over its positions (`ck_attend_part`: every key and value row read
-    /// once for the query heads of its KV head), then `ck_attend_merge` on the calling thread.
-    /// SmolLM2's 3 KV heads cannot be shared evenly by 2 threads; positions can. Ranges are
-    /// multiples of 16 positions (the kernel's step). One pool job, no allocation (slot 24).
+    /// Decode attention split into ranges (flash-decoding): one range per pool thread (see
+    /// `SplitAttentionJob` for the head-major cut), each running its query heads over its
+    /// positions (`ck_attend_part`: every key and value row read once for the query heads of its
+    /// KV head), then `ck_attend_merge` on the calling thread. SmolLM2's 3 KV heads cannot be
+    /// shared evenly by 2 threads whole; cut head-major, each thread reads 2 long streams of keys
+    /// and values where the position cut gave it 3 short ones. Ranges are multiples of 16
+    /// positions (a key tile). One pool job, no allocation (slot 24).
     private static func attendSplit(
         q: UnsafePointer<Float>, keys: UnsafeRawPointer, values: UnsafeRawPointer, count: Int, heads: Int,
         kvHeads: Int, dim: Int, stride: Int, kvHeadStride: Int, scale: Float, scores: UnsafeMutablePointer<Float>,
@@ -192,18 +225,31 @@ public enum TokenKernels {
         // One range per thread by default (`attentionRangesPerThread`), claimed dynamically; at
         // least 64 positions a range (each range re-reads the queries and pays a softmax tail and
         // a merge term).
-        let parts = serial ? 1 : max(1, min(attentionRangesPerThread * Parallel.workerCount, count / 64))
-        let chunk = ((count + parts - 1) / parts + 15) & ~15
+        let headMajor = attentionHeadMajor
+        let length = headMajor ? kvHeads * ((count + 15) & ~15) : count
+        let parts = serial ? 1 : max(1, min(attentionRangesPerThread * Parallel.workerCount, length / 64))
+        let chunk = ((length + parts - 1) / parts + 15) & ~15
         let partial = LowBit.threadScratch(slot: attentionPartialSlot, count: parts * heads * (dim + 2), of: Float.self)
         let job = SplitAttentionJob(q: q, keys: keys, values: values, count: count, chunk: chunk, heads: heads,
                                     kvHeads: kvHeads, dim: dim, stride: stride, kvHeadStride: kvHeadStride, scale: scale,
-                                    scores: scores, partial: partial, halfPart: halfPart)
+                                    scores: scores, partial: partial, halfPart: halfPart, headMajor: headMajor)
         if parts == 1 {
             job.range(0)
         } else {
             Parallel.forEach(parts, context: job) { context, t, _ in context!.load(as: SplitAttentionJob.self).range(t) }
         }
         ck_attend_merge(partial, parts, heads, dim, out)
+    }
+
+    /// Whether the split decode attention cuts the KV heads' positions head-major
+    /// (`SplitAttentionJob`): on, unless `PTQ_ATTEND_HEAD_MAJOR=0` was in the environment at
+    /// start (then every range runs every head over a range of positions, as before). From DRAM,
+    /// 2 threads: 9–18 % less CPU a layer (kernel harness, RESULTS thirteenth pass). Results
+    /// differ from the position cut in summation order only (other ranges merged).
+    /// Process-wide: tests that flip it hold `kernelSwitchLock`.
+    public static var attentionHeadMajor: Bool {
+        get { ck_attend_head_major_enabled() != 0 }
+        set { ck_set_attend_head_major_enabled(newValue ? 1 : 0) }
     }
 
     /// Position ranges per pool thread of the split decode attention: 1, or `PTQ_ATTEND_RANGES`

@@ -254,10 +254,11 @@ struct SplitAttentionTests {
         }
         TokenKernels.kernelSwitchLock.lock()
         defer { TokenKernels.kernelSwitchLock.unlock() }
-        let wasOn = TokenKernels.splitAttention
-        defer { TokenKernels.splitAttention = wasOn }
-        for half in [false, true] {
-            let label = "count \(count) shape \(shape) half \(half)"
+        let wasOn = TokenKernels.splitAttention, headMajorWas = TokenKernels.attentionHeadMajor
+        defer { (TokenKernels.splitAttention, TokenKernels.attentionHeadMajor) = (wasOn, headMajorWas) }
+        for (half, headMajor) in [(false, true), (true, true), (false, false), (true, false)] {
+            TokenKernels.attentionHeadMajor = headMajor
+            let label = "count \(count) shape \(shape) half \(half) head-major \(headMajor)"
             let ref = run(half: half, reference: true)
             TokenKernels.splitAttention = true
             let split = run(half: half)

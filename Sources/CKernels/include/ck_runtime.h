@@ -90,6 +90,11 @@ void ck_attend_group_f16_ref(const float *q, const uint16_t *keys, const uint16_
 /// holds; PTQ_ATTEND_SPLIT=0 in the environment starts the process with 0 (the grouped kernels).
 int ck_attend_split_enabled(void);
 void ck_set_attend_split_enabled(int enabled);
+/// 1 (the default) when the split decode attention cuts the KV heads' positions head-major
+/// (`TokenKernels.attentionHeadMajor`); PTQ_ATTEND_HEAD_MAJOR=0 in the environment starts the
+/// process with 0 (every range runs every head over a range of positions).
+int ck_attend_head_major_enabled(void);
+void ck_set_attend_head_major_enabled(int enabled);
 /// 1 when ck_attend_part[_f16] runs the AVX-512 kernel for heads of `dim` values (else the twin).
 int ck_attend_part_fast(size_t dim);
 /// The range [begin, end) of decode attention over a float cache, for all heads.
