@@ -6,8 +6,13 @@
 // Split decode attention (flash-decoding): ck_attend_part[_f16] runs every query head over one
 // range of cached positions and leaves, per head, the range's score maximum m, its sum of
 // e^(s − m) l and the unnormalised Σ e^(s − m)·v; ck_attend_merge combines the ranges with their
-// log-sum-exp weights. A decode step runs one range per pool task (positions, not heads, are
-// split: SmolLM2's 3 KV heads do not split evenly over 2 threads).
+// log-sum-exp weights. A decode step runs one range per pool task (TokenKernels: by default the
+// KV heads' positions cut head-major, so a range is whole KV heads plus at most two partial ones).
+//
+// Half caches keep their keys either position-major (ck_attend_part_f16) or in tiles of 16
+// positions, dimension-major inside a tile (ck_attend_part_f16t, the model's default): there the
+// 16 scores of a tile come out of one vector of FMAs (q[r][d] broadcast against the tile's row
+// d) with no shuffle tree; values are position-major in both. Same tolerance against the twin.
 //
 // Fast path (AVX-512 F/BW/VL + F16C, behind the VNNI switch as the other AVX-512 kernels): the
 // query heads of one KV head (up to 3 at a time) stay in registers, each key and value row is
@@ -310,43 +315,25 @@ CK_DEFINE_ATTEND_PART_DRIVER(attend_part_f16t_avx512, uint16_t, attend_part_f16t
 #include <stdlib.h>
 #include <string.h>
 
-// -1 until first read: PTQ_ATTEND_SPLIT=0 in the environment starts the process on the grouped kernels.
-static int split_enabled = -1;
-
-int ck_attend_split_enabled(void) {
-    if (split_enabled < 0) {
-        const char *v = getenv("PTQ_ATTEND_SPLIT");
-        split_enabled = !(v && strcmp(v, "0") == 0);
+// Process-wide switches, -1 until first read: NAME=0 in the environment starts the process with
+// the switch off.
+static int env_switch(int *state, const char *name) {
+    if (*state < 0) {
+        const char *v = getenv(name);
+        *state = !(v && strcmp(v, "0") == 0);
     }
-    return split_enabled;
+    return *state;
 }
 
+static int split_enabled = -1;       // PTQ_ATTEND_SPLIT=0: the grouped kernels
+static int tiled_enabled = -1;       // PTQ_KV_TILED=0: position-major half keys
+static int head_major_enabled = -1;  // PTQ_ATTEND_HEAD_MAJOR=0: ranges cut by positions over every head
+
+int ck_attend_split_enabled(void) { return env_switch(&split_enabled, "PTQ_ATTEND_SPLIT"); }
 void ck_set_attend_split_enabled(int enabled) { split_enabled = enabled ? 1 : 0; }
-
-// -1 until first read: PTQ_KV_TILED=0 in the environment starts the process with row-major keys.
-static int tiled_enabled = -1;
-
-int ck_kv_tiled_enabled(void) {
-    if (tiled_enabled < 0) {
-        const char *v = getenv("PTQ_KV_TILED");
-        tiled_enabled = !(v && strcmp(v, "0") == 0);
-    }
-    return tiled_enabled;
-}
-
+int ck_kv_tiled_enabled(void) { return env_switch(&tiled_enabled, "PTQ_KV_TILED"); }
 void ck_set_kv_tiled_enabled(int enabled) { tiled_enabled = enabled ? 1 : 0; }
-
-// -1 until first read: PTQ_ATTEND_HEAD_MAJOR=0 in the environment starts the process on the position cut.
-static int head_major_enabled = -1;
-
-int ck_attend_head_major_enabled(void) {
-    if (head_major_enabled < 0) {
-        const char *v = getenv("PTQ_ATTEND_HEAD_MAJOR");
-        head_major_enabled = !(v && strcmp(v, "0") == 0);
-    }
-    return head_major_enabled;
-}
-
+int ck_attend_head_major_enabled(void) { return env_switch(&head_major_enabled, "PTQ_ATTEND_HEAD_MAJOR"); }
 void ck_set_attend_head_major_enabled(int enabled) { head_major_enabled = enabled ? 1 : 0; }
 
 int ck_attend_part_fast(size_t dim) {
