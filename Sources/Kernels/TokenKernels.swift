@@ -92,10 +92,11 @@ public enum TokenKernels {
     /// Decode attention: one query row of `heads` heads (`q` = heads × dim) over `count` cached
     /// positions, grouped-query (head h reads KV head h / (heads / kvHeads)); `keys`/`values`
     /// rows have `stride` floats (kvHeads × dim). `scores` is scratch of heads × count floats.
-    /// Where `splitAttention` holds (AVX-512, the default) the cached positions are split into
-    /// one range per pool thread, each running every head (`ck_attend_part`: each key and value
-    /// row read once for the query heads of its KV head), and the ranges' softmax partials are
-    /// merged (flash-decoding; results differ from the grouped kernels in summation order only).
+    /// Where `splitAttention` holds (AVX-512, the default) the KV heads' cached positions are cut
+    /// into one range per pool thread (head-major, `attentionHeadMajor`), each running the query
+    /// heads of its KV heads (`ck_attend_part`: each key and value row read once for the query
+    /// heads of its KV head), and the ranges' softmax partials are merged (flash-decoding;
+    /// results differ from the grouped kernels in summation order only).
     /// Otherwise the heads that share a KV head run in one kernel call that reads each key and value row
     /// once for all of them (`ck_attend_group`, blocks of 2 heads on the pool, see
     /// `attend`). Softmax is `Ops.softmax`'s kernel (the reference
