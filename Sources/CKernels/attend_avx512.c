@@ -345,47 +345,26 @@ int ck_attend_part_fast(size_t dim) {
 #endif
 }
 
-void ck_attend_part(const float *q, const float *keys, const float *values, size_t begin, size_t end, size_t stride,
-                    size_t kv_head_stride, size_t dim, size_t heads, size_t kv_heads, float scale, float *scores,
-                    size_t score_stride, float *partial) {
-    if (heads == 0 || kv_heads == 0) return;
+// The entry points: the AVX-512 kernel FAST where ck_attend_part_fast(dim) and COND hold, else
+// the twin REF. (No fast kernel off x86-64: FAST is never named there.)
 #if defined(__x86_64__)
-    if (ck_attend_part_fast(dim)) {
-        attend_part_avx512(q, keys, values, begin, end, stride, kv_head_stride, dim, heads, kv_heads, scale, scores,
-                           score_stride, partial);
-        return;
-    }
+#define ATTEND_PART_FAST(FAST, COND, ...) \
+    if (ck_attend_part_fast(dim) && (COND)) { FAST(__VA_ARGS__); return; }
+#else
+#define ATTEND_PART_FAST(FAST, COND, ...)
 #endif
-    ck_attend_part_ref(q, keys, values, begin, end, stride, kv_head_stride, dim, heads, kv_heads, scale, scores,
-                       score_stride, partial);
-}
+#define CK_DEFINE_ATTEND_PART_ENTRY(NAME, ELEM, FAST, REF, COND)                                          \
+    void NAME(const float *q, const ELEM *keys, const ELEM *values, size_t begin, size_t end, size_t stride, \
+              size_t kv_head_stride, size_t dim, size_t heads, size_t kv_heads, float scale, float *scores,  \
+              size_t score_stride, float *partial) {                                                       \
+        if (heads == 0 || kv_heads == 0) return;                                                           \
+        ATTEND_PART_FAST(FAST, COND, q, keys, values, begin, end, stride, kv_head_stride, dim, heads, kv_heads, \
+                         scale, scores, score_stride, partial)                                             \
+        REF(q, keys, values, begin, end, stride, kv_head_stride, dim, heads, kv_heads, scale, scores, score_stride, \
+            partial);                                                                                      \
+    }
 
-void ck_attend_part_f16(const float *q, const uint16_t *keys, const uint16_t *values, size_t begin, size_t end,
-                        size_t stride, size_t kv_head_stride, size_t dim, size_t heads, size_t kv_heads, float scale,
-                        float *scores, size_t score_stride, float *partial) {
-    if (heads == 0 || kv_heads == 0) return;
-#if defined(__x86_64__)
-    if (ck_attend_part_fast(dim)) {
-        attend_part_f16_avx512(q, keys, values, begin, end, stride, kv_head_stride, dim, heads, kv_heads, scale,
-                               scores, score_stride, partial);
-        return;
-    }
-#endif
-    ck_attend_part_f16_ref(q, keys, values, begin, end, stride, kv_head_stride, dim, heads, kv_heads, scale, scores,
-                           score_stride, partial);
-}
-
-void ck_attend_part_f16t(const float *q, const uint16_t *keys, const uint16_t *values, size_t begin, size_t end,
-                         size_t stride, size_t kv_head_stride, size_t dim, size_t heads, size_t kv_heads, float scale,
-                         float *scores, size_t score_stride, float *partial) {
-    if (heads == 0 || kv_heads == 0) return;
-#if defined(__x86_64__)
-    if (ck_attend_part_fast(dim) && dim % 4 == 0) {
-        attend_part_f16t_avx512(q, keys, values, begin, end, stride, kv_head_stride, dim, heads, kv_heads, scale,
-                                scores, score_stride, partial);
-        return;
-    }
-#endif
-    ck_attend_part_f16t_ref(q, keys, values, begin, end, stride, kv_head_stride, dim, heads, kv_heads, scale, scores,
-                            score_stride, partial);
-}
+CK_DEFINE_ATTEND_PART_ENTRY(ck_attend_part, float, attend_part_avx512, ck_attend_part_ref, 1)
+CK_DEFINE_ATTEND_PART_ENTRY(ck_attend_part_f16, uint16_t, attend_part_f16_avx512, ck_attend_part_f16_ref, 1)
+// The tiled q·K runs d in steps of 4.
+CK_DEFINE_ATTEND_PART_ENTRY(ck_attend_part_f16t, uint16_t, attend_part_f16t_avx512, ck_attend_part_f16t_ref, dim % 4 == 0)
