@@ -6,8 +6,13 @@
 // Split decode attention (flash-decoding): ck_attend_part[_f16] runs every query head over one
 // range of cached positions and leaves, per head, the range's score maximum m, its sum of
 // e^(s − m) l and the unnormalised Σ e^(s − m)·v; ck_attend_merge combines the ranges with their
-// log-sum-exp weights. A decode step runs one range per pool task (positions, not heads, are
-// split: SmolLM2's 3 KV heads do not split evenly over 2 threads).
+// log-sum-exp weights. A decode step runs one range per pool task (TokenKernels: by default the
+// KV heads' positions cut head-major, so a range is whole KV heads plus at most two partial ones).
+//
+// Half caches keep their keys either position-major (ck_attend_part_f16) or in tiles of 16
+// positions, dimension-major inside a tile (ck_attend_part_f16t, the model's default): there the
+// 16 scores of a tile come out of one vector of FMAs (q[r][d] broadcast against the tile's row
+// d) with no shuffle tree; values are position-major in both. Same tolerance against the twin.
 //
 // Fast path (AVX-512 F/BW/VL + F16C, behind the VNNI switch as the other AVX-512 kernels): the
 // query heads of one KV head (up to 3 at a time) stay in registers, each key and value row is
@@ -24,7 +29,7 @@
 
 // ---- portable reference ---------------------------------------------------------------------
 
-#define CK_DEFINE_ATTEND_PART_REF(NAME, ELEM, TOF)                                                         \
+#define CK_DEFINE_ATTEND_PART_REF(NAME, ELEM, TOF, KEY)                                                    \
     void NAME(const float *q, const ELEM *keys, const ELEM *values, size_t begin, size_t end, size_t stride, \
               size_t kv_head_stride, size_t dim, size_t heads, size_t kv_heads, float scale, float *scores,  \
               size_t score_stride, float *partial) {                                                       \
@@ -37,7 +42,7 @@
             float m = -INFINITY, l = 0;                                                                    \
             for (size_t j = begin; j < end; j++) {                                                         \
                 float d = 0;                                                                               \
-                for (size_t c = 0; c < dim; c++) d += qh[c] * TOF(K[j * stride + c]);                      \
+                for (size_t c = 0; c < dim; c++) d += qh[c] * TOF(K[KEY(j, c)]);                           \
                 s[j] = scale * d;                                                                          \
                 m = s[j] > m ? s[j] : m;                                                                   \
             }                                                                                              \
@@ -54,8 +59,11 @@
     }
 
 #define ATTEND_F32(x) (x)
-CK_DEFINE_ATTEND_PART_REF(ck_attend_part_ref, float, ATTEND_F32)
-CK_DEFINE_ATTEND_PART_REF(ck_attend_part_f16_ref, uint16_t, ck_f16_to_f32_one)
+#define ATTEND_ROW_KEY(j, c) ((j) * stride + (c))
+#define ATTEND_TILE_KEY(j, c) (((j) & ~(size_t)15) * dim + 16 * (c) + ((j) & 15))
+CK_DEFINE_ATTEND_PART_REF(ck_attend_part_ref, float, ATTEND_F32, ATTEND_ROW_KEY)
+CK_DEFINE_ATTEND_PART_REF(ck_attend_part_f16_ref, uint16_t, ck_f16_to_f32_one, ATTEND_ROW_KEY)
+CK_DEFINE_ATTEND_PART_REF(ck_attend_part_f16t_ref, uint16_t, ck_f16_to_f32_one, ATTEND_TILE_KEY)
 
 void ck_attend_merge(const float *partial, size_t parts, size_t heads, size_t dim, float *out) {
     const size_t width = dim + 2;
@@ -110,10 +118,10 @@ CK_INLINE CK_ATTEND512 __m512 attend_reduce16(__m512 c0, __m512 c1, __m512 c2, _
     CK_INLINE CK_ATTEND512 __m512 NAME##_load(const ELEM *p, size_t c, size_t NC, int TAIL, __mmask16 tm) {  \
         return (TAIL && c == NC - 1) ? MLOAD16(tm, p + 16 * c) : LOAD16(p + 16 * c);                        \
     }                                                                                                      \
-    CK_INLINE CK_ATTEND512 void NAME##_rows(const size_t R, const size_t NC, const int TAIL, const float *q,  \
-                                            const ELEM *K, const ELEM *V, size_t begin, size_t end,         \
-                                            size_t stride, size_t dim, float scale, float *scores,          \
-                                            size_t score_stride, float *partial) {                         \
+    /* s = scale·q·k of R rows over [begin, end) into scores, each row's maximum into m */                 \
+    CK_INLINE CK_ATTEND512 void NAME##_qk(const size_t R, const size_t NC, const int TAIL, const float *q, \
+                                          const ELEM *K, size_t begin, size_t end, size_t stride, size_t dim, \
+                                          float scale, float *scores, size_t score_stride, float *m) {     \
         const __mmask16 tm = (__mmask16)((1u << (dim & 15)) - 1);                                          \
         const __m512 vscale = _mm512_set1_ps(scale);                                                       \
         __m512 qv[ATTEND_PART_ROWS][ATTEND_PART_CHUNKS], vmax[ATTEND_PART_ROWS];                           \
@@ -146,7 +154,6 @@ CK_INLINE CK_ATTEND512 __m512 attend_reduce16(__m512 c0, __m512 c1, __m512 c2, _
                 vmax[r] = _mm512_max_ps(vmax[r], s);                                                       \
             }                                                                                              \
         }                                                                                                  \
-        float m[ATTEND_PART_ROWS];                                                                         \
         for (size_t r = 0; r < R; r++) m[r] = _mm512_reduce_max_ps(vmax[r]);                               \
         for (; j < end; j++) {                                                                             \
             __m512 acc[ATTEND_PART_ROWS];                                                                  \
@@ -161,6 +168,12 @@ CK_INLINE CK_ATTEND512 __m512 attend_reduce16(__m512 c0, __m512 c1, __m512 c2, _
                 m[r] = s > m[r] ? s : m[r];                                                                \
             }                                                                                              \
         }                                                                                                  \
+    }                                                                                                      \
+    /* p = e^(s − m) in place, l = Σ p, o = Σ p·v and the partials of R rows (m from NAME##_qk) */         \
+    CK_INLINE CK_ATTEND512 void NAME##_pv(const size_t R, const size_t NC, const int TAIL, const ELEM *V,  \
+                                          size_t begin, size_t end, size_t stride, size_t dim, float *scores, \
+                                          size_t score_stride, const float *m, float *partial) {           \
+        const __mmask16 tm = (__mmask16)((1u << (dim & 15)) - 1);                                          \
         /* p = e^(s − m) in place (ck_exp_f32: Ops.softmax's vector exp), l = Σ p */                   \
         float l[ATTEND_PART_ROWS];                                                                         \
         for (size_t r = 0; r < R; r++) {                                                                   \
@@ -199,6 +212,18 @@ CK_INLINE CK_ATTEND512 __m512 attend_reduce16(__m512 c0, __m512 c1, __m512 c2, _
                 else _mm512_storeu_ps(out + 2 + 16 * c, o[r][c]);                                          \
             }                                                                                              \
         }                                                                                                  \
+    }
+
+/// Defines NAME (the ck_attend_part entry of one cache layout) from QK (scores and maxima of R
+/// rows, NAME##_qk's signature) and PV (NAME##_pv's): NAME##_rows runs one block of R rows.
+#define CK_DEFINE_ATTEND_PART_DRIVER(NAME, ELEM, QK, PV)                                                   \
+    CK_INLINE CK_ATTEND512 void NAME##_rows(const size_t R, const size_t NC, const int TAIL, const float *q, \
+                                            const ELEM *K, const ELEM *V, size_t begin, size_t end,        \
+                                            size_t stride, size_t dim, float scale, float *scores,         \
+                                            size_t score_stride, float *partial) {                         \
+        float m[ATTEND_PART_ROWS];                                                                         \
+        QK(R, NC, TAIL, q, K, begin, end, stride, dim, scale, scores, score_stride, m);                    \
+        PV(R, NC, TAIL, V, begin, end, stride, dim, scores, score_stride, m, partial);                     \
     }                                                                                                      \
     /* R rows with a constant chunk count for the common head sizes (32, 64, 128). */                  \
     CK_INLINE CK_ATTEND512 void NAME##_dims(const size_t R, const float *q, const ELEM *K, const ELEM *V,    \
@@ -240,23 +265,76 @@ CK_INLINE CK_ATTEND512 __m512 attend_reduce16(__m512 c0, __m512 c1, __m512 c2, _
 
 CK_DEFINE_ATTEND_PART_AVX512(attend_part_avx512, float, ATTEND_LOAD16_F32, ATTEND_MLOAD16_F32)
 CK_DEFINE_ATTEND_PART_AVX512(attend_part_f16_avx512, uint16_t, ATTEND_LOAD16_F16, ATTEND_MLOAD16_F16)
+CK_DEFINE_ATTEND_PART_DRIVER(attend_part_avx512, float, attend_part_avx512_qk, attend_part_avx512_pv)
+CK_DEFINE_ATTEND_PART_DRIVER(attend_part_f16_avx512, uint16_t, attend_part_f16_avx512_qk, attend_part_f16_avx512_pv)
+
+/// Keys in tiles of 16 positions, dimension-major inside a tile (ck_attend_part_f16t): the scores
+/// of a tile's 16 positions fill one vector, per dimension d one widened tile row (16 positions'
+/// k[d]) and one FMA per query row with q[r][d] broadcast from memory, so no horizontal sums.
+/// One tile at a time, read in address order (2–4 tiles interleaved, 2 KB apart, were 1.4–1.7×
+/// slower from L3 than the row kernel: the streams defeat the prefetcher), with 4 accumulators
+/// per row over d mod 4 (4R independent FMA chains), summed as (a0 + a1) + (a2 + a3): a score
+/// does not depend on the range split. Lanes outside [begin, end) are computed from whatever the
+/// tile holds there and masked out of the stores and the maximum. NAME##_qk's signature; D = dim
+/// is a constant for 32/64/128 (dim a multiple of 4 here; ck_attend_part_f16t checks).
+CK_INLINE CK_ATTEND512 void attend_part_f16t_qk(const size_t R, const size_t NC, const int TAIL, const float *q,
+                                                const uint16_t *K, size_t begin, size_t end, size_t stride,
+                                                size_t dim, float scale, float *scores, size_t score_stride,
+                                                float *m) {
+    (void)stride;
+    const size_t D = TAIL ? dim : 16 * NC;
+    const __m512 vscale = _mm512_set1_ps(scale);
+    __m512 vmax[ATTEND_PART_ROWS];
+    for (size_t r = 0; r < R; r++) vmax[r] = _mm512_set1_ps(-INFINITY);
+    for (size_t t = begin >> 4, tend = (end + 15) >> 4; t < tend; t++) {
+        const uint16_t *k = K + t * 16 * D;
+        __m512 a[4][ATTEND_PART_ROWS];
+        for (size_t u = 0; u < 4; u++)
+            for (size_t r = 0; r < R; r++) a[u][r] = _mm512_setzero_ps();
+        for (size_t d = 0; d < D; d += 4)
+            for (size_t u = 0; u < 4; u++) {
+                const __m512 x = ATTEND_LOAD16_F16(k + 16 * (d + u));
+                for (size_t r = 0; r < R; r++)
+                    a[u][r] = _mm512_fmadd_ps(_mm512_set1_ps(q[r * dim + d + u]), x, a[u][r]);
+            }
+        const size_t base = 16 * t, lo = begin > base ? begin - base : 0, hi = end - base < 16 ? end - base : 16;
+        const __mmask16 mk = (__mmask16)(((1u << hi) - 1) & ~((1u << lo) - 1));
+        for (size_t r = 0; r < R; r++) {
+            const __m512 s = _mm512_mul_ps(
+                vscale, _mm512_add_ps(_mm512_add_ps(a[0][r], a[1][r]), _mm512_add_ps(a[2][r], a[3][r])));
+            _mm512_mask_storeu_ps(scores + r * score_stride + base, mk, s);
+            vmax[r] = _mm512_mask_max_ps(vmax[r], mk, vmax[r], s);
+        }
+    }
+    for (size_t r = 0; r < R; r++) m[r] = _mm512_reduce_max_ps(vmax[r]);
+}
+
+CK_DEFINE_ATTEND_PART_DRIVER(attend_part_f16t_avx512, uint16_t, attend_part_f16t_qk, attend_part_f16_avx512_pv)
 #endif
 
 #include <stdlib.h>
 #include <string.h>
 
-// -1 until first read: PTQ_ATTEND_SPLIT=0 in the environment starts the process on the grouped kernels.
-static int split_enabled = -1;
-
-int ck_attend_split_enabled(void) {
-    if (split_enabled < 0) {
-        const char *v = getenv("PTQ_ATTEND_SPLIT");
-        split_enabled = !(v && strcmp(v, "0") == 0);
+// Process-wide switches, -1 until first read: NAME=0 in the environment starts the process with
+// the switch off.
+static int env_switch(int *state, const char *name) {
+    if (*state < 0) {
+        const char *v = getenv(name);
+        *state = !(v && strcmp(v, "0") == 0);
     }
-    return split_enabled;
+    return *state;
 }
 
+static int split_enabled = -1;       // PTQ_ATTEND_SPLIT=0: the grouped kernels
+static int tiled_enabled = -1;       // PTQ_KV_TILED=0: position-major half keys
+static int head_major_enabled = -1;  // PTQ_ATTEND_HEAD_MAJOR=0: ranges cut by positions over every head
+
+int ck_attend_split_enabled(void) { return env_switch(&split_enabled, "PTQ_ATTEND_SPLIT"); }
 void ck_set_attend_split_enabled(int enabled) { split_enabled = enabled ? 1 : 0; }
+int ck_kv_tiled_enabled(void) { return env_switch(&tiled_enabled, "PTQ_KV_TILED"); }
+void ck_set_kv_tiled_enabled(int enabled) { tiled_enabled = enabled ? 1 : 0; }
+int ck_attend_head_major_enabled(void) { return env_switch(&head_major_enabled, "PTQ_ATTEND_HEAD_MAJOR"); }
+void ck_set_attend_head_major_enabled(int enabled) { head_major_enabled = enabled ? 1 : 0; }
 
 int ck_attend_part_fast(size_t dim) {
 #if defined(__x86_64__)
@@ -267,32 +345,26 @@ int ck_attend_part_fast(size_t dim) {
 #endif
 }
 
-void ck_attend_part(const float *q, const float *keys, const float *values, size_t begin, size_t end, size_t stride,
-                    size_t kv_head_stride, size_t dim, size_t heads, size_t kv_heads, float scale, float *scores,
-                    size_t score_stride, float *partial) {
-    if (heads == 0 || kv_heads == 0) return;
+// The entry points: the AVX-512 kernel FAST where ck_attend_part_fast(dim) and COND hold, else
+// the twin REF. (No fast kernel off x86-64: FAST is never named there.)
 #if defined(__x86_64__)
-    if (ck_attend_part_fast(dim)) {
-        attend_part_avx512(q, keys, values, begin, end, stride, kv_head_stride, dim, heads, kv_heads, scale, scores,
-                           score_stride, partial);
-        return;
-    }
+#define ATTEND_PART_FAST(FAST, COND, ...) \
+    if (ck_attend_part_fast(dim) && (COND)) { FAST(__VA_ARGS__); return; }
+#else
+#define ATTEND_PART_FAST(FAST, COND, ...)
 #endif
-    ck_attend_part_ref(q, keys, values, begin, end, stride, kv_head_stride, dim, heads, kv_heads, scale, scores,
-                       score_stride, partial);
-}
+#define CK_DEFINE_ATTEND_PART_ENTRY(NAME, ELEM, FAST, REF, COND)                                          \
+    void NAME(const float *q, const ELEM *keys, const ELEM *values, size_t begin, size_t end, size_t stride, \
+              size_t kv_head_stride, size_t dim, size_t heads, size_t kv_heads, float scale, float *scores,  \
+              size_t score_stride, float *partial) {                                                       \
+        if (heads == 0 || kv_heads == 0) return;                                                           \
+        ATTEND_PART_FAST(FAST, COND, q, keys, values, begin, end, stride, kv_head_stride, dim, heads, kv_heads, \
+                         scale, scores, score_stride, partial)                                             \
+        REF(q, keys, values, begin, end, stride, kv_head_stride, dim, heads, kv_heads, scale, scores, score_stride, \
+            partial);                                                                                      \
+    }
 
-void ck_attend_part_f16(const float *q, const uint16_t *keys, const uint16_t *values, size_t begin, size_t end,
-                        size_t stride, size_t kv_head_stride, size_t dim, size_t heads, size_t kv_heads, float scale,
-                        float *scores, size_t score_stride, float *partial) {
-    if (heads == 0 || kv_heads == 0) return;
-#if defined(__x86_64__)
-    if (ck_attend_part_fast(dim)) {
-        attend_part_f16_avx512(q, keys, values, begin, end, stride, kv_head_stride, dim, heads, kv_heads, scale,
-                               scores, score_stride, partial);
-        return;
-    }
-#endif
-    ck_attend_part_f16_ref(q, keys, values, begin, end, stride, kv_head_stride, dim, heads, kv_heads, scale, scores,
-                           score_stride, partial);
-}
+CK_DEFINE_ATTEND_PART_ENTRY(ck_attend_part, float, attend_part_avx512, ck_attend_part_ref, 1)
+CK_DEFINE_ATTEND_PART_ENTRY(ck_attend_part_f16, uint16_t, attend_part_f16_avx512, ck_attend_part_f16_ref, 1)
+// The tiled q·K runs d in steps of 4.
+CK_DEFINE_ATTEND_PART_ENTRY(ck_attend_part_f16t, uint16_t, attend_part_f16t_avx512, ck_attend_part_f16t_ref, dim % 4 == 0)

@@ -84,6 +84,28 @@ void ck_f16_to_f32(const uint16_t *src, float *dst, size_t n) {
     ck_f16_to_f32_ref(src, dst, n);
 }
 
+// ---- tiled key heads (ck_attend_part_f16t's layout) ----------------------------------------------
+
+void ck_f32_to_f16_tiled(const float *src, uint16_t *head, size_t pos, size_t dim) {
+    uint16_t *p = head + (pos & ~(size_t)15) * dim + (pos & 15);
+    uint16_t row[16];
+    for (size_t d0 = 0; d0 < dim; d0 += 16) {
+        const size_t n = dim - d0 < 16 ? dim - d0 : 16;
+        ck_f32_to_f16(src + d0, row, n);
+        for (size_t i = 0; i < n; i++) p[16 * (d0 + i)] = row[i];
+    }
+}
+
+void ck_f16_tiled_to_f32(const uint16_t *head, size_t pos, size_t dim, float *dst) {
+    const uint16_t *p = head + (pos & ~(size_t)15) * dim + (pos & 15);
+    uint16_t row[16];
+    for (size_t d0 = 0; d0 < dim; d0 += 16) {
+        const size_t n = dim - d0 < 16 ? dim - d0 : 16;
+        for (size_t i = 0; i < n; i++) row[i] = p[16 * (d0 + i)];
+        ck_f16_to_f32(row, dst + d0, n);
+    }
+}
+
 // ---- decode attention over a half cache --------------------------------------------------------
 
 void ck_attend_one_f16_ref(const float *q, const uint16_t *keys, const uint16_t *values, size_t count, size_t stride,

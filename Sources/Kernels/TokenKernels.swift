@@ -92,10 +92,11 @@ public enum TokenKernels {
     /// Decode attention: one query row of `heads` heads (`q` = heads × dim) over `count` cached
     /// positions, grouped-query (head h reads KV head h / (heads / kvHeads)); `keys`/`values`
     /// rows have `stride` floats (kvHeads × dim). `scores` is scratch of heads × count floats.
-    /// Where `splitAttention` holds (AVX-512, the default) the cached positions are split into
-    /// one range per pool thread, each running every head (`ck_attend_part`: each key and value
-    /// row read once for the query heads of its KV head), and the ranges' softmax partials are
-    /// merged (flash-decoding; results differ from the grouped kernels in summation order only).
+    /// Where `splitAttention` holds (AVX-512, the default) the KV heads' cached positions are cut
+    /// into one range per pool thread (head-major, `attentionHeadMajor`), each running the query
+    /// heads of its KV heads (`ck_attend_part`: each key and value row read once for the query
+    /// heads of its KV head), and the ranges' softmax partials are merged (flash-decoding;
+    /// results differ from the grouped kernels in summation order only).
     /// Otherwise the heads that share a KV head run in one kernel call that reads each key and value row
     /// once for all of them (`ck_attend_group`, blocks of 2 heads on the pool, see
     /// `attend`). Softmax is `Ops.softmax`'s kernel (the reference
@@ -156,46 +157,83 @@ public enum TokenKernels {
     /// this file's), taken on the calling thread and written by every range's task.
     static let attentionPartialSlot = 24
 
-    /// One split decode attention call: range t covers positions t·chunk ..< (t + 1)·chunk for
-    /// every head and leaves its partials at partial + t·heads·(dim + 2) (`ck_attend_part`).
+    /// One split decode attention call. Head-major (`headMajor`, the default): the KV heads'
+    /// positions, each head padded to whole 16-position tiles, laid end to end, and range t
+    /// covers t·chunk ..< (t + 1)·chunk of that sequence: whole KV heads and at most two partial
+    /// ones (SmolLM2, 2 ranges: head 0 and the first half of head 1, the rest of head 1 and head 2).
+    /// Otherwise range t covers positions t·chunk ..< (t + 1)·chunk of every head. Either way
+    /// range t leaves its partials at partial + t·heads·(dim + 2) (`ck_attend_part`), empty
+    /// (l = 0, skipped by the merge) for the heads it does not touch.
     private struct SplitAttentionJob {
         let q: UnsafePointer<Float>, keys: UnsafeRawPointer, values: UnsafeRawPointer
         let count: Int, chunk: Int, heads: Int, kvHeads: Int, dim: Int, stride: Int, kvHeadStride: Int, scale: Float
         let scores: UnsafeMutablePointer<Float>, partial: UnsafeMutablePointer<Float>
-        let half: Bool
+        /// The half cache's range kernel (`ck_attend_part_f16`, or `ck_attend_part_f16t` for
+        /// tiled keys), nil for a float cache.
+        let halfPart: HalfPart?
+        let headMajor: Bool
+
+        /// Positions [begin, end) of query heads first ..< first + heads (KV heads kv ..< kv + kvHeads).
+        func run(firstHead h: Int, heads: Int, kvHead kv: Int, kvHeads: Int, begin: Int, end: Int,
+                 partial: UnsafeMutablePointer<Float>) {
+            let q = q + h * dim, scores = scores + h * count, partial = partial + h * (dim + 2)
+            if let halfPart {
+                halfPart(q, keys.assumingMemoryBound(to: UInt16.self) + kv * kvHeadStride,
+                         values.assumingMemoryBound(to: UInt16.self) + kv * kvHeadStride, begin, end, stride,
+                         kvHeadStride, dim, heads, kvHeads, scale, scores, count, partial)
+            } else {
+                ck_attend_part(q, keys.assumingMemoryBound(to: Float.self) + kv * kvHeadStride,
+                               values.assumingMemoryBound(to: Float.self) + kv * kvHeadStride, begin, end, stride,
+                               kvHeadStride, dim, heads, kvHeads, scale, scores, count, partial)
+            }
+        }
 
         func range(_ t: Int) {
-            let begin = min(count, t * chunk), end = min(count, begin + chunk)
             let partial = partial + t * heads * (dim + 2)
-            if half {
-                ck_attend_part_f16(q, keys.assumingMemoryBound(to: UInt16.self), values.assumingMemoryBound(to: UInt16.self),
-                                   begin, end, stride, kvHeadStride, dim, heads, kvHeads, scale, scores, count, partial)
-            } else {
-                ck_attend_part(q, keys.assumingMemoryBound(to: Float.self), values.assumingMemoryBound(to: Float.self),
-                               begin, end, stride, kvHeadStride, dim, heads, kvHeads, scale, scores, count, partial)
+            guard headMajor else {
+                let begin = min(count, t * chunk), end = min(count, begin + chunk)
+                run(firstHead: 0, heads: heads, kvHead: 0, kvHeads: kvHeads, begin: begin, end: end, partial: partial)
+                return
+            }
+            let padded = (count + 15) & ~15, group = heads / kvHeads, first = t * chunk, last = first + chunk
+            for kv in 0..<kvHeads {
+                let begin = min(count, max(0, first - kv * padded)), end = min(count, max(0, last - kv * padded))
+                if begin < end {
+                    run(firstHead: kv * group, heads: group, kvHead: kv, kvHeads: 1, begin: begin, end: end,
+                        partial: partial)
+                } else {
+                    for h in (kv * group)..<((kv + 1) * group) {
+                        partial[h * (dim + 2)] = -.infinity
+                        partial[h * (dim + 2) + 1] = 0
+                    }
+                }
             }
         }
     }
 
-    /// Decode attention split by positions (flash-decoding): two ranges per pool thread, each
-    /// running every head over its positions (`ck_attend_part`: every key and value row read
-    /// once for the query heads of its KV head), then `ck_attend_merge` on the calling thread.
-    /// SmolLM2's 3 KV heads cannot be shared evenly by 2 threads; positions can. Ranges are
-    /// multiples of 16 positions (the kernel's step). One pool job, no allocation (slot 24).
+    /// Decode attention split into ranges (flash-decoding): one range per pool thread (see
+    /// `SplitAttentionJob` for the head-major cut), each running its query heads over its
+    /// positions (`ck_attend_part`: every key and value row read once for the query heads of its
+    /// KV head), then `ck_attend_merge` on the calling thread. SmolLM2's 3 KV heads cannot be
+    /// shared evenly by 2 threads whole; cut head-major, each thread reads 2 long streams of keys
+    /// and values where the position cut gave it 3 short ones. Ranges are multiples of 16
+    /// positions (a key tile). One pool job, no allocation (slot 24).
     private static func attendSplit(
         q: UnsafePointer<Float>, keys: UnsafeRawPointer, values: UnsafeRawPointer, count: Int, heads: Int,
         kvHeads: Int, dim: Int, stride: Int, kvHeadStride: Int, scale: Float, scores: UnsafeMutablePointer<Float>,
-        out: UnsafeMutablePointer<Float>, half: Bool, serial: Bool
+        out: UnsafeMutablePointer<Float>, halfPart: HalfPart?, serial: Bool
     ) {
-        // Two ranges per thread, claimed dynamically, so that a thread another process preempts
-        // holds up at most half its share; at least 64 positions a range (each range re-reads the
-        // queries and pays a softmax tail and a merge term).
-        let parts = serial ? 1 : max(1, min(2 * Parallel.workerCount, count / 64))
-        let chunk = ((count + parts - 1) / parts + 15) & ~15
+        // One range per thread by default (`attentionRangesPerThread`), claimed dynamically; at
+        // least 64 positions a range (each range re-reads the queries and pays a softmax tail and
+        // a merge term).
+        let headMajor = attentionHeadMajor
+        let length = headMajor ? kvHeads * ((count + 15) & ~15) : count
+        let parts = serial ? 1 : max(1, min(attentionRangesPerThread * Parallel.workerCount, length / 64))
+        let chunk = ((length + parts - 1) / parts + 15) & ~15
         let partial = LowBit.threadScratch(slot: attentionPartialSlot, count: parts * heads * (dim + 2), of: Float.self)
         let job = SplitAttentionJob(q: q, keys: keys, values: values, count: count, chunk: chunk, heads: heads,
                                     kvHeads: kvHeads, dim: dim, stride: stride, kvHeadStride: kvHeadStride, scale: scale,
-                                    scores: scores, partial: partial, half: half)
+                                    scores: scores, partial: partial, halfPart: halfPart, headMajor: headMajor)
         if parts == 1 {
             job.range(0)
         } else {
@@ -203,6 +241,27 @@ public enum TokenKernels {
         }
         ck_attend_merge(partial, parts, heads, dim, out)
     }
+
+    /// Whether the split decode attention cuts the KV heads' positions head-major
+    /// (`SplitAttentionJob`): on, unless `PTQ_ATTEND_HEAD_MAJOR=0` was in the environment at
+    /// start (then every range runs every head over a range of positions, as before). From DRAM,
+    /// 2 threads: 9–18 % less CPU a layer (kernel harness, RESULTS thirteenth pass). Results
+    /// differ from the position cut in summation order only (other ranges merged).
+    /// Process-wide: tests that flip it hold `kernelSwitchLock`.
+    public static var attentionHeadMajor: Bool {
+        get { ck_attend_head_major_enabled() != 0 }
+        set { ck_set_attend_head_major_enabled(newValue ? 1 : 0) }
+    }
+
+    /// Position ranges per pool thread of the split decode attention: 1, or `PTQ_ATTEND_RANGES`
+    /// (1–8) from the environment at start. Each range starts 2 new DRAM streams per KV head
+    /// (keys, then values); from DRAM, 2 ranges per thread cost 15–25 % more CPU than 1 (kernel
+    /// harness, 240 layers, RESULTS thirteenth pass), which outweighs what the second range
+    /// bought: a preempted thread holding up half its share instead of all of it.
+    static let attentionRangesPerThread: Int = {
+        guard let text = ProcessInfo.processInfo.environment["PTQ_ATTEND_RANGES"], let n = Int(text) else { return 1 }
+        return min(max(n, 1), 8)
+    }()
 
     /// One decode attention call's operands.
     private struct AttentionJob {
@@ -267,14 +326,14 @@ public enum TokenKernels {
         guard heads > 0, count > 0 else { return }
         let serial = reference || count * dim * heads < 1 << 14
         if !reference, !perHead, kvHeads > 0, heads % kvHeads == 0, splitsAttention(dim: dim) {
-            let half: Bool
+            let halfPart: HalfPart?
             switch kernels {
-            case .float: half = false
-            case .half: half = true
+            case .float: halfPart = nil
+            case .half: halfPart = ck_attend_part_f16
             }
             attendSplit(q: q, keys: keys, values: values, count: count, heads: heads, kvHeads: kvHeads, dim: dim,
-                        stride: stride, kvHeadStride: kvHeadStride, scale: scale, scores: scores, out: out, half: half,
-                        serial: serial)
+                        stride: stride, kvHeadStride: kvHeadStride, scale: scale, scores: scores, out: out,
+                        halfPart: halfPart, serial: serial)
             return
         }
         let job = AttentionJob(q: q, keys: keys, values: values, count: count, heads: heads, kvHeads: kvHeads, dim: dim,
@@ -315,12 +374,62 @@ public enum TokenKernels {
                                   : .half(ck_attend_one_f16, ck_attend_group_f16))
     }
 
+    /// Whether a new half KV cache keeps its keys in tiles of 16 positions, dimension-major inside
+    /// a tile (`ck_attend_part_f16t`: the scores of 16 positions come out of one vector of FMAs,
+    /// no horizontal sums): on where decode attention runs split by positions (AVX-512) for heads
+    /// of `dim` values, unless `PTQ_KV_TILED=0` was in the environment at start or
+    /// `tiledHalfKeys` is off. Decided when a cache is made; the cache remembers its layout.
+    public static func tilesHalfKeys(dim: Int) -> Bool { tiledHalfKeys && splitsAttention(dim: dim) }
+
+    /// The tiled-key switch (`PTQ_KV_TILED=0` starts the process with it off). Process-wide:
+    /// tests that flip it hold `kernelSwitchLock`.
+    public static var tiledHalfKeys: Bool {
+        get { ck_kv_tiled_enabled() != 0 }
+        set { ck_set_kv_tiled_enabled(newValue ? 1 : 0) }
+    }
+
+    /// The tiled-key range kernel and its twin as C function pointers.
+    private static let tiledPart: HalfPart = ck_attend_part_f16t
+    private static let tiledPartReference: HalfPart = ck_attend_part_f16t_ref
+
+    /// `attendOne(halfKeys:)` over a half cache whose keys are tiled (`tilesHalfKeys`; key (j, d)
+    /// of KV head g at keys + g·kvHeadStride + (j − j mod 16)·dim + 16·d + j mod 16; values
+    /// head-major, `dim` halves a position): always split by positions (`ck_attend_part_f16t`,
+    /// its scalar twin with `reference` or without AVX-512), ranges of whole tiles. kvHeadStride
+    /// covers whole tiles. Matches `attendOne(halfKeys:)` on the same values to the split
+    /// kernel's tolerance (summation order).
+    public static func attendOne(q: UnsafePointer<Float>, tiledHalfKeys keys: UnsafePointer<UInt16>,
+                                 halfValues values: UnsafePointer<UInt16>, count: Int, heads: Int, kvHeads: Int,
+                                 dim: Int, kvHeadStride: Int, scale: Float, scores: UnsafeMutablePointer<Float>,
+                                 out: UnsafeMutablePointer<Float>, reference: Bool = false) {
+        guard heads > 0, count > 0 else { return }
+        precondition(kvHeads > 0 && heads % kvHeads == 0 && kvHeadStride % (16 * dim) == 0,
+                     "tiled attention: \(heads) heads over \(kvHeads) KV heads, KV head stride \(kvHeadStride)")
+        attendSplit(q: q, keys: keys, values: values, count: count, heads: heads, kvHeads: kvHeads, dim: dim,
+                    stride: dim, kvHeadStride: kvHeadStride, scale: scale, scores: scores, out: out,
+                    halfPart: reference ? TokenKernels.tiledPartReference : TokenKernels.tiledPart,
+                    serial: reference || count * dim * heads < 1 << 14)
+    }
+
     /// Rounds `count` floats to IEEE half bit patterns, to nearest even (F16C `vcvtps2ph`, or
     /// the bit-exact scalar twin with `reference`).
     public static func roundToHalf(_ source: UnsafePointer<Float>, into destination: UnsafeMutablePointer<UInt16>,
                                    count: Int, reference: Bool = false) {
         guard count > 0 else { return }
         if reference { ck_f32_to_f16_ref(source, destination, count) } else { ck_f32_to_f16(source, destination, count) }
+    }
+
+    /// Rounds one position's `dim` floats into a tiled half key head (`attendOne(tiledHalfKeys:)`'s
+    /// layout) at `position`, as `roundToHalf` rounds (`ck_f32_to_f16_tiled`).
+    package static func roundToHalf(_ source: UnsafePointer<Float>, intoTiledHead head: UnsafeMutablePointer<UInt16>,
+                                    position: Int, dim: Int) {
+        ck_f32_to_f16_tiled(source, head, position, dim)
+    }
+
+    /// Widens position `position` of a tiled half key head into `dim` floats (exact).
+    package static func widenHalf(tiledHead head: UnsafePointer<UInt16>, position: Int, dim: Int,
+                                  into destination: UnsafeMutablePointer<Float>) {
+        ck_f16_tiled_to_f32(head, position, dim, destination)
     }
 
     /// Widens `count` IEEE half bit patterns to floats (exact).

@@ -32,10 +32,19 @@ extension LlamaModel {
         /// or nil (float cache, or q).
         let half: UnsafeMutablePointer<UInt16>?
         let headStride: Int
+        /// Tiled keys (`KVCache.tiledKeys`): `half` is the layer's start and this the position.
+        var tiledPosition: Int? = nil
 
         func apply(_ y: UnsafeMutablePointer<Float>) {
             if let rope { rope.apply(y, heads: heads, angles: angles) }
             guard let half else { return }
+            if let tiledPosition {
+                for h in 0..<heads {
+                    TokenKernels.roundToHalf(y + h * dim, intoTiledHead: half + h * headStride, position: tiledPosition,
+                                             dim: dim)
+                }
+                return
+            }
             for h in 0..<heads { TokenKernels.roundToHalf(y + h * dim, into: half + h * headStride, count: dim) }
         }
     }

@@ -95,9 +95,18 @@ public final class LlamaModel: Sendable {
         // f16: per layer (KV, capacity, Dh) half bit patterns, head-major: decode attention reads
         // each KV head's positions as one contiguous stream (interleaved rows of KV·Dh made it a
         // strided read of 128 of every 384 bytes); empty for f32.
-        // (one arena each, on 2 MB pages where granted: HalfCacheArena)
+        // (one arena each, on 2 MB pages where granted: HalfCacheArena). Each head holds
+        // capacity rounded up to whole 16-position tiles.
+        // With `tiledKeys` the keys of a head are tiles of 16 positions, dimension-major inside a
+        // tile (ck_attend_part_f16t's layout: decode q·K needs no horizontal sums); values stay
+        // position-major.
         let halfKeys: HalfCacheArena
         let halfValues: HalfCacheArena
+        /// Whether the half cache's keys are tiled (`TokenKernels.tilesHalfKeys`, fixed at init).
+        let tiledKeys: Bool
+        /// Halves from one KV head of a half cache layer to the next (capacity rounded up to 16
+        /// positions, times the head size); 0 for a float cache.
+        let halfHeadStride: Int
 
         /// An empty cache for at most `capacity` positions of a model with `config`.
         public init(config: ModelConfig, capacity: Int, precision: KVCachePrecision = .f32) {
@@ -110,11 +119,15 @@ public final class LlamaModel: Sendable {
                 values = keys
                 halfKeys = HalfCacheArena(layers: 0, count: 0)
                 halfValues = HalfCacheArena(layers: 0, count: 0)
+                tiledKeys = false
+                halfHeadStride = 0
             case .f16:
                 keys = []
                 values = []
-                halfKeys = HalfCacheArena(layers: config.layerCount, count: size)
-                halfValues = HalfCacheArena(layers: config.layerCount, count: size)
+                halfHeadStride = (capacity + 15) / 16 * 16 * config.headDim
+                halfKeys = HalfCacheArena(layers: config.layerCount, count: config.kvHeadCount * halfHeadStride)
+                halfValues = HalfCacheArena(layers: config.layerCount, count: config.kvHeadCount * halfHeadStride)
+                tiledKeys = TokenKernels.tilesHalfKeys(dim: config.headDim)
             }
         }
 
@@ -290,23 +303,28 @@ public final class LlamaModel: Sendable {
                             angles.withUnsafeBufferPointer { a in
                                 // halfKeys/halfValues: the half cache at the new position (fused only).
                                 func group(_ halfKeys: UnsafeMutablePointer<UInt16>?, _ halfValues: UnsafeMutablePointer<UInt16>?) {
-                                    func then(_ rope: RoPE?, heads: Int, _ half: UnsafeMutablePointer<UInt16>?) -> Epilogue? {
+                                    func then(_ rope: RoPE?, heads: Int, _ half: UnsafeMutablePointer<UInt16>?,
+                                              tiled: Bool = false) -> Epilogue? {
                                         guard epilogues, rope != nil || half != nil else { return nil }
                                         return Epilogue(rope: rope, angles: a.baseAddress!, heads: heads, dim: c.headDim, half: half,
-                                                        headStride: (cache?.capacity ?? 0) * c.headDim)
+                                                        headStride: cache?.halfHeadStride ?? 0,
+                                                        tiledPosition: tiled ? start : nil)
                                     }
                                     Self.forwardConcurrently(ConcurrentGEMVs(
                                         first: ConcurrentGEMV(op: layer.q, x: n.baseAddress!, y: qp.baseAddress!,
                                                               then: then(rope, heads: c.headCount, nil)),
                                         second: ConcurrentGEMV(op: layer.k, x: n.baseAddress!, y: keys + first * kvWidth,
-                                                               then: then(rope, heads: c.kvHeadCount, halfKeys)),
+                                                               then: then(rope, heads: c.kvHeadCount, halfKeys,
+                                                                          tiled: cache?.tiledKeys ?? false)),
                                         third: ConcurrentGEMV(op: layer.v, x: n.baseAddress!, y: values + first * kvWidth,
                                                               then: then(nil, heads: c.kvHeadCount, halfValues))))
                                 }
                                 if epilogues, let cache, halfCache {
                                     cache.halfKeys[l].withUnsafeMutableBufferPointer { hk in
                                         cache.halfValues[l].withUnsafeMutableBufferPointer { hv in
-                                            group(hk.baseAddress! + start * c.headDim, hv.baseAddress! + start * c.headDim)
+                                            // Tiled keys: the layer's start (the epilogue places the position).
+                                            group(hk.baseAddress! + (cache.tiledKeys ? 0 : start * c.headDim),
+                                                  hv.baseAddress! + start * c.headDim)
                                         }
                                     }
                                 } else {
@@ -340,12 +358,14 @@ public final class LlamaModel: Sendable {
                 // Round the new positions into the cache; from here on every reader sees halves.
                 localKeys.withUnsafeBufferPointer { k in
                     cache.halfKeys[l].withUnsafeMutableBufferPointer {
-                        roundIntoHeads(k.baseAddress!, tokens: T, into: $0.baseAddress!, first: start, capacity: cache.capacity)
+                        roundIntoHeads(k.baseAddress!, tokens: T, into: $0.baseAddress!, first: start,
+                                       headStride: cache.halfHeadStride, tiled: cache.tiledKeys)
                     }
                 }
                 localValues.withUnsafeBufferPointer { v in
                     cache.halfValues[l].withUnsafeMutableBufferPointer {
-                        roundIntoHeads(v.baseAddress!, tokens: T, into: $0.baseAddress!, first: start, capacity: cache.capacity)
+                        roundIntoHeads(v.baseAddress!, tokens: T, into: $0.baseAddress!, first: start,
+                                       headStride: cache.halfHeadStride, tiled: false)
                     }
                 }
             }
@@ -372,12 +392,14 @@ public final class LlamaModel: Sendable {
                     }
                     cache.halfKeys[l].withUnsafeBufferPointer { h in
                         wideKeys.withUnsafeMutableBufferPointer {
-                            widenFromHeads(h.baseAddress!, positions: S, capacity: cache.capacity, into: $0.baseAddress!)
+                            widenFromHeads(h.baseAddress!, positions: S, headStride: cache.halfHeadStride,
+                                           tiled: cache.tiledKeys, into: $0.baseAddress!)
                         }
                     }
                     cache.halfValues[l].withUnsafeBufferPointer { h in
                         wideValues.withUnsafeMutableBufferPointer {
-                            widenFromHeads(h.baseAddress!, positions: S, capacity: cache.capacity, into: $0.baseAddress!)
+                            widenFromHeads(h.baseAddress!, positions: S, headStride: cache.halfHeadStride, tiled: false,
+                                           into: $0.baseAddress!)
                         }
                     }
                     attend(q: q, keys: wideKeys, values: wideValues, T: T, start: start, scores: &scores, out: &attention,
@@ -464,33 +486,54 @@ public final class LlamaModel: Sendable {
         cache.halfValues[layer].withUnsafeBufferPointer { vp in
         scores.withUnsafeMutableBufferPointer { sp in
         out.withUnsafeMutableBufferPointer { op in
-            TokenKernels.attendOne(q: qp.baseAddress!, halfKeys: kp.baseAddress!, halfValues: vp.baseAddress!, count: count,
-                                   heads: c.headCount, kvHeads: c.kvHeadCount, dim: c.headDim,
-                                   stride: c.headDim, kvHeadStride: cache.capacity * c.headDim,
-                                   scale: 1 / Float(c.headDim).squareRoot(), scores: sp.baseAddress!, out: op.baseAddress!)
+            let scale = 1 / Float(c.headDim).squareRoot()
+            if cache.tiledKeys {
+                TokenKernels.attendOne(q: qp.baseAddress!, tiledHalfKeys: kp.baseAddress!, halfValues: vp.baseAddress!,
+                                       count: count, heads: c.headCount, kvHeads: c.kvHeadCount, dim: c.headDim,
+                                       kvHeadStride: cache.halfHeadStride, scale: scale, scores: sp.baseAddress!,
+                                       out: op.baseAddress!)
+            } else {
+                TokenKernels.attendOne(q: qp.baseAddress!, halfKeys: kp.baseAddress!, halfValues: vp.baseAddress!, count: count,
+                                       heads: c.headCount, kvHeads: c.kvHeadCount, dim: c.headDim,
+                                       stride: c.headDim, kvHeadStride: cache.halfHeadStride,
+                                       scale: scale, scores: sp.baseAddress!, out: op.baseAddress!)
+            }
         }}}}}
     }
 
-    /// Rounds T rows of KV·Dh floats (`source`) into a head-major half cache layer (KV,
-    /// capacity, Dh) at positions first..<first + T.
+    /// Rounds T rows of KV·Dh floats (`source`) into a head-major half cache layer (KV heads
+    /// `headStride` halves apart) at positions first..<first + T: `tiled` keys in 16-position tiles
+    /// (`ck_f32_to_f16_tiled`), else Dh halves a position.
     private func roundIntoHeads(_ source: UnsafePointer<Float>, tokens T: Int, into layer: UnsafeMutablePointer<UInt16>,
-                                first: Int, capacity: Int) {
+                                first: Int, headStride: Int, tiled: Bool) {
         let Dh = config.headDim, kvWidth = config.kvHeadCount * Dh
         for g in 0..<config.kvHeadCount {
             for t in 0..<T {
-                TokenKernels.roundToHalf(source + t * kvWidth + g * Dh, into: layer + (g * capacity + first + t) * Dh,
-                                         count: Dh)
+                if tiled {
+                    TokenKernels.roundToHalf(source + t * kvWidth + g * Dh, intoTiledHead: layer + g * headStride,
+                                             position: first + t, dim: Dh)
+                } else {
+                    TokenKernels.roundToHalf(source + t * kvWidth + g * Dh, into: layer + g * headStride + (first + t) * Dh,
+                                             count: Dh)
+                }
             }
         }
     }
 
-    /// Widens positions 0..<S of a head-major half cache layer into rows of KV·Dh floats.
-    private func widenFromHeads(_ layer: UnsafePointer<UInt16>, positions S: Int, capacity: Int,
+    /// Widens positions 0..<S of a head-major half cache layer (as `roundIntoHeads` wrote it)
+    /// into rows of KV·Dh floats.
+    private func widenFromHeads(_ layer: UnsafePointer<UInt16>, positions S: Int, headStride: Int, tiled: Bool,
                                 into destination: UnsafeMutablePointer<Float>) {
         let Dh = config.headDim, kvWidth = config.kvHeadCount * Dh
         for g in 0..<config.kvHeadCount {
             for s in 0..<S {
-                TokenKernels.widenHalf(layer + (g * capacity + s) * Dh, into: destination + s * kvWidth + g * Dh, count: Dh)
+                if tiled {
+                    TokenKernels.widenHalf(tiledHead: layer + g * headStride, position: s, dim: Dh,
+                                           into: destination + s * kvWidth + g * Dh)
+                } else {
+                    TokenKernels.widenHalf(layer + g * headStride + s * Dh, into: destination + s * kvWidth + g * Dh,
+                                           count: Dh)
+                }
             }
         }
     }

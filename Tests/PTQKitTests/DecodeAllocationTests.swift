@@ -1,6 +1,7 @@
 import CAllocationCounter
 import Foundation
 import Testing
+@testable import Kernels
 @testable import PTQKit
 
 /// A decode step on the token path allocates no heap memory once a cache has run a token
@@ -56,6 +57,10 @@ struct DecodeAllocationTests {
     @Test(arguments: [("fp32", KVCachePrecision.f16), ("fp32", .f32), ("w8a8", .f16), ("w4a16", .f16), ("w4a8", .f16),
                             ("ptq161", .f16)])
     func decodeStepAllocatesNothing(scheme: String, precision: KVCachePrecision) throws {
+        // Held against tests that flip the attention switches (the KV layout and the range cut)
+        // while this one compares two decodes bit for bit.
+        TokenKernels.kernelSwitchLock.lock()
+        defer { TokenKernels.kernelSwitchLock.unlock() }
         let model = try Self.model(scheme)
         let prompt = (0..<70).map { ($0 * 37 + 11) % 260 }
         let cache = LlamaModel.KVCache(config: model.config, capacity: 100, precision: precision)

@@ -22,6 +22,8 @@ struct DecodeGroupTests {
     /// layer split over its rows, and as `forward`, token after token on an f16 and an f32 cache.
     @Test(arguments: [("w8a8", KVCachePrecision.f16), ("w4a16", .f16), ("w4a8", .f16), ("w4a8", .f32)])
     func groupedDecodeMatchesSplitGEMVs(scheme: String, precision: KVCachePrecision) throws {
+        TokenKernels.kernelSwitchLock.lock()  // the attention switches stay put while logits are compared
+        defer { TokenKernels.kernelSwitchLock.unlock() }
         let model = try DecodeAllocationTests.model(scheme)
         #expect(!(model.layers[0].q is FloatLinear) && model.layers[0].floatQKV == nil)
         let prompt = (0..<70).map { ($0 * 29 + 3) % 260 }
@@ -48,6 +50,8 @@ struct DecodeGroupTests {
     @Test(arguments: [("w8a8", KVCachePrecision.f16), ("w4a16", .f16), ("w4a16", .f32), ("w4a8", .f16),
                       ("w4a8", .f32), ("ptq161", .f16), ("float", .f16)])
     func fusedScheduleMatchesOldSchedule(scheme: String, precision: KVCachePrecision) throws {
+        TokenKernels.kernelSwitchLock.lock()  // the attention switches stay put while logits are compared
+        defer { TokenKernels.kernelSwitchLock.unlock() }
         let model = try DecodeAllocationTests.model(scheme)
         let prompt = (0..<70).map { ($0 * 31 + 5) % 260 }
         let steps = [9, 17, 250, 99, 1, 64, 3]

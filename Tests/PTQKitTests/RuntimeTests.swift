@@ -2,6 +2,7 @@ import Foundation
 import Testing
 @testable import Evaluation
 @testable import Kernels
+@testable import Models
 @testable import PTQKit
 
 /// A straight-loop, double-precision reference forward pass, written from the model
@@ -358,6 +359,35 @@ struct HalfKVCacheTests {
         #expect(difference > 0 && difference < 1e-2, "f16 vs f32 cache: max logit difference \(difference)")
         // A float cache reproduces the cache-less pass.
         #expect(Self.maxDifference(model.forward(tokens, cache: model.makeCache(capacity: 16, precision: .f32)), exact) < 1e-5)
+    }
+
+    /// Tiled half keys (`TokenKernels.tiledHalfKeys`, the default where the split kernel runs)
+    /// against row-major half keys: prefill, decode and the widened (observer) path give the
+    /// same logits to the kernels' summation-order tolerance.
+    @Test func tiledKeysMatchRowKeys() throws {
+        let model = try Self.model()
+        let tokens = [1, 2, 3, 250, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19]
+        TokenKernels.kernelSwitchLock.lock()
+        defer { TokenKernels.kernelSwitchLock.unlock() }
+        let saved = TokenKernels.tiledHalfKeys
+        defer { TokenKernels.tiledHalfKeys = saved }
+        func run(tiled: Bool) -> (logits: [Float], tiledKeys: Bool) {
+            TokenKernels.tiledHalfKeys = tiled
+            let cache = model.makeCache(capacity: 21, precision: .f16)
+            var logits = model.forward(Array(tokens[..<5]), cache: cache)
+            for token in tokens[5...] { logits += model.forward([token], cache: cache) }
+            // With an observer the half cache is widened for the general path.
+            final class Ignore: ActivationObserver {
+                func observe(point: String, values: UnsafeBufferPointer<Float>, rows: Int, columns: Int) {}
+            }
+            logits += model.forward([21], cache: cache, hooks: ForwardHooks(observer: Ignore()))
+            return (logits, cache.tiledKeys)
+        }
+        let rows = run(tiled: false), tiles = run(tiled: true)
+        #expect(!rows.tiledKeys)
+        #expect(tiles.tiledKeys == TokenKernels.tilesHalfKeys(dim: model.config.headDim))
+        #expect(Self.maxDifference(rows.logits, tiles.logits) < 1e-5)
+        #expect(tiles.logits.allSatisfy { $0.isFinite })
     }
 
     /// Decoding with an observer (or a quantized-probability op) widens the half cache and runs

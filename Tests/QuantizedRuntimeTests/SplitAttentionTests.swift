@@ -59,32 +59,43 @@ struct SplitAttentionTests {
                          Shape(heads: 3, kvHeads: 1, dim: 7), Shape(heads: 2, kvHeads: 2, dim: 128),
                          Shape(heads: 8, kvHeads: 2, dim: 72), Shape(heads: 5, kvHeads: 1, dim: 16)]
 
-    /// Keys and values in both cache layouts: position-major floats (stride kvHeads·dim) and a
-    /// head-major half cache (KV, capacity, dim) with spare capacity, holding the same values.
+    /// Keys and values in the cache layouts: position-major floats (stride kvHeads·dim), a
+    /// head-major half cache (KV, capacity, dim) with spare capacity, and the same half keys in
+    /// 16-position tiles (`tiledKeys`, KV heads `tiledStride` halves apart: capacity rounded up to
+    /// 16 positions), all holding the same values. Unused positions hold a NaN pattern.
     struct Cache {
         let floatKeys: [Float], floatValues: [Float], halfKeys: [UInt16], halfValues: [UInt16], capacity: Int
+        let tiledKeys: [UInt16], tiledStride: Int
     }
 
-    static func cache(_ shape: Shape, count: Int, keyRange: ClosedRange<Float>, rng: inout SplitMix) -> Cache {
-        let width = shape.kvHeads * shape.dim, capacity = count + 5
+    /// The cache layouts `split` runs on.
+    enum Layout: CaseIterable { case float, half, tiled }
+
+    static func cache(_ shape: Shape, count: Int, keyRange: ClosedRange<Float>, spare: Int = 5,
+                      rng: inout SplitMix) -> Cache {
+        let width = shape.kvHeads * shape.dim, capacity = count + spare
+        let tiledStride = (capacity + 15) / 16 * 16 * shape.dim
         var keys = rng.floats(count * width, in: keyRange), values = rng.floats(count * width, in: -3...3)
         var halfKeys = [UInt16](repeating: 0x7E00, count: shape.kvHeads * capacity * shape.dim), halfValues = halfKeys
+        var tiledKeys = [UInt16](repeating: 0x7E00, count: shape.kvHeads * tiledStride)
         for g in 0..<shape.kvHeads {
             for j in 0..<count {
                 for d in 0..<shape.dim {
                     let i = j * width + g * shape.dim + d, h = (g * capacity + j) * shape.dim + d
                     halfKeys[h] = ck_f32_to_f16_one(keys[i])
                     halfValues[h] = ck_f32_to_f16_one(values[i])
+                    tiledKeys[g * tiledStride + (j / 16) * 16 * shape.dim + 16 * d + j % 16] = halfKeys[h]
                     keys[i] = ck_f16_to_f32_one(halfKeys[h])  // the float cache holds the same values
                     values[i] = ck_f16_to_f32_one(halfValues[h])
                 }
             }
         }
-        return Cache(floatKeys: keys, floatValues: values, halfKeys: halfKeys, halfValues: halfValues, capacity: capacity)
+        return Cache(floatKeys: keys, floatValues: values, halfKeys: halfKeys, halfValues: halfValues, capacity: capacity,
+                     tiledKeys: tiledKeys, tiledStride: tiledStride)
     }
 
     /// Split attention over `parts` ranges of ⌈count / parts⌉ positions (not rounded to 16), merged.
-    static func split(_ q: [Float], _ cache: Cache, _ shape: Shape, count: Int, parts: Int, half: Bool,
+    static func split(_ q: [Float], _ cache: Cache, _ shape: Shape, count: Int, parts: Int, layout: Layout,
                       reference: Bool) -> [Float] {
         let chunk = (count + parts - 1) / parts, scale = 1 / Float(shape.dim).squareRoot()
         var partial = [Float](repeating: .nan, count: parts * shape.heads * (shape.dim + 2))
@@ -95,7 +106,20 @@ struct SplitAttentionTests {
             partial.withUnsafeMutableBufferPointer { p in
                 let pt = p.baseAddress! + t * shape.heads * (shape.dim + 2)
                 let (dim, heads, kvHeads) = (shape.dim, shape.heads, shape.kvHeads)
-                if half {
+                switch layout {
+                case .tiled:
+                    // Values keep the head-major layout (KV heads capacity·dim apart): the tiled
+                    // stride must serve both, so the values are copied to it.
+                    let values = Self.restride(cache.halfValues, heads: kvHeads, from: cache.capacity * dim,
+                                               to: cache.tiledStride)
+                    if reference {
+                        ck_attend_part_f16t_ref(q, cache.tiledKeys, values, begin, end, dim, cache.tiledStride, dim,
+                                                heads, kvHeads, scale, &scores, count, pt)
+                    } else {
+                        ck_attend_part_f16t(q, cache.tiledKeys, values, begin, end, dim, cache.tiledStride, dim,
+                                            heads, kvHeads, scale, &scores, count, pt)
+                    }
+                case .half:
                     let kvHeadStride = cache.capacity * dim
                     if reference {
                         ck_attend_part_f16_ref(q, cache.halfKeys, cache.halfValues, begin, end, dim, kvHeadStride, dim,
@@ -104,7 +128,7 @@ struct SplitAttentionTests {
                         ck_attend_part_f16(q, cache.halfKeys, cache.halfValues, begin, end, dim, kvHeadStride, dim,
                                            heads, kvHeads, scale, &scores, count, pt)
                     }
-                } else {
+                case .float:
                     let stride = kvHeads * dim
                     if reference {
                         ck_attend_part_ref(q, cache.floatKeys, cache.floatValues, begin, end, stride, dim, dim, heads,
@@ -117,6 +141,13 @@ struct SplitAttentionTests {
             }
         }
         ck_attend_merge(partial, parts, shape.heads, shape.dim, &out)
+        return out
+    }
+
+    /// `heads` runs of `from` halves re-spaced `to` halves apart (the gap a NaN pattern).
+    static func restride(_ source: [UInt16], heads: Int, from: Int, to: Int) -> [UInt16] {
+        var out = [UInt16](repeating: 0x7E00, count: heads * to)
+        for g in 0..<heads { for i in 0..<min(from, to) { out[g * to + i] = source[g * from + i] } }
         return out
     }
 
@@ -146,11 +177,11 @@ struct SplitAttentionTests {
     static func expectSplitMatches(_ q: [Float], _ cache: Cache, _ shape: Shape, count: Int, parts: [Int],
                                    bound: Float, label: String) {
         let expected = unsplit(q, cache, shape, count: count)
-        for half in [false, true] {
+        for layout in Layout.allCases {
             for parts in parts {
-                let label = "\(label) half \(half) parts \(parts)"
-                let ref = split(q, cache, shape, count: count, parts: parts, half: half, reference: true)
-                let fast = split(q, cache, shape, count: count, parts: parts, half: half, reference: false)
+                let label = "\(label) \(layout) parts \(parts)"
+                let ref = split(q, cache, shape, count: count, parts: parts, layout: layout, reference: true)
+                let fast = split(q, cache, shape, count: count, parts: parts, layout: layout, reference: false)
                 #expect(fast.allSatisfy { $0.isFinite }, "\(label)")
                 #expect(TokenKernelTests.relativeError(ref, expected) < bound, "\(label): twin vs unsplit")
                 #expect(TokenKernelTests.relativeError(fast, ref) < bound, "\(label): fast vs twin")
@@ -160,7 +191,7 @@ struct SplitAttentionTests {
     }
 
     @Test("the split kernel matches its twin and the unsplit reference, any range split",
-          arguments: [1, 2, 15, 17, 577], shapes)
+          arguments: [1, 2, 15, 16, 17, 573, 577], shapes)
     func matchesReference(count: Int, shape: Shape) {
         var rng = SplitMix(seed: UInt64(count * 7919 + shape.heads * 131 + shape.dim))
         let q = rng.floats(shape.heads * shape.dim, in: -2...2)
@@ -169,12 +200,14 @@ struct SplitAttentionTests {
                                 label: "count \(count) shape \(shape)")
         // One position: every head's output is its KV head's value row, exactly.
         if count == 1 {
-            let fast = Self.split(q, cache, shape, count: count, parts: 1, half: true, reference: false)
-            let group = shape.heads / shape.kvHeads
-            for h in 0..<shape.heads {
-                let kv = h / group
-                #expect(Array(fast[(h * shape.dim)..<((h + 1) * shape.dim)])
-                        == Array(cache.floatValues[(kv * shape.dim)..<((kv + 1) * shape.dim)]), "head \(h)")
+            for layout in [Layout.half, .tiled] {
+                let fast = Self.split(q, cache, shape, count: count, parts: 1, layout: layout, reference: false)
+                let group = shape.heads / shape.kvHeads
+                for h in 0..<shape.heads {
+                    let kv = h / group
+                    #expect(Array(fast[(h * shape.dim)..<((h + 1) * shape.dim)])
+                            == Array(cache.floatValues[(kv * shape.dim)..<((kv + 1) * shape.dim)]), "\(layout) head \(h)")
+                }
             }
         }
     }
@@ -221,10 +254,11 @@ struct SplitAttentionTests {
         }
         TokenKernels.kernelSwitchLock.lock()
         defer { TokenKernels.kernelSwitchLock.unlock() }
-        let wasOn = TokenKernels.splitAttention
-        defer { TokenKernels.splitAttention = wasOn }
-        for half in [false, true] {
-            let label = "count \(count) shape \(shape) half \(half)"
+        let wasOn = TokenKernels.splitAttention, headMajorWas = TokenKernels.attentionHeadMajor
+        defer { (TokenKernels.splitAttention, TokenKernels.attentionHeadMajor) = (wasOn, headMajorWas) }
+        for (half, headMajor) in [(false, true), (true, true), (false, false), (true, false)] {
+            TokenKernels.attentionHeadMajor = headMajor
+            let label = "count \(count) shape \(shape) half \(half) head-major \(headMajor)"
             let ref = run(half: half, reference: true)
             TokenKernels.splitAttention = true
             let split = run(half: half)
@@ -237,7 +271,61 @@ struct SplitAttentionTests {
             if half {
                 TokenKernels.splitAttention = true
                 #expect(TokenKernelTests.relativeError(split, run(half: false)) < 2e-5, "\(label): f16 vs f32 split")
+                // Tiled keys (split whatever the switch says) against the same twin.
+                let values = Self.restride(cache.halfValues, heads: shape.kvHeads, from: cache.capacity * shape.dim,
+                                           to: cache.tiledStride)
+                for (splitOn, reference) in [(true, false), (false, false), (true, true)] {
+                    TokenKernels.splitAttention = splitOn
+                    var out = [Float](repeating: .nan, count: shape.heads * shape.dim)
+                    TokenKernels.attendOne(q: q, tiledHalfKeys: cache.tiledKeys, halfValues: values, count: count,
+                                           heads: shape.heads, kvHeads: shape.kvHeads, dim: shape.dim,
+                                           kvHeadStride: cache.tiledStride, scale: scale, scores: &scores, out: &out,
+                                           reference: reference)
+                    #expect(TokenKernelTests.relativeError(out, ref) < 2e-5,
+                            "\(label): tiled (split \(splitOn), reference \(reference)) vs twin")
+                }
             }
         }
+    }
+
+    @Test("tiled keys: no spare capacity (the last tile partly beyond count), ranges inside tiles",
+          arguments: [1, 15, 16, 17, 31, 32, 33], [Shape(heads: 9, kvHeads: 3, dim: 64), Shape(heads: 4, kvHeads: 1, dim: 40),
+                                                    Shape(heads: 2, kvHeads: 2, dim: 128)])
+    func tiledAtCapacityEdges(count: Int, shape: Shape) {
+        var rng = SplitMix(seed: UInt64(count * 11 + shape.dim))
+        let q = rng.floats(shape.heads * shape.dim, in: -2...2)
+        let cache = Self.cache(shape, count: count, keyRange: -4...4, spare: 0, rng: &rng)
+        Self.expectSplitMatches(q, cache, shape, count: count, parts: [1, 2, 3, 5], bound: 2e-5,
+                                label: "capacity \(count) shape \(shape)")
+    }
+
+    /// The tiled key store and widen: every element where the layout says, rounded as
+    /// `ck_f32_to_f16_one` rounds, and read back exactly; other positions untouched.
+    @Test(arguments: [16, 40, 64, 72, 7])
+    func tiledKeyStoreAndWiden(dim: Int) {
+        var rng = SplitMix(seed: UInt64(dim))
+        let positions = 37, stride = (positions + 15) / 16 * 16 * dim
+        var head = [UInt16](repeating: 0x7E00, count: stride)
+        var rows: [[Float]] = []
+        for j in 0..<positions {
+            var row = rng.floats(dim, in: -70000...70000)
+            if j == 3 { row[0] = 1e-8 }  // a subnormal half
+            rows.append(row)
+            head.withUnsafeMutableBufferPointer { TokenKernels.roundToHalf(row, intoTiledHead: $0.baseAddress!, position: j, dim: dim) }
+        }
+        for j in 0..<positions {
+            for d in 0..<dim {
+                #expect(head[(j / 16) * 16 * dim + 16 * d + j % 16] == ck_f32_to_f16_one(rows[j][d]), "position \(j) d \(d)")
+            }
+            var back = [Float](repeating: .nan, count: dim)
+            head.withUnsafeBufferPointer { h in
+                back.withUnsafeMutableBufferPointer {
+                    TokenKernels.widenHalf(tiledHead: h.baseAddress!, position: j, dim: dim, into: $0.baseAddress!)
+                }
+            }
+            #expect(back.map(\.bitPattern) == rows[j].map { ck_f16_to_f32_one(ck_f32_to_f16_one($0)).bitPattern })
+        }
+        // Positions 37..<48 of the last tile were never written.
+        for j in positions..<48 { for d in 0..<dim { #expect(head[2 * 16 * dim + 16 * d + j % 16] == 0x7E00) } }
     }
 }

@@ -90,6 +90,11 @@ void ck_attend_group_f16_ref(const float *q, const uint16_t *keys, const uint16_
 /// holds; PTQ_ATTEND_SPLIT=0 in the environment starts the process with 0 (the grouped kernels).
 int ck_attend_split_enabled(void);
 void ck_set_attend_split_enabled(int enabled);
+/// 1 (the default) when the split decode attention cuts the KV heads' positions head-major
+/// (`TokenKernels.attentionHeadMajor`); PTQ_ATTEND_HEAD_MAJOR=0 in the environment starts the
+/// process with 0 (every range runs every head over a range of positions).
+int ck_attend_head_major_enabled(void);
+void ck_set_attend_head_major_enabled(int enabled);
 /// 1 when ck_attend_part[_f16] runs the AVX-512 kernel for heads of `dim` values (else the twin).
 int ck_attend_part_fast(size_t dim);
 /// The range [begin, end) of decode attention over a float cache, for all heads.
@@ -106,6 +111,27 @@ void ck_attend_part_f16(const float *q, const uint16_t *keys, const uint16_t *va
 void ck_attend_part_f16_ref(const float *q, const uint16_t *keys, const uint16_t *values, size_t begin, size_t end,
                             size_t stride, size_t kv_head_stride, size_t dim, size_t heads, size_t kv_heads,
                             float scale, float *scores, size_t score_stride, float *partial);
+/// ck_attend_part_f16 with the keys in tiles of 16 positions, dimension-major inside a tile: key
+/// (j, d) of a KV head at keys + kv·kv_head_stride + (j − j mod 16)·dim + 16·d + j mod 16 (values
+/// as ck_attend_part_f16, `stride` halves a position). kv_head_stride must cover whole tiles
+/// (capacity rounded up to 16 positions); the tile of `end − 1` must be readable. The AVX-512
+/// path sums each score over d in order with one FMA chain (the twin: multiply and add), so it
+/// matches the twin to the same 2e-5 of the output's largest magnitude.
+/// 1 (the default) when a new half KV cache tiles its keys where the split kernel runs
+/// (`TokenKernels.tilesHalfKeys`); PTQ_KV_TILED=0 in the environment starts the process with 0.
+int ck_kv_tiled_enabled(void);
+void ck_set_kv_tiled_enabled(int enabled);
+void ck_attend_part_f16t(const float *q, const uint16_t *keys, const uint16_t *values, size_t begin, size_t end,
+                         size_t stride, size_t kv_head_stride, size_t dim, size_t heads, size_t kv_heads, float scale,
+                         float *scores, size_t score_stride, float *partial);
+void ck_attend_part_f16t_ref(const float *q, const uint16_t *keys, const uint16_t *values, size_t begin, size_t end,
+                             size_t stride, size_t kv_head_stride, size_t dim, size_t heads, size_t kv_heads,
+                             float scale, float *scores, size_t score_stride, float *partial);
+/// Rounds one position's `dim` floats into a tiled half key head (ck_attend_part_f16t's layout):
+/// element d to head[(pos − pos mod 16)·dim + 16·d + pos mod 16], as ck_f32_to_f16 rounds.
+void ck_f32_to_f16_tiled(const float *src, uint16_t *head, size_t pos, size_t dim);
+/// Widens position `pos` of a tiled half key head into `dim` floats (exact).
+void ck_f16_tiled_to_f32(const uint16_t *head, size_t pos, size_t dim, float *dst);
 /// out[h] = Σ_p e^(m_p − M)·o_p / Σ_p e^(m_p − M)·l_p over the `parts` ranges' partials
 /// (partial + (p·heads + h)·(dim + 2)), M the largest m of a non-empty range; 0 for a head no
 /// range covered. One range: o / l.
