@@ -1,6 +1,7 @@
 import CKernels
 import Dispatch
 import Foundation
+import Synchronization
 
 /// Token-path kernels (`ck_runtime.h`): float GEMV for one activation row, decode attention,
 /// and the FP4 nibble-table int8 GEMV, each on the persistent pool with a scalar `…Reference`
@@ -626,12 +627,41 @@ extension TokenKernels {
     /// (`ck_collapse_anonymous_hugepages`: `MADV_HUGEPAGE`, then `MADV_COLLAPSE`, on every private
     /// anonymous mapping of at least `minimumBytes`). Decode streams every weight from DRAM once a
     /// token; on 4 KB pages each 4 KB of a stream costs a TLB miss and a page walk. The packed
-    /// model loader (`PTQ.loadPacked`) calls it after building a model; `PTQ_WEIGHT_HUGEPAGES=0`
-    /// in the environment turns it off. Returns the bytes collapsed (0 where the kernel does not support it).
+    /// model loader (`PTQ.loadPacked`) runs it in the background after building a model
+    /// (`collapseToHugePagesInBackground`); `PTQ_WEIGHT_HUGEPAGES=0` in the environment turns
+    /// it off. Returns the bytes collapsed (0 where the kernel does not support it).
     @discardableResult
     public static func collapseToHugePages(minimumBytes: Int = 4 << 20) -> Int {
         Int(ck_collapse_anonymous_hugepages(minimumBytes))
     }
+
+    /// Runs `collapseToHugePages()` on a background thread and returns at once, so a loaded model
+    /// is usable while its weights move onto 2 MB pages. On this VM getting 2 MB pages costs
+    /// 0.3–4 GB/s (0.05–1 s for a SmolLM2 `.ptq`, RESULTS thirteenth pass), which made a `.ptq`
+    /// load slower than the HDF5 one when the loader waited for it. The kernel keeps the
+    /// weights readable (and their values unchanged) while it collapses them.
+    /// `waitForHugePages()` waits for every collapse started so far.
+    public static func collapseToHugePagesInBackground() {
+        hugePageWork.enter()
+        DispatchQueue.global(qos: .utility).async {
+            let start = DispatchTime.now().uptimeNanoseconds
+            ck_collapse_anonymous_hugepages(4 << 20)
+            hugePageNanoseconds.add(DispatchTime.now().uptimeNanoseconds - start, ordering: .relaxed)
+            hugePageWork.leave()
+        }
+    }
+
+    /// Waits until every `collapseToHugePagesInBackground()` started so far has finished and
+    /// returns the seconds they spent in total (for `ptq bench`, which times decode on the final
+    /// pages and reports this beside the load time).
+    @discardableResult
+    public static func waitForHugePages() -> Double {
+        hugePageWork.wait()
+        return Double(hugePageNanoseconds.load(ordering: .relaxed)) / 1e9
+    }
+
+    private static let hugePageWork = DispatchGroup()
+    private static let hugePageNanoseconds = Atomic<UInt64>(0)
 }
 
 /// A half-precision KV cache's storage: `layers` runs of `count` IEEE half bit patterns, zeroed,

@@ -47,6 +47,12 @@ extension PTQ {
 
     /// How float-activation layers prefill with the current settings (`ptq bench` prints it).
     public static var prefillDescription: String { LowBit.prefillDescription }
+
+    /// Waits for the background moves of loaded `.ptq` weights onto 2 MB pages
+    /// (`loadPacked` starts one per model) and returns the seconds all of them took so far.
+    /// Timing code calls it after a load so that timed runs see the weights' final pages.
+    @discardableResult
+    public static func waitForHugePages() -> Double { TokenKernels.waitForHugePages() }
 }
 
 /// The report of `PTQ.benchmarkKernels`.

@@ -373,7 +373,8 @@ extension PTQ {
     public static func loadPacked(_ packed: PackedModel, source: String) throws(PTQError) -> any QuantizableModel {
         try packed.validateModel(source: source)
         let model = try ModelFamilies.load(PackedWeights(packed))
-        TokenKernels.collapseToHugePages()
+        // In the background: the model is usable at once (`TokenKernels.waitForHugePages`).
+        TokenKernels.collapseToHugePagesInBackground()
         return model
     }
 
