@@ -2,12 +2,10 @@
 // of operations the `_ref` twins emulate, and the error bound. The fast path needs AVX512_BF16
 // and is reached only after the run-time check (ck_bf16_gemv_supported).
 #include "ck_bf16_gemv.h"
-#include "ck_u4_i8_gemv.h"
 #include "ck_bf16.h"
 #include "bf16_emul.h"
 #include "x86_common.h"
 #include <math.h>
-#include <stdlib.h>
 #include <string.h>
 
 static inline size_t ceil_div(size_t a, size_t b) { return (a + b - 1) / b; }
@@ -169,20 +167,6 @@ CK_INLINE CK_BF16 __m128 hsum16x4(__m512 a, __m512 b, __m512 c, __m512 d) {
     return _mm_hadd_ps(ab, cd);
 }
 
-/// y[0…3] = hsum16(total[r]) − zero_term of rows r = 0…3 (s, z: the first row's, rows `groups`
-/// apart), the four zero terms in the lanes of one vector: the same operations as zero_term.
-CK_INLINE CK_BF16 void store_rows4(const __m512 total[4], const float *s, const float *z, const float *xsums,
-                                   size_t groups, float offset, float *y) {
-    const __m128 c = _mm_set1_ps(offset);
-    __m128 zt = _mm_setzero_ps();
-    for (size_t grp = 0; grp < groups; grp++) {
-        const __m128 sv = _mm_setr_ps(s[grp], s[groups + grp], s[2 * groups + grp], s[3 * groups + grp]);
-        const __m128 zv = _mm_setr_ps(z[grp], z[groups + grp], z[2 * groups + grp], z[3 * groups + grp]);
-        zt = _mm_fmadd_ps(sv, _mm_mul_ps(_mm_add_ps(c, zv), _mm_set1_ps(xsums[grp])), zt);
-    }
-    _mm_storeu_ps(y, _mm_sub_ps(hsum16x4(total[0], total[1], total[2], total[3]), zt));
-}
-
 /// The 16-bit lanes' bf16 values as floats: lanes 0…15 (`high` 0) or 16…31.
 CK_INLINE CK_BF16 __m512 bf16_lanes_ps(__m512i v, int high) {
     const __m256i h = high ? _mm512_extracti64x4_epi64(v, 1) : _mm512_castsi512_si256(v);
@@ -324,8 +308,16 @@ CK_INLINE CK_BF16 void rows_bf16(const int u4, const int R, const uint8_t *codes
             total[r] = _mm512_fmadd_ps(_mm512_set1_ps(scales[(o + (size_t)r) * groups + grp]), d, total[r]);
         }
     }
-    if (R == 4) {
-        store_rows4(total, scales + o * groups, zeros + o * groups, xsums, groups, code_offset(u4), y + o);
+    if (R == 4) { // zero_term of the four rows in the lanes of one vector: the same operations
+        const float *s = scales + o * groups, *z = zeros + o * groups;
+        const __m128 c = _mm_set1_ps(code_offset(u4));
+        __m128 zt = _mm_setzero_ps();
+        for (size_t grp = 0; grp < groups; grp++) {
+            const __m128 sv = _mm_setr_ps(s[grp], s[groups + grp], s[2 * groups + grp], s[3 * groups + grp]);
+            const __m128 zv = _mm_setr_ps(z[grp], z[groups + grp], z[2 * groups + grp], z[3 * groups + grp]);
+            zt = _mm_fmadd_ps(sv, _mm_mul_ps(_mm_add_ps(c, zv), _mm_set1_ps(xsums[grp])), zt);
+        }
+        _mm_storeu_ps(y + o, _mm_sub_ps(hsum16x4(total[0], total[1], total[2], total[3]), zt));
         return;
     }
     for (int r = 0; r < R; r++) {
@@ -408,270 +400,4 @@ void ck_gemv_u4_bf16(const uint8_t *codes, size_t row_begin, size_t row_count, s
 void ck_gemv_u8_bf16(const uint8_t *codes, size_t row_begin, size_t row_count, size_t cols, size_t group_size,
                      const float *scales, const float *zeros, const uint16_t *xb, const float *xsums, float *y) {
     gemv_bf16(0, codes, row_begin, row_count, cols, group_size, scales, zeros, xb, xsums, y);
-}
-
-// ---- u4 codes × int8 activations (ck_u4_i8_gemv.h) ---------------------------------------------
-
-#define QB CK_U4_I8_QBLOCK
-
-static inline size_t i8_x_bytes(size_t cols) { return ceil_div(cols ? cols : 1, 128) * 128; }
-
-size_t ck_u4_i8_prepared_bytes(size_t cols, size_t group_size) {
-    const size_t n = i8_x_bytes(cols), groups = ceil_div(cols ? cols : 1, eff_group(cols, group_size));
-    return n + (n / 128) * 64 + ceil_div(groups * 4, 64) * 64;
-}
-
-/// The prepared row's three parts.
-static inline int8_t *i8_codes(void *p) { return (int8_t *)p; }
-static inline float *i8_lane_scales(void *p, size_t cols) { return (float *)((char *)p + i8_x_bytes(cols)); }
-static inline float *i8_sums(void *p, size_t cols) {
-    const size_t n = i8_x_bytes(cols);
-    return (float *)((char *)p + n + (n / 128) * 64);
-}
-
-static int u4_i8_switch = -1;
-int ck_u4_i8_decode_enabled(void) {
-    if (u4_i8_switch < 0) {
-        const char *v = getenv("PTQ_DECODE_U4_I8"); // opt-in: its quality cost, docs/RESULTS.md
-        u4_i8_switch = v && strcmp(v, "1") == 0;
-    }
-    return u4_i8_switch;
-}
-void ck_set_u4_i8_decode_enabled(int enabled) { u4_i8_switch = enabled != 0; }
-
-static int u4_i8_cpu = -1;
-int ck_u4_i8_supported(size_t cols, size_t group_size) {
-    if (u4_i8_cpu < 0) {
-#if defined(__x86_64__)
-        __builtin_cpu_init();
-        u4_i8_cpu = ck_cpu_has_avx512bf16() && __builtin_cpu_supports("avx512vl") &&
-                    __builtin_cpu_supports("avx512vnni");
-#else
-        u4_i8_cpu = 0;
-#endif
-    }
-    const size_t g = eff_group(cols, group_size);
-    return u4_i8_cpu && cols > 0 && (g >= cols || g % 128 == 0);
-}
-
-/// 127 / max|x| of an activation block; 0 (codes and scale 0) below 2⁻¹⁰⁰, where 127 / max
-/// could overflow (subnormal blocks), and for an all-zero block.
-static inline float i8_inverse_scale(float amax) { return amax >= 0x1p-100f ? 127.0f / amax : 0.0f; }
-
-/// Activation block b's code sum and scale into X̂ of its group (shared by both prepares).
-static inline void i8_add_block_sum(float *xs, size_t cols, size_t g, size_t b, int32_t sum, float d) {
-    const size_t grp = g >= cols ? 0 : (b * QB) / g;
-    xs[grp] = fmaf(d, (float)sum, xs[grp]);
-}
-
-void ck_u4_i8_prepare_ref(const float *x, size_t cols, size_t group_size, void *prepared) {
-    const size_t n = i8_x_bytes(cols), g = eff_group(cols, group_size), groups = ceil_div(cols, g);
-    int8_t *a = i8_codes(prepared);
-    float *d = i8_lane_scales(prepared, cols), *xs = i8_sums(prepared, cols);
-    for (size_t k = 0; k < groups; k++) xs[k] = 0.0f;
-    for (size_t b = 0; b < n / QB; b++) {
-        float amax = 0.0f;
-        for (size_t j = b * QB; j < b * QB + QB && j < cols; j++) amax = fmaxf(amax, fabsf(x[j]));
-        const float id = i8_inverse_scale(amax), db = amax >= 0x1p-100f ? amax / 127.0f : 0.0f; // ∞ stays ∞
-        int32_t sum = 0;
-        for (size_t j = b * QB; j < b * QB + QB; j++) {
-            float q = j < cols ? rintf(x[j] * id) : 0.0f;
-            q = q != q ? -127.0f : q > 127.0f ? 127.0f : q < -127.0f ? -127.0f : q; // NaN: as CVTPS2DQ, clamped
-            const size_t blk = j & ~(size_t)127, c = j & 127;
-            a[blk + ((c & 1) ? 64 : 0) + (c >> 1)] = (int8_t)q;
-            sum += (int32_t)q;
-        }
-        for (size_t l = 0; l < QB / 8; l++) d[(b * QB) / 8 + l] = db; // lanes of 8 columns
-        if (b * QB < cols) i8_add_block_sum(xs, cols, g, b, sum, db);
-    }
-}
-
-/// One row: per group G_l = fma(float(Σ q·a over lane l's 8 columns), d_l, G_l) per block,
-/// total_l = fma(s_g, G_l, total_l); y = hsum16(total) − Σ_g fma(s_g, z_g·X̂_g, ·).
-static float gemv_u4_i8_row_ref(const uint8_t *row, size_t cols, size_t g, const float *s, const float *z,
-                                const int8_t *a, const float *d, const float *xs) {
-    const size_t groups = ceil_div(cols, g);
-    float total[16] = {0};
-    for (size_t grp = 0; grp < groups; grp++) {
-        const size_t j0 = grp * g, j1 = j0 + g < cols ? j0 + g : cols;
-        float G[16] = {0};
-        for (size_t j = j0; j < j1; j += 128) {
-            for (size_t l = 0; l < 16; l++) {
-                int32_t sum = 0;
-                for (size_t c = 8 * l; c < 8 * l + 8; c++) {
-                    const size_t col = j + c;
-                    if (col >= j1) continue;
-                    const unsigned q = (row[col >> 1] >> (4 * (col & 1))) & 15u;
-                    sum += (int32_t)q * a[j + ((c & 1) ? 64 : 0) + (c >> 1)];
-                }
-                G[l] = fmaf((float)sum, d[j / 8 + l], G[l]);
-            }
-        }
-        for (size_t l = 0; l < 16; l++) total[l] = fmaf(s[grp], G[l], total[l]);
-    }
-    return hsum16_ref(total) - zero_term(s, z, xs, groups, 0.0f); // (0 + z_g)·X̂_g
-}
-
-void ck_gemv_u4_i8_ref(const uint8_t *codes, size_t row_begin, size_t row_count, size_t cols, size_t group_size,
-                       const float *scales, const float *zeros, const void *prepared, float *y) {
-    const size_t g = eff_group(cols, group_size), groups = ceil_div(cols, g), stride = (cols + 1) / 2;
-    void *p = (void *)prepared;
-    for (size_t o = row_begin; o < row_begin + row_count; o++)
-        y[o] = gemv_u4_i8_row_ref(codes + o * stride, cols, g, scales + o * groups, zeros + o * groups, i8_codes(p),
-                                  i8_lane_scales(p, cols), i8_sums(p, cols));
-}
-
-// ---- u4 × int8, AVX-512 VNNI -------------------------------------------------------------------
-
-#if defined(__x86_64__)
-#define CK_U4I8 __attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512bf16,avx512vnni")))
-
-/// The max of each run of 8 lanes, in all 8 of them.
-CK_INLINE CK_U4I8 __m512 max8_ps(__m512 v) {
-    v = _mm512_max_ps(v, _mm512_permute_ps(v, 0x4E));
-    v = _mm512_max_ps(v, _mm512_permute_ps(v, 0xB1));
-    return _mm512_max_ps(v, _mm512_shuffle_f32x4(v, v, 0xB1));
-}
-
-/// 32 columns at a time (four activation blocks of 8): max|x| per block, codes x·(127/max)
-/// rounded to nearest even (CVTPS2DQ under the default MXCSR, as rintf) and clamped; the even
-/// columns to the 128-column block's first 64 bytes, the odd ones to the next 64. The same
-/// IEEE operations per value as the twin, so the same bytes.
-CK_U4I8 static void prepare_u4_i8_avx512(const float *x, size_t cols, size_t group_size, void *prepared) {
-    const size_t n = i8_x_bytes(cols), g = eff_group(cols, group_size), groups = ceil_div(cols, g);
-    int8_t *a = i8_codes(prepared);
-    float *d = i8_lane_scales(prepared, cols), *xs = i8_sums(prepared, cols);
-    for (size_t k = 0; k < groups; k++) xs[k] = 0.0f;
-    const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-    const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
-    const __m512i first = _mm512_setr_epi32(0, 8, 16, 24, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0);
-    const __m512i lim = _mm512_set1_epi32(127), nlim = _mm512_set1_epi32(-127);
-    const __m512 tiny = _mm512_set1_ps(0x1p-100f), c127 = _mm512_set1_ps(127.0f);
-    for (size_t at = 0; at < n; at += 32) {
-        const size_t c0 = at >= cols ? 0 : cols - at < 16 ? cols - at : 16;
-        const size_t c1 = at + 16 >= cols ? 0 : cols - at - 16 < 16 ? cols - at - 16 : 16;
-        const __m512 f0 = _mm512_maskz_loadu_ps((__mmask16)((1u << c0) - 1), x + at);
-        const __m512 f1 = _mm512_maskz_loadu_ps((__mmask16)((1u << c1) - 1), x + at + 16);
-        const __m512 m0 = max8_ps(_mm512_abs_ps(f0)), m1 = max8_ps(_mm512_abs_ps(f1));
-        const __mmask16 k0 = _mm512_cmp_ps_mask(m0, tiny, _CMP_GE_OQ), k1 = _mm512_cmp_ps_mask(m1, tiny, _CMP_GE_OQ);
-        const __m512 id0 = _mm512_maskz_div_ps(k0, c127, m0), id1 = _mm512_maskz_div_ps(k1, c127, m1);
-        __m512i qe = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_permutex2var_ps(f0, even, f1),
-                                                      _mm512_permutex2var_ps(id0, even, id1)));
-        __m512i qo = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_permutex2var_ps(f0, odd, f1),
-                                                      _mm512_permutex2var_ps(id0, odd, id1)));
-        qe = _mm512_max_epi32(_mm512_min_epi32(qe, lim), nlim);
-        qo = _mm512_max_epi32(_mm512_min_epi32(qo, lim), nlim);
-        const size_t blk = at & ~(size_t)127, half = (at & 127) >> 1;
-        _mm_storeu_si128((__m128i *)(a + blk + half), _mm512_cvtepi32_epi8(qe));
-        _mm_storeu_si128((__m128i *)(a + blk + 64 + half), _mm512_cvtepi32_epi8(qo));
-        // d of the four blocks (lanes 0, 8 of each half), then their code sums (block b: the
-        // even and odd codes 4b … 4b + 3) into X̂ in column order.
-        const __m512 db = _mm512_permutex2var_ps(_mm512_maskz_div_ps(k0, m0, c127), first,
-                                                 _mm512_maskz_div_ps(k1, m1, c127));
-        _mm_storeu_ps(d + at / 8, _mm512_castps512_ps128(db));
-        if (at >= cols) continue;
-        float dv[4];
-        int32_t q[16];
-        _mm_storeu_ps(dv, _mm512_castps512_ps128(db));
-        _mm512_storeu_si512((void *)q, _mm512_add_epi32(qe, qo));
-        for (size_t b = 0; b < 4 && at + 8 * b < cols; b++)
-            i8_add_block_sum(xs, cols, g, at / 8 + b, q[4 * b] + q[4 * b + 1] + q[4 * b + 2] + q[4 * b + 3], dv[b]);
-    }
-}
-
-/// R rows (1…4) from row o sharing each block's activation loads. Per block and row: one
-/// 64-byte load, AND / shift + AND to the even and odd columns' nibbles, two VPDPBUSD, one
-/// convert, one FMA by the lane scales; per group one FMA by the group scale.
-CK_INLINE CK_U4I8 void rows_u4_i8(const int R, const uint8_t *codes, size_t o, size_t cols, size_t g,
-                                  const float *scales, const float *zeros, const int8_t *a, const float *d,
-                                  const float *xs, float *y) {
-    const size_t groups = ceil_div(cols, g), stride = (cols + 1) / 2;
-    const __m512i m0f = _mm512_set1_epi8(0x0F);
-    __m512 total[4];
-    for (int r = 0; r < R; r++) total[r] = _mm512_setzero_ps();
-    for (size_t grp = 0; grp < groups; grp++) {
-        const size_t j0 = grp * g, j1 = j0 + g < cols ? j0 + g : cols;
-        __m512 G[4];
-        for (int r = 0; r < R; r++) G[r] = _mm512_setzero_ps();
-        for (size_t j = j0; j < j1; j += 128) {
-            const size_t at = j / 2, left = j1 - j;
-            const __m512 dv = _mm512_loadu_ps(d + j / 8);
-            if (R == 4) { // as rows_bf16: the hardware prefetchers do not follow four interleaved rows
-                const char *pf = (const char *)(codes + (o + 4 * CK_GEMV_PF) * stride + 4 * at);
-                for (int k = 0; k < 4; k++) _mm_prefetch(pf + 64 * k, _MM_HINT_T0);
-            }
-            const size_t bytes = left >= 128 ? 64 : (left + 1) / 2;
-            if (bytes <= 32 && j == j0) { // a group's only, half-empty block: 256 bits, lanes 0…7
-                const __m256i xe = _mm256_loadu_si256((const __m256i *)(a + j));
-                const __m256i xo = _mm256_loadu_si256((const __m256i *)(a + j + 64));
-                const __m256i m0f8 = _mm512_castsi512_si256(m0f);
-                for (int r = 0; r < R; r++) {
-                    const __m256i w = _mm256_maskz_loadu_epi8((__mmask32)((1ull << bytes) - 1),
-                                                              codes + (o + (size_t)r) * stride + at);
-                    __m256i acc = _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_and_si256(w, m0f8), xe);
-                    acc = _mm256_dpbusd_epi32(acc, _mm256_and_si256(_mm256_srli_epi16(w, 4), m0f8), xo);
-                    G[r] = _mm512_zextps256_ps512(_mm256_fmadd_ps(_mm256_cvtepi32_ps(acc), _mm512_castps512_ps256(dv),
-                                                                  _mm256_setzero_ps()));
-                }
-                continue;
-            }
-            const __m512i xe = _mm512_loadu_si512((const void *)(a + j));
-            const __m512i xo = _mm512_loadu_si512((const void *)(a + j + 64));
-            const __mmask64 mask = bytes == 64 ? ~(__mmask64)0 : (((__mmask64)1 << bytes) - 1);
-            for (int r = 0; r < R; r++) {
-                const uint8_t *p = codes + (o + (size_t)r) * stride + at;
-                const __m512i w = bytes == 64 ? _mm512_loadu_si512((const void *)p) : _mm512_maskz_loadu_epi8(mask, p);
-                __m512i acc = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_and_si512(w, m0f), xe);
-                acc = _mm512_dpbusd_epi32(acc, _mm512_and_si512(_mm512_srli_epi16(w, 4), m0f), xo);
-                G[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc), dv, G[r]);
-            }
-        }
-        for (int r = 0; r < R; r++)
-            total[r] = _mm512_fmadd_ps(_mm512_set1_ps(scales[(o + (size_t)r) * groups + grp]), G[r], total[r]);
-    }
-    if (R == 4) {
-        store_rows4(total, scales + o * groups, zeros + o * groups, xs, groups, 0.0f, y + o);
-        return;
-    }
-    for (int r = 0; r < R; r++) {
-        const size_t row = o + (size_t)r;
-        y[row] = hsum16(total[r]) - zero_term(scales + row * groups, zeros + row * groups, xs, groups, 0.0f);
-    }
-}
-
-CK_U4I8 static void gemv_u4_i8_avx512(const uint8_t *codes, size_t row_begin, size_t row_count, size_t cols,
-                                      size_t group_size, const float *scales, const float *zeros,
-                                      const void *prepared, float *y) {
-    const size_t g = eff_group(cols, group_size), end = row_begin + row_count;
-    void *p = (void *)prepared;
-    const int8_t *a = i8_codes(p);
-    const float *d = i8_lane_scales(p, cols), *xs = i8_sums(p, cols);
-    size_t o = row_begin;
-    prefetch_range_start(codes, row_begin, row_count, (cols + 1) / 2);
-    for (; o + 4 <= end; o += 4) rows_u4_i8(4, codes, o, cols, g, scales, zeros, a, d, xs, y);
-    switch (end - o) {
-    case 3: rows_u4_i8(3, codes, o, cols, g, scales, zeros, a, d, xs, y); break;
-    case 2: rows_u4_i8(2, codes, o, cols, g, scales, zeros, a, d, xs, y); break;
-    case 1: rows_u4_i8(1, codes, o, cols, g, scales, zeros, a, d, xs, y); break;
-    default: break;
-    }
-}
-#endif
-
-void ck_u4_i8_prepare(const float *x, size_t cols, size_t group_size, void *prepared) {
-#if defined(__x86_64__)
-    if (ck_u4_i8_supported(cols, group_size)) { prepare_u4_i8_avx512(x, cols, group_size, prepared); return; }
-#endif
-    ck_u4_i8_prepare_ref(x, cols, group_size, prepared);
-}
-
-void ck_gemv_u4_i8(const uint8_t *codes, size_t row_begin, size_t row_count, size_t cols, size_t group_size,
-                   const float *scales, const float *zeros, const void *prepared, float *y) {
-#if defined(__x86_64__)
-    if (ck_u4_i8_supported(cols, group_size)) {
-        gemv_u4_i8_avx512(codes, row_begin, row_count, cols, group_size, scales, zeros, prepared, y);
-        return;
-    }
-#endif
-    ck_gemv_u4_i8_ref(codes, row_begin, row_count, cols, group_size, scales, zeros, prepared, y);
 }

@@ -303,9 +303,8 @@ float ck_stream_sum(const float *p, size_t n) {
 // 22 the PTQ1.61 lookup-table sign GEMV's per-4-column tables (`BinaryKernels.gemvSignInt8`),
 // 23 the SplitQuant bf16 decode GEMV's bf16 copy of x (`SplitKernels.gemv`),
 // 24 the split decode attention's per-range partials (`TokenKernels.attend`, the caller's thread),
-// 26 the FP8 decode GEMV's signed activation byte planes (fp4_i16.c, `ck_fp8_gemv_i16`),
-// 28 the u4 × int8 decode GEMV's prepared activations (`LowBit.gemv`, engineer w4, 13th pass).
-#define CK_SCRATCH_SLOTS 31
+// 26 the FP8 decode GEMV's signed activation byte planes (fp4_i16.c, `ck_fp8_gemv_i16`).
+#define CK_SCRATCH_SLOTS 27
 
 typedef struct {
     void *data;

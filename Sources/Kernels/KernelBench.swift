@@ -227,17 +227,13 @@ public enum KernelBench {
             w.withUnsafeBufferPointer { w in
                 s.withUnsafeBufferPointer { s in
                     z.withUnsafeBufferPointer { z in
-                        // The int8-activation kernel (AVX-512 VNNI), the bf16 one (AVX512_BF16) and the
-                        // float32 one.
-                        let i8 = LowBit.u4Int8Supported(columns: 576, groupSize: group)
-                        for (i8, bf16, label) in (i8 ? [(true, true, " [int8 x]")] : []) + decodePaths.map({ (false, $0.bf16, $0.label) }) {
-                            LowBit.$u4Int8DecodeOverride.withValue(i8) {
-                                time("u4 W4A16 g128 (LowBit.gemv)\(label)", layerPass, bytes: total + stotal * 8) {
-                                    for (i, (n, k)) in shapes.enumerated() {
-                                        LowBit.gemv(.u4, codes: w.baseAddress! + off[i], rows: n, columns: k, groupSize: group,
-                                                    scales: s.baseAddress! + soff[i], zeros: z.baseAddress! + soff[i], x: x, y: &y,
-                                                    bf16: bf16)
-                                    }
+                        // The bf16 decode kernel (where the CPU has AVX512_BF16) and the float32 one.
+                        for (bf16, label) in decodePaths {
+                            time("u4 W4A16 g128 (LowBit.gemv)\(label)", layerPass, bytes: total + stotal * 8) {
+                                for (i, (n, k)) in shapes.enumerated() {
+                                    LowBit.gemv(.u4, codes: w.baseAddress! + off[i], rows: n, columns: k, groupSize: group,
+                                                scales: s.baseAddress! + soff[i], zeros: z.baseAddress! + soff[i], x: x, y: &y,
+                                                bf16: bf16)
                                 }
                             }
                         }

@@ -175,26 +175,17 @@ public enum LowBit {
         // bf16 decode: x rounded (and, for nibbles, permuted) once per call on this thread into
         // its scratch slots 19 and 20, which the parts on other threads only read.
         var xb: UnsafeMutablePointer<UInt16>?, xsums: UnsafeMutablePointer<Float>?
-        var xq: UnsafeMutableRawPointer?
-        if bf16 && u4 && decodesU4InInt8 && ck_u4_i8_supported(columns, groupSize) != 0 {
-            // int8 activations (Q8_0-style, a scale per 8 columns) for the VNNI kernel, prepared once per
-            // call on this thread into its scratch slot 28, read by the parts on other threads.
-            let p = threadScratch(slot: 28, count: ck_u4_i8_prepared_bytes(columns, groupSize), of: UInt8.self)
-            ck_u4_i8_prepare(x, columns, groupSize, p)
-            xq = UnsafeMutableRawPointer(p)
-        } else if bf16 && ck_bf16_gemv_supported(u4 ? 1 : 0, columns, groupSize) != 0 {
+        if bf16 && ck_bf16_gemv_supported(u4 ? 1 : 0, columns, groupSize) != 0 {
             let b = threadScratch(slot: 19, count: ck_bf16_gemv_x_count(columns), of: UInt16.self)
             let s = threadScratch(slot: 20, count: groupCount(columns: columns, groupSize: groupSize), of: Float.self)
             ck_bf16_gemv_prepare(u4 ? 1 : 0, x, columns, groupSize, b, s)
             (xb, xsums) = (b, s)
         }
         let job = GemvJob(u4: u4, codes: codes, columns: columns, groupSize: groupSize, scales: scales,
-                          zeros: zeros, x: x, y: y, xb: xb, xsums: xsums, xq: xq)
+                          zeros: zeros, x: x, y: y, xb: xb, xsums: xsums)
         Parallel.forEachChunk(rows, minimumChunk: chunk(workPerRow: columns, atLeast: 8), context: job) { context, begin, end in
             let j = context!.load(as: GemvJob.self)
-            if let xq = j.xq {
-                ck_gemv_u4_i8(j.codes, begin, end - begin, j.columns, j.groupSize, j.scales, j.zeros, xq, j.y)
-            } else if let xb = j.xb, let xs = j.xsums {
+            if let xb = j.xb, let xs = j.xsums {
                 (j.u4 ? ck_gemv_u4_bf16 : ck_gemv_u8_bf16)(j.codes, begin, end - begin, j.columns, j.groupSize, j.scales,
                                                          j.zeros, xb, xs, j.y)
             } else if j.u4 {
@@ -210,8 +201,6 @@ public enum LowBit {
         let scales: UnsafePointer<Float>, zeros: UnsafePointer<Float>, x: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>
         /// The prepared bf16 activations and group sums of the bf16 kernel; nil for the float32 one.
         let xb: UnsafePointer<UInt16>?, xsums: UnsafePointer<Float>?
-        /// The prepared int8 activations of the u4 × int8 kernel (`ck_u4_i8_prepare`), or nil.
-        let xq: UnsafeRawPointer?
     }
 
     private static func groupCount(columns: Int, groupSize: Int) -> Int {
@@ -242,28 +231,6 @@ public enum LowBit {
         let kernel = format == .u4 ? (reference ? ck_gemv_u4_bf16_ref : ck_gemv_u4_bf16)
                                    : (reference ? ck_gemv_u8_bf16_ref : ck_gemv_u8_bf16)
         kernel(codes, 0, rows, columns, groupSize, scales, zeros, xb, xs, y)
-    }
-
-    /// The u4 decode GEMV on int8 activations alone, on the calling thread, whatever
-    /// `u4Int8Decode` says: x quantized per 8 columns (`ck_u4_i8_gemv.h`), then the AVX-512 VNNI
-    /// kernel where `ck_u4_i8_supported`, else (or with `reference`) the scalar twins, which give
-    /// the same bits. For tests and `ptq bench --kernels`.
-    public static func gemvU4Int8(codes: UnsafePointer<UInt8>, rows: Int, columns: Int, groupSize: Int,
-                                  scales: UnsafePointer<Float>, zeros: UnsafePointer<Float>, x: UnsafePointer<Float>,
-                                  y: UnsafeMutablePointer<Float>, reference: Bool = false) {
-        guard rows > 0 else { return }
-        var prepared = [UInt8](repeating: 0, count: ck_u4_i8_prepared_bytes(columns, groupSize))
-        prepared.withUnsafeMutableBytes { p in
-            (reference ? ck_u4_i8_prepare_ref : ck_u4_i8_prepare)(x, columns, groupSize, p.baseAddress!)
-            (reference ? ck_gemv_u4_i8_ref : ck_gemv_u4_i8)(codes, 0, rows, columns, groupSize, scales, zeros,
-                                                           p.baseAddress!, y)
-        }
-    }
-
-    /// Whether the CPU runs the u4 × int8 decode kernel on this shape (AVX-512 VNNI and
-    /// AVX512_BF16; groups of whole 128-column blocks or one per row).
-    public static func u4Int8Supported(columns: Int, groupSize: Int) -> Bool {
-        ck_u4_i8_supported(columns, groupSize) != 0
     }
 
     /// The bf16 decode GEMV's bound on |y − Σ_g s·Σ (q − z)·x̃| (x̃ = x rounded to bf16), as a
@@ -607,25 +574,6 @@ public enum LowBit {
     /// Whether decode GEMVs started on this task's thread run in bf16: the task's
     /// `bf16DecodeOverride` if set, else the process-wide `bf16Decode`.
     public static var decodesInBF16: Bool { bf16DecodeOverride ?? bf16Decode }
-
-    /// Whether u4 weight-only decode GEMVs that would run in bf16 (`bf16Decode` on, the shape
-    /// supported) quantize x to int8 with one scale per 8 columns instead and run the VNNI kernel
-    /// (`ck_u4_i8_gemv.h`, llama.cpp's Q4_0 × Q8_0 scheme on the same nibbles). Off by default: on SmolLM2 W4A16 g128 + head8 it raised the decode KL against the
-    /// float32 GEMVs from 1.3e-4 (bf16) to 8.1e-4 for no measurable decode speed (the bf16 kernel
-    /// already streams the codes from DRAM at one thread's read rate; docs/RESULTS.md, thirteenth
-    /// pass). `PTQ_DECODE_U4_I8=1` in the environment starts the process with it on. Read per call
-    /// (the layout does not change); process-wide, like `bf16Decode`.
-    public static var u4Int8Decode: Bool {
-        get { ck_u4_i8_decode_enabled() != 0 }
-        set { ck_set_u4_i8_decode_enabled(newValue ? 1 : 0) }
-    }
-
-    /// A task-scoped override of `u4Int8Decode` for GEMVs started on the task's own thread (tests),
-    /// as `bf16DecodeOverride`.
-    @TaskLocal public static var u4Int8DecodeOverride: Bool?
-
-    /// `u4Int8DecodeOverride` if set, else the process-wide `u4Int8Decode`.
-    public static var decodesU4InInt8: Bool { u4Int8DecodeOverride ?? u4Int8Decode }
 
     /// A task-scoped override of `bf16Decode` for layers loaded and run on the task's own thread
     /// (`usesBF16Gemv`), as `bf16PrefillOverride` is for prefill: tests use it to load and run a

@@ -645,7 +645,7 @@ extension TokenKernels {
         hugePageWork.enter()
         DispatchQueue.global(qos: .utility).async {
             let start = DispatchTime.now().uptimeNanoseconds
-            ck_collapse_anonymous_hugepages(4 << 20)
+            collapseToHugePages()
             hugePageNanoseconds.add(DispatchTime.now().uptimeNanoseconds - start, ordering: .relaxed)
             hugePageWork.leave()
         }

@@ -32,9 +32,6 @@ import PTQCore
 ///   (`ck_gemv_u4_bf16` / `ck_gemv_u8_bf16`: codes are exact bf16 values, x is rounded to bf16
 ///   once per call, fp32 sums); the choice is made at load so that memory holds one copy of the
 ///   codes, and turning `bf16Decode` off later sends those layers to the float32 nibble GEMV.
-///   With `LowBit.u4Int8Decode` (opt-in; AVX-512 VNNI) the u4 layers' decode GEMV quantizes x to
-///   int8 with one scale per 8 columns instead of rounding it to bf16 and runs `ck_gemv_u4_i8` on the same nibbles
-///   (llama.cpp's Q4_0 × Q8_0 scheme).
 public final class IntegerLinear: LinearOp {
     /// Canonical layer name (`layers/3/mlp/down_proj`).
     public let name: String
@@ -121,9 +118,7 @@ public final class IntegerLinear: LinearOp {
         case .weightOnly(let p):
             var gemv = p.planes != nil ? "u4 plane-table" : p.format == .u4 ? "u4" : "u8"
             if p.planes == nil && LowBit.usesBF16Gemv(p.format, columns: inFeatures, groupSize: groupSize) {
-                let i8 = p.format == .u4 && LowBit.decodesU4InInt8
-                    && LowBit.u4Int8Supported(columns: inFeatures, groupSize: groupSize)
-                gemv += i8 ? " int8-x" : " bf16"
+                gemv += " bf16"
             }
             return "\(gemv) GEMV/tile-GEMM W\(weightBits)A16 \(grouping)"
         }

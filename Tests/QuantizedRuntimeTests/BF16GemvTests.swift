@@ -168,10 +168,8 @@ struct BF16GemvTests {
             let (_, packed, s, z) = Self.layer(c, scale: 1, seed: UInt64(index + 70))
             let x = Self.input(columns: c.columns, seed: UInt64(index + 170))
             var got = [Float](repeating: .nan, count: c.rows), want = got
-            LowBit.$u4Int8DecodeOverride.withValue(false) { // the int8-activation kernel has its own suite
-                LowBit.gemv(c.format, codes: packed, rows: c.rows, columns: c.columns, groupSize: c.group, scales: s,
-                            zeros: z, x: x, y: &got, bf16: true)
-            }
+            LowBit.gemv(c.format, codes: packed, rows: c.rows, columns: c.columns, groupSize: c.group, scales: s,
+                        zeros: z, x: x, y: &got, bf16: true)
             if LowBit.usesBF16Gemv(c.format, columns: c.columns, groupSize: c.group) {
                 LowBit.gemvBF16(c.format, codes: packed, rows: c.rows, columns: c.columns, groupSize: c.group,
                                 scales: s, zeros: z, x: x, y: &want, reference: true)
@@ -187,10 +185,6 @@ struct BF16GemvTests {
     /// decode through it; several rows (prefill) still match the dequantized float product.
     @Test("IntegerLinear W4A16 g128 and W8A16 per-channel decode through the bf16 GEMV")
     func integerLinear() throws {
-        try LowBit.$u4Int8DecodeOverride.withValue(false) { try integerLinearBF16() }
-    }
-
-    private func integerLinearBF16() throws {
         for (bits, group) in [(4, 128), (8, 576)] {
             let q = makeLayer(out: 70, in: 576, bits: bits, groupSize: group, symmetric: false, seed: UInt64(bits))
             let layer = try IntegerLinear(q)

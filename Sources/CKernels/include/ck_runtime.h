@@ -46,6 +46,10 @@ uint16_t ck_f32_to_f16_one(float f);
 float ck_f16_to_f32_one(uint16_t h);
 /// dst[i] = half(src[i]) (F16C 8 at a time, else the scalar twin).
 void ck_f32_to_f16(const float *src, uint16_t *dst, size_t n);
+void ck_f32_to_f16_ref(const float *src, uint16_t *dst, size_t n);
+/// dst[i] = float(src[i]) (exact).
+void ck_f16_to_f32(const uint16_t *src, float *dst, size_t n);
+void ck_f16_to_f32_ref(const uint16_t *src, float *dst, size_t n);
 /// Zeroed storage of at least `bytes` for a KV cache: 2 MB-aligned, whole 2 MB pages, advised
 /// MADV_HUGEPAGE before the first touch (decode attention streams each layer's cache from DRAM;
 /// on 4 KB pages every 4 KB of a stream costs a page walk and restarts the hardware
@@ -59,10 +63,6 @@ void ck_kv_arena_free(void *arena);
 /// mode "madvise" gives none otherwise). Bytes collapsed; 0 where unsupported or with
 /// PTQ_WEIGHT_HUGEPAGES=0 in the environment.
 size_t ck_collapse_anonymous_hugepages(size_t min_bytes);
-void ck_f32_to_f16_ref(const float *src, uint16_t *dst, size_t n);
-/// dst[i] = float(src[i]) (exact).
-void ck_f16_to_f32(const uint16_t *src, float *dst, size_t n);
-void ck_f16_to_f32_ref(const uint16_t *src, float *dst, size_t n);
 
 /// ck_attend_one over half keys/values (`stride` halves per position), widened in registers:
 /// AVX2+F16C, or the scalar twin.
@@ -111,16 +111,17 @@ void ck_attend_part_f16(const float *q, const uint16_t *keys, const uint16_t *va
 void ck_attend_part_f16_ref(const float *q, const uint16_t *keys, const uint16_t *values, size_t begin, size_t end,
                             size_t stride, size_t kv_head_stride, size_t dim, size_t heads, size_t kv_heads,
                             float scale, float *scores, size_t score_stride, float *partial);
-/// ck_attend_part_f16 with the keys in tiles of 16 positions, dimension-major inside a tile: key
-/// (j, d) of a KV head at keys + kv·kv_head_stride + (j − j mod 16)·dim + 16·d + j mod 16 (values
-/// as ck_attend_part_f16, `stride` halves a position). kv_head_stride must cover whole tiles
-/// (capacity rounded up to 16 positions); the tile of `end − 1` must be readable. The AVX-512
-/// path sums each score over d in order with one FMA chain (the twin: multiply and add), so it
-/// matches the twin to the same 2e-5 of the output's largest magnitude.
 /// 1 (the default) when a new half KV cache tiles its keys where the split kernel runs
 /// (`TokenKernels.tilesHalfKeys`); PTQ_KV_TILED=0 in the environment starts the process with 0.
 int ck_kv_tiled_enabled(void);
 void ck_set_kv_tiled_enabled(int enabled);
+/// ck_attend_part_f16 with the keys in tiles of 16 positions, dimension-major inside a tile: key
+/// (j, d) of a KV head at keys + kv·kv_head_stride + (j − j mod 16)·dim + 16·d + j mod 16 (values
+/// as ck_attend_part_f16, `stride` halves a position). kv_head_stride must cover whole tiles
+/// (capacity rounded up to 16 positions); the tile of `end − 1` must be readable. The AVX-512
+/// path sums each score over d in four FMA chains (d mod 4) added as (a0 + a1) + (a2 + a3) (the
+/// twin: multiply and add over d in order), so it matches the twin to the same 2e-5 of the
+/// output's largest magnitude.
 void ck_attend_part_f16t(const float *q, const uint16_t *keys, const uint16_t *values, size_t begin, size_t end,
                          size_t stride, size_t kv_head_stride, size_t dim, size_t heads, size_t kv_heads, float scale,
                          float *scores, size_t score_stride, float *partial);
