@@ -17,8 +17,10 @@
 // Fast path (AVX-512 F/BW/VL + F16C, behind the VNNI switch as the other AVX-512 kernels): the
 // query heads of one KV head (up to 3 at a time) stay in registers, each key and value row is
 // loaded (and widened from half) once for all of them; the dot products of 16 positions are
-// summed together by one shuffle tree into one vector of 16 scores; e^x is ck_exp_f32 (the AVX2
-// vector exp of Ops.softmax, within 2 ulp of libm's expf). fp32 throughout.
+// summed together by one shuffle tree into one vector of 16 scores; e^x is attend_exp512 (Ops.softmax's
+// vector exp on zmm, bit for bit ck_exp_f32, within 2 ulp of libm's expf), fused with the
+// subtraction of the maximum and the sum. fp32 throughout. The values are prefetched into L2
+// 4 KB ahead (ck_attend_prefetch_enabled), which does not change any result.
 // It differs from the `_ref` twin (sequential sums, libm expf) only in summation order and the
 // last bits of e^x: tests hold it to 2e-5 relative (of the output's largest magnitude) against
 // the twin, and to the same bound against the unsplit grouped kernel ck_attend_group, which
@@ -110,6 +112,39 @@ CK_INLINE CK_ATTEND512 __m512 attend_reduce16(__m512 c0, __m512 c1, __m512 c2, _
     return _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(y0, y1)), _mm512_castpd_ps(_mm512_unpackhi_pd(y0, y1)));
 }
 
+/// Software prefetch distance of the value stream (bytes; into L2): each range's values start
+/// cold after ~130 µs of GEMVs, and the pass over them carries 12 FMAs a position.
+#define ATTEND_PREFETCH_BYTES 4096
+
+/// e^x for 16 lanes: elementwise.c's ew_exp (Cephes' degree-6 polynomial after n·ln2 range
+/// reduction, 2^n in two halves) on zmm, lane for lane the same operations, so bit for bit
+/// ck_exp_f32 on AVX2 (which the pass before this one called over the scores in memory).
+CK_INLINE CK_ATTEND512 __m512 attend_exp512(__m512 x) {
+    const __m512 hi = _mm512_set1_ps(88.72283935546875f), lo = _mm512_set1_ps(-87.33654022216797f);
+    const __m512 c = _mm512_min_ps(_mm512_max_ps(x, lo), hi);
+    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(c, _mm512_set1_ps(1.44269504088896341f)),
+                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), c);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+    p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r);
+    p = _mm512_add_ps(p, _mm512_set1_ps(1.0f));
+    const __m512i ni = _mm512_cvtps_epi32(n);
+    const __m512i h = _mm512_srai_epi32(ni, 1);
+    const __m512 s1 = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(h, _mm512_set1_epi32(127)), 23));
+    const __m512 s2 = _mm512_castsi512_ps(
+        _mm512_slli_epi32(_mm512_add_epi32(_mm512_sub_epi32(ni, h), _mm512_set1_epi32(127)), 23));
+    __m512 e = _mm512_mul_ps(_mm512_mul_ps(p, s1), s2);
+    e = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x, lo, _CMP_LT_OQ), e, _mm512_setzero_ps());
+    e = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x, hi, _CMP_GT_OQ), e, _mm512_set1_ps(INFINITY));
+    return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q), e, x);
+}
+
 /// Defines, for cache elements ELEM read 16 at a time as floats by LOAD16(p) (MLOAD16(mask, p)
 /// for a head's last partial chunk), NAME##_rows: R ≤ 3 query rows of one KV head over the
 /// positions [begin, end), NC chunks of 16 per head (the last one masked when TAIL). R, NC and
@@ -174,20 +209,24 @@ CK_INLINE CK_ATTEND512 __m512 attend_reduce16(__m512 c0, __m512 c1, __m512 c2, _
                                           size_t begin, size_t end, size_t stride, size_t dim, float *scores, \
                                           size_t score_stride, const float *m, float *partial) {           \
         const __mmask16 tm = (__mmask16)((1u << (dim & 15)) - 1);                                          \
-        /* p = e^(s − m) in place (ck_exp_f32: Ops.softmax's vector exp), l = Σ p */                   \
+        /* The value stream starts while the exponentials run (see ck_attend_prefetch_enabled). */    \
+        const int pf = ck_attend_prefetch_enabled();                                                         \
+        const char *vbytes = (const char *)(V + begin * stride);                                           \
+        const size_t row_bytes = stride * sizeof(ELEM), range_bytes = (end - begin) * row_bytes;           \
+        if (pf)                                                                                            \
+            for (size_t b = 0; b < ATTEND_PREFETCH_BYTES && b < range_bytes; b += 64)                      \
+                _mm_prefetch(vbytes + b, _MM_HINT_T1);                                                     \
+        /* p = e^(s − m) in place (attend_exp512: lane for lane Ops.softmax's vector exp), l = Σ p */ \
         float l[ATTEND_PART_ROWS];                                                                         \
         for (size_t r = 0; r < R; r++) {                                                                   \
             float *s = scores + r * score_stride;                                                          \
             const __m512 vm = _mm512_set1_ps(m[r]);                                                        \
-            for (size_t i = begin; i < end; i += 16) {                                                     \
-                const __mmask16 mk = end - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (end - i)) - 1); \
-                _mm512_mask_storeu_ps(s + i, mk, _mm512_sub_ps(_mm512_maskz_loadu_ps(mk, s + i), vm));     \
-            }                                                                                              \
-            ck_exp_f32(s + begin, end - begin, s + begin);                                                 \
             __m512 sum = _mm512_setzero_ps();                                                              \
             for (size_t i = begin; i < end; i += 16) {                                                     \
                 const __mmask16 mk = end - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (end - i)) - 1); \
-                sum = _mm512_add_ps(sum, _mm512_maskz_loadu_ps(mk, s + i));                                \
+                const __m512 e = attend_exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(mk, s + i), vm));      \
+                _mm512_mask_storeu_ps(s + i, mk, e);                                                       \
+                sum = _mm512_add_ps(sum, _mm512_maskz_mov_ps(mk, e));                                      \
             }                                                                                              \
             l[r] = _mm512_reduce_add_ps(sum);                                                              \
         }                                                                                                  \
@@ -196,6 +235,9 @@ CK_INLINE CK_ATTEND512 __m512 attend_reduce16(__m512 c0, __m512 c1, __m512 c2, _
         for (size_t r = 0; r < R; r++)                                                                     \
             for (size_t c = 0; c < NC; c++) o[r][c] = _mm512_setzero_ps();                                 \
         for (size_t i = begin; i < end; i++) {                                                             \
+            if (pf)                                                                                        \
+                for (size_t b = 0; b < row_bytes; b += 64)                                                 \
+                    _mm_prefetch(vbytes + (i - begin) * row_bytes + ATTEND_PREFETCH_BYTES + b, _MM_HINT_T1); \
             __m512 p[ATTEND_PART_ROWS];                                                                    \
             for (size_t r = 0; r < R; r++) p[r] = _mm512_set1_ps(scores[r * score_stride + i]);            \
             for (size_t c = 0; c < NC; c++) {                                                              \
@@ -328,6 +370,7 @@ static int env_switch(int *state, const char *name) {
 static int split_enabled = -1;       // PTQ_ATTEND_SPLIT=0: the grouped kernels
 static int tiled_enabled = -1;       // PTQ_KV_TILED=0: position-major half keys
 static int head_major_enabled = -1;  // PTQ_ATTEND_HEAD_MAJOR=0: ranges cut by positions over every head
+static int prefetch_enabled = -1;    // PTQ_ATTEND_PREFETCH=0: no software prefetch of the values
 
 int ck_attend_split_enabled(void) { return env_switch(&split_enabled, "PTQ_ATTEND_SPLIT"); }
 void ck_set_attend_split_enabled(int enabled) { split_enabled = enabled ? 1 : 0; }
@@ -335,6 +378,8 @@ int ck_kv_tiled_enabled(void) { return env_switch(&tiled_enabled, "PTQ_KV_TILED"
 void ck_set_kv_tiled_enabled(int enabled) { tiled_enabled = enabled ? 1 : 0; }
 int ck_attend_head_major_enabled(void) { return env_switch(&head_major_enabled, "PTQ_ATTEND_HEAD_MAJOR"); }
 void ck_set_attend_head_major_enabled(int enabled) { head_major_enabled = enabled ? 1 : 0; }
+int ck_attend_prefetch_enabled(void) { return env_switch(&prefetch_enabled, "PTQ_ATTEND_PREFETCH"); }
+void ck_set_attend_prefetch_enabled(int enabled) { prefetch_enabled = enabled ? 1 : 0; }
 
 int ck_attend_part_fast(size_t dim) {
 #if defined(__x86_64__)

@@ -288,6 +288,29 @@ struct SplitAttentionTests {
         }
     }
 
+    @Test("the value prefetch (PTQ_ATTEND_PREFETCH) changes no result, bit for bit",
+          arguments: [1, 15, 17, 573], [Shape(heads: 9, kvHeads: 3, dim: 64), Shape(heads: 8, kvHeads: 2, dim: 72),
+                                        Shape(heads: 5, kvHeads: 1, dim: 16), Shape(heads: 2, kvHeads: 2, dim: 128)])
+    func prefetchChangesNothing(count: Int, shape: Shape) {
+        var rng = SplitMix(seed: UInt64(count * 13 + shape.dim))
+        let q = rng.floats(shape.heads * shape.dim, in: -2...2)
+        let cache = Self.cache(shape, count: count, keyRange: -4...4, spare: 0, rng: &rng)
+        TokenKernels.kernelSwitchLock.lock()
+        defer { TokenKernels.kernelSwitchLock.unlock() }
+        let was = ck_attend_prefetch_enabled()
+        defer { ck_set_attend_prefetch_enabled(was) }
+        for layout in Layout.allCases {
+            for parts in [1, 3] {
+                ck_set_attend_prefetch_enabled(1)
+                let on = Self.split(q, cache, shape, count: count, parts: parts, layout: layout, reference: false)
+                ck_set_attend_prefetch_enabled(0)
+                let off = Self.split(q, cache, shape, count: count, parts: parts, layout: layout, reference: false)
+                #expect(on.map(\.bitPattern) == off.map(\.bitPattern), "\(layout) count \(count) shape \(shape) parts \(parts)")
+                #expect(on.allSatisfy { $0.isFinite })
+            }
+        }
+    }
+
     @Test("tiled keys: no spare capacity (the last tile partly beyond count), ranges inside tiles",
           arguments: [1, 15, 16, 17, 31, 32, 33], [Shape(heads: 9, kvHeads: 3, dim: 64), Shape(heads: 4, kvHeads: 1, dim: 40),
                                                     Shape(heads: 2, kvHeads: 2, dim: 128)])

@@ -95,6 +95,11 @@ void ck_set_attend_split_enabled(int enabled);
 /// process with 0 (every range runs every head over a range of positions).
 int ck_attend_head_major_enabled(void);
 void ck_set_attend_head_major_enabled(int enabled);
+/// 1 (the default) when the split kernels prefetch each range's values into L2 ahead of the pass
+/// over them (and its first 4 KB while the exponentials run); PTQ_ATTEND_PREFETCH=0 in the
+/// environment starts the process with it off. No result depends on it.
+int ck_attend_prefetch_enabled(void);
+void ck_set_attend_prefetch_enabled(int enabled);
 /// 1 when ck_attend_part[_f16] runs the AVX-512 kernel for heads of `dim` values (else the twin).
 int ck_attend_part_fast(size_t dim);
 /// The range [begin, end) of decode attention over a float cache, for all heads.
