@@ -112,37 +112,17 @@ CK_INLINE CK_ATTEND512 __m512 attend_reduce16(__m512 c0, __m512 c1, __m512 c2, _
     return _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(y0, y1)), _mm512_castpd_ps(_mm512_unpackhi_pd(y0, y1)));
 }
 
-/// Software prefetch distance of the value stream (bytes; into L2): each range's values start
-/// cold after ~130 µs of GEMVs, and the pass over them carries 12 FMAs a position.
+/// Software prefetch distance of the value stream (bytes; into L2): in decode each range's values
+/// start cold (the layer's GEMVs ran in between), and the pass over them carries 12 FMAs a position.
 #define ATTEND_PREFETCH_BYTES 4096
 
-/// e^x for 16 lanes: elementwise.c's ew_exp (Cephes' degree-6 polynomial after n·ln2 range
-/// reduction, 2^n in two halves) on zmm, lane for lane the same operations, so bit for bit
-/// ck_exp_f32 on AVX2 (which the pass before this one called over the scores in memory).
+/// e^x for 16 lanes: ck_exp_ps (x86_common.h, the vector exp of Ops.softmax and ck_exp_f32) on
+/// each 8-lane half, so bit for bit what ck_exp_f32 gives (Zen 4 runs a zmm op as two ymm halves
+/// anyway).
 CK_INLINE CK_ATTEND512 __m512 attend_exp512(__m512 x) {
-    const __m512 hi = _mm512_set1_ps(88.72283935546875f), lo = _mm512_set1_ps(-87.33654022216797f);
-    const __m512 c = _mm512_min_ps(_mm512_max_ps(x, lo), hi);
-    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(c, _mm512_set1_ps(1.44269504088896341f)),
-                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), c);
-    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
-    p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r);
-    p = _mm512_add_ps(p, _mm512_set1_ps(1.0f));
-    const __m512i ni = _mm512_cvtps_epi32(n);
-    const __m512i h = _mm512_srai_epi32(ni, 1);
-    const __m512 s1 = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(h, _mm512_set1_epi32(127)), 23));
-    const __m512 s2 = _mm512_castsi512_ps(
-        _mm512_slli_epi32(_mm512_add_epi32(_mm512_sub_epi32(ni, h), _mm512_set1_epi32(127)), 23));
-    __m512 e = _mm512_mul_ps(_mm512_mul_ps(p, s1), s2);
-    e = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x, lo, _CMP_LT_OQ), e, _mm512_setzero_ps());
-    e = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x, hi, _CMP_GT_OQ), e, _mm512_set1_ps(INFINITY));
-    return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q), e, x);
+    const __m256 lo = ck_exp_ps(_mm512_castps512_ps256(x));
+    const __m256 hi = ck_exp_ps(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(x), 1)));
+    return _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castps_pd(_mm512_castps256_ps512(lo)), _mm256_castps_pd(hi), 1));
 }
 
 /// Defines, for cache elements ELEM read 16 at a time as floats by LOAD16(p) (MLOAD16(mask, p)

@@ -55,36 +55,6 @@ CK_INLINE CK_AVX2 float ew_hmax(__m256 v) {
     return _mm_cvtss_f32(s);
 }
 
-/// e^x for 8 lanes: x = n·ln2 + r with |r| ≤ ln2/2 (ln2 split in two for an exact n·ln2_hi),
-/// e^r by Cephes' degree-6 polynomial, times 2^n built in the exponent field. Below −87.34 the
-/// result is 0 (libm gives a subnormal or 0 there), above 88.72 +inf; NaN stays NaN.
-CK_INLINE CK_AVX2 __m256 ew_exp(__m256 x) {
-    const __m256 hi = _mm256_set1_ps(88.72283935546875f), lo = _mm256_set1_ps(-87.33654022216797f);
-    const __m256 c = _mm256_min_ps(_mm256_max_ps(x, lo), hi);
-    const __m256 n = _mm256_round_ps(_mm256_mul_ps(c, _mm256_set1_ps(1.44269504088896341f)),
-                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), c);
-    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
-    p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), r);
-    p = _mm256_add_ps(p, _mm256_set1_ps(1.0f));
-    // 2^n in two halves, so that n = 128 (x just below 88.72) does not overflow the exponent field.
-    const __m256i ni = _mm256_cvtps_epi32(n);
-    const __m256i h = _mm256_srai_epi32(ni, 1);
-    const __m256 s1 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(h, _mm256_set1_epi32(127)), 23));
-    const __m256 s2 = _mm256_castsi256_ps(
-        _mm256_slli_epi32(_mm256_add_epi32(_mm256_sub_epi32(ni, h), _mm256_set1_epi32(127)), 23));
-    __m256 e = _mm256_mul_ps(_mm256_mul_ps(p, s1), s2);
-    e = _mm256_blendv_ps(e, _mm256_setzero_ps(), _mm256_cmp_ps(x, lo, _CMP_LT_OQ));
-    e = _mm256_blendv_ps(e, _mm256_set1_ps(INFINITY), _mm256_cmp_ps(x, hi, _CMP_GT_OQ));
-    return _mm256_blendv_ps(e, x, _mm256_cmp_ps(x, x, _CMP_UNORD_Q));
-}
-
 // y = x · weight / sqrt(sum / width + epsilon) for one row whose sum of squares is `sum`.
 CK_AVX2 static void rmsnorm_scale_row_avx2(const float *xr, const float *weight, size_t width, float sum,
                                            float epsilon, float *yr) {
@@ -146,7 +116,7 @@ CK_AVX2 static void silu_mul_avx2(float *gate, const float *up, size_t count) {
     size_t i = 0;
     for (; i + 8 <= count; i += 8) {
         const __m256 g = _mm256_loadu_ps(gate + i);
-        const __m256 e = ew_exp(_mm256_xor_ps(g, sign));
+        const __m256 e = ck_exp_ps(_mm256_xor_ps(g, sign));
         _mm256_storeu_ps(gate + i, _mm256_mul_ps(_mm256_div_ps(g, _mm256_add_ps(one, e)), _mm256_loadu_ps(up + i)));
     }
     for (; i < count; i++) {
@@ -165,7 +135,7 @@ CK_AVX2 static void softmax_avx2(float *x, size_t count) {
     __m256 acc = _mm256_setzero_ps();
     j = 0;
     for (; j + 8 <= count; j += 8) {
-        const __m256 e = ew_exp(_mm256_sub_ps(_mm256_loadu_ps(x + j), mv));
+        const __m256 e = ck_exp_ps(_mm256_sub_ps(_mm256_loadu_ps(x + j), mv));
         _mm256_storeu_ps(x + j, e);
         acc = _mm256_add_ps(acc, e);
     }
@@ -216,11 +186,11 @@ void ck_softmax_f32(float *x, size_t count) {
 #if defined(__x86_64__)
 CK_AVX2 static void exp_avx2(const float *x, size_t count, float *y) {
     size_t i = 0;
-    for (; i + 8 <= count; i += 8) _mm256_storeu_ps(y + i, ew_exp(_mm256_loadu_ps(x + i)));
+    for (; i + 8 <= count; i += 8) _mm256_storeu_ps(y + i, ck_exp_ps(_mm256_loadu_ps(x + i)));
     if (i < count) {
         float in[8] = {0}, out[8];
         for (size_t t = i; t < count; t++) in[t - i] = x[t];
-        _mm256_storeu_ps(out, ew_exp(_mm256_loadu_ps(in)));
+        _mm256_storeu_ps(out, ck_exp_ps(_mm256_loadu_ps(in)));
         for (size_t t = i; t < count; t++) y[t] = out[t - i];
     }
 }
