@@ -17,6 +17,10 @@ enum MappedFile {
             throw PTQError.file(path, "cannot map: \(String(cString: strerror(errno)))")
         }
         defer { munmap(base, size) }
+        // The reader walks the whole file once, roughly in order: ask for read-ahead of all of it
+        // now (pages the VM's DAMON or a cache drop evicted come back in large reads instead of
+        // one fault-around at a time).
+        _ = madvise(base, size, Int32(MADV_WILLNEED))
         return try body(UnsafeRawBufferPointer(start: base, count: size))
     }
 }
