@@ -311,18 +311,19 @@ public enum PackedFile {
             let container = try Container(bytes, path: path)
             let manifest = try container.manifest()
             // The tokenizer's JSON (a 49k vocabulary and its merges: ~0.05 s of JSONDecoder for
-            // SmolLM2) decodes beside the plan and the sections; its error still comes first.
-            let tokenizerWork = DispatchGroup(), decodedTokenizer = ResultBox<TokenizerSpec>()
+            // SmolLM2) decodes beside the sections, as one more task of their parallel loop (which
+            // the calling thread joins, so no thread waits on a pool); its error still comes first.
+            let decodedTokenizer = ResultBox<TokenizerSpec>()
             let shared = UnsafeSendable(container)
-            DispatchQueue.global().async(group: tokenizerWork) {
+            let decodeTokenizer: @Sendable () -> Void = {
                 decodedTokenizer.result = Result { () throws(PTQError) in try shared.value.tokenizer(manifest) }
             }
             let planned = Result { () throws(PTQError) in try ReadPlan(manifest: manifest, container: container) }
             mark = LoadProfile.report("map, header, manifest, plan", since: mark)
             let decodedPayloads = planned.flatMap { plan in
-                Result { () throws(PTQError) in try container.decodeParallel(plan.loads) }
+                Result { () throws(PTQError) in try container.decodeParallel(plan.loads, alongside: decodeTokenizer) }
             }
-            tokenizerWork.wait()
+            if decodedTokenizer.result == nil { decodeTokenizer() }  // the plan failed: nothing ran
             let tokenizer = try decodedTokenizer.result!.get()
             let plan = try planned.get()
             mark = LoadProfile.report("sections (CRC, zstd, unpack; \(plan.loads.count) in parallel) and tokenizer", since: mark)
@@ -540,7 +541,7 @@ func checkedProduct(_ values: [Int]) -> Int? {
     return product
 }
 
-/// One result written by a background task and read after waiting for it.
+/// One result written by a task of a parallel loop and read after the loop.
 final class ResultBox<T: Sendable>: @unchecked Sendable {
     var result: Result<T, PTQError>?
 }
