@@ -30,6 +30,9 @@ struct BenchCommand: ParsableCommand {
     @Flag(name: .long, help: "With --kernels: time only the prefill GEMMs (float32 sgemm against the bf16 GEMM, SmolLM2's prefill shapes, one and two threads) and print GFLOP/s.")
     var gemm = false
 
+    @Flag(name: .long, help: "Only load the model (and --reference): print the load time, the background move of the weights onto 2 MB pages and the peak RSS, without prefill or decode. PTQ_LOAD_PROFILE=1 prints each load phase on stderr.")
+    var loadOnly = false
+
     @Option(name: .long, help: "Float reference checkpoint (.h5) measured in the same run, for ratios.")
     var reference: String?
 
@@ -166,13 +169,7 @@ struct BenchCommand: ParsableCommand {
     /// Measures one model; with `probeBandwidth` the read bandwidth is probed before and after each
     /// repetition's decode and gives the decode bound (0 without it).
     func measure(_ path: String, probeBandwidth: Bool = false) throws -> Speed {
-        let earlierHugePages = PTQ.waitForHugePages()  // earlier models' collapses, finished
-        let loadStart = DispatchTime.now()
-        let llm = try PTQ.loadAnyModel(path: path).generativeModel(for: "bench", source: path)
-        let loadSeconds = seconds(since: loadStart)
-        // Timed runs start on the weights' final pages: wait for the loader's background collapse
-        // onto 2 MB pages and report its time beside the load (the model was usable before it).
-        let hugePageSeconds = PTQ.waitForHugePages() - earlierHugePages
+        let (llm, loadSeconds, hugePageSeconds) = try load(path)
         var speed = try measure(llm, path: path, loadSeconds: loadSeconds, probeBandwidth: probeBandwidth)
         speed.huge_page_seconds = hugePageSeconds
         if let llama = llm as? LlamaModel {
@@ -180,6 +177,50 @@ struct BenchCommand: ParsableCommand {
             speed.kernel_storage_bytes = llama.kernelStorageBytes
         }
         return speed
+    }
+
+    /// Loads `path` as a generative model: the load's seconds, and the seconds of the loader's
+    /// background move of the weights onto 2 MB pages, which it waits for (timed runs start on
+    /// the weights' final pages; the model was usable before). With `PTQ_LOAD_PROFILE=1` a
+    /// packed file's read and its build are timed apart (the same calls `PTQ.loadPacked` makes).
+    func load(_ path: String) throws -> (model: any GenerativeModel, seconds: Double, hugePageSeconds: Double) {
+        let earlierHugePages = PTQ.waitForHugePages()  // earlier models' collapses, finished
+        let loadStart = DispatchTime.now()
+        let model: any QuantizableModel
+        if LoadProfile.enabled && PTQ.isPackedFile(path) {
+            let packed = try PackedFile.read(path: path)
+            let mark = LoadProfile.Mark()
+            model = try PTQ.loadPacked(packed, source: path)
+            LoadProfile.report("validate and build the runtime layers", since: mark)
+        } else {
+            let mark = LoadProfile.Mark()
+            model = try PTQ.loadAnyModel(path: path)
+            LoadProfile.report("load \(path)", since: mark)
+        }
+        let llm = try model.generativeModel(for: "bench", source: path)
+        let loadSeconds = seconds(since: loadStart)
+        let mark = LoadProfile.Mark()
+        let hugePageSeconds = PTQ.waitForHugePages() - earlierHugePages
+        LoadProfile.report("wait for the 2 MB pages", since: mark)
+        return (llm, loadSeconds, hugePageSeconds)
+    }
+
+    /// `--load-only`: loads, then prints the load line (or JSON).
+    func runLoadOnly(_ model: String) throws {
+        struct LoadTime: Encodable {
+            let model: String, load_seconds: Double, huge_page_seconds: Double, peak_resident_bytes: Int
+        }
+        var times: [LoadTime] = []
+        for path in [model] + (reference.map { [$0] } ?? []) {
+            let (_, loadSeconds, hugePageSeconds) = try load(path)
+            times.append(LoadTime(model: path, load_seconds: loadSeconds, huge_page_seconds: hugePageSeconds,
+                                  peak_resident_bytes: Self.peakResidentBytes()))
+        }
+        if options.json { try printJSON(times); return }
+        for t in times {
+            print(String(format: "%@: load %.2f s (+%.2f s 2 MB pages in the background), peak RSS %.0f MiB", t.model,
+                         t.load_seconds, t.huge_page_seconds, Double(t.peak_resident_bytes) / 1_048_576))
+        }
     }
 
     /// Prefill and decode rates of a loaded model (generic, so its cache type is concrete).
@@ -249,6 +290,7 @@ struct BenchCommand: ParsableCommand {
         if let threads { PTQ.threadCount = threads }
         if kernels { try runKernels(); return }
         let model = self.model!
+        if loadOnly { try runLoadOnly(model); return }
         // Read bandwidth with the same threads, probed around each repetition's decode (256 MiB,
         // median of 5 passes a probe; the bound uses the median probe).
         let speed = try measure(model, probeBandwidth: true)

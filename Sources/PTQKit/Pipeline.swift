@@ -372,7 +372,7 @@ extension PTQ {
     /// Builds a runnable model from a packed model already read (`source` names it in errors).
     public static func loadPacked(_ packed: PackedModel, source: String) throws(PTQError) -> any QuantizableModel {
         try packed.validateModel(source: source)
-        let model = try ModelFamilies.load(PackedWeights(packed))
+        let model = try ModelFamilies.load(PackedWeights(buildingLayersOf: packed))
         // In the background: the model is usable at once (`TokenKernels.waitForHugePages`).
         TokenKernels.collapseToHugePagesInBackground()
         return model

@@ -17,6 +17,10 @@ enum MappedFile {
             throw PTQError.file(path, "cannot map: \(String(cString: strerror(errno)))")
         }
         defer { munmap(base, size) }
+        // The reader walks the whole file once, roughly in order: ask for read-ahead of all of it
+        // now (pages the VM's DAMON or a cache drop evicted come back in large reads instead of
+        // one fault-around at a time).
+        _ = madvise(base, size, Int32(MADV_WILLNEED))
         return try body(UnsafeRawBufferPointer(start: base, count: size))
     }
 }
@@ -343,12 +347,16 @@ struct Container {
     static let halfToFloat: [Float] = (0...UInt16.max).map { Float(Float16(bitPattern: $0)) }
 
     /// Verifies and decodes every load, in parallel; throws the first failure in load order.
-    func decodeParallel(_ loads: [Load]) throws(PTQError) -> [Payload] {
+    /// `alongside` runs as one more task of the same loop (first, as the loads are the many).
+    func decodeParallel(_ loads: [Load], alongside: (@Sendable () -> Void)? = nil) throws(PTQError) -> [Payload] {
         var results = [Result<Payload, PTQError>?](repeating: nil, count: loads.count)
         let container = UnsafeSendable(self)
+        let extra = alongside == nil ? 0 : 1
         results.withUnsafeMutableBufferPointer { buffer in
             let out = UnsafeSendable(buffer)
-            DispatchQueue.concurrentPerform(iterations: loads.count) { i in
+            DispatchQueue.concurrentPerform(iterations: loads.count + extra) { task in
+                if task < extra { alongside?(); return }
+                let i = task - extra
                 out.value[i] = Result { () throws(PTQError) -> Payload in try container.value.load(loads[i]) }
             }
         }
