@@ -125,6 +125,29 @@ struct DecodeGEMVSweep {
                 }
                 ck_pool_set_chunks_per_thread(0)
                 Parallel.setThreadCount(2)
+                // Whole decode steps, `decodeChunksPerThread` 8 (the old split) against the
+                // setting, alternating token by token after a 512-token prompt.
+                let savedDecodeChunks = Parallel.decodeChunksPerThread
+                let cache = LlamaModel.KVCache(config: c, capacity: 512 + 2 * passes + 1, precision: .f16)
+                var rng2 = SplitMix(seed: 5)
+                let prompt = (0..<512).map { _ in Int(rng2.next() % UInt64(c.vocabSize)) }
+                _ = model.forward(prompt, cache: cache, logitRows: 511..<512)
+                var logits = [Float](repeating: 0, count: c.vocabSize)
+                var tokenTimes: [Int: [Double]] = [:]
+                for i in 0..<(2 * passes) {
+                    let chunks = i % 2 == 0 ? 8 : savedDecodeChunks
+                    Parallel.decodeChunksPerThread = chunks
+                    let t0 = Self.now()
+                    logits.withUnsafeMutableBufferPointer { model.decode((i * 7919) % c.vocabSize, cache: cache, into: $0) }
+                    tokenTimes[chunks, default: []].append(Self.now() - t0)
+                }
+                Parallel.decodeChunksPerThread = savedDecodeChunks
+                for (chunks, times) in tokenTimes.sorted(by: { $0.key > $1.key }) {
+                    let sorted = times.sorted()
+                    print(String(format: "T2 decode step, %d chunks a thread: median %.0f µs (%.1f tok/s), p25 %.0f, p75 %.0f, %d tokens",
+                                 chunks, sorted[sorted.count / 2], 1e6 / sorted[sorted.count / 2], sorted[sorted.count / 4],
+                                 sorted[sorted.count * 3 / 4], sorted.count))
+                }
                 // The pool's own cost: an empty job of 2 and of 8 tasks.
                 for tasks in [2, 8] {
                     var samples: [Double] = []
