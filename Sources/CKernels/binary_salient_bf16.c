@@ -110,10 +110,6 @@ void ck_gemv_salient_bf16_ref(const uint32_t *packed, size_t block_begin, size_t
                               (__m512bh)_mm512_set1_epi32((int)x4_[3]));                                    \
     } while (0)
 
-/// Software prefetch distance of the salient words (bytes; the sign stream's `CK_LUT_PREFETCH`).
-/// A prefetch changes no result.
-#define CK_SALIENT_PF 4096
-
 CK_BF16 static void gemv_salient_bf16_avx512(const uint32_t *packed, size_t block_begin, size_t block_count,
                                              size_t rows, size_t cols, const float *scales, const float *zeros,
                                              const uint16_t *xb, float xsum, float *y, int accumulate) {
@@ -128,10 +124,6 @@ CK_BF16 static void gemv_salient_bf16_avx512(const uint32_t *packed, size_t bloc
         __m512 e0 = _mm512_setzero_ps(), e1 = e0, e2 = e0, e3 = e0, d0 = e0, d1 = e0, d2 = e0, d3 = e0;
         size_t m = 0;
         for (; m + 2 <= chunks; m += 2) {
-            // One sequential stream of 128 bytes a step: fetch it CK_SALIENT_PF bytes ahead into
-            // L2 (the hardware prefetcher alone waits on DRAM at each layer's cold start).
-            _mm_prefetch((const char *)(w + 16 * m) + CK_SALIENT_PF, _MM_HINT_T1);
-            _mm_prefetch((const char *)(w + 16 * m) + CK_SALIENT_PF + 64, _MM_HINT_T1);
             CHUNK(e0, e1, e2, e3, m);
             CHUNK(d0, d1, d2, d3, m + 1);
         }

@@ -140,11 +140,6 @@ CK_U8 static void u8_activations_512(const int16_t *a, const int16_t *ahi, int s
 // One block of 16 rows: per group, per 8 columns one 64-byte load (low nibbles columns
 // 8q..8q+3, high nibbles 8q+4..8q+7 of all 16 rows), two vpshufb into the offset table, and per
 // activation plane two vpdpbusd against that plane's four bytes broadcast to every lane.
-/// Software prefetch distance of the GEMV's codes in bytes (into L2, as the PTQ1.61 sign stream:
-/// `CK_LUT_PREFETCH`) and of its scales in blocks. A prefetch changes no result.
-#define CK_U8_PF 4096
-#define CK_U8_PF_BLOCKS 2
-
 CK_INLINE CK_U8 void u8_block(const uint8_t *pb, const float *ps, size_t cols, size_t group_size, size_t groups,
                               __m512i table, const int8_t *act, const int32_t *corr, const int P, float *y,
                               __mmask16 store) {
@@ -154,12 +149,7 @@ CK_INLINE CK_U8 void u8_block(const uint8_t *pb, const float *ps, size_t cols, s
     for (size_t g = 0; g < groups; g++) {
         const size_t j0 = g * group_size, j1 = j0 + group_size < cols ? j0 + group_size : cols;
         __m512i s0 = _mm512_set1_epi32(-corr[g]), s1 = _mm512_setzero_si512(), s2 = _mm512_setzero_si512();
-        // The block's scales of the group CK_U8_PF_BLOCKS blocks ahead (one line each).
-        _mm_prefetch((const char *)(ps + (CK_U8_PF_BLOCKS * groups + g) * U8_ROWS), _MM_HINT_T1);
         for (size_t j = j0; j < j1; j += 8) {
-            // One sequential stream (the 16-row blocks follow each other); the hardware prefetcher
-            // alone leaves it waiting on DRAM at each layer's cold start (fourteenth pass, RESULTS).
-            _mm_prefetch((const char *)(pb + j * 8 + CK_U8_PF), _MM_HINT_T1);
             const __m512i x = _mm512_loadu_si512((const void *)(pb + j * 8));
             const __m512i wl = _mm512_shuffle_epi8(table, _mm512_and_si512(x, low4));
             const __m512i wh = _mm512_shuffle_epi8(table, _mm512_and_si512(_mm512_srli_epi16(x, 4), low4));
