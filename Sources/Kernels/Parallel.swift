@@ -70,7 +70,8 @@ public enum Parallel {
     /// callers split over output rows, never over a reduction.
     /// `sleepAfter`: the workers sleep as soon as the job is done instead of spinning for the
     /// next one (`ck_pool_run_then_sleep`), for a job followed by other threads' work.
-    /// `chunksPerThread`: at most this many chunks per thread (default 8).
+    /// `chunksPerThread`: at most this many chunks per thread (default `defaultChunksPerThread`: 8,
+    /// or a decode step's `decodeChunksPerThread`).
     public static func forEachChunk(_ count: Int, minimumChunk: Int = 1, sleepAfter: Bool = false,
                                     chunksPerThread: Int = Parallel.defaultChunksPerThread, _ body: @Sendable (Range<Int>) -> Void) {
         guard count > 0 else { return }
