@@ -70,8 +70,13 @@ static uint64_t stall_history;
 static int serial_jobs_left;
 
 static _Thread_local int inside_task;
+static _Thread_local int chunks_per_thread;       // 0: the loops' default
 
 int ck_pool_in_task(void) { return inside_task; }
+
+void ck_pool_set_chunks_per_thread(int chunks) { chunks_per_thread = chunks > 0 ? chunks : 0; }
+
+int ck_pool_chunks_per_thread(void) { return chunks_per_thread; }
 
 static long now_ns(void) {
     struct timespec ts;

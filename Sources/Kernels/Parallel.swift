@@ -1,4 +1,9 @@
 import CKernels
+import Foundation
+import Synchronization
+
+/// `Parallel.decodeChunksPerThread` (the environment's `PTQ_DECODE_CHUNKS`, until set).
+private let decodeChunksSetting = Atomic<Int>(max(1, Int(ProcessInfo.processInfo.environment["PTQ_DECODE_CHUNKS"] ?? "") ?? 1))
 
 /// A pointer that may cross into parallel workers. Each worker must touch a disjoint range;
 /// that is what makes the unchecked conformance sound.
@@ -19,6 +24,36 @@ public enum Parallel {
     /// `setThreadCount` chose another number).
     public static var workerCount: Int { Int(ck_pool_threads()) }
 
+    /// Chunks per thread of `forEachChunk` when the caller does not say: 8, or inside
+    /// `withDecodeChunks` on this thread `decodeChunksPerThread`.
+    public static var defaultChunksPerThread: Int {
+        let chunks = Int(ck_pool_chunks_per_thread())
+        return chunks > 0 ? chunks : 8
+    }
+
+    /// Chunks per thread of a decode step's row-parallel GEMVs (`withDecodeChunks`): 1 by default,
+    /// i.e. each thread streams one contiguous range of a layer's rows. Every chunk starts a new
+    /// weight stream that waits on DRAM until the prefetchers catch up; at decode a layer's chunk
+    /// is only 10–60 KB, so eight chunks a thread spent a large share of each GEMV on those starts
+    /// (`docs/RESULTS.md`, fourteenth pass: model-order layer GEMVs 2908 → 2541 µs a token at
+    /// 2 threads with one chunk). `PTQ_DECODE_CHUNKS=8` in the environment starts the process
+    /// with the old split. Results do not depend on it (loops split over output rows only).
+    /// Process-wide.
+    public static var decodeChunksPerThread: Int {
+        get { decodeChunksSetting.load(ordering: .relaxed) }
+        set { decodeChunksSetting.store(max(1, newValue), ordering: .relaxed) }
+    }
+
+    /// Runs `body` with `forEachChunk`'s default split on this thread set to
+    /// `decodeChunksPerThread` (the previous setting is restored after it). Allocates nothing.
+    @inline(__always)
+    public static func withDecodeChunks<R>(_ body: () throws -> R) rethrows -> R {
+        let saved = ck_pool_chunks_per_thread()
+        ck_pool_set_chunks_per_thread(Int32(clamping: decodeChunksPerThread))
+        defer { ck_pool_set_chunks_per_thread(saved) }
+        return try body()
+    }
+
     /// True on a pool worker running a task, and on the caller while its job runs: a parallel
     /// loop started here runs inline (and must not change process-wide state such as OpenBLAS's
     /// thread count).
@@ -35,9 +70,10 @@ public enum Parallel {
     /// callers split over output rows, never over a reduction.
     /// `sleepAfter`: the workers sleep as soon as the job is done instead of spinning for the
     /// next one (`ck_pool_run_then_sleep`), for a job followed by other threads' work.
-    /// `chunksPerThread`: at most this many chunks per thread (default 8).
+    /// `chunksPerThread`: at most this many chunks per thread (default `defaultChunksPerThread`: 8,
+    /// or a decode step's `decodeChunksPerThread`).
     public static func forEachChunk(_ count: Int, minimumChunk: Int = 1, sleepAfter: Bool = false,
-                                    chunksPerThread: Int = 8, _ body: @Sendable (Range<Int>) -> Void) {
+                                    chunksPerThread: Int = Parallel.defaultChunksPerThread, _ body: @Sendable (Range<Int>) -> Void) {
         guard count > 0 else { return }
         guard let (tasks, chunk) = split(count, minimumChunk: minimumChunk, chunksPerThread: chunksPerThread) else {
             body(0..<count)
@@ -96,7 +132,7 @@ public enum Parallel {
     /// `forEachChunk(_:minimumChunk:chunksPerThread:_:)` without a closure: runs
     /// `body(pointer to context, begin, end)` for every chunk (the same split), allocating nothing.
     /// `body` reads its inputs from `context` (`load(as:)`), which lives for the whole call.
-    public static func forEachChunk<Context>(_ count: Int, minimumChunk: Int = 1, chunksPerThread: Int = 8,
+    public static func forEachChunk<Context>(_ count: Int, minimumChunk: Int = 1, chunksPerThread: Int = Parallel.defaultChunksPerThread,
                                              context: Context, _ body: ChunkFunction) {
         guard count > 0 else { return }
         withUnsafePointer(to: context) { contextPointer in

@@ -176,10 +176,13 @@ public final class LlamaModel: Sendable {
                         local: cache.precision == .f16)
         // PTQ_DECODE_PROFILE=1: per-phase timing of the token (ck_probe.h); else each mark is a branch.
         DecodeProbe.beginToken(depth: cache.count)
-        withUnsafePointer(to: token) { t in
-            run(UnsafeBufferPointer(start: t, count: 1), cache: cache, hooks: ForwardHooks(), buffers: &buffers)
+        // The GEMVs' row splits: one long stream a thread (`Parallel.decodeChunksPerThread`).
+        Parallel.withDecodeChunks {
+            withUnsafePointer(to: token) { t in
+                run(UnsafeBufferPointer(start: t, count: 1), cache: cache, hooks: ForwardHooks(), buffers: &buffers)
+            }
+            buffers.normed.withUnsafeBufferPointer { h in lmHead.forward(h.baseAddress!, rows: 1, into: logits.baseAddress!) }
         }
-        buffers.normed.withUnsafeBufferPointer { h in lmHead.forward(h.baseAddress!, rows: 1, into: logits.baseAddress!) }
         mark(.head)
         DecodeProbe.endToken()
         cache.decodeBuffers = buffers

@@ -72,4 +72,55 @@ struct DecodeGroupTests {
         #expect(bits(decodeAll(fused: true, residualNorm: true)) == bits(old))
         #expect(old.allSatisfy { $0.allSatisfy(\.isFinite) })
     }
+
+    /// The decode GEMVs' row split (`Parallel.decodeChunksPerThread`: one range a thread by
+    /// default, 8 chunks a thread before) changes no logit: the same bits token after token for
+    /// every runtime kind of layer, and the same bits from a pooled u4/u8 GEMV split 1, 3 or 8 ways
+    /// a thread (a GEMV splits over output rows only).
+    @Test(arguments: [("w8a8", KVCachePrecision.f16), ("w4a16", .f16), ("w4a8", .f32), ("ptq161", .f16), ("float", .f16)])
+    func decodeChunksChangeNoLogit(scheme: String, precision: KVCachePrecision) throws {
+        TokenKernels.kernelSwitchLock.lock()  // the attention switches stay put while logits are compared
+        defer { TokenKernels.kernelSwitchLock.unlock() }
+        let model = try DecodeAllocationTests.model(scheme)
+        let prompt = (0..<70).map { ($0 * 37 + 11) % 260 }
+        let steps = [4, 17, 250, 99, 1, 64]
+        func decodeAll(chunks: Int) -> [[UInt32]] {
+            let saved = Parallel.decodeChunksPerThread
+            Parallel.decodeChunksPerThread = chunks
+            defer { Parallel.decodeChunksPerThread = saved }
+            return Self.decode(model, prompt: prompt, steps: steps, precision: precision).map { $0.map(\.bitPattern) }
+        }
+        let old = decodeAll(chunks: 8)
+        #expect(decodeAll(chunks: 1) == old)
+        #expect(decodeAll(chunks: 3) == old)
+
+        // A layer big enough to split on every pool (1536 × 576, u4 and u8, bf16 and float32 kernels).
+        let rows = 1536, columns = 576, groupSize = 128, groups = (columns + groupSize - 1) / groupSize
+        var rng = SplitMix(seed: 21)
+        let codes = (0..<(rows * columns)).map { _ in UInt8(rng.next() % 256) }
+        let scales = (0..<(rows * groups)).map { _ in Float(Int(rng.next() % 1000) + 1) * 1e-4 }
+        let zeros = (0..<(rows * groups)).map { _ in Float(Int(rng.next() % 16)) }
+        let x = (0..<columns).map { _ in Float(Int(rng.next() % 2001) - 1000) * 1e-3 }
+        for format in [LowBit.CodeFormat.u4, .u8] {
+            for bf16 in [true, false] {
+                func gemv(chunks: Int) -> [UInt32] {
+                    var y = [Float](repeating: 0, count: rows)
+                    let saved = Parallel.decodeChunksPerThread
+                    Parallel.decodeChunksPerThread = chunks
+                    defer { Parallel.decodeChunksPerThread = saved }
+                    Parallel.withDecodeChunks {
+                        LowBit.gemv(format, codes: codes, rows: rows, columns: columns, groupSize: groupSize, scales: scales,
+                                    zeros: zeros, x: x, y: &y, bf16: bf16)
+                    }
+                    return y.map(\.bitPattern)
+                }
+                let eight = gemv(chunks: 8)
+                for chunks in [1, 3] {
+                    let other = gemv(chunks: chunks)
+                    let diff = (0..<rows).filter { other[$0] != eight[$0] }
+                    #expect(diff.isEmpty, "\(format) bf16 \(bf16) \(chunks) chunks: rows \(diff.prefix(8)) of \(diff.count) differ, e.g. \(diff.first.map { (Float(bitPattern: other[$0]), Float(bitPattern: eight[$0])) } as Any)")
+                }
+            }
+        }
+    }
 }

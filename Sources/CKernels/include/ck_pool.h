@@ -36,6 +36,12 @@ void ck_pool_run(size_t tasks, ck_task_fn fn, void *ctx);
 /// take a core from them.
 void ck_pool_run_then_sleep(size_t tasks, ck_task_fn fn, void *ctx);
 
+/// Chunks per thread that row-parallel loops on this thread use when their caller does not say
+/// (`Parallel.forEachChunk`); 0 = the loops' own default. Thread-local: a decode step sets it on
+/// its thread for its GEMVs only (`Parallel.withDecodeChunks`), other threads' loops keep theirs.
+void ck_pool_set_chunks_per_thread(int chunks);
+int ck_pool_chunks_per_thread(void);
+
 /// Jobs run in parallel so far and jobs that found a worker asleep (had to wake it):
 /// diagnostics for the benchmark.
 void ck_pool_counters(unsigned long long *jobs, unsigned long long *wakeups);
