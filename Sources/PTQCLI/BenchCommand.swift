@@ -181,27 +181,19 @@ struct BenchCommand: ParsableCommand {
 
     /// Loads `path` as a generative model: the load's seconds, and the seconds of the loader's
     /// background move of the weights onto 2 MB pages, which it waits for (timed runs start on
-    /// the weights' final pages; the model was usable before). With `PTQ_LOAD_PROFILE=1` a
-    /// packed file's read and its build are timed apart (the same calls `PTQ.loadPacked` makes).
+    /// the weights' final pages; the model was usable before). With `PTQ_LOAD_PROFILE=1` the
+    /// loaders print their phases (a packed file's read, validation and build) and this the total.
     func load(_ path: String) throws -> (model: any GenerativeModel, seconds: Double, hugePageSeconds: Double) {
         let earlierHugePages = PTQ.waitForHugePages()  // earlier models' collapses, finished
         let loadStart = DispatchTime.now()
-        let model: any QuantizableModel
-        if LoadProfile.enabled && PTQ.isPackedFile(path) {
-            let packed = try PackedFile.read(path: path)
-            let mark = LoadProfile.Mark()
-            model = try PTQ.loadPacked(packed, source: path)
-            LoadProfile.report("validate and build the runtime layers", since: mark)
-        } else {
-            let mark = LoadProfile.Mark()
-            model = try PTQ.loadAnyModel(path: path)
-            LoadProfile.report("load \(path)", since: mark)
-        }
+        let mark = LoadProfile.Mark()
+        let model = try PTQ.loadAnyModel(path: path)
+        LoadProfile.report("load \(path)", since: mark)
         let llm = try model.generativeModel(for: "bench", source: path)
         let loadSeconds = seconds(since: loadStart)
-        let mark = LoadProfile.Mark()
+        let waitMark = LoadProfile.Mark()
         let hugePageSeconds = PTQ.waitForHugePages() - earlierHugePages
-        LoadProfile.report("wait for the 2 MB pages", since: mark)
+        LoadProfile.report("wait for the 2 MB pages", since: waitMark)
         return (llm, loadSeconds, hugePageSeconds)
     }
 

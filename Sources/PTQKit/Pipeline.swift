@@ -372,7 +372,9 @@ extension PTQ {
     /// Builds a runnable model from a packed model already read (`source` names it in errors).
     public static func loadPacked(_ packed: PackedModel, source: String) throws(PTQError) -> any QuantizableModel {
         try packed.validateModel(source: source)
+        let mark = LoadProfile.Mark()
         let model = try ModelFamilies.load(PackedWeights(buildingLayersOf: packed))
+        LoadProfile.report("build the runtime layers", since: mark)
         // In the background: the model is usable at once (`TokenKernels.waitForHugePages`).
         TokenKernels.collapseToHugePagesInBackground()
         return model

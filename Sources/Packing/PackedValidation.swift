@@ -140,9 +140,8 @@ extension QuantizedLinear {
             guard w.clusters.count == w.codes.count else {
                 throw fail("\(w.clusters.count) cluster ids for \(w.codes.count) codes")
             }
-            if Self.largest(w.clusters) >= SplitWeight.clusterCount,
-               let bad = w.clusters.first(where: { Int($0) >= SplitWeight.clusterCount }) {
-                throw fail("cluster id \(bad) is out of range (0…\(SplitWeight.clusterCount - 1))")
+            if let i = Validation.firstByte(in: w.clusters, atLeast: SplitWeight.clusterCount) {
+                throw fail("cluster id \(w.clusters[i]) is out of range (0…\(SplitWeight.clusterCount - 1))")
             }
         case .floatingPoint(let w):
             guard w.format.isSupported else { throw fail("minifloat format \(w.format) is not supported") }
@@ -228,17 +227,6 @@ extension QuantizedLinear {
 
     /// Codes of `bits` bits for a `rows × columns` matrix, with `parametersPerGroup` finite
     /// scales (and zero points, when present) per row and group.
-    /// The largest byte (0 for none): a branch-free reduction the compiler vectorises, so a valid
-    /// layer is checked at memory speed; the slower search for the offending element runs only
-    /// when this says there is one (issue 13: the closure scans were a visible share of load time).
-    static func largest(_ bytes: [UInt8]) -> UInt8 {
-        bytes.withUnsafeBufferPointer { b in
-            var m: UInt8 = 0
-            for v in b { m = max(m, v) }
-            return m
-        }
-    }
-
     static func validateCodes(bits: Int, rows: Int, columns: Int, groupSize: Int, codes: [UInt8], scales: [Float],
                               zeros: [Float]?, parametersPerGroup: Int,
                               fail: (String) -> PTQError) throws(PTQError) {
@@ -262,8 +250,8 @@ extension QuantizedLinear {
                 throw fail("zero point \(zeros[i]) (row \(i / perRow), group \(i % perRow / parametersPerGroup)) is not finite")
             }
         }
-        if bits < 8, Int(Self.largest(codes)) >> bits != 0, let high = codes.first(where: { Int($0) >> bits != 0 }) {
-            throw fail("code \(high) does not fit in \(bits) bits")
+        if bits < 8, let i = Validation.firstByte(in: codes, atLeast: 1 << bits) {
+            throw fail("code \(codes[i]) does not fit in \(bits) bits")
         }
     }
 }

@@ -186,7 +186,7 @@ public final class FloatingPointLinear: LinearOp {
             throw fail("weight scale \(w.scales[bad]) of row \(bad / w.groupsPerRow) is not finite")
         }
         let limit = w.format.codeCount
-        if let bad = CodeRange.firstOutOfRange(w.codes, limit: limit) {
+        if let bad = Validation.firstByte(in: w.codes, atLeast: limit) {
             throw fail("weight code \(w.codes[bad]) at element \(bad) does not fit \(w.format)")
         }
         if let bias = q.bias, bias.count != w.rows {

@@ -151,7 +151,7 @@ public final class IntegerLinear: LinearOp {
             throw fail("bias has \(bias.count) values for \(w.rows) output features")
         }
         let codeLimit = 1 << w.bits
-        if let bad = CodeRange.firstOutOfRange(w.codes, limit: codeLimit) {
+        if let bad = Validation.firstByte(in: w.codes, atLeast: codeLimit) {
             throw fail("weight code \(w.codes[bad]) at element \(bad) does not fit \(w.bits) bits")
         }
 
